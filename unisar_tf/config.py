@@ -1,0 +1,184 @@
+"""Every UniSAR hyperparameter in one dataclass, plus the paper's two presets.
+
+Defaults follow ../shared/docs/unisar-spec.md (sections 2-10) and the authors' code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, Tuple
+
+from feature_specs import SequenceShapes
+
+TASKS = ("rec", "search")
+
+
+@dataclasses.dataclass
+class UniSARConfig:
+    # Vocabulary sizes, padding id 0 included (an id must be < size).
+    num_users: int = 1000
+    num_items: int = 1000
+    num_words: int = 1000
+
+    # Embeddings (spec 2).
+    raw_embedding_dim: int = 32
+    embedding_dim: int = 64
+
+    # Sequences (spec 3).
+    max_rec_history: int = 30
+    max_search_history: int = 30
+    query_length: int = 50
+    clicks_per_session: int = 5
+
+    # Transformer encoders and fusion decoders (spec 4, 7).
+    num_heads: int = 2
+    num_layers: int = 1
+    feed_forward_dim: int = 64
+    dropout: float = 0.1
+    layer_norm_epsilon: float = 1e-5  # PyTorch's default, as in the reference.
+    target_attention_init_std: float = 0.02  # spec 8
+
+    # Multi-task block (spec 9).
+    num_shared_experts: int = 4
+    num_specific_experts: int = 4
+    expert_units: int = 64
+    tower_units: Tuple[int, ...] = (128, 64)
+    head_units: Tuple[int, ...] = (200, 80)
+
+    # Objective (spec 10): L = [rec] + gamma * [search], each BCE + alpha*L_rel + beta*L_align.
+    alpha_relevance: float = 0.001  # q_i_cl_weight
+    relevance_temperature: float = 0.5  # q_i_cl_temp, learnable
+    beta_alignment: float = 0.1  # his_cl_weight
+    alignment_temperature: float = 0.1  # his_cl_temp, learnable
+    gamma_search: float = 0.1  # src_loss_weight
+    l2_weight: float = 3e-5  # lambda
+    # "dense": decay every table row each step, as the reference's coupled Adam weight decay.
+    # "batch_rows": decay only the embedding rows the step looked up (sparse, cheaper).
+    embedding_l2_mode: str = "dense"
+    num_relevance_negatives: int = 1024
+
+    # Optimisation (spec 10).
+    learning_rate: float = 1e-3
+    batch_size: int = 1024
+    eval_batch_size: int = 512
+    num_train_negatives: int = 4
+    num_eval_negatives: int = 99
+    lr_reduce_factor: float = 0.1
+    lr_reduce_patience: int = 3
+    min_learning_rate: float = 1e-6
+    early_stop_patience: int = 5
+
+    # Ablation switches (spec 12). All True is UniSAR.
+    use_r2r: bool = True
+    use_s2s: bool = True
+    use_r2s: bool = True
+    use_s2r: bool = True
+    use_transition_mask: bool = True
+    use_alignment_loss: bool = True
+    use_relevance_loss: bool = True
+    use_fusion_rec: bool = True  # MCA_r
+    use_fusion_search: bool = True  # MCA_s
+    use_mmoe: bool = True
+    # Tasks trained jointly; ("rec",) or ("search",) is "w/o joint training".
+    tasks: Tuple[str, ...] = TASKS
+
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        self.tower_units = tuple(self.tower_units)
+        self.head_units = tuple(self.head_units)
+        self.tasks = tuple(self.tasks)
+        self.validate()
+
+    def validate(self) -> None:
+        unknown = set(self.tasks) - set(TASKS)
+        if not self.tasks or unknown:
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
+        if self.embedding_dim % self.num_heads:
+            raise ValueError(f"embedding_dim={self.embedding_dim} is not divisible by "
+                             f"num_heads={self.num_heads}")
+        if self.embedding_l2_mode not in ("dense", "batch_rows"):
+            raise ValueError(f"embedding_l2_mode must be 'dense' or 'batch_rows', "
+                             f"got {self.embedding_l2_mode!r}")
+        if not (self.use_r2r or self.use_s2r):
+            raise ValueError("the rec side needs at least one of r2r and s2r")
+        if not (self.use_s2s or self.use_r2s):
+            raise ValueError("the search side needs at least one of s2s and r2s")
+        for name in ("num_users", "num_items", "num_words"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{name} must be >= 2 (id 0 is padding), got {getattr(self, name)}")
+
+    @property
+    def sequence_shapes(self) -> SequenceShapes:
+        return SequenceShapes(rec_len=self.max_rec_history,
+                              search_len=self.max_search_history,
+                              query_len=self.query_length,
+                              clicks_per_session=self.clicks_per_session)
+
+    @property
+    def uses_mixed_encoder(self) -> bool:
+        return self.use_r2s or self.use_s2r
+
+    def replace(self, **changes: Any) -> "UniSARConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "UniSARConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown UniSARConfig fields: {sorted(unknown)}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def kuaisar_preset(**overrides: Any) -> UniSARConfig:
+    """Reference defaults for KuaiSAR (spec 10): 5 clicks per search session."""
+    values = dict(alpha_relevance=0.001, relevance_temperature=0.5,
+                  beta_alignment=0.1, alignment_temperature=0.1,
+                  gamma_search=0.1, l2_weight=3e-5, clicks_per_session=5)
+    values.update(overrides)
+    return UniSARConfig(**values)
+
+
+def amazon_preset(**overrides: Any) -> UniSARConfig:
+    """Reference defaults for the Amazon datasets (spec 10): 1 click per search session."""
+    values = dict(alpha_relevance=0.1, relevance_temperature=0.1,
+                  beta_alignment=0.01, alignment_temperature=0.1,
+                  gamma_search=0.01, l2_weight=1e-5, clicks_per_session=1)
+    values.update(overrides)
+    return UniSARConfig(**values)
+
+
+PRESETS = {"kuaisar": kuaisar_preset, "amazon": amazon_preset}
+
+
+def preset(name: str, **overrides: Any) -> UniSARConfig:
+    try:
+        return PRESETS[name](**overrides)
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+# Spec section 12: variant name -> config overrides.
+ABLATIONS: Dict[str, Dict[str, Any]] = {
+    "UniSAR": {},
+    "w/o r2r": {"use_r2r": False},
+    "w/o r2s": {"use_r2s": False},
+    "w/o s2r": {"use_s2r": False},
+    "w/o s2s": {"use_s2s": False},
+    "w/o mask M": {"use_transition_mask": False},
+    "w/o L_align": {"use_alignment_loss": False},
+    "w/o L_rel": {"use_relevance_loss": False},
+    "w/o MCA_r": {"use_fusion_rec": False},
+    "w/o MCA_s": {"use_fusion_search": False},
+    "w/o MMoE": {"use_mmoe": False},
+    # Two models, one per task.
+    "w/o joint training (rec)": {"tasks": ("rec",)},
+    "w/o joint training (search)": {"tasks": ("search",)},
+}

@@ -1,0 +1,370 @@
+"""The UniSAR model (spec sections 2-10) as a TensorFlow Recommenders model.
+
+One history encoding per user row feeds both tasks; every candidate of that row is scored
+against it with target attention, so 100 candidates cost one transformer pass, not 100.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Mapping, Sequence
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
+                           REL_NEGATIVE_ITEMS, REL_NEGATIVE_QUERY_TOKENS,
+                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_REC,
+                           TYPE_SEARCH, USER_ID)
+from unisar_tf.config import UniSARConfig
+from unisar_tf.layers import (EntityEmbedding, FusionDecoderLayer, MultiLayerPerceptron,
+                              MultiTaskExperts, PositionalEmbedding, QueryEncoder,
+                              TargetAttention, TransformerEncoderLayer, gather_by_type,
+                              merge_histories, padding_attention_mask,
+                              search_behaviour_embedding, transition_attention_mask)
+from unisar_tf.losses import QueryItemRelevanceLoss, TransitionAlignmentLoss
+
+Features = Mapping[str, tf.Tensor]
+
+
+@dataclasses.dataclass
+class HistoryEncoding:
+    """What one pass over a batch of histories yields (R = rec length, S = search length)."""
+
+    rec_interests: tf.Tensor  # V_r (B, R, d)
+    rec_valid: tf.Tensor  # (B, R) bool
+    search_interests: tf.Tensor  # V_s (B, S, d)
+    search_valid: tf.Tensor  # (B, S) bool
+    views: Dict[str, tf.Tensor]  # H_r2r, H_s2r (B, R, d) and H_s2s, H_r2s (B, S, d) that exist
+    history_query_embeddings: tf.Tensor  # (B, S, d)
+    history_click_embeddings: tf.Tensor  # (B, S, K, d)
+    history_click_valid: tf.Tensor  # (B, S, K) bool
+
+
+def _valid_prefix(history_types: tf.Tensor, type_id: int, length: int) -> tf.Tensor:
+    """(B, M) types -> (B, length) bool: the first count(type_id) slots of that list are real."""
+    count = tf.reduce_sum(tf.cast(tf.equal(history_types, type_id), tf.int32), axis=1,
+                          keepdims=True)
+    return tf.range(length)[tf.newaxis, :] < count
+
+
+class UniSARModel(tfrs.Model):
+    """UniSAR: transition-aware user modelling that scores recommendation and search.
+
+    `call(features)` takes one batch of examples (feature_specs names): user_id (B,),
+    history_types (B, M), rec_history_items (B, R), search_history_query_tokens (B, S, Q),
+    search_history_clicked_items (B, S, K), candidate_items (B, C) and, to get search scores,
+    query_tokens (B, Q). It returns {"rec": (B, C), "search": (B, C)} click probabilities for
+    the tasks the model has (search only when query_tokens is given).
+
+    `compute_loss(inputs)` takes {"rec": features, "search": features, "rel_negatives":
+    {rel_negative_items (N,), rel_negative_query_tokens (N, Q)}} with the positive at column 0
+    of candidate_items, and returns spec 10's objective (L2 included).
+    """
+
+    def __init__(self, config: UniSARConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        c = config
+        d = c.embedding_dim
+        block = dict(model_dim=d, num_heads=c.num_heads, feed_forward_dim=c.feed_forward_dim,
+                     dropout=c.dropout, layer_norm_epsilon=c.layer_norm_epsilon)
+
+        self.user_embedding = EntityEmbedding(c.num_users, c.raw_embedding_dim, d,
+                                              zero_padding=False, name="user_embedding")
+        self.item_embedding = EntityEmbedding(c.num_items, c.raw_embedding_dim, d,
+                                              zero_padding=True, name="item_embedding")
+        self.query_encoder = QueryEncoder(c.num_words, c.raw_embedding_dim, d,
+                                          name="query_encoder")
+
+        self.rec_encoder = self.search_encoder = self.mixed_encoder = None
+        if c.use_r2r:
+            self.rec_positions = PositionalEmbedding(c.max_rec_history, d, name="rec_positions")
+            self.rec_encoder = [TransformerEncoderLayer(**block, name=f"rec_encoder_{i}")
+                                for i in range(c.num_layers)]
+        if c.use_s2s:
+            self.search_positions = PositionalEmbedding(c.max_search_history, d,
+                                                        name="search_positions")
+            self.search_encoder = [TransformerEncoderLayer(**block, name=f"search_encoder_{i}")
+                                   for i in range(c.num_layers)]
+        if c.uses_mixed_encoder:
+            self.mixed_positions = PositionalEmbedding(c.max_rec_history + c.max_search_history,
+                                                       d, name="mixed_positions")
+            self.mixed_encoder = [TransformerEncoderLayer(**block, name=f"mixed_encoder_{i}")
+                                  for i in range(c.num_layers)]
+
+        self.rec_fusion = ([FusionDecoderLayer(**block, name=f"rec_fusion_{i}")
+                            for i in range(c.num_layers)] if c.use_fusion_rec else None)
+        self.search_fusion = ([FusionDecoderLayer(**block, name=f"search_fusion_{i}")
+                               for i in range(c.num_layers)] if c.use_fusion_search else None)
+        self.rec_pooling = TargetAttention(d, c.target_attention_init_std, name="rec_pooling")
+        self.search_pooling = TargetAttention(d, c.target_attention_init_std,
+                                              name="search_pooling")
+
+        # An alignment term exists only when both of its views do (spec 12).
+        self.rec_alignment = self.search_alignment = self.relevance = None
+        if c.use_alignment_loss and c.beta_alignment > 0:
+            if c.use_r2r and c.use_s2r:
+                self.rec_alignment = TransitionAlignmentLoss(d, c.alignment_temperature,
+                                                             name="rec_alignment")
+            if c.use_s2s and c.use_r2s:
+                self.search_alignment = TransitionAlignmentLoss(d, c.alignment_temperature,
+                                                                name="search_alignment")
+        if c.use_relevance_loss and c.alpha_relevance > 0:
+            self.relevance = QueryItemRelevanceLoss(d, c.relevance_temperature, name="relevance")
+
+        self.experts = (MultiTaskExperts(c.tasks, c.num_shared_experts, c.num_specific_experts,
+                                         c.expert_units, c.tower_units, c.dropout,
+                                         name="experts") if c.use_mmoe else None)
+        self.heads = {task: MultiLayerPerceptron(c.head_units, c.dropout, output_units=1,
+                                                 name=f"{task}_head") for task in c.tasks}
+        self.ranking_tasks = {task: tfrs.tasks.Ranking(
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True), name=f"{task}_ranking")
+            for task in c.tasks}
+        self.loss_trackers = {name: tf.keras.metrics.Mean(name=name) for name in
+                              [f"{t}_{part}" for t in c.tasks
+                               for part in ("bce", "relevance", "alignment")]}
+
+    def build(self, input_shape):
+        if "rec" in self.config.tasks:
+            # q_phi, the learned query vector that stands in for e_q in recommendation.
+            self.rec_query_vector = self.add_weight(
+                name="rec_query_vector", shape=(1, self.config.embedding_dim),
+                initializer=tf.keras.initializers.GlorotNormal())
+        # The loss layers own trainable W and tau but are not on the scoring path: create
+        # their variables here so checkpoints and parameter counts are complete from the start.
+        for loss_layer in (self.rec_alignment, self.search_alignment, self.relevance):
+            if loss_layer is not None and not loss_layer.built:
+                loss_layer.build(None)
+        super().build(input_shape)
+
+    # ----------------------------------------------------------------------------- encoding
+    @staticmethod
+    def _run_encoder(layers: Sequence[tf.keras.layers.Layer], x, mask, training):
+        for layer in layers:
+            x = layer(x, mask, training=training)
+        return x
+
+    @staticmethod
+    def _run_fusion(layers, target, memory, valid, training):
+        for layer in layers:
+            target = layer(target, memory, valid, valid, training=training)
+        return target
+
+    def encode_history(self, features: Features, training: bool = False) -> HistoryEncoding:
+        """One pass of the three encoders and both fusions over a batch of histories."""
+        c = self.config
+        types = tf.cast(features[HISTORY_TYPES], tf.int32)
+        rec_valid = _valid_prefix(types, TYPE_REC, c.max_rec_history)
+        search_valid = _valid_prefix(types, TYPE_SEARCH, c.max_search_history)
+
+        rec_behaviours = self.item_embedding(features[REC_HISTORY_ITEMS])  # (B, R, d)
+        clicked = features[SEARCH_HISTORY_CLICKED_ITEMS]
+        history_queries = self.query_encoder(features[SEARCH_HISTORY_QUERY_TOKENS])  # (B, S, d)
+        history_clicks = self.item_embedding(clicked)  # (B, S, K, d)
+        search_behaviours = search_behaviour_embedding(history_queries, history_clicks, clicked,
+                                                       search_valid)
+
+        views: Dict[str, tf.Tensor] = {}
+        if self.mixed_encoder is not None:
+            mixed = self.mixed_positions(merge_histories(rec_behaviours, search_behaviours, types))
+            mask = transition_attention_mask(types, c.use_transition_mask)
+            mixed = self._run_encoder(self.mixed_encoder, mixed, mask, training)
+            if c.use_s2r:
+                views["s2r"] = gather_by_type(mixed, types, TYPE_REC, c.max_rec_history)[0]
+            if c.use_r2s:
+                views["r2s"] = gather_by_type(mixed, types, TYPE_SEARCH, c.max_search_history)[0]
+        if self.rec_encoder is not None:
+            views["r2r"] = self._run_encoder(self.rec_encoder, self.rec_positions(rec_behaviours),
+                                             padding_attention_mask(rec_valid), training)
+        if self.search_encoder is not None:
+            views["s2s"] = self._run_encoder(
+                self.search_encoder, self.search_positions(search_behaviours),
+                padding_attention_mask(search_valid), training)
+
+        # A removed transition is replaced by its partner on the same list (spec 12).
+        rec_target = views.get("r2r", views.get("s2r"))
+        rec_memory = views.get("s2r", views.get("r2r"))
+        search_target = views.get("s2s", views.get("r2s"))
+        search_memory = views.get("r2s", views.get("s2s"))
+        if self.rec_fusion is not None:
+            rec_interests = self._run_fusion(self.rec_fusion, rec_target, rec_memory, rec_valid,
+                                             training)
+        else:
+            rec_interests = rec_target + rec_memory
+        if self.search_fusion is not None:
+            search_interests = self._run_fusion(self.search_fusion, search_target, search_memory,
+                                                search_valid, training)
+        else:
+            search_interests = search_target + search_memory
+
+        return HistoryEncoding(rec_interests=rec_interests, rec_valid=rec_valid,
+                               search_interests=search_interests, search_valid=search_valid,
+                               views=views, history_query_embeddings=history_queries,
+                               history_click_embeddings=history_clicks,
+                               history_click_valid=tf.logical_and(
+                                   tf.not_equal(clicked, 0), search_valid[..., tf.newaxis]))
+
+    # ------------------------------------------------------------------------------ scoring
+    def score_logits(self, features: Features, encoding: HistoryEncoding,
+                     tasks: Sequence[str], training: bool = False) -> Dict[str, tf.Tensor]:
+        """Logits (B, C) per task for candidate_items (B, C), from one history encoding."""
+        candidates = self.item_embedding(features[CANDIDATE_ITEMS])  # (B, C, d)
+        num_candidates = tf.shape(candidates)[1]
+        rec_interest = self.rec_pooling(encoding.rec_interests, candidates, encoding.rec_valid)
+        search_interest = self.search_pooling(encoding.search_interests, candidates,
+                                              encoding.search_valid)
+        user = self.user_embedding(features[USER_ID])  # (B, d)
+        user = tf.tile(user[:, tf.newaxis, :], [1, num_candidates, 1])
+
+        def broadcast(query):  # (B or 1, d) -> (B, C, d)
+            return tf.broadcast_to(query[:, tf.newaxis, :], tf.shape(candidates))
+
+        logits = {}
+        for task in tasks:
+            if task == "rec":
+                query = broadcast(self.rec_query_vector)
+            else:
+                query = broadcast(self.query_encoder(features[QUERY_TOKENS]))
+            x = tf.concat([rec_interest, search_interest, candidates, user, query], axis=-1)
+            if self.experts is not None:
+                x = self.experts(x, tasks=[task], training=training)[task]
+            logits[task] = tf.squeeze(self.heads[task](x, training=training), axis=-1)
+        return logits
+
+    def _scored_tasks(self, features: Features):
+        return [t for t in self.config.tasks if t == "rec" or QUERY_TOKENS in features]
+
+    def call(self, features: Features, training: bool = False) -> Dict[str, tf.Tensor]:
+        encoding = self.encode_history(features, training=training)
+        logits = self.score_logits(features, encoding, self._scored_tasks(features),
+                                   training=training)
+        return {task: tf.sigmoid(value) for task, value in logits.items()}
+
+    # --------------------------------------------------------------------------------- loss
+    def _alignment_loss(self, encoding: HistoryEncoding) -> tf.Tensor:
+        loss = tf.constant(0.0)
+        if self.rec_alignment is not None:
+            loss += self.rec_alignment(encoding.views["r2r"], encoding.views["s2r"],
+                                       encoding.rec_valid)
+        if self.search_alignment is not None:
+            loss += self.search_alignment(encoding.views["s2s"], encoding.views["r2s"],
+                                          encoding.search_valid)
+        return loss
+
+    def _relevance_loss(self, encoding: HistoryEncoding, rel_negatives: Features) -> tf.Tensor:
+        if self.relevance is None:
+            return tf.constant(0.0)
+        for key in (REL_NEGATIVE_ITEMS, REL_NEGATIVE_QUERY_TOKENS):
+            if key not in rel_negatives:
+                raise ValueError(f"compute_loss needs inputs['rel_negatives'][{key!r}] for the "
+                                 "query-item relevance loss (or set use_relevance_loss=False)")
+        click_valid = encoding.history_click_valid  # (B, S, K)
+        queries = tf.broadcast_to(encoding.history_query_embeddings[:, :, tf.newaxis, :],
+                                  tf.shape(encoding.history_click_embeddings))
+        return self.relevance(
+            tf.boolean_mask(queries, click_valid),
+            tf.boolean_mask(encoding.history_click_embeddings, click_valid),
+            self.item_embedding(rel_negatives[REL_NEGATIVE_ITEMS]),
+            self.query_encoder(rel_negatives[REL_NEGATIVE_QUERY_TOKENS]))
+
+    def task_loss(self, task: str, features: Features, rel_negatives: Features,
+                  training: bool = False) -> tf.Tensor:
+        """BCE + alpha * L_rel + beta * L_align on one task's batch (spec 10)."""
+        c = self.config
+        encoding = self.encode_history(features, training=training)
+        logits = self.score_logits(features, encoding, [task], training=training)[task]
+        labels = tf.one_hot(tf.zeros(tf.shape(logits)[:1], tf.int32), tf.shape(logits)[1])
+        bce = self.ranking_tasks[task](labels=labels, predictions=logits, training=training)
+        relevance = self._relevance_loss(encoding, rel_negatives)
+        alignment = self._alignment_loss(encoding)
+        self.loss_trackers[f"{task}_bce"].update_state(bce)
+        self.loss_trackers[f"{task}_relevance"].update_state(relevance)
+        self.loss_trackers[f"{task}_alignment"].update_state(alignment)
+        return bce + c.alpha_relevance * relevance + c.beta_alignment * alignment
+
+    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        c = self.config
+        rel_negatives = inputs.get("rel_negatives", {})
+        task_weights = {"rec": 1.0, "search": c.gamma_search if len(c.tasks) > 1 else 1.0}
+        loss = tf.constant(0.0)
+        for task in c.tasks:
+            if task not in inputs:
+                raise ValueError(f"compute_loss needs a {task!r} batch; got keys {sorted(inputs)}")
+            loss += task_weights[task] * self.task_loss(task, inputs[task], rel_negatives,
+                                                        training=training)
+        if c.l2_weight > 0:
+            loss += c.l2_weight * self.l2_penalty(inputs)
+        return loss
+
+    # ----------------------------------------------------------------------- regularisation
+    def _embedding_tables(self):
+        return {id(self.user_embedding.embeddings): (self.user_embedding.embeddings, "users"),
+                id(self.item_embedding.embeddings): (self.item_embedding.embeddings, "items"),
+                id(self.query_encoder.embeddings): (self.query_encoder.embeddings, "words")}
+
+    @staticmethod
+    def _decayed(variable: tf.Variable) -> bool:
+        # The reference decays every parameter except biases (LayerNorm beta is a bias there).
+        name = variable.name.split("/")[-1]
+        return not (name.startswith("bias") or name.startswith("beta"))
+
+    def l2_penalty(self, inputs) -> tf.Tensor:
+        """0.5 * sum(w^2): its gradient lambda*w is the reference's coupled Adam weight decay.
+
+        In "batch_rows" mode the embedding tables contribute only the rows this step looked up.
+        """
+        tables = self._embedding_tables()
+        sparse = self.config.embedding_l2_mode == "batch_rows"
+        penalty = tf.constant(0.0)
+        for variable in self.trainable_variables:
+            if not self._decayed(variable) or (sparse and id(variable) in tables):
+                continue
+            penalty += tf.reduce_sum(tf.square(variable))
+        if sparse:
+            touched = _touched_ids(inputs, self.config.tasks)
+            for table, kind in tables.values():
+                rows = tf.gather(table, touched[kind])
+                penalty += tf.reduce_sum(tf.square(rows))
+        return 0.5 * penalty
+
+
+def _touched_ids(inputs, tasks) -> Dict[str, tf.Tensor]:
+    """Unique ids per table that one training step reads (padding id 0 included, harmlessly)."""
+    ids = {"users": [], "items": [], "words": []}
+    for task in tasks:
+        features = inputs[task]
+        ids["users"].append(features[USER_ID])
+        for key in (REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS, CANDIDATE_ITEMS):
+            ids["items"].append(features[key])
+        ids["words"].append(features[SEARCH_HISTORY_QUERY_TOKENS])
+        if QUERY_TOKENS in features:
+            ids["words"].append(features[QUERY_TOKENS])
+    rel = inputs.get("rel_negatives", {})
+    if REL_NEGATIVE_ITEMS in rel:
+        ids["items"].append(rel[REL_NEGATIVE_ITEMS])
+        ids["words"].append(rel[REL_NEGATIVE_QUERY_TOKENS])
+    return {kind: tf.unique(tf.concat([tf.reshape(tf.cast(t, tf.int64), [-1]) for t in tensors],
+                                      axis=0))[0]
+            for kind, tensors in ids.items()}
+
+
+def build_model(config: UniSARConfig, batch_size: int = 2, num_candidates: int = 2
+                ) -> UniSARModel:
+    """A UniSARModel with every variable created (by scoring one all-padding batch)."""
+    model = UniSARModel(config)
+    model(dummy_features(config, batch_size, num_candidates, with_query=True))
+    return model
+
+
+def dummy_features(config: UniSARConfig, batch_size: int, num_candidates: int,
+                   with_query: bool) -> Dict[str, tf.Tensor]:
+    """An all-padding batch of the model's input shapes (used to create variables)."""
+    from feature_specs import model_feature_shapes  # local: only this helper needs it
+
+    shapes = model_feature_shapes(config.sequence_shapes, num_candidates, with_query)
+    return {name: tf.zeros((batch_size,) + shape, tf.int64) for name, shape in shapes.items()}
+
+
+def count_parameters(model: tf.keras.Model) -> int:
+    return int(sum(tf.size(v).numpy() for v in model.trainable_variables))
+
