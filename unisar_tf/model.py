@@ -134,7 +134,8 @@ class UniSARModel(tfrs.Model):
         # their variables here so checkpoints and parameter counts are complete from the start.
         for loss_layer in (self.rec_alignment, self.search_alignment, self.relevance):
             if loss_layer is not None and not loss_layer.built:
-                loss_layer.build(None)
+                with tf.name_scope(loss_layer.name):
+                    loss_layer.build(None)
         super().build(input_shape)
 
     # ----------------------------------------------------------------------------- encoding
@@ -329,7 +330,7 @@ class UniSARModel(tfrs.Model):
 
 
 def _touched_ids(inputs, tasks) -> Dict[str, tf.Tensor]:
-    """Unique ids per table that one training step reads (padding id 0 included, harmlessly)."""
+    """Unique ids per table that one training step reads: {"users"|"items"|"words": (n,)}."""
     ids = {"users": [], "items": [], "words": []}
     for task in tasks:
         features = inputs[task]
@@ -343,9 +344,13 @@ def _touched_ids(inputs, tasks) -> Dict[str, tf.Tensor]:
     if REL_NEGATIVE_ITEMS in rel:
         ids["items"].append(rel[REL_NEGATIVE_ITEMS])
         ids["words"].append(rel[REL_NEGATIVE_QUERY_TOKENS])
-    return {kind: tf.unique(tf.concat([tf.reshape(tf.cast(t, tf.int64), [-1]) for t in tensors],
-                                      axis=0))[0]
-            for kind, tensors in ids.items()}
+    touched = {}
+    for kind, tensors in ids.items():
+        unique = tf.unique(tf.concat([tf.reshape(tf.cast(t, tf.int64), [-1]) for t in tensors],
+                                     axis=0))[0]
+        # Item and word row 0 is padding (never a real embedding); user 0 may be a real id.
+        touched[kind] = unique if kind == "users" else tf.boolean_mask(unique, unique > 0)
+    return touched
 
 
 def build_model(config: UniSARConfig, batch_size: int = 2, num_candidates: int = 2

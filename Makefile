@@ -1,0 +1,42 @@
+# Set-up is part of every target: a fresh clone needs nothing but Python 3.10 (pyenv reads
+# .python-version) and access to PyPI.
+PYTHON ?= python3.10
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install run test lock param-count clean
+
+install: $(INSTALLED)
+
+# Re-installs whenever the lock file or the package metadata changes.
+$(INSTALLED): requirements.lock setup.py
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 10), \
+	  "UniSAR-TF needs Python 3.10 (TFX 1.15 declares <3.11); found " + sys.version' 
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip sync --quiet --python $(PY) requirements.lock
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .
+	touch $@
+
+# The main job: train UniSAR on generated data and print HR/NDCG for both tasks.
+run: $(INSTALLED)
+	$(PY) -m unisar_tf.demo
+
+test: $(INSTALLED)
+	$(PY) -m pytest tests -q
+
+# Parameter count of the Amazon preset at the Kindle vocabulary sizes of the paper.
+param-count: $(INSTALLED)
+	$(PY) -m unisar_tf.param_count --preset amazon --num-items 61935 --num-words 1866 --num-users 68223
+
+# Re-resolve the pinned stack after editing requirements.in.
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip compile requirements.in -o requirements.lock \
+	  --python-version 3.10 --python-platform x86_64-manylinux_2_28
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,55 @@
+"""Print UniSAR's trainable parameter count for a preset and vocabulary sizes.
+
+    python -m unisar_tf.param_count --preset amazon --num-items 61935 --num-words 1866 \
+        --num-users 68223
+
+Vocabulary sizes count the padding id 0. The table breaks the total down by component so it
+can be compared with the reference implementation's count (docs/model.md).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+from typing import Dict, List, Optional
+
+
+def parameter_breakdown(model) -> Dict[str, int]:
+    """Trainable parameters per top-level component (first part of the variable path)."""
+    counts: Dict[str, int] = collections.OrderedDict()
+    for variable in model.trainable_variables:
+        component = variable.name.split("/")[0]
+        if component == model.name:  # weights owned by the model itself (q_phi)
+            component = variable.name.split("/")[1].split(":")[0]
+        counts[component] = counts.get(component, 0) + int(variable.shape.num_elements())
+    return counts
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="amazon", choices=["amazon", "kuaisar"])
+    parser.add_argument("--num-items", type=int, required=True)
+    parser.add_argument("--num-words", type=int, required=True)
+    parser.add_argument("--num-users", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from unisar_tf.config import preset
+    from unisar_tf.model import build_model
+
+    config = preset(args.preset, num_items=args.num_items, num_words=args.num_words,
+                    num_users=args.num_users)
+    model = build_model(config)
+    breakdown = parameter_breakdown(model)
+    width = max(len(name) for name in breakdown)
+    print(f"UniSAR parameters, preset={args.preset}, items={args.num_items}, "
+          f"words={args.num_words}, users={args.num_users}")
+    for name, count in breakdown.items():
+        print(f"  {name:<{width}}  {count:>10,}")
+    print(f"  {'total':<{width}}  {sum(breakdown.values()):>10,}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

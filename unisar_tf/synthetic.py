@@ -1,0 +1,473 @@
+"""Seeded synthetic UniSAR data with planted search <-> recommendation transitions.
+
+The generator writes examples in exactly the format of `feature_specs` (NumPy int64 arrays
+with a leading batch dimension), so model, training and evaluation code can be run and tested
+without a real dataset, and a model that learns transitions can be told apart from one that
+does not.
+
+Generative story (all draws from one `np.random.Generator(seed)`):
+
+- Items 1..num_items-1 and words 1..num_words-1 are cut into `num_topics` contiguous blocks;
+  topic k owns item block k and word block k. Inside a block, popularity is Zipf-like
+  (weight 1 / rank^zipf_exponent), so a few items and words per topic dominate.
+- Each user (ids 1..num_users-1) has a topic mix that drifts slowly: a linear blend, over the
+  user's stream, from one Dirichlet draw to another. The stream has 20-60 events (seeded);
+  each event is a search session with probability `search_probability`, else a rec event.
+- Transitions (the planted signal):
+  * a search session's topic is, with probability `search_follows_rec_probability`, the
+    topic of the user's latest rec event (r2s), else a draw from the mix;
+  * after a search session on topic t, each rec event until the next search session is
+    from topic t with probability `rec_follows_search_probability` (s2r), else from the mix.
+- A rec event is one item of its topic. A search session is a query of 1-3 distinct words
+  of its topic and 1..clicks_per_session distinct clicked items of its topic.
+
+Examples: every rec event and every search session (all have a click) is a target, with the
+user's last `max_rec_history` rec events and last `max_search_history` search sessions
+strictly before it. Per user and scenario, the last target is test, the one before it
+validation, and earlier ones train (leave-one-out). A search target's positive is its first
+clicked item. Negatives are uniform over items, distinct, and never an item the user ever
+interacted with; training examples get `num_train_negatives`, evaluation examples
+`num_eval_negatives`, so `candidate_items` is (n, 1 + num_negatives) with the positive first.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Tuple
+
+import numpy as np
+
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    QUERY_TOKENS,
+    REC_HISTORY_ITEMS,
+    REL_NEGATIVE_ITEMS,
+    REL_NEGATIVE_QUERY_TOKENS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    SEARCH_HISTORY_QUERY_TOKENS,
+    TYPE_PAD,
+    TYPE_REC,
+    TYPE_SEARCH,
+    USER_ID,
+)
+from unisar_tf.config import UniSARConfig
+
+__all__ = [
+    "SyntheticData",
+    "generate_synthetic_data",
+    "random_feature_batch",
+    "relevance_negatives",
+]
+
+Features = Dict[str, np.ndarray]
+
+MAX_QUERY_WORDS = 3
+
+
+@dataclasses.dataclass
+class SyntheticData:
+    """Feature dicts per split and scenario, plus the planted structure for tests.
+
+    Every feature dict maps `feature_specs` names to int64 arrays of shape (n, ...) as given by
+    `model_feature_shapes`; rec dicts have no `query_tokens`. `candidate_items` is
+    (n, 1 + num_train_negatives) in train and (n, 1 + num_eval_negatives) in valid/test.
+    """
+
+    train_rec: Features
+    train_search: Features
+    valid_rec: Features
+    valid_search: Features
+    test_rec: Features
+    test_search: Features
+    num_topics: int
+    item_topics: np.ndarray  # (num_items,) int64, topic of each item; -1 for padding item 0
+    word_topics: np.ndarray  # (num_words,) int64, topic of each word; -1 for padding word 0
+    train_queries: np.ndarray  # (num_unique_queries, query_length) int64, queries of train sessions
+
+    def split(self, name: str) -> Tuple[Features, Features]:
+        """(rec, search) feature dicts of split "train", "valid" or "test"."""
+        if name not in ("train", "valid", "test"):
+            raise ValueError(f"unknown split {name!r}; choose train, valid or test")
+        return getattr(self, f"{name}_rec"), getattr(self, f"{name}_search")
+
+
+# ----------------------------------------------------------------------------- sampling helpers
+
+
+def _topic_blocks(vocab_size: int, num_topics: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Contiguous blocks of ids 1..vocab_size-1: (starts, sizes), each (num_topics,)."""
+    sizes = np.full(num_topics, (vocab_size - 1) // num_topics, dtype=np.int64)
+    sizes[: (vocab_size - 1) % num_topics] += 1
+    starts = 1 + np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return starts, sizes
+
+
+def _id_topics(vocab_size: int, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(vocab_size,) topic of every id; -1 for padding id 0."""
+    topics = np.full(vocab_size, -1, dtype=np.int64)
+    for topic, (start, size) in enumerate(zip(starts, sizes)):
+        topics[start:start + size] = topic
+    return topics
+
+
+def _sample_in_topics(rng: np.random.Generator, topics: np.ndarray, width: int,
+                      starts: np.ndarray, sizes: np.ndarray, zipf_exponent: float) -> np.ndarray:
+    """Zipf-weighted ids from each row's topic block: topics (n,) -> ids (n, width)."""
+    ids = np.zeros((topics.size, width), dtype=np.int64)
+    for topic in range(starts.size):  # one vectorised draw per topic
+        rows = np.flatnonzero(topics == topic)
+        if rows.size == 0:
+            continue
+        weights = 1.0 / np.arange(1, sizes[topic] + 1) ** zipf_exponent
+        ranks = rng.choice(sizes[topic], size=(rows.size, width), p=weights / weights.sum())
+        ids[rows] = starts[topic] + ranks
+    return ids
+
+
+def _keep_first_distinct(ids: np.ndarray) -> np.ndarray:
+    """Zero repeated non-zero ids in each row (keeping the first) and pack survivors left.
+
+    (n, w) -> (n, w), row order preserved, zeros at the end.
+    """
+    # A stable sort puts the first occurrence of each value first among its equals.
+    order = np.argsort(ids, axis=1, kind="stable")
+    ordered = np.take_along_axis(ids, order, axis=1)
+    repeated_sorted = np.zeros(ids.shape, dtype=bool)
+    repeated_sorted[:, 1:] = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] != 0)
+    repeated = np.zeros(ids.shape, dtype=bool)
+    np.put_along_axis(repeated, order, repeated_sorted, axis=1)
+    ids = np.where(repeated, 0, ids)
+    return np.take_along_axis(ids, np.argsort(ids == 0, axis=1, kind="stable"), axis=1)
+
+
+def _first_n_distinct(rng: np.random.Generator, ids: np.ndarray, max_count: int) -> np.ndarray:
+    """Keep 1..max_count (uniform) leading distinct ids per row; (n, w) -> (n, w) zero-padded."""
+    counts = rng.integers(1, max_count + 1, size=ids.shape[0])
+    ids = np.where(np.arange(ids.shape[1]) < counts[:, None], ids, 0)
+    return _keep_first_distinct(ids)
+
+
+def _sample_negatives(rng: np.random.Generator, user_index: np.ndarray, num_negatives: int,
+                      num_items: int, user_item_keys: np.ndarray) -> np.ndarray:
+    """Distinct uniform items outside each row's user history: (n,) -> (n, num_negatives).
+
+    `user_item_keys` is the sorted unique array of user_index * num_items + item over every
+    interaction (the positives included), so membership is one searchsorted.
+    """
+    negatives = np.zeros((user_index.size, num_negatives), dtype=np.int64)
+    pending = np.arange(user_index.size)
+    draws = num_negatives + num_negatives // 4 + 16  # a little slack for repeats and rejects
+    for _ in range(3):  # vectorised rejection sampling; rows short of negatives draw again
+        if pending.size == 0:
+            return negatives
+        items = rng.integers(1, num_items, size=(pending.size, draws))
+        keys = user_index[pending, None] * num_items + items
+        position = np.minimum(np.searchsorted(user_item_keys, keys), user_item_keys.size - 1)
+        allowed = user_item_keys[position] != keys
+        items = _keep_first_distinct(np.where(allowed, items, 0))
+        complete = items[:, num_negatives - 1] != 0
+        negatives[pending[complete]] = items[complete, :num_negatives]
+        pending = pending[~complete]
+        draws *= 2
+    # Rare (catalogue nearly exhausted by the user): sample exactly, one row at a time.
+    all_items = np.arange(1, num_items)
+    for row in pending:
+        lower = np.searchsorted(user_item_keys, user_index[row] * num_items)
+        upper = np.searchsorted(user_item_keys, (user_index[row] + 1) * num_items)
+        allowed = np.setdiff1d(all_items, user_item_keys[lower:upper] % num_items)
+        negatives[row] = rng.choice(allowed, size=num_negatives, replace=False)
+    return negatives
+
+
+# ----------------------------------------------------------------------------- event streams
+
+
+@dataclasses.dataclass
+class _Streams:
+    """Per-user event streams, (U, T) with U = num_users - 1 and T = max_events."""
+
+    is_rec: np.ndarray  # (U, T) bool
+    is_search: np.ndarray  # (U, T) bool
+    topics: np.ndarray  # (U, T) int64, -1 past the end of the stream
+    rec_items: np.ndarray  # (U, T) int64, the item of rec events, else 0
+    queries: np.ndarray  # (U, T, query_length) int64, search sessions only
+    clicks: np.ndarray  # (U, T, clicks_per_session) int64, search sessions only
+
+
+def _generate_streams(config: UniSARConfig, rng: np.random.Generator, num_topics: int,
+                      min_events: int, max_events: int, search_probability: float,
+                      rec_follows_search_probability: float,
+                      search_follows_rec_probability: float, topic_concentration: float,
+                      zipf_exponent: float) -> Tuple[_Streams, Tuple[np.ndarray, ...]]:
+    num_users = config.num_users - 1
+    steps = np.arange(max_events)
+    lengths = rng.integers(min_events, max_events + 1, size=num_users)
+    in_stream = steps < lengths[:, None]
+    is_search = (rng.random((num_users, max_events)) < search_probability) & in_stream
+    is_rec = in_stream & ~is_search
+
+    # Slow drift: blend two Dirichlet mixes over each user's stream.
+    mix_start = rng.dirichlet(np.full(num_topics, topic_concentration), size=num_users)
+    mix_end = rng.dirichlet(np.full(num_topics, topic_concentration), size=num_users)
+    progress = np.minimum(steps / np.maximum(lengths[:, None] - 1, 1), 1.0)  # (U, T)
+    mix_draw = rng.random((num_users, max_events))
+    follow_draw = rng.random((num_users, max_events))
+
+    topics = np.full((num_users, max_events), -1, dtype=np.int64)
+    last_rec_topic = np.full(num_users, -1, dtype=np.int64)
+    last_search_topic = np.full(num_users, -1, dtype=np.int64)
+    for step in steps:  # vectorised over users; the loop is over time only
+        mix = (1 - progress[:, step, None]) * mix_start + progress[:, step, None] * mix_end
+        mix_topic = np.minimum((np.cumsum(mix, axis=1) < mix_draw[:, step, None]).sum(axis=1),
+                               num_topics - 1)
+        search_topic = np.where((last_rec_topic >= 0)
+                                & (follow_draw[:, step] < search_follows_rec_probability),
+                                last_rec_topic, mix_topic)
+        rec_topic = np.where((last_search_topic >= 0)
+                             & (follow_draw[:, step] < rec_follows_search_probability),
+                             last_search_topic, mix_topic)
+        topic = np.where(is_search[:, step], search_topic, rec_topic)
+        topics[:, step] = np.where(in_stream[:, step], topic, -1)
+        last_rec_topic = np.where(is_rec[:, step], topic, last_rec_topic)
+        last_search_topic = np.where(is_search[:, step], topic, last_search_topic)
+
+    item_starts, item_sizes = _topic_blocks(config.num_items, num_topics)
+    word_starts, word_sizes = _topic_blocks(config.num_words, num_topics)
+
+    rec_items = np.zeros((num_users, max_events), dtype=np.int64)
+    rec_items[is_rec] = _sample_in_topics(rng, topics[is_rec], 1, item_starts, item_sizes,
+                                          zipf_exponent)[:, 0]
+
+    search_topics = topics[is_search]
+    num_words = min(MAX_QUERY_WORDS, config.query_length)
+    words = _sample_in_topics(rng, search_topics, num_words, word_starts, word_sizes,
+                              zipf_exponent)
+    queries = np.zeros((num_users, max_events, config.query_length), dtype=np.int64)
+    queries[is_search, :num_words] = _first_n_distinct(rng, words, num_words)
+    clicked = _sample_in_topics(rng, search_topics, config.clicks_per_session, item_starts,
+                                item_sizes, zipf_exponent)
+    clicks = np.zeros((num_users, max_events, config.clicks_per_session), dtype=np.int64)
+    clicks[is_search] = _first_n_distinct(rng, clicked, config.clicks_per_session)
+
+    streams = _Streams(is_rec=is_rec, is_search=is_search, topics=topics, rec_items=rec_items,
+                       queries=queries, clicks=clicks)
+    return streams, (item_starts, item_sizes, word_starts, word_sizes)
+
+
+def _pack_left(mask: np.ndarray, *arrays: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """Per row, move the entries where mask (U, T) is True to the front, time order kept.
+
+    Returns the packed step indices (U, T) followed by each array (U, T, ...) packed alike.
+    """
+    order = np.argsort(~mask, axis=1, kind="stable")
+    packed = [order]
+    for array in arrays:
+        index = order.reshape(order.shape + (1,) * (array.ndim - 2))
+        packed.append(np.take_along_axis(array, index, axis=1))
+    return tuple(packed)
+
+
+def _gather_window(per_user: np.ndarray, users: np.ndarray, count_before: np.ndarray,
+                   length: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Last `length` entries before `count_before` of each target's user, oldest first.
+
+    per_user (U, T, ...), users and count_before (n,) -> (values (n, length, ...) zero-padded
+    at the end, valid (n, length) bool).
+    """
+    index = np.maximum(count_before - length, 0)[:, None] + np.arange(length)
+    valid = index < count_before[:, None]
+    index = np.minimum(index, per_user.shape[1] - 1)
+    values = per_user[users[:, None], index]
+    values = np.where(valid.reshape(valid.shape + (1,) * (values.ndim - 2)), values, 0)
+    return values, valid
+
+
+def _build_examples(config: UniSARConfig, streams: _Streams, target_mask: np.ndarray):
+    """History features of every target event in target_mask (U, T), row-major order.
+
+    Returns (features without candidates, users (n,), steps (n,)).
+    """
+    rec_len, search_len = config.max_rec_history, config.max_search_history
+    users, steps = np.nonzero(target_mask)
+    rec_before = (np.cumsum(streams.is_rec, axis=1) - streams.is_rec)[users, steps]
+    search_before = (np.cumsum(streams.is_search, axis=1) - streams.is_search)[users, steps]
+
+    rec_steps, rec_items = _pack_left(streams.is_rec, streams.rec_items)
+    search_steps, queries, clicks = _pack_left(streams.is_search, streams.queries,
+                                               streams.clicks)
+    rec_history, rec_valid = _gather_window(rec_items, users, rec_before, rec_len)
+    query_history, search_valid = _gather_window(queries, users, search_before, search_len)
+    click_history, _ = _gather_window(clicks, users, search_before, search_len)
+
+    # Merge by event step; padding sorts last. Steps are distinct (one stream per user).
+    rec_time, _ = _gather_window(rec_steps, users, rec_before, rec_len)
+    search_time, _ = _gather_window(search_steps, users, search_before, search_len)
+    pad_time = np.iinfo(np.int64).max
+    times = np.concatenate([np.where(rec_valid, rec_time, pad_time),
+                            np.where(search_valid, search_time, pad_time)], axis=1)
+    types = np.concatenate([np.where(rec_valid, TYPE_REC, TYPE_PAD),
+                            np.where(search_valid, TYPE_SEARCH, TYPE_PAD)], axis=1)
+    history_types = np.take_along_axis(types, np.argsort(times, axis=1, kind="stable"), axis=1)
+
+    features = {
+        USER_ID: (users + 1).astype(np.int64),
+        HISTORY_TYPES: history_types.astype(np.int64),
+        REC_HISTORY_ITEMS: rec_history,
+        SEARCH_HISTORY_QUERY_TOKENS: query_history,
+        SEARCH_HISTORY_CLICKED_ITEMS: click_history,
+    }
+    return features, users, steps
+
+
+def _leave_one_out(users: np.ndarray) -> np.ndarray:
+    """Targets sorted by (user, time) -> position from each user's end (n,): 0 last, 1 before."""
+    is_last = np.append(users[1:] != users[:-1], True)
+    # Index of each target's user's last target, filled backwards.
+    last_index = np.flatnonzero(is_last)
+    group_end = last_index[np.searchsorted(last_index, np.arange(users.size))]
+    return group_end - np.arange(users.size)
+
+
+def _take(features: Features, rows: np.ndarray) -> Features:
+    return {name: values[rows] for name, values in features.items()}
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def generate_synthetic_data(config: UniSARConfig, num_topics: int = 10, seed: int = 0,
+                            min_events: int = 20, max_events: int = 60,
+                            search_probability: float = 0.4,
+                            rec_follows_search_probability: float = 0.8,
+                            search_follows_rec_probability: float = 0.7,
+                            topic_concentration: float = 0.5,
+                            zipf_exponent: float = 1.0) -> SyntheticData:
+    """Seeded synthetic dataset sized by `config` (see the module docstring for the story).
+
+    Uses config.num_users/num_items/num_words, max_rec_history, max_search_history,
+    query_length, clicks_per_session, num_train_negatives and num_eval_negatives. The same
+    arguments and seed give identical arrays.
+    """
+    if not 1 <= num_topics <= min(config.num_items, config.num_words) - 1:
+        raise ValueError(f"num_topics={num_topics} needs at least one item and one word per "
+                         f"topic (num_items={config.num_items}, num_words={config.num_words})")
+    if not 1 <= min_events <= max_events:
+        raise ValueError(f"need 1 <= min_events <= max_events, got {min_events}, {max_events}")
+    rng = np.random.default_rng(seed)
+    streams, (item_starts, item_sizes, word_starts, word_sizes) = _generate_streams(
+        config, rng, num_topics, min_events, max_events, search_probability,
+        rec_follows_search_probability, search_follows_rec_probability, topic_concentration,
+        zipf_exponent)
+
+    # Every (user, item) interaction, for excluding negatives.
+    user_ids = np.arange(config.num_users - 1)
+    user_items = np.concatenate([
+        (user_ids[:, None] * config.num_items + streams.rec_items)[streams.is_rec],
+        (user_ids[:, None, None] * config.num_items + streams.clicks)[streams.clicks > 0],
+    ])
+    user_item_keys = np.unique(user_items)
+    most_items = np.bincount(user_item_keys // config.num_items).max()
+    num_negatives = max(config.num_train_negatives, config.num_eval_negatives)
+    if config.num_items - 1 - most_items < num_negatives:
+        raise ValueError(f"num_items={config.num_items} is too small: a user interacted with "
+                         f"{most_items} items, leaving fewer than {num_negatives} negatives; "
+                         f"raise num_items or lower max_events")
+
+    splits: Dict[str, Features] = {}
+    for scenario, mask in (("rec", streams.is_rec), ("search", streams.is_search)):
+        features, users, steps = _build_examples(config, streams, mask)
+        if scenario == "rec":
+            positives = streams.rec_items[users, steps]
+        else:
+            features[QUERY_TOKENS] = streams.queries[users, steps]
+            positives = streams.clicks[users, steps, 0]
+        from_end = _leave_one_out(users)
+        for split, rows in (("train", from_end >= 2), ("valid", from_end == 1),
+                            ("test", from_end == 0)):
+            rows = np.flatnonzero(rows)
+            num_negatives = (config.num_train_negatives if split == "train"
+                             else config.num_eval_negatives)
+            negatives = _sample_negatives(rng, users[rows], num_negatives, config.num_items,
+                                          user_item_keys)
+            split_features = _take(features, rows)
+            split_features[CANDIDATE_ITEMS] = np.concatenate(
+                [positives[rows, None], negatives], axis=1)
+            splits[f"{split}_{scenario}"] = split_features
+
+    train_queries = splits["train_search"][QUERY_TOKENS]
+    if train_queries.shape[0]:
+        train_queries = np.unique(train_queries, axis=0)
+    return SyntheticData(
+        **splits, num_topics=num_topics,
+        item_topics=_id_topics(config.num_items, item_starts, item_sizes),
+        word_topics=_id_topics(config.num_words, word_starts, word_sizes),
+        train_queries=train_queries)
+
+
+def relevance_negatives(config: UniSARConfig, rng: np.random.Generator, num: int,
+                        queries: np.ndarray) -> Features:
+    """Per-step negatives for the relevance loss (spec section 6), sampled with replacement.
+
+    `queries` (num_queries, query_length) is the pool, e.g. `SyntheticData.train_queries`.
+    Returns {"rel_negative_items": (num,), "rel_negative_query_tokens": (num, query_length)},
+    int64; items are uniform over 1..num_items-1, queries uniform over the pool's rows.
+    """
+    queries = np.asarray(queries, dtype=np.int64)
+    if queries.ndim != 2 or queries.shape[1] != config.query_length or not queries.shape[0]:
+        raise ValueError(f"queries must be a non-empty (n, {config.query_length}) array, "
+                         f"got shape {queries.shape}")
+    return {
+        REL_NEGATIVE_ITEMS: rng.integers(1, config.num_items, size=num, dtype=np.int64),
+        REL_NEGATIVE_QUERY_TOKENS: queries[rng.integers(0, queries.shape[0], size=num)],
+    }
+
+
+def random_feature_batch(config: UniSARConfig, batch_size: int, num_candidates: int,
+                         with_query: bool, rng: np.random.Generator,
+                         empty_search_history: bool = False,
+                         empty_rec_history: bool = False) -> Features:
+    """A random but valid batch of model features, for layer and model unit tests.
+
+    Shapes are `model_feature_shapes(config.sequence_shapes, num_candidates, with_query)`
+    with a leading batch_size; all int64. Each row keeps 0..max_rec_history rec behaviours and
+    0..max_search_history search sessions (0 for the `empty_*` switches), randomly interleaved
+    in `history_types` with padding last. Queries have 1..query_length words; a session has
+    0..clicks_per_session clicks (zero clicks is valid: spec section 1).
+    """
+    rec_len, search_len = config.max_rec_history, config.max_search_history
+    query_len, clicks_len = config.query_length, config.clicks_per_session
+    num_rec = (np.zeros(batch_size, dtype=np.int64) if empty_rec_history
+               else rng.integers(0, rec_len + 1, size=batch_size))
+    num_search = (np.zeros(batch_size, dtype=np.int64) if empty_search_history
+                  else rng.integers(0, search_len + 1, size=batch_size))
+
+    rec_valid = np.arange(rec_len) < num_rec[:, None]
+    search_valid = np.arange(search_len) < num_search[:, None]
+    # Random interleaving: sort the kept slots by random keys, padding (key 2) last.
+    types = np.concatenate([np.where(rec_valid, TYPE_REC, TYPE_PAD),
+                            np.where(search_valid, TYPE_SEARCH, TYPE_PAD)], axis=1)
+    keys = np.where(types == TYPE_PAD, 2.0, rng.random(types.shape))
+    history_types = np.take_along_axis(types, np.argsort(keys, axis=1, kind="stable"), axis=1)
+
+    def _padded_ids(vocab_size, shape, counts):
+        ids = rng.integers(1, vocab_size, size=shape)
+        return np.where(np.arange(shape[-1]) < counts[..., None], ids, 0)
+
+    query_words = rng.integers(1, query_len + 1, size=(batch_size, search_len))
+    num_clicks = rng.integers(0, clicks_len + 1, size=(batch_size, search_len))
+    features = {
+        USER_ID: rng.integers(1, config.num_users, size=batch_size),
+        HISTORY_TYPES: history_types,
+        REC_HISTORY_ITEMS: _padded_ids(config.num_items, (batch_size, rec_len), num_rec),
+        SEARCH_HISTORY_QUERY_TOKENS: _padded_ids(
+            config.num_words, (batch_size, search_len, query_len),
+            np.where(search_valid, query_words, 0)),
+        SEARCH_HISTORY_CLICKED_ITEMS: _padded_ids(
+            config.num_items, (batch_size, search_len, clicks_len),
+            np.where(search_valid, num_clicks, 0)),
+        CANDIDATE_ITEMS: rng.integers(1, config.num_items, size=(batch_size, num_candidates)),
+    }
+    if with_query:
+        features[QUERY_TOKENS] = _padded_ids(config.num_words, (batch_size, query_len),
+                                             rng.integers(1, query_len + 1, size=batch_size))
+    return {name: values.astype(np.int64) for name, values in features.items()}
