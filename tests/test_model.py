@@ -224,3 +224,15 @@ def test_model_rejects_missing_relevance_negatives():
     del batch["rel_negatives"]
     with pytest.raises(ValueError, match="rel_negative_items"):
         model.compute_loss(batch)
+
+
+def test_config_round_trips_and_rejects_bad_values():
+    config = amazon_preset(num_items=100)
+    assert UniSARConfig.from_dict(config.to_dict()) == config
+    assert config.alpha_relevance == 0.1 and config.clicks_per_session == 1
+    with pytest.raises(ValueError, match="query_length"):
+        UniSARConfig(query_length=0)
+    with pytest.raises(ValueError, match="at least one of r2r and s2r"):
+        UniSARConfig(use_r2r=False, use_s2r=False)
+    with pytest.raises(ValueError, match="unknown UniSARConfig fields"):
+        UniSARConfig.from_dict({"num_itemz": 3})

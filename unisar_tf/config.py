@@ -104,6 +104,13 @@ class UniSARConfig:
             raise ValueError("the rec side needs at least one of r2r and s2r")
         if not (self.use_s2s or self.use_r2s):
             raise ValueError("the search side needs at least one of s2s and r2s")
+        for name in ("max_rec_history", "max_search_history", "query_length",
+                     "clicks_per_session", "num_heads", "num_layers", "batch_size",
+                     "num_train_negatives", "num_eval_negatives", "num_relevance_negatives"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for name in ("num_users", "num_items", "num_words"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2 (id 0 is padding), got {getattr(self, name)}")

@@ -7,6 +7,7 @@ of the data pipeline builds on the same pieces.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Dict, Mapping, Optional
 
 import numpy as np
@@ -82,13 +83,24 @@ def predict_scores(model: tf.keras.Model, features: ArrayDict, task: str,
     """Scores (n, C) of one task for every row of `features`, in inference mode."""
     if task == "search" and QUERY_TOKENS not in features:
         raise ValueError("search scores need query_tokens in the features")
-
-    @tf.function(reduce_retracing=True)
-    def score(batch):
-        return model(batch, training=False)[task]
-
+    score = _scoring_function(model, task, features)
     dataset = tf.data.Dataset.from_tensor_slices(dict(features)).batch(batch_size)
     return np.concatenate([score(batch).numpy() for batch in dataset], axis=0)
+
+
+# One traced scoring graph per (model, task, input shapes), reused across evaluations.
+_SCORING_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _scoring_function(model: tf.keras.Model, task: str, features: ArrayDict):
+    signature = {name: tf.TensorSpec((None,) + np.shape(values)[1:], tf.int64)
+                 for name, values in features.items()}
+    key = (task, tuple(sorted((name, np.shape(values)[1:]) for name, values in features.items())))
+    per_model = _SCORING_FUNCTIONS.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = tf.function(lambda batch: model(batch, training=False)[task],
+                                     input_signature=[signature])
+    return per_model[key]
 
 
 def evaluate_tasks(model: tf.keras.Model, eval_sets: Mapping[str, ArrayDict],
