@@ -9,6 +9,7 @@ from unisar_tf.layers import (EntityEmbedding, FusionDecoderLayer, MaskedMultiHe
                               TransformerEncoderLayer, gather_by_type, masked_mean,
                               merge_histories, search_behaviour_embedding,
                               transition_attention_mask)
+from unisar_tf.losses import QueryItemRelevanceLoss, TransitionAlignmentLoss
 
 REC, SEARCH, PAD = 1, 2, 0
 
@@ -175,6 +176,11 @@ LAYER_CASES = [
     (lambda: StackedExperts(3, 4, 0.1), lambda: (tf.ones([1, 2, 6]),)),
     (lambda: MultiLayerPerceptron([4, 3], 0.1, output_units=1), lambda: (tf.ones([2, 5]),)),
     (lambda: MultiTaskExperts(["rec", "search"], 2, 2, 4, [3], 0.1), lambda: (tf.ones([1, 2, 6]),)),
+    (lambda: TransitionAlignmentLoss(4, 0.1),
+     lambda: (tf.random.stateless_normal([3, 2, 4], [2, 1]),
+              tf.random.stateless_normal([3, 2, 4], [2, 2]), tf.ones([3, 2], tf.bool))),
+    (lambda: QueryItemRelevanceLoss(4, 0.5),
+     lambda: tuple(tf.random.stateless_normal([3, 4], [3, i]) for i in range(4))),
 ]
 
 

@@ -51,12 +51,8 @@ def bilinear_info_nce(anchors: tf.Tensor, positives: tf.Tensor, negatives: tf.Te
     return tf.math.divide_no_nan(tf.reduce_sum(per_anchor), count)
 
 
-class TransitionAlignmentLoss(tf.keras.layers.Layer):
-    """L_align for one pair of views (spec 5), e.g. (H_r2r, H_s2r) on the rec list.
-
-    same_view, other_view (B, L, d), valid (B, L) bool -> scalar. Each view is mean-pooled over
-    valid positions first.
-    """
+class _BilinearContrastiveLoss(tf.keras.layers.Layer):
+    """Owns the bilinear similarity kernel W (d, d) and the learnable temperature tau."""
 
     def __init__(self, model_dim: int, initial_temperature: float, **kwargs):
         super().__init__(**kwargs)
@@ -70,11 +66,6 @@ class TransitionAlignmentLoss(tf.keras.layers.Layer):
             name="temperature", shape=(),
             initializer=tf.keras.initializers.Constant(self.initial_temperature))
         super().build(input_shape)
-
-    def call(self, same_view, other_view, valid):
-        row_valid = tf.reduce_any(valid, axis=1)
-        return nt_xent_bilinear(masked_mean(same_view, valid), masked_mean(other_view, valid),
-                                self.kernel, self.temperature, row_valid)
 
     def get_config(self):
         config = super().get_config()
@@ -82,25 +73,25 @@ class TransitionAlignmentLoss(tf.keras.layers.Layer):
         return config
 
 
-class QueryItemRelevanceLoss(tf.keras.layers.Layer):
+class TransitionAlignmentLoss(_BilinearContrastiveLoss):
+    """L_align for one pair of views (spec 5), e.g. (H_r2r, H_s2r) on the rec list.
+
+    same_view, other_view (B, L, d), valid (B, L) bool -> scalar. Each view is mean-pooled over
+    valid positions first.
+    """
+
+    def call(self, same_view, other_view, valid):
+        row_valid = tf.reduce_any(valid, axis=1)
+        return nt_xent_bilinear(masked_mean(same_view, valid), masked_mean(other_view, valid),
+                                self.kernel, self.temperature, row_valid)
+
+
+class QueryItemRelevanceLoss(_BilinearContrastiveLoss):
     """L_rel (spec 6): mean of query->item and item->query InfoNCE with one shared W and tau.
 
     query_embeddings (P, d) and clicked_item_embeddings (P, d) are the (history query, clicked
     item) pairs; negative_items (N, d), negative_queries (N, d) are sampled -> scalar.
     """
-
-    def __init__(self, model_dim: int, initial_temperature: float, **kwargs):
-        super().__init__(**kwargs)
-        self.model_dim = model_dim
-        self.initial_temperature = initial_temperature
-
-    def build(self, input_shape):
-        self.kernel = self.add_weight(name="kernel", shape=(self.model_dim, self.model_dim),
-                                      initializer=_xavier_normal())
-        self.temperature = self.add_weight(
-            name="temperature", shape=(),
-            initializer=tf.keras.initializers.Constant(self.initial_temperature))
-        super().build(input_shape)
 
     def call(self, query_embeddings, clicked_item_embeddings, negative_items, negative_queries):
         query_to_item = bilinear_info_nce(query_embeddings, clicked_item_embeddings,
@@ -108,8 +99,3 @@ class QueryItemRelevanceLoss(tf.keras.layers.Layer):
         item_to_query = bilinear_info_nce(clicked_item_embeddings, query_embeddings,
                                           negative_queries, self.kernel, self.temperature)
         return 0.5 * (query_to_item + item_to_query)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(model_dim=self.model_dim, initial_temperature=self.initial_temperature)
-        return config
