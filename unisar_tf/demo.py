@@ -1,6 +1,6 @@
 """The main job for now: generate planted-structure data, train UniSAR briefly, report HR/NDCG.
 
-    python -m unisar_tf.demo [--users 1500 --epochs 2 ...]
+    python -m unisar_tf.demo [--users 1500 --epochs 6 ...]
 
 Prints the test metrics of both tasks next to two references computed on the same examples:
 random ranking (the expectation, exact) and item popularity in the training data.
@@ -37,7 +37,7 @@ def popularity_scores(train_features: List[dict], candidates: np.ndarray, num_it
 
 
 def run_demo(num_users: int = 1500, num_items: int = 400, num_words: int = 100,
-             epochs: int = 2, batch_size: int = 128, seed: int = 0, verbose: int = 1,
+             epochs: int = 6, batch_size: int = 128, seed: int = 0, verbose: int = 1,
              **config_overrides) -> Dict[str, Dict[str, Dict[str, float]]]:
     """Train on synthetic data; returns {"unisar"|"popularity"|"random": {task: metrics}}."""
     import tensorflow as tf
@@ -103,7 +103,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--users", type=int, default=1500)
     parser.add_argument("--items", type=int, default=400)
     parser.add_argument("--words", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results to this JSON file")
