@@ -1,0 +1,170 @@
+"""The canonical event schema: one row per behaviour, whatever log it came from.
+
+Every adapter (KuaiSAR, Amazon sequences, a user's own event log) turns its input into these
+rows; the sequence builder reads nothing else.
+
+| column              | type        | required | meaning                                              |
+|---------------------|-------------|----------|------------------------------------------------------|
+| `user_id`           | string      | yes      | raw user id                                          |
+| `timestamp`         | int64       | yes      | event time in milliseconds (any monotone integer for logs without clocks) |
+| `scenario`          | "rec" / "search" | yes | which surface the behaviour happened on              |
+| `item_id`           | string      | rec: yes | the recommended item / one item a search returned; empty for a search with no results |
+| `click`             | int64 >= 0  | no (1)   | clicks on the item; rec rows with 0 are impressions, search rows with 0 are returned-not-clicked |
+| `search_session_id` | string      | search   | groups the rows of one search session (one query)    |
+| `query_tokens`      | token list  | search   | the query's word ids, "[20, 34, 3]" or "20 34 3"      |
+
+Side features live in two optional tables keyed by id, not on every event:
+items (`item_id`, `categories`, `caption_tokens`) and users (`user_id` plus string columns).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Optional, Tuple
+
+USER_ID = "user_id"
+TIMESTAMP = "timestamp"
+SCENARIO = "scenario"
+ITEM_ID = "item_id"
+CLICK = "click"
+SEARCH_SESSION_ID = "search_session_id"
+QUERY_TOKENS = "query_tokens"
+
+EVENT_COLUMNS = (USER_ID, TIMESTAMP, SCENARIO, ITEM_ID, CLICK, SEARCH_SESSION_ID, QUERY_TOKENS)
+REQUIRED_EVENT_COLUMNS = (USER_ID, TIMESTAMP, SCENARIO)
+
+SCENARIO_REC = "rec"
+SCENARIO_SEARCH = "search"
+SCENARIOS = (SCENARIO_REC, SCENARIO_SEARCH)
+
+# Reasons a raw row is rejected; each is counted and written to the dead-letter output.
+REJECT_MISSING_USER = "missing_user_id"
+REJECT_BAD_TIMESTAMP = "unparseable_timestamp"
+REJECT_BAD_SCENARIO = "unknown_scenario"
+REJECT_MISSING_ITEM = "missing_item_id"
+REJECT_BAD_CLICK = "unparseable_click"
+REJECT_MISSING_SESSION = "missing_search_session_id"
+REJECT_BAD_QUERY = "malformed_query_tokens"
+REJECT_BAD_ROW = "malformed_row"
+REJECT_UNKNOWN_USER = "user_not_in_sequences"
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One canonical behaviour row. `source`/`line` point back at the raw input for debugging.
+
+    Ordering within a user: (timestamp, rec before search, source order) - see sort_key.
+    """
+
+    user_id: str
+    timestamp: int
+    scenario: str
+    item_id: str = ""
+    click: int = 1
+    search_session_id: str = ""
+    query_tokens: Tuple[str, ...] = ()
+    source: str = ""
+    line: int = 0
+
+    def sort_key(self) -> Tuple[int, int, str, int]:
+        # Spec 3: ties in time put rec before search; then the input's own order.
+        return (self.timestamp, 0 if self.scenario == SCENARIO_REC else 1, self.source, self.line)
+
+
+class RowError(ValueError):
+    """A raw row that cannot become an event; `reason` is one of the REJECT_* names."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+_TOKEN_LIST = re.compile(r"^\[?\s*([^\[\]]*?)\s*\]?$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-.:]+$")
+
+
+def parse_token_list(text: Optional[str], field: str = QUERY_TOKENS) -> Tuple[str, ...]:
+    """"[20, 34, 3]", "20 34 3", "20,34,3" or "" -> ("20", "34", "3") / ().
+
+    Raises RowError(REJECT_BAD_QUERY) on anything else (unbalanced brackets, nested lists,
+    quotes or stray characters), so a mangled keyword column is never read as words.
+    """
+    if text is None:
+        return ()
+    text = text.strip()
+    if not text:
+        return ()
+    if text.startswith("[") != text.endswith("]"):
+        raise RowError(REJECT_BAD_QUERY, f"{field}={text[:80]!r}: unbalanced brackets")
+    match = _TOKEN_LIST.match(text)
+    if match is None:
+        raise RowError(REJECT_BAD_QUERY, f"{field}={text[:80]!r}: not a flat token list")
+    body = match.group(1)
+    tokens = tuple(token for token in re.split(r"[,\s]+", body) if token)
+    for token in tokens:
+        if not _TOKEN.match(token):
+            raise RowError(REJECT_BAD_QUERY, f"{field}={text[:80]!r}: bad token {token!r}")
+    return tokens
+
+
+def parse_timestamp(text: Optional[str]) -> int:
+    """Integer milliseconds; floats like "1652371200000.0" are accepted, anything else rejected."""
+    if text is None or not str(text).strip():
+        raise RowError(REJECT_BAD_TIMESTAMP, "timestamp is empty")
+    text = str(text).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise RowError(REJECT_BAD_TIMESTAMP, f"timestamp={text[:40]!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise RowError(REJECT_BAD_TIMESTAMP, f"timestamp={text[:40]!r} is not finite")
+    return int(value)
+
+
+def parse_click(text: Optional[str]) -> int:
+    """Click count >= 0; an empty cell means 1 (a log of positive behaviours only)."""
+    if text is None or not str(text).strip():
+        return 1
+    text = str(text).strip()
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise RowError(REJECT_BAD_CLICK, f"click={text[:40]!r} is not a number") from None
+    if value < 0:
+        raise RowError(REJECT_BAD_CLICK, f"click={value} is negative")
+    return value
+
+
+def make_event(user_id: Optional[str], timestamp: Optional[str], scenario: Optional[str],
+               item_id: Optional[str] = "", click: Optional[str] = None,
+               search_session_id: Optional[str] = "", query_tokens: Optional[str] = None,
+               source: str = "", line: int = 0) -> Event:
+    """Validate one row's raw string cells into an Event, or raise RowError naming the field."""
+    user_id = (user_id or "").strip()
+    if not user_id:
+        raise RowError(REJECT_MISSING_USER, "user_id is empty")
+    ts = parse_timestamp(timestamp)
+    scenario = (scenario or "").strip().lower()
+    if scenario not in SCENARIOS:
+        raise RowError(REJECT_BAD_SCENARIO, f"scenario={scenario!r}, expected rec or search")
+    item_id = (item_id or "").strip()
+    clicks = parse_click(click)
+    session = (search_session_id or "").strip()
+    tokens: Tuple[str, ...] = ()
+    if scenario == SCENARIO_REC:
+        if not item_id:
+            raise RowError(REJECT_MISSING_ITEM, "a rec event needs an item_id")
+    else:
+        if not session:
+            raise RowError(REJECT_MISSING_SESSION, "a search event needs a search_session_id")
+        tokens = parse_token_list(query_tokens)
+        if clicks > 0 and not item_id:
+            raise RowError(REJECT_MISSING_ITEM, "a clicked search row needs an item_id")
+    return Event(user_id=user_id, timestamp=ts, scenario=scenario, item_id=item_id,
+                 click=clicks, search_session_id=session, query_tokens=tokens,
+                 source=source, line=line)

@@ -1,0 +1,139 @@
+"""Adapter for Amazon-style data: a sequences file plus an item-attributes JSON.
+
+Input format (S3-Rec's preprocessing, e.g. ../shared/data/amazon_beauty):
+- sequences: one line per user, `user_id item_1 item_2 ... item_n`, oldest first, no clocks;
+- attributes: {"item_id": [attribute_id, ...]}, the item's brand and category levels.
+
+There is no search log, so search is semi-synthetic (docs/data.md has the rule and numbers):
+- Time: the position in the user's line (0, 1, 2, ...) is the timestamp.
+- Which interactions are searches: interaction p of user u is a search session iff
+  blake2b(seed, u, p) / 2^64 < search_fraction (default 0.5) and its item has a query;
+  otherwise it is a rec behaviour. Deterministic, independent of worker and file order.
+- The query: the item's "category-like" attributes, those carried by at least
+  `query_min_item_frequency` items of the attribute file (default 100), in the file's order.
+  Rare attributes (brands, fine categories) are left out, so the query names a broad category
+  shared by many items, as product-search datasets do, instead of nearly identifying the item.
+- The session's one click is the interacted item (Amazon: 1 click per session).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+from typing import Dict, Tuple
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from feature_specs import event_schema as es
+from pipeline.adapters import common
+from pipeline.sequence_builder import stable_hash
+
+_TWO_64 = float(2 ** 64)
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class AmazonInputs:
+    sequences: str
+    attributes: str
+    search_fraction: float = 0.5
+    query_min_item_frequency: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.search_fraction <= 1.0:
+            raise ValueError(f"search_fraction={self.search_fraction}: expected within [0, 1]")
+        if self.query_min_item_frequency < 1:
+            raise ValueError("query_min_item_frequency must be >= 1")
+
+
+def load_attributes(path: str) -> Dict[str, Tuple[str, ...]]:
+    with FileSystems.open(path) as handle:
+        try:
+            raw = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected an object {{item_id: [attribute ids]}}")
+    attributes = {}
+    for item, values in raw.items():
+        if not isinstance(values, list):
+            raise ValueError(f"{path}: item {item!r} has {type(values).__name__}, expected a list")
+        attributes[str(item)] = tuple(str(v) for v in values)
+    return attributes
+
+
+def category_queries(attributes: Dict[str, Tuple[str, ...]],
+                     min_item_frequency: int) -> Dict[str, Tuple[str, ...]]:
+    """item -> its attributes shared by >= min_item_frequency items (file order, no repeats)."""
+    frequency = collections.Counter(a for values in attributes.values() for a in set(values))
+    queries = {}
+    for item, values in attributes.items():
+        query = tuple(dict.fromkeys(a for a in values if frequency[a] >= min_item_frequency))
+        if query:
+            queries[item] = query
+    return queries
+
+
+def is_search_draw(seed: int, user_id: str, position: int, fraction: float) -> bool:
+    return stable_hash(seed, "search", user_id, position) / _TWO_64 < fraction
+
+
+class ParseSequencesFile(beam.DoFn):
+    """sequences path -> events; RejectedRow and (stat, 1) on the side outputs."""
+
+    def __init__(self, inputs: AmazonInputs):
+        self._inputs = inputs
+        self._queries = None
+
+    def setup(self):
+        attributes = load_attributes(self._inputs.attributes)
+        self._queries = category_queries(attributes, self._inputs.query_min_item_frequency)
+
+    def process(self, path: str):
+        inputs = self._inputs
+        with FileSystems.open(path) as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                text = raw.decode("utf-8").strip()
+                if not text:
+                    continue
+                fields = text.split()
+                if len(fields) < 2:
+                    yield beam.pvalue.TaggedOutput(common.REJECTED, common.RejectedRow(
+                        path, line_number, es.REJECT_BAD_ROW,
+                        "expected 'user_id item_1 ... item_n' with at least one item",
+                        text[:2000]))
+                    continue
+                if line_number % 10_000 == 0:
+                    LOG.info("read %d users of %s", line_number, path)
+                user_id, items = fields[0], fields[1:]
+                demoted = 0
+                for position, item in enumerate(items):
+                    query = self._queries.get(item)
+                    search = is_search_draw(inputs.seed, user_id, position, inputs.search_fraction)
+                    if search and query:
+                        yield es.Event(user_id, position, es.SCENARIO_SEARCH, item, 1,
+                                       f"{user_id}:{position}", query, path, line_number)
+                    else:
+                        demoted += search
+                        yield es.Event(user_id, position, es.SCENARIO_REC, item, 1,
+                                       "", (), path, line_number)
+                if demoted:  # counted, so the manifest shows how often the rule fell back
+                    yield beam.pvalue.TaggedOutput(
+                        common.STATS, ("amazon_search_draws_kept_as_rec_no_query", demoted))
+
+
+def check_inputs(inputs: AmazonInputs) -> None:
+    common.expand_paths([inputs.sequences])
+    common.expand_paths([inputs.attributes])
+
+
+def read(pipeline, inputs: AmazonInputs) -> common.AdapterOutput:
+    check_inputs(inputs)
+    parsed = (pipeline | "AmazonSequencePaths" >> beam.Create(common.expand_paths([inputs.sequences]))
+              | "ParseAmazonSequences" >> beam.ParDo(ParseSequencesFile(inputs)).with_outputs(
+                  common.REJECTED, common.STATS, main="events"))
+    return common.AdapterOutput(events=parsed.events, rejected=[parsed[common.REJECTED]],
+                                stats=[parsed[common.STATS]])

@@ -1,0 +1,88 @@
+"""Adapter for a user's own event log in the canonical schema (CSV or Parquet).
+
+Columns are found by name (feature_specs/event_schema.py); extra columns are ignored, a missing
+required one fails the job before it starts, naming the file. CSV `query_tokens` cells are
+"[20, 34, 3]" or "20 34 3"; Parquet may also hold a list column.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import List, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from feature_specs import event_schema as es
+from pipeline.adapters import common
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EventLogInputs:
+    events: Sequence[str]  # file paths or glob patterns; .parquet files are read as Parquet
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def parse_canonical_row(row, source: str, line: int):
+    yield es.make_event(
+        row.get(es.USER_ID), row.get(es.TIMESTAMP), row.get(es.SCENARIO),
+        item_id=row.get(es.ITEM_ID, ""), click=row.get(es.CLICK),
+        search_session_id=row.get(es.SEARCH_SESSION_ID, ""),
+        query_tokens=row.get(es.QUERY_TOKENS), source=source, line=line)
+
+
+class ParseParquetFile(beam.DoFn):
+    """path -> events (row number as line), RejectedRow on the REJECTED output."""
+
+    def process(self, path: str):
+        import pyarrow.parquet as pq
+
+        with FileSystems.open(path) as handle:
+            table = pq.read_table(handle)
+        common.check_columns(path, table.column_names, es.REQUIRED_EVENT_COLUMNS)
+        for index, row in enumerate(table.to_pylist(), start=1):
+            cells = {name: _cell(value) for name, value in row.items()}
+            try:
+                yield from parse_canonical_row(cells, path, index)
+            except es.RowError as error:
+                yield beam.pvalue.TaggedOutput(common.REJECTED, common.RejectedRow(
+                    path, index, error.reason, error.detail, repr(row)[:2000]))
+
+
+def check_inputs(inputs: EventLogInputs) -> List[str]:
+    paths = common.expand_paths(inputs.events)
+    for path in paths:
+        if not path.endswith(".parquet"):
+            common.check_columns(path, common.read_csv_header(path), es.REQUIRED_EVENT_COLUMNS)
+    return paths
+
+
+def read(pipeline, inputs: EventLogInputs) -> common.AdapterOutput:
+    paths = check_inputs(inputs)
+    csv_paths = [p for p in paths if not p.endswith(".parquet")]
+    parquet_paths = [p for p in paths if p.endswith(".parquet")]
+    events, rejected = [], []
+    if csv_paths:
+        parsed = (pipeline | "EventLogCsvPaths" >> beam.Create(csv_paths)
+                  | "ParseEventLogCsv" >> beam.ParDo(common.ParseCsvFile(
+                      es.REQUIRED_EVENT_COLUMNS, parse_canonical_row)).with_outputs(
+                          common.REJECTED, main="events"))
+        events.append(parsed.events)
+        rejected.append(parsed[common.REJECTED])
+    if parquet_paths:
+        parsed = (pipeline | "EventLogParquetPaths" >> beam.Create(parquet_paths)
+                  | "ParseEventLogParquet" >> beam.ParDo(ParseParquetFile()).with_outputs(
+                      common.REJECTED, main="events"))
+        events.append(parsed.events)
+        rejected.append(parsed[common.REJECTED])
+    merged = events[0] if len(events) == 1 else tuple(events) | "MergeEventLogs" >> beam.Flatten()
+    return common.AdapterOutput(events=merged, rejected=rejected)

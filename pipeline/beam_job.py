@@ -1,0 +1,333 @@
+"""The Beam job: canonical events -> vocabularies, per-user sequence examples, TFRecords.
+
+Graph (any runner; DirectRunner with 2 processes here, Dataflow/Flink/Spark by options):
+
+    adapter ─> events ─┬─> vocab counts ─> Vocabularies (side input) ─> vocab files
+                       ├─> [max_users filter] ─> GroupByKey(user) ─> build_user_examples
+                       │        └─> {train,valid,test}/{rec,search}-*.tfrecord.gz
+                       └─> rejected rows ─> rejected/rejected-*.jsonl
+    counters from every stage ─> _stats.json ─> manifest.json (written by the driver)
+
+Output layout under `output_dir`:
+    manifest.json, schema.pbtxt, vocab/{users,items,words}.txt (line k = id k),
+    vocab/item_clicks.tsv, {train,valid,test}/{rec,search}-*.tfrecord.gz,
+    rejected/rejected-*.jsonl, side_features/{items,users}-*.jsonl (when the adapter has them).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import time
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from feature_specs import event_schema as es
+from feature_specs import tfmd_schema
+from pipeline import sequence_builder as sb
+from pipeline.adapters import common
+
+LOG = logging.getLogger(__name__)
+EXAMPLE_FILE_SUFFIX = ".tfrecord.gz"
+STATS_FILE = "_stats.json"
+MANIFEST_FILE = "manifest.json"
+DEFAULT_LOCAL_BEAM_ARGS = ("--runner=DirectRunner", "--direct_num_workers=2",
+                           "--direct_running_mode=multi_processing")
+
+
+def example_pattern(output_dir: str, split: str, scenario: str) -> str:
+    return os.path.join(output_dir, split, f"{scenario}-*{EXAMPLE_FILE_SUFFIX}")
+
+
+# --- vocabularies -----------------------------------------------------------------------------
+
+def _vocab_keys(event: es.Event):
+    yield ("user", event.user_id)
+    if event.item_id:
+        yield ("item", event.item_id)
+        if event.click > 0:
+            yield ("click", event.item_id)
+    for token in event.query_tokens:
+        yield ("word", token)
+
+
+class CountVocabKeys(beam.CombineFn):
+    """Events (or side rows) -> one Counter of (kind, raw id); cheaper than an element per key."""
+
+    def __init__(self, keys_fn):
+        self._keys_fn = keys_fn
+
+    def create_accumulator(self):
+        return collections.Counter()
+
+    def add_input(self, counter, element):
+        counter.update(self._keys_fn(element))
+        return counter
+
+    def merge_accumulators(self, counters):
+        merged = collections.Counter()
+        for counter in counters:
+            merged.update(counter)
+        return merged
+
+    def extract_output(self, counter):
+        return counter
+
+
+def _merge_counters(counters: Iterable[collections.Counter]) -> collections.Counter:
+    merged = collections.Counter()
+    for counter in counters:
+        merged.update(counter)
+    return merged
+
+
+def _make_vocabularies(counted: collections.Counter) -> sb.Vocabularies:
+    by_kind: Dict[str, Dict[str, int]] = collections.defaultdict(dict)
+    for (kind, raw), count in counted.items():
+        by_kind[kind][raw] = count
+    items = sb.frequency_vocabulary(by_kind["item"])
+    clicks = np.zeros(len(items) + 1, np.int64)
+    for raw, count in by_kind["click"].items():
+        clicks[items[raw]] = count
+    return sb.Vocabularies(users=sb.frequency_vocabulary(by_kind["user"]), items=items,
+                           words=sb.frequency_vocabulary(by_kind["word"]), item_clicks=clicks)
+
+
+class WriteVocabularies(beam.DoFn):
+    def __init__(self, output_dir: str):
+        self._dir = os.path.join(output_dir, "vocab")
+
+    def process(self, vocab: sb.Vocabularies):
+        for name, mapping in (("users", vocab.users), ("items", vocab.items),
+                              ("words", vocab.words)):
+            ordered = sorted(mapping, key=mapping.get)
+            with FileSystems.create(os.path.join(self._dir, f"{name}.txt")) as handle:
+                handle.write("".join(f"{raw}\n" for raw in ordered).encode("utf-8"))
+            yield (f"vocab_{name}", len(ordered))
+        ordered_items = sorted(vocab.items, key=vocab.items.get)
+        with FileSystems.create(os.path.join(self._dir, "item_clicks.tsv")) as handle:
+            lines = ["item_id\tid\tclicks\n"] + [
+                f"{raw}\t{vocab.items[raw]}\t{vocab.item_clicks[vocab.items[raw]]}\n"
+                for raw in ordered_items]
+            handle.write("".join(lines).encode("utf-8"))
+
+
+# --- examples ---------------------------------------------------------------------------------
+
+class BuildUserExamples(beam.DoFn):
+    """(user_id, [event tuples]) -> (split, scenario, serialized tf.Example); stats on STATS."""
+
+    def __init__(self, options: sb.BuildOptions):
+        self._options = options
+        self._sampler = None
+        self._sampler_source = None
+        self._users = 0
+
+    def process(self, element, vocab: sb.Vocabularies, last_day: Optional[int] = None):
+        if self._sampler_source is not vocab:  # one sampler per side-input value per worker
+            self._sampler = sb.NegativeSampler(vocab.item_clicks, self._options.negative_sampler)
+            self._sampler_source = vocab
+        user_id, rows = element
+        events = sorted((common.event_from_tuple(row) for row in rows), key=es.Event.sort_key)
+        stats = collections.Counter()
+        yield from sb.build_user_tf_examples(user_id, events, vocab, self._sampler,
+                                             self._options, stats, last_day)
+        stats["users"] += 1
+        stats["events"] += len(events)
+        for name, count in stats.items():
+            yield beam.pvalue.TaggedOutput(common.STATS, (name, count))
+        self._users += 1
+        if self._users % 5000 == 0:
+            LOG.info("built examples for %d users in this worker", self._users)
+
+
+class MapSideRows(beam.DoFn):
+    """Side-feature rows with raw ids -> dense ids; rows for ids the events never use counted."""
+
+    def __init__(self, kind: str):
+        self._kind = kind
+
+    def process(self, row: dict, vocab: sb.Vocabularies):
+        if self._kind == "item":
+            dense = vocab.items.get(row["item_id"])
+            if dense is None:
+                yield beam.pvalue.TaggedOutput(common.STATS, ("item_features_unused_items", 1))
+                return
+            out = dict(row, id=dense, caption_word_ids=[
+                vocab.words.get(token, 0) for token in row.get("caption_tokens", [])])
+        else:
+            dense = vocab.users.get(row["user_id"])
+            if dense is None:
+                yield beam.pvalue.TaggedOutput(common.STATS, ("user_features_unused_users", 1))
+                return
+            out = dict(row, id=dense)
+        yield json.dumps(out, sort_keys=True)
+
+
+def _side_vocab_keys(row: dict):
+    for token in row.get("caption_tokens", []):
+        yield ("word", token)
+
+
+def build_pipeline(pipeline: beam.Pipeline, adapter_output: common.AdapterOutput,
+                   options: sb.BuildOptions, output_dir: str, num_shards: int = 0) -> None:
+    """Adds the whole job to `pipeline` (the caller runs it)."""
+    events = adapter_output.events
+    stats: List = list(adapter_output.stats)
+
+    if options.max_users:
+        chosen = (events | "UserIds" >> beam.Map(lambda e: e.user_id)
+                  | "DistinctUsers" >> beam.Distinct()
+                  | "HashUsers" >> beam.Map(lambda u, seed: (sb.stable_hash(seed, "user", u), u),
+                                            seed=options.seed)
+                  | "PickUsers" >> beam.combiners.Top.Smallest(options.max_users)
+                  | "UserSet" >> beam.Map(lambda pairs: frozenset(u for _, u in pairs)))
+        tagged = events | "KeepChosenUsers" >> beam.ParDo(
+            _SplitChosen(), beam.pvalue.AsSingleton(chosen)).with_outputs("skipped", main="kept")
+        events = tagged.kept
+        stats.append(tagged.skipped | "CountSkipped" >> beam.Map(
+            lambda _: ("events_of_users_not_selected_by_max_users", 1)))
+
+    counters = [events | "CountVocab" >> beam.CombineGlobally(CountVocabKeys(_vocab_keys))]
+    if adapter_output.item_side is not None:
+        counters.append(adapter_output.item_side | "CountCaptionWords" >> beam.CombineGlobally(
+            CountVocabKeys(_side_vocab_keys)))
+    vocab = (tuple(counters) | "AllVocabCounts" >> beam.Flatten()
+             | "GatherVocab" >> beam.combiners.ToList()
+             | "MakeVocab" >> beam.Map(lambda counters: _make_vocabularies(
+                 _merge_counters(counters))))
+    stats.append(vocab | "WriteVocab" >> beam.ParDo(WriteVocabularies(output_dir)))
+
+    last_day = None
+    if options.split == "time":
+        last_day = beam.pvalue.AsSingleton(
+            events | "Timestamps" >> beam.Map(lambda e: e.timestamp)
+            | "LastTimestamp" >> beam.CombineGlobally(max).without_defaults()
+            | "LastDay" >> beam.Map(lambda ts: ts // sb.DAY_MS))
+
+    built = (events | "KeyByUser" >> beam.Map(lambda e: (e.user_id, common.event_to_tuple(e)))
+             | "GroupByUser" >> beam.GroupByKey()
+             | "BuildExamples" >> beam.ParDo(
+                 BuildUserExamples(options), beam.pvalue.AsSingleton(vocab),
+                 **({"last_day": last_day} if last_day is not None else {})
+             ).with_outputs(common.STATS, main="examples"))
+    stats.append(built[common.STATS])
+
+    partitions = [(split, scenario) for split in sb.SPLITS for scenario in es.SCENARIOS]
+    parts = built.examples | "PartitionBySplit" >> beam.Partition(
+        lambda ex, n: partitions.index((ex[0], ex[1])), len(partitions))
+    for (split, scenario), part in zip(partitions, parts):
+        label = f"{split}_{scenario}"
+        (part | f"Bytes_{label}" >> beam.Map(lambda ex: ex[2])
+         | f"Write_{label}" >> beam.io.WriteToTFRecord(
+             os.path.join(output_dir, split, scenario), file_name_suffix=EXAMPLE_FILE_SUFFIX,
+             num_shards=num_shards))
+
+    rejected = (tuple(adapter_output.rejected) | "AllRejected" >> beam.Flatten())
+    (rejected | "RejectedJson" >> beam.Map(common.RejectedRow.to_json)
+     | "WriteRejected" >> beam.io.WriteToText(os.path.join(output_dir, "rejected", "rejected"),
+                                               file_name_suffix=".jsonl"))
+    stats.append(rejected | "CountRejected" >> beam.Map(lambda r: (f"rejected/{r.reason}", 1)))
+
+    for kind, rows in (("item", adapter_output.item_side), ("user", adapter_output.user_side)):
+        if rows is None:
+            continue
+        mapped = rows | f"MapSide_{kind}" >> beam.ParDo(
+            MapSideRows(kind), beam.pvalue.AsSingleton(vocab)).with_outputs(common.STATS,
+                                                                           main="rows")
+        stats.append(mapped[common.STATS])
+        (mapped.rows | f"WriteSide_{kind}" >> beam.io.WriteToText(
+            os.path.join(output_dir, "side_features", f"{kind}s"), file_name_suffix=".jsonl"))
+
+    (tuple(stats) | "AllStats" >> beam.Flatten()
+     | "SumStats" >> beam.CombinePerKey(sum)
+     | "GatherStats" >> beam.combiners.ToDict()
+     | "StatsJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
+     | "WriteStats" >> beam.io.WriteToText(os.path.join(output_dir, STATS_FILE),
+                                           shard_name_template="", num_shards=1))
+
+
+class _SplitChosen(beam.DoFn):
+    def process(self, event, chosen):
+        if event.user_id in chosen:
+            yield event
+        else:
+            yield beam.pvalue.TaggedOutput("skipped", event)
+
+
+# --- driver -----------------------------------------------------------------------------------
+
+def _read_text(path: str) -> str:
+    with FileSystems.open(path) as handle:
+        return handle.read().decode("utf-8")
+
+
+def assemble_manifest(output_dir: str, stats: Dict[str, int], options: sb.BuildOptions,
+                      dataset: str, inputs: dict, beam_args: Sequence[str],
+                      wall_seconds: float) -> dict:
+    examples = {split: {scenario: stats.get(f"examples/{split}/{scenario}", 0)
+                        for scenario in es.SCENARIOS} for split in sb.SPLITS}
+    rejected = {key.split("/", 1)[1]: value for key, value in stats.items()
+                if key.startswith("rejected/")}
+    other = {key: value for key, value in stats.items()
+             if not key.startswith(("examples/", "rejected/", "vocab_"))}
+    return {
+        "dataset": dataset,
+        "inputs": inputs,
+        "build_options": dict(vars(options)) if not hasattr(options, "__dataclass_fields__")
+        else {f: getattr(options, f) for f in options.__dataclass_fields__},
+        "beam_args": list(beam_args),
+        "examples": examples,
+        "examples_total": sum(sum(v.values()) for v in examples.values()),
+        # Ids run 1..n; model tables need n + 1 rows (0 = padding / unknown).
+        "vocab_sizes": {name: stats.get(f"vocab_{name}", 0) for name in ("users", "items", "words")},
+        "rejected": rejected,
+        "rejected_total": sum(rejected.values()),
+        "counters": other,
+        "files": {f"{split}/{scenario}": os.path.relpath(
+            example_pattern(output_dir, split, scenario), output_dir)
+            for split in sb.SPLITS for scenario in es.SCENARIOS},
+        "shapes": {"rec_len": options.rec_len, "search_len": options.search_len,
+                   "query_len": options.query_len, "clicks_per_session": options.clicks_per_session,
+                   "train_candidates": 1 + options.num_train_negatives,
+                   "eval_candidates": 1 + options.num_eval_negatives},
+        "wall_seconds": round(wall_seconds, 1),
+    }
+
+
+def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: str,
+        inputs: dict, beam_args: Sequence[str] = DEFAULT_LOCAL_BEAM_ARGS,
+        num_shards: int = 0) -> dict:
+    """Builds the examples; returns (and writes) the manifest.
+
+    adapter_output_fn(pipeline) -> AdapterOutput; it may raise before the pipeline starts
+    (missing files or columns), which is the point: fail before any worker starts.
+    """
+    start = time.time()
+    pipeline_options = PipelineOptions(list(beam_args))
+    pipeline = beam.Pipeline(options=pipeline_options)
+    adapter_output = adapter_output_fn(pipeline)
+    build_pipeline(pipeline, adapter_output, options, output_dir, num_shards)
+    FileSystems.mkdirs(output_dir) if not FileSystems.exists(output_dir) else None
+    LOG.info("running the sequence-example job for %s -> %s", dataset, output_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+    stats = json.loads(_read_text(os.path.join(output_dir, STATS_FILE)))
+    manifest = assemble_manifest(output_dir, stats, options, dataset, inputs, beam_args,
+                                 time.time() - start)
+    with FileSystems.create(os.path.join(output_dir, "schema.pbtxt")) as handle:
+        handle.write(tfmd_schema.schema_text(
+            options.shapes, 1 + options.num_train_negatives,
+            1 + options.num_eval_negatives).encode("utf-8"))
+    with FileSystems.create(os.path.join(output_dir, MANIFEST_FILE)) as handle:
+        handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+    return manifest
+
+
+def load_manifest(output_dir: str) -> dict:
+    return json.loads(_read_text(os.path.join(output_dir, MANIFEST_FILE)))

@@ -1,0 +1,170 @@
+"""Build UniSAR sequence examples from raw logs: `python -m pipeline.build_examples --help`.
+
+    python -m pipeline.build_examples --dataset amazon_beauty --output out/amazon_beauty
+    python -m pipeline.build_examples --dataset kuaisar --input_dir /data/KuaiSAR --output ...
+    python -m pipeline.build_examples --dataset event_log --events 'logs/*.csv' --output ...
+
+Arguments this parser does not know are Beam pipeline options, e.g. `--runner=DataflowRunner
+--project=... --region=... --temp_location=gs://...`; without `--runner` the job runs on the
+DirectRunner with 2 worker processes. Prints the manifest when done.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from typing import List, Optional, Sequence
+
+from pipeline import beam_job
+from pipeline import sequence_builder as sb
+from pipeline.adapters import amazon, event_log, kuaisar
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
+
+# Per dataset: the split and clicks per session the spec prescribes (sections 2 and 11).
+DATASET_DEFAULTS = {
+    "amazon_beauty": {"split": "loo", "clicks_per_session": 1},
+    "amazon": {"split": "loo", "clicks_per_session": 1},
+    "kuaisar": {"split": "time", "clicks_per_session": 5},
+    "event_log": {"split": "loo", "clicks_per_session": 5},
+}
+
+
+def parse_args(argv: Optional[Sequence[str]] = None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASET_DEFAULTS))
+    parser.add_argument("--output", required=True, help="output directory (local or gs://...)")
+    data = parser.add_argument_group("inputs")
+    data.add_argument("--data_root", default=DEFAULT_SHARED_DATA,
+                      help="folder holding amazon_beauty/ (for --dataset amazon_beauty)")
+    data.add_argument("--sequences", help="amazon: the 'user item item ...' sequences file")
+    data.add_argument("--attributes", help="amazon: the item -> attribute ids JSON")
+    data.add_argument("--input_dir", help="kuaisar: folder with rec_inter.csv, src_inter.csv, "
+                      "and optionally user_features.csv, item_features.csv")
+    data.add_argument("--events", nargs="+", help="event_log: CSV/Parquet files or globs")
+    amazon_group = parser.add_argument_group("amazon semi-synthetic search (docs/data.md)")
+    amazon_group.add_argument("--search_fraction", type=float, default=0.5)
+    amazon_group.add_argument("--query_min_item_frequency", type=int, default=100)
+    build = parser.add_argument_group("example construction")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--split", choices=("loo", "time"),
+                       help="default: time for kuaisar, leave-one-out otherwise")
+    build.add_argument("--strict_holdout", action="store_true",
+                       help="training histories never contain a validation/test behaviour")
+    build.add_argument("--min_rec_history", type=int, default=1)
+    build.add_argument("--min_search_history", type=int, default=1)
+    build.add_argument("--negative_sampler", choices=("popularity", "uniform"),
+                       default="popularity")
+    build.add_argument("--num_train_negatives", type=int, default=4)
+    build.add_argument("--num_eval_negatives", type=int, default=99)
+    build.add_argument("--rec_len", type=int, default=30)
+    build.add_argument("--search_len", type=int, default=30)
+    build.add_argument("--query_len", type=int, default=50)
+    build.add_argument("--clicks_per_session", type=int,
+                       help="default: 1 for amazon, 5 otherwise")
+    build.add_argument("--max_users", type=int, default=0,
+                       help="keep a seeded subset of this many users (0 = all), for quick runs")
+    build.add_argument("--num_shards", type=int, default=0,
+                       help="TFRecord shards per split and scenario (0 = the runner decides)")
+    return parser.parse_known_args(argv)
+
+
+def _adapter(args):
+    """(adapter name, inputs record, read function)."""
+    if args.dataset in ("amazon_beauty", "amazon"):
+        if args.dataset == "amazon_beauty":
+            root = os.path.join(args.data_root, "amazon_beauty")
+            sequences = args.sequences or os.path.join(root, "Beauty.txt")
+            attributes = args.attributes or os.path.join(root, "Beauty_item2attributes.json")
+        else:
+            if not (args.sequences and args.attributes):
+                raise SystemExit("--dataset amazon needs --sequences and --attributes")
+            sequences, attributes = args.sequences, args.attributes
+        inputs = amazon.AmazonInputs(sequences=sequences, attributes=attributes,
+                                     search_fraction=args.search_fraction,
+                                     query_min_item_frequency=args.query_min_item_frequency,
+                                     seed=args.seed)
+        return inputs, amazon.read
+    if args.dataset == "kuaisar":
+        if not args.input_dir:
+            raise SystemExit("--dataset kuaisar needs --input_dir")
+        return kuaisar.KuaiSARInputs.from_dir(args.input_dir), kuaisar.read
+    if not args.events:
+        raise SystemExit("--dataset event_log needs --events")
+    return event_log.EventLogInputs(events=tuple(args.events)), event_log.read
+
+
+def build_options(args) -> sb.BuildOptions:
+    defaults = DATASET_DEFAULTS[args.dataset]
+    return sb.BuildOptions(
+        seed=args.seed, split=args.split or defaults["split"], strict_holdout=args.strict_holdout,
+        min_rec_history=args.min_rec_history, min_search_history=args.min_search_history,
+        num_train_negatives=args.num_train_negatives, num_eval_negatives=args.num_eval_negatives,
+        negative_sampler=args.negative_sampler, rec_len=args.rec_len, search_len=args.search_len,
+        query_len=args.query_len,
+        clicks_per_session=args.clicks_per_session or defaults["clicks_per_session"],
+        max_users=args.max_users)
+
+
+class BeamLogFilter(logging.Filter):
+    """Keeps the job's progress readable: the job's own lines (also those forwarded from
+    worker processes, unwrapped), Beam's warnings and errors, minus known-benign chatter."""
+
+    BENIGN = ("semi_persistent_directory", "Discarding unparseable args",
+              "existing files in target path", "No shards found to finalize",
+              "Python sdk harness", "Status HTTP server")
+    _FORWARDED = re.compile(r'^Worker: severity: (\w+) .*? message: "(.*?)" (?:\w+: )', re.S)
+    _LOCATION = re.compile(r'log_location: "([^"]*)"')
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(benign in message for benign in self.BENIGN):
+            return False
+        match = self._FORWARDED.match(message)
+        if match:
+            severity, text = match.groups()
+            location = self._LOCATION.search(message)
+            location = location.group(1) if location else ""
+            if "/pipeline/" not in (location or "") and severity not in ("WARN", "ERROR",
+                                                                          "CRITICAL"):
+                return False
+            record.msg, record.args = f"[worker] {text}", ()
+            return True
+        return not record.name.startswith("apache_beam") or record.levelno >= logging.WARNING
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(BeamLogFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    configure_logging()
+    args, beam_args = parse_args(argv)
+    if not any(arg.startswith("--runner") for arg in beam_args):
+        beam_args = list(beam_job.DEFAULT_LOCAL_BEAM_ARGS) + list(beam_args)
+    inputs, read = _adapter(args)
+    options = build_options(args)
+    manifest = beam_job.run(lambda pipeline: read(pipeline, inputs), options, args.output,
+                            dataset=args.dataset, inputs=_describe(inputs),
+                            beam_args=beam_args, num_shards=args.num_shards)
+    print(json.dumps(manifest, indent=2, sort_keys=True))
+    print(f"\nexamples and manifest in {args.output}", file=sys.stderr)
+    return manifest
+
+
+def _describe(inputs) -> dict:
+    return {name: getattr(inputs, name) for name in inputs.__dataclass_fields__}
+
+
+if __name__ == "__main__":
+    main()

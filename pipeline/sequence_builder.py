@@ -1,0 +1,391 @@
+"""Per-user construction of UniSAR examples (spec sections 3 and 11), free of Beam.
+
+The Beam job groups canonical events by user and calls `build_user_examples` once per user;
+tests call it directly on hand-built logs. Everything here is deterministic given the seed:
+the random stream of a user depends only on (seed, user id), never on worker or bundle order.
+
+For one user:
+1. Behaviours. A rec behaviour is a rec event with click > 0 (rec rows with click 0 are
+   impressions: counted, not used). A search behaviour is one search session: its query and up
+   to `clicks_per_session` clicked items (rows with click > 0, in input order); a session
+   without clicks is still a history behaviour, it just cannot be a target.
+2. Order. Behaviours sort by (timestamp, rec before search, input order): spec 3's tie rule.
+3. Targets. Every rec behaviour and every search session with a click; the positive of a search
+   target is its first clicked item. History = behaviours strictly earlier in that order, the
+   last `rec_len` rec and last `search_len` search ones, merged in time order.
+4. Split. "loo": per scenario, the last eligible target is test, the one before validation.
+   "time": the target's UTC day against the last day of the whole log (last day test, the day
+   before validation). With `strict_holdout`, training histories skip every held-out behaviour.
+5. Negatives. Never an item of the user's log (any row, any click) nor the positive; no
+   duplicates; popularity-weighted (clicks) or uniform over the vocabulary.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from feature_specs import example_schema as fs
+from feature_specs.event_schema import SCENARIO_REC, SCENARIO_SEARCH, Event
+
+SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = "train", "valid", "test"
+SPLITS = (SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST)
+DAY_MS = 86_400_000
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """Every knob of the example construction; recorded verbatim in the manifest."""
+
+    seed: int = 0
+    split: str = "loo"  # "loo" (leave-one-out per user and scenario) or "time"
+    strict_holdout: bool = False
+    # Reference samples need >= 1 prior rec and >= 1 prior search behaviour (spec 11).
+    min_rec_history: int = 1
+    min_search_history: int = 1
+    num_train_negatives: int = 4
+    num_eval_negatives: int = 99
+    negative_sampler: str = "popularity"  # or "uniform"
+    rec_len: int = 30
+    search_len: int = 30
+    query_len: int = 50
+    clicks_per_session: int = 5
+    max_users: int = 0  # 0 = all users; otherwise a deterministic (seeded) subset
+
+    def __post_init__(self):
+        if self.split not in ("loo", "time"):
+            raise ValueError(f"split={self.split!r}: expected 'loo' or 'time'")
+        if self.negative_sampler not in ("popularity", "uniform"):
+            raise ValueError(f"negative_sampler={self.negative_sampler!r}: "
+                             "expected 'popularity' or 'uniform'")
+        for name in ("num_train_negatives", "num_eval_negatives", "rec_len", "search_len",
+                     "query_len", "clicks_per_session"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("min_rec_history", "min_search_history", "max_users"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def shapes(self) -> fs.SequenceShapes:
+        return fs.SequenceShapes(rec_len=self.rec_len, search_len=self.search_len,
+                                 query_len=self.query_len,
+                                 clicks_per_session=self.clicks_per_session)
+
+
+def stable_hash(*parts: object) -> int:
+    """A 64-bit hash that is the same in every process (Python's hash() is salted)."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode("utf-8"), digest_size=8)
+    return int.from_bytes(digest.digest(), "little")
+
+
+@dataclasses.dataclass
+class Vocabularies:
+    """Raw id -> dense id (1..n; 0 is padding / unknown) plus item click counts.
+
+    item_clicks[i] is the number of positive interactions (rec clicks and clicked search rows)
+    of dense item i; item_clicks[0] = 0.
+    """
+
+    users: Dict[str, int]
+    items: Dict[str, int]
+    words: Dict[str, int]
+    item_clicks: np.ndarray
+
+    @property
+    def num_items(self) -> int:
+        """Size of the item table, padding included."""
+        return len(self.items) + 1
+
+
+def frequency_vocabulary(counts: Mapping[str, int]) -> Dict[str, int]:
+    """Most frequent first, ties by raw id; ids start at 1 (0 = padding / out of vocabulary).
+
+    Line k of the written vocabulary file is id k, which is what Keras' StringLookup (one OOV
+    index at 0) and TF Transform's apply_vocabulary with the OOV bucket at 0 expect.
+    """
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {raw: index + 1 for index, (raw, _) in enumerate(ordered)}
+
+
+class NegativeSampler:
+    """Draws negatives that avoid a set of item ids; popularity-weighted or uniform."""
+
+    def __init__(self, item_clicks: np.ndarray, kind: str = "popularity"):
+        weights = np.asarray(item_clicks, np.float64).copy()
+        if kind == "uniform":
+            weights = np.ones_like(weights)
+        elif kind != "popularity":
+            raise ValueError(f"negative sampler {kind!r}: expected 'popularity' or 'uniform'")
+        weights[0] = 0.0  # never padding
+        if weights.sum() <= 0:
+            raise ValueError("no item has a positive interaction: cannot sample negatives")
+        self.kind = kind
+        self.num_items = len(weights)
+        self._cdf = np.cumsum(weights)
+
+    def sample(self, rng: np.random.Generator, count: int, exclude: np.ndarray) -> np.ndarray:
+        """(count,) distinct item ids, none in `exclude` (an int array): the first `count`
+        distinct allowed ids of the random draw sequence."""
+        blocked = np.zeros(self.num_items, bool)
+        blocked[0] = True
+        blocked[exclude] = True
+        chosen = np.zeros(0, np.int64)
+        for _ in range(20):
+            draws = np.searchsorted(self._cdf, rng.random(2 * count + 8) * self._cdf[-1],
+                                    side="right")
+            draws = np.concatenate([chosen, draws[~blocked[draws]]])
+            _, first = np.unique(draws, return_index=True)
+            chosen = draws[np.sort(first)]
+            if len(chosen) >= count:
+                return chosen[:count].astype(np.int64)
+        # A user who owns most of the popular mass: finish uniformly over what is left.
+        blocked[chosen] = True
+        allowed = np.flatnonzero(~blocked)
+        missing = count - len(chosen)
+        if len(allowed) < missing:
+            raise ValueError(f"cannot draw {count} negatives: only {len(allowed) + len(chosen)} "
+                             f"of {self.num_items - 1} items are not the user's")
+        extra = rng.choice(allowed, size=missing, replace=False)
+        return np.concatenate([chosen, extra]).astype(np.int64)
+
+
+@dataclasses.dataclass
+class _Behaviour:
+    order_key: Tuple
+    kind: int  # TYPE_REC / TYPE_SEARCH
+    timestamp: int
+    item: int = 0  # rec item, or the positive (first click) of a search session
+    query: Tuple[int, ...] = ()
+    clicks: Tuple[int, ...] = ()
+    scenario: str = SCENARIO_REC
+
+
+def _behaviours(events: Sequence[Event], vocab: Vocabularies, options: BuildOptions,
+                stats: collections.Counter) -> List[_Behaviour]:
+    behaviours: List[_Behaviour] = []
+    sessions: Dict[str, List[Event]] = collections.defaultdict(list)
+    for event in events:
+        if event.scenario == SCENARIO_REC:
+            if event.click > 0:
+                behaviours.append(_Behaviour(event.sort_key(), fs.TYPE_REC, event.timestamp,
+                                             item=vocab.items[event.item_id]))
+            else:
+                stats["rec_impressions_without_click"] += 1
+        else:
+            sessions[event.search_session_id].append(event)
+    for session_id, rows in sessions.items():
+        rows.sort(key=Event.sort_key)
+        first = rows[0]
+        if any(row.query_tokens != first.query_tokens for row in rows):
+            stats["search_sessions_with_differing_queries_first_kept"] += 1
+        query = tuple(vocab.words[token] for token in first.query_tokens)
+        if len(query) > options.query_len:
+            stats["queries_truncated_to_query_len"] += 1
+            query = query[:options.query_len]
+        clicked = [vocab.items[row.item_id] for row in rows if row.click > 0]
+        if len(clicked) > options.clicks_per_session:
+            stats["search_sessions_clicks_truncated"] += 1
+        clicked = clicked[:options.clicks_per_session]
+        stats["search_sessions" if clicked else "search_sessions_without_click"] += 1
+        behaviours.append(_Behaviour(first.sort_key(), fs.TYPE_SEARCH, first.timestamp,
+                                     item=clicked[0] if clicked else 0, query=query,
+                                     clicks=tuple(clicked), scenario=SCENARIO_SEARCH))
+    behaviours.sort(key=lambda b: b.order_key)
+    return behaviours
+
+
+def _kept_history(history: Sequence[int], behaviours: Sequence[_Behaviour],
+                  options: BuildOptions) -> Tuple[List[int], List[int]]:
+    """Indices (into behaviours) of the last rec_len rec and last search_len search ones."""
+    rec = [i for i in history if behaviours[i].kind == fs.TYPE_REC]
+    search = [i for i in history if behaviours[i].kind == fs.TYPE_SEARCH]
+    return rec[len(rec) - options.rec_len:] if len(rec) > options.rec_len else rec, \
+        search[len(search) - options.search_len:] if len(search) > options.search_len else search
+
+
+@dataclasses.dataclass
+class _Plan:
+    """One example before rendering: which behaviours fill its history, and its candidates."""
+
+    split: str
+    target: _Behaviour
+    kept_rec: List[int]
+    kept_search: List[int]
+    candidates: np.ndarray  # (1 + negatives,), positive first
+
+
+def _render_arrays(plan: _Plan, behaviours: Sequence[_Behaviour], user: int,
+                   options: BuildOptions) -> Dict[str, np.ndarray]:
+    rec_items = np.zeros(options.rec_len, np.int64)
+    rec_items[:len(plan.kept_rec)] = [behaviours[i].item for i in plan.kept_rec]
+    queries = np.zeros((options.search_len, options.query_len), np.int64)
+    clicks = np.zeros((options.search_len, options.clicks_per_session), np.int64)
+    for row, index in enumerate(plan.kept_search):
+        queries[row, :len(behaviours[index].query)] = behaviours[index].query
+        clicks[row, :len(behaviours[index].clicks)] = behaviours[index].clicks
+    types = np.zeros(options.rec_len + options.search_len, np.int64)
+    merged = sorted(plan.kept_rec + plan.kept_search)
+    types[:len(merged)] = [behaviours[i].kind for i in merged]
+    features = {fs.USER_ID: np.asarray(user, np.int64), fs.HISTORY_TYPES: types,
+                fs.REC_HISTORY_ITEMS: rec_items, fs.SEARCH_HISTORY_QUERY_TOKENS: queries,
+                fs.SEARCH_HISTORY_CLICKED_ITEMS: clicks,
+                fs.CANDIDATE_ITEMS: plan.candidates.astype(np.int64)}
+    if plan.target.kind == fs.TYPE_SEARCH:
+        query = np.zeros(options.query_len, np.int64)
+        query[:len(plan.target.query)] = plan.target.query
+        features[fs.QUERY_TOKENS] = query
+    return features
+
+
+class _ByteRenderer:
+    """Renders plans straight to tf.Example bytes, reusing each behaviour's encoded row.
+
+    Consecutive examples of a user share most of their history, so the varint bytes of a
+    behaviour (its item, its padded query row, its padded click row) are built once per user
+    and joined; tests check the bytes equal encode_int64_example(_render_arrays(...)).
+    """
+
+    def __init__(self, behaviours: Sequence[_Behaviour], user: int, options: BuildOptions):
+        from pipeline.tf_example import varint
+
+        self._varint = varint
+        self._behaviours = behaviours
+        self._options = options
+        self._user = varint(user)
+        self._item: Dict[int, bytes] = {}
+        self._query: Dict[int, bytes] = {}
+        self._clicks: Dict[int, bytes] = {}
+
+    def _padded(self, values: Sequence[int], length: int) -> bytes:
+        return b"".join(self._varint(v) for v in values) + b"\x00" * (length - len(values))
+
+    def _query_row(self, index: int) -> bytes:
+        row = self._query.get(index)
+        if row is None:
+            row = self._query[index] = self._padded(self._behaviours[index].query,
+                                                    self._options.query_len)
+        return row
+
+    def _click_row(self, index: int) -> bytes:
+        row = self._clicks.get(index)
+        if row is None:
+            row = self._clicks[index] = self._padded(self._behaviours[index].clicks,
+                                                     self._options.clicks_per_session)
+        return row
+
+    def render(self, plan: _Plan) -> bytes:
+        from pipeline.tf_example import encode_packed_example
+
+        options, behaviours = self._options, self._behaviours
+        varint = self._varint
+        missing_search = options.search_len - len(plan.kept_search)
+        merged = sorted(plan.kept_rec + plan.kept_search)
+        packed = {
+            fs.USER_ID: self._user,
+            fs.HISTORY_TYPES: bytes(behaviours[i].kind for i in merged)
+            + b"\x00" * (options.rec_len + options.search_len - len(merged)),
+            fs.REC_HISTORY_ITEMS: self._padded([behaviours[i].item for i in plan.kept_rec],
+                                               options.rec_len),
+            fs.SEARCH_HISTORY_QUERY_TOKENS: b"".join(self._query_row(i) for i in plan.kept_search)
+            + b"\x00" * (missing_search * options.query_len),
+            fs.SEARCH_HISTORY_CLICKED_ITEMS: b"".join(self._click_row(i) for i in plan.kept_search)
+            + b"\x00" * (missing_search * options.clicks_per_session),
+            fs.CANDIDATE_ITEMS: b"".join([varint(v) for v in plan.candidates.tolist()]),
+        }
+        if plan.target.kind == fs.TYPE_SEARCH:
+            packed[fs.QUERY_TOKENS] = self._padded(plan.target.query, options.query_len)
+        return encode_packed_example(packed)
+
+
+def _assign_splits(targets: Sequence[int], behaviours: Sequence[_Behaviour],
+                   options: BuildOptions, last_day: Optional[int]) -> Dict[int, str]:
+    split_of: Dict[int, str] = {}
+    if options.split == "time":
+        if last_day is None:
+            raise ValueError("split='time' needs the last day of the log")
+        for index in targets:
+            day = behaviours[index].timestamp // DAY_MS
+            split_of[index] = (SPLIT_TEST if day >= last_day else
+                               SPLIT_VALID if day == last_day - 1 else SPLIT_TRAIN)
+        return split_of
+    for scenario in (SCENARIO_REC, SCENARIO_SEARCH):
+        mine = [i for i in targets if behaviours[i].scenario == scenario]
+        for rank, index in enumerate(reversed(mine)):
+            split_of[index] = SPLIT_TEST if rank == 0 else SPLIT_VALID if rank == 1 else SPLIT_TRAIN
+    return split_of
+
+
+def _plan_user(user_id: str, events: Sequence[Event], vocab: Vocabularies,
+               sampler: NegativeSampler, options: BuildOptions, stats: collections.Counter,
+               last_day: Optional[int]) -> Tuple[List[_Behaviour], List[_Plan]]:
+    behaviours = _behaviours(events, vocab, options, stats)
+    user_items = np.fromiter({vocab.items[e.item_id] for e in events if e.item_id}, np.int64)
+    user_hash = stable_hash(user_id)
+    rng = np.random.default_rng([options.seed, user_hash & 0xFFFFFFFF, user_hash >> 32])
+
+    prior_rec = prior_search = 0
+    eligible: List[int] = []
+    for index, behaviour in enumerate(behaviours):
+        if behaviour.kind == fs.TYPE_REC or behaviour.clicks:
+            if prior_rec >= options.min_rec_history and prior_search >= options.min_search_history:
+                eligible.append(index)
+            else:
+                stats[f"{behaviour.scenario}_targets_below_min_history"] += 1
+        if behaviour.kind == fs.TYPE_REC:
+            prior_rec += 1
+        else:
+            prior_search += 1
+
+    split_of = _assign_splits(eligible, behaviours, options, last_day)
+    held_out = {i for i, split in split_of.items() if split != SPLIT_TRAIN}
+    plans = []
+    for index in eligible:
+        split = split_of[index]
+        history = range(index)
+        if options.strict_holdout and split == SPLIT_TRAIN and held_out:
+            history = [i for i in history if i not in held_out]
+        kept_rec, kept_search = _kept_history(history, behaviours, options)
+        count = options.num_train_negatives if split == SPLIT_TRAIN else options.num_eval_negatives
+        target = behaviours[index]
+        negatives = sampler.sample(rng, count, user_items)
+        plans.append(_Plan(split, target, kept_rec, kept_search,
+                           np.concatenate([[target.item], negatives]).astype(np.int64)))
+    return behaviours, plans
+
+
+def build_user_examples(user_id: str, events: Iterable[Event], vocab: Vocabularies,
+                        sampler: NegativeSampler, options: BuildOptions,
+                        stats: collections.Counter,
+                        last_day: Optional[int] = None
+                        ) -> Iterator[Tuple[str, str, Dict[str, np.ndarray]]]:
+    """Yields (split, scenario, features) for every target of one user, in time order.
+
+    features: {USER_ID: (), HISTORY_TYPES: (rec_len+search_len,), REC_HISTORY_ITEMS: (rec_len,),
+    SEARCH_HISTORY_QUERY_TOKENS: (search_len, query_len), SEARCH_HISTORY_CLICKED_ITEMS:
+    (search_len, clicks_per_session), CANDIDATE_ITEMS: (1 + negatives,) positive first, and
+    for search QUERY_TOKENS: (query_len,)}, all int64.
+    stats: counters added to (behaviours, filtered targets, ...), summed into the manifest.
+    """
+    behaviours, plans = _plan_user(user_id, list(events), vocab, sampler, options, stats,
+                                   last_day)
+    user = vocab.users[user_id]
+    for plan in plans:
+        stats[f"examples/{plan.split}/{plan.target.scenario}"] += 1
+        yield plan.split, plan.target.scenario, _render_arrays(plan, behaviours, user, options)
+
+
+def build_user_tf_examples(user_id: str, events: Iterable[Event], vocab: Vocabularies,
+                           sampler: NegativeSampler, options: BuildOptions,
+                           stats: collections.Counter, last_day: Optional[int] = None
+                           ) -> Iterator[Tuple[str, str, bytes]]:
+    """build_user_examples, rendered as serialized tf.train.Example bytes (the job's path)."""
+    behaviours, plans = _plan_user(user_id, list(events), vocab, sampler, options, stats,
+                                   last_day)
+    renderer = _ByteRenderer(behaviours, vocab.users[user_id], options)
+    for plan in plans:
+        stats[f"examples/{plan.split}/{plan.target.scenario}"] += 1
+        yield plan.split, plan.target.scenario, renderer.render(plan)
