@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lock param-count clean
+.PHONY: install run demo test lock param-count clean
 
 install: $(INSTALLED)
 
@@ -22,8 +22,12 @@ $(INSTALLED): requirements.lock setup.py
 	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .
 	touch $@
 
-# The main job: train UniSAR on generated data and print HR/NDCG for both tasks.
+# The main job: raw Beauty logs -> Beam -> TFRecords -> short UniSAR run -> test HR/NDCG.
 run: $(INSTALLED)
+	$(PY) -m pipeline.main_job
+
+# The synthetic-data demo (planted structure; shows the model learning transitions).
+demo: $(INSTALLED)
 	$(PY) -m unisar_tf.demo
 
 test: $(INSTALLED)

@@ -80,6 +80,7 @@ class RowError(ValueError):
         self.detail = detail
 
 
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 _TOKEN_LIST = re.compile(r"^\[?\s*([^\[\]]*?)\s*\]?$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-.:]+$")
 
@@ -114,16 +115,19 @@ def parse_timestamp(text: Optional[str]) -> int:
         raise RowError(REJECT_BAD_TIMESTAMP, "timestamp is empty")
     text = str(text).strip()
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        raise RowError(REJECT_BAD_TIMESTAMP, f"timestamp={text[:40]!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise RowError(REJECT_BAD_TIMESTAMP, f"timestamp={text[:40]!r} is not finite")
-    return int(value)
+        try:
+            number = float(text)
+        except ValueError:
+            raise RowError(REJECT_BAD_TIMESTAMP,
+                           f"timestamp={text[:40]!r} is not a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise RowError(REJECT_BAD_TIMESTAMP, f"timestamp={text[:40]!r} is not finite")
+        value = int(number)
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise RowError(REJECT_BAD_TIMESTAMP, f"timestamp={text[:40]!r} is outside int64")
+    return value
 
 
 def parse_click(text: Optional[str]) -> int:
@@ -133,8 +137,8 @@ def parse_click(text: Optional[str]) -> int:
     text = str(text).strip()
     try:
         value = int(float(text))
-    except ValueError:
-        raise RowError(REJECT_BAD_CLICK, f"click={text[:40]!r} is not a number") from None
+    except (ValueError, OverflowError):  # OverflowError: "inf", "1e400"
+        raise RowError(REJECT_BAD_CLICK, f"click={text[:40]!r} is not a finite number") from None
     if value < 0:
         raise RowError(REJECT_BAD_CLICK, f"click={value} is negative")
     return value

@@ -163,7 +163,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 def _describe(inputs) -> dict:
-    return {name: getattr(inputs, name) for name in inputs.__dataclass_fields__}
+    """The inputs record as JSON-ready values (tuples as lists, as the manifest stores them)."""
+    return json.loads(json.dumps({name: getattr(inputs, name)
+                                  for name in inputs.__dataclass_fields__}))
 
 
 if __name__ == "__main__":

@@ -125,6 +125,7 @@ class NegativeSampler:
             raise ValueError("no item has a positive interaction: cannot sample negatives")
         self.kind = kind
         self.num_items = len(weights)
+        self._weights = weights
         self._cdf = np.cumsum(weights)
 
     def sample(self, rng: np.random.Generator, count: int, exclude: np.ndarray) -> np.ndarray:
@@ -142,14 +143,23 @@ class NegativeSampler:
             chosen = draws[np.sort(first)]
             if len(chosen) >= count:
                 return chosen[:count].astype(np.int64)
-        # A user who owns most of the popular mass: finish uniformly over what is left.
+        # The user's items hold nearly all the weight: finish with the remaining weighted items
+        # (weighted, without replacement), and only past those with zero-weight ones.
         blocked[chosen] = True
         allowed = np.flatnonzero(~blocked)
         missing = count - len(chosen)
         if len(allowed) < missing:
             raise ValueError(f"cannot draw {count} negatives: only {len(allowed) + len(chosen)} "
                              f"of {self.num_items - 1} items are not the user's")
-        extra = rng.choice(allowed, size=missing, replace=False)
+        weights = self._weights[allowed]
+        weighted = allowed[weights > 0]
+        take = min(missing, len(weighted))
+        extra = rng.choice(weighted, size=take, replace=False,
+                           p=weights[weights > 0] / weights[weights > 0].sum()) if take else []
+        if take < missing:
+            rest = allowed[weights == 0]
+            extra = np.concatenate([extra, rng.choice(rest, size=missing - take,
+                                                      replace=False)]).astype(np.int64)
         return np.concatenate([chosen, extra]).astype(np.int64)
 
 

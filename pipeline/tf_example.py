@@ -17,8 +17,11 @@ from typing import Mapping
 import numpy as np
 
 def _varint(value: int) -> bytes:
-    if value < _CACHED_VARINTS:
+    if 0 <= value < _CACHED_VARINTS:
         return _SMALL_VARINTS[value]
+    if value < 0:
+        raise ValueError(f"varint() takes non-negative ints, got {value}; "
+                         "use encode_varints for negative values")
     out = bytearray()
     while True:
         byte = value & 0x7F

@@ -61,9 +61,18 @@ class ParseParquetFile(beam.DoFn):
 def check_inputs(inputs: EventLogInputs) -> List[str]:
     paths = common.expand_paths(inputs.events)
     for path in paths:
-        if not path.endswith(".parquet"):
-            common.check_columns(path, common.read_csv_header(path), es.REQUIRED_EVENT_COLUMNS)
+        columns = (_parquet_columns(path) if path.endswith(".parquet")
+                   else common.read_csv_header(path))
+        common.check_columns(path, columns, es.REQUIRED_EVENT_COLUMNS)
     return paths
+
+
+def _parquet_columns(path: str) -> List[str]:
+    """Column names from the Parquet footer only (no row groups are read)."""
+    import pyarrow.parquet as pq
+
+    with FileSystems.open(path) as handle:
+        return list(pq.ParquetFile(handle).schema_arrow.names)
 
 
 def read(pipeline, inputs: EventLogInputs) -> common.AdapterOutput:

@@ -1,0 +1,768 @@
+"""The Beam data job end to end on small hand-made logs (tests/fixtures/README.md).
+
+Pipelines run on the in-memory DirectRunner; one test runs the real local configuration
+(2 worker processes) and checks it writes the same examples. Expected numbers are worked out
+by hand from the fixtures (see the README there), not read back from the code under test.
+"""
+import collections
+import contextlib
+import csv
+import glob
+import io
+import json
+import logging
+import os
+import re
+import shutil
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from feature_specs import event_schema as es
+from feature_specs import example_schema as fs
+from pipeline import beam_job, build_examples
+from pipeline import sequence_builder as sb
+from pipeline.adapters import amazon, event_log, kuaisar
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+KUAISAR_DIR = os.path.join(FIXTURES, "kuaisar")
+EVENTS_CSV = os.path.join(FIXTURES, "event_log", "events.csv")
+
+IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1",
+             "--direct_running_mode=in_memory"]
+MULTI_PROCESSING = ["--runner=DirectRunner", "--direct_num_workers=2",
+                    "--direct_running_mode=multi_processing"]
+SPLITS = ("train", "valid", "test")
+SCENARIOS = ("rec", "search")
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def read_records(output_dir):
+    """{(split, scenario): sorted serialized tf.Examples} of one job output."""
+    records = {}
+    for split in SPLITS:
+        for scenario in SCENARIOS:
+            files = sorted(glob.glob(beam_job.example_pattern(str(output_dir), split, scenario)))
+            assert files, f"no {split}/{scenario} file in {output_dir}"
+            dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+            records[(split, scenario)] = sorted(record.numpy() for record in dataset)
+    return records
+
+
+def decode(record):
+    """Serialized tf.Example -> {feature: [int, ...]}."""
+    example = tf.train.Example.FromString(record)
+    return {name: list(feature.int64_list.value)
+            for name, feature in example.features.feature.items()}
+
+
+def read_vocab(output_dir, name):
+    """Lines of vocab/<name>.txt; line k (1-based) is dense id k."""
+    with open(os.path.join(output_dir, "vocab", f"{name}.txt"), encoding="utf-8") as handle:
+        return handle.read().splitlines()
+
+
+def read_jsonl(pattern):
+    rows = []
+    for path in sorted(glob.glob(pattern)):
+        with open(path, encoding="utf-8") as handle:
+            rows.extend(json.loads(line) for line in handle if line.strip())
+    return rows
+
+
+def rows_of(values, width):
+    return [values[i:i + width] for i in range(0, len(values), width)]
+
+
+def examples_dict(counts):
+    """{(split, scenario): n} -> the manifest's {split: {scenario: n}} shape (zeros included)."""
+    return {split: {scenario: counts.get((split, scenario), 0) for scenario in SCENARIOS}
+            for split in SPLITS}
+
+
+# --- KuaiSAR ----------------------------------------------------------------------------------
+
+# Spec section 14, in the spec's order.
+SPEC14_COLUMNS = {
+    "rec_inter.csv": ["user_id", "item_id", "timestamp", "time", "click", "playing_time",
+                      "duration_ms", "like", "follow", "forward", "search",
+                      "search_item_related"],
+    "src_inter.csv": ["user_id", "search_session_id", "search_session_timestamp",
+                      "search_session_time", "keyword", "search_source", "item_id", "click_cnt",
+                      "item_type"],
+    "user_features.csv": ["user_id", "search_active_level", "rec_active_level",
+                          "onehot_feat1", "onehot_feat2"],
+    "item_features.csv": ["item_id", "caption", "author_id", "item_type", "upload_time",
+                          "upload_type", "music_id"] + [
+        f"{level}_level_category_{part}" for level in ("first", "second", "third", "fourth")
+        for part in ("id", "name", "name_en")],
+}
+
+KUAISAR_OPTIONS = sb.BuildOptions(split="time", clicks_per_session=5, num_train_negatives=2,
+                                  num_eval_negatives=3, rec_len=3, search_len=4, query_len=3)
+
+# Targets per user (README): 7 -> train r1 s1, valid r1 s1, test r1 s1; 12 -> train r2 s1,
+# valid r1 s1, test r1 s1; 3 -> train r1, valid r1 s1, test r1; 25 -> train s1, valid r1, test s1.
+KUAISAR_EXAMPLES = {"train": {"rec": 4, "search": 3}, "valid": {"rec": 4, "search": 3},
+                    "test": {"rec": 3, "search": 3}}
+KUAISAR_COUNTERS = {
+    "users": 4,
+    "events": 45,  # 18 rec rows + 27 search rows
+    "rec_impressions_without_click": 3,  # 7/502, 12/525, 3/532
+    "search_sessions": 12,
+    "search_sessions_without_click": 2,  # sessions 3 and 20
+    "search_sessions_clicks_truncated": 1,  # session 2: 6 clicks > 5
+    "queries_truncated_to_query_len": 1,  # session 2: 4 tokens > 3
+    # first rec of every user (no prior rec), and 7/session 1, 12/session 10, 25/session 30
+    # (no prior search)
+    "rec_targets_below_min_history": 4,
+    "search_targets_below_min_history": 3,
+    "item_features_unused_items": 1,  # item 999
+    "user_features_unused_users": 1,  # user 40
+}
+KUAISAR_USERS = ["7", "12", "3", "25"]  # 19, 12, 8, 6 events
+# Rows holding the item: 503 x4, 501 x3, 505 x3, 520 x2, 533 x2, then ties by raw id.
+KUAISAR_ITEMS = ["503", "501", "505", "520", "533"] + [
+    "502", "504", "506", "507", "508", "509", "510", "511", "512", "513", "514", "515", "516",
+    "521", "522", "523", "524", "525", "526", "527", "528", "529", "530", "531", "532", "534",
+    "535", "536", "537", "538", "539"]
+# Query tokens counted once per search row, plus caption words once per item_features row:
+# 34: 15+1, 20: 13+1, 8: 5+7, 9: 5+7, 7: 9+1, 3: 7+1, 40: 3 captions, 41/42/77: 1 caption.
+KUAISAR_WORDS = ["34", "20", "8", "9", "7", "3", "40", "41", "42", "77"]
+
+
+def run_kuaisar(input_dir, output_dir, beam_args=IN_MEMORY):
+    inputs = kuaisar.KuaiSARInputs.from_dir(str(input_dir))
+    return beam_job.run(lambda pipeline: kuaisar.read(pipeline, inputs), KUAISAR_OPTIONS,
+                        str(output_dir), dataset="kuaisar",
+                        inputs={"input_dir": str(input_dir)}, beam_args=beam_args)
+
+
+@pytest.fixture(scope="module")
+def kuaisar_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("kuaisar") / "out"
+    manifest = run_kuaisar(KUAISAR_DIR, output_dir)
+    return str(output_dir), manifest
+
+
+def test_kuaisar_fixture_has_all_spec14_columns_in_shuffled_order():
+    for name, spec_columns in SPEC14_COLUMNS.items():
+        with open(os.path.join(KUAISAR_DIR, name), newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle))
+        assert sorted(header) == sorted(spec_columns), name
+        assert header != spec_columns, f"{name}: columns are in the spec's order"
+        assert header[0] != spec_columns[0], name
+
+
+def test_kuaisar_manifest_counts_match_hand_computed(kuaisar_run):
+    output_dir, manifest = kuaisar_run
+    assert manifest["dataset"] == "kuaisar"
+    assert manifest["examples"] == KUAISAR_EXAMPLES
+    assert manifest["examples_total"] == 20
+    assert manifest["vocab_sizes"] == {"users": 4, "items": 36, "words": 10}
+    assert manifest["rejected"] == {} and manifest["rejected_total"] == 0
+    assert manifest["counters"] == KUAISAR_COUNTERS
+    assert manifest["build_options"]["split"] == "time"
+    assert manifest["shapes"]["clicks_per_session"] == 5
+    assert manifest["shapes"]["train_candidates"] == 3
+    assert manifest["shapes"]["eval_candidates"] == 4
+    assert beam_job.load_manifest(output_dir) == manifest
+    records = read_records(output_dir)
+    assert {key: len(value) for key, value in records.items()} == {
+        (split, scenario): KUAISAR_EXAMPLES[split][scenario]
+        for split in SPLITS for scenario in SCENARIOS}
+
+
+def test_kuaisar_vocab_files_are_frequency_ordered(kuaisar_run):
+    output_dir, _ = kuaisar_run
+    assert read_vocab(output_dir, "users") == KUAISAR_USERS
+    assert read_vocab(output_dir, "items") == KUAISAR_ITEMS
+    assert read_vocab(output_dir, "words") == KUAISAR_WORDS
+    with open(os.path.join(output_dir, "vocab", "item_clicks.tsv"), encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    assert lines[0] == "item_id\tid\tclicks"
+    clicks = {}
+    for k, line in enumerate(lines[1:], start=1):
+        raw, dense, count = line.split("\t")
+        assert (raw, int(dense)) == (KUAISAR_ITEMS[k - 1], k)
+        clicks[raw] = int(count)
+    # Rows with click > 0 (a click_cnt of 2 or 3 still counts once); impressions count 0.
+    assert {raw: clicks[raw] for raw in ("503", "501", "505", "520", "533", "502", "509",
+                                         "531", "523", "513")} == {
+        "503": 3, "501": 3, "505": 2, "520": 2, "533": 1, "502": 0, "509": 0, "531": 1,
+        "523": 1, "513": 0}
+    assert sum(clicks.values()) == 34  # 15 clicked rec rows + 19 clicked search rows
+
+
+def _user_example(records, split, scenario, user_dense_id):
+    found = [decode(r) for r in records[(split, scenario)]
+             if decode(r)[fs.USER_ID] == [user_dense_id]]
+    assert len(found) == 1, (split, scenario, user_dense_id, len(found))
+    return found[0]
+
+
+def test_kuaisar_search_example_history(kuaisar_run):
+    """User 7's test search target, session 5 (2022-05-12 10:00, after rec 516 at the same
+    time): every behaviour before it, capped to rec_len 3 / search_len 4, clicks capped at 5."""
+    output_dir, _ = kuaisar_run
+    items = read_vocab(output_dir, "items")
+    words = read_vocab(output_dir, "words")
+    user = read_vocab(output_dir, "users").index("7") + 1
+    example = _user_example(read_records(output_dir), "test", "search", user)
+    assert sorted(example) == sorted([fs.USER_ID, fs.HISTORY_TYPES, fs.REC_HISTORY_ITEMS,
+                                      fs.SEARCH_HISTORY_QUERY_TOKENS,
+                                      fs.SEARCH_HISTORY_CLICKED_ITEMS, fs.CANDIDATE_ITEMS,
+                                      fs.QUERY_TOKENS])
+    assert example[fs.USER_ID] == [1]
+    # Behaviours of user 7 in order: r501 S1 r506 S2 r503 S3 S4 r516 | target S5.
+    # rec_len 3 drops r501: kept S1 r506 S2 r503 S3 S4 r516.
+    assert example[fs.HISTORY_TYPES] == [2, 1, 2, 1, 2, 2, 1]
+    assert example[fs.REC_HISTORY_ITEMS] == [8, 1, 18]  # hand-computed ids of 506, 503, 516
+    assert [items[i - 1] for i in example[fs.REC_HISTORY_ITEMS]] == ["506", "503", "516"]
+    queries = rows_of(example[fs.SEARCH_HISTORY_QUERY_TOKENS], 3)
+    assert queries == [[2, 1, 6], [1, 5, 4], [2, 0, 0], [3, 2, 0]]
+    # Through vocab/words.txt (line k = id k): the keyword lists of sessions 1-4, session 2's
+    # "[34, 7, 9, 8]" truncated to query_len 3.
+    assert [[words[t - 1] for t in row if t] for row in queries] == [
+        ["20", "34", "3"], ["34", "7", "9"], ["20"], ["8", "20"]]
+    clicks = rows_of(example[fs.SEARCH_HISTORY_CLICKED_ITEMS], 5)
+    assert [[items[i - 1] for i in row if i] for row in clicks] == [
+        ["503", "505"],  # 504 returned but not clicked; 505 had click_cnt 2
+        ["507", "508", "510", "511", "512"],  # 6 clicks, the 6th (501) dropped
+        [],  # session 3: no click
+        ["515"]]
+    assert clicks[0] == [1, 3, 0, 0, 0]
+    assert example[fs.QUERY_TOKENS] == [6, 0, 0]  # "[3]"
+    assert [words[t - 1] for t in example[fs.QUERY_TOKENS] if t] == ["3"]
+    candidates = example[fs.CANDIDATE_ITEMS]
+    assert len(candidates) == 1 + KUAISAR_OPTIONS.num_eval_negatives
+    assert items[candidates[0] - 1] == "505"
+    user_items = {"501", "502", "503", "504", "505", "506", "507", "508", "509", "510", "511",
+                  "512", "513", "514", "515", "516"}
+    negatives = [items[i - 1] for i in candidates[1:]]
+    assert len(set(negatives)) == len(negatives) and not set(negatives) & user_items
+
+
+def test_kuaisar_rec_example_tie_puts_rec_before_search(kuaisar_run):
+    """User 7's rec 516 shares its timestamp with session 5: the session is not history."""
+    output_dir, _ = kuaisar_run
+    items = read_vocab(output_dir, "items")
+    example = _user_example(read_records(output_dir), "test", "rec", 1)
+    assert fs.QUERY_TOKENS not in example
+    assert example[fs.HISTORY_TYPES] == [1, 2, 1, 2, 1, 2, 2]
+    assert [items[i - 1] for i in example[fs.REC_HISTORY_ITEMS]] == ["501", "506", "503"]
+    assert items[example[fs.CANDIDATE_ITEMS][0] - 1] == "516"
+    assert len(example[fs.CANDIDATE_ITEMS]) == 4
+
+
+def test_kuaisar_time_split_uses_utc_days_up_to_the_last_millisecond(kuaisar_run):
+    """User 25's only test target is session 32 at 2022-05-12 23:59:59.999 UTC; user 3's valid
+    targets are on 2022-05-11 and its last rec (2022-05-12 20:00) is its one test example."""
+    output_dir, _ = kuaisar_run
+    records = read_records(output_dir)
+    items = read_vocab(output_dir, "items")
+    positives = collections.defaultdict(set)
+    for (split, scenario), serialized in records.items():
+        for record in serialized:
+            example = decode(record)
+            user = KUAISAR_USERS[example[fs.USER_ID][0] - 1]
+            positives[(user, split, scenario)].add(items[example[fs.CANDIDATE_ITEMS][0] - 1])
+    assert dict(positives) == {
+        ("7", "train", "rec"): {"506"}, ("7", "train", "search"): {"507"},
+        ("7", "valid", "rec"): {"503"}, ("7", "valid", "search"): {"515"},
+        ("7", "test", "rec"): {"516"}, ("7", "test", "search"): {"505"},
+        ("12", "train", "rec"): {"522", "538"}, ("12", "train", "search"): {"529"},
+        ("12", "valid", "rec"): {"524"}, ("12", "valid", "search"): {"523"},
+        ("12", "test", "rec"): {"526"}, ("12", "test", "search"): {"527"},
+        ("3", "train", "rec"): {"530"}, ("3", "valid", "rec"): {"539"},
+        ("3", "valid", "search"): {"503"}, ("3", "test", "rec"): {"531"},
+        ("25", "train", "search"): {"535"}, ("25", "valid", "rec"): {"536"},
+        ("25", "test", "search"): {"537"},
+    }
+
+
+def test_kuaisar_side_features_have_dense_ids(kuaisar_run):
+    output_dir, _ = kuaisar_run
+    item_rows = {row["item_id"]: row for row in read_jsonl(
+        os.path.join(output_dir, "side_features", "items-*.jsonl"))}
+    assert sorted(item_rows) == ["501", "503", "505", "507", "516"]  # 999 has no event
+    assert {raw: row["id"] for raw, row in item_rows.items()} == {
+        "501": 2, "503": 1, "505": 3, "507": 9, "516": 18}
+    assert {raw: row["caption_word_ids"] for raw, row in item_rows.items()} == {
+        "501": [2, 7, 8], "503": [1, 9], "505": [6, 7], "507": [5], "516": []}
+    assert item_rows["501"]["caption_tokens"] == ["20", "40", "41"]
+    # "Esports, pro" (a quoted comma) in second_level_category_name_en did not shift columns.
+    assert item_rows["507"]["categories"] == ["2", "22"]
+    assert item_rows["516"]["categories"] == ["3", "31"]
+
+    user_rows = {row["user_id"]: row for row in read_jsonl(
+        os.path.join(output_dir, "side_features", "users-*.jsonl"))}
+    assert {raw: row["id"] for raw, row in user_rows.items()} == {
+        "7": 1, "12": 2, "3": 3, "25": 4}  # 40 has no event
+    assert user_rows["7"]["features"] == {"search_active_level": "high",
+                                          "rec_active_level": "full_active",
+                                          "onehot_feat1": "3", "onehot_feat2": "121"}
+    assert user_rows["25"]["features"] == {"search_active_level": "middle",
+                                           "rec_active_level": "low_active",
+                                           "onehot_feat1": "2", "onehot_feat2": "0"}
+
+
+def test_kuaisar_missing_required_column_fails_before_running(tmp_path):
+    input_dir = tmp_path / "kuaisar"
+    shutil.copytree(KUAISAR_DIR, input_dir)
+    src = input_dir / "src_inter.csv"
+    with open(src, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = [c for c in SPEC14_COLUMNS["src_inter.csv"] if c != "keyword"]
+    with open(src, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    output_dir = tmp_path / "out"
+    with pytest.raises(ValueError) as raised:
+        run_kuaisar(input_dir, output_dir)
+    message = str(raised.value)
+    assert str(src) in message and "keyword" in message
+    assert not output_dir.exists()  # failed while building the graph, before any worker ran
+
+
+def test_schema_pbtxt_lists_every_feature(kuaisar_run):
+    output_dir, _ = kuaisar_run
+    with open(os.path.join(output_dir, "schema.pbtxt"), encoding="utf-8") as handle:
+        schema = text_format.Parse(handle.read(), schema_pb2.Schema())
+    features = {feature.name: feature for feature in schema.feature}
+    assert sorted(features) == sorted([
+        fs.USER_ID, fs.HISTORY_TYPES, fs.REC_HISTORY_ITEMS, fs.SEARCH_HISTORY_QUERY_TOKENS,
+        fs.SEARCH_HISTORY_CLICKED_ITEMS, fs.CANDIDATE_ITEMS, fs.QUERY_TOKENS])
+    assert all(feature.type == schema_pb2.INT for feature in schema.feature)
+    shape = {name: [d.size for d in f.shape.dim] for name, f in features.items()}
+    assert shape[fs.HISTORY_TYPES] == [7]  # rec_len 3 + search_len 4
+    assert shape[fs.REC_HISTORY_ITEMS] == [3]
+    assert shape[fs.SEARCH_HISTORY_QUERY_TOKENS] == [4, 3]
+    assert shape[fs.SEARCH_HISTORY_CLICKED_ITEMS] == [4, 5]
+    assert shape[fs.QUERY_TOKENS] == [3]
+    assert shape[fs.USER_ID] == []
+    candidates = features[fs.CANDIDATE_ITEMS]
+    assert (candidates.value_count.min, candidates.value_count.max) == (3, 4)
+    assert list(features[fs.QUERY_TOKENS].not_in_environment) == ["REC"]
+    # Every example written matches the schema's shapes.
+    records = read_records(output_dir)
+    for (split, scenario), serialized in records.items():
+        for record in serialized:
+            example = decode(record)
+            for name, values in example.items():
+                if name == fs.CANDIDATE_ITEMS:
+                    assert len(values) == (3 if split == "train" else 4)
+                else:
+                    size = 1
+                    for dim in shape[name]:
+                        size *= dim
+                    assert len(values) == size, (name, split, scenario)
+            assert (fs.QUERY_TOKENS in example) == (scenario == "search")
+
+
+def test_multi_processing_runner_writes_the_same_output(kuaisar_run, tmp_path):
+    output_dir, manifest = kuaisar_run
+    other_dir = tmp_path / "multi"
+    other = run_kuaisar(KUAISAR_DIR, other_dir, beam_args=MULTI_PROCESSING)
+    assert other["beam_args"] == MULTI_PROCESSING
+    assert other["examples"] == manifest["examples"]
+    assert other["counters"] == manifest["counters"]
+    assert read_records(other_dir) == read_records(output_dir)
+    for name in ("users", "items", "words", "item_clicks"):
+        suffix = "tsv" if name == "item_clicks" else "txt"
+        with open(os.path.join(output_dir, "vocab", f"{name}.{suffix}")) as a, \
+                open(os.path.join(other_dir, "vocab", f"{name}.{suffix}")) as b:
+            assert a.read() == b.read(), name
+    for kind in ("items", "users"):
+        pattern = os.path.join("side_features", f"{kind}-*.jsonl")
+        key = lambda row: json.dumps(row, sort_keys=True)  # noqa: E731
+        assert sorted(map(key, read_jsonl(os.path.join(output_dir, pattern)))) == \
+            sorted(map(key, read_jsonl(os.path.join(str(other_dir), pattern))))
+
+
+# --- event log (dead letters, CSV vs Parquet, CLI) -------------------------------------------
+
+# Line number (1-based, header = 1) -> the reason planted there (tests/fixtures/README.md).
+EVENT_LOG_REJECTS = {
+    6: es.REJECT_MISSING_USER,
+    10: es.REJECT_BAD_TIMESTAMP,
+    15: es.REJECT_BAD_SCENARIO,
+    18: es.REJECT_BAD_QUERY,
+    20: es.REJECT_MISSING_ITEM,
+    22: es.REJECT_BAD_CLICK,
+    25: es.REJECT_MISSING_SESSION,
+    28: es.REJECT_BAD_ROW,
+}
+EVENT_LOG_DATA_ROWS = 29  # 30 physical lines after the header; lines 12-13 are one row
+EVENT_LOG_OPTIONS = sb.BuildOptions(split="loo", clicks_per_session=5, num_train_negatives=2,
+                                    num_eval_negatives=3, rec_len=4, search_len=4, query_len=3)
+EVENT_LOG_CLI_FLAGS = ["--num_train_negatives", "2", "--num_eval_negatives", "3",
+                       "--rec_len", "4", "--search_len", "4", "--query_len", "3"]
+# alice: rec targets i4 i6 i8, search a2 a3 a4; bob: rec i3 i1, search b2 b4;
+# carol: rec i13, search c2 (leave-one-out per scenario).
+EVENT_LOG_EXAMPLES = {"train": {"rec": 1, "search": 1}, "valid": {"rec": 2, "search": 2},
+                      "test": {"rec": 3, "search": 3}}
+EVENT_LOG_COUNTERS = {
+    "users": 3,
+    "events": 21,
+    "rec_impressions_without_click": 1,  # line 16
+    "search_sessions": 9,
+    "search_sessions_without_click": 1,  # b3, line 19
+    "rec_targets_below_min_history": 3,  # alice i1, bob i2, carol i11
+    "search_targets_below_min_history": 3,  # a1, b1, c1
+}
+# i1 on 3 rows; i2 i3 i4 i9 on 2; the rest on 1, ties by raw id ("i10" < "i5").
+EVENT_LOG_ITEMS = ["i1", "i2", "i3", "i4", "i9", "i10", "i11", "i12", "i13", "i14", "i5", "i6",
+                   "i7", "i8"]
+EVENT_LOG_ITEM_CLICKS = {"i1": 3, "i2": 2, "i3": 1, "i4": 2, "i9": 2, "i10": 1, "i11": 1,
+                         "i12": 1, "i13": 1, "i14": 1, "i5": 1, "i6": 1, "i7": 0, "i8": 1}
+EVENT_LOG_WORDS = ["w1", "w2", "w3", "w4", "w5"]  # 6, 5, 2, 2, 2 rows
+
+
+def run_event_log(paths, output_dir, beam_args=IN_MEMORY):
+    inputs = event_log.EventLogInputs(events=tuple(str(p) for p in paths))
+    return beam_job.run(lambda pipeline: event_log.read(pipeline, inputs), EVENT_LOG_OPTIONS,
+                        str(output_dir), dataset="event_log",
+                        inputs={"events": [str(p) for p in paths]}, beam_args=beam_args)
+
+
+@pytest.fixture(scope="module")
+def event_log_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("event_log") / "out"
+    manifest = run_event_log([EVENTS_CSV], output_dir)
+    return str(output_dir), manifest
+
+
+def good_event_rows():
+    """The fixture's rows minus the planted bad ones, as {column: cell}, in file order."""
+    rows = []
+    with open(EVENTS_CSV, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        next_line = reader.line_num + 1
+        for cells in reader:
+            line, next_line = next_line, reader.line_num + 1
+            if line not in EVENT_LOG_REJECTS:
+                rows.append(dict(zip(header, cells)))
+    return rows
+
+
+def test_event_log_dead_letters_one_per_planted_reason(event_log_run):
+    output_dir, manifest = event_log_run
+    assert manifest["rejected"] == {reason: 1 for reason in EVENT_LOG_REJECTS.values()}
+    assert manifest["rejected_total"] == 8
+    rejected = read_jsonl(os.path.join(output_dir, "rejected", "rejected-*.jsonl"))
+    assert {(row["line"], row["reason"]) for row in rejected} == set(EVENT_LOG_REJECTS.items())
+    assert len(rejected) == 8
+    for row in rejected:
+        assert row["source"] == EVENTS_CSV
+        assert row["detail"]
+    by_line = {row["line"]: row for row in rejected}
+    assert "yesterday" in by_line[10]["raw"]
+    assert "ads" in by_line[15]["raw"]
+    assert "lots" in by_line[22]["raw"]
+    assert by_line[28]["raw"] == "rec,1,carol,i13"
+    assert "4 cells" in by_line[28]["detail"]
+
+
+def test_event_log_good_rows_still_make_examples(event_log_run):
+    output_dir, manifest = event_log_run
+    assert manifest["examples"] == EVENT_LOG_EXAMPLES
+    assert manifest["counters"] == EVENT_LOG_COUNTERS
+    assert len(good_event_rows()) == 21
+    # Nothing silently dropped: every data row is an event or a dead letter.
+    assert manifest["counters"]["events"] + manifest["rejected_total"] == EVENT_LOG_DATA_ROWS
+    records = read_records(output_dir)
+    assert sum(len(v) for v in records.values()) == 12
+
+
+def test_event_log_vocab_files_line_k_is_id_k(event_log_run):
+    output_dir, manifest = event_log_run
+    items = read_vocab(output_dir, "items")
+    assert items == EVENT_LOG_ITEMS
+    assert read_vocab(output_dir, "users") == ["alice", "bob", "carol"]  # 10, 7, 4 rows
+    assert read_vocab(output_dir, "words") == EVENT_LOG_WORDS
+    assert manifest["vocab_sizes"] == {"users": 3, "items": 14, "words": 5}
+    with open(os.path.join(output_dir, "vocab", "item_clicks.tsv"), encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    assert lines[0] == "item_id\tid\tclicks"
+    assert lines[1:] == [f"{raw}\t{k}\t{EVENT_LOG_ITEM_CLICKS[raw]}"
+                         for k, raw in enumerate(EVENT_LOG_ITEMS, start=1)]
+    # alice's test rec target i8 (line 26, empty click = 1) after r i1, S a1, r i4, S a2, r i6,
+    # S a3 (the impression i7 is not history): ids through items.txt / words.txt.
+    alice = _user_example(read_records(output_dir), "test", "rec", 1)
+    assert alice[fs.CANDIDATE_ITEMS][0] == 14 and items[14 - 1] == "i8"
+    assert alice[fs.REC_HISTORY_ITEMS] == [1, 4, 12, 0]  # i1, i4, i6
+    assert [items[i - 1] for i in alice[fs.REC_HISTORY_ITEMS] if i] == ["i1", "i4", "i6"]
+    assert alice[fs.HISTORY_TYPES] == [1, 2, 1, 2, 1, 2, 0, 0]
+    assert rows_of(alice[fs.SEARCH_HISTORY_QUERY_TOKENS], 3) == [
+        [1, 2, 0], [2, 3, 0], [3, 0, 0], [0, 0, 0]]  # [w1, w2], "w2 w3", [w3]
+    assert rows_of(alice[fs.SEARCH_HISTORY_CLICKED_ITEMS], 5) == [
+        [2, 0, 0, 0, 0], [11, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0] * 5]  # i2 (not i3), i5, i1
+    # bob's valid search b2: its query cell "[w4,\nw1]" spans two physical lines.
+    bob = _user_example(read_records(output_dir), "valid", "search", 2)
+    assert bob[fs.QUERY_TOKENS] == [4, 1, 0]
+    assert items[bob[fs.CANDIDATE_ITEMS][0] - 1] == "i4"
+
+
+def test_event_log_parquet_gives_the_same_examples_as_csv(event_log_run, tmp_path):
+    output_dir, manifest = event_log_run
+    rows = good_event_rows()
+
+    def optional(cell):
+        return cell if cell else None
+
+    # Columns in yet another order; query_tokens as a list column, empty cells as nulls.
+    table = pa.table({
+        "query_tokens": pa.array([re.findall(r"[A-Za-z0-9_]+", r["query_tokens"])
+                                  if r["scenario"] == "search" else None for r in rows],
+                                 pa.list_(pa.string())),
+        "timestamp": pa.array([int(r["timestamp"]) for r in rows], pa.int64()),
+        "user_id": [r["user_id"] for r in rows],
+        "item_id": [optional(r["item_id"]) for r in rows],
+        "search_session_id": [optional(r["search_session_id"]) for r in rows],
+        "click": pa.array([int(r["click"]) if r["click"] else None for r in rows], pa.int64()),
+        "scenario": [r["scenario"] for r in rows],
+    })
+    parquet_path = tmp_path / "events.parquet"
+    pq.write_table(table, parquet_path)
+    parquet_out = tmp_path / "out"
+    parquet_manifest = run_event_log([parquet_path], parquet_out)
+    assert parquet_manifest["rejected"] == {}
+    assert parquet_manifest["examples"] == manifest["examples"] == EVENT_LOG_EXAMPLES
+    assert parquet_manifest["counters"] == manifest["counters"]
+    assert read_records(parquet_out) == read_records(output_dir)
+    for name in ("users", "items", "words"):
+        assert read_vocab(str(parquet_out), name) == read_vocab(output_dir, name)
+
+
+def test_event_log_missing_required_csv_column_fails_before_running(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("user_id,timestamp,item_id\nalice,1,i1\n")
+    with pytest.raises(ValueError, match=r"scenario") as raised:
+        event_log.read(beam.Pipeline(), event_log.EventLogInputs(events=(str(path),)))
+    assert str(path) in str(raised.value)
+
+
+def test_event_log_missing_required_parquet_column_fails_before_running(tmp_path):
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"user_id": ["alice"], "timestamp": [1], "item_id": ["i1"]}),
+                   path)
+    with pytest.raises(ValueError, match=r"scenario") as raised:
+        event_log.read(beam.Pipeline(), event_log.EventLogInputs(events=(str(path),)))
+    assert str(path) in str(raised.value)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """build_examples.main on the event-log fixture: (output_dir, returned manifest, stdout)."""
+    output_dir = tmp_path_factory.mktemp("cli") / "out"
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # main() reconfigures the root logger
+    stdout = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout):
+            manifest = build_examples.main(
+                ["--dataset", "event_log", "--events", EVENTS_CSV, "--output", str(output_dir)]
+                + EVENT_LOG_CLI_FLAGS + IN_MEMORY)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return str(output_dir), manifest, stdout.getvalue()
+
+
+def test_cli_main_prints_and_returns_the_manifest(cli_run, event_log_run):
+    output_dir, returned, printed = cli_run
+    written = beam_job.load_manifest(output_dir)
+    assert json.loads(printed) == written
+    assert json.loads(json.dumps(returned)) == written
+    assert written["dataset"] == "event_log"
+    assert written["inputs"] == {"events": [EVENTS_CSV]}
+    assert written["beam_args"] == IN_MEMORY
+    assert written["build_options"]["split"] == "loo"  # the event_log defaults
+    assert written["build_options"]["clicks_per_session"] == 5
+    assert written["shapes"]["train_candidates"] == 3
+    assert written["shapes"]["eval_candidates"] == 4
+    assert written["examples"] == EVENT_LOG_EXAMPLES
+    assert written["rejected"] == {reason: 1 for reason in EVENT_LOG_REJECTS.values()}
+    assert written["counters"] == EVENT_LOG_COUNTERS
+    # Same options as the in-process run: the same examples.
+    assert read_records(output_dir) == read_records(event_log_run[0])
+
+
+def test_cli_main_returns_what_it_writes(cli_run):
+    output_dir, returned, _ = cli_run
+    assert returned == beam_job.load_manifest(output_dir)
+
+
+# --- Amazon (semi-synthetic search) -----------------------------------------------------------
+
+AMAZON_SEQUENCES = ("u1 A B C D E F\n"
+                    "u2 B C G H\n"
+                    "\n"
+                    "u6\n"  # line 4: a user without items -> malformed_row
+                    "u3 A C E G H I J\n"
+                    "u4 D E F K N\n"
+                    "u5 L A B\n")
+AMAZON_USERS = {"u1": "ABCDEF", "u2": "BCGH", "u3": "ACEGHIJ", "u4": "DEFKN", "u5": "LAB"}
+# c1 and c2 are on 6 items each, c3 on exactly 3 (the threshold); b1 on 2 (just under it),
+# b2..b10 on 1.
+AMAZON_ATTRIBUTES = {
+    "A": ["b1", "c1", "c2"], "B": ["b2", "c1", "c2"], "C": ["b3", "c1", "c3"], "D": ["b1", "c1"],
+    "E": ["b4", "c2"], "F": ["b5"], "G": ["c3", "b6", "c1"], "H": ["b7", "c3"], "I": ["b8"],
+    "J": ["c1", "c1", "c2"], "K": [], "L": ["c2", "b9"], "M": ["b10", "c2"],
+}
+# Frequent attributes in the item's file order, without repeats; F, I, K and N (no
+# attributes entry) have no query, so a search draw on them stays a rec behaviour.
+AMAZON_QUERIES = {"A": ["c1", "c2"], "B": ["c1", "c2"], "C": ["c1", "c3"], "D": ["c1"],
+                  "E": ["c2"], "G": ["c3", "c1"], "H": ["c3"], "J": ["c1", "c2"], "L": ["c2"],
+                  "M": ["c2"]}
+AMAZON_MIN_FREQUENCY = 3
+
+
+def amazon_options(seed, max_users=0):
+    return sb.BuildOptions(seed=seed, split="loo", clicks_per_session=1, num_train_negatives=1,
+                           num_eval_negatives=2, rec_len=5, search_len=5, query_len=3,
+                           max_users=max_users)
+
+
+def amazon_reference(seed, users=AMAZON_USERS):
+    """(examples per (split, scenario), demoted search draws, {(user, position) searched}) by
+    the documented rule: a search iff the seeded draw says so and the item has a query;
+    targets need one prior rec and one prior search; leave-one-out per scenario."""
+    counts, demoted, searched = collections.Counter(), 0, set()
+    for user in users:
+        scenarios = []
+        for position, item in enumerate(AMAZON_USERS[user]):
+            draw = amazon.is_search_draw(seed, user, position, 0.5)
+            if draw and item in AMAZON_QUERIES:
+                scenarios.append("search")
+                searched.add((user, position))
+            else:
+                demoted += draw
+                scenarios.append("rec")
+        targets = collections.defaultdict(list)
+        for position, scenario in enumerate(scenarios):
+            if "rec" in scenarios[:position] and "search" in scenarios[:position]:
+                targets[scenario].append(position)
+        for scenario, positions in targets.items():
+            for rank in range(len(positions)):
+                counts[("test" if rank == 0 else "valid" if rank == 1 else "train",
+                        scenario)] += 1
+    return counts, demoted, searched
+
+
+@pytest.fixture(scope="module")
+def amazon_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("amazon")
+    sequences, attributes = root / "sequences.txt", root / "attributes.json"
+    sequences.write_text(AMAZON_SEQUENCES)
+    attributes.write_text(json.dumps(AMAZON_ATTRIBUTES))
+    return str(sequences), str(attributes)
+
+
+def run_amazon(files, output_dir, seed, max_users=0):
+    inputs = amazon.AmazonInputs(sequences=files[0], attributes=files[1], search_fraction=0.5,
+                                 query_min_item_frequency=AMAZON_MIN_FREQUENCY, seed=seed)
+    return beam_job.run(lambda pipeline: amazon.read(pipeline, inputs),
+                        amazon_options(seed, max_users), str(output_dir), dataset="amazon",
+                        inputs={"sequences": files[0]}, beam_args=IN_MEMORY)
+
+
+@pytest.fixture(scope="module")
+def amazon_runs(amazon_files, tmp_path_factory):
+    """seed 0 twice and seed 1 once: {name: (output_dir, manifest)}."""
+    runs = {}
+    for name, seed in (("seed0", 0), ("seed0_again", 0), ("seed1", 1)):
+        output_dir = tmp_path_factory.mktemp(f"amazon_{name}") / "out"
+        runs[name] = (str(output_dir), run_amazon(amazon_files, output_dir, seed))
+    return runs
+
+
+def test_amazon_category_queries_keep_frequent_attributes(amazon_files):
+    attributes = amazon.load_attributes(amazon_files[1])
+    queries = amazon.category_queries(attributes, AMAZON_MIN_FREQUENCY)
+    assert {item: list(query) for item, query in queries.items()} == AMAZON_QUERIES
+
+
+@pytest.mark.parametrize("name,seed", [("seed0", 0), ("seed1", 1)])
+def test_amazon_counts_match_the_documented_rule(amazon_runs, name, seed):
+    output_dir, manifest = amazon_runs[name]
+    counts, demoted, _ = amazon_reference(seed)
+    assert manifest["examples"] == examples_dict(counts)
+    assert manifest["counters"]["events"] == 25
+    assert manifest["counters"]["users"] == 5
+    assert manifest["counters"].get("amazon_search_draws_kept_as_rec_no_query", 0) == demoted
+    assert manifest["rejected"] == {es.REJECT_BAD_ROW: 1}
+    rejected = read_jsonl(os.path.join(output_dir, "rejected", "rejected-*.jsonl"))
+    assert [(row["line"], row["raw"]) for row in rejected] == [(4, "u6")]
+
+
+def test_amazon_search_queries_are_the_clicked_items_categories(amazon_runs):
+    output_dir, manifest = amazon_runs["seed0"]
+    items = read_vocab(output_dir, "items")
+    words = read_vocab(output_dir, "words")
+    frequent = {"c1", "c2", "c3"}
+    assert set(words) <= frequent  # never a brand (b*), not even b1 on 2 items
+    records = read_records(output_dir)
+    searches = 0
+    for (split, scenario), serialized in records.items():
+        for record in serialized:
+            example = decode(record)
+            # History rows: each session's query is its clicked item's categories.
+            queries = rows_of(example[fs.SEARCH_HISTORY_QUERY_TOKENS], 3)
+            clicks = example[fs.SEARCH_HISTORY_CLICKED_ITEMS]  # clicks_per_session 1
+            for query, clicked in zip(queries, clicks):
+                if clicked:
+                    assert [words[t - 1] for t in query if t] == AMAZON_QUERIES[items[clicked - 1]]
+            if scenario == "search":
+                searches += 1
+                positive = items[example[fs.CANDIDATE_ITEMS][0] - 1]
+                query = [words[t - 1] for t in example[fs.QUERY_TOKENS] if t]
+                assert query == AMAZON_QUERIES[positive]
+            else:
+                assert fs.QUERY_TOKENS not in example
+    assert searches == sum(manifest["examples"][split]["search"] for split in SPLITS) > 0
+
+
+def test_amazon_is_deterministic_given_the_seed(amazon_runs):
+    first, again, other = (amazon_runs[name] for name in ("seed0", "seed0_again", "seed1"))
+    assert read_records(first[0]) == read_records(again[0])
+    for name in ("users", "items", "words"):
+        assert read_vocab(first[0], name) == read_vocab(again[0], name)
+    assert first[1]["examples"] == again[1]["examples"]
+    # Another seed draws other searches, hence other examples.
+    assert amazon_reference(0)[2] != amazon_reference(1)[2]
+    assert read_records(first[0]) != read_records(other[0])
+
+
+def test_max_users_keeps_exactly_n_users_deterministically(amazon_files, tmp_path):
+    chosen = sorted(AMAZON_USERS, key=lambda user: sb.stable_hash(0, "user", user))[:2]
+    outputs = []
+    for name in ("a", "b"):
+        output_dir = tmp_path / name
+        manifest = run_amazon(amazon_files, output_dir, seed=0, max_users=2)
+        outputs.append((str(output_dir), manifest))
+    (dir_a, manifest_a), (dir_b, manifest_b) = outputs
+    users = read_vocab(dir_a, "users")
+    assert sorted(users) == sorted(chosen) and len(users) == 2
+    assert manifest_a["vocab_sizes"]["users"] == 2
+    assert manifest_a["counters"]["users"] == 2
+    kept_events = sum(len(AMAZON_USERS[user]) for user in chosen)
+    assert manifest_a["counters"]["events"] == kept_events
+    assert manifest_a["counters"]["events_of_users_not_selected_by_max_users"] == 25 - kept_events
+    assert manifest_a["examples"] == examples_dict(amazon_reference(0, users=chosen)[0])
+    records = read_records(dir_a)
+    seen = {users[decode(r)[fs.USER_ID][0] - 1] for rs in records.values() for r in rs}
+    assert seen <= set(chosen)
+    # Deterministic: a second run keeps the same users and writes the same examples.
+    assert read_vocab(dir_b, "users") == users
+    assert read_records(dir_b) == records
+    assert manifest_b["examples"] == manifest_a["examples"]

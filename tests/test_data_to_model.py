@@ -1,0 +1,101 @@
+"""The data job's TFRecords feed the model: reader shapes, config sizes, one training step."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from feature_specs import CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, TYPE_SEARCH
+from pipeline import beam_job
+from pipeline import sequence_builder as sb
+from pipeline.adapters import amazon
+from pipeline.query_matching import rank_metrics
+from unisar_tf import data
+from unisar_tf.config import amazon_preset
+from unisar_tf.model import build_model
+from unisar_tf.training import joint_training_dataset
+
+IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A small Amazon-format dataset (40 users, 30 items, 3 category terms) built by the job."""
+    root = tmp_path_factory.mktemp("amazon")
+    rng = np.random.default_rng(3)
+    lines = [f"u{u} " + " ".join(f"i{i}" for i in rng.choice(30, size=8, replace=False))
+             for u in range(40)]
+    (root / "seq.txt").write_text("\n".join(lines) + "\n")
+    attributes = {f"i{i}": [f"brand{i}", f"cat{i % 3}"] for i in range(30)}
+    (root / "attrs.json").write_text(json.dumps(attributes))
+    inputs = amazon.AmazonInputs(str(root / "seq.txt"), str(root / "attrs.json"),
+                                 query_min_item_frequency=5, seed=1)
+    options = sb.BuildOptions(seed=1, clicks_per_session=1, num_eval_negatives=9, query_len=4,
+                              rec_len=5, search_len=5)
+    out = str(root / "out")
+    manifest = beam_job.run(lambda p: amazon.read(p, inputs), options, out, "amazon",
+                            {"sequences": "seq.txt"}, IN_MEMORY)
+    return out, manifest
+
+
+def test_reader_shapes_and_config_sizes(built):
+    out, manifest = built
+    assert manifest["vocab_sizes"] == {"users": 40, "items": 30, "words": 3}
+    config = data.config_with_data_sizes(amazon_preset(), manifest)
+    assert (config.num_users, config.num_items, config.num_words) == (41, 31, 4)
+    assert (config.query_length, config.clicks_per_session, config.max_rec_history) == (4, 1, 5)
+
+    test_search = data.load_arrays(out, "test", "search", manifest)
+    assert test_search[CANDIDATE_ITEMS].shape == (manifest["examples"]["test"]["search"], 10)
+    assert test_search["search_history_query_tokens"].shape[1:] == (5, 4)
+    # Every search query is exactly one category word (brands have frequency 1 < 5).
+    assert np.all((test_search[QUERY_TOKENS] > 0).sum(axis=1) == 1)
+    # Min history 1 + 1: every example has at least one search behaviour in its history.
+    assert np.all((test_search[HISTORY_TYPES] == TYPE_SEARCH).sum(axis=1) >= 1)
+    train_rec = data.load_arrays(out, "train", "rec", manifest)
+    assert train_rec[CANDIDATE_ITEMS].shape[1] == 5 and QUERY_TOKENS not in train_rec
+
+
+def test_model_trains_one_step_on_built_tfrecords(built):
+    out, manifest = built
+    config = data.config_with_data_sizes(
+        amazon_preset(batch_size=16, num_relevance_negatives=8), manifest)
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config)
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
+    train_rec = data.load_arrays(out, "train", "rec", manifest)
+    train_search = data.load_arrays(out, "train", "search", manifest)
+    dataset = joint_training_dataset(config, train_rec, train_search,
+                                     data.query_bank(out, manifest), seed=0)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(dataset.take(1), verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    changed = [not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
+    assert sum(changed) > len(changed) // 2
+    batch = next(iter(data.read_examples(out, "test", "search", batch_size=8, manifest=manifest)))
+    scores = model(batch, training=False)["search"].numpy()
+    assert scores.shape == (min(8, manifest["examples"]["test"]["search"]), 10)
+    assert np.all(np.isfinite(scores))
+
+
+def test_missing_split_files_raise_naming_the_pattern(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        data.load_manifest(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="train/rec"):
+        data.example_files(str(tmp_path), "train", "rec")
+
+
+def test_query_matching_rank_metrics_by_hand():
+    # Row 1: positive strictly best -> rank 1. Row 2: 1 higher, 2 tied -> pessimistic rank 4,
+    # expected HR@1 0, HR@5 1. Row 3: 11 candidates above -> rank 12, outside every cutoff.
+    scores = np.array([[3, 1, 1, 0] + [0] * 8,
+                       [2, 3, 2, 2] + [0] * 8,
+                       [0] + [1] * 11], dtype=float)
+    m = rank_metrics(scores)
+    assert m["HR@1"] == pytest.approx(1 / 3)
+    assert m["HR@5"] == pytest.approx(2 / 3)
+    assert m["NDCG@5"] == pytest.approx((1 + 1 / np.log2(5)) / 3)
+    # Row 2 expected ranks 2, 3, 4 with probability 1/3 each.
+    assert m["HR@1 (expected ties)"] == pytest.approx(1 / 3)
+    assert m["NDCG@5 (expected ties)"] == pytest.approx(
+        (1 + (1 / np.log2(3) + 1 / np.log2(4) + 1 / np.log2(5)) / 3) / 3)

@@ -1,0 +1,120 @@
+"""Reading the data job's TFRecords (pipeline/build_examples.py) with tf.data.
+
+The output directory holds manifest.json (counts, vocabulary sizes, shapes, options) and
+{train,valid,test}/{rec,search}-*.tfrecord.gz, one tf.Example per target event with the
+features of feature_specs/example_schema.py. This module knows the file layout and the
+feature contract, not Beam.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from feature_specs import CANDIDATE_ITEMS, QUERY_TOKENS, SequenceShapes, model_feature_shapes
+from unisar_tf.config import UniSARConfig
+
+MANIFEST_FILE = "manifest.json"
+
+
+def load_manifest(data_dir: str) -> dict:
+    path = os.path.join(data_dir, MANIFEST_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} not found: build the examples first "
+                                "(python -m pipeline.build_examples ...)")
+    with tf.io.gfile.GFile(path) as handle:
+        return json.load(handle)
+
+
+def shapes_from_manifest(manifest: dict) -> SequenceShapes:
+    shapes = manifest["shapes"]
+    return SequenceShapes(rec_len=shapes["rec_len"], search_len=shapes["search_len"],
+                          query_len=shapes["query_len"],
+                          clicks_per_session=shapes["clicks_per_session"])
+
+
+def config_with_data_sizes(config: UniSARConfig, manifest: dict) -> UniSARConfig:
+    """A copy of `config` whose vocabulary sizes and sequence shapes match the data.
+
+    Table sizes are vocabulary size + 1: id 0 is padding / out of vocabulary.
+    """
+    shapes = shapes_from_manifest(manifest)
+    sizes = manifest["vocab_sizes"]
+    return config.replace(num_users=sizes["users"] + 1, num_items=sizes["items"] + 1,
+                          num_words=max(sizes["words"], 1) + 1,
+                          max_rec_history=shapes.rec_len, max_search_history=shapes.search_len,
+                          query_length=shapes.query_len,
+                          clicks_per_session=shapes.clicks_per_session)
+
+
+def example_files(data_dir: str, split: str, scenario: str) -> list:
+    pattern = os.path.join(data_dir, split, f"{scenario}-*.tfrecord.gz")
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no example files match {pattern}")
+    return files
+
+
+def parse_spec(shapes: SequenceShapes, num_candidates: int,
+               with_query: bool) -> Dict[str, tf.io.FixedLenFeature]:
+    return {name: tf.io.FixedLenFeature(shape, tf.int64)
+            for name, shape in model_feature_shapes(shapes, num_candidates, with_query).items()}
+
+
+def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
+                  manifest: Optional[dict] = None, shuffle: bool = False, seed: int = 0,
+                  drop_remainder: bool = False) -> tf.data.Dataset:
+    """Batches of {feature: (B, ...) int64} from one split and scenario, parsed in parallel.
+
+    Shuffling reads the files interleaved and shuffles records with a buffer; the data job
+    already wrote each user's examples together, so the buffer covers many users.
+    """
+    manifest = manifest or load_manifest(data_dir)
+    shapes = shapes_from_manifest(manifest)
+    candidates = (manifest["shapes"]["train_candidates"] if split == "train"
+                  else manifest["shapes"]["eval_candidates"])
+    spec = parse_spec(shapes, candidates, with_query=scenario == "search")
+    files = example_files(data_dir, split, scenario)
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
+        cycle_length=max(1, min(len(files), 4)), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not shuffle)
+    if shuffle:
+        dataset = dataset.shuffle(20_000, seed=seed, reshuffle_each_iteration=True)
+    return (dataset.batch(batch_size, drop_remainder=drop_remainder)
+            .map(lambda records: tf.io.parse_example(records, spec),
+                 num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def load_arrays(data_dir: str, split: str, scenario: str, manifest: Optional[dict] = None,
+                features: Optional[list] = None, limit: Optional[int] = None
+                ) -> Dict[str, np.ndarray]:
+    """A whole split as numpy arrays (optionally only some features / the first rows)."""
+    dataset = read_examples(data_dir, split, scenario, batch_size=4096, manifest=manifest)
+    if limit is not None:
+        dataset = dataset.unbatch().take(limit).batch(4096)
+    parts: Dict[str, list] = {}
+    for batch in dataset:
+        for name, values in batch.items():
+            if features is None or name in features:
+                parts.setdefault(name, []).append(values.numpy())
+    if not parts:
+        raise ValueError(f"{data_dir}: split {split}/{scenario} has no examples")
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def query_bank(data_dir: str, manifest: Optional[dict] = None) -> np.ndarray:
+    """Distinct training search queries (Nq, query_len): the relevance loss's negative pool."""
+    queries = load_arrays(data_dir, "train", "search", manifest, features=[QUERY_TOKENS])
+    return np.unique(queries[QUERY_TOKENS], axis=0)
+
+
+__all__ = ["load_manifest", "config_with_data_sizes", "read_examples", "load_arrays",
+           "query_bank", "parse_spec", "example_files", "CANDIDATE_ITEMS"]
