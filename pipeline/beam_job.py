@@ -309,11 +309,13 @@ def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: s
     (missing files or columns), which is the point: fail before any worker starts.
     """
     start = time.time()
+    _remove_previous_outputs(output_dir)
     pipeline_options = PipelineOptions(list(beam_args))
     pipeline = beam.Pipeline(options=pipeline_options)
     adapter_output = adapter_output_fn(pipeline)
     build_pipeline(pipeline, adapter_output, options, output_dir, num_shards)
-    FileSystems.mkdirs(output_dir) if not FileSystems.exists(output_dir) else None
+    if not FileSystems.exists(output_dir):
+        FileSystems.mkdirs(output_dir)
     LOG.info("running the sequence-example job for %s -> %s", dataset, output_dir)
     result = pipeline.run()
     result.wait_until_finish()
@@ -327,6 +329,21 @@ def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: s
     with FileSystems.create(os.path.join(output_dir, MANIFEST_FILE)) as handle:
         handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
     return manifest
+
+
+def _remove_previous_outputs(output_dir: str) -> None:
+    """Deletes what an earlier run wrote here (only our file patterns), so a re-run with a
+    different shard count cannot leave stale shards for the readers' globs to pick up."""
+    patterns = [example_pattern(output_dir, split, scenario)
+                for split in sb.SPLITS for scenario in es.SCENARIOS]
+    patterns += [os.path.join(output_dir, "rejected", "rejected-*.jsonl"),
+                 os.path.join(output_dir, "side_features", "*.jsonl"),
+                 os.path.join(output_dir, "vocab", "*"),
+                 os.path.join(output_dir, MANIFEST_FILE), os.path.join(output_dir, STATS_FILE)]
+    stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
+    if stale:
+        LOG.info("removing %d files of an earlier run in %s", len(stale), output_dir)
+        FileSystems.delete(stale)
 
 
 def load_manifest(output_dir: str) -> dict:

@@ -99,3 +99,29 @@ def test_query_matching_rank_metrics_by_hand():
     assert m["HR@1 (expected ties)"] == pytest.approx(1 / 3)
     assert m["NDCG@5 (expected ties)"] == pytest.approx(
         (1 + (1 / np.log2(3) + 1 / np.log2(4) + 1 / np.log2(5)) / 3) / 3)
+
+
+def test_rerun_into_the_same_output_replaces_every_shard(tmp_path):
+    (tmp_path / "seq.txt").write_text("".join(
+        f"u{u} " + " ".join(f"i{(u + k) % 12}" for k in range(6)) + "\n" for u in range(10)))
+    (tmp_path / "attrs.json").write_text(json.dumps({f"i{i}": [f"c{i % 2}"] for i in range(12)}))
+    inputs = amazon.AmazonInputs(str(tmp_path / "seq.txt"), str(tmp_path / "attrs.json"),
+                                 query_min_item_frequency=2)
+    options = sb.BuildOptions(clicks_per_session=1, num_eval_negatives=3, min_rec_history=0,
+                              min_search_history=0)
+    out = str(tmp_path / "out")
+
+    def build(shards):
+        return beam_job.run(lambda p: amazon.read(p, inputs), options, out, "amazon", {},
+                            IN_MEMORY, num_shards=shards)
+
+    first = build(3)
+    assert len(data.example_files(out, "train", "rec")) == 3
+    second = build(1)
+    assert first["examples"] == second["examples"]
+    for split in ("train", "valid", "test"):
+        for scenario in ("rec", "search"):
+            files = data.example_files(out, split, scenario)
+            assert len(files) == 1, files  # the three shards of the first run are gone
+            count = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
+            assert count == second["examples"][split][scenario]
