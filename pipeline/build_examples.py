@@ -69,6 +69,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                        help="default: 1 for amazon, 5 otherwise")
     build.add_argument("--max_users", type=int, default=0,
                        help="keep a seeded subset of this many users (0 = all), for quick runs")
+    build.add_argument("--max_rows_per_file", type=int, default=0,
+                       help="read only the first N data rows (Amazon: user lines) of each input "
+                       "file, for quick runs; the rest are counted, not used (0 = all)")
     build.add_argument("--num_shards", type=int, default=0,
                        help="TFRecord shards per split and scenario (0 = the runner decides)")
     return parser.parse_known_args(argv)
@@ -88,15 +91,17 @@ def _adapter(args):
         inputs = amazon.AmazonInputs(sequences=sequences, attributes=attributes,
                                      search_fraction=args.search_fraction,
                                      query_min_item_frequency=args.query_min_item_frequency,
-                                     seed=args.seed)
+                                     seed=args.seed, max_rows_per_file=args.max_rows_per_file)
         return inputs, amazon.read
     if args.dataset == "kuaisar":
         if not args.input_dir:
             raise SystemExit("--dataset kuaisar needs --input_dir")
-        return kuaisar.KuaiSARInputs.from_dir(args.input_dir), kuaisar.read
+        return (kuaisar.KuaiSARInputs.from_dir(args.input_dir, args.max_rows_per_file),
+                kuaisar.read)
     if not args.events:
         raise SystemExit("--dataset event_log needs --events")
-    return event_log.EventLogInputs(events=tuple(args.events)), event_log.read
+    return (event_log.EventLogInputs(events=tuple(args.events),
+                                     max_rows_per_file=args.max_rows_per_file), event_log.read)
 
 
 def build_options(args) -> sb.BuildOptions:

@@ -584,7 +584,7 @@ def test_cli_main_prints_and_returns_the_manifest(cli_run, event_log_run):
     assert json.loads(printed) == written
     assert json.loads(json.dumps(returned)) == written
     assert written["dataset"] == "event_log"
-    assert written["inputs"] == {"events": [EVENTS_CSV]}
+    assert written["inputs"] == {"events": [EVENTS_CSV], "max_rows_per_file": 0}
     assert written["beam_args"] == IN_MEMORY
     assert written["build_options"]["split"] == "loo"  # the event_log defaults
     assert written["build_options"]["clicks_per_session"] == 5

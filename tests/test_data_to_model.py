@@ -125,3 +125,17 @@ def test_rerun_into_the_same_output_replaces_every_shard(tmp_path):
             assert len(files) == 1, files  # the three shards of the first run are gone
             count = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
             assert count == second["examples"][split][scenario]
+
+
+def test_max_rows_per_file_reads_the_first_lines_and_counts_the_rest(tmp_path):
+    (tmp_path / "seq.txt").write_text("".join(
+        f"u{u} " + " ".join(f"i{(u + k) % 12}" for k in range(6)) + "\n" for u in range(10)))
+    (tmp_path / "attrs.json").write_text(json.dumps({f"i{i}": [f"c{i % 2}"] for i in range(12)}))
+    inputs = amazon.AmazonInputs(str(tmp_path / "seq.txt"), str(tmp_path / "attrs.json"),
+                                 query_min_item_frequency=2, max_rows_per_file=4)
+    manifest = beam_job.run(lambda p: amazon.read(p, inputs),
+                            sb.BuildOptions(clicks_per_session=1, num_eval_negatives=3),
+                            str(tmp_path / "out"), "amazon", {}, IN_MEMORY)
+    assert manifest["vocab_sizes"]["users"] == 4
+    assert manifest["counters"]["events"] == 4 * 6
+    assert manifest["counters"]["rows_not_used_beyond_max_rows_per_file"] == 6

@@ -41,6 +41,7 @@ class AmazonInputs:
     search_fraction: float = 0.5
     query_min_item_frequency: int = 100
     seed: int = 0
+    max_rows_per_file: int = 0  # quick runs: only the first N user lines (0 = all)
 
     def __post_init__(self):
         if not 0.0 <= self.search_fraction <= 1.0:
@@ -98,6 +99,9 @@ class ParseSequencesFile(beam.DoFn):
             for line_number, raw in enumerate(handle, start=1):
                 text = raw.decode("utf-8").strip()
                 if not text:
+                    continue
+                if inputs.max_rows_per_file and line_number > inputs.max_rows_per_file:
+                    yield beam.pvalue.TaggedOutput(common.STATS, (common.SKIPPED_BY_MAX_ROWS, 1))
                     continue
                 fields = text.split()
                 if len(fields) < 2:

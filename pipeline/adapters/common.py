@@ -21,6 +21,7 @@ from feature_specs.event_schema import REJECT_BAD_ROW, Event, RowError
 LOG = logging.getLogger(__name__)
 REJECTED = "rejected"
 STATS = "stats"  # (counter name, increment) pairs, summed into the manifest
+SKIPPED_BY_MAX_ROWS = "rows_not_used_beyond_max_rows_per_file"
 PROGRESS_EVERY_ROWS = 200_000
 
 
@@ -100,9 +101,10 @@ class ParseCsvFile(beam.DoFn):
     parse_row(row: {column: cell}, source, line) -> iterable of Event, raising RowError.
     """
 
-    def __init__(self, required: Sequence[str], parse_row):
+    def __init__(self, required: Sequence[str], parse_row, max_rows_per_file: int = 0):
         self._required = tuple(required)
         self._parse_row = parse_row
+        self._max_rows = max_rows_per_file
 
     def process(self, path: str):
         count = 0
@@ -110,6 +112,9 @@ class ParseCsvFile(beam.DoFn):
             count += 1
             if count % PROGRESS_EVERY_ROWS == 0:
                 LOG.info("read %d rows of %s", count, path)
+            if self._max_rows and count > self._max_rows:
+                yield beam.pvalue.TaggedOutput(STATS, (SKIPPED_BY_MAX_ROWS, 1))
+                continue
             if "__malformed__" in row:
                 yield beam.pvalue.TaggedOutput(REJECTED, RejectedRow(
                     path, line, REJECT_BAD_ROW, row["__malformed__"], raw_line[:2000]))

@@ -22,6 +22,7 @@ LOG = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class EventLogInputs:
     events: Sequence[str]  # file paths or glob patterns; .parquet files are read as Parquet
+    max_rows_per_file: int = 0  # quick runs: only the first N data rows of each file (0 = all)
 
 
 def _cell(value) -> str:
@@ -43,6 +44,9 @@ def parse_canonical_row(row, source: str, line: int):
 class ParseParquetFile(beam.DoFn):
     """path -> events (row number as line), RejectedRow on the REJECTED output."""
 
+    def __init__(self, max_rows_per_file: int = 0):
+        self._max_rows = max_rows_per_file
+
     def process(self, path: str):
         import pyarrow.parquet as pq
 
@@ -50,6 +54,9 @@ class ParseParquetFile(beam.DoFn):
             table = pq.read_table(handle)
         common.check_columns(path, table.column_names, es.REQUIRED_EVENT_COLUMNS)
         for index, row in enumerate(table.to_pylist(), start=1):
+            if self._max_rows and index > self._max_rows:
+                yield beam.pvalue.TaggedOutput(common.STATS, (common.SKIPPED_BY_MAX_ROWS, 1))
+                continue
             cells = {name: _cell(value) for name, value in row.items()}
             try:
                 yield from parse_canonical_row(cells, path, index)
@@ -79,19 +86,23 @@ def read(pipeline, inputs: EventLogInputs) -> common.AdapterOutput:
     paths = check_inputs(inputs)
     csv_paths = [p for p in paths if not p.endswith(".parquet")]
     parquet_paths = [p for p in paths if p.endswith(".parquet")]
-    events, rejected = [], []
+    events, rejected, stats = [], [], []
     if csv_paths:
         parsed = (pipeline | "EventLogCsvPaths" >> beam.Create(csv_paths)
                   | "ParseEventLogCsv" >> beam.ParDo(common.ParseCsvFile(
-                      es.REQUIRED_EVENT_COLUMNS, parse_canonical_row)).with_outputs(
-                          common.REJECTED, main="events"))
+                      es.REQUIRED_EVENT_COLUMNS, parse_canonical_row,
+                      inputs.max_rows_per_file)).with_outputs(
+                          common.REJECTED, common.STATS, main="events"))
         events.append(parsed.events)
         rejected.append(parsed[common.REJECTED])
+        stats.append(parsed[common.STATS])
     if parquet_paths:
         parsed = (pipeline | "EventLogParquetPaths" >> beam.Create(parquet_paths)
-                  | "ParseEventLogParquet" >> beam.ParDo(ParseParquetFile()).with_outputs(
-                      common.REJECTED, main="events"))
+                  | "ParseEventLogParquet" >> beam.ParDo(ParseParquetFile(
+                      inputs.max_rows_per_file)).with_outputs(
+                          common.REJECTED, common.STATS, main="events"))
         events.append(parsed.events)
         rejected.append(parsed[common.REJECTED])
+        stats.append(parsed[common.STATS])
     merged = events[0] if len(events) == 1 else tuple(events) | "MergeEventLogs" >> beam.Flatten()
-    return common.AdapterOutput(events=merged, rejected=rejected)
+    return common.AdapterOutput(events=merged, rejected=rejected, stats=stats)

@@ -33,16 +33,18 @@ class KuaiSARInputs:
     src_inter: str
     user_features: Optional[str] = None
     item_features: Optional[str] = None
+    max_rows_per_file: int = 0  # quick runs: only the first N data rows of each file (0 = all)
 
     @classmethod
-    def from_dir(cls, root: str) -> "KuaiSARInputs":
+    def from_dir(cls, root: str, max_rows_per_file: int = 0) -> "KuaiSARInputs":
         def optional(name):
             path = os.path.join(root, name)
             return path if common.expand_paths_or_none(path) else None
         return cls(rec_inter=os.path.join(root, "rec_inter.csv"),
                    src_inter=os.path.join(root, "src_inter.csv"),
                    user_features=optional("user_features.csv"),
-                   item_features=optional("item_features.csv"))
+                   item_features=optional("item_features.csv"),
+                   max_rows_per_file=max_rows_per_file)
 
 
 def parse_rec_row(row, source, line):
@@ -95,18 +97,19 @@ def check_inputs(inputs: KuaiSARInputs) -> None:
 def read(pipeline, inputs: KuaiSARInputs) -> common.AdapterOutput:
     check_inputs(inputs)
     outputs = {}
-    rejected = []
+    rejected, stats = [], []
     for field, columns, parse in _FILES:
         pattern = getattr(inputs, field)
         if pattern is None:
             continue
         parsed = (pipeline | f"KuaiSAR_{field}_paths" >> beam.Create(common.expand_paths([pattern]))
                   | f"KuaiSAR_{field}_parse" >> beam.ParDo(
-                      common.ParseCsvFile(columns, parse)).with_outputs(common.REJECTED,
-                                                                        main="rows"))
+                      common.ParseCsvFile(columns, parse, inputs.max_rows_per_file)).with_outputs(
+                          common.REJECTED, common.STATS, main="rows"))
         outputs[field] = parsed.rows
         rejected.append(parsed[common.REJECTED])
+        stats.append(parsed[common.STATS])
     events = ((outputs["rec_inter"], outputs["src_inter"]) | "KuaiSAR_events" >> beam.Flatten())
-    return common.AdapterOutput(events=events, rejected=rejected,
+    return common.AdapterOutput(events=events, rejected=rejected, stats=stats,
                                 item_side=outputs.get("item_features"),
                                 user_side=outputs.get("user_features"))
