@@ -6,6 +6,7 @@ these names, so a renamed feature fails at import rather than silently at traini
 from feature_specs.example_schema import (  # noqa: F401
     CANDIDATE_ITEMS,
     HISTORY_TYPES,
+    NEGATIVE_POOL,
     QUERY_TOKENS,
     REC_HISTORY_ITEMS,
     REL_NEGATIVE_ITEMS,

@@ -18,7 +18,9 @@ Id 0 is padding everywhere. Lists are oldest first and padded at the end.
 TYPE_SEARCH, ties between a rec and a search behaviour put rec first, and padding
 (TYPE_PAD) comes last. The i-th TYPE_REC slot is `rec_history_items[i]`, the j-th
 TYPE_SEARCH slot is search session j, so the merged order needs no extra ids.
-`candidate_items[0]` is the positive in training and evaluation examples.
+`candidate_items[0]` is the positive in training and evaluation examples. Training files built
+with `--train_negative_pool K` also carry `negative_pool` (K,): distinct negatives of which
+`candidate_items[1:]` are the first, for drawing fresh negatives every epoch.
 
 Per training step (not per example), the relevance loss takes sampled negatives:
 `rel_negative_items` (num_negatives,) and `rel_negative_query_tokens` (num_negatives, query_len).
@@ -35,6 +37,9 @@ SEARCH_HISTORY_QUERY_TOKENS = "search_history_query_tokens"
 SEARCH_HISTORY_CLICKED_ITEMS = "search_history_clicked_items"
 CANDIDATE_ITEMS = "candidate_items"
 QUERY_TOKENS = "query_tokens"
+# Optional, training files only (build option --train_negative_pool K): K distinct negatives
+# for the example, candidate_items[1:] being its first ones; for fresh negatives per epoch.
+NEGATIVE_POOL = "negative_pool"
 REL_NEGATIVE_ITEMS = "rel_negative_items"
 REL_NEGATIVE_QUERY_TOKENS = "rel_negative_query_tokens"
 

@@ -17,7 +17,7 @@ ENV_SEARCH = "SEARCH"
 
 
 def build_schema(shapes: fs.SequenceShapes, train_candidates: int = 5,
-                 eval_candidates: int = 100) -> schema_pb2.Schema:
+                 eval_candidates: int = 100, negative_pool: int = 0) -> schema_pb2.Schema:
     schema = schema_pb2.Schema()
     schema.default_environment.extend([ENV_REC, ENV_SEARCH])
 
@@ -44,9 +44,16 @@ def build_schema(shapes: fs.SequenceShapes, train_candidates: int = 5,
     add(fs.CANDIDATE_ITEMS, None)
     query = add(fs.QUERY_TOKENS, (shapes.query_len,))
     query.not_in_environment.append(ENV_REC)
+    if negative_pool:
+        # Training files only: a fixed count where present, absent from evaluation files.
+        pool = schema.feature.add(name=fs.NEGATIVE_POOL, type=schema_pb2.INT)
+        pool.value_count.min = pool.value_count.max = negative_pool
+        pool.presence.min_fraction = 0.0
+        pool.int_domain.min = 1
     return schema
 
 
 def schema_text(shapes: fs.SequenceShapes, train_candidates: int = 5,
-                eval_candidates: int = 100) -> str:
-    return text_format.MessageToString(build_schema(shapes, train_candidates, eval_candidates))
+                eval_candidates: int = 100, negative_pool: int = 0) -> str:
+    return text_format.MessageToString(build_schema(shapes, train_candidates, eval_candidates,
+                                                    negative_pool))

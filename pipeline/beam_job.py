@@ -295,7 +295,8 @@ def assemble_manifest(output_dir: str, stats: Dict[str, int], options: sb.BuildO
         "shapes": {"rec_len": options.rec_len, "search_len": options.search_len,
                    "query_len": options.query_len, "clicks_per_session": options.clicks_per_session,
                    "train_candidates": 1 + options.num_train_negatives,
-                   "eval_candidates": 1 + options.num_eval_negatives},
+                   "eval_candidates": 1 + options.num_eval_negatives,
+                   "train_negative_pool": options.train_negative_pool},
         "wall_seconds": round(wall_seconds, 1),
     }
 
@@ -325,7 +326,7 @@ def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: s
     with FileSystems.create(os.path.join(output_dir, "schema.pbtxt")) as handle:
         handle.write(tfmd_schema.schema_text(
             options.shapes, 1 + options.num_train_negatives,
-            1 + options.num_eval_negatives).encode("utf-8"))
+            1 + options.num_eval_negatives, options.train_negative_pool).encode("utf-8"))
     with FileSystems.create(os.path.join(output_dir, MANIFEST_FILE)) as handle:
         handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
     return manifest

@@ -62,6 +62,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                        default="popularity")
     build.add_argument("--num_train_negatives", type=int, default=4)
     build.add_argument("--num_eval_negatives", type=int, default=99)
+    build.add_argument("--train_negative_pool", type=int, default=0,
+                       help="also write K negatives per training example (negative_pool) for "
+                       "fresh negatives every epoch; 0 = off")
     build.add_argument("--rec_len", type=int, default=30)
     build.add_argument("--search_len", type=int, default=30)
     build.add_argument("--query_len", type=int, default=50)
@@ -113,7 +116,7 @@ def build_options(args) -> sb.BuildOptions:
         negative_sampler=args.negative_sampler, rec_len=args.rec_len, search_len=args.search_len,
         query_len=args.query_len,
         clicks_per_session=args.clicks_per_session or defaults["clicks_per_session"],
-        max_users=args.max_users)
+        max_users=args.max_users, train_negative_pool=args.train_negative_pool)
 
 
 class BeamLogFilter(logging.Filter):

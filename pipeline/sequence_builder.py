@@ -54,6 +54,10 @@ class BuildOptions:
     query_len: int = 50
     clicks_per_session: int = 5
     max_users: int = 0  # 0 = all users; otherwise a deterministic (seeded) subset
+    # > 0: training examples also carry `negative_pool` (K distinct negatives, the first
+    # num_train_negatives of which are the written candidates), so a trainer can draw fresh
+    # negatives every epoch without knowing each user's items.
+    train_negative_pool: int = 0
 
     def __post_init__(self):
         if self.split not in ("loo", "time"):
@@ -65,9 +69,13 @@ class BuildOptions:
                      "query_len", "clicks_per_session"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("min_rec_history", "min_search_history", "max_users"):
+        for name in ("min_rec_history", "min_search_history", "max_users",
+                     "train_negative_pool"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if 0 < self.train_negative_pool < self.num_train_negatives:
+            raise ValueError(f"train_negative_pool={self.train_negative_pool} must be 0 or >= "
+                             f"num_train_negatives={self.num_train_negatives}")
 
     @property
     def shapes(self) -> fs.SequenceShapes:
@@ -226,6 +234,7 @@ class _Plan:
     kept_rec: List[int]
     kept_search: List[int]
     candidates: np.ndarray  # (1 + negatives,), positive first
+    pool: Optional[np.ndarray] = None  # (train_negative_pool,) for training examples, if on
 
 
 def _render_arrays(plan: _Plan, behaviours: Sequence[_Behaviour], user: int,
@@ -244,6 +253,8 @@ def _render_arrays(plan: _Plan, behaviours: Sequence[_Behaviour], user: int,
                 fs.REC_HISTORY_ITEMS: rec_items, fs.SEARCH_HISTORY_QUERY_TOKENS: queries,
                 fs.SEARCH_HISTORY_CLICKED_ITEMS: clicks,
                 fs.CANDIDATE_ITEMS: plan.candidates.astype(np.int64)}
+    if plan.pool is not None:
+        features[fs.NEGATIVE_POOL] = plan.pool.astype(np.int64)
     if plan.target.kind == fs.TYPE_SEARCH:
         query = np.zeros(options.query_len, np.int64)
         query[:len(plan.target.query)] = plan.target.query
@@ -306,6 +317,8 @@ class _ByteRenderer:
             + b"\x00" * (missing_search * options.clicks_per_session),
             fs.CANDIDATE_ITEMS: b"".join([varint(v) for v in plan.candidates.tolist()]),
         }
+        if plan.pool is not None:
+            packed[fs.NEGATIVE_POOL] = b"".join([varint(v) for v in plan.pool.tolist()])
         if plan.target.kind == fs.TYPE_SEARCH:
             packed[fs.QUERY_TOKENS] = self._padded(plan.target.query, options.query_len)
         return encode_packed_example(packed)
@@ -361,9 +374,14 @@ def _plan_user(user_id: str, events: Sequence[Event], vocab: Vocabularies,
         kept_rec, kept_search = _kept_history(history, behaviours, options)
         count = options.num_train_negatives if split == SPLIT_TRAIN else options.num_eval_negatives
         target = behaviours[index]
-        negatives = sampler.sample(rng, count, user_items)
+        pool = None
+        if split == SPLIT_TRAIN and options.train_negative_pool:
+            pool = sampler.sample(rng, options.train_negative_pool, user_items)
+            negatives = pool[:count]
+        else:
+            negatives = sampler.sample(rng, count, user_items)
         plans.append(_Plan(split, target, kept_rec, kept_search,
-                           np.concatenate([[target.item], negatives]).astype(np.int64)))
+                           np.concatenate([[target.item], negatives]).astype(np.int64), pool))
     return behaviours, plans
 
 

@@ -139,3 +139,33 @@ def test_max_rows_per_file_reads_the_first_lines_and_counts_the_rest(tmp_path):
     assert manifest["vocab_sizes"]["users"] == 4
     assert manifest["counters"]["events"] == 4 * 6
     assert manifest["counters"]["rows_not_used_beyond_max_rows_per_file"] == 6
+
+
+def test_training_negative_pool_for_fresh_negatives(tmp_path):
+    rng = np.random.default_rng(5)
+    user_items = {f"u{u}": [f"i{i}" for i in rng.choice(30, size=8, replace=False)]
+                  for u in range(12)}
+    (tmp_path / "seq.txt").write_text("".join(f"{u} {' '.join(items)}\n"
+                                              for u, items in user_items.items()))
+    (tmp_path / "attrs.json").write_text(json.dumps({f"i{i}": [f"c{i % 3}"] for i in range(30)}))
+    inputs = amazon.AmazonInputs(str(tmp_path / "seq.txt"), str(tmp_path / "attrs.json"),
+                                 query_min_item_frequency=2)
+    options = sb.BuildOptions(clicks_per_session=1, num_eval_negatives=5, query_len=3,
+                              train_negative_pool=7)
+    out = str(tmp_path / "out")
+    manifest = beam_job.run(lambda p: amazon.read(p, inputs), options, out, "amazon", {},
+                            IN_MEMORY)
+    assert manifest["shapes"]["train_negative_pool"] == 7
+    items = [""] + (tmp_path / "out" / "vocab" / "items.txt").read_text().split()
+    users = [""] + (tmp_path / "out" / "vocab" / "users.txt").read_text().split()
+    for scenario in ("rec", "search"):
+        train = data.load_arrays(out, "train", scenario, manifest)
+        pool, candidates = train["negative_pool"], train[CANDIDATE_ITEMS]
+        assert pool.shape == (len(candidates), 7)
+        np.testing.assert_array_equal(candidates[:, 1:], pool[:, :4])
+        for user, row in zip(train["user_id"], pool):
+            raw = {items[i] for i in row}
+            assert len(raw) == 7 and not raw & set(user_items[users[user]])
+        assert "negative_pool" not in data.load_arrays(out, "test", scenario, manifest)
+    with pytest.raises(ValueError, match="train_negative_pool"):
+        sb.BuildOptions(train_negative_pool=2)

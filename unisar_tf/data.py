@@ -14,7 +14,8 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from feature_specs import CANDIDATE_ITEMS, QUERY_TOKENS, SequenceShapes, model_feature_shapes
+from feature_specs import (CANDIDATE_ITEMS, NEGATIVE_POOL, QUERY_TOKENS, SequenceShapes,
+                           model_feature_shapes)
 from unisar_tf.config import UniSARConfig
 
 MANIFEST_FILE = "manifest.json"
@@ -77,6 +78,9 @@ def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
     candidates = (manifest["shapes"]["train_candidates"] if split == "train"
                   else manifest["shapes"]["eval_candidates"])
     spec = parse_spec(shapes, candidates, with_query=scenario == "search")
+    pool = manifest["shapes"].get("train_negative_pool", 0)
+    if split == "train" and pool:
+        spec[NEGATIVE_POOL] = tf.io.FixedLenFeature((pool,), tf.int64)
     files = example_files(data_dir, split, scenario)
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
