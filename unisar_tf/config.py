@@ -30,6 +30,14 @@ class UniSARConfig:
     query_length: int = 50
     clicks_per_session: int = 5
 
+    # Side features (spec 2; KuaiSAR). Empty / 0 = ids only (the Amazon setting). Each entry is
+    # the table size (padding/unknown 0 included) of one categorical column; their width-32
+    # embeddings, and the caption's mean word embedding, join the id embedding before the
+    # tanh projection. Values come from unisar_tf.side_features.SideFeatures.
+    item_category_vocab_sizes: Tuple[int, ...] = ()
+    user_feature_vocab_sizes: Tuple[int, ...] = ()
+    item_caption_length: int = 0
+
     # Transformer encoders and fusion decoders (spec 4, 7).
     num_heads: int = 2
     num_layers: int = 1
@@ -88,6 +96,8 @@ class UniSARConfig:
         self.tower_units = tuple(self.tower_units)
         self.head_units = tuple(self.head_units)
         self.tasks = tuple(self.tasks)
+        self.item_category_vocab_sizes = tuple(self.item_category_vocab_sizes)
+        self.user_feature_vocab_sizes = tuple(self.user_feature_vocab_sizes)
         self.validate()
 
     def validate(self) -> None:
@@ -111,6 +121,11 @@ class UniSARConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        sizes = self.item_category_vocab_sizes + self.user_feature_vocab_sizes
+        if any(size < 2 for size in sizes):
+            raise ValueError(f"side-feature table sizes must be >= 2 (0 is unknown), got {sizes}")
+        if self.item_caption_length < 0:
+            raise ValueError(f"item_caption_length must be >= 0, got {self.item_caption_length}")
         for name in ("num_users", "num_items", "num_words"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2 (id 0 is padding), got {getattr(self, name)}")
@@ -121,6 +136,11 @@ class UniSARConfig:
                               search_len=self.max_search_history,
                               query_len=self.query_length,
                               clicks_per_session=self.clicks_per_session)
+
+    @property
+    def uses_side_features(self) -> bool:
+        return bool(self.item_category_vocab_sizes or self.user_feature_vocab_sizes
+                    or self.item_caption_length)
 
     @property
     def uses_mixed_encoder(self) -> bool:

@@ -16,7 +16,8 @@ from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HIS
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_REC,
                            TYPE_SEARCH, USER_ID)
 from unisar_tf.config import UniSARConfig
-from unisar_tf.layers import (EntityEmbedding, FusionDecoderLayer, MultiLayerPerceptron,
+from unisar_tf.layers import (CategoricalSideFeatures, EntityEmbedding, FusionDecoderLayer,
+                              IdAttributes, MultiLayerPerceptron,
                               MultiTaskExperts, PositionalEmbedding, QueryEncoder,
                               TargetAttention, TransformerEncoderLayer, gather_by_type,
                               merge_histories, padding_attention_mask,
@@ -69,10 +70,24 @@ class UniSARModel(tfrs.Model):
         block = dict(model_dim=d, num_heads=c.num_heads, feed_forward_dim=c.feed_forward_dim,
                      dropout=c.dropout, layer_norm_epsilon=c.layer_norm_epsilon)
 
-        self.user_embedding = EntityEmbedding(c.num_users, c.raw_embedding_dim, d,
-                                              zero_padding=False, name="user_embedding")
-        self.item_embedding = EntityEmbedding(c.num_items, c.raw_embedding_dim, d,
-                                              zero_padding=True, name="item_embedding")
+        raw = c.raw_embedding_dim
+        # Side features (spec 2), only when the config names them (KuaiSAR; Amazon is ids only).
+        self.item_categories = (CategoricalSideFeatures(c.num_items, c.item_category_vocab_sizes,
+                                                        raw, name="item_categories")
+                                if c.item_category_vocab_sizes else None)
+        self.item_captions = (IdAttributes(c.num_items, c.item_caption_length,
+                                           name="item_captions")
+                              if c.item_caption_length else None)
+        self.user_side_features = (CategoricalSideFeatures(c.num_users,
+                                                           c.user_feature_vocab_sizes, raw,
+                                                           name="user_side_features")
+                                   if c.user_feature_vocab_sizes else None)
+        item_side_dim = raw * (len(c.item_category_vocab_sizes) + bool(c.item_caption_length))
+        self.user_embedding = EntityEmbedding(c.num_users, raw, d, zero_padding=False,
+                                              side_dim=raw * len(c.user_feature_vocab_sizes),
+                                              name="user_embedding")
+        self.item_embedding = EntityEmbedding(c.num_items, raw, d, zero_padding=True,
+                                              side_dim=item_side_dim, name="item_embedding")
         self.query_encoder = QueryEncoder(c.num_words, c.raw_embedding_dim, d,
                                           name="query_encoder")
 
@@ -151,6 +166,29 @@ class UniSARModel(tfrs.Model):
             target = layer(target, memory, valid, valid, training=training)
         return target
 
+    def embed_items(self, ids: tf.Tensor) -> tf.Tensor:
+        """(...) item ids -> (..., d): id embedding plus side features, projected (spec 2)."""
+        side = []
+        if self.item_categories is not None:
+            side.append(self.item_categories(ids))
+        if self.item_captions is not None:  # caption words through the query encoder's table
+            side.append(self.query_encoder.mean_word_embedding(self.item_captions(ids)))
+        return self.item_embedding(ids, tf.concat(side, axis=-1) if side else None)
+
+    def embed_users(self, ids: tf.Tensor) -> tf.Tensor:
+        """(...) user ids -> (..., d)."""
+        side = (self.user_side_features(ids) if self.user_side_features is not None else None)
+        return self.user_embedding(ids, side)
+
+    def set_side_features(self, side_features) -> None:
+        """Fills the side-feature tables from a unisar_tf.side_features.SideFeatures."""
+        if self.item_categories is not None:
+            self.item_categories.attributes.set_table(side_features.item_categories)
+        if self.item_captions is not None:
+            self.item_captions.set_table(side_features.item_captions)
+        if self.user_side_features is not None:
+            self.user_side_features.attributes.set_table(side_features.user_features)
+
     def encode_history(self, features: Features, training: bool = False) -> HistoryEncoding:
         """One pass of the three encoders and both fusions over a batch of histories."""
         c = self.config
@@ -158,10 +196,10 @@ class UniSARModel(tfrs.Model):
         rec_valid = _valid_prefix(types, TYPE_REC, c.max_rec_history)
         search_valid = _valid_prefix(types, TYPE_SEARCH, c.max_search_history)
 
-        rec_behaviours = self.item_embedding(features[REC_HISTORY_ITEMS])  # (B, R, d)
+        rec_behaviours = self.embed_items(features[REC_HISTORY_ITEMS])  # (B, R, d)
         clicked = features[SEARCH_HISTORY_CLICKED_ITEMS]
         history_queries = self.query_encoder(features[SEARCH_HISTORY_QUERY_TOKENS])  # (B, S, d)
-        history_clicks = self.item_embedding(clicked)  # (B, S, K, d)
+        history_clicks = self.embed_items(clicked)  # (B, S, K, d)
         search_behaviours = search_behaviour_embedding(history_queries, history_clicks, clicked,
                                                        search_valid)
 
@@ -209,12 +247,12 @@ class UniSARModel(tfrs.Model):
     def score_logits(self, features: Features, encoding: HistoryEncoding,
                      tasks: Sequence[str], training: bool = False) -> Dict[str, tf.Tensor]:
         """Logits (B, C) per task for candidate_items (B, C), from one history encoding."""
-        candidates = self.item_embedding(features[CANDIDATE_ITEMS])  # (B, C, d)
+        candidates = self.embed_items(features[CANDIDATE_ITEMS])  # (B, C, d)
         num_candidates = tf.shape(candidates)[1]
         rec_interest = self.rec_pooling(encoding.rec_interests, candidates, encoding.rec_valid)
         search_interest = self.search_pooling(encoding.search_interests, candidates,
                                               encoding.search_valid)
-        user = self.user_embedding(features[USER_ID])  # (B, d)
+        user = self.embed_users(features[USER_ID])  # (B, d)
         user = tf.tile(user[:, tf.newaxis, :], [1, num_candidates, 1])
 
         def broadcast(query):  # (B or 1, d) -> (B, C, d)
@@ -265,7 +303,7 @@ class UniSARModel(tfrs.Model):
         return self.relevance(
             tf.boolean_mask(queries, click_valid),
             tf.boolean_mask(encoding.history_click_embeddings, click_valid),
-            self.item_embedding(rel_negatives[REL_NEGATIVE_ITEMS]),
+            self.embed_items(rel_negatives[REL_NEGATIVE_ITEMS]),
             self.query_encoder(rel_negatives[REL_NEGATIVE_QUERY_TOKENS]))
 
     def task_loss(self, task: str, features: Features, rel_negatives: Features,
@@ -353,11 +391,20 @@ def _touched_ids(inputs, tasks) -> Dict[str, tf.Tensor]:
     return touched
 
 
-def build_model(config: UniSARConfig, batch_size: int = 2, num_candidates: int = 2
-                ) -> UniSARModel:
-    """A UniSARModel with every variable created (by scoring one all-padding batch)."""
+def build_model(config: UniSARConfig, batch_size: int = 2, num_candidates: int = 2,
+                side_features=None) -> UniSARModel:
+    """A UniSARModel with every variable created (by scoring one all-padding batch).
+
+    side_features: a unisar_tf.side_features.SideFeatures, required when the config uses
+    side features (its tables are stored in the model as non-trainable variables).
+    """
+    if config.uses_side_features and side_features is None:
+        raise ValueError("the config uses side features: pass side_features "
+                         "(unisar_tf.side_features.load_side_features)")
     model = UniSARModel(config)
     model(dummy_features(config, batch_size, num_candidates, with_query=True))
+    if config.uses_side_features:
+        model.set_side_features(side_features)
     return model
 
 

@@ -125,14 +125,18 @@ def train_and_evaluate_tfrecords(data_dir: str, config: UniSARConfig, epochs: in
     from unisar_tf import data
     from unisar_tf.demo import popularity_scores, random_ranking_metrics
     from unisar_tf.model import build_model
+    from unisar_tf.side_features import load_side_features
 
     tf.keras.utils.set_random_seed(seed)
     manifest = data.load_manifest(data_dir)
     config = data.config_with_data_sizes(config, manifest)
+    side = load_side_features(data_dir, config.num_items, config.num_users, config.query_length)
+    if side is not None:  # KuaiSAR: categories, captions, user levels (spec 2)
+        config = config.replace(**side.config_overrides())
     train_rec = data.load_arrays(data_dir, "train", "rec", manifest)
     train_search = data.load_arrays(data_dir, "train", "search", manifest)
     bank = np.unique(train_search[QUERY_TOKENS], axis=0)
-    model = build_model(config)
+    model = build_model(config, side_features=side)
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     train = joint_training_dataset(config, train_rec, train_search, bank, seed=seed)
     if verbose:

@@ -11,6 +11,8 @@ from unisar_tf.layers.embeddings import (  # noqa: F401
     PositionalEmbedding,
     QueryEncoder,
     search_behaviour_embedding,
+    CategoricalSideFeatures,
+    IdAttributes,
 )
 from unisar_tf.layers.experts import (  # noqa: F401
     MultiLayerPerceptron,
