@@ -16,6 +16,7 @@ Output layout under `output_dir`:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -70,10 +71,7 @@ class CountVocabKeys(beam.CombineFn):
         return counter
 
     def merge_accumulators(self, counters):
-        merged = collections.Counter()
-        for counter in counters:
-            merged.update(counter)
-        return merged
+        return _merge_counters(counters)
 
     def extract_output(self, counter):
         return counter
@@ -133,7 +131,8 @@ class BuildUserExamples(beam.DoFn):
             self._sampler = sb.NegativeSampler(vocab.item_clicks, self._options.negative_sampler)
             self._sampler_source = vocab
         user_id, rows = element
-        events = sorted((common.event_from_tuple(row) for row in rows), key=es.Event.sort_key)
+        # No sort here: the builder orders behaviours (and session rows) itself.
+        events = [common.event_from_tuple(row) for row in rows]
         stats = collections.Counter()
         yield from sb.build_user_tf_examples(user_id, events, vocab, self._sampler,
                                              self._options, stats, last_day)
@@ -279,8 +278,7 @@ def assemble_manifest(output_dir: str, stats: Dict[str, int], options: sb.BuildO
     return {
         "dataset": dataset,
         "inputs": inputs,
-        "build_options": dict(vars(options)) if not hasattr(options, "__dataclass_fields__")
-        else {f: getattr(options, f) for f in options.__dataclass_fields__},
+        "build_options": dataclasses.asdict(options),
         "beam_args": list(beam_args),
         "examples": examples,
         "examples_total": sum(sum(v.values()) for v in examples.values()),

@@ -221,8 +221,7 @@ def _kept_history(history: Sequence[int], behaviours: Sequence[_Behaviour],
     """Indices (into behaviours) of the last rec_len rec and last search_len search ones."""
     rec = [i for i in history if behaviours[i].kind == fs.TYPE_REC]
     search = [i for i in history if behaviours[i].kind == fs.TYPE_SEARCH]
-    return rec[len(rec) - options.rec_len:] if len(rec) > options.rec_len else rec, \
-        search[len(search) - options.search_len:] if len(search) > options.search_len else search
+    return rec[-options.rec_len:], search[-options.search_len:]
 
 
 @dataclasses.dataclass
@@ -277,25 +276,19 @@ class _ByteRenderer:
         self._behaviours = behaviours
         self._options = options
         self._user = varint(user)
-        self._item: Dict[int, bytes] = {}
-        self._query: Dict[int, bytes] = {}
-        self._clicks: Dict[int, bytes] = {}
+        self._rows: Dict[Tuple[str, int], bytes] = {}  # (field, behaviour index) -> bytes
 
     def _padded(self, values: Sequence[int], length: int) -> bytes:
         return b"".join(self._varint(v) for v in values) + b"\x00" * (length - len(values))
 
-    def _query_row(self, index: int) -> bytes:
-        row = self._query.get(index)
+    def _row(self, field: str, index: int) -> bytes:
+        """A behaviour's padded query ("query") or click ("clicks") row, encoded once."""
+        row = self._rows.get((field, index))
         if row is None:
-            row = self._query[index] = self._padded(self._behaviours[index].query,
-                                                    self._options.query_len)
-        return row
-
-    def _click_row(self, index: int) -> bytes:
-        row = self._clicks.get(index)
-        if row is None:
-            row = self._clicks[index] = self._padded(self._behaviours[index].clicks,
-                                                     self._options.clicks_per_session)
+            length = (self._options.query_len if field == "query"
+                      else self._options.clicks_per_session)
+            row = self._rows[field, index] = self._padded(
+                getattr(self._behaviours[index], field), length)
         return row
 
     def render(self, plan: _Plan) -> bytes:
@@ -311,9 +304,9 @@ class _ByteRenderer:
             + b"\x00" * (options.rec_len + options.search_len - len(merged)),
             fs.REC_HISTORY_ITEMS: self._padded([behaviours[i].item for i in plan.kept_rec],
                                                options.rec_len),
-            fs.SEARCH_HISTORY_QUERY_TOKENS: b"".join(self._query_row(i) for i in plan.kept_search)
+            fs.SEARCH_HISTORY_QUERY_TOKENS: b"".join(self._row("query", i) for i in plan.kept_search)
             + b"\x00" * (missing_search * options.query_len),
-            fs.SEARCH_HISTORY_CLICKED_ITEMS: b"".join(self._click_row(i) for i in plan.kept_search)
+            fs.SEARCH_HISTORY_CLICKED_ITEMS: b"".join(self._row("clicks", i) for i in plan.kept_search)
             + b"\x00" * (missing_search * options.clicks_per_session),
             fs.CANDIDATE_ITEMS: b"".join([varint(v) for v in plan.candidates.tolist()]),
         }

@@ -16,12 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-def _varint(value: int) -> bytes:
-    if 0 <= value < _CACHED_VARINTS:
-        return _SMALL_VARINTS[value]
-    if value < 0:
-        raise ValueError(f"varint() takes non-negative ints, got {value}; "
-                         "use encode_varints for negative values")
+def _varint_uncached(value: int) -> bytes:
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -33,9 +28,17 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-_CACHED_VARINTS = 0
-_SMALL_VARINTS = [_varint(n) for n in range(1 << 14)]  # lengths of every feature we write
+_SMALL_VARINTS = [_varint_uncached(n) for n in range(1 << 14)]  # ids and feature lengths
 _CACHED_VARINTS = len(_SMALL_VARINTS)
+
+
+def _varint(value: int) -> bytes:
+    if 0 <= value < _CACHED_VARINTS:
+        return _SMALL_VARINTS[value]
+    if value < 0:
+        raise ValueError(f"varint() takes non-negative ints, got {value}; "
+                         "use encode_varints for negative values")
+    return _varint_uncached(value)
 
 
 def _varint_bytes(values: np.ndarray):

@@ -101,10 +101,15 @@ def test_query_matching_rank_metrics_by_hand():
         (1 + (1 / np.log2(3) + 1 / np.log2(4) + 1 / np.log2(5)) / 3) / 3)
 
 
-def test_rerun_into_the_same_output_replaces_every_shard(tmp_path):
-    (tmp_path / "seq.txt").write_text("".join(
+def _write_ten_user_dataset(root):
+    """10 users x 6 of 12 items (user u has items u..u+5 mod 12), 2 categories."""
+    (root / "seq.txt").write_text("".join(
         f"u{u} " + " ".join(f"i{(u + k) % 12}" for k in range(6)) + "\n" for u in range(10)))
-    (tmp_path / "attrs.json").write_text(json.dumps({f"i{i}": [f"c{i % 2}"] for i in range(12)}))
+    (root / "attrs.json").write_text(json.dumps({f"i{i}": [f"c{i % 2}"] for i in range(12)}))
+
+
+def test_rerun_into_the_same_output_replaces_every_shard(tmp_path):
+    _write_ten_user_dataset(tmp_path)
     inputs = amazon.AmazonInputs(str(tmp_path / "seq.txt"), str(tmp_path / "attrs.json"),
                                  query_min_item_frequency=2)
     options = sb.BuildOptions(clicks_per_session=1, num_eval_negatives=3, min_rec_history=0,
@@ -128,9 +133,7 @@ def test_rerun_into_the_same_output_replaces_every_shard(tmp_path):
 
 
 def test_max_rows_per_file_reads_the_first_lines_and_counts_the_rest(tmp_path):
-    (tmp_path / "seq.txt").write_text("".join(
-        f"u{u} " + " ".join(f"i{(u + k) % 12}" for k in range(6)) + "\n" for u in range(10)))
-    (tmp_path / "attrs.json").write_text(json.dumps({f"i{i}": [f"c{i % 2}"] for i in range(12)}))
+    _write_ten_user_dataset(tmp_path)
     inputs = amazon.AmazonInputs(str(tmp_path / "seq.txt"), str(tmp_path / "attrs.json"),
                                  query_min_item_frequency=2, max_rows_per_file=4)
     manifest = beam_job.run(lambda p: amazon.read(p, inputs),

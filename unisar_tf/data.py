@@ -14,8 +14,7 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from feature_specs import (CANDIDATE_ITEMS, NEGATIVE_POOL, QUERY_TOKENS, SequenceShapes,
-                           model_feature_shapes)
+from feature_specs import NEGATIVE_POOL, QUERY_TOKENS, SequenceShapes, model_feature_shapes
 from unisar_tf.config import UniSARConfig
 
 MANIFEST_FILE = "manifest.json"
@@ -121,4 +120,4 @@ def query_bank(data_dir: str, manifest: Optional[dict] = None) -> np.ndarray:
 
 
 __all__ = ["load_manifest", "config_with_data_sizes", "read_examples", "load_arrays",
-           "query_bank", "parse_spec", "example_files", "CANDIDATE_ITEMS"]
+           "query_bank", "parse_spec", "example_files"]

@@ -43,10 +43,10 @@ def expand_paths(patterns: Sequence[str]) -> List[str]:
     """Glob patterns -> sorted file paths; a pattern that matches nothing is an error."""
     paths: List[str] = []
     for pattern in patterns:
-        matches = [m.path for result in FileSystems.match([pattern]) for m in result.metadata_list]
+        matches = expand_paths_or_none(pattern)
         if not matches:
             raise FileNotFoundError(f"no input file matches {pattern!r}")
-        paths.extend(sorted(matches))
+        paths.extend(matches)
     return paths
 
 
