@@ -63,6 +63,9 @@ class UniSARConfig:
     # "dense": decay every table row each step, as the reference's coupled Adam weight decay.
     # "batch_rows": decay only the embedding rows the step looked up (sparse, cheaper).
     embedding_l2_mode: str = "dense"
+    # True: transformer blocks run their position-wise layers on real history positions only
+    # (same results there; padded outputs are 0). False computes every padded slot too.
+    pack_history: bool = True
     num_relevance_negatives: int = 1024
 
     # Optimisation (spec 10).
@@ -87,6 +90,9 @@ class UniSARConfig:
     use_fusion_rec: bool = True  # MCA_r
     use_fusion_search: bool = True  # MCA_s
     use_mmoe: bool = True
+    # False: the no-history baseline (user + candidate + query embeddings into the same
+    # heads; no encoders, fusion, target attention or contrastive losses).
+    use_history: bool = True
     # Tasks trained jointly; ("rec",) or ("search",) is "w/o joint training".
     tasks: Tuple[str, ...] = TASKS
 
@@ -208,4 +214,9 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
     # Two models, one per task.
     "w/o joint training (rec)": {"tasks": ("rec",)},
     "w/o joint training (search)": {"tasks": ("search",)},
+}
+
+# Baselines trained like a variant (same data, budget and seed) to give the ablation scale.
+BASELINES: Dict[str, Dict[str, Any]] = {
+    "no history": {"use_history": False},
 }

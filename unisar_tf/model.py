@@ -92,39 +92,42 @@ class UniSARModel(tfrs.Model):
                                           name="query_encoder")
 
         self.rec_encoder = self.search_encoder = self.mixed_encoder = None
-        if c.use_r2r:
+        self.rec_fusion = self.search_fusion = None
+        # use_history=False is the no-history baseline: user, candidate and query only.
+        if c.use_history and c.use_r2r:
             self.rec_positions = PositionalEmbedding(c.max_rec_history, d, name="rec_positions")
             self.rec_encoder = [TransformerEncoderLayer(**block, name=f"rec_encoder_{i}")
                                 for i in range(c.num_layers)]
-        if c.use_s2s:
+        if c.use_history and c.use_s2s:
             self.search_positions = PositionalEmbedding(c.max_search_history, d,
                                                         name="search_positions")
             self.search_encoder = [TransformerEncoderLayer(**block, name=f"search_encoder_{i}")
                                    for i in range(c.num_layers)]
-        if c.uses_mixed_encoder:
+        if c.use_history and c.uses_mixed_encoder:
             self.mixed_positions = PositionalEmbedding(c.max_rec_history + c.max_search_history,
                                                        d, name="mixed_positions")
             self.mixed_encoder = [TransformerEncoderLayer(**block, name=f"mixed_encoder_{i}")
                                   for i in range(c.num_layers)]
 
-        self.rec_fusion = ([FusionDecoderLayer(**block, name=f"rec_fusion_{i}")
-                            for i in range(c.num_layers)] if c.use_fusion_rec else None)
-        self.search_fusion = ([FusionDecoderLayer(**block, name=f"search_fusion_{i}")
-                               for i in range(c.num_layers)] if c.use_fusion_search else None)
-        self.rec_pooling = TargetAttention(d, c.target_attention_init_std, name="rec_pooling")
-        self.search_pooling = TargetAttention(d, c.target_attention_init_std,
-                                              name="search_pooling")
+        if c.use_history:
+            self.rec_fusion = ([FusionDecoderLayer(**block, name=f"rec_fusion_{i}")
+                                for i in range(c.num_layers)] if c.use_fusion_rec else None)
+            self.search_fusion = ([FusionDecoderLayer(**block, name=f"search_fusion_{i}")
+                                   for i in range(c.num_layers)] if c.use_fusion_search else None)
+            self.rec_pooling = TargetAttention(d, c.target_attention_init_std, name="rec_pooling")
+            self.search_pooling = TargetAttention(d, c.target_attention_init_std,
+                                                  name="search_pooling")
 
         # An alignment term exists only when both of its views do (spec 12).
         self.rec_alignment = self.search_alignment = self.relevance = None
-        if c.use_alignment_loss and c.beta_alignment > 0:
+        if c.use_history and c.use_alignment_loss and c.beta_alignment > 0:
             if c.use_r2r and c.use_s2r:
                 self.rec_alignment = TransitionAlignmentLoss(d, c.alignment_temperature,
                                                              name="rec_alignment")
             if c.use_s2s and c.use_r2s:
                 self.search_alignment = TransitionAlignmentLoss(d, c.alignment_temperature,
                                                                 name="search_alignment")
-        if c.use_relevance_loss and c.alpha_relevance > 0:
+        if c.use_history and c.use_relevance_loss and c.alpha_relevance > 0:
             self.relevance = QueryItemRelevanceLoss(d, c.relevance_temperature, name="relevance")
 
         self.experts = (MultiTaskExperts(c.tasks, c.num_shared_experts, c.num_specific_experts,
@@ -154,16 +157,18 @@ class UniSARModel(tfrs.Model):
         super().build(input_shape)
 
     # ----------------------------------------------------------------------------- encoding
-    @staticmethod
-    def _run_encoder(layers: Sequence[tf.keras.layers.Layer], x, mask, training):
+    def _run_encoder(self, layers: Sequence[tf.keras.layers.Layer], x, mask, valid, training):
+        if not self.config.pack_history:
+            valid = None  # compute padded positions too (benchmark baseline)
         for layer in layers:
-            x = layer(x, mask, training=training)
+            x = layer(x, mask, training=training, valid=valid)
         return x
 
-    @staticmethod
-    def _run_fusion(layers, target, memory, valid, training):
+    def _run_fusion(self, layers, target, memory, valid, training):
+        # Without packing, every target position is computed (keys are still masked).
+        positions = None if self.config.pack_history else tf.ones_like(valid)
         for layer in layers:
-            target = layer(target, memory, valid, valid, training=training)
+            target = layer(target, memory, valid, valid, training=training, positions=positions)
         return target
 
     def embed_items(self, ids: tf.Tensor) -> tf.Tensor:
@@ -207,18 +212,20 @@ class UniSARModel(tfrs.Model):
         if self.mixed_encoder is not None:
             mixed = self.mixed_positions(merge_histories(rec_behaviours, search_behaviours, types))
             mask = transition_attention_mask(types, c.use_transition_mask)
-            mixed = self._run_encoder(self.mixed_encoder, mixed, mask, training)
+            mixed = self._run_encoder(self.mixed_encoder, mixed, mask,
+                                      tf.not_equal(types, 0), training)
             if c.use_s2r:
                 views["s2r"] = gather_by_type(mixed, types, TYPE_REC, c.max_rec_history)[0]
             if c.use_r2s:
                 views["r2s"] = gather_by_type(mixed, types, TYPE_SEARCH, c.max_search_history)[0]
         if self.rec_encoder is not None:
             views["r2r"] = self._run_encoder(self.rec_encoder, self.rec_positions(rec_behaviours),
-                                             padding_attention_mask(rec_valid), training)
+                                             padding_attention_mask(rec_valid), rec_valid,
+                                             training)
         if self.search_encoder is not None:
             views["s2s"] = self._run_encoder(
                 self.search_encoder, self.search_positions(search_behaviours),
-                padding_attention_mask(search_valid), training)
+                padding_attention_mask(search_valid), search_valid, training)
 
         # A removed transition is replaced by its partner on the same list (spec 12).
         rec_target = views.get("r2r", views.get("s2r"))
@@ -246,12 +253,17 @@ class UniSARModel(tfrs.Model):
     # ------------------------------------------------------------------------------ scoring
     def score_logits(self, features: Features, encoding: HistoryEncoding,
                      tasks: Sequence[str], training: bool = False) -> Dict[str, tf.Tensor]:
-        """Logits (B, C) per task for candidate_items (B, C), from one history encoding."""
+        """Logits (B, C) per task for candidate_items (B, C), from one history encoding.
+
+        encoding None (the no-history baseline): the interests are left out of the input.
+        """
         candidates = self.embed_items(features[CANDIDATE_ITEMS])  # (B, C, d)
         num_candidates = tf.shape(candidates)[1]
-        rec_interest = self.rec_pooling(encoding.rec_interests, candidates, encoding.rec_valid)
-        search_interest = self.search_pooling(encoding.search_interests, candidates,
-                                              encoding.search_valid)
+        interests = []
+        if encoding is not None:
+            interests = [self.rec_pooling(encoding.rec_interests, candidates, encoding.rec_valid),
+                         self.search_pooling(encoding.search_interests, candidates,
+                                             encoding.search_valid)]
         user = self.embed_users(features[USER_ID])  # (B, d)
         user = tf.tile(user[:, tf.newaxis, :], [1, num_candidates, 1])
 
@@ -264,7 +276,7 @@ class UniSARModel(tfrs.Model):
                 query = broadcast(self.rec_query_vector)
             else:
                 query = broadcast(self.query_encoder(features[QUERY_TOKENS]))
-            x = tf.concat([rec_interest, search_interest, candidates, user, query], axis=-1)
+            x = tf.concat(interests + [candidates, user, query], axis=-1)
             if self.experts is not None:
                 x = self.experts(x, tasks=[task], training=training)[task]
             logits[task] = tf.squeeze(self.heads[task](x, training=training), axis=-1)
@@ -273,8 +285,12 @@ class UniSARModel(tfrs.Model):
     def _scored_tasks(self, features: Features):
         return [t for t in self.config.tasks if t == "rec" or QUERY_TOKENS in features]
 
+    def _encode(self, features: Features, training: bool):
+        return (self.encode_history(features, training=training) if self.config.use_history
+                else None)
+
     def call(self, features: Features, training: bool = False) -> Dict[str, tf.Tensor]:
-        encoding = self.encode_history(features, training=training)
+        encoding = self._encode(features, training)
         logits = self.score_logits(features, encoding, self._scored_tasks(features),
                                    training=training)
         return {task: tf.sigmoid(value) for task, value in logits.items()}
@@ -310,7 +326,7 @@ class UniSARModel(tfrs.Model):
                   training: bool = False) -> tf.Tensor:
         """BCE + alpha * L_rel + beta * L_align on one task's batch (spec 10)."""
         c = self.config
-        encoding = self.encode_history(features, training=training)
+        encoding = self._encode(features, training)
         logits = self.score_logits(features, encoding, [task], training=training)[task]
         labels = tf.one_hot(tf.zeros(tf.shape(logits)[:1], tf.int32), tf.shape(logits)[1])
         bce = self.ranking_tasks[task](labels=labels, predictions=logits, training=training)

@@ -62,6 +62,19 @@ class EntityEmbedding(tf.keras.layers.Layer):
         return config
 
 
+def trim_token_padding(tokens: tf.Tensor) -> tf.Tensor:
+    """(..., L) word ids -> (..., L') with L' = 1 + the last column any row uses (L' >= 1).
+
+    Queries are short (Beauty: at most 5 words in 50 slots); dropping the columns that are
+    padding in every row makes the word lookup and its gradient ~10x cheaper, and is exact.
+    """
+    length = tf.shape(tokens)[-1]
+    used_columns = tf.reshape(tf.not_equal(tokens, 0), [-1, length])
+    positions = tf.range(1, length + 1)[tf.newaxis, :]
+    kept = tf.maximum(tf.reduce_max(tf.where(used_columns, positions, 0)), 1)
+    return tokens[..., :kept]
+
+
 class QueryEncoder(tf.keras.layers.Layer):
     """Masked mean of word embeddings, then `tanh(Dense(output_dim))`.
 
@@ -96,6 +109,7 @@ class QueryEncoder(tf.keras.layers.Layer):
 
     def mean_word_embedding(self, tokens: tf.Tensor) -> tf.Tensor:
         """(..., L) word ids -> (..., raw_dim) masked mean of raw word vectors (0 if empty)."""
+        tokens = trim_token_padding(tokens)
         word_mask = tf.cast(tf.not_equal(tokens, 0), tf.float32)[..., tf.newaxis]
         word_sum = tf.reduce_sum(self.word_table(tokens) * word_mask, axis=-2)
         word_count = tf.reduce_sum(word_mask, axis=-2)
