@@ -147,25 +147,18 @@ def test_amazon_style_data_has_no_side_features(tmp_path):
     assert load_side_features(str(tmp_path), 10, 10) is None
 
 
-def test_training_on_kuaisar_tfrecords_uses_the_side_features(kuaisar_build, monkeypatch):
-    import unisar_tf.model
-    from unisar_tf.training import train_and_evaluate_tfrecords
+def test_training_on_kuaisar_tfrecords_uses_the_side_features(kuaisar_build, tmp_path):
+    from unisar_tf.trainer import Trainer, TrainerOptions, evaluate_model
 
-    built = []
-    real_build_model = unisar_tf.model.build_model
-
-    def recording_build_model(config, **kwargs):
-        built.append(real_build_model(config, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(unisar_tf.model, "build_model", recording_build_model)
     out, _ = kuaisar_build
-    results = train_and_evaluate_tfrecords(
-        out, kuaisar_preset(batch_size=4, num_relevance_negatives=4), epochs=1, verbose=0)
+    trainer = Trainer(kuaisar_preset(batch_size=4, num_relevance_negatives=4),
+                      TrainerOptions(out, str(tmp_path / "model"), max_epochs=1, verbose=0))
+    trainer.fit()
+    results = evaluate_model(trainer.model, out, "test", trainer.manifest)
     for task in ("rec", "search"):
-        assert 0.0 <= results["unisar"][task]["NDCG@10"] <= 1.0
-        assert np.isfinite(list(results["unisar"][task].values())).all()
-    (model,) = built
+        assert 0.0 <= results[task]["NDCG@10"] <= 1.0
+        assert np.isfinite(list(results[task].values())).all()
+    model = trainer.model
     assert model.config.item_category_vocab_sizes and model.config.user_feature_vocab_sizes
     assert model.config.item_caption_length == model.config.query_length
     assert int(tf.reduce_sum(model.item_captions.table)) > 0  # the fixture's captions, loaded

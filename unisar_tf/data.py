@@ -66,11 +66,13 @@ def parse_spec(shapes: SequenceShapes, num_candidates: int,
 
 def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
                   manifest: Optional[dict] = None, shuffle: bool = False, seed: int = 0,
-                  drop_remainder: bool = False) -> tf.data.Dataset:
+                  drop_remainder: bool = False, shuffle_buffer: int = 20_000
+                  ) -> tf.data.Dataset:
     """Batches of {feature: (B, ...) int64} from one split and scenario, parsed in parallel.
 
     Shuffling reads the files interleaved and shuffles records with a buffer; the data job
-    already wrote each user's examples together, so the buffer covers many users.
+    already wrote each user's examples together, so the buffer covers many users. The order
+    is a function of `seed` alone (deterministic interleave), so a run can be replayed.
     """
     manifest = manifest or load_manifest(data_dir)
     shapes = shapes_from_manifest(manifest)
@@ -87,9 +89,9 @@ def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
     dataset = dataset.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
         cycle_length=max(1, min(len(files), 4)), num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not shuffle)
+        deterministic=True)
     if shuffle:
-        dataset = dataset.shuffle(20_000, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return (dataset.batch(batch_size, drop_remainder=drop_remainder)
             .map(lambda records: tf.io.parse_example(records, spec),
                  num_parallel_calls=tf.data.AUTOTUNE)

@@ -2,7 +2,7 @@
 
 Spec 10: every step sees one rec batch and one search batch, sized so both datasets finish an
 epoch together, and shares one draw of relevance negatives between them. The TFRecord trainer
-of the data pipeline builds on the same pieces.
+(unisar_tf/trainer.py) uses the same batch sizing.
 """
 from __future__ import annotations
 
@@ -108,55 +108,3 @@ def evaluate_tasks(model: tf.keras.Model, eval_sets: Mapping[str, ArrayDict],
     """HR@1/5/10 and NDCG@5/10 per task on 1-positive + N-negative examples."""
     return {task: ranking_metrics(predict_scores(model, features, task, batch_size))
             for task, features in eval_sets.items()}
-
-
-def train_and_evaluate_tfrecords(data_dir: str, config: UniSARConfig, epochs: int = 1,
-                                 seed: int = 0, verbose: int = 1
-                                 ) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """Train on the data job's training TFRecords, evaluate on its test split.
-
-    Returns {"unisar"|"popularity"|"random": {task: metrics}}, all on the same test examples.
-    The training split is held in memory (the Beauty build is ~1 GB as int64 arrays); the
-    streaming trainer with validation-based early stopping belongs to the training issue.
-    """
-    import time
-
-    from feature_specs import CANDIDATE_ITEMS
-    from unisar_tf import data
-    from unisar_tf.demo import popularity_scores, random_ranking_metrics
-    from unisar_tf.model import build_model
-    from unisar_tf.side_features import load_side_features
-
-    tf.keras.utils.set_random_seed(seed)
-    manifest = data.load_manifest(data_dir)
-    config = data.config_with_data_sizes(config, manifest)
-    side = load_side_features(data_dir, config.num_items, config.num_users, config.query_length)
-    if side is not None:  # KuaiSAR: categories, captions, user levels (spec 2)
-        config = config.replace(**side.config_overrides())
-    train_rec = data.load_arrays(data_dir, "train", "rec", manifest)
-    train_search = data.load_arrays(data_dir, "train", "search", manifest)
-    bank = np.unique(train_search[QUERY_TOKENS], axis=0)
-    model = build_model(config, side_features=side)
-    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-    train = joint_training_dataset(config, train_rec, train_search, bank, seed=seed)
-    if verbose:
-        print(f"{_num_rows(train_rec)} rec + {_num_rows(train_search)} search training "
-              f"examples, {steps_per_epoch(config, _num_rows(train_rec), _num_rows(train_search))}"
-              f" steps per epoch of {config.batch_size} rec + "
-              f"{search_batch_size(_num_rows(train_rec), _num_rows(train_search), config.batch_size)}"
-              " search examples", flush=True)
-    for epoch in range(epochs):
-        started = time.time()
-        history = model.fit(train, epochs=1, verbose=0)
-        if verbose:
-            print(f"epoch {epoch + 1}/{epochs}: {time.time() - started:.0f}s, "
-                  f"loss {history.history['loss'][-1]:.4f}", flush=True)
-    test = {task: data.load_arrays(data_dir, "test", task, manifest) for task in ("rec", "search")}
-    results = {"unisar": evaluate_tasks(model, test, config.eval_batch_size)}
-    results["popularity"] = {
-        task: ranking_metrics(popularity_scores([train_rec, train_search],
-                                                test[task][CANDIDATE_ITEMS], config.num_items))
-        for task in ("rec", "search")}
-    random = random_ranking_metrics(manifest["shapes"]["eval_candidates"])
-    results["random"] = {"rec": random, "search": random}
-    return results

@@ -1,0 +1,120 @@
+"""Test-split report of a trained model: HR@1/5/10 and NDCG@5/10 per task, JSON + Markdown.
+
+    python -m unisar_tf.evaluate --model_dir out/models/unisar --data_dir out/amazon_beauty
+
+Scores the best validation checkpoint only (model_dir/best), never the last epoch, and puts
+popularity (training-positive counts) and random ranking next to it on the same examples.
+Writes model_dir/eval/{split}_metrics.json and {split}_metrics.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Dict, Mapping, Optional
+
+import tensorflow as tf
+
+from unisar_tf import data
+
+METRIC_ORDER = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
+
+
+def metrics_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]],
+                  tasks=("rec", "search")) -> str:
+    """Markdown: one line per (model, task) with METRIC_ORDER columns."""
+    lines = ["| model | task | " + " | ".join(METRIC_ORDER) + " | examples |",
+             "|---|---|" + "---|" * (len(METRIC_ORDER) + 1)]
+    for name, per_task in rows.items():
+        for task in tasks:
+            if task not in per_task:
+                continue
+            metrics = per_task[task]
+            cells = " | ".join(f"{metrics[key]:.4f}" for key in METRIC_ORDER)
+            lines.append(f"| {name} | {task} | {cells} | {int(metrics.get('examples', 0))} |")
+    return "\n".join(lines) + "\n"
+
+
+def baseline_metrics(data_dir: str, split: str, manifest: dict, num_items: int,
+                     tasks=("rec", "search")) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Popularity and random ranking on the split's own candidates."""
+    import numpy as np
+
+    from feature_specs import CANDIDATE_ITEMS
+    from unisar_tf.demo import random_ranking_metrics
+    from unisar_tf.metrics import ranking_metrics
+    from unisar_tf.trainer import training_item_counts
+
+    counts = training_item_counts(data_dir, manifest, num_items)
+    results: Dict[str, Dict[str, Dict[str, float]]] = {"popularity": {}, "random": {}}
+    for task in tasks:
+        width = manifest["shapes"]["eval_candidates"]
+        spec = {CANDIDATE_ITEMS: tf.io.FixedLenFeature((width,), tf.int64)}
+        files = data.example_files(data_dir, split, task)
+        dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8192)
+                   .map(lambda records: tf.io.parse_example(records, spec)[CANDIDATE_ITEMS]))
+        candidates = np.concatenate([batch.numpy() for batch in dataset])
+        results["popularity"][task] = dict(ranking_metrics(counts[candidates]),
+                                           examples=len(candidates))
+        results["random"][task] = dict(random_ranking_metrics(width), examples=len(candidates))
+    return results
+
+
+def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
+                  batch_size: Optional[int] = None, with_baselines: bool = True,
+                  write: bool = True) -> dict:
+    """Scores model_dir's best checkpoint on `split`; writes and returns the report.
+
+    Report: {"split", "data_dir", "best_epoch", "validation_score", "unisar": {task: metrics},
+    "popularity": ..., "random": ...}.
+    """
+    from unisar_tf.trainer import evaluate_model, load_trained_model, read_best
+
+    manifest = data.load_manifest(data_dir)
+    model = load_trained_model(model_dir, data_dir)
+    best = read_best(model_dir)
+    report = {"split": split, "data_dir": data_dir, "model_dir": model_dir,
+              "best_epoch": best["epoch"], "validation_score": best["validation_score"],
+              "unisar": evaluate_model(model, data_dir, split, manifest,
+                                       batch_size or model.config.eval_batch_size)}
+    if with_baselines:
+        report.update(baseline_metrics(data_dir, split, manifest, model.config.num_items,
+                                       model.config.tasks))
+    if write:
+        write_report(report, os.path.join(model_dir, "eval"), split)
+    return report
+
+
+def report_markdown(report: dict) -> str:
+    rows = {name: report[name] for name in ("unisar", "popularity", "random") if name in report}
+    return (f"Test-split metrics ({report['split']}), best validation epoch "
+            f"{report['best_epoch']} (mean NDCG@5 {report['validation_score']:.4f}); "
+            "1 positive + 99 sampled negatives, ties count against the positive.\n\n"
+            + metrics_table(rows))
+
+
+def write_report(report: dict, out_dir: str, split: str) -> Dict[str, str]:
+    tf.io.gfile.makedirs(out_dir)
+    paths = {"json": os.path.join(out_dir, f"{split}_metrics.json"),
+             "markdown": os.path.join(out_dir, f"{split}_metrics.md")}
+    with tf.io.gfile.GFile(paths["json"], "w") as out:
+        out.write(json.dumps(report, indent=2, sort_keys=True))
+    with tf.io.gfile.GFile(paths["markdown"], "w") as out:
+        out.write(report_markdown(report))
+    return paths
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--split", default="test", choices=("valid", "test"))
+    parser.add_argument("--batch_size", type=int, default=None)
+    args = parser.parse_args(argv)
+    report = evaluate_best(args.model_dir, args.data_dir, args.split, args.batch_size)
+    print(report_markdown(report))
+    print(f"written to {os.path.join(args.model_dir, 'eval')}/{args.split}_metrics.{{json,md}}")
+
+
+if __name__ == "__main__":
+    main()

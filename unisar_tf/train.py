@@ -1,0 +1,123 @@
+"""Train UniSAR on the data job's TFRecords, then report test metrics of the best checkpoint.
+
+    python -m unisar_tf.train --data_dir out/amazon_beauty --model_dir out/models/unisar
+    python -m unisar_tf.train ... --preset kuaisar --learning_rate 5e-4 --use_s2r false
+
+Every UniSARConfig field is a flag (`--tower_units 128,64`, booleans as true/false) except
+the vocabulary sizes and sequence shapes, which come from the data's manifest. Re-running
+with the same --model_dir resumes from the last finished epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from typing import Any, Dict, List, Optional
+
+from unisar_tf.config import PRESETS, UniSARConfig, preset
+
+# Set from the data (manifest and side features), not from flags.
+DATA_FIELDS = frozenset({"num_users", "num_items", "num_words", "max_rec_history",
+                         "max_search_history", "query_length", "clicks_per_session",
+                         "item_category_vocab_sizes", "user_feature_vocab_sizes",
+                         "item_caption_length",
+                         "seed"})  # --seed sets both the trainer's and the config's seed
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _tuple_parser(item_type):
+    def parse(text: str):
+        try:
+            return tuple(item_type(part) for part in text.split(",") if part.strip())
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values: {error}")
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per tunable UniSARConfig field, default None (= the preset's value)."""
+    group = parser.add_argument_group("model hyperparameters (default: the preset's value)")
+    hints = typing.get_type_hints(UniSARConfig)
+    for field in dataclasses.fields(UniSARConfig):
+        if field.name in DATA_FIELDS:
+            continue
+        hint = hints[field.name]
+        if hint is bool:
+            kind, metavar = _parse_bool, "true|false"
+        elif hint in (int, float, str):
+            kind, metavar = hint, hint.__name__.upper()
+        elif typing.get_origin(hint) is tuple:
+            item = typing.get_args(hint)[0]
+            kind, metavar = _tuple_parser(item), "A,B,..."
+        else:  # pragma: no cover - a new field type needs a parser here
+            raise TypeError(f"no command-line parser for UniSARConfig.{field.name}: {hint}")
+        group.add_argument(f"--{field.name}", type=kind, default=None, metavar=metavar)
+
+
+def config_from_args(args: argparse.Namespace) -> UniSARConfig:
+    overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(UniSARConfig)
+                 if field.name not in DATA_FIELDS and getattr(args, field.name, None) is not None}
+    return preset(args.preset, seed=args.seed, **overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data_dir", required=True, help="output of pipeline.build_examples")
+    parser.add_argument("--model_dir", required=True, help="checkpoints, logs and reports")
+    parser.add_argument("--preset", default="amazon", choices=sorted(PRESETS))
+    parser.add_argument("--max_epochs", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps_per_epoch", type=int, default=None,
+                        help="cap on steps per epoch (quick runs); default: whole epoch")
+    parser.add_argument("--validation_rows", type=int, default=None,
+                        help="validate on the first N rows per task; default: all")
+    parser.add_argument("--fresh_negatives", type=_parse_bool, default=True,
+                        help="draw training negatives from the data's pool every epoch")
+    parser.add_argument("--skip_test", action="store_true",
+                        help="do not score the test split after training")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    from unisar_tf.evaluate import evaluate_best, report_markdown
+    from unisar_tf.trainer import Trainer, TrainerOptions
+
+    config = config_from_args(args)
+    options = TrainerOptions(data_dir=args.data_dir, model_dir=args.model_dir,
+                             max_epochs=args.max_epochs, seed=args.seed,
+                             steps_per_epoch=args.steps_per_epoch,
+                             validation_rows=args.validation_rows,
+                             fresh_negatives=args.fresh_negatives,
+                             verbose=0 if args.quiet else 1)
+    summary = Trainer(config, options).fit()
+    print(f"best validation epoch {summary['epoch']} of {summary['epochs_run']} "
+          f"(mean NDCG@5 {summary['validation_score']:.4f})"
+          + ("; stopped early" if summary["stopped_early"] else ""), flush=True)
+    result: Dict[str, Any] = {"training": summary}
+    if not args.skip_test:
+        report = evaluate_best(args.model_dir, args.data_dir, "test")
+        print(report_markdown(report))
+        print(f"report: {os.path.join(args.model_dir, 'eval', 'test_metrics.md')}")
+        result["test"] = report
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
