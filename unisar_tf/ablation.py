@@ -1,0 +1,222 @@
+"""Ablation runner: UniSAR and every spec-12 variant, same data, seed and budget (Table 5).
+
+    python -m unisar_tf.ablation --data_dir out/amazon_beauty --out_dir out/ablation \
+        --max_epochs 10
+
+Each variant trains with the trainer (early stopping on validation mean NDCG@5, test metrics
+from its best checkpoint) into out_dir/<variant>/. Two baselines give the numbers a scale:
+popularity (training-positive counts) and a model without history (user + item + query
+embeddings into the same heads). Writes out_dir/ablation.{md,json,png}.
+
+Finished variants are reused on a re-run (their test report exists), so an interrupted
+ablation continues where it stopped; unfinished ones resume from their last epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from typing import Dict, List, Optional, Sequence
+
+import tensorflow as tf
+
+from unisar_tf.config import ABLATIONS, BASELINES, preset
+
+JOINT_PAIR = ("w/o joint training (rec)", "w/o joint training (search)")
+TABLE_METRICS = ("NDCG@5", "NDCG@10")
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def variant_overrides(names: Optional[Sequence[str]] = None) -> Dict[str, dict]:
+    """Variant name -> config overrides; all of spec 12 plus the trained baselines."""
+    everything = dict(ABLATIONS)
+    everything.update(BASELINES)
+    if not names:
+        return everything
+    unknown = [name for name in names if name not in everything]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {sorted(everything)}")
+    return {name: everything[name] for name in names}
+
+
+def run_variant(name: str, overrides: dict, args: argparse.Namespace) -> dict:
+    """Trains (or reuses) one variant; returns its test report."""
+    from unisar_tf.evaluate import evaluate_best
+    from unisar_tf.trainer import Trainer, TrainerOptions
+
+    model_dir = os.path.join(args.out_dir, slug(name))
+    report_path = os.path.join(model_dir, "eval", "test_metrics.json")
+    if tf.io.gfile.exists(report_path):
+        with tf.io.gfile.GFile(report_path) as handle:
+            print(f"[{name}] reusing {report_path}", flush=True)
+            return json.load(handle)
+    config = preset(args.preset, seed=args.seed, **dict(args.base_overrides, **overrides))
+    options = TrainerOptions(data_dir=args.data_dir, model_dir=model_dir,
+                             max_epochs=args.max_epochs, seed=args.seed,
+                             steps_per_epoch=args.steps_per_epoch,
+                             validation_rows=args.validation_rows, verbose=args.verbose)
+    print(f"[{name}] training into {model_dir}", flush=True)
+    started = time.time()
+    summary = Trainer(config, options).fit()
+    report = evaluate_best(model_dir, args.data_dir, "test", with_baselines=False, write=False)
+    report.update(variant=name, overrides={k: list(v) if isinstance(v, tuple) else v
+                                           for k, v in overrides.items()},
+                  epochs_run=summary["epochs_run"], stopped_early=summary["stopped_early"],
+                  train_seconds=time.time() - started)
+    from unisar_tf.evaluate import write_report
+    write_report(report, os.path.join(model_dir, "eval"), "test")
+    return report
+
+
+def table_rows(reports: Dict[str, dict], baselines: Dict[str, dict]) -> List[dict]:
+    """One row per variant: {"name", "rec": metrics or None, "search": ..., "epochs": ...}."""
+    rows = []
+    for name, report in reports.items():
+        if name in JOINT_PAIR:
+            continue
+        rows.append({"name": name, "rec": report["unisar"].get("rec"),
+                     "search": report["unisar"].get("search"),
+                     "best_epoch": report["best_epoch"], "epochs_run": report.get("epochs_run")})
+    if all(name in reports for name in JOINT_PAIR):  # two single-task models, one row
+        rec, search = (reports[name] for name in JOINT_PAIR)
+        rows.insert(len([r for r in rows if r["name"] in ABLATIONS]),
+                    {"name": "w/o joint training", "rec": rec["unisar"]["rec"],
+                     "search": search["unisar"]["search"],
+                     "best_epoch": f"{rec['best_epoch']}/{search['best_epoch']}",
+                     "epochs_run": f"{rec.get('epochs_run')}/{search.get('epochs_run')}"})
+    if "popularity" in baselines:
+        rows.append({"name": "popularity", "rec": baselines["popularity"]["rec"],
+                     "search": baselines["popularity"]["search"], "best_epoch": "-",
+                     "epochs_run": "-"})
+    return rows
+
+
+def _cell(metrics: Optional[dict]) -> str:
+    if metrics is None:
+        return "-"
+    return " / ".join(f"{metrics[name]:.4f}" for name in TABLE_METRICS)
+
+
+def ablation_markdown(rows: List[dict], header: str) -> str:
+    reference = next((row for row in rows if row["name"] == "UniSAR"), None)
+    lines = [header, "",
+             "| variant | rec NDCG@5 / NDCG@10 | search NDCG@5 / NDCG@10 | "
+             "Δ rec NDCG@10 | Δ search NDCG@10 | best epoch | epochs run |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        deltas = []
+        for task in ("rec", "search"):
+            if reference is None or row[task] is None or reference[task] is None \
+                    or row is reference:
+                deltas.append("")
+            else:
+                deltas.append(f"{row[task]['NDCG@10'] - reference[task]['NDCG@10']:+.4f}")
+        lines.append(f"| {row['name']} | {_cell(row['rec'])} | {_cell(row['search'])} | "
+                     f"{deltas[0]} | {deltas[1]} | {row['best_epoch']} | {row['epochs_run']} |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(rows: List[dict], path: str, title: str) -> None:
+    """Grouped bars of test NDCG@10 per variant, one bar per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [row["name"] for row in rows]
+    positions = np.arange(len(rows))
+    width = 0.4
+    figure, axes = plt.subplots(figsize=(max(8, 0.75 * len(rows)), 4.5))
+    for offset, task in ((-width / 2, "rec"), (width / 2, "search")):
+        values = [row[task]["NDCG@10"] if row[task] else 0.0 for row in rows]
+        bars = axes.bar(positions + offset, values, width, label=task)
+        axes.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=2)
+    axes.set_xticks(positions)
+    axes.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    axes.set_ylabel("test NDCG@10")
+    axes.set_title(title, fontsize=9)
+    axes.legend()
+    axes.margins(y=0.15)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from unisar_tf import data
+    from unisar_tf.evaluate import baseline_metrics
+
+    tf.io.gfile.makedirs(args.out_dir)
+    variants = variant_overrides(args.variants)
+    reports = {name: run_variant(name, overrides, args) for name, overrides in variants.items()}
+    manifest = data.load_manifest(args.data_dir)
+    num_items = manifest["vocab_sizes"]["items"] + 1
+    baselines = baseline_metrics(args.data_dir, "test", manifest, num_items)
+    rows = table_rows(reports, baselines)
+    budget = (f"max {args.max_epochs} epochs" +
+              (f" x {args.steps_per_epoch} steps" if args.steps_per_epoch else "") +
+              ", early stopping on validation")
+    header = (f"Test NDCG@5 / NDCG@10 on `{args.data_dir}` ({args.preset} preset, seed "
+              f"{args.seed}, {budget}); Δ is against UniSAR. Each model is scored from its "
+              "best validation epoch.")
+    result = {"data_dir": args.data_dir, "preset": args.preset, "seed": args.seed,
+              "max_epochs": args.max_epochs, "steps_per_epoch": args.steps_per_epoch,
+              "base_overrides": args.base_overrides, "rows": rows,
+              "random": baselines["random"]}
+    paths = {kind: os.path.join(args.out_dir, f"ablation.{kind}") for kind in ("md", "json", "png")}
+    with tf.io.gfile.GFile(paths["md"], "w") as out:
+        out.write(ablation_markdown(rows, header))
+    with tf.io.gfile.GFile(paths["json"], "w") as out:
+        out.write(json.dumps(result, indent=2, sort_keys=True))
+    bar_chart(rows, paths["png"], f"UniSAR ablations, {os.path.basename(args.data_dir)}")
+    print(ablation_markdown(rows, header))
+    print("written: " + ", ".join(paths.values()))
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--out_dir", required=True)
+    parser.add_argument("--preset", default="amazon")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_epochs", type=int, default=10)
+    parser.add_argument("--steps_per_epoch", type=int, default=None)
+    parser.add_argument("--validation_rows", type=int, default=None)
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated subset, e.g. 'UniSAR,w/o r2r,no history'")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="FIELD=JSON", help="config override for every variant, "
+                        "e.g. --set batch_size=512 --set use_mmoe=false")
+    parser.add_argument("--verbose", type=int, default=0)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    args.base_overrides = {}
+    for text in args.overrides:
+        key, _, value = text.partition("=")
+        if not _:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {text!r}")
+        try:
+            args.base_overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args.base_overrides[key] = value
+    return args
+
+
+def main(argv=None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
