@@ -200,3 +200,53 @@ def test_masked_mean_ignores_padding_and_handles_empty_rows():
     seq = tf.constant([[[1.0], [3.0], [100.0]], [[5.0], [5.0], [5.0]]])
     valid = tf.constant([[True, True, False], [False, False, False]])
     np.testing.assert_allclose(masked_mean(seq, valid).numpy(), [[2.0], [0.0]])
+
+
+def _padded_batch(lengths, width, dim, seed):
+    """(B, width, d) random rows (padded slots hold garbage too) and the (B, width) valid prefix."""
+    x = tf.random.stateless_normal([len(lengths), width, dim], seed=[seed, 7])
+    valid = tf.constant([[position < length for position in range(width)]
+                         for length in lengths])
+    return x, valid
+
+
+def test_encoder_layer_computes_only_valid_positions_and_matches_the_full_computation():
+    layer = TransformerEncoderLayer(8, 2, 16, dropout=0.3)  # dropout must be off at inference
+    x, valid = _padded_batch([5, 2, 0, 1], width=5, dim=8, seed=11)
+    keys = tf.tile(valid[:, tf.newaxis, :], [1, 5, 1])  # every query row: real keys only
+    packed = layer(x, keys, training=False, valid=valid).numpy()
+    full = layer(x, keys, training=False).numpy()  # valid=None: every slot computed
+    v = valid.numpy()
+    np.testing.assert_allclose(packed[v], full[v], rtol=1e-5, atol=1e-6)
+    assert np.all(packed[~v] == 0.0)  # exact zeros, not small numbers
+    assert np.all(np.abs(full[v]) > 0) and np.any(full[~v] != 0.0)  # the comparison is not 0 == 0
+    # The garbage in padded slots must not leak into real positions.
+    noisy = tf.where(valid[..., tf.newaxis], x, 100.0 * tf.ones_like(x))
+    np.testing.assert_allclose(layer(noisy, keys, training=False, valid=valid).numpy(), packed,
+                               rtol=1e-5, atol=1e-6)
+    # Each row equals the layer run on that row's real prefix alone (no padding at all).
+    for row, length in enumerate(v.sum(axis=1)):
+        if length:
+            alone = layer(x[row:row + 1, :length], tf.ones([1, length, length], tf.bool),
+                          training=False).numpy()[0]
+            np.testing.assert_allclose(packed[row, :length], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_fusion_decoder_layer_matches_the_layer_on_the_trimmed_batch():
+    layer = FusionDecoderLayer(8, 2, 16, dropout=0.3)
+    target, target_valid = _padded_batch([4, 1, 3, 0], width=4, dim=8, seed=21)
+    memory, memory_valid = _padded_batch([2, 4, 3, 0], width=4, dim=8, seed=22)
+    out = layer(target, memory, target_valid, memory_valid, training=False).numpy()
+    every_slot = layer(target, memory, target_valid, memory_valid, training=False,
+                       positions=tf.ones_like(target_valid)).numpy()
+    tv, mv = target_valid.numpy(), memory_valid.numpy()
+    assert np.all(out[~tv] == 0.0)
+    np.testing.assert_allclose(out[tv], every_slot[tv], rtol=1e-5, atol=1e-6)
+    for row in range(len(tv)):
+        n, m = int(tv[row].sum()), int(mv[row].sum())
+        if n == 0:  # row 3: no target position at all
+            continue
+        trimmed = layer(target[row:row + 1, :n], memory[row:row + 1, :m],
+                        tf.ones([1, n], tf.bool), tf.ones([1, m], tf.bool),
+                        training=False).numpy()[0]
+        np.testing.assert_allclose(out[row, :n], trimmed, rtol=1e-5, atol=1e-6)

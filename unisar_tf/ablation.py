@@ -154,27 +154,34 @@ def run(args: argparse.Namespace) -> dict:
 
     tf.io.gfile.makedirs(args.out_dir)
     variants = variant_overrides(args.variants)
-    reports = {name: run_variant(name, overrides, args) for name, overrides in variants.items()}
     manifest = data.load_manifest(args.data_dir)
     num_items = manifest["vocab_sizes"]["items"] + 1
     baselines = baseline_metrics(args.data_dir, "test", manifest, num_items)
-    rows = table_rows(reports, baselines)
     budget = (f"max {args.max_epochs} epochs" +
               (f" x {args.steps_per_epoch} steps" if args.steps_per_epoch else "") +
               ", early stopping on validation")
     header = (f"Test NDCG@5 / NDCG@10 on `{args.data_dir}` ({args.preset} preset, seed "
               f"{args.seed}, {budget}); Δ is against UniSAR. Each model is scored from its "
               "best validation epoch.")
-    result = {"data_dir": args.data_dir, "preset": args.preset, "seed": args.seed,
-              "max_epochs": args.max_epochs, "steps_per_epoch": args.steps_per_epoch,
-              "base_overrides": args.base_overrides, "rows": rows,
-              "random": baselines["random"]}
     paths = {kind: os.path.join(args.out_dir, f"ablation.{kind}") for kind in ("md", "json", "png")}
-    with tf.io.gfile.GFile(paths["md"], "w") as out:
-        out.write(ablation_markdown(rows, header))
-    with tf.io.gfile.GFile(paths["json"], "w") as out:
-        out.write(json.dumps(result, indent=2, sort_keys=True))
-    bar_chart(rows, paths["png"], f"UniSAR ablations, {os.path.basename(args.data_dir)}")
+    reports: Dict[str, dict] = {}
+    for name, overrides in variants.items():
+        reports[name] = run_variant(name, overrides, args)
+        # Written after every variant, so a long ablation can be read while it runs.
+        rows = table_rows(reports, baselines)
+        result = {"data_dir": args.data_dir, "preset": args.preset, "seed": args.seed,
+                  "max_epochs": args.max_epochs, "steps_per_epoch": args.steps_per_epoch,
+                  "base_overrides": args.base_overrides, "rows": rows,
+                  "random": baselines["random"],
+                  "pending": [n for n in variants if n not in reports]}
+        with tf.io.gfile.GFile(paths["md"], "w") as out:
+            pending = result["pending"]
+            out.write(ablation_markdown(rows, header) +
+                      (f"\nStill to run: {', '.join(pending)}.\n" if pending else ""))
+        with tf.io.gfile.GFile(paths["json"], "w") as out:
+            out.write(json.dumps(result, indent=2, sort_keys=True))
+    bar_chart(rows, paths["png"],
+              f"UniSAR ablations, {os.path.basename(os.path.normpath(args.data_dir))}")
     print(ablation_markdown(rows, header))
     print("written: " + ", ".join(paths.values()))
     return result
@@ -215,7 +222,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    # Each variant builds and traces its own model; TF's retracing warnings are expected here.
+    tf.get_logger().setLevel("ERROR")
+    run(args)
 
 
 if __name__ == "__main__":

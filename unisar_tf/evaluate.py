@@ -75,6 +75,7 @@ def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
     best = read_best(model_dir)
     report = {"split": split, "data_dir": data_dir, "model_dir": model_dir,
               "best_epoch": best["epoch"], "validation_score": best["validation_score"],
+              "negatives_per_example": manifest["shapes"]["eval_candidates"] - 1,
               "unisar": evaluate_model(model, data_dir, split, manifest,
                                        batch_size or model.config.eval_batch_size)}
     if with_baselines:
@@ -89,7 +90,8 @@ def report_markdown(report: dict) -> str:
     rows = {name: report[name] for name in ("unisar", "popularity", "random") if name in report}
     return (f"Test-split metrics ({report['split']}), best validation epoch "
             f"{report['best_epoch']} (mean NDCG@5 {report['validation_score']:.4f}); "
-            "1 positive + 99 sampled negatives, ties count against the positive.\n\n"
+            f"1 positive + {report['negatives_per_example']} sampled negatives, ties count "
+            "against the positive.\n\n"
             + metrics_table(rows))
 
 

@@ -18,9 +18,10 @@ model_dir layout:
     tensorboard/{train,validation} TensorBoard event files
 
 Training negatives: with a negative pool in the data (`--train_negative_pool` of the data job)
-each epoch draws fresh ones from it; otherwise the data job's fixed 4 are used. Every random
-choice is a stateless function of (seed, epoch, step), so a resumed run sees the same batches
-as an uninterrupted one.
+each epoch draws fresh ones from it; otherwise the data job's fixed 4 are used. The batch
+order and every negative are stateless functions of (seed, epoch, step), so a resumed run
+sees the same batches as an uninterrupted one (dropout masks come from TF's global random
+state, so the weights are not bit-identical to an uninterrupted run).
 """
 from __future__ import annotations
 
@@ -279,10 +280,17 @@ class Trainer:
             out.write(json.dumps(dataclasses.asdict(self.options), indent=2, sort_keys=True))
 
     # -- one epoch ----------------------------------------------------------------------
-    def _make_train_step(self):
+    def _make_train_step(self, element_spec=None):
+        """The traced step; with `element_spec`, batch dimensions are left open so the
+        short last batch of an epoch does not trace the graph a second time."""
         model = self.model
+        signature = None
+        if element_spec is not None:
+            signature = [tf.nest.map_structure(
+                lambda spec: tf.TensorSpec([None] + spec.shape[1:].as_list(), spec.dtype),
+                element_spec)]
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(input_signature=signature)
         def train_step(batch):
             return model.train_step(batch)
 
@@ -298,7 +306,7 @@ class Trainer:
                                    options.seed, epoch, options.fresh_negatives,
                                    options.shuffle_buffer).take(steps)
         if self._train_step is None:
-            self._train_step = self._make_train_step()
+            self._train_step = self._make_train_step(dataset.element_spec)
         self.model.reset_metrics()
         progress = (tf.keras.utils.Progbar(steps, unit_name="step", stateful_metrics=None)
                     if options.verbose else None)
@@ -404,10 +412,11 @@ class Trainer:
         result = EpochResult(epoch=epoch + 1, learning_rate=self.learning_rate,
                              train=train_logs, validation=validation, validation_score=score,
                              seconds=seconds, improved=improved)
-        with tf.io.gfile.GFile(os.path.join(self.options.model_dir, HISTORY_FILE), "a") as out:
-            out.write(json.dumps(dataclasses.asdict(result), sort_keys=True) + "\n")
         self.epoch.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
+        # After the checkpoint: a crash in between re-runs the epoch without a duplicate line.
+        with tf.io.gfile.GFile(os.path.join(self.options.model_dir, HISTORY_FILE), "a") as out:
+            out.write(json.dumps(dataclasses.asdict(result), sort_keys=True) + "\n")
         return result
 
 

@@ -25,7 +25,12 @@ def _num_rows(features: ArrayDict) -> int:
 
 
 def search_batch_size(num_rec: int, num_search: int, rec_batch_size: int) -> int:
-    """Search batch size that makes the search data last exactly as many steps as rec."""
+    """Search batch size that makes the search data last as many steps as rec.
+
+    The reference's rounding: it assumes rec // batch + 1 steps, one more than there are
+    when the rec count is an exact multiple of the batch, and then a few search examples are
+    not seen that epoch (the search stream cycles and is reshuffled every epoch).
+    """
     rec_steps = num_rec // rec_batch_size + 1
     return max(1, num_search // rec_steps + 1)
 
