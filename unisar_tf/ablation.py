@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="FIELD=JSON", help="config override for every variant, "
                         "e.g. --set batch_size=512 --set use_mmoe=false")
-    parser.add_argument("--verbose", type=int, default=0)
+    parser.add_argument("--verbose", type=int, default=1,
+                        help="0 silent, 1 a line per epoch, 2 also a progress bar")
     return parser
 
 

@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw training negatives from the data's pool every epoch")
     parser.add_argument("--skip_test", action="store_true",
                         help="do not score the test split after training")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true",
+                        help="one line per epoch, no progress bar")
     add_config_flags(parser)
     return parser
 
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                              steps_per_epoch=args.steps_per_epoch,
                              validation_rows=args.validation_rows,
                              fresh_negatives=args.fresh_negatives,
-                             verbose=0 if args.quiet else 1)
+                             verbose=1 if args.quiet else 2)
     summary = Trainer(config, options).fit()
     print(f"best validation epoch {summary['epoch']} of {summary['epochs_run']} "
           f"(mean NDCG@5 {summary['validation_score']:.4f})"

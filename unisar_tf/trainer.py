@@ -63,7 +63,7 @@ class TrainerOptions:
     fresh_negatives: bool = True  # draw from the data's negative pool when it has one
     shuffle_buffer: int = 20_000
     keep_checkpoints: int = 2
-    verbose: int = 1  # 0 silent, 1 progress bar + epoch lines
+    verbose: int = 2  # 0 silent, 1 one line per epoch, 2 also a progress bar
 
 
 @dataclasses.dataclass
@@ -309,7 +309,7 @@ class Trainer:
             self._train_step = self._make_train_step(dataset.element_spec)
         self.model.reset_metrics()
         progress = (tf.keras.utils.Progbar(steps, unit_name="step", stateful_metrics=None)
-                    if options.verbose else None)
+                    if options.verbose >= 2 else None)
         logs: Dict[str, float] = {}
         for step, batch in enumerate(dataset):
             results = self._train_step(batch)
