@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw training negatives from the data's pool every epoch")
     parser.add_argument("--skip_test", action="store_true",
                         help="do not score the test split after training")
+    parser.add_argument("--inter_op_threads", type=int, default=0,
+                        help="TF inter-op threads (0: TF's default); on 2 CPU cores, 2 inter x "
+                             "1 intra ran 1.24x faster (docs/benchmarks.md)")
+    parser.add_argument("--intra_op_threads", type=int, default=0,
+                        help="TF intra-op threads (0: TF's default)")
     parser.add_argument("--quiet", action="store_true",
                         help="one line per epoch, no progress bar")
     add_config_flags(parser)
@@ -96,6 +101,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     from unisar_tf.evaluate import evaluate_best, report_markdown
     from unisar_tf.trainer import Trainer, TrainerOptions
 
+    import tensorflow as tf
+
+    # Before any op runs: the thread pools are fixed once TF's runtime starts.
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    if args.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     config = config_from_args(args)
     options = TrainerOptions(data_dir=args.data_dir, model_dir=args.model_dir,
                              max_epochs=args.max_epochs, seed=args.seed,
