@@ -29,7 +29,7 @@ from unisar_tf.evaluate import evaluate_best
 from unisar_tf.metrics import ranking_metrics
 from unisar_tf.model import build_model, dummy_features
 from unisar_tf.trainer import (Trainer, TrainerOptions, epoch_steps, load_trained_model,
-                               read_best, read_query_bank, replace_negatives, score_split,
+                               read_best, replace_negatives, score_split,
                                search_batch_size, training_dataset, validation_score)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +157,7 @@ def test_replace_negatives_draws_distinct_items_from_each_rows_pool():
 def test_training_dataset_epoch_batches_order_and_fresh_negatives(built):
     out, manifest = built
     config = data.config_with_data_sizes(tiny_config(num_train_negatives=6), manifest)
-    bank = read_query_bank(out, manifest)
+    bank = data.query_bank(out, manifest)
     counts = manifest["examples"]["train"]
     train = {task: data.load_arrays(out, "train", task, manifest) for task in ("rec", "search")}
 

@@ -39,8 +39,8 @@ def measure(data_dir: str, overrides: dict, threads, steps: int, warmup: int, se
         tf.config.threading.set_inter_op_parallelism_threads(threads[0])
         tf.config.threading.set_intra_op_parallelism_threads(threads[1])
     from unisar_tf.config import amazon_preset
-    from unisar_tf.trainer import (Trainer, TrainerOptions, epoch_steps, read_query_bank,
-                                   training_dataset)
+    from unisar_tf.data import query_bank
+    from unisar_tf.trainer import Trainer, TrainerOptions, epoch_steps, training_dataset
     from unisar_tf.training import search_batch_size
 
     started = time.time()
@@ -48,7 +48,7 @@ def measure(data_dir: str, overrides: dict, threads, steps: int, warmup: int, se
                       TrainerOptions(data_dir=data_dir, model_dir="/tmp/unused", seed=seed))
     config, manifest = trainer.config, trainer.manifest
     counts = manifest["examples"]["train"]
-    bank = read_query_bank(data_dir, manifest)
+    bank = query_bank(data_dir, manifest)
     dataset = training_dataset(config, data_dir, manifest, bank, seed, epoch=0)
     step = trainer._make_train_step(dataset.element_spec)
     batches = iter(dataset.repeat())

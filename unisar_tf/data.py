@@ -115,11 +115,23 @@ def load_arrays(data_dir: str, split: str, scenario: str, manifest: Optional[dic
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
+def read_feature(data_dir: str, split: str, scenario: str, name: str, width: int) -> np.ndarray:
+    """One int64 feature (n, width) of a whole split, in file order, parsing nothing else."""
+    spec = {name: tf.io.FixedLenFeature((width,), tf.int64)}
+    dataset = (tf.data.TFRecordDataset(example_files(data_dir, split, scenario),
+                                       compression_type="GZIP").batch(8192)
+               .map(lambda records: tf.io.parse_example(records, spec)[name],
+                    num_parallel_calls=tf.data.AUTOTUNE))
+    return np.concatenate([batch.numpy() for batch in dataset])
+
+
 def query_bank(data_dir: str, manifest: Optional[dict] = None) -> np.ndarray:
     """Distinct training search queries (Nq, query_len): the relevance loss's negative pool."""
-    queries = load_arrays(data_dir, "train", "search", manifest, features=[QUERY_TOKENS])
-    return np.unique(queries[QUERY_TOKENS], axis=0)
+    manifest = manifest or load_manifest(data_dir)
+    queries = read_feature(data_dir, "train", "search", QUERY_TOKENS,
+                           manifest["shapes"]["query_len"])
+    return np.unique(queries, axis=0)
 
 
 __all__ = ["load_manifest", "config_with_data_sizes", "read_examples", "load_arrays",
-           "query_bank", "parse_spec", "example_files"]
+           "query_bank", "read_feature", "parse_spec", "example_files"]

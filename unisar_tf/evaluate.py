@@ -49,11 +49,7 @@ def baseline_metrics(data_dir: str, split: str, manifest: dict, num_items: int,
     results: Dict[str, Dict[str, Dict[str, float]]] = {"popularity": {}, "random": {}}
     for task in tasks:
         width = manifest["shapes"]["eval_candidates"]
-        spec = {CANDIDATE_ITEMS: tf.io.FixedLenFeature((width,), tf.int64)}
-        files = data.example_files(data_dir, split, task)
-        dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8192)
-                   .map(lambda records: tf.io.parse_example(records, spec)[CANDIDATE_ITEMS]))
-        candidates = np.concatenate([batch.numpy() for batch in dataset])
+        candidates = data.read_feature(data_dir, split, task, CANDIDATE_ITEMS, width)
         results["popularity"][task] = dict(ranking_metrics(counts[candidates]),
                                            examples=len(candidates))
         results["random"][task] = dict(random_ranking_metrics(width), examples=len(candidates))

@@ -35,7 +35,7 @@ from typing import Callable, Dict, Mapping, Optional
 import numpy as np
 import tensorflow as tf
 
-from feature_specs import (CANDIDATE_ITEMS, NEGATIVE_POOL, QUERY_TOKENS, REL_NEGATIVE_ITEMS,
+from feature_specs import (CANDIDATE_ITEMS, NEGATIVE_POOL, REL_NEGATIVE_ITEMS,
                            REL_NEGATIVE_QUERY_TOKENS)
 from unisar_tf import data
 from unisar_tf.config import UniSARConfig
@@ -152,28 +152,13 @@ def training_dataset(config: UniSARConfig, data_dir: str, manifest: dict, query_
             .prefetch(2))
 
 
-def read_query_bank(data_dir: str, manifest: dict) -> np.ndarray:
-    """Distinct training search queries (Nq, Q), parsing only query_tokens."""
-    spec = {QUERY_TOKENS: tf.io.FixedLenFeature((manifest["shapes"]["query_len"],), tf.int64)}
-    files = data.example_files(data_dir, "train", "search")
-    dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8192)
-               .map(lambda records: tf.io.parse_example(records, spec)[QUERY_TOKENS],
-                    num_parallel_calls=tf.data.AUTOTUNE))
-    queries = np.concatenate([batch.numpy() for batch in dataset])
-    return np.unique(queries, axis=0)
-
-
 def training_item_counts(data_dir: str, manifest: dict, num_items: int) -> np.ndarray:
     """(num_items,) how often each item is a training positive (the popularity baseline)."""
     counts = np.zeros(num_items, np.float64)
+    width = manifest["shapes"]["train_candidates"]
     for task in ("rec", "search"):
-        width = manifest["shapes"]["train_candidates"]
-        spec = {CANDIDATE_ITEMS: tf.io.FixedLenFeature((width,), tf.int64)}
-        files = data.example_files(data_dir, "train", task)
-        dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8192)
-                   .map(lambda records: tf.io.parse_example(records, spec)[CANDIDATE_ITEMS][:, 0]))
-        for positives in dataset:
-            np.add.at(counts, positives.numpy(), 1.0)
+        positives = data.read_feature(data_dir, "train", task, CANDIDATE_ITEMS, width)[:, 0]
+        np.add.at(counts, positives, 1.0)
     return counts
 
 
@@ -342,7 +327,7 @@ class Trainer:
             say(f"resumed from {resumed}: epoch {int(self.epoch.numpy())} done, "
                 f"learning rate {self.learning_rate:g}, best validation "
                 f"{float(self.best_score.numpy()):.4f}", flush=True)
-        query_bank = read_query_bank(options.data_dir, self.manifest)
+        query_bank = data.query_bank(options.data_dir, self.manifest)
         counts = self.manifest["examples"]["train"]
         say(f"training {counts['rec']} rec + {counts['search']} search examples, tasks "
             f"{'+'.join(config.tasks)}, batch {config.batch_size}"
