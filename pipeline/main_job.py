@@ -33,6 +33,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model_dir",
                         default=os.path.join(REPO_ROOT, "out", "models", "main_job"))
+    parser.add_argument("--serving_dir", default=os.path.join(REPO_ROOT, "out", "serving"),
+                        help="the trained model is exported to <serving_dir>/unisar/<version>")
     parser.add_argument("--skip_build", action="store_true",
                         help="reuse the examples already in --output")
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -67,14 +69,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     outcome = train.run(train.build_parser().parse_args([
         "--data_dir", args.output, "--model_dir", args.model_dir,
         "--max_epochs", str(args.epochs), "--batch_size", str(args.batch_size),
-        "--seed", str(args.seed), "--quiet"]))
+        "--seed", str(args.seed), "--serving_dir", args.serving_dir, "--quiet"]))
     print(f"({time.time() - started:.0f}s of training, validation and test scoring; "
           "1 positive + 99 popularity-sampled negatives per example)")
     print(f"\nexamples, vocabularies and manifest: {args.output}")
     print(f"checkpoints, TensorBoard logs and reports: {args.model_dir}")
+    print(f"serving SavedModel (recommend / search / serving_default): {outcome['export']}")
+    print("serve it locally: python -m serving.server --model_base_path "
+          f"{os.path.dirname(outcome['export'])}  (docs/serving.md)")
     report = outcome["test"]
     results = {name: report[name] for name in ("unisar", "popularity", "random")}
-    summary = {"metrics": results, "query_matching": matching}
+    summary = {"metrics": results, "query_matching": matching, "export": outcome["export"]}
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(summary, handle, indent=2)

@@ -6,7 +6,6 @@ import tensorflow as tf
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_PAD)
 from unisar_tf.config import ABLATIONS, UniSARConfig, amazon_preset
-from unisar_tf.export import export_saved_model
 from unisar_tf.model import build_model, count_parameters
 from unisar_tf.param_count import parameter_breakdown
 from unisar_tf.synthetic import random_feature_batch
@@ -182,23 +181,6 @@ def test_weights_checkpoint_round_trip_gives_identical_scores(tmp_path):
     twin.load_weights(str(tmp_path / "ckpt"))
     for task in expected:
         np.testing.assert_array_equal(twin(features)[task].numpy(), expected[task].numpy())
-
-
-def test_saved_model_round_trip_gives_identical_scores(tmp_path):
-    tf.keras.utils.set_random_seed(20)
-    config = small_config()
-    model = build_model(config)
-    features = random_feature_batch(config, 3, 7, True, np.random.default_rng(21))
-    expected = model(features)
-    export_saved_model(model, str(tmp_path / "export"))
-    reloaded = tf.saved_model.load(str(tmp_path / "export"))
-    assert set(reloaded.signatures) == {"recommend", "search"}
-    rec_inputs = {k: tf.constant(v) for k, v in features.items() if k != "query_tokens"}
-    search_inputs = {k: tf.constant(v) for k, v in features.items()}
-    np.testing.assert_allclose(reloaded.signatures["recommend"](**rec_inputs)["scores"].numpy(),
-                               expected["rec"].numpy(), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(reloaded.signatures["search"](**search_inputs)["scores"].numpy(),
-                               expected["search"].numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_parameter_count_of_amazon_preset_at_kindle_sizes():

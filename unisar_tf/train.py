@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "1 intra ran 1.24x faster (docs/benchmarks.md)")
     parser.add_argument("--intra_op_threads", type=int, default=0,
                         help="TF intra-op threads (0: TF's default)")
+    parser.add_argument("--serving_dir", default=None,
+                        help="also export the best checkpoint as <serving_dir>/unisar/<next "
+                             "version> with the serving signatures (unisar_tf.export)")
     parser.add_argument("--quiet", action="store_true",
                         help="one line per epoch, no progress bar")
     add_config_flags(parser)
@@ -125,6 +128,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         print(report_markdown(report))
         print(f"report: {os.path.join(args.model_dir, 'eval', 'test_metrics.md')}")
         result["test"] = report
+    if args.serving_dir:
+        from unisar_tf.export import push
+        from unisar_tf.trainer import load_trained_model
+
+        path = push(load_trained_model(args.model_dir, args.data_dir),
+                    os.path.join(args.data_dir, "vocab"), args.serving_dir)
+        print(f"exported: {path}")
+        result["export"] = path
     return result
 
 
