@@ -25,6 +25,8 @@ setup(
         "console_scripts": [
             "unisar-demo=unisar_tf.demo:main",
             "unisar-param-count=unisar_tf.param_count:main",
+            "unisar-score=serving.client:main",
+            "unisar-stand-in=serving.server:main",
         ],
     },
 )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import write_vocabularies
+from conftest import SMALL_MODEL as SMALL, write_vocabularies
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_REC,
                            TYPE_SEARCH, USER_ID)
@@ -16,10 +16,6 @@ from unisar_tf.export import (EXAMPLES_SIGNATURE, RAW_INPUTS, WARMUP_FILE, RawFe
                               read_vocabularies)
 from unisar_tf.model import build_model
 from unisar_tf.synthetic import random_feature_batch
-
-SMALL = dict(num_users=40, num_items=80, num_words=30, max_rec_history=6, max_search_history=5,
-             query_length=4, clicks_per_session=2, num_relevance_negatives=16, batch_size=8)
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

@@ -1,0 +1,315 @@
+"""gRPC client for the UniSAR signatures served by TF Serving (or serving/server.py).
+
+Library: `UniSARClient(target).recommend(user_id, candidates, rec_history, search_history)`
+and `.search(user_id, query, candidates, ...)` return one float32 score per candidate.
+`build_inputs(...)` turns a user's histories into the padded tensors of the signature
+contract (docs/serving.md). CLI: `python -m serving.client --help` (console script
+`unisar-score`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+RECOMMEND = "recommend"
+SEARCH = "search"
+
+RecEvent = Tuple[str, int]                    # (item_id, timestamp)
+SearchEvent = Tuple[str, Sequence[str], int]  # (query text, clicked item ids, timestamp)
+
+
+class ScoringError(RuntimeError):
+    """A scoring call failed; `code` is the grpc.StatusCode."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class ScoringRequestError(ScoringError, ValueError):
+    """The server rejected the request itself (INVALID_ARGUMENT, or FAILED_PRECONDITION,
+    which TF Serving answers for a signature name the model does not have). Not retried."""
+
+
+_REQUEST_ERROR_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def build_inputs(user_id: str, candidates: Sequence[str],
+                 rec_history: Sequence[RecEvent] = (),
+                 search_history: Sequence[SearchEvent] = (),
+                 query: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """The signature inputs for one user (batch of 1), as numpy arrays.
+
+    Histories are sorted oldest first by timestamp (stable, so equal timestamps keep the
+    caller's order) and padded with "" to at least length 1; the *_length inputs say how
+    many entries are real. `query` is given for the `search` signature only.
+    """
+    candidates = [str(c) for c in candidates]
+    if not candidates:
+        raise ValueError("candidates must not be empty")
+    rec = sorted(((str(item), int(ts)) for item, ts in rec_history), key=lambda e: e[1])
+    searches = sorted(((str(q), [str(c) for c in clicked], int(ts))
+                       for q, clicked, ts in search_history), key=lambda e: e[2])
+    num_rec, num_search = max(len(rec), 1), max(len(searches), 1)
+    num_clicked = max([len(clicked) for _, clicked, _ in searches] + [1])
+
+    rec_items = np.full((1, num_rec), b"", dtype=object)
+    rec_times = np.zeros((1, num_rec), dtype=np.int64)
+    for i, (item, ts) in enumerate(rec):
+        rec_items[0, i], rec_times[0, i] = item.encode(), ts
+    queries = np.full((1, num_search), b"", dtype=object)
+    clicked_items = np.full((1, num_search, num_clicked), b"", dtype=object)
+    search_times = np.zeros((1, num_search), dtype=np.int64)
+    for i, (text, clicked, ts) in enumerate(searches):
+        queries[0, i], search_times[0, i] = text.encode(), ts
+        for k, item in enumerate(clicked):
+            clicked_items[0, i, k] = item.encode()
+
+    inputs = {
+        "user_id": np.array([str(user_id).encode()], dtype=object),
+        "candidate_item_ids": np.array([[c.encode() for c in candidates]], dtype=object),
+        "rec_history_item_ids": rec_items,
+        "rec_history_timestamps": rec_times,
+        "rec_history_length": np.array([len(rec)], dtype=np.int64),
+        "search_history_queries": queries,
+        "search_history_clicked_item_ids": clicked_items,
+        "search_history_timestamps": search_times,
+        "search_history_length": np.array([len(searches)], dtype=np.int64),
+    }
+    if query is not None:
+        inputs["query"] = np.array([str(query).encode()], dtype=object)
+    return inputs
+
+
+class UniSARClient:
+    """Scores candidates for one user against a TF Serving (or stand-in) endpoint.
+
+    Every call has a deadline of `timeout_seconds`. Only UNAVAILABLE (server not reachable,
+    restarting, connection dropped) is retried, up to `retries` times with exponential
+    backoff: the request never reached a model, and Predict is idempotent. DEADLINE_EXCEEDED
+    is not retried: the server is up but slow, and sending the same work again adds load
+    exactly when it is overloaded.
+    """
+
+    def __init__(self, target: str, model_name: str = "unisar", timeout_seconds: float = 1.0,
+                 retries: int = 3, backoff_seconds: float = 0.05):
+        self.target = target
+        self.model_name = model_name
+        self.timeout_seconds = timeout_seconds
+        self.retries = retries
+        self.backoff_seconds = backoff_seconds
+        # gRPC waits ~1 s (growing) before reconnecting after a failed connect, and fails
+        # RPCs fast meanwhile; keep its reconnect backoff near ours so a retry can succeed.
+        reconnect_ms = max(int(backoff_seconds * 1000), 10)
+        self._channel = grpc.insecure_channel(target, options=[
+            ("grpc.initial_reconnect_backoff_ms", reconnect_ms),
+            ("grpc.min_reconnect_backoff_ms", reconnect_ms),
+            ("grpc.max_reconnect_backoff_ms", max(reconnect_ms * 8, 1000)),
+        ])
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "UniSARClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method: str, request):
+        for attempt in range(self.retries + 1):
+            try:
+                return getattr(self._stub, method)(request, timeout=self.timeout_seconds)
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details() or ""
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(self.backoff_seconds * 2 ** attempt)
+                    continue
+                if code in _REQUEST_ERROR_CODES:
+                    raise ScoringRequestError(code, details) from None
+                suffix = f" (after {attempt + 1} attempts)" if attempt else ""
+                raise ScoringError(code, details + suffix) from None
+
+    def predict(self, signature_name: str,
+                inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Raw Predict: input alias -> array in, output alias -> array out."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = signature_name
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        response = self._call("Predict", request)
+        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+    def recommend(self, user_id: str, candidates: Sequence[str],
+                  rec_history: Sequence[RecEvent] = (),
+                  search_history: Sequence[SearchEvent] = ()) -> np.ndarray:
+        """float32 scores, one per candidate, from the `recommend` signature."""
+        inputs = build_inputs(user_id, candidates, rec_history, search_history)
+        return self.predict(RECOMMEND, inputs)["scores"][0].astype(np.float32)
+
+    def search(self, user_id: str, query: str, candidates: Sequence[str],
+               rec_history: Sequence[RecEvent] = (),
+               search_history: Sequence[SearchEvent] = ()) -> np.ndarray:
+        """float32 scores, one per candidate, from the `search` signature."""
+        inputs = build_inputs(user_id, candidates, rec_history, search_history, query=query)
+        return self.predict(SEARCH, inputs)["scores"][0].astype(np.float32)
+
+    def metadata(self) -> dict:
+        """{"model_name", "version", "signatures": {name: {"inputs"|"outputs":
+        {alias: {"dtype": "string", "shape": [-1, -1]}}}}} from GetModelMetadata."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = self.model_name
+        request.metadata_field.append("signature_def")
+        response = self._call("GetModelMetadata", request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+
+        def tensors(infos):
+            return {alias: {"dtype": tf.dtypes.as_dtype(info.dtype).name,
+                            "shape": [d.size for d in info.tensor_shape.dim]}
+                    for alias, info in sorted(infos.items())}
+
+        return {
+            "model_name": response.model_spec.name,
+            "version": response.model_spec.version.value,
+            "signatures": {name: {"inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
+                           for name, sig in sorted(signature_map.signature_def.items())
+                           if not name.startswith("__")},  # skip __saved_model_init_op
+        }
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+_HISTORY_HELP = """\
+history syntax:
+  --rec_history     comma-separated ITEM@TIMESTAMP, e.g. "i12@1700000000,i7@1700000100"
+  --search_history  semicolon-separated QUERY>CLICKED@TIMESTAMP; CLICKED is zero or more
+                    item ids separated by spaces, e.g.
+                    "red shoes>i12 i7@1700000050;socks>@1700000200"
+  --history_json    a file {"rec": [{"item": "i12", "timestamp": 1700000000}],
+                    "search": [{"query": "red shoes", "clicked": ["i12"], "timestamp": 1}]}
+                    (added to the flags' histories)
+Item ids cannot contain "," ";" ">" or spaces on the command line; use --history_json.
+
+exit codes: 0 ok; 2 bad arguments or request rejected by the server (INVALID_ARGUMENT,
+FAILED_PRECONDITION); 1 server unreachable after the retries, or any other server error.
+"""
+
+
+def _timestamp(text: str, entry: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"bad timestamp {text!r} in {entry!r}") from None
+
+
+def parse_rec_history(text: str) -> List[RecEvent]:
+    """"item@ts,item@ts" -> [(item, ts), ...]."""
+    events = []
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        item, sep, ts = entry.rpartition("@")
+        if not sep or not item:
+            raise ValueError(f"rec history entry {entry!r} is not ITEM@TIMESTAMP")
+        events.append((item, _timestamp(ts, entry)))
+    return events
+
+
+def parse_search_history(text: str) -> List[SearchEvent]:
+    """"query text>clicked1 clicked2@ts;..." -> [(query, [clicked...], ts), ...]."""
+    events = []
+    for entry in filter(None, (e.strip() for e in text.split(";"))):
+        body, sep, ts = entry.rpartition("@")
+        query, arrow, clicked = body.partition(">")
+        if not sep or not arrow or not query.strip():
+            raise ValueError(f"search history entry {entry!r} is not QUERY>CLICKED@TIMESTAMP")
+        events.append((query.strip(), clicked.split(), _timestamp(ts, entry)))
+    return events
+
+
+def load_history_json(path: str) -> Tuple[List[RecEvent], List[SearchEvent]]:
+    with open(path) as f:
+        data = json.load(f)
+    try:
+        rec = [(str(e["item"]), int(e["timestamp"])) for e in data.get("rec", [])]
+        search = [(str(e["query"]), [str(c) for c in e.get("clicked", [])],
+                   int(e["timestamp"])) for e in data.get("search", [])]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: bad history entry ({e!r})") from None
+    return rec, search
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="unisar-score", description="Score candidates with a served UniSAR model.",
+        epilog=_HISTORY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="127.0.0.1:8500", help="host:port of the server")
+    parser.add_argument("--model_name", default="unisar")
+    parser.add_argument("--signature", choices=[RECOMMEND, SEARCH], default=RECOMMEND)
+    parser.add_argument("--user", required=True, help="user id")
+    parser.add_argument("--candidates", required=True, help="comma-separated item ids")
+    parser.add_argument("--query", help="query text (required for --signature search)")
+    parser.add_argument("--rec_history", default="", help="ITEM@TS,ITEM@TS (see below)")
+    parser.add_argument("--search_history", default="",
+                        help="QUERY>CLICKED CLICKED@TS;... (see below)")
+    parser.add_argument("--history_json", help="JSON file with the histories (see below)")
+    parser.add_argument("--timeout", type=float, default=1.0, help="deadline per attempt, s")
+    parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+
+    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    if not candidates:
+        parser.error("--candidates: give at least one item id")
+    if args.signature == SEARCH and args.query is None:
+        parser.error("--signature search needs --query")
+    if args.signature == RECOMMEND and args.query is not None:
+        parser.error("--query is only for --signature search")
+    try:
+        rec = parse_rec_history(args.rec_history)
+        searches = parse_search_history(args.search_history)
+        if args.history_json:
+            more_rec, more_search = load_history_json(args.history_json)
+            rec, searches = rec + more_rec, searches + more_search
+    except (OSError, ValueError) as e:
+        parser.error(str(e))
+
+    with UniSARClient(args.target, model_name=args.model_name, timeout_seconds=args.timeout,
+                      retries=args.retries) as client:
+        try:
+            if args.signature == SEARCH:
+                scores = client.search(args.user, args.query, candidates, rec, searches)
+            else:
+                scores = client.recommend(args.user, candidates, rec, searches)
+        except ScoringRequestError as e:
+            print(f"unisar-score: request rejected: {e}", file=sys.stderr)
+            return 2
+        except ScoringError as e:
+            print(f"unisar-score: {args.target}: {e}", file=sys.stderr)
+            return 1
+
+    ranked = sorted(zip(candidates, scores.tolist()), key=lambda cs: -cs[1])
+    if args.json:
+        print(json.dumps({"signature": args.signature, "user": args.user,
+                          "scores": [{"item": c, "score": s} for c, s in ranked]}))
+    else:
+        width = max(len("candidate"), *(len(c) for c in candidates))
+        print(f"{'rank':>4}  {'candidate':<{width}}  score")
+        for rank, (candidate, score) in enumerate(ranked, 1):
+            print(f"{rank:>4}  {candidate:<{width}}  {score:.6f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

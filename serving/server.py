@@ -1,0 +1,482 @@
+"""Local stand-in for TF Serving's gRPC API, for development and tests only.
+
+Production serves the model with the official TF Serving images (docs/deployment.md). No
+`tensorflow_model_server` binary can be installed on the development machines, so this
+module implements the part of TF Serving's API that UniSAR clients use, with the
+tensorflow-serving-api protos:
+
+- PredictionService.Predict and PredictionService.GetModelMetadata ("signature_def"),
+- ModelService.GetModelStatus;
+every other RPC answers UNIMPLEMENTED.
+
+It loads a SavedModel the way TF Serving does: the MetaGraph tagged "serve" goes into its
+own graph and TF1 session (running the init op that fills lookup tables from vocabulary
+assets), signature tensors are fed and fetched by the names in the SignatureDef, and the
+export's warmup requests (assets.extra/tf_serving_warmup_requests) are replayed, a failing
+one failing the load. A model that TF Serving would reject therefore fails here too. It
+serves the highest numeric version under `<model_base_path>/<version>/saved_model.pb`, the
+layout TF Serving watches.
+
+Usage: python -m serving.server --model_base_path out/serving/unisar [--port 8500]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from typing import Iterator, List, Optional, Sequence
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_log_pb2, prediction_service_pb2_grpc)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+# TF2 SavedModels carry their table-initialisation op as a pseudo-signature. It is listed in
+# the metadata (TF Serving lists it too) but must never be run by a Predict call.
+INIT_OP_SIGNATURE = "__saved_model_init_op"
+_SIGNATURE_DEF_FIELD = "signature_def"
+# Where TF Serving looks for warmup requests (TFRecord of PredictionLog), and its cap.
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+_MAX_WARMUP_RECORDS = 1000
+
+
+class RpcError(Exception):
+    """A request that fails with a gRPC status; the server keeps serving."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# TensorFlow's error codes are numerically the gRPC status codes (both come from Google's
+# canonical codes), which is how TF Serving passes session errors through unchanged.
+_GRPC_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _dtype_name(enum_value: int) -> str:
+    try:
+        return tf.dtypes.as_dtype(enum_value).name
+    except TypeError:  # DT_INVALID (an unset dtype) or a number outside the enum
+        return types_pb2.DataType.Name(enum_value) \
+            if enum_value in types_pb2.DataType.values() else str(enum_value)
+
+
+def _shape_text(dims: Sequence[int]) -> str:
+    return "(" + ", ".join("None" if d == -1 else str(d) for d in dims) + ")"
+
+
+def parse_input(alias: str, tensor: tensor_pb2.TensorProto,
+                info: meta_graph_pb2.TensorInfo) -> np.ndarray:
+    """Check one request tensor against the SignatureDef's TensorInfo and convert it.
+
+    Raises RpcError(INVALID_ARGUMENT) naming the input on a dtype, rank or dimension mismatch
+    (-1 in the signature matches any size) or on a tensor that does not parse.
+    """
+    if tensor.dtype != info.dtype:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"input '{alias}': expected dtype {_dtype_name(info.dtype)}, "
+                       f"got {_dtype_name(tensor.dtype)}")
+    got = [d.size for d in tensor.tensor_shape.dim]
+    if not info.tensor_shape.unknown_rank:
+        want = [d.size for d in info.tensor_shape.dim]
+        if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got)):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input '{alias}': expected shape {_shape_text(want)}, "
+                           f"got {_shape_text(got)}")
+    try:
+        return tf.make_ndarray(tensor)
+    except Exception as e:  # malformed content, e.g. fewer values than the shape needs
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"input '{alias}': cannot parse tensor: {e}") from e
+
+
+class LoadedModel:
+    """One version of the SavedModel in its own graph and TF1 session, as TF Serving holds it."""
+
+    def __init__(self, export_dir: str, version: int,
+                 session_config: Optional[tf.compat.v1.ConfigProto] = None):
+        self.export_dir = export_dir
+        self.version = version
+        graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=graph, config=session_config)
+        try:
+            # The TF1 loader works inside an explicit graph even with TF2 eager on; it
+            # restores variables and runs the init op (tables from vocabulary assets).
+            with graph.as_default():
+                meta_graph = tf.compat.v1.saved_model.loader.load(
+                    self.session, [tf.saved_model.SERVING], export_dir)
+            self.signature_defs = dict(meta_graph.signature_def)
+            self._warm_up()
+        except Exception:
+            self.session.close()
+            raise
+        # Reference count of in-flight requests; a model replaced by a newer version is
+        # closed only when the last request using it has finished.
+        self.in_flight = 0
+        self.retired = False
+
+    def _warm_up(self) -> None:
+        """Replay the export's warmup requests; like TF Serving, a failing one fails the load."""
+        path = os.path.join(self.export_dir, WARMUP_FILE)
+        if not os.path.exists(path):
+            return
+        for i, record in enumerate(tf.data.TFRecordDataset(path).take(_MAX_WARMUP_RECORDS)):
+            log_entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if log_entry.WhichOneof("log_type") != "predict_log":
+                # TF Serving also replays Classify/Regress/...; the stand-in serves Predict only.
+                log.warning("warmup record %d is a %s, skipped", i,
+                            log_entry.WhichOneof("log_type"))
+                continue
+            try:
+                self.predict(log_entry.predict_log.request, "warmup")
+            except RpcError as e:
+                raise RuntimeError(f"{path}: warmup request {i} failed: "
+                                   f"{e.code.name}: {e.message}") from e
+
+    def close(self) -> None:
+        self.session.close()
+
+    def predict(self, request: predict_pb2.PredictRequest,
+                model_name: str) -> predict_pb2.PredictResponse:
+        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature = self.signature_defs.get(signature_name)
+        if signature is None or signature_name == INIT_OP_SIGNATURE:
+            # FAILED_PRECONDITION and this wording are what TF Serving answers here.
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f'Serving signature key "{signature_name}" not found.')
+        missing = sorted(set(signature.inputs) - set(request.inputs))
+        extra = sorted(set(request.inputs) - set(signature.inputs))
+        if missing or extra:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"signature '{signature_name}': missing inputs {missing}, "
+                           f"unexpected inputs {extra}; expected {sorted(signature.inputs)}")
+        feeds = {info.name: parse_input(alias, request.inputs[alias], info)
+                 for alias, info in signature.inputs.items()}
+
+        aliases = list(request.output_filter) or sorted(signature.outputs)
+        for alias in aliases:
+            if alias not in signature.outputs:
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"output tensor alias not found in signature: '{alias}'; "
+                               f"outputs are {sorted(signature.outputs)}")
+        if len(set(aliases)) != len(aliases):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"duplicate output tensor alias in {aliases}")
+
+        try:
+            values = self.session.run([signature.outputs[a].name for a in aliases], feeds)
+        except tf.errors.OpError as e:
+            # Kept as TF's own code, as TF Serving does: bad inputs (e.g. candidate counts
+            # that differ across inputs) raise INVALID_ARGUMENT; a broken model does not.
+            raise RpcError(_GRPC_CODE_BY_NUMBER.get(e.error_code, grpc.StatusCode.UNKNOWN),
+                           f"signature '{signature_name}': {e.message}") from e
+        except (TypeError, ValueError) as e:  # rejected by the Python session before running
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"signature '{signature_name}': {e}") from e
+
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = model_name
+        response.model_spec.version.value = self.version
+        response.model_spec.signature_name = signature_name
+        for alias, value in zip(aliases, values):
+            response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+
+def list_versions(model_base_path: str) -> List[int]:
+    """Numeric version directories that hold a SavedModel, ascending (10 sorts after 9)."""
+    if not os.path.isdir(model_base_path):
+        return []
+    versions = []
+    for name in os.listdir(model_base_path):
+        path = os.path.join(model_base_path, name)
+        if name.isdigit() and (os.path.isfile(os.path.join(path, "saved_model.pb")) or
+                               os.path.isfile(os.path.join(path, "saved_model.pbtxt"))):
+            versions.append(int(name))
+    return sorted(versions)
+
+
+def _version_dir(model_base_path: str, version: int) -> str:
+    # Directory names like "0003" are version 3 for TF Serving too; find the actual name.
+    for name in os.listdir(model_base_path):
+        if name.isdigit() and int(name) == version:
+            return os.path.join(model_base_path, name)
+    raise FileNotFoundError(f"version {version} not found under {model_base_path}")
+
+
+class _Servicer(prediction_service_pb2_grpc.PredictionServiceServicer,
+                model_service_pb2_grpc.ModelServiceServicer):
+    """Predict, GetModelMetadata, GetModelStatus; the base classes answer UNIMPLEMENTED."""
+
+    def __init__(self, server: "StandInServer"):
+        self._server = server
+
+    def Predict(self, request, context):
+        try:
+            with self._server.acquire(request.model_spec) as model:
+                return model.predict(request, self._server.model_name)
+        except RpcError as e:
+            context.abort(e.code, e.message)
+
+    def GetModelMetadata(self, request, context):
+        try:
+            fields = list(request.metadata_field)
+            if fields != [_SIGNATURE_DEF_FIELD]:
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"metadata_field must be ['{_SIGNATURE_DEF_FIELD}'], "
+                               f"got {fields}")
+            with self._server.acquire(request.model_spec) as model:
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                response.model_spec.name = self._server.model_name
+                response.model_spec.version.value = model.version
+                signature_map = get_model_metadata_pb2.SignatureDefMap()
+                for name, signature in model.signature_defs.items():
+                    signature_map.signature_def[name].CopyFrom(signature)
+                response.metadata[_SIGNATURE_DEF_FIELD].Pack(signature_map)
+                return response
+        except RpcError as e:
+            context.abort(e.code, e.message)
+
+    def GetModelStatus(self, request, context):
+        try:
+            with self._server.acquire(request.model_spec) as model:
+                response = get_model_status_pb2.GetModelStatusResponse()
+                status = response.model_version_status.add()
+                status.version = model.version
+                status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+                return response
+        except RpcError as e:
+            context.abort(e.code, e.message)
+
+
+class StandInServer:
+    """The stand-in server: start() loads the latest version and binds; stop() shuts down.
+
+    Usable from tests: `StandInServer(base_path, port=0).start()` returns the bound port.
+    With poll_seconds > 0 a background thread loads a newer version when one appears and
+    swaps it in atomically; requests already running finish on the old version.
+    """
+
+    def __init__(self, model_base_path: str, model_name: str = "unisar",
+                 host: str = "127.0.0.1", port: int = 8500, max_workers: int = 4,
+                 poll_seconds: float = 0.0, intra_op_threads: int = 0,
+                 inter_op_threads: int = 0):
+        self.model_base_path = model_base_path
+        self.model_name = model_name
+        self.host = host
+        self.port = port
+        self.max_workers = max_workers
+        self.poll_seconds = poll_seconds
+        # 0 lets TensorFlow choose, as TF Serving's --tensorflow_*_op_parallelism flags do.
+        self._session_config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=intra_op_threads,
+            inter_op_parallelism_threads=inter_op_threads)
+        self._lock = threading.Lock()
+        self._model: Optional[LoadedModel] = None
+        self._failed_versions = set()
+        self._grpc_server: Optional[grpc.Server] = None
+        self._stopping = threading.Event()
+        self._poller: Optional[threading.Thread] = None
+
+    @property
+    def version(self) -> Optional[int]:
+        model = self._model
+        return model.version if model else None
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def start(self) -> int:
+        """Load the latest version, bind host:port (0 = any free port); return the port."""
+        versions = list_versions(self.model_base_path)
+        if not versions:
+            raise FileNotFoundError(
+                f"no version directory with a saved_model.pb under {self.model_base_path!r} "
+                f"(expected <model_base_path>/<version>/saved_model.pb)")
+        self._model = self._load(versions[-1])
+        self._grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.max_workers),
+            # TF Serving accepts requests of any size; gRPC's default cap is 4 MB.
+            options=[("grpc.max_receive_message_length", -1),
+                     ("grpc.max_send_message_length", -1)])
+        servicer = _Servicer(self)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            servicer, self._grpc_server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, self._grpc_server)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        try:
+            bound = self._grpc_server.add_insecure_port(f"{host}:{self.port}")
+        except RuntimeError as e:  # newer gRPC raises instead of returning 0
+            bound = 0
+            reason = str(e)
+        else:
+            reason = "address in use or not available"
+        if not bound:
+            self._model.close()
+            raise OSError(f"cannot bind {host}:{self.port}: {reason}")
+        self.port = bound
+        self._grpc_server.start()
+        if self.poll_seconds > 0:
+            self._poller = threading.Thread(target=self._poll_loop, name="version-poller",
+                                            daemon=True)
+            self._poller.start()
+        log.info("serving model %s version %d at %s", self.model_name, self.version,
+                 self.address)
+        return bound
+
+    def stop(self, grace: Optional[float] = 1.0) -> None:
+        """Stop accepting requests, let running ones finish for `grace` s, close the session."""
+        self._stopping.set()
+        if self._poller is not None:
+            self._poller.join()
+        if self._grpc_server is not None:
+            self._grpc_server.stop(grace).wait()
+        with self._lock:
+            model, self._model = self._model, None
+        if model is not None:
+            model.close()
+
+    def wait(self) -> None:
+        if self._grpc_server is not None:
+            self._grpc_server.wait_for_termination()
+
+    def __enter__(self) -> "StandInServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def poll_once(self) -> bool:
+        """Load and swap in a newer version if one exists; True if the served version changed."""
+        current = self.version
+        versions = [v for v in list_versions(self.model_base_path)
+                    if v not in self._failed_versions]
+        if current is None or self._stopping.is_set() or not versions or \
+                versions[-1] <= current:
+            return False
+        try:
+            new = self._load(versions[-1])
+        except Exception:
+            # Like TF Serving, keep serving the old version if the new one does not load.
+            # Not retried: a broken export stays broken; push a higher version instead.
+            log.exception("version %d failed to load; still serving %s", versions[-1],
+                          self.version)
+            self._failed_versions.add(versions[-1])
+            return False
+        with self._lock:
+            old, self._model = self._model, new
+            old.retired = True
+            close_old = old.in_flight == 0
+        if close_old:
+            old.close()
+        log.info("now serving version %d (was %d)", new.version, old.version)
+        return True
+
+    @contextlib.contextmanager
+    def acquire(self, model_spec) -> Iterator[LoadedModel]:
+        """The served model for a request's ModelSpec; NOT_FOUND like TF Serving otherwise."""
+        with self._lock:
+            model = self._model
+            if model is None or model_spec.name != self.model_name:
+                raise RpcError(grpc.StatusCode.NOT_FOUND,
+                               f"Servable not found for request: Latest({model_spec.name})")
+            if model_spec.HasField("version") and model_spec.version.value != model.version:
+                raise RpcError(grpc.StatusCode.NOT_FOUND,
+                               f"Servable not found for request: Specific({model_spec.name}, "
+                               f"{model_spec.version.value}); serving version {model.version}")
+            if model_spec.HasField("version_label"):
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Unrecognized servable version label: "
+                               f"{model_spec.version_label} (the stand-in has no labels)")
+            model.in_flight += 1
+        try:
+            yield model
+        finally:
+            with self._lock:
+                model.in_flight -= 1
+                close = model.retired and model.in_flight == 0
+            if close:
+                model.close()
+
+    def _load(self, version: int) -> LoadedModel:
+        export_dir = _version_dir(self.model_base_path, version)
+        log.info("loading %s", export_dir)
+        return LoadedModel(export_dir, version, self._session_config)
+
+    def _poll_loop(self) -> None:
+        while not self._stopping.wait(self.poll_seconds):
+            try:
+                self.poll_once()
+            except Exception:  # e.g. the base path vanished for a moment; try next time
+                log.exception("polling %s failed", self.model_base_path)
+
+
+def serve(model_base_path: str, **kwargs) -> StandInServer:
+    """Start a StandInServer (keyword arguments as its constructor) and return it."""
+    server = StandInServer(model_base_path, **kwargs)
+    server.start()
+    return server
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.server",
+        description="Local stand-in for TF Serving's gRPC API (development and tests; "
+                    "production uses TF Serving, see docs/deployment.md).")
+    parser.add_argument("--model_base_path", required=True,
+                        help="directory holding <version>/saved_model.pb; the highest "
+                             "numeric version is served")
+    parser.add_argument("--model_name", default="unisar")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: local only)")
+    parser.add_argument("--port", type=int, default=8500, help="0 = any free port")
+    parser.add_argument("--poll_seconds", type=float, default=0.0,
+                        help="check for a newer version every N seconds (0 = never)")
+    parser.add_argument("--max_workers", type=int, default=4, help="gRPC handler threads")
+    parser.add_argument("--intra_op_threads", type=int, default=0,
+                        help="TF session intra-op threads (0 = TensorFlow's choice)")
+    parser.add_argument("--inter_op_threads", type=int, default=0,
+                        help="TF session inter-op threads (0 = TensorFlow's choice)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    server = StandInServer(args.model_base_path, model_name=args.model_name, host=args.host,
+                           port=args.port, max_workers=args.max_workers,
+                           poll_seconds=args.poll_seconds,
+                           intra_op_threads=args.intra_op_threads,
+                           inter_op_threads=args.inter_op_threads)
+    try:
+        server.start()
+    except Exception as e:  # no version, version fails to load, port taken: say which
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    print(f"serving model {server.model_name} version {server.version} at {server.address}",
+          flush=True)
+    # Waiting on an Event with a timeout keeps the main thread responsive to signals.
+    while not done.wait(1.0):
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

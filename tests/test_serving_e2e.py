@@ -1,0 +1,105 @@
+"""A real UniSAR export behind the stand-in (and behind TF Serving when its binary is on PATH):
+client -> server -> scores equal the in-process model's, for both signatures."""
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import SMALL_MODEL as SMALL, write_vocabularies
+from serving.client import ScoringRequestError, UniSARClient
+from serving.server import StandInServer
+from unisar_tf.config import UniSARConfig
+from unisar_tf.export import push, raw_request_from_features, read_vocabularies
+from unisar_tf.model import build_model
+from unisar_tf.synthetic import random_feature_batch
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory):
+    tf.keras.utils.set_random_seed(5)
+    config = UniSARConfig(**SMALL)
+    model = build_model(config)
+    root = tmp_path_factory.mktemp("serving")
+    vocab_dir = write_vocabularies(root / "vocab", config)
+    path = push(model, vocab_dir, str(root / "serving"))
+    features = random_feature_batch(config, 4, 9, True, np.random.default_rng(6))
+    expected = {task: scores.numpy() for task, scores in model(features).items()}
+    raw = raw_request_from_features(features, read_vocabularies(vocab_dir))
+    return os.path.dirname(path), raw, expected
+
+
+@pytest.fixture(scope="module")
+def stand_in(pushed):
+    server = StandInServer(pushed[0], port=0)
+    port = server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop()
+
+
+def _check_parity(target, raw, expected):
+    with UniSARClient(target, timeout_seconds=10) as client:
+        search = client.predict("search", raw)["scores"]
+        rec_inputs = {k: v for k, v in raw.items() if k != "query"}
+        recommend = client.predict("recommend", rec_inputs)["scores"]
+    np.testing.assert_allclose(search, expected["search"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(recommend, expected["rec"], rtol=1e-5, atol=1e-6)
+
+
+def test_stand_in_scores_equal_the_in_process_model(pushed, stand_in):
+    _, raw, expected = pushed
+    _check_parity(stand_in, raw, expected)
+
+
+def test_unknown_user_items_and_words_score_through_the_server(stand_in):
+    with UniSARClient(stand_in, timeout_seconds=10) as client:
+        scores = client.search("nobody", "words nobody typed", ["i3", "no-such-item", "i4"],
+                               rec_history=[("ghost-item", 1)],
+                               search_history=[("w1 unknown", ["i2", "ghost"], 2)])
+        rec = client.recommend("nobody", ["no-such-item"])
+    assert scores.shape == (3,) and np.all(np.isfinite(scores))
+    assert rec.shape == (1,) and np.isfinite(rec[0])
+
+
+def test_inconsistent_lengths_are_invalid_argument_and_the_server_keeps_serving(pushed,
+                                                                              stand_in):
+    _, raw, expected = pushed
+    bad = dict(raw, rec_history_length=raw["rec_history_length"] + 100)
+    with UniSARClient(stand_in, timeout_seconds=10) as client:
+        with pytest.raises(ScoringRequestError, match="rec_history_length exceeds"):
+            client.predict("search", bad)
+    _check_parity(stand_in, raw, expected)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("tensorflow_model_server") is None,
+                    reason="tensorflow_model_server is not on PATH (it cannot be installed on "
+                           "these machines; production images have it)")
+def test_real_tf_serving_scores_equal_the_in_process_model(pushed):
+    base_path, raw, expected = pushed
+    port = _free_port()
+    process = subprocess.Popen(
+        ["tensorflow_model_server", f"--port={port}", "--model_name=unisar",
+         f"--model_base_path={os.path.abspath(base_path)}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while True:  # ready once a request succeeds; UNAVAILABLE is retried by the client
+            try:
+                _check_parity(f"127.0.0.1:{port}", raw, expected)
+                break
+            except Exception:
+                if time.time() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.5)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
