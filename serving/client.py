@@ -91,6 +91,12 @@ def build_inputs(user_id: str, candidates: Sequence[str],
     return inputs
 
 
+def _own_scores(outputs: Mapping[str, np.ndarray], candidates: Sequence[str]) -> np.ndarray:
+    """This request's scores. TF Serving's batching pads candidates to the widest request in
+    the batch (pad_variable_length_inputs), so a response can hold more than were sent."""
+    return outputs["scores"][0, :len(candidates)].astype(np.float32)
+
+
 class UniSARClient:
     """Scores candidates for one user against a TF Serving (or stand-in) endpoint.
 
@@ -157,14 +163,14 @@ class UniSARClient:
                   search_history: Sequence[SearchEvent] = ()) -> np.ndarray:
         """float32 scores, one per candidate, from the `recommend` signature."""
         inputs = build_inputs(user_id, candidates, rec_history, search_history)
-        return self.predict(RECOMMEND, inputs)["scores"][0].astype(np.float32)
+        return _own_scores(self.predict(RECOMMEND, inputs), candidates)
 
     def search(self, user_id: str, query: str, candidates: Sequence[str],
                rec_history: Sequence[RecEvent] = (),
                search_history: Sequence[SearchEvent] = ()) -> np.ndarray:
         """float32 scores, one per candidate, from the `search` signature."""
         inputs = build_inputs(user_id, candidates, rec_history, search_history, query=query)
-        return self.predict(SEARCH, inputs)["scores"][0].astype(np.float32)
+        return _own_scores(self.predict(SEARCH, inputs), candidates)
 
     def metadata(self) -> dict:
         """{"model_name", "version", "signatures": {name: {"inputs"|"outputs":

@@ -261,3 +261,15 @@ def test_cli_subprocess(target):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["scores"] == [{"item": "item_c", "score": 3.0},
                                                    {"item": "item_a", "score": 1.0}]
+
+
+def test_scores_padded_by_server_side_batching_are_dropped(monkeypatch):
+    """TF Serving's batching pads candidates to the widest request in the batch; a request
+    of 2 candidates batched with one of 5 gets 5 scores back and must keep its own 2."""
+    client = UniSARClient("127.0.0.1:1")
+    padded = {"scores": np.array([[0.9, 0.1, 0.9, 0.9, 0.9]], np.float32)}
+    monkeypatch.setattr(client, "predict", lambda signature, inputs: padded)
+    np.testing.assert_array_equal(client.recommend("u", ["a", "b"]), padded["scores"][0, :2])
+    np.testing.assert_array_equal(client.search("u", "q", ["a", "b", "c"]),
+                                  padded["scores"][0, :3])
+    client.close()
