@@ -22,6 +22,11 @@ from typing import Dict, List
 
 import numpy as np
 
+# As in serving/server.py: oneDNN slows down single-request scoring (docs/benchmarks.md).
+# Set before TensorFlow is imported; --onednn keeps it on for comparison.
+if "--onednn" not in sys.argv:
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 
 def percentiles(milliseconds: List[float]) -> Dict[str, float]:
     values = np.asarray(milliseconds)
@@ -192,6 +197,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--server_args", default="",
                         help="extra stand-in flags, e.g. '--max_workers 8'")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--onednn", action="store_true",
+                        help="keep TF's oneDNN kernels on (off by default, as in the stand-in)")
     args = parser.parse_args(argv)
 
     from serving.server import list_versions
@@ -201,7 +208,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"no version under {args.model_base_path}")
     export_dir = os.path.join(args.model_base_path, str(versions[-1]))
     requests = load_requests(args.data_dir, args.requests)
-    result = {"export_dir": export_dir, "candidates": int(
+    result = {"export_dir": export_dir, "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0",
+              "candidates": int(
         requests["search"][0]["candidate_item_ids"].shape[1])}
     result["in_process"] = in_process_latency(export_dir, requests)
     built = predict_requests(requests, args.model_name)

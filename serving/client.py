@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+# A command-line client: TensorFlow's C++ start-up chatter is not for its users.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import grpc
 import numpy as np

@@ -101,6 +101,19 @@ def test_equal_timestamps_put_rec_first(exported):
     np.testing.assert_array_equal(types[:3], [TYPE_REC, TYPE_SEARCH, TYPE_REC])
 
 
+def test_rec_behaviours_on_unknown_items_are_left_out(exported):
+    config, _, vocab_dir, _, _ = exported
+    mapper = RawFeatureMapper(vocab_dir, config.sequence_shapes)
+    request = _request(rec=[("i1", 1), ("ghost", 2), ("i2", 3)],
+                       search=[("w1 ghostword", ["ghost", "i4"], 2)])
+    features = {k: v.numpy()[0] for k, v in mapper(_as_tensors(request)).items()}
+    np.testing.assert_array_equal(features[REC_HISTORY_ITEMS][:3], [1, 2, 0])
+    np.testing.assert_array_equal(features[HISTORY_TYPES][:4], [TYPE_REC, TYPE_SEARCH,
+                                                                TYPE_REC, 0])
+    np.testing.assert_array_equal(features[SEARCH_HISTORY_QUERY_TOKENS][0], [1, 0, 0, 0])
+    np.testing.assert_array_equal(features[SEARCH_HISTORY_CLICKED_ITEMS][0], [0, 4])
+
+
 def _request(rec=(), search=(), user="u1", candidates=("i1", "i2", "i3"), query=None):
     """One request row; empty histories are sent as one padding slot with length 0."""
     rec = list(rec) or [("", 0)]
@@ -128,10 +141,12 @@ def test_unknown_ids_and_empty_histories_score_without_nan(exported):
     cold = _request(user="never-seen", candidates=("i1", "not-an-item", ""), query="no such words")
     scores = reloaded.signatures["search"](**_as_tensors(cold))["scores"].numpy()
     assert scores.shape == (1, 3) and np.all(np.isfinite(scores))
-    assert np.all((scores > 0) & (scores < 1))
+    # A known candidate gets a model score; unknown ones (and "") rank last with 0.
+    assert 0 < scores[0, 0] < 1 and scores[0, 1] == 0 and scores[0, 2] == 0
     del cold["query"]
     rec = reloaded.signatures["recommend"](**_as_tensors(cold))["scores"].numpy()
     assert rec.shape == (1, 3) and np.all(np.isfinite(rec))
+    assert 0 < rec[0, 0] < 1 and rec[0, 1] == 0 and rec[0, 2] == 0
 
 
 def test_history_changes_the_scores(exported):

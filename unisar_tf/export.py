@@ -21,7 +21,9 @@ and clicks_per_session clicks, as the data job does):
 
 Output: {"scores": (B, C) float32}, click probabilities. Ids are mapped inside the graph with
 the vocabularies the data job wrote for training (`vocab/{users,items,words}.txt`, line k = id
-k); anything not in them (and "") becomes id 0, padding/out-of-vocabulary, and still scores.
+k); anything not in them (and "") becomes id 0, padding/out-of-vocabulary. Unknown users
+and words still score; an unknown candidate item gets score 0 (the model knows nothing of it)
+and a rec behaviour on an unknown item is left out of the history.
 Timestamps only order the two histories into the mixed sequence; ties put rec first, as the
 data job does.
 
@@ -119,25 +121,29 @@ class RawFeatureMapper(tf.Module):
         return ids.to_tensor(default_value=0, shape=shape)
 
     @staticmethod
-    def _latest(timestamps: tf.Tensor, length: tf.Tensor, keep: int, name: str):
-        """Indices of the last `keep` behaviours by time among the first `length` slots.
-
-        timestamps (B, N), length (B,) -> indices (B, keep) into N, oldest first, and
-        valid (B, keep) bool (a prefix). The clock orders them, not the slot order the client
-        sent; equal timestamps keep the slot order.
-        """
-        width = tf.shape(timestamps, out_type=tf.int64)[1]
+    def _real_slots(length: tf.Tensor, width: tf.Tensor, name: str) -> tf.Tensor:
+        """(B,) lengths -> (B, N) bool, after checking 0 <= length <= N (named errors)."""
         checks = [
             tf.debugging.assert_non_negative(length, message=f"{name}_length must be >= 0"),
             tf.debugging.assert_less_equal(
                 length, width, message=f"{name}_length exceeds the width of {name}_timestamps"),
         ]
         with tf.control_dependencies(checks):
-            slots = tf.range(width)[tf.newaxis, :]
-            real = slots < length[:, tf.newaxis]
+            return tf.range(width)[tf.newaxis, :] < length[:, tf.newaxis]
+
+    @staticmethod
+    def _latest(timestamps: tf.Tensor, real: tf.Tensor, keep: int):
+        """Indices of the last `keep` real behaviours by time.
+
+        timestamps (B, N), real (B, N) bool -> indices (B, keep) into N, oldest first, and
+        valid (B, keep) bool (a prefix). The clock orders them, not the slot order the client
+        sent; equal timestamps keep the slot order.
+        """
+        width = tf.shape(timestamps, out_type=tf.int64)[1]
         by_time = tf.argsort(tf.where(real, timestamps, _LATEST), axis=1, stable=True)
-        kept = tf.minimum(length, keep)  # (B,)
-        start = length - kept
+        count = tf.reduce_sum(tf.cast(real, tf.int64), axis=1)
+        kept = tf.minimum(count, keep)  # (B,)
+        start = count - kept
         offsets = tf.range(keep, dtype=tf.int64)[tf.newaxis, :]
         valid = offsets < kept[:, tf.newaxis]
         # Clipped so rows with fewer behaviours gather in range; masked by `valid` after.
@@ -161,14 +167,23 @@ class RawFeatureMapper(tf.Module):
                                          axis=2)
         search_time_raw = at_least_one(inputs["search_history_timestamps"])
 
-        rec_index, rec_valid = self._latest(rec_time_raw, inputs["rec_history_length"],
-                                            shapes.rec_len, "rec_history")
-        search_index, search_valid = self._latest(search_time_raw,
-                                                  inputs["search_history_length"],
-                                                  shapes.search_len, "search_history")
+        def width(tensor):
+            return tf.shape(tensor, out_type=tf.int64)[1]
 
-        rec_items = tf.where(rec_valid, self._ids(self.items, tf.gather(rec_ids_raw, rec_index,
-                                                                        batch_dims=1)), 0)
+        # A rec behaviour whose item the vocabulary does not know is left out: the model has
+        # nothing for it (id 0 is padding). Search sessions stay; unknown words and clicked
+        # items inside them become padding.
+        rec_ids_all = self._ids(self.items, rec_ids_raw)
+        rec_real = tf.logical_and(
+            self._real_slots(inputs["rec_history_length"], width(rec_time_raw), "rec_history"),
+            rec_ids_all > 0)
+        search_real = self._real_slots(inputs["search_history_length"], width(search_time_raw),
+                                       "search_history")
+        rec_index, rec_valid = self._latest(rec_time_raw, rec_real, shapes.rec_len)
+        search_index, search_valid = self._latest(search_time_raw, search_real,
+                                                  shapes.search_len)
+
+        rec_items = tf.where(rec_valid, tf.gather(rec_ids_all, rec_index, batch_dims=1), 0)
         queries = self._tokens(tf.gather(search_text_raw, search_index, batch_dims=1))
         queries = queries * tf.cast(search_valid, tf.int64)[..., tf.newaxis]
         clicks_raw = tf.gather(search_clicks_raw, search_index, batch_dims=1)[
@@ -208,6 +223,15 @@ def _example_parse_spec(shapes) -> Dict[str, object]:
     return spec
 
 
+def known_candidates_only(scores: tf.Tensor, candidate_ids: tf.Tensor) -> tf.Tensor:
+    """(B, C) scores with 0 for candidates outside the item vocabulary (id 0).
+
+    The model has no embedding for such an item: id 0 is the padding row, which training
+    never fits, and its score is arbitrary (it can rank first). 0 ranks it last instead.
+    """
+    return tf.where(candidate_ids > 0, scores, tf.zeros_like(scores))
+
+
 class ServingFunctions(tf.Module):
     """The signature functions and what they need (the model and the vocabulary tables)."""
 
@@ -218,7 +242,8 @@ class ServingFunctions(tf.Module):
 
     def score_raw(self, inputs: Dict[str, tf.Tensor], task: str) -> Dict[str, tf.Tensor]:
         features = self.mapper(inputs)
-        return {"scores": self.model(features, training=False)[task]}
+        scores = self.model(features, training=False)[task]
+        return {"scores": known_candidates_only(scores, features[CANDIDATE_ITEMS])}
 
     def score_examples(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
         """(B,) serialized tf.Examples -> {"scores": (B, C)}; C = the most candidates sent."""
@@ -228,20 +253,23 @@ class ServingFunctions(tf.Module):
                     if not isinstance(value, tf.sparse.SparseTensor)}
         features[CANDIDATE_ITEMS] = tf.sparse.to_dense(parsed[CANDIDATE_ITEMS])
         tasks = self.model.config.tasks
+        candidates = features[CANDIDATE_ITEMS]
         if "search" not in tasks:
-            return {"scores": self.model(features, training=False)["rec"]}
+            return {"scores": known_candidates_only(
+                self.model(features, training=False)["rec"], candidates)}
         query = tf.sparse.to_dense(parsed[QUERY_TOKENS])[:, :shapes.query_len]
         features[QUERY_TOKENS] = tf.pad(query, [[0, 0], [0, shapes.query_len - tf.shape(query)[1]]])
         scores = self.model(features, training=False)
         if "rec" not in tasks:
-            return {"scores": scores["search"]}
+            return {"scores": known_candidates_only(scores["search"], candidates)}
         # Search examples are the ones that carry query_tokens at all (the data job writes
         # them padded, so even a query of unknown words has entries).
         rows_with_query = parsed[QUERY_TOKENS].indices[:, 0]
         is_search = tf.scatter_nd(rows_with_query[:, tf.newaxis],
                                   tf.ones_like(rows_with_query, tf.int32),
                                   tf.shape(examples, out_type=tf.int64)) > 0
-        return {"scores": tf.where(is_search[:, tf.newaxis], scores["search"], scores["rec"])}
+        return {"scores": known_candidates_only(
+            tf.where(is_search[:, tf.newaxis], scores["search"], scores["rec"]), candidates)}
 
     def signatures(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
         functions = {}

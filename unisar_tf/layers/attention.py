@@ -253,7 +253,7 @@ class TargetAttention(tf.keras.layers.Layer):
     """Eq. 8: v = V^T softmax(V W e_i) per candidate, padding masked, no 1/sqrt(d).
 
     sequence (B, L, d), targets (B, C, d), mask (B, L) bool -> (B, C, d). The history is
-    encoded once per row and pooled for every candidate in one einsum. A row with no valid
+    encoded once per row and pooled for every candidate in one batched matmul. A row with no valid
     position pools to exact zeros.
     """
 
@@ -269,9 +269,11 @@ class TargetAttention(tf.keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, sequence, targets, mask, return_attention_scores=False):
-        logits = tf.einsum("bld,de,bce->bcl", sequence, self.kernel, targets)
+        # (V W) first, once per row; then one batched matmul per row for all candidates.
+        keys = tf.matmul(sequence, self.kernel)  # (B, L, d)
+        logits = tf.matmul(targets, keys, transpose_b=True)  # (B, C, L)
         weights = masked_softmax(logits, mask[:, tf.newaxis, :])
-        pooled = tf.einsum("bcl,bld->bcd", weights, sequence)
+        pooled = tf.matmul(weights, sequence)  # (B, C, d)
         if return_attention_scores:
             return pooled, weights
         return pooled
