@@ -1,5 +1,6 @@
 """The data job's TFRecords feed the model: reader shapes, config sizes, one training step."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -83,6 +84,18 @@ def test_missing_split_files_raise_naming_the_pattern(tmp_path):
         data.load_manifest(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="train/rec"):
         data.example_files(str(tmp_path), "train", "rec")
+
+
+def test_example_files_follow_the_manifests_layout(tmp_path):
+    """A TFX Examples artifact keeps splits in Split-<name>/; the manifest says where."""
+    os.makedirs(tmp_path / "Split-train_rec")
+    (tmp_path / "Split-train_rec" / "data_tfrecord-00000-of-00001.gz").write_bytes(b"")
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"files": {"train/rec": "Split-train_rec/data_tfrecord-*.gz"}}))
+    assert data.example_files(str(tmp_path), "train", "rec") == [
+        str(tmp_path / "Split-train_rec" / "data_tfrecord-00000-of-00001.gz")]
+    with pytest.raises(FileNotFoundError, match="train/search"):  # not in the manifest
+        data.example_files(str(tmp_path), "train", "search")
 
 
 def test_query_matching_rank_metrics_by_hand():

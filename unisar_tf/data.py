@@ -51,7 +51,15 @@ def config_with_data_sizes(config: UniSARConfig, manifest: dict) -> UniSARConfig
 
 
 def example_files(data_dir: str, split: str, scenario: str) -> list:
+    """The split's TFRecord files: the manifest's `files` pattern (relative to data_dir), so
+    another layout (e.g. a TFX Examples artifact's Split-<name>/) reads the same way."""
     pattern = os.path.join(data_dir, split, f"{scenario}-*.tfrecord.gz")
+    manifest_path = os.path.join(data_dir, MANIFEST_FILE)
+    if tf.io.gfile.exists(manifest_path):
+        with tf.io.gfile.GFile(manifest_path) as handle:
+            relative = json.load(handle).get("files", {}).get(f"{split}/{scenario}")
+        if relative:
+            pattern = os.path.join(data_dir, relative)
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(f"no example files match {pattern}")
