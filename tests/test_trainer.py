@@ -25,7 +25,8 @@ from pipeline import sequence_builder as sb
 from pipeline.adapters import amazon
 from unisar_tf import data
 from unisar_tf.config import amazon_preset
-from unisar_tf.evaluate import evaluate_best
+from unisar_tf.evaluate import evaluate_best, evaluate_saved_model
+from unisar_tf.export import export_serving_model
 from unisar_tf.metrics import ranking_metrics
 from unisar_tf.model import build_model, dummy_features
 from unisar_tf.trainer import (Trainer, TrainerOptions, epoch_steps, load_trained_model,
@@ -413,6 +414,21 @@ def test_evaluate_best_scores_the_best_checkpoint_and_writes_the_report(built, p
     for variable, value in zip(model.trainable_weights, last_weights):
         variable.assign(value)
     assert {task: metrics(task) for task in ("rec", "search")} != best_metrics
+
+
+def test_the_exported_model_scores_the_test_split_like_the_checkpoint(built, policy_run,
+                                                                      tmp_path):
+    """evaluate_saved_model goes through serving_default on the serialized examples."""
+    out, _ = built
+    model = load_trained_model(policy_run.model_dir, out)
+    path = export_serving_model(model, os.path.join(out, "vocab"), str(tmp_path / "1"))
+    from_export = evaluate_saved_model(path, out, "test")
+    report = evaluate_best(policy_run.model_dir, out, "test", with_baselines=False, write=False)
+    for task in ("rec", "search"):
+        assert from_export[task]["examples"] == report["unisar"][task]["examples"]
+        for name in ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"):
+            assert from_export[task][name] == pytest.approx(report["unisar"][task][name],
+                                                            abs=1e-6), (task, name)
 
 
 # ---------------------------------------------------------------------- resume

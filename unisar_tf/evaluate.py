@@ -82,6 +82,31 @@ def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
     return report
 
 
+def evaluate_saved_model(export_dir: str, data_dir: str, split: str = "test",
+                         tasks=("rec", "search"), batch_size: int = 512
+                         ) -> Dict[str, Dict[str, float]]:
+    """{task: HR/NDCG} of an exported SavedModel, through its `serving_default` signature.
+
+    Scores the data job's serialized examples exactly as batch inference would (the
+    signature picks the search head for examples with query_tokens), so what is measured
+    is the artifact that gets pushed, not the training checkpoint.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from unisar_tf.export import EXAMPLES_SIGNATURE
+    from unisar_tf.metrics import ranking_metrics
+
+    score = tf.saved_model.load(export_dir).signatures[EXAMPLES_SIGNATURE]
+    results = {}
+    for task in tasks:
+        records = tf.data.TFRecordDataset(data.example_files(data_dir, split, task),
+                                          compression_type="GZIP").batch(batch_size)
+        scores = np.concatenate([score(examples=batch)["scores"].numpy() for batch in records])
+        results[task] = dict(ranking_metrics(scores), examples=int(len(scores)))
+    return results
+
+
 def report_markdown(report: dict) -> str:
     rows = {name: report[name] for name in ("unisar", "popularity", "random") if name in report}
     return (f"Test-split metrics ({report['split']}), best validation epoch "
