@@ -12,6 +12,9 @@ Output layout under `output_dir`:
     manifest.json, schema.pbtxt, vocab/{users,items,words}.txt (line k = id k),
     vocab/item_clicks.tsv, {train,valid,test}/{rec,search}-*.tfrecord.gz,
     rejected/rejected-*.jsonl, side_features/{items,users}-*.jsonl (when the adapter has them).
+With `layout="tfx"` the examples go to Split-<split>_<scenario>/data-*.tfrecord.gz instead
+(a TFX Examples artifact's layout, e.g. Split-train_rec/); everything else is the same, and
+the manifest's `files` patterns say where the examples are.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
+from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import schema_pb2
 
 from feature_specs import event_schema as es
 from feature_specs import tfmd_schema
@@ -41,8 +46,32 @@ DEFAULT_LOCAL_BEAM_ARGS = ("--runner=DirectRunner", "--direct_num_workers=2",
                            "--direct_running_mode=multi_processing")
 
 
-def example_pattern(output_dir: str, split: str, scenario: str) -> str:
-    return os.path.join(output_dir, split, f"{scenario}-*{EXAMPLE_FILE_SUFFIX}")
+# Where the examples of one split and scenario go: "job" = <split>/<scenario>-*.tfrecord.gz
+# (the default), "tfx" = Split-<split>_<scenario>/data-*.tfrecord.gz, the layout of a TFX
+# Examples artifact whose split names are tfx_split_name(split, scenario).
+LAYOUT_JOB = "job"
+LAYOUT_TFX = "tfx"
+LAYOUTS = (LAYOUT_JOB, LAYOUT_TFX)
+
+
+def tfx_split_name(split: str, scenario: str) -> str:
+    """("train", "rec") -> "train_rec": one TFX split per split and scenario."""
+    return f"{split}_{scenario}"
+
+
+def example_prefix(output_dir: str, split: str, scenario: str,
+                   layout: str = LAYOUT_JOB) -> str:
+    """Path prefix of the example shards (WriteToTFRecord adds -SSSSS-of-NNNNN + suffix)."""
+    if layout == LAYOUT_TFX:
+        return os.path.join(output_dir, f"Split-{tfx_split_name(split, scenario)}", "data")
+    if layout != LAYOUT_JOB:
+        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
+    return os.path.join(output_dir, split, scenario)
+
+
+def example_pattern(output_dir: str, split: str, scenario: str,
+                    layout: str = LAYOUT_JOB) -> str:
+    return f"{example_prefix(output_dir, split, scenario, layout)}-*{EXAMPLE_FILE_SUFFIX}"
 
 
 # --- vocabularies -----------------------------------------------------------------------------
@@ -174,7 +203,8 @@ def _side_vocab_keys(row: dict):
 
 
 def build_pipeline(pipeline: beam.Pipeline, adapter_output: common.AdapterOutput,
-                   options: sb.BuildOptions, output_dir: str, num_shards: int = 0) -> None:
+                   options: sb.BuildOptions, output_dir: str, num_shards: int = 0,
+                   layout: str = LAYOUT_JOB) -> None:
     """Adds the whole job to `pipeline` (the caller runs it)."""
     events = adapter_output.events
     stats: List = list(adapter_output.stats)
@@ -224,8 +254,8 @@ def build_pipeline(pipeline: beam.Pipeline, adapter_output: common.AdapterOutput
         label = f"{split}_{scenario}"
         (part | f"Bytes_{label}" >> beam.Map(lambda ex: ex[2])
          | f"Write_{label}" >> beam.io.WriteToTFRecord(
-             os.path.join(output_dir, split, scenario), file_name_suffix=EXAMPLE_FILE_SUFFIX,
-             num_shards=num_shards))
+             example_prefix(output_dir, split, scenario, layout),
+             file_name_suffix=EXAMPLE_FILE_SUFFIX, num_shards=num_shards))
 
     rejected = (tuple(adapter_output.rejected) | "AllRejected" >> beam.Flatten())
     (rejected | "RejectedJson" >> beam.Map(common.RejectedRow.to_json)
@@ -268,7 +298,7 @@ def _read_text(path: str) -> str:
 
 def assemble_manifest(output_dir: str, stats: Dict[str, int], options: sb.BuildOptions,
                       dataset: str, inputs: dict, beam_args: Sequence[str],
-                      wall_seconds: float) -> dict:
+                      wall_seconds: float, layout: str = LAYOUT_JOB) -> dict:
     examples = {split: {scenario: stats.get(f"examples/{split}/{scenario}", 0)
                         for scenario in es.SCENARIOS} for split in sb.SPLITS}
     rejected = {key.split("/", 1)[1]: value for key, value in stats.items()
@@ -288,7 +318,7 @@ def assemble_manifest(output_dir: str, stats: Dict[str, int], options: sb.BuildO
         "rejected_total": sum(rejected.values()),
         "counters": other,
         "files": {f"{split}/{scenario}": os.path.relpath(
-            example_pattern(output_dir, split, scenario), output_dir)
+            example_pattern(output_dir, split, scenario, layout), output_dir)
             for split in sb.SPLITS for scenario in es.SCENARIOS},
         "shapes": {"rec_len": options.rec_len, "search_len": options.search_len,
                    "query_len": options.query_len, "clicks_per_session": options.clicks_per_session,
@@ -301,18 +331,20 @@ def assemble_manifest(output_dir: str, stats: Dict[str, int], options: sb.BuildO
 
 def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: str,
         inputs: dict, beam_args: Sequence[str] = DEFAULT_LOCAL_BEAM_ARGS,
-        num_shards: int = 0) -> dict:
+        num_shards: int = 0, layout: str = LAYOUT_JOB) -> dict:
     """Builds the examples; returns (and writes) the manifest.
+
+    layout: where the example files go (LAYOUT_JOB or LAYOUT_TFX, see example_prefix).
 
     adapter_output_fn(pipeline) -> AdapterOutput; it may raise before the pipeline starts
     (missing files or columns), which is the point: fail before any worker starts.
     """
     start = time.time()
-    _remove_previous_outputs(output_dir)
+    _remove_previous_outputs(output_dir, layout)  # (raises on an unknown layout)
     pipeline_options = PipelineOptions(list(beam_args))
     pipeline = beam.Pipeline(options=pipeline_options)
     adapter_output = adapter_output_fn(pipeline)
-    build_pipeline(pipeline, adapter_output, options, output_dir, num_shards)
+    build_pipeline(pipeline, adapter_output, options, output_dir, num_shards, layout)
     if not FileSystems.exists(output_dir):
         FileSystems.mkdirs(output_dir)
     LOG.info("running the sequence-example job for %s -> %s", dataset, output_dir)
@@ -320,20 +352,25 @@ def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: s
     result.wait_until_finish()
     stats = json.loads(_read_text(os.path.join(output_dir, STATS_FILE)))
     manifest = assemble_manifest(output_dir, stats, options, dataset, inputs, beam_args,
-                                 time.time() - start)
+                                 time.time() - start, layout)
     with FileSystems.create(os.path.join(output_dir, "schema.pbtxt")) as handle:
-        handle.write(tfmd_schema.schema_text(
-            options.shapes, 1 + options.num_train_negatives,
-            1 + options.num_eval_negatives, options.train_negative_pool).encode("utf-8"))
+        handle.write(text_format.MessageToString(example_schema(options)).encode("utf-8"))
     with FileSystems.create(os.path.join(output_dir, MANIFEST_FILE)) as handle:
         handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
     return manifest
 
 
-def _remove_previous_outputs(output_dir: str) -> None:
+def example_schema(options: sb.BuildOptions) -> schema_pb2.Schema:
+    """The TFMD schema of the examples these options build (written as schema.pbtxt; the TFX
+    pipeline imports the same schema)."""
+    return tfmd_schema.build_schema(options.shapes, 1 + options.num_train_negatives,
+                                    1 + options.num_eval_negatives, options.train_negative_pool)
+
+
+def _remove_previous_outputs(output_dir: str, layout: str = LAYOUT_JOB) -> None:
     """Deletes what an earlier run wrote here (only our file patterns), so a re-run with a
     different shard count cannot leave stale shards for the readers' globs to pick up."""
-    patterns = [example_pattern(output_dir, split, scenario)
+    patterns = [example_pattern(output_dir, split, scenario, layout)
                 for split in sb.SPLITS for scenario in es.SCENARIOS]
     patterns += [os.path.join(output_dir, "rejected", "rejected-*.jsonl"),
                  os.path.join(output_dir, "side_features", "*.jsonl"),

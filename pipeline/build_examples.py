@@ -77,11 +77,15 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                        "file, for quick runs; the rest are counted, not used (0 = all)")
     build.add_argument("--num_shards", type=int, default=0,
                        help="TFRecord shards per split and scenario (0 = the runner decides)")
+    build.add_argument("--layout", choices=beam_job.LAYOUTS, default=beam_job.LAYOUT_JOB,
+                       help="example files as <split>/<scenario>-*.tfrecord.gz (job) or as a "
+                       "TFX Examples artifact's Split-<split>_<scenario>/ (tfx)")
     return parser.parse_known_args(argv)
 
 
-def _adapter(args):
-    """(adapter name, inputs record, read function)."""
+def adapter_inputs(args):
+    """(inputs record, read function) of the parsed arguments' dataset; SystemExit with the
+    missing flag when the dataset's inputs are not given."""
     if args.dataset in ("amazon_beauty", "amazon"):
         if args.dataset == "amazon_beauty":
             root = os.path.join(args.data_root, "amazon_beauty")
@@ -160,17 +164,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args, beam_args = parse_args(argv)
     if not any(arg.startswith("--runner") for arg in beam_args):
         beam_args = list(beam_job.DEFAULT_LOCAL_BEAM_ARGS) + list(beam_args)
-    inputs, read = _adapter(args)
-    options = build_options(args)
-    manifest = beam_job.run(lambda pipeline: read(pipeline, inputs), options, args.output,
-                            dataset=args.dataset, inputs=_describe(inputs),
-                            beam_args=beam_args, num_shards=args.num_shards)
+    manifest = run_job(args, beam_args)
     print(json.dumps(manifest, indent=2, sort_keys=True))
     print(f"\nexamples and manifest in {args.output}", file=sys.stderr)
     return manifest
 
 
-def _describe(inputs) -> dict:
+def run_job(args, beam_args: Sequence[str]) -> dict:
+    """Runs the job for parsed arguments (parse_args) with exactly these Beam args; returns
+    the manifest. What main() does without the logging set-up, defaults and printing; the
+    TFX component (pipeline/components/sequence_example_gen.py) calls it."""
+    inputs, read = adapter_inputs(args)
+    return beam_job.run(lambda pipeline: read(pipeline, inputs), build_options(args),
+                        args.output, dataset=args.dataset, inputs=describe_inputs(inputs),
+                        beam_args=beam_args, num_shards=args.num_shards, layout=args.layout)
+
+
+def describe_inputs(inputs) -> dict:
     """The inputs record as JSON-ready values (tuples as lists, as the manifest stores them)."""
     return json.loads(json.dumps({name: getattr(inputs, name)
                                   for name in inputs.__dataclass_fields__}))

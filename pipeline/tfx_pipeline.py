@@ -1,0 +1,85 @@
+"""The UniSAR TFX pipeline: raw logs -> sequence examples -> statistics -> schema checks.
+
+    SequenceExampleGen ─> StatisticsGen ─┬─> ExampleValidatorRec    (*_rec)    ─┬─> AnomalyGate
+    ImportSchemaGen (curated schema) ────┘   ExampleValidatorSearch (*_search) ─┘
+    ImportSchemaGenRec / ImportSchemaGenSearch: the schema's REC / SEARCH views, one per
+    validator (see pipeline/components/validation.py for why)
+
+The same definition runs with LocalDagRunner (pipeline/runners/local.py) and is what the
+Kubeflow runner compiles. Still to come (issue 5): Transform, Trainer, Evaluator, Pusher; they
+go at the marked line of `create_pipeline`, and whatever reads the examples waits for the
+gate: `transform.add_upstream_node(gate)`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+from tfx import v1 as tfx
+
+from pipeline import beam_job, build_examples
+from pipeline.components import validation
+from pipeline.components.sequence_example_gen import SPLIT_NAMES, SequenceExampleGen, job_args
+
+
+def curated_schema_files(adapter: str, data_root: str, build_options: Optional[Dict[str, Any]],
+                         schema_dir: str) -> Dict[str, str]:
+    """The curated schema for these build options (the data job's schema.pbtxt) and its
+    per-environment views, written under schema_dir: {"ALL" | "REC" | "SEARCH": path}."""
+    args = job_args(adapter, data_root, build_options, output="", resolve_inputs=False)
+    schema = beam_job.example_schema(build_examples.build_options(args))
+    return validation.write_schema_files(schema, schema_dir)
+
+
+def validators(statistics: tfx.dsl.Channel, schema_files: Dict[str, str]) -> Dict[str, List]:
+    """{environment: [ImportSchemaGen of its view, ExampleValidator of its splits]}."""
+    nodes = {}
+    for environment, splits in validation.ENVIRONMENT_SPLITS.items():
+        suffix = environment.capitalize()  # Rec, Search
+        view = tfx.components.ImportSchemaGen(
+            schema_file=schema_files[environment]).with_id(f"ImportSchemaGen{suffix}")
+        validator = tfx.components.ExampleValidator(
+            statistics=statistics, schema=view.outputs["schema"],
+            exclude_splits=[split for split in SPLIT_NAMES if split not in splits],
+        ).with_id(f"ExampleValidator{suffix}")
+        nodes[environment] = [view, validator]
+    return nodes
+
+
+def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
+                    serving_dir: str, beam_pipeline_args: Sequence[str],
+                    metadata_connection_config=None,
+                    build_options: Optional[Dict[str, Any]] = None,
+                    enable_cache: bool = True,
+                    schema_dir: Optional[str] = None) -> tfx.dsl.Pipeline:
+    """The pipeline for the raw data of `adapter` at `data_root` (see SequenceExampleGen).
+
+    build_options: build_examples flags by name, e.g. {"max_users": 200, "seed": 1}.
+    serving_dir: where the Pusher will write unisar/<version> (no Pusher yet).
+    metadata_connection_config: None on Kubeflow, which brings its own ML Metadata.
+    schema_dir: where the schema files that ImportSchemaGen reads are written when the
+    pipeline is defined (default <pipeline_root>/_schemas); it must be readable where the
+    pipeline runs.
+    """
+    del serving_dir  # the Pusher's, once it is added
+    schema_files = curated_schema_files(adapter, data_root, build_options,
+                                        schema_dir or os.path.join(pipeline_root, "_schemas"))
+
+    example_gen = SequenceExampleGen(data_root=data_root, adapter=adapter,
+                                     build_options=build_options)
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_files["ALL"])
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"])
+    checks = validators(statistics_gen.outputs["statistics"], schema_files)
+    gate = validation.AnomalyGate(
+        rec_anomalies=checks["REC"][1].outputs["anomalies"],
+        search_anomalies=checks["SEARCH"][1].outputs["anomalies"])
+    components = [example_gen, schema_gen, statistics_gen,
+                  *[node for nodes in checks.values() for node in nodes], gate]
+
+    # --- Transform / Trainer / Evaluator / Pusher go here; data consumers depend on `gate`.
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name, pipeline_root=pipeline_root, components=components,
+        enable_cache=enable_cache, metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(beam_pipeline_args))
