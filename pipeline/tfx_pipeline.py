@@ -1,14 +1,16 @@
-"""The UniSAR TFX pipeline: raw logs -> sequence examples -> statistics -> schema checks.
+"""The UniSAR TFX pipeline: raw logs -> sequence examples -> checks -> train -> bless -> push.
 
     SequenceExampleGen ─> StatisticsGen ─┬─> ExampleValidatorRec    (*_rec)    ─┬─> AnomalyGate
-    ImportSchemaGen (curated schema) ────┘   ExampleValidatorSearch (*_search) ─┘
-    ImportSchemaGenRec / ImportSchemaGenSearch: the schema's REC / SEARCH views, one per
-    validator (see pipeline/components/validation.py for why)
+    ImportSchemaGen (curated schema) ────┘   ExampleValidatorSearch (*_search) ─┘       │
+    ImportSchemaGenRec / ImportSchemaGenSearch: the schema's REC / SEARCH views, one per │
+    validator (see pipeline/components/validation.py for why)                           ▼
+    Trainer (pipeline.trainer_module.run_fn) ─> RankingEvaluator ─> Pusher (if blessed)
+    LatestBlessedModelResolver ────────────────┘ (the last blessed model, to beat)
 
 The same definition runs with LocalDagRunner (pipeline/runners/local.py) and is what the
-Kubeflow runner compiles. Still to come (issue 5): Transform, Trainer, Evaluator, Pusher; they
-go at the marked line of `create_pipeline`, and whatever reads the examples waits for the
-gate: `transform.add_upstream_node(gate)`.
+Kubeflow runner compiles (pipeline/runners/kubeflow.py). Not yet in it (issue 5): Transform
+(vocabularies via tensorflow-transform); the vocabularies are the data job's for now.
+Whatever reads the examples waits for the gate (`add_upstream_node(gate)`).
 """
 from __future__ import annotations
 
@@ -17,8 +19,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tfx import v1 as tfx
 
-from pipeline import beam_job, build_examples
+from unisar_tf.export import MODEL_NAME
+
+from pipeline import beam_job, build_examples, trainer_module
 from pipeline.components import validation
+from pipeline.components.ranking_evaluator import RankingEvaluator
 from pipeline.components.sequence_example_gen import SPLIT_NAMES, SequenceExampleGen, job_args
 
 
@@ -51,17 +56,22 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
                     metadata_connection_config=None,
                     build_options: Optional[Dict[str, Any]] = None,
                     enable_cache: bool = True,
-                    schema_dir: Optional[str] = None) -> tfx.dsl.Pipeline:
+                    schema_dir: Optional[str] = None,
+                    train_config: Optional[Dict[str, Any]] = None,
+                    min_improvement: float = 0.0) -> tfx.dsl.Pipeline:
     """The pipeline for the raw data of `adapter` at `data_root` (see SequenceExampleGen).
 
     build_options: build_examples flags by name, e.g. {"max_users": 200, "seed": 1}.
-    serving_dir: where the Pusher will write unisar/<version> (no Pusher yet).
+    serving_dir: the Pusher writes blessed models to <serving_dir>/unisar/<version>, the
+    layout TF Serving (and serving/server.py) watch.
     metadata_connection_config: None on Kubeflow, which brings its own ML Metadata.
     schema_dir: where the schema files that ImportSchemaGen reads are written when the
     pipeline is defined (default <pipeline_root>/_schemas); it must be readable where the
     pipeline runs.
+    train_config: the Trainer's custom_config (pipeline/trainer_module.py: preset,
+    config_overrides, max_epochs, steps_per_epoch, validation_rows, seed).
+    min_improvement: NDCG@10 margin the model must beat the baselines by to be pushed.
     """
-    del serving_dir  # the Pusher's, once it is added
     schema_files = curated_schema_files(adapter, data_root, build_options,
                                         schema_dir or os.path.join(pipeline_root, "_schemas"))
 
@@ -77,7 +87,30 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
     components = [example_gen, schema_gen, statistics_gen,
                   *[node for nodes in checks.values() for node in nodes], gate]
 
-    # --- Transform / Trainer / Evaluator / Pusher go here; data consumers depend on `gate`.
+    # Named by its import path: the project is installed where components run (the venv
+    # here, the Dockerfile's image on Kubeflow), so TFX need not package a module file.
+    trainer = tfx.components.Trainer(
+        run_fn="pipeline.trainer_module.run_fn",
+        examples=example_gen.outputs["examples"],
+        train_args=tfx.proto.TrainArgs(splits=list(trainer_module.TRAIN_SPLITS)),
+        eval_args=tfx.proto.EvalArgs(splits=list(trainer_module.EVAL_SPLITS)),
+        custom_config=dict(train_config or {}))
+    trainer.add_upstream_node(gate)
+    last_blessed = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModelResolver")
+    evaluator = RankingEvaluator(examples=example_gen.outputs["examples"],
+                                 model=trainer.outputs["model"],
+                                 baseline_model=last_blessed.outputs["model"],
+                                 min_improvement=min_improvement)
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=os.path.join(serving_dir, MODEL_NAME))))
+    components += [trainer, last_blessed, evaluator, pusher]
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, components=components,

@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import shutil
+import types
 
 import pytest
 import tensorflow as tf
@@ -17,8 +18,9 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 from feature_specs import example_schema as fs
 from feature_specs import tfmd_schema
-from pipeline import beam_job
+from pipeline import beam_job, trainer_module
 from pipeline import sequence_builder as sb
+from pipeline.components import ranking_evaluator
 from pipeline.components import sequence_example_gen as seg
 from pipeline.components import validation
 from pipeline.runners import local
@@ -36,13 +38,25 @@ EXAMPLES = {"train_rec": 1, "train_search": 1, "valid_rec": 2, "valid_search": 2
             "test_rec": 3, "test_search": 3}
 COMPONENTS = ["SequenceExampleGen", "ImportSchemaGen", "ImportSchemaGenRec",
               "ImportSchemaGenSearch", "StatisticsGen", "ExampleValidatorRec",
-              "ExampleValidatorSearch", "AnomalyGate"]
+              "ExampleValidatorSearch", "AnomalyGate", "Trainer", "LatestBlessedModelResolver",
+              "RankingEvaluator", "Pusher"]
+# A small model and one short epoch: the fixture has a handful of examples.
+TRAIN_CONFIG = {"max_epochs": 1, "steps_per_epoch": 2, "config_overrides": {
+    "batch_size": 4, "embedding_dim": 8, "raw_embedding_dim": 4, "feed_forward_dim": 8,
+    "expert_units": 4, "tower_units": [8], "head_units": [8], "num_relevance_negatives": 4}}
+# The fixture's 3 test lists of 4 candidates cannot tell a model from popularity reliably,
+# so the good run blesses anything not 1.0 NDCG@10 below it; the blessing rule itself is
+# tested on its own below, and a run with an impossible margin must not push.
+ALWAYS_BLESS = -1.0
 
 
-def run_pipeline(root, enable_cache=True, name="unisar_test"):
+def run_pipeline(root, enable_cache=True, name="unisar_test", min_improvement=ALWAYS_BLESS,
+                 train_config=None):
     return local.run(name, str(root / "pipeline"), EVENT_LOG_DIR, "event_log",
                      str(root / "serving"), IN_MEMORY, str(root / "metadata.sqlite"),
-                     dict(BUILD_OPTIONS), enable_cache=enable_cache)
+                     dict(BUILD_OPTIONS), enable_cache=enable_cache,
+                     train_config=train_config or TRAIN_CONFIG,
+                     min_improvement=min_improvement)
 
 
 def store_of(root):
@@ -160,12 +174,87 @@ def test_environment_views_validate_like_tfdv_environments(good_run):
             assert (not got.anomaly_info) == in_own_environment, (split, environment)
 
 
-def test_rerun_with_cache_reuses_every_execution(good_run):
+def test_rerun_with_cache_reuses_every_execution_and_pushes_nothing_new(good_run):
     root, _ = good_run
     rows = run_pipeline(root)
-    assert {row["component"]: row["state"] for row in rows} == {
-        name: "CACHED" for name in COMPONENTS}
+    states = {row["component"]: row["state"] for row in rows}
+    # Everything up to the model is reused; the resolver now finds the first run's blessed
+    # model, so the evaluator runs again, sees the same model and does not re-bless it.
+    judged = ("LatestBlessedModelResolver", "RankingEvaluator", "Pusher")
+    assert states == {name: "COMPLETE" if name in judged else "CACHED"
+                      for name in COMPONENTS}
     assert len(store_of(root).get_artifacts_by_type("Examples")) == 1  # no new examples
+    evaluator = next(row for row in rows if row["component"] == "RankingEvaluator")
+    with open(os.path.join(evaluator["outputs"]["evaluation"][0], "metrics.json")) as handle:
+        assert "already the last blessed model" in json.load(handle)["reason"]
+    assert len(_pushed_versions(root)) == 1
+
+
+def _pushed_versions(root):
+    base = root / "serving" / "unisar"
+    return sorted(int(name) for name in os.listdir(base)) if base.is_dir() else []
+
+
+def test_blessed_model_is_pushed_loads_and_scores(good_run):
+    root, rows = good_run
+    by_component = {row["component"]: row for row in rows}
+    [blessing_uri] = by_component["RankingEvaluator"]["outputs"]["blessing"]
+    assert os.path.exists(os.path.join(blessing_uri, "BLESSED"))
+    [evaluation_uri] = by_component["RankingEvaluator"]["outputs"]["evaluation"]
+    with open(os.path.join(evaluation_uri, "metrics.json")) as handle:
+        report = json.load(handle)
+    assert report["blessed"] and report["candidate"]["rec"]["examples"] == EXAMPLES["test_rec"]
+    assert os.path.isfile(os.path.join(evaluation_uri, "metrics.md"))
+
+    [version] = _pushed_versions(root)
+    pushed = str(root / "serving" / "unisar" / str(version))
+    assert by_component["Pusher"]["pushed_destination"] == pushed
+    assert "pushed model: " + pushed in local.outcome_summary(rows)
+    # The pushed export is the serving export: raw ids in, one score per candidate out.
+    model = tf.saved_model.load(pushed)
+    assert set(model.signatures) == {"recommend", "search", "serving_default"}
+    vocabulary = open(os.path.join(pushed, "assets", "items.txt")).read().split()
+    scores = model.signatures["recommend"](
+        user_id=tf.constant(["nobody"]), candidate_item_ids=tf.constant([vocabulary[:3]]),
+        rec_history_item_ids=tf.constant([[vocabulary[3]]]),
+        rec_history_timestamps=tf.constant([[1]], tf.int64),
+        rec_history_length=tf.constant([1], tf.int64),
+        search_history_queries=tf.constant([[""]]),
+        search_history_clicked_item_ids=tf.constant([[[""]]]),
+        search_history_timestamps=tf.constant([[0]], tf.int64),
+        search_history_length=tf.constant([0], tf.int64))["scores"].numpy()
+    assert scores.shape == (1, 3) and ((scores > 0) & (scores < 1)).all()
+
+
+def test_blessing_rule_by_hand():
+    decide = ranking_evaluator.blessing_decision
+    assert decide(0.30, 0.20, None, 0.0)["blessed"]
+    assert not decide(0.20, 0.20, None, 0.0)["blessed"]  # a tie does not beat popularity
+    assert not decide(0.30, 0.20, None, 0.15)["blessed"]  # margin not cleared
+    assert not decide(0.30, 0.20, 0.31, 0.0)["blessed"]  # worse than the last blessed model
+    assert "last blessed" in decide(0.30, 0.20, 0.31, 0.0)["reason"]
+    assert decide(0.32, 0.20, 0.31, 0.0)["blessed"]
+    assert ranking_evaluator.mean_score({"rec": {"NDCG@10": 0.2}, "search": {"NDCG@10": 0.4}}
+                                        ) == pytest.approx(0.3)
+
+
+def test_trainer_module_runs_in_isolation(good_run, tmp_path):
+    """run_fn with the FnArgs the TFX Trainer would pass, outside any pipeline."""
+    root, _ = good_run
+    [examples] = store_of(root).get_artifacts_by_type("Examples")
+    fn_args = types.SimpleNamespace(
+        train_files=[os.path.join(examples.uri, "Split-train_rec", "*"),
+                     os.path.join(examples.uri, "Split-train_search", "*")],
+        eval_files=[os.path.join(examples.uri, "Split-valid_rec", "*")],
+        model_run_dir=str(tmp_path / "run"), serving_model_dir=str(tmp_path / "serving"),
+        custom_config=dict(TRAIN_CONFIG))
+    assert trainer_module.examples_root(fn_args) == examples.uri
+    trainer_module.run_fn(fn_args)
+    assert os.path.isfile(tmp_path / "run" / "best.json")
+    assert set(tf.saved_model.load(str(tmp_path / "serving")).signatures) == {
+        "recommend", "search", "serving_default"}
+    with pytest.raises(ValueError, match="Split-<name>"):
+        trainer_module.examples_root(types.SimpleNamespace(train_files=["/data/train/*"]))
 
 
 def _broken_builder(original):
@@ -239,3 +328,23 @@ def test_input_fingerprint_follows_the_raw_files(tmp_path):
     with open(data / "events.csv", "a", encoding="utf-8") as handle:
         handle.write("rec,1,dave,,i1,9000,\n")
     assert seg.input_fingerprint(args) != before
+
+
+def test_a_model_that_misses_the_bar_is_not_pushed(good_run):
+    """Same pipeline and ML Metadata as the good run, with a margin no model clears: the
+    evaluator (now also comparing with the last blessed model) refuses, the Pusher skips."""
+    root, _ = good_run
+    rows = run_pipeline(root, min_improvement=1.0, train_config=dict(TRAIN_CONFIG, seed=1))
+    by_component = {row["component"]: row for row in rows}
+    assert by_component["Trainer"]["state"] == "COMPLETE"  # a new model (another seed)
+    assert by_component["RankingEvaluator"]["state"] == "COMPLETE"
+    [blessing_uri] = by_component["RankingEvaluator"]["outputs"]["blessing"]
+    assert os.path.exists(os.path.join(blessing_uri, "NOT_BLESSED"))
+    [evaluation_uri] = by_component["RankingEvaluator"]["outputs"]["evaluation"]
+    with open(os.path.join(evaluation_uri, "metrics.json")) as handle:
+        report = json.load(handle)
+    assert report["baseline_model"] is not None  # the first run's blessed model
+    assert not report["blessed"] and "by more than 1.0" in report["reason"]
+    assert by_component["Pusher"]["pushed_destination"] is None
+    assert len(_pushed_versions(root)) == 1
+    assert "pushed model: none this run" in local.outcome_summary(rows)

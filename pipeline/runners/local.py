@@ -34,7 +34,8 @@ def metadata_config(path: str):
 
 def run(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
         serving_dir: str, beam_pipeline_args: Sequence[str], metadata_path: str,
-        build_options: Optional[dict] = None, enable_cache: bool = True) -> List[dict]:
+        build_options: Optional[dict] = None, enable_cache: bool = True,
+        train_config: Optional[dict] = None, min_improvement: float = 0.0) -> List[dict]:
     """Runs the pipeline; returns `executions_since` for this run (one dict per component).
     A failing component raises (e.g. AnomalyGate's AnomaliesFound)."""
     from tfx import v1 as tfx
@@ -46,7 +47,7 @@ def run(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=data_root,
         adapter=adapter, serving_dir=serving_dir, beam_pipeline_args=list(beam_pipeline_args),
         metadata_connection_config=config, build_options=build_options,
-        enable_cache=enable_cache)
+        enable_cache=enable_cache, train_config=train_config, min_improvement=min_improvement)
     started_ms = int(time.time() * 1000)
     tfx.orchestration.LocalDagRunner().run(pipeline)
     return executions_since(config, pipeline_name, started_ms)
@@ -72,9 +73,15 @@ def executions_since(config, pipeline_name: str, since_ms: int) -> List[dict]:
             events = store.get_events_by_execution_ids([execution.id])
             output_ids = {event.artifact_id: event.path.steps[0].key for event in events
                           if event.type == metadata_store_pb2.Event.OUTPUT}
+            pushed_destination = None
             for artifact in store.get_artifacts_by_id(list(output_ids)):
                 outputs.setdefault(output_ids[artifact.id], []).append(artifact.uri)
+                pushed = artifact.custom_properties.get("pushed")
+                if pushed is not None and pushed.int_value == 1:  # the Pusher's PushedModel
+                    pushed_destination = artifact.custom_properties[
+                        "pushed_destination"].string_value
             rows.append({
+                "pushed_destination": pushed_destination,
                 "component": context.name[len(prefix):],
                 "state": metadata_store_pb2.Execution.State.Name(execution.last_known_state),
                 "seconds": (execution.last_update_time_since_epoch
@@ -104,6 +111,24 @@ def _option_value(text: str):
         return text
 
 
+def outcome_summary(rows: List[dict]) -> str:
+    """Where this run's evaluation report is, whether it was blessed, and what was pushed."""
+    by_component = {row["component"]: row for row in rows}
+    lines = []
+    evaluator = by_component.get("RankingEvaluator")
+    if evaluator:
+        for uri in evaluator["outputs"].get("evaluation", []):
+            lines.append(f"evaluation report: {os.path.join(uri, 'metrics.md')}")
+        for uri in evaluator["outputs"].get("blessing", []):
+            blessed = os.path.exists(os.path.join(uri, "BLESSED"))
+            lines.append(f"blessing: {'BLESSED' if blessed else 'NOT BLESSED'} ({uri})")
+    pusher = by_component.get("Pusher")
+    pushed = pusher and pusher.get("pushed_destination")
+    lines.append(f"pushed model: {pushed}" if pushed else
+                 "pushed model: none this run (not blessed, or cached)")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -124,6 +149,16 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
                         help="a Beam pipeline option, repeatable, e.g. "
                         "--beam_arg=--runner=DataflowRunner")
     parser.add_argument("--no_cache", action="store_true", help="re-run every component")
+    training = parser.add_argument_group("training (pipeline/trainer_module.py)")
+    training.add_argument("--preset", default="amazon", choices=("amazon", "kuaisar"))
+    training.add_argument("--max_epochs", type=int, default=100)
+    training.add_argument("--steps_per_epoch", type=int, default=None)
+    training.add_argument("--validation_rows", type=int, default=None)
+    training.add_argument("--train_option", action="append", default=[],
+                          metavar="FIELD=VALUE", help="a UniSARConfig field, repeatable, "
+                          "e.g. batch_size=256")
+    parser.add_argument("--min_improvement", type=float, default=0.0,
+                        help="NDCG@10 margin over the baselines needed to push")
     args = parser.parse_args(argv)
 
     from pipeline import beam_job
@@ -136,12 +171,26 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         build_options[name] = _option_value(value)
     if args.max_users:
         build_options["max_users"] = args.max_users
+    overrides = {}
+    for item in args.train_option:
+        name, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--train_option {item!r}: expected FIELD=VALUE")
+        overrides[name] = _option_value(value)
+    train_config = {"preset": args.preset, "max_epochs": args.max_epochs,
+                    "config_overrides": overrides}
+    if args.steps_per_epoch:
+        train_config["steps_per_epoch"] = args.steps_per_epoch
+    if args.validation_rows:
+        train_config["validation_rows"] = args.validation_rows
     beam_args = args.beam_arg or list(beam_job.DEFAULT_LOCAL_BEAM_ARGS)
     metadata_path = args.metadata or os.path.join(args.pipeline_root, "metadata.sqlite")
     rows = run(args.pipeline_name, args.pipeline_root, args.data_root, args.adapter,
                args.serving_dir, beam_args, metadata_path, build_options,
-               enable_cache=not args.no_cache)
+               enable_cache=not args.no_cache, train_config=train_config,
+               min_improvement=args.min_improvement)
     print(format_report(rows))
+    print(outcome_summary(rows))
     print(f"\nML Metadata: {os.path.abspath(metadata_path)}; artifacts under "
           f"{os.path.abspath(args.pipeline_root)}", file=sys.stderr)
     return rows

@@ -1,0 +1,63 @@
+"""TFX Trainer module file: `run_fn` trains UniSAR with the project's trainer and exports it.
+
+The TFX Trainer calls `run_fn(fn_args)` with the Examples artifact of the sequence-example
+component (train_rec/train_search for training, valid_rec/valid_search for validation; the
+artifact also holds the data job's manifest.json and vocab/). The same
+`unisar_tf.trainer.Trainer` as `python -m unisar_tf.train` runs the epochs (validation,
+plateau / early stopping, checkpoints in the model run dir), then the best validation
+checkpoint is exported with the serving signatures (`unisar_tf.export`) into the Model
+artifact, which the evaluator scores and the Pusher pushes unchanged.
+
+custom_config (all optional):
+    preset             "amazon" (default) or "kuaisar"
+    config_overrides   {UniSARConfig field: value}, e.g. {"batch_size": 256}
+    max_epochs         default 100 (early stopping usually ends the run first)
+    steps_per_epoch    cap on training steps per epoch (small budgets, tests)
+    validation_rows    cap on validation examples per task
+    seed               default 0
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+import tensorflow as tf
+
+TRAIN_SPLITS = ("train_rec", "train_search")
+EVAL_SPLITS = ("valid_rec", "valid_search")
+
+
+def examples_root(fn_args) -> str:
+    """The Examples artifact's uri, from a split pattern like <uri>/Split-train_rec/*."""
+    split_dir = fn_args.train_files[0].rstrip("*").rstrip("/")
+    if not os.path.basename(split_dir).startswith("Split-"):
+        raise ValueError(f"unexpected training file pattern {fn_args.train_files[0]!r}: "
+                         "expected <examples uri>/Split-<name>/*")
+    return os.path.dirname(split_dir)
+
+
+def run_fn(fn_args) -> None:
+    from unisar_tf.config import preset
+    from unisar_tf.export import export_serving_model
+    from unisar_tf.trainer import Trainer, TrainerOptions, load_trained_model
+
+    custom: Dict[str, Any] = dict(fn_args.custom_config or {})
+    data_dir = examples_root(fn_args)
+    seed = int(custom.get("seed", 0))
+    # custom_config travels as JSON: tuple fields (tower_units, ...) arrive as lists.
+    overrides = {name: tuple(value) if isinstance(value, list) else value
+                 for name, value in custom.get("config_overrides", {}).items()}
+    config = preset(custom.get("preset", "amazon"), seed=seed, **overrides)
+    options = TrainerOptions(data_dir=data_dir, model_dir=fn_args.model_run_dir,
+                             max_epochs=int(custom.get("max_epochs", 100)), seed=seed,
+                             steps_per_epoch=custom.get("steps_per_epoch"),
+                             validation_rows=custom.get("validation_rows"), verbose=1)
+    summary = Trainer(config, options).fit()
+    print(f"best validation epoch {summary['epoch']} of {summary['epochs_run']} "
+          f"(mean NDCG@5 {summary['validation_score']:.4f})", flush=True)
+    model = load_trained_model(fn_args.model_run_dir, data_dir)
+    # TFX may create the (empty) serving dir; the exporter wants to create it itself.
+    if tf.io.gfile.isdir(fn_args.serving_model_dir) and not tf.io.gfile.listdir(
+            fn_args.serving_model_dir):
+        tf.io.gfile.rmtree(fn_args.serving_model_dir)
+    export_serving_model(model, os.path.join(data_dir, "vocab"), fn_args.serving_model_dir)
