@@ -61,10 +61,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print("\n" + local.format_report(rows))
     by_component = {row["component"]: row for row in rows}
 
-    report = None
+    # The evaluator printed its table while it ran (above the component report).
     [evaluation_uri] = by_component["RankingEvaluator"]["outputs"]["evaluation"]
-    with open(os.path.join(evaluation_uri, "metrics.md")) as handle:
-        print("\n== evaluation (RankingEvaluator, test split)\n" + handle.read())
     with open(os.path.join(evaluation_uri, "metrics.json")) as handle:
         report = json.load(handle)
     print(local.outcome_summary(rows))
