@@ -163,20 +163,20 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
 
     from pipeline import beam_job
 
-    build_options = {}
-    for item in args.build_option:
-        name, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--build_option {item!r}: expected NAME=VALUE")
-        build_options[name] = _option_value(value)
+    def assignments(items: Sequence[str], flag: str) -> dict:
+        """["name=value", ...] -> {name: value}; values as in _option_value."""
+        parsed = {}
+        for item in items:
+            name, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"{flag} {item!r}: expected NAME=VALUE")
+            parsed[name] = _option_value(value)
+        return parsed
+
+    build_options = assignments(args.build_option, "--build_option")
     if args.max_users:
         build_options["max_users"] = args.max_users
-    overrides = {}
-    for item in args.train_option:
-        name, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--train_option {item!r}: expected FIELD=VALUE")
-        overrides[name] = _option_value(value)
+    overrides = assignments(args.train_option, "--train_option")
     train_config = {"preset": args.preset, "max_epochs": args.max_epochs,
                     "config_overrides": overrides}
     if args.steps_per_epoch:
