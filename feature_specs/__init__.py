@@ -6,6 +6,10 @@ these names, so a renamed feature fails at import rather than silently at traini
 from feature_specs.example_schema import (  # noqa: F401
     CANDIDATE_ITEMS,
     HISTORY_TYPES,
+    ID_FEATURE_VOCABULARIES,
+    ID_FORMAT_IDS,
+    ID_FORMAT_RAW,
+    ID_FORMATS,
     NEGATIVE_POOL,
     QUERY_TOKENS,
     REC_HISTORY_ITEMS,

@@ -22,6 +22,16 @@ TYPE_SEARCH slot is search session j, so the merged order needs no extra ids.
 with `--train_negative_pool K` also carry `negative_pool` (K,): distinct negatives of which
 `candidate_items[1:]` are the first, for drawing fresh negatives every epoch.
 
+Id formats (build option `--id_format`, recorded as `id_format` in manifest.json):
+- "ids" (default): the int64 ids above, from the job's vocab/{users,items,words}.txt (line k,
+  1-based, = id k; 0 = padding).
+- "raw": for TensorFlow Transform to build the vocabularies itself. The id features
+  (ID_FEATURE_VOCABULARIES: `user_id`, the item lists, the word lists) are bytes (tf.string)
+  holding the raw id, i.e. exactly the (UTF-8) text of that id's vocab file line, and b"" where
+  "ids" holds padding 0. Same names, shapes, padding positions, candidates and presence;
+  `history_types` stays int64. Mapping a raw example through the vocab files (b"" -> 0)
+  gives the "ids" example.
+
 Per training step (not per example), the relevance loss takes sampled negatives:
 `rel_negative_items` (num_negatives,) and `rel_negative_query_tokens` (num_negatives, query_len).
 """
@@ -42,6 +52,21 @@ QUERY_TOKENS = "query_tokens"
 NEGATIVE_POOL = "negative_pool"
 REL_NEGATIVE_ITEMS = "rel_negative_items"
 REL_NEGATIVE_QUERY_TOKENS = "rel_negative_query_tokens"
+
+# The feature -> vocabulary (vocab/<name>.txt) of every id feature; in the "raw" id format
+# these features are bytes. HISTORY_TYPES is not an id feature: int64 in both formats.
+ID_FEATURE_VOCABULARIES = {
+    USER_ID: "users",
+    REC_HISTORY_ITEMS: "items",
+    SEARCH_HISTORY_CLICKED_ITEMS: "items",
+    CANDIDATE_ITEMS: "items",
+    NEGATIVE_POOL: "items",
+    SEARCH_HISTORY_QUERY_TOKENS: "words",
+    QUERY_TOKENS: "words",
+}
+ID_FORMAT_IDS = "ids"  # int64 ids of the job's vocabularies (0 = padding)
+ID_FORMAT_RAW = "raw"  # the raw strings (b"" = padding), for TF Transform's vocabularies
+ID_FORMATS = (ID_FORMAT_IDS, ID_FORMAT_RAW)
 
 TYPE_PAD = 0
 TYPE_REC = 1

@@ -15,6 +15,11 @@ Output layout under `output_dir`:
 With `layout="tfx"` the examples go to Split-<split>_<scenario>/data-*.tfrecord.gz instead
 (a TFX Examples artifact's layout, e.g. Split-train_rec/); everything else is the same, and
 the manifest's `files` patterns say where the examples are.
+
+Id format (build option `id_format`, manifest key "id_format"): "ids" writes the id features
+as int64 ids of vocab/*.txt; "raw" writes them as bytes holding the raw ids (b"" = padding),
+for TF Transform to build its own vocabularies (feature_specs/example_schema.py). Vocabularies,
+splits, negatives and counts are the same in both; schema.pbtxt types the id features to match.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from feature_specs import event_schema as es
+from feature_specs import example_schema as fs
 from feature_specs import tfmd_schema
 from pipeline import sequence_builder as sb
 from pipeline.adapters import common
@@ -132,7 +138,7 @@ class WriteVocabularies(beam.DoFn):
     def process(self, vocab: sb.Vocabularies):
         for name, mapping in (("users", vocab.users), ("items", vocab.items),
                               ("words", vocab.words)):
-            ordered = sorted(mapping, key=mapping.get)
+            ordered = sb.id_strings(mapping)[1:]  # line k = id k; also the "raw" id strings
             with FileSystems.create(os.path.join(self._dir, f"{name}.txt")) as handle:
                 handle.write("".join(f"{raw}\n" for raw in ordered).encode("utf-8"))
             yield (f"vocab_{name}", len(ordered))
@@ -153,18 +159,21 @@ class BuildUserExamples(beam.DoFn):
         self._options = options
         self._sampler = None
         self._sampler_source = None
+        self._raw_tables = None
         self._users = 0
 
     def process(self, element, vocab: sb.Vocabularies, last_day: Optional[int] = None):
         if self._sampler_source is not vocab:  # one sampler per side-input value per worker
             self._sampler = sb.NegativeSampler(vocab.item_clicks, self._options.negative_sampler)
+            if self._options.id_format == fs.ID_FORMAT_RAW:
+                self._raw_tables = sb.build_raw_id_tables(vocab)
             self._sampler_source = vocab
         user_id, rows = element
         # No sort here: the builder orders behaviours (and session rows) itself.
         events = [common.event_from_tuple(row) for row in rows]
         stats = collections.Counter()
         yield from sb.build_user_tf_examples(user_id, events, vocab, self._sampler,
-                                             self._options, stats, last_day)
+                                             self._options, stats, last_day, self._raw_tables)
         stats["users"] += 1
         stats["events"] += len(events)
         for name, count in stats.items():
@@ -309,6 +318,8 @@ def assemble_manifest(output_dir: str, stats: Dict[str, int], options: sb.BuildO
         "dataset": dataset,
         "inputs": inputs,
         "build_options": dataclasses.asdict(options),
+        # "ids" (int64 ids of vocab/*.txt) or "raw" (the raw id strings): see the docstring.
+        "id_format": options.id_format,
         "beam_args": list(beam_args),
         "examples": examples,
         "examples_total": sum(sum(v.values()) for v in examples.values()),
@@ -364,7 +375,8 @@ def example_schema(options: sb.BuildOptions) -> schema_pb2.Schema:
     """The TFMD schema of the examples these options build (written as schema.pbtxt; the TFX
     pipeline imports the same schema)."""
     return tfmd_schema.build_schema(options.shapes, 1 + options.num_train_negatives,
-                                    1 + options.num_eval_negatives, options.train_negative_pool)
+                                    1 + options.num_eval_negatives, options.train_negative_pool,
+                                    options.id_format)
 
 
 def _remove_previous_outputs(output_dir: str, layout: str = LAYOUT_JOB) -> None:

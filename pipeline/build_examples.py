@@ -18,6 +18,7 @@ import re
 import sys
 from typing import List, Optional, Sequence
 
+from feature_specs import example_schema as fs
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline.adapters import amazon, event_log, kuaisar
@@ -77,6 +78,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                        "file, for quick runs; the rest are counted, not used (0 = all)")
     build.add_argument("--num_shards", type=int, default=0,
                        help="TFRecord shards per split and scenario (0 = the runner decides)")
+    build.add_argument("--id_format", choices=fs.ID_FORMATS, default=fs.ID_FORMAT_IDS,
+                       help="id features as int64 ids of the job's vocab/*.txt (ids) or as the "
+                       "raw id strings, b'' for padding, for TF Transform to map (raw)")
     build.add_argument("--layout", choices=beam_job.LAYOUTS, default=beam_job.LAYOUT_JOB,
                        help="example files as <split>/<scenario>-*.tfrecord.gz (job) or as a "
                        "TFX Examples artifact's Split-<split>_<scenario>/ (tfx)")
@@ -120,7 +124,8 @@ def build_options(args) -> sb.BuildOptions:
         negative_sampler=args.negative_sampler, rec_len=args.rec_len, search_len=args.search_len,
         query_len=args.query_len,
         clicks_per_session=args.clicks_per_session or defaults["clicks_per_session"],
-        max_users=args.max_users, train_negative_pool=args.train_negative_pool)
+        max_users=args.max_users, train_negative_pool=args.train_negative_pool,
+        id_format=args.id_format)
 
 
 class BeamLogFilter(logging.Filter):

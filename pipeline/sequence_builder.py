@@ -18,6 +18,9 @@ For one user:
    before validation). With `strict_holdout`, training histories skip every held-out behaviour.
 5. Negatives. Never an item of the user's log (any row, any click) nor the positive; no
    duplicates; popularity-weighted (clicks) or uniform over the vocabulary.
+6. Id format. Examples carry the int ids ("ids") or, with id_format="raw", the raw strings of
+   the same ids (b"" for padding 0; see feature_specs/example_schema.py). Everything above is
+   computed on int ids in both formats; only the rendering differs.
 """
 from __future__ import annotations
 
@@ -58,6 +61,9 @@ class BuildOptions:
     # num_train_negatives of which are the written candidates), so a trainer can draw fresh
     # negatives every epoch without knowing each user's items.
     train_negative_pool: int = 0
+    # "ids": id features are int64 ids of the job's vocabularies; "raw": the raw strings
+    # (bytes, b"" = padding) for TF Transform to map (feature_specs/example_schema.py).
+    id_format: str = fs.ID_FORMAT_IDS
 
     def __post_init__(self):
         if self.split not in ("loo", "time"):
@@ -65,6 +71,9 @@ class BuildOptions:
         if self.negative_sampler not in ("popularity", "uniform"):
             raise ValueError(f"negative_sampler={self.negative_sampler!r}: "
                              "expected 'popularity' or 'uniform'")
+        if self.id_format not in fs.ID_FORMATS:
+            raise ValueError(f"id_format={self.id_format!r}: expected one of "
+                             f"{', '.join(map(repr, fs.ID_FORMATS))}")
         for name in ("num_train_negatives", "num_eval_negatives", "rec_len", "search_len",
                      "query_len", "clicks_per_session"):
             if getattr(self, name) < 1:
@@ -117,6 +126,35 @@ def frequency_vocabulary(counts: Mapping[str, int]) -> Dict[str, int]:
     """
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return {raw: index + 1 for index, (raw, _) in enumerate(ordered)}
+
+
+def id_strings(mapping: Mapping[str, int]) -> List[str]:
+    """The inverse of a vocabulary: strings[id] = raw id, strings[0] = "" (padding).
+
+    strings[1:] are the lines of the written vocabulary file, in order."""
+    strings = [""] * (len(mapping) + 1)
+    for raw, dense in mapping.items():
+        strings[dense] = raw
+    return strings
+
+
+@dataclasses.dataclass(frozen=True)
+class RawIdTables:
+    """Per vocabulary, id -> the BytesList entry of its raw string (entry 0 = b"", padding).
+
+    Built once per worker and vocabulary (build_raw_id_tables); the "raw" renderer joins
+    entries, so a padded id row costs one lookup per value, as a varint does for "ids"."""
+
+    users: List[bytes]
+    items: List[bytes]
+    words: List[bytes]
+
+
+def build_raw_id_tables(vocab: Vocabularies) -> RawIdTables:
+    from pipeline.tf_example import bytes_entry
+
+    return RawIdTables(**{name: [bytes_entry(raw) for raw in id_strings(getattr(vocab, name))]
+                          for name in ("users", "items", "words")})
 
 
 class NegativeSampler:
@@ -261,60 +299,82 @@ def _render_arrays(plan: _Plan, behaviours: Sequence[_Behaviour], user: int,
     return features
 
 
+def _raw_arrays(features: Dict[str, np.ndarray], raw: Mapping[str, np.ndarray]
+                ) -> Dict[str, np.ndarray]:
+    """_render_arrays' int ids -> the "raw" format: id features as object arrays of bytes."""
+    return {name: np.asarray(raw[fs.ID_FEATURE_VOCABULARIES[name]][values], dtype=object)
+            if name in fs.ID_FEATURE_VOCABULARIES else values
+            for name, values in features.items()}
+
+
 class _ByteRenderer:
     """Renders plans straight to tf.Example bytes, reusing each behaviour's encoded row.
 
-    Consecutive examples of a user share most of their history, so the varint bytes of a
+    Consecutive examples of a user share most of their history, so the encoded values of a
     behaviour (its item, its padded query row, its padded click row) are built once per user
-    and joined; tests check the bytes equal encode_int64_example(_render_arrays(...)).
+    and joined; tests check the bytes equal tf_example.encode_example(build_user_examples
+    arrays). An id is encoded as its varint ("ids") or as the BytesList entry of its raw
+    string from RawIdTables ("raw"); padding is varint 0 or the empty string's entry.
     """
 
-    def __init__(self, behaviours: Sequence[_Behaviour], user: int, options: BuildOptions):
+    def __init__(self, behaviours: Sequence[_Behaviour], user: int, options: BuildOptions,
+                 raw_tables: Optional[RawIdTables] = None):
         from pipeline.tf_example import varint
 
-        self._varint = varint
         self._behaviours = behaviours
         self._options = options
-        self._user = varint(user)
+        self._raw = options.id_format == fs.ID_FORMAT_RAW
+        if self._raw:
+            if raw_tables is None:
+                raise ValueError("id_format='raw' needs the RawIdTables of the vocabularies")
+            self._item, self._word = raw_tables.items.__getitem__, raw_tables.words.__getitem__
+            self._user, self._pad = raw_tables.users[user], raw_tables.users[0]
+        else:
+            self._item = self._word = varint
+            self._user, self._pad = varint(user), b"\x00"
         self._rows: Dict[Tuple[str, int], bytes] = {}  # (field, behaviour index) -> bytes
 
-    def _padded(self, values: Sequence[int], length: int) -> bytes:
-        return b"".join(self._varint(v) for v in values) + b"\x00" * (length - len(values))
+    def _padded(self, encode, values: Sequence[int], length: int) -> bytes:
+        return b"".join(map(encode, values)) + self._pad * (length - len(values))
 
     def _row(self, field: str, index: int) -> bytes:
         """A behaviour's padded query ("query") or click ("clicks") row, encoded once."""
         row = self._rows.get((field, index))
         if row is None:
-            length = (self._options.query_len if field == "query"
-                      else self._options.clicks_per_session)
+            if field == "query":
+                encode, length = self._word, self._options.query_len
+            else:
+                encode, length = self._item, self._options.clicks_per_session
             row = self._rows[field, index] = self._padded(
-                getattr(self._behaviours[index], field), length)
+                encode, getattr(self._behaviours[index], field), length)
         return row
 
     def render(self, plan: _Plan) -> bytes:
-        from pipeline.tf_example import encode_packed_example
+        from pipeline.tf_example import encode_mixed_example, encode_packed_example
 
-        options, behaviours = self._options, self._behaviours
-        varint = self._varint
+        options, behaviours, pad = self._options, self._behaviours, self._pad
         missing_search = options.search_len - len(plan.kept_search)
         merged = sorted(plan.kept_rec + plan.kept_search)
-        packed = {
+        types = (bytes(behaviours[i].kind for i in merged)
+                 + b"\x00" * (options.rec_len + options.search_len - len(merged)))
+        ids = {
             fs.USER_ID: self._user,
-            fs.HISTORY_TYPES: bytes(behaviours[i].kind for i in merged)
-            + b"\x00" * (options.rec_len + options.search_len - len(merged)),
-            fs.REC_HISTORY_ITEMS: self._padded([behaviours[i].item for i in plan.kept_rec],
-                                               options.rec_len),
+            fs.REC_HISTORY_ITEMS: self._padded(
+                self._item, [behaviours[i].item for i in plan.kept_rec], options.rec_len),
             fs.SEARCH_HISTORY_QUERY_TOKENS: b"".join(self._row("query", i) for i in plan.kept_search)
-            + b"\x00" * (missing_search * options.query_len),
+            + pad * (missing_search * options.query_len),
             fs.SEARCH_HISTORY_CLICKED_ITEMS: b"".join(self._row("clicks", i) for i in plan.kept_search)
-            + b"\x00" * (missing_search * options.clicks_per_session),
-            fs.CANDIDATE_ITEMS: b"".join([varint(v) for v in plan.candidates.tolist()]),
+            + pad * (missing_search * options.clicks_per_session),
+            fs.CANDIDATE_ITEMS: b"".join(map(self._item, plan.candidates.tolist())),
         }
         if plan.pool is not None:
-            packed[fs.NEGATIVE_POOL] = b"".join([varint(v) for v in plan.pool.tolist()])
+            ids[fs.NEGATIVE_POOL] = b"".join(map(self._item, plan.pool.tolist()))
         if plan.target.kind == fs.TYPE_SEARCH:
-            packed[fs.QUERY_TOKENS] = self._padded(plan.target.query, options.query_len)
-        return encode_packed_example(packed)
+            ids[fs.QUERY_TOKENS] = self._padded(self._word, plan.target.query, options.query_len)
+        if self._raw:
+            return encode_mixed_example({fs.HISTORY_TYPES: types}, ids)
+        ids[fs.HISTORY_TYPES] = types
+        return encode_packed_example(ids)
 
 
 def _assign_splits(targets: Sequence[int], behaviours: Sequence[_Behaviour],
@@ -388,25 +448,38 @@ def build_user_examples(user_id: str, events: Iterable[Event], vocab: Vocabulari
     features: {USER_ID: (), HISTORY_TYPES: (rec_len+search_len,), REC_HISTORY_ITEMS: (rec_len,),
     SEARCH_HISTORY_QUERY_TOKENS: (search_len, query_len), SEARCH_HISTORY_CLICKED_ITEMS:
     (search_len, clicks_per_session), CANDIDATE_ITEMS: (1 + negatives,) positive first, and
-    for search QUERY_TOKENS: (query_len,)}, all int64.
+    for search QUERY_TOKENS: (query_len,)}, all int64; with id_format="raw" the id features
+    (fs.ID_FEATURE_VOCABULARIES) are object arrays of the raw ids as UTF-8 bytes (b"" = 0).
     stats: counters added to (behaviours, filtered targets, ...), summed into the manifest.
     """
     behaviours, plans = _plan_user(user_id, list(events), vocab, sampler, options, stats,
                                    last_day)
     user = vocab.users[user_id]
+    raw = None
+    if options.id_format == fs.ID_FORMAT_RAW:
+        raw = {name: np.array([s.encode("utf-8") for s in id_strings(getattr(vocab, name))],
+                              dtype=object) for name in ("users", "items", "words")}
     for plan in plans:
         stats[f"examples/{plan.split}/{plan.target.scenario}"] += 1
-        yield plan.split, plan.target.scenario, _render_arrays(plan, behaviours, user, options)
+        features = _render_arrays(plan, behaviours, user, options)
+        yield plan.split, plan.target.scenario, (features if raw is None
+                                                 else _raw_arrays(features, raw))
 
 
 def build_user_tf_examples(user_id: str, events: Iterable[Event], vocab: Vocabularies,
                            sampler: NegativeSampler, options: BuildOptions,
-                           stats: collections.Counter, last_day: Optional[int] = None
+                           stats: collections.Counter, last_day: Optional[int] = None,
+                           raw_tables: Optional[RawIdTables] = None
                            ) -> Iterator[Tuple[str, str, bytes]]:
-    """build_user_examples, rendered as serialized tf.train.Example bytes (the job's path)."""
+    """build_user_examples, rendered as serialized tf.train.Example bytes (the job's path).
+
+    raw_tables: build_raw_id_tables(vocab), for id_format="raw"; built here when not given
+    (the job builds it once per worker instead)."""
     behaviours, plans = _plan_user(user_id, list(events), vocab, sampler, options, stats,
                                    last_day)
-    renderer = _ByteRenderer(behaviours, vocab.users[user_id], options)
+    if options.id_format == fs.ID_FORMAT_RAW and raw_tables is None:
+        raw_tables = build_raw_id_tables(vocab)
+    renderer = _ByteRenderer(behaviours, vocab.users[user_id], options, raw_tables)
     for plan in plans:
         stats[f"examples/{plan.split}/{plan.target.scenario}"] += 1
         yield plan.split, plan.target.scenario, renderer.render(plan)
