@@ -14,19 +14,32 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from feature_specs import NEGATIVE_POOL, QUERY_TOKENS, SequenceShapes, model_feature_shapes
+from feature_specs import (ID_FEATURE_VOCABULARIES, ID_FORMAT_IDS, NEGATIVE_POOL, QUERY_TOKENS,
+                           SequenceShapes, model_feature_shapes)
 from unisar_tf.config import UniSARConfig
 
 MANIFEST_FILE = "manifest.json"
 
 
-def load_manifest(data_dir: str) -> dict:
+def load_manifest(data_dir: str, transform_dir: Optional[str] = None) -> dict:
+    """The data job's manifest.json; with `transform_dir`, its examples are read through
+    that Transform graph (raw string ids -> ids, see unisar_tf/transform.py)."""
     path = os.path.join(data_dir, MANIFEST_FILE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path} not found: build the examples first "
                                 "(python -m pipeline.build_examples ...)")
     with tf.io.gfile.GFile(path) as handle:
-        return json.load(handle)
+        manifest = json.load(handle)
+    if transform_dir:
+        from unisar_tf.transform import transformed_manifest
+
+        return transformed_manifest(manifest, transform_dir)
+    if manifest.get("id_format", ID_FORMAT_IDS) != ID_FORMAT_IDS:
+        raise ValueError(f"{path}: the examples carry raw string ids (id_format="
+                         f"{manifest['id_format']!r}); read them with the Transform output "
+                         "that maps them (transform_dir, e.g. the pipeline's Transform "
+                         "transform_graph artifact)")
+    return manifest
 
 
 def shapes_from_manifest(manifest: dict) -> SequenceShapes:
@@ -72,6 +85,24 @@ def parse_spec(shapes: SequenceShapes, num_candidates: int,
             for name, shape in model_feature_shapes(shapes, num_candidates, with_query).items()}
 
 
+def _reader(manifest: dict, spec: Dict[str, tf.io.FixedLenFeature]):
+    """(spec to parse the files with, function from parsed features to id features).
+
+    Raw-id examples (manifest with a transform_dir) parse id features as strings and map
+    them with the Transform graph; id examples parse as they are.
+    """
+    transform_dir = manifest.get("transform_dir")
+    if not transform_dir:
+        return spec, lambda features: features
+    from unisar_tf.transform import transform_ids
+
+    ids = transform_ids(transform_dir)
+    raw_spec = {name: tf.io.FixedLenFeature(feature.shape, tf.string)
+                if name in ID_FEATURE_VOCABULARIES else feature
+                for name, feature in spec.items()}
+    return raw_spec, ids
+
+
 def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
                   manifest: Optional[dict] = None, shuffle: bool = False, seed: int = 0,
                   drop_remainder: bool = False, shuffle_buffer: int = 20_000
@@ -90,6 +121,7 @@ def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
     pool = manifest["shapes"].get("train_negative_pool", 0)
     if split == "train" and pool:
         spec[NEGATIVE_POOL] = tf.io.FixedLenFeature((pool,), tf.int64)
+    spec, to_ids = _reader(manifest, spec)
     files = example_files(data_dir, split, scenario)
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
@@ -101,7 +133,7 @@ def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return (dataset.batch(batch_size, drop_remainder=drop_remainder)
-            .map(lambda records: tf.io.parse_example(records, spec),
+            .map(lambda records: to_ids(tf.io.parse_example(records, spec)),
                  num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
 
@@ -123,12 +155,13 @@ def load_arrays(data_dir: str, split: str, scenario: str, manifest: Optional[dic
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def read_feature(data_dir: str, split: str, scenario: str, name: str, width: int) -> np.ndarray:
+def read_feature(data_dir: str, split: str, scenario: str, name: str, width: int,
+                 manifest: Optional[dict] = None) -> np.ndarray:
     """One int64 feature (n, width) of a whole split, in file order, parsing nothing else."""
-    spec = {name: tf.io.FixedLenFeature((width,), tf.int64)}
+    spec, to_ids = _reader(manifest or {}, {name: tf.io.FixedLenFeature((width,), tf.int64)})
     dataset = (tf.data.TFRecordDataset(example_files(data_dir, split, scenario),
                                        compression_type="GZIP").batch(8192)
-               .map(lambda records: tf.io.parse_example(records, spec)[name],
+               .map(lambda records: to_ids(tf.io.parse_example(records, spec))[name],
                     num_parallel_calls=tf.data.AUTOTUNE))
     return np.concatenate([batch.numpy() for batch in dataset])
 
@@ -137,7 +170,7 @@ def query_bank(data_dir: str, manifest: Optional[dict] = None) -> np.ndarray:
     """Distinct training search queries (Nq, query_len): the relevance loss's negative pool."""
     manifest = manifest or load_manifest(data_dir)
     queries = read_feature(data_dir, "train", "search", QUERY_TOKENS,
-                           manifest["shapes"]["query_len"])
+                           manifest["shapes"]["query_len"], manifest)
     return np.unique(queries, axis=0)
 
 

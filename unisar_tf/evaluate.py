@@ -49,7 +49,8 @@ def baseline_metrics(data_dir: str, split: str, manifest: dict, num_items: int,
     results: Dict[str, Dict[str, Dict[str, float]]] = {"popularity": {}, "random": {}}
     for task in tasks:
         width = manifest["shapes"]["eval_candidates"]
-        candidates = data.read_feature(data_dir, split, task, CANDIDATE_ITEMS, width)
+        candidates = data.read_feature(data_dir, split, task, CANDIDATE_ITEMS, width,
+                                        manifest)
         results["popularity"][task] = dict(ranking_metrics(counts[candidates]),
                                            examples=len(candidates))
         results["random"][task] = dict(random_ranking_metrics(width), examples=len(candidates))
@@ -64,9 +65,10 @@ def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
     Report: {"split", "data_dir", "best_epoch", "validation_score", "unisar": {task: metrics},
     "popularity": ..., "random": ...}.
     """
-    from unisar_tf.trainer import evaluate_model, load_trained_model, read_best
+    from unisar_tf.trainer import (evaluate_model, load_trained_model, read_best,
+                                   run_transform_dir)
 
-    manifest = data.load_manifest(data_dir)
+    manifest = data.load_manifest(data_dir, run_transform_dir(model_dir))
     model = load_trained_model(model_dir, data_dir)
     best = read_best(model_dir)
     report = {"split": split, "data_dir": data_dir, "model_dir": model_dir,

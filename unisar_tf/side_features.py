@@ -59,15 +59,26 @@ def _encode_columns(values: Sequence[Sequence[str]], num_columns: int):
 
 
 def load_side_features(data_dir: str, num_items: int, num_users: int,
-                       caption_length: int = 50) -> Optional[SideFeatures]:
+                       caption_length: int = 50,
+                       id_maps: Optional[Dict[str, np.ndarray]] = None) -> Optional[SideFeatures]:
     """Tables from `data_dir/side_features/`, or None when the dataset has none (Amazon).
 
     num_items / num_users: model table sizes (vocabulary + 1); ids outside them are an error.
+    id_maps: {"items" | "users" | "words": (job vocabulary + 1,) int array}, data job id ->
+    model id, when the model's ids come from another vocabulary (Transform's); rows whose
+    id maps to 0 (not in that vocabulary) are left out, caption words mapping to 0 become 0.
     """
     items = _read_jsonl(os.path.join(data_dir, "side_features", "items-*.jsonl"))
     users = _read_jsonl(os.path.join(data_dir, "side_features", "users-*.jsonl"))
     if not items and not users:
         return None
+    if id_maps is not None:
+        items = [dict(row, id=int(id_maps["items"][row["id"]]),
+                      caption_word_ids=[int(id_maps["words"][w])
+                                        for w in row.get("caption_word_ids", [])])
+                 for row in items if id_maps["items"][row["id"]] > 0]
+        users = [dict(row, id=int(id_maps["users"][row["id"]]))
+                 for row in users if id_maps["users"][row["id"]] > 0]
     for kind, rows, limit in (("item", items, num_items), ("user", users, num_users)):
         bad = [row["id"] for row in rows if not 0 < row["id"] < limit]
         if bad:

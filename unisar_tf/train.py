@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data_dir", required=True, help="output of pipeline.build_examples")
     parser.add_argument("--model_dir", required=True, help="checkpoints, logs and reports")
+    parser.add_argument("--transform_dir", default=None,
+                        help="for data built with --id_format raw: the Transform graph that "
+                             "maps its raw ids (python -m pipeline.transform_module)")
     parser.add_argument("--preset", default="amazon", choices=sorted(PRESETS))
     parser.add_argument("--max_epochs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -117,6 +120,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                              steps_per_epoch=args.steps_per_epoch,
                              validation_rows=args.validation_rows,
                              fresh_negatives=args.fresh_negatives,
+                             transform_dir=args.transform_dir,
                              verbose=1 if args.quiet else 2)
     summary = Trainer(config, options).fit()
     print(f"best validation epoch {summary['epoch']} of {summary['epochs_run']} "
@@ -132,8 +136,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         from unisar_tf.export import push
         from unisar_tf.trainer import load_trained_model
 
-        path = push(load_trained_model(args.model_dir, args.data_dir),
-                    os.path.join(args.data_dir, "vocab"), args.serving_dir)
+        vocab_dir = None if args.transform_dir else os.path.join(args.data_dir, "vocab")
+        path = push(load_trained_model(args.model_dir, args.data_dir), vocab_dir,
+                    args.serving_dir, transform_dir=args.transform_dir)
         print(f"exported: {path}")
         result["export"] = path
     return result

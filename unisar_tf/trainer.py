@@ -61,6 +61,8 @@ class TrainerOptions:
     steps_per_epoch: Optional[int] = None
     validation_rows: Optional[int] = None
     fresh_negatives: bool = True  # draw from the data's negative pool when it has one
+    # Raw-id examples (the TFX pipeline's): the Transform output that maps them to ids.
+    transform_dir: Optional[str] = None
     shuffle_buffer: int = 20_000
     keep_checkpoints: int = 2
     verbose: int = 2  # 0 silent, 1 one line per epoch, 2 also a progress bar
@@ -157,7 +159,8 @@ def training_item_counts(data_dir: str, manifest: dict, num_items: int) -> np.nd
     counts = np.zeros(num_items, np.float64)
     width = manifest["shapes"]["train_candidates"]
     for task in ("rec", "search"):
-        positives = data.read_feature(data_dir, "train", task, CANDIDATE_ITEMS, width)[:, 0]
+        positives = data.read_feature(data_dir, "train", task, CANDIDATE_ITEMS, width,
+                                      manifest)[:, 0]
         np.add.at(counts, positives, 1.0)
     return counts
 
@@ -215,10 +218,9 @@ class Trainer:
 
     def __init__(self, config: UniSARConfig, options: TrainerOptions):
         self.options = options
-        self.manifest = data.load_manifest(options.data_dir)
+        self.manifest = data.load_manifest(options.data_dir, options.transform_dir)
         config = data.config_with_data_sizes(config, self.manifest)
-        self.side_features = load_side_features(options.data_dir, config.num_items,
-                                                config.num_users, config.query_length)
+        self.side_features = run_side_features(options.data_dir, options.transform_dir, config)
         if self.side_features is not None:  # KuaiSAR categories, captions, user levels
             config = config.replace(**self.side_features.config_overrides())
         self.config = config
@@ -413,12 +415,33 @@ def read_best(model_dir: str) -> dict:
         return json.load(handle)
 
 
+def run_side_features(data_dir: str, transform_dir: Optional[str], config: UniSARConfig):
+    """The data's side features (or None), keyed by the ids the model uses: the data job's,
+    or with `transform_dir` Transform's (the job writes them keyed by its own ids)."""
+    id_maps = None
+    if transform_dir and tf.io.gfile.glob(os.path.join(data_dir, "side_features", "*.jsonl")):
+        from unisar_tf.transform import data_job_id_maps
+
+        id_maps = data_job_id_maps(os.path.join(data_dir, "vocab"), transform_dir)
+    return load_side_features(data_dir, config.num_items, config.num_users,
+                              config.query_length, id_maps)
+
+
+def run_transform_dir(model_dir: str) -> Optional[str]:
+    """The Transform output a run was trained with (its options.json), or None."""
+    path = os.path.join(model_dir, OPTIONS_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as handle:
+        return json.load(handle).get("transform_dir")
+
+
 def load_trained_model(model_dir: str, data_dir: str) -> UniSARModel:
     """The best validation checkpoint of a finished (or interrupted) run, ready to score."""
     with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE)) as handle:
         config = UniSARConfig.from_dict(json.load(handle))
-    side = (load_side_features(data_dir, config.num_items, config.num_users,
-                               config.query_length) if config.uses_side_features else None)
+    side = (run_side_features(data_dir, run_transform_dir(model_dir), config)
+            if config.uses_side_features else None)
     model = build_model(config, side_features=side)
     best = tf.train.latest_checkpoint(os.path.join(model_dir, "best"))
     if best is None:
