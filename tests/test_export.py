@@ -11,7 +11,8 @@ from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HIS
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_REC,
                            TYPE_SEARCH, USER_ID)
 from unisar_tf.config import UniSARConfig
-from unisar_tf.export import (EXAMPLES_SIGNATURE, RAW_INPUTS, WARMUP_FILE, RawFeatureMapper,
+from unisar_tf.export import (EXAMPLES_SIGNATURE, RAW_INPUTS, WARMUP_FILE, DataJobVocabularies,
+                              RawFeatureMapper,
                               export_serving_model, next_version, push, raw_request_from_features,
                               read_vocabularies)
 from unisar_tf.model import build_model
@@ -54,7 +55,7 @@ def test_mapper_rebuilds_the_data_jobs_id_features(exported):
     config, _, vocab_dir, _, _ = exported
     features = random_feature_batch(config, 5, 3, True, np.random.default_rng(3))
     raw = raw_request_from_features(features, read_vocabularies(vocab_dir))
-    mapped = RawFeatureMapper(vocab_dir, config.sequence_shapes)(_as_tensors(raw))
+    mapped = RawFeatureMapper(DataJobVocabularies(vocab_dir), config.sequence_shapes)(_as_tensors(raw))
     for name, value in features.items():
         np.testing.assert_array_equal(mapped[name].numpy(), value, err_msg=name)
 
@@ -62,7 +63,7 @@ def test_mapper_rebuilds_the_data_jobs_id_features(exported):
 def test_history_is_ordered_by_time_and_truncated_to_the_latest(exported):
     """Hand-built request: 8 rec (keep last 6), 2 search; sent out of time order."""
     config, _, vocab_dir, _, _ = exported
-    mapper = RawFeatureMapper(vocab_dir, config.sequence_shapes)
+    mapper = RawFeatureMapper(DataJobVocabularies(vocab_dir), config.sequence_shapes)
     rec_items = [f"i{k}" for k in (8, 1, 2, 3, 4, 5, 6, 7)]
     rec_times = [80, 10, 20, 30, 40, 50, 60, 70]  # slot 0 is the newest
     request = {
@@ -95,7 +96,7 @@ def test_history_is_ordered_by_time_and_truncated_to_the_latest(exported):
 
 def test_equal_timestamps_put_rec_first(exported):
     config, _, vocab_dir, _, _ = exported
-    mapper = RawFeatureMapper(vocab_dir, config.sequence_shapes)
+    mapper = RawFeatureMapper(DataJobVocabularies(vocab_dir), config.sequence_shapes)
     request = _request(rec=[("i1", 5), ("i2", 7)], search=[("w1", ["i3"], 5)])
     types = mapper(_as_tensors(request))[HISTORY_TYPES].numpy()[0]
     np.testing.assert_array_equal(types[:3], [TYPE_REC, TYPE_SEARCH, TYPE_REC])
@@ -103,7 +104,7 @@ def test_equal_timestamps_put_rec_first(exported):
 
 def test_rec_behaviours_on_unknown_items_are_left_out(exported):
     config, _, vocab_dir, _, _ = exported
-    mapper = RawFeatureMapper(vocab_dir, config.sequence_shapes)
+    mapper = RawFeatureMapper(DataJobVocabularies(vocab_dir), config.sequence_shapes)
     request = _request(rec=[("i1", 1), ("ghost", 2), ("i2", 3)],
                        search=[("w1 ghostword", ["ghost", "i4"], 2)])
     features = {k: v.numpy()[0] for k, v in mapper(_as_tensors(request)).items()}

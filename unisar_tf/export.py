@@ -20,15 +20,18 @@ and clicks_per_session clicks, as the data job does):
 | query (`search` only)           | string | (B,)      | the query text                    |
 
 Output: {"scores": (B, C) float32}, click probabilities. Ids are mapped inside the graph with
-the vocabularies the data job wrote for training (`vocab/{users,items,words}.txt`, line k = id
-k); anything not in them (and "") becomes id 0, padding/out-of-vocabulary. Unknown users
+the vocabularies the model was trained with: for the TFX pipeline's models the Transform
+graph itself (pipeline/transform_module.py, unisar_tf/transform.py), for `unisar_tf.train`
+runs the data job's `vocab/{users,items,words}.txt` (line k = id k + 1). Anything not in them
+(and "") becomes id 0, padding/out-of-vocabulary. Unknown users
 and words still score; an unknown candidate item gets score 0 (the model knows nothing of it)
 and a rec behaviour on an unknown item is left out of the history.
 Timestamps only order the two histories into the mixed sequence; ties put rec first, as the
 data job does.
 
-`serving_default` takes {"examples": (B,) string}, serialized tf.Examples in the data job's
-id format (feature_specs), for batch inference and evaluation, and returns the search score
+`serving_default` takes {"examples": (B,) string}, serialized tf.Examples in the format the
+model trained on (feature_specs: raw string ids through Transform for the pipeline's models,
+the data job's ids otherwise), for batch inference and evaluation, and returns the search score
 for examples that carry `query_tokens` and the rec score otherwise.
 
 The export also writes `assets.extra/tf_serving_warmup_requests` (one request per signature),
@@ -46,6 +49,7 @@ import tensorflow as tf
 from feature_specs import (
     CANDIDATE_ITEMS,
     HISTORY_TYPES,
+    ID_FEATURE_VOCABULARIES,
     QUERY_TOKENS,
     REC_HISTORY_ITEMS,
     SEARCH_HISTORY_CLICKED_ITEMS,
@@ -88,37 +92,69 @@ def raw_input_signature(task: str) -> Dict[str, tf.TensorSpec]:
 
 
 def vocabulary_table(path: str) -> tf.lookup.StaticHashTable:
-    """string -> line number + 1 (the data job's ids); unknown -> 0. The file is a SavedModel asset."""
+    """string -> line number (the data job's id - 1); unknown -> -1. The file is an asset."""
     initializer = tf.lookup.TextFileInitializer(
         path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
         tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER)
     return tf.lookup.StaticHashTable(initializer, default_value=-1)
 
 
-class RawFeatureMapper(tf.Module):
-    """Raw request tensors (RAW_INPUTS) -> the model's id features (feature_specs names)."""
+class DataJobVocabularies(tf.Module):
+    """Raw strings -> ids with the data job's vocabulary files (vocab/, line k = id k + 1).
 
-    def __init__(self, vocab_dir: str, shapes, name: str = "raw_feature_mapper"):
+    The id source of models trained on the data job's id examples (`unisar_tf.train`);
+    the TFX pipeline's models use the Transform graph instead (unisar_tf.transform).
+    """
+
+    example_dtype = tf.int64  # what serving_default's examples carry in id features
+
+    def __init__(self, vocab_dir: str, name: str = "data_job_vocabularies"):
         super().__init__(name=name)
         for kind, filename in VOCAB_FILES.items():
             path = os.path.join(vocab_dir, filename)
             if not tf.io.gfile.exists(path):
                 raise FileNotFoundError(f"vocabulary {path} not found (written by the data job)")
-        self.users = vocabulary_table(os.path.join(vocab_dir, VOCAB_FILES["users"]))
-        self.items = vocabulary_table(os.path.join(vocab_dir, VOCAB_FILES["items"]))
-        self.words = vocabulary_table(os.path.join(vocab_dir, VOCAB_FILES["words"]))
-        self.shapes = shapes
+        self.tables = {kind: vocabulary_table(os.path.join(vocab_dir, filename))
+                       for kind, filename in VOCAB_FILES.items()}
+
+    def lookup(self, kind: str, strings: tf.Tensor) -> tf.Tensor:
+        """Strings of any shape -> int64 ids of the same shape (0 = unknown or "")."""
+        return self.tables[kind].lookup(strings) + 1
 
     @staticmethod
-    def _ids(table: tf.lookup.StaticHashTable, strings: tf.Tensor) -> tf.Tensor:
-        return table.lookup(strings) + 1
+    def example_ids(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        return features  # the data job's examples already hold ids
+
+
+def id_source(vocab_dir: Optional[str] = None, transform_dir: Optional[str] = None):
+    """The mapping from raw ids to model ids: the data job's vocabularies or a Transform
+    output (exactly one of the two)."""
+    if bool(vocab_dir) == bool(transform_dir):
+        raise ValueError("give exactly one of vocab_dir (the data job's vocab/) and "
+                         "transform_dir (a Transform output)")
+    if transform_dir:
+        from unisar_tf.transform import TransformIds
+
+        return TransformIds(transform_dir)
+    return DataJobVocabularies(vocab_dir)
+
+
+class RawFeatureMapper(tf.Module):
+    """Raw request tensors (RAW_INPUTS) -> the model's id features (feature_specs names).
+
+    `ids` maps strings to ids (DataJobVocabularies or unisar_tf.transform.TransformIds).
+    """
+
+    def __init__(self, ids, shapes, name: str = "raw_feature_mapper"):
+        super().__init__(name=name)
+        self.ids = ids
+        self.shapes = shapes
 
     def _tokens(self, text: tf.Tensor) -> tf.Tensor:
         """(...,) query text -> (..., query_len) word ids: the first query_len words, 0-padded."""
         words = tf.strings.split(text)  # ragged (..., None)
-        ids = words.with_flat_values(self._ids(self.words, words.flat_values))
         shape = [None] * (len(text.shape)) + [self.shapes.query_len]
-        return ids.to_tensor(default_value=0, shape=shape)
+        return self.ids.lookup("words", words.to_tensor(default_value="", shape=shape))
 
     @staticmethod
     def _real_slots(length: tf.Tensor, width: tf.Tensor, name: str) -> tf.Tensor:
@@ -173,7 +209,7 @@ class RawFeatureMapper(tf.Module):
         # A rec behaviour whose item the vocabulary does not know is left out: the model has
         # nothing for it (id 0 is padding). Search sessions stay; unknown words and clicked
         # items inside them become padding.
-        rec_ids_all = self._ids(self.items, rec_ids_raw)
+        rec_ids_all = self.ids.lookup("items", rec_ids_raw)
         rec_real = tf.logical_and(
             self._real_slots(inputs["rec_history_length"], width(rec_time_raw), "rec_history"),
             rec_ids_all > 0)
@@ -190,7 +226,7 @@ class RawFeatureMapper(tf.Module):
             ..., :shapes.clicks_per_session]
         clicks_raw = tf.pad(clicks_raw, [[0, 0], [0, 0],
                                          [0, shapes.clicks_per_session - tf.shape(clicks_raw)[2]]])
-        clicks = self._ids(self.items, clicks_raw) * tf.cast(search_valid, tf.int64)[..., None]
+        clicks = self.ids.lookup("items", clicks_raw) * tf.cast(search_valid, tf.int64)[..., None]
 
         # The mixed sequence: both kept lists merged by time, rec first on ties (it comes
         # first in the concatenation and the sort is stable), padding last.
@@ -202,24 +238,26 @@ class RawFeatureMapper(tf.Module):
         merged = tf.argsort(tf.concat([rec_time, search_time], axis=1), axis=1, stable=True)
 
         features = {
-            USER_ID: self._ids(self.users, inputs["user_id"]),
+            USER_ID: self.ids.lookup("users", inputs["user_id"]),
             HISTORY_TYPES: tf.gather(types, merged, batch_dims=1),
             REC_HISTORY_ITEMS: rec_items,
             SEARCH_HISTORY_QUERY_TOKENS: queries,
             SEARCH_HISTORY_CLICKED_ITEMS: clicks,
-            CANDIDATE_ITEMS: self._ids(self.items, inputs["candidate_item_ids"]),
+            CANDIDATE_ITEMS: self.ids.lookup("items", inputs["candidate_item_ids"]),
         }
         if QUERY_INPUT in inputs:
             features[QUERY_TOKENS] = self._tokens(inputs[QUERY_INPUT])
         return features
 
 
-def _example_parse_spec(shapes) -> Dict[str, object]:
+def _example_parse_spec(shapes, id_dtype: tf.DType) -> Dict[str, object]:
+    """serving_default's parse spec: id features as `id_dtype` (int64 ids or raw strings)."""
     fixed = model_feature_shapes(shapes, num_candidates=1, with_query=False)
-    spec = {name: tf.io.FixedLenFeature(shape, tf.int64) for name, shape in fixed.items()
-            if name != CANDIDATE_ITEMS}
-    spec[CANDIDATE_ITEMS] = tf.io.VarLenFeature(tf.int64)
-    spec[QUERY_TOKENS] = tf.io.VarLenFeature(tf.int64)
+    spec = {name: tf.io.FixedLenFeature(shape, id_dtype if name in ID_FEATURE_VOCABULARIES
+                                        else tf.int64)
+            for name, shape in fixed.items() if name != CANDIDATE_ITEMS}
+    spec[CANDIDATE_ITEMS] = tf.io.VarLenFeature(id_dtype)
+    spec[QUERY_TOKENS] = tf.io.VarLenFeature(id_dtype)
     return spec
 
 
@@ -233,12 +271,13 @@ def known_candidates_only(scores: tf.Tensor, candidate_ids: tf.Tensor) -> tf.Ten
 
 
 class ServingFunctions(tf.Module):
-    """The signature functions and what they need (the model and the vocabulary tables)."""
+    """The signature functions and what they need (the model and its id source)."""
 
-    def __init__(self, model: UniSARModel, vocab_dir: str):
+    def __init__(self, model: UniSARModel, ids):
         super().__init__(name="serving")
         self.model = model
-        self.mapper = RawFeatureMapper(vocab_dir, model.config.sequence_shapes)
+        self.ids = ids
+        self.mapper = RawFeatureMapper(ids, model.config.sequence_shapes)
 
     def score_raw(self, inputs: Dict[str, tf.Tensor], task: str) -> Dict[str, tf.Tensor]:
         features = self.mapper(inputs)
@@ -246,20 +285,29 @@ class ServingFunctions(tf.Module):
         return {"scores": known_candidates_only(scores, features[CANDIDATE_ITEMS])}
 
     def score_examples(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
-        """(B,) serialized tf.Examples -> {"scores": (B, C)}; C = the most candidates sent."""
+        """(B,) serialized tf.Examples -> {"scores": (B, C)}; C = the most candidates sent.
+
+        The examples are in the format the model was trained on: the data job's ids, or raw
+        string ids that the Transform graph maps (the TFX pipeline's models).
+        """
         shapes = self.model.config.sequence_shapes
-        parsed = tf.io.parse_example(examples, _example_parse_spec(shapes))
+        id_dtype = self.ids.example_dtype
+        padding = tf.constant(0 if id_dtype == tf.int64 else "", id_dtype)
+        parsed = tf.io.parse_example(examples, _example_parse_spec(shapes, id_dtype))
         features = {name: value for name, value in parsed.items()
                     if not isinstance(value, tf.sparse.SparseTensor)}
-        features[CANDIDATE_ITEMS] = tf.sparse.to_dense(parsed[CANDIDATE_ITEMS])
+        features[CANDIDATE_ITEMS] = tf.sparse.to_dense(parsed[CANDIDATE_ITEMS], padding)
         tasks = self.model.config.tasks
+        if "search" in tasks:
+            query = tf.sparse.to_dense(parsed[QUERY_TOKENS], padding)[:, :shapes.query_len]
+            features[QUERY_TOKENS] = tf.pad(
+                query, [[0, 0], [0, shapes.query_len - tf.shape(query)[1]]],
+                constant_values=padding)
+        features = self.ids.example_ids(features)
         candidates = features[CANDIDATE_ITEMS]
-        if "search" not in tasks:
-            return {"scores": known_candidates_only(
-                self.model(features, training=False)["rec"], candidates)}
-        query = tf.sparse.to_dense(parsed[QUERY_TOKENS])[:, :shapes.query_len]
-        features[QUERY_TOKENS] = tf.pad(query, [[0, 0], [0, shapes.query_len - tf.shape(query)[1]]])
         scores = self.model(features, training=False)
+        if "search" not in tasks:
+            return {"scores": known_candidates_only(scores["rec"], candidates)}
         if "rec" not in tasks:
             return {"scores": known_candidates_only(scores["search"], candidates)}
         # Search examples are the ones that carry query_tokens at all (the data job writes
@@ -388,9 +436,12 @@ def warmup_requests(tasks, num_candidates: int = 100):
     return logs
 
 
-def export_serving_model(model: UniSARModel, vocab_dir: str, export_dir: str,
-                         warmup: bool = True) -> str:
+def export_serving_model(model: UniSARModel, vocab_dir: Optional[str], export_dir: str,
+                         warmup: bool = True, transform_dir: Optional[str] = None) -> str:
     """Write a SavedModel (tag "serve") with the three signatures into export_dir.
+
+    Ids are mapped with the data job's vocabularies (`vocab_dir`) or, for a model trained on
+    Transform's ids, with the Transform graph (`transform_dir`, vocab_dir None).
 
     The directory appears complete or not at all: it is written next to export_dir and
     renamed, so a server watching the parent never loads half a model.
@@ -401,8 +452,8 @@ def export_serving_model(model: UniSARModel, vocab_dir: str, export_dir: str,
     staging = os.path.join(parent, f".tmp-{leaf}")
     if tf.io.gfile.exists(staging):
         tf.io.gfile.rmtree(staging)
-    serving = ServingFunctions(model, vocab_dir)
-    # The tables ride on the model so model.save tracks them (and their vocabulary assets).
+    serving = ServingFunctions(model, id_source(vocab_dir, transform_dir))
+    # The id mapping rides on the model so model.save tracks it (and its vocabulary assets).
     model.serving_functions = serving
     # save_traces=False: the signatures are all a server needs; tracing every Keras layer's
     # call for Python-free reloading costs tens of seconds and adds nothing here.
@@ -416,13 +467,14 @@ def export_serving_model(model: UniSARModel, vocab_dir: str, export_dir: str,
     return export_dir
 
 
-def push(model: UniSARModel, vocab_dir: str, serving_dir: str,
-         version: Optional[int] = None) -> str:
+def push(model: UniSARModel, vocab_dir: Optional[str], serving_dir: str,
+         version: Optional[int] = None, transform_dir: Optional[str] = None) -> str:
     """Export as `<serving_dir>/unisar/<version>` (next free number by default)."""
     base_path = os.path.join(serving_dir, MODEL_NAME)
     tf.io.gfile.makedirs(base_path)
     version = next_version(base_path) if version is None else version
-    return export_serving_model(model, vocab_dir, os.path.join(base_path, str(version)))
+    return export_serving_model(model, vocab_dir, os.path.join(base_path, str(version)),
+                                transform_dir=transform_dir)
 
 
 def main(argv=None) -> None:
@@ -434,10 +486,13 @@ def main(argv=None) -> None:
                         help="writes <serving_dir>/unisar/<version>")
     parser.add_argument("--version", type=int, default=None)
     args = parser.parse_args(argv)
-    from unisar_tf.trainer import load_trained_model
+    from unisar_tf.trainer import load_trained_model, run_transform_dir
 
     model = load_trained_model(args.model_dir, args.data_dir)
-    path = push(model, os.path.join(args.data_dir, "vocab"), args.serving_dir, args.version)
+    # A run trained through a Transform graph (options.json) serves with that graph.
+    transform_dir = run_transform_dir(args.model_dir)
+    vocab_dir = None if transform_dir else os.path.join(args.data_dir, "vocab")
+    path = push(model, vocab_dir, args.serving_dir, args.version, transform_dir)
     print(f"exported {path}")
 
 
