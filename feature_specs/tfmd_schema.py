@@ -42,6 +42,9 @@ def build_schema(shapes: fs.SequenceShapes, train_candidates: int = 5,
             feature.value_count.min = min(train_candidates, eval_candidates)
             feature.value_count.max = max(train_candidates, eval_candidates)
         else:
+            # An explicit (possibly empty) shape: user_id is a scalar, a FixedLenFeature([])
+            # for TF Transform and TFDV, not a variable-length list.
+            feature.shape.SetInParent()
             for size in dims:
                 feature.shape.dim.add(size=size)
         if feature.type == schema_pb2.INT:

@@ -1,15 +1,22 @@
-"""The UniSAR TFX pipeline: raw logs -> sequence examples -> checks -> train -> bless -> push.
+"""The UniSAR TFX pipeline: raw logs -> sequence examples -> checks -> vocabularies -> train ->
+bless -> push.
 
     SequenceExampleGen ─> StatisticsGen ─┬─> ExampleValidatorRec    (*_rec)    ─┬─> AnomalyGate
     ImportSchemaGen (curated schema) ────┘   ExampleValidatorSearch (*_search) ─┘       │
     ImportSchemaGenRec / ImportSchemaGenSearch: the schema's REC / SEARCH views, one per │
     validator (see pipeline/components/validation.py for why)                           ▼
+    Transform (pipeline.transform_module.preprocessing_fn; ImportSchemaGenTransform's view)
+      │ transform_graph: user / item / word vocabularies, analyzed on the training splits
+      ▼
     Trainer (pipeline.trainer_module.run_fn) ─> RankingEvaluator ─> Pusher (if blessed)
     LatestBlessedModelResolver ────────────────┘ (the last blessed model, to beat)
 
+SequenceExampleGen writes raw-id examples (`id_format="raw"`): Transform owns the id
+mapping. It runs with materialize=False: the Trainer and the evaluator apply the transform
+graph to the raw examples as they read them, and the exported model carries the same graph
+in its serving signatures, so training and serving map ids with one graph.
 The same definition runs with LocalDagRunner (pipeline/runners/local.py) and is what the
-Kubeflow runner compiles (pipeline/runners/kubeflow.py). Not yet in it (issue 5): Transform
-(vocabularies via tensorflow-transform); the vocabularies are the data job's for now.
+Kubeflow runner compiles (pipeline/runners/kubeflow.py).
 Whatever reads the examples waits for the gate (`add_upstream_node(gate)`).
 """
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tfx import v1 as tfx
 
+from feature_specs import ID_FORMAT_RAW
 from unisar_tf.export import MODEL_NAME
 
 from pipeline import beam_job, build_examples, trainer_module
@@ -27,10 +35,21 @@ from pipeline.components.ranking_evaluator import RankingEvaluator
 from pipeline.components.sequence_example_gen import SPLIT_NAMES, SequenceExampleGen, job_args
 
 
+def pipeline_build_options(build_options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The data job's options in the pipeline: raw-id examples, which Transform maps."""
+    options = dict(build_options or {})
+    if options.get("id_format", ID_FORMAT_RAW) != ID_FORMAT_RAW:
+        raise ValueError(f"build option id_format={options['id_format']!r}: the pipeline's "
+                         f"Transform builds the vocabularies, so it needs {ID_FORMAT_RAW!r}")
+    options["id_format"] = ID_FORMAT_RAW
+    return options
+
+
 def curated_schema_files(adapter: str, data_root: str, build_options: Optional[Dict[str, Any]],
                          schema_dir: str) -> Dict[str, str]:
     """The curated schema for these build options (the data job's schema.pbtxt) and its
-    per-environment views, written under schema_dir: {"ALL" | "REC" | "SEARCH": path}."""
+    per-environment and Transform views, written under schema_dir:
+    {"ALL" | "REC" | "SEARCH" | "TRANSFORM": path}."""
     args = job_args(adapter, data_root, build_options, output="", resolve_inputs=False)
     schema = beam_job.example_schema(build_examples.build_options(args))
     return validation.write_schema_files(schema, schema_dir)
@@ -72,6 +91,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
     config_overrides, max_epochs, steps_per_epoch, validation_rows, seed).
     min_improvement: NDCG@10 margin the model must beat the baselines by to be pushed.
     """
+    build_options = pipeline_build_options(build_options)
     schema_files = curated_schema_files(adapter, data_root, build_options,
                                         schema_dir or os.path.join(pipeline_root, "_schemas"))
 
@@ -87,11 +107,26 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
     components = [example_gen, schema_gen, statistics_gen,
                   *[node for nodes in checks.values() for node in nodes], gate]
 
-    # Named by its import path: the project is installed where components run (the venv
-    # here, the Dockerfile's image on Kubeflow), so TFX need not package a module file.
+    # Functions are named by import path: the project is installed where components run
+    # (the venv here, the Dockerfile's image on Kubeflow), so TFX need not package modules.
+    transform_schema = tfx.components.ImportSchemaGen(
+        schema_file=schema_files[validation.TRANSFORM_VIEW]).with_id("ImportSchemaGenTransform")
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=transform_schema.outputs["schema"],
+        preprocessing_fn="pipeline.transform_module.preprocessing_fn",
+        # Vocabularies from the training splits only; nothing is materialized (the readers
+        # apply the graph), so no split is transformed here.
+        splits_config=tfx.proto.SplitsConfig(analyze=list(trainer_module.TRAIN_SPLITS)),
+        # StatisticsGen already describes these examples; the post-transform statistics
+        # would add a pass over the data for ids nobody reads.
+        materialize=False, disable_statistics=True)
+    transform.add_upstream_node(gate)
+    components += [transform_schema, transform]
+
     trainer = tfx.components.Trainer(
         run_fn="pipeline.trainer_module.run_fn",
         examples=example_gen.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
         train_args=tfx.proto.TrainArgs(splits=list(trainer_module.TRAIN_SPLITS)),
         eval_args=tfx.proto.EvalArgs(splits=list(trainer_module.EVAL_SPLITS)),
         custom_config=dict(train_config or {}))
@@ -102,6 +137,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("LatestBlessedModelResolver")
     evaluator = RankingEvaluator(examples=example_gen.outputs["examples"],
+                                 transform_graph=transform.outputs["transform_graph"],
                                  model=trainer.outputs["model"],
                                  baseline_model=last_blessed.outputs["model"],
                                  min_improvement=min_improvement)

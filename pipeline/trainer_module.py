@@ -2,7 +2,10 @@
 
 The TFX Trainer calls `run_fn(fn_args)` with the Examples artifact of the sequence-example
 component (train_rec/train_search for training, valid_rec/valid_search for validation; the
-artifact also holds the data job's manifest.json and vocab/). The same
+artifact also holds the data job's manifest.json and vocab/) and, in the pipeline, the
+Transform graph (`fn_args.transform_output`): the examples carry raw ids, which the graph
+maps as they are read, and the export serves with the same graph. Without a transform
+graph the examples must be the data job's id format and its vocab/ is used. The same
 `unisar_tf.trainer.Trainer` as `python -m unisar_tf.train` runs the epochs (validation,
 plateau / early stopping, checkpoints in the model run dir), then the best validation
 checkpoint is exported with the serving signatures (`unisar_tf.export`) into the Model
@@ -48,7 +51,9 @@ def run_fn(fn_args) -> None:
     overrides = {name: tuple(value) if isinstance(value, list) else value
                  for name, value in custom.get("config_overrides", {}).items()}
     config = preset(custom.get("preset", "amazon"), seed=seed, **overrides)
+    transform_dir = getattr(fn_args, "transform_output", None) or None
     options = TrainerOptions(data_dir=data_dir, model_dir=fn_args.model_run_dir,
+                             transform_dir=transform_dir,
                              max_epochs=int(custom.get("max_epochs", 100)), seed=seed,
                              steps_per_epoch=custom.get("steps_per_epoch"),
                              validation_rows=custom.get("validation_rows"), verbose=1)
@@ -60,4 +65,5 @@ def run_fn(fn_args) -> None:
     if tf.io.gfile.isdir(fn_args.serving_model_dir) and not tf.io.gfile.listdir(
             fn_args.serving_model_dir):
         tf.io.gfile.rmtree(fn_args.serving_model_dir)
-    export_serving_model(model, os.path.join(data_dir, "vocab"), fn_args.serving_model_dir)
+    export_serving_model(model, None if transform_dir else os.path.join(data_dir, "vocab"),
+                         fn_args.serving_model_dir, transform_dir=transform_dir)

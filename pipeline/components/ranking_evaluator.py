@@ -65,17 +65,24 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
         evaluation: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelEvaluation],
         blessing: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelBlessing],
         baseline_model: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
+        transform_graph: tfx.dsl.components.InputArtifact[
+            standard_artifacts.TransformGraph] = None,
         split: tfx.dsl.components.Parameter[str] = "test",
         min_improvement: tfx.dsl.components.Parameter[float] = 0.0,
 ) -> None:
-    """Scores `model` on the test lists, compares with the baselines, writes the blessing."""
+    """Scores `model` on the test lists, compares with the baselines, writes the blessing.
+
+    transform_graph: the Transform output the examples' raw ids go through (the pipeline's).
+    """
     from tfx.utils import path_utils
 
     from unisar_tf import data
     from unisar_tf.evaluate import baseline_metrics, evaluate_saved_model
 
     data_dir = examples.uri
-    manifest = data.load_manifest(data_dir)
+    # Raw-id examples: the popularity baseline counts items by Transform's ids; the models
+    # map the same raw examples with the graph inside their serving_default signature.
+    manifest = data.load_manifest(data_dir, transform_graph.uri if transform_graph else None)
     tasks = [t for t in ("rec", "search") if manifest["examples"][split].get(t)]
     candidate = evaluate_saved_model(path_utils.serving_model_path(model.uri), data_dir,
                                      split, tasks)

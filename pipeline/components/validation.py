@@ -67,8 +67,35 @@ def schema_for_environment(schema: schema_pb2.Schema, environment: str) -> schem
     return view
 
 
+TRANSFORM_VIEW = "TRANSFORM"
+
+
+def schema_for_transform(schema: schema_pb2.Schema) -> schema_pb2.Schema:
+    """The schema Transform parses every split with: environments do not exist there, so a
+    feature missing from some environment (`query_tokens`, absent from rec examples) becomes
+    optional and variable-length (a SparseTensor in preprocessing_fn); the rest is as is."""
+    view = schema_pb2.Schema()
+    view.CopyFrom(schema)
+    view.ClearField("default_environment")
+    for feature in view.feature:
+        everywhere = all(in_environment(feature, environment, schema)
+                         for environment in ENVIRONMENT_SPLITS)
+        feature.ClearField("in_environment")
+        feature.ClearField("not_in_environment")
+        if not everywhere and feature.HasField("shape"):
+            size = 1
+            for dim in feature.shape.dim:
+                size *= dim.size
+            feature.ClearField("shape")
+            feature.value_count.min = feature.value_count.max = size
+            feature.presence.min_fraction = 0.0
+            feature.presence.min_count = 0
+    return view
+
+
 def write_schema_files(schema: schema_pb2.Schema, directory: str) -> Dict[str, str]:
-    """Writes the schema and its per-environment views; {"ALL" or environment: path}.
+    """Writes the schema, its per-environment views and Transform's view;
+    {"ALL", environment or TRANSFORM_VIEW: path}.
 
     The folder is named by the schema's digest: ImportSchemaGen's cache key is the file path,
     so another schema must be another path. Existing files are left alone (same content)."""
@@ -77,6 +104,7 @@ def write_schema_files(schema: schema_pb2.Schema, directory: str) -> Dict[str, s
     texts = {"ALL": text}
     texts.update({environment: text_format.MessageToString(
         schema_for_environment(schema, environment)) for environment in ENVIRONMENT_SPLITS})
+    texts[TRANSFORM_VIEW] = text_format.MessageToString(schema_for_transform(schema))
     paths = {}
     for name, content in texts.items():
         # ImportSchemaGen copies the file to <artifact>/schema.pbtxt: one folder per file.

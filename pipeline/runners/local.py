@@ -55,7 +55,8 @@ def run(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
 
 def executions_since(config, pipeline_name: str, since_ms: int) -> List[dict]:
     """Executions of the pipeline's components registered at or after since_ms, in order:
-    {"component", "state" (COMPLETE, CACHED, FAILED...), "seconds", "outputs": {key: [uri]}}.
+    {"component", "state" (COMPLETE, CACHED, FAILED...), "seconds", "inputs" and "outputs":
+    {key: [uri]}}.
     MLMD keeps create and last-update times per execution, i.e. the component's run."""
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
@@ -73,6 +74,11 @@ def executions_since(config, pipeline_name: str, since_ms: int) -> List[dict]:
             events = store.get_events_by_execution_ids([execution.id])
             output_ids = {event.artifact_id: event.path.steps[0].key for event in events
                           if event.type == metadata_store_pb2.Event.OUTPUT}
+            input_keys = {event.artifact_id: event.path.steps[0].key for event in events
+                          if event.type == metadata_store_pb2.Event.INPUT}
+            inputs: Dict[str, List[str]] = {}
+            for artifact in store.get_artifacts_by_id(list(input_keys)):
+                inputs.setdefault(input_keys[artifact.id], []).append(artifact.uri)
             pushed_destination = None
             for artifact in store.get_artifacts_by_id(list(output_ids)):
                 outputs.setdefault(output_ids[artifact.id], []).append(artifact.uri)
@@ -87,6 +93,7 @@ def executions_since(config, pipeline_name: str, since_ms: int) -> List[dict]:
                 "seconds": (execution.last_update_time_since_epoch
                             - execution.create_time_since_epoch) / 1000.0,
                 "started_ms": execution.create_time_since_epoch,
+                "inputs": inputs,
                 "outputs": outputs,
             })
     return sorted(rows, key=lambda row: row["started_ms"])
