@@ -8,12 +8,10 @@ from importlib import metadata
 
 from pipeline.runners import kubeflow
 
+from test_tfx_pipeline import COMPONENTS  # the same pipeline
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVENT_LOG_DIR = os.path.join(REPO, "tests", "fixtures", "event_log")
-COMPONENTS = ["SequenceExampleGen", "ImportSchemaGen", "ImportSchemaGenRec",
-              "ImportSchemaGenSearch", "StatisticsGen", "ExampleValidatorRec",
-              "ExampleValidatorSearch", "AnomalyGate", "Trainer", "LatestBlessedModelResolver",
-              "RankingEvaluator", "Pusher"]
 IMAGE = "registry.example.com/unisar-tfx:1.2.3"
 BEAM_ARGS = ["--runner=DataflowRunner", "--project=proj", "--region=europe-west4",
              "--temp_location=gs://bucket/tmp"]

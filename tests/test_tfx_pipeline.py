@@ -12,6 +12,7 @@ import types
 
 import pytest
 import tensorflow as tf
+import tensorflow_transform as tft
 import tensorflow_data_validation as tfdv
 from ml_metadata.metadata_store import metadata_store
 from tensorflow_metadata.proto.v0 import anomalies_pb2
@@ -38,7 +39,8 @@ EXAMPLES = {"train_rec": 1, "train_search": 1, "valid_rec": 2, "valid_search": 2
             "test_rec": 3, "test_search": 3}
 COMPONENTS = ["SequenceExampleGen", "ImportSchemaGen", "ImportSchemaGenRec",
               "ImportSchemaGenSearch", "StatisticsGen", "ExampleValidatorRec",
-              "ExampleValidatorSearch", "AnomalyGate", "Trainer", "LatestBlessedModelResolver",
+              "ExampleValidatorSearch", "AnomalyGate", "ImportSchemaGenTransform", "Transform",
+              "Trainer", "LatestBlessedModelResolver",
               "RankingEvaluator", "Pusher"]
 # A small model and one short epoch: the fixture has a handful of examples.
 TRAIN_CONFIG = {"max_epochs": 1, "steps_per_epoch": 2, "config_overrides": {
@@ -105,13 +107,15 @@ def test_examples_artifact_has_six_splits_and_the_job_outputs(good_run):
             features = example.features.feature
             assert (fs.QUERY_TOKENS in features) == split.endswith("_search")
             assert (fs.NEGATIVE_POOL in features) == split.startswith("train")
-            assert len(features[fs.CANDIDATE_ITEMS].int64_list.value) == (
+            # Raw ids (strings): Transform maps them.
+            assert len(features[fs.CANDIDATE_ITEMS].bytes_list.value) == (
                 3 if split.startswith("train") else 4)
     # The data job's other outputs sit next to the splits; the manifest points at the splits.
     manifest = beam_job.load_manifest(examples.uri)
     assert manifest["files"]["train/rec"] == "Split-train_rec/data-*.tfrecord.gz"
     assert manifest["beam_args"][:3] == IN_MEMORY  # the pipeline's beam_pipeline_args
     assert manifest["build_options"]["train_negative_pool"] == 3
+    assert manifest["id_format"] == "raw"
     for name in ("schema.pbtxt", "vocab/items.txt", "vocab/item_clicks.tsv"):
         assert os.path.isfile(os.path.join(examples.uri, name)), name
     assert glob.glob(os.path.join(examples.uri, "rejected", "rejected-*.jsonl"))
@@ -121,8 +125,10 @@ def test_schema_imported_and_statistics_exist(good_run):
     root, _ = good_run
     store = store_of(root)
     schemas = {artifact.uri.split(os.sep)[-3]: artifact
-               for artifact in store.get_artifacts_by_type("Schema")}
-    assert sorted(schemas) == ["ImportSchemaGen", "ImportSchemaGenRec", "ImportSchemaGenSearch"]
+               for artifact in store.get_artifacts_by_type("Schema")
+               if "/Transform/" not in artifact.uri}  # (Transform's post-transform schema)
+    assert sorted(schemas) == ["ImportSchemaGen", "ImportSchemaGenRec", "ImportSchemaGenSearch",
+                               "ImportSchemaGenTransform"]
     full = tfdv.load_schema_text(os.path.join(schemas["ImportSchemaGen"].uri, "schema.pbtxt"))
     [examples] = store.get_artifacts_by_type("Examples")
     # The imported schema is the one the data job wrote for the same options.
@@ -161,7 +167,7 @@ def test_environment_views_validate_like_tfdv_environments(good_run):
     store = store_of(root)
     [statistics] = store.get_artifacts_by_type("ExampleStatistics")
     shapes = fs.SequenceShapes(rec_len=4, search_len=4, query_len=3, clicks_per_session=5)
-    full = tfmd_schema.build_schema(shapes, 3, 4, negative_pool=3)
+    full = tfmd_schema.build_schema(shapes, 3, 4, negative_pool=3, id_format="raw")
     for split in SPLITS:
         [path] = glob.glob(os.path.join(statistics.uri, f"Split-{split}", "*"))
         stats = tfdv.load_stats_binary(path)
@@ -213,7 +219,11 @@ def test_blessed_model_is_pushed_loads_and_scores(good_run):
     # The pushed export is the serving export: raw ids in, one score per candidate out.
     model = tf.saved_model.load(pushed)
     assert set(model.signatures) == {"recommend", "search", "serving_default"}
-    vocabulary = open(os.path.join(pushed, "assets", "items.txt")).read().split()
+    # The served vocabulary is Transform's (an asset of the export, named as in the graph).
+    vocabulary = open(os.path.join(pushed, "assets", "items")).read().split()
+    [graph] = store_of(root).get_artifacts_by_type("TransformGraph")
+    assert vocabulary == [w.decode() for w in
+                          tft.TFTransformOutput(graph.uri).vocabulary_by_name("items")]
     scores = model.signatures["recommend"](
         user_id=tf.constant(["nobody"]), candidate_item_ids=tf.constant([vocabulary[:3]]),
         rec_history_item_ids=tf.constant([[vocabulary[3]]]),
@@ -242,17 +252,44 @@ def test_trainer_module_runs_in_isolation(good_run, tmp_path):
     """run_fn with the FnArgs the TFX Trainer would pass, outside any pipeline."""
     root, _ = good_run
     [examples] = store_of(root).get_artifacts_by_type("Examples")
+    [graph] = store_of(root).get_artifacts_by_type("TransformGraph")
     fn_args = types.SimpleNamespace(
         train_files=[os.path.join(examples.uri, "Split-train_rec", "*"),
                      os.path.join(examples.uri, "Split-train_search", "*")],
         eval_files=[os.path.join(examples.uri, "Split-valid_rec", "*")],
         model_run_dir=str(tmp_path / "run"), serving_model_dir=str(tmp_path / "serving"),
-        custom_config=dict(TRAIN_CONFIG))
+        transform_output=graph.uri, custom_config=dict(TRAIN_CONFIG))
     assert trainer_module.examples_root(fn_args) == examples.uri
     trainer_module.run_fn(fn_args)
     assert os.path.isfile(tmp_path / "run" / "best.json")
-    assert set(tf.saved_model.load(str(tmp_path / "serving")).signatures) == {
-        "recommend", "search", "serving_default"}
+    served = tf.saved_model.load(str(tmp_path / "serving"))
+    assert set(served.signatures) == {"recommend", "search", "serving_default"}
+    # serving_default reads the raw examples: the Transform graph is inside the export.
+    records = [example.SerializeToString() for example in read_split(examples.uri, "test_rec")]
+    scores = served.signatures["serving_default"](examples=tf.constant(records))["scores"]
+    assert scores.shape == (EXAMPLES["test_rec"], 4)
+
+
+def test_transform_analyzes_the_training_splits(good_run):
+    """The vocabularies hold exactly the values of the training examples, and the Transform
+    artifact is what the Trainer and the evaluator were given."""
+    root, rows = good_run
+    store = store_of(root)
+    [examples] = store.get_artifacts_by_type("Examples")
+    [graph] = store.get_artifacts_by_type("TransformGraph")
+    output = tft.TFTransformOutput(graph.uri)
+    seen = {"users": set(), "items": set(), "words": set()}
+    for split in ("train_rec", "train_search"):
+        for example in read_split(examples.uri, split):
+            for name, feature in example.features.feature.items():
+                if name in fs.ID_FEATURE_VOCABULARIES:
+                    seen[fs.ID_FEATURE_VOCABULARIES[name]].update(
+                        v for v in feature.bytes_list.value if v)
+    for kind, values in seen.items():
+        assert set(output.vocabulary_by_name(kind)) == values, kind
+    by_component = {row["component"]: row for row in rows}
+    assert by_component["Trainer"]["inputs"]["transform_graph"] == [graph.uri]
+    assert by_component["RankingEvaluator"]["inputs"]["transform_graph"] == [graph.uri]
     with pytest.raises(ValueError, match="Split-<name>"):
         trainer_module.examples_root(types.SimpleNamespace(train_files=["/data/train/*"]))
 

@@ -1,0 +1,286 @@
+"""Transform: vocabularies by tensorflow-transform, used to read raw-id examples and inside
+the serving signatures (pipeline/transform_module.py, unisar_tf/transform.py).
+
+Hand-computed vocabularies on two examples; then the KuaiSAR fixture built in both id
+formats: reading the raw examples through the Transform graph gives the id examples
+(re-keyed to Transform's vocabularies), and a model trained with `--transform_dir` exports
+signatures that carry the graph (same scores from raw examples, from raw requests, and after
+the Transform output is deleted).
+"""
+import collections
+import glob
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, ID_FEATURE_VOCABULARIES,
+                           NEGATIVE_POOL, QUERY_TOKENS, REC_HISTORY_ITEMS,
+                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, USER_ID)
+from pipeline import transform_module
+from test_raw_examples import KUAISAR_FLAGS, run_cli
+from test_trainer import TINY_FLAGS
+from unisar_tf import data
+from unisar_tf.export import (EXAMPLES_SIGNATURE, SIGNATURE_NAMES, raw_request_from_features,
+                              read_vocabularies)
+from unisar_tf.transform import TransformIds, transform_ids
+
+SCENARIOS = ("rec", "search")
+SPLITS = ("train", "valid", "test")
+
+
+# --- preprocessing_fn by hand ------------------------------------------------------------------
+
+def analyze_in_memory(instances, feature_spec, output_dir):
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(feature_spec))
+    with beam.Pipeline(argv=["--runner=DirectRunner"]) as pipeline, tft_beam.Context(
+            temp_dir=tempfile.mkdtemp()):
+        transform_fn = ((pipeline | beam.Create(instances), metadata)
+                        | tft_beam.AnalyzeDataset(transform_module.preprocessing_fn))
+        _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
+    transform_module.write_raw_metadata(metadata.schema, output_dir)
+
+
+def test_vocabularies_and_ids_by_hand(tmp_path):
+    spec = {USER_ID: tf.io.FixedLenFeature([], tf.string),
+            HISTORY_TYPES: tf.io.FixedLenFeature([3], tf.int64),
+            REC_HISTORY_ITEMS: tf.io.FixedLenFeature([2], tf.string),
+            SEARCH_HISTORY_QUERY_TOKENS: tf.io.FixedLenFeature([1, 2], tf.string),
+            SEARCH_HISTORY_CLICKED_ITEMS: tf.io.FixedLenFeature([1, 1], tf.string),
+            CANDIDATE_ITEMS: tf.io.VarLenFeature(tf.string),
+            QUERY_TOKENS: tf.io.VarLenFeature(tf.string),
+            NEGATIVE_POOL: tf.io.VarLenFeature(tf.string)}
+    examples = [
+        {USER_ID: b"u1", HISTORY_TYPES: [1, 1, 2], REC_HISTORY_ITEMS: [b"a", b"b"],
+         SEARCH_HISTORY_QUERY_TOKENS: [[b"x", b"y"]], SEARCH_HISTORY_CLICKED_ITEMS: [[b"a"]],
+         CANDIDATE_ITEMS: [b"a", b"c"], QUERY_TOKENS: [b"x", b""],
+         NEGATIVE_POOL: [b"c", b"d"]},
+        {USER_ID: b"u2", HISTORY_TYPES: [1, 2, 0], REC_HISTORY_ITEMS: [b"a", b""],
+         SEARCH_HISTORY_QUERY_TOKENS: [[b"y", b"x"]], SEARCH_HISTORY_CLICKED_ITEMS: [[b"a"]],
+         CANDIDATE_ITEMS: [b"b", b"a", b"c"], QUERY_TOKENS: [], NEGATIVE_POOL: []},
+    ]
+    # Items: a 6 times, c 3, b 2, d 1 -> ids 1..4; words: x 3, y 2 -> 1, 2; "" -> 0.
+    out = str(tmp_path / "transform")
+    analyze_in_memory(examples, spec, out)
+    ids = TransformIds(out)
+    assert ids.vocabularies()["items"].tolist() == ["", "a", "c", "b", "d"]
+    assert ids.vocabularies()["words"].tolist() == ["", "x", "y"]
+    assert ids.vocabulary_sizes() == {"users": 2, "items": 4, "words": 2}
+    # The whole graph on the two examples, dense and padded with "" (TransformIds makes the
+    # VarLen features sparse again).
+    def padded(name, width):
+        return [list(example[name]) + [b""] * (width - len(example[name])) for example in examples]
+    batch = {name: tf.constant([example[name] for example in examples])
+             for name in (USER_ID, REC_HISTORY_ITEMS, SEARCH_HISTORY_QUERY_TOKENS,
+                          SEARCH_HISTORY_CLICKED_ITEMS)}
+    batch[HISTORY_TYPES] = tf.constant([e[HISTORY_TYPES] for e in examples], tf.int64)
+    for name, width in ((CANDIDATE_ITEMS, 3), (QUERY_TOKENS, 2), (NEGATIVE_POOL, 2)):
+        batch[name] = tf.constant(padded(name, width))
+    out = {name: value.numpy().tolist() for name, value in ids(batch).items()}
+    assert out[REC_HISTORY_ITEMS] == [[1, 3], [1, 0]]
+    assert out[SEARCH_HISTORY_QUERY_TOKENS] == [[[1, 2]], [[2, 1]]]
+    assert out[SEARCH_HISTORY_CLICKED_ITEMS] == [[[1]], [[1]]]
+    assert out[CANDIDATE_ITEMS] == [[1, 2, 0], [3, 1, 2]]
+    assert out[QUERY_TOKENS] == [[1, 0], [0, 0]]
+    assert out[NEGATIVE_POOL] == [[2, 4], [0, 0]]
+    assert out[HISTORY_TYPES] == [[1, 1, 2], [1, 2, 0]]  # passes through
+    assert sorted(out[USER_ID]) == [1, 2]
+    # Out of vocabulary -> 0, like padding; lookup takes any shape.
+    looked_up = ids.lookup("items", tf.constant([[[b"d", b"zz"], [b"", b"a"]]]))
+    assert looked_up.numpy().tolist() == [[[4, 0], [0, 1]]]
+    assert ids.lookup("users", tf.constant([b"nobody"])).numpy().tolist() == [0]
+    assert ids.lookup("words", tf.constant([[b"y", b"q"]])).numpy().tolist() == [[2, 0]]
+
+
+# --- the KuaiSAR fixture in both formats ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(ids_dir, raw_dir, transform_dir): the fixture in both formats, and Transform's
+    analysis of the raw training splits."""
+    root = tmp_path_factory.mktemp("transform")
+    dirs = {}
+    for id_format in ("ids", "raw"):
+        dirs[id_format] = str(root / id_format)
+        run_cli(KUAISAR_FLAGS + ["--id_format", id_format, "--output", dirs[id_format]])
+    transform_dir = transform_module.analyze(dirs["raw"], str(root / "transform"),
+                                             beam_args=["--runner=DirectRunner"])
+    return dirs["ids"], dirs["raw"], transform_dir
+
+
+def raw_records(data_dir, split, scenario):
+    return [r.numpy() for r in tf.data.TFRecordDataset(
+        data.example_files(data_dir, split, scenario), compression_type="GZIP")]
+
+
+def test_vocabularies_are_the_training_splits_values_most_frequent_first(built):
+    _, raw_dir, transform_dir = built
+    counts = {kind: collections.Counter() for kind in ("users", "items", "words")}
+    for scenario in SCENARIOS:
+        for record in raw_records(raw_dir, "train", scenario):
+            features = tf.train.Example.FromString(record).features.feature
+            for name, kind in ID_FEATURE_VOCABULARIES.items():
+                if name in features:
+                    counts[kind].update(v.decode() for v in features[name].bytes_list.value if v)
+    vocabularies = transform_ids(transform_dir).vocabularies()
+    for kind, counter in counts.items():
+        words = list(vocabularies[kind][1:])
+        assert sorted(words) == sorted(counter), kind
+        frequencies = [counter[w] for w in words]
+        assert frequencies == sorted(frequencies, reverse=True), kind
+
+
+def test_reading_raw_examples_through_transform_gives_the_id_examples(built):
+    ids_dir, raw_dir, transform_dir = built
+    job = read_vocabularies(os.path.join(ids_dir, "vocab"))
+    tft_vocab = transform_ids(transform_dir).vocabularies()
+    raw_manifest = data.load_manifest(raw_dir, transform_dir)
+    assert raw_manifest["vocab_sizes"] == transform_ids(transform_dir).vocabulary_sizes()
+    unknown = 0
+    for split in SPLITS:
+        for scenario in SCENARIOS:
+            by_ids = data.load_arrays(ids_dir, split, scenario)
+            by_transform = data.load_arrays(raw_dir, split, scenario, manifest=raw_manifest)
+            assert sorted(by_ids) == sorted(by_transform)
+            # Rows as strings (the job's shards may hold them in another order).
+            rows_ids, rows_transform = [], []
+            for name in sorted(by_ids):
+                values, mapped = by_ids[name], by_transform[name]
+                assert mapped.shape == values.shape and mapped.dtype == np.int64, name
+                if name not in ID_FEATURE_VOCABULARIES:
+                    rows_ids.append(values.reshape(len(values), -1).astype(str))
+                    rows_transform.append(mapped.reshape(len(mapped), -1).astype(str))
+                    continue
+                kind = ID_FEATURE_VOCABULARIES[name]
+                strings = job[kind][values]
+                known = np.isin(strings, tft_vocab[kind][1:])
+                unknown += int((strings[~known] != "").sum())
+                if split == "train":  # analyzed: nothing unknown there
+                    assert known[strings != ""].all(), name
+                # Transform's id of a value it knows; 0 (padding / unknown) otherwise.
+                expected = np.where(known, strings, "")
+                rows_ids.append(expected.reshape(len(values), -1))
+                rows_transform.append(tft_vocab[kind][mapped].reshape(len(mapped), -1))
+            as_rows = lambda parts: sorted(map(tuple, np.concatenate(parts, axis=1).tolist()))
+            assert as_rows(rows_ids) == as_rows(rows_transform), (split, scenario)
+    assert unknown > 0  # the time split holds values the training days never saw
+
+
+def test_raw_examples_need_the_transform_graph(built):
+    _, raw_dir, _ = built
+    with pytest.raises(ValueError, match="raw string ids.*id_format='raw'.*transform_dir"):
+        data.load_manifest(raw_dir)
+
+
+def test_analyze_refuses_id_examples(built, tmp_path):
+    ids_dir, _, _ = built
+    with pytest.raises(ValueError, match="id_format is 'ids'.*--id_format raw"):
+        transform_module.analyze(ids_dir, str(tmp_path / "t"))
+
+
+@pytest.fixture(scope="module")
+def trained(built, tmp_path_factory):
+    """A 1-epoch KuaiSAR model (side features on) trained on the raw examples with the
+    Transform graph, exported by the CLI."""
+    from unisar_tf import train
+
+    _, raw_dir, transform_dir = built
+    root = tmp_path_factory.mktemp("trained")
+    result = train.run(train.build_parser().parse_args(
+        ["--data_dir", raw_dir, "--model_dir", str(root / "model"), "--transform_dir",
+         transform_dir, "--preset", "kuaisar", "--max_epochs", "1", "--steps_per_epoch", "2",
+         "--serving_dir", str(root / "serving"), "--quiet"] + TINY_FLAGS))
+    return str(root / "model"), result
+
+
+def test_training_with_transform_sizes_the_model_by_transform_and_uses_side_features(
+        built, trained):
+    _, raw_dir, transform_dir = built
+    model_dir, result = trained
+    from unisar_tf.side_features import load_side_features
+    from unisar_tf.trainer import load_trained_model, run_side_features
+
+    model = load_trained_model(model_dir, raw_dir)
+    sizes = transform_ids(transform_dir).vocabulary_sizes()
+    assert (model.config.num_items, model.config.num_users) == (sizes["items"] + 1,
+                                                                sizes["users"] + 1)
+    assert model.config.uses_side_features
+    assert result["test"]["unisar"]["rec"]["examples"] == 3
+    # The side tables (written keyed by the data job's ids) are re-keyed to Transform's.
+    ids_dir = built[0]
+    by_job = load_side_features(ids_dir, 100, 100, model.config.query_length)
+    by_transform = run_side_features(raw_dir, transform_dir, model.config)
+    job_vocab = read_vocabularies(os.path.join(ids_dir, "vocab"))
+    tft_vocab = transform_ids(transform_dir).vocabularies()
+    job_item = {w: i for i, w in enumerate(job_vocab["items"]) if i}
+    tft_word = {w: i for i, w in enumerate(tft_vocab["words"]) if i}
+    checked = 0
+    for tft_id, item in enumerate(tft_vocab["items"]):
+        if not tft_id:
+            continue
+        job_id = job_item[item]
+        assert len(by_transform.item_categories) == len(tft_vocab["items"])
+        np.testing.assert_array_equal(by_transform.item_categories[tft_id],
+                                      by_job.item_categories[job_id])
+        words = [job_vocab["words"][w] for w in by_job.item_captions[job_id] if w]
+        expected = [tft_word.get(w, 0) for w in words]
+        assert by_transform.item_captions[tft_id][:len(expected)].tolist() == expected
+        checked += bool(by_job.item_categories[job_id].any())
+    assert checked > 0
+
+
+def exported_scores(export_dir, raw_dir, split, scenario):
+    model = tf.saved_model.load(export_dir)
+    records = tf.constant(raw_records(raw_dir, split, scenario))
+    return model, model.signatures[EXAMPLES_SIGNATURE](examples=records)["scores"].numpy()
+
+
+def test_exported_model_carries_the_transform_graph(built, trained, tmp_path):
+    from unisar_tf.export import known_candidates_only
+    from unisar_tf.trainer import evaluate_model, load_trained_model
+
+    _, raw_dir, transform_dir = built
+    model_dir, result = trained
+    export_dir = result["export"]
+    manifest = data.load_manifest(raw_dir, transform_dir)
+    model = load_trained_model(model_dir, raw_dir)
+    vocabularies = transform_ids(transform_dir).vocabularies()
+    # Served after the Transform output is gone: the graph and vocabularies are assets.
+    moved = str(tmp_path / "moved")
+    shutil.copytree(transform_dir, moved)
+    shutil.rmtree(transform_dir)
+    try:
+        for scenario in SCENARIOS:
+            features = data.load_arrays(raw_dir, "test", scenario, manifest=manifest)
+            expected = known_candidates_only(model(features, training=False)[scenario],
+                                             features[CANDIDATE_ITEMS]).numpy()
+            served, scores = exported_scores(export_dir, raw_dir, "test", scenario)
+            np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+            request = raw_request_from_features(features, vocabularies)
+            raw_scores = served.signatures[SIGNATURE_NAMES[scenario]](
+                **{name: tf.constant(value) for name, value in request.items()})["scores"]
+            # Rows whose rec history holds an item Transform does not know differ on purpose:
+            # a served request drops such a behaviour (unisar_tf.export), an example keeps
+            # its slot with id 0.
+            rec_slots = features[REC_HISTORY_ITEMS] > 0
+            whole = (rec_slots.sum(axis=1) == (features[HISTORY_TYPES] == 1).sum(axis=1))
+            assert whole.any()
+            np.testing.assert_allclose(raw_scores.numpy()[whole], expected[whole],
+                                       rtol=1e-5, atol=1e-6)
+            # An item Transform never saw scores 0 (ranked last), like the padding id.
+            request["candidate_item_ids"][:, -1] = b"never-seen-item"
+            unseen = served.signatures[SIGNATURE_NAMES[scenario]](
+                **{name: tf.constant(value) for name, value in request.items()})["scores"]
+            assert (unseen.numpy()[:, -1] == 0).all()
+            np.testing.assert_allclose(unseen.numpy()[whole, :-1], expected[whole, :-1],
+                                       rtol=1e-5, atol=1e-6)
+    finally:
+        shutil.copytree(moved, transform_dir)
+    assert evaluate_model(model, raw_dir, "test", manifest)["rec"]["examples"] == 3
