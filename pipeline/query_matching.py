@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from feature_specs import ID_FORMAT_RAW
 from pipeline.adapters.amazon import load_attributes
 
 KS = (1, 5, 10)
@@ -59,18 +60,42 @@ def rank_metrics(scores: np.ndarray) -> Dict[str, float]:
     return out
 
 
+def search_lists(data_dir: str, split: str = "test", limit: int = 0
+                 ) -> Tuple[List[List[str]], List[set]]:
+    """A split's search examples as raw strings: (candidate item ids per list, query words
+    per list), from either id format (raw ids as they are, ids through vocab/)."""
+    import tensorflow as tf
+
+    from unisar_tf import data
+
+    with tf.io.gfile.GFile(os.path.join(data_dir, data.MANIFEST_FILE)) as handle:
+        raw = json.load(handle).get("id_format") == ID_FORMAT_RAW
+    if not raw:
+        items = _read_vocab(os.path.join(data_dir, "vocab", "items.txt"))
+        words = _read_vocab(os.path.join(data_dir, "vocab", "words.txt"))
+        arrays = data.load_arrays(data_dir, split, "search",
+                                  features=["candidate_items", "query_tokens"],
+                                  limit=limit or None)
+        return ([[items[i] for i in row] for row in arrays["candidate_items"]],
+                [{words[w] for w in row if w} for row in arrays["query_tokens"]])
+    spec = {name: tf.io.VarLenFeature(tf.string) for name in ("candidate_items", "query_tokens")}
+    records = tf.data.TFRecordDataset(data.example_files(data_dir, split, "search"),
+                                      compression_type="GZIP")
+    if limit:
+        records = records.take(limit)
+    candidates, queries = [], []
+    for batch in records.batch(4096).map(lambda r: tf.io.parse_example(r, spec)):
+        for name, out in (("candidate_items", candidates), ("query_tokens", queries)):
+            dense = tf.sparse.to_dense(batch[name], default_value=b"").numpy()
+            out.extend([[v.decode("utf-8") for v in row if v] for row in dense])
+    return candidates, [set(words) for words in queries]
+
+
 def matching_report(data_dir: str, attributes_path: str, split: str = "test",
                     limit: int = 0) -> Dict[str, Dict[str, float]]:
-    from unisar_tf.data import load_arrays
-
     attributes = load_attributes(attributes_path)
-    items = _read_vocab(os.path.join(data_dir, "vocab", "items.txt"))
-    words = _read_vocab(os.path.join(data_dir, "vocab", "words.txt"))
-    arrays = load_arrays(data_dir, split, "search", features=["candidate_items", "query_tokens"],
-                         limit=limit or None)
-    candidate_attrs = [[set(attributes.get(items[i], ())) for i in row]
-                       for row in arrays["candidate_items"]]
-    queries = [{words[w] for w in row if w} for row in arrays["query_tokens"]]
+    candidates, queries = search_lists(data_dir, split, limit)
+    candidate_attrs = [[set(attributes.get(item, ())) for item in row] for row in candidates]
     rule = np.array([[len(q & attrs) for attrs in row]
                      for q, row in zip(queries, candidate_attrs)], np.float64)
     full = np.array([[len(row[0] & attrs) for attrs in row] for row in candidate_attrs],

@@ -284,3 +284,16 @@ def test_exported_model_carries_the_transform_graph(built, trained, tmp_path):
     finally:
         shutil.copytree(moved, transform_dir)
     assert evaluate_model(model, raw_dir, "test", manifest)["rec"]["examples"] == 3
+
+
+def test_query_matching_reads_either_id_format(built):
+    """The main job's query-attribute report reads the pipeline's raw examples as it reads
+    id examples: the same lists of raw item ids and query words."""
+    from pipeline.query_matching import search_lists
+
+    ids_dir, raw_dir, _ = built
+    for split in SPLITS:
+        from_ids = search_lists(ids_dir, split)
+        from_raw = search_lists(raw_dir, split)
+        as_rows = lambda lists: sorted(zip(map(tuple, lists[0]), map(sorted, lists[1])))
+        assert as_rows(from_ids) == as_rows(from_raw) and len(from_raw[0]) > 0
