@@ -29,7 +29,8 @@ CASES = {
 }
 
 
-def measure(data_dir: str, overrides: dict, threads, steps: int, warmup: int, seed: int) -> dict:
+def measure(data_dir: str, overrides: dict, threads, steps: int, warmup: int, seed: int,
+            transform_dir: str = None) -> dict:
     """Runs in the case's own process; returns its numbers."""
     import resource
 
@@ -45,7 +46,8 @@ def measure(data_dir: str, overrides: dict, threads, steps: int, warmup: int, se
 
     started = time.time()
     trainer = Trainer(amazon_preset(**overrides),
-                      TrainerOptions(data_dir=data_dir, model_dir="/tmp/unused", seed=seed))
+                      TrainerOptions(data_dir=data_dir, model_dir="/tmp/unused", seed=seed,
+                                     transform_dir=transform_dir))
     config, manifest = trainer.config, trainer.manifest
     counts = manifest["examples"]["train"]
     bank = query_bank(data_dir, manifest)
@@ -79,6 +81,9 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--transform_dir", default=None,
+                        help="raw-id data (--id_format raw): read it through this Transform "
+                             "graph, as the TFX pipeline's Trainer does")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--_case", help=argparse.SUPPRESS)  # internal: run one case here
     args = parser.parse_args(argv)
@@ -86,7 +91,7 @@ def main(argv=None) -> None:
     if args._case:
         overrides, threads = CASES[args._case]
         print(json.dumps(measure(args.data_dir, overrides, threads, args.steps, args.warmup,
-                                 args.seed)))
+                                 args.seed, args.transform_dir)))
         return
 
     names = [name.strip() for name in args.cases.split(",") if name.strip()]
@@ -99,13 +104,16 @@ def main(argv=None) -> None:
         command = [sys.executable, "-m", "unisar_tf.benchmark_train", "--data_dir",
                    args.data_dir, "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--seed", str(args.seed), "--_case", name]
+        if args.transform_dir:
+            command += ["--transform_dir", args.transform_dir]
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode:
             raise SystemExit(f"case {name!r} failed:\n{done.stderr[-3000:]}")
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{name}: {results[name]['seconds_per_step']:.2f} s/step", flush=True)
 
-    print(f"\nAmazon preset, batch 1,024 rec + matching search batch, {args.data_dir}; "
+    through = f" through Transform {args.transform_dir}" if args.transform_dir else ""
+    print(f"\nAmazon preset, batch 1,024 rec + matching search batch, {args.data_dir}{through}; "
           f"{args.steps} timed steps after {args.warmup} warm-up; {os.cpu_count()} CPUs, "
           f"{platform.machine()}, {time.strftime('%Y-%m-%d')}\n")
     print("| case | s/step | positives/s | vs reference 430/s | epoch (training only) | "
