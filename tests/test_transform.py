@@ -297,3 +297,25 @@ def test_query_matching_reads_either_id_format(built):
         from_raw = search_lists(raw_dir, split)
         as_rows = lambda lists: sorted(zip(map(tuple, lists[0]), map(sorted, lists[1])))
         assert as_rows(from_ids) == as_rows(from_raw) and len(from_raw[0]) > 0
+
+
+def test_a_last_blessed_model_of_the_id_format_is_refused_clearly(built, tmp_path):
+    """A model exported for id examples (before Transform owned the ids) cannot score the
+    pipeline's raw examples: the evaluator says so instead of a parser error."""
+    from pipeline.components.ranking_evaluator import score_last_blessed
+    from unisar_tf.config import kuaisar_preset
+    from unisar_tf.export import export_serving_model
+    from unisar_tf.model import build_model
+    from unisar_tf.trainer import run_side_features
+
+    ids_dir, raw_dir, _ = built
+    config = data.config_with_data_sizes(
+        kuaisar_preset(embedding_dim=8, raw_embedding_dim=4, feed_forward_dim=8, expert_units=4,
+                       tower_units=(8,), head_units=(8,)), data.load_manifest(ids_dir))
+    side = run_side_features(ids_dir, None, config)
+    model = build_model(config.replace(**side.config_overrides()), side_features=side)
+    export = export_serving_model(model, os.path.join(ids_dir, "vocab"), str(tmp_path / "old"),
+                                  warmup=False)
+    assert score_last_blessed(export, ids_dir, "test", ["rec"])["rec"]["examples"] == 3
+    with pytest.raises(RuntimeError, match="cannot read the examples.*fresh pipeline root"):
+        score_last_blessed(export, raw_dir, "test", ["rec"])

@@ -58,6 +58,25 @@ def _markdown(report: dict) -> str:
             + metrics_table(rows) + f"\n**{verdict}**: {report['reason']}\n")
 
 
+def score_last_blessed(export_dir: str, data_dir: str, split: str, tasks) -> Dict[str, dict]:
+    """The last blessed model's metrics on these examples, or a clear error if that model
+    reads another example format (e.g. one exported before Transform joined the pipeline:
+    its serving_default parses ids, these examples carry raw strings)."""
+    import tensorflow as tf
+
+    from unisar_tf.evaluate import evaluate_saved_model
+
+    try:
+        return evaluate_saved_model(export_dir, data_dir, split, tasks)
+    except tf.errors.InvalidArgumentError as error:
+        raise RuntimeError(
+            f"the last blessed model {export_dir} cannot read the examples in {data_dir} "
+            "(it was exported for another example format, e.g. before Transform owned the "
+            "ids): run the pipeline with a fresh pipeline root or metadata store, or retire "
+            f"that model's blessing; parser said: {str(error).splitlines()[0][:300]}"
+        ) from error
+
+
 @tfx.dsl.components.component
 def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
         examples: tfx.dsl.components.InputArtifact[standard_artifacts.Examples],
@@ -90,8 +109,8 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
                                  manifest["vocab_sizes"]["items"] + 1, tasks)
     baseline = None
     if baseline_model is not None:
-        baseline = evaluate_saved_model(path_utils.serving_model_path(baseline_model.uri),
-                                        data_dir, split, tasks)
+        baseline = score_last_blessed(path_utils.serving_model_path(baseline_model.uri),
+                                      data_dir, split, tasks)
     decision = blessing_decision(mean_score(candidate), mean_score(baselines["popularity"]),
                                  None if baseline is None else mean_score(baseline),
                                  min_improvement)
