@@ -12,7 +12,8 @@ the Examples artifact's uri:
     <uri>/Split-{train,valid,test}_{rec,search}/data-*.tfrecord.gz   gzipped tf.Examples
     <uri>/manifest.json, schema.pbtxt, vocab/, rejected/, side_features/ (KuaiSAR), _stats.json
 
-i.e. the job's usual output with the examples in TFX's split layout (`--layout tfx`); the
+i.e. the job's usual output with the examples in TFX's split layout (`--layout tfx`; in the
+pipeline also `--id_format raw`, so Transform builds the vocabularies); the
 manifest's `files` patterns point at them, so `unisar_tf.data` reads the artifact uri like a
 job output directory. Counts from the manifest become custom properties of the artifact.
 
