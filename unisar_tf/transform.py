@@ -58,7 +58,6 @@ class TransformIds(tf.Module):
                                  if isinstance(spec, tf.io.VarLenFeature))
         self._sizes = {kind: int(output.vocabulary_size_by_name(kind))
                        for kind in VOCABULARY_NAMES}
-        self._vocabularies = {kind: output.vocabulary_by_name(kind) for kind in VOCABULARY_NAMES}
 
     def vocabulary_sizes(self) -> Dict[str, int]:
         """{"users" | "items" | "words": distinct values seen by the analyzers}."""
@@ -67,8 +66,13 @@ class TransformIds(tf.Module):
     def vocabularies(self) -> Dict[str, np.ndarray]:
         """kind -> (size + 1,) object array of strings, index = id; index 0 is "" (as
         unisar_tf.export.read_vocabularies gives the data job's)."""
-        return {kind: np.array([""] + [word.decode("utf-8") for word in words], dtype=object)
-                for kind, words in self._vocabularies.items()}
+        # Read on demand: only tools and tests need the words, and a catalogue can be large.
+        import tensorflow_transform as tft
+
+        output = tft.TFTransformOutput(self.transform_dir)
+        return {kind: np.array([""] + [word.decode("utf-8")
+                                       for word in output.vocabulary_by_name(kind)], dtype=object)
+                for kind in VOCABULARY_NAMES}
 
     def _as_raw(self, name: str, values: tf.Tensor):
         # VarLen raw features are (B, N) SparseTensors in the graph; "" (padding) is left out
