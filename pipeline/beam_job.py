@@ -41,6 +41,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from feature_specs import event_schema as es
 from feature_specs import example_schema as fs
 from feature_specs import tfmd_schema
+from pipeline import ordered_write
 from pipeline import sequence_builder as sb
 from pipeline.adapters import common
 
@@ -262,9 +263,9 @@ def build_pipeline(pipeline: beam.Pipeline, adapter_output: common.AdapterOutput
     for (split, scenario), part in zip(partitions, parts):
         label = f"{split}_{scenario}"
         (part | f"Bytes_{label}" >> beam.Map(lambda ex: ex[2])
-         | f"Write_{label}" >> beam.io.WriteToTFRecord(
-             example_prefix(output_dir, split, scenario, layout),
-             file_name_suffix=EXAMPLE_FILE_SUFFIX, num_shards=num_shards))
+         | f"Write_{label}" >> ordered_write.WriteOrderedTFRecords(
+             example_prefix(output_dir, split, scenario, layout), EXAMPLE_FILE_SUFFIX,
+             num_shards=num_shards))
 
     rejected = (tuple(adapter_output.rejected) | "AllRejected" >> beam.Flatten())
     (rejected | "RejectedJson" >> beam.Map(common.RejectedRow.to_json)

@@ -55,6 +55,17 @@ def read_records(output_dir):
     return records
 
 
+def example_file_contents(output_dir):
+    """{file path relative to output_dir: its records in file order} of one job output."""
+    contents = {}
+    for split in SPLITS:
+        for scenario in SCENARIOS:
+            for path in glob.glob(beam_job.example_pattern(str(output_dir), split, scenario)):
+                dataset = tf.data.TFRecordDataset(path, compression_type="GZIP")
+                contents[os.path.relpath(path, output_dir)] = [r.numpy() for r in dataset]
+    return contents
+
+
 def decode(record):
     """Serialized tf.Example -> {feature: [int, ...]}."""
     example = tf.train.Example.FromString(record)
@@ -375,6 +386,9 @@ def test_multi_processing_runner_writes_the_same_output(kuaisar_run, tmp_path):
     assert other["examples"] == manifest["examples"]
     assert other["counters"] == manifest["counters"]
     assert read_records(other_dir) == read_records(output_dir)
+    # Same files, same record order (pipeline.ordered_write), though two worker processes
+    # deliver the records in another order than the in-memory runner.
+    assert example_file_contents(other_dir) == example_file_contents(output_dir)
     for name in ("users", "items", "words", "item_clicks"):
         suffix = "tsv" if name == "item_clicks" else "txt"
         with open(os.path.join(output_dir, "vocab", f"{name}.{suffix}")) as a, \
@@ -735,12 +749,27 @@ def test_amazon_search_queries_are_the_clicked_items_categories(amazon_runs):
 def test_amazon_is_deterministic_given_the_seed(amazon_runs):
     first, again, other = (amazon_runs[name] for name in ("seed0", "seed0_again", "seed1"))
     assert read_records(first[0]) == read_records(again[0])
+    assert example_file_contents(first[0]) == example_file_contents(again[0])
     for name in ("users", "items", "words"):
         assert read_vocab(first[0], name) == read_vocab(again[0], name)
     assert first[1]["examples"] == again[1]["examples"]
     # Another seed draws other searches, hence other examples.
     assert amazon_reference(0)[2] != amazon_reference(1)[2]
     assert read_records(first[0]) != read_records(other[0])
+
+
+def test_amazon_files_do_not_depend_on_the_input_line_order(amazon_runs, amazon_files, tmp_path):
+    # Users in reverse order (and the malformed line moved) reach the workers in another
+    # order; the example files must still be the same, record for record.
+    lines = [line for line in AMAZON_SEQUENCES.splitlines(keepends=True) if line.strip()]
+    reversed_sequences = tmp_path / "sequences.txt"
+    reversed_sequences.write_text("".join(reversed(lines)))
+    output_dir = tmp_path / "out"
+    run_amazon((str(reversed_sequences), amazon_files[1]), output_dir, seed=0)
+    first_dir, first_manifest = amazon_runs["seed0"]
+    assert example_file_contents(output_dir) == example_file_contents(first_dir)
+    for name in ("users", "items", "words"):
+        assert read_vocab(str(output_dir), name) == read_vocab(first_dir, name)
 
 
 def test_max_users_keeps_exactly_n_users_deterministically(amazon_files, tmp_path):
