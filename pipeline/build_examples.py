@@ -77,7 +77,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                        help="read only the first N data rows (Amazon: user lines) of each input "
                        "file, for quick runs; the rest are counted, not used (0 = all)")
     build.add_argument("--num_shards", type=int, default=0,
-                       help="TFRecord shards per split and scenario (0 = one per 20,000 examples); "
+                       help="TFRecord shards per split and scenario (0 = one per 10,000 examples); "
                             "the files are the same on every run either way")
     build.add_argument("--id_format", choices=fs.ID_FORMATS, default=fs.ID_FORMAT_IDS,
                        help="id features as int64 ids of the job's vocab/*.txt (ids) or as the "

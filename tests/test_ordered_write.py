@@ -39,8 +39,9 @@ def read(path):
 
 def test_shard_count():
     assert ordered_write.shard_count(0) == 1  # an empty split still gets one file
-    assert ordered_write.shard_count(20_000) == 1
-    assert ordered_write.shard_count(20_001) == 2
+    assert ordered_write.shard_count(10_000) == 1
+    assert ordered_write.shard_count(10_001) == 2
+    assert ordered_write.shard_count(33_815) == 4  # Beauty's rec training split
     assert ordered_write.shard_count(5, records_per_shard=2) == 3
     assert ordered_write.shard_count(10**6, num_shards=3) == 3
     with pytest.raises(ValueError, match="num_shards=-1"):
