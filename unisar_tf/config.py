@@ -11,6 +11,7 @@ from typing import Any, Dict, Tuple
 from feature_specs import SequenceShapes
 
 TASKS = ("rec", "search")
+ARCHITECTURES = ("unisar", "sasrec")
 
 
 @dataclasses.dataclass
@@ -95,6 +96,9 @@ class UniSARConfig:
     use_history: bool = True
     # Tasks trained jointly; ("rec",) or ("search",) is "w/o joint training".
     tasks: Tuple[str, ...] = TASKS
+    # "unisar", or "sasrec": the learned single-task sequential baseline (unisar_tf.sasrec;
+    # rec only), trained by the same Trainer on the same examples.
+    architecture: str = "unisar"
 
     seed: int = 42
 
@@ -113,6 +117,12 @@ class UniSARConfig:
         if self.embedding_dim % self.num_heads:
             raise ValueError(f"embedding_dim={self.embedding_dim} is not divisible by "
                              f"num_heads={self.num_heads}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, "
+                             f"got {self.architecture!r}")
+        if self.architecture == "sasrec" and self.tasks != ("rec",):
+            raise ValueError(f"architecture 'sasrec' is a rec-only model: set tasks=('rec',), "
+                             f"got {self.tasks}")
         if self.embedding_l2_mode not in ("dense", "batch_rows"):
             raise ValueError(f"embedding_l2_mode must be 'dense' or 'batch_rows', "
                              f"got {self.embedding_l2_mode!r}")

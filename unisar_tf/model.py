@@ -417,7 +417,12 @@ def build_model(config: UniSARConfig, batch_size: int = 2, num_candidates: int =
     if config.uses_side_features and side_features is None:
         raise ValueError("the config uses side features: pass side_features "
                          "(unisar_tf.side_features.load_side_features)")
-    model = UniSARModel(config)
+    if config.architecture == "sasrec":
+        from unisar_tf.sasrec import SASRecModel  # the baseline; not part of UniSAR's graph
+
+        model = SASRecModel(config)
+    else:
+        model = UniSARModel(config)
     model(dummy_features(config, batch_size, num_candidates, with_query=True))
     if config.uses_side_features:
         model.set_side_features(side_features)
