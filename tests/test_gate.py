@@ -1,0 +1,216 @@
+"""The quality gate (unisar_tf/gate.py): per-list NDCG@10, the paired comparison, the
+per-task rule; and that the evaluator's model and baseline scores pair up list by list."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from unisar_tf import gate
+from unisar_tf.metrics import positive_rank_numpy, ranking_metrics
+
+C = 100  # 1 positive + 99 negatives, as the pipeline's test lists
+N = 2000
+
+
+def scores_with_ranks(ranks, num_candidates=C):
+    """(N, C) scores whose positive (column 0) has exactly these pessimistic ranks."""
+    ranks = np.asarray(ranks)
+    negatives = np.tile(np.arange(num_candidates - 1, 0, -1, dtype=np.float64),
+                        (len(ranks), 1))  # C-1 .. 1
+    positive = (num_candidates - ranks + 0.5)[:, None]  # beaten by exactly rank-1 negatives
+    return np.concatenate([positive, negatives], axis=1)
+
+
+def hit_or_miss(rng, hit_rate, size=N):
+    """Ranks: 1 with probability hit_rate, else beyond the top 10 (NDCG@10 0), so a list's
+    NDCG@10 is 1 or 0 and the mean NDCG@10 is close to hit_rate."""
+    return np.where(rng.random(size) < hit_rate, 1, rng.integers(11, C + 1, size))
+
+
+def test_scores_helper_gives_the_ranks():
+    ranks = np.array([1, 2, 10, 11, 100])
+    np.testing.assert_array_equal(positive_rank_numpy(scores_with_ranks(ranks)), ranks)
+
+
+def test_ndcg_per_list_by_hand_with_ties():
+    nan = float("nan")
+    scores = np.array([
+        [0.9, 0.1, 0.2, 0.3] + [0.0] * 8,   # rank 1: 1
+        [0.5, 0.5, 0.1, 0.2] + [0.0] * 8,   # tied with one negative: rank 2, 1/log2(3)
+        [0.5, 0.5, 0.5, 0.9] + [0.0] * 8,   # two ties + one above: rank 4, 1/log2(5) = 0.4307
+        [0.3] * 12,                          # all tied: rank 12 > 10: 0
+        [0.1] + [0.2] * 9 + [0.0] * 2,      # rank 10: 1/log2(11)
+        [0.1] + [0.2] * 10 + [0.0],         # rank 11: 0
+        [nan] + [0.0] * 11,                 # a NaN positive counts against itself: rank 12
+    ])
+    expected = [1.0, 1 / math.log2(3), 1 / math.log2(5), 0.0, 1 / math.log2(11), 0.0, 0.0]
+    np.testing.assert_allclose(gate.ndcg_per_list(scores), expected, rtol=0, atol=1e-12)
+    assert gate.ndcg_per_list(scores).mean() == pytest.approx(
+        ranking_metrics(scores)["NDCG@10"])
+
+
+def test_random_is_the_exact_expectation():
+    # C = 4: ranks 1..4 equally likely.
+    assert gate.random_ndcg(4) == pytest.approx(
+        (1 + 1 / math.log2(3) + 1 / math.log2(4) + 1 / math.log2(5)) / 4)
+    from unisar_tf.demo import random_ranking_metrics
+    assert gate.random_ndcg(100) == pytest.approx(random_ranking_metrics(100)["NDCG@10"])
+    assert gate.random_ndcg(100) == pytest.approx(0.0454, abs=1e-4)
+    assert gate.random_ndcg(100, k=5) == pytest.approx(random_ranking_metrics(100)["NDCG@5"])
+
+
+def test_paired_comparison_numbers():
+    model = np.array([1.0, 0.5, 0.0, 1.0])
+    baseline = np.array([0.5, 0.5, 0.5, 0.0])
+    stats = gate.paired_comparison(model, baseline, confidence=0.9, samples=500, seed=1)
+    differences = model - baseline  # 0.5, 0, -0.5, 1
+    assert stats["model"] == pytest.approx(0.625) and stats["baseline"] == pytest.approx(0.375)
+    assert stats["difference"] == pytest.approx(0.25)
+    assert stats["standard_error"] == pytest.approx(differences.std(ddof=1) / 2)
+    assert -0.5 <= stats["lower_bound"] < 0.25 and stats["lists"] == 4
+    constant = gate.paired_comparison(model, 0.5, confidence=0.0)
+    assert constant["baseline"] == 0.5 and constant["difference"] == pytest.approx(0.125)
+    assert constant["lower_bound"] is None  # confidence 0: no noise test
+    assert gate.paired_comparison([0.3], 0.1)["standard_error"] is None  # one list
+    with pytest.raises(ValueError, match="not paired"):
+        gate.paired_comparison(model, baseline[:3])
+
+
+def test_bootstrap_is_seeded():
+    rng = np.random.default_rng(0)
+    differences = rng.normal(0.01, 0.3, size=5000)
+    first = gate.bootstrap_lower_bound(differences, 0.95, 1000, seed=7)
+    assert gate.bootstrap_lower_bound(differences, 0.95, 1000, seed=7) == first
+    assert gate.bootstrap_lower_bound(differences, 0.95, 1000, seed=8) != first
+    # Close to the normal approximation mean - 1.645 SE.
+    normal = differences.mean() - 1.6449 * differences.std(ddof=1) / math.sqrt(5000)
+    assert first == pytest.approx(normal, abs=0.002)
+    # A whole decision replays to the same JSON.
+    model = {"rec": scores_with_ranks(hit_or_miss(rng, 0.3, 500))}
+    others = {"popularity": {"rec": scores_with_ranks(hit_or_miss(rng, 0.25, 500))}}
+    assert (json.dumps(gate.decide(model, others, seed=3).to_dict())
+            == json.dumps(gate.decide(model, others, seed=3).to_dict()))
+
+
+def test_below_random_model_is_refused_on_both_tasks():
+    """The issue-14 case: the mean over tasks beats popularity's mean, yet the model is
+    below random ranking on each task."""
+    rng = np.random.default_rng(1)
+    model = {task: scores_with_ranks(hit_or_miss(rng, 0.03)) for task in ("rec", "search")}
+    popularity = {task: scores_with_ranks(hit_or_miss(rng, 0.02)) for task in ("rec", "search")}
+    model_mean = np.mean([gate.ndcg_per_list(s).mean() for s in model.values()])
+    popularity_mean = np.mean([gate.ndcg_per_list(s).mean() for s in popularity.values()])
+    assert model_mean > popularity_mean  # what the old mean rule blessed
+
+    decision = gate.decide(model, {"popularity": popularity})
+    assert not decision.blessed
+    for task in ("rec", "search"):
+        [row] = [r for r in decision.rows if r.task == task and r.comparator == "random"]
+        assert not row.passed and row.difference < 0 and row.baseline == pytest.approx(0.0454,
+                                                                                     abs=1e-4)
+        [reason] = [r for r in decision.reasons if r.startswith(f"{task}: NDCG@10 ")
+                    and "does not beat random 0.0454" in r]
+        # The refusal names the task, the comparator and both numbers, and the bound.
+        assert f"NDCG@10 {row.model:.4f} does not beat random {row.baseline:.4f}" in reason
+        assert f"difference {row.difference:+.4f}, 95% lower bound {row.lower_bound:+.4f}" \
+            in reason
+    assert "rec: " in decision.reason and "search: " in decision.reason
+    json.dumps(decision.to_dict())  # serialisable
+
+
+def test_a_model_that_wins_one_task_and_loses_the_other_is_refused_naming_the_loser():
+    rng = np.random.default_rng(2)
+    model = {"rec": scores_with_ranks(hit_or_miss(rng, 0.30)),
+             "search": scores_with_ranks(hit_or_miss(rng, 0.10))}
+    popularity = {"rec": scores_with_ranks(hit_or_miss(rng, 0.05)),
+                  "search": scores_with_ranks(hit_or_miss(rng, 0.25))}
+    decision = gate.decide(model, {"popularity": popularity})
+    assert not decision.blessed
+    assert all(row.passed for row in decision.rows if row.task == "rec")
+    failed = [(row.task, row.comparator) for row in decision.rows if not row.passed]
+    assert failed == [("search", "popularity")]
+    [row] = [row for row in decision.rows if not row.passed]
+    [reason] = decision.reasons
+    assert reason.startswith(f"search: NDCG@10 {row.model:.4f} does not beat popularity "
+                             f"{row.baseline:.4f} (difference {row.difference:+.4f}, ")
+    # ... although its mean over the tasks beats popularity's.
+    means = {name: np.mean([gate.ndcg_per_list(s).mean() for s in scores.values()])
+             for name, scores in (("model", model), ("popularity", popularity))}
+    assert means["model"] > means["popularity"]
+
+
+def test_a_model_inside_the_noise_of_the_last_blessed_one_is_refused():
+    rng = np.random.default_rng(3)
+    last = hit_or_miss(rng, 0.5, 1000)
+    candidate = last.copy()
+    # The candidate hits 60 lists the last model missed and misses 55 it hit: +0.005 on
+    # average, far inside the noise of 1,000 lists.
+    hits, misses = np.flatnonzero(last == 1), np.flatnonzero(last != 1)
+    candidate[rng.choice(misses, 60, replace=False)] = 1
+    candidate[rng.choice(hits, 55, replace=False)] = 50
+    decision = gate.decide({"rec": scores_with_ranks(candidate)},
+                           {gate.LAST_BLESSED: {"rec": scores_with_ranks(last)},
+                            "popularity": {"rec": scores_with_ranks(hit_or_miss(rng, 0.05,
+                                                                                  1000))}})
+    assert not decision.blessed
+    by_name = {row.comparator: row for row in decision.rows}
+    assert by_name["random"].passed and by_name["popularity"].passed
+    row = by_name[gate.LAST_BLESSED]
+    assert row.difference == pytest.approx(0.005) and row.lower_bound < 0 < row.difference
+    assert row.failures == [f"lower bound {row.lower_bound:+.4f} <= 0"]
+    [reason] = decision.reasons
+    assert reason.startswith("rec: NDCG@10 ") and "does not beat last blessed" in reason
+
+
+def test_a_clearly_better_model_is_blessed():
+    rng = np.random.default_rng(4)
+    tasks = ("rec", "search")
+    model = {task: scores_with_ranks(hit_or_miss(rng, 0.5)) for task in tasks}
+    comparators = {
+        "popularity": {task: scores_with_ranks(hit_or_miss(rng, 0.03)) for task in tasks},
+        "ItemKNN": {task: scores_with_ranks(hit_or_miss(rng, 0.1)) for task in tasks},
+        "query match": {"search": scores_with_ranks(hit_or_miss(rng, 0.3))},
+        gate.LAST_BLESSED: {task: scores_with_ranks(hit_or_miss(rng, 0.4)) for task in tasks},
+    }
+    decision = gate.decide(model, comparators, min_improvement=0.02)
+    assert decision.blessed and decision.reasons == []
+    assert [(row.task, row.comparator) for row in decision.rows] == [
+        ("rec", "random"), ("rec", "popularity"), ("rec", "ItemKNN"), ("rec", "last blessed"),
+        ("search", "random"), ("search", "popularity"), ("search", "ItemKNN"),
+        ("search", "query match"), ("search", "last blessed")]  # no query match for rec
+    assert all(row.passed and row.lower_bound > 0 for row in decision.rows)
+    assert decision.reason.startswith("rec: NDCG@10 0.") and "beats random 0.0454" in \
+        decision.reason
+    payload = json.loads(json.dumps(decision.to_dict()))
+    assert payload["blessed"] and len(payload["rows"]) == 9
+    assert payload["settings"] == {"min_improvement": 0.02, "min_relative_improvement": 0.0,
+                                   "confidence": 0.95, "bootstrap_samples": 1000, "seed": 0}
+    assert set(payload["rows"][0]) == {"task", "comparator", "model", "baseline", "difference",
+                                       "standard_error", "lower_bound", "lists", "passed",
+                                       "failures"}
+    # The same model against a threshold it does not clear, absolute then relative.
+    strict = gate.decide(model, comparators, min_improvement=0.2)
+    assert not strict.blessed
+    assert {row.comparator for row in strict.rows if not row.passed} == {gate.LAST_BLESSED}
+    assert all("needs lower bound > 0 and difference > 0.2" in r for r in strict.reasons)
+    relative = gate.decide(model, comparators, min_relative_improvement=0.5)
+    assert {(row.task, row.comparator) for row in relative.rows if not row.passed} == {
+        ("rec", gate.LAST_BLESSED), ("search", gate.LAST_BLESSED)}
+    assert "0.5 x last blessed" in relative.reason
+
+
+def test_refusing_outside_the_rows_and_confidence_zero():
+    rng = np.random.default_rng(5)
+    model = {"rec": scores_with_ranks(hit_or_miss(rng, 0.06, 50))}
+    noisy = gate.decide(model, {})
+    loose = gate.decide(model, {}, confidence=0.0)  # thresholds only
+    assert loose.rows[0].lower_bound is None and loose.blessed
+    assert not noisy.blessed or noisy.rows[0].lower_bound > 0
+    refused = loose.refuse("model 7 is already the last blessed model")
+    assert not refused.blessed and refused.reason.startswith("model 7 is already")
+    assert "lower bound (off)" in gate.comparison_table(loose)
+    with pytest.raises(ValueError, match="same lists"):
+        gate.decide(model, {"popularity": {"rec": model["rec"][:-1]}})
+    with pytest.raises(ValueError, match="confidence"):
+        gate.decide(model, {}, confidence=1.0)

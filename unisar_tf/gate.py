@@ -1,0 +1,270 @@
+"""The quality gate: bless a model only if it beats every comparator on every task, clearly.
+
+    decision = decide({"rec": scores, "search": scores},            # the model, (N, C) each
+                      {"popularity": {"rec": ..., "search": ...},   # non-learned baselines
+                       "query match": {"search": ...},
+                       "last blessed": {"rec": ..., "search": ...}})
+    decision.blessed, decision.reasons, decision.to_dict()          # JSON-ready
+
+Scores are (N, C) matrices, one row per test list, positive at column 0, as everywhere in
+the project (unisar_tf.metrics): row i of the model's matrix and row i of a comparator's
+matrix must be the same list. A comparator's entry may also be a number, a constant NDCG@10
+per list; random ranking is added to every task that way, as its exact expectation for C
+candidates (unisar_tf.demo.random_ranking_metrics), so it has no sampling noise of its own.
+
+The statistic, per task and comparator: the per-list NDCG@10 of the positive (ties count
+against it, `positive_rank_numpy`) of the model minus that of the comparator, d_i. Reported:
+the mean difference, its paired standard error sd(d) / sqrt(N), and a one-sided lower
+confidence bound on the mean difference from a paired bootstrap (resample lists with
+replacement, the same lists for model and comparator; the (1 - confidence) quantile of the
+resampled means; seeded, so a decision can be replayed).
+
+The rule: blessed only if, for EACH task separately and EACH comparator, all of
+  - lower bound > 0              (better than the comparator by more than the noise),
+  - difference > min_improvement (TFX's absolute change threshold),
+  - difference > min_relative_improvement x comparator's NDCG@10 (the relative one)
+hold. A mean over tasks never decides: a model that wins one task and loses the other is
+refused, naming the losing task. `confidence=0` turns the noise test off (only the thresholds
+apply): for fixtures of a handful of lists, where no model can be told from noise.
+
+numpy only (no TensorFlow graph, no TFX); `unisar_tf.metrics` supplies the rank rule.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, List, Mapping, Optional, Union
+
+import numpy as np
+
+from unisar_tf.metrics import positive_rank_numpy
+
+__all__ = ["Comparison", "GateDecision", "LAST_BLESSED", "RANDOM", "SCORE_METRIC",
+           "bootstrap_lower_bound", "comparison_table", "decide", "ndcg_per_list", "paired_comparison",
+           "random_ndcg"]
+
+K = 10
+SCORE_METRIC = f"NDCG@{K}"
+RANDOM = "random"
+LAST_BLESSED = "last blessed"
+
+ComparatorScores = Union[np.ndarray, float]
+
+
+def ndcg_per_list(scores, k: int = K) -> np.ndarray:
+    """(N, C) scores, positive at column 0 -> (N,) NDCG@k of the positive per list:
+    1 / log2(rank + 1) if rank <= k else 0, rank = 1 + #negatives scoring >= the positive."""
+    ranks = positive_rank_numpy(scores).astype(np.float64)
+    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def random_ndcg(num_candidates: int, k: int = K) -> float:
+    """Exact expected NDCG@k of random ranking: the positive's rank uniform on 1..C."""
+    if k == K:
+        from unisar_tf.demo import random_ranking_metrics
+
+        return float(random_ranking_metrics(num_candidates)[SCORE_METRIC])
+    ranks = np.arange(1, num_candidates + 1, dtype=np.float64)
+    return float(np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
+
+
+def bootstrap_lower_bound(differences, confidence: float = 0.95, samples: int = 1000,
+                          seed: int = 0) -> float:
+    """One-sided lower `confidence` bound on mean(differences): the (1 - confidence)
+    quantile of the means of `samples` resamples (with replacement) of the N values.
+
+    Seeded: the same inputs give the same bound; equal-length inputs are resampled with the
+    same rows, so all comparisons of a task see the same bootstrap lists."""
+    differences = np.asarray(differences, dtype=np.float64).reshape(-1)
+    n = differences.size
+    if n == 0:
+        raise ValueError("no lists to bootstrap")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if samples < 1:
+        raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples, np.float64)
+    chunk = max(1, 4_000_000 // n)  # at most ~32 MB of row indices at a time
+    for start in range(0, samples, chunk):
+        size = min(chunk, samples - start)
+        rows = rng.integers(0, n, size=(size, n))
+        means[start:start + size] = differences[rows].mean(axis=1)
+    return float(np.quantile(means, 1.0 - confidence))
+
+
+def paired_comparison(model_values, baseline_values: Union[np.ndarray, float],
+                      confidence: float = 0.95, samples: int = 1000,
+                      seed: int = 0) -> Dict[str, Optional[float]]:
+    """Model vs comparator on the same lists, from per-list values (N,) each (or a constant
+    for the comparator): {"model", "baseline", "difference", "standard_error", "lower_bound",
+    "lists"}. standard_error is None for a single list; lower_bound is None when
+    confidence is 0 (no noise test)."""
+    model_values = np.asarray(model_values, dtype=np.float64).reshape(-1)
+    if np.ndim(baseline_values) == 0:
+        baseline_values = np.full_like(model_values, float(baseline_values))
+    baseline_values = np.asarray(baseline_values, dtype=np.float64).reshape(-1)
+    n = model_values.size
+    if n == 0:
+        raise ValueError("no lists to compare")
+    if baseline_values.size != n:
+        raise ValueError(f"not paired: {n} model lists, {baseline_values.size} comparator "
+                         "lists")
+    differences = model_values - baseline_values
+    return {
+        "model": float(model_values.mean()),
+        "baseline": float(baseline_values.mean()),
+        "difference": float(differences.mean()),
+        "standard_error": (float(differences.std(ddof=1) / math.sqrt(n)) if n > 1 else None),
+        "lower_bound": (bootstrap_lower_bound(differences, confidence, samples, seed)
+                        if confidence > 0 else None),
+        "lists": int(n),
+    }
+
+
+@dataclasses.dataclass
+class Comparison:
+    """One row of the gate: the model against one comparator on one task."""
+    task: str
+    comparator: str
+    model: float
+    baseline: float
+    difference: float
+    standard_error: Optional[float]
+    lower_bound: Optional[float]
+    lists: int
+    passed: bool
+    failures: List[str]
+
+
+@dataclasses.dataclass
+class GateDecision:
+    blessed: bool
+    rows: List[Comparison]
+    reasons: List[str]
+    settings: Dict[str, float]
+    metric: str = SCORE_METRIC
+
+    @property
+    def reason(self) -> str:
+        """One line: every refusal, or what the model beat."""
+        if self.reasons:
+            return "; ".join(self.reasons)
+        per_task: Dict[str, List[Comparison]] = {}
+        for row in self.rows:
+            per_task.setdefault(row.task, []).append(row)
+        parts = []
+        for task, rows in per_task.items():
+            beaten = ", ".join(f"{row.comparator} {row.baseline:.4f}" for row in rows)
+            parts.append(f"{task}: {self.metric} {rows[0].model:.4f} beats {beaten}")
+        return "; ".join(parts)
+
+    def refuse(self, reason: str) -> "GateDecision":
+        """This decision, not blessed, with `reason` first (e.g. a rule outside the rows)."""
+        return dataclasses.replace(self, blessed=False, reasons=[reason, *self.reasons])
+
+    def to_dict(self) -> dict:
+        return {"blessed": self.blessed, "metric": self.metric, "reason": self.reason,
+                "reasons": list(self.reasons), "settings": dict(self.settings),
+                "rows": [dataclasses.asdict(row) for row in self.rows]}
+
+
+def _failures(stats: dict, confidence: float, min_improvement: float,
+              min_relative_improvement: float) -> List[str]:
+    """The conditions a comparison row fails, each with its numbers."""
+    failed = []
+    if confidence > 0 and not stats["lower_bound"] > 0:
+        failed.append(f"lower bound {stats['lower_bound']:+.4f} <= 0")
+    if not stats["difference"] > min_improvement:
+        failed.append(f"difference {stats['difference']:+.4f} <= {min_improvement}")
+    if min_relative_improvement:
+        needed = min_relative_improvement * stats["baseline"]
+        if not stats["difference"] > needed:
+            failed.append(f"difference {stats['difference']:+.4f} <= {needed:.4f} "
+                          f"({min_relative_improvement:g} x {stats['baseline']:.4f})")
+    return failed
+
+
+def _refusal(task: str, name: str, stats: dict, confidence: float, min_improvement: float,
+             min_relative_improvement: float) -> str:
+    """e.g. "search: NDCG@10 0.0307 does not beat random 0.0454 (difference -0.0147, 95%
+    lower bound -0.0170; needs lower bound > 0 and difference > 0.0)"."""
+    numbers = f"difference {stats['difference']:+.4f}"
+    needs = []
+    if confidence > 0:
+        numbers += f", {confidence:.0%} lower bound {stats['lower_bound']:+.4f}"
+        needs.append("lower bound > 0")
+    needs.append(f"difference > {min_improvement}")
+    if min_relative_improvement:
+        needs.append(f"difference > {min_relative_improvement:g} x {name}")
+    return (f"{task}: {SCORE_METRIC} {stats['model']:.4f} does not beat {name} "
+            f"{stats['baseline']:.4f} ({numbers}; needs {' and '.join(needs)})")
+
+
+def decide(model_scores: Mapping[str, np.ndarray],
+           comparators: Mapping[str, Mapping[str, ComparatorScores]],
+           min_improvement: float = 0.0, min_relative_improvement: float = 0.0,
+           confidence: float = 0.95, bootstrap_samples: int = 1000, seed: int = 0,
+           include_random: bool = True) -> GateDecision:
+    """The blessing decision.
+
+    model_scores: {task: (N, C) scores}, every task the model is judged on.
+    comparators: {name: {task: (N, C) scores of the same lists, or a constant NDCG@10}}; a
+    comparator without a task (e.g. query match has no rec) is not compared there.
+    include_random: compare with random ranking's exact NDCG@10 on every task too (first).
+    """
+    if not model_scores:
+        raise ValueError("no tasks to judge the model on")
+    if not 0.0 <= confidence < 1.0:
+        raise ValueError(f"confidence must be in [0, 1) (0 = no noise test), got {confidence}")
+    rows: List[Comparison] = []
+    reasons: List[str] = []
+    for task, scores in model_scores.items():
+        scores = np.asarray(scores)
+        model_values = ndcg_per_list(scores)
+        named: Dict[str, ComparatorScores] = {}
+        if include_random:
+            named[RANDOM] = random_ndcg(scores.shape[1])
+        for name, per_task in comparators.items():
+            if per_task is not None and per_task.get(task) is not None:
+                named[name] = per_task[task]
+        for name, values in named.items():
+            if np.ndim(values) != 0:
+                values = np.asarray(values)
+                if values.shape != scores.shape:
+                    raise ValueError(f"{task}: {name} scores have shape {values.shape}, the "
+                                     f"model's {scores.shape}: not the same lists")
+                values = ndcg_per_list(values)
+            stats = paired_comparison(model_values, values, confidence, bootstrap_samples,
+                                      seed)
+            failures = _failures(stats, confidence, min_improvement, min_relative_improvement)
+            rows.append(Comparison(task=task, comparator=name, passed=not failures,
+                                   failures=failures, **stats))
+            if failures:
+                reasons.append(_refusal(task, name, stats, confidence, min_improvement,
+                                        min_relative_improvement))
+    settings = {"min_improvement": float(min_improvement),
+                "min_relative_improvement": float(min_relative_improvement),
+                "confidence": float(confidence), "bootstrap_samples": int(bootstrap_samples),
+                "seed": int(seed)}
+    return GateDecision(blessed=not reasons, rows=rows, reasons=reasons, settings=settings)
+
+
+def comparison_table(decision: GateDecision) -> str:
+    """Markdown: one line per (task, comparator) row of the gate."""
+    confidence = decision.settings.get("confidence", 0)
+    bound = f"{confidence:.0%} lower bound" if confidence else "lower bound (off)"
+    lines = [f"| task | compared with | model {decision.metric} | theirs | difference | "
+             f"standard error | {bound} | lists | passes |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def number(value: Optional[float], sign: str = "+") -> str:
+        return "n/a" if value is None else f"{value:{sign}.4f}"
+
+    for row in decision.rows:
+        lines.append(f"| {row.task} | {row.comparator} | {row.model:.4f} | {row.baseline:.4f} | "
+                     f"{row.difference:+.4f} | {number(row.standard_error, '')} | "
+                     f"{number(row.lower_bound)} | {row.lists} | "
+                     f"{'yes' if row.passed else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
