@@ -112,6 +112,9 @@ def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
     Shuffling reads the files interleaved and shuffles records with a buffer; the data job
     already wrote each user's examples together, so the buffer covers many users. The order
     is a function of `seed` alone (deterministic interleave), so a run can be replayed.
+    Without shuffling the files are read one after another (sorted), so row i is record i
+    in file order: the order `read_feature` and `evaluate.saved_model_scores` see, which
+    pairs a model's per-list scores with the baselines' (unisar_tf/gate.py).
     """
     manifest = manifest or load_manifest(data_dir)
     shapes = shapes_from_manifest(manifest)
@@ -128,7 +131,8 @@ def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
-        cycle_length=max(1, min(len(files), 4)), num_parallel_calls=tf.data.AUTOTUNE,
+        cycle_length=max(1, min(len(files), 4)) if shuffle else 1,
+        num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True)
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
