@@ -84,29 +84,42 @@ def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
     return report
 
 
-def evaluate_saved_model(export_dir: str, data_dir: str, split: str = "test",
-                         tasks=("rec", "search"), batch_size: int = 512
-                         ) -> Dict[str, Dict[str, float]]:
-    """{task: HR/NDCG} of an exported SavedModel, through its `serving_default` signature.
+def saved_model_scores(export_dir: str, data_dir: str, split: str = "test",
+                       tasks=("rec", "search"), batch_size: int = 512
+                       ) -> Dict[str, "np.ndarray"]:
+    """{task: (N, C) scores} of an exported SavedModel, through its `serving_default`
+    signature, one row per list (positive at column 0).
 
     Scores the data job's serialized examples exactly as batch inference would (the
     signature picks the search head for examples with query_tokens), so what is measured
-    is the artifact that gets pushed, not the training checkpoint.
+    is the artifact that gets pushed, not the training checkpoint. Rows are in file order
+    (files read one after another), as `data.read_examples(..., shuffle=False)` and
+    `data.read_feature` read them: row i pairs with row i of the baselines' scores.
     """
     import numpy as np
-    import tensorflow as tf
 
     from unisar_tf.export import EXAMPLES_SIGNATURE
-    from unisar_tf.metrics import ranking_metrics
 
     score = tf.saved_model.load(export_dir).signatures[EXAMPLES_SIGNATURE]
     results = {}
     for task in tasks:
         records = tf.data.TFRecordDataset(data.example_files(data_dir, split, task),
                                           compression_type="GZIP").batch(batch_size)
-        scores = np.concatenate([score(examples=batch)["scores"].numpy() for batch in records])
-        results[task] = dict(ranking_metrics(scores), examples=int(len(scores)))
+        results[task] = np.concatenate([score(examples=batch)["scores"].numpy()
+                                        for batch in records])
     return results
+
+
+def evaluate_saved_model(export_dir: str, data_dir: str, split: str = "test",
+                         tasks=("rec", "search"), batch_size: int = 512
+                         ) -> Dict[str, Dict[str, float]]:
+    """{task: HR/NDCG} of an exported SavedModel, through its `serving_default` signature
+    (the metrics of `saved_model_scores`)."""
+    from unisar_tf.metrics import ranking_metrics
+
+    return {task: dict(ranking_metrics(scores), examples=int(len(scores)))
+            for task, scores in saved_model_scores(export_dir, data_dir, split, tasks,
+                                                   batch_size).items()}
 
 
 def report_markdown(report: dict) -> str:
