@@ -1,4 +1,5 @@
-"""Masked attention blocks: multi-head attention, post-LN encoder/decoder layers, target attention.
+"""Masked attention blocks: multi-head attention, encoder (post- or pre-LN) and decoder layers,
+target attention.
 
 Masks are boolean with True = "may attend". A query row with no allowed key (a user with no
 search history, say) gets an exact zero attention output instead of the reference's NaN.
@@ -190,24 +191,37 @@ class _PostNormBlock(tf.keras.layers.Layer):
 
 
 class TransformerEncoderLayer(_PostNormBlock):
-    """Post-LN self-attention layer (PyTorch's TransformerEncoderLayer, norm_first=False).
+    """Self-attention layer (PyTorch's TransformerEncoderLayer), post-LN unless `norm_first`.
 
     x (B, L, d), mask (B, L, L) bool, valid (B, L) bool or None (= all) -> (B, L, d):
-    x = LN(x + drop(MHA(x, x, mask))); x = LN(x + drop(FF(x))).
-    The mixed encoder passes the transition mask (other type only); r2r/s2s pass padding only.
-    Only `valid` positions are computed; the others come out as exact zeros.
+    post-LN (UniSAR): x = LN(x + drop(MHA(x, x, mask))); x = LN(x + drop(FF(x))).
+    norm_first (pre-LN, SASRec): x = x + drop(MHA(LN(x), LN(x), mask)); x = x + drop(FF(LN(x))).
+    The mixed encoder passes the transition mask (other type only); r2r/s2s pass padding only;
+    SASRec a causal mask. Only `valid` positions are computed; the others are exact zeros.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, norm_first: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.norm_first = norm_first
         self.self_attention = self._attention("self_attention")
         self.attention_dropout, self.attention_norm = self._residual_norm("attention_norm")
         self.output_dropout, self.output_norm = self._residual_norm("output_norm")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(norm_first=self.norm_first)
+        return config
 
     def call(self, x, mask, training=None, valid=None):
         if valid is None:
             valid = tf.ones(tf.shape(x)[:2], tf.bool)
         packed = PackedSequence(x, valid)
+        if self.norm_first:
+            normed = packed.with_rows(self.attention_norm(packed.rows))
+            attended = self.self_attention.call_packed(normed, normed, mask, training=training)
+            rows = packed.rows + self.attention_dropout(attended, training=training)
+            transformed = self.feed_forward(self.output_norm(rows), training=training)
+            return packed.unpack(rows + self.output_dropout(transformed, training=training))
         attended = self.self_attention.call_packed(packed, packed, mask, training=training)
         rows = self.attention_norm(packed.rows + self.attention_dropout(attended,
                                                                         training=training))
