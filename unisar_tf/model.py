@@ -23,6 +23,7 @@ from unisar_tf.layers import (CategoricalSideFeatures, EntityEmbedding, FusionDe
                               merge_histories, padding_attention_mask,
                               search_behaviour_embedding, transition_attention_mask)
 from unisar_tf.losses import QueryItemRelevanceLoss, TransitionAlignmentLoss
+from unisar_tf.sasrec import SASRecModel  # the rec baseline (architecture="sasrec")
 
 Features = Mapping[str, tf.Tensor]
 
@@ -418,8 +419,6 @@ def build_model(config: UniSARConfig, batch_size: int = 2, num_candidates: int =
         raise ValueError("the config uses side features: pass side_features "
                          "(unisar_tf.side_features.load_side_features)")
     if config.architecture == "sasrec":
-        from unisar_tf.sasrec import SASRecModel  # the baseline; not part of UniSAR's graph
-
         model = SASRecModel(config)
     else:
         model = UniSARModel(config)
