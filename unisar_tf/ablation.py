@@ -73,20 +73,28 @@ def run_variant(name: str, overrides: dict, args: argparse.Namespace) -> dict:
     return report
 
 
+def model_metrics(report: dict) -> Dict[str, dict]:
+    """{task: metrics} of the trained model of an evaluate_best report (UniSAR or SASRec)."""
+    return report[report.get("model", "unisar")]
+
+
 def table_rows(reports: Dict[str, dict], baselines: Dict[str, dict]) -> List[dict]:
-    """One row per variant: {"name", "rec": metrics or None, "search": ..., "epochs": ...}."""
+    """One row per variant: {"name", "rec": metrics or None, "search": ..., "epochs": ...}.
+
+    A single-task model (SASRec, one half of "w/o joint training") has None for the other task.
+    """
     rows = []
     for name, report in reports.items():
         if name in JOINT_PAIR:
             continue
-        rows.append({"name": name, "rec": report["unisar"].get("rec"),
-                     "search": report["unisar"].get("search"),
+        rows.append({"name": name, "rec": model_metrics(report).get("rec"),
+                     "search": model_metrics(report).get("search"),
                      "best_epoch": report["best_epoch"], "epochs_run": report.get("epochs_run")})
     if all(name in reports for name in JOINT_PAIR):  # two single-task models, one row
         rec, search = (reports[name] for name in JOINT_PAIR)
         rows.insert(len([r for r in rows if r["name"] in ABLATIONS]),
-                    {"name": "w/o joint training", "rec": rec["unisar"]["rec"],
-                     "search": search["unisar"]["search"],
+                    {"name": "w/o joint training", "rec": model_metrics(rec)["rec"],
+                     "search": model_metrics(search)["search"],
                      "best_epoch": f"{rec['best_epoch']}/{search['best_epoch']}",
                      "epochs_run": f"{rec.get('epochs_run')}/{search.get('epochs_run')}"})
     if "popularity" in baselines:

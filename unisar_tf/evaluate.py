@@ -62,8 +62,9 @@ def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
                   write: bool = True) -> dict:
     """Scores model_dir's best checkpoint on `split`; writes and returns the report.
 
-    Report: {"split", "data_dir", "best_epoch", "validation_score", "unisar": {task: metrics},
-    "popularity": ..., "random": ...}.
+    Report: {"split", "data_dir", "best_epoch", "validation_score", "model": name,
+    name: {task: metrics}, "popularity": ..., "random": ...}; name is "unisar", or "SASRec"
+    for a run of architecture "sasrec".
     """
     from unisar_tf.trainer import (evaluate_model, load_trained_model, read_best,
                                    run_transform_dir)
@@ -71,11 +72,13 @@ def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
     manifest = data.load_manifest(data_dir, run_transform_dir(model_dir))
     model = load_trained_model(model_dir, data_dir)
     best = read_best(model_dir)
+    name = "SASRec" if model.config.architecture == "sasrec" else "unisar"
     report = {"split": split, "data_dir": data_dir, "model_dir": model_dir,
               "best_epoch": best["epoch"], "validation_score": best["validation_score"],
               "negatives_per_example": manifest["shapes"]["eval_candidates"] - 1,
-              "unisar": evaluate_model(model, data_dir, split, manifest,
-                                       batch_size or model.config.eval_batch_size)}
+              "model": name,
+              name: evaluate_model(model, data_dir, split, manifest,
+                                   batch_size or model.config.eval_batch_size)}
     if with_baselines:
         report.update(baseline_metrics(data_dir, split, manifest, model.config.num_items,
                                        model.config.tasks))
@@ -123,7 +126,8 @@ def evaluate_saved_model(export_dir: str, data_dir: str, split: str = "test",
 
 
 def report_markdown(report: dict) -> str:
-    rows = {name: report[name] for name in ("unisar", "popularity", "random") if name in report}
+    rows = {name: report[name] for name in ("unisar", "SASRec", "popularity", "random")
+            if name in report}
     return (f"Test-split metrics ({report['split']}), best validation epoch "
             f"{report['best_epoch']} (mean NDCG@5 {report['validation_score']:.4f}); "
             f"1 positive + {report['negatives_per_example']} sampled negatives, ties count "

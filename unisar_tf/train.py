@@ -2,6 +2,10 @@
 
     python -m unisar_tf.train --data_dir out/amazon_beauty --model_dir out/models/unisar
     python -m unisar_tf.train ... --preset kuaisar --learning_rate 5e-4 --use_s2r false
+    python -m unisar_tf.train ... --architecture sasrec --embedding_dim 50 --num_layers 2
+
+`--architecture sasrec` trains the SASRec baseline (unisar_tf.sasrec) on the rec task
+(`--tasks` defaults to rec for it).
 
 Every UniSARConfig field is a flag (`--tower_units 128,64`, booleans as true/false) except
 the vocabulary sizes and sequence shapes, which come from the data's manifest. Re-running
@@ -66,6 +70,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> UniSARConfig:
     overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(UniSARConfig)
                  if field.name not in DATA_FIELDS and getattr(args, field.name, None) is not None}
+    if overrides.get("architecture") == "sasrec":
+        overrides.setdefault("tasks", ("rec",))  # SASRec is a rec-only model
     return preset(args.preset, seed=args.seed, **overrides)
 
 
@@ -145,7 +151,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    run(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # an inconsistent set of flags is a usage error, not a traceback
+        config_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    run(args)
 
 
 if __name__ == "__main__":
