@@ -15,6 +15,7 @@ setup(
         "tensorflow-recommenders>=0.7.3,<0.8",
         "tensorflow-ranking>=0.5.5,<0.6",
         "numpy>=1.23,<2",
+        "scipy>=1.9",  # sparse co-occurrence of the non-learned baselines
     ],
     extras_require={
         "pipeline": ["tfx[kfp]>=1.15,<1.16"],
