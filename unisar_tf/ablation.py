@@ -4,8 +4,9 @@
         --max_epochs 10
 
 Each variant trains with the trainer (early stopping on validation mean NDCG@5, test metrics
-from its best checkpoint) into out_dir/<variant>/. Two baselines give the numbers a scale:
-popularity (training-positive counts) and a model without history (user + item + query
+from its best checkpoint) into out_dir/<variant>/. Baselines give the numbers a scale: the
+non-learned popularity (training-positive counts), ItemKNN and (search) query match
+(unisar_tf/baselines.py), and a trained model without history (user + item + query
 embeddings into the same heads). Writes out_dir/ablation.{md,json,png}.
 
 Finished variants are reused on a re-run (their test report exists), so an interrupted
@@ -26,6 +27,7 @@ from unisar_tf.config import ABLATIONS, BASELINES, preset
 
 JOINT_PAIR = ("w/o joint training (rec)", "w/o joint training (search)")
 TABLE_METRICS = ("NDCG@5", "NDCG@10")
+NON_LEARNED = ("popularity", "ItemKNN", "query match")  # table rows, in this order
 
 
 def slug(name: str) -> str:
@@ -97,10 +99,12 @@ def table_rows(reports: Dict[str, dict], baselines: Dict[str, dict]) -> List[dic
                      "search": model_metrics(search)["search"],
                      "best_epoch": f"{rec['best_epoch']}/{search['best_epoch']}",
                      "epochs_run": f"{rec.get('epochs_run')}/{search.get('epochs_run')}"})
-    if "popularity" in baselines:
-        rows.append({"name": "popularity", "rec": baselines["popularity"]["rec"],
-                     "search": baselines["popularity"]["search"], "best_epoch": "-",
-                     "epochs_run": "-"})
+    # The non-learned baselines (random stays in the JSON); query match has search only.
+    for name in NON_LEARNED:
+        if name in baselines:
+            rows.append({"name": name, "rec": baselines[name].get("rec"),
+                         "search": baselines[name].get("search"), "best_epoch": "-",
+                         "epochs_run": "-"})
     return rows
 
 

@@ -3,7 +3,8 @@
     python -m unisar_tf.evaluate --model_dir out/models/unisar --data_dir out/amazon_beauty
 
 Scores the best validation checkpoint only (model_dir/best), never the last epoch, and puts
-popularity (training-positive counts) and random ranking next to it on the same examples.
+the non-learned baselines next to it on the same examples: popularity (training-positive
+counts), random ranking, ItemKNN and (search) query match (unisar_tf/baselines.py).
 Writes model_dir/eval/{split}_metrics.json and {split}_metrics.md.
 """
 from __future__ import annotations
@@ -36,24 +37,25 @@ def metrics_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]],
 
 
 def baseline_metrics(data_dir: str, split: str, manifest: dict, num_items: int,
-                     tasks=("rec", "search")) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """Popularity and random ranking on the split's own candidates."""
-    import numpy as np
-
-    from feature_specs import CANDIDATE_ITEMS
+                     tasks=("rec", "search"), transform_dir: Optional[str] = None
+                     ) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """The non-learned baselines on the split's own lists: {name: {task: metrics with
+    "examples"}} for "popularity", "random" (exact expectation), "ItemKNN" and, for search,
+    "query match" (definitions: unisar_tf/baselines.py), in that order."""
+    from unisar_tf.baselines import POPULARITY, RANDOM, baseline_scores
     from unisar_tf.demo import random_ranking_metrics
     from unisar_tf.metrics import ranking_metrics
-    from unisar_tf.trainer import training_item_counts
 
-    counts = training_item_counts(data_dir, manifest, num_items)
-    results: Dict[str, Dict[str, Dict[str, float]]] = {"popularity": {}, "random": {}}
-    for task in tasks:
-        width = manifest["shapes"]["eval_candidates"]
-        candidates = data.read_feature(data_dir, split, task, CANDIDATE_ITEMS, width,
-                                        manifest)
-        results["popularity"][task] = dict(ranking_metrics(counts[candidates]),
-                                           examples=len(candidates))
-        results["random"][task] = dict(random_ranking_metrics(width), examples=len(candidates))
+    scores = baseline_scores(data_dir, split, manifest, num_items, tuple(tasks),
+                             transform_dir=transform_dir)
+    width = manifest["shapes"]["eval_candidates"]
+    results: Dict[str, Dict[str, Dict[str, float]]] = {POPULARITY: {}, RANDOM: {}}
+    for name, per_task in scores.items():
+        for task, values in per_task.items():
+            results.setdefault(name, {})[task] = dict(ranking_metrics(values),
+                                                      examples=len(values))
+    for task, values in scores[POPULARITY].items():
+        results[RANDOM][task] = dict(random_ranking_metrics(width), examples=len(values))
     return results
 
 
@@ -128,6 +130,7 @@ def evaluate_saved_model(export_dir: str, data_dir: str, split: str = "test",
 def report_markdown(report: dict) -> str:
     rows = {name: report[name] for name in ("unisar", "SASRec", "popularity", "random")
             if name in report}
+    rows.update({name: report[name] for name in ("ItemKNN", "query match") if name in report})
     return (f"Test-split metrics ({report['split']}), best validation epoch "
             f"{report['best_epoch']} (mean NDCG@5 {report['validation_score']:.4f}); "
             f"1 positive + {report['negatives_per_example']} sampled negatives, ties count "
