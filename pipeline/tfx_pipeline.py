@@ -9,7 +9,8 @@ bless -> push.
       │ transform_graph: user / item / word vocabularies, analyzed on the training splits
       ▼
     Trainer (pipeline.trainer_module.run_fn) ─> RankingEvaluator ─> Pusher (if blessed)
-    LatestBlessedModelResolver ────────────────┘ (the last blessed model, to beat)
+    LatestBlessedModelResolver ────────────────┘ (the last blessed model, to beat; the gate:
+    unisar_tf/gate.py, each task against random, every baseline and the last blessed model)
 
 SequenceExampleGen writes raw-id examples (`id_format="raw"`): Transform owns the id
 mapping. It runs with materialize=False: the Trainer and the evaluator apply the transform
@@ -31,7 +32,7 @@ from unisar_tf.export import MODEL_NAME
 
 from pipeline import beam_job, build_examples, trainer_module
 from pipeline.components import validation
-from pipeline.components.ranking_evaluator import RankingEvaluator
+from pipeline.components.ranking_evaluator import GATE_DEFAULTS, RankingEvaluator
 from pipeline.components.sequence_example_gen import SPLIT_NAMES, SequenceExampleGen, job_args
 
 
@@ -43,6 +44,18 @@ def pipeline_build_options(build_options: Optional[Dict[str, Any]]) -> Dict[str,
                          f"Transform builds the vocabularies, so it needs {ID_FORMAT_RAW!r}")
     options["id_format"] = ID_FORMAT_RAW
     return options
+
+
+def evaluator_gate_options(min_improvement: float = 0.0,
+                           gate_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """RankingEvaluator's gate parameters: the defaults, min_improvement, then gate_options
+    (names checked here, when the pipeline is defined)."""
+    options = dict(GATE_DEFAULTS, min_improvement=float(min_improvement))
+    unknown = sorted(set(gate_options or {}) - set(GATE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown gate option(s) {unknown}; known: {sorted(GATE_DEFAULTS)}")
+    options.update(gate_options or {})
+    return {name: type(GATE_DEFAULTS[name])(value) for name, value in options.items()}
 
 
 def curated_schema_files(adapter: str, data_root: str, build_options: Optional[Dict[str, Any]],
@@ -77,7 +90,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
                     enable_cache: bool = True,
                     schema_dir: Optional[str] = None,
                     train_config: Optional[Dict[str, Any]] = None,
-                    min_improvement: float = 0.0) -> tfx.dsl.Pipeline:
+                    min_improvement: float = 0.0,
+                    gate_options: Optional[Dict[str, Any]] = None) -> tfx.dsl.Pipeline:
     """The pipeline for the raw data of `adapter` at `data_root` (see SequenceExampleGen).
 
     build_options: build_examples flags by name, e.g. {"max_users": 200, "seed": 1}.
@@ -89,9 +103,13 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
     pipeline runs.
     train_config: the Trainer's custom_config (pipeline/trainer_module.py: preset,
     config_overrides, max_epochs, steps_per_epoch, validation_rows, seed).
-    min_improvement: NDCG@10 margin the model must beat the baselines by to be pushed.
+    min_improvement: the NDCG@10 difference the model must exceed against every comparator
+    (random, the baselines, the last blessed model) on every task to be pushed.
+    gate_options: the evaluator's other gate parameters by name (min_relative_improvement,
+    confidence, bootstrap_samples, seed; ranking_evaluator.GATE_DEFAULTS, docs/pipeline.md).
     """
     build_options = pipeline_build_options(build_options)
+    blessing_gate = evaluator_gate_options(min_improvement, gate_options)
     schema_files = curated_schema_files(adapter, data_root, build_options,
                                         schema_dir or os.path.join(pipeline_root, "_schemas"))
 
@@ -140,7 +158,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
                                  transform_graph=transform.outputs["transform_graph"],
                                  model=trainer.outputs["model"],
                                  baseline_model=last_blessed.outputs["model"],
-                                 min_improvement=min_improvement)
+                                 **blessing_gate)
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(

@@ -180,8 +180,8 @@ def test_a_clearly_better_model_is_blessed():
         ("search", "random"), ("search", "popularity"), ("search", "ItemKNN"),
         ("search", "query match"), ("search", "last blessed")]  # no query match for rec
     assert all(row.passed and row.lower_bound > 0 for row in decision.rows)
-    assert decision.reason.startswith("rec: NDCG@10 0.") and "beats random 0.0454" in \
-        decision.reason
+    assert decision.reason.startswith("rec: NDCG@10 0.") and "beats random 0.0454 (+0." in \
+        decision.reason and "search: NDCG@10 0." in decision.reason
     payload = json.loads(json.dumps(decision.to_dict()))
     assert payload["blessed"] and len(payload["rows"]) == 9
     assert payload["settings"] == {"min_improvement": 0.02, "min_relative_improvement": 0.0,
@@ -206,6 +206,12 @@ def test_refusing_outside_the_rows_and_confidence_zero():
     noisy = gate.decide(model, {})
     loose = gate.decide(model, {}, confidence=0.0)  # thresholds only
     assert loose.rows[0].lower_bound is None and loose.blessed
+    # A negative threshold passes a worse model; the reason does not call that beating.
+    tolerant = gate.decide({"rec": scores_with_ranks(np.full(50, 20))}, {}, confidence=0.0,
+                           min_improvement=-0.5)
+    assert tolerant.blessed and tolerant.rows[0].difference < 0
+    assert tolerant.reason == ("rec: NDCG@10 0.0000 passes the gate against random 0.0454 "
+                               "(-0.0454)")
     assert not noisy.blessed or noisy.rows[0].lower_bound > 0
     refused = loose.refuse("model 7 is already the last blessed model")
     assert not refused.blessed and refused.reason.startswith("model 7 is already")
@@ -214,3 +220,67 @@ def test_refusing_outside_the_rows_and_confidence_zero():
         gate.decide(model, {"popularity": {"rec": model["rec"][:-1]}})
     with pytest.raises(ValueError, match="confidence"):
         gate.decide(model, {}, confidence=1.0)
+
+
+# ----------------------------------------------------------------- pairing in the evaluator
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """A small Amazon-format dataset built by the data job with 3 files per split, so a
+    reader that interleaves files would see the lists in another order."""
+    from pipeline import beam_job
+    from pipeline import sequence_builder as sb
+    from pipeline.adapters import amazon
+
+    root = tmp_path_factory.mktemp("sharded")
+    rng = np.random.default_rng(3)
+    lines = [f"u{u} " + " ".join(f"i{i}" for i in rng.choice(30, size=8, replace=False))
+             for u in range(40)]
+    (root / "seq.txt").write_text("\n".join(lines) + "\n")
+    (root / "attrs.json").write_text(json.dumps(
+        {f"i{i}": [f"brand{i}", f"cat{i % 3}"] for i in range(30)}))
+    inputs = amazon.AmazonInputs(str(root / "seq.txt"), str(root / "attrs.json"),
+                                 query_min_item_frequency=5, seed=1)
+    options = sb.BuildOptions(seed=1, clicks_per_session=1, num_eval_negatives=9, query_len=4,
+                              rec_len=5, search_len=5)
+    out = str(root / "out")
+    manifest = beam_job.run(lambda p: amazon.read(p, inputs), options, out, "amazon",
+                            {"sequences": "seq.txt"},
+                            ["--runner=DirectRunner", "--direct_num_workers=1",
+                             "--direct_running_mode=in_memory"], num_shards=3)
+    return out, manifest
+
+
+def test_model_and_baseline_scores_pair_up_list_by_list(sharded):
+    """Row i is the same test list for the serialized records a SavedModel scores
+    (evaluate.saved_model_scores reads them file after file), for the feature readers
+    (data.read_examples / load_arrays / read_feature) and for the baselines' scores."""
+    import tensorflow as tf
+
+    from feature_specs import CANDIDATE_ITEMS
+    from pipeline.components.ranking_evaluator import compute_baseline_scores
+    from unisar_tf import data
+    from unisar_tf.trainer import training_item_counts
+
+    out, manifest = sharded
+    width = manifest["shapes"]["eval_candidates"]
+    num_items = manifest["vocab_sizes"]["items"] + 1
+    baselines = compute_baseline_scores(out, "test", manifest, num_items, ("rec", "search"))
+    counts = training_item_counts(out, manifest, num_items)
+    for task in ("rec", "search"):
+        files = data.example_files(out, "test", task)
+        assert len(files) == 3
+        # What serving_default is given, in the evaluator's order.
+        records = tf.data.TFRecordDataset(files, compression_type="GZIP")
+        served = np.array([tf.train.Example.FromString(record.numpy()).features
+                           .feature[CANDIDATE_ITEMS].int64_list.value for record in records])
+        assert len(served) > 10 and len(np.unique(served[:, 0])) > 3
+        assert not np.array_equal(served[:, 0], np.sort(served[:, 0]))
+        read = data.load_arrays(out, "test", task, manifest)[CANDIDATE_ITEMS]
+        np.testing.assert_array_equal(read, served)
+        np.testing.assert_array_equal(
+            data.read_feature(out, "test", task, CANDIDATE_ITEMS, width, manifest), served)
+        # Popularity's row i scores list i's candidates, positive first.
+        np.testing.assert_array_equal(baselines["popularity"][task], counts[served])
+        for name, per_task in baselines.items():
+            if task in per_task:
+                assert per_task[task].shape == served.shape, name

@@ -10,6 +10,7 @@ import os
 import shutil
 import types
 
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -46,19 +47,22 @@ COMPONENTS = ["SequenceExampleGen", "ImportSchemaGen", "ImportSchemaGenRec",
 TRAIN_CONFIG = {"max_epochs": 1, "steps_per_epoch": 2, "config_overrides": {
     "batch_size": 4, "embedding_dim": 8, "raw_embedding_dim": 4, "feed_forward_dim": 8,
     "expert_units": 4, "tower_units": [8], "head_units": [8], "num_relevance_negatives": 4}}
-# The fixture's 3 test lists of 4 candidates cannot tell a model from popularity reliably,
-# so the good run blesses anything not 1.0 NDCG@10 below it; the blessing rule itself is
-# tested on its own below, and a run with an impossible margin must not push.
+# The fixture's 3 test lists of 4 candidates cannot tell a model from any baseline, so the
+# good run blesses anything not 1.0 NDCG@10 below each comparator, with the noise test off
+# (confidence 0); the gate itself is tested in tests/test_gate.py, and a run with an
+# impossible margin (and the default noise test) must not push.
 ALWAYS_BLESS = -1.0
+NO_NOISE_TEST = {"confidence": 0.0}
 
 
 def run_pipeline(root, enable_cache=True, name="unisar_test", min_improvement=ALWAYS_BLESS,
-                 train_config=None):
+                 train_config=None, gate_options=None):
     return local.run(name, str(root / "pipeline"), EVENT_LOG_DIR, "event_log",
                      str(root / "serving"), IN_MEMORY, str(root / "metadata.sqlite"),
                      dict(BUILD_OPTIONS), enable_cache=enable_cache,
                      train_config=train_config or TRAIN_CONFIG,
-                     min_improvement=min_improvement)
+                     min_improvement=min_improvement,
+                     gate_options=NO_NOISE_TEST if gate_options is None else gate_options)
 
 
 def store_of(root):
@@ -192,7 +196,11 @@ def test_rerun_with_cache_reuses_every_execution_and_pushes_nothing_new(good_run
     assert len(store_of(root).get_artifacts_by_type("Examples")) == 1  # no new examples
     evaluator = next(row for row in rows if row["component"] == "RankingEvaluator")
     with open(os.path.join(evaluator["outputs"]["evaluation"][0], "metrics.json")) as handle:
-        assert "already the last blessed model" in json.load(handle)["reason"]
+        report = json.load(handle)
+    assert not report["blessed"] and "already the last blessed model" in report["reason"]
+    assert report["reasons"][0].endswith("already the last blessed model; not blessed (or "
+                                         "pushed) again")
+    assert report["baseline_model"] == report["candidate"]  # the same model
     assert len(_pushed_versions(root)) == 1
 
 
@@ -210,7 +218,29 @@ def test_blessed_model_is_pushed_loads_and_scores(good_run):
     with open(os.path.join(evaluation_uri, "metrics.json")) as handle:
         report = json.load(handle)
     assert report["blessed"] and report["candidate"]["rec"]["examples"] == EXAMPLES["test_rec"]
-    assert os.path.isfile(os.path.join(evaluation_uri, "metrics.md"))
+    assert report["baseline_model"] is None and report["reasons"] == []  # a first run
+    # The gate compared each task with random and every non-learned baseline, paired.
+    assert {"popularity", "random"} <= set(report["baselines"])
+    gate_rows = report["gate"]["rows"]
+    for task in ("rec", "search"):
+        compared = [row["comparator"] for row in gate_rows if row["task"] == task]
+        assert compared[0] == "random" and len(compared) == len(set(compared))
+        assert set(compared) == {name for name, per_task in report["baselines"].items()
+                                 if task in per_task}
+    assert all(row["passed"] and row["lists"] == EXAMPLES[f"test_{row['task']}"]
+               and row["lower_bound"] is None for row in gate_rows)  # noise test off
+    assert report["gate"]["settings"] == {"min_improvement": -1.0,
+                                          "min_relative_improvement": 0.0, "confidence": 0.0,
+                                          "bootstrap_samples": 1000, "seed": 0}
+    with open(os.path.join(evaluation_uri, "metrics.md")) as handle:
+        markdown = handle.read()
+    # The table: candidate, popularity, random, then the other baselines.
+    order = [markdown.index(f"| {name} | rec |") for name in ("candidate", "popularity",
+                                                                "random")]
+    assert order == sorted(order) and "| popularity | search |" in markdown
+    assert all(f"| {name} | {task} |" in markdown
+               for name, per_task in report["baselines"].items() for task in per_task)
+    assert "| rec | random |" in markdown and "**BLESSED**" in markdown
 
     [version] = _pushed_versions(root)
     pushed = str(root / "serving" / "unisar" / str(version))
@@ -236,16 +266,34 @@ def test_blessed_model_is_pushed_loads_and_scores(good_run):
     assert scores.shape == (1, 3) and ((scores > 0) & (scores < 1)).all()
 
 
-def test_blessing_rule_by_hand():
-    decide = ranking_evaluator.blessing_decision
-    assert decide(0.30, 0.20, None, 0.0)["blessed"]
-    assert not decide(0.20, 0.20, None, 0.0)["blessed"]  # a tie does not beat popularity
-    assert not decide(0.30, 0.20, None, 0.15)["blessed"]  # margin not cleared
-    assert not decide(0.30, 0.20, 0.31, 0.0)["blessed"]  # worse than the last blessed model
-    assert "last blessed" in decide(0.30, 0.20, 0.31, 0.0)["reason"]
-    assert decide(0.32, 0.20, 0.31, 0.0)["blessed"]
-    assert ranking_evaluator.mean_score({"rec": {"NDCG@10": 0.2}, "search": {"NDCG@10": 0.4}}
-                                        ) == pytest.approx(0.3)
+def test_evaluator_report_and_gate_options():
+    """The report's Markdown and the pipeline's gate parameters, without running anything
+    (the rule itself: tests/test_gate.py)."""
+    from pipeline import tfx_pipeline
+    from unisar_tf import gate
+
+    rows = {"rec": np.array([[0.9, 0.1, 0.2, 0.3]] * 4), "search": np.array(
+        [[0.1, 0.9, 0.8, 0.7]] * 4)}  # rank 1 on rec, rank 4 on search
+    popularity = {"rec": np.array([[0.1, 0.9, 0.2, 0.3]] * 4),
+                  "search": np.array([[0.9, 0.1, 0.2, 0.3]] * 4)}
+    decision = gate.decide(rows, {"popularity": popularity})
+    metrics = ranking_evaluator.metrics_of(rows)
+    report = {"split": "test", "candidates": 4, "candidate": metrics, "baseline_model": None,
+              "baselines": {"popularity": ranking_evaluator.metrics_of(popularity)},
+              "blessed": decision.blessed, "reason": decision.reason,
+              "reasons": decision.reasons, "gate": decision.to_dict()}
+    markdown = ranking_evaluator.report_markdown(report)
+    assert not decision.blessed and "**NOT BLESSED**:" in markdown
+    assert [reason.split(":")[0] for reason in decision.reasons] == ["search", "search"]
+    assert "- search: NDCG@10 0.4307 does not beat popularity 1.0000" in markdown
+    assert "| search | popularity | 0.4307 | 1.0000 | -0.5693 |" in markdown
+    assert ranking_evaluator.mean_score(metrics) == pytest.approx((1 + 0.4307) / 2, abs=1e-4)
+
+    assert tfx_pipeline.evaluator_gate_options() == ranking_evaluator.GATE_DEFAULTS
+    assert tfx_pipeline.evaluator_gate_options(0.01, {"confidence": 0.9, "seed": 3}) == dict(
+        ranking_evaluator.GATE_DEFAULTS, min_improvement=0.01, confidence=0.9, seed=3)
+    with pytest.raises(ValueError, match="confidense"):
+        tfx_pipeline.evaluator_gate_options(0.0, {"confidense": 0.9})
 
 
 def test_trainer_module_runs_in_isolation(good_run, tmp_path):
@@ -371,7 +419,8 @@ def test_a_model_that_misses_the_bar_is_not_pushed(good_run):
     """Same pipeline and ML Metadata as the good run, with a margin no model clears: the
     evaluator (now also comparing with the last blessed model) refuses, the Pusher skips."""
     root, _ = good_run
-    rows = run_pipeline(root, min_improvement=1.0, train_config=dict(TRAIN_CONFIG, seed=1))
+    rows = run_pipeline(root, min_improvement=1.0, train_config=dict(TRAIN_CONFIG, seed=1),
+                        gate_options={})
     by_component = {row["component"]: row for row in rows}
     assert by_component["Trainer"]["state"] == "COMPLETE"  # a new model (another seed)
     assert by_component["RankingEvaluator"]["state"] == "COMPLETE"
@@ -381,7 +430,18 @@ def test_a_model_that_misses_the_bar_is_not_pushed(good_run):
     with open(os.path.join(evaluation_uri, "metrics.json")) as handle:
         report = json.load(handle)
     assert report["baseline_model"] is not None  # the first run's blessed model
-    assert not report["blessed"] and "by more than 1.0" in report["reason"]
+    assert not report["blessed"]
+    # No NDCG@10 difference exceeds 1.0: every comparison fails, each refusal says so.
+    gate_rows = report["gate"]["rows"]
+    assert {row["comparator"] for row in gate_rows} >= {"random", "popularity",
+                                                         "last blessed"}
+    assert not any(row["passed"] for row in gate_rows)
+    assert all(f"difference {row['difference']:+.4f} <= 1.0" in row["failures"]
+               for row in gate_rows)
+    assert len(report["reasons"]) == len(gate_rows)
+    assert all("needs lower bound > 0 and difference > 1.0" in reason
+               for reason in report["reasons"])
+    assert report["gate"]["settings"]["confidence"] == 0.95  # the default noise test
     assert by_component["Pusher"]["pushed_destination"] is None
     assert len(_pushed_versions(root)) == 1
     assert "pushed model: none this run" in local.outcome_summary(rows)

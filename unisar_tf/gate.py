@@ -40,8 +40,8 @@ import numpy as np
 from unisar_tf.metrics import positive_rank_numpy
 
 __all__ = ["Comparison", "GateDecision", "LAST_BLESSED", "RANDOM", "SCORE_METRIC",
-           "bootstrap_lower_bound", "comparison_table", "decide", "ndcg_per_list", "paired_comparison",
-           "random_ndcg"]
+           "bootstrap_lower_bound", "comparison_table", "decide", "ndcg_per_list",
+           "paired_comparison", "random_ndcg"]
 
 K = 10
 SCORE_METRIC = f"NDCG@{K}"
@@ -155,8 +155,12 @@ class GateDecision:
             per_task.setdefault(row.task, []).append(row)
         parts = []
         for task, rows in per_task.items():
-            beaten = ", ".join(f"{row.comparator} {row.baseline:.4f}" for row in rows)
-            parts.append(f"{task}: {self.metric} {rows[0].model:.4f} beats {beaten}")
+            # "beats" only when it does; a negative min_improvement can pass a worse model.
+            verb = ("beats" if all(row.difference > 0 for row in rows)
+                    else "passes the gate against")
+            against = ", ".join(f"{row.comparator} {row.baseline:.4f} ({row.difference:+.4f})"
+                                for row in rows)
+            parts.append(f"{task}: {self.metric} {rows[0].model:.4f} {verb} {against}")
         return "; ".join(parts)
 
     def refuse(self, reason: str) -> "GateDecision":
@@ -250,21 +254,22 @@ def decide(model_scores: Mapping[str, np.ndarray],
     return GateDecision(blessed=not reasons, rows=rows, reasons=reasons, settings=settings)
 
 
-def comparison_table(decision: GateDecision) -> str:
-    """Markdown: one line per (task, comparator) row of the gate."""
-    confidence = decision.settings.get("confidence", 0)
+def comparison_table(decision: Union[GateDecision, dict]) -> str:
+    """Markdown: one line per (task, comparator) row of a decision (or its to_dict())."""
+    if isinstance(decision, GateDecision):
+        decision = decision.to_dict()
+    confidence = decision["settings"].get("confidence", 0)
     bound = f"{confidence:.0%} lower bound" if confidence else "lower bound (off)"
-    lines = [f"| task | compared with | model {decision.metric} | theirs | difference | "
+    lines = [f"| task | compared with | model {decision['metric']} | theirs | difference | "
              f"standard error | {bound} | lists | passes |",
              "|---|---|---|---|---|---|---|---|---|"]
 
     def number(value: Optional[float], sign: str = "+") -> str:
         return "n/a" if value is None else f"{value:{sign}.4f}"
 
-    for row in decision.rows:
-        lines.append(f"| {row.task} | {row.comparator} | {row.model:.4f} | {row.baseline:.4f} | "
-                     f"{row.difference:+.4f} | {number(row.standard_error, '')} | "
-                     f"{number(row.lower_bound)} | {row.lists} | "
-                     f"{'yes' if row.passed else 'NO'} |")
+    for row in decision["rows"]:
+        lines.append(f"| {row['task']} | {row['comparator']} | {row['model']:.4f} | "
+                     f"{row['baseline']:.4f} | {row['difference']:+.4f} | "
+                     f"{number(row['standard_error'], '')} | {number(row['lower_bound'])} | "
+                     f"{row['lists']} | {'yes' if row['passed'] else 'NO'} |")
     return "\n".join(lines) + "\n"
-

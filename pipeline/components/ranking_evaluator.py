@@ -6,68 +6,107 @@ the metrics are per-list ranks (HR@k, NDCG@k of the positive). TFMA computes ran
 over one example per (query, item) pair grouped by a query key, so it would need the test
 split flattened 100x into pair examples and a model signature scoring pairs; this component
 scores the lists through the model's own `serving_default` signature instead, which is the
-artifact the Pusher pushes (unisar_tf.evaluate.evaluate_saved_model).
+artifact the Pusher pushes (unisar_tf.evaluate.saved_model_scores).
 
-Blessing rule: the model is blessed when its mean NDCG@10 over the tasks beats popularity
-ranking on the same test lists by more than `min_improvement`, and, when a previously
-blessed model is given (`baseline_model`, from a LatestBlessedModelStrategy resolver), beats
-that model's score on this data too. The last blessed model itself (a re-run whose Trainer
-was cached) is not blessed again, so re-running never pushes a duplicate. The ModelBlessing artifact carries the custom
-properties TFX's Pusher and LatestBlessedModelStrategy read (`blessed`, `current_model_id`)
-and a BLESSED / NOT_BLESSED file, as TFX's Evaluator writes; the report (JSON + Markdown)
+Blessing rule (unisar_tf/gate.py): the candidate's per-list NDCG@10 is compared, list by
+list on the same test lists, with random ranking (its exact expectation), every non-learned
+baseline (popularity, ItemKNN, query match: unisar_tf.baselines) and, when given
+(`baseline_model`, from a LatestBlessedModelStrategy resolver), the last blessed model. It is
+blessed only if, on EACH task separately and against EACH of them, the one-sided lower
+`confidence` bound of the mean difference (seeded paired bootstrap) is above 0 and the mean
+difference is above `min_improvement` (absolute) and above `min_relative_improvement` times
+the comparator's NDCG@10; a refusal names the task, the comparator and both numbers. A
+mean over tasks never decides. The last blessed model itself (a re-run whose Trainer was
+cached) is not blessed again, so re-running never pushes a duplicate. The ModelBlessing
+artifact carries the custom properties TFX's Pusher and LatestBlessedModelStrategy read
+(`blessed`, `current_model_id`), the `reason`, and a BLESSED / NOT_BLESSED file, as TFX's
+Evaluator writes; the report (JSON + Markdown: every model's metrics and the gate's rows)
 goes to the ModelEvaluation artifact.
 """
 
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
 SCORE_METRIC = "NDCG@10"
+# The gate's parameters and their defaults (the component's, create_pipeline's gate_options).
+GATE_DEFAULTS = {"min_improvement": 0.0, "min_relative_improvement": 0.0, "confidence": 0.95,
+                 "bootstrap_samples": 1000, "seed": 0}
 
 
 def mean_score(metrics: Dict[str, Dict[str, float]]) -> float:
     return sum(task[SCORE_METRIC] for task in metrics.values()) / len(metrics)
 
 
-def blessing_decision(candidate: float, popularity: float, baseline: Optional[float],
-                      min_improvement: float) -> Dict[str, object]:
-    """Whether to bless, and why (the reason is kept on the artifact)."""
-    if candidate <= popularity + min_improvement:
-        return {"blessed": False, "reason": f"{SCORE_METRIC} {candidate:.4f} does not beat "
-                f"popularity {popularity:.4f} by more than {min_improvement}"}
-    if baseline is not None and candidate <= baseline + min_improvement:
-        return {"blessed": False, "reason": f"{SCORE_METRIC} {candidate:.4f} does not beat the "
-                f"last blessed model's {baseline:.4f} by more than {min_improvement}"}
-    against = "popularity" + (" and the last blessed model" if baseline is not None else "")
-    return {"blessed": True, "reason": f"{SCORE_METRIC} {candidate:.4f} beats {against}"}
+def compute_baseline_scores(data_dir: str, split: str, manifest: dict, num_items: int,
+                            tasks: Sequence[str] = ("rec", "search"),
+                            transform_dir: Optional[str] = None
+                            ) -> Dict[str, Dict[str, "np.ndarray"]]:
+    """{baseline: {task: (N, C) scores}} of every non-learned baseline (popularity, ItemKNN,
+    query match: `unisar_tf.baselines.baseline_scores`), rows paired with the model's."""
+    from unisar_tf.baselines import baseline_scores
+
+    return baseline_scores(data_dir, split, manifest, num_items, tuple(tasks),
+                           transform_dir=transform_dir)
 
 
-def _markdown(report: dict) -> str:
+def metrics_of(scores: Dict[str, "np.ndarray"]) -> Dict[str, Dict[str, float]]:
+    """{task: HR/NDCG and examples} of {task: (N, C) scores}."""
+    from unisar_tf.metrics import ranking_metrics
+
+    return {task: dict(ranking_metrics(values), examples=int(len(values)))
+            for task, values in scores.items()}
+
+
+def report_markdown(report: dict) -> str:
+    """The evaluation table (candidate, last blessed, popularity, random, every baseline,
+    both tasks), the gate's per-task comparisons, and the verdict with its reasons."""
+    from unisar_tf import gate
     from unisar_tf.evaluate import metrics_table
 
-    rows = {"candidate": report["candidate"], "popularity": report["popularity"],
-            "random": report["random"]}
+    rows = {"candidate": report["candidate"]}
     if report.get("baseline_model"):
-        rows["last blessed"] = report["baseline_model"]
+        rows[gate.LAST_BLESSED] = report["baseline_model"]
+    rows.update(report["baselines"])
     verdict = "BLESSED" if report["blessed"] else "NOT BLESSED"
+    decision = report["gate"]
+    settings = decision["settings"]
+    needs = []
+    if settings["confidence"]:
+        needs.append(f"its {settings['confidence']:.0%} lower bound (paired bootstrap, "
+                     f"{settings['bootstrap_samples']} resamples, seed {settings['seed']}) "
+                     "above 0")
+    needs.append(f"a difference above {settings['min_improvement']}")
+    if settings["min_relative_improvement"]:
+        needs.append(f"above {settings['min_relative_improvement']:g} x the comparator's "
+                     f"{SCORE_METRIC}")
+    rule = (f"Gate: on each task, {SCORE_METRIC} minus each comparator's, list by list; "
+            "needs " + " and ".join(needs)
+            + ("" if settings["confidence"] else " (noise test off: confidence 0)") + ".")
+    if report["blessed"]:
+        why = f"**{verdict}**: {report['reason']}\n"
+    else:
+        why = f"**{verdict}**:\n" + "".join(f"- {reason}\n" for reason in report["reasons"])
     return (f"Split `{report['split']}`; 1 positive + "
             f"{report['candidates'] - 1} negatives per list.\n\n"
-            + metrics_table(rows) + f"\n**{verdict}**: {report['reason']}\n")
+            + metrics_table(rows) + "\n" + rule + "\n\n" + gate.comparison_table(decision)
+            + "\n" + why)
 
 
-def score_last_blessed(export_dir: str, data_dir: str, split: str, tasks) -> Dict[str, dict]:
-    """The last blessed model's metrics on these examples, or a clear error if that model
+def score_last_blessed(export_dir: str, data_dir: str, split: str, tasks
+                       ) -> Dict[str, "np.ndarray"]:
+    """The last blessed model's per-list scores on these examples, or a clear error if that model
     reads another example format (e.g. one exported before Transform joined the pipeline:
     its serving_default parses ids, these examples carry raw strings)."""
     import tensorflow as tf
 
-    from unisar_tf.evaluate import evaluate_saved_model
+    from unisar_tf.evaluate import saved_model_scores
 
     try:
-        return evaluate_saved_model(export_dir, data_dir, split, tasks)
+        return saved_model_scores(export_dir, data_dir, split, tasks)
     except tf.errors.InvalidArgumentError as error:
         raise RuntimeError(
             f"the last blessed model {export_dir} cannot read the examples in {data_dir} "
@@ -88,54 +127,91 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
             standard_artifacts.TransformGraph] = None,
         split: tfx.dsl.components.Parameter[str] = "test",
         min_improvement: tfx.dsl.components.Parameter[float] = 0.0,
+        min_relative_improvement: tfx.dsl.components.Parameter[float] = 0.0,
+        confidence: tfx.dsl.components.Parameter[float] = 0.95,
+        bootstrap_samples: tfx.dsl.components.Parameter[int] = 1000,
+        seed: tfx.dsl.components.Parameter[int] = 0,
 ) -> None:
     """Scores `model` on the test lists, compares with the baselines, writes the blessing.
 
     transform_graph: the Transform output the examples' raw ids go through (the pipeline's).
+    min_improvement / min_relative_improvement: the absolute / relative NDCG@10 change the
+    model must exceed against every comparator on every task (TFX's change thresholds);
+    confidence: of the one-sided bootstrap lower bound that must be above 0 (0 turns that
+    test off); bootstrap_samples, seed: the paired bootstrap's (unisar_tf/gate.py).
     """
     from tfx.utils import path_utils
 
-    from unisar_tf import data
-    from unisar_tf.evaluate import baseline_metrics, evaluate_saved_model
+    from unisar_tf import data, gate
+    from unisar_tf.baselines import BASELINE_ORDER
+    from unisar_tf.demo import random_ranking_metrics
+    from unisar_tf.evaluate import saved_model_scores
 
     data_dir = examples.uri
-    # Raw-id examples: the popularity baseline counts items by Transform's ids; the models
-    # map the same raw examples with the graph inside their serving_default signature.
-    manifest = data.load_manifest(data_dir, transform_graph.uri if transform_graph else None)
+    transform_dir = transform_graph.uri if transform_graph else None
+    # Raw-id examples: the baselines count items by Transform's ids; the models map the
+    # same raw examples with the graph inside their serving_default signature.
+    manifest = data.load_manifest(data_dir, transform_dir)
     tasks = [t for t in ("rec", "search") if manifest["examples"][split].get(t)]
-    candidate = evaluate_saved_model(path_utils.serving_model_path(model.uri), data_dir,
-                                     split, tasks)
-    baselines = baseline_metrics(data_dir, split, manifest,
-                                 manifest["vocab_sizes"]["items"] + 1, tasks)
-    baseline = None
-    if baseline_model is not None:
-        baseline = score_last_blessed(path_utils.serving_model_path(baseline_model.uri),
-                                      data_dir, split, tasks)
-    decision = blessing_decision(mean_score(candidate), mean_score(baselines["popularity"]),
-                                 None if baseline is None else mean_score(baseline),
-                                 min_improvement)
-    if baseline_model is not None and baseline_model.id == model.id:
-        # A re-run whose Trainer was cached: this model is already blessed and pushed, and
-        # blessing it again would push a duplicate version.
-        decision = {"blessed": False, "reason": f"model {model.id} is already the last "
-                    "blessed model; not blessed (or pushed) again"}
-    report = {"split": split, "candidates": manifest["shapes"]["eval_candidates"],
-              "candidate": candidate, "popularity": baselines["popularity"],
-              "random": baselines["random"], "baseline_model": baseline, **decision}
+    width = manifest["shapes"]["eval_candidates"]
+    # Every score matrix below has row i = list i in file order, so they pair up.
+    candidate_scores = saved_model_scores(path_utils.serving_model_path(model.uri), data_dir,
+                                          split, tasks)
+    baseline_scores = compute_baseline_scores(data_dir, split, manifest,
+                                              manifest["vocab_sizes"]["items"] + 1, tasks,
+                                              transform_dir=transform_dir)
+    comparators = dict(baseline_scores)
+    # A re-run whose Trainer was cached: the resolver returns this very model.
+    same_model = baseline_model is not None and baseline_model.id == model.id
+    if baseline_model is not None and not same_model:
+        comparators[gate.LAST_BLESSED] = score_last_blessed(
+            path_utils.serving_model_path(baseline_model.uri), data_dir, split, tasks)
+    decision = gate.decide(candidate_scores, comparators, min_improvement=min_improvement,
+                           min_relative_improvement=min_relative_improvement,
+                           confidence=confidence, bootstrap_samples=bootstrap_samples,
+                           seed=seed)
+    if same_model:
+        # This model is already blessed and pushed; blessing it again would push a duplicate.
+        decision = decision.refuse(f"model {model.id} is already the last blessed model; not "
+                                   "blessed (or pushed) again")
+
+    candidate = metrics_of(candidate_scores)
+    baselines = {name: metrics_of(per_task) for name, per_task in baseline_scores.items()}
+    baselines[gate.RANDOM] = {task: dict(random_ranking_metrics(width),
+                                         examples=candidate[task]["examples"])
+                              for task in tasks}
+    # Report order: popularity, random, ItemKNN, query match (then anything new).
+    baselines = {name: baselines[name] for name in
+                 [*(n for n in BASELINE_ORDER if n in baselines),
+                  *(n for n in baselines if n not in BASELINE_ORDER)]}
+    last_blessed = None
+    if same_model:
+        last_blessed = candidate
+    elif baseline_model is not None:
+        last_blessed = metrics_of(comparators[gate.LAST_BLESSED])
+    report = {"split": split, "candidates": width, "candidate": candidate,
+              "popularity": baselines["popularity"], "random": baselines[gate.RANDOM],
+              "baselines": baselines, "baseline_model": last_blessed,
+              "blessed": decision.blessed, "reason": decision.reason,
+              "reasons": list(decision.reasons), "gate": decision.to_dict()}
     with open(os.path.join(evaluation.uri, "metrics.json"), "w") as out:
         json.dump(report, out, indent=2, sort_keys=True)
+    markdown = report_markdown(report)
     with open(os.path.join(evaluation.uri, "metrics.md"), "w") as out:
-        out.write(_markdown(report))
+        out.write(markdown)
 
-    blessed = bool(decision["blessed"])
+    blessed = bool(decision.blessed)
     with open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w"):
         pass
     blessing.set_int_custom_property("blessed", int(blessed))
     blessing.set_int_custom_property("current_model_id", model.id)
     blessing.set_string_custom_property("current_model", model.uri)
-    blessing.set_string_custom_property("reason", str(decision["reason"]))
+    blessing.set_string_custom_property("reason", decision.reason)
     blessing.set_float_custom_property(SCORE_METRIC, mean_score(candidate))
+    for task in tasks:
+        blessing.set_float_custom_property(f"{SCORE_METRIC}_{task}",
+                                           candidate[task][SCORE_METRIC])
     if baseline_model is not None:
         blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
     evaluation.set_float_custom_property(SCORE_METRIC, mean_score(candidate))
-    print(_markdown(report), flush=True)
+    print(markdown, flush=True)

@@ -35,9 +35,11 @@ def metadata_config(path: str):
 def run(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
         serving_dir: str, beam_pipeline_args: Sequence[str], metadata_path: str,
         build_options: Optional[dict] = None, enable_cache: bool = True,
-        train_config: Optional[dict] = None, min_improvement: float = 0.0) -> List[dict]:
+        train_config: Optional[dict] = None, min_improvement: float = 0.0,
+        gate_options: Optional[dict] = None) -> List[dict]:
     """Runs the pipeline; returns `executions_since` for this run (one dict per component).
-    A failing component raises (e.g. AnomalyGate's AnomaliesFound)."""
+    A failing component raises (e.g. AnomalyGate's AnomaliesFound). min_improvement and
+    gate_options: the evaluator's blessing gate (create_pipeline)."""
     from tfx import v1 as tfx
 
     from pipeline.tfx_pipeline import create_pipeline
@@ -47,7 +49,8 @@ def run(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=data_root,
         adapter=adapter, serving_dir=serving_dir, beam_pipeline_args=list(beam_pipeline_args),
         metadata_connection_config=config, build_options=build_options,
-        enable_cache=enable_cache, train_config=train_config, min_improvement=min_improvement)
+        enable_cache=enable_cache, train_config=train_config, min_improvement=min_improvement,
+        gate_options=gate_options)
     started_ms = int(time.time() * 1000)
     tfx.orchestration.LocalDagRunner().run(pipeline)
     return executions_since(config, pipeline_name, started_ms)
@@ -164,8 +167,17 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     training.add_argument("--train_option", action="append", default=[],
                           metavar="FIELD=VALUE", help="a UniSARConfig field, repeatable, "
                           "e.g. batch_size=256")
-    parser.add_argument("--min_improvement", type=float, default=0.0,
-                        help="NDCG@10 margin over the baselines needed to push")
+    blessing = parser.add_argument_group("blessing gate (unisar_tf/gate.py, docs/pipeline.md)")
+    blessing.add_argument("--min_improvement", type=float, default=0.0,
+                          help="NDCG@10 difference the model must exceed against random, every "
+                          "baseline and the last blessed model, on each task")
+    blessing.add_argument("--min_relative_improvement", type=float, default=0.0,
+                          help="... and this fraction of the comparator's NDCG@10")
+    blessing.add_argument("--confidence", type=float, default=0.95,
+                          help="of the paired-bootstrap lower bound that must be above 0 "
+                          "(0: no noise test)")
+    blessing.add_argument("--bootstrap_samples", type=int, default=1000)
+    blessing.add_argument("--gate_seed", type=int, default=0, help="the bootstrap's seed")
     args = parser.parse_args(argv)
 
     from pipeline import beam_job
@@ -195,7 +207,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     rows = run(args.pipeline_name, args.pipeline_root, args.data_root, args.adapter,
                args.serving_dir, beam_args, metadata_path, build_options,
                enable_cache=not args.no_cache, train_config=train_config,
-               min_improvement=args.min_improvement)
+               min_improvement=args.min_improvement,
+               gate_options={"min_relative_improvement": args.min_relative_improvement,
+                             "confidence": args.confidence,
+                             "bootstrap_samples": args.bootstrap_samples,
+                             "seed": args.gate_seed})
     print(format_report(rows))
     print(outcome_summary(rows))
     print(f"\nML Metadata: {os.path.abspath(metadata_path)}; artifacts under "
