@@ -6,11 +6,13 @@
    SQLite: SequenceExampleGen (the Beam data job, DirectRunner with 2 processes) ->
    StatisticsGen -> schema import and validation -> AnomalyGate -> Trainer (the project's
    trainer, Amazon preset at batch 256, `--epochs` epochs) -> RankingEvaluator (test HR/NDCG
-   on 1 + 99 lists, blessing against popularity and the last blessed model) -> Pusher
+   on 1 + 99 lists; blessed only if on each task it beats random, every baseline and the last
+   blessed model beyond the noise, unisar_tf/gate.py) -> Pusher
    (`<serving_dir>/unisar/<version>`, only if blessed).
-2. Prints each component's state and wall time, the evaluation report, and where the pushed
-   model is, then how plain query-attribute matching ranks the test search lists (the
-   semi-synthetic search task's difficulty, pipeline/query_matching.py).
+2. Prints each component's state and wall time, the evaluation report, BLESSED and where the
+   pushed model is or NOT BLESSED with every reason (nothing pushed), then how plain
+   query-attribute matching ranks the test search lists (the semi-synthetic search task's
+   difficulty, pipeline/query_matching.py).
 
 Re-running is safe: unchanged components are cached, and a model that is already the last
 blessed one is not pushed again. A short run, not a converged model (docs/training.md).
@@ -24,6 +26,24 @@ import sys
 from typing import Optional, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def verdict_reasons(report: dict) -> list:
+    """Why the model was not blessed (one per failed comparison); [] when it was."""
+    if report["blessed"]:
+        return []
+    return list(report.get("reasons") or [report["reason"]])
+
+
+def blessing_verdict(report: dict, pushed: Optional[str]) -> str:
+    """Plainly: BLESSED and where it went, or NOT BLESSED, why, and that nothing was pushed."""
+    if report["blessed"]:
+        where = (f"pushed to {pushed}" if pushed else
+                 "the Pusher pushed nothing this run (cached)")
+        return f"BLESSED: {report['reason']}\n{where}"
+    reasons = verdict_reasons(report)
+    return ("NOT BLESSED: nothing pushed; the serving model is unchanged. "
+            f"{len(reasons)} reason(s):\n" + "\n".join(f"  - {reason}" for reason in reasons))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -67,6 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         report = json.load(handle)
     print(local.outcome_summary(rows))
     pushed = by_component["Pusher"].get("pushed_destination")
+    print("\n" + blessing_verdict(report, pushed), flush=True)
     if pushed:
         print(f"serve it: python -m serving.server --model_base_path {os.path.dirname(pushed)}"
               "  (docs/serving.md)")
@@ -81,6 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     summary = {"components": [{k: row[k] for k in ("component", "state", "seconds")}
                               for row in rows],
+               "blessed": bool(report["blessed"]), "reasons": verdict_reasons(report),
                "evaluation": report, "pushed": pushed, "query_matching": matching}
     if args.json:
         with open(args.json, "w") as handle:

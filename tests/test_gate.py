@@ -222,6 +222,24 @@ def test_refusing_outside_the_rows_and_confidence_zero():
         gate.decide(model, {}, confidence=1.0)
 
 
+def test_main_job_says_plainly_whether_it_was_blessed():
+    from pipeline.main_job import blessing_verdict, verdict_reasons
+
+    rng = np.random.default_rng(6)
+    below = gate.decide({task: scores_with_ranks(hit_or_miss(rng, 0.03)) for task in
+                         ("rec", "search")}, {})
+    report = {"blessed": below.blessed, "reason": below.reason, "reasons": below.reasons}
+    text = blessing_verdict(report, None)
+    assert text.startswith("NOT BLESSED: nothing pushed") and "2 reason(s)" in text
+    assert [line.strip()[2:] for line in text.splitlines()[1:]] == below.reasons
+    assert verdict_reasons(report) == below.reasons
+    better = gate.decide({"rec": scores_with_ranks(hit_or_miss(rng, 0.5))}, {})
+    report = {"blessed": better.blessed, "reason": better.reason, "reasons": better.reasons}
+    assert blessing_verdict(report, "/srv/unisar/7") == (
+        f"BLESSED: {better.reason}\npushed to /srv/unisar/7")
+    assert verdict_reasons(report) == []
+
+
 # ----------------------------------------------------------------- pairing in the evaluator
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
