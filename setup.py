@@ -20,7 +20,7 @@ setup(
     extras_require={
         "pipeline": ["tfx[kfp]>=1.15,<1.16"],
         "serving": ["tensorflow-serving-api>=2.15,<2.16"],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "hypothesis>=6.100"],
     },
     entry_points={
         "console_scripts": [
