@@ -15,6 +15,10 @@ rows; the sequence builder reads nothing else.
 
 Side features live in two optional tables keyed by id, not on every event:
 items (`item_id`, `categories`, `caption_tokens`) and users (`user_id` plus string columns).
+
+Ids (`user_id`, `item_id`, `search_session_id`) are UTF-8 text without line breaks, tabs or
+other control characters (check_id): the vocabulary files hold one id per line, so such an id
+would shift every later id; rows with one are rejected as `unsafe_id`.
 """
 from __future__ import annotations
 
@@ -47,6 +51,20 @@ REJECT_MISSING_SESSION = "missing_search_session_id"
 REJECT_BAD_QUERY = "malformed_query_tokens"
 REJECT_BAD_ROW = "malformed_row"
 REJECT_UNKNOWN_USER = "user_not_in_sequences"
+# A row whose bytes are not UTF-8 (raw bytes kept base64 in the dead letter).
+REJECT_NOT_UTF8 = "not_utf8"
+# A user_id, item_id or search_session_id holding a character the one-id-per-line vocabulary
+# files (and item_clicks.tsv) cannot hold: line breaks, tabs, other control characters.
+REJECT_UNSAFE_ID = "unsafe_id"
+# Not a row: a user whose log leaves fewer unseen items than the negatives an example needs;
+# the user is skipped (raw = the user id), the job goes on.
+REJECT_TOO_FEW_NEGATIVES = "too_few_negatives_for_user"
+
+# Characters an id may not contain: every character str.splitlines() breaks on (\n, \r,
+# \v, \f, \x1c-\x1e, \x85, \u2028, \u2029), tab (the .tsv separator), the other C0 controls and
+# DEL, and lone surrogates (bytes that were not UTF-8). With them out, vocab/*.txt has exactly
+# one line per id for TensorFlow's TextFileInitializer, Python's splitlines() and TFT alike.
+_UNSAFE_ID_CHARS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +127,22 @@ def parse_token_list(text: Optional[str], field: str = QUERY_TOKENS) -> Tuple[st
     return tokens
 
 
+def unsafe_id_character(value: str) -> Optional[str]:
+    """The first character of `value` that a one-id-per-line file cannot hold, else None."""
+    match = _UNSAFE_ID_CHARS.search(value)
+    return match.group(0) if match else None
+
+
+def check_id(field: str, value: str) -> str:
+    """`value` unchanged, or RowError(REJECT_UNSAFE_ID) naming the field and the character."""
+    bad = unsafe_id_character(value)
+    if bad is not None:
+        raise RowError(REJECT_UNSAFE_ID,
+                       f"{field}={value[:80]!r} contains {bad!r} (U+{ord(bad):04X}), which "
+                       "the one-id-per-line vocabulary files cannot hold")
+    return value
+
+
 def parse_timestamp(text: Optional[str]) -> int:
     """Integer milliseconds; floats like "1652371200000.0" are accepted, anything else rejected."""
     if text is None or not str(text).strip():
@@ -152,13 +186,16 @@ def make_event(user_id: Optional[str], timestamp: Optional[str], scenario: Optio
     user_id = (user_id or "").strip()
     if not user_id:
         raise RowError(REJECT_MISSING_USER, "user_id is empty")
+    check_id(USER_ID, user_id)
     ts = parse_timestamp(timestamp)
     scenario = (scenario or "").strip().lower()
     if scenario not in SCENARIOS:
         raise RowError(REJECT_BAD_SCENARIO, f"scenario={scenario!r}, expected rec or search")
-    item_id = (item_id or "").strip()
+    item_id = check_id(ITEM_ID, (item_id or "").strip())
     clicks = parse_click(click)
-    session = (search_session_id or "").strip()
+    # Checked on rec rows too, where it is unused: a line break there is a sign of a quoted
+    # cell that swallowed the rows after it (common.ParseCsvFile re-reads them).
+    session = check_id(SEARCH_SESSION_ID, (search_session_id or "").strip())
     tokens: Tuple[str, ...] = ()
     if scenario == SCENARIO_REC:
         if not item_id:

@@ -136,6 +136,7 @@ KUAISAR_COUNTERS = {
     "search_targets_below_min_history": 3,
     "item_features_unused_items": 1,  # item 999
     "user_features_unused_users": 1,  # user 40
+    "input_rows": 56,  # 18 rec + 27 search + 5 user + 6 item feature rows
 }
 KUAISAR_USERS = ["7", "12", "3", "25"]  # 19, 12, 8, 6 events
 # Rows holding the item: 503 x4, 501 x3, 505 x3, 520 x2, 533 x2, then ties by raw id.
@@ -431,6 +432,8 @@ EVENT_LOG_COUNTERS = {
     "search_sessions_without_click": 1,  # b3, line 19
     "rec_targets_below_min_history": 3,  # alice i1, bob i2, carol i11
     "search_targets_below_min_history": 3,  # a1, b1, c1
+    "input_rows": 29,  # = events 21 + rejected 8
+    "csv_rows_spanning_several_lines": 1,  # lines 12-13
 }
 # i1 on 3 rows; i2 i3 i4 i9 on 2; the rest on 1, ties by raw id ("i10" < "i5").
 EVENT_LOG_ITEMS = ["i1", "i2", "i3", "i4", "i9", "i10", "i11", "i12", "i13", "i14", "i5", "i6",
@@ -484,6 +487,9 @@ def test_event_log_dead_letters_one_per_planted_reason(event_log_run):
     assert "lots" in by_line[22]["raw"]
     assert by_line[28]["raw"] == "rec,1,carol,i13"
     assert "4 cells" in by_line[28]["detail"]
+    # The row as it is in the file, CSV quoting included (it used to be the cells re-joined).
+    assert by_line[18]["raw"] == 'search,1,alice,"[1, [2]",i8,6500,a9'
+    assert all("raw_base64" not in row for row in rejected)  # all of them are UTF-8
 
 
 def test_event_log_good_rows_still_make_examples(event_log_run):
@@ -551,7 +557,10 @@ def test_event_log_parquet_gives_the_same_examples_as_csv(event_log_run, tmp_pat
     parquet_manifest = run_event_log([parquet_path], parquet_out)
     assert parquet_manifest["rejected"] == {}
     assert parquet_manifest["examples"] == manifest["examples"] == EVENT_LOG_EXAMPLES
-    assert parquet_manifest["counters"] == manifest["counters"]
+    # The same counters but for the rows read: the Parquet file holds only the 21 good rows.
+    csv_only = ("input_rows", "csv_rows_spanning_several_lines")
+    assert parquet_manifest["counters"] == dict(
+        {k: v for k, v in manifest["counters"].items() if k not in csv_only}, input_rows=21)
     assert read_records(parquet_out) == read_records(output_dir)
     for name in ("users", "items", "words"):
         assert read_vocab(str(parquet_out), name) == read_vocab(output_dir, name)

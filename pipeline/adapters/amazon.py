@@ -97,7 +97,12 @@ class ParseSequencesFile(beam.DoFn):
         inputs = self._inputs
         with FileSystems.open(path) as handle:
             for line_number, raw in enumerate(handle, start=1):
-                text = raw.decode("utf-8").strip()
+                try:
+                    text = common.decode_text_line(raw).strip()
+                except es.RowError as error:  # not UTF-8, or a control character in an id
+                    yield beam.pvalue.TaggedOutput(common.REJECTED, common.RejectedRow.of_bytes(
+                        path, line_number, error.reason, error.detail, raw))
+                    continue
                 if not text:
                     continue
                 if inputs.max_rows_per_file and line_number > inputs.max_rows_per_file:

@@ -29,7 +29,13 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
-        return " ".join(str(v) for v in value)
+        return " ".join(_cell(v) for v in value)
+    if isinstance(value, bytes):  # a binary column: its bytes must be UTF-8 text
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise es.RowError(es.REJECT_NOT_UTF8,
+                              f"{value[:40]!r} is not UTF-8 ({error.reason})") from None
     return str(value)
 
 
@@ -51,18 +57,26 @@ class ParseParquetFile(beam.DoFn):
         import pyarrow.parquet as pq
 
         with FileSystems.open(path) as handle:
-            table = pq.read_table(handle)
+            try:
+                table = pq.read_table(handle)
+            except Exception as error:  # pyarrow's errors do not name the file
+                raise ValueError(f"{path}: not a readable Parquet file ({error})") from error
         common.check_columns(path, table.column_names, es.REQUIRED_EVENT_COLUMNS)
-        for index, row in enumerate(table.to_pylist(), start=1):
+        rows = table.to_pylist()
+        for index, row in enumerate(rows, start=1):
             if self._max_rows and index > self._max_rows:
                 yield beam.pvalue.TaggedOutput(common.STATS, (common.SKIPPED_BY_MAX_ROWS, 1))
                 continue
-            cells = {name: _cell(value) for name, value in row.items()}
             try:
-                yield from parse_canonical_row(cells, path, index)
+                cells = {name: _cell(value) for name, value in row.items()}
+                yield from list(parse_canonical_row(cells, path, index))
             except es.RowError as error:
                 yield beam.pvalue.TaggedOutput(common.REJECTED, common.RejectedRow(
-                    path, index, error.reason, error.detail, repr(row)[:2000]))
+                    path, index, error.reason, error.detail, repr(row)[:common.MAX_RAW_BYTES]))
+        if not rows:
+            LOG.warning("%s has no rows", path)
+            yield beam.pvalue.TaggedOutput(common.STATS, (common.FILES_WITHOUT_ROWS, 1))
+        yield beam.pvalue.TaggedOutput(common.STATS, (common.INPUT_ROWS, len(rows)))
 
 
 def check_inputs(inputs: EventLogInputs) -> List[str]:
@@ -79,7 +93,10 @@ def _parquet_columns(path: str) -> List[str]:
     import pyarrow.parquet as pq
 
     with FileSystems.open(path) as handle:
-        return list(pq.ParquetFile(handle).schema_arrow.names)
+        try:
+            return list(pq.ParquetFile(handle).schema_arrow.names)
+        except Exception as error:  # pyarrow's errors do not name the file
+            raise ValueError(f"{path}: not a readable Parquet file ({error})") from error
 
 
 def read(pipeline, inputs: EventLogInputs) -> common.AdapterOutput:

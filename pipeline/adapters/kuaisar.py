@@ -63,6 +63,7 @@ def parse_user_features(row, source, line):
     user_id = row["user_id"].strip()
     if not user_id:
         raise es.RowError(es.REJECT_MISSING_USER, "user_id is empty")
+    es.check_id("user_id", user_id)
     yield {"user_id": user_id,
            "features": {name: row[name].strip() for name in USER_FEATURE_COLUMNS[1:]}}
 
@@ -71,6 +72,7 @@ def parse_item_features(row, source, line):
     item_id = row["item_id"].strip()
     if not item_id:
         raise es.RowError(es.REJECT_MISSING_ITEM, "item_id is empty")
+    es.check_id("item_id", item_id)
     yield {"item_id": item_id,
            "caption_tokens": list(es.parse_token_list(row["caption"], field="caption")),
            "categories": [row["first_level_category_id"].strip(),
