@@ -8,6 +8,11 @@ Graph (any runner; DirectRunner with 2 processes here, Dataflow/Flink/Spark by o
                        └─> rejected rows ─> rejected/rejected-*.jsonl
     counters from every stage ─> _stats.json ─> manifest.json (written by the driver)
 
+Everything is written into a staging folder next to the output and moved into it only when
+the run has succeeded (run, publish): a failed run leaves the previous output as it was.
+Bad rows and users who cannot get their negatives become dead letters; none stops the job
+(docs/data.md, "What happens to bad input").
+
 Output layout under `output_dir`:
     manifest.json, schema.pbtxt, vocab/{users,items,words}.txt (line k = id k),
     vocab/item_clicks.tsv, {train,valid,test}/{rec,search}-*.tfrecord.gz,
@@ -29,6 +34,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import apache_beam as beam
@@ -140,6 +146,12 @@ class WriteVocabularies(beam.DoFn):
         for name, mapping in (("users", vocab.users), ("items", vocab.items),
                               ("words", vocab.words)):
             ordered = sb.id_strings(mapping)[1:]  # line k = id k; also the "raw" id strings
+            # The adapters reject such ids (event_schema.check_id); one slipping through
+            # would shift every later line's id, so it stops the job instead.
+            unsafe = [raw for raw in ordered if es.unsafe_id_character(raw) is not None]
+            if unsafe:
+                raise ValueError(f"vocab/{name}.txt: {len(unsafe)} id(s) cannot be written "
+                                 f"one per line, e.g. {unsafe[0]!r}")
             with FileSystems.create(os.path.join(self._dir, f"{name}.txt")) as handle:
                 handle.write("".join(f"{raw}\n" for raw in ordered).encode("utf-8"))
             yield (f"vocab_{name}", len(ordered))
@@ -165,7 +177,11 @@ class BuildUserExamples(beam.DoFn):
 
     def process(self, element, vocab: sb.Vocabularies, last_day: Optional[int] = None):
         if self._sampler_source is not vocab:  # one sampler per side-input value per worker
-            self._sampler = sb.NegativeSampler(vocab.item_clicks, self._options.negative_sampler)
+            try:
+                self._sampler = sb.NegativeSampler(vocab.item_clicks,
+                                                   self._options.negative_sampler)
+            except ValueError:  # no click at all: then no user has a target to sample for
+                self._sampler = None
             if self._options.id_format == fs.ID_FORMAT_RAW:
                 self._raw_tables = sb.build_raw_id_tables(vocab)
             self._sampler_source = vocab
@@ -173,10 +189,26 @@ class BuildUserExamples(beam.DoFn):
         # No sort here: the builder orders behaviours (and session rows) itself.
         events = [common.event_from_tuple(row) for row in rows]
         stats = collections.Counter()
-        yield from sb.build_user_tf_examples(user_id, events, vocab, self._sampler,
-                                             self._options, stats, last_day, self._raw_tables)
+        try:
+            examples = list(sb.build_user_tf_examples(
+                user_id, events, vocab, self._sampler, self._options, stats, last_day,
+                self._raw_tables))
+        except sb.NotEnoughNegatives as error:
+            # One heavy user must not stop the job: skipped, counted, dead-lettered by id.
+            first = min(events, key=lambda e: (e.source, e.line))
+            yield beam.pvalue.TaggedOutput(common.REJECTED, common.RejectedRow(
+                first.source, first.line, es.REJECT_TOO_FEW_NEGATIVES, str(error), user_id))
+            yield beam.pvalue.TaggedOutput(common.STATS, ("events_of_skipped_users",
+                                                          len(events)))
+            return
+        yield from examples
         stats["users"] += 1
         stats["events"] += len(events)
+        # Identical rows (all fields but file and line) are kept, as a log may hold two
+        # identical clicks, but counted, so double-logged input shows in the manifest.
+        duplicates = len(events) - len({common.event_to_tuple(e)[:7] for e in events})
+        if duplicates:
+            stats["duplicate_events"] += duplicates
         for name, count in stats.items():
             yield beam.pvalue.TaggedOutput(common.STATS, (name, count))
         self._users += 1
@@ -254,7 +286,7 @@ def build_pipeline(pipeline: beam.Pipeline, adapter_output: common.AdapterOutput
              | "BuildExamples" >> beam.ParDo(
                  BuildUserExamples(options), beam.pvalue.AsSingleton(vocab),
                  **({"last_day": last_day} if last_day is not None else {})
-             ).with_outputs(common.STATS, main="examples"))
+             ).with_outputs(common.STATS, common.REJECTED, main="examples"))
     stats.append(built[common.STATS])
 
     partitions = [(split, scenario) for split in sb.SPLITS for scenario in es.SCENARIOS]
@@ -267,7 +299,8 @@ def build_pipeline(pipeline: beam.Pipeline, adapter_output: common.AdapterOutput
              example_prefix(output_dir, split, scenario, layout), EXAMPLE_FILE_SUFFIX,
              num_shards=num_shards))
 
-    rejected = (tuple(adapter_output.rejected) | "AllRejected" >> beam.Flatten())
+    rejected = ((*adapter_output.rejected, built[common.REJECTED])
+                | "AllRejected" >> beam.Flatten())
     (rejected | "RejectedJson" >> beam.Map(common.RejectedRow.to_json)
      | "WriteRejected" >> beam.io.WriteToText(os.path.join(output_dir, "rejected", "rejected"),
                                                file_name_suffix=".jsonl"))
@@ -350,26 +383,138 @@ def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: s
 
     adapter_output_fn(pipeline) -> AdapterOutput; it may raise before the pipeline starts
     (missing files or columns), which is the point: fail before any worker starts.
+
+    The job writes into a staging folder next to `output_dir` and moves its files into
+    `output_dir` only when everything succeeded (replacing an earlier run's files there), so
+    a failed run, whenever it fails, leaves the previous output as it was and no staging or
+    beam-temp folders behind. A run that reads no event at all (e.g. header-only files,
+    every row rejected) fails too, saying why, instead of publishing an empty dataset.
     """
     start = time.time()
-    _remove_previous_outputs(output_dir, layout)  # (raises on an unknown layout)
+    example_prefix(output_dir, sb.SPLIT_TRAIN, es.SCENARIO_REC, layout)  # checks the layout
     pipeline_options = PipelineOptions(list(beam_args))
     pipeline = beam.Pipeline(options=pipeline_options)
     adapter_output = adapter_output_fn(pipeline)
-    build_pipeline(pipeline, adapter_output, options, output_dir, num_shards, layout)
-    if not FileSystems.exists(output_dir):
-        FileSystems.mkdirs(output_dir)
-    LOG.info("running the sequence-example job for %s -> %s", dataset, output_dir)
-    result = pipeline.run()
-    result.wait_until_finish()
-    stats = json.loads(_read_text(os.path.join(output_dir, STATS_FILE)))
-    manifest = assemble_manifest(output_dir, stats, options, dataset, inputs, beam_args,
-                                 time.time() - start, layout)
-    with FileSystems.create(os.path.join(output_dir, "schema.pbtxt")) as handle:
-        handle.write(text_format.MessageToString(example_schema(options)).encode("utf-8"))
-    with FileSystems.create(os.path.join(output_dir, MANIFEST_FILE)) as handle:
-        handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+    staging = staging_dir(output_dir)
+    try:
+        build_pipeline(pipeline, adapter_output, options, staging, num_shards, layout)
+        LOG.info("running the sequence-example job for %s -> %s (staged in %s)", dataset,
+                 output_dir, staging)
+        result = pipeline.run()
+        result.wait_until_finish()
+        stats = json.loads(_read_text(os.path.join(staging, STATS_FILE)))
+        _check_events_read(stats, staging, output_dir)
+        manifest = assemble_manifest(output_dir, stats, options, dataset, inputs, beam_args,
+                                     time.time() - start, layout)
+        if not manifest["examples_total"]:
+            LOG.warning("no example was built from %d events: see the counters in %s",
+                        stats.get("events", 0), os.path.join(output_dir, MANIFEST_FILE))
+        with FileSystems.create(os.path.join(staging, "schema.pbtxt")) as handle:
+            handle.write(text_format.MessageToString(example_schema(options)).encode("utf-8"))
+        with FileSystems.create(os.path.join(staging, MANIFEST_FILE)) as handle:
+            handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+        publish(staging, output_dir)
+    finally:
+        _delete_quietly(staging)
     return manifest
+
+
+STAGING_INFIX = ".staging-"
+PREVIOUS_INFIX = ".previous-"
+
+
+def staging_dir(output_dir: str) -> str:
+    """A new folder next to output_dir for one run: <output_dir>.staging-<random>."""
+    return f"{output_dir.rstrip('/')}{STAGING_INFIX}{uuid.uuid4().hex[:12]}"
+
+
+def output_files(root: str) -> List[str]:
+    """The files a run writes under root (both layouts), which a newer run replaces; other
+    files in the folder are left alone."""
+    patterns = [example_pattern(root, split, scenario, layout) for layout in LAYOUTS
+                for split in sb.SPLITS for scenario in es.SCENARIOS]
+    patterns += [os.path.join(root, "rejected", "rejected-*.jsonl"),
+                 os.path.join(root, "side_features", "*.jsonl"),
+                 os.path.join(root, "vocab", "*"),
+                 os.path.join(root, STATS_FILE), os.path.join(root, "schema.pbtxt"),
+                 os.path.join(root, MANIFEST_FILE)]
+    found = {m.path for result in FileSystems.match(patterns) for m in result.metadata_list}
+    # The manifest last: moved last into place, so a folder with a manifest is complete.
+    return sorted(found, key=lambda path: (path.endswith(MANIFEST_FILE), path))
+
+
+def publish(staging: str, output_dir: str) -> None:
+    """Moves a finished run's files from `staging` into `output_dir`, replacing the files of
+    an earlier run there (output_files); the earlier files are set aside first and put back
+    if a move fails."""
+    new = output_files(staging)
+    old = output_files(output_dir)
+    aside = f"{output_dir.rstrip('/')}{PREVIOUS_INFIX}{uuid.uuid4().hex[:12]}"
+    moved_aside: List = []
+    moved_in: List = []
+    try:
+        for path in reversed(old):  # the old manifest first: no manifest, no dataset
+            target = _rebase(path, output_dir, aside)
+            _move(path, target)
+            moved_aside.append((path, target))
+        for path in new:
+            target = _rebase(path, staging, output_dir)
+            _move(path, target)
+            moved_in.append(target)
+    except BaseException:
+        LOG.error("publishing into %s failed; putting the previous files back from %s",
+                  output_dir, aside)
+        for target in moved_in:
+            _delete_quietly(target)
+        for path, target in moved_aside:
+            _move(target, path)
+        _delete_quietly(aside)
+        raise
+    _delete_quietly(aside)
+    if old:
+        LOG.info("replaced %d files of an earlier run in %s", len(old), output_dir)
+
+
+def _rebase(path: str, old_root: str, new_root: str) -> str:
+    relative = os.path.relpath(path, old_root.rstrip("/"))
+    return os.path.join(new_root, relative)
+
+
+def _move(source: str, target: str) -> None:
+    parent = os.path.dirname(target)
+    if parent and not FileSystems.exists(parent):
+        try:
+            FileSystems.mkdirs(parent)
+        except IOError:  # created meanwhile (mkdirs refuses existing local folders)
+            pass
+    FileSystems.rename([source], [target])
+
+
+def _delete_quietly(path: str) -> None:
+    try:
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+    except Exception:  # cleaning up must never hide the error being raised
+        LOG.warning("could not delete %s", path, exc_info=True)
+
+
+def _check_events_read(stats: Dict[str, int], staging: str, output_dir: str) -> None:
+    """ValueError, saying why, when not one event reached the sequence builder."""
+    if any(stats.get(name, 0) for name in (
+            "events", "events_of_skipped_users", "events_of_users_not_selected_by_max_users")):
+        return
+    rejected = {key.split("/", 1)[1]: value for key, value in stats.items()
+                if key.startswith("rejected/")}
+    examples = []
+    for result in FileSystems.match([os.path.join(staging, "rejected", "rejected-*.jsonl")]):
+        for metadata in result.metadata_list:
+            examples += [line for line in _read_text(metadata.path).splitlines() if line][:3]
+    raise ValueError(
+        f"the input holds no usable event: {stats.get(common.INPUT_ROWS, 0)} data rows read, "
+        f"{sum(rejected.values())} rejected {rejected or ''}, "
+        f"{stats.get(common.FILES_WITHOUT_ROWS, 0)} input file(s) with a header and no rows"
+        + (f"; first dead letters: {'; '.join(examples[:3])}" if examples else "")
+        + f". Nothing was written: {output_dir} is as it was.")
 
 
 def example_schema(options: sb.BuildOptions) -> schema_pb2.Schema:
@@ -378,21 +523,6 @@ def example_schema(options: sb.BuildOptions) -> schema_pb2.Schema:
     return tfmd_schema.build_schema(options.shapes, 1 + options.num_train_negatives,
                                     1 + options.num_eval_negatives, options.train_negative_pool,
                                     options.id_format)
-
-
-def _remove_previous_outputs(output_dir: str, layout: str = LAYOUT_JOB) -> None:
-    """Deletes what an earlier run wrote here (only our file patterns), so a re-run with a
-    different shard count cannot leave stale shards for the readers' globs to pick up."""
-    patterns = [example_pattern(output_dir, split, scenario, layout)
-                for split in sb.SPLITS for scenario in es.SCENARIOS]
-    patterns += [os.path.join(output_dir, "rejected", "rejected-*.jsonl"),
-                 os.path.join(output_dir, "side_features", "*.jsonl"),
-                 os.path.join(output_dir, "vocab", "*"),
-                 os.path.join(output_dir, MANIFEST_FILE), os.path.join(output_dir, STATS_FILE)]
-    stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
-    if stale:
-        LOG.info("removing %d files of an earlier run in %s", len(stale), output_dir)
-        FileSystems.delete(stale)
 
 
 def load_manifest(output_dir: str) -> dict:

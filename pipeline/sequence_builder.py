@@ -17,7 +17,8 @@ For one user:
    "time": the target's UTC day against the last day of the whole log (last day test, the day
    before validation). With `strict_holdout`, training histories skip every held-out behaviour.
 5. Negatives. Never an item of the user's log (any row, any click) nor the positive; no
-   duplicates; popularity-weighted (clicks) or uniform over the vocabulary.
+   duplicates; popularity-weighted (clicks) or uniform over the vocabulary. A user whose log
+   leaves fewer items than an example needs raises NotEnoughNegatives before any example.
 6. Id format. Examples carry the int ids ("ids") or, with id_format="raw", the raw strings of
    the same ids (b"" for padding 0; see feature_specs/example_schema.py). Everything above is
    computed on int ids in both formats; only the rendering differs.
@@ -155,6 +156,20 @@ def build_raw_id_tables(vocab: Vocabularies) -> RawIdTables:
 
     return RawIdTables(**{name: [bytes_entry(raw) for raw in id_strings(getattr(vocab, name))]
                           for name in ("users", "items", "words")})
+
+
+class NotEnoughNegatives(ValueError):
+    """A user's log leaves fewer unseen items than one of its examples needs as negatives.
+
+    Raised by the builders before any example of the user is made; the Beam job skips the user
+    (counted, dead-lettered with the id) and goes on."""
+
+    def __init__(self, user_id: str, needed: int, available: int, num_items: int):
+        super().__init__(f"user {user_id!r}: an example needs {needed} negatives, but only "
+                         f"{available} of the {num_items} items are not in the user's log")
+        self.user_id = user_id
+        self.needed = needed
+        self.available = available
 
 
 class NegativeSampler:
@@ -418,6 +433,13 @@ def _plan_user(user_id: str, events: Sequence[Event], vocab: Vocabularies,
 
     split_of = _assign_splits(eligible, behaviours, options, last_day)
     held_out = {i for i, split in split_of.items() if split != SPLIT_TRAIN}
+    # Negatives come from the items outside the user's log; check before drawing any.
+    needed = max([options.train_negative_pool or options.num_train_negatives
+                  if split == SPLIT_TRAIN else options.num_eval_negatives
+                  for split in split_of.values()], default=0)
+    available = len(vocab.items) - len(user_items)
+    if needed > available:
+        raise NotEnoughNegatives(user_id, needed, available, len(vocab.items))
     plans = []
     for index in eligible:
         split = split_of[index]

@@ -4,6 +4,7 @@ Pipelines run on the in-memory DirectRunner; one test runs the real local config
 (2 worker processes) and checks it writes the same examples. Expected numbers are worked out
 by hand from the fixtures (see the README there), not read back from the code under test.
 """
+import base64
 import collections
 import contextlib
 import csv
@@ -804,3 +805,204 @@ def test_max_users_keeps_exactly_n_users_deterministically(amazon_files, tmp_pat
     assert read_vocab(dir_b, "users") == users
     assert read_records(dir_b) == records
     assert manifest_b["examples"] == manifest_a["examples"]
+
+
+# --- bad input (issue 15): bytes, ids, quotes, heavy users, failed re-runs -------------------
+
+def _tree(root):
+    """{relative path: bytes} of every file under root."""
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                files[os.path.relpath(path, root)] = handle.read()
+    return files
+
+
+def _leftovers(output_dir):
+    """Staging / set-aside folders next to output_dir and beam-temp folders inside it."""
+    parent, name = os.path.split(str(output_dir).rstrip("/"))
+    beside = [entry for entry in os.listdir(parent)
+              if entry.startswith(name + beam_job.STAGING_INFIX)
+              or entry.startswith(name + beam_job.PREVIOUS_INFIX)]
+    inside = [os.path.join(folder, entry) for folder, entries, _ in os.walk(output_dir)
+              for entry in entries if entry.startswith("beam-temp")]
+    return beside + inside
+
+
+# The event-log fixture (31 lines) behind a UTF-8 byte-order mark, then, from line 32:
+BAD_ROWS = [
+    (32, b"rec,1,bo\xffb,,i1,100,\n", es.REJECT_NOT_UTF8),           # not UTF-8
+    (33, b"rec,1,bob,,i\x001,100,\n", es.REJECT_UNSAFE_ID),           # NUL in an id
+    (34, b'rec,1,alice,,"i\n', es.REJECT_UNSAFE_ID),                  # quoted newline in an id:
+    (35, b'2",9100,\n', es.REJECT_BAD_ROW),                           # ... its 2nd line re-read
+    (36, b"rec,1,alice,,i\t2,9200,\n", es.REJECT_UNSAFE_ID),          # tab in an id
+    (37, b"rec,1,dave,,i1,100,\n", None),
+    (38, b"search,1,dave,[w1],i2,200,d1\n", None),
+    (39, b"rec,1,dave,,i3,300,\n", None),
+    (40, b"rec,1,dave,,i3,300,\n", None),                             # duplicate of line 39
+    (41, b"search,1,hank,[w1],i1,50,h1\n", None),                     # hank: every item
+] + [(42 + k, f"rec,1,hank,,i{k + 2},{60 + k},\n".encode(), None)    # but i14 -> skipped
+     for k in range(12)] + [
+    (54, b'rec,1,erin,,i5,500,"oops\n', es.REJECT_BAD_ROW),           # quote never closed
+    (55, b"rec,1,erin,,i6,600,\n", None),                             # ... rows after it
+    (56, b"search,1,erin,[w2],i7,700,e1\n", None),                    # are read again
+    (57, b"rec,1,erin,,i8,800,\n", None),
+]
+HANK_FIRST_LINE = 41
+
+
+@pytest.fixture(scope="module")
+def bad_input_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_input")
+    with open(EVENTS_CSV, "rb") as handle:
+        fixture = handle.read()
+    assert fixture.count(b"\n") == 31
+    path = root / "events.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + fixture + b"".join(row for _, row, _ in BAD_ROWS))
+    output_dir = root / "out"
+    manifest = run_event_log([path], output_dir)
+    return str(path), str(output_dir), manifest
+
+
+def test_bad_bytes_ids_and_quotes_become_dead_letters_and_the_job_goes_on(bad_input_run):
+    """Issue 15 items 2 and 3 and the smaller ones: a BOM, a non-UTF-8 byte, a NUL, ids with
+    a newline or a tab, an unterminated quote: each bad row is one dead letter with file and
+    line, the rows after the quote are read again, nothing aborts the job."""
+    path, output_dir, manifest = bad_input_run
+    expected = dict(EVENT_LOG_REJECTS)
+    expected.update({line: reason for line, _, reason in BAD_ROWS if reason})
+    expected[HANK_FIRST_LINE] = es.REJECT_TOO_FEW_NEGATIVES
+    rejected = read_jsonl(os.path.join(output_dir, "rejected", "rejected-*.jsonl"))
+    assert sorted((row["line"], row["reason"]) for row in rejected) == sorted(expected.items())
+    assert manifest["rejected"] == dict(collections.Counter(expected.values()))
+    assert all(row["source"] == path for row in rejected)
+    by_line = {row["line"]: row for row in rejected}
+    # Dead letters keep the row exactly: bytes that are not UTF-8 in raw_base64.
+    not_utf8 = by_line[32]
+    assert not_utf8["raw"] == "rec,1,bo\\xffb,,i1,100,"
+    assert base64.b64decode(not_utf8["raw_base64"]) == b"rec,1,bo\xffb,,i1,100,"
+    assert "byte 9" in not_utf8["detail"] and "line 32" in not_utf8["detail"]
+    assert by_line[33]["raw"] == "rec,1,bob,,i\x001,100,"
+    assert by_line[34]["raw"] == 'rec,1,alice,,"i' and "'\\n'" in by_line[34]["detail"]
+    assert by_line[36]["raw"] == "rec,1,alice,,i\t2,9200,"
+    assert by_line[54]["raw"] == 'rec,1,erin,,i5,500,"oops'
+    assert "lines 55-57 are read again" in by_line[54]["detail"]
+    # The rows after the unterminated quote are events, not part of a cell.
+    assert "erin" in read_vocab(output_dir, "users")
+    counters = manifest["counters"]
+    assert counters["duplicate_events"] == 1  # line 40, kept and counted
+    # Every data row is an event, a dead letter, or an event of the skipped user.
+    rows = 29 + len(BAD_ROWS)
+    assert counters["input_rows"] == rows
+    assert (counters["events"] + counters["events_of_skipped_users"]
+            + manifest["rejected_total"] - 1) == rows
+
+
+def test_ids_round_trip_through_the_vocabulary_files(bad_input_run):
+    """Issue 15 item 3: line k of vocab/*.txt is id k, however the lines are split."""
+    _, output_dir, manifest = bad_input_run
+    for name in ("users", "items", "words"):
+        with open(os.path.join(output_dir, "vocab", f"{name}.txt"), "rb") as handle:
+            data = handle.read()
+        assert data.count(b"\n") == len(data.decode("utf-8").splitlines()) \
+            == manifest["vocab_sizes"][name], name
+        assert b"\t" not in data and b"\r" not in data and b"\x00" not in data
+    with open(os.path.join(output_dir, "vocab", "item_clicks.tsv"), encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    assert len(lines) == 1 + manifest["vocab_sizes"]["items"]
+    assert all(len(line.split("\t")) == 3 for line in lines)
+
+
+def test_a_user_without_enough_negatives_is_skipped_not_fatal(bad_input_run):
+    """Issue 15 item 6: hank touched 13 of the 14 items; an evaluation example needs 3
+    negatives: hank is dead-lettered by id, his events counted, everyone else built."""
+    _, output_dir, manifest = bad_input_run
+    rejected = read_jsonl(os.path.join(output_dir, "rejected", "rejected-*.jsonl"))
+    [hank] = [row for row in rejected if row["reason"] == es.REJECT_TOO_FEW_NEGATIVES]
+    assert hank["raw"] == "hank" and "'hank'" in hank["detail"]
+    assert "needs 3 negatives, but only 1 of the 14 items" in hank["detail"]
+    assert manifest["counters"]["events_of_skipped_users"] == 13
+    assert manifest["counters"]["users"] == 5  # alice, bob, carol, dave, erin
+    hank_id = read_vocab(output_dir, "users").index("hank") + 1
+    records = read_records(output_dir)
+    assert all(decode(r)[fs.USER_ID] != [hank_id] for rs in records.values() for r in rs)
+    assert manifest["examples_total"] > 12  # the fixture's 12 and dave's and erin's
+
+
+@pytest.fixture()
+def previous_output(event_log_run, tmp_path):
+    """A copy of a good run's output, plus a file of the user's own in that folder."""
+    output_dir = tmp_path / "out"
+    shutil.copytree(event_log_run[0], output_dir)
+    (output_dir / "NOTES.txt").write_text("mine")
+    return output_dir, _tree(output_dir)
+
+
+def test_a_failed_rerun_keeps_the_previous_output(previous_output):
+    """Issue 15 item 1: a mistyped --events path used to delete the earlier run's files
+    before the inputs were checked."""
+    output_dir, before = previous_output
+    with pytest.raises(FileNotFoundError, match="no input file matches"):
+        build_examples.run_job(build_examples.parse_args(
+            ["--dataset", "event_log", "--events", str(output_dir / "nope-*.csv"),
+             "--output", str(output_dir)])[0], IN_MEMORY)
+    assert _tree(output_dir) == before
+    assert not _leftovers(output_dir)
+
+
+class _FailOnBob(beam.DoFn):
+    def process(self, event):
+        if event.user_id == "bob":
+            raise RuntimeError("worker failure on bob")
+        yield event
+
+
+def test_a_job_failing_while_it_runs_keeps_the_previous_output_and_leaves_no_litter(
+        previous_output):
+    """Issue 15 item 1 and the beam-temp litter: the run fails inside the pipeline, after
+    every writer has started; the previous files are intact and nothing else is left."""
+    output_dir, before = previous_output
+    inputs = event_log.EventLogInputs(events=(EVENTS_CSV,))
+
+    def failing(pipeline):
+        output = event_log.read(pipeline, inputs)
+        output.events = output.events | "Fail" >> beam.ParDo(_FailOnBob())
+        return output
+
+    with pytest.raises(Exception, match="worker failure on bob"):
+        beam_job.run(failing, EVENT_LOG_OPTIONS, str(output_dir), dataset="event_log",
+                     inputs={}, beam_args=IN_MEMORY)
+    assert _tree(output_dir) == before
+    assert not _leftovers(output_dir)
+
+
+def test_a_successful_rerun_replaces_the_previous_files_only(previous_output):
+    """The staged run's files replace the old run's (no stale shard survives a new shard
+    count); a file the job does not write stays."""
+    output_dir, before = previous_output
+    inputs = event_log.EventLogInputs(events=(EVENTS_CSV,))
+    manifest = beam_job.run(lambda p: event_log.read(p, inputs), EVENT_LOG_OPTIONS,
+                            str(output_dir), dataset="event_log", inputs={},
+                            beam_args=IN_MEMORY, num_shards=3)
+    after = _tree(output_dir)
+    assert after["NOTES.txt"] == b"mine"
+    shards = sorted(p for p in after if p.endswith(beam_job.EXAMPLE_FILE_SUFFIX))
+    assert len(shards) == 6 * 3 and all("-of-00003" in p for p in shards)
+    assert json.loads(after[beam_job.MANIFEST_FILE]) == manifest
+    assert manifest["examples"] == EVENT_LOG_EXAMPLES
+    assert not _leftovers(output_dir)
+
+
+def test_a_header_only_input_fails_clearly_and_keeps_the_previous_output(previous_output,
+                                                                        tmp_path):
+    """A header-only CSV used to exit 0 with an empty vocabulary and no warning."""
+    output_dir, before = previous_output
+    empty = tmp_path / "empty.csv"
+    empty.write_text("user_id,timestamp,scenario,item_id\n")
+    with pytest.raises(ValueError, match=r"no usable event: 0 data rows read.*1 input "
+                                         r"file\(s\) with a header and no rows.*as it was"):
+        run_event_log([empty], output_dir)
+    assert _tree(output_dir) == before
+    assert not _leftovers(output_dir)

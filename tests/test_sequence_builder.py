@@ -513,12 +513,14 @@ def test_sampler_too_small_catalogue_raises_clear_value_error():
         assert sorted(sampler.sample(np.random.default_rng(0), 2, np.array([1, 2]))) == [3, 4]
 
 
-def test_user_owning_the_catalogue_raises_value_error_from_the_builder():
+def test_user_owning_the_catalogue_raises_not_enough_negatives_naming_the_user():
     items = {k: ITEMS[k] for k in "ABCDE"}
     vocab = make_vocab(items=items, clicks=np.array([0, 1, 1, 1, 1, 1], np.int64))
     log = Log().rec(1, "A").search(2, "s1", "w1", ("B", 1)).rec(3, "C").rec(4, "D")
     # C (valid) is the first target; it needs 3 negatives but only E is not the user's.
-    with pytest.raises(ValueError, match="cannot draw 3 negatives: only 1 of 5 items"):
+    # Raised before any example is made, so the Beam job can skip the user (beam_job).
+    with pytest.raises(sb.NotEnoughNegatives,
+                       match="user 'u': an example needs 3 negatives, but only 1 of the 5"):
         build(log, small_options(), vocab=vocab)
 
 
