@@ -14,8 +14,13 @@ own graph and TF1 session (running the init op that fills lookup tables from voc
 assets), signature tensors are fed and fetched by the names in the SignatureDef, and the
 export's warmup requests (assets.extra/tf_serving_warmup_requests) are replayed, a failing
 one failing the load. A model that TF Serving would reject therefore fails here too. It
-serves the highest numeric version under `<model_base_path>/<version>/saved_model.pb`, the
-layout TF Serving watches.
+serves the highest numeric version under `<model_base_path>/<version>/saved_model.pb` that
+loads, the layout TF Serving watches.
+
+Requests are checked before anything is expanded: dtypes and shapes against the signature,
+one batch size across the batched inputs, and request size caps (RequestLimits;
+RESOURCE_EXHAUSTED past them), so no request, whatever its bytes, costs more than the caps
+allow; every bad request gets a status and the server keeps serving.
 
 Usage: python -m serving.server --model_base_path out/serving/unisar [--port 8500]
 """
@@ -23,13 +28,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
 import threading
+import warnings
 from concurrent import futures
-from typing import Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 # oneDNN's kernels cost more than they save on one request's small tensors: the stand-in
 # scores a 100-candidate request in ~3.3 ms without them and ~5.8 ms with them (p50,
@@ -39,6 +47,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from google.protobuf import message as message_lib  # noqa: E402
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
@@ -83,24 +92,82 @@ def _shape_text(dims: Sequence[int]) -> str:
     return "(" + ", ".join("None" if d == -1 else str(d) for d in dims) + ")"
 
 
-def parse_input(alias: str, tensor: tensor_pb2.TensorProto,
-                info: meta_graph_pb2.TensorInfo) -> np.ndarray:
-    """Check one request tensor against the SignatureDef's TensorInfo and convert it.
+# Request caps. TF Serving's one cap is gRPC's message size (2 GB); the stand-in also bounds
+# what a request's tensors expand to, because a TensorProto of a few bytes may declare any
+# shape, and TensorFlow fills it with copies of its last value (a 60-byte request declaring
+# (1, 100000000) cost 1.8 GB and 7 s before this check). Both answer RESOURCE_EXHAUSTED, the
+# code gRPC (and so TF Serving) gives a message over its size cap, before anything is
+# allocated. Raise them with --max_request_bytes / --max_request_elements.
+DEFAULT_MAX_REQUEST_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_REQUEST_ELEMENTS = 1 << 24
+# The input of tf.Example-parsing signatures (serving_default); checked to be tf.Examples.
+EXAMPLES_INPUT = "examples"
+# The C++ protobuf parser warns on a stray end-group tag in the bytes it is given; for
+# check_examples that is a client's bad input, answered with INVALID_ARGUMENT, not a warning.
+warnings.filterwarnings("ignore", message="Unexpected end-group tag", category=RuntimeWarning)
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """max_bytes: the serialized request (gRPC's receive cap) and the size its input tensors
+    expand to (numbers: elements x item size; strings: their bytes); max_elements: elements
+    of all input tensors together. Both per request."""
+
+    max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_elements: int = DEFAULT_MAX_REQUEST_ELEMENTS
+
+    def __post_init__(self):
+        if self.max_bytes < 1 or self.max_elements < 1:
+            raise ValueError(f"request limits must be >= 1, got {self}")
+
+
+def check_input(alias: str, tensor: tensor_pb2.TensorProto,
+                info: meta_graph_pb2.TensorInfo) -> List[int]:
+    """Check one request tensor's dtype and shape against the SignatureDef's TensorInfo;
+    return its dimensions. Nothing is expanded.
 
     Raises RpcError(INVALID_ARGUMENT) naming the input on a dtype, rank or dimension mismatch
-    (-1 in the signature matches any size) or on a tensor that does not parse.
+    (-1 in the signature matches any size) or a negative dimension in the request.
     """
     if tensor.dtype != info.dtype:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
                        f"input '{alias}': expected dtype {_dtype_name(info.dtype)}, "
                        f"got {_dtype_name(tensor.dtype)}")
+    if tensor.tensor_shape.unknown_rank:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"input '{alias}': the tensor's shape is marked unknown_rank")
     got = [d.size for d in tensor.tensor_shape.dim]
+    if any(d < 0 for d in got):
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"input '{alias}': negative dimension in shape {got}")
     if not info.tensor_shape.unknown_rank:
         want = [d.size for d in info.tensor_shape.dim]
         if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got)):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input '{alias}': expected shape {_shape_text(want)}, "
                            f"got {_shape_text(got)}")
+    return got
+
+
+def expanded_size(tensor: tensor_pb2.TensorProto, dims: Sequence[int]) -> Tuple[int, int]:
+    """(elements, bytes) a checked tensor takes once expanded, computed from the proto alone."""
+    elements = math.prod(dims)
+    if tensor.dtype == types_pb2.DT_STRING:
+        values = tensor.string_val
+        given = min(len(values), elements)
+        size = sum(len(values[i]) for i in range(given))
+        if values and elements > given:  # the last value repeats to fill the shape
+            size += (elements - given) * len(values[-1])
+        return elements, size
+    try:
+        itemsize = tf.dtypes.as_dtype(tensor.dtype).size
+    except (TypeError, ValueError):
+        itemsize = 8
+    return elements, elements * max(itemsize, 1)
+
+
+def to_ndarray(alias: str, tensor: tensor_pb2.TensorProto) -> np.ndarray:
+    """A checked tensor as a numpy array; RpcError(INVALID_ARGUMENT) if it does not parse."""
     try:
         return tf.make_ndarray(tensor)
     except Exception as e:  # malformed content, e.g. fewer values than the shape needs
@@ -108,13 +175,76 @@ def parse_input(alias: str, tensor: tensor_pb2.TensorProto,
                        f"input '{alias}': cannot parse tensor: {e}") from e
 
 
+def parse_input(alias: str, tensor: tensor_pb2.TensorProto,
+                info: meta_graph_pb2.TensorInfo,
+                limits: Optional[RequestLimits] = None) -> np.ndarray:
+    """check_input, the size limits for this one tensor, then to_ndarray."""
+    dims = check_input(alias, tensor, info)
+    check_request_size({alias: (tensor, dims)}, limits or RequestLimits())
+    return to_ndarray(alias, tensor)
+
+
+def check_request_size(checked: Dict[str, Tuple[tensor_pb2.TensorProto, List[int]]],
+                       limits: RequestLimits) -> None:
+    """RpcError(RESOURCE_EXHAUSTED) when the inputs would expand past the limits."""
+    elements = size = 0
+    for alias, (tensor, dims) in sorted(checked.items()):
+        count, nbytes = expanded_size(tensor, dims)
+        elements += count
+        size += nbytes
+        if elements > limits.max_elements or size > limits.max_bytes:
+            raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"input '{alias}' (shape {_shape_text(dims)}) takes the request to "
+                           f"{elements} elements / {size} bytes once expanded; the server "
+                           f"accepts {limits.max_elements} elements and {limits.max_bytes} "
+                           "bytes per request (--max_request_elements, --max_request_bytes)")
+
+
+def check_batch_sizes(signature_name: str, signature: meta_graph_pb2.SignatureDef,
+                      checked: Dict[str, Tuple[tensor_pb2.TensorProto, List[int]]]) -> None:
+    """RpcError(INVALID_ARGUMENT) unless every batched input (the signature's first dimension
+    is -1) has the same 0th dimension. TF Serving's batching session refuses such requests;
+    without this a (1,) input next to (2, ...) ones would be broadcast over the batch."""
+    sizes = {}
+    for alias, info in signature.inputs.items():
+        shape = info.tensor_shape
+        if not shape.unknown_rank and shape.dim and shape.dim[0].size == -1:
+            sizes[alias] = checked[alias][1][0]
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{alias} {size}" for alias, size in sorted(sizes.items()))
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"signature '{signature_name}': input tensors must have equal 0th-"
+                       f"dimension (batch) size, got {listed}")
+
+
+def check_examples(alias: str, tensor: tensor_pb2.TensorProto) -> None:
+    """RpcError(INVALID_ARGUMENT) naming the first element of an `examples` input that is not
+    a serialized tf.train.Example (TensorFlow's own error quotes the bytes, which need not be
+    text)."""
+    for index, value in enumerate(tensor.string_val):
+        problem = None
+        try:
+            consumed = tf.train.Example().MergeFromString(value)
+        except message_lib.DecodeError as e:
+            problem = str(e)
+        else:
+            if consumed != len(value):  # the parser stopped at a stray end-group tag
+                problem = f"parsing stops at byte {consumed}"
+        if problem:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input '{alias}': element {index} ({len(value)} bytes, starting "
+                           f"{value[:16]!r}) is not a serialized tf.train.Example: {problem}")
+
+
 class LoadedModel:
     """One version of the SavedModel in its own graph and TF1 session, as TF Serving holds it."""
 
     def __init__(self, export_dir: str, version: int,
-                 session_config: Optional[tf.compat.v1.ConfigProto] = None):
+                 session_config: Optional[tf.compat.v1.ConfigProto] = None,
+                 limits: Optional[RequestLimits] = None):
         self.export_dir = export_dir
         self.version = version
+        self.limits = limits or RequestLimits()
         graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=graph, config=session_config)
         try:
@@ -168,7 +298,16 @@ class LoadedModel:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"signature '{signature_name}': missing inputs {missing}, "
                            f"unexpected inputs {extra}; expected {sorted(signature.inputs)}")
-        feeds = {info.name: parse_input(alias, request.inputs[alias], info)
+        # Everything that needs only the protos first: nothing is expanded before the sizes
+        # are known to be within the limits.
+        checked = {alias: (request.inputs[alias], check_input(alias, request.inputs[alias], info))
+                   for alias, info in signature.inputs.items()}
+        check_request_size(checked, self.limits)
+        check_batch_sizes(signature_name, signature, checked)
+        for alias, info in signature.inputs.items():
+            if alias == EXAMPLES_INPUT and info.dtype == types_pb2.DT_STRING:
+                check_examples(alias, request.inputs[alias])
+        feeds = {info.name: to_ndarray(alias, request.inputs[alias])
                  for alias, info in signature.inputs.items()}
 
         aliases = list(request.output_filter) or sorted(signature.outputs)
@@ -188,6 +327,13 @@ class LoadedModel:
             # that differ across inputs) raise INVALID_ARGUMENT; a broken model does not.
             raise RpcError(_GRPC_CODE_BY_NUMBER.get(e.error_code, grpc.StatusCode.UNKNOWN),
                            f"signature '{signature_name}': {e.message}") from e
+        except UnicodeDecodeError as e:
+            # TensorFlow's error message quoted request bytes that are not UTF-8, and could
+            # not be turned into a Python exception: show it with those bytes escaped.
+            text = e.object.decode("utf-8", "backslashreplace") \
+                if isinstance(e.object, bytes) else str(e)
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"signature '{signature_name}': {text[:2000]}") from e
         except (TypeError, ValueError) as e:  # rejected by the Python session before running
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"signature '{signature_name}': {e}") from e
@@ -278,7 +424,10 @@ class StandInServer:
     def __init__(self, model_base_path: str, model_name: str = "unisar",
                  host: str = "127.0.0.1", port: int = 8500, max_workers: int = 4,
                  poll_seconds: float = 0.0, intra_op_threads: int = 0,
-                 inter_op_threads: int = 0):
+                 inter_op_threads: int = 0,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 max_request_elements: int = DEFAULT_MAX_REQUEST_ELEMENTS):
+        self.limits = RequestLimits(max_request_bytes, max_request_elements)
         self.model_base_path = model_base_path
         self.model_name = model_name
         self.host = host
@@ -313,11 +462,12 @@ class StandInServer:
             raise FileNotFoundError(
                 f"no version directory with a saved_model.pb under {self.model_base_path!r} "
                 f"(expected <model_base_path>/<version>/saved_model.pb)")
-        self._model = self._load(versions[-1])
+        self._model = self._load_newest_good(versions)
         self._grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.max_workers),
-            # TF Serving accepts requests of any size; gRPC's default cap is 4 MB.
-            options=[("grpc.max_receive_message_length", -1),
+            # gRPC's default cap is 4 MB; TF Serving raises it (to 2 GB), the stand-in to
+            # max_request_bytes. A bigger message gets RESOURCE_EXHAUSTED from gRPC itself.
+            options=[("grpc.max_receive_message_length", min(self.limits.max_bytes, 2 ** 31 - 1)),
                      ("grpc.max_send_message_length", -1)])
         servicer = _Servicer(self)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -422,7 +572,23 @@ class StandInServer:
     def _load(self, version: int) -> LoadedModel:
         export_dir = _version_dir(self.model_base_path, version)
         log.info("loading %s", export_dir)
-        return LoadedModel(export_dir, version, self._session_config)
+        return LoadedModel(export_dir, version, self._session_config, self.limits)
+
+    def _load_newest_good(self, versions: Sequence[int]) -> LoadedModel:
+        """The newest version that loads, as TF Serving serves what loads: a broken newest
+        export (e.g. pushed just before a restart) does not keep the server down while an
+        older one is fine. Versions that fail are not retried by the poller either. If none
+        loads, the newest one's error is raised."""
+        errors = []
+        for version in sorted(versions, reverse=True):
+            try:
+                return self._load(version)
+            except Exception as e:
+                log.exception("version %d failed to load; trying the next older version",
+                              version)
+                self._failed_versions.add(version)
+                errors.append(e)
+        raise errors[0]
 
     def _poll_loop(self) -> None:
         while not self._stopping.wait(self.poll_seconds):
@@ -458,6 +624,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="TF session intra-op threads (0 = TensorFlow's choice)")
     parser.add_argument("--inter_op_threads", type=int, default=0,
                         help="TF session inter-op threads (0 = TensorFlow's choice)")
+    parser.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                        help="largest request message, and largest size its input tensors "
+                             "may expand to (bigger: RESOURCE_EXHAUSTED)")
+    parser.add_argument("--max_request_elements", type=int,
+                        default=DEFAULT_MAX_REQUEST_ELEMENTS,
+                        help="most tensor elements one request's inputs may declare "
+                             "(more: RESOURCE_EXHAUSTED)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -465,7 +638,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            port=args.port, max_workers=args.max_workers,
                            poll_seconds=args.poll_seconds,
                            intra_op_threads=args.intra_op_threads,
-                           inter_op_threads=args.inter_op_threads)
+                           inter_op_threads=args.inter_op_threads,
+                           max_request_bytes=args.max_request_bytes,
+                           max_request_elements=args.max_request_elements)
     try:
         server.start()
     except Exception as e:  # no version, version fails to load, port taken: say which

@@ -9,6 +9,7 @@ and n_clicked the non-empty clicked ids of those searches. Negative timestamps f
 in-graph assertion (a TF error raised by session.run).
 """
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,9 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc,
@@ -449,3 +453,225 @@ def test_default_bind_is_localhost(tmp_path):
 def test_missing_model_fails_to_start(tmp_path):
     with pytest.raises(FileNotFoundError, match="saved_model.pb"):
         server_lib.StandInServer(str(tmp_path / "nothing"), port=0).start()
+
+
+# --- bad requests (issue 15) -----------------------------------------------------------------
+
+def batch_of_two(query=None):
+    """example_inputs for two identical users: B = 2."""
+    return {name: np.concatenate([value, value]) for name, value in example_inputs(query).items()}
+
+
+def assert_still_serving(stub):
+    good = stub.Predict(make_request("recommend", example_inputs()), timeout=10)
+    np.testing.assert_allclose(tf.make_ndarray(good.outputs["scores"]), [EXPECTED_RECOMMEND])
+
+
+@pytest.mark.parametrize("name", ["query", "rec_history_length", "user_id"])
+def test_inconsistent_batch_sizes_are_rejected_not_broadcast(served, name):
+    """Issue 15 item 7: a (1,) input next to B = 2 ones was broadcast over the batch (row 0's
+    value applied to every row) and answered OK; TF Serving's batching refuses it."""
+    _, stub, _ = served
+    inputs = batch_of_two("red running shoes")
+    response = stub.Predict(make_request("search", inputs), timeout=10)
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["scores"]),
+                               [EXPECTED_SEARCH, EXPECTED_SEARCH])
+    inputs[name] = inputs[name][:1]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(make_request("search", inputs), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{name} 1" in info.value.details() and "0th-dimension" in info.value.details()
+    assert_still_serving(stub)
+
+
+def test_a_tiny_request_declaring_a_huge_tensor_is_refused_before_allocating(served):
+    """Issue 15 item 8: ~60 bytes declaring (1, 100000000) int64 used to be expanded to
+    800 MB (twice) before anything said no: +1.8 GB and 7 s."""
+    _, stub, _ = served
+    request = make_request("recommend", example_inputs())
+    huge = request.inputs["rec_history_timestamps"]
+    huge.Clear()
+    huge.dtype = tf.int64.as_datatype_enum
+    huge.tensor_shape.dim.add(size=1)
+    huge.tensor_shape.dim.add(size=100_000_000)
+    huge.int64_val.append(5)
+    assert huge.ByteSize() < 64
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB
+    start = time.time()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(request, timeout=60)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "rec_history_timestamps" in info.value.details()
+    assert "--max_request_elements" in info.value.details()
+    assert time.time() - start < 2.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 100_000
+    assert_still_serving(stub)
+
+
+def test_request_caps_are_configurable(tmp_path):
+    """max_request_elements and max_request_bytes (expanded strings too, and the message
+    size gRPC checks); each answer is RESOURCE_EXHAUSTED and the server keeps serving."""
+    base = tmp_path / "unisar"
+    save_toy_model(str(base / "1"))
+    with server_lib.StandInServer(str(base), port=0, max_request_bytes=4096,
+                                  max_request_elements=200) as server:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        assert_still_serving(stub)  # 20 elements, a few hundred bytes
+        cases = {
+            "elements": dict(candidate_item_ids=np.array([[b"item_a"] * 300], dtype=object)),
+            # 3,000 bytes sent once, repeated to fill (1, 2): 6,000 bytes once expanded.
+            "expanded bytes": dict(candidate_item_ids=np.array([[b"x" * 3000]], dtype=object)),
+            "message size": dict(candidate_item_ids=np.array([[b"x" * 5000]], dtype=object)),
+        }
+        for case, change in cases.items():
+            request = make_request("recommend", dict(example_inputs(), **change))
+            if case == "expanded bytes":
+                request.inputs["candidate_item_ids"].tensor_shape.dim[1].size = 2
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Predict(request, timeout=10)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, case
+            assert_still_serving(stub)
+        channel.close()
+
+
+def test_a_restart_serves_the_newest_version_that_loads(tmp_path):
+    """A corrupt newest version used to keep the server from starting; TF Serving serves
+    what loads. The corrupt version is not retried by the poller either."""
+    base = tmp_path / "unisar"
+    save_toy_model(str(base / "1"))
+    save_toy_model(str(base / "2"), bias=1000.0)
+    (base / "3").mkdir()
+    (base / "3" / "saved_model.pb").write_bytes(b"\x00 not a SavedModel")
+    with server_lib.StandInServer(str(base), port=0, poll_seconds=0) as server:
+        assert server.version == 2
+        assert not server.poll_once()
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(make_request("recommend", example_inputs()), timeout=10)
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs["scores"]),
+                                   [np.add(EXPECTED_RECOMMEND, 1000.0)])
+        channel.close()
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xfe\x00garbage", b"hello", bytes(range(256))])
+def test_garbage_bytes_to_serving_default_get_a_clear_invalid_argument(served, garbage):
+    """They used to get "'utf-8' codec can't decode byte ..." (TensorFlow's own error
+    message quotes the bytes)."""
+    _, stub, _ = served
+    start = time.time()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(make_request("", {"examples": np.array([garbage], dtype=object)}),
+                     timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'examples': element 0" in info.value.details()
+    assert "not a serialized tf.train.Example" in info.value.details()
+    assert time.time() - start < 1.0
+    assert_still_serving(stub)
+
+
+# Property: whatever a PredictRequest holds, the answer is OK or one of these, fast, and the
+# server answers the next good request.
+EXPECTED_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                  grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED}
+_EXAMPLES = int(os.environ.get("BAD_INPUT_EXAMPLES", "0"))  # see tests/test_bad_input.py
+PREDICT_SETTINGS = settings(max_examples=_EXAMPLES or 100, derandomize=not _EXAMPLES,
+                            deadline=None, suppress_health_check=list(HealthCheck))
+SIGNATURE_INPUTS = {
+    "recommend": {spec.name: spec for spec in REC_SPECS},
+    "search": {spec.name: spec for spec in SEARCH_SPECS},
+    "serving_default": {"examples": _spec([None], tf.string, "examples")},
+}
+DTYPES = [types_pb2.DT_STRING, types_pb2.DT_INT64, types_pb2.DT_INT32, types_pb2.DT_FLOAT,
+          types_pb2.DT_INVALID, types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT, 999]
+DIMS = st.one_of(st.integers(0, 3), st.integers(-2, 2 ** 62))
+
+
+@st.composite
+def any_tensor(draw):
+    """A TensorProto with any dtype, any dims (negative, huge) and any content."""
+    tensor = tensor_pb2.TensorProto(dtype=draw(st.sampled_from(DTYPES)))
+    for size in draw(st.lists(DIMS, max_size=4)):
+        tensor.tensor_shape.dim.add(size=size)
+    tensor.tensor_shape.unknown_rank = draw(st.booleans()) and draw(st.booleans())
+    content = draw(st.sampled_from(["none", "bytes", "strings", "int64", "float"]))
+    if content == "bytes":
+        tensor.tensor_content = draw(st.binary(max_size=64))
+    elif content == "strings":
+        tensor.string_val.extend(draw(st.lists(st.binary(max_size=20), max_size=6)))
+    elif content == "int64":
+        tensor.int64_val.extend(draw(st.lists(st.integers(-2 ** 63, 2 ** 63 - 1),
+                                              max_size=6)))
+    elif content == "float":
+        tensor.float_val.extend(draw(st.lists(st.floats(width=32), max_size=6)))
+    return tensor
+
+
+@st.composite
+def plausible_tensor(draw, spec, batch):
+    """The signature's dtype and rank with small random sizes (mostly the request's batch
+    size first) and random values (bytes that need not be UTF-8 nor tf.Examples, negative
+    ints), or now and then any tensor at all."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(any_tensor())
+    shape = [draw(st.integers(0, 3)) for _ in spec.shape]
+    if shape and draw(st.integers(0, 9)):
+        shape[0] = batch
+    count = int(np.prod(shape))
+    if spec.dtype == tf.string:
+        if spec.name == "examples" and draw(st.booleans()):
+            values = [tf.train.Example(features=tf.train.Features(feature={
+                draw(st.sampled_from(["candidate_item_ids", "other"])): tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=draw(st.lists(
+                        st.sampled_from([b"item_a", b"item_c", b"\xff"]), max_size=3))))}))
+                .SerializeToString() for _ in range(count)]
+        else:
+            values = draw(st.lists(st.binary(max_size=12), min_size=count, max_size=count))
+        array = np.array(values, dtype=object).reshape(shape)
+    else:
+        values = draw(st.lists(st.integers(-2 ** 63, 2 ** 63 - 1), min_size=count,
+                               max_size=count))
+        array = np.array(values, dtype=np.int64).reshape(shape)
+    return tf.make_tensor_proto(array, dtype=spec.dtype, shape=shape)
+
+
+@st.composite
+def any_request(draw):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "other" if draw(st.integers(0, 9)) == 0 else "unisar"
+    if draw(st.integers(0, 19)) == 0:
+        request.model_spec.version.value = draw(st.integers(0, 3))
+    signature = draw(st.sampled_from(["recommend", "search", "serving_default", "", "nope",
+                                      "__saved_model_init_op"]))
+    request.model_spec.signature_name = signature
+    specs = SIGNATURE_INPUTS.get(signature or "serving_default", {})
+    if specs and draw(st.integers(0, 4)):  # mostly the right inputs, to reach the model
+        batch = draw(st.integers(0, 3))
+        for name, spec in specs.items():
+            request.inputs[name].CopyFrom(draw(plausible_tensor(spec, batch)))
+        if draw(st.integers(0, 4)) == 0:
+            del request.inputs[draw(st.sampled_from(sorted(specs)))]
+    else:
+        names = st.sampled_from(sorted(set(SIGNATURE_INPUTS["search"]) | {"examples", "x"}))
+        for name in draw(st.lists(names, max_size=4, unique=True)):
+            request.inputs[name].CopyFrom(draw(any_tensor()))
+    if draw(st.integers(0, 9)) == 0:
+        request.output_filter.extend(draw(st.lists(st.sampled_from(["scores", "logits"]),
+                                                   max_size=2)))
+    return request
+
+
+@PREDICT_SETTINGS
+@given(request=any_request())
+@example(request=make_request("search", dict(batch_of_two("q"), query=np.array([b"q"],
+                                                                                 dtype=object))))
+def test_any_predict_request_gets_ok_or_a_client_error_and_the_server_keeps_serving(
+        served, request):
+    _, stub, _ = served
+    start = time.time()
+    try:
+        stub.Predict(request, timeout=30)
+    except grpc.RpcError as error:
+        assert error.code() in EXPECTED_CODES, (error.code(), error.details())
+    assert time.time() - start < 5.0
+    assert_still_serving(stub)
