@@ -95,6 +95,10 @@ def load_side_features(data_dir: str, num_items: int, num_users: int,
         item_categories[row["id"]] = code
         words = row.get("caption_word_ids", [])[:caption_length]
         item_captions[row["id"], :len(words)] = words
+    # Only as many columns as the longest caption: Amazon's are a few words, and every
+    # candidate's caption is gathered and averaged at scoring time.
+    longest = int(np.max(np.count_nonzero(item_captions, axis=1), initial=0))
+    item_captions = item_captions[:, :longest]
 
     names = sorted({name for row in users for name in row.get("features", {})})
     user_rows = [[str(row.get("features", {}).get(name, "")) for name in names] for row in users]
