@@ -74,6 +74,12 @@ def test_query_match_overlap_dominates_and_itemknn_breaks_its_ties():
     assert list(positive_rank_numpy(scores)) == [2, 3]  # row 1: a tie (0, 0) counts against
     # Without the ItemKNN term row 0's positive would tie with two candidates (rank 4).
     assert positive_rank_numpy(overlap[:1].astype(float))[0] == 4
+    # Popularity orders what overlap and ItemKNN leave tied: row 1's positive (popularity 7)
+    # now beats candidate 1 (popularity 2) and stays below candidate 2 (ItemKNN 3).
+    popularity = np.array([[1, 1, 1, 1, 1], [7, 2, 0, 9, 9]])
+    scores = bl.query_match_scores(overlap, itemknn, popularity)
+    assert list(positive_rank_numpy(scores)) == [2, 2]
+    assert scores[0, 2] == scores[0, 3] + 1  # dense ranks: equal keys tie, next key is +1
 
 
 def test_fallback_item_words_are_training_query_words_of_clicked_items():
@@ -197,7 +203,9 @@ def reference_scores(out_dir, manifest, captions=None):
             if scenario == "search":
                 query = set(int(w) for w in row[QUERY_TOKENS]) - {0}
                 overlap = [len(query & item_words.get(c, set())) for c in candidates]
-                match.append([o + k / (1 + max(knn[-1])) for o, k in zip(overlap, knn[-1])])
+                keys = [(o, k, popularity[c]) for o, k, c in zip(overlap, knn[-1], candidates)]
+                dense_rank = {key: rank for rank, key in enumerate(sorted(set(keys)))}
+                match.append([dense_rank[key] for key in keys])
         result["popularity"][scenario] = np.array(pop, float)
         result["ItemKNN"][scenario] = np.array(knn)
         if match:
@@ -233,10 +241,9 @@ def test_baseline_scores_follow_the_definitions_in_read_order(tmp_path, with_cap
     # Not vacuous: ItemKNN and query match score something on these lists, and the two
     # sources of item words give different overlaps.
     assert scores["ItemKNN"]["rec"].max() > 0
-    overlaps = np.floor(scores["query match"]["search"])
-    assert overlaps.max() >= 1
+    assert scores["query match"]["search"].max() >= 1
     other = reference_scores(out, manifest, None if with_captions else TINY_CAPTIONS)
-    assert not np.array_equal(overlaps, np.floor(other["query match"]["search"]))
+    assert not np.array_equal(scores["query match"]["search"], other["query match"]["search"])
 
 
 def test_baseline_metrics_report_every_baseline_in_order(tmp_path):

@@ -14,8 +14,8 @@ on the training split only, both scenarios (rec and search files).
   scores sum over the evaluation example's distinct history items h of
   cooc(h, c) / sqrt(n(h) n(c)) (a term is 0 when n(h) or n(c) is 0).
 - **query match** (search only): the number of distinct query words (`query_tokens`,
-  nonzero) among the candidate item's words, plus ItemKNN / (1 + the list's largest ItemKNN
-  score), which is below 1: ItemKNN only orders candidates of equal overlap. The item's words
+  nonzero) among the candidate item's words; ItemKNN orders candidates of equal overlap, and
+  popularity those equal on both (the strongest of the simple tie-breaks we tried). The item's words
   are its side-feature text (`side_features/items-*.jsonl`, `caption_word_ids`, in the same
   word ids as queries; KuaiSAR captions, Amazon attributes), the first `query_len` words as
   the model sees them. Without item text they are the query words the item was clicked for
@@ -144,11 +144,23 @@ def query_overlap(queries: np.ndarray, item_words: sp.spmatrix, candidates: np.n
     return sampled_product(id_sets(queries, item_words.shape[0]), item_words, candidates)
 
 
-def query_match_scores(overlap: np.ndarray, itemknn: np.ndarray) -> np.ndarray:
-    """overlap + itemknn / (1 + max itemknn of the row): overlap decides, ItemKNN (>= 0)
-    orders only candidates of equal overlap."""
-    itemknn = np.asarray(itemknn, np.float64)
-    return np.asarray(overlap, np.float64) + itemknn / (1.0 + itemknn.max(axis=1, keepdims=True))
+def query_match_scores(overlap: np.ndarray, itemknn: np.ndarray,
+                       popularity: Optional[np.ndarray] = None) -> np.ndarray:
+    """Scores that order each row by overlap, then ItemKNN, then (if given) popularity.
+
+    All (N, C). The result is each candidate's dense rank of its (overlap, itemknn,
+    popularity) key within its row (0 = lowest), so candidates equal on every key tie, and
+    the metric counts that tie against the positive.
+    """
+    keys = [np.asarray(overlap, np.float64), np.asarray(itemknn, np.float64)]
+    if popularity is not None:
+        keys.append(np.asarray(popularity, np.float64))
+    stacked = np.stack(keys, axis=-1)  # (N, C, K)
+    scores = np.zeros(stacked.shape[:2], np.float64)
+    for row in range(len(stacked)):
+        _, ranks = np.unique(stacked[row], axis=0, return_inverse=True)  # lexicographic
+        scores[row] = ranks.reshape(-1)
+    return scores
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -251,7 +263,8 @@ def baseline_scores(data_dir: str, split: str, manifest: dict, num_items: int,
             item_words = item_words_from_clicks(train_queries, train_query_positives,
                                                 num_words, num_items)
         overlap = query_overlap(examples[QUERY_TOKENS], item_words, candidates)
-        results.setdefault(QUERY_MATCH, {})[task] = query_match_scores(overlap, itemknn)
+        results.setdefault(QUERY_MATCH, {})[task] = query_match_scores(overlap, itemknn,
+                                                                      popularity[candidates])
     return results
 
 
