@@ -12,7 +12,8 @@ checkpoint is exported with the serving signatures (`unisar_tf.export`) into the
 artifact, which the evaluator scores and the Pusher pushes unchanged.
 
 custom_config (all optional):
-    preset             "amazon" (default) or "kuaisar"
+    preset             "default" (the tuned configuration), "paper" (= "amazon", spec 10) or
+                       "kuaisar"
     config_overrides   {UniSARConfig field: value}, e.g. {"batch_size": 256}
     max_epochs         default 100 (early stopping usually ends the run first)
     steps_per_epoch    cap on training steps per epoch (small budgets, tests)
@@ -50,7 +51,7 @@ def run_fn(fn_args) -> None:
     # custom_config travels as JSON: tuple fields (tower_units, ...) arrive as lists.
     overrides = {name: tuple(value) if isinstance(value, list) else value
                  for name, value in custom.get("config_overrides", {}).items()}
-    config = preset(custom.get("preset", "amazon"), seed=seed, **overrides)
+    config = preset(custom.get("preset", "default"), seed=seed, **overrides)
     transform_dir = getattr(fn_args, "transform_output", None) or None
     options = TrainerOptions(data_dir=data_dir, model_dir=fn_args.model_run_dir,
                              transform_dir=transform_dir,

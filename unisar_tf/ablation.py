@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--out_dir", required=True)
-    parser.add_argument("--preset", default="amazon")
+    parser.add_argument("--preset", default="default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_epochs", type=int, default=10)
     parser.add_argument("--steps_per_epoch", type=int, default=None)

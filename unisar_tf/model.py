@@ -16,6 +16,7 @@ from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HIS
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_REC,
                            TYPE_SEARCH, USER_ID)
 from unisar_tf.config import UniSARConfig
+from unisar_tf.layers.cooccurrence import ItemCooccurrence
 from unisar_tf.layers import (CategoricalSideFeatures, EntityEmbedding, FusionDecoderLayer,
                               IdAttributes, MultiLayerPerceptron,
                               MultiTaskExperts, PositionalEmbedding, QueryEncoder,
@@ -26,6 +27,11 @@ from unisar_tf.losses import QueryItemRelevanceLoss, TransitionAlignmentLoss
 from unisar_tf.sasrec import SASRecModel  # the rec baseline (architecture="sasrec")
 
 Features = Mapping[str, tf.Tensor]
+
+# The wide term's starting weights for the match features (_cooccurrence_features then
+# _query_match_features): co-occurrence sum, max, last rec item, last search click, candidate
+# popularity, last item -> candidate transition, query-word overlap, overlap fraction.
+MATCH_FEATURE_PRIOR = (1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0)
 
 
 @dataclasses.dataclass
@@ -131,6 +137,20 @@ class UniSARModel(tfrs.Model):
         if c.use_history and c.use_relevance_loss and c.alpha_relevance > 0:
             self.relevance = QueryItemRelevanceLoss(d, c.relevance_temperature, name="relevance")
 
+        self.cooccurrence = None
+        if c.use_cooccurrence:
+            self.cooccurrence = ItemCooccurrence(c.num_items, c.cooccurrence_pairs,
+                                                 name="item_cooccurrence")
+            self.transitions = ItemCooccurrence(c.num_items, c.transition_pairs,
+                                                symmetric=False, name="item_transitions")
+            # The wide part: a linear term of the co-occurrence scores added to each logit.
+            # Starts at +1 for the co-occurrence and query-match scores and 0 for popularity:
+            # ranking by them from the first step (all log-scaled to O(1),
+            # _match_features).
+            self.cooccurrence_logit = {task: tf.keras.layers.Dense(
+                1, kernel_initializer=tf.keras.initializers.Constant(MATCH_FEATURE_PRIOR),
+                name=f"{task}_cooccurrence_logit") for task in c.tasks}
+
         self.experts = (MultiTaskExperts(c.tasks, c.num_shared_experts, c.num_specific_experts,
                                          c.expert_units, c.tower_units, c.dropout,
                                          name="experts") if c.use_mmoe else None)
@@ -185,6 +205,13 @@ class UniSARModel(tfrs.Model):
         """(...) user ids -> (..., d)."""
         side = (self.user_side_features(ids) if self.user_side_features is not None else None)
         return self.user_embedding(ids, side)
+
+    def set_cooccurrence(self, table, transitions) -> None:
+        """Fills the co-occurrence and transition layers from two
+        unisar_tf.cooccurrence.CooccurrenceTable (symmetric, directed)."""
+        self.cooccurrence.set_table(table.pair_keys, table.pair_counts, table.item_totals)
+        self.transitions.set_table(transitions.pair_keys, transitions.pair_counts,
+                                   transitions.item_totals)
 
     def set_side_features(self, side_features) -> None:
         """Fills the side-feature tables from a unisar_tf.side_features.SideFeatures."""
@@ -268,6 +295,10 @@ class UniSARModel(tfrs.Model):
         user = self.embed_users(features[USER_ID])  # (B, d)
         user = tf.tile(user[:, tf.newaxis, :], [1, num_candidates, 1])
 
+        cooccurrence = None
+        if self.cooccurrence is not None:
+            cooccurrence = self._cooccurrence_features(features, training)  # (B, C, 6)
+
         def broadcast(query):  # (B or 1, d) -> (B, C, d)
             return tf.broadcast_to(query[:, tf.newaxis, :], tf.shape(candidates))
 
@@ -277,11 +308,73 @@ class UniSARModel(tfrs.Model):
                 query = broadcast(self.rec_query_vector)
             else:
                 query = broadcast(self.query_encoder(features[QUERY_TOKENS]))
-            x = tf.concat(interests + [candidates, user, query], axis=-1)
+            parts = interests + [candidates, user, query]
+            if self.config.interaction_features:
+                # Same width for both tasks (the shared experts): rec's query is q_phi.
+                parts += [interest * candidates for interest in interests] + [query * candidates]
+            match = None
+            if cooccurrence is not None:
+                match = tf.concat([cooccurrence, self._query_match_features(features, task)],
+                                  axis=-1)  # (B, C, 8)
+                parts.append(match)
+            x = tf.concat(parts, axis=-1)
             if self.experts is not None:
                 x = self.experts(x, tasks=[task], training=training)[task]
             logits[task] = tf.squeeze(self.heads[task](x, training=training), axis=-1)
+            if match is not None:
+                logits[task] += tf.squeeze(self.cooccurrence_logit[task](match), axis=-1)
         return logits
+
+    def _cooccurrence_features(self, features: Features, training: bool) -> tf.Tensor:
+        """(B, C, 6): co-occurrence of candidate_items with the history's items (sum, max,
+        last rec item, last search click), the candidate's total, and the directed
+        transition from the most recent behaviour's item, all log-scaled.
+
+        In training, candidate 0 is the example's positive, whose own pairs are in the
+        training counts: the layer takes them out (ItemCooccurrence, exclude_own_pair).
+        """
+        types = tf.cast(features[HISTORY_TYPES], tf.int32)
+        rec_items = tf.cast(features[REC_HISTORY_ITEMS], tf.int64)  # (B, R)
+        first_clicks = tf.cast(features[SEARCH_HISTORY_CLICKED_ITEMS][:, :, 0], tf.int64)
+        clicked = tf.reshape(tf.cast(features[SEARCH_HISTORY_CLICKED_ITEMS], tf.int64),
+                             [tf.shape(rec_items)[0], -1])
+
+        def last_of(items, type_id):  # the newest real slot of one list (lists are oldest first)
+            count = tf.reduce_sum(tf.cast(tf.equal(types, type_id), tf.int32), axis=1)
+            return tf.gather(items, tf.maximum(count - 1, 0), batch_dims=1) * tf.cast(
+                count > 0, tf.int64)
+
+        last_rec, last_click = last_of(rec_items, TYPE_REC), last_of(first_clicks, TYPE_SEARCH)
+        scores = self.cooccurrence(tf.concat([rec_items, clicked], axis=1), last_rec,
+                                   last_click, features[CANDIDATE_ITEMS],
+                                   exclude_own_pair=training)
+        # The most recent behaviour's item, whichever scenario (history_types' last slot).
+        length = tf.reduce_sum(tf.cast(types > 0, tf.int32), axis=1)
+        last_type = tf.gather(types, tf.maximum(length - 1, 0), batch_dims=1)
+        last = tf.where(tf.equal(last_type, TYPE_REC), last_rec, last_click)
+        transition = self.transitions(last[:, tf.newaxis], last, last, features[CANDIDATE_ITEMS],
+                                      exclude_own_pair=training)[..., :1]
+        # Cosine-normalised counts are mostly 0.001-0.3: log(1 + 100 s) spreads them over 0-3.5.
+        return tf.concat([tf.math.log1p(100.0 * scores[..., :4]),
+                          tf.math.log1p(scores[..., 4:]),
+                          tf.math.log1p(100.0 * transition)], axis=-1)
+
+    def _query_match_features(self, features: Features, task: str) -> tf.Tensor:
+        """(B, C, 2): how many of the query's distinct words are among the candidate's words
+        (side-feature text), and that count over the query's length. 0 for rec, and without
+        item text."""
+        candidates = features[CANDIDATE_ITEMS]
+        zeros = tf.zeros(tf.concat([tf.shape(candidates), [2]], axis=0))
+        if task != "search" or self.item_captions is None:
+            return zeros
+        words = self.item_captions(candidates)  # (B, C, L) int32, 0 = padding
+        query = tf.cast(features[QUERY_TOKENS], tf.int32)  # (B, Q)
+        hit = tf.reduce_any(tf.logical_and(
+            tf.equal(words[..., tf.newaxis], query[:, tf.newaxis, tf.newaxis, :]),
+            (words > 0)[..., tf.newaxis]), axis=-1)  # (B, C, L): caption word is in the query
+        overlap = tf.reduce_sum(tf.cast(hit, tf.float32), axis=-1)
+        query_words = tf.reduce_sum(tf.cast(query > 0, tf.float32), axis=1)[:, tf.newaxis]
+        return tf.stack([overlap, tf.math.divide_no_nan(overlap, query_words)], axis=-1)
 
     def _scored_tasks(self, features: Features):
         return [t for t in self.config.tasks if t == "rec" or QUERY_TOKENS in features]
@@ -330,7 +423,10 @@ class UniSARModel(tfrs.Model):
         encoding = self._encode(features, training)
         logits = self.score_logits(features, encoding, [task], training=training)[task]
         labels = tf.one_hot(tf.zeros(tf.shape(logits)[:1], tf.int32), tf.shape(logits)[1])
-        bce = self.ranking_tasks[task](labels=labels, predictions=logits, training=training)
+        if c.ranking_loss == "softmax":  # the positive (column 0) against its negatives
+            bce = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels, logits))
+        else:
+            bce = self.ranking_tasks[task](labels=labels, predictions=logits, training=training)
         relevance = self._relevance_loss(encoding, rel_negatives)
         alignment = self._alignment_loss(encoding)
         self.loss_trackers[f"{task}_bce"].update_state(bce)

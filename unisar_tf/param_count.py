@@ -28,7 +28,7 @@ def parameter_breakdown(model) -> Dict[str, int]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="amazon", choices=["amazon", "kuaisar"])
+    parser.add_argument("--preset", default="amazon", choices=["paper", "amazon", "kuaisar"])
     parser.add_argument("--num-items", type=int, required=True)
     parser.add_argument("--num-words", type=int, required=True)
     parser.add_argument("--num-users", type=int, required=True)

@@ -25,7 +25,7 @@ from unisar_tf.config import PRESETS, UniSARConfig, preset
 DATA_FIELDS = frozenset({"num_users", "num_items", "num_words", "max_rec_history",
                          "max_search_history", "query_length", "clicks_per_session",
                          "item_category_vocab_sizes", "user_feature_vocab_sizes",
-                         "item_caption_length",
+                         "item_caption_length", "cooccurrence_pairs", "transition_pairs",
                          "seed"})  # --seed sets both the trainer's and the config's seed
 
 
@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transform_dir", default=None,
                         help="for data built with --id_format raw: the Transform graph that "
                              "maps its raw ids (python -m pipeline.transform_module)")
-    parser.add_argument("--preset", default="amazon", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                        help="default: the tuned configuration; paper: spec 10's Amazon values")
     parser.add_argument("--max_epochs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps_per_epoch", type=int, default=None,

@@ -39,6 +39,7 @@ from feature_specs import (CANDIDATE_ITEMS, NEGATIVE_POOL, REL_NEGATIVE_ITEMS,
                            REL_NEGATIVE_QUERY_TOKENS)
 from unisar_tf import data
 from unisar_tf.config import UniSARConfig
+from unisar_tf.cooccurrence import training_cooccurrence, training_transitions
 from unisar_tf.metrics import ranking_metrics
 from unisar_tf.model import UniSARModel, build_model
 from unisar_tf.side_features import load_side_features
@@ -220,12 +221,23 @@ class Trainer:
         self.options = options
         self.manifest = data.load_manifest(options.data_dir, options.transform_dir)
         config = data.config_with_data_sizes(config, self.manifest)
-        self.side_features = run_side_features(options.data_dir, options.transform_dir, config)
+        self.side_features = (run_side_features(options.data_dir, options.transform_dir, config)
+                              if config.use_side_features else None)
         if self.side_features is not None:  # KuaiSAR categories, captions, user levels
             config = config.replace(**self.side_features.config_overrides())
+        table = transitions = None
+        if config.use_cooccurrence:  # counted on the training split (unisar_tf.cooccurrence)
+            table = training_cooccurrence(options.data_dir, self.manifest, config.num_items,
+                                          config.tasks)
+            transitions = training_transitions(options.data_dir, self.manifest,
+                                               config.num_items, config.tasks)
+            config = config.replace(cooccurrence_pairs=table.num_pairs,
+                                    transition_pairs=transitions.num_pairs)
         self.config = config
         tf.keras.utils.set_random_seed(options.seed)
         self.model = build_model(config, side_features=self.side_features)
+        if table is not None:
+            self.model.set_cooccurrence(table, transitions)
         self.optimizer = tf.keras.optimizers.Adam(config.learning_rate)
         self.model.compile(optimizer=self.optimizer)
         # Slots exist before any restore, so a checkpoint restores them at once, exactly.

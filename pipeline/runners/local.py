@@ -160,7 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
                         "--beam_arg=--runner=DataflowRunner")
     parser.add_argument("--no_cache", action="store_true", help="re-run every component")
     training = parser.add_argument_group("training (pipeline/trainer_module.py)")
-    training.add_argument("--preset", default="amazon", choices=("amazon", "kuaisar"))
+    training.add_argument("--preset", default="default",
+                          choices=("default", "paper", "amazon", "kuaisar"))
     training.add_argument("--max_epochs", type=int, default=100)
     training.add_argument("--steps_per_epoch", type=int, default=None)
     training.add_argument("--validation_rows", type=int, default=None)

@@ -1,0 +1,95 @@
+"""The training split's item co-occurrence table, for the model's ItemCooccurrence layer.
+
+Counted exactly as the ItemKNN baseline counts (unisar_tf.baselines.item_cooccurrence):
+every training example (rec and search) adds 1 to cooc(h, p) and to cooc(p, h) for each
+distinct history item h and its positive p. Only the training split is read, so validation
+and test positives never leak into the table.
+
+The transition table is directed and first-order: each training example adds 1 to
+trans(last, p), `last` being its most recent history behaviour's item (a rec item, or a
+search session's first click) and p its positive.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+import scipy.sparse as sp
+
+from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, REC_HISTORY_ITEMS,
+                           SEARCH_HISTORY_CLICKED_ITEMS, TYPE_REC)
+from unisar_tf.baselines import history_items, item_cooccurrence, read_split
+
+
+@dataclasses.dataclass
+class CooccurrenceTable:
+    """pair_keys (P,) int64 sorted (left * num_items + right), pair_counts (P,) float32,
+    item_totals (num_items,) float32."""
+
+    pair_keys: np.ndarray
+    pair_counts: np.ndarray
+    item_totals: np.ndarray
+
+    @property
+    def num_pairs(self) -> int:
+        return int(len(self.pair_keys))
+
+
+def table_from_counts(counts, num_items: int) -> CooccurrenceTable:
+    """A (num_items, num_items) scipy sparse count matrix -> the layer's sorted arrays."""
+    coo = counts.tocoo()
+    keys = coo.row.astype(np.int64) * num_items + coo.col.astype(np.int64)
+    order = np.argsort(keys)
+    totals = np.asarray(counts.sum(axis=1)).reshape(-1).astype(np.float32)
+    return CooccurrenceTable(keys[order], coo.data[order].astype(np.float32), totals)
+
+
+def training_cooccurrence(data_dir: str, manifest: dict, num_items: int,
+                          tasks=("rec", "search")) -> CooccurrenceTable:
+    """The table of the training split's examples of `tasks` (ids as the model reads them)."""
+    histories, positives = [], []
+    for task in tasks:
+        train = read_split(data_dir, "train", task, manifest,
+                           (REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS, CANDIDATE_ITEMS))
+        histories.append(history_items(train))
+        positives.append(train[CANDIDATE_ITEMS][:, 0])
+    width = max(h.shape[1] for h in histories)
+    histories = np.concatenate([np.pad(h, ((0, 0), (0, width - h.shape[1]))) for h in histories])
+    return table_from_counts(item_cooccurrence(histories, np.concatenate(positives), num_items),
+                             num_items)
+
+
+def last_history_items(features) -> np.ndarray:
+    """(N,) the item of each example's most recent behaviour (0 without history): the last
+    real slot of history_types, a rec item or a search session's first click."""
+    types = np.asarray(features[HISTORY_TYPES])
+    rec = np.asarray(features[REC_HISTORY_ITEMS])
+    clicks = np.asarray(features[SEARCH_HISTORY_CLICKED_ITEMS])
+    clicks = clicks.reshape(len(clicks), -1, clicks.shape[-1] if clicks.ndim == 3 else 1)[..., 0]
+    length = np.count_nonzero(types, axis=1)
+    rows = np.arange(len(types))
+    last_type = types[rows, np.maximum(length - 1, 0)]
+    rec_count = np.count_nonzero(types == TYPE_REC, axis=1)
+    search_count = length - rec_count
+    last = np.where(last_type == TYPE_REC, rec[rows, np.maximum(rec_count - 1, 0)],
+                    clicks[rows, np.maximum(search_count - 1, 0)])
+    return np.where(length > 0, last, 0)
+
+
+def training_transitions(data_dir: str, manifest: dict, num_items: int,
+                         tasks=("rec", "search")) -> CooccurrenceTable:
+    """Directed (last history item -> positive) counts of the training split's examples."""
+    lasts, positives = [], []
+    for task in tasks:
+        train = read_split(data_dir, "train", task, manifest,
+                           (HISTORY_TYPES, REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS,
+                            CANDIDATE_ITEMS))
+        lasts.append(last_history_items(train))
+        positives.append(train[CANDIDATE_ITEMS][:, 0])
+    last, positive = np.concatenate(lasts), np.concatenate(positives)
+    keep = last > 0
+    counts = sp.csr_matrix((np.ones(int(keep.sum())), (last[keep], positive[keep])),
+                           shape=(num_items, num_items))
+    counts.sum_duplicates()
+    return table_from_counts(counts, num_items)
