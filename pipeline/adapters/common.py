@@ -126,12 +126,14 @@ class CsvRecord:
 
     line: int
     end_line: int
-    raw: bytes
+    # (line number, bytes, is UTF-8) per physical line
+    entries: List[Tuple[int, bytes, bool]] = dataclasses.field(repr=False)
     cells: Optional[List[str]] = None
     problem: Optional[Tuple[str, str]] = None
-    # (line number, bytes, is UTF-8) per physical line, for CsvFile.reread_after_first_line
-    entries: List[Tuple[int, bytes, bool]] = dataclasses.field(default_factory=list,
-                                                               repr=False)
+
+    @property
+    def raw(self) -> bytes:
+        return b"".join(entry[1] for entry in self.entries)
 
     @property
     def spans_lines(self) -> bool:
@@ -141,44 +143,49 @@ class CsvRecord:
 class _PhysicalLines:
     """A binary file's lines, decoded one by one for the csv module, with push-back.
 
-    `pulled` lists (line number, bytes, is UTF-8) of the lines handed out since it was last
-    cleared: the lines of the row the csv reader is building."""
+    `pulled` lists (line number, bytes, is UTF-8) of the lines handed out since start_row(),
+    the lines of the row the csv reader is building; `all_utf8` and `has_nul` say whether
+    they are all UTF-8 and whether one holds a NUL."""
 
     def __init__(self, handle):
         self._read = handle.readline
-        self._pushed: Deque[Tuple[int, bytes, bool]] = collections.deque()
+        self._pushed: Deque[Tuple[int, bytes]] = collections.deque()
         self._next_number = 1
+        self.start_row()
+
+    def start_row(self) -> None:
         self.pulled: List[Tuple[int, bytes, bool]] = []
+        self.all_utf8 = True
+        self.has_nul = False
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
         if self._pushed:
-            entry = self._pushed.popleft()
+            number, raw = self._pushed.popleft()
         else:
             raw = self._read()
             if not raw:
                 raise StopIteration
-            if self._next_number == 1 and raw.startswith(UTF8_BOM):
+            number = self._next_number
+            if number == 1 and raw.startswith(UTF8_BOM):
                 raw = raw[len(UTF8_BOM):]
-            entry = (self._next_number, raw, _is_utf8(raw))
             self._next_number += 1
-        self.pulled.append(entry)
-        _, raw, utf8 = entry
-        text = raw.decode("utf-8") if utf8 else raw.decode("utf-8", "surrogateescape")
-        return text.replace("\x00", _NUL_STAND_IN) if "\x00" in text else text
+        try:
+            text = raw.decode("utf-8")
+            utf8 = True
+        except UnicodeDecodeError:
+            text = raw.decode("utf-8", "surrogateescape")
+            utf8 = self.all_utf8 = False
+        self.pulled.append((number, raw, utf8))
+        if "\x00" in text:
+            self.has_nul = True
+            return text.replace("\x00", _NUL_STAND_IN)
+        return text
 
     def push_back(self, entries: Sequence[Tuple[int, bytes, bool]]) -> None:
-        self._pushed.extendleft(reversed(entries))
-
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+        self._pushed.extendleft((number, raw) for number, raw, _ in reversed(entries))
 
 
 def _not_utf8_detail(entries) -> str:
@@ -266,23 +273,23 @@ class CsvFile:
     def records(self) -> Iterator[CsvRecord]:
         lines, reader, width = self._lines, self._reader, len(self.header)
         while True:
-            lines.pulled = []
+            lines.start_row()
             try:
                 cells = next(reader)
             except StopIteration:
                 return
             except csv.Error as error:  # e.g. a field over csv.field_size_limit(), a bare CR
                 entries = lines.pulled
-                yield CsvRecord(entries[0][0], entries[-1][0], b"".join(e[1] for e in entries),
-                                problem=(REJECT_BAD_ROW, f"not CSV: {error}"), entries=entries)
+                yield CsvRecord(entries[0][0], entries[-1][0], entries,
+                                problem=(REJECT_BAD_ROW, f"not CSV: {error}"))
                 continue
             entries = lines.pulled
             if not cells:
                 continue  # blank line
-            record = CsvRecord(entries[0][0], entries[-1][0], b"".join(e[1] for e in entries),
-                               [cell.replace(_NUL_STAND_IN, "\x00") for cell in cells],
-                               entries=entries)
-            if not all(utf8 for _, _, utf8 in entries):
+            if lines.has_nul:
+                cells = [cell.replace(_NUL_STAND_IN, "\x00") for cell in cells]
+            record = CsvRecord(entries[0][0], entries[-1][0], entries, cells)
+            if not lines.all_utf8:
                 record.problem = (REJECT_NOT_UTF8, _not_utf8_detail(entries))
             elif len(cells) != width:
                 record.problem = (REJECT_BAD_ROW, f"{len(cells)} cells, header has {width}")
@@ -300,7 +307,7 @@ class CsvFile:
         if len(entries) < 2:
             return
         self._lines.push_back(entries[1:])
-        record.end_line, record.raw, record.entries = entries[0][0], entries[0][1], entries[:1]
+        record.end_line, record.entries = entries[0][0], entries[:1]
 
 
 # Control characters that str.split() does not split on: in a whitespace-separated line they
@@ -366,10 +373,10 @@ class ParseCsvFile(beam.DoFn):
                 if record.spans_lines:
                     last = record.end_line
                     csv_file.reread_after_first_line(record)
-                    rest = (f"line {last} is" if last == record.line + 1
-                            else f"lines {record.line + 1}-{last} are")
+                    rest = (f"line {last} is read again as a row" if last == record.line + 1
+                            else f"lines {record.line + 1}-{last} are read again as rows")
                     detail += (f" [the row spans lines {record.line}-{last}: only line "
-                               f"{record.line} is rejected, {rest} read again as rows]")
+                               f"{record.line} is rejected, {rest}]")
                 yield beam.pvalue.TaggedOutput(REJECTED, RejectedRow.of_bytes(
                     path, record.line, reason, detail, record.raw))
         LOG.info("read %d rows of %s", count, path)
