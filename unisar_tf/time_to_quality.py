@@ -39,7 +39,7 @@ def time_to_quality(history: Sequence[dict], setup_seconds: float, fraction: flo
         if reached is None and row["validation_score"] >= fraction * best:
             reached = rows[-1]
     return {"best": best, "epoch": reached["epoch"], "seconds": reached["elapsed"],
-            "rows": rows}
+            "rows": rows, "setup_seconds": setup_seconds}
 
 
 def format_table(result: dict, fraction: float, header: str) -> str:
@@ -53,9 +53,11 @@ def format_table(result: dict, fraction: float, header: str) -> str:
         mark = " (reached)" if row["epoch"] == result["epoch"] else ""
         lines.append(f"| {row['epoch']}{mark} | {row['elapsed']:.0f} | "
                      f"{row['validation_score']:.4f} | {cells} |")
+    setup = (f"set-up ({result['setup_seconds']:.0f} s) included" if result["setup_seconds"]
+             else "set-up not recorded (a re-read run)")
     lines += ["", f"Best score {result['best']:.4f}; {fraction:.0%} of it reached after epoch "
               f"{result['epoch']}, {result['seconds']:.0f} s ({result['seconds'] / 60:.1f} min) "
-              "from the start, set-up included."]
+              f"from the start, {setup}."]
     return "\n".join(lines) + "\n"
 
 
