@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS, TYPE_REC)
 from unisar_tf.baselines import history_items, item_cooccurrence, read_split
+from unisar_tf.data import tasks_with_examples
 
 
 @dataclasses.dataclass
@@ -45,10 +46,18 @@ def table_from_counts(counts, num_items: int) -> CooccurrenceTable:
     return CooccurrenceTable(keys[order], coo.data[order].astype(np.float32), totals)
 
 
+def _empty_table(num_items: int) -> CooccurrenceTable:
+    return table_from_counts(sp.csr_matrix((num_items, num_items)), num_items)
+
+
 def training_cooccurrence(data_dir: str, manifest: dict, num_items: int,
                           tasks=("rec", "search")) -> CooccurrenceTable:
-    """The table of the training split's examples of `tasks` (ids as the model reads them)."""
+    """The table of the training split's examples of `tasks` (ids as the model reads them);
+    a task without training examples (a single-scenario log) adds nothing."""
     histories, positives = [], []
+    tasks = tasks_with_examples(manifest, "train", tasks)
+    if not tasks:
+        return _empty_table(num_items)
     for task in tasks:
         train = read_split(data_dir, "train", task, manifest,
                            (REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS, CANDIDATE_ITEMS))
@@ -81,6 +90,9 @@ def training_transitions(data_dir: str, manifest: dict, num_items: int,
                          tasks=("rec", "search")) -> CooccurrenceTable:
     """Directed (last history item -> positive) counts of the training split's examples."""
     lasts, positives = [], []
+    tasks = tasks_with_examples(manifest, "train", tasks)
+    if not tasks:
+        return _empty_table(num_items)
     for task in tasks:
         train = read_split(data_dir, "train", task, manifest,
                            (HISTORY_TYPES, REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS,

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from feature_specs import (ID_FEATURE_VOCABULARIES, ID_FORMAT_IDS, NEGATIVE_POOL, QUERY_TOKENS,
-                           SequenceShapes, model_feature_shapes)
-from unisar_tf.config import UniSARConfig
+                           SEARCH_HISTORY_QUERY_TOKENS, SequenceShapes, model_feature_shapes)
+from unisar_tf.config import TASKS, UniSARConfig
 
 MANIFEST_FILE = "manifest.json"
 
@@ -61,6 +61,13 @@ def config_with_data_sizes(config: UniSARConfig, manifest: dict) -> UniSARConfig
                           max_rec_history=shapes.rec_len, max_search_history=shapes.search_len,
                           query_length=shapes.query_len,
                           clicks_per_session=shapes.clicks_per_session)
+
+
+def tasks_with_examples(manifest: dict, split: str = "train",
+                        tasks: Sequence[str] = TASKS) -> Tuple[str, ...]:
+    """The tasks of `tasks` that have examples in `split` (a manifest without counts: all)."""
+    counts = manifest.get("examples", {}).get(split, {})
+    return tuple(task for task in tasks if counts.get(task, 1) > 0)
 
 
 def example_files(data_dir: str, split: str, scenario: str) -> list:
@@ -167,16 +174,36 @@ def read_feature(data_dir: str, split: str, scenario: str, name: str, width: int
                                        compression_type="GZIP").batch(8192)
                .map(lambda records: to_ids(tf.io.parse_example(records, spec))[name],
                     num_parallel_calls=tf.data.AUTOTUNE))
-    return np.concatenate([batch.numpy() for batch in dataset])
+    parts = [batch.numpy() for batch in dataset]
+    return np.concatenate(parts) if parts else np.zeros((0, width), np.int64)
 
 
 def query_bank(data_dir: str, manifest: Optional[dict] = None) -> np.ndarray:
-    """Distinct training search queries (Nq, query_len): the relevance loss's negative pool."""
+    """Distinct training search queries (Nq, query_len): the relevance loss's negative pool.
+
+    Data without training search examples: the distinct queries of the training rec
+    examples' search histories; (0, query_len) when there are none either (a rec-only log,
+    where the relevance loss has no query-click pair to learn from).
+    """
     manifest = manifest or load_manifest(data_dir)
-    queries = read_feature(data_dir, "train", "search", QUERY_TOKENS,
-                           manifest["shapes"]["query_len"], manifest)
-    return np.unique(queries, axis=0)
+    width = manifest["shapes"]["query_len"]
+    if tasks_with_examples(manifest, "train", ("search",)):
+        queries = read_feature(data_dir, "train", "search", QUERY_TOKENS, width, manifest)
+        if len(queries):
+            return np.unique(queries, axis=0)
+    parts = []
+    counters = manifest.get("counters")  # the data job counts the search sessions it used
+    if (tasks_with_examples(manifest, "train", ("rec",))
+            and (counters is None or counters.get("search_sessions", 0))):
+        for batch in read_examples(data_dir, "train", "rec", 4096, manifest):
+            queries = batch[SEARCH_HISTORY_QUERY_TOKENS].numpy().reshape(-1, width)
+            queries = queries[np.any(queries != 0, axis=1)]
+            if len(queries):
+                parts.append(np.unique(queries, axis=0))
+    if not parts:
+        return np.zeros((0, width), np.int64)
+    return np.unique(np.concatenate(parts), axis=0)
 
 
 __all__ = ["load_manifest", "config_with_data_sizes", "read_examples", "load_arrays",
-           "query_bank", "read_feature", "parse_spec", "example_files"]
+           "query_bank", "read_feature", "parse_spec", "example_files", "tasks_with_examples"]

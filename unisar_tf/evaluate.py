@@ -41,14 +41,23 @@ def baseline_metrics(data_dir: str, split: str, manifest: dict, num_items: int,
                      ) -> Dict[str, Dict[str, Dict[str, float]]]:
     """The non-learned baselines on the split's own lists: {name: {task: metrics with
     "examples"}} for "popularity", "random" (exact expectation), "ItemKNN" and, for search,
-    "query match" (definitions: unisar_tf/baselines.py), in that order."""
+    "query match" (definitions: unisar_tf/baselines.py), in that order.
+
+    Data with one scenario only (a rec-only or search-only log) gets "random" alone:
+    `baselines.baseline_scores` counts popularity and co-occurrence on both scenarios'
+    training examples (`single_scenario_note` says so in the report).
+    """
     from unisar_tf.baselines import POPULARITY, RANDOM, baseline_scores
     from unisar_tf.demo import random_ranking_metrics
     from unisar_tf.metrics import ranking_metrics
 
+    width = manifest["shapes"]["eval_candidates"]
+    if single_scenario_note(manifest) is not None:
+        return {RANDOM: {task: dict(random_ranking_metrics(width),
+                                    examples=int(manifest["examples"][split][task]))
+                         for task in tasks}}
     scores = baseline_scores(data_dir, split, manifest, num_items, tuple(tasks),
                              transform_dir=transform_dir)
-    width = manifest["shapes"]["eval_candidates"]
     results: Dict[str, Dict[str, Dict[str, float]]] = {POPULARITY: {}, RANDOM: {}}
     for name, per_task in scores.items():
         for task, values in per_task.items():
@@ -57,6 +66,18 @@ def baseline_metrics(data_dir: str, split: str, manifest: dict, num_items: int,
     for task, values in scores[POPULARITY].items():
         results[RANDOM][task] = dict(random_ranking_metrics(width), examples=len(values))
     return results
+
+
+def single_scenario_note(manifest: dict) -> Optional[str]:
+    """Why the training-count baselines are left out, for data without training examples of
+    one scenario; None for data with both."""
+    missing = [task for task in ("rec", "search")
+               if task not in data.tasks_with_examples(manifest, "train")]
+    if not missing:
+        return None
+    return (f"The data has no {' or '.join(missing)} training examples: popularity, ItemKNN "
+            "and query match are counted on both scenarios' training examples, so only the "
+            "random baseline is shown.")
 
 
 def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
@@ -84,6 +105,9 @@ def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
     if with_baselines:
         report.update(baseline_metrics(data_dir, split, manifest, model.config.num_items,
                                        model.config.tasks))
+        note = single_scenario_note(manifest)
+        if note:
+            report["note"] = note
     if write:
         write_report(report, os.path.join(model_dir, "eval"), split)
     return report
@@ -135,7 +159,8 @@ def report_markdown(report: dict) -> str:
             f"{report['best_epoch']} (mean NDCG@5 {report['validation_score']:.4f}); "
             f"1 positive + {report['negatives_per_example']} sampled negatives, ties count "
             "against the positive.\n\n"
-            + metrics_table(rows))
+            + metrics_table(rows)
+            + (f"\n{report['note']}\n" if report.get("note") else ""))
 
 
 def write_report(report: dict, out_dir: str, split: str) -> Dict[str, str]:

@@ -9,7 +9,8 @@
 
 Every UniSARConfig field is a flag (`--tower_units 128,64`, booleans as true/false) except
 the vocabulary sizes and sequence shapes, which come from the data's manifest. Re-running
-with the same --model_dir resumes from the last finished epoch.
+with the same --model_dir resumes from the last finished epoch. Data with one scenario trains
+that task.
 """
 from __future__ import annotations
 
@@ -158,7 +159,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         config_from_args(args)
     except ValueError as error:
         parser.error(str(error))
-    run(args)
+    from unisar_tf.trainer import DataMismatchError
+
+    try:
+        run(args)
+    except DataMismatchError as error:  # e.g. a task the data lacks
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":

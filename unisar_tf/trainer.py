@@ -22,6 +22,10 @@ each epoch draws fresh ones from it; otherwise the data job's fixed 4 are used. 
 order and every negative are stateless functions of (seed, epoch, step), so a resumed run
 sees the same batches as an uninterrupted one (dropout masks come from TF's global random
 state, so the weights are not bit-identical to an uninterrupted run).
+
+Data that does not fit (DataMismatchError, a ValueError that says what to do): single-scenario data trains the tasks of config.tasks it has examples
+of (a rec-only log trains rec), and says so; the query-item relevance loss is turned off when
+the training data has no search query at all.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ import json
 import math
 import os
 import time
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -50,6 +54,11 @@ OPTIONS_FILE = "options.json"
 BEST_FILE = "best.json"
 HISTORY_FILE = "history.jsonl"
 VALIDATION_METRIC = "NDCG@5"
+
+
+class DataMismatchError(ValueError):
+    """The data does not fit the run: tasks the data has no examples of. The message says
+    what to do."""
 
 
 @dataclasses.dataclass
@@ -127,7 +136,9 @@ def training_dataset(config: UniSARConfig, data_dir: str, manifest: dict, query_
                                     shuffle_buffer=shuffle_buffer)
         parts[task] = stream.repeat() if joint and task == "search" else stream
     has_pool = bool(manifest["shapes"].get("train_negative_pool", 0))
-    bank = tf.constant(query_bank, tf.int64)
+    # No query at all (a rec-only log): no relevance negatives (the Trainer turns L_rel off).
+    with_relevance = len(query_bank) > 0
+    bank = tf.constant(query_bank, tf.int64) if with_relevance else None
     num_relevance = config.num_relevance_negatives
 
     def finish(step, batch):
@@ -140,6 +151,8 @@ def training_dataset(config: UniSARConfig, data_dir: str, manifest: dict, query_
             else:
                 task_batch.pop(NEGATIVE_POOL, None)
             batch[task] = task_batch
+        if not with_relevance:
+            return batch
         item_seed = _stateless_seed(seed, epoch, step * 4 + 2)
         query_seed = _stateless_seed(seed, epoch, step * 4 + 3)
         batch["rel_negatives"] = {
@@ -159,7 +172,7 @@ def training_item_counts(data_dir: str, manifest: dict, num_items: int) -> np.nd
     """(num_items,) how often each item is a training positive (the popularity baseline)."""
     counts = np.zeros(num_items, np.float64)
     width = manifest["shapes"]["train_candidates"]
-    for task in ("rec", "search"):
+    for task in data.tasks_with_examples(manifest, "train"):
         positives = data.read_feature(data_dir, "train", task, CANDIDATE_ITEMS, width,
                                       manifest)[:, 0]
         np.add.at(counts, positives, 1.0)
@@ -213,14 +226,60 @@ def validation_score(metrics: Mapping[str, Mapping[str, float]]) -> float:
     return float(np.mean([metrics[task][VALIDATION_METRIC] for task in metrics]))
 
 
+# ----------------------------------------------------------------------- the run's data
+def fit_tasks_to_data(config: UniSARConfig, manifest: dict, data_dir: str
+                      ) -> Tuple[UniSARConfig, List[str]]:
+    """(config whose tasks are those of config.tasks the data has training examples of, what
+    changed). A single-scenario log trains the task it has; none of config.tasks in the
+    data, or a task without validation examples, is a DataMismatchError."""
+    available = data.tasks_with_examples(manifest, "train")
+    if not available:
+        raise DataMismatchError(f"{data_dir} has no training examples (manifest.json "
+                                f"examples.train: {manifest.get('examples', {}).get('train')})"
+                                ": rebuild it from a log with more events per user")
+    kept = tuple(task for task in config.tasks if task in available)
+    missing = [task for task in config.tasks if task not in available]
+    if not kept:
+        raise DataMismatchError(
+            f"{data_dir} has no {' or '.join(missing)} training examples, only "
+            f"{' and '.join(available)} ones: train tasks={available} (--tasks "
+            f"{','.join(available)})" + (", a UniSAR model (SASRec is rec-only)"
+                                         if config.architecture == "sasrec" else ""))
+    for task in kept:
+        if not data.tasks_with_examples(manifest, "valid", (task,)):
+            raise DataMismatchError(f"{data_dir} has {task} training examples but no {task} "
+                                    "validation examples to pick the best epoch with: rebuild "
+                                    f"it, or train the other task (--tasks)")
+    notes = []
+    if missing:
+        notes.append(f"{data_dir} has no {' or '.join(missing)} training examples: training "
+                     f"{'+'.join(kept)} only (tasks={kept})")
+        config = config.replace(tasks=kept)
+    return config, notes
+
+
+def uses_relevance_loss(config: UniSARConfig) -> bool:
+    return (config.architecture == "unisar" and config.use_history
+            and config.use_relevance_loss and config.alpha_relevance > 0)
+
+
 # --------------------------------------------------------------------------------- trainer
 class Trainer:
     """Trains one UniSAR configuration on one data directory; see the module docstring."""
 
     def __init__(self, config: UniSARConfig, options: TrainerOptions):
         self.options = options
+        say = print if options.verbose else (lambda *args, **kwargs: None)
         self.manifest = data.load_manifest(options.data_dir, options.transform_dir)
         config = data.config_with_data_sizes(config, self.manifest)
+        config, notes = fit_tasks_to_data(config, self.manifest, options.data_dir)
+        self.query_bank = data.query_bank(options.data_dir, self.manifest)
+        if not len(self.query_bank) and uses_relevance_loss(config):
+            notes.append("the training data has no search query: the query-item relevance "
+                         "loss is off (use_relevance_loss=False)")
+            config = config.replace(use_relevance_loss=False)
+        for note in notes:
+            say(note, flush=True)
         self.side_features = (run_side_features(options.data_dir, options.transform_dir, config)
                               if config.use_side_features else None)
         if self.side_features is not None:  # KuaiSAR categories, captions, user levels
@@ -341,7 +400,7 @@ class Trainer:
             say(f"resumed from {resumed}: epoch {int(self.epoch.numpy())} done, "
                 f"learning rate {self.learning_rate:g}, best validation "
                 f"{float(self.best_score.numpy()):.4f}", flush=True)
-        query_bank = data.query_bank(options.data_dir, self.manifest)
+        query_bank = self.query_bank
         counts = self.manifest["examples"]["train"]
         say(f"training {counts['rec']} rec + {counts['search']} search examples, tasks "
             f"{'+'.join(config.tasks)}, batch {config.batch_size}"
