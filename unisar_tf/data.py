@@ -7,6 +7,7 @@ feature contract, not Beam.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Dict, Optional, Sequence, Tuple
@@ -19,6 +20,9 @@ from feature_specs import (ID_FEATURE_VOCABULARIES, ID_FORMAT_IDS, NEGATIVE_POOL
 from unisar_tf.config import TASKS, UniSARConfig
 
 MANIFEST_FILE = "manifest.json"
+# The manifest entries that say which data it is (not where it lives or how long the job ran).
+IDENTITY_KEYS = ("dataset", "id_format", "inputs", "build_options", "vocab_sizes", "shapes",
+                 "examples", "counters", "rejected")
 
 
 def load_manifest(data_dir: str, transform_dir: Optional[str] = None) -> dict:
@@ -68,6 +72,48 @@ def tasks_with_examples(manifest: dict, split: str = "train",
     """The tasks of `tasks` that have examples in `split` (a manifest without counts: all)."""
     counts = manifest.get("examples", {}).get(split, {})
     return tuple(task for task in tasks if counts.get(task, 1) > 0)
+
+
+def vocabulary_files(data_dir: str, manifest: dict) -> list:
+    """The files that give ids their meaning: the data job's vocab/ and, for raw-id examples,
+    the Transform output's vocabularies (its transform_fn assets)."""
+    files = sorted(tf.io.gfile.glob(os.path.join(data_dir, "vocab", "*")))
+    if manifest.get("transform_dir"):
+        files += sorted(tf.io.gfile.glob(os.path.join(manifest["transform_dir"], "transform_fn",
+                                                      "assets", "*")))
+    return files
+
+
+def _sha256(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def data_identity(data_dir: str, manifest: dict) -> dict:
+    """Which data this is, for run directories (model_dir/data.json, unisar_tf.trainer):
+
+    {"vocabulary": sha256 of the vocabulary files' names and bytes and the vocabulary sizes
+    (equal: every user, item and word id means the same thing),
+    "fingerprint": sha256 of that and the manifest's IDENTITY_KEYS (examples counts, shapes,
+    build options, input paths, counters), "data_dir", "transform_dir", "vocab_sizes",
+    "shapes", "examples"}. Where the data lives is recorded, not hashed: a copy of the same
+    data has the same fingerprint.
+    """
+    digest = hashlib.sha256()
+    for path in vocabulary_files(data_dir, manifest):
+        digest.update(os.path.basename(path).encode("utf-8") + b"\0")
+        with tf.io.gfile.GFile(path, "rb") as handle:
+            while True:
+                chunk = handle.read(1 << 20)
+                if not chunk:
+                    break
+                digest.update(chunk)
+        digest.update(b"\0")
+    vocabulary = _sha256([digest.hexdigest(), manifest.get("vocab_sizes")])
+    described = {key: manifest.get(key) for key in IDENTITY_KEYS}
+    return {"fingerprint": _sha256([vocabulary, described]), "vocabulary": vocabulary,
+            "data_dir": data_dir, "transform_dir": manifest.get("transform_dir"),
+            "vocab_sizes": manifest.get("vocab_sizes"), "shapes": manifest.get("shapes"),
+            "examples": manifest.get("examples")}
 
 
 def example_files(data_dir: str, split: str, scenario: str) -> list:
@@ -206,4 +252,5 @@ def query_bank(data_dir: str, manifest: Optional[dict] = None) -> np.ndarray:
 
 
 __all__ = ["load_manifest", "config_with_data_sizes", "read_examples", "load_arrays",
-           "query_bank", "read_feature", "parse_spec", "example_files", "tasks_with_examples"]
+           "query_bank", "read_feature", "parse_spec", "example_files", "tasks_with_examples",
+           "vocabulary_files", "data_identity"]

@@ -181,7 +181,12 @@ def main(argv=None) -> None:
     parser.add_argument("--split", default="test", choices=("valid", "test"))
     parser.add_argument("--batch_size", type=int, default=None)
     args = parser.parse_args(argv)
-    report = evaluate_best(args.model_dir, args.data_dir, args.split, args.batch_size)
+    from unisar_tf.trainer import DataMismatchError
+
+    try:
+        report = evaluate_best(args.model_dir, args.data_dir, args.split, args.batch_size)
+    except DataMismatchError as error:  # what to do, not a traceback
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     print(report_markdown(report))
     print(f"written to {os.path.join(args.model_dir, 'eval')}/{args.split}_metrics.{{json,md}}")
 

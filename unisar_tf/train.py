@@ -9,8 +9,8 @@
 
 Every UniSARConfig field is a flag (`--tower_units 128,64`, booleans as true/false) except
 the vocabulary sizes and sequence shapes, which come from the data's manifest. Re-running
-with the same --model_dir resumes from the last finished epoch. Data with one scenario trains
-that task.
+with the same --model_dir resumes from the last finished epoch (on the same data only: a
+model_dir trained on other data is refused). Data with one scenario trains that task.
 """
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     try:
         run(args)
-    except DataMismatchError as error:  # e.g. a task the data lacks
+    except DataMismatchError as error:  # another dataset's model_dir, a task the data lacks
         parser.exit(1, f"{parser.prog}: error: {error}\n")
 
 

@@ -12,6 +12,7 @@ training stops after `early_stop_patience` epochs without one.
 
 model_dir layout:
     config.json, options.json      what was trained, on what
+    data.json                      the data: its fingerprint, vocabulary sizes (data.data_identity)
     checkpoints/ckpt-N             last epochs: weights, optimizer slots, lr, epoch, policy state
     best/ckpt-N, best.json         weights of the best validation epoch, and its metrics
     history.jsonl                  one line per epoch: losses, lr, validation metrics, seconds
@@ -23,7 +24,9 @@ order and every negative are stateless functions of (seed, epoch, step), so a re
 sees the same batches as an uninterrupted one (dropout masks come from TF's global random
 state, so the weights are not bit-identical to an uninterrupted run).
 
-Data that does not fit (DataMismatchError, a ValueError that says what to do): single-scenario data trains the tasks of config.tasks it has examples
+Data that does not fit (DataMismatchError, a ValueError that says what to do): a model_dir
+whose data.json names other data is not resumed, and its model is not loaded on data with
+other vocabularies. Single-scenario data trains the tasks of config.tasks it has examples
 of (a rec-only log trains rec), and says so; the query-item relevance loss is turned off when
 the training data has no search query at all.
 """
@@ -51,14 +54,15 @@ from unisar_tf.training import search_batch_size  # the reference's rounding (sp
 
 CONFIG_FILE = "config.json"
 OPTIONS_FILE = "options.json"
+DATA_FILE = "data.json"
 BEST_FILE = "best.json"
 HISTORY_FILE = "history.jsonl"
 VALIDATION_METRIC = "NDCG@5"
 
 
 class DataMismatchError(ValueError):
-    """The data does not fit the run: tasks the data has no examples of. The message says
-    what to do."""
+    """The data does not fit the run: another dataset's model_dir, other vocabularies, or
+    tasks the data has no examples of. The message says what to do."""
 
 
 @dataclasses.dataclass
@@ -263,6 +267,107 @@ def uses_relevance_loss(config: UniSARConfig) -> bool:
             and config.use_relevance_loss and config.alpha_relevance > 0)
 
 
+def read_run_data(model_dir: str) -> Optional[dict]:
+    """model_dir/data.json (data.data_identity of the data it was trained on), or None."""
+    path = os.path.join(model_dir, DATA_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as handle:
+        return json.load(handle)
+
+
+def _read_run_config(model_dir: str) -> Optional[dict]:
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as handle:
+        return json.load(handle)
+
+
+# What the data sets in a config (data.config_with_data_sizes), by the manifest entry it is from.
+_DATA_SIZE_FIELDS = {"num_users": "vocab_sizes.users", "num_items": "vocab_sizes.items",
+                     "num_words": "vocab_sizes.words", "max_rec_history": "shapes.rec_len",
+                     "max_search_history": "shapes.search_len",
+                     "query_length": "shapes.query_len",
+                     "clicks_per_session": "shapes.clicks_per_session"}
+_SEQUENCE_SHAPES = ("rec_len", "search_len", "query_len", "clicks_per_session")
+
+
+def _differences(recorded: dict, current: dict) -> List[str]:
+    """What differs between two data_identity records, most telling first."""
+    found = []
+    for key in ("vocab_sizes", "shapes", "examples"):
+        old, new = recorded.get(key) or {}, current.get(key) or {}
+        for name in sorted(set(old) | set(new)):
+            if old.get(name) != new.get(name):
+                found.append(f"{key}.{name} {old.get(name)} -> {new.get(name)}".replace(
+                    "'", ""))
+    if recorded.get("vocabulary") != current.get("vocabulary"):
+        found.append("the vocabulary files (user, item or word ids mean other things)")
+    if not found and recorded.get("fingerprint") != current.get("fingerprint"):
+        found.append("manifest.json's build options, inputs or counters")
+    return found
+
+
+def _config_differences(saved: Mapping, config: UniSARConfig) -> List[str]:
+    """For run directories without data.json: data-set config fields that differ."""
+    return [f"{source} {saved[name] - 1 if source.startswith('vocab') else saved[name]} -> "
+            f"{getattr(config, name) - 1 if source.startswith('vocab') else getattr(config, name)}"
+            for name, source in _DATA_SIZE_FIELDS.items()
+            if name in saved and saved[name] != getattr(config, name)]
+
+
+def check_resumable(model_dir: str, current: dict, config: UniSARConfig) -> Optional[str]:
+    """Raises DataMismatchError when model_dir's run was trained on other data than
+    `current` (data.data_identity); returns a note when model_dir cannot say (no data.json)."""
+    recorded = read_run_data(model_dir)
+    if recorded is not None:
+        if recorded.get("fingerprint") == current["fingerprint"]:
+            return None
+        found = _differences(recorded, current)
+        trained_on = recorded.get("data_dir")
+    else:
+        saved = _read_run_config(model_dir) or {}
+        found = _config_differences(saved, config)
+        if not found:
+            return (f"{model_dir} does not record its data ({DATA_FILE} is new): resuming, as "
+                    "its vocabulary sizes and shapes match this data")
+        trained_on = "other data"
+    raise DataMismatchError(
+        f"{model_dir} holds a run trained on {trained_on}, not on {current['data_dir']}; they "
+        f"differ in: {'; '.join(found)}. Its checkpoints cannot continue on this data: train "
+        f"into a new --model_dir, or delete {model_dir} to start over on this data.")
+
+
+def check_model_data(model_dir: str, config: UniSARConfig, data_dir: str,
+                     manifest: dict) -> None:
+    """Raises DataMismatchError unless data_dir's ids mean what they meant in training (same
+    vocabularies) and its sequences have the model's shapes; other examples are fine."""
+    recorded = read_run_data(model_dir)
+    if recorded is not None:
+        current = data.data_identity(data_dir, manifest)
+        same_shapes = all((recorded.get("shapes") or {}).get(name) == current["shapes"].get(name)
+                          for name in _SEQUENCE_SHAPES)
+        if recorded.get("vocabulary") == current["vocabulary"] and same_shapes:
+            return
+        # Only what the model depends on (other examples, e.g. more negatives, are fine).
+        found = [d for d in _differences(recorded, current)
+                 if d.startswith(("vocab_sizes.", "the vocabulary"))
+                 or d.split(" ")[0] in {f"shapes.{name}" for name in _SEQUENCE_SHAPES}]
+        trained_on = recorded.get("data_dir")
+    else:
+        found = _config_differences(config.to_dict(),
+                                    data.config_with_data_sizes(config, manifest))
+        if not found:
+            return
+        trained_on = "other data"
+    raise DataMismatchError(
+        f"{model_dir} was trained on {trained_on}, with other vocabularies or sequence shapes "
+        f"than {data_dir} ({'; '.join(found)}): its ids would mean other users, items and "
+        f"words here. Evaluate or export it with the data it was trained on, or train a "
+        f"model on {data_dir} (a new --model_dir).")
+
+
 # --------------------------------------------------------------------------------- trainer
 class Trainer:
     """Trains one UniSAR configuration on one data directory; see the module docstring."""
@@ -271,6 +376,7 @@ class Trainer:
         self.options = options
         say = print if options.verbose else (lambda *args, **kwargs: None)
         self.manifest = data.load_manifest(options.data_dir, options.transform_dir)
+        self.data_identity = data.data_identity(options.data_dir, self.manifest)
         config = data.config_with_data_sizes(config, self.manifest)
         config, notes = fit_tasks_to_data(config, self.manifest, options.data_dir)
         self.query_bank = data.query_bank(options.data_dir, self.manifest)
@@ -324,9 +430,14 @@ class Trainer:
         return float(tf.keras.backend.get_value(self.optimizer.learning_rate))
 
     def restore(self) -> Optional[str]:
-        """Restores the latest checkpoint of model_dir, if any; returns its path."""
+        """Restores the latest checkpoint of model_dir, if any; returns its path.
+
+        Raises DataMismatchError if model_dir's run was trained on other data."""
         path = self.manager.latest_checkpoint
         if path:
+            note = check_resumable(self.options.model_dir, self.data_identity, self.config)
+            if note and self.options.verbose:
+                print(note, flush=True)
             self.checkpoint.restore(path).assert_existing_objects_matched()
         return path
 
@@ -336,6 +447,8 @@ class Trainer:
             out.write(self.config.to_json())
         with tf.io.gfile.GFile(os.path.join(self.options.model_dir, OPTIONS_FILE), "w") as out:
             out.write(json.dumps(dataclasses.asdict(self.options), indent=2, sort_keys=True))
+        with tf.io.gfile.GFile(os.path.join(self.options.model_dir, DATA_FILE), "w") as out:
+            out.write(json.dumps(self.data_identity, indent=2, sort_keys=True))
 
     # -- one epoch ----------------------------------------------------------------------
     def _make_train_step(self, element_spec=None):
@@ -508,9 +621,14 @@ def run_transform_dir(model_dir: str) -> Optional[str]:
 
 
 def load_trained_model(model_dir: str, data_dir: str) -> UniSARModel:
-    """The best validation checkpoint of a finished (or interrupted) run, ready to score."""
+    """The best validation checkpoint of a finished (or interrupted) run, ready to score.
+
+    Raises DataMismatchError if data_dir's vocabularies or sequence shapes are not the ones
+    the run was trained with (its ids would mean other things)."""
     with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE)) as handle:
         config = UniSARConfig.from_dict(json.load(handle))
+    check_model_data(model_dir, config, data_dir,
+                     data.load_manifest(data_dir, run_transform_dir(model_dir)))
     side = (run_side_features(data_dir, run_transform_dir(model_dir), config)
             if config.uses_side_features else None)
     model = build_model(config, side_features=side)
