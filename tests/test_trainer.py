@@ -537,7 +537,7 @@ def cli_run(built, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("cli") / "model")
     command = [sys.executable, "-m", "unisar_tf.train", "--data_dir", out,
                "--model_dir", model_dir, "--max_epochs", "1",
-               "--steps_per_epoch", str(STEPS), "--quiet"] + TINY_FLAGS
+               "--steps_per_epoch", str(STEPS), "--quiet", "--preset", "paper"] + TINY_FLAGS
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     result.model_dir = model_dir
     return result

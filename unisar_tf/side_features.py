@@ -97,7 +97,8 @@ def load_side_features(data_dir: str, num_items: int, num_users: int,
         item_captions[row["id"], :len(words)] = words
     # Only as many columns as the longest caption: Amazon's are a few words, and every
     # candidate's caption is gathered and averaged at scoring time.
-    longest = int(np.max(np.count_nonzero(item_captions, axis=1), initial=0))
+    used = np.flatnonzero(np.any(item_captions != 0, axis=0))  # columns holding any word
+    longest = int(used[-1]) + 1 if len(used) else 0
     item_captions = item_captions[:, :longest]
 
     names = sorted({name for row in users for name in row.get("features", {})})
