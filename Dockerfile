@@ -18,6 +18,8 @@ RUN grep -E '^(tensorflow-recommenders|tensorflow-ranking|tensorflow-serving-api
     && pip install --no-cache-dir -r /tmp/extra-requirements.txt
 COPY feature_specs ./feature_specs
 COPY unisar_tf ./unisar_tf
+# pipeline/ includes pipeline/schemas/, the schema files `python -m pipeline.runners.kubeflow`
+# writes when it compiles (docs/pipeline.md): build the image after compiling.
 COPY pipeline ./pipeline
 COPY serving ./serving
 RUN pip install --no-cache-dir --no-deps -e .

@@ -22,6 +22,7 @@ Whatever reads the examples waits for the gate (`add_upstream_node(gate)`).
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -31,6 +32,7 @@ from feature_specs import ID_FORMAT_RAW
 from unisar_tf.export import MODEL_NAME
 
 from pipeline import beam_job, build_examples, trainer_module
+from pipeline.components import run_parameters as run_parameters_components
 from pipeline.components import validation
 from pipeline.components.ranking_evaluator import GATE_DEFAULTS, RankingEvaluator
 from pipeline.components.sequence_example_gen import SPLIT_NAMES, SequenceExampleGen, job_args
@@ -91,7 +93,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
                     schema_dir: Optional[str] = None,
                     train_config: Optional[Dict[str, Any]] = None,
                     min_improvement: float = 0.0,
-                    gate_options: Optional[Dict[str, Any]] = None) -> tfx.dsl.Pipeline:
+                    gate_options: Optional[Dict[str, Any]] = None,
+                    run_parameters: Optional[Dict[str, Any]] = None) -> tfx.dsl.Pipeline:
     """The pipeline for the raw data of `adapter` at `data_root` (see SequenceExampleGen).
 
     build_options: build_examples flags by name, e.g. {"max_users": 200, "seed": 1}.
@@ -107,6 +110,10 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
     (random, the baselines, the last blessed model) on every task to be pushed.
     gate_options: the evaluator's other gate parameters by name (min_relative_improvement,
     confidence, bootstrap_samples, seed; ranking_evaluator.GATE_DEFAULTS, docs/pipeline.md).
+    run_parameters: {"max_epochs", "batch_size", "push"}: values or RuntimeParameters (the
+    Kubeflow runner's pipeline parameters); given, the Trainer and Pusher are the ones of
+    pipeline/components/run_parameters.py, which take them as their own parameters.
+    data_root may be a RuntimeParameter too.
     """
     build_options = pipeline_build_options(build_options)
     blessing_gate = evaluator_gate_options(min_improvement, gate_options)
@@ -141,7 +148,19 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
     transform.add_upstream_node(gate)
     components += [transform_schema, transform]
 
-    trainer = tfx.components.Trainer(
+    run_parameters = dict(run_parameters or {})
+    unknown = sorted(set(run_parameters) - {"max_epochs", "batch_size", "push"})
+    if unknown:
+        raise ValueError(f"unknown run parameter(s) {unknown}")
+    if run_parameters:
+        trainer_class = functools.partial(
+            run_parameters_components.Trainer, max_epochs=run_parameters.get("max_epochs"),
+            batch_size=run_parameters.get("batch_size"))
+        pusher_class = functools.partial(run_parameters_components.Pusher,
+                                         push=run_parameters.get("push"))
+    else:
+        trainer_class, pusher_class = tfx.components.Trainer, tfx.components.Pusher
+    trainer = trainer_class(
         run_fn="pipeline.trainer_module.run_fn",
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -159,7 +178,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
                                  model=trainer.outputs["model"],
                                  baseline_model=last_blessed.outputs["model"],
                                  **blessing_gate)
-    pusher = tfx.components.Pusher(
+    pusher = pusher_class(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(

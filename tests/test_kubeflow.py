@@ -1,11 +1,19 @@
 """The Kubeflow compile: one pipeline spec naming every component and the configured image,
-and the Dockerfile that image is built from."""
+the runner's options in the components' parameters, the pipeline's runtime parameters, an
+offline compile for a gs:// root, and the Dockerfile that image is built from."""
 import json
 import os
 import re
+import socket
 
 from importlib import metadata
 
+import pytest
+import tensorflow as tf
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from pipeline.components import run_parameters
 from pipeline.runners import kubeflow
 
 from test_tfx_pipeline import COMPONENTS  # the same pipeline
@@ -30,14 +38,34 @@ def _strings(node):
         yield node
 
 
-def test_compiled_spec_names_every_component_the_image_and_the_beam_options(tmp_path):
+def _compile(tmp_path, *options, pipeline_root=None):
+    """kubeflow.main on the event-log fixture; (the spec as a dict, its pipelineSpec). The
+    JSON must parse strictly (no unknown field) as the kfp-pipeline-spec PipelineJob."""
     output = tmp_path / "unisar_pipeline.json"
-    kubeflow.main(["--image", IMAGE, "--pipeline_root", str(tmp_path / "root"),
+    kubeflow.main(["--image", IMAGE, "--pipeline_root", pipeline_root or str(tmp_path / "root"),
                    "--data_root", EVENT_LOG_DIR, "--adapter", "event_log",
-                   "--serving_dir", "gs://bucket/serving", "--output", str(output)]
-                  + [f"--beam_arg={arg}" for arg in BEAM_ARGS])
+                   "--serving_dir", "gs://bucket/serving", "--output", str(output),
+                   "--schema_dir", str(tmp_path / "schemas")] + list(options))
     spec = json.loads(output.read_text())
-    pipeline_spec = spec.get("pipelineSpec", spec)
+    json_format.ParseDict(spec, pipeline_spec_pb2.PipelineJob())  # raises on unknown fields
+    return spec, spec["pipelineSpec"]
+
+
+def _parameters(pipeline_spec, task):
+    return pipeline_spec["root"]["dag"]["tasks"][task].get("inputs", {}).get("parameters", {})
+
+
+def _constant(parameter):
+    """A task parameter's compiled constant (JSON-decoded when it is a JSON string)."""
+    [value] = parameter["runtimeValue"]["constantValue"].values()
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def test_compiled_spec_names_every_component_the_image_and_the_beam_options(tmp_path):
+    spec, pipeline_spec = _compile(tmp_path, *[f"--beam_arg={arg}" for arg in BEAM_ARGS])
     tasks = pipeline_spec["root"]["dag"]["tasks"]
     # KFP v2 compiles the resolver into two tasks (blessings, then the blessed model).
     assert sorted(tasks) == sorted(
@@ -69,3 +97,163 @@ def test_dockerfile_builds_on_the_pinned_tfx_image_with_legacy_keras():
     lock = open(os.path.join(REPO, "requirements.lock")).read()
     for name in pinned:
         assert re.search(rf"^{re.escape(name)}==", lock, flags=re.M), name
+
+
+def test_run_to_run_values_are_pipeline_parameters_with_the_options_as_defaults(tmp_path):
+    spec, pipeline_spec = _compile(
+        tmp_path, "--max_epochs", "3", "--train_option", "batch_size=64",
+        "--train_option", "embedding_dim=16", "--preset", "paper", "--steps_per_epoch", "5",
+        "--build_option", "seed=2", "--max_users", "7", "--min_improvement", "0.01",
+        "--confidence", "0", "--bootstrap_samples", "10", "--gate_seed", "4")
+    assert pipeline_spec["root"]["inputDefinitions"]["parameters"] == {
+        "data_root": {"type": "STRING"}, "max_epochs": {"type": "INT"},
+        "batch_size": {"type": "INT"}, "push": {"type": "INT"}}
+    defaults = {name: value for name, item in spec["runtimeConfig"]["parameters"].items()
+                for value in item.values()}
+    assert defaults == {"data_root": EVENT_LOG_DIR, "max_epochs": "3", "batch_size": "64",
+                        "push": "1"}  # (int64 values are strings in proto JSON)
+    # The parameters reach the components...
+    wired = {(task, name): parameter["componentInputParameter"]
+             for task in pipeline_spec["root"]["dag"]["tasks"]
+             for name, parameter in _parameters(pipeline_spec, task).items()
+             if "componentInputParameter" in parameter}
+    assert wired == {("SequenceExampleGen", "data_root"): "data_root",
+                     ("Trainer", "max_epochs"): "max_epochs",
+                     ("Trainer", "batch_size"): "batch_size",
+                     ("Pusher", "push"): "push"}
+    # ... and so do the runner's build, training and gate options.
+    trainer = _parameters(pipeline_spec, "Trainer")
+    assert _constant(trainer["custom_config"]) == {
+        "preset": "paper", "max_epochs": 3, "steps_per_epoch": 5,
+        "config_overrides": {"batch_size": 64, "embedding_dim": 16}}
+    example_gen = _parameters(pipeline_spec, "SequenceExampleGen")
+    assert _constant(example_gen["build_options"]) == {"seed": 2, "max_users": 7,
+                                                       "id_format": "raw"}
+    assert _constant(example_gen["adapter"]) == "event_log"
+    evaluator = {name: _constant(value) for name, value in
+                 _parameters(pipeline_spec, "RankingEvaluator").items()}
+    assert evaluator == {"min_improvement": 0.01, "min_relative_improvement": 0.0,
+                         "confidence": 0.0, "bootstrap_samples": 10, "seed": 4}
+
+
+def test_batch_size_parameter_defaults_to_the_presets(tmp_path):
+    from unisar_tf.config import preset
+
+    spec, _ = _compile(tmp_path, "--preset", "paper")
+    assert spec["runtimeConfig"]["parameters"]["batch_size"] == {
+        "intValue": str(preset("paper").batch_size)}
+    assert spec["runtimeConfig"]["parameters"]["max_epochs"] == {"intValue": "100"}
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No host can be resolved or connected to, and no remote path can be touched through
+    tf.io.gfile (TF's GCS client resolves hosts in C++, below the socket patch)."""
+    def refuse(*args, **kwargs):
+        raise OSError(f"offline test: network use {args[:2]}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    for name in ("exists", "makedirs", "GFile", "rename", "glob", "listdir", "isdir", "copy"):
+        original = getattr(tf.io.gfile, name)
+
+        def local_only(path, *args, _original=original, **kwargs):
+            if "://" in str(path):
+                raise OSError(f"offline test: tf.io.gfile on {path}")
+            return _original(path, *args, **kwargs)
+
+        monkeypatch.setattr(tf.io.gfile, name, local_only)
+
+
+def test_gs_pipeline_root_compiles_offline_with_the_schema_in_the_image(tmp_path, offline):
+    spec, pipeline_spec = _compile(tmp_path, pipeline_root="gs://bucket/tfx")
+    assert spec["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/tfx"
+    schema_gens = {task: _constant(parameters["schema_file"])
+                   for task in pipeline_spec["root"]["dag"]["tasks"]
+                   for parameters in [_parameters(pipeline_spec, task)]
+                   if "schema_file" in parameters}
+    assert sorted(schema_gens) == ["ImportSchemaGen", "ImportSchemaGenRec",
+                                   "ImportSchemaGenSearch", "ImportSchemaGenTransform"]
+    for path in schema_gens.values():
+        # Read where the image has them (the Dockerfile copies pipeline/ to /unisar/pipeline),
+        # written at compile time into the local --schema_dir, nothing in the bucket.
+        assert path.startswith(kubeflow.DEFAULT_IMAGE_SCHEMA_DIR + "/"), path
+        local = tmp_path / "schemas" / os.path.relpath(path, kubeflow.DEFAULT_IMAGE_SCHEMA_DIR)
+        assert local.is_file() and "feature {" in local.read_text(), local
+    assert not any("_schemas" in value for value in _strings(spec))
+
+
+def test_default_schema_dir_is_the_folder_the_dockerfile_copies():
+    assert kubeflow.DEFAULT_SCHEMA_DIR == os.path.join(REPO, "pipeline", "schemas")
+    text = open(os.path.join(REPO, "Dockerfile")).read()
+    assert re.search(r"^WORKDIR /unisar$", text, flags=re.M)
+    assert re.search(r"^COPY pipeline \./pipeline$", text, flags=re.M)
+    assert kubeflow.DEFAULT_IMAGE_SCHEMA_DIR == "/unisar/pipeline/schemas"
+
+
+def test_run_parameters_rewrite_the_trainers_config():
+    config = json.loads(run_parameters.train_config_with(
+        json.dumps({"preset": "paper", "max_epochs": 100,
+                    "config_overrides": {"embedding_dim": 16}}), 3, 64))
+    assert config == {"preset": "paper", "max_epochs": 3,
+                      "config_overrides": {"embedding_dim": 16, "batch_size": 64}}
+    assert json.loads(run_parameters.train_config_with(None, None, None)) == {}
+
+
+def test_push_parameter_zero_records_the_model_as_not_pushed(tmp_path):
+    from tfx.types import standard_artifacts
+
+    pushed = standard_artifacts.PushedModel()
+    pushed.uri = str(tmp_path / "pushed")
+    # Neither model nor blessing is read: push=0 decides before the blessing check.
+    run_parameters.PusherExecutor().Do({}, {"pushed_model": [pushed]}, {"push": 0})
+    assert pushed.get_int_custom_property("pushed") == 0
+
+
+def test_trainer_executor_hands_run_fn_the_run_parameters(monkeypatch):
+    from tfx.components.trainer import executor as trainer_executor
+
+    seen = {}
+    monkeypatch.setattr(trainer_executor.GenericExecutor, "Do",
+                        lambda self, inputs, outputs, properties: seen.update(properties))
+    run_parameters.TrainerExecutor().Do({}, {}, {
+        "custom_config": json.dumps({"preset": "paper", "max_epochs": 100}),
+        "max_epochs": 2, "batch_size": 32, "run_fn": "pipeline.trainer_module.run_fn"})
+    assert seen == {"run_fn": "pipeline.trainer_module.run_fn", "custom_config": json.dumps(
+        {"preset": "paper", "max_epochs": 2, "config_overrides": {"batch_size": 32}})}
+
+
+def test_both_runners_turn_the_same_options_into_the_same_pipeline_arguments(monkeypatch):
+    from pipeline.runners import local
+
+    seen = {}
+    monkeypatch.setattr(local, "run", lambda *args, **kwargs: seen.update(local=kwargs) or [])
+    monkeypatch.setattr(local, "format_report", lambda rows: "")
+    monkeypatch.setattr(local, "outcome_summary", lambda rows: "")
+    monkeypatch.setattr(kubeflow, "compile_pipeline",
+                        lambda *args, **kwargs: seen.update(kubeflow=kwargs))
+    shared = ["--data_root", EVENT_LOG_DIR, "--adapter", "event_log", "--pipeline_root",
+              "gs://bucket/tfx", "--serving_dir", "gs://bucket/serving",
+              "--build_option", "train_negative_pool=20", "--max_users", "9",
+              "--preset", "kuaisar", "--max_epochs", "2", "--train_option", "batch_size=256",
+              "--validation_rows", "50", "--min_improvement", "0.02",
+              "--min_relative_improvement", "0.1", "--bootstrap_samples", "20"]
+    local.main(shared + ["--metadata", "/nonexistent/metadata.sqlite"])
+    kubeflow.main(shared)
+    expected = {"build_options": {"train_negative_pool": 20, "max_users": 9},
+                "train_config": {"preset": "kuaisar", "max_epochs": 2, "validation_rows": 50,
+                                 "config_overrides": {"batch_size": 256}},
+                "min_improvement": 0.02,
+                "gate_options": {"min_relative_improvement": 0.1, "confidence": 0.95,
+                                 "bootstrap_samples": 20, "seed": 0}}
+    for runner in ("local", "kubeflow"):
+        assert {key: seen[runner][key] for key in expected} == expected, runner
+
+
+def test_relative_path_build_options_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="absolute paths"):
+        kubeflow.compile_pipeline(str(tmp_path / "p.json"), IMAGE, "gs://bucket/tfx",
+                                  "gs://bucket/raw", "amazon", "gs://bucket/serving", [],
+                                  build_options={"sequences": "seq.txt"},
+                                  schema_dir=str(tmp_path / "schemas"))

@@ -16,11 +16,12 @@ Metadata execution (create -> last update), and where its output artifacts are.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
+
+from pipeline.runners import options
 
 DEFAULT_PIPELINE_NAME = "unisar"
 
@@ -113,14 +114,6 @@ def format_report(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def _option_value(text: str):
-    """--build_option values: JSON when they parse (numbers, true/false, lists), else text."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def outcome_summary(rows: List[dict]) -> str:
     """Where this run's evaluation report is, whether it was blessed, and what was pushed."""
     by_component = {row["component"]: row for row in rows}
@@ -151,68 +144,18 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser.add_argument("--metadata", help="ML Metadata SQLite file "
                         "(default <pipeline_root>/metadata.sqlite)")
     parser.add_argument("--pipeline_name", default=DEFAULT_PIPELINE_NAME)
-    parser.add_argument("--max_users", type=int, default=0,
-                        help="build examples for a seeded subset of N users (0 = all)")
-    parser.add_argument("--build_option", action="append", default=[], metavar="NAME=VALUE",
-                        help="a build_examples flag, repeatable, e.g. train_negative_pool=20")
-    parser.add_argument("--beam_arg", action="append", default=[],
-                        help="a Beam pipeline option, repeatable, e.g. "
-                        "--beam_arg=--runner=DataflowRunner")
     parser.add_argument("--no_cache", action="store_true", help="re-run every component")
-    training = parser.add_argument_group("training (pipeline/trainer_module.py)")
-    training.add_argument("--preset", default="default",
-                          choices=("default", "paper", "amazon", "kuaisar"))
-    training.add_argument("--max_epochs", type=int, default=100)
-    training.add_argument("--steps_per_epoch", type=int, default=None)
-    training.add_argument("--validation_rows", type=int, default=None)
-    training.add_argument("--train_option", action="append", default=[],
-                          metavar="FIELD=VALUE", help="a UniSARConfig field, repeatable, "
-                          "e.g. batch_size=256")
-    blessing = parser.add_argument_group("blessing gate (unisar_tf/gate.py, docs/pipeline.md)")
-    blessing.add_argument("--min_improvement", type=float, default=0.0,
-                          help="NDCG@10 difference the model must exceed against random, every "
-                          "baseline and the last blessed model, on each task")
-    blessing.add_argument("--min_relative_improvement", type=float, default=0.0,
-                          help="... and this fraction of the comparator's NDCG@10")
-    blessing.add_argument("--confidence", type=float, default=0.95,
-                          help="of the paired-bootstrap lower bound that must be above 0 "
-                          "(0: no noise test)")
-    blessing.add_argument("--bootstrap_samples", type=int, default=1000)
-    blessing.add_argument("--gate_seed", type=int, default=0, help="the bootstrap's seed")
+    options.add_pipeline_options(parser)  # build, Beam, training and gate options
     args = parser.parse_args(argv)
 
     from pipeline import beam_job
 
-    def assignments(items: Sequence[str], flag: str) -> dict:
-        """["name=value", ...] -> {name: value}; values as in _option_value."""
-        parsed = {}
-        for item in items:
-            name, sep, value = item.partition("=")
-            if not sep:
-                parser.error(f"{flag} {item!r}: expected NAME=VALUE")
-            parsed[name] = _option_value(value)
-        return parsed
-
-    build_options = assignments(args.build_option, "--build_option")
-    if args.max_users:
-        build_options["max_users"] = args.max_users
-    overrides = assignments(args.train_option, "--train_option")
-    train_config = {"preset": args.preset, "max_epochs": args.max_epochs,
-                    "config_overrides": overrides}
-    if args.steps_per_epoch:
-        train_config["steps_per_epoch"] = args.steps_per_epoch
-    if args.validation_rows:
-        train_config["validation_rows"] = args.validation_rows
+    pipeline_options = options.pipeline_options(parser, args)
     beam_args = args.beam_arg or list(beam_job.DEFAULT_LOCAL_BEAM_ARGS)
     metadata_path = args.metadata or os.path.join(args.pipeline_root, "metadata.sqlite")
     rows = run(args.pipeline_name, args.pipeline_root, args.data_root, args.adapter,
-               args.serving_dir, beam_args, metadata_path, build_options,
-               enable_cache=not args.no_cache, train_config=train_config,
-               min_improvement=args.min_improvement,
-               gate_options={"min_relative_improvement": args.min_relative_improvement,
-                             "confidence": args.confidence,
-                             "bootstrap_samples": args.bootstrap_samples,
-                             "seed": args.gate_seed})
+               args.serving_dir, beam_args, metadata_path, enable_cache=not args.no_cache,
+               **pipeline_options)
     print(format_report(rows))
     print(outcome_summary(rows))
     print(f"\nML Metadata: {os.path.abspath(metadata_path)}; artifacts under "

@@ -1,0 +1,87 @@
+"""The build, training and blessing-gate options every runner takes (local.py, kubeflow.py):
+one definition, so a pipeline compiled for Kubeflow trains and gates as the local one would.
+
+    parser = argparse.ArgumentParser()
+    add_pipeline_options(parser)
+    args = parser.parse_args(argv)
+    options = pipeline_options(parser, args)  # create_pipeline's keyword arguments
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Dict, Sequence
+
+
+def option_value(text: str):
+    """--build_option / --train_option values: JSON when they parse (numbers, true/false,
+    lists), else text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    """--max_users, --build_option, --beam_arg; the training and blessing-gate groups."""
+    parser.add_argument("--max_users", type=int, default=0,
+                        help="build examples for a seeded subset of N users (0 = all)")
+    parser.add_argument("--build_option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a build_examples flag, repeatable, e.g. train_negative_pool=20")
+    parser.add_argument("--beam_arg", action="append", default=[],
+                        help="a Beam pipeline option, repeatable, e.g. "
+                        "--beam_arg=--runner=DataflowRunner")
+    training = parser.add_argument_group("training (pipeline/trainer_module.py)")
+    training.add_argument("--preset", default="default",
+                          choices=("default", "paper", "amazon", "kuaisar"))
+    training.add_argument("--max_epochs", type=int, default=100)
+    training.add_argument("--steps_per_epoch", type=int, default=None)
+    training.add_argument("--validation_rows", type=int, default=None)
+    training.add_argument("--train_option", action="append", default=[],
+                          metavar="FIELD=VALUE", help="a UniSARConfig field, repeatable, "
+                          "e.g. batch_size=256")
+    blessing = parser.add_argument_group("blessing gate (unisar_tf/gate.py, docs/pipeline.md)")
+    blessing.add_argument("--min_improvement", type=float, default=0.0,
+                          help="NDCG@10 difference the model must exceed against random, every "
+                          "baseline and the last blessed model, on each task")
+    blessing.add_argument("--min_relative_improvement", type=float, default=0.0,
+                          help="... and this fraction of the comparator's NDCG@10")
+    blessing.add_argument("--confidence", type=float, default=0.95,
+                          help="of the paired-bootstrap lower bound that must be above 0 "
+                          "(0: no noise test)")
+    blessing.add_argument("--bootstrap_samples", type=int, default=1000)
+    blessing.add_argument("--gate_seed", type=int, default=0, help="the bootstrap's seed")
+
+
+def assignments(parser: argparse.ArgumentParser, items: Sequence[str],
+                flag: str) -> Dict[str, Any]:
+    """["name=value", ...] -> {name: value}; values as in option_value."""
+    parsed = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"{flag} {item!r}: expected NAME=VALUE")
+        parsed[name] = option_value(value)
+    return parsed
+
+
+def pipeline_options(parser: argparse.ArgumentParser,
+                     args: argparse.Namespace) -> Dict[str, Any]:
+    """create_pipeline's build_options, train_config, min_improvement and gate_options from
+    the options add_pipeline_options defined."""
+    build_options = assignments(parser, args.build_option, "--build_option")
+    if args.max_users:
+        build_options["max_users"] = args.max_users
+    overrides = assignments(parser, args.train_option, "--train_option")
+    train_config = {"preset": args.preset, "max_epochs": args.max_epochs,
+                    "config_overrides": overrides}
+    if args.steps_per_epoch:
+        train_config["steps_per_epoch"] = args.steps_per_epoch
+    if args.validation_rows:
+        train_config["validation_rows"] = args.validation_rows
+    return {"build_options": build_options, "train_config": train_config,
+            "min_improvement": args.min_improvement,
+            "gate_options": {"min_relative_improvement": args.min_relative_improvement,
+                             "confidence": args.confidence,
+                             "bootstrap_samples": args.bootstrap_samples,
+                             "seed": args.gate_seed}}
