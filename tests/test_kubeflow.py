@@ -56,12 +56,28 @@ def _parameters(pipeline_spec, task):
 
 
 def _constant(parameter):
-    """A task parameter's compiled constant (JSON-decoded when it is a JSON string)."""
-    [value] = parameter["runtimeValue"]["constantValue"].values()
+    """A task parameter's compiled constant (JSON-decoded when it is a JSON string), from a
+    2.1 spec (`constant`) or a 2.0 one (`constantValue: {intValue: "3"}`...)."""
+    runtime_value = parameter["runtimeValue"]
+    if "constant" in runtime_value:
+        value = runtime_value["constant"]
+    else:
+        [value] = runtime_value["constantValue"].values()
     try:
         return json.loads(value)
     except (TypeError, ValueError):
         return value
+
+
+def _defaults(spec):
+    """The run parameters' defaults in runtimeConfig (2.1: parameterValues, numbers as
+    floats; 2.0: parameters, int64 as strings), as {name: int or str}."""
+    config = spec["runtimeConfig"]
+    if "parameterValues" in config:
+        return {name: int(value) if isinstance(value, float) else value
+                for name, value in config["parameterValues"].items()}
+    return {name: int(value) if kind == "intValue" else value
+            for name, item in config["parameters"].items() for kind, value in item.items()}
 
 
 def test_compiled_spec_names_every_component_the_image_and_the_beam_options(tmp_path):
@@ -105,13 +121,16 @@ def test_run_to_run_values_are_pipeline_parameters_with_the_options_as_defaults(
         "--train_option", "embedding_dim=16", "--preset", "paper", "--steps_per_epoch", "5",
         "--build_option", "seed=2", "--max_users", "7", "--min_improvement", "0.01",
         "--confidence", "0", "--bootstrap_samples", "10", "--gate_seed", "4")
+    defaults = {"data_root": EVENT_LOG_DIR, "max_epochs": 3, "batch_size": 64, "push": 1}
+    assert pipeline_spec["schemaVersion"] == "2.1.0"
+    # The spec itself declares them with their defaults (what the KFP client submits) ...
     assert pipeline_spec["root"]["inputDefinitions"]["parameters"] == {
-        "data_root": {"type": "STRING"}, "max_epochs": {"type": "INT"},
-        "batch_size": {"type": "INT"}, "push": {"type": "INT"}}
-    defaults = {name: value for name, item in spec["runtimeConfig"]["parameters"].items()
-                for value in item.values()}
-    assert defaults == {"data_root": EVENT_LOG_DIR, "max_epochs": "3", "batch_size": "64",
-                        "push": "1"}  # (int64 values are strings in proto JSON)
+        "data_root": {"parameterType": "STRING", "defaultValue": EVENT_LOG_DIR},
+        "max_epochs": {"parameterType": "NUMBER_INTEGER", "defaultValue": 3},
+        "batch_size": {"parameterType": "NUMBER_INTEGER", "defaultValue": 64},
+        "push": {"parameterType": "NUMBER_INTEGER", "defaultValue": 1}}
+    # ... and so does the job's runtimeConfig (what Vertex AI starts from).
+    assert _defaults(spec) == defaults
     # The parameters reach the components...
     wired = {(task, name): parameter["componentInputParameter"]
              for task in pipeline_spec["root"]["dag"]["tasks"]
@@ -140,9 +159,30 @@ def test_batch_size_parameter_defaults_to_the_presets(tmp_path):
     from unisar_tf.config import preset
 
     spec, _ = _compile(tmp_path, "--preset", "paper")
-    assert spec["runtimeConfig"]["parameters"]["batch_size"] == {
-        "intValue": str(preset("paper").batch_size)}
-    assert spec["runtimeConfig"]["parameters"]["max_epochs"] == {"intValue": "100"}
+    assert _defaults(spec)["batch_size"] == preset("paper").batch_size
+    assert _defaults(spec)["max_epochs"] == 100
+
+
+def test_spec_version_2_0_declares_the_same_parameters(tmp_path):
+    spec, pipeline_spec = _compile(tmp_path, "--spec_version", "2.0", "--max_epochs", "3")
+    assert pipeline_spec["schemaVersion"] == "2.0.0"
+    assert pipeline_spec["root"]["inputDefinitions"]["parameters"] == {
+        "data_root": {"type": "STRING"}, "max_epochs": {"type": "INT"},
+        "batch_size": {"type": "INT"}, "push": {"type": "INT"}}
+    assert _defaults(spec) == {"data_root": EVENT_LOG_DIR, "max_epochs": 3, "batch_size": 1024,
+                               "push": 1}
+    assert _parameters(pipeline_spec, "Trainer")["max_epochs"] == {
+        "componentInputParameter": "max_epochs"}
+
+
+def test_kfp_package_is_the_pipeline_spec_alone_as_yaml(tmp_path):
+    import yaml
+
+    package = tmp_path / "unisar_pipeline.yaml"
+    spec, pipeline_spec = _compile(tmp_path, "--kfp_package", str(package))
+    document = yaml.safe_load(package.read_text())
+    assert document == pipeline_spec
+    json_format.ParseDict(document, pipeline_spec_pb2.PipelineSpec())  # strict
 
 
 @pytest.fixture
@@ -169,6 +209,8 @@ def offline(monkeypatch):
 def test_gs_pipeline_root_compiles_offline_with_the_schema_in_the_image(tmp_path, offline):
     spec, pipeline_spec = _compile(tmp_path, pipeline_root="gs://bucket/tfx")
     assert spec["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/tfx"
+    assert sorted(pipeline_spec["root"]["inputDefinitions"]["parameters"]) == [
+        "batch_size", "data_root", "max_epochs", "push"]
     schema_gens = {task: _constant(parameters["schema_file"])
                    for task in pipeline_spec["root"]["dag"]["tasks"]
                    for parameters in [_parameters(pipeline_spec, task)]

@@ -7,8 +7,9 @@
         --beam_arg=--runner=DataflowRunner --beam_arg=--project=PROJECT \
         --beam_arg=--region=REGION --beam_arg=--temp_location=gs://BUCKET/tmp
 
-writes the pipeline spec (JSON) that `kfp` submits (`kfp.Client().create_run_from_pipeline_
-package(...)`) or that Vertex AI Pipelines runs (`google.cloud.aiplatform.PipelineJob`). The
+writes the pipeline job (JSON) that Vertex AI Pipelines runs (`google.cloud.aiplatform.
+PipelineJob`) and, with --kfp_package PATH.yaml, the pipeline spec alone that the KFP client
+submits (`kfp.Client().create_run_from_pipeline_package(...)`). The
 pipeline is the same `create_pipeline` the local runner uses, with the same build, training
 and gate options (pipeline/runners/options.py); only the runner differs.
 
@@ -25,6 +26,7 @@ inside the container by default; Dataflow, Flink or Spark by options, not code).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -37,6 +39,10 @@ DEFAULT_PIPELINE_NAME = "unisar"
 DEFAULT_SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "schemas")
 DEFAULT_IMAGE_SCHEMA_DIR = "/unisar/pipeline/schemas"
+# KFP pipeline spec schema: 2.1 (parameterType, defaults in the spec) is what KFP 2 backends
+# and Vertex AI Pipelines read today; 2.0 is TFX 1.15's default.
+SPEC_VERSIONS = ("2.1", "2.0")
+DEFAULT_SPEC_VERSION = "2.1"
 SCHEMA_FILE_KEY = "schema_file"  # ImportSchemaGen's parameter
 
 
@@ -69,9 +75,16 @@ def compile_pipeline(output: str, image: str, pipeline_root: str, data_root: str
                      train_config: Optional[dict] = None, min_improvement: float = 0.0,
                      gate_options: Optional[dict] = None,
                      schema_dir: str = DEFAULT_SCHEMA_DIR,
-                     image_schema_dir: str = DEFAULT_IMAGE_SCHEMA_DIR) -> dict:
-    """Write the KFP v2 pipeline JSON to `output` and return it as a dict. The schema files
-    go to the local schema_dir; the spec reads them from image_schema_dir."""
+                     image_schema_dir: str = DEFAULT_IMAGE_SCHEMA_DIR,
+                     spec_version: str = DEFAULT_SPEC_VERSION,
+                     kfp_package: Optional[str] = None) -> dict:
+    """Write the KFP v2 pipeline job JSON to `output` and return it as a dict. The schema
+    files go to the local schema_dir; the spec reads them from image_schema_dir.
+    spec_version "2.1" (the parameters' defaults also in root.inputDefinitions) or "2.0".
+    kfp_package: also write the pipeline spec alone, as YAML, the package the KFP client's
+    create_run_from_pipeline_package takes (.yaml)."""
+    if spec_version not in SPEC_VERSIONS:
+        raise ValueError(f"spec_version {spec_version!r}: one of {SPEC_VERSIONS}")
     from tfx import v1 as tfx
 
     from pipeline.tfx_pipeline import create_pipeline
@@ -102,10 +115,23 @@ def compile_pipeline(output: str, image: str, pipeline_root: str, data_root: str
                 + os.path.relpath(path, schema_dir).replace(os.sep, "/"))
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-            display_name=pipeline_name, default_image=image),
-        output_dir=os.path.dirname(os.path.abspath(output)),
-        output_filename=os.path.basename(output))
-    return runner.run(pipeline, parameter_values=defaults, write_out=True)
+            display_name=pipeline_name, default_image=image,
+            use_pipeline_spec_2_1=spec_version == "2.1"))
+    spec = runner.run(pipeline, parameter_values=defaults, write_out=False)
+    if spec_version == "2.1":  # the spec alone (a KFP package) then carries the defaults
+        inputs = spec["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
+        for name, value in defaults.items():
+            inputs[name]["defaultValue"] = value
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as handle:
+        json.dump(spec, handle, indent=2, sort_keys=True)
+    if kfp_package:
+        import yaml
+
+        os.makedirs(os.path.dirname(os.path.abspath(kfp_package)), exist_ok=True)
+        with open(kfp_package, "w") as handle:
+            yaml.safe_dump(spec["pipelineSpec"], handle, sort_keys=True)
+    return spec
 
 
 def main(argv: Optional[List[str]] = None) -> str:
@@ -124,7 +150,13 @@ def main(argv: Optional[List[str]] = None) -> str:
     parser.add_argument("--serving_dir", required=True,
                         help="where the Pusher writes unisar/<version> (the volume or bucket "
                              "TF Serving watches)")
-    parser.add_argument("--output", default="unisar_pipeline.json")
+    parser.add_argument("--output", default="unisar_pipeline.json",
+                        help="the pipeline job JSON (Vertex AI Pipelines' template)")
+    parser.add_argument("--kfp_package", default=None, metavar="PATH.yaml",
+                        help="also write the pipeline spec alone as YAML, the package "
+                             "kfp.Client().create_run_from_pipeline_package takes")
+    parser.add_argument("--spec_version", default=DEFAULT_SPEC_VERSION, choices=SPEC_VERSIONS,
+                        help="KFP pipeline spec schema version")
     parser.add_argument("--schema_dir", default=DEFAULT_SCHEMA_DIR,
                         help="local folder the schema files are written to (copied into "
                              "the image by the Dockerfile)")
@@ -137,6 +169,7 @@ def main(argv: Optional[List[str]] = None) -> str:
     compile_pipeline(args.output, args.image, args.pipeline_root, args.data_root, args.adapter,
                      args.serving_dir, args.beam_arg, args.pipeline_name,
                      schema_dir=args.schema_dir, image_schema_dir=args.image_schema_dir,
+                     spec_version=args.spec_version, kfp_package=args.kfp_package,
                      **options.pipeline_options(parser, args))
     print(f"pipeline spec: {os.path.abspath(args.output)} (image {args.image}; schema files "
           f"under {os.path.abspath(args.schema_dir)}: build the image after compiling)")
