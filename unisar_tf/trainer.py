@@ -375,6 +375,8 @@ class Trainer:
     def __init__(self, config: UniSARConfig, options: TrainerOptions):
         self.options = options
         say = print if options.verbose else (lambda *args, **kwargs: None)
+        if config.architecture == "sasrec":  # the plain baseline: item ids only
+            config = config.replace(use_side_features=False, use_cooccurrence=False)
         self.manifest = data.load_manifest(options.data_dir, options.transform_dir)
         self.data_identity = data.data_identity(options.data_dir, self.manifest)
         config = data.config_with_data_sizes(config, self.manifest)
