@@ -319,6 +319,7 @@ def test_a_last_blessed_model_of_the_id_format_is_refused_clearly(built, tmp_pat
     model = build_model(config.replace(**side.config_overrides()), side_features=side)
     export = export_serving_model(model, os.path.join(ids_dir, "vocab"), str(tmp_path / "old"),
                                   warmup=False)
-    assert score_last_blessed(export, ids_dir, "test", ["rec"])["rec"]["examples"] == 3
+    scores = score_last_blessed(export, ids_dir, "test", ["rec"])["rec"]  # per-list scores
+    assert scores.shape == (3, data.load_manifest(ids_dir)["shapes"]["eval_candidates"])
     with pytest.raises(RuntimeError, match="cannot read the examples.*fresh pipeline root"):
         score_last_blessed(export, raw_dir, "test", ["rec"])
