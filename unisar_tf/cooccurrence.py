@@ -50,19 +50,23 @@ def _empty_table(num_items: int) -> CooccurrenceTable:
     return table_from_counts(sp.csr_matrix((num_items, num_items)), num_items)
 
 
+def _training_splits(data_dir: str, manifest: dict, tasks) -> list:
+    """The history and candidate features of each task's training split that has examples."""
+    return [read_split(data_dir, "train", task, manifest,
+                       (HISTORY_TYPES, REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS,
+                        CANDIDATE_ITEMS))
+            for task in tasks_with_examples(manifest, "train", tasks)]
+
+
 def training_cooccurrence(data_dir: str, manifest: dict, num_items: int,
                           tasks=("rec", "search")) -> CooccurrenceTable:
     """The table of the training split's examples of `tasks` (ids as the model reads them);
     a task without training examples (a single-scenario log) adds nothing."""
-    histories, positives = [], []
-    tasks = tasks_with_examples(manifest, "train", tasks)
-    if not tasks:
+    splits = _training_splits(data_dir, manifest, tasks)
+    if not splits:
         return _empty_table(num_items)
-    for task in tasks:
-        train = read_split(data_dir, "train", task, manifest,
-                           (REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS, CANDIDATE_ITEMS))
-        histories.append(history_items(train))
-        positives.append(train[CANDIDATE_ITEMS][:, 0])
+    histories = [history_items(train) for train in splits]
+    positives = [train[CANDIDATE_ITEMS][:, 0] for train in splits]
     width = max(h.shape[1] for h in histories)
     histories = np.concatenate([np.pad(h, ((0, 0), (0, width - h.shape[1]))) for h in histories])
     return table_from_counts(item_cooccurrence(histories, np.concatenate(positives), num_items),
@@ -89,16 +93,11 @@ def last_history_items(features) -> np.ndarray:
 def training_transitions(data_dir: str, manifest: dict, num_items: int,
                          tasks=("rec", "search")) -> CooccurrenceTable:
     """Directed (last history item -> positive) counts of the training split's examples."""
-    lasts, positives = [], []
-    tasks = tasks_with_examples(manifest, "train", tasks)
-    if not tasks:
+    splits = _training_splits(data_dir, manifest, tasks)
+    if not splits:
         return _empty_table(num_items)
-    for task in tasks:
-        train = read_split(data_dir, "train", task, manifest,
-                           (HISTORY_TYPES, REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS,
-                            CANDIDATE_ITEMS))
-        lasts.append(last_history_items(train))
-        positives.append(train[CANDIDATE_ITEMS][:, 0])
+    lasts = [last_history_items(train) for train in splits]
+    positives = [train[CANDIDATE_ITEMS][:, 0] for train in splits]
     last, positive = np.concatenate(lasts), np.concatenate(positives)
     keep = last > 0
     counts = sp.csr_matrix((np.ones(int(keep.sum())), (last[keep], positive[keep])),
