@@ -62,7 +62,10 @@ def training_cooccurrence(data_dir: str, manifest: dict, num_items: int,
                           tasks=("rec", "search")) -> CooccurrenceTable:
     """The table of the training split's examples of `tasks` (ids as the model reads them);
     a task without training examples (a single-scenario log) adds nothing."""
-    splits = _training_splits(data_dir, manifest, tasks)
+    return _cooccurrence_of(_training_splits(data_dir, manifest, tasks), num_items)
+
+
+def _cooccurrence_of(splits: list, num_items: int) -> CooccurrenceTable:
     if not splits:
         return _empty_table(num_items)
     histories = [history_items(train) for train in splits]
@@ -93,7 +96,10 @@ def last_history_items(features) -> np.ndarray:
 def training_transitions(data_dir: str, manifest: dict, num_items: int,
                          tasks=("rec", "search")) -> CooccurrenceTable:
     """Directed (last history item -> positive) counts of the training split's examples."""
-    splits = _training_splits(data_dir, manifest, tasks)
+    return _transitions_of(_training_splits(data_dir, manifest, tasks), num_items)
+
+
+def _transitions_of(splits: list, num_items: int) -> CooccurrenceTable:
     if not splits:
         return _empty_table(num_items)
     lasts = [last_history_items(train) for train in splits]
@@ -104,3 +110,9 @@ def training_transitions(data_dir: str, manifest: dict, num_items: int,
                            shape=(num_items, num_items))
     counts.sum_duplicates()
     return table_from_counts(counts, num_items)
+
+
+def training_tables(data_dir: str, manifest: dict, num_items: int, tasks=("rec", "search")):
+    """(co-occurrence, transitions) tables from one read of the training split."""
+    splits = _training_splits(data_dir, manifest, tasks)
+    return _cooccurrence_of(splits, num_items), _transitions_of(splits, num_items)

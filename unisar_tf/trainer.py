@@ -46,7 +46,7 @@ from feature_specs import (CANDIDATE_ITEMS, NEGATIVE_POOL, REL_NEGATIVE_ITEMS,
                            REL_NEGATIVE_QUERY_TOKENS)
 from unisar_tf import data
 from unisar_tf.config import UniSARConfig
-from unisar_tf.cooccurrence import training_cooccurrence, training_transitions
+from unisar_tf.cooccurrence import training_tables
 from unisar_tf.metrics import ranking_metrics
 from unisar_tf.model import UniSARModel, build_model
 from unisar_tf.side_features import load_side_features
@@ -267,21 +267,22 @@ def uses_relevance_loss(config: UniSARConfig) -> bool:
             and config.use_relevance_loss and config.alpha_relevance > 0)
 
 
-def read_run_data(model_dir: str) -> Optional[dict]:
-    """model_dir/data.json (data.data_identity of the data it was trained on), or None."""
-    path = os.path.join(model_dir, DATA_FILE)
+def _read_run_json(model_dir: str, name: str) -> Optional[dict]:
+    """model_dir/name as JSON, or None when the run has not written it."""
+    path = os.path.join(model_dir, name)
     if not tf.io.gfile.exists(path):
         return None
     with tf.io.gfile.GFile(path) as handle:
         return json.load(handle)
+
+
+def read_run_data(model_dir: str) -> Optional[dict]:
+    """model_dir/data.json (data.data_identity of the data it was trained on), or None."""
+    return _read_run_json(model_dir, DATA_FILE)
 
 
 def _read_run_config(model_dir: str) -> Optional[dict]:
-    path = os.path.join(model_dir, CONFIG_FILE)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as handle:
-        return json.load(handle)
+    return _read_run_json(model_dir, CONFIG_FILE)
 
 
 # What the data sets in a config (data.config_with_data_sizes), by the manifest entry it is from.
@@ -394,10 +395,8 @@ class Trainer:
             config = config.replace(**self.side_features.config_overrides())
         table = transitions = None
         if config.use_cooccurrence:  # counted on the training split (unisar_tf.cooccurrence)
-            table = training_cooccurrence(options.data_dir, self.manifest, config.num_items,
-                                          config.tasks)
-            transitions = training_transitions(options.data_dir, self.manifest,
-                                               config.num_items, config.tasks)
+            table, transitions = training_tables(options.data_dir, self.manifest,
+                                                 config.num_items, config.tasks)
             config = config.replace(cooccurrence_pairs=table.num_pairs,
                                     transition_pairs=transitions.num_pairs)
         self.config = config
