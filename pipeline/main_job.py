@@ -60,6 +60,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         help="the default preset peaks after the first epoch on Beauty")
     parser.add_argument("--batch_size", type=int, default=1024,
                         help="rec examples per step (1,024, the preset's, gives 34 steps an epoch)")
+    parser.add_argument("--sasrec_epochs", type=int, default=10,
+                        help="epochs of the learned rec baseline (SASRecTrainer) the evaluator "
+                             "reports and gates against; 0: none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_cache", action="store_true", help="re-run every component")
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -81,7 +84,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     rows = local.run("unisar", args.pipeline_root, args.data_root, "amazon_beauty",
                      args.serving_dir, list(beam_job.DEFAULT_LOCAL_BEAM_ARGS),
                      os.path.join(args.pipeline_root, "metadata.sqlite"), build_options,
-                     enable_cache=not args.no_cache, train_config=train_config)
+                     enable_cache=not args.no_cache, train_config=train_config,
+                     sasrec_max_epochs=args.sasrec_epochs)
     print("\n" + local.format_report(rows))
     by_component = {row["component"]: row for row in rows}
 

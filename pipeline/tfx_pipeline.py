@@ -9,8 +9,10 @@ bless -> push.
       │ transform_graph: user / item / word vocabularies, analyzed on the training splits
       ▼
     Trainer (pipeline.trainer_module.run_fn) ─> RankingEvaluator ─> Pusher (if blessed)
-    LatestBlessedModelResolver ────────────────┘ (the last blessed model, to beat; the gate:
-    unisar_tf/gate.py, each task against random, every baseline and the last blessed model)
+    SASRecTrainer (same run_fn, the SASRec recipe) ┤ (the learned rec baseline)
+    LatestBlessedModelResolver ────────────────────┘ (the last blessed model, to beat; the
+    gate: unisar_tf/gate.py, each task against random, every baseline and the last blessed
+    model)
 
 SequenceExampleGen writes raw-id examples (`id_format="raw"`): Transform owns the id
 mapping. It runs with materialize=False: the Trainer and the evaluator apply the transform
@@ -30,6 +32,7 @@ from tfx import v1 as tfx
 
 from feature_specs import ID_FORMAT_RAW
 from unisar_tf.export import MODEL_NAME
+from unisar_tf.learned_baseline import SASREC
 
 from pipeline import beam_job, build_examples, trainer_module
 from pipeline.components import run_parameters as run_parameters_components
@@ -85,6 +88,29 @@ def validators(statistics: tfx.dsl.Channel, schema_files: Dict[str, str]) -> Dic
     return nodes
 
 
+def sasrec_trainer(example_gen, transform, train_config: Optional[Dict[str, Any]],
+                   max_epochs: Optional[int]) -> Optional[tfx.components.Trainer]:
+    """A second Trainer ("SASRecTrainer") for the learned rec baseline: the same module
+    file with custom_config learned_baseline="SASRec", the model's preset, seed and caps
+    (not its config_overrides: SASRec has its own recipe), `max_epochs` epochs (None: the
+    model's). None when max_epochs is 0."""
+    train_config = dict(train_config or {})
+    if max_epochs is None:
+        max_epochs = train_config.get("max_epochs", 100)
+    if int(max_epochs) <= 0:
+        return None
+    custom = {key: train_config[key] for key in ("preset", "seed", "steps_per_epoch",
+                                                 "validation_rows") if key in train_config}
+    custom.update(learned_baseline=SASREC, max_epochs=int(max_epochs))
+    return tfx.components.Trainer(
+        run_fn="pipeline.trainer_module.run_fn",
+        examples=example_gen.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        train_args=tfx.proto.TrainArgs(splits=list(trainer_module.TRAIN_SPLITS)),
+        eval_args=tfx.proto.EvalArgs(splits=list(trainer_module.EVAL_SPLITS)),
+        custom_config=custom).with_id("SASRecTrainer")
+
+
 def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
                     serving_dir: str, beam_pipeline_args: Sequence[str],
                     metadata_connection_config=None,
@@ -94,7 +120,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
                     train_config: Optional[Dict[str, Any]] = None,
                     min_improvement: float = 0.0,
                     gate_options: Optional[Dict[str, Any]] = None,
-                    run_parameters: Optional[Dict[str, Any]] = None) -> tfx.dsl.Pipeline:
+                    run_parameters: Optional[Dict[str, Any]] = None,
+                    sasrec_max_epochs: Optional[int] = None) -> tfx.dsl.Pipeline:
     """The pipeline for the raw data of `adapter` at `data_root` (see SequenceExampleGen).
 
     build_options: build_examples flags by name, e.g. {"max_users": 200, "seed": 1}.
@@ -114,6 +141,9 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
     Kubeflow runner's pipeline parameters); given, the Trainer and Pusher are the ones of
     pipeline/components/run_parameters.py, which take them as their own parameters.
     data_root may be a RuntimeParameter too.
+    sasrec_max_epochs: the epoch budget of SASRecTrainer, which trains the learned rec
+    baseline (unisar_tf.learned_baseline) that RankingEvaluator reports and gates against;
+    None: train_config's max_epochs; 0: no SASRecTrainer.
     """
     build_options = pipeline_build_options(build_options)
     blessing_gate = evaluator_gate_options(min_improvement, gate_options)
@@ -168,6 +198,10 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
         eval_args=tfx.proto.EvalArgs(splits=list(trainer_module.EVAL_SPLITS)),
         custom_config=dict(train_config or {}))
     trainer.add_upstream_node(gate)
+    learned_baseline = sasrec_trainer(example_gen, transform, train_config, sasrec_max_epochs)
+    if learned_baseline is not None:
+        learned_baseline.add_upstream_node(gate)
+        components.append(learned_baseline)
     last_blessed = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -177,6 +211,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
                                  transform_graph=transform.outputs["transform_graph"],
                                  model=trainer.outputs["model"],
                                  baseline_model=last_blessed.outputs["model"],
+                                 learned_baseline=(learned_baseline.outputs["model"]
+                                                   if learned_baseline is not None else None),
                                  **blessing_gate)
     pusher = pusher_class(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],

@@ -19,6 +19,9 @@ custom_config (all optional):
     steps_per_epoch    cap on training steps per epoch (small budgets, tests)
     validation_rows    cap on validation examples per task
     seed               default 0
+    learned_baseline   "SASRec": train the learned rec baseline instead (its recipe on top of
+                       `preset`: unisar_tf.learned_baseline); the pipeline's SASRecTrainer
+                       sets it, and RankingEvaluator scores its export next to the model
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ def examples_root(fn_args) -> str:
 def run_fn(fn_args) -> None:
     from unisar_tf.config import preset
     from unisar_tf.export import export_serving_model
+    from unisar_tf.learned_baseline import SASREC, sasrec_config
     from unisar_tf.trainer import Trainer, TrainerOptions, load_trained_model
 
     custom: Dict[str, Any] = dict(fn_args.custom_config or {})
@@ -51,7 +55,14 @@ def run_fn(fn_args) -> None:
     # custom_config travels as JSON: tuple fields (tower_units, ...) arrive as lists.
     overrides = {name: tuple(value) if isinstance(value, list) else value
                  for name, value in custom.get("config_overrides", {}).items()}
-    config = preset(custom.get("preset", "default"), seed=seed, **overrides)
+    learned_baseline = custom.get("learned_baseline")
+    if learned_baseline not in (None, SASREC):
+        raise ValueError(f"custom_config learned_baseline must be {SASREC!r} or absent, "
+                         f"got {learned_baseline!r}")
+    if learned_baseline:
+        config = sasrec_config(custom.get("preset", "default"), seed).replace(**overrides)
+    else:
+        config = preset(custom.get("preset", "default"), seed=seed, **overrides)
     transform_dir = getattr(fn_args, "transform_output", None) or None
     options = TrainerOptions(data_dir=data_dir, model_dir=fn_args.model_run_dir,
                              transform_dir=transform_dir,

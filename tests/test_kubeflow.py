@@ -145,6 +145,9 @@ def test_run_to_run_values_are_pipeline_parameters_with_the_options_as_defaults(
     assert _constant(trainer["custom_config"]) == {
         "preset": "paper", "max_epochs": 3, "steps_per_epoch": 5,
         "config_overrides": {"batch_size": 64, "embedding_dim": 16}}
+    # The learned baseline's Trainer: the preset, seed and caps, its own recipe and budget.
+    assert _constant(_parameters(pipeline_spec, "SASRecTrainer")["custom_config"]) == {
+        "preset": "paper", "max_epochs": 3, "steps_per_epoch": 5, "learned_baseline": "SASRec"}
     example_gen = _parameters(pipeline_spec, "SequenceExampleGen")
     assert _constant(example_gen["build_options"]) == {"seed": 2, "max_users": 7,
                                                        "id_format": "raw"}
@@ -299,3 +302,16 @@ def test_relative_path_build_options_are_refused(tmp_path):
                                   "gs://bucket/raw", "amazon", "gs://bucket/serving", [],
                                   build_options={"sequences": "seq.txt"},
                                   schema_dir=str(tmp_path / "schemas"))
+
+
+def test_sasrec_trainer_takes_its_own_budget_and_zero_leaves_it_out(tmp_path):
+    _, pipeline_spec = _compile(tmp_path, "--max_epochs", "3", "--sasrec_max_epochs", "7")
+    assert _constant(_parameters(pipeline_spec, "SASRecTrainer")["custom_config"])[
+        "max_epochs"] == 7
+    evaluator_inputs = pipeline_spec["root"]["dag"]["tasks"]["RankingEvaluator"]["inputs"]
+    assert evaluator_inputs["artifacts"]["learned_baseline"]["taskOutputArtifact"] == {
+        "producerTask": "SASRecTrainer", "outputArtifactKey": "model"}
+    _, pipeline_spec = _compile(tmp_path, "--sasrec_max_epochs", "0")
+    tasks = pipeline_spec["root"]["dag"]["tasks"]
+    assert "SASRecTrainer" not in tasks and "Trainer" in tasks
+    assert "learned_baseline" not in tasks["RankingEvaluator"]["inputs"].get("artifacts", {})

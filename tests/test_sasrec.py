@@ -303,3 +303,27 @@ def test_cli_rejects_sasrec_with_the_search_task(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error: architecture 'sasrec' is a rec-only model" in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ([], True),
+    (["--sasrec_baseline", "false"], False),
+    (["--skip_test"], False),  # no report to put it in
+    (["--architecture", "sasrec"], False),  # the run is SASRec itself
+    (["--tasks", "search"], False),  # SASRec scores rec only
+])
+def test_sasrec_baseline_is_trained_beside_unisar_runs_with_rec_and_a_report(flags, expected):
+    from unisar_tf import train
+
+    args = train.build_parser().parse_args(["--data_dir", "d", "--model_dir", "m"] + flags)
+    assert train.wants_sasrec_baseline(args, train.config_from_args(args)) is expected
+
+
+def test_learned_baseline_recipe_is_the_ablation_tables_on_the_same_preset():
+    from unisar_tf.config import BASELINES, preset
+    from unisar_tf.learned_baseline import sasrec_config
+
+    for name in ("default", "paper"):
+        config = sasrec_config(name, seed=3)
+        assert config == preset(name, seed=3, **BASELINES["SASRec"])
+        assert config.architecture == "sasrec" and config.tasks == ("rec",)

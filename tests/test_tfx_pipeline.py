@@ -41,7 +41,7 @@ EXAMPLES = {"train_rec": 1, "train_search": 1, "valid_rec": 2, "valid_search": 2
 COMPONENTS = ["SequenceExampleGen", "ImportSchemaGen", "ImportSchemaGenRec",
               "ImportSchemaGenSearch", "StatisticsGen", "ExampleValidatorRec",
               "ExampleValidatorSearch", "AnomalyGate", "ImportSchemaGenTransform", "Transform",
-              "Trainer", "LatestBlessedModelResolver",
+              "Trainer", "SASRecTrainer", "LatestBlessedModelResolver",
               "RankingEvaluator", "Pusher"]
 # A small model and one short epoch: the fixture has a handful of examples.
 TRAIN_CONFIG = {"max_epochs": 1, "steps_per_epoch": 2, "config_overrides": {
@@ -229,6 +229,14 @@ def test_blessed_model_is_pushed_loads_and_scores(good_run):
                                  if task in per_task}
     assert all(row["passed"] and row["lists"] == EXAMPLES[f"test_{row['task']}"]
                and row["lower_bound"] is None for row in gate_rows)  # noise test off
+    # The learned baseline (SASRecTrainer's SASRec) is scored on rec only, and gated against.
+    assert set(report["baselines"]["SASRec"]) == {"rec"}
+    assert report["baselines"]["SASRec"]["rec"]["examples"] == EXAMPLES["test_rec"]
+    assert "SASRec" in [row["comparator"] for row in gate_rows if row["task"] == "rec"]
+    [sasrec_model] = by_component["SASRecTrainer"]["outputs"]["model"]
+    assert by_component["RankingEvaluator"]["inputs"]["learned_baseline"] == [sasrec_model]
+    sasrec = tf.saved_model.load(os.path.join(sasrec_model, "Format-Serving"))
+    assert set(sasrec.signatures) == {"recommend", "serving_default"}
     assert report["gate"]["settings"] == {"min_improvement": -1.0,
                                           "min_relative_improvement": 0.0, "confidence": 0.0,
                                           "bootstrap_samples": 1000, "seed": 0}

@@ -551,6 +551,8 @@ def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(built, c
     table = [line for line in lines if line.startswith("|")]
     assert lines[-2 - len(table):-2] == table  # the table comes right before the path
     assert table[2].startswith("| unisar | rec |") and table[3].startswith("| unisar | search |")
+    # The learned baseline, trained beside the run by the same Trainer: rec only.
+    assert table[4].startswith("| SASRec | rec |") and "| SASRec | search |" not in table
     assert any(line.startswith("epoch 1: ") for line in lines)  # --quiet: a line per epoch
     assert any(line.startswith("best validation epoch 1 of 1") for line in lines)
     assert [line["epoch"] for line in history(cli_run.model_dir)] == [1]
@@ -563,6 +565,26 @@ def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(built, c
     cells = table[2].split("|")[3:8]
     assert [float(c) for c in cells] == [round(written["unisar"]["rec"][k], 4)
                                         for k in ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")]
+    assert set(written["SASRec"]) == {"rec"}
+    assert written["SASRec"]["rec"]["examples"] == written["unisar"]["rec"]["examples"]
+
+
+def test_cli_trains_the_sasrec_baseline_as_its_own_run_beside_the_model(built, cli_run):
+    from unisar_tf.learned_baseline import sasrec_metrics, sasrec_run_dir
+
+    out, _ = built
+    assert cli_run.returncode == 0, cli_run.stderr[-3000:]
+    run_dir = sasrec_run_dir(cli_run.model_dir)
+    assert run_dir == os.path.join(cli_run.model_dir, "baselines", "SASRec")
+    with open(os.path.join(run_dir, "config.json")) as handle:
+        sasrec_config = json.load(handle)
+    assert sasrec_config["architecture"] == "sasrec" and sasrec_config["tasks"] == ["rec"]
+    assert [line["epoch"] for line in history(run_dir)] == [1]  # the run's --max_epochs
+    assert "SASRec: best validation epoch 1 of 1" in cli_run.stdout
+    with open(os.path.join(cli_run.model_dir, "eval", "test_metrics.json")) as handle:
+        written = json.load(handle)
+    assert sasrec_metrics(cli_run.model_dir, out, "test") == written["SASRec"]
+    assert sasrec_metrics(run_dir, out, "test") is None  # no baseline beside the baseline
 
 
 def test_evaluate_best_gives_the_same_numbers_in_another_process(built, cli_run):

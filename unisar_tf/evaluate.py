@@ -87,21 +87,28 @@ def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
 
     Report: {"split", "data_dir", "best_epoch", "validation_score", "model": name,
     name: {task: metrics}, "popularity": ..., "random": ...}; name is "unisar", or "SASRec"
-    for a run of architecture "sasrec".
+    for a run of architecture "sasrec". A UniSAR run with a SASRec run beside it
+    (unisar_tf.learned_baseline) also gets "SASRec": {"rec": metrics}.
     """
+    from unisar_tf.learned_baseline import SASREC, sasrec_metrics
     from unisar_tf.trainer import (evaluate_model, load_trained_model, read_best,
                                    run_transform_dir)
 
     manifest = data.load_manifest(data_dir, run_transform_dir(model_dir))
     model = load_trained_model(model_dir, data_dir)
     best = read_best(model_dir)
-    name = "SASRec" if model.config.architecture == "sasrec" else "unisar"
+    name = SASREC if model.config.architecture == "sasrec" else "unisar"
     report = {"split": split, "data_dir": data_dir, "model_dir": model_dir,
               "best_epoch": best["epoch"], "validation_score": best["validation_score"],
               "negatives_per_example": manifest["shapes"]["eval_candidates"] - 1,
               "model": name,
               name: evaluate_model(model, data_dir, split, manifest,
                                    batch_size or model.config.eval_batch_size)}
+    if with_baselines and name != SASREC:
+        # The learned baseline trained beside this run (unisar_tf.learned_baseline), if any.
+        sasrec = sasrec_metrics(model_dir, data_dir, split, batch_size)
+        if sasrec is not None:
+            report[SASREC] = sasrec
     if with_baselines:
         report.update(baseline_metrics(data_dir, split, manifest, model.config.num_items,
                                        model.config.tasks))

@@ -5,7 +5,9 @@
     python -m unisar_tf.train ... --architecture sasrec --embedding_dim 50 --num_layers 2
 
 `--architecture sasrec` trains the SASRec baseline (unisar_tf.sasrec) on the rec task
-(`--tasks` defaults to rec for it).
+(`--tasks` defaults to rec for it). A UniSAR run with the rec task also trains SASRec beside
+it (model_dir/baselines/SASRec, unisar_tf.learned_baseline), so that the test report has the
+learned baseline next to the non-learned ones; `--sasrec_baseline false` skips it.
 
 Every UniSARConfig field is a flag (`--tower_units 128,64`, booleans as true/false) except
 the vocabulary sizes and sequence shapes, which come from the data's manifest. Re-running
@@ -97,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw training negatives from the data's pool every epoch")
     parser.add_argument("--skip_test", action="store_true",
                         help="do not score the test split after training")
+    parser.add_argument("--sasrec_baseline", type=_parse_bool, default=True,
+                        help="also train the SASRec baseline (model_dir/baselines/SASRec) for "
+                             "the test report; only for a UniSAR run with the rec task")
+    parser.add_argument("--sasrec_max_epochs", type=int, default=None,
+                        help="the SASRec baseline's epoch budget (default: --max_epochs)")
     parser.add_argument("--inter_op_threads", type=int, default=0,
                         help="TF inter-op threads (0: TF's default); on 2 CPU cores, 2 inter x "
                              "1 intra ran 1.24x faster (docs/benchmarks.md)")
@@ -109,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one line per epoch, no progress bar")
     add_config_flags(parser)
     return parser
+
+
+def wants_sasrec_baseline(args: argparse.Namespace, config: UniSARConfig) -> bool:
+    """SASRec is trained beside a UniSAR run that has the rec task and a test report."""
+    return (args.sasrec_baseline and not args.skip_test and config.architecture != "sasrec"
+            and "rec" in config.tasks)
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -135,6 +148,15 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
           f"(mean NDCG@5 {summary['validation_score']:.4f})"
           + ("; stopped early" if summary["stopped_early"] else ""), flush=True)
     result: Dict[str, Any] = {"training": summary}
+    if wants_sasrec_baseline(args, config):
+        from unisar_tf.learned_baseline import train_sasrec
+
+        print("training the SASRec baseline for the report", flush=True)
+        sasrec = train_sasrec(options, args.preset, args.sasrec_max_epochs)
+        if sasrec is not None:
+            print(f"SASRec: best validation epoch {sasrec['epoch']} of {sasrec['epochs_run']} "
+                  f"(NDCG@5 {sasrec['validation_score']:.4f})", flush=True)
+            result["sasrec_training"] = sasrec
     if not args.skip_test:
         report = evaluate_best(args.model_dir, args.data_dir, "test")
         print(report_markdown(report))

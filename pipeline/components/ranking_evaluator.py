@@ -10,8 +10,10 @@ artifact the Pusher pushes (unisar_tf.evaluate.saved_model_scores).
 
 Blessing rule (unisar_tf/gate.py): the candidate's per-list NDCG@10 is compared, list by
 list on the same test lists, with random ranking (its exact expectation), every non-learned
-baseline (popularity, ItemKNN, query match: unisar_tf.baselines) and, when given
-(`baseline_model`, from a LatestBlessedModelStrategy resolver), the last blessed model. It is
+baseline (popularity, ItemKNN, query match: unisar_tf.baselines), on rec the learned
+baseline when given (`learned_baseline`: SASRecTrainer's SASRec, unisar_tf.learned_baseline)
+and, when given (`baseline_model`, from a LatestBlessedModelStrategy resolver), the last
+blessed model. It is
 blessed only if, on EACH task separately and against EACH of them, the one-sided lower
 `confidence` bound of the mean difference (seeded paired bootstrap) is above 0 and the mean
 difference is above `min_improvement` (absolute) and above `min_relative_improvement` times
@@ -123,6 +125,7 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
         evaluation: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelEvaluation],
         blessing: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelBlessing],
         baseline_model: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
+        learned_baseline: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
         transform_graph: tfx.dsl.components.InputArtifact[
             standard_artifacts.TransformGraph] = None,
         split: tfx.dsl.components.Parameter[str] = "test",
@@ -135,6 +138,8 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
     """Scores `model` on the test lists, compares with the baselines, writes the blessing.
 
     transform_graph: the Transform output the examples' raw ids go through (the pipeline's).
+    learned_baseline: SASRecTrainer's model (the learned rec baseline), scored through its
+    export like the model and compared with it on the rec task.
     min_improvement / min_relative_improvement: the absolute / relative NDCG@10 change the
     model must exceed against every comparator on every task (TFX's change thresholds);
     confidence: of the one-sided bootstrap lower bound that must be above 0 (0 turns that
@@ -146,6 +151,7 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
     from unisar_tf.baselines import BASELINE_ORDER
     from unisar_tf.demo import random_ranking_metrics
     from unisar_tf.evaluate import saved_model_scores
+    from unisar_tf.learned_baseline import SASREC
 
     data_dir = examples.uri
     transform_dir = transform_graph.uri if transform_graph else None
@@ -161,6 +167,9 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
                                               manifest["vocab_sizes"]["items"] + 1, tasks,
                                               transform_dir=transform_dir)
     comparators = dict(baseline_scores)
+    if learned_baseline is not None and "rec" in tasks:
+        comparators[SASREC] = saved_model_scores(
+            path_utils.serving_model_path(learned_baseline.uri), data_dir, split, ["rec"])
     # A re-run whose Trainer was cached: the resolver returns this very model.
     same_model = baseline_model is not None and baseline_model.id == model.id
     if baseline_model is not None and not same_model:
@@ -177,6 +186,8 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
 
     candidate = metrics_of(candidate_scores)
     baselines = {name: metrics_of(per_task) for name, per_task in baseline_scores.items()}
+    if SASREC in comparators:
+        baselines[SASREC] = metrics_of(comparators[SASREC])
     baselines[gate.RANDOM] = {task: dict(random_ranking_metrics(width),
                                          examples=candidate[task]["examples"])
                               for task in tasks}

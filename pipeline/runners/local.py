@@ -37,10 +37,12 @@ def run(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
         serving_dir: str, beam_pipeline_args: Sequence[str], metadata_path: str,
         build_options: Optional[dict] = None, enable_cache: bool = True,
         train_config: Optional[dict] = None, min_improvement: float = 0.0,
-        gate_options: Optional[dict] = None) -> List[dict]:
+        gate_options: Optional[dict] = None,
+        sasrec_max_epochs: Optional[int] = None) -> List[dict]:
     """Runs the pipeline; returns `executions_since` for this run (one dict per component).
     A failing component raises (e.g. AnomalyGate's AnomaliesFound). min_improvement and
-    gate_options: the evaluator's blessing gate (create_pipeline)."""
+    gate_options: the evaluator's blessing gate; sasrec_max_epochs: the learned baseline's
+    budget (create_pipeline)."""
     from tfx import v1 as tfx
 
     from pipeline.tfx_pipeline import create_pipeline
@@ -51,7 +53,7 @@ def run(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
         adapter=adapter, serving_dir=serving_dir, beam_pipeline_args=list(beam_pipeline_args),
         metadata_connection_config=config, build_options=build_options,
         enable_cache=enable_cache, train_config=train_config, min_improvement=min_improvement,
-        gate_options=gate_options)
+        gate_options=gate_options, sasrec_max_epochs=sasrec_max_epochs)
     started_ms = int(time.time() * 1000)
     tfx.orchestration.LocalDagRunner().run(pipeline)
     return executions_since(config, pipeline_name, started_ms)

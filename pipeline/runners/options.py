@@ -40,6 +40,10 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--train_option", action="append", default=[],
                           metavar="FIELD=VALUE", help="a UniSARConfig field, repeatable, "
                           "e.g. batch_size=256")
+    training.add_argument("--sasrec_max_epochs", type=int, default=None,
+                          help="epochs of SASRecTrainer, the learned rec baseline the "
+                          "evaluator reports and gates against (default: --max_epochs; 0: "
+                          "no SASRecTrainer)")
     blessing = parser.add_argument_group("blessing gate (unisar_tf/gate.py, docs/pipeline.md)")
     blessing.add_argument("--min_improvement", type=float, default=0.0,
                           help="NDCG@10 difference the model must exceed against random, every "
@@ -67,7 +71,8 @@ def assignments(parser: argparse.ArgumentParser, items: Sequence[str],
 
 def pipeline_options(parser: argparse.ArgumentParser,
                      args: argparse.Namespace) -> Dict[str, Any]:
-    """create_pipeline's build_options, train_config, min_improvement and gate_options from
+    """create_pipeline's build_options, train_config, sasrec_max_epochs, min_improvement and
+    gate_options from
     the options add_pipeline_options defined."""
     build_options = assignments(parser, args.build_option, "--build_option")
     if args.max_users:
@@ -80,6 +85,7 @@ def pipeline_options(parser: argparse.ArgumentParser,
     if args.validation_rows:
         train_config["validation_rows"] = args.validation_rows
     return {"build_options": build_options, "train_config": train_config,
+            "sasrec_max_epochs": args.sasrec_max_epochs,
             "min_improvement": args.min_improvement,
             "gate_options": {"min_relative_improvement": args.min_relative_improvement,
                              "confidence": args.confidence,

@@ -1,0 +1,73 @@
+"""The learned baseline of every report: SASRec, trained by the same Trainer on the same data.
+
+A UniSAR result means something only next to a learned single-task sequential recommender
+(issue 14). This module trains one beside a UniSAR run and scores it on the same lists:
+
+    train_sasrec(options, preset_name="default")         # <model_dir>/baselines/SASRec
+    sasrec_metrics(model_dir, data_dir, "test")          # {"rec": metrics} or None
+
+The SASRec run is an ordinary run directory (checkpoints, best/, history.jsonl), so it
+resumes like any run, and `unisar_tf.evaluate.evaluate_best` adds its row to the report when
+it exists. Its recipe is `config.BASELINES["SASRec"]` on top of the same preset as the model
+it is compared with (the ablation table uses the same recipe). SASRec scores rec only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Dict, Optional
+
+import tensorflow as tf
+
+from unisar_tf import data
+from unisar_tf.config import BASELINES, preset
+from unisar_tf.trainer import (BEST_FILE, Trainer, TrainerOptions, evaluate_model,
+                               load_trained_model, run_transform_dir)
+
+SASREC = "SASRec"
+BASELINES_DIR = "baselines"
+
+
+def sasrec_config(preset_name: str = "default", seed: int = 0):
+    """The SASRec recipe on top of `preset_name` (architecture "sasrec", tasks ("rec",))."""
+    return preset(preset_name, seed=seed, **BASELINES[SASREC])
+
+
+def sasrec_run_dir(model_dir: str) -> str:
+    """Where the SASRec run of a UniSAR run directory lives."""
+    return os.path.join(model_dir, BASELINES_DIR, SASREC)
+
+
+def has_rec_training(data_dir: str, transform_dir: Optional[str] = None) -> bool:
+    """True when the data has rec training examples (SASRec has nothing to learn otherwise)."""
+    manifest = data.load_manifest(data_dir, transform_dir)
+    return bool(manifest["examples"]["train"].get("rec"))
+
+
+def train_sasrec(options: TrainerOptions, preset_name: str = "default",
+                 max_epochs: Optional[int] = None) -> Optional[dict]:
+    """Trains SASRec with the UniSAR run's TrainerOptions into sasrec_run_dir(model_dir).
+
+    options: the UniSAR run's options (data, seed, caps and verbosity are
+    shared); max_epochs: SASRec's own budget (default: the run's). Returns the best epoch's
+    summary (`Trainer.fit`), or None for data without rec training examples.
+    """
+    if not has_rec_training(options.data_dir, options.transform_dir):
+        return None
+    sasrec_options = dataclasses.replace(
+        options, model_dir=sasrec_run_dir(options.model_dir),
+        max_epochs=options.max_epochs if max_epochs is None else int(max_epochs))
+    return Trainer(sasrec_config(preset_name, options.seed), sasrec_options).fit()
+
+
+def sasrec_metrics(model_dir: str, data_dir: str, split: str = "test",
+                   batch_size: Optional[int] = None) -> Optional[Dict[str, dict]]:
+    """{"rec": metrics with "examples"} of the best SASRec checkpoint beside model_dir on
+    `split`, or None when model_dir has no finished SASRec run."""
+    run_dir = sasrec_run_dir(model_dir)
+    if not tf.io.gfile.exists(os.path.join(run_dir, BEST_FILE)):
+        return None
+    model = load_trained_model(run_dir, data_dir)
+    manifest = data.load_manifest(data_dir, run_transform_dir(run_dir))
+    return evaluate_model(model, data_dir, split, manifest,
+                          batch_size or model.config.eval_batch_size)
