@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run demo test lock param-count clean
+.PHONY: install run demo test test-fast lock param-count clean
 
 install: $(INSTALLED)
 
@@ -28,14 +28,18 @@ run: $(INSTALLED)
 
 # The synthetic-data demo (planted structure; shows the model learning transitions).
 demo: $(INSTALLED)
-	$(PY) -m unisar_tf.demo
+	$(PY) -m unisar_tf.tools.demo
 
 test: $(INSTALLED)
 	$(PY) -m pytest tests -q
 
+# The quick loop: everything not marked slow (CI runs `make test`, all of it).
+test-fast: $(INSTALLED)
+	$(PY) -m pytest tests -q -m "not slow"
+
 # Parameter count of the Amazon preset at the Kindle vocabulary sizes of the paper.
 param-count: $(INSTALLED)
-	$(PY) -m unisar_tf.param_count --preset amazon --num-items 61935 --num-words 1866 --num-users 68223
+	$(PY) -m unisar_tf.tools.param_count --preset amazon --num-items 61935 --num-words 1866 --num-users 68223
 
 # Re-resolve the pinned stack after editing requirements.in.
 lock:

@@ -24,8 +24,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "unisar-demo=unisar_tf.demo:main",
-            "unisar-param-count=unisar_tf.param_count:main",
+            "unisar-demo=unisar_tf.tools.demo:main",
+            "unisar-param-count=unisar_tf.tools.param_count:main",
             "unisar-score=serving.client:main",
             "unisar-stand-in=serving.server:main",
         ],

@@ -47,44 +47,17 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from feature_specs import event_schema as es
 from feature_specs import example_schema as fs
 from feature_specs import tfmd_schema
+from feature_specs.layout import (  # noqa: F401 (the job's callers read them here too)
+    EXAMPLE_FILE_SUFFIX, ITEM_CLICKS_FILE, LAYOUT_JOB, LAYOUT_TFX, LAYOUTS, MANIFEST_FILE,
+    SIDE_FEATURES_DIR, VOCAB_DIR, VOCAB_FILES, example_pattern, example_prefix, tfx_split_name)
 from pipeline import ordered_write
 from pipeline import sequence_builder as sb
 from pipeline.adapters import common
 
 LOG = logging.getLogger(__name__)
-EXAMPLE_FILE_SUFFIX = ".tfrecord.gz"
 STATS_FILE = "_stats.json"
-MANIFEST_FILE = "manifest.json"
 DEFAULT_LOCAL_BEAM_ARGS = ("--runner=DirectRunner", "--direct_num_workers=2",
                            "--direct_running_mode=multi_processing")
-
-
-# Where the examples of one split and scenario go: "job" = <split>/<scenario>-*.tfrecord.gz
-# (the default), "tfx" = Split-<split>_<scenario>/data-*.tfrecord.gz, the layout of a TFX
-# Examples artifact whose split names are tfx_split_name(split, scenario).
-LAYOUT_JOB = "job"
-LAYOUT_TFX = "tfx"
-LAYOUTS = (LAYOUT_JOB, LAYOUT_TFX)
-
-
-def tfx_split_name(split: str, scenario: str) -> str:
-    """("train", "rec") -> "train_rec": one TFX split per split and scenario."""
-    return f"{split}_{scenario}"
-
-
-def example_prefix(output_dir: str, split: str, scenario: str,
-                   layout: str = LAYOUT_JOB) -> str:
-    """Path prefix of the example shards (WriteToTFRecord adds -SSSSS-of-NNNNN + suffix)."""
-    if layout == LAYOUT_TFX:
-        return os.path.join(output_dir, f"Split-{tfx_split_name(split, scenario)}", "data")
-    if layout != LAYOUT_JOB:
-        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
-    return os.path.join(output_dir, split, scenario)
-
-
-def example_pattern(output_dir: str, split: str, scenario: str,
-                    layout: str = LAYOUT_JOB) -> str:
-    return f"{example_prefix(output_dir, split, scenario, layout)}-*{EXAMPLE_FILE_SUFFIX}"
 
 
 # --- vocabularies -----------------------------------------------------------------------------
@@ -140,7 +113,7 @@ def _make_vocabularies(counted: collections.Counter) -> sb.Vocabularies:
 
 class WriteVocabularies(beam.DoFn):
     def __init__(self, output_dir: str):
-        self._dir = os.path.join(output_dir, "vocab")
+        self._dir = os.path.join(output_dir, VOCAB_DIR)
 
     def process(self, vocab: sb.Vocabularies):
         for name, mapping in (("users", vocab.users), ("items", vocab.items),
@@ -150,13 +123,13 @@ class WriteVocabularies(beam.DoFn):
             # would shift every later line's id, so it stops the job instead.
             unsafe = [raw for raw in ordered if es.unsafe_id_character(raw) is not None]
             if unsafe:
-                raise ValueError(f"vocab/{name}.txt: {len(unsafe)} id(s) cannot be written "
+                raise ValueError(f"{VOCAB_DIR}/{VOCAB_FILES[name]}: {len(unsafe)} id(s) cannot be written "
                                  f"one per line, e.g. {unsafe[0]!r}")
-            with FileSystems.create(os.path.join(self._dir, f"{name}.txt")) as handle:
+            with FileSystems.create(os.path.join(self._dir, VOCAB_FILES[name])) as handle:
                 handle.write("".join(f"{raw}\n" for raw in ordered).encode("utf-8"))
             yield (f"vocab_{name}", len(ordered))
         ordered_items = sorted(vocab.items, key=vocab.items.get)
-        with FileSystems.create(os.path.join(self._dir, "item_clicks.tsv")) as handle:
+        with FileSystems.create(os.path.join(self._dir, ITEM_CLICKS_FILE)) as handle:
             lines = ["item_id\tid\tclicks\n"] + [
                 f"{raw}\t{vocab.items[raw]}\t{vocab.item_clicks[vocab.items[raw]]}\n"
                 for raw in ordered_items]
@@ -314,7 +287,7 @@ def build_pipeline(pipeline: beam.Pipeline, adapter_output: common.AdapterOutput
                                                                            main="rows")
         stats.append(mapped[common.STATS])
         (mapped.rows | f"WriteSide_{kind}" >> beam.io.WriteToText(
-            os.path.join(output_dir, "side_features", f"{kind}s"), file_name_suffix=".jsonl"))
+            os.path.join(output_dir, SIDE_FEATURES_DIR, f"{kind}s"), file_name_suffix=".jsonl"))
 
     (tuple(stats) | "AllStats" >> beam.Flatten()
      | "SumStats" >> beam.CombinePerKey(sum)
@@ -434,8 +407,8 @@ def output_files(root: str) -> List[str]:
     patterns = [example_pattern(root, split, scenario, layout) for layout in LAYOUTS
                 for split in sb.SPLITS for scenario in es.SCENARIOS]
     patterns += [os.path.join(root, "rejected", "rejected-*.jsonl"),
-                 os.path.join(root, "side_features", "*.jsonl"),
-                 os.path.join(root, "vocab", "*"),
+                 os.path.join(root, SIDE_FEATURES_DIR, "*.jsonl"),
+                 os.path.join(root, VOCAB_DIR, "*"),
                  os.path.join(root, STATS_FILE), os.path.join(root, "schema.pbtxt"),
                  os.path.join(root, MANIFEST_FILE)]
     found = {m.path for result in FileSystems.match(patterns) for m in result.metadata_list}

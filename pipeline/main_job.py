@@ -7,7 +7,7 @@
    StatisticsGen -> schema import and validation -> AnomalyGate -> Trainer (the project's
    trainer, the default preset, `--epochs` epochs) -> RankingEvaluator (test HR/NDCG
    on 1 + 99 lists; blessed only if on each task it beats random, every baseline and the last
-   blessed model beyond the noise, unisar_tf/gate.py) -> Pusher
+   blessed model beyond the noise, unisar_tf/train/gate.py) -> Pusher
    (`<serving_dir>/unisar/<version>`, only if blessed).
 2. Prints each component's state and wall time, the evaluation report, BLESSED and where the
    pushed model is or NOT BLESSED with every reason (nothing pushed), then how plain

@@ -22,6 +22,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from feature_specs import ID_FORMAT_RAW
+from feature_specs.layout import MANIFEST_FILE, vocab_path
 from pipeline.adapters.amazon import load_attributes
 
 KS = (1, 5, 10)
@@ -66,20 +67,20 @@ def search_lists(data_dir: str, split: str = "test", limit: int = 0
     per list), from either id format (raw ids as they are, ids through vocab/)."""
     import tensorflow as tf
 
-    from unisar_tf import data
+    from unisar_tf.data import reader
 
-    with tf.io.gfile.GFile(os.path.join(data_dir, data.MANIFEST_FILE)) as handle:
+    with tf.io.gfile.GFile(os.path.join(data_dir, MANIFEST_FILE)) as handle:
         raw = json.load(handle).get("id_format") == ID_FORMAT_RAW
     if not raw:
-        items = _read_vocab(os.path.join(data_dir, "vocab", "items.txt"))
-        words = _read_vocab(os.path.join(data_dir, "vocab", "words.txt"))
-        arrays = data.load_arrays(data_dir, split, "search",
+        items = _read_vocab(vocab_path(data_dir, "items"))
+        words = _read_vocab(vocab_path(data_dir, "words"))
+        arrays = reader.load_arrays(data_dir, split, "search",
                                   features=["candidate_items", "query_tokens"],
                                   limit=limit or None)
         return ([[items[i] for i in row] for row in arrays["candidate_items"]],
                 [{words[w] for w in row if w} for row in arrays["query_tokens"]])
     spec = {name: tf.io.VarLenFeature(tf.string) for name in ("candidate_items", "query_tokens")}
-    records = tf.data.TFRecordDataset(data.example_files(data_dir, split, "search"),
+    records = tf.data.TFRecordDataset(reader.example_files(data_dir, split, "search"),
                                       compression_type="GZIP")
     if limit:
         records = records.take(limit)

@@ -11,7 +11,7 @@ bless -> push.
     Trainer (pipeline.trainer_module.run_fn) ─> RankingEvaluator ─> Pusher (if blessed)
     SASRecTrainer (same run_fn, the SASRec recipe) ┤ (the learned rec baseline)
     LatestBlessedModelResolver ────────────────────┘ (the last blessed model, to beat; the
-    gate: unisar_tf/gate.py, each task against random, every baseline and the last blessed
+    gate: unisar_tf/train/gate.py, each task against random, every baseline and the last blessed
     model)
 
 SequenceExampleGen writes raw-id examples (`id_format="raw"`): Transform owns the id
@@ -31,14 +31,13 @@ from typing import Any, Dict, List, Optional, Sequence
 from tfx import v1 as tfx
 
 from feature_specs import ID_FORMAT_RAW
-from unisar_tf.export import MODEL_NAME
-from unisar_tf.learned_baseline import SASREC
-
+from feature_specs.serving import MODEL_NAME
 from pipeline import beam_job, build_examples, trainer_module
 from pipeline.components import run_parameters as run_parameters_components
 from pipeline.components import validation
 from pipeline.components.ranking_evaluator import GATE_DEFAULTS, RankingEvaluator
 from pipeline.components.sequence_example_gen import SPLIT_NAMES, SequenceExampleGen, job_args
+from unisar_tf.train.run_dir import SASREC
 
 
 def pipeline_build_options(build_options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -142,7 +141,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
     pipeline/components/run_parameters.py, which take them as their own parameters.
     data_root may be a RuntimeParameter too.
     sasrec_max_epochs: the epoch budget of SASRecTrainer, which trains the learned rec
-    baseline (unisar_tf.learned_baseline) that RankingEvaluator reports and gates against;
+    baseline (unisar_tf.train.learned_baseline) that RankingEvaluator reports and gates against;
     None: train_config's max_epochs; 0: no SASRecTrainer.
     """
     build_options = pipeline_build_options(build_options)

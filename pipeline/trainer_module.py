@@ -6,7 +6,7 @@ artifact also holds the data job's manifest.json and vocab/) and, in the pipelin
 Transform graph (`fn_args.transform_output`): the examples carry raw ids, which the graph
 maps as they are read, and the export serves with the same graph. Without a transform
 graph the examples must be the data job's id format and its vocab/ is used. The same
-`unisar_tf.trainer.Trainer` as `python -m unisar_tf.train` runs the epochs (validation,
+`unisar_tf.train.trainer.Trainer` as `python -m unisar_tf.train` runs the epochs (validation,
 plateau / early stopping, checkpoints in the model run dir), then the best validation
 checkpoint is exported with the serving signatures (`unisar_tf.export`) into the Model
 artifact, which the evaluator scores and the Pusher pushes unchanged.
@@ -20,7 +20,7 @@ custom_config (all optional):
     validation_rows    cap on validation examples per task
     seed               default 0
     learned_baseline   "SASRec": train the learned rec baseline instead (its recipe on top of
-                       `preset`: unisar_tf.learned_baseline); the pipeline's SASRecTrainer
+                       `preset`: unisar_tf.train.learned_baseline); the pipeline's SASRecTrainer
                        sets it, and RankingEvaluator scores its export next to the model
 """
 from __future__ import annotations
@@ -29,6 +29,8 @@ import os
 from typing import Any, Dict
 
 import tensorflow as tf
+
+from feature_specs.layout import VOCAB_DIR
 
 TRAIN_SPLITS = ("train_rec", "train_search")
 EVAL_SPLITS = ("valid_rec", "valid_search")
@@ -45,9 +47,10 @@ def examples_root(fn_args) -> str:
 
 def run_fn(fn_args) -> None:
     from unisar_tf.config import preset
-    from unisar_tf.export import export_serving_model
-    from unisar_tf.learned_baseline import SASREC, sasrec_config
-    from unisar_tf.trainer import Trainer, TrainerOptions, load_trained_model
+    from unisar_tf.export.push import export_serving_model
+    from unisar_tf.train.learned_baseline import sasrec_config
+    from unisar_tf.train.run_dir import SASREC, load_trained_model
+    from unisar_tf.train.trainer import Trainer, TrainerOptions
 
     custom: Dict[str, Any] = dict(fn_args.custom_config or {})
     data_dir = examples_root(fn_args)
@@ -77,5 +80,5 @@ def run_fn(fn_args) -> None:
     if tf.io.gfile.isdir(fn_args.serving_model_dir) and not tf.io.gfile.listdir(
             fn_args.serving_model_dir):
         tf.io.gfile.rmtree(fn_args.serving_model_dir)
-    export_serving_model(model, None if transform_dir else os.path.join(data_dir, "vocab"),
+    export_serving_model(model, None if transform_dir else os.path.join(data_dir, VOCAB_DIR),
                          fn_args.serving_model_dir, transform_dir=transform_dir)

@@ -16,7 +16,7 @@ item ids and query words as strings, "" for padding. `preprocessing_fn` maps the
 The output has the feature names and shapes of the data job's id format, so the trainer
 reads it like id examples; the Trainer applies this graph to the raw examples as it reads
 them (Transform runs with materialize=False), and the exported model applies the same graph
-inside its serving signatures (unisar_tf/transform.py).
+inside its serving signatures (unisar_tf/data/transform.py).
 
 Outside TFX, `analyze` (or `python -m pipeline.transform_module --data_dir D --output_dir T`)
 runs the same analysis with Beam over a data job output built with `--id_format raw`; then
@@ -34,7 +34,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from feature_specs import ID_FEATURE_VOCABULARIES
-from unisar_tf.transform import PASSTHROUGH_FEATURES, VOCABULARY_NAMES
+from unisar_tf.data.transform import PASSTHROUGH_FEATURES, VOCABULARY_NAMES
 
 Feature = Union[tf.Tensor, tf.SparseTensor]
 
@@ -80,9 +80,10 @@ def analyze(data_dir: str, output_dir: str, splits: Sequence[str] = ("train",),
     from tfx_bsl.public import tfxio
 
     from feature_specs import ID_FORMAT_RAW
+    from feature_specs.layout import MANIFEST_FILE
     from pipeline.components.validation import schema_for_transform
 
-    with tf.io.gfile.GFile(os.path.join(data_dir, "manifest.json")) as handle:
+    with tf.io.gfile.GFile(os.path.join(data_dir, MANIFEST_FILE)) as handle:
         manifest = json.load(handle)
     if manifest.get("id_format") != ID_FORMAT_RAW:
         raise ValueError(f"{data_dir}: id_format is {manifest.get('id_format', 'ids')!r}; "
@@ -105,7 +106,7 @@ def analyze(data_dir: str, output_dir: str, splits: Sequence[str] = ("train",),
 
 def write_raw_metadata(schema, output_dir: str) -> None:
     """The raw examples' schema under <output_dir>/metadata, as TFX's Transform writes it:
-    TFTransformOutput.raw_feature_spec() reads it (unisar_tf.transform uses it)."""
+    TFTransformOutput.raw_feature_spec() reads it (unisar_tf.data.transform uses it)."""
     import tensorflow_transform as tft
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 

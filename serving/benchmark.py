@@ -5,7 +5,7 @@
 
 Requests are real test-split examples of the data dir (one user each, with its 100
 candidates: 1 positive + 99 negatives), turned back into raw ids and query text with
-`unisar_tf.export.raw_request_from_features`. The stand-in runs as its own process, as a
+`unisar_tf.export.requests.raw_request_from_features`. The stand-in runs as its own process, as a
 server would; the load generator pre-builds its PredictRequests so that what is timed is the
 RPC, not the client's proto building. Prints a Markdown table (and --json).
 """
@@ -27,6 +27,13 @@ import numpy as np
 if "--onednn" not in sys.argv:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+# After the environment above: these import TensorFlow.
+from feature_specs.layout import VOCAB_DIR  # noqa: E402
+from feature_specs.serving import SIGNATURE_NAMES  # noqa: E402
+from unisar_tf.data import reader  # noqa: E402
+from unisar_tf.data.vocab import read_vocabularies  # noqa: E402
+from unisar_tf.export.requests import raw_request_from_features  # noqa: E402
+
 
 def percentiles(milliseconds: List[float]) -> Dict[str, float]:
     values = np.asarray(milliseconds)
@@ -36,13 +43,10 @@ def percentiles(milliseconds: List[float]) -> Dict[str, float]:
 
 def load_requests(data_dir: str, count: int) -> Dict[str, List[Dict[str, np.ndarray]]]:
     """signature -> `count` single-user raw requests from the test split."""
-    from unisar_tf import data
-    from unisar_tf.export import SIGNATURE_NAMES, raw_request_from_features, read_vocabularies
-
-    vocabularies = read_vocabularies(os.path.join(data_dir, "vocab"))
+    vocabularies = read_vocabularies(os.path.join(data_dir, VOCAB_DIR))
     requests = {}
     for task, signature in SIGNATURE_NAMES.items():
-        arrays = data.load_arrays(data_dir, "test", task, limit=count)
+        arrays = reader.load_arrays(data_dir, "test", task, limit=count)
         raw = raw_request_from_features(arrays, vocabularies)
         requests[signature] = [{name: value[row:row + 1] for name, value in raw.items()}
                                for row in range(len(arrays["user_id"]))]

@@ -24,8 +24,14 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-RECOMMEND = "recommend"
-SEARCH = "search"
+from feature_specs.serving import (CANDIDATES_INPUT, QUERY_INPUT, REC_ITEMS_INPUT,
+                                   REC_LENGTH_INPUT, REC_TIMESTAMPS_INPUT, RECOMMEND_SIGNATURE,
+                                   SCORES_OUTPUT, SEARCH_CLICKS_INPUT, SEARCH_LENGTH_INPUT,
+                                   SEARCH_QUERIES_INPUT, SEARCH_SIGNATURE,
+                                   SEARCH_TIMESTAMPS_INPUT, USER_ID_INPUT)
+
+RECOMMEND = RECOMMEND_SIGNATURE
+SEARCH = SEARCH_SIGNATURE
 
 RecEvent = Tuple[str, int]                    # (item_id, timestamp)
 SearchEvent = Tuple[str, Sequence[str], int]  # (query text, clicked item ids, timestamp)
@@ -80,25 +86,25 @@ def build_inputs(user_id: str, candidates: Sequence[str],
             clicked_items[0, i, k] = item.encode()
 
     inputs = {
-        "user_id": np.array([str(user_id).encode()], dtype=object),
-        "candidate_item_ids": np.array([[c.encode() for c in candidates]], dtype=object),
-        "rec_history_item_ids": rec_items,
-        "rec_history_timestamps": rec_times,
-        "rec_history_length": np.array([len(rec)], dtype=np.int64),
-        "search_history_queries": queries,
-        "search_history_clicked_item_ids": clicked_items,
-        "search_history_timestamps": search_times,
-        "search_history_length": np.array([len(searches)], dtype=np.int64),
+        USER_ID_INPUT: np.array([str(user_id).encode()], dtype=object),
+        CANDIDATES_INPUT: np.array([[c.encode() for c in candidates]], dtype=object),
+        REC_ITEMS_INPUT: rec_items,
+        REC_TIMESTAMPS_INPUT: rec_times,
+        REC_LENGTH_INPUT: np.array([len(rec)], dtype=np.int64),
+        SEARCH_QUERIES_INPUT: queries,
+        SEARCH_CLICKS_INPUT: clicked_items,
+        SEARCH_TIMESTAMPS_INPUT: search_times,
+        SEARCH_LENGTH_INPUT: np.array([len(searches)], dtype=np.int64),
     }
     if query is not None:
-        inputs["query"] = np.array([str(query).encode()], dtype=object)
+        inputs[QUERY_INPUT] = np.array([str(query).encode()], dtype=object)
     return inputs
 
 
 def _own_scores(outputs: Mapping[str, np.ndarray], candidates: Sequence[str]) -> np.ndarray:
     """This request's scores. TF Serving's batching pads candidates to the widest request in
     the batch (pad_variable_length_inputs), so a response can hold more than were sent."""
-    return outputs["scores"][0, :len(candidates)].astype(np.float32)
+    return outputs[SCORES_OUTPUT][0, :len(candidates)].astype(np.float32)
 
 
 class UniSARClient:

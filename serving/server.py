@@ -54,15 +54,16 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_log_pb2, prediction_service_pb2_grpc)
 
+from feature_specs.serving import EXAMPLES_SIGNATURE, WARMUP_FILE  # noqa: E402
+
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_SIGNATURE = EXAMPLES_SIGNATURE
 # TF2 SavedModels carry their table-initialisation op as a pseudo-signature. It is listed in
 # the metadata (TF Serving lists it too) but must never be run by a Predict call.
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 _SIGNATURE_DEF_FIELD = "signature_def"
-# Where TF Serving looks for warmup requests (TFRecord of PredictionLog), and its cap.
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# TF Serving's cap on replayed warmup requests (WARMUP_FILE: feature_specs.serving).
 _MAX_WARMUP_RECORDS = 1000
 
 

@@ -1,8 +1,8 @@
 """Ablation runner's table and chart from hand-made reports (no training here)."""
 import pytest
 
-from unisar_tf import ablation
 from unisar_tf.config import ABLATIONS, BASELINES
+from unisar_tf.tools import ablation
 
 
 def metrics(ndcg5, ndcg10):

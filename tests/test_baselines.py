@@ -1,4 +1,4 @@
-"""Non-learned baselines (unisar_tf/baselines.py): ItemKNN and query match by hand on toys,
+"""Non-learned baselines (unisar_tf/train/baselines.py): ItemKNN and query match by hand on toys,
 then `baseline_scores` / `baseline_metrics` on tiny hand-written TFRecord files (against a
 plain-Python reading of the definitions), and on the KuaiSAR fixture read both as id
 examples and as raw-id examples through a Transform graph."""
@@ -10,14 +10,13 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_transform import built  # noqa: F401  (fixture: KuaiSAR as ids, raw + Transform)
 
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, USER_ID)
-from unisar_tf import baselines as bl
-from unisar_tf import data
+from unisar_tf.data import reader
 from unisar_tf.metrics import positive_rank_numpy, ranking_metrics
-from test_transform import built  # noqa: F401  (fixture: KuaiSAR as ids, raw + Transform)
-
+from unisar_tf.train import baselines as bl
 
 # --- ItemKNN by hand ----------------------------------------------------------------------------
 # Training (history, positive): the history of e2 repeats item 1 (counted once), e4's positive
@@ -171,7 +170,7 @@ def reference_scores(out_dir, manifest, captions=None):
                 + list(row[SEARCH_HISTORY_CLICKED_ITEMS].ravel()) if i}
 
     def rows(split, scenario):
-        arrays = data.load_arrays(out_dir, split, scenario, manifest)
+        arrays = reader.load_arrays(out_dir, split, scenario, manifest)
         return [{name: values[i] for name, values in arrays.items()}
                 for i in range(len(arrays[CANDIDATE_ITEMS]))]
 
@@ -226,7 +225,7 @@ def assert_scores_equal(actual, expected):
 def test_baseline_scores_follow_the_definitions_in_read_order(tmp_path, with_captions):
     captions = TINY_CAPTIONS if with_captions else None
     out = write_tiny(tmp_path / "tiny", captions)
-    manifest = data.load_manifest(out)
+    manifest = reader.load_manifest(out)
     scores = bl.baseline_scores(out, "test", manifest, num_items=6)
     expected = reference_scores(out, manifest, captions)
     assert_scores_equal(scores, expected)
@@ -234,7 +233,7 @@ def test_baseline_scores_follow_the_definitions_in_read_order(tmp_path, with_cap
     assert sorted(scores["query match"]) == ["search"]
     # Rows pair with read_examples' rows (what the model is scored on).
     read = np.concatenate([batch[CANDIDATE_ITEMS].numpy() for batch in
-                           data.read_examples(out, "test", "search", 3, manifest)])
+                           reader.read_examples(out, "test", "search", 3, manifest)])
     popularity = {3: 2, 4: 1, 1: 1}
     np.testing.assert_array_equal(scores["popularity"]["search"],
                                   np.vectorize(lambda c: popularity.get(c, 0))(read))
@@ -247,11 +246,11 @@ def test_baseline_scores_follow_the_definitions_in_read_order(tmp_path, with_cap
 
 
 def test_baseline_metrics_report_every_baseline_in_order(tmp_path):
-    from unisar_tf.demo import random_ranking_metrics
-    from unisar_tf.evaluate import baseline_metrics, metrics_table, report_markdown
+    from unisar_tf.metrics import metrics_table, random_ranking_metrics
+    from unisar_tf.train.evaluation import baseline_metrics, report_markdown
 
     out = write_tiny(tmp_path / "tiny")
-    manifest = data.load_manifest(out)
+    manifest = reader.load_manifest(out)
     results = baseline_metrics(out, "test", manifest, 6)
     assert list(results) == ["popularity", "random", "ItemKNN", "query match"]
     assert sorted(results["query match"]) == ["search"]
@@ -277,7 +276,7 @@ def test_baseline_metrics_report_every_baseline_in_order(tmp_path):
 
 
 def test_ablation_table_lists_the_non_learned_baselines_after_popularity():
-    from unisar_tf import ablation
+    from unisar_tf.tools import ablation
 
     metrics = lambda v: {"HR@1": v, "HR@5": v, "HR@10": v, "NDCG@5": v, "NDCG@10": v}
     reports = {"UniSAR": {"unisar": {"rec": metrics(0.3), "search": metrics(0.6)},
@@ -299,8 +298,8 @@ def test_raw_examples_through_transform_score_as_the_id_examples(built):
     vocabularies (side-feature captions re-keyed): rows compared by their raw strings, since
     the job's shards order them differently. Query match is compared where Transform knows
     every candidate and query word (it maps the others to 0, the job's vocabulary does not)."""
-    from unisar_tf.export import read_vocabularies
-    from unisar_tf.transform import transform_ids
+    from unisar_tf.data.transform import transform_ids
+    from unisar_tf.data.vocab import read_vocabularies
 
     ids_dir, raw_dir, transform_dir = built
     assert tf.io.gfile.glob(os.path.join(ids_dir, "side_features", "items-*.jsonl"))
@@ -315,7 +314,7 @@ def test_raw_examples_through_transform_score_as_the_id_examples(built):
     by_format = {}
     for name, out, transform, vocab in (("ids", ids_dir, None, job),
                                         ("raw", raw_dir, transform_dir, tft)):
-        manifest = data.load_manifest(out, transform)
+        manifest = reader.load_manifest(out, transform)
         scores = bl.baseline_scores(out, "test", manifest, manifest["vocab_sizes"]["items"] + 1)
         rows = {}
         for task in ("rec", "search"):

@@ -2,9 +2,9 @@
 import numpy as np
 import tensorflow as tf
 
-from unisar_tf.baselines import item_cooccurrence, itemknn_scores, normalized_cooccurrence
-from unisar_tf.cooccurrence import table_from_counts
+from unisar_tf.data.cooccurrence import item_cooccurrence, table_from_counts
 from unisar_tf.layers.cooccurrence import ItemCooccurrence
+from unisar_tf.train.baselines import itemknn_scores, normalized_cooccurrence
 
 NUM_ITEMS = 8
 # Training examples: (history items, positive).
@@ -76,7 +76,7 @@ def test_training_takes_out_the_examples_own_pairs():
 
 def test_last_history_item_follows_history_types():
     from feature_specs import HISTORY_TYPES, REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS
-    from unisar_tf.cooccurrence import last_history_items
+    from unisar_tf.data.cooccurrence import last_history_items
 
     features = {  # rows: rec then search; search then rec; no history
         HISTORY_TYPES: np.array([[1, 1, 2, 0], [2, 1, 0, 0], [0, 0, 0, 0]]),
@@ -111,9 +111,9 @@ def test_directed_table_keeps_the_direction_and_excludes_the_own_transition():
 def _default_model():
     """The default preset's model on 8 items with captions and a filled co-occurrence table."""
     from unisar_tf.config import default_preset
-    from unisar_tf.cooccurrence import CooccurrenceTable
+    from unisar_tf.data.cooccurrence import CooccurrenceTable
+    from unisar_tf.data.side_features import SideFeatures
     from unisar_tf.model import build_model
-    from unisar_tf.side_features import SideFeatures
 
     captions = np.zeros((NUM_ITEMS, 3), np.int32)
     captions[1], captions[2], captions[3] = [4, 5, 0], [4, 0, 0], [6, 7, 5]

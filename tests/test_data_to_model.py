@@ -11,10 +11,10 @@ from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline.adapters import amazon
 from pipeline.query_matching import rank_metrics
-from unisar_tf import data
 from unisar_tf.config import amazon_preset
+from unisar_tf.data import reader
 from unisar_tf.model import build_model
-from unisar_tf.training import joint_training_dataset
+from unisar_tf.train.inputs import training_dataset
 
 IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
 
@@ -42,38 +42,36 @@ def built(tmp_path_factory):
 def test_reader_shapes_and_config_sizes(built):
     out, manifest = built
     assert manifest["vocab_sizes"] == {"users": 40, "items": 30, "words": 3}
-    config = data.config_with_data_sizes(amazon_preset(), manifest)
+    config = reader.config_with_data_sizes(amazon_preset(), manifest)
     assert (config.num_users, config.num_items, config.num_words) == (41, 31, 4)
     assert (config.query_length, config.clicks_per_session, config.max_rec_history) == (4, 1, 5)
 
-    test_search = data.load_arrays(out, "test", "search", manifest)
+    test_search = reader.load_arrays(out, "test", "search", manifest)
     assert test_search[CANDIDATE_ITEMS].shape == (manifest["examples"]["test"]["search"], 10)
     assert test_search["search_history_query_tokens"].shape[1:] == (5, 4)
     # Every search query is exactly one category word (brands have frequency 1 < 5).
     assert np.all((test_search[QUERY_TOKENS] > 0).sum(axis=1) == 1)
     # Min history 1 + 1: every example has at least one search behaviour in its history.
     assert np.all((test_search[HISTORY_TYPES] == TYPE_SEARCH).sum(axis=1) >= 1)
-    train_rec = data.load_arrays(out, "train", "rec", manifest)
+    train_rec = reader.load_arrays(out, "train", "rec", manifest)
     assert train_rec[CANDIDATE_ITEMS].shape[1] == 5 and QUERY_TOKENS not in train_rec
 
 
 def test_model_trains_one_step_on_built_tfrecords(built):
     out, manifest = built
-    config = data.config_with_data_sizes(
+    config = reader.config_with_data_sizes(
         amazon_preset(batch_size=16, num_relevance_negatives=8), manifest)
     tf.keras.utils.set_random_seed(0)
     model = build_model(config)
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
-    train_rec = data.load_arrays(out, "train", "rec", manifest)
-    train_search = data.load_arrays(out, "train", "search", manifest)
-    dataset = joint_training_dataset(config, train_rec, train_search,
-                                     data.query_bank(out, manifest), seed=0)
+    dataset = training_dataset(config, out, manifest, reader.query_bank(out, manifest), seed=0,
+                               epoch=0)
     before = [w.numpy().copy() for w in model.trainable_weights]
     history = model.fit(dataset.take(1), verbose=0)
     assert np.isfinite(history.history["loss"][0])
     changed = [not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
     assert sum(changed) > len(changed) // 2
-    batch = next(iter(data.read_examples(out, "test", "search", batch_size=8, manifest=manifest)))
+    batch = next(iter(reader.read_examples(out, "test", "search", batch_size=8, manifest=manifest)))
     scores = model(batch, training=False)["search"].numpy()
     assert scores.shape == (min(8, manifest["examples"]["test"]["search"]), 10)
     assert np.all(np.isfinite(scores))
@@ -81,9 +79,9 @@ def test_model_trains_one_step_on_built_tfrecords(built):
 
 def test_missing_split_files_raise_naming_the_pattern(tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest.json"):
-        data.load_manifest(str(tmp_path))
+        reader.load_manifest(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="train/rec"):
-        data.example_files(str(tmp_path), "train", "rec")
+        reader.example_files(str(tmp_path), "train", "rec")
 
 
 def test_example_files_follow_the_manifests_layout(tmp_path):
@@ -92,10 +90,10 @@ def test_example_files_follow_the_manifests_layout(tmp_path):
     (tmp_path / "Split-train_rec" / "data_tfrecord-00000-of-00001.gz").write_bytes(b"")
     (tmp_path / "manifest.json").write_text(json.dumps(
         {"files": {"train/rec": "Split-train_rec/data_tfrecord-*.gz"}}))
-    assert data.example_files(str(tmp_path), "train", "rec") == [
+    assert reader.example_files(str(tmp_path), "train", "rec") == [
         str(tmp_path / "Split-train_rec" / "data_tfrecord-00000-of-00001.gz")]
     with pytest.raises(FileNotFoundError, match="train/search"):  # not in the manifest
-        data.example_files(str(tmp_path), "train", "search")
+        reader.example_files(str(tmp_path), "train", "search")
 
 
 def test_query_matching_rank_metrics_by_hand():
@@ -134,12 +132,12 @@ def test_rerun_into_the_same_output_replaces_every_shard(tmp_path):
                             IN_MEMORY, num_shards=shards)
 
     first = build(3)
-    assert len(data.example_files(out, "train", "rec")) == 3
+    assert len(reader.example_files(out, "train", "rec")) == 3
     second = build(1)
     assert first["examples"] == second["examples"]
     for split in ("train", "valid", "test"):
         for scenario in ("rec", "search"):
-            files = data.example_files(out, split, scenario)
+            files = reader.example_files(out, split, scenario)
             assert len(files) == 1, files  # the three shards of the first run are gone
             count = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
             assert count == second["examples"][split][scenario]
@@ -175,13 +173,13 @@ def test_training_negative_pool_for_fresh_negatives(tmp_path):
     items = [""] + (tmp_path / "out" / "vocab" / "items.txt").read_text().split()
     users = [""] + (tmp_path / "out" / "vocab" / "users.txt").read_text().split()
     for scenario in ("rec", "search"):
-        train = data.load_arrays(out, "train", scenario, manifest)
+        train = reader.load_arrays(out, "train", scenario, manifest)
         pool, candidates = train["negative_pool"], train[CANDIDATE_ITEMS]
         assert pool.shape == (len(candidates), 7)
         np.testing.assert_array_equal(candidates[:, 1:], pool[:, :4])
         for user, row in zip(train["user_id"], pool):
             raw = {items[i] for i in row}
             assert len(raw) == 7 and not raw & set(user_items[users[user]])
-        assert "negative_pool" not in data.load_arrays(out, "test", scenario, manifest)
+        assert "negative_pool" not in reader.load_arrays(out, "test", scenario, manifest)
     with pytest.raises(ValueError, match="train_negative_pool"):
         sb.BuildOptions(train_negative_pool=2)

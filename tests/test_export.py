@@ -5,18 +5,20 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SMALL_MODEL as SMALL
+from conftest import write_vocabularies
 
-from conftest import SMALL_MODEL as SMALL, write_vocabularies
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_REC,
                            TYPE_SEARCH, USER_ID)
+from feature_specs.serving import EXAMPLES_SIGNATURE, RAW_INPUTS, WARMUP_FILE
 from unisar_tf.config import UniSARConfig
-from unisar_tf.export import (EXAMPLES_SIGNATURE, RAW_INPUTS, WARMUP_FILE, DataJobVocabularies,
-                              RawFeatureMapper,
-                              export_serving_model, next_version, push, raw_request_from_features,
-                              read_vocabularies)
+from unisar_tf.data.synthetic import random_feature_batch
+from unisar_tf.data.vocab import DataJobVocabularies, read_vocabularies
+from unisar_tf.export.push import export_serving_model, next_version, push
+from unisar_tf.export.requests import RawFeatureMapper, raw_request_from_features
 from unisar_tf.model import build_model
-from unisar_tf.synthetic import random_feature_batch
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

@@ -1,4 +1,4 @@
-"""The quality gate (unisar_tf/gate.py): per-list NDCG@10, the paired comparison, the
+"""The quality gate (unisar_tf/train/gate.py): per-list NDCG@10, the paired comparison, the
 per-task rule; and that the evaluator's model and baseline scores pair up list by list."""
 import json
 import math
@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from unisar_tf import gate
 from unisar_tf.metrics import positive_rank_numpy, ranking_metrics
+from unisar_tf.train import gate
 
 C = 100  # 1 positive + 99 negatives, as the pipeline's test lists
 N = 2000
@@ -54,7 +54,7 @@ def test_random_is_the_exact_expectation():
     # C = 4: ranks 1..4 equally likely.
     assert gate.random_ndcg(4) == pytest.approx(
         (1 + 1 / math.log2(3) + 1 / math.log2(4) + 1 / math.log2(5)) / 4)
-    from unisar_tf.demo import random_ranking_metrics
+    from unisar_tf.metrics import random_ranking_metrics
     assert gate.random_ndcg(100) == pytest.approx(random_ranking_metrics(100)["NDCG@10"])
     assert gate.random_ndcg(100) == pytest.approx(0.0454, abs=1e-4)
     assert gate.random_ndcg(100, k=5) == pytest.approx(random_ranking_metrics(100)["NDCG@5"])
@@ -271,13 +271,13 @@ def sharded(tmp_path_factory):
 def test_model_and_baseline_scores_pair_up_list_by_list(sharded):
     """Row i is the same test list for the serialized records a SavedModel scores
     (evaluate.saved_model_scores reads them file after file), for the feature readers
-    (data.read_examples / load_arrays / read_feature) and for the baselines' scores."""
+    (reader.read_examples / load_arrays / read_feature) and for the baselines' scores."""
     import tensorflow as tf
 
     from feature_specs import CANDIDATE_ITEMS
     from pipeline.components.ranking_evaluator import compute_baseline_scores
-    from unisar_tf import data
-    from unisar_tf.trainer import training_item_counts
+    from unisar_tf.data import reader
+    from unisar_tf.train.inputs import training_item_counts
 
     out, manifest = sharded
     width = manifest["shapes"]["eval_candidates"]
@@ -285,7 +285,7 @@ def test_model_and_baseline_scores_pair_up_list_by_list(sharded):
     baselines = compute_baseline_scores(out, "test", manifest, num_items, ("rec", "search"))
     counts = training_item_counts(out, manifest, num_items)
     for task in ("rec", "search"):
-        files = data.example_files(out, "test", task)
+        files = reader.example_files(out, "test", task)
         assert len(files) == 3
         # What serving_default is given, in the evaluator's order.
         records = tf.data.TFRecordDataset(files, compression_type="GZIP")
@@ -293,10 +293,10 @@ def test_model_and_baseline_scores_pair_up_list_by_list(sharded):
                            .feature[CANDIDATE_ITEMS].int64_list.value for record in records])
         assert len(served) > 10 and len(np.unique(served[:, 0])) > 3
         assert not np.array_equal(served[:, 0], np.sort(served[:, 0]))
-        read = data.load_arrays(out, "test", task, manifest)[CANDIDATE_ITEMS]
+        read = reader.load_arrays(out, "test", task, manifest)[CANDIDATE_ITEMS]
         np.testing.assert_array_equal(read, served)
         np.testing.assert_array_equal(
-            data.read_feature(out, "test", task, CANDIDATE_ITEMS, width, manifest), served)
+            reader.read_feature(out, "test", task, CANDIDATE_ITEMS, width, manifest), served)
         # Popularity's row i scores list i's candidates, positive first.
         np.testing.assert_array_equal(baselines["popularity"][task], counts[served])
         for name, per_task in baselines.items():

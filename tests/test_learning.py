@@ -1,7 +1,8 @@
 """A short training run learns: it beats random ranking by a clear margin on held-out data."""
 import numpy as np
 
-from unisar_tf.demo import random_ranking_metrics, run_demo
+from unisar_tf.metrics import random_ranking_metrics
+from unisar_tf.tools.demo import run_demo
 
 
 def test_short_training_run_beats_random_ranking_on_held_out_data():

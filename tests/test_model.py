@@ -6,9 +6,9 @@ import tensorflow as tf
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_PAD)
 from unisar_tf.config import ABLATIONS, UniSARConfig, amazon_preset
+from unisar_tf.data.synthetic import random_feature_batch
 from unisar_tf.model import build_model, count_parameters
-from unisar_tf.param_count import parameter_breakdown
-from unisar_tf.synthetic import random_feature_batch
+from unisar_tf.tools.param_count import parameter_breakdown
 
 SMALL = dict(num_users=40, num_items=80, num_words=30, max_rec_history=6, max_search_history=5,
              query_length=4, clicks_per_session=2, num_relevance_negatives=16, batch_size=8)

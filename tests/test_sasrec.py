@@ -11,19 +11,20 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_trainer import REPO, TINY_FLAGS, built, tiny_config  # noqa: F401 (fixture)
 
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS)
-from test_trainer import REPO, TINY_FLAGS, built, tiny_config  # noqa: F401 (fixture)
-from unisar_tf import ablation, data
 from unisar_tf.config import amazon_preset
-from unisar_tf.evaluate import evaluate_best, report_markdown
+from unisar_tf.data import reader
 from unisar_tf.layers import MaskedMultiHeadAttention, TransformerEncoderLayer
 from unisar_tf.model import build_model, dummy_features
-from unisar_tf.sasrec import (SASRecModel, causal_attention_mask, first_clicks,
-                              merged_item_sequence)
-from unisar_tf.trainer import (Trainer, TrainerOptions, evaluate_model, load_trained_model,
-                               read_best, score_split, training_dataset)
+from unisar_tf.sasrec import SASRecModel, causal_attention_mask, first_clicks, merged_item_sequence
+from unisar_tf.tools import ablation
+from unisar_tf.train.evaluation import evaluate_best, evaluate_model, report_markdown, score_split
+from unisar_tf.train.inputs import training_dataset
+from unisar_tf.train.run_dir import load_trained_model, read_best
+from unisar_tf.train.trainer import Trainer, TrainerOptions
 
 SASREC = dict(architecture="sasrec", tasks=("rec",))
 
@@ -218,7 +219,7 @@ def trained(built, tmp_path_factory):
     config = tiny_config(learning_rate=1e-2, num_layers=2, **SASREC)
     trainer = RecordingTrainer(config, TrainerOptions(out, model_dir, max_epochs=4, verbose=0))
     trainer.scores = {}
-    batches = list(training_dataset(trainer.config, out, manifest, data.query_bank(out, manifest),
+    batches = list(training_dataset(trainer.config, out, manifest, reader.query_bank(out, manifest),
                                     seed=0, epoch=0))
     before = mean_bce(trainer.model, batches)
     summary = trainer.fit()
@@ -313,15 +314,15 @@ def test_cli_rejects_sasrec_with_the_search_task(tmp_path):
     (["--tasks", "search"], False),  # SASRec scores rec only
 ])
 def test_sasrec_baseline_is_trained_beside_unisar_runs_with_rec_and_a_report(flags, expected):
-    from unisar_tf import train
+    from unisar_tf.train import cli
 
-    args = train.build_parser().parse_args(["--data_dir", "d", "--model_dir", "m"] + flags)
-    assert train.wants_sasrec_baseline(args, train.config_from_args(args)) is expected
+    args = cli.build_parser().parse_args(["--data_dir", "d", "--model_dir", "m"] + flags)
+    assert cli.wants_sasrec_baseline(args, cli.config_from_args(args)) is expected
 
 
 def test_learned_baseline_recipe_is_the_ablation_tables_on_the_same_preset():
     from unisar_tf.config import BASELINES, preset
-    from unisar_tf.learned_baseline import sasrec_config
+    from unisar_tf.train.learned_baseline import sasrec_config
 
     for name in ("default", "paper"):
         config = sasrec_config(name, seed=3)

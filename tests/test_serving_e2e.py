@@ -9,14 +9,18 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SMALL_MODEL as SMALL
+from conftest import write_vocabularies
 
-from conftest import SMALL_MODEL as SMALL, write_vocabularies
 from serving.client import ScoringRequestError, UniSARClient
 from serving.server import StandInServer
 from unisar_tf.config import UniSARConfig
-from unisar_tf.export import push, raw_request_from_features, read_vocabularies
+from unisar_tf.data.synthetic import random_feature_batch
+from unisar_tf.data.vocab import read_vocabularies
+from unisar_tf.export.push import push
+from unisar_tf.export.requests import raw_request_from_features
 from unisar_tf.model import build_model
-from unisar_tf.synthetic import random_feature_batch
+
 
 @pytest.fixture(scope="module")
 def pushed(tmp_path_factory):

@@ -5,17 +5,19 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import write_vocabularies
 
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline.adapters import kuaisar
-from unisar_tf import data
 from unisar_tf.config import UniSARConfig, kuaisar_preset
-from conftest import write_vocabularies
-from unisar_tf.export import export_serving_model, raw_request_from_features, read_vocabularies
+from unisar_tf.data import reader
+from unisar_tf.data.side_features import SideFeatures, load_side_features
+from unisar_tf.data.synthetic import random_feature_batch
+from unisar_tf.data.vocab import read_vocabularies
+from unisar_tf.export.push import export_serving_model
+from unisar_tf.export.requests import raw_request_from_features
 from unisar_tf.model import build_model
-from unisar_tf.side_features import SideFeatures, load_side_features
-from unisar_tf.synthetic import random_feature_batch
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "kuaisar")
 IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
@@ -151,7 +153,8 @@ def test_amazon_style_data_has_no_side_features(tmp_path):
 
 
 def test_training_on_kuaisar_tfrecords_uses_the_side_features(kuaisar_build, tmp_path):
-    from unisar_tf.trainer import Trainer, TrainerOptions, evaluate_model
+    from unisar_tf.train.evaluation import evaluate_model
+    from unisar_tf.train.trainer import Trainer, TrainerOptions
 
     out, _ = kuaisar_build
     trainer = Trainer(kuaisar_preset(batch_size=4, num_relevance_negatives=4),

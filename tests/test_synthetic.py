@@ -4,27 +4,13 @@ import time
 import numpy as np
 import pytest
 
-from feature_specs import (
-    CANDIDATE_ITEMS,
-    HISTORY_TYPES,
-    QUERY_TOKENS,
-    REC_HISTORY_ITEMS,
-    REL_NEGATIVE_ITEMS,
-    REL_NEGATIVE_QUERY_TOKENS,
-    SEARCH_HISTORY_CLICKED_ITEMS,
-    SEARCH_HISTORY_QUERY_TOKENS,
-    TYPE_PAD,
-    TYPE_REC,
-    TYPE_SEARCH,
-    USER_ID,
-    model_feature_shapes,
-)
+from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
+                           REL_NEGATIVE_ITEMS, REL_NEGATIVE_QUERY_TOKENS,
+                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_PAD,
+                           TYPE_REC, TYPE_SEARCH, USER_ID, model_feature_shapes)
 from unisar_tf.config import UniSARConfig
-from unisar_tf.synthetic import (
-    generate_synthetic_data,
-    random_feature_batch,
-    relevance_negatives,
-)
+from unisar_tf.data.synthetic import (generate_synthetic_data, random_feature_batch,
+                                      relevance_negatives)
 
 CONFIG = UniSARConfig(num_users=201, num_items=600, num_words=200, max_rec_history=8,
                       max_search_history=6, query_length=5, clicks_per_session=3)

@@ -13,15 +13,16 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_transform as tft
 import tensorflow_data_validation as tfdv
+import tensorflow_transform as tft
 from ml_metadata.metadata_store import metadata_store
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 from feature_specs import example_schema as fs
 from feature_specs import tfmd_schema
-from pipeline import beam_job, trainer_module
+from pipeline import beam_job
 from pipeline import sequence_builder as sb
+from pipeline import trainer_module
 from pipeline.components import ranking_evaluator
 from pipeline.components import sequence_example_gen as seg
 from pipeline.components import validation
@@ -278,7 +279,7 @@ def test_evaluator_report_and_gate_options():
     """The report's Markdown and the pipeline's gate parameters, without running anything
     (the rule itself: tests/test_gate.py)."""
     from pipeline import tfx_pipeline
-    from unisar_tf import gate
+    from unisar_tf.train import gate
 
     rows = {"rec": np.array([[0.9, 0.1, 0.2, 0.3]] * 4), "search": np.array(
         [[0.1, 0.9, 0.8, 0.7]] * 4)}  # rank 1 on rec, rank 4 on search

@@ -1,5 +1,5 @@
 """The time-to-quality arithmetic on a hand-made history."""
-from unisar_tf.time_to_quality import format_table, time_to_quality
+from unisar_tf.tools.time_to_quality import format_table, time_to_quality
 
 
 def _row(epoch, seconds, score):

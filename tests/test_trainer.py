@@ -23,15 +23,17 @@ from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, NEGATIVE_POOL, QUERY_
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline.adapters import amazon
-from unisar_tf import data
 from unisar_tf.config import amazon_preset
-from unisar_tf.evaluate import evaluate_best, evaluate_saved_model
-from unisar_tf.export import export_serving_model
+from unisar_tf.data import reader
+from unisar_tf.export.push import export_serving_model
 from unisar_tf.metrics import ranking_metrics
 from unisar_tf.model import build_model, dummy_features
-from unisar_tf.trainer import (Trainer, TrainerOptions, epoch_steps, load_trained_model,
-                               read_best, replace_negatives, score_split,
-                               search_batch_size, training_dataset, validation_score)
+from unisar_tf.train.evaluation import (evaluate_best, evaluate_saved_model, score_split,
+                                        validation_score)
+from unisar_tf.train.inputs import (epoch_steps, replace_negatives, search_batch_size,
+                                    training_dataset)
+from unisar_tf.train.run_dir import load_trained_model, read_best
+from unisar_tf.train.trainer import Trainer, TrainerOptions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
@@ -157,10 +159,10 @@ def test_replace_negatives_draws_distinct_items_from_each_rows_pool():
 # --------------------------------------------------------------------- training_dataset
 def test_training_dataset_epoch_batches_order_and_fresh_negatives(built):
     out, manifest = built
-    config = data.config_with_data_sizes(tiny_config(num_train_negatives=6), manifest)
-    bank = data.query_bank(out, manifest)
+    config = reader.config_with_data_sizes(tiny_config(num_train_negatives=6), manifest)
+    bank = reader.query_bank(out, manifest)
     counts = manifest["examples"]["train"]
-    train = {task: data.load_arrays(out, "train", task, manifest) for task in ("rec", "search")}
+    train = {task: reader.load_arrays(out, "train", task, manifest) for task in ("rec", "search")}
 
     def epoch(seed, number, fresh=True):
         dataset = training_dataset(config, out, manifest, bank, seed, number, fresh)
@@ -559,7 +561,7 @@ def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(built, c
     with open(os.path.join(cli_run.model_dir, "config.json")) as handle:
         cli_config = json.load(handle)
     out, manifest = built
-    assert cli_config == json.loads(data.config_with_data_sizes(tiny_config(), manifest).to_json())
+    assert cli_config == json.loads(reader.config_with_data_sizes(tiny_config(), manifest).to_json())
     with open(os.path.join(cli_run.model_dir, "eval", "test_metrics.json")) as handle:
         written = json.load(handle)
     cells = table[2].split("|")[3:8]
@@ -570,7 +572,8 @@ def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(built, c
 
 
 def test_cli_trains_the_sasrec_baseline_as_its_own_run_beside_the_model(built, cli_run):
-    from unisar_tf.learned_baseline import sasrec_metrics, sasrec_run_dir
+    from unisar_tf.train.evaluation import sasrec_metrics
+    from unisar_tf.train.run_dir import sasrec_run_dir
 
     out, _ = built
     assert cli_run.returncode == 0, cli_run.stderr[-3000:]

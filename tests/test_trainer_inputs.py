@@ -23,12 +23,12 @@ import pytest
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline.adapters import event_log
-from unisar_tf import data
 from unisar_tf.config import amazon_preset, preset
-from unisar_tf.cooccurrence import training_cooccurrence, training_transitions
-from unisar_tf.evaluate import evaluate_best, report_markdown
-from unisar_tf.trainer import (DATA_FILE, DataMismatchError, Trainer, TrainerOptions,
-                               load_trained_model)
+from unisar_tf.data import reader
+from unisar_tf.data.cooccurrence import training_cooccurrence, training_transitions
+from unisar_tf.train.evaluation import evaluate_best, report_markdown
+from unisar_tf.train.run_dir import DATA_FILE, DataMismatchError, load_trained_model
+from unisar_tf.train.trainer import Trainer, TrainerOptions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
@@ -66,7 +66,7 @@ def build(root, name, **log):
     beam_job.run(lambda p: event_log.read(p, event_log.EventLogInputs(events=(events,))),
                  OPTIONS, output, dataset="event_log", inputs={"events": [events]},
                  beam_args=IN_MEMORY)
-    return output, data.load_manifest(output)
+    return output, reader.load_manifest(output)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def datasets(tmp_path_factory):
                    for split in ("train", "valid", "test")), examples
     # A copy of the same data somewhere else is the same data.
     shutil.copytree(built["a"][0], str(root / "a_copy"))
-    built["a_copy"] = (str(root / "a_copy"), data.load_manifest(str(root / "a_copy")))
+    built["a_copy"] = (str(root / "a_copy"), reader.load_manifest(str(root / "a_copy")))
     return built
 
 
@@ -126,13 +126,13 @@ def test_the_run_directory_records_the_data_it_was_trained_on(datasets, run_on_a
     assert recorded["vocab_sizes"] == manifest["vocab_sizes"]
     assert recorded["examples"] == manifest["examples"]
     assert len(recorded["fingerprint"]) == 64 and len(recorded["vocabulary"]) == 64
-    identity = data.data_identity(datasets["a"][0], manifest)
+    identity = reader.data_identity(datasets["a"][0], manifest)
     assert identity["fingerprint"] == recorded["fingerprint"]
     # The fingerprint is the data's, not its path's; other data has another.
-    assert data.data_identity(*datasets["a_copy"])["fingerprint"] == recorded["fingerprint"]
+    assert reader.data_identity(*datasets["a_copy"])["fingerprint"] == recorded["fingerprint"]
     for other in ("renamed", "bigger", "rec_only"):
-        assert data.data_identity(*datasets[other])["fingerprint"] != recorded["fingerprint"]
-        assert data.data_identity(*datasets[other])["vocabulary"] != recorded["vocabulary"]
+        assert reader.data_identity(*datasets[other])["fingerprint"] != recorded["fingerprint"]
+        assert reader.data_identity(*datasets[other])["vocabulary"] != recorded["vocabulary"]
 
 
 @pytest.mark.parametrize("other", ["renamed", "bigger"])
@@ -219,7 +219,7 @@ def test_cli_says_what_to_do_instead_of_a_traceback(datasets, run_on_a):
 # ------------------------------------------------------------ item 5: single-task logs
 def test_query_bank_and_cooccurrence_of_a_rec_only_log(datasets):
     out, manifest = datasets["rec_only"]
-    bank = data.query_bank(out, manifest)
+    bank = reader.query_bank(out, manifest)
     assert bank.shape == (0, manifest["shapes"]["query_len"])
     num_items = manifest["vocab_sizes"]["items"] + 1
     # Both tasks asked for, one present: the tables count the examples there are.
@@ -229,7 +229,7 @@ def test_query_bank_and_cooccurrence_of_a_rec_only_log(datasets):
         assert both.num_pairs == rec.num_pairs > 0
         np.testing.assert_array_equal(both.pair_keys, rec.pair_keys)
     out, manifest = datasets["search_only"]
-    assert len(data.query_bank(out, manifest)) > 0
+    assert len(reader.query_bank(out, manifest)) > 0
 
 
 @pytest.mark.parametrize("log,task", [("rec_only", "rec"), ("search_only", "search")])

@@ -1,5 +1,5 @@
 """Transform: vocabularies by tensorflow-transform, used to read raw-id examples and inside
-the serving signatures (pipeline/transform_module.py, unisar_tf/transform.py).
+the serving signatures (pipeline/transform_module.py, unisar_tf/data/transform.py).
 
 Hand-computed vocabularies on two examples; then the KuaiSAR fixture built in both id
 formats: reading the raw examples through the Transform graph gives the id examples
@@ -16,17 +16,18 @@ import tempfile
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, ID_FEATURE_VOCABULARIES,
-                           NEGATIVE_POOL, QUERY_TOKENS, REC_HISTORY_ITEMS,
-                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, USER_ID)
-from pipeline import transform_module
 from test_raw_examples import KUAISAR_FLAGS, run_cli
 from test_trainer import TINY_FLAGS
-from unisar_tf import data
-from unisar_tf.export import (EXAMPLES_SIGNATURE, SIGNATURE_NAMES, raw_request_from_features,
-                              read_vocabularies)
-from unisar_tf.transform import TransformIds, transform_ids
+
+from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, ID_FEATURE_VOCABULARIES, NEGATIVE_POOL,
+                           QUERY_TOKENS, REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS,
+                           SEARCH_HISTORY_QUERY_TOKENS, USER_ID)
+from feature_specs.serving import EXAMPLES_SIGNATURE, SIGNATURE_NAMES
+from pipeline import transform_module
+from unisar_tf.data import reader
+from unisar_tf.data.transform import TransformIds, transform_ids
+from unisar_tf.data.vocab import read_vocabularies
+from unisar_tf.export.requests import raw_request_from_features
 
 SCENARIOS = ("rec", "search")
 SPLITS = ("train", "valid", "test")
@@ -117,7 +118,7 @@ def built(tmp_path_factory):
 
 def raw_records(data_dir, split, scenario):
     return [r.numpy() for r in tf.data.TFRecordDataset(
-        data.example_files(data_dir, split, scenario), compression_type="GZIP")]
+        reader.example_files(data_dir, split, scenario), compression_type="GZIP")]
 
 
 def test_vocabularies_are_the_training_splits_values_most_frequent_first(built):
@@ -141,13 +142,13 @@ def test_reading_raw_examples_through_transform_gives_the_id_examples(built):
     ids_dir, raw_dir, transform_dir = built
     job = read_vocabularies(os.path.join(ids_dir, "vocab"))
     tft_vocab = transform_ids(transform_dir).vocabularies()
-    raw_manifest = data.load_manifest(raw_dir, transform_dir)
+    raw_manifest = reader.load_manifest(raw_dir, transform_dir)
     assert raw_manifest["vocab_sizes"] == transform_ids(transform_dir).vocabulary_sizes()
     unknown = 0
     for split in SPLITS:
         for scenario in SCENARIOS:
-            by_ids = data.load_arrays(ids_dir, split, scenario)
-            by_transform = data.load_arrays(raw_dir, split, scenario, manifest=raw_manifest)
+            by_ids = reader.load_arrays(ids_dir, split, scenario)
+            by_transform = reader.load_arrays(raw_dir, split, scenario, manifest=raw_manifest)
             assert sorted(by_ids) == sorted(by_transform)
             # Rows as strings (the job's shards may hold them in another order).
             rows_ids, rows_transform = [], []
@@ -176,7 +177,7 @@ def test_reading_raw_examples_through_transform_gives_the_id_examples(built):
 def test_raw_examples_need_the_transform_graph(built):
     _, raw_dir, _ = built
     with pytest.raises(ValueError, match="raw string ids.*id_format='raw'.*transform_dir"):
-        data.load_manifest(raw_dir)
+        reader.load_manifest(raw_dir)
 
 
 def test_analyze_refuses_id_examples(built, tmp_path):
@@ -189,11 +190,11 @@ def test_analyze_refuses_id_examples(built, tmp_path):
 def trained(built, tmp_path_factory):
     """A 1-epoch KuaiSAR model (side features on) trained on the raw examples with the
     Transform graph, exported by the CLI."""
-    from unisar_tf import train
+    from unisar_tf.train import cli
 
     _, raw_dir, transform_dir = built
     root = tmp_path_factory.mktemp("trained")
-    result = train.run(train.build_parser().parse_args(
+    result = cli.run(cli.build_parser().parse_args(
         ["--data_dir", raw_dir, "--model_dir", str(root / "model"), "--transform_dir",
          transform_dir, "--preset", "kuaisar", "--max_epochs", "1", "--steps_per_epoch", "2",
          "--serving_dir", str(root / "serving"), "--quiet"] + TINY_FLAGS))
@@ -204,8 +205,8 @@ def test_training_with_transform_sizes_the_model_by_transform_and_uses_side_feat
         built, trained):
     _, raw_dir, transform_dir = built
     model_dir, result = trained
-    from unisar_tf.side_features import load_side_features
-    from unisar_tf.trainer import load_trained_model, run_side_features
+    from unisar_tf.data.side_features import load_side_features
+    from unisar_tf.train.run_dir import load_trained_model, run_side_features
 
     model = load_trained_model(model_dir, raw_dir)
     sizes = transform_ids(transform_dir).vocabulary_sizes()
@@ -246,13 +247,14 @@ def exported_scores(export_dir, raw_dir, split, scenario):
 
 
 def test_exported_model_carries_the_transform_graph(built, trained, tmp_path):
-    from unisar_tf.export import known_candidates_only
-    from unisar_tf.trainer import evaluate_model, load_trained_model
+    from unisar_tf.export.signatures import known_candidates_only
+    from unisar_tf.train.evaluation import evaluate_model
+    from unisar_tf.train.run_dir import load_trained_model
 
     _, raw_dir, transform_dir = built
     model_dir, result = trained
     export_dir = result["export"]
-    manifest = data.load_manifest(raw_dir, transform_dir)
+    manifest = reader.load_manifest(raw_dir, transform_dir)
     model = load_trained_model(model_dir, raw_dir)
     vocabularies = transform_ids(transform_dir).vocabularies()
     # Served after the Transform output is gone: the graph and vocabularies are assets.
@@ -261,7 +263,7 @@ def test_exported_model_carries_the_transform_graph(built, trained, tmp_path):
     shutil.rmtree(transform_dir)
     try:
         for scenario in SCENARIOS:
-            features = data.load_arrays(raw_dir, "test", scenario, manifest=manifest)
+            features = reader.load_arrays(raw_dir, "test", scenario, manifest=manifest)
             expected = known_candidates_only(model(features, training=False)[scenario],
                                              features[CANDIDATE_ITEMS]).numpy()
             served, scores = exported_scores(export_dir, raw_dir, "test", scenario)
@@ -307,19 +309,19 @@ def test_a_last_blessed_model_of_the_id_format_is_refused_clearly(built, tmp_pat
     pipeline's raw examples: the evaluator says so instead of a parser error."""
     from pipeline.components.ranking_evaluator import score_last_blessed
     from unisar_tf.config import kuaisar_preset
-    from unisar_tf.export import export_serving_model
+    from unisar_tf.export.push import export_serving_model
     from unisar_tf.model import build_model
-    from unisar_tf.trainer import run_side_features
+    from unisar_tf.train.run_dir import run_side_features
 
     ids_dir, raw_dir, _ = built
-    config = data.config_with_data_sizes(
+    config = reader.config_with_data_sizes(
         kuaisar_preset(embedding_dim=8, raw_embedding_dim=4, feed_forward_dim=8, expert_units=4,
-                       tower_units=(8,), head_units=(8,)), data.load_manifest(ids_dir))
+                       tower_units=(8,), head_units=(8,)), reader.load_manifest(ids_dir))
     side = run_side_features(ids_dir, None, config)
     model = build_model(config.replace(**side.config_overrides()), side_features=side)
     export = export_serving_model(model, os.path.join(ids_dir, "vocab"), str(tmp_path / "old"),
                                   warmup=False)
     scores = score_last_blessed(export, ids_dir, "test", ["rec"])["rec"]  # per-list scores
-    assert scores.shape == (3, data.load_manifest(ids_dir)["shapes"]["eval_candidates"])
+    assert scores.shape == (3, reader.load_manifest(ids_dir)["shapes"]["eval_candidates"])
     with pytest.raises(RuntimeError, match="cannot read the examples.*fresh pipeline root"):
         score_last_blessed(export, raw_dir, "test", ["rec"])

@@ -34,7 +34,7 @@ class UniSARConfig:
     # Side features (spec 2; KuaiSAR). Empty / 0 = ids only (the Amazon setting). Each entry is
     # the table size (padding/unknown 0 included) of one categorical column; their width-32
     # embeddings, and the caption's mean word embedding, join the id embedding before the
-    # tanh projection. Values come from unisar_tf.side_features.SideFeatures.
+    # tanh projection. Values come from unisar_tf.data.side_features.SideFeatures.
     item_category_vocab_sizes: Tuple[int, ...] = ()
     user_feature_vocab_sizes: Tuple[int, ...] = ()
     item_caption_length: int = 0
@@ -273,7 +273,7 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
 BASELINES: Dict[str, Dict[str, Any]] = {
     "no history": {"use_history": False},
     # The learned single-task sequential recommender (unisar_tf.sasrec), also trained beside
-    # every UniSAR run for its report (unisar_tf.learned_baseline). Its own recipe on top of
+    # every UniSAR run for its report (unisar_tf.train.learned_baseline). Its own recipe on top of
     # any preset: 4 negatives (20 kept it below random on Beauty), dropout 0.2 and a learning
     # rate of 3e-3, which on the default preset reach Beauty's validation NDCG@5 0.161 in 13
     # epochs of 34 steps; dropout 0.5 at 1e-3 needed about 4x the time (docs/tuning.md).

@@ -25,7 +25,7 @@ it imports it lazily, so nothing else breaks if a later TF version drops it.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -94,6 +94,30 @@ def ranking_metrics(scores: np.ndarray, ks: Sequence[int] = DEFAULT_HR_KS,
                     ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS) -> Dict[str, float]:
     """Mean HR@k and NDCG@k of a (batch, C) NumPy score matrix, positive at column 0."""
     return ranking_metrics_from_ranks(positive_rank_numpy(scores), ks=ks, ndcg_ks=ndcg_ks)
+
+
+def random_ranking_metrics(num_candidates: int) -> Dict[str, float]:
+    """Exact expectation of each metric when the positive's rank is uniform on 1..C."""
+    return ranking_metrics_from_ranks(np.arange(1, num_candidates + 1))
+
+
+# The metric columns of every report (trainer, evaluator, ablation, demo), in this order.
+METRIC_ORDER = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
+
+
+def metrics_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]],
+                  tasks=("rec", "search")) -> str:
+    """Markdown: one line per (model, task) with METRIC_ORDER columns."""
+    lines = ["| model | task | " + " | ".join(METRIC_ORDER) + " | examples |",
+             "|---|---|" + "---|" * (len(METRIC_ORDER) + 1)]
+    for name, per_task in rows.items():
+        for task in tasks:
+            if task not in per_task:
+                continue
+            metrics = per_task[task]
+            cells = " | ".join(f"{metrics[key]:.4f}" for key in METRIC_ORDER)
+            lines.append(f"| {name} | {task} | {cells} | {int(metrics.get('examples', 0))} |")
+    return "\n".join(lines) + "\n"
 
 
 class _PositiveRankMetric(tf.keras.metrics.Mean):

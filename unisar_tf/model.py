@@ -14,15 +14,15 @@ import tensorflow_recommenders as tfrs
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
                            REL_NEGATIVE_ITEMS, REL_NEGATIVE_QUERY_TOKENS,
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_REC,
-                           TYPE_SEARCH, USER_ID)
+                           TYPE_SEARCH, USER_ID, model_feature_shapes)
 from unisar_tf.config import UniSARConfig
-from unisar_tf.layers.cooccurrence import ItemCooccurrence
 from unisar_tf.layers import (CategoricalSideFeatures, EntityEmbedding, FusionDecoderLayer,
-                              IdAttributes, MultiLayerPerceptron,
-                              MultiTaskExperts, PositionalEmbedding, QueryEncoder,
-                              TargetAttention, TransformerEncoderLayer, gather_by_type,
-                              merge_histories, padding_attention_mask,
-                              search_behaviour_embedding, transition_attention_mask)
+                              IdAttributes, MultiLayerPerceptron, MultiTaskExperts,
+                              PositionalEmbedding, QueryEncoder, TargetAttention,
+                              TransformerEncoderLayer, gather_by_type, merge_histories,
+                              padding_attention_mask, search_behaviour_embedding,
+                              transition_attention_mask)
+from unisar_tf.layers.cooccurrence import ItemCooccurrence
 from unisar_tf.losses import QueryItemRelevanceLoss, TransitionAlignmentLoss
 from unisar_tf.sasrec import SASRecModel  # the rec baseline (architecture="sasrec")
 
@@ -208,13 +208,13 @@ class UniSARModel(tfrs.Model):
 
     def set_cooccurrence(self, table, transitions) -> None:
         """Fills the co-occurrence and transition layers from two
-        unisar_tf.cooccurrence.CooccurrenceTable (symmetric, directed)."""
+        unisar_tf.data.cooccurrence.CooccurrenceTable (symmetric, directed)."""
         self.cooccurrence.set_table(table.pair_keys, table.pair_counts, table.item_totals)
         self.transitions.set_table(transitions.pair_keys, transitions.pair_counts,
                                    transitions.item_totals)
 
     def set_side_features(self, side_features) -> None:
-        """Fills the side-feature tables from a unisar_tf.side_features.SideFeatures."""
+        """Fills the side-feature tables from a unisar_tf.data.side_features.SideFeatures."""
         if self.item_categories is not None:
             self.item_categories.attributes.set_table(side_features.item_categories)
         if self.item_captions is not None:
@@ -508,12 +508,12 @@ def build_model(config: UniSARConfig, batch_size: int = 2, num_candidates: int =
                 side_features=None) -> UniSARModel:
     """A UniSARModel with every variable created (by scoring one all-padding batch).
 
-    side_features: a unisar_tf.side_features.SideFeatures, required when the config uses
+    side_features: a unisar_tf.data.side_features.SideFeatures, required when the config uses
     side features (its tables are stored in the model as non-trainable variables).
     """
     if config.uses_side_features and side_features is None:
         raise ValueError("the config uses side features: pass side_features "
-                         "(unisar_tf.side_features.load_side_features)")
+                         "(unisar_tf.data.side_features.load_side_features)")
     if config.architecture == "sasrec":
         model = SASRecModel(config)
     else:
@@ -527,7 +527,6 @@ def build_model(config: UniSARConfig, batch_size: int = 2, num_candidates: int =
 def dummy_features(config: UniSARConfig, batch_size: int, num_candidates: int,
                    with_query: bool) -> Dict[str, tf.Tensor]:
     """An all-padding batch of the model's input shapes (used to create variables)."""
-    from feature_specs import model_feature_shapes  # local: only this helper needs it
 
     shapes = model_feature_shapes(config.sequence_shapes, num_candidates, with_query)
     return {name: tf.zeros((batch_size,) + shape, tf.int64) for name, shape in shapes.items()}

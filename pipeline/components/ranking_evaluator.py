@@ -6,12 +6,12 @@ the metrics are per-list ranks (HR@k, NDCG@k of the positive). TFMA computes ran
 over one example per (query, item) pair grouped by a query key, so it would need the test
 split flattened 100x into pair examples and a model signature scoring pairs; this component
 scores the lists through the model's own `serving_default` signature instead, which is the
-artifact the Pusher pushes (unisar_tf.evaluate.saved_model_scores).
+artifact the Pusher pushes (unisar_tf.train.evaluation.saved_model_scores).
 
-Blessing rule (unisar_tf/gate.py): the candidate's per-list NDCG@10 is compared, list by
+Blessing rule (unisar_tf/train/gate.py): the candidate's per-list NDCG@10 is compared, list by
 list on the same test lists, with random ranking (its exact expectation), every non-learned
-baseline (popularity, ItemKNN, query match: unisar_tf.baselines), on rec the learned
-baseline when given (`learned_baseline`: SASRecTrainer's SASRec, unisar_tf.learned_baseline)
+baseline (popularity, ItemKNN, query match: unisar_tf.train.baselines), on rec the learned
+baseline when given (`learned_baseline`: SASRecTrainer's SASRec, unisar_tf.train.learned_baseline)
 and, when given (`baseline_model`, from a LatestBlessedModelStrategy resolver), the last
 blessed model. It is
 blessed only if, on EACH task separately and against EACH of them, the one-sided lower
@@ -48,8 +48,8 @@ def compute_baseline_scores(data_dir: str, split: str, manifest: dict, num_items
                             transform_dir: Optional[str] = None
                             ) -> Dict[str, Dict[str, "np.ndarray"]]:
     """{baseline: {task: (N, C) scores}} of every non-learned baseline (popularity, ItemKNN,
-    query match: `unisar_tf.baselines.baseline_scores`), rows paired with the model's."""
-    from unisar_tf.baselines import baseline_scores
+    query match: `unisar_tf.train.baselines.baseline_scores`), rows paired with the model's."""
+    from unisar_tf.train.baselines import baseline_scores
 
     return baseline_scores(data_dir, split, manifest, num_items, tuple(tasks),
                            transform_dir=transform_dir)
@@ -66,8 +66,8 @@ def metrics_of(scores: Dict[str, "np.ndarray"]) -> Dict[str, Dict[str, float]]:
 def report_markdown(report: dict) -> str:
     """The evaluation table (candidate, last blessed, popularity, random, every baseline,
     both tasks), the gate's per-task comparisons, and the verdict with its reasons."""
-    from unisar_tf import gate
-    from unisar_tf.evaluate import metrics_table
+    from unisar_tf.metrics import metrics_table
+    from unisar_tf.train import gate
 
     rows = {"candidate": report["candidate"]}
     if report.get("baseline_model"):
@@ -105,7 +105,7 @@ def score_last_blessed(export_dir: str, data_dir: str, split: str, tasks
     its serving_default parses ids, these examples carry raw strings)."""
     import tensorflow as tf
 
-    from unisar_tf.evaluate import saved_model_scores
+    from unisar_tf.train.evaluation import saved_model_scores
 
     try:
         return saved_model_scores(export_dir, data_dir, split, tasks)
@@ -143,21 +143,22 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
     min_improvement / min_relative_improvement: the absolute / relative NDCG@10 change the
     model must exceed against every comparator on every task (TFX's change thresholds);
     confidence: of the one-sided bootstrap lower bound that must be above 0 (0 turns that
-    test off); bootstrap_samples, seed: the paired bootstrap's (unisar_tf/gate.py).
+    test off); bootstrap_samples, seed: the paired bootstrap's (unisar_tf/train/gate.py).
     """
     from tfx.utils import path_utils
 
-    from unisar_tf import data, gate
-    from unisar_tf.baselines import BASELINE_ORDER
-    from unisar_tf.demo import random_ranking_metrics
-    from unisar_tf.evaluate import saved_model_scores
-    from unisar_tf.learned_baseline import SASREC
+    from unisar_tf.data import reader
+    from unisar_tf.metrics import random_ranking_metrics
+    from unisar_tf.train import gate
+    from unisar_tf.train.baselines import BASELINE_ORDER
+    from unisar_tf.train.evaluation import saved_model_scores
+    from unisar_tf.train.run_dir import SASREC
 
     data_dir = examples.uri
     transform_dir = transform_graph.uri if transform_graph else None
     # Raw-id examples: the baselines count items by Transform's ids; the models map the
     # same raw examples with the graph inside their serving_default signature.
-    manifest = data.load_manifest(data_dir, transform_dir)
+    manifest = reader.load_manifest(data_dir, transform_dir)
     tasks = [t for t in ("rec", "search") if manifest["examples"][split].get(t)]
     width = manifest["shapes"]["eval_candidates"]
     # Every score matrix below has row i = list i in file order, so they pair up.

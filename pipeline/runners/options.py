@@ -44,7 +44,7 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                           help="epochs of SASRecTrainer, the learned rec baseline the "
                           "evaluator reports and gates against (default: --max_epochs; 0: "
                           "no SASRecTrainer)")
-    blessing = parser.add_argument_group("blessing gate (unisar_tf/gate.py, docs/pipeline.md)")
+    blessing = parser.add_argument_group("blessing gate (unisar_tf/train/gate.py, docs/pipeline.md)")
     blessing.add_argument("--min_improvement", type=float, default=0.0,
                           help="NDCG@10 difference the model must exceed against random, every "
                           "baseline and the last blessed model, on each task")

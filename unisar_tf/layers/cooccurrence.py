@@ -2,7 +2,7 @@
 
 Beyond the paper (docs/tuning.md): on sparse logs an item's co-occurrence counts carry more
 than an embedding learned from a handful of clicks. The layer holds the training split's
-symmetric (history item, positive item) counts (unisar_tf.cooccurrence) as non-trainable
+symmetric (history item, positive item) counts (unisar_tf.data.cooccurrence) as non-trainable
 variables, so they are checkpointed, exported and served with the model, and turns them into
 a few scores per candidate that the prediction head reads next to UniSAR's interests.
 """

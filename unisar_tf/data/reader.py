@@ -17,9 +17,10 @@ import tensorflow as tf
 
 from feature_specs import (ID_FEATURE_VOCABULARIES, ID_FORMAT_IDS, NEGATIVE_POOL, QUERY_TOKENS,
                            SEARCH_HISTORY_QUERY_TOKENS, SequenceShapes, model_feature_shapes)
+from feature_specs.layout import MANIFEST_FILE, VOCAB_DIR, example_pattern
 from unisar_tf.config import TASKS, UniSARConfig
+from unisar_tf.data.transform import transform_ids, transformed_manifest
 
-MANIFEST_FILE = "manifest.json"
 # The manifest entries that say which data it is (not where it lives or how long the job ran).
 IDENTITY_KEYS = ("dataset", "id_format", "inputs", "build_options", "vocab_sizes", "shapes",
                  "examples", "counters", "rejected")
@@ -27,7 +28,7 @@ IDENTITY_KEYS = ("dataset", "id_format", "inputs", "build_options", "vocab_sizes
 
 def load_manifest(data_dir: str, transform_dir: Optional[str] = None) -> dict:
     """The data job's manifest.json; with `transform_dir`, its examples are read through
-    that Transform graph (raw string ids -> ids, see unisar_tf/transform.py)."""
+    that Transform graph (raw string ids -> ids, see unisar_tf/data/transform.py)."""
     path = os.path.join(data_dir, MANIFEST_FILE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path} not found: build the examples first "
@@ -35,8 +36,6 @@ def load_manifest(data_dir: str, transform_dir: Optional[str] = None) -> dict:
     with tf.io.gfile.GFile(path) as handle:
         manifest = json.load(handle)
     if transform_dir:
-        from unisar_tf.transform import transformed_manifest
-
         return transformed_manifest(manifest, transform_dir)
     if manifest.get("id_format", ID_FORMAT_IDS) != ID_FORMAT_IDS:
         raise ValueError(f"{path}: the examples carry raw string ids (id_format="
@@ -77,7 +76,7 @@ def tasks_with_examples(manifest: dict, split: str = "train",
 def vocabulary_files(data_dir: str, manifest: dict) -> list:
     """The files that give ids their meaning: the data job's vocab/ and, for raw-id examples,
     the Transform output's vocabularies (its transform_fn assets)."""
-    files = sorted(tf.io.gfile.glob(os.path.join(data_dir, "vocab", "*")))
+    files = sorted(tf.io.gfile.glob(os.path.join(data_dir, VOCAB_DIR, "*")))
     if manifest.get("transform_dir"):
         files += sorted(tf.io.gfile.glob(os.path.join(manifest["transform_dir"], "transform_fn",
                                                       "assets", "*")))
@@ -89,7 +88,7 @@ def _sha256(value) -> str:
 
 
 def data_identity(data_dir: str, manifest: dict) -> dict:
-    """Which data this is, for run directories (model_dir/data.json, unisar_tf.trainer):
+    """Which data this is, for run directories (model_dir/data.json, unisar_tf.train.trainer):
 
     {"vocabulary": sha256 of the vocabulary files' names and bytes and the vocabulary sizes
     (equal: every user, item and word id means the same thing),
@@ -119,7 +118,7 @@ def data_identity(data_dir: str, manifest: dict) -> dict:
 def example_files(data_dir: str, split: str, scenario: str) -> list:
     """The split's TFRecord files: the manifest's `files` pattern (relative to data_dir), so
     another layout (e.g. a TFX Examples artifact's Split-<name>/) reads the same way."""
-    pattern = os.path.join(data_dir, split, f"{scenario}-*.tfrecord.gz")
+    pattern = example_pattern(data_dir, split, scenario)
     manifest_path = os.path.join(data_dir, MANIFEST_FILE)
     if tf.io.gfile.exists(manifest_path):
         with tf.io.gfile.GFile(manifest_path) as handle:
@@ -147,7 +146,6 @@ def _reader(manifest: dict, spec: Dict[str, tf.io.FixedLenFeature]):
     transform_dir = manifest.get("transform_dir")
     if not transform_dir:
         return spec, lambda features: features
-    from unisar_tf.transform import transform_ids
 
     ids = transform_ids(transform_dir)
     raw_spec = {name: tf.io.FixedLenFeature(feature.shape, tf.string)
@@ -167,7 +165,7 @@ def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
     is a function of `seed` alone (deterministic interleave), so a run can be replayed.
     Without shuffling the files are read one after another (sorted), so row i is record i
     in file order: the order `read_feature` and `evaluate.saved_model_scores` see, which
-    pairs a model's per-list scores with the baselines' (unisar_tf/gate.py).
+    pairs a model's per-list scores with the baselines' (unisar_tf/train/gate.py).
     """
     manifest = manifest or load_manifest(data_dir)
     shapes = shapes_from_manifest(manifest)

@@ -32,24 +32,20 @@ interacted with; training examples get `num_train_negatives`, evaluation example
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Dict, Tuple
 
 import numpy as np
+import tensorflow as tf
 
-from feature_specs import (
-    CANDIDATE_ITEMS,
-    HISTORY_TYPES,
-    QUERY_TOKENS,
-    REC_HISTORY_ITEMS,
-    REL_NEGATIVE_ITEMS,
-    REL_NEGATIVE_QUERY_TOKENS,
-    SEARCH_HISTORY_CLICKED_ITEMS,
-    SEARCH_HISTORY_QUERY_TOKENS,
-    TYPE_PAD,
-    TYPE_REC,
-    TYPE_SEARCH,
-    USER_ID,
-)
+from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, ID_FORMAT_IDS, QUERY_TOKENS,
+                           REC_HISTORY_ITEMS,
+                           REL_NEGATIVE_ITEMS, REL_NEGATIVE_QUERY_TOKENS,
+                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_PAD,
+                           TYPE_REC, TYPE_SEARCH, USER_ID)
+from feature_specs.layout import (EXAMPLE_FILE_SUFFIX, MANIFEST_FILE, VOCAB_DIR, example_pattern,
+                                   example_prefix, vocab_path)
 from unisar_tf.config import UniSARConfig
 
 __all__ = [
@@ -57,6 +53,7 @@ __all__ = [
     "generate_synthetic_data",
     "random_feature_batch",
     "relevance_negatives",
+    "write_data_dir",
 ]
 
 Features = Dict[str, np.ndarray]
@@ -471,3 +468,64 @@ def random_feature_batch(config: UniSARConfig, batch_size: int, num_candidates: 
         features[QUERY_TOKENS] = _padded_ids(config.num_words, (batch_size, query_len),
                                              rng.integers(1, query_len + 1, size=batch_size))
     return {name: values.astype(np.int64) for name, values in features.items()}
+
+
+# ------------------------------------------------------------------------ as the data job's output
+SYNTHETIC_VOCAB_PREFIXES = {"users": "u", "items": "i", "words": "w"}
+
+
+def _int64_example(features: Features, row: int) -> bytes:
+    return tf.train.Example(features=tf.train.Features(feature={
+        name: tf.train.Feature(int64_list=tf.train.Int64List(
+            value=np.asarray(values[row], np.int64).reshape(-1)))
+        for name, values in features.items()})).SerializeToString()
+
+
+def write_data_dir(data: SyntheticData, config: UniSARConfig, out_dir: str,
+                   seed: int = 0) -> dict:
+    """Writes `data` in the data job's id-format layout (feature_specs.layout), so the Trainer,
+    the evaluation and the baselines read it exactly as they read the data job's output:
+
+        manifest.json                      counts, vocabulary sizes, shapes, file patterns
+        vocab/{users,items,words}.txt      "u1", "i1", "w1", ...: line k is id k + 1
+        <split>/<scenario>-00000-of-00001.tfrecord.gz
+
+    Returns the manifest. Tables of `config` have vocabulary size + 1 rows (id 0 = padding).
+    """
+    shapes = config.sequence_shapes
+    counts: Dict[str, Dict[str, int]] = {}
+    files: Dict[str, str] = {}
+    for split in ("train", "valid", "test"):
+        counts[split] = {}
+        for scenario, features in zip(("rec", "search"), data.split(split)):
+            prefix = example_prefix(out_dir, split, scenario)
+            tf.io.gfile.makedirs(os.path.dirname(prefix))
+            path = f"{prefix}-00000-of-00001{EXAMPLE_FILE_SUFFIX}"
+            rows = len(features[CANDIDATE_ITEMS])
+            with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+                for row in range(rows):
+                    writer.write(_int64_example(features, row))
+            counts[split][scenario] = int(rows)
+            files[f"{split}/{scenario}"] = os.path.relpath(
+                example_pattern(out_dir, split, scenario), out_dir)
+    sizes = {"users": config.num_users - 1, "items": config.num_items - 1,
+             "words": config.num_words - 1}
+    tf.io.gfile.makedirs(os.path.join(out_dir, VOCAB_DIR))
+    for kind, size in sizes.items():
+        with tf.io.gfile.GFile(vocab_path(out_dir, kind), "w") as out:
+            out.write("".join(f"{SYNTHETIC_VOCAB_PREFIXES[kind]}{k}\n"
+                              for k in range(1, size + 1)))
+    manifest = {
+        "dataset": "synthetic", "id_format": ID_FORMAT_IDS,
+        "build_options": {"seed": seed, "num_topics": data.num_topics},
+        "vocab_sizes": sizes,
+        "shapes": {"rec_len": shapes.rec_len, "search_len": shapes.search_len,
+                   "query_len": shapes.query_len,
+                   "clicks_per_session": shapes.clicks_per_session,
+                   "train_candidates": 1 + config.num_train_negatives,
+                   "eval_candidates": 1 + config.num_eval_negatives,
+                   "train_negative_pool": 0},
+        "examples": counts, "files": files}
+    with tf.io.gfile.GFile(os.path.join(out_dir, MANIFEST_FILE), "w") as out:
+        out.write(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest

@@ -6,7 +6,7 @@
 
 `--architecture sasrec` trains the SASRec baseline (unisar_tf.sasrec) on the rec task
 (`--tasks` defaults to rec for it). A UniSAR run with the rec task also trains SASRec beside
-it (model_dir/baselines/SASRec, unisar_tf.learned_baseline), so that the test report has the
+it (model_dir/baselines/SASRec, unisar_tf.train.learned_baseline), so that the test report has the
 learned baseline next to the non-learned ones; `--sasrec_baseline false` skips it.
 
 Every UniSARConfig field is a flag (`--tower_units 128,64`, booleans as true/false) except
@@ -22,7 +22,16 @@ import os
 import typing
 from typing import Any, Dict, List, Optional
 
+import tensorflow as tf
+
+from feature_specs.layout import VOCAB_DIR
 from unisar_tf.config import PRESETS, UniSARConfig, preset
+# The command line is an entry point: it also exports (--serving_dir), above train/.
+from unisar_tf.export.push import push
+from unisar_tf.train.evaluation import evaluate_best, report_markdown
+from unisar_tf.train.learned_baseline import train_sasrec
+from unisar_tf.train.run_dir import DataMismatchError, load_trained_model
+from unisar_tf.train.trainer import Trainer, TrainerOptions
 
 # Set from the data (manifest and side features), not from flags.
 DATA_FIELDS = frozenset({"num_users", "num_items", "num_words", "max_rec_history",
@@ -125,11 +134,6 @@ def wants_sasrec_baseline(args: argparse.Namespace, config: UniSARConfig) -> boo
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
-    from unisar_tf.evaluate import evaluate_best, report_markdown
-    from unisar_tf.trainer import Trainer, TrainerOptions
-
-    import tensorflow as tf
-
     # Before any op runs: the thread pools are fixed once TF's runtime starts.
     if args.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
@@ -149,8 +153,6 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
           + ("; stopped early" if summary["stopped_early"] else ""), flush=True)
     result: Dict[str, Any] = {"training": summary}
     if wants_sasrec_baseline(args, config):
-        from unisar_tf.learned_baseline import train_sasrec
-
         print("training the SASRec baseline for the report", flush=True)
         sasrec = train_sasrec(options, args.preset, args.sasrec_max_epochs)
         if sasrec is not None:
@@ -163,10 +165,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         print(f"report: {os.path.join(args.model_dir, 'eval', 'test_metrics.md')}")
         result["test"] = report
     if args.serving_dir:
-        from unisar_tf.export import push
-        from unisar_tf.trainer import load_trained_model
-
-        vocab_dir = None if args.transform_dir else os.path.join(args.data_dir, "vocab")
+        vocab_dir = None if args.transform_dir else os.path.join(args.data_dir, VOCAB_DIR)
         path = push(load_trained_model(args.model_dir, args.data_dir), vocab_dir,
                     args.serving_dir, transform_dir=args.transform_dir)
         print(f"exported: {path}")
@@ -181,8 +180,6 @@ def main(argv: Optional[List[str]] = None) -> None:
         config_from_args(args)
     except ValueError as error:
         parser.error(str(error))
-    from unisar_tf.trainer import DataMismatchError
-
     try:
         run(args)
     except DataMismatchError as error:  # another dataset's model_dir, a task the data lacks

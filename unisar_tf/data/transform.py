@@ -22,13 +22,9 @@ from typing import Dict, Mapping
 import numpy as np
 import tensorflow as tf
 
-from feature_specs import (
-    CANDIDATE_ITEMS,
-    HISTORY_TYPES,
-    ID_FEATURE_VOCABULARIES,  # which vocabulary maps each raw-id feature
-    QUERY_TOKENS,
-    USER_ID,
-)
+from feature_specs import ID_FEATURE_VOCABULARIES  # which vocabulary maps each raw-id feature
+from feature_specs import CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, USER_ID
+from unisar_tf.data.vocab import read_vocabularies
 
 VOCABULARY_NAMES = ("users", "items", "words")
 PASSTHROUGH_FEATURES = (HISTORY_TYPES,)
@@ -65,7 +61,7 @@ class TransformIds(tf.Module):
 
     def vocabularies(self) -> Dict[str, np.ndarray]:
         """kind -> (size + 1,) object array of strings, index = id; index 0 is "" (as
-        unisar_tf.export.read_vocabularies gives the data job's)."""
+        unisar_tf.data.vocab.read_vocabularies gives the data job's)."""
         # Read on demand: only tools and tests need the words, and a catalogue can be large.
         import tensorflow_transform as tft
 
@@ -138,7 +134,6 @@ def transform_ids(transform_dir: str) -> TransformIds:
 def data_job_id_maps(vocab_dir: str, transform_dir: str) -> Dict[str, np.ndarray]:
     """{kind: (job vocabulary + 1,) int64}: the data job's id -> Transform's id (0 if the
     Transform vocabulary lacks it), for tables keyed by job ids (KuaiSAR side features)."""
-    from unisar_tf.export import read_vocabularies
 
     job = read_vocabularies(vocab_dir)
     transform = transform_ids(transform_dir).vocabularies()

@@ -7,25 +7,19 @@ A UniSAR result means something only next to a learned single-task sequential re
     sasrec_metrics(model_dir, data_dir, "test")          # {"rec": metrics} or None
 
 The SASRec run is an ordinary run directory (checkpoints, best/, history.jsonl), so it
-resumes like any run, and `unisar_tf.evaluate.evaluate_best` adds its row to the report when
+resumes like any run, and `unisar_tf.train.evaluation.evaluate_best` adds its row to the report when
 it exists. Its recipe is `config.BASELINES["SASRec"]` on top of the same preset as the model
 it is compared with (the ablation table uses the same recipe). SASRec scores rec only.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Dict, Optional
+from typing import Optional
 
-import tensorflow as tf
-
-from unisar_tf import data
 from unisar_tf.config import BASELINES, preset
-from unisar_tf.trainer import (BEST_FILE, Trainer, TrainerOptions, evaluate_model,
-                               load_trained_model, run_transform_dir)
-
-SASREC = "SASRec"
-BASELINES_DIR = "baselines"
+from unisar_tf.data import reader
+from unisar_tf.train.run_dir import SASREC, sasrec_run_dir
+from unisar_tf.train.trainer import Trainer, TrainerOptions
 
 
 def sasrec_config(preset_name: str = "default", seed: int = 0):
@@ -33,14 +27,9 @@ def sasrec_config(preset_name: str = "default", seed: int = 0):
     return preset(preset_name, seed=seed, **BASELINES[SASREC])
 
 
-def sasrec_run_dir(model_dir: str) -> str:
-    """Where the SASRec run of a UniSAR run directory lives."""
-    return os.path.join(model_dir, BASELINES_DIR, SASREC)
-
-
 def has_rec_training(data_dir: str, transform_dir: Optional[str] = None) -> bool:
     """True when the data has rec training examples (SASRec has nothing to learn otherwise)."""
-    manifest = data.load_manifest(data_dir, transform_dir)
+    manifest = reader.load_manifest(data_dir, transform_dir)
     return bool(manifest["examples"]["train"].get("rec"))
 
 
@@ -58,16 +47,3 @@ def train_sasrec(options: TrainerOptions, preset_name: str = "default",
         options, model_dir=sasrec_run_dir(options.model_dir),
         max_epochs=options.max_epochs if max_epochs is None else int(max_epochs))
     return Trainer(sasrec_config(preset_name, options.seed), sasrec_options).fit()
-
-
-def sasrec_metrics(model_dir: str, data_dir: str, split: str = "test",
-                   batch_size: Optional[int] = None) -> Optional[Dict[str, dict]]:
-    """{"rec": metrics with "examples"} of the best SASRec checkpoint beside model_dir on
-    `split`, or None when model_dir has no finished SASRec run."""
-    run_dir = sasrec_run_dir(model_dir)
-    if not tf.io.gfile.exists(os.path.join(run_dir, BEST_FILE)):
-        return None
-    model = load_trained_model(run_dir, data_dir)
-    manifest = data.load_manifest(data_dir, run_transform_dir(run_dir))
-    return evaluate_model(model, data_dir, split, manifest,
-                          batch_size or model.config.eval_batch_size)

@@ -12,7 +12,7 @@ training stops after `early_stop_patience` epochs without one.
 
 model_dir layout:
     config.json, options.json      what was trained, on what
-    data.json                      the data: its fingerprint, vocabulary sizes (data.data_identity)
+    data.json                      the data: its fingerprint, vocabulary sizes (reader.data_identity)
     checkpoints/ckpt-N             last epochs: weights, optimizer slots, lr, epoch, policy state
     best/ckpt-N, best.json         weights of the best validation epoch, and its metrics
     history.jsonl                  one line per epoch: losses, lr, validation metrics, seconds
@@ -37,32 +37,20 @@ import json
 import math
 import os
 import time
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from feature_specs import (CANDIDATE_ITEMS, NEGATIVE_POOL, REL_NEGATIVE_ITEMS,
-                           REL_NEGATIVE_QUERY_TOKENS)
-from unisar_tf import data
 from unisar_tf.config import UniSARConfig
-from unisar_tf.cooccurrence import training_tables
-from unisar_tf.metrics import ranking_metrics
-from unisar_tf.model import UniSARModel, build_model
-from unisar_tf.side_features import load_side_features
-from unisar_tf.training import search_batch_size  # the reference's rounding (spec 10)
-
-CONFIG_FILE = "config.json"
-OPTIONS_FILE = "options.json"
-DATA_FILE = "data.json"
-BEST_FILE = "best.json"
-HISTORY_FILE = "history.jsonl"
-VALIDATION_METRIC = "NDCG@5"
-
-
-class DataMismatchError(ValueError):
-    """The data does not fit the run: another dataset's model_dir, other vocabularies, or
-    tasks the data has no examples of. The message says what to do."""
+from unisar_tf.data import reader
+from unisar_tf.data.cooccurrence import training_tables
+from unisar_tf.model import build_model
+from unisar_tf.train.evaluation import VALIDATION_METRIC, evaluate_model, validation_score
+from unisar_tf.train.inputs import epoch_steps, search_batch_size, training_dataset
+from unisar_tf.train.run_dir import (BEST_FILE, CONFIG_FILE, DATA_FILE, HISTORY_FILE, OPTIONS_FILE,
+                                     DataMismatchError, check_resumable, read_best,
+                                     run_side_features)
 
 
 @dataclasses.dataclass
@@ -92,151 +80,13 @@ class EpochResult:
     seconds: float
     improved: bool
 
-
-def _stateless_seed(seed: int, epoch, step) -> tf.Tensor:
-    return tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64),
-                     tf.cast(step, tf.int64)])
-
-
-def epoch_steps(config: UniSARConfig, counts: Mapping[str, int]) -> int:
-    lead = "rec" if "rec" in config.tasks else "search"
-    return math.ceil(counts[lead] / config.batch_size)
-
-
-def replace_negatives(features: Dict[str, tf.Tensor], num_negatives: int,
-                      seed: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """Candidates = [positive, `num_negatives` distinct draws from the row's negative pool].
-
-    features[CANDIDATE_ITEMS] (B, 1 + n) with the positive first, features[NEGATIVE_POOL]
-    (B, K) -> candidates (B, 1 + num_negatives); the pool is dropped from the features.
-    """
-    features = dict(features)
-    pool = features.pop(NEGATIVE_POOL)
-    noise = tf.random.stateless_uniform(tf.shape(pool), seed=seed)
-    picks = tf.argsort(noise, axis=1)[:, :num_negatives]  # a random subset, no repeats
-    negatives = tf.gather(pool, picks, batch_dims=1)
-    features[CANDIDATE_ITEMS] = tf.concat([features[CANDIDATE_ITEMS][:, :1], negatives], axis=1)
-    return features
-
-
-def training_dataset(config: UniSARConfig, data_dir: str, manifest: dict, query_bank: np.ndarray,
-                     seed: int, epoch: int, fresh_negatives: bool = True,
-                     shuffle_buffer: int = 20_000) -> tf.data.Dataset:
-    """One epoch of {"rec": batch, "search": batch, "rel_negatives": {...}} (spec 10).
-
-    The rec data sets the epoch; the search data, batched to finish at the same time, cycles
-    if rounding leaves a step short. With one task only that task's batches are produced.
-    """
-    counts = manifest["examples"]["train"]
-    tasks = config.tasks
-    joint = len(tasks) == 2
-    sizes = {task: config.batch_size for task in tasks}
-    if joint:
-        sizes["search"] = search_batch_size(counts["rec"], counts["search"], config.batch_size)
-    parts = {}
-    for offset, task in enumerate(tasks):
-        stream = data.read_examples(data_dir, "train", task, sizes[task], manifest, shuffle=True,
-                                    seed=seed * 7919 + epoch * 2 + offset,
-                                    shuffle_buffer=shuffle_buffer)
-        parts[task] = stream.repeat() if joint and task == "search" else stream
-    has_pool = bool(manifest["shapes"].get("train_negative_pool", 0))
-    # No query at all (a rec-only log): no relevance negatives (the Trainer turns L_rel off).
-    with_relevance = len(query_bank) > 0
-    bank = tf.constant(query_bank, tf.int64) if with_relevance else None
-    num_relevance = config.num_relevance_negatives
-
-    def finish(step, batch):
-        batch = dict(batch)
-        for index, task in enumerate(tasks):
-            task_batch = dict(batch[task])
-            if has_pool and fresh_negatives:
-                task_batch = replace_negatives(task_batch, config.num_train_negatives,
-                                               _stateless_seed(seed, epoch, step * 4 + index))
-            else:
-                task_batch.pop(NEGATIVE_POOL, None)
-            batch[task] = task_batch
-        if not with_relevance:
-            return batch
-        item_seed = _stateless_seed(seed, epoch, step * 4 + 2)
-        query_seed = _stateless_seed(seed, epoch, step * 4 + 3)
-        batch["rel_negatives"] = {
-            REL_NEGATIVE_ITEMS: tf.random.stateless_uniform(
-                [num_relevance], item_seed, 1, config.num_items, tf.int64),
-            REL_NEGATIVE_QUERY_TOKENS: tf.gather(bank, tf.random.stateless_uniform(
-                [num_relevance], query_seed, 0, tf.shape(bank, tf.int64)[0], tf.int64)),
-        }
-        return batch
-
-    return (tf.data.Dataset.zip(parts).enumerate()
-            .map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(2))
-
-
-def training_item_counts(data_dir: str, manifest: dict, num_items: int) -> np.ndarray:
-    """(num_items,) how often each item is a training positive (the popularity baseline)."""
-    counts = np.zeros(num_items, np.float64)
-    width = manifest["shapes"]["train_candidates"]
-    for task in data.tasks_with_examples(manifest, "train"):
-        positives = data.read_feature(data_dir, "train", task, CANDIDATE_ITEMS, width,
-                                      manifest)[:, 0]
-        np.add.at(counts, positives, 1.0)
-    return counts
-
-
-# ------------------------------------------------------------------------------- evaluation
-def scoring_function(model: UniSARModel, task: str, manifest: dict):
-    """A traced (B, ...) features -> (B, C) scores function for one task's eval examples."""
-    shapes = data.shapes_from_manifest(manifest)
-    spec = data.parse_spec(shapes, None, with_query=task == "search")
-    signature = {name: tf.TensorSpec((None,) + tuple(feature.shape), tf.int64)
-                 for name, feature in spec.items()}
-    signature[CANDIDATE_ITEMS] = tf.TensorSpec((None, None), tf.int64)
-    return tf.function(lambda batch: model(batch, training=False)[task],
-                       input_signature=[signature])
-
-
-def score_split(model: UniSARModel, data_dir: str, split: str, task: str, manifest: dict,
-                batch_size: int = 512, rows: Optional[int] = None,
-                score=None) -> np.ndarray:
-    """Scores (n, C) for the first `rows` examples (all if None) of a split, in file order."""
-    dataset = data.read_examples(data_dir, split, task, batch_size, manifest)
-    if rows is not None:
-        dataset = dataset.unbatch().take(rows).batch(batch_size)
-    score = score or scoring_function(model, task, manifest)
-    parts = [score(batch).numpy() for batch in dataset]
-    if not parts:
-        raise ValueError(f"{data_dir}: {split}/{task} has no examples")
-    return np.concatenate(parts)
-
-
-def evaluate_model(model: UniSARModel, data_dir: str, split: str, manifest: dict,
-                   batch_size: int = 512, rows: Optional[int] = None,
-                   scorers: Optional[dict] = None) -> Dict[str, Dict[str, float]]:
-    """{task: HR@1/5/10, NDCG@5/10} on 1 positive + N negatives for every task of the model."""
-    scorers = scorers if scorers is not None else {}
-    results = {}
-    for task in model.config.tasks:
-        if task not in scorers:
-            scorers[task] = scoring_function(model, task, manifest)
-        scores = score_split(model, data_dir, split, task, manifest, batch_size, rows,
-                             scorers[task])
-        results[task] = ranking_metrics(scores)
-        results[task]["examples"] = int(len(scores))
-    return results
-
-
-def validation_score(metrics: Mapping[str, Mapping[str, float]]) -> float:
-    """Mean NDCG@5 over the model's tasks (spec 10)."""
-    return float(np.mean([metrics[task][VALIDATION_METRIC] for task in metrics]))
-
-
 # ----------------------------------------------------------------------- the run's data
 def fit_tasks_to_data(config: UniSARConfig, manifest: dict, data_dir: str
                       ) -> Tuple[UniSARConfig, List[str]]:
     """(config whose tasks are those of config.tasks the data has training examples of, what
     changed). A single-scenario log trains the task it has; none of config.tasks in the
     data, or a task without validation examples, is a DataMismatchError."""
-    available = data.tasks_with_examples(manifest, "train")
+    available = reader.tasks_with_examples(manifest, "train")
     if not available:
         raise DataMismatchError(f"{data_dir} has no training examples (manifest.json "
                                 f"examples.train: {manifest.get('examples', {}).get('train')})"
@@ -250,7 +100,7 @@ def fit_tasks_to_data(config: UniSARConfig, manifest: dict, data_dir: str
             f"{','.join(available)})" + (", a UniSAR model (SASRec is rec-only)"
                                          if config.architecture == "sasrec" else ""))
     for task in kept:
-        if not data.tasks_with_examples(manifest, "valid", (task,)):
+        if not reader.tasks_with_examples(manifest, "valid", (task,)):
             raise DataMismatchError(f"{data_dir} has {task} training examples but no {task} "
                                     "validation examples to pick the best epoch with: rebuild "
                                     f"it, or train the other task (--tasks)")
@@ -266,109 +116,6 @@ def uses_relevance_loss(config: UniSARConfig) -> bool:
     return (config.architecture == "unisar" and config.use_history
             and config.use_relevance_loss and config.alpha_relevance > 0)
 
-
-def _read_run_json(model_dir: str, name: str) -> Optional[dict]:
-    """model_dir/name as JSON, or None when the run has not written it."""
-    path = os.path.join(model_dir, name)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as handle:
-        return json.load(handle)
-
-
-def read_run_data(model_dir: str) -> Optional[dict]:
-    """model_dir/data.json (data.data_identity of the data it was trained on), or None."""
-    return _read_run_json(model_dir, DATA_FILE)
-
-
-def _read_run_config(model_dir: str) -> Optional[dict]:
-    return _read_run_json(model_dir, CONFIG_FILE)
-
-
-# What the data sets in a config (data.config_with_data_sizes), by the manifest entry it is from.
-_DATA_SIZE_FIELDS = {"num_users": "vocab_sizes.users", "num_items": "vocab_sizes.items",
-                     "num_words": "vocab_sizes.words", "max_rec_history": "shapes.rec_len",
-                     "max_search_history": "shapes.search_len",
-                     "query_length": "shapes.query_len",
-                     "clicks_per_session": "shapes.clicks_per_session"}
-_SEQUENCE_SHAPES = ("rec_len", "search_len", "query_len", "clicks_per_session")
-
-
-def _differences(recorded: dict, current: dict) -> List[str]:
-    """What differs between two data_identity records, most telling first."""
-    found = []
-    for key in ("vocab_sizes", "shapes", "examples"):
-        old, new = recorded.get(key) or {}, current.get(key) or {}
-        for name in sorted(set(old) | set(new)):
-            if old.get(name) != new.get(name):
-                found.append(f"{key}.{name} {old.get(name)} -> {new.get(name)}".replace(
-                    "'", ""))
-    if recorded.get("vocabulary") != current.get("vocabulary"):
-        found.append("the vocabulary files (user, item or word ids mean other things)")
-    if not found and recorded.get("fingerprint") != current.get("fingerprint"):
-        found.append("manifest.json's build options, inputs or counters")
-    return found
-
-
-def _config_differences(saved: Mapping, config: UniSARConfig) -> List[str]:
-    """For run directories without data.json: data-set config fields that differ."""
-    return [f"{source} {saved[name] - 1 if source.startswith('vocab') else saved[name]} -> "
-            f"{getattr(config, name) - 1 if source.startswith('vocab') else getattr(config, name)}"
-            for name, source in _DATA_SIZE_FIELDS.items()
-            if name in saved and saved[name] != getattr(config, name)]
-
-
-def check_resumable(model_dir: str, current: dict, config: UniSARConfig) -> Optional[str]:
-    """Raises DataMismatchError when model_dir's run was trained on other data than
-    `current` (data.data_identity); returns a note when model_dir cannot say (no data.json)."""
-    recorded = read_run_data(model_dir)
-    if recorded is not None:
-        if recorded.get("fingerprint") == current["fingerprint"]:
-            return None
-        found = _differences(recorded, current)
-        trained_on = recorded.get("data_dir")
-    else:
-        saved = _read_run_config(model_dir) or {}
-        found = _config_differences(saved, config)
-        if not found:
-            return (f"{model_dir} does not record its data ({DATA_FILE} is new): resuming, as "
-                    "its vocabulary sizes and shapes match this data")
-        trained_on = "other data"
-    raise DataMismatchError(
-        f"{model_dir} holds a run trained on {trained_on}, not on {current['data_dir']}; they "
-        f"differ in: {'; '.join(found)}. Its checkpoints cannot continue on this data: train "
-        f"into a new --model_dir, or delete {model_dir} to start over on this data.")
-
-
-def check_model_data(model_dir: str, config: UniSARConfig, data_dir: str,
-                     manifest: dict) -> None:
-    """Raises DataMismatchError unless data_dir's ids mean what they meant in training (same
-    vocabularies) and its sequences have the model's shapes; other examples are fine."""
-    recorded = read_run_data(model_dir)
-    if recorded is not None:
-        current = data.data_identity(data_dir, manifest)
-        same_shapes = all((recorded.get("shapes") or {}).get(name) == current["shapes"].get(name)
-                          for name in _SEQUENCE_SHAPES)
-        if recorded.get("vocabulary") == current["vocabulary"] and same_shapes:
-            return
-        # Only what the model depends on (other examples, e.g. more negatives, are fine).
-        found = [d for d in _differences(recorded, current)
-                 if d.startswith(("vocab_sizes.", "the vocabulary"))
-                 or d.split(" ")[0] in {f"shapes.{name}" for name in _SEQUENCE_SHAPES}]
-        trained_on = recorded.get("data_dir")
-    else:
-        found = _config_differences(config.to_dict(),
-                                    data.config_with_data_sizes(config, manifest))
-        if not found:
-            return
-        trained_on = "other data"
-    raise DataMismatchError(
-        f"{model_dir} was trained on {trained_on}, with other vocabularies or sequence shapes "
-        f"than {data_dir} ({'; '.join(found)}): its ids would mean other users, items and "
-        f"words here. Evaluate or export it with the data it was trained on, or train a "
-        f"model on {data_dir} (a new --model_dir).")
-
-
 # --------------------------------------------------------------------------------- trainer
 class Trainer:
     """Trains one UniSAR configuration on one data directory; see the module docstring."""
@@ -378,11 +125,11 @@ class Trainer:
         say = print if options.verbose else (lambda *args, **kwargs: None)
         if config.architecture == "sasrec":  # the plain baseline: item ids only
             config = config.replace(use_side_features=False, use_cooccurrence=False)
-        self.manifest = data.load_manifest(options.data_dir, options.transform_dir)
-        self.data_identity = data.data_identity(options.data_dir, self.manifest)
-        config = data.config_with_data_sizes(config, self.manifest)
+        self.manifest = reader.load_manifest(options.data_dir, options.transform_dir)
+        self.data_identity = reader.data_identity(options.data_dir, self.manifest)
+        config = reader.config_with_data_sizes(config, self.manifest)
         config, notes = fit_tasks_to_data(config, self.manifest, options.data_dir)
-        self.query_bank = data.query_bank(options.data_dir, self.manifest)
+        self.query_bank = reader.query_bank(options.data_dir, self.manifest)
         if not len(self.query_bank) and uses_relevance_loss(config):
             notes.append("the training data has no search query: the query-item relevance "
                          "loss is off (use_relevance_loss=False)")
@@ -394,7 +141,7 @@ class Trainer:
         if self.side_features is not None:  # KuaiSAR categories, captions, user levels
             config = config.replace(**self.side_features.config_overrides())
         table = transitions = None
-        if config.use_cooccurrence:  # counted on the training split (unisar_tf.cooccurrence)
+        if config.use_cooccurrence:  # counted on the training split (unisar_tf.data.cooccurrence)
             table, transitions = training_tables(options.data_dir, self.manifest,
                                                  config.num_items, config.tasks)
             config = config.replace(cooccurrence_pairs=table.num_pairs,
@@ -590,51 +337,3 @@ class Trainer:
         with tf.io.gfile.GFile(os.path.join(self.options.model_dir, HISTORY_FILE), "a") as out:
             out.write(json.dumps(dataclasses.asdict(result), sort_keys=True) + "\n")
         return result
-
-
-def read_best(model_dir: str) -> dict:
-    path = os.path.join(model_dir, BEST_FILE)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path} not found: no epoch of {model_dir} has finished")
-    with tf.io.gfile.GFile(path) as handle:
-        return json.load(handle)
-
-
-def run_side_features(data_dir: str, transform_dir: Optional[str], config: UniSARConfig):
-    """The data's side features (or None), keyed by the ids the model uses: the data job's,
-    or with `transform_dir` Transform's (the job writes them keyed by its own ids)."""
-    id_maps = None
-    if transform_dir and tf.io.gfile.glob(os.path.join(data_dir, "side_features", "*.jsonl")):
-        from unisar_tf.transform import data_job_id_maps
-
-        id_maps = data_job_id_maps(os.path.join(data_dir, "vocab"), transform_dir)
-    return load_side_features(data_dir, config.num_items, config.num_users,
-                              config.query_length, id_maps)
-
-
-def run_transform_dir(model_dir: str) -> Optional[str]:
-    """The Transform output a run was trained with (its options.json), or None."""
-    path = os.path.join(model_dir, OPTIONS_FILE)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as handle:
-        return json.load(handle).get("transform_dir")
-
-
-def load_trained_model(model_dir: str, data_dir: str) -> UniSARModel:
-    """The best validation checkpoint of a finished (or interrupted) run, ready to score.
-
-    Raises DataMismatchError if data_dir's vocabularies or sequence shapes are not the ones
-    the run was trained with (its ids would mean other things)."""
-    with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE)) as handle:
-        config = UniSARConfig.from_dict(json.load(handle))
-    check_model_data(model_dir, config, data_dir,
-                     data.load_manifest(data_dir, run_transform_dir(model_dir)))
-    side = (run_side_features(data_dir, run_transform_dir(model_dir), config)
-            if config.uses_side_features else None)
-    model = build_model(config, side_features=side)
-    best = tf.train.latest_checkpoint(os.path.join(model_dir, "best"))
-    if best is None:
-        raise FileNotFoundError(f"{model_dir}/best has no checkpoint: no epoch has finished")
-    tf.train.Checkpoint(model=model).restore(best).expect_partial().assert_existing_objects_matched()
-    return model

@@ -1,7 +1,7 @@
 """Training throughput benchmark: positives per second, step time, peak memory, epoch time.
 
-    python -m unisar_tf.benchmark_train --data_dir out/amazon_beauty
-    python -m unisar_tf.benchmark_train --data_dir out/amazon_beauty --cases packed
+    python -m unisar_tf.tools.benchmark_train --data_dir out/amazon_beauty
+    python -m unisar_tf.tools.benchmark_train --data_dir out/amazon_beauty --cases packed
 
 Each case runs in its own process (so peak memory is that case's alone): the Amazon preset at
 batch 1,024 on the real TFRecords through the trainer's own input pipeline and train step
@@ -19,6 +19,11 @@ import platform
 import subprocess
 import sys
 import time
+
+from unisar_tf.config import amazon_preset
+from unisar_tf.data.reader import query_bank
+from unisar_tf.train.inputs import epoch_steps, search_batch_size, training_dataset
+from unisar_tf.train.trainer import Trainer, TrainerOptions
 
 # name -> (config overrides, TF threading (inter_op, intra_op) or None for TF's default)
 CASES = {
@@ -39,10 +44,6 @@ def measure(data_dir: str, overrides: dict, threads, steps: int, warmup: int, se
     if threads:
         tf.config.threading.set_inter_op_parallelism_threads(threads[0])
         tf.config.threading.set_intra_op_parallelism_threads(threads[1])
-    from unisar_tf.config import amazon_preset
-    from unisar_tf.data import query_bank
-    from unisar_tf.trainer import Trainer, TrainerOptions, epoch_steps, training_dataset
-    from unisar_tf.training import search_batch_size
 
     started = time.time()
     trainer = Trainer(amazon_preset(**overrides),
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
     results = {}
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     for name in names:
-        command = [sys.executable, "-m", "unisar_tf.benchmark_train", "--data_dir",
+        command = [sys.executable, "-m", "unisar_tf.tools.benchmark_train", "--data_dir",
                    args.data_dir, "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--seed", str(args.seed), "--_case", name]
         if args.transform_dir:

@@ -1,6 +1,6 @@
 """Print UniSAR's trainable parameter count for a preset and vocabulary sizes.
 
-    python -m unisar_tf.param_count --preset amazon --num-items 61935 --num-words 1866 \
+    python -m unisar_tf.tools.param_count --preset amazon --num-items 61935 --num-words 1866 \
         --num-users 68223
 
 Vocabulary sizes count the padding id 0. The table breaks the total down by component so it
@@ -13,6 +13,9 @@ import collections
 import os
 import sys
 from typing import Dict, List, Optional
+
+from unisar_tf.config import preset
+from unisar_tf.model import build_model
 
 
 def parameter_breakdown(model) -> Dict[str, int]:
@@ -35,8 +38,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from unisar_tf.config import preset
-    from unisar_tf.model import build_model
 
     config = preset(args.preset, num_items=args.num_items, num_words=args.num_words,
                     num_users=args.num_users)

@@ -10,7 +10,7 @@ Scores are (N, C) matrices, one row per test list, positive at column 0, as ever
 the project (unisar_tf.metrics): row i of the model's matrix and row i of a comparator's
 matrix must be the same list. A comparator's entry may also be a number, a constant NDCG@10
 per list; random ranking is added to every task that way, as its exact expectation for C
-candidates (unisar_tf.demo.random_ranking_metrics), so it has no sampling noise of its own.
+candidates (unisar_tf.tools.demo.random_ranking_metrics), so it has no sampling noise of its own.
 
 The statistic, per task and comparator: the per-list NDCG@10 of the positive (ties count
 against it, `positive_rank_numpy`) of the model minus that of the comparator, d_i. Reported:
@@ -37,7 +37,7 @@ from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
-from unisar_tf.metrics import positive_rank_numpy
+from unisar_tf.metrics import positive_rank_numpy, random_ranking_metrics
 
 __all__ = ["Comparison", "GateDecision", "LAST_BLESSED", "RANDOM", "SCORE_METRIC",
            "bootstrap_lower_bound", "comparison_table", "decide", "ndcg_per_list",
@@ -61,8 +61,6 @@ def ndcg_per_list(scores, k: int = K) -> np.ndarray:
 def random_ndcg(num_candidates: int, k: int = K) -> float:
     """Exact expected NDCG@k of random ranking: the positive's rank uniform on 1..C."""
     if k == K:
-        from unisar_tf.demo import random_ranking_metrics
-
         return float(random_ranking_metrics(num_candidates)[SCORE_METRIC])
     ranks = np.arange(1, num_candidates + 1, dtype=np.float64)
     return float(np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0).mean())

@@ -1,12 +1,12 @@
 """Ablation runner: UniSAR and every spec-12 variant, same data, seed and budget (Table 5).
 
-    python -m unisar_tf.ablation --data_dir out/amazon_beauty --out_dir out/ablation \
+    python -m unisar_tf.tools.ablation --data_dir out/amazon_beauty --out_dir out/ablation \
         --max_epochs 10
 
 Each variant trains with the trainer (early stopping on validation mean NDCG@5, test metrics
 from its best checkpoint) into out_dir/<variant>/. Baselines give the numbers a scale: the
 non-learned popularity (training-positive counts), ItemKNN and (search) query match
-(unisar_tf/baselines.py), and a trained model without history (user + item + query
+(unisar_tf/train/baselines.py), and a trained model without history (user + item + query
 embeddings into the same heads). Writes out_dir/ablation.{md,json,png}.
 
 Finished variants are reused on a re-run (their test report exists), so an interrupted
@@ -24,6 +24,9 @@ from typing import Dict, List, Optional, Sequence
 import tensorflow as tf
 
 from unisar_tf.config import ABLATIONS, BASELINES, preset
+from unisar_tf.data import reader
+from unisar_tf.train.evaluation import baseline_metrics, evaluate_best, write_report
+from unisar_tf.train.trainer import Trainer, TrainerOptions
 
 JOINT_PAIR = ("w/o joint training (rec)", "w/o joint training (search)")
 TABLE_METRICS = ("NDCG@5", "NDCG@10")
@@ -48,8 +51,6 @@ def variant_overrides(names: Optional[Sequence[str]] = None) -> Dict[str, dict]:
 
 def run_variant(name: str, overrides: dict, args: argparse.Namespace) -> dict:
     """Trains (or reuses) one variant; returns its test report."""
-    from unisar_tf.evaluate import evaluate_best
-    from unisar_tf.trainer import Trainer, TrainerOptions
 
     model_dir = os.path.join(args.out_dir, slug(name))
     report_path = os.path.join(model_dir, "eval", "test_metrics.json")
@@ -70,7 +71,6 @@ def run_variant(name: str, overrides: dict, args: argparse.Namespace) -> dict:
                                            for k, v in overrides.items()},
                   epochs_run=summary["epochs_run"], stopped_early=summary["stopped_early"],
                   train_seconds=time.time() - started)
-    from unisar_tf.evaluate import write_report
     write_report(report, os.path.join(model_dir, "eval"), "test")
     return report
 
@@ -161,12 +161,9 @@ def bar_chart(rows: List[dict], path: str, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from unisar_tf import data
-    from unisar_tf.evaluate import baseline_metrics
-
     tf.io.gfile.makedirs(args.out_dir)
     variants = variant_overrides(args.variants)
-    manifest = data.load_manifest(args.data_dir)
+    manifest = reader.load_manifest(args.data_dir)
     num_items = manifest["vocab_sizes"]["items"] + 1
     baselines = baseline_metrics(args.data_dir, "test", manifest, num_items)
     budget = (f"max {args.max_epochs} epochs" +

@@ -1,6 +1,6 @@
 """Time-to-quality benchmark: wall time and epochs until validation reaches 99% of the best.
 
-    python -m unisar_tf.time_to_quality --data_dir out/beauty --model_dir out/ttq/default \
+    python -m unisar_tf.tools.time_to_quality --data_dir out/beauty --model_dir out/ttq/default \
         [--preset default] [--max_epochs 8] [--fraction 0.99] [--set name=value ...]
 
 Trains one configuration with the project's Trainer (full validation split after every
@@ -20,6 +20,9 @@ import os
 import platform
 import time
 from typing import List, Optional, Sequence
+
+from unisar_tf.config import preset
+from unisar_tf.train.trainer import Trainer, TrainerOptions
 
 
 def read_history(model_dir: str) -> List[dict]:
@@ -84,9 +87,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     setup_seconds = 0.0
     if not args.from_model_dir:
-        from unisar_tf.config import preset
-        from unisar_tf.trainer import Trainer, TrainerOptions
-
         if os.path.exists(os.path.join(args.model_dir, "history.jsonl")):
             raise SystemExit(f"{args.model_dir} already holds a run: a resumed run would not "
                              "be timed from its start; give a new --model_dir")

@@ -23,13 +23,13 @@ on the training split only, both scenarios (rec and search files).
   with w in its query has c as its positive.
 
 `baseline_scores` reads the data and returns the score matrices; random ranking needs no
-scores (its metrics are an exact expectation, `unisar_tf.demo.random_ranking_metrics`).
+scores (its metrics are an exact expectation, `unisar_tf.tools.demo.random_ranking_metrics`).
 Library code: numpy, scipy.sparse and tf.data, no TFX or Beam.
 """
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,7 +37,10 @@ import tensorflow as tf
 
 from feature_specs import (CANDIDATE_ITEMS, QUERY_TOKENS, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS)
-from unisar_tf import data
+from feature_specs.layout import VOCAB_DIR, side_feature_pattern
+from unisar_tf.data.cooccurrence import history_items, id_sets, item_cooccurrence, read_split
+from unisar_tf.data.side_features import load_side_features
+from unisar_tf.data.transform import data_job_id_maps
 
 POPULARITY = "popularity"
 RANDOM = "random"
@@ -48,32 +51,6 @@ BASELINE_ORDER = (POPULARITY, RANDOM, ITEMKNN, QUERY_MATCH)
 
 # Rows per block when sampling a sparse product at the candidates (bounds memory).
 _BLOCK_ROWS = 2048
-
-
-# ------------------------------------------------------------------------------ building blocks
-def history_items(features: Dict[str, np.ndarray]) -> np.ndarray:
-    """(N, rec_len + search_len * clicks) item ids of each example's history, 0 = padding:
-    `rec_history_items` followed by the flattened `search_history_clicked_items`."""
-    rec = np.asarray(features[REC_HISTORY_ITEMS]).reshape(len(features[REC_HISTORY_ITEMS]), -1)
-    clicked = np.asarray(features[SEARCH_HISTORY_CLICKED_ITEMS]).reshape(len(rec), -1)
-    return np.concatenate([rec, clicked], axis=1)
-
-
-def id_sets(ids: np.ndarray, size: int) -> sp.csr_matrix:
-    """(N, L) ids (0 = padding) -> (N, size) binary CSR: row i has a 1 at each distinct
-    nonzero id of ids[i]."""
-    ids = np.asarray(ids, np.int64)
-    ids = ids.reshape(len(ids), -1)
-    if ids.size and (ids.min() < 0 or ids.max() >= size):
-        raise ValueError(f"ids must lie in 0..{size - 1}, got {ids.min()}..{ids.max()}")
-    rows = np.repeat(np.arange(len(ids)), ids.shape[1])
-    cols = ids.reshape(-1)
-    keep = cols != 0
-    matrix = sp.csr_matrix((np.ones(int(keep.sum()), np.float64), (rows[keep], cols[keep])),
-                           shape=(len(ids), size))
-    matrix.sum_duplicates()
-    matrix.data[:] = 1.0  # distinct: an id repeated in a row counts once
-    return matrix
 
 
 def sampled_product(left: sp.spmatrix, right: sp.spmatrix, candidates: np.ndarray
@@ -91,18 +68,6 @@ def sampled_product(left: sp.spmatrix, right: sp.spmatrix, candidates: np.ndarra
         out[start:start + len(block)] = np.asarray(
             product[rows, block.reshape(-1)]).reshape(len(block), width)
     return out
-
-
-def item_cooccurrence(histories: np.ndarray, positives: np.ndarray, num_items: int
-                      ) -> sp.csr_matrix:
-    """Symmetric (num_items, num_items) co-occurrence counts of training examples: each
-    example adds 1 to [h, p] and 1 to [p, h] for each distinct history item h (nonzero) of
-    `histories` (N, L) and its positive p (`positives` (N,))."""
-    positives = np.asarray(positives, np.int64).reshape(-1)
-    history = id_sets(histories, num_items)
-    positive = id_sets(positives[:, None], num_items)
-    counts = (history.T @ positive).tocsr()
-    return (counts + counts.T).tocsr()
 
 
 def normalized_cooccurrence(cooc: sp.spmatrix) -> sp.csr_matrix:
@@ -163,36 +128,16 @@ def query_match_scores(overlap: np.ndarray, itemknn: np.ndarray,
     return scores
 
 
-# ---------------------------------------------------------------------------------- reading
-def read_split(data_dir: str, split: str, task: str, manifest: dict,
-               features: Iterable[str]) -> Dict[str, np.ndarray]:
-    """Some features of a whole split, rows in `data.read_examples(..., shuffle=False)` order
-    (the order the model's scores come in); raw-id examples are mapped through the manifest's
-    Transform graph there."""
-    features = tuple(features)
-    parts: Dict[str, list] = {name: [] for name in features}
-    for batch in data.read_examples(data_dir, split, task, batch_size=4096, manifest=manifest,
-                                    shuffle=False):
-        for name in features:
-            parts[name].append(batch[name].numpy())
-    if not parts[features[0]]:
-        raise ValueError(f"{data_dir}: split {split}/{task} has no examples")
-    return {name: np.concatenate(values) for name, values in parts.items()}
-
-
 def _item_captions(data_dir: str, manifest: dict, num_items: int,
                    transform_dir: Optional[str]) -> Optional[np.ndarray]:
     """(num_items, query_len) caption word ids from the data's side features, keyed by the
     ids the examples are read with; None when no item has any."""
-    from unisar_tf.side_features import load_side_features
 
-    if not tf.io.gfile.glob(os.path.join(data_dir, "side_features", "items-*.jsonl")):
+    if not tf.io.gfile.glob(side_feature_pattern(data_dir, "items")):
         return None
     id_maps = None
     if transform_dir:
-        from unisar_tf.transform import data_job_id_maps
-
-        id_maps = data_job_id_maps(os.path.join(data_dir, "vocab"), transform_dir)
+        id_maps = data_job_id_maps(os.path.join(data_dir, VOCAB_DIR), transform_dir)
     side = load_side_features(data_dir, num_items, manifest["vocab_sizes"]["users"] + 1,
                               manifest["shapes"]["query_len"], id_maps)
     if side is None or not np.any(side.item_captions):
@@ -210,10 +155,10 @@ def baseline_scores(data_dir: str, split: str, manifest: dict, num_items: int,
                     transform_dir: Optional[str] = None
                     ) -> Dict[str, Dict[str, np.ndarray]]:
     """{baseline name: {task: scores (N, C) float}} for popularity, ItemKNN and (search)
-    query match, rows in the order `unisar_tf.data.read_examples(data_dir, split, task, ...,
+    query match, rows in the order `unisar_tf.data.reader.read_examples(data_dir, split, task, ...,
     shuffle=False)` yields them.
 
-    manifest: `data.load_manifest(data_dir, transform_dir)` (raw-id examples are read through
+    manifest: `reader.load_manifest(data_dir, transform_dir)` (raw-id examples are read through
     its Transform graph). num_items: item table size (vocabulary + 1). transform_dir: the
     Transform output of raw-id examples, for side features keyed by the data job's ids;
     defaults to the manifest's.

@@ -1,6 +1,7 @@
 """The training split's item co-occurrence table, for the model's ItemCooccurrence layer.
 
-Counted exactly as the ItemKNN baseline counts (unisar_tf.baselines.item_cooccurrence):
+Counted exactly as the ItemKNN baseline counts (`item_cooccurrence`, also what
+unisar_tf.train.baselines ranks with):
 every training example (rec and search) adds 1 to cooc(h, p) and to cooc(p, h) for each
 distinct history item h and its positive p. Only the training split is read, so validation
 and test positives never leak into the table.
@@ -12,15 +13,70 @@ search session's first click) and p its positive.
 from __future__ import annotations
 
 import dataclasses
+from typing import Dict, Iterable
 
 import numpy as np
-
 import scipy.sparse as sp
 
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS, TYPE_REC)
-from unisar_tf.baselines import history_items, item_cooccurrence, read_split
-from unisar_tf.data import tasks_with_examples
+from unisar_tf.data import reader
+
+
+# ------------------------------------------------------------------------------ building blocks
+def history_items(features: Dict[str, np.ndarray]) -> np.ndarray:
+    """(N, rec_len + search_len * clicks) item ids of each example's history, 0 = padding:
+    `rec_history_items` followed by the flattened `search_history_clicked_items`."""
+    rec = np.asarray(features[REC_HISTORY_ITEMS]).reshape(len(features[REC_HISTORY_ITEMS]), -1)
+    clicked = np.asarray(features[SEARCH_HISTORY_CLICKED_ITEMS]).reshape(len(rec), -1)
+    return np.concatenate([rec, clicked], axis=1)
+
+
+def id_sets(ids: np.ndarray, size: int) -> sp.csr_matrix:
+    """(N, L) ids (0 = padding) -> (N, size) binary CSR: row i has a 1 at each distinct
+    nonzero id of ids[i]."""
+    ids = np.asarray(ids, np.int64)
+    ids = ids.reshape(len(ids), -1)
+    if ids.size and (ids.min() < 0 or ids.max() >= size):
+        raise ValueError(f"ids must lie in 0..{size - 1}, got {ids.min()}..{ids.max()}")
+    rows = np.repeat(np.arange(len(ids)), ids.shape[1])
+    cols = ids.reshape(-1)
+    keep = cols != 0
+    matrix = sp.csr_matrix((np.ones(int(keep.sum()), np.float64), (rows[keep], cols[keep])),
+                           shape=(len(ids), size))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0  # distinct: an id repeated in a row counts once
+    return matrix
+
+
+def item_cooccurrence(histories: np.ndarray, positives: np.ndarray, num_items: int
+                      ) -> sp.csr_matrix:
+    """Symmetric (num_items, num_items) co-occurrence counts of training examples: each
+    example adds 1 to [h, p] and 1 to [p, h] for each distinct history item h (nonzero) of
+    `histories` (N, L) and its positive p (`positives` (N,))."""
+    positives = np.asarray(positives, np.int64).reshape(-1)
+    history = id_sets(histories, num_items)
+    positive = id_sets(positives[:, None], num_items)
+    counts = (history.T @ positive).tocsr()
+    return (counts + counts.T).tocsr()
+
+
+# ---------------------------------------------------------------------------------- reading
+def read_split(data_dir: str, split: str, task: str, manifest: dict,
+               features: Iterable[str]) -> Dict[str, np.ndarray]:
+    """Some features of a whole split, rows in `reader.read_examples(..., shuffle=False)` order
+    (the order the model's scores come in); raw-id examples are mapped through the manifest's
+    Transform graph there."""
+    features = tuple(features)
+    parts: Dict[str, list] = {name: [] for name in features}
+    for batch in reader.read_examples(data_dir, split, task, batch_size=4096, manifest=manifest,
+                                    shuffle=False):
+        for name in features:
+            parts[name].append(batch[name].numpy())
+    if not parts[features[0]]:
+        raise ValueError(f"{data_dir}: split {split}/{task} has no examples")
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
 
 
 @dataclasses.dataclass
@@ -55,7 +111,7 @@ def _training_splits(data_dir: str, manifest: dict, tasks) -> list:
     return [read_split(data_dir, "train", task, manifest,
                        (HISTORY_TYPES, REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS,
                         CANDIDATE_ITEMS))
-            for task in tasks_with_examples(manifest, "train", tasks)]
+            for task in reader.tasks_with_examples(manifest, "train", tasks)]
 
 
 def training_cooccurrence(data_dir: str, manifest: dict, num_items: int,

@@ -12,11 +12,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from feature_specs.layout import side_feature_pattern
 
 
 @dataclasses.dataclass
@@ -68,8 +69,8 @@ def load_side_features(data_dir: str, num_items: int, num_users: int,
     model id, when the model's ids come from another vocabulary (Transform's); rows whose
     id maps to 0 (not in that vocabulary) are left out, caption words mapping to 0 become 0.
     """
-    items = _read_jsonl(os.path.join(data_dir, "side_features", "items-*.jsonl"))
-    users = _read_jsonl(os.path.join(data_dir, "side_features", "users-*.jsonl"))
+    items = _read_jsonl(side_feature_pattern(data_dir, "items"))
+    users = _read_jsonl(side_feature_pattern(data_dir, "users"))
     if not items and not users:
         return None
     if id_maps is not None:

@@ -1,10 +1,10 @@
 """Test-split report of a trained model: HR@1/5/10 and NDCG@5/10 per task, JSON + Markdown.
 
-    python -m unisar_tf.evaluate --model_dir out/models/unisar --data_dir out/amazon_beauty
+    python -m unisar_tf.train.evaluation --model_dir out/models/unisar --data_dir out/amazon_beauty
 
 Scores the best validation checkpoint only (model_dir/best), never the last epoch, and puts
 the non-learned baselines next to it on the same examples: popularity (training-positive
-counts), random ranking, ItemKNN and (search) query match (unisar_tf/baselines.py).
+counts), random ranking, ItemKNN and (search) query match (unisar_tf/train/baselines.py).
 Writes model_dir/eval/{split}_metrics.json and {split}_metrics.md.
 """
 from __future__ import annotations
@@ -14,26 +14,65 @@ import json
 import os
 from typing import Dict, Mapping, Optional
 
+import numpy as np
 import tensorflow as tf
 
-from unisar_tf import data
+from feature_specs import CANDIDATE_ITEMS
+from feature_specs.serving import EXAMPLES_SIGNATURE, SCORES_OUTPUT
+from unisar_tf.data import reader
+from unisar_tf.metrics import metrics_table, random_ranking_metrics, ranking_metrics
+from unisar_tf.model import UniSARModel
+from unisar_tf.train.baselines import POPULARITY, RANDOM, baseline_scores
+from unisar_tf.train.run_dir import (BEST_FILE, SASREC, DataMismatchError, load_trained_model,
+                                     read_best, run_transform_dir, sasrec_run_dir)
 
-METRIC_ORDER = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
+VALIDATION_METRIC = "NDCG@5"
+
+# ------------------------------------------------------------------------------- evaluation
+def scoring_function(model: UniSARModel, task: str, manifest: dict):
+    """A traced (B, ...) features -> (B, C) scores function for one task's eval examples."""
+    shapes = reader.shapes_from_manifest(manifest)
+    spec = reader.parse_spec(shapes, None, with_query=task == "search")
+    signature = {name: tf.TensorSpec((None,) + tuple(feature.shape), tf.int64)
+                 for name, feature in spec.items()}
+    signature[CANDIDATE_ITEMS] = tf.TensorSpec((None, None), tf.int64)
+    return tf.function(lambda batch: model(batch, training=False)[task],
+                       input_signature=[signature])
 
 
-def metrics_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]],
-                  tasks=("rec", "search")) -> str:
-    """Markdown: one line per (model, task) with METRIC_ORDER columns."""
-    lines = ["| model | task | " + " | ".join(METRIC_ORDER) + " | examples |",
-             "|---|---|" + "---|" * (len(METRIC_ORDER) + 1)]
-    for name, per_task in rows.items():
-        for task in tasks:
-            if task not in per_task:
-                continue
-            metrics = per_task[task]
-            cells = " | ".join(f"{metrics[key]:.4f}" for key in METRIC_ORDER)
-            lines.append(f"| {name} | {task} | {cells} | {int(metrics.get('examples', 0))} |")
-    return "\n".join(lines) + "\n"
+def score_split(model: UniSARModel, data_dir: str, split: str, task: str, manifest: dict,
+                batch_size: int = 512, rows: Optional[int] = None,
+                score=None) -> np.ndarray:
+    """Scores (n, C) for the first `rows` examples (all if None) of a split, in file order."""
+    dataset = reader.read_examples(data_dir, split, task, batch_size, manifest)
+    if rows is not None:
+        dataset = dataset.unbatch().take(rows).batch(batch_size)
+    score = score or scoring_function(model, task, manifest)
+    parts = [score(batch).numpy() for batch in dataset]
+    if not parts:
+        raise ValueError(f"{data_dir}: {split}/{task} has no examples")
+    return np.concatenate(parts)
+
+
+def evaluate_model(model: UniSARModel, data_dir: str, split: str, manifest: dict,
+                   batch_size: int = 512, rows: Optional[int] = None,
+                   scorers: Optional[dict] = None) -> Dict[str, Dict[str, float]]:
+    """{task: HR@1/5/10, NDCG@5/10} on 1 positive + N negatives for every task of the model."""
+    scorers = scorers if scorers is not None else {}
+    results = {}
+    for task in model.config.tasks:
+        if task not in scorers:
+            scorers[task] = scoring_function(model, task, manifest)
+        scores = score_split(model, data_dir, split, task, manifest, batch_size, rows,
+                             scorers[task])
+        results[task] = ranking_metrics(scores)
+        results[task]["examples"] = int(len(scores))
+    return results
+
+
+def validation_score(metrics: Mapping[str, Mapping[str, float]]) -> float:
+    """Mean NDCG@5 over the model's tasks (spec 10)."""
+    return float(np.mean([metrics[task][VALIDATION_METRIC] for task in metrics]))
 
 
 def baseline_metrics(data_dir: str, split: str, manifest: dict, num_items: int,
@@ -41,15 +80,12 @@ def baseline_metrics(data_dir: str, split: str, manifest: dict, num_items: int,
                      ) -> Dict[str, Dict[str, Dict[str, float]]]:
     """The non-learned baselines on the split's own lists: {name: {task: metrics with
     "examples"}} for "popularity", "random" (exact expectation), "ItemKNN" and, for search,
-    "query match" (definitions: unisar_tf/baselines.py), in that order.
+    "query match" (definitions: unisar_tf/train/baselines.py), in that order.
 
     Data with one scenario only (a rec-only or search-only log) gets "random" alone:
     `baselines.baseline_scores` counts popularity and co-occurrence on both scenarios'
     training examples (`single_scenario_note` says so in the report).
     """
-    from unisar_tf.baselines import POPULARITY, RANDOM, baseline_scores
-    from unisar_tf.demo import random_ranking_metrics
-    from unisar_tf.metrics import ranking_metrics
 
     width = manifest["shapes"]["eval_candidates"]
     if single_scenario_note(manifest) is not None:
@@ -72,7 +108,7 @@ def single_scenario_note(manifest: dict) -> Optional[str]:
     """Why the training-count baselines are left out, for data without training examples of
     one scenario; None for data with both."""
     missing = [task for task in ("rec", "search")
-               if task not in data.tasks_with_examples(manifest, "train")]
+               if task not in reader.tasks_with_examples(manifest, "train")]
     if not missing:
         return None
     return (f"The data has no {' or '.join(missing)} training examples: popularity, ItemKNN "
@@ -88,13 +124,10 @@ def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
     Report: {"split", "data_dir", "best_epoch", "validation_score", "model": name,
     name: {task: metrics}, "popularity": ..., "random": ...}; name is "unisar", or "SASRec"
     for a run of architecture "sasrec". A UniSAR run with a SASRec run beside it
-    (unisar_tf.learned_baseline) also gets "SASRec": {"rec": metrics}.
+    (unisar_tf.train.learned_baseline) also gets "SASRec": {"rec": metrics}.
     """
-    from unisar_tf.learned_baseline import SASREC, sasrec_metrics
-    from unisar_tf.trainer import (evaluate_model, load_trained_model, read_best,
-                                   run_transform_dir)
 
-    manifest = data.load_manifest(data_dir, run_transform_dir(model_dir))
+    manifest = reader.load_manifest(data_dir, run_transform_dir(model_dir))
     model = load_trained_model(model_dir, data_dir)
     best = read_best(model_dir)
     name = SASREC if model.config.architecture == "sasrec" else "unisar"
@@ -105,7 +138,7 @@ def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
               name: evaluate_model(model, data_dir, split, manifest,
                                    batch_size or model.config.eval_batch_size)}
     if with_baselines and name != SASREC:
-        # The learned baseline trained beside this run (unisar_tf.learned_baseline), if any.
+        # The learned baseline trained beside this run (unisar_tf.train.learned_baseline), if any.
         sasrec = sasrec_metrics(model_dir, data_dir, split, batch_size)
         if sasrec is not None:
             report[SASREC] = sasrec
@@ -120,6 +153,19 @@ def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
     return report
 
 
+def sasrec_metrics(model_dir: str, data_dir: str, split: str = "test",
+                   batch_size: Optional[int] = None) -> Optional[Dict[str, dict]]:
+    """{"rec": metrics with "examples"} of the best SASRec checkpoint beside model_dir on
+    `split`, or None when model_dir has no finished SASRec run."""
+    run_dir = sasrec_run_dir(model_dir)
+    if not tf.io.gfile.exists(os.path.join(run_dir, BEST_FILE)):
+        return None
+    model = load_trained_model(run_dir, data_dir)
+    manifest = reader.load_manifest(data_dir, run_transform_dir(run_dir))
+    return evaluate_model(model, data_dir, split, manifest,
+                          batch_size or model.config.eval_batch_size)
+
+
 def saved_model_scores(export_dir: str, data_dir: str, split: str = "test",
                        tasks=("rec", "search"), batch_size: int = 512
                        ) -> Dict[str, "np.ndarray"]:
@@ -129,19 +175,18 @@ def saved_model_scores(export_dir: str, data_dir: str, split: str = "test",
     Scores the data job's serialized examples exactly as batch inference would (the
     signature picks the search head for examples with query_tokens), so what is measured
     is the artifact that gets pushed, not the training checkpoint. Rows are in file order
-    (files read one after another), as `data.read_examples(..., shuffle=False)` and
-    `data.read_feature` read them: row i pairs with row i of the baselines' scores.
+    (files read one after another), as `reader.read_examples(..., shuffle=False)` and
+    `reader.read_feature` read them: row i pairs with row i of the baselines' scores.
     """
     import numpy as np
 
-    from unisar_tf.export import EXAMPLES_SIGNATURE
 
     score = tf.saved_model.load(export_dir).signatures[EXAMPLES_SIGNATURE]
     results = {}
     for task in tasks:
-        records = tf.data.TFRecordDataset(data.example_files(data_dir, split, task),
+        records = tf.data.TFRecordDataset(reader.example_files(data_dir, split, task),
                                           compression_type="GZIP").batch(batch_size)
-        results[task] = np.concatenate([score(examples=batch)["scores"].numpy()
+        results[task] = np.concatenate([score(examples=batch)[SCORES_OUTPUT].numpy()
                                         for batch in records])
     return results
 
@@ -151,7 +196,6 @@ def evaluate_saved_model(export_dir: str, data_dir: str, split: str = "test",
                          ) -> Dict[str, Dict[str, float]]:
     """{task: HR/NDCG} of an exported SavedModel, through its `serving_default` signature
     (the metrics of `saved_model_scores`)."""
-    from unisar_tf.metrics import ranking_metrics
 
     return {task: dict(ranking_metrics(scores), examples=int(len(scores)))
             for task, scores in saved_model_scores(export_dir, data_dir, split, tasks,
@@ -188,7 +232,6 @@ def main(argv=None) -> None:
     parser.add_argument("--split", default="test", choices=("valid", "test"))
     parser.add_argument("--batch_size", type=int, default=None)
     args = parser.parse_args(argv)
-    from unisar_tf.trainer import DataMismatchError
 
     try:
         report = evaluate_best(args.model_dir, args.data_dir, args.split, args.batch_size)

@@ -1,0 +1,62 @@
+"""The data job's vocabularies (vocab/{users,items,words}.txt; line k is the string of id k + 1).
+
+- `read_vocabularies`: the files as numpy string arrays indexed by id (tools, the request
+  replayer);
+- `DataJobVocabularies`: strings -> ids inside a TensorFlow graph, the id source of models
+  trained on the data job's id examples (the TFX pipeline's models use the Transform graph,
+  unisar_tf.data.transform.TransformIds, which has the same interface).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+import numpy as np
+import tensorflow as tf
+
+from feature_specs.layout import VOCAB_FILES
+
+
+def vocabulary_table(path: str) -> tf.lookup.StaticHashTable:
+    """string -> line number (the data job's id - 1); unknown -> -1. The file is an asset."""
+    initializer = tf.lookup.TextFileInitializer(
+        path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+        tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER)
+    return tf.lookup.StaticHashTable(initializer, default_value=-1)
+
+
+class DataJobVocabularies(tf.Module):
+    """Raw strings -> ids with the data job's vocabulary files (vocab/, line k = id k + 1).
+
+    The id source of models trained on the data job's id examples (`unisar_tf.train`);
+    the TFX pipeline's models use the Transform graph instead (unisar_tf.data.transform).
+    """
+
+    example_dtype = tf.int64  # what serving_default's examples carry in id features
+
+    def __init__(self, vocab_dir: str, name: str = "data_job_vocabularies"):
+        super().__init__(name=name)
+        for kind, filename in VOCAB_FILES.items():
+            path = os.path.join(vocab_dir, filename)
+            if not tf.io.gfile.exists(path):
+                raise FileNotFoundError(f"vocabulary {path} not found (written by the data job)")
+        self.tables = {kind: vocabulary_table(os.path.join(vocab_dir, filename))
+                       for kind, filename in VOCAB_FILES.items()}
+
+    def lookup(self, kind: str, strings: tf.Tensor) -> tf.Tensor:
+        """Strings of any shape -> int64 ids of the same shape (0 = unknown or "")."""
+        return self.tables[kind].lookup(strings) + 1
+
+    @staticmethod
+    def example_ids(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        return features  # the data job's examples already hold ids
+
+
+def read_vocabularies(vocab_dir: str) -> Dict[str, "np.ndarray"]:
+    """kind -> (vocab size + 1,) object array of strings; index = id, index 0 is ""."""
+    vocabularies = {}
+    for kind, filename in VOCAB_FILES.items():
+        with tf.io.gfile.GFile(os.path.join(vocab_dir, filename)) as handle:
+            words = [line.rstrip("\n") for line in handle]
+        vocabularies[kind] = np.array([""] + words, dtype=object)
+    return vocabularies

@@ -1,0 +1,11 @@
+"""Training and evaluation on the data job's TFRecords, one path for every caller.
+
+    inputs.py            one epoch of joint rec + search batches (spec 10), fresh negatives
+    trainer.py           Trainer: the fit loop, plateau / early stopping, checkpoints
+    run_dir.py           a run directory: files, resumability checks, reloading the best model
+    evaluation.py        scoring splits, HR/NDCG reports, SavedModel scoring (and its CLI)
+    baselines.py         the non-learned baselines (popularity, ItemKNN, query match)
+    learned_baseline.py  SASRec trained beside a run, for the reports
+    gate.py              the per-task blessing rule (paired bootstrap)
+    cli.py, __main__.py  python -m unisar_tf.train
+"""
