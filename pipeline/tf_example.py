@@ -13,7 +13,7 @@ more than the whole job. The wire format is small and fixed:
 Callers that repeat values (the job's raw-id examples) precompute each value's entry once with
 `bytes_entry` and join entries into a BytesList payload themselves.
 
-tests/test_tf_example.py checks the bytes parse with tf.train.Example and tf.io.parse_example.
+tests/pipeline/test_tf_example.py checks the bytes parse with tf.train.Example and tf.io.parse_example.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -31,6 +31,7 @@ if "--onednn" not in sys.argv:
 from feature_specs.layout import VOCAB_DIR  # noqa: E402
 from feature_specs.serving import SIGNATURE_NAMES  # noqa: E402
 from unisar_tf.data import reader  # noqa: E402
+from unisar_tf.data.transform import transform_ids  # noqa: E402
 from unisar_tf.data.vocab import read_vocabularies  # noqa: E402
 from unisar_tf.export.requests import raw_request_from_features  # noqa: E402
 
@@ -41,12 +42,19 @@ def percentiles(milliseconds: List[float]) -> Dict[str, float]:
             "p99": float(np.percentile(values, 99)), "n": int(values.size)}
 
 
-def load_requests(data_dir: str, count: int) -> Dict[str, List[Dict[str, np.ndarray]]]:
-    """signature -> `count` single-user raw requests from the test split."""
-    vocabularies = read_vocabularies(os.path.join(data_dir, VOCAB_DIR))
+def load_requests(data_dir: str, count: int, transform_dir: Optional[str] = None
+                  ) -> Dict[str, List[Dict[str, np.ndarray]]]:
+    """signature -> `count` single-user raw requests from the test split.
+
+    The data job's id examples are mapped back to strings with its vocab/; raw-id examples
+    (the TFX pipeline's) are read through the Transform output that maps them, and mapped
+    back with its vocabularies, so the requests carry the examples' own raw ids."""
+    manifest = reader.load_manifest(data_dir, transform_dir)
+    vocabularies = (transform_ids(transform_dir).vocabularies() if transform_dir
+                    else read_vocabularies(os.path.join(data_dir, VOCAB_DIR)))
     requests = {}
     for task, signature in SIGNATURE_NAMES.items():
-        arrays = reader.load_arrays(data_dir, "test", task, limit=count)
+        arrays = reader.load_arrays(data_dir, "test", task, manifest=manifest, limit=count)
         raw = raw_request_from_features(arrays, vocabularies)
         requests[signature] = [{name: value[row:row + 1] for name, value in raw.items()}
                                for row in range(len(arrays["user_id"]))]
@@ -192,7 +200,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_base_path", required=True,
                         help="<serving_dir>/unisar; the latest version is benchmarked")
-    parser.add_argument("--data_dir", required=True, help="data job output: requests + vocab")
+    parser.add_argument("--data_dir", required=True,
+                        help="examples to replay: the data job's output, or the pipeline's "
+                             "SequenceExampleGen Examples artifact (raw ids: --transform_dir)")
+    parser.add_argument("--transform_dir", default=None,
+                        help="for raw-id examples: the Transform output that maps them (the "
+                             "pipeline's Transform transform_graph artifact)")
     parser.add_argument("--requests", type=int, default=500,
                         help="timed requests per signature and path")
     parser.add_argument("--clients", type=int, default=8)
@@ -211,7 +224,7 @@ def main(argv=None) -> dict:
     if not versions:
         raise SystemExit(f"no version under {args.model_base_path}")
     export_dir = os.path.join(args.model_base_path, str(versions[-1]))
-    requests = load_requests(args.data_dir, args.requests)
+    requests = load_requests(args.data_dir, args.requests, args.transform_dir)
     result = {"export_dir": export_dir, "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0",
               "candidates": int(
         requests["search"][0]["candidate_item_ids"].shape[1])}

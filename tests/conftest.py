@@ -1,20 +1,31 @@
+"""Shared fixtures and the `slow` marking (pytest.ini registers the marker).
+
+Helpers shared as plain code are in tests/helpers/ (tests/ is on sys.path).
+"""
 import os
+
+import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
+from helpers.datasets import amazon_examples, kuaisar_formats  # noqa: E402,F401 (fixtures)
 
-# A model small enough to build, export and serve in a few seconds.
-SMALL_MODEL = dict(num_users=40, num_items=80, num_words=30, max_rec_history=6,
-                   max_search_history=5, query_length=4, clicks_per_session=2,
-                   num_relevance_negatives=16, batch_size=8)
+# Fixtures that run the Beam data job, Transform, a training run, the TFX pipeline or a server
+# process: a test that uses one (directly or through another fixture) is marked slow, so
+# `pytest -m "not slow"` is the quick loop. Whole modules and subprocess tests say so
+# themselves (`pytestmark = pytest.mark.slow`, `@pytest.mark.slow`).
+SLOW_FIXTURES = frozenset({
+    "amazon_examples", "kuaisar_formats",                        # helpers/datasets.py
+    "kuaisar_run", "event_log_run", "cli_run", "amazon_runs",    # data job, trainer CLI
+    "bad_input_run", "previous_output", "both_formats", "kuaisar_build", "built",
+    "trained", "policy_run", "resumed", "datasets", "run_on_a",  # training runs
+    "exported", "pushed", "stand_in", "served", "base_path",     # exports, server processes
+    "good_run",                                                  # the TFX pipeline
+})
 
 
-def write_vocabularies(vocab_dir, config):
-    """Vocab files like the data job's for a config's sizes: line k (1-based) is id k's string."""
-    os.makedirs(vocab_dir, exist_ok=True)
-    for kind, size, prefix in (("users", config.num_users, "u"), ("items", config.num_items, "i"),
-                               ("words", config.num_words, "w")):
-        with open(os.path.join(vocab_dir, f"{kind}.txt"), "w") as out:
-            out.write("".join(f"{prefix}{k}\n" for k in range(1, size)))
-    return str(vocab_dir)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -29,8 +29,8 @@ from unisar_tf.data.cooccurrence import training_cooccurrence, training_transiti
 from unisar_tf.train.evaluation import evaluate_best, report_markdown
 from unisar_tf.train.run_dir import DATA_FILE, DataMismatchError, load_trained_model
 from unisar_tf.train.trainer import Trainer, TrainerOptions
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
 # The small flags of the issue, and no minimum history, so a scenario alone makes examples.
 OPTIONS = sb.BuildOptions(split="loo", clicks_per_session=5, num_train_negatives=2,

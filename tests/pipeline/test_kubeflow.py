@@ -16,9 +16,11 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from pipeline.components import run_parameters
 from pipeline.runners import kubeflow
 
-from test_tfx_pipeline import COMPONENTS  # the same pipeline
+from helpers.pipeline import COMPONENTS  # the same pipeline
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # compiles the TFX pipeline
+
 EVENT_LOG_DIR = os.path.join(REPO, "tests", "fixtures", "event_log")
 IMAGE = "registry.example.com/unisar-tfx:1.2.3"
 BEAM_ARGS = ["--runner=DataflowRunner", "--project=proj", "--region=europe-west4",

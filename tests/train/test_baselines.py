@@ -10,7 +10,6 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_transform import built  # noqa: F401  (fixture: KuaiSAR as ids, raw + Transform)
 
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, USER_ID)
@@ -293,7 +292,7 @@ def test_ablation_table_lists_the_non_learned_baselines_after_popularity():
 
 
 # --- raw-id examples through Transform (the KuaiSAR fixture in both formats) ---------------
-def test_raw_examples_through_transform_score_as_the_id_examples(built):
+def test_raw_examples_through_transform_score_as_the_id_examples(kuaisar_formats):
     """Same baselines from the id examples and from the raw ones read through Transform's
     vocabularies (side-feature captions re-keyed): rows compared by their raw strings, since
     the job's shards order them differently. Query match is compared where Transform knows
@@ -301,7 +300,7 @@ def test_raw_examples_through_transform_score_as_the_id_examples(built):
     from unisar_tf.data.transform import transform_ids
     from unisar_tf.data.vocab import read_vocabularies
 
-    ids_dir, raw_dir, transform_dir = built
+    ids_dir, raw_dir, transform_dir = kuaisar_formats
     assert tf.io.gfile.glob(os.path.join(ids_dir, "side_features", "items-*.jsonl"))
     job = read_vocabularies(os.path.join(ids_dir, "vocab"))
     tft = transform_ids(transform_dir).vocabularies()

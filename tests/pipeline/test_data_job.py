@@ -29,17 +29,14 @@ from feature_specs import example_schema as fs
 from pipeline import beam_job, build_examples
 from pipeline import sequence_builder as sb
 from pipeline.adapters import amazon, event_log, kuaisar
+from helpers import FIXTURES
+from helpers.data_job import (IN_MEMORY, KUAISAR_DIR, KUAISAR_EXAMPLES, SCENARIOS, SPLITS,
+                              read_vocab)
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
-KUAISAR_DIR = os.path.join(FIXTURES, "kuaisar")
 EVENTS_CSV = os.path.join(FIXTURES, "event_log", "events.csv")
 
-IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1",
-             "--direct_running_mode=in_memory"]
 MULTI_PROCESSING = ["--runner=DirectRunner", "--direct_num_workers=2",
                     "--direct_running_mode=multi_processing"]
-SPLITS = ("train", "valid", "test")
-SCENARIOS = ("rec", "search")
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -72,12 +69,6 @@ def decode(record):
     example = tf.train.Example.FromString(record)
     return {name: list(feature.int64_list.value)
             for name, feature in example.features.feature.items()}
-
-
-def read_vocab(output_dir, name):
-    """Lines of vocab/<name>.txt; line k (1-based) is dense id k."""
-    with open(os.path.join(output_dir, "vocab", f"{name}.txt"), encoding="utf-8") as handle:
-        return handle.read().splitlines()
 
 
 def read_jsonl(pattern):
@@ -119,10 +110,6 @@ SPEC14_COLUMNS = {
 KUAISAR_OPTIONS = sb.BuildOptions(split="time", clicks_per_session=5, num_train_negatives=2,
                                   num_eval_negatives=3, rec_len=3, search_len=4, query_len=3)
 
-# Targets per user (README): 7 -> train r1 s1, valid r1 s1, test r1 s1; 12 -> train r2 s1,
-# valid r1 s1, test r1 s1; 3 -> train r1, valid r1 s1, test r1; 25 -> train s1, valid r1, test s1.
-KUAISAR_EXAMPLES = {"train": {"rec": 4, "search": 3}, "valid": {"rec": 4, "search": 3},
-                    "test": {"rec": 3, "search": 3}}
 KUAISAR_COUNTERS = {
     "users": 4,
     "events": 45,  # 18 rec rows + 27 search rows
@@ -782,6 +769,7 @@ def test_amazon_files_do_not_depend_on_the_input_line_order(amazon_runs, amazon_
         assert read_vocab(str(output_dir), name) == read_vocab(first_dir, name)
 
 
+@pytest.mark.slow  # runs the Beam job several times
 def test_max_users_keeps_exactly_n_users_deterministically(amazon_files, tmp_path):
     chosen = sorted(AMAZON_USERS, key=lambda user: sb.stable_hash(0, "user", user))[:2]
     outputs = []

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SMALL_MODEL as SMALL
-from conftest import write_vocabularies
+from helpers.model import SMALL_MODEL as SMALL
+from helpers.model import write_vocabularies
 
 from serving.client import ScoringRequestError, UniSARClient
 from serving.server import StandInServer
@@ -20,6 +20,8 @@ from unisar_tf.data.vocab import read_vocabularies
 from unisar_tf.export.push import push
 from unisar_tf.export.requests import raw_request_from_features
 from unisar_tf.model import build_model
+
+pytestmark = pytest.mark.slow  # exports a model and serves it from a server process
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ DoFns and functions directly (no Beam pipeline, so a few hundred cases take seco
 checks that nothing crashes, that every data row is accounted for (rows in = rows accepted
 + rows rejected + rows skipped), that dead letters hold their row's exact bytes, and that
 no accepted id could break the one-id-per-line vocabulary files. The stand-in server's
-properties are in tests/test_serving_server.py; whole-job bad input in tests/test_data_job.py.
+properties are in tests/serving/test_serving_server.py; whole-job bad input in tests/pipeline/test_data_job.py.
 """
 import json
 import os

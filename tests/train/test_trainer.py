@@ -20,9 +20,6 @@ import tensorflow as tf
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, NEGATIVE_POOL, QUERY_TOKENS,
                            REC_HISTORY_ITEMS, REL_NEGATIVE_ITEMS, REL_NEGATIVE_QUERY_TOKENS,
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, USER_ID)
-from pipeline import beam_job
-from pipeline import sequence_builder as sb
-from pipeline.adapters import amazon
 from unisar_tf.config import amazon_preset
 from unisar_tf.data import reader
 from unisar_tf.export.push import export_serving_model
@@ -34,22 +31,11 @@ from unisar_tf.train.inputs import (epoch_steps, replace_negatives, search_batch
                                     training_dataset)
 from unisar_tf.train.run_dir import load_trained_model, read_best
 from unisar_tf.train.trainer import Trainer, TrainerOptions
+from helpers.model import TINY, TINY_FLAGS, tiny_config
+from helpers.datasets import STEPS
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
-TINY = dict(batch_size=16, embedding_dim=16, raw_embedding_dim=8, feed_forward_dim=16,
-            expert_units=8, tower_units=(16,), head_units=(16,), num_relevance_negatives=16)
-# The same configuration as command-line flags (--seed 0 sets the config's seed too).
-TINY_FLAGS = ["--batch_size", "16", "--embedding_dim", "16", "--raw_embedding_dim", "8",
-              "--feed_forward_dim", "16", "--expert_units", "8", "--tower_units", "16",
-              "--head_units", "16", "--num_relevance_negatives", "16"]
-STEPS = 2  # training steps per epoch
 MAX_EPOCHS = 3
-POOL = 8
-
-
-def tiny_config(**overrides):
-    return amazon_preset(seed=0, **dict(TINY, **overrides))
 
 
 def checkpoint_values(path):
@@ -95,30 +81,6 @@ def snapshot(trainer):
     return {key: np.array(variable.numpy()) for key, variable in tracked(trainer).items()}
 
 
-# ---------------------------------------------------------------------------------- data
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """60 users x 8 of 30 items, 3 category words, a training negative pool of 8."""
-    root = tmp_path_factory.mktemp("amazon")
-    rng = np.random.default_rng(3)
-    lines = [f"u{u} " + " ".join(f"i{i}" for i in rng.choice(30, size=8, replace=False))
-             for u in range(60)]
-    (root / "seq.txt").write_text("\n".join(lines) + "\n")
-    (root / "attrs.json").write_text(json.dumps({f"i{i}": [f"brand{i}", f"cat{i % 3}"]
-                                                 for i in range(30)}))
-    inputs = amazon.AmazonInputs(str(root / "seq.txt"), str(root / "attrs.json"),
-                                 query_min_item_frequency=5, seed=1)
-    options = sb.BuildOptions(seed=1, clicks_per_session=1, num_eval_negatives=9, query_len=4,
-                              rec_len=5, search_len=5, train_negative_pool=POOL)
-    out = str(root / "out")
-    manifest = beam_job.run(lambda p: amazon.read(p, inputs), options, out, "amazon",
-                            {"sequences": "seq.txt"}, IN_MEMORY)
-    counts = manifest["examples"]["train"]
-    # The tests need more than STEPS full rec and search batches per epoch.
-    assert counts["rec"] > STEPS * TINY["batch_size"], counts
-    return out, manifest
-
-
 def row_keys(features):
     """One hashable key per example: every feature but the candidates' negatives and pool."""
     names = sorted(k for k in features if k not in (CANDIDATE_ITEMS, NEGATIVE_POOL))
@@ -157,8 +119,8 @@ def test_replace_negatives_draws_distinct_items_from_each_rows_pool():
 
 
 # --------------------------------------------------------------------- training_dataset
-def test_training_dataset_epoch_batches_order_and_fresh_negatives(built):
-    out, manifest = built
+def test_training_dataset_epoch_batches_order_and_fresh_negatives(amazon_examples):
+    out, manifest = amazon_examples
     config = reader.config_with_data_sizes(tiny_config(num_train_negatives=6), manifest)
     bank = reader.query_bank(out, manifest)
     counts = manifest["examples"]["train"]
@@ -302,9 +264,9 @@ BEST_EPOCH, LAST_EPOCH, BEST_SCORE = 10, len(PLATEAU), 0.625
 
 
 @pytest.fixture(scope="module")
-def policy_run(built, tmp_path_factory):
+def policy_run(amazon_examples, tmp_path_factory):
     """A Trainer fed PLATEAU through _end_epoch; its weights move before every epoch."""
-    out, _ = built
+    out, _ = amazon_examples
     model_dir = str(tmp_path_factory.mktemp("policy"))
     trainer = Trainer(tiny_config(min_learning_rate=2e-5),
                       TrainerOptions(out, model_dir, verbose=0))
@@ -356,8 +318,8 @@ def test_plateau_policy_reduces_lr_to_the_floor_and_counts_epochs_without_gain(p
     assert len(run.trainer.manager.checkpoints) == 2  # keep_checkpoints
 
 
-def test_fit_stops_at_once_when_the_restored_run_has_no_patience_left(built, policy_run):
-    out, _ = built
+def test_fit_stops_at_once_when_the_restored_run_has_no_patience_left(amazon_examples, policy_run):
+    out, _ = amazon_examples
     trainer = Trainer(tiny_config(min_learning_rate=2e-5),
                       TrainerOptions(out, policy_run.model_dir, max_epochs=100, verbose=0))
 
@@ -375,8 +337,8 @@ def test_fit_stops_at_once_when_the_restored_run_has_no_patience_left(built, pol
 
 
 # ----------------------------------------------------------------------- test report
-def test_evaluate_best_scores_the_best_checkpoint_and_writes_the_report(built, policy_run):
-    out, manifest = built
+def test_evaluate_best_scores_the_best_checkpoint_and_writes_the_report(amazon_examples, policy_run):
+    out, manifest = amazon_examples
     model_dir = policy_run.model_dir
     report = evaluate_best(model_dir, out, "test")
     assert report["best_epoch"] == BEST_EPOCH
@@ -418,10 +380,10 @@ def test_evaluate_best_scores_the_best_checkpoint_and_writes_the_report(built, p
     assert {task: metrics(task) for task in ("rec", "search")} != best_metrics
 
 
-def test_the_exported_model_scores_the_test_split_like_the_checkpoint(built, policy_run,
+def test_the_exported_model_scores_the_test_split_like_the_checkpoint(amazon_examples, policy_run,
                                                                       tmp_path):
     """evaluate_saved_model goes through serving_default on the serialized examples."""
-    out, _ = built
+    out, _ = amazon_examples
     model = load_trained_model(policy_run.model_dir, out)
     path = export_serving_model(model, os.path.join(out, "vocab"), str(tmp_path / "1"))
     from_export = evaluate_saved_model(path, out, "test")
@@ -439,9 +401,9 @@ class Interrupted(Exception):
 
 
 @pytest.fixture(scope="module")
-def resumed(built, tmp_path_factory):
+def resumed(amazon_examples, tmp_path_factory):
     """Run 1 stops after the first step of epoch 2; run 2 restores, is compared, finishes."""
-    out, _ = built
+    out, _ = amazon_examples
     model_dir = str(tmp_path_factory.mktemp("resume"))
     options = TrainerOptions(out, model_dir, max_epochs=MAX_EPOCHS, steps_per_epoch=STEPS,
                              verbose=0)
@@ -533,9 +495,9 @@ def test_resumed_fit_reruns_the_interrupted_epoch_and_finishes(resumed):
 
 # ------------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
-def cli_run(built, tmp_path_factory):
+def cli_run(amazon_examples, tmp_path_factory):
     """A short real CLI run: one epoch of STEPS steps on the tiny data, then the report."""
-    out, _ = built
+    out, _ = amazon_examples
     model_dir = str(tmp_path_factory.mktemp("cli") / "model")
     command = [sys.executable, "-m", "unisar_tf.train", "--data_dir", out,
                "--model_dir", model_dir, "--max_epochs", "1",
@@ -545,7 +507,7 @@ def cli_run(built, tmp_path_factory):
     return result
 
 
-def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(built, cli_run):
+def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(amazon_examples, cli_run):
     assert cli_run.returncode == 0, cli_run.stderr[-3000:]
     lines = cli_run.stdout.rstrip("\n").splitlines()
     report = os.path.join(cli_run.model_dir, "eval", "test_metrics.md")
@@ -560,7 +522,7 @@ def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(built, c
     assert [line["epoch"] for line in history(cli_run.model_dir)] == [1]
     with open(os.path.join(cli_run.model_dir, "config.json")) as handle:
         cli_config = json.load(handle)
-    out, manifest = built
+    out, manifest = amazon_examples
     assert cli_config == json.loads(reader.config_with_data_sizes(tiny_config(), manifest).to_json())
     with open(os.path.join(cli_run.model_dir, "eval", "test_metrics.json")) as handle:
         written = json.load(handle)
@@ -571,11 +533,11 @@ def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(built, c
     assert written["SASRec"]["rec"]["examples"] == written["unisar"]["rec"]["examples"]
 
 
-def test_cli_trains_the_sasrec_baseline_as_its_own_run_beside_the_model(built, cli_run):
+def test_cli_trains_the_sasrec_baseline_as_its_own_run_beside_the_model(amazon_examples, cli_run):
     from unisar_tf.train.evaluation import sasrec_metrics
     from unisar_tf.train.run_dir import sasrec_run_dir
 
-    out, _ = built
+    out, _ = amazon_examples
     assert cli_run.returncode == 0, cli_run.stderr[-3000:]
     run_dir = sasrec_run_dir(cli_run.model_dir)
     assert run_dir == os.path.join(cli_run.model_dir, "baselines", "SASRec")
@@ -590,8 +552,8 @@ def test_cli_trains_the_sasrec_baseline_as_its_own_run_beside_the_model(built, c
     assert sasrec_metrics(run_dir, out, "test") is None  # no baseline beside the baseline
 
 
-def test_evaluate_best_gives_the_same_numbers_in_another_process(built, cli_run):
-    out, _ = built
+def test_evaluate_best_gives_the_same_numbers_in_another_process(amazon_examples, cli_run):
+    out, _ = amazon_examples
     assert cli_run.returncode == 0, cli_run.stderr[-3000:]
     with open(os.path.join(cli_run.model_dir, "eval", "test_metrics.json")) as handle:
         written = json.load(handle)
@@ -600,6 +562,7 @@ def test_evaluate_best_gives_the_same_numbers_in_another_process(built, cli_run)
     assert again["best_epoch"] == read_best(cli_run.model_dir)["epoch"]
 
 
+@pytest.mark.slow  # a subprocess that imports TensorFlow
 @pytest.mark.parametrize("flag,value,message", [
     ("--use_s2r", "maybe", "expected true or false, got 'maybe'"),
     ("--tower_units", "16,x", "expected comma-separated values"),

@@ -1,8 +1,11 @@
 """A short training run learns: it beats random ranking by a clear margin on held-out data."""
 import numpy as np
+import pytest
 
 from unisar_tf.metrics import random_ranking_metrics
 from unisar_tf.tools.demo import run_demo
+
+pytestmark = pytest.mark.slow  # trains the demo model
 
 
 def test_short_training_run_beats_random_ranking_on_held_out_data():

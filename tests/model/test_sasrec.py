@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_trainer import REPO, TINY_FLAGS, built, tiny_config  # noqa: F401 (fixture)
+from helpers import REPO
+from helpers.model import TINY_FLAGS, tiny_config
 
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS)
@@ -83,7 +84,7 @@ def test_pre_ln_encoder_layer_is_x_plus_attention_of_ln_x_then_x_plus_ff_of_ln_x
     # By hand from the layer's own parts, on unpacked tensors (MaskedMultiHeadAttention.call).
     attention: MaskedMultiHeadAttention = layer.self_attention
 
-    def norm(ln, t):  # the layer's LayerNorms were built on (rows, d)
+    def norm(ln, t):  # the layer's LayerNorms were amazon_examples on (rows, d)
         return tf.reshape(ln(tf.reshape(t, [-1, 8])), t.shape)
 
     normed = norm(layer.attention_norm, x)
@@ -213,8 +214,8 @@ def mean_bce(model, batches):
 
 
 @pytest.fixture(scope="module")
-def trained(built, tmp_path_factory):
-    out, manifest = built
+def trained(amazon_examples, tmp_path_factory):
+    out, manifest = amazon_examples
     model_dir = str(tmp_path_factory.mktemp("sasrec"))
     config = tiny_config(learning_rate=1e-2, num_layers=2, **SASREC)
     trainer = RecordingTrainer(config, TrainerOptions(out, model_dir, max_epochs=4, verbose=0))
@@ -278,8 +279,8 @@ def test_ablation_table_takes_a_sasrec_report_as_a_rec_only_row():
 
 
 # ---------------------------------------------------------------------------- CLI
-def test_cli_trains_sasrec_with_architecture_flag_and_reports_it(built, tmp_path):
-    out, manifest = built
+def test_cli_trains_sasrec_with_architecture_flag_and_reports_it(amazon_examples, tmp_path):
+    out, manifest = amazon_examples
     model_dir = str(tmp_path / "model")
     command = [sys.executable, "-m", "unisar_tf.train", "--data_dir", out, "--model_dir",
                model_dir, "--architecture", "sasrec", "--max_epochs", "1", "--steps_per_epoch",
@@ -296,6 +297,7 @@ def test_cli_trains_sasrec_with_architecture_flag_and_reports_it(built, tmp_path
     assert written["architecture"] == "sasrec" and written["tasks"] == ["rec"]  # tasks default
 
 
+@pytest.mark.slow  # a subprocess that imports TensorFlow
 def test_cli_rejects_sasrec_with_the_search_task(tmp_path):
     result = subprocess.run([sys.executable, "-m", "unisar_tf.train", "--data_dir",
                              str(tmp_path), "--model_dir", str(tmp_path / "m"), "--architecture",

@@ -25,8 +25,9 @@ import yaml
 from google.protobuf import (descriptor_pb2, descriptor_pool, message_factory, text_format,
                              wrappers_pb2)
 from tensorflow_serving.config import model_server_config_pb2
+from helpers import REPO as REPO_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(REPO_DIR)
 CONFIG_DIR = REPO / "serving" / "config"
 DEPLOY_DIR = REPO / "serving" / "deploy"
 KUBERNETES_YAML = DEPLOY_DIR / "kubernetes.yaml"

@@ -7,11 +7,8 @@ example; the raw schema.pbtxt validates the raw files (TFDV) and parses them (TF
 feature spec).
 """
 import collections
-import contextlib
 import dataclasses
 import glob
-import io
-import logging
 import os
 
 import numpy as np
@@ -26,9 +23,9 @@ from pipeline import beam_job, build_examples
 from pipeline import sequence_builder as sb
 from pipeline.tf_example import bytes_entry, encode_bytes_list, encode_example, \
     encode_int64_example, encode_mixed_example
-from test_data_job import IN_MEMORY, KUAISAR_DIR, KUAISAR_EXAMPLES, SCENARIOS, SPLITS, \
-    read_vocab
-from test_sequence_builder import mixed_log, small_options, wide_vocab
+from helpers.data_job import (KUAISAR_EXAMPLES, KUAISAR_FLAGS, SCENARIOS, SPLITS,
+                              read_vocab, run_cli)
+from helpers.event_logs import mixed_log, small_options, wide_vocab
 
 STRINGS = [b"", b"a", b"item-42", "caf\u00e9 \u4e2d\u6587".encode("utf-8"), b"x" * 127,
            b"y" * 128, b"z" * 20_000, b"\x00\xff\n", b" spaced "]
@@ -187,22 +184,6 @@ def test_raw_renderer_bytes_equal_the_raw_arrays_and_map_back_to_ids(options):
 
 
 # --- the job in both formats on the KuaiSAR fixture -------------------------------------------
-
-KUAISAR_FLAGS = ["--dataset", "kuaisar", "--input_dir", KUAISAR_DIR, "--split", "time",
-                 "--clicks_per_session", "5", "--num_train_negatives", "2",
-                 "--num_eval_negatives", "3", "--rec_len", "3", "--search_len", "4",
-                 "--query_len", "3", "--train_negative_pool", "5", "--seed", "3"]
-
-
-def run_cli(argv):
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level  # main() reconfigures the root logger
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return build_examples.main(argv + IN_MEMORY)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

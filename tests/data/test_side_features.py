@@ -5,21 +5,21 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import write_vocabularies
+from helpers.model import write_vocabularies
 
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline.adapters import kuaisar
 from unisar_tf.config import UniSARConfig, kuaisar_preset
-from unisar_tf.data import reader
 from unisar_tf.data.side_features import SideFeatures, load_side_features
 from unisar_tf.data.synthetic import random_feature_batch
 from unisar_tf.data.vocab import read_vocabularies
 from unisar_tf.export.push import export_serving_model
 from unisar_tf.export.requests import raw_request_from_features
 from unisar_tf.model import build_model
+from helpers import FIXTURES
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "kuaisar")
+FIXTURE = os.path.join(FIXTURES, "kuaisar")
 IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
 
 
@@ -127,6 +127,7 @@ def test_side_feature_tables_get_gradients_and_lookup_tables_are_not_trained():
     assert not any("attributes" in n or "item_captions" in n for n in names)
 
 
+@pytest.mark.slow  # exports and reloads a SavedModel
 def test_side_feature_model_round_trips_through_saved_model(tmp_path):
     config, side, model = _small_side_model(3)
     features = random_feature_batch(config, 3, 5, True, np.random.default_rng(4))

@@ -27,30 +27,28 @@ from pipeline.components import ranking_evaluator
 from pipeline.components import sequence_example_gen as seg
 from pipeline.components import validation
 from pipeline.runners import local
+from helpers.pipeline import COMPONENTS
+from helpers import FIXTURES
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+pytestmark = pytest.mark.slow  # runs the TFX pipeline
+
 EVENT_LOG_DIR = os.path.join(FIXTURES, "event_log")
 IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1",
              "--direct_running_mode=in_memory"]
-# Small shapes (as tests/test_data_job.py) and a pool of 3 negatives per training example.
+# Small shapes (as tests/pipeline/test_data_job.py) and a pool of 3 negatives per training example.
 BUILD_OPTIONS = {"num_train_negatives": 2, "num_eval_negatives": 3, "rec_len": 4,
                  "search_len": 4, "query_len": 3, "train_negative_pool": 3}
 SPLITS = ["train_rec", "train_search", "valid_rec", "valid_search", "test_rec", "test_search"]
-# Hand-computed for the fixture (tests/fixtures/README.md, tests/test_data_job.py).
+# Hand-computed for the fixture (tests/fixtures/README.md, tests/pipeline/test_data_job.py).
 EXAMPLES = {"train_rec": 1, "train_search": 1, "valid_rec": 2, "valid_search": 2,
             "test_rec": 3, "test_search": 3}
-COMPONENTS = ["SequenceExampleGen", "ImportSchemaGen", "ImportSchemaGenRec",
-              "ImportSchemaGenSearch", "StatisticsGen", "ExampleValidatorRec",
-              "ExampleValidatorSearch", "AnomalyGate", "ImportSchemaGenTransform", "Transform",
-              "Trainer", "SASRecTrainer", "LatestBlessedModelResolver",
-              "RankingEvaluator", "Pusher"]
 # A small model and one short epoch: the fixture has a handful of examples.
 TRAIN_CONFIG = {"max_epochs": 1, "steps_per_epoch": 2, "config_overrides": {
     "batch_size": 4, "embedding_dim": 8, "raw_embedding_dim": 4, "feed_forward_dim": 8,
     "expert_units": 4, "tower_units": [8], "head_units": [8], "num_relevance_negatives": 4}}
 # The fixture's 3 test lists of 4 candidates cannot tell a model from any baseline, so the
 # good run blesses anything not 1.0 NDCG@10 below each comparator, with the noise test off
-# (confidence 0); the gate itself is tested in tests/test_gate.py, and a run with an
+# (confidence 0); the gate itself is tested in tests/train/test_gate.py, and a run with an
 # impossible margin (and the default noise test) must not push.
 ALWAYS_BLESS = -1.0
 NO_NOISE_TEST = {"confidence": 0.0}
@@ -277,7 +275,7 @@ def test_blessed_model_is_pushed_loads_and_scores(good_run):
 
 def test_evaluator_report_and_gate_options():
     """The report's Markdown and the pipeline's gate parameters, without running anything
-    (the rule itself: tests/test_gate.py)."""
+    (the rule itself: tests/train/test_gate.py)."""
     from pipeline import tfx_pipeline
     from unisar_tf.train import gate
 

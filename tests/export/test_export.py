@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SMALL_MODEL as SMALL
-from conftest import write_vocabularies
+from helpers.model import SMALL_MODEL as SMALL
+from helpers.model import write_vocabularies
 
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_REC,
@@ -228,6 +228,7 @@ def test_vocabularies_travel_inside_the_saved_model(exported):
                                                                 "words.txt"]
 
 
+@pytest.mark.slow  # exports two SavedModels
 def test_push_writes_the_next_version_and_never_overwrites(tmp_path):
     tf.keras.utils.set_random_seed(1)
     config = UniSARConfig(**dict(SMALL, tasks=("rec",)))

@@ -8,7 +8,6 @@ signatures that carry the graph (same scores from raw examples, from raw request
 the Transform output is deleted).
 """
 import collections
-import glob
 import os
 import shutil
 import tempfile
@@ -16,8 +15,7 @@ import tempfile
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_raw_examples import KUAISAR_FLAGS, run_cli
-from test_trainer import TINY_FLAGS
+from helpers.model import TINY_FLAGS
 
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, ID_FEATURE_VOCABULARIES, NEGATIVE_POOL,
                            QUERY_TOKENS, REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS,
@@ -49,6 +47,7 @@ def analyze_in_memory(instances, feature_spec, output_dir):
     transform_module.write_raw_metadata(metadata.schema, output_dir)
 
 
+@pytest.mark.slow  # runs tf.Transform's Beam analysis
 def test_vocabularies_and_ids_by_hand(tmp_path):
     spec = {USER_ID: tf.io.FixedLenFeature([], tf.string),
             HISTORY_TYPES: tf.io.FixedLenFeature([3], tf.int64),
@@ -102,27 +101,14 @@ def test_vocabularies_and_ids_by_hand(tmp_path):
 
 # --- the KuaiSAR fixture in both formats ------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """(ids_dir, raw_dir, transform_dir): the fixture in both formats, and Transform's
-    analysis of the raw training splits."""
-    root = tmp_path_factory.mktemp("transform")
-    dirs = {}
-    for id_format in ("ids", "raw"):
-        dirs[id_format] = str(root / id_format)
-        run_cli(KUAISAR_FLAGS + ["--id_format", id_format, "--output", dirs[id_format]])
-    transform_dir = transform_module.analyze(dirs["raw"], str(root / "transform"),
-                                             beam_args=["--runner=DirectRunner"])
-    return dirs["ids"], dirs["raw"], transform_dir
-
 
 def raw_records(data_dir, split, scenario):
     return [r.numpy() for r in tf.data.TFRecordDataset(
         reader.example_files(data_dir, split, scenario), compression_type="GZIP")]
 
 
-def test_vocabularies_are_the_training_splits_values_most_frequent_first(built):
-    _, raw_dir, transform_dir = built
+def test_vocabularies_are_the_training_splits_values_most_frequent_first(kuaisar_formats):
+    _, raw_dir, transform_dir = kuaisar_formats
     counts = {kind: collections.Counter() for kind in ("users", "items", "words")}
     for scenario in SCENARIOS:
         for record in raw_records(raw_dir, "train", scenario):
@@ -138,8 +124,8 @@ def test_vocabularies_are_the_training_splits_values_most_frequent_first(built):
         assert frequencies == sorted(frequencies, reverse=True), kind
 
 
-def test_reading_raw_examples_through_transform_gives_the_id_examples(built):
-    ids_dir, raw_dir, transform_dir = built
+def test_reading_raw_examples_through_transform_gives_the_id_examples(kuaisar_formats):
+    ids_dir, raw_dir, transform_dir = kuaisar_formats
     job = read_vocabularies(os.path.join(ids_dir, "vocab"))
     tft_vocab = transform_ids(transform_dir).vocabularies()
     raw_manifest = reader.load_manifest(raw_dir, transform_dir)
@@ -174,25 +160,25 @@ def test_reading_raw_examples_through_transform_gives_the_id_examples(built):
     assert unknown > 0  # the time split holds values the training days never saw
 
 
-def test_raw_examples_need_the_transform_graph(built):
-    _, raw_dir, _ = built
+def test_raw_examples_need_the_transform_graph(kuaisar_formats):
+    _, raw_dir, _ = kuaisar_formats
     with pytest.raises(ValueError, match="raw string ids.*id_format='raw'.*transform_dir"):
         reader.load_manifest(raw_dir)
 
 
-def test_analyze_refuses_id_examples(built, tmp_path):
-    ids_dir, _, _ = built
+def test_analyze_refuses_id_examples(kuaisar_formats, tmp_path):
+    ids_dir, _, _ = kuaisar_formats
     with pytest.raises(ValueError, match="id_format is 'ids'.*--id_format raw"):
         transform_module.analyze(ids_dir, str(tmp_path / "t"))
 
 
 @pytest.fixture(scope="module")
-def trained(built, tmp_path_factory):
+def trained(kuaisar_formats, tmp_path_factory):
     """A 1-epoch KuaiSAR model (side features on) trained on the raw examples with the
     Transform graph, exported by the CLI."""
     from unisar_tf.train import cli
 
-    _, raw_dir, transform_dir = built
+    _, raw_dir, transform_dir = kuaisar_formats
     root = tmp_path_factory.mktemp("trained")
     result = cli.run(cli.build_parser().parse_args(
         ["--data_dir", raw_dir, "--model_dir", str(root / "model"), "--transform_dir",
@@ -202,8 +188,8 @@ def trained(built, tmp_path_factory):
 
 
 def test_training_with_transform_sizes_the_model_by_transform_and_uses_side_features(
-        built, trained):
-    _, raw_dir, transform_dir = built
+        kuaisar_formats, trained):
+    _, raw_dir, transform_dir = kuaisar_formats
     model_dir, result = trained
     from unisar_tf.data.side_features import load_side_features
     from unisar_tf.train.run_dir import load_trained_model, run_side_features
@@ -215,7 +201,7 @@ def test_training_with_transform_sizes_the_model_by_transform_and_uses_side_feat
     assert model.config.uses_side_features
     assert result["test"]["unisar"]["rec"]["examples"] == 3
     # The side tables (written keyed by the data job's ids) are re-keyed to Transform's.
-    ids_dir = built[0]
+    ids_dir = kuaisar_formats[0]
     by_job = load_side_features(ids_dir, 100, 100, model.config.query_length)
     by_transform = run_side_features(raw_dir, transform_dir, model.config)
     job_vocab = read_vocabularies(os.path.join(ids_dir, "vocab"))
@@ -246,12 +232,12 @@ def exported_scores(export_dir, raw_dir, split, scenario):
     return model, model.signatures[EXAMPLES_SIGNATURE](examples=records)["scores"].numpy()
 
 
-def test_exported_model_carries_the_transform_graph(built, trained, tmp_path):
+def test_exported_model_carries_the_transform_graph(kuaisar_formats, trained, tmp_path):
     from unisar_tf.export.signatures import known_candidates_only
     from unisar_tf.train.evaluation import evaluate_model
     from unisar_tf.train.run_dir import load_trained_model
 
-    _, raw_dir, transform_dir = built
+    _, raw_dir, transform_dir = kuaisar_formats
     model_dir, result = trained
     export_dir = result["export"]
     manifest = reader.load_manifest(raw_dir, transform_dir)
@@ -291,12 +277,12 @@ def test_exported_model_carries_the_transform_graph(built, trained, tmp_path):
     assert evaluate_model(model, raw_dir, "test", manifest)["rec"]["examples"] == 3
 
 
-def test_query_matching_reads_either_id_format(built):
+def test_query_matching_reads_either_id_format(kuaisar_formats):
     """The main job's query-attribute report reads the pipeline's raw examples as it reads
     id examples: the same lists of raw item ids and query words."""
     from pipeline.query_matching import search_lists
 
-    ids_dir, raw_dir, _ = built
+    ids_dir, raw_dir, _ = kuaisar_formats
     for split in SPLITS:
         from_ids = search_lists(ids_dir, split)
         from_raw = search_lists(raw_dir, split)
@@ -304,7 +290,7 @@ def test_query_matching_reads_either_id_format(built):
         assert as_rows(from_ids) == as_rows(from_raw) and len(from_raw[0]) > 0
 
 
-def test_a_last_blessed_model_of_the_id_format_is_refused_clearly(built, tmp_path):
+def test_a_last_blessed_model_of_the_id_format_is_refused_clearly(kuaisar_formats, tmp_path):
     """A model exported for id examples (before Transform owned the ids) cannot score the
     pipeline's raw examples: the evaluator says so instead of a parser error."""
     from pipeline.components.ranking_evaluator import score_last_blessed
@@ -313,7 +299,7 @@ def test_a_last_blessed_model_of_the_id_format_is_refused_clearly(built, tmp_pat
     from unisar_tf.model import build_model
     from unisar_tf.train.run_dir import run_side_features
 
-    ids_dir, raw_dir, _ = built
+    ids_dir, raw_dir, _ = kuaisar_formats
     config = reader.config_with_data_sizes(
         kuaisar_preset(embedding_dim=8, raw_embedding_dim=4, feed_forward_dim=8, expert_units=4,
                        tower_units=(8,), head_units=(8,)), reader.load_manifest(ids_dir))

@@ -1,6 +1,6 @@
 """serving/client.py: request building, scoring through the stand-in server, retries, CLI.
 
-Uses the toy SavedModel of tests/test_serving_server.py (scores are hand-computable there).
+Uses the toy SavedModel of tests/serving/test_serving_server.py (scores are hand-computable there).
 """
 import json
 import os
@@ -17,7 +17,8 @@ import pytest
 from serving import client as client_lib
 from serving import server as server_lib
 from serving.client import ScoringError, ScoringRequestError, UniSARClient, build_inputs
-from test_serving_server import REPO, save_toy_model
+from helpers import REPO
+from helpers.serving import save_toy_model
 
 REC_HISTORY = [("item_b", 20), ("item_a", 10)]            # given newest first on purpose
 SEARCH_HISTORY = [("red shoes", ["item_a", "item_c"], 15)]

@@ -1,0 +1,59 @@
+"""Example sets built by the data job that several test folders train or evaluate on.
+
+Fixtures (module-scoped: every module builds its own, as before; tests/conftest.py makes
+them visible everywhere):
+    amazon_examples   (out, manifest): a small Amazon-format log through the Beam data job
+    kuaisar_formats   (ids_dir, raw_dir, transform_dir): the KuaiSAR fixture in both id
+                      formats, and Transform's analysis of the raw training splits
+"""
+import json
+
+import numpy as np
+import pytest
+
+from helpers.data_job import IN_MEMORY, KUAISAR_FLAGS, run_cli
+from helpers.model import TINY
+from pipeline import beam_job, transform_module
+from pipeline import sequence_builder as sb
+from pipeline.adapters import amazon
+
+STEPS = 2  # training steps per epoch of the trainer tests
+POOL = 8  # training negatives per example in amazon_examples
+
+
+@pytest.fixture(scope="module")
+def amazon_examples(tmp_path_factory):
+    """(out, manifest): the data job on 60 users x 8 of 30 items (Amazon format), 3 category
+    words, a training negative pool of POOL."""
+    root = tmp_path_factory.mktemp("amazon")
+    rng = np.random.default_rng(3)
+    lines = [f"u{u} " + " ".join(f"i{i}" for i in rng.choice(30, size=8, replace=False))
+             for u in range(60)]
+    (root / "seq.txt").write_text("\n".join(lines) + "\n")
+    (root / "attrs.json").write_text(json.dumps({f"i{i}": [f"brand{i}", f"cat{i % 3}"]
+                                                 for i in range(30)}))
+    inputs = amazon.AmazonInputs(str(root / "seq.txt"), str(root / "attrs.json"),
+                                 query_min_item_frequency=5, seed=1)
+    options = sb.BuildOptions(seed=1, clicks_per_session=1, num_eval_negatives=9, query_len=4,
+                              rec_len=5, search_len=5, train_negative_pool=POOL)
+    out = str(root / "out")
+    manifest = beam_job.run(lambda p: amazon.read(p, inputs), options, out, "amazon",
+                            {"sequences": "seq.txt"}, IN_MEMORY)
+    counts = manifest["examples"]["train"]
+    # The tests need more than STEPS full rec and search batches per epoch.
+    assert counts["rec"] > STEPS * TINY["batch_size"], counts
+    return out, manifest
+
+
+@pytest.fixture(scope="module")
+def kuaisar_formats(tmp_path_factory):
+    """(ids_dir, raw_dir, transform_dir): the fixture in both formats, and Transform's
+    analysis of the raw training splits."""
+    root = tmp_path_factory.mktemp("transform")
+    dirs = {}
+    for id_format in ("ids", "raw"):
+        dirs[id_format] = str(root / id_format)
+        run_cli(KUAISAR_FLAGS + ["--id_format", id_format, "--output", dirs[id_format]])
+    transform_dir = transform_module.analyze(dirs["raw"], str(root / "transform"),
+                                             beam_args=["--runner=DirectRunner"])
+    return dirs["ids"], dirs["raw"], transform_dir
