@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from feature_specs import CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, TYPE_SEARCH
+from helpers.datasets import build_amazon_examples
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline.adapters import amazon
@@ -22,21 +23,7 @@ IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_runnin
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A small Amazon-format dataset (40 users, 30 items, 3 category terms) built by the job."""
-    root = tmp_path_factory.mktemp("amazon")
-    rng = np.random.default_rng(3)
-    lines = [f"u{u} " + " ".join(f"i{i}" for i in rng.choice(30, size=8, replace=False))
-             for u in range(40)]
-    (root / "seq.txt").write_text("\n".join(lines) + "\n")
-    attributes = {f"i{i}": [f"brand{i}", f"cat{i % 3}"] for i in range(30)}
-    (root / "attrs.json").write_text(json.dumps(attributes))
-    inputs = amazon.AmazonInputs(str(root / "seq.txt"), str(root / "attrs.json"),
-                                 query_min_item_frequency=5, seed=1)
-    options = sb.BuildOptions(seed=1, clicks_per_session=1, num_eval_negatives=9, query_len=4,
-                              rec_len=5, search_len=5)
-    out = str(root / "out")
-    manifest = beam_job.run(lambda p: amazon.read(p, inputs), options, out, "amazon",
-                            {"sequences": "seq.txt"}, IN_MEMORY)
-    return out, manifest
+    return build_amazon_examples(tmp_path_factory.mktemp("amazon"), num_users=40)
 
 
 def test_reader_shapes_and_config_sizes(built):

@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers.model import write_vocabularies
 
+from helpers import FIXTURES
+from helpers.model import write_vocabularies
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline.adapters import kuaisar
@@ -17,7 +18,6 @@ from unisar_tf.data.vocab import read_vocabularies
 from unisar_tf.export.push import export_serving_model
 from unisar_tf.export.requests import raw_request_from_features
 from unisar_tf.model import build_model
-from helpers import FIXTURES
 
 FIXTURE = os.path.join(FIXTURES, "kuaisar")
 IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]

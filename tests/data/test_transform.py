@@ -15,12 +15,12 @@ import tempfile
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers.model import TINY_FLAGS
 
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, ID_FEATURE_VOCABULARIES, NEGATIVE_POOL,
                            QUERY_TOKENS, REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS,
                            SEARCH_HISTORY_QUERY_TOKENS, USER_ID)
 from feature_specs.serving import EXAMPLES_SIGNATURE, SIGNATURE_NAMES
+from helpers.model import TINY_FLAGS
 from pipeline import transform_module
 from unisar_tf.data import reader
 from unisar_tf.data.transform import TransformIds, transform_ids

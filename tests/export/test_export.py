@@ -5,13 +5,13 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers.model import SMALL_MODEL as SMALL
-from helpers.model import write_vocabularies
 
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_REC,
                            TYPE_SEARCH, USER_ID)
 from feature_specs.serving import EXAMPLES_SIGNATURE, RAW_INPUTS, WARMUP_FILE
+from helpers.model import SMALL_MODEL as SMALL
+from helpers.model import small_model, write_vocabularies
 from unisar_tf.config import UniSARConfig
 from unisar_tf.data.synthetic import random_feature_batch
 from unisar_tf.data.vocab import DataJobVocabularies, read_vocabularies
@@ -22,11 +22,8 @@ from unisar_tf.model import build_model
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    tf.keras.utils.set_random_seed(20)
-    config = UniSARConfig(**SMALL)
-    model = build_model(config)
     root = tmp_path_factory.mktemp("export")
-    vocab_dir = write_vocabularies(root / "vocab", config)
+    config, model, vocab_dir = small_model(root, seed=20)
     path = export_serving_model(model, vocab_dir, str(root / "unisar" / "1"))
     return config, model, vocab_dir, path, tf.saved_model.load(path)
 

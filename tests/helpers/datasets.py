@@ -13,34 +13,44 @@ import pytest
 
 from helpers.data_job import IN_MEMORY, KUAISAR_FLAGS, run_cli
 from helpers.model import TINY
-from pipeline import beam_job, transform_module
+from pipeline import beam_job
 from pipeline import sequence_builder as sb
+from pipeline import transform_module
 from pipeline.adapters import amazon
 
 STEPS = 2  # training steps per epoch of the trainer tests
 POOL = 8  # training negatives per example in amazon_examples
 
 
-@pytest.fixture(scope="module")
-def amazon_examples(tmp_path_factory):
-    """(out, manifest): the data job on 60 users x 8 of 30 items (Amazon format), 3 category
-    words, a training negative pool of POOL."""
-    root = tmp_path_factory.mktemp("amazon")
+def build_amazon_examples(root, num_users: int = 60, train_negative_pool: int = 0,
+                          num_shards: int = 0):
+    """(out, manifest): `num_users` users x 8 of 30 items in the Amazon format (3 category
+    words), through the Beam data job into root/out; `num_shards` files per split (0: the
+    job's default)."""
     rng = np.random.default_rng(3)
     lines = [f"u{u} " + " ".join(f"i{i}" for i in rng.choice(30, size=8, replace=False))
-             for u in range(60)]
+             for u in range(num_users)]
     (root / "seq.txt").write_text("\n".join(lines) + "\n")
     (root / "attrs.json").write_text(json.dumps({f"i{i}": [f"brand{i}", f"cat{i % 3}"]
                                                  for i in range(30)}))
     inputs = amazon.AmazonInputs(str(root / "seq.txt"), str(root / "attrs.json"),
                                  query_min_item_frequency=5, seed=1)
     options = sb.BuildOptions(seed=1, clicks_per_session=1, num_eval_negatives=9, query_len=4,
-                              rec_len=5, search_len=5, train_negative_pool=POOL)
+                              rec_len=5, search_len=5, train_negative_pool=train_negative_pool)
     out = str(root / "out")
     manifest = beam_job.run(lambda p: amazon.read(p, inputs), options, out, "amazon",
-                            {"sequences": "seq.txt"}, IN_MEMORY)
+                            {"sequences": "seq.txt"}, IN_MEMORY, num_shards=num_shards)
+    return out, manifest
+
+
+@pytest.fixture(scope="module")
+def amazon_examples(tmp_path_factory):
+    """(out, manifest): build_amazon_examples with 60 users and a training negative pool of
+    POOL."""
+    out, manifest = build_amazon_examples(tmp_path_factory.mktemp("amazon"),
+                                          train_negative_pool=POOL)
     counts = manifest["examples"]["train"]
-    # The tests need more than STEPS full rec and search batches per epoch.
+    # The trainer tests need more than STEPS full rec and search batches per epoch.
     assert counts["rec"] > STEPS * TINY["batch_size"], counts
     return out, manifest
 

@@ -1,7 +1,10 @@
 """Small model configurations and vocabulary files for fast model, export and trainer tests."""
 import os
 
-from unisar_tf.config import amazon_preset
+import tensorflow as tf
+
+from unisar_tf.config import UniSARConfig, amazon_preset
+from unisar_tf.model import build_model
 
 # A model small enough to build, export and serve in a few seconds.
 SMALL_MODEL = dict(num_users=40, num_items=80, num_words=30, max_rec_history=6,
@@ -30,3 +33,11 @@ TINY_FLAGS = ["--batch_size", "16", "--embedding_dim", "16", "--raw_embedding_di
 
 def tiny_config(**overrides):
     return amazon_preset(seed=0, **dict(TINY, **overrides))
+
+
+def small_model(root, seed: int):
+    """(config, model, vocab_dir): a seeded SMALL_MODEL and vocabulary files under root/vocab,
+    ready to export."""
+    tf.keras.utils.set_random_seed(seed)
+    config = UniSARConfig(**SMALL_MODEL)
+    return config, build_model(config), write_vocabularies(root / "vocab", config)

@@ -6,9 +6,8 @@ import tensorflow as tf
 from unisar_tf.layers import (EntityEmbedding, FusionDecoderLayer, MaskedMultiHeadAttention,
                               MultiLayerPerceptron, MultiTaskExperts, PositionalEmbedding,
                               QueryEncoder, StackedExperts, TargetAttention,
-                              TransformerEncoderLayer, gather_by_type, masked_mean,
-                              merge_histories, search_behaviour_embedding,
-                              transition_attention_mask)
+                              TransformerEncoderLayer, gather_by_type, masked_mean, merge_histories,
+                              search_behaviour_embedding, transition_attention_mask)
 from unisar_tf.losses import QueryItemRelevanceLoss, TransitionAlignmentLoss
 
 REC, SEARCH, PAD = 1, 2, 0

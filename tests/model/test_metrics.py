@@ -5,16 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unisar_tf.metrics import (
-    HitRateAtK,
-    NDCGAtK,
-    positive_first_labels,
-    positive_rank,
-    positive_rank_numpy,
-    ranking_metrics,
-    ranking_metrics_from_ranks,
-    tensorflow_ranking_metrics,
-)
+from unisar_tf.metrics import (HitRateAtK, NDCGAtK, positive_first_labels, positive_rank,
+                               positive_rank_numpy, ranking_metrics, ranking_metrics_from_ranks,
+                               tensorflow_ranking_metrics)
 
 # Three rows of 8 candidates, positive in column 0, hand-ranked 1, 2 and 6.
 WORKED_SCORES = np.array([

@@ -26,12 +26,11 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from feature_specs import event_schema as es
 from feature_specs import example_schema as fs
+from helpers import FIXTURES
+from helpers.data_job import IN_MEMORY, KUAISAR_DIR, KUAISAR_EXAMPLES, SCENARIOS, SPLITS, read_vocab
 from pipeline import beam_job, build_examples
 from pipeline import sequence_builder as sb
 from pipeline.adapters import amazon, event_log, kuaisar
-from helpers import FIXTURES
-from helpers.data_job import (IN_MEMORY, KUAISAR_DIR, KUAISAR_EXAMPLES, SCENARIOS, SPLITS,
-                              read_vocab)
 
 EVENTS_CSV = os.path.join(FIXTURES, "event_log", "events.csv")
 

@@ -19,13 +19,12 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from feature_specs import example_schema as fs
 from feature_specs import tfmd_schema
+from helpers.data_job import KUAISAR_EXAMPLES, KUAISAR_FLAGS, SCENARIOS, SPLITS, read_vocab, run_cli
+from helpers.event_logs import mixed_log, small_options, wide_vocab
 from pipeline import beam_job, build_examples
 from pipeline import sequence_builder as sb
-from pipeline.tf_example import bytes_entry, encode_bytes_list, encode_example, \
-    encode_int64_example, encode_mixed_example
-from helpers.data_job import (KUAISAR_EXAMPLES, KUAISAR_FLAGS, SCENARIOS, SPLITS,
-                              read_vocab, run_cli)
-from helpers.event_logs import mixed_log, small_options, wide_vocab
+from pipeline.tf_example import (bytes_entry, encode_bytes_list, encode_example,
+                                 encode_int64_example, encode_mixed_example)
 
 STRINGS = [b"", b"a", b"item-42", "caf\u00e9 \u4e2d\u6587".encode("utf-8"), b"x" * 127,
            b"y" * 128, b"z" * 20_000, b"\x00\xff\n", b" spaced "]

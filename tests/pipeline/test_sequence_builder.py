@@ -16,9 +16,9 @@ import pytest
 
 from feature_specs import example_schema as fs
 from feature_specs.event_schema import SCENARIO_SEARCH, Event
-from pipeline import sequence_builder as sb
-from helpers.event_logs import Log, long_log, mixed_log, small_options, wide_vocab
 from helpers import REPO
+from helpers.event_logs import Log, long_log, mixed_log, small_options, wide_vocab
+from pipeline import sequence_builder as sb
 
 REC, SEARCH, PAD = fs.TYPE_REC, fs.TYPE_SEARCH, fs.TYPE_PAD
 NUM_ITEMS = 40  # ids 1..40: letters A..Z are 1..26, then x27..x40

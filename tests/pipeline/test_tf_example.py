@@ -4,10 +4,9 @@ import pytest
 import tensorflow as tf
 
 from feature_specs import event_schema as es
-from feature_specs.event_schema import RowError, make_event, parse_click, parse_timestamp, \
-    parse_token_list
-from pipeline.tf_example import encode_int64_example, encode_packed_example, encode_varints, \
-    varint
+from feature_specs.event_schema import (RowError, make_event, parse_click, parse_timestamp,
+                                        parse_token_list)
+from pipeline.tf_example import encode_int64_example, encode_packed_example, encode_varints, varint
 
 EDGE_VALUES = [0, 1, 127, 128, 16383, 16384, 2 ** 35, 2 ** 63 - 1, -1, -2 ** 63]
 

@@ -20,6 +20,8 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 from feature_specs import example_schema as fs
 from feature_specs import tfmd_schema
+from helpers import FIXTURES
+from helpers.pipeline import COMPONENTS
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline import trainer_module
@@ -27,8 +29,6 @@ from pipeline.components import ranking_evaluator
 from pipeline.components import sequence_example_gen as seg
 from pipeline.components import validation
 from pipeline.runners import local
-from helpers.pipeline import COMPONENTS
-from helpers import FIXTURES
 
 pytestmark = pytest.mark.slow  # runs the TFX pipeline
 

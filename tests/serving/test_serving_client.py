@@ -14,11 +14,11 @@ import grpc
 import numpy as np
 import pytest
 
+from helpers import REPO
+from helpers.serving import save_toy_model
 from serving import client as client_lib
 from serving import server as server_lib
 from serving.client import ScoringError, ScoringRequestError, UniSARClient, build_inputs
-from helpers import REPO
-from helpers.serving import save_toy_model
 
 REC_HISTORY = [("item_b", 20), ("item_a", 10)]            # given newest first on purpose
 SEARCH_HISTORY = [("red shoes", ["item_a", "item_c"], 15)]

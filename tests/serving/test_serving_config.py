@@ -25,6 +25,7 @@ import yaml
 from google.protobuf import (descriptor_pb2, descriptor_pool, message_factory, text_format,
                              wrappers_pb2)
 from tensorflow_serving.config import model_server_config_pb2
+
 from helpers import REPO as REPO_DIR
 
 REPO = Path(REPO_DIR)

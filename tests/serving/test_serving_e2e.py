@@ -8,29 +8,22 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
-from helpers.model import SMALL_MODEL as SMALL
-from helpers.model import write_vocabularies
 
+from helpers.model import small_model
 from serving.client import ScoringRequestError, UniSARClient
 from serving.server import StandInServer
-from unisar_tf.config import UniSARConfig
 from unisar_tf.data.synthetic import random_feature_batch
 from unisar_tf.data.vocab import read_vocabularies
 from unisar_tf.export.push import push
 from unisar_tf.export.requests import raw_request_from_features
-from unisar_tf.model import build_model
 
 pytestmark = pytest.mark.slow  # exports a model and serves it from a server process
 
 
 @pytest.fixture(scope="module")
 def pushed(tmp_path_factory):
-    tf.keras.utils.set_random_seed(5)
-    config = UniSARConfig(**SMALL)
-    model = build_model(config)
     root = tmp_path_factory.mktemp("serving")
-    vocab_dir = write_vocabularies(root / "vocab", config)
+    config, model, vocab_dir = small_model(root, seed=5)
     path = push(model, vocab_dir, str(root / "serving"))
     features = random_feature_batch(config, 4, 9, True, np.random.default_rng(6))
     expected = {task: scores.numpy() for task, scores in model(features).items()}

@@ -26,14 +26,12 @@ from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
-                                     get_model_status_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_log_pb2,
-                                     prediction_service_pb2_grpc)
+                                     get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_log_pb2, prediction_service_pb2_grpc)
 
-from serving import server as server_lib
-from helpers.serving import REC_SPECS, SEARCH_SPECS, _spec, save_toy_model
 from helpers import REPO
-
+from helpers.serving import REC_SPECS, SEARCH_SPECS, _spec, save_toy_model
+from serving import server as server_lib
 
 
 # One user's request: histories as the client builds them (padded, explicit lengths). The

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from helpers.datasets import build_amazon_examples
 from unisar_tf.metrics import positive_rank_numpy, ranking_metrics
 from unisar_tf.train import gate
 
@@ -245,27 +246,8 @@ def test_main_job_says_plainly_whether_it_was_blessed():
 def sharded(tmp_path_factory):
     """A small Amazon-format dataset built by the data job with 3 files per split, so a
     reader that interleaves files would see the lists in another order."""
-    from pipeline import beam_job
-    from pipeline import sequence_builder as sb
-    from pipeline.adapters import amazon
-
-    root = tmp_path_factory.mktemp("sharded")
-    rng = np.random.default_rng(3)
-    lines = [f"u{u} " + " ".join(f"i{i}" for i in rng.choice(30, size=8, replace=False))
-             for u in range(40)]
-    (root / "seq.txt").write_text("\n".join(lines) + "\n")
-    (root / "attrs.json").write_text(json.dumps(
-        {f"i{i}": [f"brand{i}", f"cat{i % 3}"] for i in range(30)}))
-    inputs = amazon.AmazonInputs(str(root / "seq.txt"), str(root / "attrs.json"),
-                                 query_min_item_frequency=5, seed=1)
-    options = sb.BuildOptions(seed=1, clicks_per_session=1, num_eval_negatives=9, query_len=4,
-                              rec_len=5, search_len=5)
-    out = str(root / "out")
-    manifest = beam_job.run(lambda p: amazon.read(p, inputs), options, out, "amazon",
-                            {"sequences": "seq.txt"},
-                            ["--runner=DirectRunner", "--direct_num_workers=1",
-                             "--direct_running_mode=in_memory"], num_shards=3)
-    return out, manifest
+    return build_amazon_examples(tmp_path_factory.mktemp("sharded"), num_users=40,
+                                 num_shards=3)
 
 
 def test_model_and_baseline_scores_pair_up_list_by_list(sharded):

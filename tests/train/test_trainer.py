@@ -20,6 +20,9 @@ import tensorflow as tf
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, NEGATIVE_POOL, QUERY_TOKENS,
                            REC_HISTORY_ITEMS, REL_NEGATIVE_ITEMS, REL_NEGATIVE_QUERY_TOKENS,
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, USER_ID)
+from helpers import REPO
+from helpers.datasets import STEPS
+from helpers.model import TINY, TINY_FLAGS, tiny_config
 from unisar_tf.config import amazon_preset
 from unisar_tf.data import reader
 from unisar_tf.export.push import export_serving_model
@@ -31,9 +34,6 @@ from unisar_tf.train.inputs import (epoch_steps, replace_negatives, search_batch
                                     training_dataset)
 from unisar_tf.train.run_dir import load_trained_model, read_best
 from unisar_tf.train.trainer import Trainer, TrainerOptions
-from helpers.model import TINY, TINY_FLAGS, tiny_config
-from helpers.datasets import STEPS
-from helpers import REPO
 
 MAX_EPOCHS = 3
 

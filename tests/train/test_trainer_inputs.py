@@ -20,6 +20,7 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import REPO
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline.adapters import event_log
@@ -29,7 +30,6 @@ from unisar_tf.data.cooccurrence import training_cooccurrence, training_transiti
 from unisar_tf.train.evaluation import evaluate_best, report_markdown
 from unisar_tf.train.run_dir import DATA_FILE, DataMismatchError, load_trained_model
 from unisar_tf.train.trainer import Trainer, TrainerOptions
-from helpers import REPO
 
 IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
 # The small flags of the issue, and no minimum history, so a scenario alone makes examples.
