@@ -87,8 +87,71 @@ def validators(statistics: tfx.dsl.Channel, schema_files: Dict[str, str]) -> Dic
     return nodes
 
 
+# Trainer resources on Kubeflow (create_pipeline's trainer_resources) -> KFP's ResourceSpec.
+RESOURCE_KEYS = ("cpu", "memory_gb", "accelerator_type", "accelerator_count")
+# Vertex AI training (create_pipeline's vertex_training): required and optional keys.
+VERTEX_REQUIRED = ("project", "region", "image")
+VERTEX_DEFAULTS = {"workers": 1, "machine_type": "n1-standard-8", "accelerator_type": "",
+                   "accelerator_count": 0}
+
+
+def trainer_platform_config(resources: Optional[Dict[str, Any]]):
+    """KFP v2's ResourceSpec for a component from {"cpu": vCPUs, "memory_gb": GB,
+    "accelerator_type": e.g. "NVIDIA_TESLA_T4", "accelerator_count": n}, or None. The
+    Kubeflow V2 runner writes it as the component's container resources."""
+    if not resources:
+        return None
+    unknown = sorted(set(resources) - set(RESOURCE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown trainer resource(s) {unknown}; known: {RESOURCE_KEYS}")
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec()
+    if resources.get("cpu"):
+        spec.cpu_limit = float(resources["cpu"])
+    if resources.get("memory_gb"):
+        spec.memory_limit = float(resources["memory_gb"])
+    if resources.get("accelerator_type"):
+        count = int(resources.get("accelerator_count") or 1)
+        spec.accelerator.type = str(resources["accelerator_type"])
+        spec.accelerator.count = count
+    return spec
+
+
+def vertex_custom_config(vertex: Dict[str, Any]) -> Dict[str, Any]:
+    """The custom_config entries that make TFX's Google Cloud trainer run a Vertex AI custom
+    job: `workers` replicas of `machine_type` (with accelerators) running `image`, the first
+    pool the chief (TF_CONFIG task "chief"), the rest "worker"; the Trainer's run_fn then
+    trains under MultiWorkerMirroredStrategy (unisar_tf/train/distribution.py)."""
+    from tfx.extensions.google_cloud_ai_platform import constants as gcp_constants
+    from tfx.extensions.google_cloud_ai_platform.trainer import executor as gcp_trainer
+
+    missing = [key for key in VERTEX_REQUIRED if not vertex.get(key)]
+    unknown = sorted(set(vertex) - set(VERTEX_REQUIRED) - set(VERTEX_DEFAULTS))
+    if missing or unknown:
+        raise ValueError(f"vertex_training: missing {missing}, unknown {unknown}; required "
+                         f"{VERTEX_REQUIRED}, optional {sorted(VERTEX_DEFAULTS)}")
+    values = dict(VERTEX_DEFAULTS, **vertex)
+    if int(values["workers"]) < 1:
+        raise ValueError(f"vertex_training workers must be at least 1, got {values['workers']}")
+    machine = {"machine_type": values["machine_type"]}
+    if values["accelerator_type"]:
+        machine.update(accelerator_type=values["accelerator_type"],
+                       accelerator_count=int(values["accelerator_count"] or 1))
+    pool = {"machine_spec": machine, "container_spec": {"image_uri": values["image"]}}
+    pools = [dict(pool, replica_count=1)]
+    if int(values["workers"]) > 1:
+        pools.append(dict(pool, replica_count=int(values["workers"]) - 1))
+    return {gcp_constants.ENABLE_VERTEX_KEY: True,
+            gcp_constants.VERTEX_REGION_KEY: values["region"],
+            gcp_trainer.TRAINING_ARGS_KEY: {"project": values["project"],
+                                            "worker_pool_specs": pools}}
+
+
 def sasrec_trainer(example_gen, transform, train_config: Optional[Dict[str, Any]],
-                   max_epochs: Optional[int]) -> Optional[tfx.components.Trainer]:
+                   max_epochs: Optional[int],
+                   vertex_training: Optional[Dict[str, Any]] = None
+                   ) -> Optional[tfx.components.Trainer]:
     """A second Trainer ("SASRecTrainer") for the learned rec baseline: the same module
     file with custom_config learned_baseline="SASRec", the model's preset, seed and caps
     (not its config_overrides: SASRec has its own recipe), `max_epochs` epochs (None: the
@@ -101,7 +164,11 @@ def sasrec_trainer(example_gen, transform, train_config: Optional[Dict[str, Any]
     custom = {key: train_config[key] for key in ("preset", "seed", "steps_per_epoch",
                                                  "validation_rows") if key in train_config}
     custom.update(learned_baseline=SASREC, max_epochs=int(max_epochs))
-    return tfx.components.Trainer(
+    trainer_class = tfx.components.Trainer
+    if vertex_training:
+        custom.update(vertex_custom_config(vertex_training))
+        trainer_class = tfx.extensions.google_cloud_ai_platform.Trainer
+    return trainer_class(
         run_fn="pipeline.trainer_module.run_fn",
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -120,7 +187,9 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
                     min_improvement: float = 0.0,
                     gate_options: Optional[Dict[str, Any]] = None,
                     run_parameters: Optional[Dict[str, Any]] = None,
-                    sasrec_max_epochs: Optional[int] = None) -> tfx.dsl.Pipeline:
+                    sasrec_max_epochs: Optional[int] = None,
+                    trainer_resources: Optional[Dict[str, Any]] = None,
+                    vertex_training: Optional[Dict[str, Any]] = None) -> tfx.dsl.Pipeline:
     """The pipeline for the raw data of `adapter` at `data_root` (see SequenceExampleGen).
 
     build_options: build_examples flags by name, e.g. {"max_users": 200, "seed": 1}.
@@ -143,6 +212,12 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
     sasrec_max_epochs: the epoch budget of SASRecTrainer, which trains the learned rec
     baseline (unisar_tf.train.learned_baseline) that RankingEvaluator reports and gates against;
     None: train_config's max_epochs; 0: no SASRecTrainer.
+    trainer_resources: both Trainers' container resources on Kubeflow (KFP platform config):
+    {"cpu", "memory_gb", "accelerator_type", "accelerator_count"}; Kubeflow only
+    (LocalDagRunner refuses a KFP platform config).
+    vertex_training: run both Trainers as Vertex AI training jobs (TFX's Google Cloud trainer
+    extension): {"project", "region", "image", "workers", "machine_type",
+    "accelerator_type", "accelerator_count"}; more than one worker trains multi-worker.
     """
     build_options = pipeline_build_options(build_options)
     blessing_gate = evaluator_gate_options(min_improvement, gate_options)
@@ -184,20 +259,30 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
     if run_parameters:
         trainer_class = functools.partial(
             run_parameters_components.Trainer, max_epochs=run_parameters.get("max_epochs"),
-            batch_size=run_parameters.get("batch_size"))
+            batch_size=run_parameters.get("batch_size"), vertex=bool(vertex_training))
         pusher_class = functools.partial(run_parameters_components.Pusher,
                                          push=run_parameters.get("push"))
     else:
-        trainer_class, pusher_class = tfx.components.Trainer, tfx.components.Pusher
+        trainer_class = (tfx.extensions.google_cloud_ai_platform.Trainer if vertex_training
+                         else tfx.components.Trainer)
+        pusher_class = tfx.components.Pusher
+    custom_config = dict(train_config or {})
+    if vertex_training:
+        custom_config.update(vertex_custom_config(vertex_training))
     trainer = trainer_class(
         run_fn="pipeline.trainer_module.run_fn",
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         train_args=tfx.proto.TrainArgs(splits=list(trainer_module.TRAIN_SPLITS)),
         eval_args=tfx.proto.EvalArgs(splits=list(trainer_module.EVAL_SPLITS)),
-        custom_config=dict(train_config or {}))
+        custom_config=custom_config)
     trainer.add_upstream_node(gate)
-    learned_baseline = sasrec_trainer(example_gen, transform, train_config, sasrec_max_epochs)
+    learned_baseline = sasrec_trainer(example_gen, transform, train_config, sasrec_max_epochs,
+                                      vertex_training)
+    platform_config = trainer_platform_config(trainer_resources)
+    for node in (trainer, learned_baseline):
+        if node is not None and platform_config is not None:
+            node.with_platform_config(platform_config)
     if learned_baseline is not None:
         learned_baseline.add_upstream_node(gate)
         components.append(learned_baseline)

@@ -19,6 +19,10 @@ custom_config (all optional):
     steps_per_epoch    cap on training steps per epoch (small budgets, tests)
     validation_rows    cap on validation examples per task
     seed               default 0
+    distribution       tf.distribute strategy (unisar_tf/train/distribution.py), default
+                       "auto": multi-worker when the Trainer runs under a TF_CONFIG cluster
+                       (Vertex AI's worker pools), mirrored on several GPUs; the chief alone
+                       exports
     learned_baseline   "SASRec": train the learned rec baseline instead (its recipe on top of
                        `preset`: unisar_tf.train.learned_baseline); the pipeline's SASRecTrainer
                        sets it, and RankingEvaluator scores its export next to the model
@@ -71,10 +75,14 @@ def run_fn(fn_args) -> None:
                              transform_dir=transform_dir,
                              max_epochs=int(custom.get("max_epochs", 100)), seed=seed,
                              steps_per_epoch=custom.get("steps_per_epoch"),
-                             validation_rows=custom.get("validation_rows"), verbose=1)
-    summary = Trainer(config, options).fit()
+                             validation_rows=custom.get("validation_rows"), verbose=1,
+                             distribution=custom.get("distribution", "auto"))
+    trainer = Trainer(config, options)  # distribution "auto": TF_CONFIG makes it multi-worker
+    summary = trainer.fit()
     print(f"best validation epoch {summary['epoch']} of {summary['epochs_run']} "
           f"(mean NDCG@5 {summary['validation_score']:.4f})", flush=True)
+    if not trainer.role.is_chief:  # the chief alone exports (TFX's rule for run_fn)
+        return
     model = load_trained_model(fn_args.model_run_dir, data_dir)
     # TFX may create the (empty) serving dir; the exporter wants to create it itself.
     if tf.io.gfile.isdir(fn_args.serving_model_dir) and not tf.io.gfile.listdir(

@@ -156,8 +156,12 @@ class UniSARModel(tfrs.Model):
                                          name="experts") if c.use_mmoe else None)
         self.heads = {task: MultiLayerPerceptron(c.head_units, c.dropout, output_units=1,
                                                  name=f"{task}_head") for task in c.tasks}
+        # Per-list losses, averaged here: Keras refuses its own batch averaging under a
+        # tf.distribute strategy (each replica averages its rows; train/distribution.py).
         self.ranking_tasks = {task: tfrs.tasks.Ranking(
-            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True), name=f"{task}_ranking")
+            loss=tf.keras.losses.BinaryCrossentropy(
+                from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
+            name=f"{task}_ranking")
             for task in c.tasks}
         self.loss_trackers = {name: tf.keras.metrics.Mean(name=name) for name in
                               [f"{t}_{part}" for t in c.tasks
@@ -426,7 +430,8 @@ class UniSARModel(tfrs.Model):
         if c.ranking_loss == "softmax":  # the positive (column 0) against its negatives
             bce = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels, logits))
         else:
-            bce = self.ranking_tasks[task](labels=labels, predictions=logits, training=training)
+            bce = tf.reduce_mean(self.ranking_tasks[task](labels=labels, predictions=logits,
+                                                          training=training))
         relevance = self._relevance_loss(encoding, rel_negatives)
         alignment = self._alignment_loss(encoding)
         self.loss_trackers[f"{task}_bce"].update_state(bce)

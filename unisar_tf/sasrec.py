@@ -117,8 +117,10 @@ class SASRecModel(tfrs.Model):
                        for i in range(c.num_layers)]
         self.final_norm = tf.keras.layers.LayerNormalization(epsilon=c.layer_norm_epsilon,
                                                              name="final_norm")
-        self.ranking_task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True), name="rec_ranking")
+        self.ranking_task = tfrs.tasks.Ranking(  # per-list losses, averaged in compute_loss
+            loss=tf.keras.losses.BinaryCrossentropy(
+                from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
+            name="rec_ranking")
         self.loss_trackers = {name: tf.keras.metrics.Mean(name=name)
                               for name in ("rec_bce", "l2")}
 
@@ -171,7 +173,8 @@ class SASRecModel(tfrs.Model):
         features = inputs["rec"]
         logits = self.logits(features, training=training)
         labels = tf.one_hot(tf.zeros(tf.shape(logits)[:1], tf.int32), tf.shape(logits)[1])
-        bce = self.ranking_task(labels=labels, predictions=logits, training=training)
+        bce = tf.reduce_mean(self.ranking_task(labels=labels, predictions=logits,
+                                               training=training))
         l2 = self.l2_penalty(features)
         self.loss_trackers["rec_bce"].update_state(bce)
         self.loss_trackers["l2"].update_state(l2)

@@ -9,7 +9,9 @@ serialized into its JSON, not resolved. So:
 - `Trainer(max_epochs=..., batch_size=..., **trainer_kwargs)`: TFX's Trainer (same inputs,
   outputs and parameters) plus `max_epochs` and `batch_size`; the executor writes them into
   `custom_config` (`max_epochs`, `config_overrides.batch_size`; pipeline/trainer_module.py)
-  before `run_fn` runs. None leaves custom_config as it is.
+  before `run_fn` runs. None leaves custom_config as it is. `vertex=True` runs it as a
+  Vertex AI training job (`VertexTrainerExecutor`; the worker pools are in custom_config,
+  pipeline/tfx_pipeline.py `vertex_training`).
 - `Pusher(push=..., **pusher_kwargs)`: TFX's Pusher plus `push` (1/0); 0 records the model as
   not pushed (TFX's own "not pushed" outcome) even when it is blessed.
 
@@ -25,6 +27,7 @@ from typing import Any, Dict, List, Optional, Union
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
 from tfx.components.trainer import executor as trainer_executor
+from tfx.extensions.google_cloud_ai_platform.trainer import executor as vertex_trainer_executor
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.orchestration import data_types
 from tfx.types import artifact_utils, component_spec, standard_component_specs
@@ -58,17 +61,31 @@ class TrainerSpec(standard_component_specs.TrainerSpec):
     }
 
 
+def _with_run_parameters(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
+    """exec_properties with max_epochs and batch_size moved into custom_config."""
+    exec_properties = dict(exec_properties)
+    max_epochs = exec_properties.pop(MAX_EPOCHS_KEY, None)
+    batch_size = exec_properties.pop(BATCH_SIZE_KEY, None)
+    key = standard_component_specs.CUSTOM_CONFIG_KEY
+    exec_properties[key] = train_config_with(exec_properties.get(key), max_epochs, batch_size)
+    return exec_properties
+
+
 class TrainerExecutor(trainer_executor.GenericExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]],
            output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
-        exec_properties = dict(exec_properties)
-        max_epochs = exec_properties.pop(MAX_EPOCHS_KEY, None)
-        batch_size = exec_properties.pop(BATCH_SIZE_KEY, None)
-        key = standard_component_specs.CUSTOM_CONFIG_KEY
-        exec_properties[key] = train_config_with(exec_properties.get(key), max_epochs,
-                                                 batch_size)
-        super().Do(input_dict, output_dict, exec_properties)
+        super().Do(input_dict, output_dict, _with_run_parameters(exec_properties))
+
+
+class VertexTrainerExecutor(vertex_trainer_executor.GenericExecutor):
+    """The same, as a Vertex AI custom job (TFX's Google Cloud trainer extension: its
+    custom_config carries the worker pools; each worker runs run_fn under TF_CONFIG)."""
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]],
+           output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        super().Do(input_dict, output_dict, _with_run_parameters(exec_properties))
 
 
 def _fresh_outputs(spec: types.ComponentSpec) -> Dict[str, types.Channel]:
@@ -82,12 +99,14 @@ class Trainer(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(TrainerExecutor)
 
     def __init__(self, max_epochs: IntParameter = None, batch_size: IntParameter = None,
-                 **trainer_kwargs):
+                 vertex: bool = False, **trainer_kwargs):
         # TFX's Trainer checks and normalizes its arguments (custom_config to JSON, ...).
         standard = tfx_components.Trainer(**trainer_kwargs).spec
         super().__init__(spec=TrainerSpec(
             **standard.exec_properties, **standard.inputs, **_fresh_outputs(standard),
-            max_epochs=max_epochs, batch_size=batch_size))
+            max_epochs=max_epochs, batch_size=batch_size),
+            custom_executor_spec=executor_spec.ExecutorClassSpec(VertexTrainerExecutor)
+            if vertex else None)
         self.with_id("Trainer")
 
 

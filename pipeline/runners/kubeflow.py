@@ -75,6 +75,8 @@ def compile_pipeline(output: str, image: str, pipeline_root: str, data_root: str
                      train_config: Optional[dict] = None, min_improvement: float = 0.0,
                      gate_options: Optional[dict] = None,
                      sasrec_max_epochs: Optional[int] = None,
+                     trainer_resources: Optional[dict] = None,
+                     vertex_training: Optional[dict] = None,
                      schema_dir: str = DEFAULT_SCHEMA_DIR,
                      image_schema_dir: str = DEFAULT_IMAGE_SCHEMA_DIR,
                      spec_version: str = DEFAULT_SPEC_VERSION,
@@ -108,7 +110,8 @@ def compile_pipeline(output: str, image: str, pipeline_root: str, data_root: str
         metadata_connection_config=None, build_options=build_options,
         schema_dir=schema_dir, train_config=train_config, min_improvement=min_improvement,
         gate_options=gate_options, run_parameters=parameters,
-        sasrec_max_epochs=sasrec_max_epochs)
+        sasrec_max_epochs=sasrec_max_epochs, trainer_resources=trainer_resources,
+        vertex_training=vertex_training)
     for component in pipeline.components:  # the schema files, where the image has them
         path = component.exec_properties.get(SCHEMA_FILE_KEY)
         if isinstance(path, str) and path.startswith(schema_dir + os.sep):

@@ -38,7 +38,9 @@ def run(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
         build_options: Optional[dict] = None, enable_cache: bool = True,
         train_config: Optional[dict] = None, min_improvement: float = 0.0,
         gate_options: Optional[dict] = None,
-        sasrec_max_epochs: Optional[int] = None) -> List[dict]:
+        sasrec_max_epochs: Optional[int] = None,
+        trainer_resources: Optional[dict] = None,
+        vertex_training: Optional[dict] = None) -> List[dict]:
     """Runs the pipeline; returns `executions_since` for this run (one dict per component).
     A failing component raises (e.g. AnomalyGate's AnomaliesFound). min_improvement and
     gate_options: the evaluator's blessing gate; sasrec_max_epochs: the learned baseline's
@@ -47,13 +49,17 @@ def run(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
 
     from pipeline.tfx_pipeline import create_pipeline
 
+    if trainer_resources:
+        raise ValueError("trainer resources (--trainer_cpu, ...) are container resources on "
+                         "Kubeflow; LocalDagRunner runs every component in this process")
     config = metadata_config(metadata_path)
     pipeline = create_pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=data_root,
         adapter=adapter, serving_dir=serving_dir, beam_pipeline_args=list(beam_pipeline_args),
         metadata_connection_config=config, build_options=build_options,
         enable_cache=enable_cache, train_config=train_config, min_improvement=min_improvement,
-        gate_options=gate_options, sasrec_max_epochs=sasrec_max_epochs)
+        gate_options=gate_options, sasrec_max_epochs=sasrec_max_epochs,
+        trainer_resources=trainer_resources, vertex_training=vertex_training)
     started_ms = int(time.time() * 1000)
     tfx.orchestration.LocalDagRunner().run(pipeline)
     return executions_since(config, pipeline_name, started_ms)

@@ -44,6 +44,25 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                           help="epochs of SASRecTrainer, the learned rec baseline the "
                           "evaluator reports and gates against (default: --max_epochs; 0: "
                           "no SASRecTrainer)")
+    resources = parser.add_argument_group(
+        "Trainer resources on Kubeflow (KFP platform config; both Trainers)")
+    resources.add_argument("--trainer_cpu", type=float, default=None, help="vCPUs")
+    resources.add_argument("--trainer_memory_gb", type=float, default=None, help="memory, GB")
+    resources.add_argument("--trainer_accelerator_type", default=None,
+                           help="e.g. NVIDIA_TESLA_T4")
+    resources.add_argument("--trainer_accelerator_count", type=int, default=None)
+    vertex = parser.add_argument_group(
+        "Trainers as Vertex AI training jobs (TFX's Google Cloud trainer extension)")
+    vertex.add_argument("--vertex_project", default=None,
+                        help="set to train on Vertex AI, in this Google Cloud project")
+    vertex.add_argument("--vertex_region", default="us-central1")
+    vertex.add_argument("--vertex_workers", type=int, default=1,
+                        help="replicas: 1 chief + N-1 workers, MultiWorkerMirroredStrategy")
+    vertex.add_argument("--vertex_machine_type", default="n1-standard-8")
+    vertex.add_argument("--vertex_accelerator_type", default="", help="e.g. NVIDIA_TESLA_T4")
+    vertex.add_argument("--vertex_accelerator_count", type=int, default=0)
+    vertex.add_argument("--vertex_image", default=None,
+                        help="the training image (the Kubeflow runner's --image by default)")
     blessing = parser.add_argument_group("blessing gate (unisar_tf/train/gate.py, docs/pipeline.md)")
     blessing.add_argument("--min_improvement", type=float, default=0.0,
                           help="NDCG@10 difference the model must exceed against random, every "
@@ -84,8 +103,22 @@ def pipeline_options(parser: argparse.ArgumentParser,
         train_config["steps_per_epoch"] = args.steps_per_epoch
     if args.validation_rows:
         train_config["validation_rows"] = args.validation_rows
+    resources = {key: getattr(args, f"trainer_{key}") for key in
+                 ("cpu", "memory_gb", "accelerator_type", "accelerator_count")
+                 if getattr(args, f"trainer_{key}") is not None}
+    vertex = None
+    if args.vertex_project:
+        image = args.vertex_image or getattr(args, "image", None)
+        if not image:
+            parser.error("--vertex_project needs --vertex_image (the training image)")
+        vertex = {"project": args.vertex_project, "region": args.vertex_region,
+                  "image": image, "workers": args.vertex_workers,
+                  "machine_type": args.vertex_machine_type,
+                  "accelerator_type": args.vertex_accelerator_type,
+                  "accelerator_count": args.vertex_accelerator_count}
     return {"build_options": build_options, "train_config": train_config,
             "sasrec_max_epochs": args.sasrec_max_epochs,
+            "trainer_resources": resources or None, "vertex_training": vertex,
             "min_improvement": args.min_improvement,
             "gate_options": {"min_relative_improvement": args.min_relative_improvement,
                              "confidence": args.confidence,

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import REPO
-from helpers.model import TINY_FLAGS, tiny_config
 
 from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS)
+from helpers import REPO
+from helpers.model import TINY_FLAGS, tiny_config
 from unisar_tf.config import amazon_preset
 from unisar_tf.data import reader
 from unisar_tf.layers import MaskedMultiHeadAttention, TransformerEncoderLayer
@@ -196,10 +196,10 @@ def test_sasrec_needs_the_rec_task_only():
 class RecordingTrainer(Trainer):
     """Keeps the in-memory model's validation scores of every epoch."""
 
-    def _end_epoch(self, epoch, train_logs, validation, seconds):
+    def _end_epoch(self, epoch, train_logs, validation, *times):
         self.scores[epoch + 1] = score_split(self.model, self.options.data_dir, "valid", "rec",
                                              self.manifest)
-        return super()._end_epoch(epoch, train_logs, validation, seconds)
+        return super()._end_epoch(epoch, train_logs, validation, *times)
 
 
 def mean_bce(model, batches):

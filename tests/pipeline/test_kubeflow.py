@@ -5,7 +5,6 @@ import json
 import os
 import re
 import socket
-
 from importlib import metadata
 
 import pytest
@@ -13,11 +12,10 @@ import tensorflow as tf
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from helpers import REPO
+from helpers.pipeline import COMPONENTS  # the same pipeline
 from pipeline.components import run_parameters
 from pipeline.runners import kubeflow
-
-from helpers.pipeline import COMPONENTS  # the same pipeline
-from helpers import REPO
 
 pytestmark = pytest.mark.slow  # compiles the TFX pipeline
 
@@ -317,3 +315,63 @@ def test_sasrec_trainer_takes_its_own_budget_and_zero_leaves_it_out(tmp_path):
     tasks = pipeline_spec["root"]["dag"]["tasks"]
     assert "SASRecTrainer" not in tasks and "Trainer" in tasks
     assert "learned_baseline" not in tasks["RankingEvaluator"]["inputs"].get("artifacts", {})
+
+
+def _container(pipeline_spec, task):
+    """The compiled container of a task (through its component's executor)."""
+    component = pipeline_spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]
+    label = pipeline_spec["components"][component]["executorLabel"]
+    return pipeline_spec["deploymentSpec"]["executors"][label]["container"]
+
+
+def test_trainer_resources_reach_both_trainers_and_nothing_else(tmp_path):
+    _, pipeline_spec = _compile(
+        tmp_path, "--trainer_cpu", "8", "--trainer_memory_gb", "32",
+        "--trainer_accelerator_type", "NVIDIA_TESLA_T4", "--trainer_accelerator_count", "2")
+    for task in ("Trainer", "SASRecTrainer"):
+        assert _container(pipeline_spec, task)["resources"] == {
+            "cpuLimit": 8.0, "memoryLimit": 32.0,
+            "accelerator": {"type": "NVIDIA_TESLA_T4", "count": "2"}}, task
+    for task in ("Transform", "RankingEvaluator", "SequenceExampleGen"):
+        assert "resources" not in _container(pipeline_spec, task), task
+    _, plain = _compile(tmp_path)
+    assert "resources" not in _container(plain, "Trainer")
+
+
+def test_vertex_training_puts_the_worker_pools_in_both_trainers(tmp_path):
+    _, pipeline_spec = _compile(
+        tmp_path, "--vertex_project", "proj", "--vertex_region", "europe-west4",
+        "--vertex_workers", "3", "--vertex_machine_type", "n1-highmem-16",
+        "--vertex_accelerator_type", "NVIDIA_TESLA_V100", "--vertex_accelerator_count", "2",
+        "--max_epochs", "3")
+    machine = {"machine_type": "n1-highmem-16", "accelerator_type": "NVIDIA_TESLA_V100",
+               "accelerator_count": 2}
+    for task in ("Trainer", "SASRecTrainer"):
+        custom = _constant(_parameters(pipeline_spec, task)["custom_config"])
+        assert custom["ai_platform_enable_vertex"] is True, task
+        assert custom["ai_platform_vertex_region"] == "europe-west4"
+        job = custom["ai_platform_training_args"]
+        assert job["project"] == "proj"
+        # The chief pool, then the other 2 workers: one job of 3 replicas under TF_CONFIG.
+        assert job["worker_pool_specs"] == [
+            {"machine_spec": machine, "replica_count": 1, "container_spec": {"image_uri": IMAGE}},
+            {"machine_spec": machine, "replica_count": 2, "container_spec": {"image_uri": IMAGE}}]
+    # The Trainer launches the job and still takes the run parameters.
+    trainer_args = " ".join(_container(pipeline_spec, "Trainer")["args"])
+    assert "pipeline.components.run_parameters.VertexTrainerExecutor" in trainer_args
+    assert _parameters(pipeline_spec, "Trainer")["max_epochs"] == {
+        "componentInputParameter": "max_epochs"}
+    assert "google_cloud_ai_platform.trainer.executor" in " ".join(
+        _container(pipeline_spec, "SASRecTrainer")["args"])
+
+
+def test_vertex_training_needs_a_project_region_and_image():
+    from pipeline import tfx_pipeline
+
+    with pytest.raises(ValueError, match=r"missing \['image'\]"):
+        tfx_pipeline.vertex_custom_config({"project": "p", "region": "r"})
+    with pytest.raises(ValueError, match=r"unknown \['gpus'\]"):
+        tfx_pipeline.vertex_custom_config({"project": "p", "region": "r", "image": "i",
+                                           "gpus": 2})
+    with pytest.raises(ValueError, match="unknown trainer resource"):
+        tfx_pipeline.trainer_platform_config({"gpu": 1})

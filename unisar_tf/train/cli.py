@@ -28,6 +28,7 @@ from feature_specs.layout import VOCAB_DIR
 from unisar_tf.config import PRESETS, UniSARConfig, preset
 # The command line is an entry point: it also exports (--serving_dir), above train/.
 from unisar_tf.export.push import push
+from unisar_tf.train.distribution import STRATEGIES, cluster_tasks
 from unisar_tf.train.evaluation import evaluate_best, report_markdown
 from unisar_tf.train.learned_baseline import train_sasrec
 from unisar_tf.train.run_dir import DataMismatchError, load_trained_model
@@ -123,8 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "version> with the serving signatures (unisar_tf.export)")
     parser.add_argument("--quiet", action="store_true",
                         help="one line per epoch, no progress bar")
+    parser.add_argument("--distribution", default="auto", choices=STRATEGIES,
+                        help="tf.distribute strategy (unisar_tf/train/distribution.py): auto = "
+                             "multi_worker under a TF_CONFIG cluster, mirrored with several "
+                             "GPUs, else default (one device)")
     add_config_flags(parser)
     return parser
+
+
+# What a step fails with when a peer worker is gone (aborted or timed-out collectives).
+PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                 tf.errors.AbortedError, tf.errors.CancelledError)
 
 
 def wants_sasrec_baseline(args: argparse.Namespace, config: UniSARConfig) -> bool:
@@ -146,8 +156,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                              validation_rows=args.validation_rows,
                              fresh_negatives=args.fresh_negatives,
                              transform_dir=args.transform_dir,
-                             verbose=1 if args.quiet else 2)
-    summary = Trainer(config, options).fit()
+                             verbose=1 if args.quiet else 2,
+                             distribution=args.distribution)
+    trainer = Trainer(config, options)
+    summary = trainer.fit()
     print(f"best validation epoch {summary['epoch']} of {summary['epochs_run']} "
           f"(mean NDCG@5 {summary['validation_score']:.4f})"
           + ("; stopped early" if summary["stopped_early"] else ""), flush=True)
@@ -159,6 +171,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             print(f"SASRec: best validation epoch {sasrec['epoch']} of {sasrec['epochs_run']} "
                   f"(NDCG@5 {sasrec['validation_score']:.4f})", flush=True)
             result["sasrec_training"] = sasrec
+    if not trainer.role.is_chief:  # the chief alone reports and exports
+        return result
     if not args.skip_test:
         report = evaluate_best(args.model_dir, args.data_dir, "test")
         print(report_markdown(report))
@@ -184,6 +198,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         run(args)
     except DataMismatchError as error:  # another dataset's model_dir, a task the data lacks
         parser.exit(1, f"{parser.prog}: error: {error}\n")
+    except PEER_FAILURES as error:
+        if cluster_tasks() < 2:
+            raise
+        # MultiWorkerMirroredStrategy aborts the collectives when a peer stops answering.
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        parser.exit(1, f"{parser.prog}: error: a worker of the cluster stopped ({reason}); "
+                       f"the last checkpoint in {args.model_dir}/checkpoints is kept: start "
+                       "every worker again to resume from it\n")
 
 
 if __name__ == "__main__":

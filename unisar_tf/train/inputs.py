@@ -20,15 +20,18 @@ from unisar_tf.config import UniSARConfig
 from unisar_tf.data import reader
 
 
-def search_batch_size(num_rec: int, num_search: int, rec_batch_size: int) -> int:
+def search_batch_size(num_rec: int, num_search: int, rec_batch_size: int,
+                      replicas: int = 1) -> int:
     """Search batch size that makes the search data last as many steps as rec.
 
     The reference's rounding: it assumes rec // batch + 1 steps, one more than there are
     when the rec count is an exact multiple of the batch, and then a few search examples are
-    not seen that epoch (the search stream cycles and is reshuffled every epoch).
+    not seen that epoch (the search stream cycles and is reshuffled every epoch). With several
+    replicas it is rounded up to a multiple of their number, so each gets the same rows.
     """
     rec_steps = num_rec // rec_batch_size + 1
-    return max(1, num_search // rec_steps + 1)
+    size = max(1, num_search // rec_steps + 1)
+    return -(-size // replicas) * replicas
 
 
 def _stateless_seed(seed: int, epoch, step) -> tf.Tensor:
@@ -36,8 +39,12 @@ def _stateless_seed(seed: int, epoch, step) -> tf.Tensor:
                      tf.cast(step, tf.int64)])
 
 
-def epoch_steps(config: UniSARConfig, counts: Mapping[str, int]) -> int:
+def epoch_steps(config: UniSARConfig, counts: Mapping[str, int], replicas: int = 1) -> int:
+    """Steps of one epoch: the lead task's batches, the last one short on one replica; with
+    several replicas only whole global batches (they split evenly), at least one."""
     lead = "rec" if "rec" in config.tasks else "search"
+    if replicas > 1:
+        return max(1, counts[lead] // config.batch_size)
     return math.ceil(counts[lead] / config.batch_size)
 
 
@@ -59,23 +66,29 @@ def replace_negatives(features: Dict[str, tf.Tensor], num_negatives: int,
 
 def training_dataset(config: UniSARConfig, data_dir: str, manifest: dict, query_bank: np.ndarray,
                      seed: int, epoch: int, fresh_negatives: bool = True,
-                     shuffle_buffer: int = 20_000) -> tf.data.Dataset:
-    """One epoch of {"rec": batch, "search": batch, "rel_negatives": {...}} (spec 10).
+                     shuffle_buffer: int = 20_000, replicas: int = 1) -> tf.data.Dataset:
+    """One epoch of {"rec": batch, "search": batch, "rel_negatives": {...}} (spec 10), as
+    global batches.
 
     The rec data sets the epoch; the search data, batched to finish at the same time, cycles
     if rounding leaves a step short. With one task only that task's batches are produced.
+    For several replicas (train/distribution.py) every batch is whole, so it splits evenly:
+    the search batch is a multiple of `replicas` and an epoch's last, shorter batch is left
+    out (the data is reshuffled every epoch, so no example is left out for good).
     """
     counts = manifest["examples"]["train"]
     tasks = config.tasks
     joint = len(tasks) == 2
     sizes = {task: config.batch_size for task in tasks}
     if joint:
-        sizes["search"] = search_batch_size(counts["rec"], counts["search"], config.batch_size)
+        sizes["search"] = search_batch_size(counts["rec"], counts["search"], config.batch_size,
+                                            replicas)
     parts = {}
     for offset, task in enumerate(tasks):
         stream = reader.read_examples(data_dir, "train", task, sizes[task], manifest, shuffle=True,
                                     seed=seed * 7919 + epoch * 2 + offset,
-                                    shuffle_buffer=shuffle_buffer)
+                                    shuffle_buffer=shuffle_buffer,
+                                    drop_remainder=replicas > 1)
         parts[task] = stream.repeat() if joint and task == "search" else stream
     has_pool = bool(manifest["shapes"].get("train_negative_pool", 0))
     # No query at all (a rec-only log): no relevance negatives (the Trainer turns L_rel off).

@@ -10,13 +10,10 @@ the validation score is the mean of rec and search NDCG@5; the learning rate is 
 0.1 after `lr_reduce_patience` epochs without a new best (not below `min_learning_rate`), and
 training stops after `early_stop_patience` epochs without one.
 
-model_dir layout:
-    config.json, options.json      what was trained, on what
-    data.json                      the data: its fingerprint, vocabulary sizes (reader.data_identity)
-    checkpoints/ckpt-N             last epochs: weights, optimizer slots, lr, epoch, policy state
-    best/ckpt-N, best.json         weights of the best validation epoch, and its metrics
-    history.jsonl                  one line per epoch: losses, lr, validation metrics, seconds
-    tensorboard/{train,validation} TensorBoard event files
+What a run writes to model_dir (checkpoints, best/, history, TensorBoard, its config and
+data): unisar_tf.train.run_dir. Where it runs (one device, several GPUs, several workers under
+TF_CONFIG) and how the global batch is split: unisar_tf.train.distribution; the chief alone
+writes to model_dir.
 
 Training negatives: with a negative pool in the data (`--train_negative_pool` of the data job)
 each epoch draws fresh ones from it; otherwise the data job's fixed 4 are used. The batch
@@ -46,6 +43,10 @@ from unisar_tf.config import UniSARConfig
 from unisar_tf.data import reader
 from unisar_tf.data.cooccurrence import training_tables
 from unisar_tf.model import build_model
+from unisar_tf.train.distribution import (STRATEGY_CLASSES, distribute_global_batches,
+                                          make_strategy, mean_over_replicas,
+                                          replica_train_step, resolve_strategy_name,
+                                          worker_role)
 from unisar_tf.train.evaluation import VALIDATION_METRIC, evaluate_model, validation_score
 from unisar_tf.train.inputs import epoch_steps, search_batch_size, training_dataset
 from unisar_tf.train.run_dir import (BEST_FILE, CONFIG_FILE, DATA_FILE, HISTORY_FILE, OPTIONS_FILE,
@@ -68,6 +69,8 @@ class TrainerOptions:
     shuffle_buffer: int = 20_000
     keep_checkpoints: int = 2
     verbose: int = 2  # 0 silent, 1 one line per epoch, 2 also a progress bar
+    # tf.distribute strategy: auto | default | mirrored | multi_worker (train/distribution.py)
+    distribution: str = "auto"
 
 
 @dataclasses.dataclass
@@ -79,6 +82,8 @@ class EpochResult:
     validation_score: float
     seconds: float
     improved: bool
+    train_seconds: float = 0.0  # the training steps alone (seconds less validation)
+
 
 # ----------------------------------------------------------------------- the run's data
 def fit_tasks_to_data(config: UniSARConfig, manifest: dict, data_dir: str
@@ -116,12 +121,17 @@ def uses_relevance_loss(config: UniSARConfig) -> bool:
     return (config.architecture == "unisar" and config.use_history
             and config.use_relevance_loss and config.alpha_relevance > 0)
 
+
 # --------------------------------------------------------------------------------- trainer
 class Trainer:
     """Trains one UniSAR configuration on one data directory; see the module docstring."""
 
     def __init__(self, config: UniSARConfig, options: TrainerOptions):
         self.options = options
+        # First: a multi-worker strategy must exist before the process runs any op.
+        self.strategy = make_strategy(options.distribution)
+        self.role = worker_role(self.strategy)
+        self.replicas = self.strategy.num_replicas_in_sync
         say = print if options.verbose else (lambda *args, **kwargs: None)
         if config.architecture == "sasrec":  # the plain baseline: item ids only
             config = config.replace(use_side_features=False, use_cooccurrence=False)
@@ -146,15 +156,19 @@ class Trainer:
                                                  config.num_items, config.tasks)
             config = config.replace(cooccurrence_pairs=table.num_pairs,
                                     transition_pairs=transitions.num_pairs)
+        if config.batch_size % self.replicas:
+            raise ValueError(f"batch_size {config.batch_size} is the global batch: it must be a "
+                             f"multiple of the {self.replicas} replicas")
         self.config = config
         tf.keras.utils.set_random_seed(options.seed)
-        self.model = build_model(config, side_features=self.side_features)
-        if table is not None:
-            self.model.set_cooccurrence(table, transitions)
-        self.optimizer = tf.keras.optimizers.Adam(config.learning_rate)
-        self.model.compile(optimizer=self.optimizer)
-        # Slots exist before any restore, so a checkpoint restores them at once, exactly.
-        self.optimizer.build(self.model.trainable_variables)
+        with self.strategy.scope():
+            self.model = build_model(config, side_features=self.side_features)
+            if table is not None:
+                self.model.set_cooccurrence(table, transitions)
+            self.optimizer = tf.keras.optimizers.Adam(config.learning_rate)
+            self.model.compile(optimizer=self.optimizer)
+            # Slots exist before any restore, so a checkpoint restores them at once, exactly.
+            self.optimizer.build(self.model.trainable_variables)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
         self.epochs_without_gain = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -163,14 +177,19 @@ class Trainer:
             model=self.model, optimizer=self.optimizer, epoch=self.epoch,
             best_score=self.best_score, epochs_without_gain=self.epochs_without_gain,
             epochs_since_lr_change=self.epochs_since_lr_change)
+        # Every worker saves (saving may synchronise them); only the chief's copy is kept.
+        self.checkpoint_dir = os.path.join(options.model_dir, "checkpoints")
+        save_root = (options.model_dir if self.role.is_chief
+                     else self.role.scratch_dir(options.model_dir))
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(options.model_dir, "checkpoints"),
+            self.checkpoint, os.path.join(save_root, "checkpoints"),
             max_to_keep=options.keep_checkpoints)
         self.best_manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(model=self.model), os.path.join(options.model_dir, "best"),
+            tf.train.Checkpoint(model=self.model), os.path.join(save_root, "best"),
             max_to_keep=1)
         self._train_step = None
         self._scorers: dict = {}
+        self._best: Optional[dict] = None  # this run's best epoch (best.json's content)
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -181,7 +200,7 @@ class Trainer:
         """Restores the latest checkpoint of model_dir, if any; returns its path.
 
         Raises DataMismatchError if model_dir's run was trained on other data."""
-        path = self.manager.latest_checkpoint
+        path = tf.train.latest_checkpoint(self.checkpoint_dir)  # the chief's, on every worker
         if path:
             note = check_resumable(self.options.model_dir, self.data_identity, self.config)
             if note and self.options.verbose:
@@ -190,6 +209,8 @@ class Trainer:
         return path
 
     def _write_run_files(self) -> None:
+        if not self.role.is_chief:
+            return
         tf.io.gfile.makedirs(self.options.model_dir)
         with tf.io.gfile.GFile(os.path.join(self.options.model_dir, CONFIG_FILE), "w") as out:
             out.write(self.config.to_json())
@@ -200,30 +221,33 @@ class Trainer:
 
     # -- one epoch ----------------------------------------------------------------------
     def _make_train_step(self, element_spec=None):
-        """The traced step; with `element_spec`, batch dimensions are left open so the
-        short last batch of an epoch does not trace the graph a second time."""
-        model = self.model
+        """The traced step: every replica steps on its rows (distribution.replica_train_step)
+        and the logged losses are averaged. With one replica, batch dimensions are left open
+        so the short last batch of an epoch does not trace the graph a second time."""
+        model, strategy = self.model, self.strategy
         signature = None
-        if element_spec is not None:
+        if element_spec is not None and self.replicas == 1:
             signature = [tf.nest.map_structure(
                 lambda spec: tf.TensorSpec([None] + spec.shape[1:].as_list(), spec.dtype),
                 element_spec)]
 
         @tf.function(input_signature=signature)
         def train_step(batch):
-            return model.train_step(batch)
+            per_replica = strategy.run(lambda rows: replica_train_step(model, rows),
+                                       args=(batch,))
+            return mean_over_replicas(strategy, per_replica)
 
         return train_step
 
     def _train_epoch(self, epoch: int, query_bank: np.ndarray,
                      on_step: Optional[Callable[[int, int], None]], writer) -> Dict[str, float]:
         options = self.options
-        steps = epoch_steps(self.config, self.manifest["examples"]["train"])
+        steps = epoch_steps(self.config, self.manifest["examples"]["train"], self.replicas)
         if options.steps_per_epoch:
             steps = min(steps, options.steps_per_epoch)
-        dataset = training_dataset(self.config, options.data_dir, self.manifest, query_bank,
-                                   options.seed, epoch, options.fresh_negatives,
-                                   options.shuffle_buffer).take(steps)
+        dataset = distribute_global_batches(self.strategy, lambda: training_dataset(
+            self.config, options.data_dir, self.manifest, query_bank, options.seed, epoch,
+            options.fresh_negatives, options.shuffle_buffer, self.replicas).take(steps))
         if self._train_step is None:
             self._train_step = self._make_train_step(dataset.element_spec)
         self.model.reset_metrics()
@@ -257,6 +281,11 @@ class Trainer:
         resumed = self.restore()
         self._write_run_files()
         say = print if options.verbose else (lambda *args, **kwargs: None)
+        if self.replicas > 1 or self.role.count > 1:
+            say(f"{STRATEGY_CLASSES[resolve_strategy_name(options.distribution)]}: "
+                f"{self.replicas} replicas on "
+                f"{self.role.count} worker(s); this is worker {self.role.index}"
+                + (" (chief)" if self.role.is_chief else ""), flush=True)
         if resumed:
             say(f"resumed from {resumed}: epoch {int(self.epoch.numpy())} done, "
                 f"learning rate {self.learning_rate:g}, best validation "
@@ -265,12 +294,15 @@ class Trainer:
         counts = self.manifest["examples"]["train"]
         say(f"training {counts['rec']} rec + {counts['search']} search examples, tasks "
             f"{'+'.join(config.tasks)}, batch {config.batch_size}"
-            + (f" rec + {search_batch_size(counts['rec'], counts['search'], config.batch_size)}"
+            + (f" rec + {search_batch_size(counts['rec'], counts['search'], config.batch_size, self.replicas)}"  # noqa: E501
                " search" if len(config.tasks) == 2 else "")
-            + f", {epoch_steps(config, counts)} steps per epoch", flush=True)
-        board = os.path.join(options.model_dir, "tensorboard")
-        train_writer = tf.summary.create_file_writer(os.path.join(board, "train"))
-        validation_writer = tf.summary.create_file_writer(os.path.join(board, "validation"))
+            + f", {epoch_steps(config, counts, self.replicas)} steps per epoch", flush=True)
+        if self.role.is_chief:
+            board = os.path.join(options.model_dir, "tensorboard")
+            train_writer = tf.summary.create_file_writer(os.path.join(board, "train"))
+            validation_writer = tf.summary.create_file_writer(os.path.join(board, "validation"))
+        else:
+            train_writer = validation_writer = tf.summary.create_noop_writer()
         stopped_early = False
         while int(self.epoch.numpy()) < options.max_epochs:
             if int(self.epochs_without_gain.numpy()) >= config.early_stop_patience:
@@ -279,10 +311,12 @@ class Trainer:
             epoch = int(self.epoch.numpy())
             started = time.time()
             train_logs = self._train_epoch(epoch, query_bank, on_step, train_writer)
+            train_seconds = time.time() - started
             validation = evaluate_model(self.model, options.data_dir, "valid", self.manifest,
                                         config.eval_batch_size, options.validation_rows,
                                         self._scorers)
-            result = self._end_epoch(epoch, train_logs, validation, time.time() - started)
+            result = self._end_epoch(epoch, train_logs, validation, time.time() - started,
+                                     train_seconds)
             with validation_writer.as_default(step=epoch + 1):
                 tf.summary.scalar("score_mean_ndcg@5", result.validation_score)
                 tf.summary.scalar("learning_rate", result.learning_rate)
@@ -299,12 +333,16 @@ class Trainer:
             stopped_early = int(self.epochs_without_gain.numpy()) >= config.early_stop_patience
         train_writer.close()
         validation_writer.close()
-        summary = read_best(options.model_dir)
+        if not self.role.is_chief:  # what it saved was a copy for the synchronisation only
+            tf.io.gfile.rmtree(self.role.scratch_dir(options.model_dir))
+        # This run's best epoch, or (a resumed run without a new best) the one on disk.
+        summary = dict(self._best) if self._best else read_best(options.model_dir)
         summary.update(epochs_run=int(self.epoch.numpy()), stopped_early=stopped_early)
         return summary
 
     def _end_epoch(self, epoch: int, train_logs: Dict[str, float],
-                   validation: Dict[str, Dict[str, float]], seconds: float) -> EpochResult:
+                   validation: Dict[str, Dict[str, float]], seconds: float,
+                   train_seconds: float = 0.0) -> EpochResult:
         """Applies the plateau / early-stop policy, writes the best model and the checkpoint."""
         config = self.config
         score = validation_score(validation)
@@ -314,12 +352,13 @@ class Trainer:
             self.epochs_without_gain.assign(0)
             self.epochs_since_lr_change.assign(0)
             self.best_manager.save(checkpoint_number=epoch + 1)
-            with tf.io.gfile.GFile(os.path.join(self.options.model_dir, BEST_FILE), "w") as out:
-                out.write(json.dumps({"epoch": epoch + 1, "validation_score": score,
-                                      "validation": validation,
-                                      "checkpoint": os.path.basename(
-                                          self.best_manager.latest_checkpoint)},
-                                     indent=2, sort_keys=True))
+            self._best = {"epoch": epoch + 1, "validation_score": score,
+                          "validation": validation,
+                          "checkpoint": os.path.basename(self.best_manager.latest_checkpoint)}
+            if self.role.is_chief:
+                with tf.io.gfile.GFile(os.path.join(self.options.model_dir, BEST_FILE),
+                                       "w") as out:
+                    out.write(json.dumps(self._best, indent=2, sort_keys=True))
         else:
             self.epochs_without_gain.assign_add(1)
             self.epochs_since_lr_change.assign_add(1)
@@ -330,10 +369,12 @@ class Trainer:
                 self.epochs_since_lr_change.assign(0)
         result = EpochResult(epoch=epoch + 1, learning_rate=self.learning_rate,
                              train=train_logs, validation=validation, validation_score=score,
-                             seconds=seconds, improved=improved)
+                             seconds=seconds, improved=improved, train_seconds=train_seconds)
         self.epoch.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
         # After the checkpoint: a crash in between re-runs the epoch without a duplicate line.
-        with tf.io.gfile.GFile(os.path.join(self.options.model_dir, HISTORY_FILE), "a") as out:
-            out.write(json.dumps(dataclasses.asdict(result), sort_keys=True) + "\n")
+        if self.role.is_chief:
+            with tf.io.gfile.GFile(os.path.join(self.options.model_dir, HISTORY_FILE),
+                                   "a") as out:
+                out.write(json.dumps(dataclasses.asdict(result), sort_keys=True) + "\n")
         return result
