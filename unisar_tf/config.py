@@ -26,9 +26,9 @@ class UniSARConfig:
     embedding_dim: int = 64
 
     # Sequences (spec 3).
-    max_rec_history: int = 30
-    max_search_history: int = 30
-    query_length: int = 50
+    rec_len: int = 30
+    search_len: int = 30
+    query_len: int = 50
     clicks_per_session: int = 5
 
     # Side features (spec 2; KuaiSAR). Empty / 0 = ids only (the Amazon setting). Each entry is
@@ -149,7 +149,7 @@ class UniSARConfig:
             raise ValueError("the rec side needs at least one of r2r and s2r")
         if not (self.use_s2s or self.use_r2s):
             raise ValueError("the search side needs at least one of s2s and r2s")
-        for name in ("max_rec_history", "max_search_history", "query_length",
+        for name in ("rec_len", "search_len", "query_len",
                      "clicks_per_session", "num_heads", "num_layers", "batch_size",
                      "num_train_negatives", "num_eval_negatives", "num_relevance_negatives"):
             if getattr(self, name) < 1:
@@ -167,9 +167,9 @@ class UniSARConfig:
 
     @property
     def sequence_shapes(self) -> SequenceShapes:
-        return SequenceShapes(rec_len=self.max_rec_history,
-                              search_len=self.max_search_history,
-                              query_len=self.query_length,
+        return SequenceShapes(rec_len=self.rec_len,
+                              search_len=self.search_len,
+                              query_len=self.query_len,
                               clicks_per_session=self.clicks_per_session)
 
     @property
@@ -189,6 +189,8 @@ class UniSARConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "UniSARConfig":
+        """A config from its to_dict / config.json, older names included (RENAMED_FIELDS)."""
+        values = renamed_fields(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -197,6 +199,16 @@ class UniSARConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Fields an older config.json may still use: the data job's names are the one name per shape.
+RENAMED_FIELDS = {"max_rec_history": "rec_len", "max_search_history": "search_len",
+                  "query_length": "query_len"}
+
+
+def renamed_fields(values: Dict[str, Any]) -> Dict[str, Any]:
+    """`values` with the older field names of RENAMED_FIELDS replaced by today's."""
+    return {RENAMED_FIELDS.get(name, name): value for name, value in values.items()}
 
 
 def kuaisar_preset(**overrides: Any) -> UniSARConfig:

@@ -102,16 +102,16 @@ class UniSARModel(tfrs.Model):
         self.rec_fusion = self.search_fusion = None
         # use_history=False is the no-history baseline: user, candidate and query only.
         if c.use_history and c.use_r2r:
-            self.rec_positions = PositionalEmbedding(c.max_rec_history, d, name="rec_positions")
+            self.rec_positions = PositionalEmbedding(c.rec_len, d, name="rec_positions")
             self.rec_encoder = [TransformerEncoderLayer(**block, name=f"rec_encoder_{i}")
                                 for i in range(c.num_layers)]
         if c.use_history and c.use_s2s:
-            self.search_positions = PositionalEmbedding(c.max_search_history, d,
+            self.search_positions = PositionalEmbedding(c.search_len, d,
                                                         name="search_positions")
             self.search_encoder = [TransformerEncoderLayer(**block, name=f"search_encoder_{i}")
                                    for i in range(c.num_layers)]
         if c.use_history and c.uses_mixed_encoder:
-            self.mixed_positions = PositionalEmbedding(c.max_rec_history + c.max_search_history,
+            self.mixed_positions = PositionalEmbedding(c.rec_len + c.search_len,
                                                        d, name="mixed_positions")
             self.mixed_encoder = [TransformerEncoderLayer(**block, name=f"mixed_encoder_{i}")
                                   for i in range(c.num_layers)]
@@ -230,8 +230,8 @@ class UniSARModel(tfrs.Model):
         """One pass of the three encoders and both fusions over a batch of histories."""
         c = self.config
         types = tf.cast(features[HISTORY_TYPES], tf.int32)
-        rec_valid = _valid_prefix(types, TYPE_REC, c.max_rec_history)
-        search_valid = _valid_prefix(types, TYPE_SEARCH, c.max_search_history)
+        rec_valid = _valid_prefix(types, TYPE_REC, c.rec_len)
+        search_valid = _valid_prefix(types, TYPE_SEARCH, c.search_len)
 
         rec_behaviours = self.embed_items(features[REC_HISTORY_ITEMS])  # (B, R, d)
         clicked = features[SEARCH_HISTORY_CLICKED_ITEMS]
@@ -247,9 +247,9 @@ class UniSARModel(tfrs.Model):
             mixed = self._run_encoder(self.mixed_encoder, mixed, mask,
                                       tf.not_equal(types, 0), training)
             if c.use_s2r:
-                views["s2r"] = gather_by_type(mixed, types, TYPE_REC, c.max_rec_history)[0]
+                views["s2r"] = gather_by_type(mixed, types, TYPE_REC, c.rec_len)[0]
             if c.use_r2s:
-                views["r2s"] = gather_by_type(mixed, types, TYPE_SEARCH, c.max_search_history)[0]
+                views["r2s"] = gather_by_type(mixed, types, TYPE_SEARCH, c.search_len)[0]
         if self.rec_encoder is not None:
             views["r2r"] = self._run_encoder(self.rec_encoder, self.rec_positions(rec_behaviours),
                                              padding_attention_mask(rec_valid), rec_valid,

@@ -83,8 +83,8 @@ class SASRecModel(tfrs.Model):
     """SASRec on the project's examples; the interface of UniSARModel for the rec task.
 
     From the UniSARConfig it reads: num_items, embedding_dim (d), num_layers (blocks),
-    num_heads, feed_forward_dim, dropout, layer_norm_epsilon, max_rec_history +
-    max_search_history (the sequence length M), l2_weight and embedding_l2_mode (on the item
+    num_heads, feed_forward_dim, dropout, layer_norm_epsilon, rec_len +
+    search_len (the sequence length M), l2_weight and embedding_l2_mode (on the item
     and position tables, as the paper's l2_emb), pack_history. The UniSAR-only fields (queries,
     users, experts, contrastive losses, side features) are ignored.
 
@@ -105,7 +105,7 @@ class SASRecModel(tfrs.Model):
         self.config = config
         c = config
         d = c.embedding_dim
-        self.sequence_length = c.max_rec_history + c.max_search_history
+        self.sequence_length = c.rec_len + c.search_len
         self.item_table = tf.keras.layers.Embedding(
             c.num_items, d, embeddings_initializer=tf.keras.initializers.GlorotNormal(),
             name="item_embedding")

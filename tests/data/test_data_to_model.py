@@ -31,7 +31,7 @@ def test_reader_shapes_and_config_sizes(built):
     assert manifest["vocab_sizes"] == {"users": 40, "items": 30, "words": 3}
     config = reader.config_with_data_sizes(amazon_preset(), manifest)
     assert (config.num_users, config.num_items, config.num_words) == (41, 31, 4)
-    assert (config.query_length, config.clicks_per_session, config.max_rec_history) == (4, 1, 5)
+    assert (config.query_len, config.clicks_per_session, config.rec_len) == (4, 1, 5)
 
     test_search = reader.load_arrays(out, "test", "search", manifest)
     assert test_search[CANDIDATE_ITEMS].shape == (manifest["examples"]["test"]["search"], 10)

@@ -70,8 +70,8 @@ def test_side_tables_follow_the_written_rows(kuaisar_build):
 
 
 def _small_side_model(seed=0):
-    config = kuaisar_preset(num_users=6, num_items=9, num_words=12, query_length=4,
-                            clicks_per_session=2, max_rec_history=3, max_search_history=3,
+    config = kuaisar_preset(num_users=6, num_items=9, num_words=12, query_len=4,
+                            clicks_per_session=2, rec_len=3, search_len=3,
                             num_relevance_negatives=4, dropout=0.0,
                             item_category_vocab_sizes=(4, 5), user_feature_vocab_sizes=(3,),
                             item_caption_length=3)
@@ -170,6 +170,6 @@ def test_training_on_kuaisar_tfrecords_uses_the_side_features(kuaisar_build, tmp
     # Caption columns trimmed to the fixture's longest caption.
     longest = max(len(row["caption_word_ids"]) for path in tf.io.gfile.glob(
         os.path.join(out, "side_features", "items-*.jsonl")) for row in map(json.loads, open(path)))
-    assert 0 < longest < model.config.query_length
+    assert 0 < longest < model.config.query_len
     assert model.config.item_caption_length == longest
     assert int(tf.reduce_sum(model.item_captions.table)) > 0  # the fixture's captions, loaded

@@ -12,8 +12,8 @@ from unisar_tf.config import UniSARConfig
 from unisar_tf.data.synthetic import (generate_synthetic_data, random_feature_batch,
                                       relevance_negatives)
 
-CONFIG = UniSARConfig(num_users=201, num_items=600, num_words=200, max_rec_history=8,
-                      max_search_history=6, query_length=5, clicks_per_session=3)
+CONFIG = UniSARConfig(num_users=201, num_items=600, num_words=200, rec_len=8,
+                      search_len=6, query_len=5, clicks_per_session=3)
 SPLITS = ("train", "valid", "test")
 SCENARIOS = ("rec", "search")
 
@@ -91,7 +91,7 @@ def test_histories_are_exact_time_ordered_prefixes_of_the_stream():
     # Histories long enough to keep everything: each example's history must be exactly the
     # user's earlier events, so sorting a user's examples by history length rebuilds the
     # stream, and every history can be checked against that rebuilt stream.
-    config = CONFIG.replace(num_users=11, max_rec_history=40, max_search_history=40)
+    config = CONFIG.replace(num_users=11, rec_len=40, search_len=40)
     data = generate_synthetic_data(config, seed=5, min_events=12, max_events=40)
     events = []
     for _, scenario, features in _all_feature_dicts(data):
@@ -261,13 +261,13 @@ def test_relevance_negatives_come_from_the_vocabulary_and_training_queries(data)
     items = negatives[REL_NEGATIVE_ITEMS]
     queries = negatives[REL_NEGATIVE_QUERY_TOKENS]
     assert items.shape == (256,) and items.dtype == np.int64
-    assert queries.shape == (256, CONFIG.query_length) and queries.dtype == np.int64
+    assert queries.shape == (256, CONFIG.query_len) and queries.dtype == np.int64
     assert items.min() >= 1 and items.max() < CONFIG.num_items
     training_queries = {tuple(q) for q in data.train_search[QUERY_TOKENS]}
     assert all(tuple(q) in training_queries for q in queries)
     assert len({tuple(q) for q in queries}) > 10  # drawn from the pool, not one row
     with pytest.raises(ValueError):
-        relevance_negatives(CONFIG, rng, 4, np.zeros((0, CONFIG.query_length), np.int64))
+        relevance_negatives(CONFIG, rng, 4, np.zeros((0, CONFIG.query_len), np.int64))
 
 
 # ----------------------------------------------------------------------------- random batches
@@ -285,7 +285,7 @@ def test_random_feature_batch_is_valid(with_query):
     # Random rows mix both types, in interleaved order, and sometimes fill a history.
     assert ((types == TYPE_REC).any(axis=1) & (types == TYPE_SEARCH).any(axis=1)).any()
     assert (types[:, :-1] != types[:, 1:])[(types[:, 1:] != TYPE_PAD)].sum() > 64
-    assert ((types == TYPE_REC).sum(axis=1) == CONFIG.max_rec_history).any()
+    assert ((types == TYPE_REC).sum(axis=1) == CONFIG.rec_len).any()
 
 
 @pytest.mark.parametrize("empty_search, empty_rec", [(True, False), (False, True), (True, True)])

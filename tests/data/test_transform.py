@@ -202,7 +202,7 @@ def test_training_with_transform_sizes_the_model_by_transform_and_uses_side_feat
     assert result["test"]["unisar"]["rec"]["examples"] == 3
     # The side tables (written keyed by the data job's ids) are re-keyed to Transform's.
     ids_dir = kuaisar_formats[0]
-    by_job = load_side_features(ids_dir, 100, 100, model.config.query_length)
+    by_job = load_side_features(ids_dir, 100, 100, model.config.query_len)
     by_transform = run_side_features(raw_dir, transform_dir, model.config)
     job_vocab = read_vocabularies(os.path.join(ids_dir, "vocab"))
     tft_vocab = transform_ids(transform_dir).vocabularies()

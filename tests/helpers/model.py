@@ -7,8 +7,8 @@ from unisar_tf.config import UniSARConfig, amazon_preset
 from unisar_tf.model import build_model
 
 # A model small enough to build, export and serve in a few seconds.
-SMALL_MODEL = dict(num_users=40, num_items=80, num_words=30, max_rec_history=6,
-                   max_search_history=5, query_length=4, clicks_per_session=2,
+SMALL_MODEL = dict(num_users=40, num_items=80, num_words=30, rec_len=6,
+                   search_len=5, query_len=4, clicks_per_session=2,
                    num_relevance_negatives=16, batch_size=8)
 
 

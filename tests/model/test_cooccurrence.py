@@ -122,8 +122,8 @@ def _default_model():
     table = table_from_counts(item_cooccurrence(HISTORIES, POSITIVES, NUM_ITEMS), NUM_ITEMS)
     transitions = CooccurrenceTable(np.array([2 * NUM_ITEMS + 3]), np.array([1.0], np.float32),
                                     np.eye(NUM_ITEMS, dtype=np.float32)[2])
-    config = default_preset(num_items=NUM_ITEMS, num_users=6, num_words=9, max_rec_history=3,
-                            max_search_history=2, query_length=4, clicks_per_session=1,
+    config = default_preset(num_items=NUM_ITEMS, num_users=6, num_words=9, rec_len=3,
+                            search_len=2, query_len=4, clicks_per_session=1,
                             num_relevance_negatives=4, cooccurrence_pairs=table.num_pairs,
                             transition_pairs=1, **side.config_overrides())
     model = build_model(config, side_features=side)

@@ -10,8 +10,8 @@ from unisar_tf.data.synthetic import random_feature_batch
 from unisar_tf.model import build_model, count_parameters
 from unisar_tf.tools.param_count import parameter_breakdown
 
-SMALL = dict(num_users=40, num_items=80, num_words=30, max_rec_history=6, max_search_history=5,
-             query_length=4, clicks_per_session=2, num_relevance_negatives=16, batch_size=8)
+SMALL = dict(num_users=40, num_items=80, num_words=30, rec_len=6, search_len=5,
+             query_len=4, clicks_per_session=2, num_relevance_negatives=16, batch_size=8)
 
 
 def small_config(**overrides) -> UniSARConfig:
@@ -26,7 +26,7 @@ def joint_batch(config, rng, batch_size=8, num_candidates=5, **edge_cases):
     batch["rel_negatives"] = {
         "rel_negative_items": rng.integers(1, config.num_items, size=16),
         "rel_negative_query_tokens": batch.get("search", batch.get("rec"))[
-            SEARCH_HISTORY_QUERY_TOKENS].reshape(-1, config.query_length)[:16],
+            SEARCH_HISTORY_QUERY_TOKENS].reshape(-1, config.query_len)[:16],
     }
     return tf.nest.map_structure(tf.constant, batch)
 
@@ -212,9 +212,21 @@ def test_config_round_trips_and_rejects_bad_values():
     config = amazon_preset(num_items=100)
     assert UniSARConfig.from_dict(config.to_dict()) == config
     assert config.alpha_relevance == 0.1 and config.clicks_per_session == 1
-    with pytest.raises(ValueError, match="query_length"):
-        UniSARConfig(query_length=0)
+    with pytest.raises(ValueError, match="query_len"):
+        UniSARConfig(query_len=0)
     with pytest.raises(ValueError, match="at least one of r2r and s2r"):
         UniSARConfig(use_r2r=False, use_s2r=False)
     with pytest.raises(ValueError, match="unknown UniSARConfig fields"):
         UniSARConfig.from_dict({"num_itemz": 3})
+
+
+def test_a_config_json_with_the_older_shape_names_still_loads():
+    from unisar_tf.config import RENAMED_FIELDS
+
+    config = UniSARConfig(rec_len=7, search_len=5, query_len=3)
+    older = {next((old for old, new in RENAMED_FIELDS.items() if new == name), name): value
+             for name, value in config.to_dict().items()}
+    assert {"max_rec_history", "max_search_history", "query_length"} <= set(older)
+    assert UniSARConfig.from_dict(older) == config
+    with pytest.raises(ValueError, match="unknown UniSARConfig fields"):
+        UniSARConfig.from_dict(dict(older, max_history=3))

@@ -32,8 +32,8 @@ SASREC = dict(architecture="sasrec", tasks=("rec",))
 
 def small_model(**overrides):
     """SASRec over 3 rec + 3 search slots (sequence length 6), 2 blocks, d = 8."""
-    values = dict(SASREC, num_users=5, num_items=100, num_words=5, max_rec_history=3,
-                  max_search_history=3, query_length=2, clicks_per_session=2, embedding_dim=8,
+    values = dict(SASREC, num_users=5, num_items=100, num_words=5, rec_len=3,
+                  search_len=3, query_len=2, clicks_per_session=2, embedding_dim=8,
                   feed_forward_dim=16, num_layers=2, num_heads=2, dropout=0.3)
     values.update(overrides)
     tf.keras.utils.set_random_seed(5)

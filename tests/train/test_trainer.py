@@ -187,8 +187,8 @@ def test_training_dataset_epoch_batches_order_and_fresh_negatives(amazon_example
 
 # ------------------------------------------------------------------- no-history baseline
 def test_no_history_baseline_trains_one_step_and_ignores_the_history():
-    config = amazon_preset(num_users=20, num_items=50, num_words=10, max_rec_history=4,
-                           max_search_history=3, query_length=3, use_history=False,
+    config = amazon_preset(num_users=20, num_items=50, num_words=10, rec_len=4,
+                           search_len=3, query_len=3, use_history=False,
                            **dict(TINY, num_relevance_negatives=8))
     tf.keras.utils.set_random_seed(1)
     model = build_model(config)

@@ -61,8 +61,8 @@ def config_with_data_sizes(config: UniSARConfig, manifest: dict) -> UniSARConfig
     sizes = manifest["vocab_sizes"]
     return config.replace(num_users=sizes["users"] + 1, num_items=sizes["items"] + 1,
                           num_words=max(sizes["words"], 1) + 1,
-                          max_rec_history=shapes.rec_len, max_search_history=shapes.search_len,
-                          query_length=shapes.query_len,
+                          rec_len=shapes.rec_len, search_len=shapes.search_len,
+                          query_len=shapes.query_len,
                           clicks_per_session=shapes.clicks_per_session)
 
 

@@ -22,7 +22,7 @@ Generative story (all draws from one `np.random.Generator(seed)`):
   of its topic and 1..clicks_per_session distinct clicked items of its topic.
 
 Examples: every rec event and every search session (all have a click) is a target, with the
-user's last `max_rec_history` rec events and last `max_search_history` search sessions
+user's last `rec_len` rec events and last `search_len` search sessions
 strictly before it. Per user and scenario, the last target is test, the one before it
 validation, and earlier ones train (leave-one-out). A search target's positive is its first
 clicked item. Negatives are uniform over items, distinct, and never an item the user ever
@@ -79,7 +79,7 @@ class SyntheticData:
     num_topics: int
     item_topics: np.ndarray  # (num_items,) int64, topic of each item; -1 for padding item 0
     word_topics: np.ndarray  # (num_words,) int64, topic of each word; -1 for padding word 0
-    train_queries: np.ndarray  # (num_unique_queries, query_length) int64, queries of train sessions
+    train_queries: np.ndarray  # (num_unique_queries, query_len) int64, queries of train sessions
 
     def split(self, name: str) -> Tuple[Features, Features]:
         """(rec, search) feature dicts of split "train", "valid" or "test"."""
@@ -187,7 +187,7 @@ class _Streams:
     is_search: np.ndarray  # (U, T) bool
     topics: np.ndarray  # (U, T) int64, -1 past the end of the stream
     rec_items: np.ndarray  # (U, T) int64, the item of rec events, else 0
-    queries: np.ndarray  # (U, T, query_length) int64, search sessions only
+    queries: np.ndarray  # (U, T, query_len) int64, search sessions only
     clicks: np.ndarray  # (U, T, clicks_per_session) int64, search sessions only
 
 
@@ -236,10 +236,10 @@ def _generate_streams(config: UniSARConfig, rng: np.random.Generator, num_topics
                                           zipf_exponent)[:, 0]
 
     search_topics = topics[is_search]
-    num_words = min(MAX_QUERY_WORDS, config.query_length)
+    num_words = min(MAX_QUERY_WORDS, config.query_len)
     words = _sample_in_topics(rng, search_topics, num_words, word_starts, word_sizes,
                               zipf_exponent)
-    queries = np.zeros((num_users, max_events, config.query_length), dtype=np.int64)
+    queries = np.zeros((num_users, max_events, config.query_len), dtype=np.int64)
     queries[is_search, :num_words] = _first_n_distinct(rng, words, num_words)
     clicked = _sample_in_topics(rng, search_topics, config.clicks_per_session, item_starts,
                                 item_sizes, zipf_exponent)
@@ -284,7 +284,7 @@ def _build_examples(config: UniSARConfig, streams: _Streams, target_mask: np.nda
 
     Returns (features without candidates, users (n,), steps (n,)).
     """
-    rec_len, search_len = config.max_rec_history, config.max_search_history
+    rec_len, search_len = config.rec_len, config.search_len
     users, steps = np.nonzero(target_mask)
     rec_before = (np.cumsum(streams.is_rec, axis=1) - streams.is_rec)[users, steps]
     search_before = (np.cumsum(streams.is_search, axis=1) - streams.is_search)[users, steps]
@@ -341,8 +341,8 @@ def generate_synthetic_data(config: UniSARConfig, num_topics: int = 10, seed: in
                             zipf_exponent: float = 1.0) -> SyntheticData:
     """Seeded synthetic dataset sized by `config` (see the module docstring for the story).
 
-    Uses config.num_users/num_items/num_words, max_rec_history, max_search_history,
-    query_length, clicks_per_session, num_train_negatives and num_eval_negatives. The same
+    Uses config.num_users/num_items/num_words, rec_len, search_len,
+    query_len, clicks_per_session, num_train_negatives and num_eval_negatives. The same
     arguments and seed give identical arrays.
     """
     if not 1 <= num_topics <= min(config.num_items, config.num_words) - 1:
@@ -405,13 +405,13 @@ def relevance_negatives(config: UniSARConfig, rng: np.random.Generator, num: int
                         queries: np.ndarray) -> Features:
     """Per-step negatives for the relevance loss (spec section 6), sampled with replacement.
 
-    `queries` (num_queries, query_length) is the pool, e.g. `SyntheticData.train_queries`.
-    Returns {"rel_negative_items": (num,), "rel_negative_query_tokens": (num, query_length)},
+    `queries` (num_queries, query_len) is the pool, e.g. `SyntheticData.train_queries`.
+    Returns {"rel_negative_items": (num,), "rel_negative_query_tokens": (num, query_len)},
     int64; items are uniform over 1..num_items-1, queries uniform over the pool's rows.
     """
     queries = np.asarray(queries, dtype=np.int64)
-    if queries.ndim != 2 or queries.shape[1] != config.query_length or not queries.shape[0]:
-        raise ValueError(f"queries must be a non-empty (n, {config.query_length}) array, "
+    if queries.ndim != 2 or queries.shape[1] != config.query_len or not queries.shape[0]:
+        raise ValueError(f"queries must be a non-empty (n, {config.query_len}) array, "
                          f"got shape {queries.shape}")
     return {
         REL_NEGATIVE_ITEMS: rng.integers(1, config.num_items, size=num, dtype=np.int64),
@@ -426,13 +426,13 @@ def random_feature_batch(config: UniSARConfig, batch_size: int, num_candidates: 
     """A random but valid batch of model features, for layer and model unit tests.
 
     Shapes are `model_feature_shapes(config.sequence_shapes, num_candidates, with_query)`
-    with a leading batch_size; all int64. Each row keeps 0..max_rec_history rec behaviours and
-    0..max_search_history search sessions (0 for the `empty_*` switches), randomly interleaved
-    in `history_types` with padding last. Queries have 1..query_length words; a session has
+    with a leading batch_size; all int64. Each row keeps 0..rec_len rec behaviours and
+    0..search_len search sessions (0 for the `empty_*` switches), randomly interleaved
+    in `history_types` with padding last. Queries have 1..query_len words; a session has
     0..clicks_per_session clicks (zero clicks is valid: spec section 1).
     """
-    rec_len, search_len = config.max_rec_history, config.max_search_history
-    query_len, clicks_len = config.query_length, config.clicks_per_session
+    rec_len, search_len = config.rec_len, config.search_len
+    query_len, clicks_len = config.query_len, config.clicks_per_session
     num_rec = (np.zeros(batch_size, dtype=np.int64) if empty_rec_history
                else rng.integers(0, rec_len + 1, size=batch_size))
     num_search = (np.zeros(batch_size, dtype=np.int64) if empty_search_history

@@ -38,7 +38,7 @@ def run_demo(num_users: int = 1500, num_items: int = 400, num_words: int = 100,
     # Synthetic queries have at most 3 words and sessions at most 2 clicks: shorter padding
     # than the spec's 50 / 5 keeps the demo fast without changing the model.
     overrides = dict(num_users=num_users + 1, num_items=num_items, num_words=num_words,
-                     batch_size=batch_size, query_length=8, clicks_per_session=2,
+                     batch_size=batch_size, query_len=8, clicks_per_session=2,
                      num_relevance_negatives=256, seed=seed)
     overrides.update(config_overrides)
     config = kuaisar_preset(**overrides)

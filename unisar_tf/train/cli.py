@@ -35,8 +35,8 @@ from unisar_tf.train.run_dir import DataMismatchError, load_trained_model
 from unisar_tf.train.trainer import Trainer, TrainerOptions
 
 # Set from the data (manifest and side features), not from flags.
-DATA_FIELDS = frozenset({"num_users", "num_items", "num_words", "max_rec_history",
-                         "max_search_history", "query_length", "clicks_per_session",
+DATA_FIELDS = frozenset({"num_users", "num_items", "num_words", "rec_len",
+                         "search_len", "query_len", "clicks_per_session",
                          "item_category_vocab_sizes", "user_feature_vocab_sizes",
                          "item_caption_length", "cooccurrence_pairs", "transition_pairs",
                          "seed"})  # --seed sets both the trainer's and the config's seed

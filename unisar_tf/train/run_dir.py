@@ -23,7 +23,7 @@ from typing import List, Mapping, Optional
 import tensorflow as tf
 
 from feature_specs.layout import VOCAB_DIR, side_feature_pattern
-from unisar_tf.config import UniSARConfig
+from unisar_tf.config import UniSARConfig, renamed_fields
 from unisar_tf.data import reader
 from unisar_tf.data.side_features import load_side_features
 from unisar_tf.data.transform import data_job_id_maps
@@ -67,9 +67,9 @@ def _read_run_config(model_dir: str) -> Optional[dict]:
 
 # What the data sets in a config (reader.config_with_data_sizes), by the manifest entry it is from.
 _DATA_SIZE_FIELDS = {"num_users": "vocab_sizes.users", "num_items": "vocab_sizes.items",
-                     "num_words": "vocab_sizes.words", "max_rec_history": "shapes.rec_len",
-                     "max_search_history": "shapes.search_len",
-                     "query_length": "shapes.query_len",
+                     "num_words": "vocab_sizes.words", "rec_len": "shapes.rec_len",
+                     "search_len": "shapes.search_len",
+                     "query_len": "shapes.query_len",
                      "clicks_per_session": "shapes.clicks_per_session"}
 
 _SEQUENCE_SHAPES = ("rec_len", "search_len", "query_len", "clicks_per_session")
@@ -109,7 +109,7 @@ def check_resumable(model_dir: str, current: dict, config: UniSARConfig) -> Opti
         found = _differences(recorded, current)
         trained_on = recorded.get("data_dir")
     else:
-        saved = _read_run_config(model_dir) or {}
+        saved = renamed_fields(_read_run_config(model_dir) or {})
         found = _config_differences(saved, config)
         if not found:
             return (f"{model_dir} does not record its data ({DATA_FILE} is new): resuming, as "
@@ -165,7 +165,7 @@ def run_side_features(data_dir: str, transform_dir: Optional[str], config: UniSA
     if transform_dir and tf.io.gfile.glob(side_feature_pattern(data_dir)):
         id_maps = data_job_id_maps(os.path.join(data_dir, VOCAB_DIR), transform_dir)
     return load_side_features(data_dir, config.num_items, config.num_users,
-                              config.query_length, id_maps)
+                              config.query_len, id_maps)
 
 
 def run_transform_dir(model_dir: str) -> Optional[str]:
