@@ -7,7 +7,6 @@ strategy must be made before a process runs any op, so not inside pytest's proce
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,10 +17,10 @@ import tensorflow as tf
 
 from helpers import REPO
 from helpers.model import TINY_FLAGS
-from unisar_tf.train.distribution import (cluster_tasks, replica_rows, resolve_strategy_name,
-                                          split_for_replicas, worker_role)
-from unisar_tf.train.inputs import epoch_steps, search_batch_size
 from unisar_tf.config import amazon_preset
+from unisar_tf.train.distribution import (cluster_tasks, local_cluster, replica_rows,
+                                          resolve_strategy_name, split_for_replicas, worker_role)
+from unisar_tf.train.inputs import epoch_steps, search_batch_size
 
 
 def tf_config(ports, index):
@@ -51,6 +50,15 @@ def test_bad_names_and_bad_tf_config_are_errors_that_say_so():
         cluster_tasks("{not json")
     assert cluster_tasks(json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}})
                          ) == 3
+
+
+def test_a_local_cluster_names_distinct_loopback_ports_and_each_index():
+    configs = [json.loads(text) for text in local_cluster(3)]
+    workers = configs[0]["cluster"]["worker"]
+    assert len(set(workers)) == 3 and all(w.startswith("127.0.0.1:") for w in workers)
+    assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(3)]
+    assert all(c["cluster"]["worker"] == workers for c in configs)
+    assert resolve_strategy_name("auto", local_cluster(2)[1], 0) == "multi_worker"
 
 
 def test_one_device_is_the_chief_of_one_worker():
@@ -93,16 +101,6 @@ def test_several_replicas_get_whole_batches_that_split_evenly():
 
 
 # ---------------------------------------------------------------------- real workers
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def even_search_batch(manifest):
     """A global rec batch whose search batch is even, so 2 workers split both tasks exactly
     as one process batches them (the comparison below needs the same batches)."""
@@ -126,10 +124,9 @@ def train_command(out, model_dir, batch_size, max_epochs, distribution):
 
 
 def start_workers(out, model_dir, batch_size, max_epochs, log_dir):
-    ports = free_ports(2)
     processes = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=tf_config(ports, index), CUDA_VISIBLE_DEVICES="",
+    for index, config in enumerate(local_cluster(2)):
+        env = dict(os.environ, TF_CONFIG=config, CUDA_VISIBLE_DEVICES="",
                    TF_CPP_MIN_LOG_LEVEL="2")
         log = open(os.path.join(log_dir, f"worker-{index}.log"), "w")
         processes.append(subprocess.Popen(

@@ -15,22 +15,13 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Dict, List, Optional
 
-
-def _free_ports(count: int) -> List[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
+from unisar_tf.train.distribution import local_cluster
 
 
 def run_case(data_dir: str, workers: int, steps: int, validation_rows: int,
@@ -46,15 +37,10 @@ def run_case(data_dir: str, workers: int, steps: int, validation_rows: int,
         processes = [subprocess.Popen(command + ["--distribution", "default"], env=base_env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
     else:
-        ports = _free_ports(workers)
-        processes = []
-        for index in range(workers):
-            tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                         "task": {"type": "worker", "index": index}}
-            processes.append(subprocess.Popen(
-                command + ["--distribution", "multi_worker"],
-                env=dict(base_env, TF_CONFIG=json.dumps(tf_config)),
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        processes = [subprocess.Popen(command + ["--distribution", "multi_worker"],
+                                      env=dict(base_env, TF_CONFIG=tf_config),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                     for tf_config in local_cluster(workers)]
     for process in processes:
         _, errors = process.communicate()
         if process.returncode:

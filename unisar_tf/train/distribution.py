@@ -26,7 +26,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Callable, Dict, Optional
+import socket
+from typing import Callable, Dict, List, Optional
 
 import tensorflow as tf
 
@@ -45,6 +46,20 @@ def cluster_tasks(tf_config: Optional[str] = None) -> int:
     except ValueError as error:
         raise ValueError(f"TF_CONFIG is not JSON: {error}") from None
     return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def local_cluster(workers: int) -> List[str]:
+    """TF_CONFIG values for `workers` processes on this machine (free loopback ports), one per
+    worker index: for tests and benchmarks of multi-worker training on one host."""
+    sockets = [socket.socket() for _ in range(workers)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    addresses = [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return [json.dumps({"cluster": {"worker": addresses},
+                        "task": {"type": "worker", "index": index}})
+            for index in range(workers)]
 
 
 def resolve_strategy_name(name: str, tf_config: Optional[str] = None,
