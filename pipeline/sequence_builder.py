@@ -4,7 +4,8 @@ The Beam job groups canonical events by user and calls `build_user_examples` onc
 tests call it directly on hand-built logs. Everything here is deterministic given the seed:
 the random stream of a user depends only on (seed, user id), never on worker or bundle order.
 
-For one user:
+For one user (steps 1-3 and the history features are unisar_tf/data/example_rules.py, shared
+with the online path and the synthetic generator):
 1. Behaviours. A rec behaviour is a rec event with click > 0 (rec rows with click 0 are
    impressions: counted, not used). A search behaviour is one search session: its query and up
    to `clicks_per_session` clicked items (rows with click > 0, in input order); a session
@@ -34,6 +35,8 @@ import numpy as np
 
 from feature_specs import example_schema as fs
 from feature_specs.event_schema import SCENARIO_REC, SCENARIO_SEARCH, Event
+from unisar_tf.data import example_rules as rules
+from unisar_tf.data.example_rules import Behaviour
 
 SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST = "train", "valid", "test"
 SPLITS = (SPLIT_TRAIN, SPLIT_VALID, SPLIT_TEST)
@@ -224,57 +227,10 @@ class NegativeSampler:
         return np.concatenate([chosen, extra]).astype(np.int64)
 
 
-@dataclasses.dataclass
-class _Behaviour:
-    order_key: Tuple
-    kind: int  # TYPE_REC / TYPE_SEARCH
-    timestamp: int
-    item: int = 0  # rec item, or the positive (first click) of a search session
-    query: Tuple[int, ...] = ()
-    clicks: Tuple[int, ...] = ()
-    scenario: str = SCENARIO_REC
-
-
 def _behaviours(events: Sequence[Event], vocab: Vocabularies, options: BuildOptions,
-                stats: collections.Counter) -> List[_Behaviour]:
-    behaviours: List[_Behaviour] = []
-    sessions: Dict[str, List[Event]] = collections.defaultdict(list)
-    for event in events:
-        if event.scenario == SCENARIO_REC:
-            if event.click > 0:
-                behaviours.append(_Behaviour(event.sort_key(), fs.TYPE_REC, event.timestamp,
-                                             item=vocab.items[event.item_id]))
-            else:
-                stats["rec_impressions_without_click"] += 1
-        else:
-            sessions[event.search_session_id].append(event)
-    for session_id, rows in sessions.items():
-        rows.sort(key=Event.sort_key)
-        first = rows[0]
-        if any(row.query_tokens != first.query_tokens for row in rows):
-            stats["search_sessions_with_differing_queries_first_kept"] += 1
-        query = tuple(vocab.words[token] for token in first.query_tokens)
-        if len(query) > options.query_len:
-            stats["queries_truncated_to_query_len"] += 1
-            query = query[:options.query_len]
-        clicked = [vocab.items[row.item_id] for row in rows if row.click > 0]
-        if len(clicked) > options.clicks_per_session:
-            stats["search_sessions_clicks_truncated"] += 1
-        clicked = clicked[:options.clicks_per_session]
-        stats["search_sessions" if clicked else "search_sessions_without_click"] += 1
-        behaviours.append(_Behaviour(first.sort_key(), fs.TYPE_SEARCH, first.timestamp,
-                                     item=clicked[0] if clicked else 0, query=query,
-                                     clicks=tuple(clicked), scenario=SCENARIO_SEARCH))
-    behaviours.sort(key=lambda b: b.order_key)
-    return behaviours
-
-
-def _kept_history(history: Sequence[int], behaviours: Sequence[_Behaviour],
-                  options: BuildOptions) -> Tuple[List[int], List[int]]:
-    """Indices (into behaviours) of the last rec_len rec and last search_len search ones."""
-    rec = [i for i in history if behaviours[i].kind == fs.TYPE_REC]
-    search = [i for i in history if behaviours[i].kind == fs.TYPE_SEARCH]
-    return rec[-options.rec_len:], search[-options.search_len:]
+                stats: collections.Counter) -> List[Behaviour]:
+    return rules.behaviours(events, rules.IdMaps(vocab.items, vocab.words), options.query_len,
+                            options.clicks_per_session, stats)
 
 
 @dataclasses.dataclass
@@ -282,35 +238,23 @@ class _Plan:
     """One example before rendering: which behaviours fill its history, and its candidates."""
 
     split: str
-    target: _Behaviour
+    target: Behaviour
     kept_rec: List[int]
     kept_search: List[int]
     candidates: np.ndarray  # (1 + negatives,), positive first
     pool: Optional[np.ndarray] = None  # (train_negative_pool,) for training examples, if on
 
 
-def _render_arrays(plan: _Plan, behaviours: Sequence[_Behaviour], user: int,
+def _render_arrays(plan: _Plan, behaviours: Sequence[Behaviour], user: int,
                    options: BuildOptions) -> Dict[str, np.ndarray]:
-    rec_items = np.zeros(options.rec_len, np.int64)
-    rec_items[:len(plan.kept_rec)] = [behaviours[i].item for i in plan.kept_rec]
-    queries = np.zeros((options.search_len, options.query_len), np.int64)
-    clicks = np.zeros((options.search_len, options.clicks_per_session), np.int64)
-    for row, index in enumerate(plan.kept_search):
-        queries[row, :len(behaviours[index].query)] = behaviours[index].query
-        clicks[row, :len(behaviours[index].clicks)] = behaviours[index].clicks
-    types = np.zeros(options.rec_len + options.search_len, np.int64)
-    merged = sorted(plan.kept_rec + plan.kept_search)
-    types[:len(merged)] = [behaviours[i].kind for i in merged]
-    features = {fs.USER_ID: np.asarray(user, np.int64), fs.HISTORY_TYPES: types,
-                fs.REC_HISTORY_ITEMS: rec_items, fs.SEARCH_HISTORY_QUERY_TOKENS: queries,
-                fs.SEARCH_HISTORY_CLICKED_ITEMS: clicks,
+    features = {fs.USER_ID: np.asarray(user, np.int64),
+                **rules.history_features(behaviours, plan.kept_rec, plan.kept_search,
+                                         options.shapes),
                 fs.CANDIDATE_ITEMS: plan.candidates.astype(np.int64)}
     if plan.pool is not None:
         features[fs.NEGATIVE_POOL] = plan.pool.astype(np.int64)
     if plan.target.kind == fs.TYPE_SEARCH:
-        query = np.zeros(options.query_len, np.int64)
-        query[:len(plan.target.query)] = plan.target.query
-        features[fs.QUERY_TOKENS] = query
+        features[fs.QUERY_TOKENS] = rules.query_feature(plan.target.query, options.query_len)
     return features
 
 
@@ -332,7 +276,7 @@ class _ByteRenderer:
     string from RawIdTables ("raw"); padding is varint 0 or the empty string's entry.
     """
 
-    def __init__(self, behaviours: Sequence[_Behaviour], user: int, options: BuildOptions,
+    def __init__(self, behaviours: Sequence[Behaviour], user: int, options: BuildOptions,
                  raw_tables: Optional[RawIdTables] = None):
         from pipeline.tf_example import varint
 
@@ -392,7 +336,7 @@ class _ByteRenderer:
         return encode_packed_example(ids)
 
 
-def _assign_splits(targets: Sequence[int], behaviours: Sequence[_Behaviour],
+def _assign_splits(targets: Sequence[int], behaviours: Sequence[Behaviour],
                    options: BuildOptions, last_day: Optional[int]) -> Dict[int, str]:
     split_of: Dict[int, str] = {}
     if options.split == "time":
@@ -412,7 +356,7 @@ def _assign_splits(targets: Sequence[int], behaviours: Sequence[_Behaviour],
 
 def _plan_user(user_id: str, events: Sequence[Event], vocab: Vocabularies,
                sampler: NegativeSampler, options: BuildOptions, stats: collections.Counter,
-               last_day: Optional[int]) -> Tuple[List[_Behaviour], List[_Plan]]:
+               last_day: Optional[int]) -> Tuple[List[Behaviour], List[_Plan]]:
     behaviours = _behaviours(events, vocab, options, stats)
     user_items = np.fromiter({vocab.items[e.item_id] for e in events if e.item_id}, np.int64)
     user_hash = stable_hash(user_id)
@@ -446,7 +390,8 @@ def _plan_user(user_id: str, events: Sequence[Event], vocab: Vocabularies,
         history = range(index)
         if options.strict_holdout and split == SPLIT_TRAIN and held_out:
             history = [i for i in history if i not in held_out]
-        kept_rec, kept_search = _kept_history(history, behaviours, options)
+        kept_rec, kept_search = rules.kept_history(history, behaviours, options.rec_len,
+                                                   options.search_len)
         count = options.num_train_negatives if split == SPLIT_TRAIN else options.num_eval_negatives
         target = behaviours[index]
         pool = None

@@ -40,8 +40,13 @@ class DataJobVocabularies(tf.Module):
             path = os.path.join(vocab_dir, filename)
             if not tf.io.gfile.exists(path):
                 raise FileNotFoundError(f"vocabulary {path} not found (written by the data job)")
+        self.vocab_dir = vocab_dir  # a plain string: not tracked, not needed by a SavedModel
         self.tables = {kind: vocabulary_table(os.path.join(vocab_dir, filename))
                        for kind, filename in VOCAB_FILES.items()}
+
+    def vocabularies(self) -> Dict[str, "np.ndarray"]:
+        """kind -> (size + 1,) object array of strings, index = id; index 0 is ""."""
+        return read_vocabularies(self.vocab_dir)
 
     def lookup(self, kind: str, strings: tf.Tensor) -> tf.Tensor:
         """Strings of any shape -> int64 ids of the same shape (0 = unknown or "")."""

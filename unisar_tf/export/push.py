@@ -5,12 +5,17 @@
 
 The export writes `assets.extra/tf_serving_warmup_requests` (feature_specs.serving
 WARMUP_FILE; one request per signature), which TF Serving replays when it loads a version, so
-the first user request is not slow.
+the first user request is not slow, and `assets.extra/online/` (ONLINE_DIR): what the online
+path in front of TF Serving needs and cannot ask TF Serving for: `metadata.json` (tasks and
+sequence shapes) and `items.txt` (the item vocabulary, line k = id k, for candidate checks
+and retrieval). `extra_writers` add more files there (the retrieval index) before the version
+appears.
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -23,6 +28,26 @@ from feature_specs.serving import (CANDIDATES_INPUT, MODEL_NAME, QUERY_INPUT, RE
 from unisar_tf.export.requests import id_source
 from unisar_tf.export.signatures import ServingFunctions
 from unisar_tf.model import UniSARModel
+
+
+ONLINE_DIR = os.path.join("assets.extra", "online")
+ONLINE_METADATA_FILE = "metadata.json"
+ONLINE_ITEMS_FILE = "items.txt"
+
+
+def write_online_metadata(model: UniSARModel, ids, export_dir: str) -> None:
+    """<export_dir>/assets.extra/online/{metadata.json, items.txt} (module docstring)."""
+    online = os.path.join(export_dir, ONLINE_DIR)
+    tf.io.gfile.makedirs(online)
+    shapes = model.config.sequence_shapes
+    metadata = {"tasks": list(model.config.tasks),
+                "shapes": {name: int(getattr(shapes, name)) for name in
+                           ("rec_len", "search_len", "query_len", "clicks_per_session")}}
+    with tf.io.gfile.GFile(os.path.join(online, ONLINE_METADATA_FILE), "w") as out:
+        out.write(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    items = ids.vocabularies()["items"][1:]
+    with tf.io.gfile.GFile(os.path.join(online, ONLINE_ITEMS_FILE), "w") as out:
+        out.write("".join(f"{item}\n" for item in items))
 
 
 def next_version(base_path: str) -> int:
@@ -65,11 +90,13 @@ def warmup_requests(tasks, num_candidates: int = 100):
 
 
 def export_serving_model(model: UniSARModel, vocab_dir: Optional[str], export_dir: str,
-                         warmup: bool = True, transform_dir: Optional[str] = None) -> str:
+                         warmup: bool = True, transform_dir: Optional[str] = None,
+                         extra_writers: Sequence[Callable[[str], None]] = ()) -> str:
     """Write a SavedModel (tag "serve") with the three signatures into export_dir.
 
     Ids are mapped with the data job's vocabularies (`vocab_dir`) or, for a model trained on
     Transform's ids, with the Transform graph (`transform_dir`, vocab_dir None).
+    extra_writers: each is called with the staging directory before it becomes export_dir.
 
     The directory appears complete or not at all: it is written next to export_dir and
     renamed, so a server watching the parent never loads half a model.
@@ -91,6 +118,9 @@ def export_serving_model(model: UniSARModel, vocab_dir: Optional[str], export_di
         with tf.io.TFRecordWriter(os.path.join(staging, WARMUP_FILE)) as writer:
             for log in warmup_requests(model.config.tasks):
                 writer.write(log.SerializeToString())
+    write_online_metadata(model, serving.ids, staging)
+    for write in extra_writers:
+        write(staging)
     tf.io.gfile.rename(staging, export_dir)
     return export_dir
 
