@@ -82,16 +82,17 @@ class ToyModel(tf.Module):
         return {"scores": tf.cast(self.table.lookup(ids) + 1, tf.float32) + self.bias}
 
 
-def save_toy_model(export_dir, bias=0.0):
+def save_toy_model(export_dir, bias=0.0, vocab=VOCAB):
     """Save the toy model to export_dir (e.g. <base>/<version>) and return export_dir.
 
+    vocab: the item ids; the k-th (0-based) has value k + 1 in the scores.
     The vocabulary file is deleted after saving, so serving must use the asset copy inside
     the SavedModel, fed to the table initializer by the loader.
     """
     vocab_dir = tempfile.mkdtemp()
     vocab_path = os.path.join(vocab_dir, "items.txt")
     with open(vocab_path, "w") as f:
-        f.write("\n".join(VOCAB) + "\n")
+        f.write("\n".join(vocab) + "\n")
     module = ToyModel(vocab_path, bias)
     tf.saved_model.save(module, export_dir, signatures={
         "recommend": module.recommend, "search": module.search,
