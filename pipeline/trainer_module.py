@@ -9,7 +9,9 @@ graph the examples must be the data job's id format and its vocab/ is used. The 
 `unisar_tf.train.trainer.Trainer` as `python -m unisar_tf.train` runs the epochs (validation,
 plateau / early stopping, checkpoints in the model run dir), then the best validation
 checkpoint is exported with the serving signatures (`unisar_tf.export`) into the Model
-artifact, which the evaluator scores and the Pusher pushes unchanged.
+artifact, which the evaluator scores and the Pusher pushes unchanged. The export carries the
+retrieval index of the same training split (`assets.extra/retrieval/`,
+unisar_tf.export.retrieval).
 
 custom_config (all optional):
     preset             "default" (the tuned configuration), "paper" (= "amazon", spec 10) or
@@ -52,6 +54,7 @@ def examples_root(fn_args) -> str:
 def run_fn(fn_args) -> None:
     from unisar_tf.config import preset
     from unisar_tf.export.push import export_serving_model
+    from unisar_tf.export.retrieval import retrieval_writer
     from unisar_tf.train.learned_baseline import sasrec_config
     from unisar_tf.train.run_dir import SASREC, load_trained_model
     from unisar_tf.train.trainer import Trainer, TrainerOptions
@@ -88,5 +91,9 @@ def run_fn(fn_args) -> None:
     if tf.io.gfile.isdir(fn_args.serving_model_dir) and not tf.io.gfile.listdir(
             fn_args.serving_model_dir):
         tf.io.gfile.rmtree(fn_args.serving_model_dir)
+    # The ranker's export also carries the retrieval index of the same training split (raw
+    # ids, over the export's items); the learned baseline's needs none.
+    writers = [] if learned_baseline else [retrieval_writer(data_dir)]
     export_serving_model(model, None if transform_dir else os.path.join(data_dir, VOCAB_DIR),
-                         fn_args.serving_model_dir, transform_dir=transform_dir)
+                         fn_args.serving_model_dir, transform_dir=transform_dir,
+                         extra_writers=writers)

@@ -126,10 +126,11 @@ def export_serving_model(model: UniSARModel, vocab_dir: Optional[str], export_di
 
 
 def push(model: UniSARModel, vocab_dir: Optional[str], serving_dir: str,
-         version: Optional[int] = None, transform_dir: Optional[str] = None) -> str:
+         version: Optional[int] = None, transform_dir: Optional[str] = None,
+         extra_writers: Sequence[Callable[[str], None]] = ()) -> str:
     """Export as `<serving_dir>/unisar/<version>` (next free number by default)."""
     base_path = os.path.join(serving_dir, MODEL_NAME)
     tf.io.gfile.makedirs(base_path)
     version = next_version(base_path) if version is None else version
     return export_serving_model(model, vocab_dir, os.path.join(base_path, str(version)),
-                                transform_dir=transform_dir)
+                                transform_dir=transform_dir, extra_writers=extra_writers)

@@ -28,6 +28,7 @@ from feature_specs.layout import VOCAB_DIR
 from unisar_tf.config import PRESETS, UniSARConfig, preset
 # The command line is an entry point: it also exports (--serving_dir), above train/.
 from unisar_tf.export.push import push
+from unisar_tf.export.retrieval import retrieval_writer
 from unisar_tf.train.distribution import STRATEGIES, cluster_tasks
 from unisar_tf.train.evaluation import evaluate_best, report_markdown
 from unisar_tf.train.learned_baseline import train_sasrec
@@ -180,8 +181,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         result["test"] = report
     if args.serving_dir:
         vocab_dir = None if args.transform_dir else os.path.join(args.data_dir, VOCAB_DIR)
+        # The retrieval index (candidates for requests without any) ships with the model.
         path = push(load_trained_model(args.model_dir, args.data_dir), vocab_dir,
-                    args.serving_dir, transform_dir=args.transform_dir)
+                    args.serving_dir, transform_dir=args.transform_dir,
+                    extra_writers=[retrieval_writer(args.data_dir)])
         print(f"exported: {path}")
         result["export"] = path
     return result
