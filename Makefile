@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run demo test test-fast lock param-count clean
+.PHONY: install run demo test test-fast lock param-count clean redis-server
 
 install: $(INSTALLED)
 
@@ -30,12 +30,17 @@ run: $(INSTALLED)
 demo: $(INSTALLED)
 	$(PY) -m unisar_tf.tools.demo
 
-test: $(INSTALLED)
+test: $(INSTALLED) redis-server
 	$(PY) -m pytest tests -q
 
 # The quick loop: everything not marked slow (CI runs `make test`, all of it).
-test-fast: $(INSTALLED)
+test-fast: $(INSTALLED) redis-server
 	$(PY) -m pytest tests -q -m "not slow"
+
+# The history store's tests run against a real redis-server (tests/serving/conftest.py starts
+# one on 127.0.0.1); installed from the distribution's packages when it is missing.
+redis-server:
+	@tools/ensure-redis-server
 
 # Parameter count of the Amazon preset at the Kindle vocabulary sizes of the paper.
 param-count: $(INSTALLED)
