@@ -102,25 +102,35 @@ def make_service(store, target, base, retriever_loader=lambda export_dir: None,
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    store = open_store(f"sqlite:///{tmp_path_factory.mktemp('store') / 'history.db'}")
+def store_url(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'history.db'}"
+
+
+@pytest.fixture(scope="module")
+def store(store_url):
+    store = open_store(store_url)
     store.append_many(EVENTS)
     yield store
     store.close()
 
 
 @pytest.fixture(scope="module")
-def ranking(store, stand_in, model_base):
-    """(service, http port, gRPC stub): the service with no retrieval index."""
+def ranking_server(store, stand_in, model_base):
+    """The service (no retrieval index) behind HTTP and gRPC servers on free ports."""
     service = make_service(store, f"127.0.0.1:{stand_in.port}", model_base)
-    server = rs.RankingServer(service, http_port=0, grpc_port=0)
-    http_port, grpc_port = server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-    yield service, http_port, pb_grpc.RankingServiceStub(channel)
-    channel.close()
-    server.stop()
+    with rs.RankingServer(service, http_port=0, grpc_port=0) as server:
+        yield server
     service.close()
     service.scorer.close()
+
+
+@pytest.fixture(scope="module")
+def ranking(ranking_server):
+    """(service, HTTP port, gRPC stub)."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{ranking_server.grpc_port}")
+    yield (ranking_server.service, ranking_server.http_port,
+           pb_grpc.RankingServiceStub(channel))
+    channel.close()
 
 
 def call(port, method, path, body=None, raw=None):
@@ -477,6 +487,36 @@ def test_no_model_metadata_is_not_ready_and_503(store, stand_in, tmp_path):
         assert "--model_base_path" in health.checks["metadata"]
     finally:
         service.close()
+
+
+# --- benchmark -----------------------------------------------------------------------------
+
+def test_the_online_benchmark_runs_on_the_fixtures(ranking_server, store_url, model_base,
+                                                   tmp_path):
+    """serving/benchmark_online.py for a second per run against this module's service (in
+    this process, so its memory is this process's)."""
+    from serving import benchmark_online
+
+    users = tmp_path / "users.txt"
+    users.write_text("u1\nu2\nnobody\n")
+    result = benchmark_online.main([
+        "--store", store_url, "--model_base_path", model_base, "--users", str(users),
+        "--service_http", f"127.0.0.1:{ranking_server.http_port}",
+        "--service_grpc", f"127.0.0.1:{ranking_server.grpc_port}",
+        "--service_pid", str(os.getpid()), "--runs",
+        "http:given,http:retrieved,grpc:given", "--clients", "2", "--duration", "1",
+        "--warmup", "0.2", "--candidates", "20", "--search_fraction", "0.5",
+        "--json", str(tmp_path / "result.json")])
+    assert set(result["runs"]) == {"http:given", "http:retrieved", "grpc:given"}
+    assert "no retrieval index" in result["runs"]["http:retrieved"]["skipped"]
+    for name in ("http:given", "grpc:given"):
+        run = result["runs"][name]
+        assert run["requests"] > 0 and run["errors"] == 0, run
+        assert 0 < run["p50"] <= run["p99"]
+        assert run["memory"]["start_mb"] > 0
+    assert result["store_read"]["n"] == 3
+    assert json.loads((tmp_path / "result.json").read_text())["runs"].keys() == \
+        result["runs"].keys()
 
 
 # --- contracts -----------------------------------------------------------------------------
