@@ -26,8 +26,15 @@ Guarantees, both backends:
   stores nothing twice. The key is the whole event, not (user_id, source, line): an Amazon
   sequences line holds a user's whole history, one event per position, all with that line.
 - Concurrent writers (threads or processes) for one user lose nothing and keep time order:
-  each write (insert + trim) is one transaction (SQLite BEGIN IMMEDIATE, a Redis Lua script),
-  and order comes from the member, not from arrival.
+  each write (read the user's rows, plan the insert and trim with plan_merge, apply) is
+  atomic: one BEGIN IMMEDIATE transaction in SQLite; in Redis a Lua script that applies the
+  plan only if the user's version is unchanged (else re-read, re-plan). Order comes from the
+  member, not from arrival.
+- Caps are exact: the store holds what capped_events() gives for all events it was given,
+  when a user's rows arrive in time order (online) or all in one append_many call (the bulk
+  loader groups by user). Sessions are dated by their first row; the first rows of trimmed
+  sessions are remembered (a bounded number), so a late click on a trimmed session is
+  dropped with it instead of coming back as a new session.
 - Online appends (`append` with source "") are numbered per user by an atomic counter
   (source "online", line 1, 2, ...), so two appends at the same millisecond stay distinct
   and keep their arrival order.
@@ -56,7 +63,7 @@ ONLINE_SOURCE = "online"
 SQLITE_SCHEME = "sqlite"
 REDIS_SCHEMES = ("redis", "rediss")
 DEFAULT_REDIS_PREFIX = "unisar:history"
-BULK_TRANSACTION_EVENTS = 5000  # SQLite: events per write transaction in append_many
+BULK_TRANSACTION_EVENTS = 5000  # append_many: events per transaction (whole users)
 
 # Row kinds, one table partition (SQLite) or sorted set (Redis) each.
 KIND_REC, KIND_SEARCH, KIND_IMPRESSION = 0, 1, 2
@@ -664,10 +671,14 @@ class RedisHistoryStore(HistoryStore):
         try:
             pipe = self._client.pipeline(transaction=True)  # one snapshot of the user's keys
             self._queue_read(pipe, user_id)
-            rows, starts, _ = self._parse_read(pipe.execute())
+            rec, search, impressions, starts, _ = pipe.execute()
         except self._errors as error:
             raise self._unavailable(error) from None
-        return self._capped(rows, starts)
+        decoded = {member: decode_member(member) for member in (*rec, *search, *impressions)}
+        rows = ([(KIND_REC, "", m) for m in rec] + [(KIND_IMPRESSION, "", m) for m in impressions]
+                + [(KIND_SEARCH, decoded[m].search_session_id, m) for m in search])
+        # Trimmed when written; again in case it was written with larger caps than these.
+        return [decoded[m] for m in sorted(kept_members(rows, self.caps, starts))]
 
     def has_user(self, user_id: str) -> bool:
         try:
@@ -710,15 +721,3 @@ def open_store(url: str, caps: HistoryCaps = HistoryCaps()) -> HistoryStore:
         return RedisHistoryStore(url, caps)
     raise ValueError(f"{url!r}: unknown history store; expected sqlite:///path.db or "
                      "redis://host:port/db")
-
-
-def iter_batches(events: Iterable[Event], size: int) -> Iterator[List[Event]]:
-    """Events in lists of `size` (the last one shorter)."""
-    batch: List[Event] = []
-    for event in events:
-        batch.append(event)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

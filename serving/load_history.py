@@ -116,9 +116,7 @@ def _read_direct(read: Callable, inputs) -> AdapterRows:
     """Builds the adapter's graph on a Beam pipeline that is never run, then evaluates the
     steps that lead to its events and rejected rows here, calling the adapter's DoFns."""
     import apache_beam as beam
-    from apache_beam.transforms.core import _MultiParDo
-
-    from pipeline.adapters import common
+    from apache_beam.transforms.core import _MultiParDo  # what .with_outputs() returns
 
     pipeline = beam.Pipeline()
     output = read(pipeline, inputs)
@@ -174,8 +172,9 @@ def _run_dofn(fn, elements: Iterable, tags: Iterable) -> Dict[Optional[str], lis
                     results.setdefault(item.tag, []).append(item.value)
                 else:
                     results[None].append(item)
-        for item in fn.finish_bundle() or ():
-            results[None].append(item.value if hasattr(item, "value") else item)
+        if fn.finish_bundle():  # the adapters' DoFns emit nothing there
+            raise NotImplementedError(f"{type(fn).__name__}.finish_bundle emits elements; "
+                                      "use --runner beam")
     finally:
         fn.teardown()
     return results
