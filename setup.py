@@ -19,7 +19,7 @@ setup(
     ],
     extras_require={
         "pipeline": ["tfx[kfp]>=1.15,<1.16"],
-        "serving": ["tensorflow-serving-api>=2.15,<2.16"],
+        "serving": ["tensorflow-serving-api>=2.15,<2.16", "redis>=5"],  # redis: history store
         "test": ["pytest>=7", "hypothesis>=6.100"],
     },
     entry_points={
