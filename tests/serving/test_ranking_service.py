@@ -10,11 +10,13 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from concurrent import futures
 
 import grpc
+import numpy as np
 import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
@@ -316,6 +318,41 @@ def test_a_retrieval_index_that_fails_to_load_leaves_given_candidates_working(
         assert info.value.field == "candidates" and "bad format" in info.value.detail
         health = service.health()
         assert health.ready and health.checks["retrieval"].startswith("failed")
+    finally:
+        service.close()
+
+
+def test_no_candidates_ranks_the_versions_retrieval_index(store, stand_in, model_base,
+                                                         tmp_path):
+    """The default loader finds a real index in the served version (serving/retrieval.py):
+    the retrieved items, the user's own left out, ranked by the model."""
+    from serving.retrieval import Retriever
+    from unisar_tf.data.retrieval_index import (RETRIEVAL_DIR, RetrievalParams, Sequences,
+                                                build_index)
+
+    base = tmp_path / "unisar"
+    shutil.copytree(os.path.join(model_base, "1"), base / "1")
+    catalogue = np.array([""] + ITEMS, dtype=object)
+    ids = {item: i for i, item in enumerate(catalogue)}
+    # Training: i040 -> i003 three times, i040 -> i002 once, i010 -> i001 five times.
+    train = Sequences(recent=np.array([[ids["i040"]]] * 4 + [[ids["i010"]]] * 5),
+                      positives=np.array([ids["i003"]] * 3 + [ids["i002"]] + [ids["i001"]] * 5),
+                      tasks=np.array(["rec"] * 9))
+    build_index(train, catalogue, RetrievalParams(neighbours=3, transition_window=1)).write(
+        str(base / "1" / RETRIEVAL_DIR))
+    service = make_service(store, f"127.0.0.1:{stand_in.port}", str(base),
+                           retriever_loader=rs.default_retriever_loader)
+    try:
+        assert service.health().checks["retrieval"] == "ok"
+        expected = Retriever.load(str(base / "1")).retrieve(store.events("u1"),
+                                                            rs.DEFAULT_RETRIEVE_COUNT)
+        # u1's items (i010, i030, i040) lead to these; its own are left out.
+        assert set(expected[:3]) == {"i001", "i002", "i003"}
+        assert not {"i010", "i030", "i040"} & set(expected)
+        result = service.rank("u1", k=5)
+        assert result.retrieved is True
+        top = sorted(expected, key=lambda item: -value(item))[:5]
+        assert result.items == [(item, value(item) + U1_REC_BONUS) for item in top]
     finally:
         service.close()
 
