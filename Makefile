@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run demo test test-fast lock param-count clean redis-server
+.PHONY: install run serve demo test test-fast lock param-count clean redis-server
 
 install: $(INSTALLED)
 
@@ -25,6 +25,11 @@ $(INSTALLED): requirements.lock setup.py
 # The main job: raw Beauty logs -> Beam -> TFRecords -> short UniSAR run -> test HR/NDCG.
 run: $(INSTALLED)
 	$(PY) -m pipeline.main_job
+
+# The online path on the pushed model: Beauty's events into the embedded history store, the
+# stand-in model server and the ranking service on 127.0.0.1 (docs/online.md). After `make run`.
+serve: $(INSTALLED)
+	$(PY) -m serving.local_stack
 
 # The synthetic-data demo (planted structure; shows the model learning transitions).
 demo: $(INSTALLED)

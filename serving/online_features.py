@@ -18,7 +18,9 @@ timestamp, so the model's in-graph mapping (unisar_tf/export/requests.py) reprod
 from __future__ import annotations
 
 import dataclasses
-from typing import Container, Dict, Optional, Sequence, Tuple
+import json
+import os
+from typing import Container, Dict, FrozenSet, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,6 +33,30 @@ from feature_specs.serving import (CANDIDATES_INPUT, QUERY_INPUT, REC_ITEMS_INPU
 from unisar_tf.data import example_rules as rules
 
 TASK_REC, TASK_SEARCH = "rec", "search"
+
+
+# Where an export keeps what the online path reads (unisar_tf.export.push writes it).
+ONLINE_DIR = os.path.join("assets.extra", "online")
+
+
+def load_model_metadata(export_dir: str
+                        ) -> Tuple[fs.SequenceShapes, FrozenSet[str], Tuple[str, ...]]:
+    """(sequence shapes, item vocabulary, tasks) of an exported version, from its
+    assets.extra/online/{metadata.json, items.txt}."""
+    online = os.path.join(export_dir, ONLINE_DIR)
+    path = os.path.join(online, "metadata.json")
+    try:
+        with open(path) as handle:
+            metadata = json.load(handle)
+        with open(os.path.join(online, "items.txt"), encoding="utf-8") as handle:
+            items = frozenset(line.rstrip("\n") for line in handle)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error.filename} not found: {export_dir} was exported "
+                                "without the online metadata (re-export it with this "
+                                "version of unisar_tf.export)") from None
+    shapes = fs.SequenceShapes(**{name: int(metadata["shapes"][name]) for name in
+                                  ("rec_len", "search_len", "query_len", "clicks_per_session")})
+    return shapes, items, tuple(metadata["tasks"])
 
 
 class QueryTooLong(ValueError):
