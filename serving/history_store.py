@@ -111,13 +111,22 @@ def check_event(event: Event) -> None:
         if not isinstance(value, str):
             raise ValueError(f"{field}={value!r}: expected str")
         es.check_id(field, value)
-    if not isinstance(event.source, str) or "\x00" in event.source:
-        raise ValueError(f"source={event.source!r}: expected str without NUL")
+    if not isinstance(event.source, str) or "\x00" in event.source or \
+            not _is_utf8_text(event.source):
+        raise ValueError(f"source={event.source!r}: expected UTF-8 text without NUL")
     if isinstance(event.query_tokens, str) or not all(
             isinstance(token, str) for token in event.query_tokens):
         raise ValueError(f"query_tokens={event.query_tokens!r}: expected a tuple of str")
     if event.scenario == es.SCENARIO_SEARCH and not event.search_session_id:
         raise ValueError("a search event needs a search_session_id")
+
+
+def _is_utf8_text(text: str) -> bool:
+    try:  # lone surrogates (a file name that was not UTF-8) cannot be stored as text
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def event_kind(event: Event) -> int:
@@ -394,7 +403,8 @@ class SqliteHistoryStore(HistoryStore):
             yield connection
             connection.execute("COMMIT")
         except BaseException as error:
-            connection.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # (nothing to roll back if BEGIN failed)
+                connection.execute("ROLLBACK")
             if isinstance(error, sqlite3.Error):
                 raise StoreUnavailable(f"{self.url}: cannot write ({error})") from None
             raise
@@ -465,10 +475,16 @@ class SqliteHistoryStore(HistoryStore):
             return sum(self._merge(connection, user_id, rows) for user_id, rows in batch)
 
     def events(self, user_id: str) -> List[Event]:
+        connection = self._connection()
         try:
-            return self._capped(*self._read_rows(self._connection(), user_id))
+            connection.execute("BEGIN")  # one snapshot for both tables (WAL: no waiting)
+            try:
+                rows, starts = self._read_rows(connection, user_id)
+            finally:
+                connection.execute("COMMIT")
         except sqlite3.Error as error:
             raise StoreUnavailable(f"{self.url}: {error}") from None
+        return self._capped(rows, starts)
 
     def has_user(self, user_id: str) -> bool:
         try:

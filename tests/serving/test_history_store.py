@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from feature_specs.event_schema import Event
+from helpers.redis_server import start_redis_server, stop_redis_server
 from serving.history_store import (ONLINE_SOURCE, HistoryCaps, StoreUnavailable, capped_events,
                                    open_store)
 
@@ -195,6 +196,8 @@ def test_unstorable_events_are_refused_naming_the_field(make_store):
         store.append(rec("u", 1.5, "i"))
     with pytest.raises(ValueError, match="search_session_id"):
         store.append(Event("u", 1, "search", "i", 1))
+    with pytest.raises(ValueError, match="source"):  # a file name that was not UTF-8
+        store.append_many([rec("u", 1, "i", source="logs/\udcff.csv")])
     assert store.events("u") == []
 
 
@@ -294,6 +297,23 @@ def test_a_dead_redis_port_raises_store_unavailable_naming_the_url():
     with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{port}"):
         open_store(url)
     assert time.monotonic() - began < 5
+
+
+def test_a_redis_that_goes_down_raises_store_unavailable(tmp_path):
+    process, url = start_redis_server(tmp_path)
+    try:
+        store = open_store(url)
+        store.append(rec("u", 1, "i"))
+    finally:
+        stop_redis_server(process)
+    began = time.monotonic()
+    for call in (lambda: store.events("u"), lambda: store.append(rec("u", 2, "j")),
+                 lambda: store.append_many([rec("v", 1, "k")]), lambda: store.has_user("u"),
+                 store.ping):
+        with pytest.raises(StoreUnavailable, match=url.split("//")[1].split("/")[0]):
+            call()
+    assert time.monotonic() - began < 5
+    store.close()
 
 
 def test_a_redis_that_never_answers_times_out_instead_of_hanging():
