@@ -32,7 +32,7 @@ from typing import Container, Iterable, List, Sequence
 from feature_specs.event_schema import Event
 from feature_specs.example_schema import TYPE_REC
 from unisar_tf.data.example_rules import InternedIds, behaviours
-from unisar_tf.data.retrieval_index import RETRIEVAL_DIR, RetrievalIndex
+from unisar_tf.data.retrieval_index import RETRIEVAL_DIR, read_index
 
 # The rules' query truncation does not matter here (only items are used).
 _ANY_QUERY_LENGTH = 1 << 30
@@ -56,16 +56,19 @@ def recent_items(events: Sequence[Event], clicks_per_session: int) -> List[str]:
 class Retriever:
     """A version's retrieval index; `retrieve` is thread-safe (it only reads the index)."""
 
-    def __init__(self, index: RetrievalIndex):
+    def __init__(self, index):
+        """index: a RetrievalIndex (co-occurrence) or TwoTowerIndex."""
         self.index = index
+        self.method = type(index).__name__
         self.clicks_per_session = int(index.info.get("clicks_per_session", 1))
-        index.neighbour_matrix()  # built now, not on the first request
+        if hasattr(index, "neighbour_matrix"):
+            index.neighbour_matrix()  # built now, not on the first request
 
     @classmethod
     def load(cls, export_dir: str) -> "Retriever":
         """From `<export_dir>/assets.extra/retrieval/`; FileNotFoundError / ValueError naming
         the file when it is missing or malformed."""
-        return cls(RetrievalIndex.read(os.path.join(export_dir, RETRIEVAL_DIR)))
+        return cls(read_index(os.path.join(export_dir, RETRIEVAL_DIR)))
 
     @property
     def num_items(self) -> int:

@@ -9,7 +9,8 @@ import pytest
 
 from feature_specs import TYPE_REC, TYPE_SEARCH
 from unisar_tf.data.retrieval_index import (RETRIEVAL_DIR, RetrievalIndex, RetrievalParams,
-                                            Sequences, build_index, read_sequences, recent_items,
+                                            Sequences, TwoTowerIndex, TwoTowerParams, build_index,
+                                            read_index, read_sequences, recent_items,
                                             training_index)
 from unisar_tf.export.push import ONLINE_DIR, ONLINE_ITEMS_FILE
 from unisar_tf.export.retrieval import retrieval_writer
@@ -120,9 +121,43 @@ def test_export_writer_uses_the_exports_items(tmp_path):
     os.makedirs(export / ONLINE_DIR)
     # The ranker knows b, c, d only: a is no candidate, and no history item either.
     (export / ONLINE_DIR / ONLINE_ITEMS_FILE).write_text("d\nb\nc\n")
-    retrieval_writer(data_dir, PARAMS)(str(export))
+    retrieval_writer(data_dir, "cooccurrence", PARAMS)(str(export))
     index = RetrievalIndex.read(str(export / RETRIEVAL_DIR))
     assert list(index.items) == ["", "d", "b", "c"]
     assert index.info["training_examples"] == 3 and index.info["clicks_per_session"] == 1
     assert index.retrieve([], 3) == ["b", "c", "d"]
     assert index.retrieve(["b"], 1) == ["c"]  # trans(b, c) survives; a's rows are gone
+
+
+def tiny_two_tower():
+    """Items a..d in 2-d: a user's vector is the weighted mean of history vectors (kernel I,
+    bias 0), an item's score the dot product with its item vector."""
+    item_vectors = np.array([[0, 0], [1, 0], [0, 1], [-1, 0], [0.5, 0.5]], np.float32)
+    history_vectors = np.array([[0, 0], [1, 0], [0, 1], [0, 0], [0, 0]], np.float32)
+    return TwoTowerIndex(CATALOGUE, np.array([0, 0, 2, 1, 0]), item_vectors, history_vectors,
+                         np.eye(2, dtype=np.float32), np.zeros(2, np.float32),
+                         TwoTowerParams(dim=2, history=2, decay=0.5), {"clicks_per_session": 1})
+
+
+def test_two_tower_scores_and_order_by_hand(tmp_path):
+    index = tiny_two_tower()
+    # History b (latest, weight 1), a (0.5): user = (0.5 * (1, 0) + (0, 1)) / 1.5.
+    user = np.array([1 / 3, 2 / 3])
+    np.testing.assert_allclose(index.scores(np.array([[B, A]]))[0, 1:],
+                               [user[0], user[1], -user[0], 0.5], rtol=1e-6)
+    # d (0.5) > c (negative); history out.
+    assert index.retrieve(["b", "a"], 4) == ["d", "c"]
+    assert index.retrieve(["a"], 3) == ["d", "b", "c"]  # a: (1, 0): d 0.5, b 0 > c -1
+    assert index.retrieve([], 4) == ["b", "c", "a", "d"]  # no known item: popularity
+    assert index.retrieve(["unknown"], 1) == ["b"]
+    index.write(str(tmp_path))
+    loaded = read_index(str(tmp_path))
+    assert isinstance(loaded, TwoTowerIndex) and loaded.params == index.params
+    for recent in ([], ["a"], ["b", "a"], ["c"]):
+        assert loaded.retrieve(recent, 4) == index.retrieve(recent, 4)
+    np.testing.assert_array_equal(loaded.item_vectors, index.item_vectors)
+    meta = json.load(open(tmp_path / "index.json"))
+    meta["method"] = "other"
+    json.dump(meta, open(tmp_path / "index.json", "w"))
+    with pytest.raises(ValueError, match="unknown method 'other'"):
+        read_index(str(tmp_path))

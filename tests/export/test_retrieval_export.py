@@ -18,7 +18,7 @@ def test_push_with_the_retrieval_writer_ships_the_index(tmp_path):
     _, model, vocab_dir = small_model(tmp_path, seed=3)  # items i1 .. i79
     data_dir = write_tiny_data(tmp_path / "data", raw=False, names=("i1", "i2", "i3", "i4"))
     version = push(model, vocab_dir, str(tmp_path / "serving"),
-                   extra_writers=[retrieval_writer(data_dir)])
+                   extra_writers=[retrieval_writer(data_dir, "cooccurrence")])
     assert os.path.basename(version) == "1"
     assert os.path.isfile(os.path.join(version, RETRIEVAL_DIR, "index.json"))
     retriever = Retriever.load(version)

@@ -51,6 +51,7 @@ from feature_specs.layout import MANIFEST_FILE, VOCAB_DIR, VOCAB_FILES
 RETRIEVAL_DIR = os.path.join("assets.extra", "retrieval")
 FORMAT_VERSION = 1
 METHOD_COOCCURRENCE = "cooccurrence"
+METHOD_TWO_TOWER = "two_tower"
 INDEX_FILE = "index.json"
 ITEMS_FILE = "items.json"
 POPULARITY_FILE = "popularity.npy"
@@ -269,8 +270,70 @@ def top_neighbours(weights: sp.spmatrix, k: int) -> Tuple[np.ndarray, np.ndarray
 
 
 # ------------------------------------------------------------------------------- the index
+class _Ranking:
+    """What every index shares: the catalogue, popularity, and the order of the module
+    docstring over its scores. Subclasses set items and popularity and define scores()."""
+
+    items: np.ndarray
+    popularity: np.ndarray
+
+    def _prepare(self) -> None:
+        self.items = np.asarray(self.items, dtype=object)
+        self.popularity = np.asarray(self.popularity, np.float32)
+        self._row = {item: index for index, item in enumerate(self.items) if index}
+        # The order without any score: popularity desc, then id asc; id 0 never.
+        order = np.lexsort((np.arange(len(self.items)), -self.popularity))
+        self.popularity_order = order[order != 0]
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items) - 1
+
+    def ids(self, items: Iterable[str]) -> List[int]:
+        """Raw item ids -> ids (unknown items left out)."""
+        return [self._row[item] for item in items if item in self._row]
+
+    def scores(self, recent: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def top_ids(self, scores: np.ndarray, k: int, excluded: Iterable[int] = ()) -> List[int]:
+        """The first k ids in the order (score desc, popularity desc, id asc) for one user's
+        scores (N + 1,), `excluded` ids and id 0 left out."""
+        excluded = set(int(i) for i in excluded) | {0}
+        if np.any(scores < 0):  # learned scores: sort the whole catalogue
+            allowed = np.ones(len(scores), bool)
+            allowed[list(excluded)] = False
+            ids = np.flatnonzero(allowed)
+            return ids[np.lexsort((ids, -self.popularity[ids], -scores[ids]))][:k].tolist()
+        # Scores >= 0: the scored items, then popularity for the rest (the same order).
+        scored = np.flatnonzero(scores > 0)
+        scored = scored[np.lexsort((scored, -self.popularity[scored], -scores[scored]))]
+        result: List[int] = []
+        for source in (scored, self.popularity_order):
+            for item in source:
+                item = int(item)
+                if item not in excluded:
+                    excluded.add(item)
+                    result.append(item)
+                    if len(result) == k:
+                        return result
+        return result
+
+    def retrieve(self, recent_raw: Sequence[str], k: int, exclude: Iterable[str] = ()
+                 ) -> List[str]:
+        """Top-k raw item ids for a user's recent raw items (most recent first, any
+        repeats; unknown ones ignored), history and `exclude` left out."""
+        recent = list(dict.fromkeys(self.ids(recent_raw)))
+        excluded = set(recent) | set(self.ids(exclude))
+        if recent:
+            scores = self.scores(np.array([recent], np.int64))[0]
+        else:
+            scores = np.zeros(len(self.items))
+        return [self.items[i] for i in self.top_ids(scores, k, excluded)]
+
+
 @dataclasses.dataclass
-class RetrievalIndex:
+class RetrievalIndex(_Ranking):
     """The tables of the module docstring over ids 0..N (0 = padding, never retrieved).
 
     items (N + 1,) object strings, [0] = ""; popularity (N + 1,) float32; neighbours and
@@ -284,21 +347,8 @@ class RetrievalIndex:
     info: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        self.items = np.asarray(self.items, dtype=object)
-        self.popularity = np.asarray(self.popularity, np.float32)
-        self._row = {item: index for index, item in enumerate(self.items) if index}
+        self._prepare()
         self._matrix: Optional[sp.csr_matrix] = None
-        # The order without any score: popularity desc, then id asc; id 0 never.
-        order = np.lexsort((np.arange(len(self.items)), -self.popularity))
-        self.popularity_order = order[order != 0]
-
-    @property
-    def num_items(self) -> int:
-        return len(self.items) - 1
-
-    def ids(self, items: Iterable[str]) -> List[int]:
-        """Raw item ids -> ids (unknown items left out)."""
-        return [self._row[item] for item in items if item in self._row]
 
     def neighbour_matrix(self) -> sp.csr_matrix:
         """(N + 1, N + 1) transition_weight * T + (1 - transition_weight) * C, top-K rows."""
@@ -331,88 +381,25 @@ class RetrievalIndex:
         (B, L) (most recent first, 0-padded)."""
         return np.asarray((self.user_weights(recent) @ self.neighbour_matrix()).todense())
 
-    def top_ids(self, scores: np.ndarray, k: int, excluded: Iterable[int] = ()) -> List[int]:
-        """The first k ids of one user's order (module docstring) for scores (N + 1,)."""
-        excluded = set(int(i) for i in excluded) | {0}
-        scored = np.flatnonzero(scores > 0)
-        scored = scored[np.lexsort((scored, -self.popularity[scored], -scores[scored]))]
-        result: List[int] = []
-        for source in (scored, self.popularity_order):
-            for item in source:
-                item = int(item)
-                if item not in excluded:
-                    excluded.add(item)
-                    result.append(item)
-                    if len(result) == k:
-                        return result
-        return result
-
-    def retrieve(self, recent_raw: Sequence[str], k: int, exclude: Iterable[str] = ()
-                 ) -> List[str]:
-        """Top-k raw item ids for a user's recent raw items (most recent first, any
-        repeats; unknown ones ignored), history and `exclude` left out."""
-        recent = list(dict.fromkeys(self.ids(recent_raw)))
-        excluded = set(recent) | set(self.ids(exclude))
-        if recent:
-            scores = self.scores(np.array([recent], np.int64))[0]
-        else:
-            scores = np.zeros(len(self.items))
-        return [self.items[i] for i in self.top_ids(scores, k, excluded)]
-
     # ------------------------------------------------------------------------- files
     def write(self, directory: str) -> None:
         """The files of the module docstring into `directory` (created)."""
-        import tensorflow as tf  # gfile: local paths and gs:// alike
-
-        tf.io.gfile.makedirs(directory)
-
-        def save_npy(name: str, array: np.ndarray) -> None:
-            with tf.io.gfile.GFile(os.path.join(directory, name), "wb") as out:
-                np.save(out, array, allow_pickle=False)
-
-        def save_json(name: str, value) -> None:
-            with tf.io.gfile.GFile(os.path.join(directory, name), "w") as out:
-                out.write(json.dumps(value, indent=1, sort_keys=True) + "\n")
-
-        save_json(ITEMS_FILE, [str(item) for item in self.items[1:]])
-        save_npy(POPULARITY_FILE, self.popularity[1:].astype(np.float32))
+        _write_common(directory, self, METHOD_COOCCURRENCE)
         for table in TABLES:  # ids -> rows: id 0 (none) becomes -1
-            save_npy(f"{table}_neighbours.npy", (self.neighbours[table][1:] - 1).astype(np.int32))
-            save_npy(f"{table}_weights.npy", self.weights[table][1:].astype(np.float32))
-        save_json(INDEX_FILE, {"format_version": FORMAT_VERSION, "method": METHOD_COOCCURRENCE,
-                               "num_items": self.num_items,
-                               "params": dataclasses.asdict(self.params), "info": self.info})
+            _save_npy(directory, f"{table}_neighbours.npy",
+                      (self.neighbours[table][1:] - 1).astype(np.int32))
+            _save_npy(directory, f"{table}_weights.npy",
+                      self.weights[table][1:].astype(np.float32))
 
     @classmethod
     def read(cls, directory: str) -> "RetrievalIndex":
         """The index `write` wrote; ValueError naming the file when something is off."""
-        import tensorflow as tf
-
-        def load_npy(name: str) -> np.ndarray:
-            path = os.path.join(directory, name)
-            with tf.io.gfile.GFile(path, "rb") as handle:
-                return np.load(handle, allow_pickle=False)
-
-        def load_json(name: str):
-            path = os.path.join(directory, name)
-            if not tf.io.gfile.exists(path):
-                raise FileNotFoundError(f"{path} not found: the export has no retrieval index "
-                                        "(unisar_tf.export.retrieval writes it)")
-            with tf.io.gfile.GFile(path) as handle:
-                return json.load(handle)
-
-        meta = load_json(INDEX_FILE)
-        if meta.get("format_version") != FORMAT_VERSION or meta.get("method") != METHOD_COOCCURRENCE:
-            raise ValueError(f"{os.path.join(directory, INDEX_FILE)}: format "
-                             f"{meta.get('format_version')} / method {meta.get('method')!r}, "
-                             f"this reader knows {FORMAT_VERSION} / {METHOD_COOCCURRENCE!r}")
-        items = load_json(ITEMS_FILE)
-        size = len(items)
-        popularity = load_npy(POPULARITY_FILE)
+        meta, items, popularity = _read_common(directory, METHOD_COOCCURRENCE)
+        size = len(items) - 1
         neighbours, weights = {}, {}
         for table in TABLES:
-            rows = load_npy(f"{table}_neighbours.npy").astype(np.int64)
-            values = load_npy(f"{table}_weights.npy")
+            rows = _load_npy(directory, f"{table}_neighbours.npy").astype(np.int64)
+            values = _load_npy(directory, f"{table}_weights.npy")
             if rows.shape != values.shape or len(rows) != size or rows.max(initial=-1) >= size:
                 raise ValueError(f"{directory}: {table}_neighbours.npy {rows.shape} and "
                                  f"{table}_weights.npy {values.shape} do not match the "
@@ -420,12 +407,171 @@ class RetrievalIndex:
             pad = np.zeros((1, rows.shape[1]))
             neighbours[table] = np.concatenate([pad.astype(np.int64), rows + 1])
             weights[table] = np.concatenate([pad.astype(np.float32), values])
-        if popularity.shape != (size,):
-            raise ValueError(f"{directory}: {POPULARITY_FILE} has shape {popularity.shape}, "
-                             f"expected ({size},)")
-        return cls(np.array([""] + items, dtype=object),
-                   np.concatenate([[0.0], popularity]).astype(np.float32), neighbours, weights,
-                   RetrievalParams(**meta["params"]), meta.get("info", {}))
+        return cls(items, popularity, neighbours, weights, RetrievalParams(**meta["params"]),
+                   meta.get("info", {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoTowerParams:
+    """The two-tower model (unisar_tf.train.two_tower) and how its user tower reads a history.
+
+    The defaults are the values chosen on Beauty's and Sports' validation splits
+    (docs/online.md#retrieval)."""
+
+    dim: int = 64                  # embedding and user vector size
+    history: int = 10              # recent items the user tower pools
+    decay: float = 0.8             # weight of the j-th latest of them: decay ** j
+    epochs: int = 2                # then it overfits (validation Recall@100 falls)
+    batch_size: int = 512          # also the in-batch negatives: batch_size - 1 per example
+    learning_rate: float = 2e-3
+    temperature: float = 0.1
+    logq: float = 1.0              # in-batch negatives' popularity correction (0 = off)
+    l2: float = 1e-6
+
+    def replace(self, **changes) -> "TwoTowerParams":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass
+class TwoTowerIndex(_Ranking):
+    """A trained two-tower model as numpy arrays: score(c) = user . item_vectors[c] with
+
+        user = (sum_j w_j history_vectors[h_j] / sum_j w_j) @ kernel + bias,
+        w_j = decay ** j over the `history` latest items h_j (0-padded slots weigh 0).
+
+    items (N + 1,) object, [0] = ""; popularity (N + 1,) (ties, and users without a known
+    item: popularity alone); item_vectors, history_vectors (N + 1, dim) float32; kernel
+    (dim, dim), bias (dim,) float32. On disk: index.json (method "two_tower"), items.json,
+    popularity.npy and {item_vectors, history_vectors, kernel, bias}.npy (rows without
+    the padding row 0)."""
+
+    items: np.ndarray
+    popularity: np.ndarray
+    item_vectors: np.ndarray
+    history_vectors: np.ndarray
+    kernel: np.ndarray
+    bias: np.ndarray
+    params: TwoTowerParams
+    info: dict = dataclasses.field(default_factory=dict)
+
+    ARRAYS = ("item_vectors", "history_vectors", "kernel", "bias")
+
+    def __post_init__(self):
+        self._prepare()
+
+    def user_vectors(self, recent: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """((B, dim) float32 user vectors, (B,) bool: the user has a known item)."""
+        recent = np.asarray(recent, np.int64)[:, :self.params.history]
+        weights = (self.params.decay ** np.arange(recent.shape[1], dtype=np.float32))[None, :]
+        weights = weights * (recent > 0)
+        total = weights.sum(axis=1)
+        pooled = np.einsum("bl,bld->bd", weights, self.history_vectors[recent])
+        pooled = pooled / np.maximum(total, 1e-9)[:, None]
+        return pooled @ self.kernel + self.bias, total > 0
+
+    def scores(self, recent: np.ndarray) -> np.ndarray:
+        """(B, N + 1) float: user . item for users with a known item, 0 (popularity) else."""
+        users, known = self.user_vectors(recent)
+        scores = users @ self.item_vectors.T
+        scores[~known] = 0.0
+        scores[:, 0] = 0.0
+        return scores
+
+    def write(self, directory: str) -> None:
+        _write_common(directory, self, METHOD_TWO_TOWER)
+        for name in self.ARRAYS:
+            array = getattr(self, name)
+            _save_npy(directory, f"{name}.npy", array[1:] if name.endswith("vectors") else array)
+
+    @classmethod
+    def read(cls, directory: str) -> "TwoTowerIndex":
+        meta, items, popularity = _read_common(directory, METHOD_TWO_TOWER)
+        arrays = {}
+        for name in cls.ARRAYS:
+            array = _load_npy(directory, f"{name}.npy").astype(np.float32)
+            if name.endswith("vectors"):
+                if len(array) != len(items) - 1:
+                    raise ValueError(f"{os.path.join(directory, name + '.npy')}: {len(array)} "
+                                     f"rows for the {len(items) - 1} items of {ITEMS_FILE}")
+                array = np.concatenate([np.zeros((1, array.shape[1]), np.float32), array])
+            arrays[name] = array
+        return cls(items, popularity, params=TwoTowerParams(**meta["params"]),
+                   info=meta.get("info", {}), **arrays)
+
+
+# ------------------------------------------------------------------------------ file helpers
+def _save_npy(directory: str, name: str, array: np.ndarray) -> None:
+    import tensorflow as tf  # gfile: local paths and gs:// alike
+
+    with tf.io.gfile.GFile(os.path.join(directory, name), "wb") as out:
+        np.save(out, np.asarray(array), allow_pickle=False)
+
+
+def _save_json(directory: str, name: str, value) -> None:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(os.path.join(directory, name), "w") as out:
+        out.write(json.dumps(value, indent=1, sort_keys=True) + "\n")
+
+
+def _load_npy(directory: str, name: str) -> np.ndarray:
+    import tensorflow as tf
+
+    path = os.path.join(directory, name)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} not found: the retrieval index is incomplete")
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        return np.load(handle, allow_pickle=False)
+
+
+def _load_json(directory: str, name: str):
+    import tensorflow as tf
+
+    path = os.path.join(directory, name)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} not found: the export has no retrieval index "
+                                "(unisar_tf.export.retrieval writes it)")
+    with tf.io.gfile.GFile(path) as handle:
+        return json.load(handle)
+
+
+def _write_common(directory: str, index, method: str) -> None:
+    """index.json, items.json and popularity.npy of any index."""
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(directory)
+    _save_json(directory, ITEMS_FILE, [str(item) for item in index.items[1:]])
+    _save_npy(directory, POPULARITY_FILE, index.popularity[1:].astype(np.float32))
+    _save_json(directory, INDEX_FILE, {"format_version": FORMAT_VERSION, "method": method,
+                                       "num_items": index.num_items,
+                                       "params": dataclasses.asdict(index.params),
+                                       "info": index.info})
+
+
+def _read_common(directory: str, method: str):
+    """(index.json, items (N + 1,) with [0] = "", popularity (N + 1,)), checked."""
+    meta = _load_json(directory, INDEX_FILE)
+    if meta.get("format_version") != FORMAT_VERSION or meta.get("method") != method:
+        raise ValueError(f"{os.path.join(directory, INDEX_FILE)}: format "
+                         f"{meta.get('format_version')} / method {meta.get('method')!r}, "
+                         f"expected {FORMAT_VERSION} / {method!r}")
+    items = _load_json(directory, ITEMS_FILE)
+    popularity = _load_npy(directory, POPULARITY_FILE)
+    if popularity.shape != (len(items),):
+        raise ValueError(f"{directory}: {POPULARITY_FILE} has shape {popularity.shape}, "
+                         f"expected ({len(items)},)")
+    return (meta, np.array([""] + items, dtype=object),
+            np.concatenate([[0.0], popularity]).astype(np.float32))
+
+
+def read_index(directory: str):
+    """The index in `directory`, whichever method wrote it (index.json's "method")."""
+    method = _load_json(directory, INDEX_FILE).get("method")
+    readers = {METHOD_COOCCURRENCE: RetrievalIndex.read, METHOD_TWO_TOWER: TwoTowerIndex.read}
+    if method not in readers:
+        raise ValueError(f"{os.path.join(directory, INDEX_FILE)}: unknown method {method!r}, "
+                         f"this reader knows {sorted(readers)}")
+    return readers[method](directory)
 
 
 def build_index(sequences: Sequences, catalogue: np.ndarray,

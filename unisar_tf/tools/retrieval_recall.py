@@ -10,8 +10,11 @@ service does), and Recall@k is the share of examples whose positive is among the
 NDCG@k = 1 / log2(rank + 2) when it is. A positive that is in its own history (a repeat)
 or outside the catalogue counts as a miss for every method (the `in history` line).
 
-- **retrieval**: the shipped index (unisar_tf.data.retrieval_index, RetrievalParams
-  defaults or the flags), built on the training split;
+- **co-occurrence**: the transition and co-occurrence neighbour index
+  (unisar_tf.data.retrieval_index, RetrievalParams defaults or the flags), built on the
+  training split;
+- **two-tower**: the TFRS two-tower model (unisar_tf.train.two_tower, TwoTowerParams
+  defaults, seed 0), trained on the training split (`--two_tower false` skips it);
 - **ItemKNN**: the ranking baseline's score (docs/training.md) on every item: the sum over
   the distinct history items h of cooc(h, c) / sqrt(n(h) n(c)), full tables (no top-K);
 - **popularity**: training positives' counts;
@@ -42,7 +45,8 @@ from unisar_tf.data.retrieval_index import (RetrievalIndex, RetrievalParams, Seq
 
 CUTOFFS = (50, 100, 200)
 NDCG_CUTOFF = 100
-RETRIEVAL = "retrieval"
+RETRIEVAL = "co-occurrence"
+TWO_TOWER = "two-tower"
 ITEMKNN = "ItemKNN"
 POPULARITY = "popularity"
 RANDOM = "random"
@@ -107,11 +111,17 @@ def method_ranks(score_fn, popularity: np.ndarray, sequences: Sequences) -> np.n
 
 def evaluate(train: Sequences, split: Sequences, catalogue: np.ndarray,
              params: RetrievalParams = RetrievalParams(), baselines: bool = True,
-             index: Optional[RetrievalIndex] = None) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """{method: {"all" | "rec" | "search": {metric: value}}} on `split`'s examples."""
+             index: Optional[RetrievalIndex] = None,
+             others: Optional[Dict[str, object]] = None
+             ) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """{method: {"all" | "rec" | "search": {metric: value}}} on `split`'s examples: the
+    co-occurrence index (`index`, or built with `params`) as RETRIEVAL, then `others`
+    ({name: index with scores()}, e.g. the two-tower), then the baselines."""
     index = index or build_index(train, catalogue, params)
     popularity = index.popularity
     ranks = {RETRIEVAL: method_ranks(index.scores, popularity, split)}
+    for name, other in (others or {}).items():
+        ranks[name] = method_ranks(other.scores, popularity, split)
     if baselines:
         knn = cosine_normalized(cooccurrence_counts(train.recent, train.positives,
                                                     len(catalogue)))
@@ -197,6 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--split", default="test", choices=("test", "valid"))
     parser.add_argument("--sweep", action="store_true",
                         help="one parameter at a time around the defaults (use --split valid)")
+    parser.add_argument("--two_tower", default="true", choices=("true", "false"),
+                        help="also train and score the two-tower model (about a minute)")
     parser.add_argument("--max_examples", type=int, default=0,
                         help="score a seeded random subset of this many examples (0 = all)")
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -219,7 +231,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.sweep:
         output = {"sweep": sweep(train, split, catalogue, params)}
     else:
-        results = evaluate(train, split, catalogue, params)
+        others = {}
+        if args.two_tower == "true":
+            from unisar_tf.train.two_tower import train_two_tower
+
+            trained = time.time()
+            others[TWO_TOWER] = train_two_tower(train, catalogue)
+            print(f"two-tower trained in {time.time() - trained:.0f} s", flush=True)
+        results = evaluate(train, split, catalogue, params, others=others)
         print(format_table(results, len(split.positives), repeats))
         output = {"results": results}
     print(f"({time.time() - started:.0f} s)")
