@@ -40,7 +40,7 @@ import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from feature_specs.event_schema import Event
-from serving.history_store import HistoryCaps, HistoryStore, open_store
+from serving.history_store import HistoryCaps, HistoryStore, StoreUnavailable, open_store
 
 RUNNER_DIRECT, RUNNER_BEAM = "direct", "beam"
 BATCH_EVENTS = 5000  # events per append_many call (whole users; one transaction each)
@@ -287,8 +287,12 @@ def main(argv: Optional[Sequence[str]] = None) -> LoadReport:
         parser.error(str(error))
     caps = HistoryCaps(rec=args.keep_rec, search_sessions=args.keep_search_sessions,
                        impressions=args.keep_impressions)
-    with open_store(args.store, caps) as store:
-        report = load(store, read, inputs, args.dead_letter, args.runner)
+    try:
+        with open_store(args.store, caps) as store:
+            report = load(store, read, inputs, args.dead_letter, args.runner)
+    except (StoreUnavailable, FileNotFoundError, ValueError) as error:
+        # A missing input, an unreadable header, a store that is down: said in one line.
+        raise SystemExit(f"error: {error}") from None
     print(report.format())
     print(f"rejected rows: {args.dead_letter}")
     return report
