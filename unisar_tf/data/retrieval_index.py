@@ -66,11 +66,11 @@ class RetrievalParams:
     (docs/online.md#retrieval)."""
 
     neighbours: int = 100          # K kept per item and table
-    transition_window: int = 3     # W: recent items counted as predecessors of a positive
-    transition_decay: float = 0.5  # weight of the d-th latest predecessor: decay ** d
+    transition_window: int = 5     # W: recent items counted as predecessors of a positive
+    transition_decay: float = 0.75  # weight of the d-th latest predecessor: decay ** d
     recent_items: int = 10         # history items a user is scored from
     recency_decay: float = 0.7     # weight of the j-th latest of them: decay ** j
-    transition_weight: float = 0.5  # mix of the two tables (1 - it for co-occurrence)
+    transition_weight: float = 0.75  # mix of the two tables (1 - it for co-occurrence)
 
     def replace(self, **changes) -> "RetrievalParams":
         return dataclasses.replace(self, **changes)
@@ -300,11 +300,17 @@ class _Ranking:
         """The first k ids in the order (score desc, popularity desc, id asc) for one user's
         scores (N + 1,), `excluded` ids and id 0 left out."""
         excluded = set(int(i) for i in excluded) | {0}
-        if np.any(scores < 0):  # learned scores: sort the whole catalogue
-            allowed = np.ones(len(scores), bool)
-            allowed[list(excluded)] = False
-            ids = np.flatnonzero(allowed)
-            return ids[np.lexsort((ids, -self.popularity[ids], -scores[ids]))][:k].tolist()
+        if np.any(scores < 0):  # learned scores: the k best of the whole catalogue
+            masked = np.asarray(scores, np.float64).copy()
+            masked[list(excluded)] = -np.inf
+            allowed = len(masked) - len(excluded)
+            if allowed <= 0 or k <= 0:
+                return []
+            # Everything that ties with or beats the k-th best score, then the exact order.
+            place = len(masked) - min(k, allowed)
+            kth = np.partition(masked, place)[place]
+            ids = np.flatnonzero((masked >= kth) & np.isfinite(masked))
+            return ids[np.lexsort((ids, -self.popularity[ids], -masked[ids]))][:k].tolist()
         # Scores >= 0: the scored items, then popularity for the rest (the same order).
         scored = np.flatnonzero(scores > 0)
         scored = scored[np.lexsort((scored, -self.popularity[scored], -scores[scored]))]
@@ -458,6 +464,9 @@ class TwoTowerIndex(_Ranking):
 
     def __post_init__(self):
         self._prepare()
+        # float32 throughout: a mixed-dtype product would copy the item table per request.
+        for name in self.ARRAYS:
+            setattr(self, name, np.ascontiguousarray(getattr(self, name), np.float32))
 
     def user_vectors(self, recent: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """((B, dim) float32 user vectors, (B,) bool: the user has a known item)."""
@@ -466,13 +475,13 @@ class TwoTowerIndex(_Ranking):
         weights = weights * (recent > 0)
         total = weights.sum(axis=1)
         pooled = np.einsum("bl,bld->bd", weights, self.history_vectors[recent])
-        pooled = pooled / np.maximum(total, 1e-9)[:, None]
-        return pooled @ self.kernel + self.bias, total > 0
+        pooled = pooled / np.maximum(total, np.float32(1e-9))[:, None]
+        return (pooled @ self.kernel + self.bias).astype(np.float32), total > 0
 
     def scores(self, recent: np.ndarray) -> np.ndarray:
         """(B, N + 1) float: user . item for users with a known item, 0 (popularity) else."""
         users, known = self.user_vectors(recent)
-        scores = users @ self.item_vectors.T
+        scores = (self.item_vectors @ users.T).T  # (N + 1, dim) x (dim, B): no transposed copy
         scores[~known] = 0.0
         scores[:, 0] = 0.0
         return scores

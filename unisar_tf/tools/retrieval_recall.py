@@ -1,6 +1,6 @@
 """Recall of the true next item over the whole catalogue: the retrieval stage against baselines.
 
-    python -m unisar_tf.tools.retrieval_recall --data_dir out/beauty_q8 [--split test|valid]
+    python -m unisar_tf.tools.retrieval_recall --data_dir out/beauty_q8 [--split valid,test]
     python -m unisar_tf.tools.retrieval_recall --data_dir D --split valid --sweep
 
 Every example of the split (rec and search) is one user and one true next item, its
@@ -204,7 +204,8 @@ def subsample(sequences: Sequences, count: int, seed: int = 0) -> Sequences:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", required=True, help="output of pipeline.build_examples")
-    parser.add_argument("--split", default="test", choices=("test", "valid"))
+    parser.add_argument("--split", default="test",
+                        help="test, valid, or both: valid,test (one training of each method)")
     parser.add_argument("--sweep", action="store_true",
                         help="one parameter at a time around the defaults (use --split valid)")
     parser.add_argument("--two_tower", default="true", choices=("true", "false"),
@@ -224,12 +225,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.time()
     catalogue = catalogue_from_vocab(args.data_dir)
     train = read_sequences(args.data_dir, "train", catalogue)
-    split = subsample(read_sequences(args.data_dir, args.split, catalogue), args.max_examples)
-    repeats = float(np.mean(np.any(split.recent == split.positives[:, None], axis=1)))
+    splits = {name: subsample(read_sequences(args.data_dir, name, catalogue), args.max_examples)
+              for name in args.split.split(",")}
     print(f"{args.data_dir}: {len(catalogue) - 1} items, {len(train.positives)} training "
-          f"examples, {len(split.positives)} {args.split} examples; {params}", flush=True)
+          f"examples; {params}", flush=True)
+    output = {}
     if args.sweep:
-        output = {"sweep": sweep(train, split, catalogue, params)}
+        for name, split in splits.items():
+            output[name] = {"sweep": sweep(train, split, catalogue, params)}
     else:
         others = {}
         if args.two_tower == "true":
@@ -238,14 +241,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             trained = time.time()
             others[TWO_TOWER] = train_two_tower(train, catalogue)
             print(f"two-tower trained in {time.time() - trained:.0f} s", flush=True)
-        results = evaluate(train, split, catalogue, params, others=others)
-        print(format_table(results, len(split.positives), repeats))
-        output = {"results": results}
+        for name, split in splits.items():
+            results = evaluate(train, split, catalogue, params, others=others)
+            repeats = float(np.mean(np.any(split.recent == split.positives[:, None], axis=1)))
+            print(f"\n{name}:\n" + format_table(results, len(split.positives), repeats),
+                  flush=True)
+            output[name] = {"results": results}
     print(f"({time.time() - started:.0f} s)")
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"data_dir": args.data_dir, "split": args.split,
-                       "params": dataclasses.asdict(params), **output}, out, indent=1)
+            json.dump({"data_dir": args.data_dir, "params": dataclasses.asdict(params),
+                       **output}, out, indent=1)
     return 0
 
 
