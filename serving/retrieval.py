@@ -4,25 +4,25 @@
     items = retriever.retrieve(store.events(user_id), k=100)   # raw item ids, best first
 
 The index (`<version>/assets.extra/retrieval/`, written with the ranker by
-unisar_tf.export.retrieval, format in unisar_tf.data.retrieval_index) holds raw item ids,
-so nothing here needs the model's id mapping. A user's items are those of the history
-store's events as the data job reads them (unisar_tf.data.example_rules.behaviours): rec
-events with click > 0, and each search session's clicked rows (the first
-`clicks_per_session` of them, the training data's); most recent first, each item once. They
-are scored against the index's neighbour tables, the history and `exclude` are left out,
-and popularity fills the rest (a user without items, cold start, gets popularity alone).
+unisar_tf.export.retrieval, formats in unisar_tf.data.retrieval_index: the two-tower model's
+weights, which ship, or co-occurrence neighbour tables) holds raw item ids, so nothing here
+needs the model's id mapping. A user's items are those of the history store's events as the
+data job reads them (unisar_tf.data.example_rules.behaviours): rec events with click > 0,
+and each search session's clicked rows (the first `clicks_per_session` of them, the training
+data's); most recent first, each item once. They are scored against the index, the history
+and `exclude` are left out, and popularity breaks ties and fills the rest (a user without a
+known item, cold start, gets popularity alone).
 
-Search is brute force with numpy/scipy: one sparse row (the user's weighted items, at most
-`recent_items` of them) times the (N, N) neighbour matrix of at most 2K entries per row,
-then a sort of the scored items; about a millisecond on Beauty's 12,101 items. The cost
-grows with K * recent_items, not with the catalogue, except for the dense score vector.
+Search is brute force with numpy: for the two-tower, the user vector (a weighted mean of at
+most `history` item vectors and a dense layer) times the (N, dim) item vectors, then a
+partial sort; for the co-occurrence index, one sparse row times the neighbour matrix.
 
-Large catalogues: the co-occurrence index needs no vector search at all. A learned
-two-tower index (user vector . item vectors) would, and past a few million items the
-brute-force dot product stops fitting a request's budget; ScaNN (PyPI `scann`, which must
-match the installed TensorFlow, or `tensorflow_recommenders.layers.factorized_top_k.ScaNN`
-over it) or FAISS (`faiss-cpu`) give approximate top-k in well under a millisecond at a
-recall cost of a few percent. Neither is installed or needed for the shipped index.
+Large catalogues: past a few million items the dense product and the sort stop fitting a
+request's budget. ScaNN (PyPI `scann`, which must match the installed TensorFlow, or
+`tensorflow_recommenders.layers.factorized_top_k.ScaNN` over it) or FAISS (`faiss-cpu`)
+give an approximate top-k over `item_vectors.npy` in well under a millisecond at a recall
+cost of a few percent; only TwoTowerIndex.scores / top_ids would change. Neither is
+installed or needed at this project's catalogue sizes (docs/online.md#retrieval).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The retrieval recall tool: ranks of the positive are the service's order, metrics by hand."""
 import numpy as np
 
-from unisar_tf.data.retrieval_index import RetrievalParams, Sequences, build_index
+from unisar_tf.data.retrieval_index import (RetrievalParams, Sequences, TwoTowerIndex,
+                                            TwoTowerParams, build_index)
 from unisar_tf.tools.retrieval_recall import (ITEMKNN, POPULARITY, RANDOM, RETRIEVAL,
                                               evaluate, metrics_from_ranks, positive_ranks,
                                               random_metrics)
@@ -58,3 +59,27 @@ def test_evaluate_reports_every_method_per_task():
     for groups in results.values():
         assert set(groups) == {"all", "rec", "search"}
         assert 0 <= groups["all"]["Recall@50"] <= groups["all"]["Recall@100"] <= 1
+
+
+def test_two_tower_ranks_match_its_top_k():
+    """Learned scores (negative ones too) take the partial-sort path of top_ids."""
+    rng = np.random.default_rng(4)
+    items = 30
+    catalogue = np.array([""] + [f"i{k}" for k in range(1, items + 1)], dtype=object)
+    vectors = rng.normal(size=(items + 1, 4)).astype(np.float32)
+    vectors[5] = vectors[6]  # two items with equal scores: popularity, then id, orders them
+    popularity = rng.integers(0, 5, items + 1).astype(np.float32)
+    index = TwoTowerIndex(catalogue, popularity, vectors, rng.normal(size=(items + 1, 4)),
+                          np.eye(4), np.zeros(4), TwoTowerParams(dim=4, history=3))
+    users = random_log(5, users=15, items=items)
+    scores = index.scores(users.recent)
+    assert (scores < 0).any()
+    for row in range(len(users.positives)):
+        history = set(users.recent[row][users.recent[row] > 0].tolist())
+        for k in (1, 7, items):
+            order = index.top_ids(scores[row], k, history)
+            assert len(order) == min(k, items - len(history))
+            for place, item in enumerate(order):
+                rank = positive_ranks(scores[row:row + 1], popularity,
+                                      users.recent[row:row + 1], np.array([item]))[0]
+                assert rank == place, (row, k, item)

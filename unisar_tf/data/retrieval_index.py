@@ -1,13 +1,23 @@
-"""The retrieval index: candidates from the whole catalogue when a request brings none.
+"""Retrieval indexes: candidates from the whole catalogue when a request brings none.
 
-Counted on the **training split only** (rec and search examples), as the ItemKNN baseline
-counts (unisar_tf/data/cooccurrence.py), so validation and test positives never reach it:
+Two methods, both from the **training split only** (rec and search examples), so validation
+and test positives never reach them; both rank a user's catalogue by (score desc, popularity
+desc, catalogue row asc), the user's items and `exclude` left out, and rank a user without a
+known item by popularity alone (cold start):
 
-- a user's **recent items**: the items of the example's history behaviours in time order,
-  most recent first, distinct (a repeat keeps its latest place): a rec behaviour's item, a
-  search session's clicked items (up to `clicks_per_session`, in click order). Online the
-  same list comes from the history store's events (serving/retrieval.py, the data job's
-  rules in unisar_tf.data.example_rules);
+- `TwoTowerIndex` (method "two_tower", what ships): the weights of the TFRS two-tower model
+  trained by unisar_tf.train.two_tower, scored with numpy (class docstring);
+- `RetrievalIndex` (method "cooccurrence"): neighbour tables, counted as below.
+
+A user's **recent items**: the items of the history behaviours in time order, most recent
+first, distinct (a repeat keeps its latest place): a rec behaviour's item, a search session's
+clicked items (up to `clicks_per_session`, in click order). Offline they come from an
+example's features (`recent_items`), online from the history store's events
+(serving/retrieval.py, the data job's rules in unisar_tf.data.example_rules).
+
+The co-occurrence index counts, as the ItemKNN baseline does
+(unisar_tf/data/cooccurrence.py):
+
 - **transitions** (directed): each training example adds `transition_decay ** d` to
   trans(h_d, p) for its recent items h_0 (the latest), ..., h_{W-1} (W =
   `transition_window`) and its positive p; rows are normalised to sum to 1
@@ -15,24 +25,22 @@ counts (unisar_tf/data/cooccurrence.py), so validation and test positives never 
 - **co-occurrence** (symmetric, ItemKNN's counts): each training example adds 1 to
   cooc(h, p) and cooc(p, h) for every distinct history item h; the weight is
   cooc(h, c) / sqrt(n(h) n(c)), n(x) = sum over y of cooc(x, y);
-- **popularity**: how often an item is a training positive; it orders items without a
-  neighbour score (cold start, back-fill) and breaks ties.
+- **popularity** (both methods): how often an item is a training positive; it orders items
+  without a score (cold start, back-fill) and breaks ties.
 
 Each table keeps its top `neighbours` items per item (the item itself left out). A user's
 items are scored by
 
     score(c) = sum over j < recent_items of recency_decay ** j
-               * (transition_weight * T[h_j, c] + (1 - transition_weight) * C[h_j, c])
+               * (transition_weight * T[h_j, c] + (1 - transition_weight) * C[h_j, c]).
 
-and ranked by (score desc, popularity desc, catalogue row asc), items in the history and
-in `exclude` left out. An empty history ranks by popularity alone.
-
-On disk (`write` / `read`, numpy .npy and JSON, no pickle), under the export's
-`assets.extra/retrieval/` (RETRIEVAL_DIR): `index.json` (format, parameters, counts),
-`items.json` (the catalogue's raw item ids; row r of every array is items[r]),
-`popularity.npy` (N,) float32, `{transition,cooccurrence}_neighbours.npy` (N, K) int32
-(rows, -1 = none) and `{transition,cooccurrence}_weights.npy` (N, K) float32. In memory
-ids are 1-based (0 = padding), as the data job's: row r on disk is id r + 1.
+On disk (`write` / `read_index`, numpy .npy and JSON, no pickle), under the export's
+`assets.extra/retrieval/` (RETRIEVAL_DIR): `index.json` (format, method, parameters,
+counts), `items.json` (the catalogue's raw item ids; row r of every array is items[r]),
+`popularity.npy` (N,) float32, then per method: `{transition,cooccurrence}_neighbours.npy`
+(N, K) int32 (rows, -1 = none) and `{transition,cooccurrence}_weights.npy` (N, K) float32,
+or `{item,history}_vectors.npy` (N, dim), `kernel.npy`, `bias.npy` float32. In memory ids
+are 1-based (0 = padding), as the data job's: row r on disk is id r + 1.
 """
 from __future__ import annotations
 
