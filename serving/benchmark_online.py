@@ -376,8 +376,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         sampler = MemorySampler(pid).start()
         try:
             warmed = False
-            for index, run in enumerate(runs):
-                transport, mode = run.split(":")
+            for index, run_name in enumerate(runs):
+                transport, mode = run_name.split(":")
+                run = run_name if run_name not in result["runs"] else f"{run_name} #{index + 1}"
                 target = http_target if transport == "http" else grpc_target
                 if mode == "retrieved" and not has_retrieval:
                     result["runs"][run] = {"skipped": "no retrieval index "

@@ -353,12 +353,13 @@ class RankingService:
 
     # -- requests
 
-    def _deadline(self, deadline_seconds: Optional[float]) -> float:
+    def _deadline(self, deadline_seconds: Optional[float], received: Optional[float]) -> float:
+        start = time.monotonic() if received is None else received
         if deadline_seconds is None:
-            return time.monotonic() + self.deadline_seconds
+            return start + self.deadline_seconds
         if not deadline_seconds > 0:
             raise _invalid("deadline_ms", f"must be positive, got {deadline_seconds * 1000:g}")
-        return time.monotonic() + min(deadline_seconds, self.deadline_seconds)
+        return start + min(deadline_seconds, self.deadline_seconds)
 
     def _read_history(self, user_id: str, deadline: float) -> List[Event]:
         try:
@@ -372,15 +373,17 @@ class RankingService:
 
     def rank(self, user_id: str, query: Optional[str] = None,
              candidates: Optional[Sequence[str]] = None, k: int = DEFAULT_K,
-             deadline_seconds: Optional[float] = None) -> RankResult:
+             deadline_seconds: Optional[float] = None,
+             received: Optional[float] = None) -> RankResult:
         """The top k of `candidates` (or of the retrieval stage's, if None or empty) for the
         user, by the model's score; with a query, the search task ranks them.
 
         Raises RankingError: INVALID_ARGUMENT naming the field (user_id, query, candidates,
         k, deadline_ms), UNAVAILABLE (model server, store, no model loaded),
-        DEADLINE_EXCEEDED (within deadline_seconds, at most the service's deadline).
+        DEADLINE_EXCEEDED (within deadline_seconds, at most the service's deadline, counted
+        from `received`, the time.monotonic() the request arrived, if it waited).
         """
-        deadline = self._deadline(deadline_seconds)
+        deadline = self._deadline(deadline_seconds, received)
         user_id = _check_user_id(user_id)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.max_k:
             raise _invalid("k", f"must be an integer in 1..{self.max_k}, got {k!r}")
@@ -585,15 +588,18 @@ def _deadline_ms(value: Any) -> Optional[float]:
     return value / 1000
 
 
-def rank_json(service: RankingService, body: Any) -> Dict[str, Any]:
+def rank_json(service: RankingService, body: Any,
+              received: Optional[float] = None) -> Dict[str, Any]:
     """POST /v1/rank: {user_id, query?, candidates?, k?, deadline_ms?} -> RankResult JSON."""
     fields = _json_fields(body, _RANK_FIELDS, ["user_id"])
     return service.rank(fields["user_id"], query=fields.get("query"),
                         candidates=fields.get("candidates"), k=fields.get("k", DEFAULT_K),
-                        deadline_seconds=_deadline_ms(fields.get("deadline_ms"))).to_json()
+                        deadline_seconds=_deadline_ms(fields.get("deadline_ms")),
+                        received=received).to_json()
 
 
-def event_json(service: RankingService, body: Any) -> Dict[str, Any]:
+def event_json(service: RankingService, body: Any,
+               received: Optional[float] = None) -> Dict[str, Any]:
     """POST /v1/events: {user_id, item_id, type, timestamp?, query?, search_session_id?}."""
     fields = _json_fields(body, _EVENT_FIELDS, ["user_id", "item_id", "type"])
     return service.record_event(fields["user_id"], fields["item_id"], fields["type"],
@@ -636,6 +642,7 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
                                      f"no such path {self.path!r}; GET /healthz or /readyz"))
 
     def do_POST(self):  # noqa: N802
+        received = time.monotonic()
         handlers = {"/v1/rank": rank_json, "/v1/events": event_json}
         handler = handlers.get(self.path)
         if handler is None:
@@ -659,7 +666,12 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
                 body = json.loads(raw)
             except (ValueError, UnicodeDecodeError) as e:
                 raise _invalid("body", f"not JSON: {e}") from None
-            self._reply(200, handler(self.server.service, body))
+            # The work runs on the server's fixed pool, not on this connection's thread:
+            # bounded concurrency towards TF Serving, and thread-bound resources (the SQLite
+            # store's per-thread connection) stay as many as the pool's threads however many
+            # connections come and go. Time waiting there counts against the deadline.
+            self._reply(200, self.server.pool.submit(handler, self.server.service, body,
+                                                     received).result())
         except RankingError as e:
             self._error(e)
         except Exception as e:  # keep serving; the log has the traceback
@@ -676,6 +688,7 @@ class _HttpServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256   # the listen backlog: bursts of new connections wait, not fail
     service: RankingService
+    pool: futures.ThreadPoolExecutor
 
 
 # ----------------------------------------------------------------------------------- gRPC
@@ -727,16 +740,19 @@ class _GrpcServicer(pb_grpc.RankingServiceServicer):
 
 class RankingServer:
     """The HTTP and gRPC servers around one RankingService. start() binds (port 0 = any
-    free port) and returns (http_port, grpc_port); a port of None is not served."""
+    free port) and returns (http_port, grpc_port); a port of None is not served. Requests
+    run on `workers` threads per protocol (HTTP connections each have a thread that only
+    reads and writes)."""
 
     def __init__(self, service: RankingService, host: str = "127.0.0.1",
                  http_port: Optional[int] = 8080, grpc_port: Optional[int] = 8081,
-                 grpc_workers: int = 8):
+                 workers: int = 8):
         self.service = service
         self.host = host
         self.http_port = http_port
         self.grpc_port = grpc_port
-        self.grpc_workers = grpc_workers
+        self.workers = workers
+        self._pool: Optional[futures.ThreadPoolExecutor] = None
         self._http: Optional[_HttpServer] = None
         self._http_thread: Optional[threading.Thread] = None
         self._grpc: Optional[grpc.Server] = None
@@ -745,12 +761,15 @@ class RankingServer:
         if self.http_port is not None:
             self._http = _HttpServer((self.host, self.http_port), _HttpHandler)
             self._http.service = self.service
+            self._pool = futures.ThreadPoolExecutor(max_workers=self.workers,
+                                                    thread_name_prefix="ranking-http")
+            self._http.pool = self._pool
             self.http_port = self._http.server_address[1]
             self._http_thread = threading.Thread(target=self._http.serve_forever,
                                                  name="ranking-http", daemon=True)
             self._http_thread.start()
         if self.grpc_port is not None:
-            self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self.grpc_workers))
+            self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self.workers))
             pb_grpc.add_RankingServiceServicer_to_server(_GrpcServicer(self.service),
                                                          self._grpc)
             host = f"[{self.host}]" if ":" in self.host else self.host
@@ -773,6 +792,9 @@ class RankingServer:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def __enter__(self) -> "RankingServer":
         self.start()
@@ -812,7 +834,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "query_len, the words it reads)")
     parser.add_argument("--metadata_poll_seconds", type=float, default=10.0,
                         help="how often to ask TF Serving which version it serves")
-    parser.add_argument("--grpc_workers", type=int, default=8, help="gRPC handler threads")
+    parser.add_argument("--workers", type=int, default=8,
+                        help="threads that run requests, per protocol (HTTP, gRPC)")
     parser.add_argument("--retries", type=int, default=2,
                         help="retries of a model server call that got UNAVAILABLE (within "
                              "the deadline)")
@@ -838,7 +861,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     server = RankingServer(service, host=args.host,
                            http_port=None if args.http_port < 0 else args.http_port,
                            grpc_port=None if args.grpc_port < 0 else args.grpc_port,
-                           grpc_workers=args.grpc_workers)
+                           workers=args.workers)
     try:
         http_port, grpc_port = server.start()
     except OSError as e:
