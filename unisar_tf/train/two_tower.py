@@ -78,7 +78,7 @@ def train_two_tower(train: Sequences, catalogue: np.ndarray,
                                                    "positive": positives[keep]})
                .shuffle(int(keep.sum()), seed=seed, reshuffle_each_iteration=True)
                # A log smaller than a batch (tests) still trains, on one batch.
-               .batch(min(params.batch_size, int(keep.sum())), drop_remainder=True))
+               .batch(max(1, min(params.batch_size, int(keep.sum()))), drop_remainder=True))
     model.user(tf.zeros((1, params.history), tf.int64))  # build the layers
     model.item_table(tf.zeros((1,), tf.int64))
 
@@ -91,7 +91,8 @@ def train_two_tower(train: Sequences, catalogue: np.ndarray,
                               "clicks_per_session": int(train.clicks_per_session),
                               "epochs": params.epochs, "seed": seed})
 
-    for epoch in range(1, params.epochs + 1):
+    # No training positive in the catalogue (a tiny or foreign log): nothing to learn from.
+    for epoch in range(1, params.epochs + 1 if keep.any() else 1):
         model.fit(dataset, epochs=1, verbose=0)
         if on_epoch is not None:
             on_epoch(epoch, snapshot())
