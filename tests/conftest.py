@@ -9,14 +9,15 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-from helpers.datasets import amazon_examples, kuaisar_formats  # noqa: E402,F401 (fixtures)
+# Session-scoped and read-only (built once per run, shared by every module: helpers/datasets.py).
+from helpers.datasets import amazon_examples, kuaisar_builds, kuaisar_formats  # noqa: E402,F401
 
 # Fixtures that run the Beam data job, Transform, a training run, the TFX pipeline or a server
 # process: a test that uses one (directly or through another fixture) is marked slow, so
 # `pytest -m "not slow"` is the quick loop. Whole modules and subprocess tests say so
 # themselves (`pytestmark = pytest.mark.slow`, `@pytest.mark.slow`).
 SLOW_FIXTURES = frozenset({
-    "amazon_examples", "kuaisar_formats",                        # helpers/datasets.py
+    "amazon_examples", "kuaisar_builds", "kuaisar_formats",      # helpers/datasets.py
     "kuaisar_run", "event_log_run", "cli_run", "amazon_runs",    # data job, trainer CLI
     "bad_input_run", "previous_output", "both_formats", "kuaisar_build", "built",
     "trained", "policy_run", "resumed", "datasets", "run_on_a",  # training runs

@@ -175,22 +175,25 @@ def test_analyze_refuses_id_examples(kuaisar_formats, tmp_path):
 @pytest.fixture(scope="module")
 def trained(kuaisar_formats, tmp_path_factory):
     """A 1-epoch KuaiSAR model (side features on) trained on the raw examples with the
-    Transform graph, exported by the CLI."""
+    Transform graph, exported by the CLI: (model_dir, result, transform_dir). It trains with
+    its own copy of the Transform output, which a test deletes (the shared one is read-only)."""
     from unisar_tf.train import cli
 
-    _, raw_dir, transform_dir = kuaisar_formats
+    _, raw_dir, shared_transform_dir = kuaisar_formats
     root = tmp_path_factory.mktemp("trained")
+    transform_dir = str(root / "transform")
+    shutil.copytree(shared_transform_dir, transform_dir)
     result = cli.run(cli.build_parser().parse_args(
         ["--data_dir", raw_dir, "--model_dir", str(root / "model"), "--transform_dir",
          transform_dir, "--preset", "kuaisar", "--max_epochs", "1", "--steps_per_epoch", "2",
          "--serving_dir", str(root / "serving"), "--quiet"] + TINY_FLAGS))
-    return str(root / "model"), result
+    return str(root / "model"), result, transform_dir
 
 
 def test_training_with_transform_sizes_the_model_by_transform_and_uses_side_features(
         kuaisar_formats, trained):
     _, raw_dir, transform_dir = kuaisar_formats
-    model_dir, result = trained
+    model_dir, result, _ = trained
     from unisar_tf.data.side_features import load_side_features
     from unisar_tf.train.run_dir import load_trained_model, run_side_features
 
@@ -237,8 +240,8 @@ def test_exported_model_carries_the_transform_graph(kuaisar_formats, trained, tm
     from unisar_tf.train.evaluation import evaluate_model
     from unisar_tf.train.run_dir import load_trained_model
 
-    _, raw_dir, transform_dir = kuaisar_formats
-    model_dir, result = trained
+    _, raw_dir, _ = kuaisar_formats
+    model_dir, result, transform_dir = trained  # the copy the model was trained with
     export_dir = result["export"]
     manifest = reader.load_manifest(raw_dir, transform_dir)
     model = load_trained_model(model_dir, raw_dir)

@@ -1,10 +1,17 @@
 """Example sets built by the data job that several test folders train or evaluate on.
 
-Fixtures (module-scoped: every module builds its own, as before; tests/conftest.py makes
-them visible everywhere):
+Fixtures (kuaisar_*: session-scoped, built once per pytest run and shared by every module
+that asks; amazon_examples: module-scoped, every module builds its own; tests/conftest.py
+makes them visible everywhere). They are READ-ONLY: a test that writes,
+moves or deletes files must do it in its own copy (shutil.copytree) and a test that edits a
+returned manifest must edit a copy (copy.deepcopy); models, exports and reports go to the
+test's own tmp_path.
     amazon_examples   (out, manifest): a small Amazon-format log through the Beam data job
-    kuaisar_formats   (ids_dir, raw_dir, transform_dir): the KuaiSAR fixture in both id
-                      formats, and Transform's analysis of the raw training splits
+    kuaisar_builds    {id_format: (output_dir, manifest)}: the KuaiSAR fixture built by the
+                      data job CLI in both id formats with the same flags ("ids" without
+                      --id_format: the default)
+    kuaisar_formats   (ids_dir, raw_dir, transform_dir): kuaisar_builds' two directories, and
+                      Transform's analysis of the raw training splits
 """
 import json
 
@@ -55,15 +62,24 @@ def amazon_examples(tmp_path_factory):
     return out, manifest
 
 
-@pytest.fixture(scope="module")
-def kuaisar_formats(tmp_path_factory):
+@pytest.fixture(scope="session")
+def kuaisar_builds(tmp_path_factory):
+    """{id_format: (output_dir, manifest)}: the KuaiSAR fixture built by the CLI in both
+    formats with the same flags (the "ids" run without --id_format: the default)."""
+    root = tmp_path_factory.mktemp("kuaisar_builds")
+    runs = {}
+    for id_format, flags in (("ids", []), ("raw", ["--id_format", "raw"])):
+        output_dir = str(root / id_format)
+        runs[id_format] = output_dir, run_cli(KUAISAR_FLAGS + flags + ["--output", output_dir])
+    return runs
+
+
+@pytest.fixture(scope="session")
+def kuaisar_formats(kuaisar_builds, tmp_path_factory):
     """(ids_dir, raw_dir, transform_dir): the fixture in both formats, and Transform's
     analysis of the raw training splits."""
+    ids_dir, raw_dir = kuaisar_builds["ids"][0], kuaisar_builds["raw"][0]
     root = tmp_path_factory.mktemp("transform")
-    dirs = {}
-    for id_format in ("ids", "raw"):
-        dirs[id_format] = str(root / id_format)
-        run_cli(KUAISAR_FLAGS + ["--id_format", id_format, "--output", dirs[id_format]])
-    transform_dir = transform_module.analyze(dirs["raw"], str(root / "transform"),
+    transform_dir = transform_module.analyze(raw_dir, str(root / "transform"),
                                              beam_args=["--runner=DirectRunner"])
-    return dirs["ids"], dirs["raw"], transform_dir
+    return ids_dir, raw_dir, transform_dir

@@ -7,6 +7,7 @@ example; the raw schema.pbtxt validates the raw files (TFDV) and parses them (TF
 feature spec).
 """
 import collections
+import copy
 import dataclasses
 import glob
 import os
@@ -19,7 +20,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from feature_specs import example_schema as fs
 from feature_specs import tfmd_schema
-from helpers.data_job import KUAISAR_EXAMPLES, KUAISAR_FLAGS, SCENARIOS, SPLITS, read_vocab, run_cli
+from helpers.data_job import KUAISAR_EXAMPLES, SCENARIOS, SPLITS, read_vocab
 from helpers.event_logs import mixed_log, small_options, wide_vocab
 from pipeline import beam_job, build_examples
 from pipeline import sequence_builder as sb
@@ -186,14 +187,13 @@ def test_raw_renderer_bytes_equal_the_raw_arrays_and_map_back_to_ids(options):
 
 
 @pytest.fixture(scope="module")
-def both_formats(tmp_path_factory):
+def both_formats(kuaisar_builds):
     """{id_format: (output_dir, manifest)}: the KuaiSAR fixture built by the CLI in both
-    formats with the same options (the "ids" run without --id_format: the default)."""
-    runs = {}
-    for id_format, flags in (("ids", []), ("raw", ["--id_format", "raw"])):
-        output_dir = str(tmp_path_factory.mktemp(f"kuaisar_{id_format}") / "out")
-        runs[id_format] = output_dir, run_cli(KUAISAR_FLAGS + flags + ["--output", output_dir])
-    return runs
+    formats with the same options (the "ids" run without --id_format: the default). The
+    session's shared build (helpers/datasets.py); the manifests are this module's copies,
+    since a test edits them."""
+    return {id_format: (output_dir, copy.deepcopy(manifest))
+            for id_format, (output_dir, manifest) in kuaisar_builds.items()}
 
 
 def read_in_file_order(output_dir, split, scenario):
