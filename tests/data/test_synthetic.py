@@ -8,7 +8,9 @@ from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HIS
                            REL_NEGATIVE_ITEMS, REL_NEGATIVE_QUERY_TOKENS,
                            SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_PAD,
                            TYPE_REC, TYPE_SEARCH, USER_ID, model_feature_shapes)
+from feature_specs.event_schema import Event
 from unisar_tf.config import UniSARConfig
+from unisar_tf.data import example_rules as rules
 from unisar_tf.data.synthetic import (generate_synthetic_data, random_feature_batch,
                                       relevance_negatives)
 
@@ -121,6 +123,82 @@ def test_histories_are_exact_time_ordered_prefixes_of_the_stream():
             np.testing.assert_array_equal(
                 features[SEARCH_HISTORY_QUERY_TOKENS][row, :len(sessions), 0],
                 [e["first_word"] for e in sessions])
+
+
+def _user_events(user, features, row, scenario):
+    """Canonical events of a user's stream, rebuilt from an example whose history holds the
+    whole stream before its target (windows as long as the stream), plus the target itself
+    (a search target with its first click only, which no history reads)."""
+    events, rec, search = [], 0, 0
+    types = features[HISTORY_TYPES][row]
+    for step, kind in enumerate(types[types != TYPE_PAD]):
+        if kind == TYPE_REC:
+            item = features[REC_HISTORY_ITEMS][row, rec]
+            events.append(Event(str(user), step, "rec", str(item)))
+            rec += 1
+        else:
+            query = tuple(str(w) for w in features[SEARCH_HISTORY_QUERY_TOKENS][row, search] if w)
+            clicks = features[SEARCH_HISTORY_CLICKED_ITEMS][row, search]
+            events += [Event(str(user), step, "search", str(item), search_session_id=f"s{step}",
+                             query_tokens=query, line=click)
+                       for click, item in enumerate(clicks) if item]
+            search += 1
+    step, positive = rec + search, str(features[CANDIDATE_ITEMS][row, 0])
+    if scenario == "rec":
+        events.append(Event(str(user), step, "rec", positive))
+    else:
+        query = tuple(str(w) for w in features[QUERY_TOKENS][row] if w)
+        events.append(Event(str(user), step, "search", positive, search_session_id=f"s{step}",
+                            query_tokens=query))
+    return events
+
+
+def test_histories_are_what_the_example_rules_give_for_the_same_events():
+    # The same story with windows as long as the streams (to read each user's events back)
+    # and with short windows (the examples under test): the window sizes draw nothing, so
+    # both have the same streams, targets and candidates, row for row.
+    short = CONFIG.replace(num_users=9)
+    long = short.replace(rec_len=40, search_len=40)
+    kwargs = dict(seed=7, min_events=12, max_events=40)
+    data, full = generate_synthetic_data(short, **kwargs), generate_synthetic_data(long, **kwargs)
+    for (split, scenario, features), (_, _, whole) in zip(_all_feature_dicts(data),
+                                                          _all_feature_dicts(full)):
+        np.testing.assert_array_equal(features[CANDIDATE_ITEMS], whole[CANDIDATE_ITEMS])
+    # Each user's events, from the example whose target comes last.
+    last = {}
+    for _, scenario, whole in _all_feature_dicts(full):
+        for row, (user, length) in enumerate(zip(whole[USER_ID],
+                                                 (whole[HISTORY_TYPES] != TYPE_PAD).sum(axis=1))):
+            if length >= last.get(user, (-1,))[0]:
+                last[user] = (length, whole, row, scenario)
+    ids = rules.IdMaps(items={str(k): k for k in range(1, short.num_items)},
+                       words={str(k): k for k in range(1, short.num_words)})
+    behaviours = {user: rules.behaviours(_user_events(user, *last[user][1:]), ids,
+                                         short.query_len, short.clicks_per_session)
+                  for user in last}
+    assert len(behaviours) == short.num_users - 1
+    checked, cut = 0, 0
+    for (split, scenario, features), (_, _, whole) in zip(_all_feature_dicts(data),
+                                                          _all_feature_dicts(full)):
+        lengths = (whole[HISTORY_TYPES] != TYPE_PAD).sum(axis=1)
+        cut += (lengths > short.rec_len + short.search_len).sum()
+        for row, (user, target) in enumerate(zip(features[USER_ID], lengths)):
+            mine = behaviours[user]
+            kept = rules.kept_history(range(target), mine, short.rec_len, short.search_len)
+            expected = rules.history_features(mine, *kept, short.sequence_shapes)
+            for name, values in expected.items():
+                np.testing.assert_array_equal(features[name][row], values,
+                                              err_msg=f"{split} {scenario} row {row} {name}")
+            assert mine[target].scenario == scenario
+            assert features[CANDIDATE_ITEMS][row, 0] == mine[target].item
+            if scenario == "search":
+                np.testing.assert_array_equal(
+                    features[QUERY_TOKENS][row],
+                    rules.query_feature(mine[target].query, short.query_len))
+            checked += 1
+    # Every target of the 8 users (12-40 each), many of them with windows that cut.
+    assert checked == sum(len(mine) for mine in behaviours.values()) >= 8 * 12
+    assert cut > 50
 
 
 def test_leave_one_out_split_per_user_and_scenario(data):
