@@ -60,6 +60,14 @@ QUERY_INPUT_SPEC: Tuple[str, int] = ("string", 1)
 
 # TF Serving replays this file (TFRecord of PredictionLog) when it loads a version.
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# What the online path in front of TF Serving reads from a version (TF Serving ignores
+# assets.extra): ONLINE_METADATA_FILE {"tasks": [...], "shapes": {rec_len, search_len,
+# query_len, clicks_per_session}}, ONLINE_ITEMS_FILE the item vocabulary (one id a line), and
+# the retrieval index under RETRIEVAL_DIR (unisar_tf/data/retrieval_index.py).
+ONLINE_DIR = os.path.join("assets.extra", "online")
+ONLINE_METADATA_FILE = "metadata.json"
+ONLINE_ITEMS_FILE = "items.txt"
+RETRIEVAL_DIR = os.path.join("assets.extra", "retrieval")
 
 
 def signature_inputs(task: str) -> Dict[str, Tuple[str, int]]:

@@ -26,37 +26,48 @@ import numpy as np
 
 from feature_specs import example_schema as fs
 from feature_specs.event_schema import SCENARIO_REC, Event
-from feature_specs.serving import (CANDIDATES_INPUT, QUERY_INPUT, REC_ITEMS_INPUT,
+from feature_specs.serving import (CANDIDATES_INPUT, ONLINE_DIR, ONLINE_ITEMS_FILE,
+                                   ONLINE_METADATA_FILE, QUERY_INPUT, REC_ITEMS_INPUT,
                                    REC_LENGTH_INPUT, REC_TIMESTAMPS_INPUT, SEARCH_CLICKS_INPUT,
                                    SEARCH_LENGTH_INPUT, SEARCH_QUERIES_INPUT,
-                                   SEARCH_TIMESTAMPS_INPUT, USER_ID_INPUT)
+                                   SEARCH_TIMESTAMPS_INPUT, SIGNATURE_NAMES, USER_ID_INPUT)
 from unisar_tf.data import example_rules as rules
 
 TASK_REC, TASK_SEARCH = "rec", "search"
 
 
-# Where an export keeps what the online path reads (unisar_tf.export.push writes it).
-ONLINE_DIR = os.path.join("assets.extra", "online")
+_SHAPE_NAMES = ("rec_len", "search_len", "query_len", "clicks_per_session")
 
 
-def load_model_metadata(export_dir: str
-                        ) -> Tuple[fs.SequenceShapes, FrozenSet[str], Tuple[str, ...]]:
-    """(sequence shapes, item vocabulary, tasks) of an exported version, from its
-    assets.extra/online/{metadata.json, items.txt}."""
+def read_online_files(export_dir: str
+                      ) -> Tuple[Tuple[str, ...], fs.SequenceShapes, FrozenSet[str]]:
+    """(tasks, sequence shapes, item vocabulary) of an exported version, from its
+    assets.extra/online/ files (unisar_tf.export.push writes them into every version).
+
+    Raises FileNotFoundError / ValueError naming the file when they are missing or wrong."""
     online = os.path.join(export_dir, ONLINE_DIR)
-    path = os.path.join(online, "metadata.json")
+    metadata_path = os.path.join(online, ONLINE_METADATA_FILE)
+    items_path = os.path.join(online, ONLINE_ITEMS_FILE)
+    for path in (metadata_path, items_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: the version was exported without the "
+                                    "online files (unisar_tf.export.push writes them)")
     try:
-        with open(path) as handle:
+        with open(metadata_path) as handle:
             metadata = json.load(handle)
-        with open(os.path.join(online, "items.txt"), encoding="utf-8") as handle:
-            items = frozenset(line.rstrip("\n") for line in handle)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"{error.filename} not found: {export_dir} was exported "
-                                "without the online metadata (re-export it with this "
-                                "version of unisar_tf.export)") from None
-    shapes = fs.SequenceShapes(**{name: int(metadata["shapes"][name]) for name in
-                                  ("rec_len", "search_len", "query_len", "clicks_per_session")})
-    return shapes, items, tuple(metadata["tasks"])
+        tasks = tuple(metadata["tasks"])
+        shapes = fs.SequenceShapes(**{name: int(metadata["shapes"][name])
+                                      for name in _SHAPE_NAMES})
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{metadata_path}: not the online metadata ({error!r}); expected "
+                         '{"tasks": [...], "shapes": {' + ", ".join(_SHAPE_NAMES) + "}}")
+    unknown_tasks = set(tasks) - set(SIGNATURE_NAMES)
+    if not tasks or unknown_tasks:
+        raise ValueError(f"{metadata_path}: tasks {list(tasks)}; expected some of "
+                         f"{sorted(SIGNATURE_NAMES)}")
+    with open(items_path, encoding="utf-8") as handle:
+        items = frozenset(line.rstrip("\n") for line in handle if line.rstrip("\n"))
+    return tasks, shapes, items
 
 
 class QueryTooLong(ValueError):

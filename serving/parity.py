@@ -170,11 +170,11 @@ def check_parity(events_by_user: Dict[str, List[Event]], examples_dir: str, expo
     from feature_specs.serving import SCORES_OUTPUT, SIGNATURE_NAMES
     from serving.client import UniSARClient
     from serving.history_store import HistoryCaps, open_store
-    from serving.online_features import OnlineFeatureAssembler, load_model_metadata
+    from serving.online_features import OnlineFeatureAssembler, read_online_files
     from unisar_tf.data.vocab import read_vocabularies
     from unisar_tf.train.evaluation import saved_model_scores
 
-    shapes, known_items, tasks = load_model_metadata(export_dir)
+    tasks, shapes, known_items = read_online_files(export_dir)
     assembler = OnlineFeatureAssembler(shapes, known_items)
     vocab = read_vocabularies(vocab_dir) if vocab_dir else None
     wanted = set(users) if users is not None else None

@@ -47,24 +47,19 @@ import numpy as np  # noqa: E402
 from feature_specs.event_schema import (SCENARIO_REC, SCENARIO_SEARCH, Event,  # noqa: E402
                                         RowError, check_id)
 from feature_specs.example_schema import SequenceShapes  # noqa: E402
-from feature_specs.serving import MODEL_NAME, SCORES_OUTPUT, SIGNATURE_NAMES  # noqa: E402
+from feature_specs.serving import (MODEL_NAME, ONLINE_DIR, ONLINE_ITEMS_FILE,  # noqa: E402,F401
+                                   ONLINE_METADATA_FILE, RETRIEVAL_DIR, SCORES_OUTPUT,
+                                   SIGNATURE_NAMES)
 from serving.client import ScoringError, ScoringRequestError, UniSARClient  # noqa: E402
 from serving.history_store import HistoryStore, StoreUnavailable, open_store  # noqa: E402
-from serving.online_features import OnlineFeatureAssembler, QueryTooLong  # noqa: E402
+from serving.online_features import (OnlineFeatureAssembler, QueryTooLong,  # noqa: E402
+                                     read_online_files)
 from unisar_tf.data.example_rules import tokenize_query  # noqa: E402
 from serving.protos import ranking_service_pb2 as pb  # noqa: E402
 from serving.protos import ranking_service_pb2_grpc as pb_grpc  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-# The files unisar_tf.export.push writes into every pushed version (its ONLINE_DIR,
-# ONLINE_METADATA_FILE, ONLINE_ITEMS_FILE; a test checks they agree). Not imported: that
-# module imports the whole model, which the service never runs.
-ONLINE_DIR = os.path.join("assets.extra", "online")
-ONLINE_METADATA_FILE = "metadata.json"
-ONLINE_ITEMS_FILE = "items.txt"
-# The retrieval index's directory in a version (unisar_tf.data.retrieval_index.RETRIEVAL_DIR).
-RETRIEVAL_DIR = os.path.join("assets.extra", "retrieval")
 
 DEFAULT_K = 10
 DEFAULT_DEADLINE_MS = 300
@@ -75,7 +70,6 @@ MAX_BODY_BYTES = 1 << 20
 # Longer query text is refused before it is split (a word cap alone would still split it).
 MAX_QUERY_CHARS = 4096
 EVENT_TYPES = {"click": 1, "impression": 0}
-_SHAPE_NAMES = ("rec_len", "search_len", "query_len", "clicks_per_session")
 
 
 class RankingError(Exception):
@@ -164,28 +158,7 @@ def load_served_model(model_base_path: str, version: int,
     Raises FileNotFoundError / ValueError naming the file when they are missing or wrong.
     """
     export_dir = version_dir(model_base_path, version)
-    online = os.path.join(export_dir, ONLINE_DIR)
-    metadata_path = os.path.join(online, ONLINE_METADATA_FILE)
-    items_path = os.path.join(online, ONLINE_ITEMS_FILE)
-    for path in (metadata_path, items_path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: the version was exported without the "
-                                    "online files (unisar_tf.export.push writes them)")
-    try:
-        with open(metadata_path) as f:
-            metadata = json.load(f)
-        tasks = tuple(metadata["tasks"])
-        shapes = SequenceShapes(**{name: int(metadata["shapes"][name])
-                                   for name in _SHAPE_NAMES})
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{metadata_path}: not the online metadata ({e!r}); expected "
-                         '{"tasks": [...], "shapes": {' + ", ".join(_SHAPE_NAMES) + "}}")
-    unknown_tasks = set(tasks) - set(SIGNATURE_NAMES)
-    if not tasks or unknown_tasks:
-        raise ValueError(f"{metadata_path}: tasks {list(tasks)}; expected some of "
-                         f"{sorted(SIGNATURE_NAMES)}")
-    with open(items_path, encoding="utf-8") as f:
-        items = frozenset(line.rstrip("\n") for line in f if line.rstrip("\n"))
+    tasks, shapes, items = read_online_files(export_dir)
     retriever, problem = None, ""
     try:
         retriever = retriever_loader(export_dir)

@@ -225,6 +225,19 @@ def test_vocabularies_travel_inside_the_saved_model(exported):
                                                                 "words.txt"]
 
 
+def test_the_online_files_give_the_models_tasks_shapes_and_items(exported):
+    """What the online path reads from a version (serving/online_features.read_online_files)
+    is what the export wrote: the model's tasks and shapes, the vocabulary's items."""
+    from serving.online_features import read_online_files
+
+    config, _, vocab_dir, path, _ = exported
+    tasks, shapes, items = read_online_files(path)
+    assert tasks == tuple(config.tasks)
+    assert shapes == config.sequence_shapes
+    assert items == {f"i{k}" for k in range(1, config.num_items)}
+    assert set(read_vocabularies(vocab_dir)["items"][1:]) == items
+
+
 @pytest.mark.slow  # exports two SavedModels
 def test_push_writes_the_next_version_and_never_overwrites(tmp_path):
     tf.keras.utils.set_random_seed(1)

@@ -558,13 +558,6 @@ def test_the_online_benchmark_runs_on_the_fixtures(ranking_server, store_url, mo
 
 # --- contracts -----------------------------------------------------------------------------
 
-def test_online_file_names_are_the_exporters():
-    from unisar_tf.export import push
-
-    assert (rs.ONLINE_DIR, rs.ONLINE_METADATA_FILE, rs.ONLINE_ITEMS_FILE) == (
-        push.ONLINE_DIR, push.ONLINE_METADATA_FILE, push.ONLINE_ITEMS_FILE)
-
-
 def test_generated_grpc_code_matches_the_proto():
     """Every message and field of ranking_service.proto (name, number) is in the committed
     _pb2.py, and the service's methods too: regenerate (the proto's header) after edits."""

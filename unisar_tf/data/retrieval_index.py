@@ -56,7 +56,7 @@ from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, ID_FORMAT_IDS, REC_HI
                            SEARCH_HISTORY_CLICKED_ITEMS, TYPE_REC, TYPE_SEARCH)
 from feature_specs.layout import MANIFEST_FILE, VOCAB_DIR, VOCAB_FILES
 
-RETRIEVAL_DIR = os.path.join("assets.extra", "retrieval")
+from feature_specs.serving import RETRIEVAL_DIR  # noqa: E402,F401 (where exports keep it)
 FORMAT_VERSION = 1
 METHOD_COOCCURRENCE = "cooccurrence"
 METHOD_TWO_TOWER = "two_tower"

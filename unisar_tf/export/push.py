@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from feature_specs.serving import ONLINE_DIR, ONLINE_ITEMS_FILE, ONLINE_METADATA_FILE  # noqa: F401
 from feature_specs.serving import (CANDIDATES_INPUT, MODEL_NAME, QUERY_INPUT, REC_ITEMS_INPUT,
                                    REC_LENGTH_INPUT, REC_TIMESTAMPS_INPUT, SEARCH_CLICKS_INPUT,
                                    SEARCH_LENGTH_INPUT, SEARCH_QUERIES_INPUT,
@@ -28,11 +29,6 @@ from feature_specs.serving import (CANDIDATES_INPUT, MODEL_NAME, QUERY_INPUT, RE
 from unisar_tf.export.requests import id_source
 from unisar_tf.export.signatures import ServingFunctions
 from unisar_tf.model import UniSARModel
-
-
-ONLINE_DIR = os.path.join("assets.extra", "online")
-ONLINE_METADATA_FILE = "metadata.json"
-ONLINE_ITEMS_FILE = "items.txt"
 
 
 def write_online_metadata(model: UniSARModel, ids, export_dir: str) -> None:
