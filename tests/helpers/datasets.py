@@ -1,8 +1,7 @@
 """Example sets built by the data job that several test folders train or evaluate on.
 
-Fixtures (kuaisar_*: session-scoped, built once per pytest run and shared by every module
-that asks; amazon_examples: module-scoped, every module builds its own; tests/conftest.py
-makes them visible everywhere). They are READ-ONLY: a test that writes,
+Fixtures (session-scoped: built once per pytest run and shared by every module that asks;
+tests/conftest.py makes them visible everywhere). They are READ-ONLY: a test that writes,
 moves or deletes files must do it in its own copy (shutil.copytree) and a test that edits a
 returned manifest must edit a copy (copy.deepcopy); models, exports and reports go to the
 test's own tmp_path.
@@ -50,7 +49,7 @@ def build_amazon_examples(root, num_users: int = 60, train_negative_pool: int = 
     return out, manifest
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def amazon_examples(tmp_path_factory):
     """(out, manifest): build_amazon_examples with 60 users and a training negative pool of
     POOL."""
