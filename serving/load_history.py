@@ -112,6 +112,19 @@ def dataset_inputs(dataset: str, flags: Sequence[str] = ()) -> Tuple[Callable, o
     return read, inputs
 
 
+def parse_with_dataset(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
+                       ) -> Tuple[argparse.Namespace, Callable, object]:
+    """(args, adapter read, inputs): `parser` plus a positional dataset followed by the data
+    job's input flags (dataset_inputs); a bad flag is the parser's usage error."""
+    parser.add_argument("dataset", choices=DATASETS)
+    args, flags = parser.parse_known_args(argv)
+    try:
+        read, inputs = dataset_inputs(args.dataset, flags)
+    except ValueError as error:
+        parser.error(str(error))
+    return args, read, inputs
+
+
 def _read_direct(read: Callable, inputs) -> AdapterRows:
     """Builds the adapter's graph on a Beam pipeline that is never run, then evaluates the
     steps that lead to its events and rejected rows here, calling the adapter's DoFns."""
@@ -279,12 +292,7 @@ def main(argv: Optional[Sequence[str]] = None) -> LoadReport:
                         help="search sessions kept per user")
     parser.add_argument("--keep_impressions", type=int, default=defaults.impressions,
                         help="rec impressions kept per user")
-    parser.add_argument("dataset", choices=DATASETS)
-    args, flags = parser.parse_known_args(argv)
-    try:
-        read, inputs = dataset_inputs(args.dataset, flags)
-    except ValueError as error:
-        parser.error(str(error))
+    args, read, inputs = parse_with_dataset(parser, argv)
     caps = HistoryCaps(rec=args.keep_rec, search_sessions=args.keep_search_sessions,
                        impressions=args.keep_impressions)
     try:

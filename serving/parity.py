@@ -189,15 +189,16 @@ def check_parity(events_by_user: Dict[str, List[Event]], examples_dir: str, expo
         _, examples = read_test_examples(examples_dir, task, vocab)
         rows = [row for row, ex in enumerate(examples)
                 if wanted is None or ex[fs.USER_ID][0].decode() in wanted]
+        target_key = {}  # user -> the sort key of their test target of this task
+        for row in rows:
+            user = examples[row][fs.USER_ID][0].decode()
+            target_key[user] = loo_target_keys(events_by_user[user])[task]
         store = open_store(store_url.format(task=task), caps)
         started = time.time()
         try:
             stored = []
-            for row in rows:
-                user = examples[row][fs.USER_ID][0].decode()
-                events = events_by_user[user]
-                key = loo_target_keys(events)[task]
-                stored.extend(events_before(events, key))
+            for user, key in target_key.items():
+                stored.extend(events_before(events_by_user[user], key))
             store.append_many(stored)
             pending: List[Tuple[int, object]] = []
 
@@ -220,9 +221,9 @@ def check_parity(events_by_user: Dict[str, List[Event]], examples_dir: str, expo
             for row in rows:
                 example = examples[row]
                 user = example[fs.USER_ID][0].decode()
-                events = events_by_user[user]
-                key = loo_target_keys(events)[task]
-                query = target_query(events, key) if task == "search" else None
+                key = target_key[user]
+                query = (target_query(events_by_user[user], key) if task == "search"
+                         else None)
                 candidates = [c.decode("utf-8") for c in example[fs.CANDIDATE_ITEMS]]
                 request = assembler.assemble(user, store.events(user), candidates, query)
                 result.users += 1
@@ -249,7 +250,7 @@ def events_by_user(events: Iterable[Event]) -> Dict[str, List[Event]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from serving.load_history import DATASETS, INPUT_FLAGS, adapter_events, dataset_inputs
+    from serving.load_history import INPUT_FLAGS, adapter_events, parse_with_dataset
     from serving.server import serve
 
     parser = argparse.ArgumentParser(
@@ -269,12 +270,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max_users", type=int, default=0,
                         help="check a fixed sample: the first N users by id (0 = all)")
     parser.add_argument("--report", default=None, help="write the result as JSON here")
-    parser.add_argument("dataset", choices=DATASETS)
-    args, flags = parser.parse_known_args(argv)
-    try:
-        read, inputs = dataset_inputs(args.dataset, flags)
-    except ValueError as error:
-        parser.error(str(error))
+    args, read, inputs = parse_with_dataset(parser, argv)
 
     by_user = events_by_user(adapter_events(read, inputs))
     users = sorted(by_user)[:args.max_users] if args.max_users else None

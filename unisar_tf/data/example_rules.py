@@ -69,12 +69,16 @@ class InternedIds(IdMaps):
 
     def __init__(self):
         super().__init__(items=self._Interner(), words=self._Interner())
+        self._encoded: Dict[str, np.ndarray] = {}  # kind -> strings as bytes, grown on demand
 
     def raw(self, kind: str, ids: np.ndarray) -> np.ndarray:
         """Int ids of `kind` ("items" | "words"), any shape -> UTF-8 bytes (b"" for 0)."""
-        strings = np.array([s.encode("utf-8") for s in getattr(self, kind).strings],
-                           dtype=object)
-        return strings[np.asarray(ids, np.int64)]
+        strings = getattr(self, kind).strings
+        encoded = self._encoded.get(kind)
+        if encoded is None or len(encoded) < len(strings):  # encode each string once
+            encoded = self._encoded[kind] = np.array([s.encode("utf-8") for s in strings],
+                                                     dtype=object)
+        return encoded[np.asarray(ids, np.int64)]
 
 
 def tokenize_query(text: Optional[str]) -> Tuple[str, ...]:
