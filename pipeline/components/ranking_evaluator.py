@@ -18,7 +18,10 @@ blessed only if, on EACH task separately and against EACH of them, the one-sided
 `confidence` bound of the mean difference (seeded paired bootstrap) is above 0 and the mean
 difference is above `min_improvement` (absolute) and above `min_relative_improvement` times
 the comparator's NDCG@10; a refusal names the task, the comparator and both numbers. A
-mean over tasks never decides. The last blessed model itself (a re-run whose Trainer was
+comparator at or below random's or popularity's NDCG@10 on a task (e.g. a SASRec or last
+blessed model that failed to learn) is flagged there: the gate could not compare with it,
+never counts it as beaten, and the report says so under the verdict. A mean over tasks
+never decides. The last blessed model itself (a re-run whose Trainer was
 cached) is not blessed again, so re-running never pushes a duplicate. The ModelBlessing
 artifact carries the custom properties TFX's Pusher and LatestBlessedModelStrategy read
 (`blessed`, `current_model_id`), the `reason`, and a BLESSED / NOT_BLESSED file, as TFX's
@@ -65,7 +68,8 @@ def metrics_of(scores: Dict[str, "np.ndarray"]) -> Dict[str, Dict[str, float]]:
 
 def report_markdown(report: dict) -> str:
     """The evaluation table (candidate, last blessed, popularity, random, every baseline,
-    both tasks), the gate's per-task comparisons, and the verdict with its reasons."""
+    both tasks), the gate's per-task comparisons, and the verdict with its reasons and the
+    comparators it could not compare with (they failed: at or below random or popularity)."""
     from unisar_tf.metrics import metrics_table
     from unisar_tf.train import gate
 
@@ -88,10 +92,20 @@ def report_markdown(report: dict) -> str:
     rule = (f"Gate: on each task, {SCORE_METRIC} minus each comparator's, list by list; "
             "needs " + " and ".join(needs)
             + ("" if settings["confidence"] else " (noise test off: confidence 0)") + ".")
+    failed = report.get("failed_comparators", decision.get("failed_comparators", []))
     if report["blessed"]:
-        why = f"**{verdict}**: {report['reason']}\n"
+        # The reason ends with the could-not-compare notes, listed on their own below.
+        said = report["reason"]
+        suffix = "".join(f"; {note}" for note in failed)
+        if failed and said.endswith(suffix):
+            said = said[:-len(suffix)]
+        why = f"**{verdict}**: {said}\n"
     else:
         why = f"**{verdict}**:\n" + "".join(f"- {reason}\n" for reason in report["reasons"])
+    if failed:
+        why += ("\n**Could not compare** (the comparator's NDCG@10 is at or below random's or "
+                "popularity's: it failed, and is not counted as beaten):\n"
+                + "".join(f"- {note}\n" for note in failed))
     return (f"Split `{report['split']}`; 1 positive + "
             f"{report['candidates'] - 1} negatives per list.\n\n"
             + metrics_table(rows) + "\n" + rule + "\n\n" + gate.comparison_table(decision)
@@ -205,7 +219,9 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
               "popularity": baselines["popularity"], "random": baselines[gate.RANDOM],
               "baselines": baselines, "baseline_model": last_blessed,
               "blessed": decision.blessed, "reason": decision.reason,
-              "reasons": list(decision.reasons), "gate": decision.to_dict()}
+              "reasons": list(decision.reasons),
+              "failed_comparators": list(decision.failed_comparators),
+              "gate": decision.to_dict()}
     with open(os.path.join(evaluation.uri, "metrics.json"), "w") as out:
         json.dump(report, out, indent=2, sort_keys=True)
     markdown = report_markdown(report)

@@ -189,7 +189,9 @@ def test_a_clearly_better_model_is_blessed():
                                    "confidence": 0.95, "bootstrap_samples": 1000, "seed": 0}
     assert set(payload["rows"][0]) == {"task", "comparator", "model", "baseline", "difference",
                                        "standard_error", "lower_bound", "lists", "passed",
-                                       "failures"}
+                                       "failures", "comparator_failed", "floor_name", "floor"}
+    assert payload["failed_comparators"] == [] and not any(
+        row["comparator_failed"] for row in payload["rows"])
     # The same model against a threshold it does not clear, absolute then relative.
     strict = gate.decide(model, comparators, min_improvement=0.2)
     assert not strict.blessed
@@ -221,6 +223,194 @@ def test_refusing_outside_the_rows_and_confidence_zero():
         gate.decide(model, {"popularity": {"rec": model["rec"][:-1]}})
     with pytest.raises(ValueError, match="confidence"):
         gate.decide(model, {}, confidence=1.0)
+
+
+# --------------------------------------------------------- comparators that failed to learn
+RANDOM_100 = 0.0454  # random ranking's NDCG@10 on 1 + 99 candidates, to 4 places
+
+
+def every(period, hits, size=N):
+    """Ranks: 1 on `hits` lists of every `period` (NDCG@10 1), 50 elsewhere (0): a mean
+    NDCG@10 of exactly hits / period."""
+    return np.where(np.arange(size) % period < hits, 1, 50)
+
+
+def test_a_comparator_below_random_is_flagged_not_beaten():
+    """The issue-22 case: SASRec stopped early below random ranking (0.03 < 0.0454); the model
+    beats everything else, so it is blessed, but it does not "beat" SASRec."""
+    model = {"rec": scores_with_ranks(every(2, 1))}                      # 0.5
+    comparators = {"popularity": {"rec": scores_with_ranks(every(50, 1))},  # 0.02 < random
+                   "ItemKNN": {"rec": scores_with_ranks(every(10, 1))},     # 0.1
+                   "SASRec": {"rec": scores_with_ranks(every(100, 3))}}     # 0.03
+    decision = gate.decide(model, comparators)
+    rows = {row.comparator: row for row in decision.rows}
+    sasrec = rows["SASRec"]
+    assert sasrec.baseline == pytest.approx(0.03) and sasrec.comparator_failed
+    assert (sasrec.floor_name, sasrec.floor) == ("random", gate.random_ndcg(C))
+    assert not sasrec.passed and sasrec.failures == []
+    # Random and popularity (below random here, by construction on popularity-sampled
+    # negatives) are the floor, never flagged; ItemKNN is compared and beaten.
+    for name in ("random", "popularity", "ItemKNN"):
+        assert rows[name].passed and not rows[name].comparator_failed, name
+    assert decision.blessed and decision.reasons == []
+    note = ("rec: could not compare with SASRec: its NDCG@10 0.0300 is at or below random's "
+            f"{RANDOM_100:.4f} (the comparator failed; not counted as beaten)")
+    assert decision.failed_comparators == [note]
+    assert decision.reason == ("rec: NDCG@10 0.5000 beats random 0.0454 (+0.4546), popularity "
+                               "0.0200 (+0.4800), ItemKNN 0.1000 (+0.4000); " + note)
+    payload = json.loads(json.dumps(decision.to_dict()))
+    assert payload["failed_comparators"] == [note] and payload["reason"] == decision.reason
+    assert [row["comparator_failed"] for row in payload["rows"]] == [False, False, False, True]
+    table = gate.comparison_table(payload)
+    assert "| rec | SASRec | 0.5000 | 0.0300 | +0.4700 |" in table
+    assert [line.rsplit("|", 2)[1].strip() for line in table.splitlines()[2:]] == [
+        "yes", "yes", "yes", "comparator failed"]
+    # The switch off: counted as any comparator, as before the rule.
+    old = gate.decide(model, comparators, flag_failed=False)
+    assert old.blessed and old.failed_comparators == [] and "SASRec 0.0300 (+0.4700)" in old.reason
+
+
+def test_a_broken_comparator_at_the_floor_is_flagged_with_ties_against_it():
+    """Constant scores (every candidate tied: the positive ranks last, NDCG@10 0) and a
+    comparator exactly at popularity's NDCG@10 (above random): both flagged, on each task;
+    the last blessed model is subject to the rule too."""
+    model = {task: scores_with_ranks(every(2, 1)) for task in ("rec", "search")}
+    popularity = {"rec": scores_with_ranks(every(10, 1)),      # 0.1, above random
+                  "search": np.zeros((N, C))}                   # 0, the floor all the same
+    comparators = {"popularity": popularity,
+                   "query match": {"search": np.ones((N, C))},  # all tied: 0
+                   gate.LAST_BLESSED: {"rec": scores_with_ranks(every(10, 1)),  # = popularity
+                                       "search": scores_with_ranks(every(20, 1))}}  # 0.05
+    decision = gate.decide(model, comparators)
+    flagged = [(row.task, row.comparator, row.floor_name) for row in decision.rows
+               if row.comparator_failed]
+    assert flagged == [("rec", gate.LAST_BLESSED, "popularity"),
+                       ("search", "query match", "random")]
+    assert decision.blessed
+    assert decision.failed_comparators == [
+        "rec: could not compare with last blessed: its NDCG@10 0.1000 is at or below "
+        "popularity's 0.1000 (the comparator failed; not counted as beaten)",
+        "search: could not compare with query match: its NDCG@10 0.0000 is at or below "
+        "random's 0.0454 (the comparator failed; not counted as beaten)"]
+    # Beats names the healthy comparators only: not the last blessed model on rec, not query
+    # match on search; search's last blessed (0.05, above random and popularity) is beaten.
+    beats = decision.verdict
+    assert "rec: NDCG@10 0.5000 beats random 0.0454 (+0.4546), popularity 0.1000 (+0.4000)" \
+        in beats and "last blessed 0.1000" not in beats and "query match" not in beats
+    assert "last blessed 0.0500 (+0.4500)" in beats
+    popularity_search = [row for row in decision.rows if row.task == "search"
+                         and row.comparator == "popularity"]
+    assert not popularity_search[0].comparator_failed  # 0 < random, still the floor
+
+
+def test_a_weaker_but_learned_comparator_is_still_compared_and_must_be_beaten():
+    """Above random and popularity, however weak: compared as ever, so a model that does not
+    beat it is refused; and a failed comparator elsewhere does not bless a losing model."""
+    popularity = {"rec": scores_with_ranks(every(50, 1))}        # 0.02
+    weak = {"rec": scores_with_ranks(every(20, 1))}              # 0.05 > random 0.0454
+    broken = {"rec": np.zeros((N, C))}                           # 0
+    healthy = {"rec": scores_with_ranks(every(5, 3))}            # 0.6
+    good = {"rec": scores_with_ranks(every(2, 1))}               # 0.5
+    decision = gate.decide(good, {"popularity": popularity, "SASRec": weak})
+    [row] = [row for row in decision.rows if row.comparator == "SASRec"]
+    assert decision.blessed and not row.comparator_failed and row.passed
+    assert decision.failed_comparators == [] and "SASRec 0.0500 (+0.4500)" in decision.reason
+    # A model between random and the weak comparator is refused because of it.
+    middling = {"rec": scores_with_ranks(every(25, 1))}          # 0.04 < 0.05
+    refused = gate.decide(middling, {"SASRec": weak}, confidence=0.0)
+    assert not refused.blessed and any("does not beat SASRec 0.0500" in reason
+                                       for reason in refused.reasons)
+    # Losing to a healthy comparator is refused, a broken one alongside notwithstanding.
+    losing = gate.decide(good, {"popularity": popularity, "ItemKNN": broken,
+                                "SASRec": healthy})
+    assert not losing.blessed
+    assert [(row.comparator, row.passed, row.comparator_failed) for row in losing.rows] == [
+        ("random", True, False), ("popularity", True, False), ("ItemKNN", False, True),
+        ("SASRec", False, False)]
+    [reason] = losing.reasons
+    assert reason.startswith("rec: NDCG@10 0.5000 does not beat SASRec 0.6000")
+    assert losing.reason == reason + "; " + losing.failed_comparators[0]
+    assert losing.failed_comparators[0].startswith("rec: could not compare with ItemKNN: ")
+
+
+def test_failed_comparators_rule_by_hand():
+    """The one rule, on mean NDCG@10s (numbers or metrics dicts), used by the gate and by the
+    CLI report."""
+    metrics = {"random": {"rec": 0.0454, "search": 0.0454},
+               "popularity": {"rec": 0.02, "search": {"NDCG@10": 0.08, "HR@10": 0.2}},
+               "SASRec": {"rec": 0.033},
+               "ItemKNN": {"rec": 0.0454, "search": 0.08},
+               "query match": {"search": 0.081},
+               "last blessed": {"rec": 0.0455, "search": 0.05}}
+    assert gate.failed_comparators(metrics, "rec") == {
+        "SASRec": ("random", 0.0454, 0.033), "ItemKNN": ("random", 0.0454, 0.0454)}
+    assert gate.failed_comparators(metrics, "search") == {
+        "ItemKNN": ("popularity", 0.08, 0.08), "last blessed": ("popularity", 0.08, 0.05)}
+    # The floors alone: popularity below random is never flagged.
+    assert gate.failed_comparators({"random": {"rec": 0.0454}, "popularity": {"rec": 0.0}},
+                                   "rec") == {}
+    assert gate.failed_comparators({"SASRec": {"rec": 0.0}}, "rec") == {}  # no floor given
+
+
+def test_the_evaluator_report_says_it_could_not_compare():
+    from pipeline.components import ranking_evaluator
+
+    model = {"rec": scores_with_ranks(every(2, 1))}
+    sasrec = {"rec": scores_with_ranks(every(100, 3))}
+    decision = gate.decide(model, {"SASRec": sasrec})
+    report = {"split": "test", "candidates": C, "baseline_model": None,
+              "candidate": ranking_evaluator.metrics_of(model),
+              "baselines": {"SASRec": ranking_evaluator.metrics_of(sasrec)},
+              "blessed": decision.blessed, "reason": decision.reason,
+              "reasons": decision.reasons,
+              "failed_comparators": list(decision.failed_comparators),
+              "gate": decision.to_dict()}
+    markdown = ranking_evaluator.report_markdown(report)
+    verdict = markdown[markdown.index("**BLESSED**"):]
+    note = ("- rec: could not compare with SASRec: its NDCG@10 0.0300 is at or below random's "
+            "0.0454 (the comparator failed; not counted as beaten)\n")
+    assert verdict.startswith("**BLESSED**: rec: NDCG@10 0.5000 beats random 0.0454 "
+                              "(+0.4546)\n\n**Could not compare**")
+    assert verdict.endswith(note) and "SASRec 0.0300 (+" not in markdown
+    assert "| rec | SASRec | 0.5000 | 0.0300 | +0.4700 |" in markdown
+    assert "| comparator failed |" in markdown
+    # A refused model: the notes under the reasons.
+    refused = gate.decide({"rec": scores_with_ranks(every(50, 1))}, {"SASRec": sasrec})
+    report.update(blessed=refused.blessed, reason=refused.reason, reasons=refused.reasons,
+                  gate=refused.to_dict())
+    del report["failed_comparators"]  # a report without the key: read from the gate's
+    markdown = ranking_evaluator.report_markdown(report)
+    assert "**NOT BLESSED**:\n- rec: NDCG@10 0.0200 does not beat random" in markdown
+    assert "**Could not compare**" in markdown and "could not compare with SASRec" in markdown
+
+
+def test_the_cli_report_flags_a_comparator_below_random_or_popularity():
+    from unisar_tf.train.evaluation import failed_comparator_notes, report_markdown
+
+    def metrics(ndcg):
+        return {"HR@1": ndcg, "HR@5": ndcg, "HR@10": ndcg, "NDCG@5": ndcg, "NDCG@10": ndcg,
+                "examples": 10}
+
+    report = {"split": "test", "best_epoch": 2, "validation_score": 0.3,
+              "negatives_per_example": 99, "model": "unisar",
+              "unisar": {"rec": metrics(0.2), "search": metrics(0.01)},
+              "SASRec": {"rec": metrics(0.033)},
+              "popularity": {"rec": metrics(0.02), "search": metrics(0.06)},
+              "random": {"rec": metrics(0.0454), "search": metrics(0.0454)},
+              "ItemKNN": {"rec": metrics(0.1), "search": metrics(0.06)},
+              "query match": {"search": metrics(0.3)}}
+    expected = [
+        "SASRec on rec: NDCG@10 0.0330 is at or below random (0.0454): the comparator "
+        "failed; it is not a result to compare with.",
+        "ItemKNN on search: NDCG@10 0.0600 is at or below popularity (0.0600): the "
+        "comparator failed; it is not a result to compare with."]
+    assert failed_comparator_notes(report) == expected
+    markdown = report_markdown(report)
+    assert markdown.endswith("".join(f"- {line}\n" for line in expected))
+    # The report's own model is not a comparator (a SASRec run's report), nor are the floors.
+    report.update(model="SASRec", ItemKNN={"rec": metrics(0.1), "search": metrics(0.07)})
+    assert failed_comparator_notes(report) == []
+    assert "comparator failed" not in report_markdown(report)
 
 
 def test_main_job_says_plainly_whether_it_was_blessed():

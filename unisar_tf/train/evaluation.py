@@ -22,7 +22,8 @@ from feature_specs.serving import EXAMPLES_SIGNATURE, SCORES_OUTPUT
 from unisar_tf.data import reader
 from unisar_tf.metrics import metrics_table, random_ranking_metrics, ranking_metrics
 from unisar_tf.model import UniSARModel
-from unisar_tf.train.baselines import POPULARITY, RANDOM, baseline_scores
+from unisar_tf.train.baselines import ITEMKNN, POPULARITY, QUERY_MATCH, RANDOM, baseline_scores
+from unisar_tf.train.gate import failed_comparators
 from unisar_tf.train.run_dir import (BEST_FILE, SASREC, DataMismatchError, load_trained_model,
                                      read_best, run_transform_dir, sasrec_run_dir)
 
@@ -148,6 +149,9 @@ def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
         note = single_scenario_note(manifest)
         if note:
             report["note"] = note
+    flags = failed_comparator_notes(report)
+    if flags:
+        report["failed_comparators"] = flags
     if write:
         write_report(report, os.path.join(model_dir, "eval"), split)
     return report
@@ -202,16 +206,38 @@ def evaluate_saved_model(export_dir: str, data_dir: str, split: str = "test",
                                                    batch_size).items()}
 
 
+# The report's comparators a failed run can leave below the floor (random, popularity).
+CHECKED_COMPARATORS = (SASREC, ITEMKNN, QUERY_MATCH)
+
+
+def failed_comparator_notes(report: dict) -> list:
+    """One line per (comparator, task) of the report whose NDCG@10 is at or below random's or
+    popularity's on that task (the gate's rule, `gate.failed_comparators`): the learned and
+    co-occurrence comparators, never the report's own model."""
+    names = [name for name in (*CHECKED_COMPARATORS, POPULARITY, RANDOM)
+             if name in report and name != report.get("model")]
+    metrics = {name: report[name] for name in names}
+    notes = []
+    for task in ("rec", "search"):
+        for name, (floor_name, floor, value) in failed_comparators(metrics, task).items():
+            notes.append(f"{name} on {task}: NDCG@10 {value:.4f} is at or below {floor_name} "
+                         f"({floor:.4f}): the comparator failed; it is not a result to "
+                         "compare with.")
+    return notes
+
+
 def report_markdown(report: dict) -> str:
     rows = {name: report[name] for name in ("unisar", "SASRec", "popularity", "random")
             if name in report}
     rows.update({name: report[name] for name in ("ItemKNN", "query match") if name in report})
+    flags = failed_comparator_notes(report)
     return (f"Test-split metrics ({report['split']}), best validation epoch "
             f"{report['best_epoch']} (mean NDCG@5 {report['validation_score']:.4f}); "
             f"1 positive + {report['negatives_per_example']} sampled negatives, ties count "
             "against the positive.\n\n"
             + metrics_table(rows)
-            + (f"\n{report['note']}\n" if report.get("note") else ""))
+            + (f"\n{report['note']}\n" if report.get("note") else "")
+            + ("\n" + "".join(f"- {flag}\n" for flag in flags) if flags else ""))
 
 
 def write_report(report: dict, out_dir: str, split: str) -> Dict[str, str]:

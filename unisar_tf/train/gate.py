@@ -27,26 +27,38 @@ hold. A mean over tasks never decides: a model that wins one task and loses the 
 refused, naming the losing task. `confidence=0` turns the noise test off (only the thresholds
 apply): for fixtures of a handful of lists, where no model can be told from noise.
 
+A comparator that failed to learn is not a result to beat: one whose mean NDCG@10 on a task
+is at or below random ranking's (its exact expectation) or popularity's (when popularity is
+a comparator of that task) is flagged there (`failed_comparators`; the row's
+`comparator_failed`): the gate could not compare with it, never counts it as beaten, and
+does not refuse the model for it (the model must still pass every other comparison); the
+decision carries one "could not compare" note per flagged row. Random and popularity are the
+floor and are never flagged (popularity may be below random: popularity-sampled negatives).
+SASRec, ItemKNN, query match and the last blessed model are all subject to the rule.
+
 numpy only (no TensorFlow graph, no TFX); `unisar_tf.metrics` supplies the rank rule.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from unisar_tf.metrics import positive_rank_numpy, random_ranking_metrics
 
-__all__ = ["Comparison", "GateDecision", "LAST_BLESSED", "RANDOM", "SCORE_METRIC",
-           "bootstrap_lower_bound", "comparison_table", "decide", "ndcg_per_list",
-           "paired_comparison", "random_ndcg"]
+__all__ = ["Comparison", "FLOORS", "GateDecision", "LAST_BLESSED", "POPULARITY", "RANDOM",
+           "SCORE_METRIC", "bootstrap_lower_bound", "comparison_table", "could_not_compare",
+           "decide", "failed_comparators", "ndcg_per_list", "paired_comparison", "random_ndcg"]
 
 K = 10
 SCORE_METRIC = f"NDCG@{K}"
 RANDOM = "random"
+POPULARITY = "popularity"
 LAST_BLESSED = "last blessed"
+# The reference floor: a comparator at or below one of these on a task failed to learn there.
+FLOORS = (RANDOM, POPULARITY)
 
 ComparatorScores = Union[np.ndarray, float]
 
@@ -133,6 +145,11 @@ class Comparison:
     lists: int
     passed: bool
     failures: List[str]
+    # The comparator failed to learn on this task (at or below `floor_name`'s NDCG@10
+    # `floor`): not passed, not a refusal, and not counted as beaten.
+    comparator_failed: bool = False
+    floor_name: Optional[str] = None
+    floor: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -142,15 +159,24 @@ class GateDecision:
     reasons: List[str]
     settings: Dict[str, float]
     metric: str = SCORE_METRIC
+    # One "could not compare" note per flagged row (`could_not_compare`).
+    failed_comparators: List[str] = dataclasses.field(default_factory=list)
 
     @property
     def reason(self) -> str:
-        """One line: every refusal, or what the model beat."""
+        """One line: every refusal, or what the model beat; then the comparators the gate
+        could not compare with (never among what it beat)."""
+        return "; ".join(part for part in [self.verdict, *self.failed_comparators] if part)
+
+    @property
+    def verdict(self) -> str:
+        """`reason` without the could-not-compare notes."""
         if self.reasons:
             return "; ".join(self.reasons)
         per_task: Dict[str, List[Comparison]] = {}
         for row in self.rows:
-            per_task.setdefault(row.task, []).append(row)
+            if not row.comparator_failed:
+                per_task.setdefault(row.task, []).append(row)
         parts = []
         for task, rows in per_task.items():
             # "beats" only when it does; a negative min_improvement can pass a worse model.
@@ -167,8 +193,46 @@ class GateDecision:
 
     def to_dict(self) -> dict:
         return {"blessed": self.blessed, "metric": self.metric, "reason": self.reason,
-                "reasons": list(self.reasons), "settings": dict(self.settings),
+                "reasons": list(self.reasons),
+                "failed_comparators": list(self.failed_comparators),
+                "settings": dict(self.settings),
                 "rows": [dataclasses.asdict(row) for row in self.rows]}
+
+
+def _ndcg_of(value) -> float:
+    """A mean NDCG@10: a number, or a metrics dict holding it."""
+    return float(value[SCORE_METRIC] if isinstance(value, Mapping) else value)
+
+
+def failed_comparators(metrics_by_name: Mapping[str, Mapping[str, object]], task: str,
+                       floors=FLOORS) -> Dict[str, Tuple[str, float, float]]:
+    """The comparators that failed to learn on `task`: {name: (floor name, floor's NDCG@10,
+    its NDCG@10)} for every name whose mean NDCG@10 is at or below that of a floor (random,
+    popularity) present for the task; the floors themselves are never flagged.
+
+    metrics_by_name: {name: {task: mean NDCG@10, or a metrics dict with "NDCG@10"}}; names
+    without `task` are skipped. The floor named is the highest one reached (random on ties).
+    """
+    values = {name: _ndcg_of(per_task[task]) for name, per_task in metrics_by_name.items()
+              if isinstance(per_task, Mapping) and per_task.get(task) is not None}
+    reached = sorted(((values[name], -index, name) for index, name in enumerate(floors)
+                      if name in values), reverse=True)  # highest floor first
+    flagged = {}
+    for name, value in values.items():
+        if name in floors:
+            continue
+        for floor, _, floor_name in reached:
+            if value <= floor:
+                flagged[name] = (floor_name, floor, value)
+                break
+    return flagged
+
+
+def could_not_compare(task: str, name: str, floor_name: str, floor: float, value: float,
+                      metric: str = SCORE_METRIC) -> str:
+    """The gate's note for a flagged comparator (`failed_comparators`)."""
+    return (f"{task}: could not compare with {name}: its {metric} {value:.4f} is at or below "
+            f"{floor_name}'s {floor:.4f} (the comparator failed; not counted as beaten)")
 
 
 def _failures(stats: dict, confidence: float, min_improvement: float,
@@ -207,13 +271,16 @@ def decide(model_scores: Mapping[str, np.ndarray],
            comparators: Mapping[str, Mapping[str, ComparatorScores]],
            min_improvement: float = 0.0, min_relative_improvement: float = 0.0,
            confidence: float = 0.95, bootstrap_samples: int = 1000, seed: int = 0,
-           include_random: bool = True) -> GateDecision:
+           include_random: bool = True, flag_failed: bool = True) -> GateDecision:
     """The blessing decision.
 
     model_scores: {task: (N, C) scores}, every task the model is judged on.
     comparators: {name: {task: (N, C) scores of the same lists, or a constant NDCG@10}}; a
     comparator without a task (e.g. query match has no rec) is not compared there.
     include_random: compare with random ranking's exact NDCG@10 on every task too (first).
+    flag_failed: flag a comparator at or below random's (exact, even without its row) or
+    popularity's NDCG@10 on a task as failed there (`failed_comparators`): not beaten, not
+    a refusal, one note in `failed_comparators` of the decision; False counts it as any other.
     """
     if not model_scores:
         raise ValueError("no tasks to judge the model on")
@@ -221,12 +288,14 @@ def decide(model_scores: Mapping[str, np.ndarray],
         raise ValueError(f"confidence must be in [0, 1) (0 = no noise test), got {confidence}")
     rows: List[Comparison] = []
     reasons: List[str] = []
+    notes: List[str] = []
     for task, scores in model_scores.items():
         scores = np.asarray(scores)
         model_values = ndcg_per_list(scores)
+        random_value = random_ndcg(scores.shape[1])
         named: Dict[str, ComparatorScores] = {}
         if include_random:
-            named[RANDOM] = random_ndcg(scores.shape[1])
+            named[RANDOM] = random_value
         for name, per_task in comparators.items():
             if per_task is not None and per_task.get(task) is not None:
                 named[name] = per_task[task]
@@ -236,9 +305,22 @@ def decide(model_scores: Mapping[str, np.ndarray],
                 if values.shape != scores.shape:
                     raise ValueError(f"{task}: {name} scores have shape {values.shape}, the "
                                      f"model's {scores.shape}: not the same lists")
-                values = ndcg_per_list(values)
+                named[name] = ndcg_per_list(values)
+        flagged = {}
+        if flag_failed:
+            means = {name: {task: float(np.mean(values))} for name, values in named.items()}
+            means[RANDOM] = {task: random_value}  # the floor even without its row
+            flagged = failed_comparators(means, task)
+        for name, values in named.items():
             stats = paired_comparison(model_values, values, confidence, bootstrap_samples,
                                       seed)
+            if name in flagged:
+                floor_name, floor, value = flagged[name]
+                rows.append(Comparison(task=task, comparator=name, passed=False, failures=[],
+                                       comparator_failed=True, floor_name=floor_name,
+                                       floor=floor, **stats))
+                notes.append(could_not_compare(task, name, floor_name, floor, value))
+                continue
             failures = _failures(stats, confidence, min_improvement, min_relative_improvement)
             rows.append(Comparison(task=task, comparator=name, passed=not failures,
                                    failures=failures, **stats))
@@ -249,7 +331,8 @@ def decide(model_scores: Mapping[str, np.ndarray],
                 "min_relative_improvement": float(min_relative_improvement),
                 "confidence": float(confidence), "bootstrap_samples": int(bootstrap_samples),
                 "seed": int(seed)}
-    return GateDecision(blessed=not reasons, rows=rows, reasons=reasons, settings=settings)
+    return GateDecision(blessed=not reasons, rows=rows, reasons=reasons, settings=settings,
+                        failed_comparators=notes)
 
 
 def comparison_table(decision: Union[GateDecision, dict]) -> str:
@@ -265,9 +348,14 @@ def comparison_table(decision: Union[GateDecision, dict]) -> str:
     def number(value: Optional[float], sign: str = "+") -> str:
         return "n/a" if value is None else f"{value:{sign}.4f}"
 
+    def passes(row: dict) -> str:
+        if row.get("comparator_failed"):
+            return "comparator failed"
+        return "yes" if row["passed"] else "NO"
+
     for row in decision["rows"]:
         lines.append(f"| {row['task']} | {row['comparator']} | {row['model']:.4f} | "
                      f"{row['baseline']:.4f} | {row['difference']:+.4f} | "
                      f"{number(row['standard_error'], '')} | {number(row['lower_bound'])} | "
-                     f"{row['lists']} | {'yes' if row['passed'] else 'NO'} |")
+                     f"{row['lists']} | {passes(row)} |")
     return "\n".join(lines) + "\n"
