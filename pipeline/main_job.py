@@ -43,8 +43,10 @@ def blessing_verdict(report: dict, pushed: Optional[str]) -> str:
                  "the Pusher pushed nothing this run (cached)")
         return f"BLESSED: {report['reason']}\n{where}"
     reasons = verdict_reasons(report)
+    failed = report.get("failed_comparators") or []
     return ("NOT BLESSED: nothing pushed; the serving model is unchanged. "
-            f"{len(reasons)} reason(s):\n" + "\n".join(f"  - {reason}" for reason in reasons))
+            f"{len(reasons)} reason(s):\n" + "\n".join(f"  - {reason}" for reason in reasons)
+            + "".join(f"\n  - {note}" for note in failed))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -60,9 +62,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         help="the default preset peaks after the first epoch on Beauty")
     parser.add_argument("--batch_size", type=int, default=1024,
                         help="rec examples per step (1,024, the preset's, gives 34 steps an epoch)")
-    parser.add_argument("--sasrec_epochs", type=int, default=10,
-                        help="epochs of the learned rec baseline (SASRecTrainer) the evaluator "
-                             "reports and gates against; 0: none")
+    parser.add_argument("--sasrec_epochs", type=int, default=None,
+                        help="epoch budget of the learned rec baseline (SASRecTrainer) the "
+                             "evaluator reports and gates against (default: its own, early "
+                             "stopping ends it first); 0: none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_cache", action="store_true", help="re-run every component")
     parser.add_argument("--json", help="also write the results to this JSON file")

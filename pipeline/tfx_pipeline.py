@@ -37,6 +37,7 @@ from pipeline.components import run_parameters as run_parameters_components
 from pipeline.components import validation
 from pipeline.components.ranking_evaluator import GATE_DEFAULTS, RankingEvaluator
 from pipeline.components.sequence_example_gen import SPLIT_NAMES, SequenceExampleGen, job_args
+from unisar_tf.config import SASREC_MAX_EPOCHS
 from unisar_tf.train.run_dir import SASREC
 
 
@@ -154,11 +155,11 @@ def sasrec_trainer(example_gen, transform, train_config: Optional[Dict[str, Any]
                    ) -> Optional[tfx.components.Trainer]:
     """A second Trainer ("SASRecTrainer") for the learned rec baseline: the same module
     file with custom_config learned_baseline="SASRec", the model's preset, seed and caps
-    (not its config_overrides: SASRec has its own recipe), `max_epochs` epochs (None: the
-    model's). None when max_epochs is 0."""
+    (not its config_overrides: SASRec has its own recipe), `max_epochs` epochs (None: its own
+    budget, config.SASREC_MAX_EPOCHS). None when max_epochs is 0."""
     train_config = dict(train_config or {})
     if max_epochs is None:
-        max_epochs = train_config.get("max_epochs", 100)
+        max_epochs = SASREC_MAX_EPOCHS
     if int(max_epochs) <= 0:
         return None
     custom = {key: train_config[key] for key in ("preset", "seed", "steps_per_epoch",
@@ -211,7 +212,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
     data_root may be a RuntimeParameter too.
     sasrec_max_epochs: the epoch budget of SASRecTrainer, which trains the learned rec
     baseline (unisar_tf.train.learned_baseline) that RankingEvaluator reports and gates against;
-    None: train_config's max_epochs; 0: no SASRecTrainer.
+    None: SASRec's own budget (config.SASREC_MAX_EPOCHS, early stopping ends it first); 0: no
+    SASRecTrainer.
     trainer_resources: both Trainers' container resources on Kubeflow (KFP platform config):
     {"cpu", "memory_gb", "accelerator_type", "accelerator_count"}; Kubeflow only
     (LocalDagRunner refuses a KFP platform config).

@@ -42,8 +42,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                           "e.g. batch_size=256")
     training.add_argument("--sasrec_max_epochs", type=int, default=None,
                           help="epochs of SASRecTrainer, the learned rec baseline the "
-                          "evaluator reports and gates against (default: --max_epochs; 0: "
-                          "no SASRecTrainer)")
+                          "evaluator reports and gates against (default: SASRec's own "
+                          "budget, early stopping ends it first; 0: no SASRecTrainer)")
     resources = parser.add_argument_group(
         "Trainer resources on Kubeflow (KFP platform config; both Trainers)")
     resources.add_argument("--trainer_cpu", type=float, default=None, help="vCPUs")

@@ -330,3 +330,32 @@ def test_learned_baseline_recipe_is_the_ablation_tables_on_the_same_preset():
         config = sasrec_config(name, seed=3)
         assert config == preset(name, seed=3, **BASELINES["SASRec"])
         assert config.architecture == "sasrec" and config.tasks == ("rec",)
+
+
+def test_sasrec_has_its_own_schedule_not_the_presets(monkeypatch):
+    """The default preset stops after 2 epochs without gain; SASRec, which needs many more
+    epochs, keeps its own patience and budget (a failed run is a bug, not a win)."""
+    from unisar_tf.config import SASREC_MAX_EPOCHS, preset
+    from unisar_tf.train import learned_baseline
+
+    default = preset("default")
+    sasrec = learned_baseline.sasrec_config("default")
+    assert (default.lr_reduce_patience, default.early_stop_patience) == (1, 2)
+    assert (sasrec.lr_reduce_patience, sasrec.early_stop_patience) == (3, 6)
+
+    budgets = []
+
+    class Recorder:  # stands in for the Trainer: only the options it gets matter here
+        def __init__(self, config, options):
+            budgets.append((config.architecture, options.max_epochs, options.model_dir))
+
+        def fit(self):
+            return {}
+
+    monkeypatch.setattr(learned_baseline, "Trainer", Recorder)
+    monkeypatch.setattr(learned_baseline, "has_rec_training", lambda *args: True)
+    options = TrainerOptions(data_dir="d", model_dir="m", max_epochs=1)
+    learned_baseline.train_sasrec(options)
+    learned_baseline.train_sasrec(options, max_epochs=7)
+    assert [budget[:2] for budget in budgets] == [("sasrec", SASREC_MAX_EPOCHS), ("sasrec", 7)]
+    assert budgets[0][2] == os.path.join("m", "baselines", "SASRec")

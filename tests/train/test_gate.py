@@ -429,6 +429,11 @@ def test_main_job_says_plainly_whether_it_was_blessed():
     assert blessing_verdict(report, "/srv/unisar/7") == (
         f"BLESSED: {better.reason}\npushed to /srv/unisar/7")
     assert verdict_reasons(report) == []
+    # A refusal also lists the comparators it could not compare with.
+    report = {"blessed": False, "reason": "r", "reasons": ["rec: loses to ItemKNN"],
+              "failed_comparators": ["rec: could not compare with SASRec"]}
+    assert blessing_verdict(report, None).splitlines()[1:] == [
+        "  - rec: loses to ItemKNN", "  - rec: could not compare with SASRec"]
 
 
 # ----------------------------------------------------------------- pairing in the evaluator

@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also train the SASRec baseline (model_dir/baselines/SASRec) for "
                              "the test report; only for a UniSAR run with the rec task")
     parser.add_argument("--sasrec_max_epochs", type=int, default=None,
-                        help="the SASRec baseline's epoch budget (default: --max_epochs)")
+                        help="the SASRec baseline's epoch budget (default: its own, "
+                             "config.SASREC_MAX_EPOCHS; early stopping ends it first)")
     parser.add_argument("--inter_op_threads", type=int, default=0,
                         help="TF inter-op threads (0: TF's default); on 2 CPU cores, 2 inter x "
                              "1 intra ran 1.24x faster (docs/benchmarks.md)")
