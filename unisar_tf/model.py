@@ -387,10 +387,15 @@ class UniSARModel(tfrs.Model):
         return (self.encode_history(features, training=training) if self.config.use_history
                 else None)
 
-    def call(self, features: Features, training: bool = False) -> Dict[str, tf.Tensor]:
+    def task_logits(self, features: Features, training: bool = False) -> Dict[str, tf.Tensor]:
+        """{task: (B, C) logits}: call() before the sigmoid. Ranking a whole catalogue needs
+        them: the probabilities of the best items saturate to ties in float32."""
         encoding = self._encode(features, training)
-        logits = self.score_logits(features, encoding, self._scored_tasks(features),
-                                   training=training)
+        return self.score_logits(features, encoding, self._scored_tasks(features),
+                                 training=training)
+
+    def call(self, features: Features, training: bool = False) -> Dict[str, tf.Tensor]:
+        logits = self.task_logits(features, training=training)
         return {task: tf.sigmoid(value) for task, value in logits.items()}
 
     # --------------------------------------------------------------------------------- loss

@@ -3,7 +3,8 @@
 Every baseline gives each candidate of a 1 positive + N negative list (`candidate_items`,
 positive at column 0) a score; `unisar_tf.metrics.ranking_metrics` turns the scores into
 HR/NDCG exactly as for the model (ties count against the positive). Everything is counted
-on the training split only, both scenarios (rec and search files).
+on the training split only, every scenario it has (rec and search files; a single-scenario
+log counts its one scenario).
 
 - **popularity**: how often the candidate is a training positive (`candidate_items[0]`).
 - **ItemKNN**: item-to-item co-occurrence between a training example's history and its
@@ -38,6 +39,7 @@ import tensorflow as tf
 from feature_specs import (CANDIDATE_ITEMS, QUERY_TOKENS, REC_HISTORY_ITEMS,
                            SEARCH_HISTORY_CLICKED_ITEMS)
 from feature_specs.layout import VOCAB_DIR, side_feature_pattern
+from unisar_tf.data import reader
 from unisar_tf.data.cooccurrence import history_items, id_sets, item_cooccurrence, read_split
 from unisar_tf.data.side_features import load_side_features
 from unisar_tf.data.transform import data_job_id_maps
@@ -167,10 +169,15 @@ def baseline_scores(data_dir: str, split: str, manifest: dict, num_items: int,
     tasks = tuple(tasks)
     history_features = (REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS)
 
-    # Training split, both scenarios: popularity, co-occurrence and (search) query clicks.
+    # Training split, every scenario that has examples (a rec-only log has no search ones):
+    # popularity, co-occurrence and (search) query clicks.
     histories, positives = [], []
     train_queries = train_query_positives = None
-    for scenario in ("rec", "search"):
+    scenarios = reader.tasks_with_examples(manifest, "train")
+    if not scenarios:
+        raise ValueError(f"{data_dir}: the training split has no examples to count "
+                         "baselines on")
+    for scenario in scenarios:
         names = history_features + (CANDIDATE_ITEMS,) + ((QUERY_TOKENS,) if scenario == "search"
                                                          else ())
         train = read_split(data_dir, "train", scenario, manifest, names)
@@ -203,6 +210,8 @@ def baseline_scores(data_dir: str, split: str, manifest: dict, num_items: int,
         if captions is not None:
             num_words = _word_table_size(manifest, examples[QUERY_TOKENS], captions)
             item_words = item_words_from_captions(captions, num_words)
+        elif train_queries is None:  # no item words and no training queries to learn them
+            continue
         else:
             num_words = _word_table_size(manifest, examples[QUERY_TOKENS], train_queries)
             item_words = item_words_from_clicks(train_queries, train_query_positives,

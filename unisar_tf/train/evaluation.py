@@ -83,16 +83,11 @@ def baseline_metrics(data_dir: str, split: str, manifest: dict, num_items: int,
     "examples"}} for "popularity", "random" (exact expectation), "ItemKNN" and, for search,
     "query match" (definitions: unisar_tf/train/baselines.py), in that order.
 
-    Data with one scenario only (a rec-only or search-only log) gets "random" alone:
-    `baselines.baseline_scores` counts popularity and co-occurrence on both scenarios'
-    training examples (`single_scenario_note` says so in the report).
+    Data with one scenario only (a rec-only or search-only log) counts them on that
+    scenario's training examples (`single_scenario_note` says so in the report).
     """
 
     width = manifest["shapes"]["eval_candidates"]
-    if single_scenario_note(manifest) is not None:
-        return {RANDOM: {task: dict(random_ranking_metrics(width),
-                                    examples=int(manifest["examples"][split][task]))
-                         for task in tasks}}
     scores = baseline_scores(data_dir, split, manifest, num_items, tuple(tasks),
                              transform_dir=transform_dir)
     results: Dict[str, Dict[str, Dict[str, float]]] = {POPULARITY: {}, RANDOM: {}}
@@ -106,15 +101,15 @@ def baseline_metrics(data_dir: str, split: str, manifest: dict, num_items: int,
 
 
 def single_scenario_note(manifest: dict) -> Optional[str]:
-    """Why the training-count baselines are left out, for data without training examples of
+    """Where the training-count baselines come from, for data without training examples of
     one scenario; None for data with both."""
-    missing = [task for task in ("rec", "search")
-               if task not in reader.tasks_with_examples(manifest, "train")]
-    if not missing:
+    present = reader.tasks_with_examples(manifest, "train")
+    missing = [task for task in ("rec", "search") if task not in present]
+    if not missing or not present:
         return None
     return (f"The data has no {' or '.join(missing)} training examples: popularity, ItemKNN "
-            "and query match are counted on both scenarios' training examples, so only the "
-            "random baseline is shown.")
+            f"and query match are counted on the {' and '.join(present)} training examples "
+            "alone.")
 
 
 def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
