@@ -75,6 +75,14 @@ class UniSARConfig:
     # a learned linear term of it to the logit. cooccurrence_pairs is the table's size, set
     # from the data by the Trainer (like the vocabulary sizes).
     use_cooccurrence: bool = False
+    # Parts of the co-occurrence features, each read only when use_cooccurrence is True
+    # (all True is the default preset; an older config.json without them loads as True):
+    # the learned linear ("wide") term of the match features added to each task's logit;
+    cooccurrence_wide_term: bool = True
+    # the directed transition feature, P(candidate | the most recent behaviour's item);
+    cooccurrence_transitions: bool = True
+    # the search task's query-word overlap and overlap-fraction features (item text needed).
+    cooccurrence_query_overlap: bool = True
     cooccurrence_pairs: int = 0
     transition_pairs: int = 0  # the directed (last item -> next) table's size, from the data
     l2_weight: float = 3e-5  # lambda
@@ -279,6 +287,18 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
     # Two models, one per task.
     "w/o joint training (rec)": {"tasks": ("rec",)},
     "w/o joint training (search)": {"tasks": ("search",)},
+}
+
+# The default preset's additions to the paper's UniSAR, taken out one at a time (variant name
+# -> overrides of the default preset; issue 22; docs/results.md has the validation numbers).
+DEFAULT_PRESET_ABLATIONS: Dict[str, Dict[str, Any]] = {
+    "default": {},
+    "w/o co-occurrence features": {"use_cooccurrence": False},
+    "w/o wide term": {"cooccurrence_wide_term": False},
+    "w/o transitions": {"cooccurrence_transitions": False},
+    "w/o query overlap": {"cooccurrence_query_overlap": False},
+    "w/o interaction features": {"interaction_features": False},
+    "4 negatives": {"num_train_negatives": 4},
 }
 
 # Baselines trained like a variant (same data, budget and seed) to give the ablation scale.

@@ -34,6 +34,12 @@ Features = Mapping[str, tf.Tensor]
 MATCH_FEATURE_PRIOR = (1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0)
 
 
+def match_feature_prior(config: UniSARConfig) -> tuple:
+    """MATCH_FEATURE_PRIOR without the features the config switches off."""
+    return (MATCH_FEATURE_PRIOR[:5] + MATCH_FEATURE_PRIOR[5:6] * config.cooccurrence_transitions
+            + MATCH_FEATURE_PRIOR[6:] * config.cooccurrence_query_overlap)
+
+
 @dataclasses.dataclass
 class HistoryEncoding:
     """What one pass over a batch of histories yields (R = rec length, S = search length)."""
@@ -137,19 +143,22 @@ class UniSARModel(tfrs.Model):
         if c.use_history and c.use_relevance_loss and c.alpha_relevance > 0:
             self.relevance = QueryItemRelevanceLoss(d, c.relevance_temperature, name="relevance")
 
-        self.cooccurrence = None
+        self.cooccurrence = self.transitions = self.cooccurrence_logit = None
         if c.use_cooccurrence:
             self.cooccurrence = ItemCooccurrence(c.num_items, c.cooccurrence_pairs,
                                                  name="item_cooccurrence")
-            self.transitions = ItemCooccurrence(c.num_items, c.transition_pairs,
-                                                symmetric=False, name="item_transitions")
+            if c.cooccurrence_transitions:
+                self.transitions = ItemCooccurrence(c.num_items, c.transition_pairs,
+                                                    symmetric=False, name="item_transitions")
             # The wide part: a linear term of the co-occurrence scores added to each logit.
             # Starts at +1 for the co-occurrence and query-match scores and 0 for popularity:
             # ranking by them from the first step (all log-scaled to O(1),
             # _match_features).
-            self.cooccurrence_logit = {task: tf.keras.layers.Dense(
-                1, kernel_initializer=tf.keras.initializers.Constant(MATCH_FEATURE_PRIOR),
-                name=f"{task}_cooccurrence_logit") for task in c.tasks}
+            if c.cooccurrence_wide_term:
+                self.cooccurrence_logit = {task: tf.keras.layers.Dense(
+                    1, kernel_initializer=tf.keras.initializers.Constant(
+                        match_feature_prior(c)),
+                    name=f"{task}_cooccurrence_logit") for task in c.tasks}
 
         self.experts = (MultiTaskExperts(c.tasks, c.num_shared_experts, c.num_specific_experts,
                                          c.expert_units, c.tower_units, c.dropout,
@@ -214,8 +223,9 @@ class UniSARModel(tfrs.Model):
         """Fills the co-occurrence and transition layers from two
         unisar_tf.data.cooccurrence.CooccurrenceTable (symmetric, directed)."""
         self.cooccurrence.set_table(table.pair_keys, table.pair_counts, table.item_totals)
-        self.transitions.set_table(transitions.pair_keys, transitions.pair_counts,
-                                   transitions.item_totals)
+        if self.transitions is not None:  # cooccurrence_transitions
+            self.transitions.set_table(transitions.pair_keys, transitions.pair_counts,
+                                       transitions.item_totals)
 
     def set_side_features(self, side_features) -> None:
         """Fills the side-feature tables from a unisar_tf.data.side_features.SideFeatures."""
@@ -301,7 +311,7 @@ class UniSARModel(tfrs.Model):
 
         cooccurrence = None
         if self.cooccurrence is not None:
-            cooccurrence = self._cooccurrence_features(features, training)  # (B, C, 6)
+            cooccurrence = self._cooccurrence_features(features, training)  # (B, C, 5 or 6)
 
         def broadcast(query):  # (B or 1, d) -> (B, C, d)
             return tf.broadcast_to(query[:, tf.newaxis, :], tf.shape(candidates))
@@ -318,21 +328,24 @@ class UniSARModel(tfrs.Model):
                 parts += [interest * candidates for interest in interests] + [query * candidates]
             match = None
             if cooccurrence is not None:
-                match = tf.concat([cooccurrence, self._query_match_features(features, task)],
-                                  axis=-1)  # (B, C, 8)
+                match = cooccurrence
+                if self.config.cooccurrence_query_overlap:
+                    match = tf.concat([match, self._query_match_features(features, task)],
+                                      axis=-1)  # (B, C, 8) with every part
                 parts.append(match)
             x = tf.concat(parts, axis=-1)
             if self.experts is not None:
                 x = self.experts(x, tasks=[task], training=training)[task]
             logits[task] = tf.squeeze(self.heads[task](x, training=training), axis=-1)
-            if match is not None:
+            if match is not None and self.cooccurrence_logit is not None:
                 logits[task] += tf.squeeze(self.cooccurrence_logit[task](match), axis=-1)
         return logits
 
     def _cooccurrence_features(self, features: Features, training: bool) -> tf.Tensor:
         """(B, C, 6): co-occurrence of candidate_items with the history's items (sum, max,
         last rec item, last search click), the candidate's total, and the directed
-        transition from the most recent behaviour's item, all log-scaled.
+        transition from the most recent behaviour's item, all log-scaled. (B, C, 5), without
+        the transition, when cooccurrence_transitions is off.
 
         In training, candidate 0 is the example's positive, whose own pairs are in the
         training counts: the layer takes them out (ItemCooccurrence, exclude_own_pair).
@@ -352,16 +365,17 @@ class UniSARModel(tfrs.Model):
         scores = self.cooccurrence(tf.concat([rec_items, clicked], axis=1), last_rec,
                                    last_click, features[CANDIDATE_ITEMS],
                                    exclude_own_pair=training)
+        # Cosine-normalised counts are mostly 0.001-0.3: log(1 + 100 s) spreads them over 0-3.5.
+        parts = [tf.math.log1p(100.0 * scores[..., :4]), tf.math.log1p(scores[..., 4:])]
+        if self.transitions is None:
+            return tf.concat(parts, axis=-1)
         # The most recent behaviour's item, whichever scenario (history_types' last slot).
         length = tf.reduce_sum(tf.cast(types > 0, tf.int32), axis=1)
         last_type = tf.gather(types, tf.maximum(length - 1, 0), batch_dims=1)
         last = tf.where(tf.equal(last_type, TYPE_REC), last_rec, last_click)
         transition = self.transitions(last[:, tf.newaxis], last, last, features[CANDIDATE_ITEMS],
                                       exclude_own_pair=training)[..., :1]
-        # Cosine-normalised counts are mostly 0.001-0.3: log(1 + 100 s) spreads them over 0-3.5.
-        return tf.concat([tf.math.log1p(100.0 * scores[..., :4]),
-                          tf.math.log1p(scores[..., 4:]),
-                          tf.math.log1p(100.0 * transition)], axis=-1)
+        return tf.concat(parts + [tf.math.log1p(100.0 * transition)], axis=-1)
 
     def _query_match_features(self, features: Features, task: str) -> tf.Tensor:
         """(B, C, 2): how many of the query's distinct words are among the candidate's words

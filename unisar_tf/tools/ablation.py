@@ -9,6 +9,10 @@ non-learned popularity (training-positive counts), ItemKNN and (search) query ma
 (unisar_tf/train/baselines.py), and a trained model without history (user + item + query
 embeddings into the same heads). Writes out_dir/ablation.{md,json,png}.
 
+`--variant_set default_preset` trains the default preset's additions taken out one at a time
+instead (config.DEFAULT_PRESET_ABLATIONS, Δ against "default"); `--variants` picks names from
+either set.
+
 Finished variants are reused on a re-run (their test report exists), so an interrupted
 ablation continues where it stopped; unfinished ones resume from their last epoch.
 """
@@ -23,7 +27,7 @@ from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
-from unisar_tf.config import ABLATIONS, BASELINES, preset
+from unisar_tf.config import ABLATIONS, BASELINES, DEFAULT_PRESET_ABLATIONS, preset
 from unisar_tf.data import reader
 from unisar_tf.train.evaluation import baseline_metrics, evaluate_best, write_report
 from unisar_tf.train.trainer import Trainer, TrainerOptions
@@ -31,18 +35,26 @@ from unisar_tf.train.trainer import Trainer, TrainerOptions
 JOINT_PAIR = ("w/o joint training (rec)", "w/o joint training (search)")
 TABLE_METRICS = ("NDCG@5", "NDCG@10")
 NON_LEARNED = ("popularity", "ItemKNN", "query match")  # table rows, in this order
+# --variant_set: spec 12's variants with the trained baselines, or the default preset's
+# additions one at a time; the table's deltas are against the set's reference (REFERENCES).
+VARIANT_SETS = {"spec12": {**ABLATIONS, **BASELINES},
+                "default_preset": dict(DEFAULT_PRESET_ABLATIONS)}
+REFERENCES = ("UniSAR", "default")
 
 
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def variant_overrides(names: Optional[Sequence[str]] = None) -> Dict[str, dict]:
-    """Variant name -> config overrides; all of spec 12 plus the trained baselines."""
-    everything = dict(ABLATIONS)
-    everything.update(BASELINES)
+def variant_overrides(names: Optional[Sequence[str]] = None,
+                      variant_set: str = "spec12") -> Dict[str, dict]:
+    """Variant name -> config overrides: every variant of `variant_set` (VARIANT_SETS; spec 12
+    plus the trained baselines by default), or the named ones, from any set."""
     if not names:
-        return everything
+        return dict(VARIANT_SETS[variant_set])
+    everything = {}
+    for variants in VARIANT_SETS.values():
+        everything.update(variants)
     unknown = [name for name in names if name not in everything]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {sorted(everything)}")
@@ -115,7 +127,7 @@ def _cell(metrics: Optional[dict]) -> str:
 
 
 def ablation_markdown(rows: List[dict], header: str) -> str:
-    reference = next((row for row in rows if row["name"] == "UniSAR"), None)
+    reference = next((row for row in rows if row["name"] in REFERENCES), None)
     lines = [header, "",
              "| variant | rec NDCG@5 / NDCG@10 | search NDCG@5 / NDCG@10 | "
              "Δ rec NDCG@10 | Δ search NDCG@10 | best epoch | epochs run |",
@@ -162,16 +174,17 @@ def bar_chart(rows: List[dict], path: str, title: str) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     tf.io.gfile.makedirs(args.out_dir)
-    variants = variant_overrides(args.variants)
+    variants = variant_overrides(args.variants, args.variant_set)
     manifest = reader.load_manifest(args.data_dir)
     num_items = manifest["vocab_sizes"]["items"] + 1
     baselines = baseline_metrics(args.data_dir, "test", manifest, num_items)
     budget = (f"max {args.max_epochs} epochs" +
               (f" x {args.steps_per_epoch} steps" if args.steps_per_epoch else "") +
               ", early stopping on validation")
+    reference = next((name for name in variants if name in REFERENCES), "UniSAR")
     header = (f"Test NDCG@5 / NDCG@10 on `{args.data_dir}` ({args.preset} preset, seed "
-              f"{args.seed}, {budget}); Δ is against UniSAR. Each model is scored from its "
-              "best validation epoch.")
+              f"{args.seed}, {budget}); Δ is against {reference}. Each model is scored from "
+              "its best validation epoch.")
     paths = {kind: os.path.join(args.out_dir, f"ablation.{kind}") for kind in ("md", "json", "png")}
     reports: Dict[str, dict] = {}
     for name, overrides in variants.items():
@@ -206,8 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_epochs", type=int, default=10)
     parser.add_argument("--steps_per_epoch", type=int, default=None)
     parser.add_argument("--validation_rows", type=int, default=None)
+    parser.add_argument("--variant_set", default="spec12", choices=sorted(VARIANT_SETS),
+                        help="spec12: spec 12's variants and the trained baselines; "
+                             "default_preset: the default preset's additions one at a time "
+                             "(use with --preset default)")
     parser.add_argument("--variants", default=None,
-                        help="comma-separated subset, e.g. 'UniSAR,w/o r2r,no history'")
+                        help="comma-separated subset from either set, e.g. 'UniSAR,w/o r2r,"
+                             "no history' or 'default,w/o wide term'")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="FIELD=JSON", help="config override for every variant, "
                         "e.g. --set batch_size=512 --set use_mmoe=false")
