@@ -204,7 +204,7 @@ def ensure_build(run: ProtocolRun, data_root: str) -> dict:
 
 
 def ensure_trained(run: ProtocolRun, max_epochs: int, sasrec_max_epochs: Optional[int],
-                   seed: int = 0) -> Dict[str, dict]:
+                   seed: int = 0, validation_rows: Optional[int] = None) -> Dict[str, dict]:
     """Trains (or resumes, or re-reads) the default preset and the SASRec baseline beside it
     (model_dir/baselines/SASRec); {"unisar": summary, "sasrec": summary}."""
     from unisar_tf.config import preset
@@ -212,7 +212,8 @@ def ensure_trained(run: ProtocolRun, max_epochs: int, sasrec_max_epochs: Optiona
     from unisar_tf.train.trainer import Trainer, TrainerOptions
 
     options = TrainerOptions(data_dir=run.data_dir, model_dir=run.model_dir,
-                             max_epochs=max_epochs, seed=seed, verbose=1)
+                             max_epochs=max_epochs, seed=seed, verbose=1,
+                             validation_rows=validation_rows)
     unisar = Trainer(preset("default", seed=seed), options).fit()
     sasrec = train_sasrec(options, "default", sasrec_max_epochs)
     return {"unisar": unisar, "sasrec": sasrec}
@@ -406,9 +407,9 @@ def report_markdown(protocol: str, dataset: str, rows: Dict[str, dict],
 
 def run_protocols(protocols: Sequence[str], run: ProtocolRun, data_root: str,
                   max_epochs: int, sasrec_max_epochs: Optional[int], retrieve: int,
-                  seed: int) -> Dict[str, dict]:
+                  seed: int, validation_rows: Optional[int] = None) -> Dict[str, dict]:
     manifest = ensure_build(run, data_root)
-    trained = ensure_trained(run, max_epochs, sasrec_max_epochs, seed)
+    trained = ensure_trained(run, max_epochs, sasrec_max_epochs, seed, validation_rows)
     results = {}
     for protocol in protocols:
         started = time.time()
@@ -450,6 +451,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="SASRec's epoch budget (default: its recipe's own)")
     parser.add_argument("--retrieve", type=int, default=200,
                         help="full protocol: items the retrieval stage hands UniSAR")
+    parser.add_argument("--validation_rows", type=int, default=None,
+                        help="pick epochs on the first N validation lists (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for name in ("max_epochs", "retrieve"):
@@ -461,7 +464,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     try:
         run_protocols(protocols, run, args.data_root, args.max_epochs, args.sasrec_max_epochs,
-                      args.retrieve, args.seed)
+                      args.retrieve, args.seed, args.validation_rows)
     except (ValueError, FileNotFoundError) as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     return 0
