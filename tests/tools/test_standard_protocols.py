@@ -154,3 +154,24 @@ def test_rec_only_data_gets_the_counted_baselines(protocol_run):
     assert {"popularity", "random", "ItemKNN"} <= set(metrics)
     assert metrics["ItemKNN"]["rec"]["examples"] == 60
     assert "counted on the rec training examples alone" in single_scenario_note(manifest)
+
+
+def test_logit_functions_score_with_their_own_model():
+    """Full ranking scores by logits (probabilities saturate); each model's function must be
+    its own model's logits (AutoGraph once traced UniSAR with SASRec's lambda)."""
+    import tensorflow as tf
+
+    from helpers.model import tiny_config
+    from unisar_tf.model import build_model, dummy_features
+
+    rng = np.random.default_rng(0)
+    for config in (tiny_config(num_items=40), tiny_config(num_items=40, architecture="sasrec",
+                                                          tasks=("rec",))):
+        model = build_model(config)
+        features = dummy_features(config, 3, 5, with_query=False)
+        features = {name: tf.constant(rng.integers(0, 40, value.shape), tf.int64)
+                    for name, value in features.items()}
+        logits = sp.rec_logit_function(model)(features).numpy()
+        probabilities = model(features)["rec"].numpy()
+        np.testing.assert_allclose(1 / (1 + np.exp(-logits)), probabilities, rtol=1e-5,
+                                   atol=1e-6)

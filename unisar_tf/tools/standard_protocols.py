@@ -359,9 +359,15 @@ def rec_logit_function(model):
     a catalogue by probabilities would tie the saturated best items."""
     import tensorflow as tf
 
+    # Named functions: AutoGraph re-reads a lambda's source and can pick the wrong lambda of
+    # a function that has two (it did: UniSAR was traced with SASRec's line).
     if model.config.architecture == "sasrec":
-        return tf.function(lambda features: model.logits(features, training=False))
-    return tf.function(lambda features: model.task_logits(features, training=False)["rec"])
+        def logits(features):
+            return model.logits(features, training=False)
+    else:
+        def logits(features):
+            return model.task_logits(features, training=False)["rec"]
+    return tf.function(logits)
 
 
 def first_of(batch) -> np.ndarray:
