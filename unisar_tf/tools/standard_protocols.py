@@ -397,8 +397,9 @@ def report_markdown(protocol: str, dataset: str, rows: Dict[str, dict],
     for name, values in PUBLISHED.get(protocol, {}).get(dataset, {}).items():
         cells = " | ".join(f"{values[m]:.4f}" for m in metrics)
         lines.append(f"| {name} | published | {cells} | | |")
-    lines += ["", f"Published rows: {SOURCE}. Their negatives are not published, so the "
-              "sampled rows compare distributions, not the same lists."]
+    lines += ["", f"Published rows: {SOURCE}."
+              + (" Their negatives are not published, so the sampled rows compare the same "
+                 "distribution, not the same lists." if protocol == "sampled" else "")]
     for key, value in notes.items():
         lines.append(f"- {key}: {value:.4f}" if isinstance(value, float) else
                      f"- {key}: {value}")
