@@ -16,6 +16,7 @@ from helpers import REPO
 from helpers.pipeline import COMPONENTS  # the same pipeline
 from pipeline.components import run_parameters
 from pipeline.runners import kubeflow
+from unisar_tf.config import SASREC_MAX_EPOCHS
 
 pytestmark = pytest.mark.slow  # compiles the TFX pipeline
 
@@ -145,9 +146,11 @@ def test_run_to_run_values_are_pipeline_parameters_with_the_options_as_defaults(
     assert _constant(trainer["custom_config"]) == {
         "preset": "paper", "max_epochs": 3, "steps_per_epoch": 5,
         "config_overrides": {"batch_size": 64, "embedding_dim": 16}}
-    # The learned baseline's Trainer: the preset, seed and caps, its own recipe and budget.
+    # The learned baseline's Trainer: the preset, seed and caps, its own recipe and budget
+    # (not the model's max_epochs: SASRec needs many more epochs).
     assert _constant(_parameters(pipeline_spec, "SASRecTrainer")["custom_config"]) == {
-        "preset": "paper", "max_epochs": 3, "steps_per_epoch": 5, "learned_baseline": "SASRec"}
+        "preset": "paper", "max_epochs": SASREC_MAX_EPOCHS, "steps_per_epoch": 5,
+        "learned_baseline": "SASRec"}
     example_gen = _parameters(pipeline_spec, "SequenceExampleGen")
     assert _constant(example_gen["build_options"]) == {"seed": 2, "max_users": 7,
                                                        "id_format": "raw"}
