@@ -10,8 +10,9 @@ Layers, lowest first (a module may import its own layer and the ones below it):
     4 unisar_tf.export                   request mapping, signatures, push
     5 unisar_tf.tools                    ablation, benchmarks, demo
     6 pipeline, serving                  the TFX pipeline, the data job, the stand-in server
-Entry points (`__main__` modules and unisar_tf.train.cli, which also exports) may import any
-layer; nothing imports them. Every import counts, including those inside functions.
+Entry points (`__main__` modules, unisar_tf.train.cli, which also exports, and
+unisar_tf.tools.standard_protocols, which also runs the data job) may import any layer;
+nothing imports them. Every import counts, including those inside functions.
 """
 import ast
 import os
@@ -23,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("feature_specs", "unisar_tf", "pipeline", "serving")
 LAYERS = [("feature_specs",), ("unisar_tf",), ("unisar_tf.data",), ("unisar_tf.train",),
           ("unisar_tf.export",), ("unisar_tf.tools",), ("pipeline", "serving")]
-ENTRY_POINTS = {"unisar_tf.train.cli"}
+ENTRY_POINTS = {"unisar_tf.train.cli", "unisar_tf.tools.standard_protocols"}
 
 
 def project_modules() -> Dict[str, str]:
