@@ -186,7 +186,8 @@ def trained(kuaisar_formats, tmp_path_factory):
     result = cli.run(cli.build_parser().parse_args(
         ["--data_dir", raw_dir, "--model_dir", str(root / "model"), "--transform_dir",
          transform_dir, "--preset", "kuaisar", "--max_epochs", "1", "--steps_per_epoch", "2",
-         "--serving_dir", str(root / "serving"), "--quiet"] + TINY_FLAGS))
+         "--serving_dir", str(root / "serving"), "--quiet", "--sasrec_max_epochs", "1"]
+        + TINY_FLAGS))
     return str(root / "model"), result, transform_dir
 
 
