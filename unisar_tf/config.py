@@ -162,6 +162,8 @@ class UniSARConfig:
                      "num_train_negatives", "num_eval_negatives", "num_relevance_negatives"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:  # a negative rate ascends the loss (rc 0, loss 2e17)
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         sizes = self.item_category_vocab_sizes + self.user_feature_vocab_sizes

@@ -580,3 +580,19 @@ def test_cli_rejects_a_bad_flag_value_naming_the_flag(tmp_path, flag, value, mes
     assert result.returncode == 2 and result.stdout == ""
     assert f"error: argument {flag}: {message}" in result.stderr, result.stderr[-500:]
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--max_epochs", "0", "--max_epochs must be >= 1, got 0"),
+    ("--validation_rows", "0", "--validation_rows must be >= 1, got 0"),
+    ("--steps_per_epoch", "-2", "--steps_per_epoch must be >= 1, got -2"),
+    ("--learning_rate", "-1", "learning_rate must be > 0, got -1.0")])
+def test_cli_refuses_impossible_values_before_writing_anything(tmp_path, capsys, flag, value,
+                                                              message):
+    from unisar_tf.train import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--data_dir", str(tmp_path), "--model_dir", str(tmp_path / "m"), flag, value])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

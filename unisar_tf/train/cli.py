@@ -194,6 +194,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Before anything is written: a bad count would create the run folder, then fail there.
+    for name in ("max_epochs", "steps_per_epoch", "validation_rows", "sasrec_max_epochs"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
     try:  # an inconsistent set of flags is a usage error, not a traceback
         config_from_args(args)
     except ValueError as error:
