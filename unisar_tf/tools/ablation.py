@@ -237,16 +237,26 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
-    args.base_overrides = {}
-    for text in args.overrides:
-        key, _, value = text.partition("=")
-        if not _:
-            raise SystemExit(f"--set expects FIELD=VALUE, got {text!r}")
-        try:
-            args.base_overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            args.base_overrides[key] = value
+    try:
+        args.base_overrides = parse_set_overrides(args.overrides)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     return args
+
+
+def parse_set_overrides(texts: Sequence[str]) -> Dict[str, object]:
+    """`--set FIELD=VALUE` flags -> {field: value}, VALUE read as JSON when it parses
+    (numbers, booleans, lists), else kept as text; ValueError without the "="."""
+    overrides: Dict[str, object] = {}
+    for text in texts:
+        key, separator, value = text.partition("=")
+        if not separator:
+            raise ValueError(f"--set expects FIELD=VALUE, got {text!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
 
 
 def main(argv=None) -> None:

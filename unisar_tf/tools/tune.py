@@ -50,6 +50,7 @@ from unisar_tf.data import reader
 from unisar_tf.train.evaluation import VALIDATION_METRIC
 from unisar_tf.train.run_dir import BEST_FILE, HISTORY_FILE
 from unisar_tf.train.trainer import Trainer, TrainerOptions
+from unisar_tf.tools.ablation import parse_set_overrides
 
 OBJECTIVE = "validation_score"  # the Trainer's: mean NDCG@5 over the tasks, validation split
 # Hyperparameter (= UniSARConfig field and `python -m unisar_tf.train` flag) -> choices.
@@ -474,15 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_settings(argv: Optional[Sequence[str]] = None) -> SearchSettings:
     parser = build_parser()
     args = parser.parse_args(argv)
-    overrides: Dict[str, Any] = {}
-    for text in args.overrides:
-        key, separator, value = text.partition("=")
-        if not separator:
-            parser.error(f"--set expects FIELD=VALUE, got {text!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    try:
+        overrides = parse_set_overrides(args.overrides)
+    except ValueError as error:
+        parser.error(str(error))
     space = {"learning_rate": args.learning_rates, "dropout": args.dropouts,
              "embedding_dim": args.embedding_dims, "num_train_negatives": args.negatives}
     return SearchSettings(data_dir=args.data_dir, out_dir=args.out_dir, preset=args.preset,
