@@ -41,3 +41,41 @@ def small_model(root, seed: int):
     tf.keras.utils.set_random_seed(seed)
     config = UniSARConfig(**SMALL_MODEL)
     return config, build_model(config), write_vocabularies(root / "vocab", config)
+
+
+# The co-occurrence fixture: 8 items, training examples (history items, positive).
+COOCCURRENCE_ITEMS = 8
+COOCCURRENCE_HISTORIES = ((1, 2, 0), (2, 3, 0), (1, 3, 3), (4, 0, 0))
+COOCCURRENCE_POSITIVES = (3, 1, 2, 5)
+
+
+def cooccurrence_model(seed=None, **overrides):
+    """The default preset's model on COOCCURRENCE_ITEMS items with captions, the
+    co-occurrence table of the fixture's examples and one transition (2 -> 3); `overrides`
+    change the config (e.g. TINY widths), `seed` seeds the weights first."""
+    import numpy as np
+
+    from unisar_tf.config import default_preset
+    from unisar_tf.data.cooccurrence import (CooccurrenceTable, item_cooccurrence,
+                                             table_from_counts)
+    from unisar_tf.data.side_features import SideFeatures
+
+    items = COOCCURRENCE_ITEMS
+    captions = np.zeros((items, 3), np.int32)
+    captions[1], captions[2], captions[3] = [4, 5, 0], [4, 0, 0], [6, 7, 5]
+    side = SideFeatures(np.zeros((items, 0), np.int32), captions,
+                        np.zeros((6, 0), np.int32), (), (), ())
+    table = table_from_counts(item_cooccurrence(np.array(COOCCURRENCE_HISTORIES),
+                                                np.array(COOCCURRENCE_POSITIVES), items), items)
+    transitions = CooccurrenceTable(np.array([2 * items + 3]), np.array([1.0], np.float32),
+                                    np.eye(items, dtype=np.float32)[2])
+    values = dict(num_items=items, num_users=6, num_words=9, rec_len=3, search_len=2,
+                  query_len=4, clicks_per_session=1, num_relevance_negatives=4,
+                  cooccurrence_pairs=table.num_pairs, transition_pairs=1,
+                  **side.config_overrides())
+    values.update(overrides)
+    if seed is not None:
+        tf.keras.utils.set_random_seed(seed)
+    model = build_model(default_preset(**values), side_features=side)
+    model.set_cooccurrence(table, transitions)
+    return model

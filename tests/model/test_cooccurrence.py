@@ -2,6 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
+from helpers.model import cooccurrence_model
 from unisar_tf.data.cooccurrence import item_cooccurrence, table_from_counts
 from unisar_tf.layers.cooccurrence import ItemCooccurrence
 from unisar_tf.train.baselines import itemknn_scores, normalized_cooccurrence
@@ -110,25 +111,7 @@ def test_directed_table_keeps_the_direction_and_excludes_the_own_transition():
 
 def _default_model():
     """The default preset's model on 8 items with captions and a filled co-occurrence table."""
-    from unisar_tf.config import default_preset
-    from unisar_tf.data.cooccurrence import CooccurrenceTable
-    from unisar_tf.data.side_features import SideFeatures
-    from unisar_tf.model import build_model
-
-    captions = np.zeros((NUM_ITEMS, 3), np.int32)
-    captions[1], captions[2], captions[3] = [4, 5, 0], [4, 0, 0], [6, 7, 5]
-    side = SideFeatures(np.zeros((NUM_ITEMS, 0), np.int32), captions,
-                        np.zeros((6, 0), np.int32), (), (), ())
-    table = table_from_counts(item_cooccurrence(HISTORIES, POSITIVES, NUM_ITEMS), NUM_ITEMS)
-    transitions = CooccurrenceTable(np.array([2 * NUM_ITEMS + 3]), np.array([1.0], np.float32),
-                                    np.eye(NUM_ITEMS, dtype=np.float32)[2])
-    config = default_preset(num_items=NUM_ITEMS, num_users=6, num_words=9, rec_len=3,
-                            search_len=2, query_len=4, clicks_per_session=1,
-                            num_relevance_negatives=4, cooccurrence_pairs=table.num_pairs,
-                            transition_pairs=1, **side.config_overrides())
-    model = build_model(config, side_features=side)
-    model.set_cooccurrence(table, transitions)
-    return model
+    return cooccurrence_model()
 
 
 def _batch():

@@ -7,39 +7,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers.model import TINY
+from helpers.model import TINY, cooccurrence_model
 from unisar_tf.config import DEFAULT_PRESET_ABLATIONS, UniSARConfig, default_preset
-from unisar_tf.data.cooccurrence import CooccurrenceTable, item_cooccurrence, table_from_counts
-from unisar_tf.data.side_features import SideFeatures
-from unisar_tf.model import MATCH_FEATURE_PRIOR, build_model, match_feature_prior
+from unisar_tf.model import MATCH_FEATURE_PRIOR, match_feature_prior
 
 SWITCHES = ("cooccurrence_wide_term", "cooccurrence_transitions", "cooccurrence_query_overlap")
-NUM_ITEMS = 8
-HISTORIES = np.array([[1, 2, 0], [2, 3, 0], [1, 3, 3], [4, 0, 0]])
-POSITIVES = np.array([3, 1, 2, 5])
 REL_NEGATIVES = {"rel_negative_items": tf.constant([1, 2, 3, 4]),
                  "rel_negative_query_tokens": tf.zeros((4, 4), tf.int64)}
 
 
 def _model(seed=0, **overrides):
-    """The default preset on 8 items with captions, a co-occurrence table and one transition
-    (2 -> 3); tiny widths, no dropout (so two models with the same weights score alike)."""
-    captions = np.zeros((NUM_ITEMS, 3), np.int32)
-    captions[1], captions[2], captions[3] = [4, 5, 0], [4, 0, 0], [6, 7, 5]
-    side = SideFeatures(np.zeros((NUM_ITEMS, 0), np.int32), captions,
-                        np.zeros((6, 0), np.int32), (), (), ())
-    table = table_from_counts(item_cooccurrence(HISTORIES, POSITIVES, NUM_ITEMS), NUM_ITEMS)
-    transitions = CooccurrenceTable(np.array([2 * NUM_ITEMS + 3]), np.array([1.0], np.float32),
-                                    np.eye(NUM_ITEMS, dtype=np.float32)[2])
-    values = dict(TINY, num_items=NUM_ITEMS, num_users=6, num_words=9, rec_len=3, search_len=2,
-                  query_len=4, clicks_per_session=1, num_relevance_negatives=4, dropout=0.0,
-                  cooccurrence_pairs=table.num_pairs, transition_pairs=1,
-                  **side.config_overrides())
-    values.update(overrides)
-    tf.keras.utils.set_random_seed(seed)
-    model = build_model(default_preset(**values), side_features=side)
-    model.set_cooccurrence(table, transitions)
-    return model
+    """helpers.model.cooccurrence_model with tiny widths and no dropout (so two models with
+    the same weights score alike)."""
+    return cooccurrence_model(seed, **dict(TINY, num_relevance_negatives=4, dropout=0.0,
+                                           **overrides))
 
 
 def _batch(query_tokens=((5, 4, 0, 0), (7, 0, 0, 0))):
