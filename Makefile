@@ -49,7 +49,7 @@ redis-server:
 
 # Parameter count of the Amazon preset at the Kindle vocabulary sizes of the paper.
 param-count: $(INSTALLED)
-	$(PY) -m unisar_tf.tools.param_count --preset amazon --num-items 61935 --num-words 1866 --num-users 68223
+	$(PY) -m unisar_tf.tools.param_count --preset amazon --num_items 61935 --num_words 1866 --num_users 68223
 
 # Re-resolve the pinned stack after editing requirements.in.
 lock:

@@ -1,11 +1,11 @@
 """The README's main job: the full TFX pipeline on the raw Amazon Beauty logs, a small budget.
 
-    python -m pipeline.main_job [--epochs 1 --batch_size 1024 --pipeline_root out/tfx]
+    python -m pipeline.main_job [--max_epochs 1 --batch_size 1024 --pipeline_root out/tfx]
 
 1. Runs the TFX pipeline (pipeline/tfx_pipeline.py) with LocalDagRunner and ML Metadata in
    SQLite: SequenceExampleGen (the Beam data job, DirectRunner with 2 processes) ->
    StatisticsGen -> schema import and validation -> AnomalyGate -> Trainer (the project's
-   trainer, the default preset, `--epochs` epochs) -> RankingEvaluator (test HR/NDCG
+   trainer, the default preset, `--max_epochs` epochs) -> RankingEvaluator (test HR/NDCG
    on 1 + 99 lists; blessed only if on each task it beats random, every baseline and the last
    blessed model beyond the noise, unisar_tf/train/gate.py) -> Pusher
    (`<serving_dir>/unisar/<version>`, only if blessed).
@@ -51,6 +51,7 @@ def blessing_verdict(report: dict, pushed: Optional[str]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     from pipeline import build_examples
+    from unisar_tf.flags import deprecated_alias
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_root", default=build_examples.DEFAULT_SHARED_DATA,
@@ -58,14 +59,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--pipeline_root", default=os.path.join(REPO_ROOT, "out", "tfx"))
     parser.add_argument("--serving_dir", default=os.path.join(REPO_ROOT, "out", "serving"),
                         help="blessed models are pushed to <serving_dir>/unisar/<version>")
-    parser.add_argument("--epochs", type=int, default=1,
+    parser.add_argument("--max_epochs", type=int, default=1,
                         help="the default preset peaks after the first epoch on Beauty")
+    deprecated_alias(parser, "--epochs", "--max_epochs")
     parser.add_argument("--batch_size", type=int, default=1024,
                         help="rec examples per step (1,024, the preset's, gives 34 steps an epoch)")
-    parser.add_argument("--sasrec_epochs", type=int, default=None,
+    parser.add_argument("--sasrec_max_epochs", type=int, default=None,
                         help="epoch budget of the learned rec baseline (SASRecTrainer) the "
                              "evaluator reports and gates against (default: its own, early "
                              "stopping ends it first); 0: none")
+    deprecated_alias(parser, "--sasrec_epochs", "--sasrec_max_epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_cache", action="store_true", help="re-run every component")
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -82,13 +85,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     # Queries of 8 words: Beauty's longest query has 6, and the spec's 50 (KuaiSAR) costs 6x
     # more work in every query tensor; truncation would be counted in the manifest.
     build_options = {"seed": args.seed, "train_negative_pool": 20, "query_len": 8}
-    train_config = {"max_epochs": args.epochs, "seed": args.seed,
+    train_config = {"max_epochs": args.max_epochs, "seed": args.seed,
                     "config_overrides": {"batch_size": args.batch_size}}
     rows = local.run("unisar", args.pipeline_root, args.data_root, "amazon_beauty",
                      args.serving_dir, list(beam_job.DEFAULT_LOCAL_BEAM_ARGS),
                      os.path.join(args.pipeline_root, "metadata.sqlite"), build_options,
                      enable_cache=not args.no_cache, train_config=train_config,
-                     sasrec_max_epochs=args.sasrec_epochs)
+                     sasrec_max_epochs=args.sasrec_max_epochs)
     print("\n" + local.format_report(rows))
     by_component = {row["component"]: row for row in rows}
 

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 
 from unisar_tf.config import kuaisar_preset
 from unisar_tf.data.synthetic import generate_synthetic_data, write_data_dir
+from unisar_tf.flags import deprecated_alias
 from unisar_tf.metrics import metrics_table
 from unisar_tf.train.evaluation import evaluate_best
 from unisar_tf.train.trainer import Trainer, TrainerOptions
@@ -64,8 +65,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--users", type=int, default=1500)
     parser.add_argument("--items", type=int, default=400)
     parser.add_argument("--words", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--max_epochs", type=int, default=6)
+    deprecated_alias(parser, "--epochs", "--max_epochs")
+    parser.add_argument("--batch_size", type=int, default=128)
+    deprecated_alias(parser, "--batch-size", "--batch_size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out_dir", default=None,
                         help="keep the data and the run here (default: a temporary directory)")
@@ -73,7 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    results = run_demo(args.users, args.items, args.words, args.epochs, args.batch_size,
+    results = run_demo(args.users, args.items, args.words, args.max_epochs, args.batch_size,
                        args.seed, out_dir=args.out_dir)
     print("\nTest metrics on held-out synthetic data:")
     print(metrics_table(results))

@@ -1,7 +1,7 @@
 """Print UniSAR's trainable parameter count for a preset and vocabulary sizes.
 
-    python -m unisar_tf.tools.param_count --preset amazon --num-items 61935 --num-words 1866 \
-        --num-users 68223
+    python -m unisar_tf.tools.param_count --preset amazon --num_items 61935 --num_words 1866 \
+        --num_users 68223
 
 Vocabulary sizes count the padding id 0. The table breaks the total down by component so it
 can be compared with the reference implementation's count (docs/model.md).
@@ -15,6 +15,7 @@ import sys
 from typing import Dict, List, Optional
 
 from unisar_tf.config import preset
+from unisar_tf.flags import deprecated_alias
 from unisar_tf.model import build_model
 
 
@@ -32,9 +33,9 @@ def parameter_breakdown(model) -> Dict[str, int]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="amazon", choices=["paper", "amazon", "kuaisar"])
-    parser.add_argument("--num-items", type=int, required=True)
-    parser.add_argument("--num-words", type=int, required=True)
-    parser.add_argument("--num-users", type=int, required=True)
+    for name in ("items", "words", "users"):  # counts include the padding id 0
+        parser.add_argument(f"--num_{name}", type=int, required=True)
+        deprecated_alias(parser, f"--num-{name}", f"--num_{name}")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
