@@ -11,7 +11,7 @@ rows; the sequence builder reads nothing else.
 | `item_id`           | string      | rec: yes | the recommended item / one item a search returned; empty for a search with no results |
 | `click`             | int64 >= 0  | no (1)   | clicks on the item; rec rows with 0 are impressions, search rows with 0 are returned-not-clicked |
 | `search_session_id` | string      | search   | groups the rows of one search session (one query)    |
-| `query_tokens`      | token list  | search   | the query's word ids, "[20, 34, 3]" or "20 34 3"      |
+| `query_tokens`      | token list  | search   | the query's words (or word ids), "[20, 34, 3]" or "20 34 3"; any script (parse_token_list) |
 
 Side features live in two optional tables keyed by id, not on every event:
 items (`item_id`, `categories`, `caption_tokens`) and users (`user_id` plus string columns).
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 from typing import Optional, Tuple
 
 USER_ID = "user_id"
@@ -100,18 +101,32 @@ class RowError(ValueError):
 
 _INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 _TOKEN_LIST = re.compile(r"^\[?\s*([^\[\]]*?)\s*\]?$")
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-.:]+$")
+# Words are separated by white space (every character str.isspace() calls space, which
+# includes every line break str.splitlines() knows, tab and the ASCII separators
+# \x1c-\x1f) and commas.
+_TOKEN_SEPARATORS = re.compile(r"[,\s]+")
+# What a word may not hold: the control characters that are not separators (Unicode Cc:
+# the rest of C0, DEL, C1) and lone surrogates (bytes that were not UTF-8). With the
+# separators, this keeps every character of _UNSAFE_ID_CHARS out of the words, so
+# vocab/words.txt holds one word per line.
+_TOKEN_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_QUOTES = "'\""
 
 
 def parse_token_list(text: Optional[str], field: str = QUERY_TOKENS) -> Tuple[str, ...]:
     """"[20, 34, 3]", "20 34 3", "20,34,3" or "" -> ("20", "34", "3") / ().
 
-    Raises RowError(REJECT_BAD_QUERY) on anything else (unbalanced brackets, nested lists,
-    quotes or stray characters), so a mangled keyword column is never read as words.
+    A word is any run of characters between separators (white space, commas), in any script
+    ("éclair", "قهوة", "咖啡", "👩‍🍳"), Unicode NFC-normalised, so "e" + combining acute and "é"
+    are the same word offline and online (example_rules.tokenize_query, the online path's
+    tokeniser, is this function). Raises RowError(REJECT_BAD_QUERY) on anything that is not a
+    flat list of words, so a mangled keyword column is never read as words: unbalanced
+    brackets, brackets inside (nested lists), a word in quotes ('a' or "a", a list of string
+    literals), or a control character (or a byte that was not UTF-8) in a word.
     """
     if text is None:
         return ()
-    text = text.strip()
+    text = unicodedata.normalize("NFC", text.strip())
     if not text:
         return ()
     if text.startswith("[") != text.endswith("]"):
@@ -119,11 +134,17 @@ def parse_token_list(text: Optional[str], field: str = QUERY_TOKENS) -> Tuple[st
     match = _TOKEN_LIST.match(text)
     if match is None:
         raise RowError(REJECT_BAD_QUERY, f"{field}={text[:80]!r}: not a flat token list")
-    body = match.group(1)
-    tokens = tuple(token for token in re.split(r"[,\s]+", body) if token)
+    tokens = tuple(token for token in _TOKEN_SEPARATORS.split(match.group(1)) if token)
     for token in tokens:
-        if not _TOKEN.match(token):
-            raise RowError(REJECT_BAD_QUERY, f"{field}={text[:80]!r}: bad token {token!r}")
+        bad = _TOKEN_FORBIDDEN.search(token)
+        if bad is not None:
+            raise RowError(REJECT_BAD_QUERY,
+                           f"{field}={text[:80]!r}: bad token {token[:40]!r} holds "
+                           f"{bad.group(0)!r} (U+{ord(bad.group(0)):04X}), a control character")
+        if len(token) > 1 and token[0] == token[-1] and token[0] in _QUOTES:
+            raise RowError(REJECT_BAD_QUERY,
+                           f"{field}={text[:80]!r}: bad token {token[:40]!r} is quoted; words "
+                           "are written without quotes")
     return tokens
 
 

@@ -10,6 +10,7 @@ properties are in tests/serving/test_serving_server.py; whole-job bad input in t
 import json
 import os
 import tempfile
+import unicodedata
 
 import apache_beam as beam
 import pyarrow as pa
@@ -363,3 +364,88 @@ def test_a_header_only_file_is_counted_and_warned_about(caplog):
     assert (events, rejected) == ([], [])
     assert stats == {common.INPUT_ROWS: 0, common.FILES_WITHOUT_ROWS: 1}
     assert any("no data rows" in record.getMessage() for record in caplog.records)
+
+
+# --- query words of any script, offline and online (issue 23 item 7) ----------------------------
+
+# Characters of a word: any code point but separators (white space, commas), brackets, control
+# characters and surrogates; quotes are left out so that no drawn word is quote-wrapped.
+WORD_CHARS = st.characters(codec="utf-8", blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"),
+                           blacklist_characters=",[]'\"\x1c\x1d\x1e\x1f\x85")
+WORDS = st.lists(st.text(WORD_CHARS, min_size=1, max_size=6), max_size=5)
+SEPARATORS = st.text(st.sampled_from([" ", ",", "\t", "\n", "\u3000", "\u00a0"]), min_size=1,
+                     max_size=3)
+ANY_QUERY_TEXT = st.text(st.characters(codec="utf-8"), max_size=24)
+
+
+def _offline_query_tokens(texts):
+    """Each text as the query_tokens cell of a search row of an event-log CSV, through the
+    data job's adapter (ParseCsvFile + parse_canonical_row): [tokens, or None if the row was
+    dead-lettered as malformed_query_tokens]."""
+    header = list(es.EVENT_COLUMNS)
+    rows = [{es.USER_ID: "u", es.TIMESTAMP: str(k), es.SCENARIO: "search", es.ITEM_ID: "i",
+             es.CLICK: "1", es.SEARCH_SESSION_ID: f"s{k}", es.QUERY_TOKENS: text}
+            for k, text in enumerate(texts)]
+    data = csv_bytes(header, rows)
+    path, (events, rejected, stats) = parse_event_log_csv(data)
+    check_accounting(path, data, events, rejected, stats)
+    # Line of row k: after the header and the physical lines of the rows before it.
+    starts, line = [], 2
+    for row in rows:
+        starts.append(line)
+        line += csv_text([[row[name] for name in header]]).count("\n")
+    outcome = {event.line: event.query_tokens for event in events}
+    for row in rejected:
+        if row.line in starts:
+            assert row.reason == es.REJECT_BAD_QUERY, (row, texts)
+            outcome[row.line] = None
+        # else: a later line of a rejected row that spans lines, read again as a row
+        # (docs/data.md), not a query.
+    return [outcome[line] for line in starts]
+
+
+def _online_query_tokens(assembler, text):
+    try:
+        return assembler.query_tokens(text)
+    except ValueError:
+        return None
+
+
+def _check_words_are_vocabulary_lines(tokens):
+    for token in tokens:
+        assert token and unicodedata.is_normalized("NFC", token), token
+        assert es.unsafe_id_character(token) is None and not any(
+            c.isspace() or c in ",[]" for c in token), token
+    # One word per line of vocab/words.txt, read back by line (TextFileInitializer,
+    # splitlines) and re-tokenised (the raw id format's words): the same words.
+    text = "".join(f"{token}\n" for token in tokens)
+    assert text.encode("utf-8").decode("utf-8").splitlines() == list(tokens)
+    assert es.parse_token_list(" ".join(tokens)) == tokens
+
+
+@SETTINGS
+@given(queries=st.lists(st.tuples(WORDS, SEPARATORS, st.booleans()), min_size=1, max_size=4),
+       noise=st.lists(ANY_QUERY_TEXT, max_size=4))
+@example(queries=[(["éclair", "e\u0301clair"], " ", False), (["قهوة", "咖啡"], ", ", True),
+                  (["\U0001F469\u200D\U0001F373", "men's"], "\u3000", False)],
+         noise=["'a'", "a\x00b", "[1, [2]]", "\u2028x\u0085y"])
+def test_query_words_of_any_script_give_the_same_tokens_offline_and_online(queries, noise):
+    """Random Unicode query text, through the data job's adapter and through the online
+    path's assembler (serving.online_features): both accept it with the same words, or both
+    reject it. Lists of drawn words (any script) come back as those words, NFC-normalised;
+    every accepted word can be one line of vocab/words.txt."""
+    from feature_specs.example_schema import SequenceShapes
+    from serving.online_features import OnlineFeatureAssembler
+
+    assembler = OnlineFeatureAssembler(SequenceShapes(rec_len=2, search_len=2, query_len=3,
+                                                      clicks_per_session=1))
+    texts = [("[{}]" if bracketed else "{}").format(separator.join(words))
+             for words, separator, bracketed in queries] + noise
+    offline = _offline_query_tokens(texts)
+    for k, text in enumerate(texts):
+        online = _online_query_tokens(assembler, text)
+        assert offline[k] == online, (text, offline[k], online)
+        if online is not None:
+            _check_words_are_vocabulary_lines(online)
+    for (words, _, _), tokens in zip(queries, offline):
+        assert tokens == tuple(unicodedata.normalize("NFC", word) for word in words), words

@@ -161,14 +161,22 @@ def test_encode_packed_example_takes_payloads_as_given():
     ("[]", ()),
     ("[ ]", ()),
     (None, ()),
+    # Issue 23 item 7: words of any script (they were dead letters), punctuation inside a
+    # word, NFC: "e" + U+0301 is "é", the composed form.
+    ("éclair crème", ("éclair", "crème")),
+    ("e\u0301clair", ("\u00e9clair",)),
+    ("[قهوة, 咖啡]", ("قهوة", "咖啡")),
+    ("\U0001F469\u200D\U0001F373 \u00a0 ok", ("\U0001F469\u200D\U0001F373", "ok")),
+    ("men's a;b {1 (2)", ("men's", "a;b", "{1", "(2)")),
+    ("a\u3000b\u2028c", ("a", "b", "c")),  # ideographic space, line separator: separators
 ])
 def test_parse_token_list_accepts_flat_lists(text, expected):
     assert parse_token_list(text) == expected
 
 
 @pytest.mark.parametrize("text", [
-    "[1, [2]]", "[1, 2", "1, 2]", "a b'c", "[[1]]", "]1 2[", "['a', 'b']", '["a"]', "1;2",
-    "[1] [2]", "{1, 2}", "(1, 2)",
+    "[1, [2]]", "[1, 2", "1, 2]", "[[1]]", "]1 2[", "['a', 'b']", '["a"]', "'a'",
+    "[1] [2]", "a\x00b", "caf\x7f", "x\x9by", "a\udcff",
 ])
 def test_parse_token_list_rejects_malformed(text):
     with pytest.raises(RowError) as caught:
