@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -62,13 +63,16 @@ DEFAULT_LOCAL_BEAM_ARGS = ("--runner=DirectRunner", "--direct_num_workers=2",
 
 # --- vocabularies -----------------------------------------------------------------------------
 
-def _vocab_keys(event: es.Event):
+def _vocab_keys(event: es.Event, query_len: int):
     yield ("user", event.user_id)
     if event.item_id:
         yield ("item", event.item_id)
         if event.click > 0:
             yield ("click", event.item_id)
-    for token in event.query_tokens:
+    # Only the words an example can hold: a query is cut to its first query_len words
+    # (example_rules.behaviours, counted as queries_truncated_to_query_len), and the words
+    # after them must not fill the vocabulary (one 15,000-word query added 15,000 words).
+    for token in event.query_tokens[:query_len]:
         yield ("word", token)
 
 
@@ -237,7 +241,8 @@ def build_pipeline(pipeline: beam.Pipeline, adapter_output: common.AdapterOutput
         stats.append(tagged.skipped | "CountSkipped" >> beam.Map(
             lambda _: ("events_of_users_not_selected_by_max_users", 1)))
 
-    counters = [events | "CountVocab" >> beam.CombineGlobally(CountVocabKeys(_vocab_keys))]
+    counters = [events | "CountVocab" >> beam.CombineGlobally(CountVocabKeys(
+        functools.partial(_vocab_keys, query_len=options.query_len)))]
     if adapter_output.item_side is not None:
         counters.append(adapter_output.item_side | "CountCaptionWords" >> beam.CombineGlobally(
             CountVocabKeys(_side_vocab_keys)))

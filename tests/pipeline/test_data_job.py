@@ -132,8 +132,10 @@ KUAISAR_ITEMS = ["503", "501", "505", "520", "533"] + [
     "521", "522", "523", "524", "525", "526", "527", "528", "529", "530", "531", "532", "534",
     "535", "536", "537", "538", "539"]
 # Query tokens counted once per search row, plus caption words once per item_features row:
-# 34: 15+1, 20: 13+1, 8: 5+7, 9: 5+7, 7: 9+1, 3: 7+1, 40: 3 captions, 41/42/77: 1 caption.
-KUAISAR_WORDS = ["34", "20", "8", "9", "7", "3", "40", "41", "42", "77"]
+# 34: 15+1, 20: 13+1, 9: 5+7, 7: 9+1, 3: 7+1, 8: 5, 40: 3 captions, 41/42/77: 1 caption.
+# Only the first query_len (3) words of a query count: session 2's "[34, 7, 9, 8]" adds no
+# "8" (its 7 rows made 8 tie with 9 at 12 before issue 23).
+KUAISAR_WORDS = ["34", "20", "9", "7", "3", "8", "40", "41", "42", "77"]
 
 
 def run_kuaisar(input_dir, output_dir, beam_args=IN_MEMORY):
@@ -225,7 +227,7 @@ def test_kuaisar_search_example_history(kuaisar_run):
     assert example[fs.REC_HISTORY_ITEMS] == [8, 1, 18]  # hand-computed ids of 506, 503, 516
     assert [items[i - 1] for i in example[fs.REC_HISTORY_ITEMS]] == ["506", "503", "516"]
     queries = rows_of(example[fs.SEARCH_HISTORY_QUERY_TOKENS], 3)
-    assert queries == [[2, 1, 6], [1, 5, 4], [2, 0, 0], [3, 2, 0]]
+    assert queries == [[2, 1, 5], [1, 4, 3], [2, 0, 0], [6, 2, 0]]
     # Through vocab/words.txt (line k = id k): the keyword lists of sessions 1-4, session 2's
     # "[34, 7, 9, 8]" truncated to query_len 3.
     assert [[words[t - 1] for t in row if t] for row in queries] == [
@@ -237,7 +239,7 @@ def test_kuaisar_search_example_history(kuaisar_run):
         [],  # session 3: no click
         ["515"]]
     assert clicks[0] == [1, 3, 0, 0, 0]
-    assert example[fs.QUERY_TOKENS] == [6, 0, 0]  # "[3]"
+    assert example[fs.QUERY_TOKENS] == [5, 0, 0]  # "[3]"
     assert [words[t - 1] for t in example[fs.QUERY_TOKENS] if t] == ["3"]
     candidates = example[fs.CANDIDATE_ITEMS]
     assert len(candidates) == 1 + KUAISAR_OPTIONS.num_eval_negatives
@@ -294,7 +296,7 @@ def test_kuaisar_side_features_have_dense_ids(kuaisar_run):
     assert {raw: row["id"] for raw, row in item_rows.items()} == {
         "501": 2, "503": 1, "505": 3, "507": 9, "516": 18}
     assert {raw: row["caption_word_ids"] for raw, row in item_rows.items()} == {
-        "501": [2, 7, 8], "503": [1, 9], "505": [6, 7], "507": [5], "516": []}
+        "501": [2, 7, 8], "503": [1, 9], "505": [5, 7], "507": [4], "516": []}
     assert item_rows["501"]["caption_tokens"] == ["20", "40", "41"]
     # "Esports, pro" (a quoted comma) in second_level_category_name_en did not shift columns.
     assert item_rows["507"]["categories"] == ["2", "22"]
@@ -568,6 +570,76 @@ def test_event_log_missing_required_parquet_column_fails_before_running(tmp_path
     with pytest.raises(ValueError, match=r"scenario") as raised:
         event_log.read(beam.Pipeline(), event_log.EventLogInputs(events=(str(path),)))
     assert str(path) in str(raised.value)
+
+
+# Issue 23 items 7 and 9 (query_len): query words in any script, one of them written
+# decomposed ("e" + U+0301), and a 6-word query cut to query_len 3.
+EMOJI = "\U0001F469\u200D\U0001F373"  # woman cook: a ZWJ sequence, one word
+UNICODE_ROWS = [
+    ("ana", 1, "rec", "i1", "", ""),
+    ("ana", 2, "search", "i2", "s1", "éclair crème"),
+    ("ana", 3, "search", "i3", "s2", f"e\u0301clair 咖啡 قهوة {EMOJI}x cut2 cut3"),
+    ("ana", 4, "rec", "i4", "", ""),
+    ("bo", 1, "rec", "i5", "", ""),
+    ("bo", 2, "search", "i6", "s3", f"[{EMOJI}, 咖啡]"),
+    ("bo", 3, "rec", "i7", "", ""),
+]
+UNICODE_OPTIONS = sb.BuildOptions(split="loo", clicks_per_session=1, num_train_negatives=1,
+                                  num_eval_negatives=1, rec_len=2, search_len=2, query_len=3,
+                                  min_rec_history=0, min_search_history=0)
+
+
+def test_only_the_first_query_len_words_of_a_query_are_counted_for_the_vocabulary():
+    """Issue 23: one 15,000-word query added 15,000 words to vocab/words.txt, though an
+    example holds only its first query_len words."""
+    event = es.Event("u", 1, es.SCENARIO_SEARCH, "i1", 1, "s1",
+                     tuple(f"w{k}" for k in range(15_000)))
+    keys = list(beam_job._vocab_keys(event, query_len=50))
+    assert [raw for kind, raw in keys if kind == "word"] == [f"w{k}" for k in range(50)]
+    assert [key for key in keys if key[0] != "word"] == [("user", "u"), ("item", "i1"),
+                                                         ("click", "i1")]
+
+
+@pytest.mark.slow  # one Beam run (~10 s on the shared 2-core machine)
+def test_query_words_of_any_script_round_trip_through_the_vocabulary_into_the_examples(
+        tmp_path):
+    """Before: every search row above was dead-lettered as malformed_query_tokens (only
+    [A-Za-z0-9_-.:] was a word), and a query's words past query_len entered the vocabulary.
+    Now: words of any script, NFC-normalised (both spellings of éclair are one word), in
+    vocab/words.txt one per line and in the examples; the cut words nowhere."""
+    path = tmp_path / "events.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["user_id", "timestamp", "scenario", "item_id", "search_session_id",
+                         "query_tokens"])
+        writer.writerows(UNICODE_ROWS)
+    output_dir = tmp_path / "out"
+    inputs = event_log.EventLogInputs(events=(str(path),))
+    manifest = beam_job.run(lambda p: event_log.read(p, inputs), UNICODE_OPTIONS,
+                            str(output_dir), dataset="event_log", inputs={},
+                            beam_args=IN_MEMORY)
+    assert manifest["rejected"] == {}
+    assert manifest["counters"]["queries_truncated_to_query_len"] == 1  # s2
+    # Rows per word: éclair 2 (s1, s2: composed and decomposed), 咖啡 2 (s2, s3), the rest 1;
+    # ties by code point. "<emoji>x", cut2 and cut3 are s2's words 4-6: not words.
+    words = read_vocab(output_dir, "words")
+    assert words == ["\u00e9clair", "咖啡", "crème", "قهوة", EMOJI]
+    assert manifest["vocab_sizes"]["words"] == 5
+    with open(output_dir / "vocab" / "words.txt", "rb") as handle:
+        assert handle.read() == "".join(f"{w}\n" for w in words).encode("utf-8")
+    records = read_records(output_dir)
+    users = read_vocab(output_dir, "users")
+
+    def query(example, feature=fs.QUERY_TOKENS):
+        return [words[t - 1] for t in example[feature] if t]
+
+    # Leave-one-out per scenario: ana's s2 and bo's s3 are test, ana's s1 validation.
+    test = {users[decode(r)[fs.USER_ID][0] - 1]: decode(r) for r in records[("test", "search")]}
+    [valid] = [decode(r) for r in records[("valid", "search")]]
+    assert query(test["ana"]) == ["\u00e9clair", "咖啡", "قهوة"]
+    assert query(test["bo"]) == [EMOJI, "咖啡"]
+    assert query(valid) == ["\u00e9clair", "crème"]
+    assert query(test["ana"], fs.SEARCH_HISTORY_QUERY_TOKENS) == ["\u00e9clair", "crème"]
 
 
 @pytest.fixture(scope="module")

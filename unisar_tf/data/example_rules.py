@@ -112,10 +112,11 @@ def behaviours(events: Sequence[Event], ids: IdMaps, query_len: int, clicks_per_
         first = rows[0]
         if any(row.query_tokens != first.query_tokens for row in rows):
             stats["search_sessions_with_differing_queries_first_kept"] += 1
-        query = tuple(ids.words[token] for token in first.query_tokens)
-        if len(query) > query_len:
+        tokens = first.query_tokens
+        if len(tokens) > query_len:
             stats["queries_truncated_to_query_len"] += 1
-            query = query[:query_len]
+            tokens = tokens[:query_len]  # the words after them are not in the vocabulary
+        query = tuple(ids.words[token] for token in tokens)
         clicked = [ids.items[row.item_id] for row in rows if row.click > 0]
         if len(clicked) > clicks_per_session:
             stats["search_sessions_clicks_truncated"] += 1
