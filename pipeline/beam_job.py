@@ -51,7 +51,7 @@ from feature_specs import tfmd_schema
 from feature_specs.layout import (  # noqa: F401 (the job's callers read them here too)
     EXAMPLE_FILE_SUFFIX, ITEM_CLICKS_FILE, LAYOUT_JOB, LAYOUT_TFX, LAYOUTS, MANIFEST_FILE,
     SIDE_FEATURES_DIR, VOCAB_DIR, VOCAB_FILES, example_pattern, example_prefix, tfx_split_name)
-from pipeline import ordered_write
+from pipeline import ordered_write, output_lock
 from pipeline import sequence_builder as sb
 from pipeline.adapters import common
 
@@ -362,38 +362,41 @@ def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: s
     adapter_output_fn(pipeline) -> AdapterOutput; it may raise before the pipeline starts
     (missing files or columns), which is the point: fail before any worker starts.
 
-    The job writes into a staging folder next to `output_dir` and moves its files into
-    `output_dir` only when everything succeeded (replacing an earlier run's files there), so
-    a failed run, whenever it fails, leaves the previous output as it was and no staging or
-    beam-temp folders behind. A run that reads no event at all (e.g. header-only files,
-    every row rejected) fails too, saying why, instead of publishing an empty dataset.
+    One job at a time per `output_dir`: a second one fails at once (output_lock.OutputLocked,
+    naming the holder). The job writes into a staging folder next to `output_dir` and moves
+    its files into `output_dir` only when everything succeeded (replacing an earlier run's
+    files there), so a failed run, whenever it fails, leaves the previous output as it was and
+    no staging or beam-temp folders behind. A run that reads no event at all (e.g.
+    header-only files, every row rejected) fails too, saying why, instead of publishing an
+    empty dataset.
     """
     start = time.time()
     example_prefix(output_dir, sb.SPLIT_TRAIN, es.SCENARIO_REC, layout)  # checks the layout
-    pipeline_options = PipelineOptions(list(beam_args))
-    pipeline = beam.Pipeline(options=pipeline_options)
-    adapter_output = adapter_output_fn(pipeline)
-    staging = staging_dir(output_dir)
-    try:
-        build_pipeline(pipeline, adapter_output, options, staging, num_shards, layout)
-        LOG.info("running the sequence-example job for %s -> %s (staged in %s)", dataset,
-                 output_dir, staging)
-        result = pipeline.run()
-        result.wait_until_finish()
-        stats = json.loads(_read_text(os.path.join(staging, STATS_FILE)))
-        _check_events_read(stats, staging, output_dir)
-        manifest = assemble_manifest(output_dir, stats, options, dataset, inputs, beam_args,
-                                     time.time() - start, layout)
-        if not manifest["examples_total"]:
-            LOG.warning("no example was built from %d events: see the counters in %s",
-                        stats.get("events", 0), os.path.join(output_dir, MANIFEST_FILE))
-        with FileSystems.create(os.path.join(staging, "schema.pbtxt")) as handle:
-            handle.write(text_format.MessageToString(example_schema(options)).encode("utf-8"))
-        with FileSystems.create(os.path.join(staging, MANIFEST_FILE)) as handle:
-            handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
-        publish(staging, output_dir)
-    finally:
-        _delete_quietly(staging)
+    with output_lock.locked_output(output_dir):
+        pipeline_options = PipelineOptions(list(beam_args))
+        pipeline = beam.Pipeline(options=pipeline_options)
+        adapter_output = adapter_output_fn(pipeline)
+        staging = staging_dir(output_dir)
+        try:
+            build_pipeline(pipeline, adapter_output, options, staging, num_shards, layout)
+            LOG.info("running the sequence-example job for %s -> %s (staged in %s)", dataset,
+                     output_dir, staging)
+            result = pipeline.run()
+            result.wait_until_finish()
+            stats = json.loads(_read_text(os.path.join(staging, STATS_FILE)))
+            _check_events_read(stats, staging, output_dir)
+            manifest = assemble_manifest(output_dir, stats, options, dataset, inputs, beam_args,
+                                         time.time() - start, layout)
+            if not manifest["examples_total"]:
+                LOG.warning("no example was built from %d events: see the counters in %s",
+                            stats.get("events", 0), os.path.join(output_dir, MANIFEST_FILE))
+            with FileSystems.create(os.path.join(staging, "schema.pbtxt")) as handle:
+                handle.write(text_format.MessageToString(example_schema(options)).encode("utf-8"))
+            with FileSystems.create(os.path.join(staging, MANIFEST_FILE)) as handle:
+                handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+            publish(staging, output_dir)
+        finally:
+            _delete_quietly(staging)
     return manifest
 
 
