@@ -354,7 +354,8 @@ def assemble_manifest(output_dir: str, stats: Dict[str, int], options: sb.BuildO
 
 def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: str,
         inputs: dict, beam_args: Sequence[str] = DEFAULT_LOCAL_BEAM_ARGS,
-        num_shards: int = 0, layout: str = LAYOUT_JOB) -> dict:
+        num_shards: int = 0, layout: str = LAYOUT_JOB,
+        allow_fewer_outputs: bool = False) -> dict:
     """Builds the examples; returns (and writes) the manifest.
 
     layout: where the example files go (LAYOUT_JOB or LAYOUT_TFX, see example_prefix).
@@ -366,9 +367,11 @@ def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: s
     naming the holder). The job writes into a staging folder next to `output_dir` and moves
     its files into `output_dir` only when everything succeeded (replacing an earlier run's
     files there), so a failed run, whenever it fails, leaves the previous output as it was and
-    no staging or beam-temp folders behind. A run that reads no event at all (e.g.
-    header-only files, every row rejected) fails too, saying why, instead of publishing an
-    empty dataset.
+    no staging or beam-temp folders behind. A run fails too, saying why, instead of
+    publishing (check_outputs): when it reads no event at all (e.g. header-only files, every
+    row rejected), when it builds no example at all, and when it builds no example for a split
+    and scenario the previous output in `output_dir` has, unless allow_fewer_outputs (then
+    the manifest's `fewer_outputs_than_previous` records what the previous output had).
     """
     start = time.time()
     example_prefix(output_dir, sb.SPLIT_TRAIN, es.SCENARIO_REC, layout)  # checks the layout
@@ -387,9 +390,10 @@ def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: s
             _check_events_read(stats, staging, output_dir)
             manifest = assemble_manifest(output_dir, stats, options, dataset, inputs, beam_args,
                                          time.time() - start, layout)
-            if not manifest["examples_total"]:
-                LOG.warning("no example was built from %d events: see the counters in %s",
-                            stats.get("events", 0), os.path.join(output_dir, MANIFEST_FILE))
+            fewer = check_outputs(manifest, options, _previous_examples(output_dir),
+                                  output_dir, allow_fewer_outputs)
+            if fewer:
+                manifest["fewer_outputs_than_previous"] = fewer
             with FileSystems.create(os.path.join(staging, "schema.pbtxt")) as handle:
                 handle.write(text_format.MessageToString(example_schema(options)).encode("utf-8"))
             with FileSystems.create(os.path.join(staging, MANIFEST_FILE)) as handle:
@@ -398,6 +402,79 @@ def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: s
         finally:
             _delete_quietly(staging)
     return manifest
+
+
+def _previous_examples(output_dir: str) -> Optional[Dict[str, Dict[str, int]]]:
+    """The examples per split and scenario of the manifest in output_dir, None without one
+    (or with one that cannot be read: then there is nothing to compare with)."""
+    path = os.path.join(output_dir, MANIFEST_FILE)
+    try:
+        if not FileSystems.exists(path):
+            return None
+        examples = json.loads(_read_text(path))["examples"]
+        return {split: {scenario: int(examples.get(split, {}).get(scenario, 0))
+                        for scenario in es.SCENARIOS} for split in sb.SPLITS}
+    except (ValueError, KeyError, TypeError, AttributeError, IOError):
+        LOG.warning("%s cannot be read; not comparing this run's examples with it", path)
+        return None
+
+
+class NotPublished(ValueError):
+    """A finished run that is not published (check_outputs); the output is as it was."""
+
+
+def _why_no_examples(manifest: dict, options: sb.BuildOptions, scenarios: Sequence[str]) -> str:
+    """What the counters say about the missing examples of `scenarios`."""
+    counters = manifest["counters"]
+    read = sum(counters.get(name, 0) for name in ("events", "events_of_skipped_users"))
+    skipped = manifest["rejected"].get(es.REJECT_TOO_FEW_NEGATIVES, 0)
+    users = counters.get("users", 0) + skipped
+    parts = [f"{read} events of {users} user(s) read"]
+    if skipped:
+        parts.append(f"{skipped} user(s) skipped for too few negatives "
+                     f"({counters.get('events_of_skipped_users', 0)} events; see rejected/)")
+    if es.SCENARIO_SEARCH in scenarios:
+        parts.append(f"{counters.get('search_sessions', 0)} search session(s) with a click")
+    for scenario in scenarios:
+        below = counters.get(f"{scenario}_targets_below_min_history", 0)
+        if below:
+            parts.append(f"{below} {scenario} target(s) below the minimum history "
+                         f"(--min_rec_history {options.min_rec_history}, "
+                         f"--min_search_history {options.min_search_history}; a log with one "
+                         "scenario builds with --min_search_history 0, and --min_rec_history 0 "
+                         "for search only)")
+    return "; ".join(parts)
+
+
+def check_outputs(manifest: dict, options: sb.BuildOptions,
+                  previous: Optional[Dict[str, Dict[str, int]]], output_dir: str,
+                  allow_fewer_outputs: bool = False) -> Dict[str, int]:
+    """NotPublished when the run built no example at all, or none for a split and scenario
+    the previous output (`previous`: its examples per split and scenario, None without one)
+    has, unless allow_fewer_outputs. Returns {"split/scenario": previous count} of the
+    allowed losses ({} when none)."""
+    examples = manifest["examples"]
+    if not manifest["examples_total"]:
+        raise NotPublished(
+            f"no example was built ({_why_no_examples(manifest, options, es.SCENARIOS)}). "
+            f"Nothing was written: {output_dir} is as it was.")
+    if not previous:
+        return {}
+    lost = {f"{split}/{scenario}": previous[split][scenario]
+            for split in sb.SPLITS for scenario in es.SCENARIOS
+            if previous[split][scenario] and not examples[split][scenario]}
+    if lost and not allow_fewer_outputs:
+        scenarios = sorted({key.split("/")[1] for key in lost}, key=es.SCENARIOS.index)
+        raise NotPublished(
+            f"this run builds no example for {', '.join(lost)}, which the output in "
+            f"{output_dir} has ({', '.join(f'{key}: {n}' for key, n in lost.items())}): "
+            f"{_why_no_examples(manifest, options, scenarios)}. Nothing was written: "
+            f"{output_dir} is as it was. To replace it anyway, pass --allow_fewer_outputs "
+            "(beam_job.run(allow_fewer_outputs=True)), or write to another --output.")
+    if lost:
+        LOG.warning("replacing %s, whose %s examples this run does not build "
+                    "(--allow_fewer_outputs)", output_dir, ", ".join(lost))
+    return lost
 
 
 STAGING_INFIX = ".staging-"

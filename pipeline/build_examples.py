@@ -85,6 +85,10 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     build.add_argument("--layout", choices=beam_job.LAYOUTS, default=beam_job.LAYOUT_JOB,
                        help="example files as <split>/<scenario>-*.tfrecord.gz (job) or as a "
                        "TFX Examples artifact's Split-<split>_<scenario>/ (tfx)")
+    build.add_argument("--allow_fewer_outputs", action="store_true",
+                       help="replace an earlier output in --output even when this run builds "
+                       "no example for a split and scenario it has (the run fails otherwise, "
+                       "keeping it); recorded as fewer_outputs_than_previous in the manifest")
     return parser.parse_known_args(argv)
 
 
@@ -183,7 +187,8 @@ def run_job(args, beam_args: Sequence[str]) -> dict:
     inputs, read = adapter_inputs(args)
     return beam_job.run(lambda pipeline: read(pipeline, inputs), build_options(args),
                         args.output, dataset=args.dataset, inputs=describe_inputs(inputs),
-                        beam_args=beam_args, num_shards=args.num_shards, layout=args.layout)
+                        beam_args=beam_args, num_shards=args.num_shards, layout=args.layout,
+                        allow_fewer_outputs=args.allow_fewer_outputs)
 
 
 def describe_inputs(inputs) -> dict:

@@ -8,6 +8,7 @@ import base64
 import collections
 import contextlib
 import csv
+import dataclasses
 import glob
 import io
 import json
@@ -432,11 +433,13 @@ EVENT_LOG_ITEM_CLICKS = {"i1": 3, "i2": 2, "i3": 1, "i4": 2, "i9": 2, "i10": 1, 
 EVENT_LOG_WORDS = ["w1", "w2", "w3", "w4", "w5"]  # 6, 5, 2, 2, 2 rows
 
 
-def run_event_log(paths, output_dir, beam_args=IN_MEMORY):
+def run_event_log(paths, output_dir, beam_args=IN_MEMORY, options=EVENT_LOG_OPTIONS,
+                  **run_args):
     inputs = event_log.EventLogInputs(events=tuple(str(p) for p in paths))
-    return beam_job.run(lambda pipeline: event_log.read(pipeline, inputs), EVENT_LOG_OPTIONS,
+    return beam_job.run(lambda pipeline: event_log.read(pipeline, inputs), options,
                         str(output_dir), dataset="event_log",
-                        inputs={"events": [str(p) for p in paths]}, beam_args=beam_args)
+                        inputs={"events": [str(p) for p in paths]}, beam_args=beam_args,
+                        **run_args)
 
 
 @pytest.fixture(scope="module")
@@ -1063,5 +1066,120 @@ def test_a_header_only_input_fails_clearly_and_keeps_the_previous_output(previou
     with pytest.raises(ValueError, match=r"no usable event: 0 data rows read.*1 input "
                                          r"file\(s\) with a header and no rows.*as it was"):
         run_event_log([empty], output_dir)
+    assert _tree(output_dir) == before
+    assert not _leftovers(output_dir)
+
+
+# --- a re-run that builds less must not replace a good output (issue 23 item 2) -----------------
+
+def _manifest(examples, counters=None, rejected=None):
+    """A manifest as check_outputs reads it: {(split, scenario): n} examples, counters."""
+    return {"examples": examples_dict(examples), "examples_total": sum(examples.values()),
+            "counters": counters or {}, "rejected": rejected or {}}
+
+
+ALL_SIX = {(split, scenario): 2 for split in SPLITS for scenario in SCENARIOS}
+REC_ONLY = {(split, "rec"): 2 for split in SPLITS}
+
+
+def test_check_outputs_refuses_a_run_without_examples_counting_every_event_read():
+    """The one-user build used to warn "no example was built from 0 events" after reading
+    182: the user was skipped for too few negatives, and only built users' events counted."""
+    manifest = _manifest({}, {"events_of_skipped_users": 182},
+                         {es.REJECT_TOO_FEW_NEGATIVES: 1})
+    with pytest.raises(beam_job.NotPublished, match=r"no example was built \(182 events of 1 "
+                       r"user\(s\) read; 1 user\(s\) skipped for too few negatives \(182 "
+                       r"events; see rejected/\).*Nothing was written: out/x is as it was"):
+        beam_job.check_outputs(manifest, EVENT_LOG_OPTIONS, None, "out/x")
+
+
+def test_check_outputs_refuses_a_rec_only_rerun_with_default_flags():
+    """The issue's reproduction: a rec-only log and the default minimum histories build no
+    example at all; the message says why and what to set."""
+    manifest = _manifest({}, {"events": 40, "users": 4, "rec_targets_below_min_history": 36})
+    with pytest.raises(beam_job.NotPublished) as raised:
+        beam_job.check_outputs(manifest, sb.BuildOptions(), examples_dict(ALL_SIX), "out/x")
+    message = str(raised.value)
+    assert "40 events of 4 user(s) read" in message
+    assert "0 search session(s) with a click" in message
+    assert "36 rec target(s) below the minimum history (--min_rec_history 1, " \
+           "--min_search_history 1; a log with one scenario builds with " \
+           "--min_search_history 0" in message
+
+
+def test_check_outputs_refuses_losing_a_split_the_previous_output_has_unless_allowed():
+    previous = examples_dict(ALL_SIX)
+    manifest = _manifest(REC_ONLY, {"events": 40, "users": 4})
+    with pytest.raises(beam_job.NotPublished) as raised:
+        beam_job.check_outputs(manifest, EVENT_LOG_OPTIONS, previous, "out/x")
+    assert ("no example for train/search, valid/search, test/search, which the output in "
+            "out/x has (train/search: 2, valid/search: 2, test/search: 2)") in str(raised.value)
+    assert "--allow_fewer_outputs" in str(raised.value)
+    assert beam_job.check_outputs(manifest, EVENT_LOG_OPTIONS, previous, "out/x",
+                                  allow_fewer_outputs=True) == {
+        "train/search": 2, "valid/search": 2, "test/search": 2}
+    # Fewer examples, but none of the six missing, a first run, or a previous output that
+    # had no search either: published.
+    assert beam_job.check_outputs(_manifest({**ALL_SIX, ("test", "rec"): 1}),
+                                  EVENT_LOG_OPTIONS, previous, "out/x") == {}
+    assert beam_job.check_outputs(manifest, EVENT_LOG_OPTIONS, None, "out/x") == {}
+    assert beam_job.check_outputs(manifest, EVENT_LOG_OPTIONS, examples_dict(REC_ONLY),
+                                  "out/x") == {}
+
+
+def _write_events(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["user_id", "timestamp", "scenario", "item_id", "search_session_id",
+                         "query_tokens"])
+        writer.writerows(rows)
+    return path
+
+
+@pytest.mark.slow  # two Beam runs
+def test_a_rerun_without_search_keeps_the_previous_output_unless_allowed(previous_output,
+                                                                         tmp_path):
+    """Issue 23 item 2: a rec-only log re-run into a good output (here with
+    --min_search_history 0, so it builds rec examples) exited 0 and left 0-example search
+    files. Now it fails and the old output stays; --allow_fewer_outputs replaces it and the
+    manifest says what the old one had."""
+    output_dir, before = previous_output
+    events = _write_events(tmp_path / "rec_only.csv", [
+        (user, ts, "rec", f"i{k}", "", "") for k, (user, ts) in enumerate(
+            [("ana", 1), ("ana", 2), ("ana", 3), ("ana", 4), ("bo", 1), ("bo", 2), ("bo", 3)])])
+    options = dataclasses.replace(EVENT_LOG_OPTIONS, min_search_history=0)
+    with pytest.raises(beam_job.NotPublished, match=r"no example for train/search, "
+                       r"valid/search, test/search, which the output in .* has \(train/search: "
+                       r"1, valid/search: 2, test/search: 3\)"):
+        run_event_log([events], output_dir, options=options)
+    assert _tree(output_dir) == before
+    assert not _leftovers(output_dir)
+    manifest = run_event_log([events], output_dir, options=options, allow_fewer_outputs=True)
+    # Rec targets after the first (--min_rec_history 1): ana 3 -> train, valid, test;
+    # bo 2 -> valid, test.
+    assert manifest["examples"] == examples_dict({("train", "rec"): 1, ("valid", "rec"): 2,
+                                                  ("test", "rec"): 2})
+    assert manifest["fewer_outputs_than_previous"] == {"train/search": 1, "valid/search": 2,
+                                                       "test/search": 3}
+    after = _tree(output_dir)
+    assert json.loads(after[beam_job.MANIFEST_FILE]) == manifest
+    assert after["NOTES.txt"] == b"mine"
+    assert not _leftovers(output_dir)
+
+
+@pytest.mark.slow  # one Beam run
+def test_a_one_user_log_fails_counting_its_events_and_keeps_the_previous_output(
+        previous_output, tmp_path):
+    """Issue 23: a log of one user (every item is the user's, so no negative exists and the
+    user is skipped) replaced a good output with 0-example files, warning "no example was
+    built from 0 events"."""
+    output_dir, before = previous_output
+    rows = [("ana", 1, "rec", "i1", "", ""), ("ana", 2, "search", "i2", "s1", "w1"),
+            ("ana", 3, "rec", "i3", "", ""), ("ana", 4, "search", "i4", "s2", "w2"),
+            ("ana", 5, "rec", "i5", "", "")]
+    events = _write_events(tmp_path / "one_user.csv", rows)
+    with pytest.raises(beam_job.NotPublished, match=r"no example was built \(5 events of 1 "
+                       r"user\(s\) read; 1 user\(s\) skipped for too few negatives"):
+        run_event_log([events], output_dir)
     assert _tree(output_dir) == before
     assert not _leftovers(output_dir)
