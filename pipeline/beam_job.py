@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
 import functools
 import json
 import logging
@@ -258,6 +259,7 @@ def build_pipeline(pipeline: beam.Pipeline, adapter_output: common.AdapterOutput
             events | "Timestamps" >> beam.Map(lambda e: e.timestamp)
             | "LastTimestamp" >> beam.CombineGlobally(max).without_defaults()
             | "LastDay" >> beam.Map(lambda ts: ts // sb.DAY_MS))
+        _add_time_split_report(events, last_day, output_dir, stats)
 
     built = (events | "KeyByUser" >> beam.Map(lambda e: (e.user_id, common.event_to_tuple(e)))
              | "GroupByUser" >> beam.GroupByKey()
@@ -302,6 +304,95 @@ def build_pipeline(pipeline: beam.Pipeline, adapter_output: common.AdapterOutput
                                            shard_name_template="", num_shards=1))
 
 
+# --- the time split's cut ------------------------------------------------------------------
+
+TIME_SPLIT_FILE = "_time_split.json"  # staging only: its content goes into the manifest
+_TIME_SPLIT_PREFIX = "time_split/"
+
+
+class _CountSplitDays(beam.DoFn):
+    """Events -> counts per side of the time cut (STATS); the (timestamp, source, line) of
+    each event before the test day on the main output, for the latest of them."""
+
+    def process(self, event: es.Event, last_day: int):
+        day = event.timestamp // sb.DAY_MS
+        where = ("test_day" if day >= last_day else "valid_day" if day == last_day - 1
+                 else "train_days")
+        yield beam.pvalue.TaggedOutput(common.STATS, (f"{_TIME_SPLIT_PREFIX}{where}", 1))
+        if day < last_day:
+            yield (event.timestamp, event.source, event.line)
+
+
+def _add_time_split_report(events, last_day, output_dir: str, stats: List) -> None:
+    """Where the time cut falls (issue 23: one far-future timestamp emptied the validation
+    split without a word): events per side of it in STATS, and the latest event and the
+    latest before the test day, with file and line, in TIME_SPLIT_FILE."""
+    counted = events | "CountSplitDays" >> beam.ParDo(_CountSplitDays(), last_day).with_outputs(
+        common.STATS, main="before")
+    stats.append(counted[common.STATS])
+    latest_before = counted.before | "LatestBeforeTestDay" >> beam.CombineGlobally(
+        max).without_defaults()
+    (events | "TimeKeys" >> beam.Map(lambda e: (e.timestamp, e.source, e.line))
+     | "LatestEvent" >> beam.CombineGlobally(max).without_defaults()
+     | "TimeSplitJson" >> beam.Map(
+         lambda latest, before: json.dumps({"latest": latest,
+                                            "latest_before_test_day": (before or [None])[0]}),
+         before=beam.pvalue.AsList(latest_before))
+     | "WriteTimeSplit" >> beam.io.WriteToText(os.path.join(output_dir, TIME_SPLIT_FILE),
+                                               shard_name_template="", num_shards=1))
+
+
+def _utc_day(day: int) -> str:
+    try:
+        return (datetime.date(1970, 1, 1) + datetime.timedelta(days=day)).isoformat()
+    except OverflowError:  # past year 9999 (or before year 1)
+        return f"day {day:,} after 1970-01-01"
+
+
+def time_split_report(stats: Dict[str, int], latest: Optional[dict],
+                      examples: Dict[str, Dict[str, int]]) -> Optional[dict]:
+    """The manifest's `time_split`: the test and validation days, the event that set them
+    (the latest), events per side of the cut, and a `warning` naming the cause when the
+    validation or test split got no example."""
+    if not latest or not latest.get("latest"):
+        return None
+    timestamp, source, line = latest["latest"]
+    last_day = timestamp // sb.DAY_MS
+    counts = {where: stats.get(f"{_TIME_SPLIT_PREFIX}{where}", 0)
+              for where in ("train_days", "valid_day", "test_day")}
+    report = {"test_day": _utc_day(last_day), "valid_day": _utc_day(last_day - 1),
+              "latest_event": {"timestamp": timestamp, "source": source, "line": line},
+              "events": counts}
+    before = latest.get("latest_before_test_day")
+    if before:
+        report["latest_event_before_test_day"] = {"timestamp": before[0], "source": before[1],
+                                                  "line": before[2]}
+    empty = [split for split in (sb.SPLIT_VALID, sb.SPLIT_TEST)
+             if not sum(examples[split].values())]
+    if empty:
+        held_out = counts["valid_day"] + counts["test_day"]
+        message = (
+            f"--split time: the {' and '.join(empty)} split(s) have no example. The cut lands "
+            f"after all but {held_out} of {sum(counts.values())} events because of timestamp "
+            f"{timestamp} in {_source_line(latest['latest'])}: the test day is the day of "
+            f"the latest timestamp, {_utc_day(last_day)}, the validation day the one before "
+            f"({counts['test_day']} and {counts['valid_day']} events).")
+        if before:
+            gap = last_day - before[0] // sb.DAY_MS
+            message += (f" The latest timestamp before that day is {before[0]} "
+                        f"({_utc_day(before[0] // sb.DAY_MS)}, {_source_line(before)}), "
+                        f"{gap:,} day(s) earlier.")
+        message += (" If that timestamp is wrong (far in the future, or not in "
+                    "milliseconds), fix or drop that row; otherwise the log needs events on "
+                    "its last two days, or build with --split loo.")
+        report["warning"] = message
+    return report
+
+
+def _source_line(key) -> str:
+    return f"{key[1] or 'the input'}, line {key[2]}"
+
+
 class _SplitChosen(beam.DoFn):
     def process(self, event, chosen):
         if event.user_id in chosen:
@@ -325,7 +416,7 @@ def assemble_manifest(output_dir: str, stats: Dict[str, int], options: sb.BuildO
     rejected = {key.split("/", 1)[1]: value for key, value in stats.items()
                 if key.startswith("rejected/")}
     other = {key: value for key, value in stats.items()
-             if not key.startswith(("examples/", "rejected/", "vocab_"))}
+             if not key.startswith(("examples/", "rejected/", "vocab_", _TIME_SPLIT_PREFIX))}
     return {
         "dataset": dataset,
         "inputs": inputs,
@@ -390,6 +481,13 @@ def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: s
             _check_events_read(stats, staging, output_dir)
             manifest = assemble_manifest(output_dir, stats, options, dataset, inputs, beam_args,
                                          time.time() - start, layout)
+            if options.split == "time":
+                report = time_split_report(stats, _read_json_if_any(
+                    os.path.join(staging, TIME_SPLIT_FILE)), manifest["examples"])
+                if report:
+                    manifest["time_split"] = report
+                    if "warning" in report:
+                        LOG.warning("%s", report["warning"])
             fewer = check_outputs(manifest, options, _previous_examples(output_dir),
                                   output_dir, allow_fewer_outputs)
             if fewer:
@@ -402,6 +500,13 @@ def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: s
         finally:
             _delete_quietly(staging)
     return manifest
+
+
+def _read_json_if_any(path: str) -> Optional[dict]:
+    if not FileSystems.exists(path):
+        return None
+    text = _read_text(path).strip()
+    return json.loads(text) if text else None
 
 
 def _previous_examples(output_dir: str) -> Optional[Dict[str, Dict[str, int]]]:

@@ -289,6 +289,21 @@ def test_kuaisar_time_split_uses_utc_days_up_to_the_last_millisecond(kuaisar_run
     }
 
 
+def test_kuaisar_manifest_says_where_the_time_cut_falls(kuaisar_run):
+    """Rows per day (README): rec 9 / 4 / 5 and search 17 / 5 / 5 on 05-10 / 11 / 12; the
+    latest event is session 32's second row (23:59:59.999), the latest before the test day
+    rec 524 of user 12 at 05-11 15:00."""
+    _, manifest = kuaisar_run
+    src, rec = (os.path.join(KUAISAR_DIR, name) for name in ("src_inter.csv", "rec_inter.csv"))
+    assert manifest["time_split"] == {
+        "test_day": "2022-05-12", "valid_day": "2022-05-11",
+        "latest_event": {"timestamp": 1652399999999, "source": src, "line": 28},
+        "latest_event_before_test_day": {"timestamp": 1652281200000, "source": rec,
+                                         "line": 14},
+        "events": {"train_days": 26, "valid_day": 9, "test_day": 10}}
+    assert not any(key.startswith("time_split") for key in manifest["counters"])
+
+
 def test_kuaisar_side_features_have_dense_ids(kuaisar_run):
     output_dir, _ = kuaisar_run
     item_rows = {row["item_id"]: row for row in read_jsonl(
@@ -1183,3 +1198,62 @@ def test_a_one_user_log_fails_counting_its_events_and_keeps_the_previous_output(
         run_event_log([events], output_dir)
     assert _tree(output_dir) == before
     assert not _leftovers(output_dir)
+
+
+# --- one far-future timestamp under --split time (issue 23) --------------------------------------
+
+DAY_0 = 19122 * sb.DAY_MS  # 2022-05-10 00:00 UTC
+HOUR = 3_600_000
+FAR_FUTURE = 10 ** 17  # ms: day 1,157,407,407 (86,400,000 x 1,157,407,407 <= 1e17 < next day)
+
+
+def test_time_split_report_names_the_timestamp_that_emptied_a_split():
+    stats = {"time_split/train_days": 7, "time_split/test_day": 1}
+    latest = {"latest": [FAR_FUTURE, "events.csv", 9],
+              "latest_before_test_day": [DAY_0 + 2 * sb.DAY_MS + 3 * HOUR, "events.csv", 8]}
+    report = beam_job.time_split_report(stats, latest, examples_dict({("train", "rec"): 3,
+                                                                      ("test", "rec"): 1}))
+    assert report["test_day"] == "day 1,157,407,407 after 1970-01-01"
+    assert report["events"] == {"train_days": 7, "valid_day": 0, "test_day": 1}
+    assert report["warning"] == (
+        "--split time: the valid split(s) have no example. The cut lands after all but 1 of 8 "
+        "events because of timestamp 100000000000000000 in events.csv, line 9: the test day "
+        "is the day of the latest timestamp, day 1,157,407,407 after 1970-01-01, the "
+        "validation day the one before (1 and 0 events). The latest timestamp before that day "
+        "is 1652324400000 (2022-05-12, events.csv, line 8), 1,157,388,283 day(s) earlier. If "
+        "that timestamp is wrong (far in the future, or not in milliseconds), fix or drop that "
+        "row; otherwise the log needs events on its last two days, or build with --split loo.")
+    healthy = beam_job.time_split_report(stats, latest, examples_dict(ALL_SIX))
+    assert "warning" not in healthy
+
+
+@pytest.mark.slow  # one Beam run
+def test_a_far_future_timestamp_under_the_time_split_is_warned_about_and_recorded(tmp_path,
+                                                                                  caplog):
+    """Before: one row at 1e17 ms made its day the test day, so every real event fell before
+    the validation day; the job wrote an empty validation split and said nothing."""
+    rows = [("ana", DAY_0 + HOUR, "rec", "i1", "", ""),
+            ("ana", DAY_0 + 2 * HOUR, "search", "i2", "s1", "w1"),
+            ("ana", DAY_0 + sb.DAY_MS + HOUR, "rec", "i3", "", ""),
+            ("ana", DAY_0 + 2 * sb.DAY_MS + HOUR, "rec", "i4", "", ""),
+            ("bo", DAY_0 + HOUR, "rec", "i5", "", ""),
+            ("bo", DAY_0 + sb.DAY_MS + 2 * HOUR, "rec", "i6", "", ""),
+            ("bo", DAY_0 + 2 * sb.DAY_MS + 3 * HOUR, "search", "i7", "s2", "w2"),
+            ("ana", FAR_FUTURE, "rec", "i8", "", "")]  # line 9
+    events = str(_write_events(tmp_path / "events.csv", rows))
+    options = dataclasses.replace(EVENT_LOG_OPTIONS, split="time", min_rec_history=0,
+                                  min_search_history=0, num_eval_negatives=1)
+    with caplog.at_level(logging.WARNING, logger="pipeline.beam_job"):
+        manifest = run_event_log([events], tmp_path / "out", options=options)
+    # Every real event is a training target; the far-future rec is the one test example.
+    assert manifest["examples"] == examples_dict({("train", "rec"): 5, ("train", "search"): 2,
+                                                  ("test", "rec"): 1})
+    report = manifest["time_split"]
+    assert report["latest_event"] == {"timestamp": FAR_FUTURE, "source": events, "line": 9}
+    assert report["latest_event_before_test_day"] == {
+        "timestamp": DAY_0 + 2 * sb.DAY_MS + 3 * HOUR, "source": events, "line": 8}
+    assert report["events"] == {"train_days": 7, "valid_day": 0, "test_day": 1}
+    assert report["warning"].startswith(
+        "--split time: the valid split(s) have no example. The cut lands after all but 1 of 8 "
+        f"events because of timestamp {FAR_FUTURE} in {events}, line 9")
+    assert report["warning"] in [record.getMessage() for record in caplog.records]
