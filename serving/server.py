@@ -18,9 +18,13 @@ serves the highest numeric version under `<model_base_path>/<version>/saved_mode
 loads, the layout TF Serving watches.
 
 Requests are checked before anything is expanded: dtypes and shapes against the signature,
-one batch size across the batched inputs, and request size caps (RequestLimits;
-RESOURCE_EXHAUSTED past them), so no request, whatever its bytes, costs more than the caps
-allow; every bad request gets a status and the server keeps serving.
+one batch size across the batched inputs, request size caps, and the memory the model will
+build for them (RequestLimits; RESOURCE_EXHAUSTED past them): each version's cost per
+candidate, history slot, click and text byte is measured when it loads
+(serving/request_cost.py), a request whose estimate is over --max_request_memory is refused
+at once, and requests run only while the estimates of those in flight fit --max_memory, so
+no request, whatever shape it declares, takes the server past its bounds; every bad request
+gets a status and the server keeps serving.
 
 Usage: python -m serving.server --model_base_path out/serving/unisar [--port 8500]
 """
@@ -55,6 +59,9 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_log_pb2, prediction_service_pb2_grpc)
 
 from feature_specs.serving import EXAMPLES_SIGNATURE, WARMUP_FILE  # noqa: E402
+from serving import request_cost  # noqa: E402
+from serving.request_cost import (BudgetExhausted, MemoryBudget, SignatureCost,  # noqa: E402
+                                  format_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +103,17 @@ def _shape_text(dims: Sequence[int]) -> str:
 # Request caps. TF Serving's one cap is gRPC's message size (2 GB); the stand-in also bounds
 # what a request's tensors expand to, because a TensorProto of a few bytes may declare any
 # shape, and TensorFlow fills it with copies of its last value (a 60-byte request declaring
-# (1, 100000000) cost 1.8 GB and 7 s before this check). Both answer RESOURCE_EXHAUSTED, the
-# code gRPC (and so TF Serving) gives a message over its size cap, before anything is
-# allocated. Raise them with --max_request_bytes / --max_request_elements.
-DEFAULT_MAX_REQUEST_BYTES = 256 * 1024 * 1024
+# (1, 100000000) cost 1.8 GB and 7 s before this check), and what the model will build for
+# them (a 420-byte request declaring 15,000,000 candidates: 19.6 GB, the server killed).
+# All answer RESOURCE_EXHAUSTED, the code gRPC (and so TF Serving) gives a message over its
+# size cap, before anything is allocated. Flags: --max_request_bytes,
+# --max_request_elements, --max_request_memory, --max_memory, --memory_wait_seconds
+# (docs/serving.md, "Memory limits").
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_REQUEST_ELEMENTS = 1 << 24
+DEFAULT_MAX_REQUEST_MEMORY = 1 << 30
+DEFAULT_MAX_MEMORY = 2 << 30
+DEFAULT_MEMORY_WAIT_SECONDS = 10.0
 # The input of tf.Example-parsing signatures (serving_default); checked to be tf.Examples.
 EXAMPLES_INPUT = "examples"
 # The C++ protobuf parser warns on a stray end-group tag in the bytes it is given; for
@@ -112,14 +125,27 @@ warnings.filterwarnings("ignore", message="Unexpected end-group tag", category=R
 class RequestLimits:
     """max_bytes: the serialized request (gRPC's receive cap) and the size its input tensors
     expand to (numbers: elements x item size; strings: their bytes); max_elements: elements
-    of all input tensors together. Both per request."""
+    of all input tensors together; max_request_memory: the estimated bytes the server will
+    hold to score one request (serving.request_cost); max_memory: those estimates summed
+    over the requests in flight, server-wide, which wait up to memory_wait_seconds (or their
+    deadline) for room."""
 
     max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_elements: int = DEFAULT_MAX_REQUEST_ELEMENTS
+    max_request_memory: int = DEFAULT_MAX_REQUEST_MEMORY
+    max_memory: int = DEFAULT_MAX_MEMORY
+    memory_wait_seconds: float = DEFAULT_MEMORY_WAIT_SECONDS
 
     def __post_init__(self):
-        if self.max_bytes < 1 or self.max_elements < 1:
-            raise ValueError(f"request limits must be >= 1, got {self}")
+        if min(self.max_bytes, self.max_elements, self.max_request_memory,
+               self.max_memory) < 1 or self.memory_wait_seconds < 0:
+            raise ValueError(f"request limits must be >= 1 (memory_wait_seconds >= 0), "
+                             f"got {self}")
+
+    @property
+    def per_request_memory(self) -> int:
+        """One request may not take more than all of them together."""
+        return min(self.max_request_memory, self.max_memory)
 
 
 def check_input(alias: str, tensor: tensor_pb2.TensorProto,
@@ -218,14 +244,18 @@ def check_batch_sizes(signature_name: str, signature: meta_graph_pb2.SignatureDe
                        f"dimension (batch) size, got {listed}")
 
 
-def check_examples(alias: str, tensor: tensor_pb2.TensorProto) -> None:
+def check_examples(alias: str, tensor: tensor_pb2.TensorProto,
+                   rows: Optional[int] = None) -> request_cost.ExampleCounts:
     """RpcError(INVALID_ARGUMENT) naming the first element of an `examples` input that is not
     a serialized tf.train.Example (TensorFlow's own error quotes the bytes, which need not be
-    text)."""
+    text); else what the examples hold (their most values per feature), for the memory
+    estimate. rows: the declared batch size (default: the values sent)."""
+    parsed = []
     for index, value in enumerate(tensor.string_val):
         problem = None
+        example = tf.train.Example()
         try:
-            consumed = tf.train.Example().MergeFromString(value)
+            consumed = example.MergeFromString(value)
         except message_lib.DecodeError as e:
             problem = str(e)
         else:
@@ -235,6 +265,15 @@ def check_examples(alias: str, tensor: tensor_pb2.TensorProto) -> None:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input '{alias}': element {index} ({len(value)} bytes, starting "
                            f"{value[:16]!r}) is not a serialized tf.train.Example: {problem}")
+        counts = request_cost.count_example_values([example], 1)
+        parsed.append(counts)  # keep the counts, not the parsed messages
+    most: Dict[str, int] = {}
+    for counts in parsed:
+        for name, count in counts.most_values.items():
+            most[name] = max(most.get(name, 0), count)
+    return request_cost.ExampleCounts(
+        len(tensor.string_val) if rows is None else rows,
+        max((counts.most_candidates for counts in parsed), default=0), most)
 
 
 class LoadedModel:
@@ -255,6 +294,9 @@ class LoadedModel:
                 meta_graph = tf.compat.v1.saved_model.loader.load(
                     self.session, [tf.saved_model.SERVING], export_dir)
             self.signature_defs = dict(meta_graph.signature_def)
+            # What each signature builds per candidate, history slot, click, text byte.
+            self.costs: Dict[str, SignatureCost] = request_cost.measure_costs(
+                self.session, self.signature_defs, export_dir, skip=[INIT_OP_SIGNATURE])
             self._warm_up()
         except Exception:
             self.session.close()
@@ -285,8 +327,50 @@ class LoadedModel:
     def close(self) -> None:
         self.session.close()
 
-    def predict(self, request: predict_pb2.PredictRequest,
-                model_name: str) -> predict_pb2.PredictResponse:
+    def estimate_memory(self, signature_name: str, signature: meta_graph_pb2.SignatureDef,
+                        request: predict_pb2.PredictRequest,
+                        checked: Dict[str, Tuple[tensor_pb2.TensorProto, List[int]]]
+                        ) -> request_cost.Estimate:
+        """What scoring the request will hold (request_cost.Estimate: .total bytes), from its
+        checked protos; checks `examples` inputs on the way (check_examples)."""
+        dims, strings, elements = request_cost.request_string_bytes(checked, expanded_size)
+        kind = request_cost.kind_of(signature)
+        if kind == "raw":
+            measures = request_cost.raw_measures(dims, strings)
+            outputs = measures[request_cost.CANDIDATES]
+        elif kind == "examples":
+            tensor, shape = checked[EXAMPLES_INPUT]
+            counts = check_examples(EXAMPLES_INPUT, tensor, shape[0] if shape else 1)
+            measures = counts.measures()
+            outputs = measures[request_cost.CANDIDATES]
+        else:
+            measures = request_cost.generic_measures(dims, strings)
+            outputs = elements
+        cost = self.costs.get(signature_name) or request_cost.fallback_cost(kind)
+        return request_cost.Estimate(cost, measures, request.ByteSize(), elements,
+                                     sum(strings.values()), outputs)
+
+    def _memory_refusal(self, signature_name: str,
+                        estimate: request_cost.Estimate) -> RpcError:
+        limits = self.limits
+        cap = limits.per_request_memory
+        parts = "; ".join(estimate.cost.terms(estimate.measures)) or "its base cost"
+        text = (f"signature '{signature_name}': scoring this request would take about "
+                f"{format_bytes(estimate.total)} of memory ({parts}); the server accepts "
+                f"{format_bytes(cap)} per request (--max_request_memory "
+                f"{limits.max_request_memory}, --max_memory {limits.max_memory})")
+        fit = estimate.most_candidates(cap)
+        if fit is not None:
+            text += (f": send at most about {fit:,} candidates per row with this batch and "
+                     "history")
+        return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, text)
+
+    def predict(self, request: predict_pb2.PredictRequest, model_name: str,
+                budget: Optional[MemoryBudget] = None,
+                wait_seconds: float = 0.0) -> predict_pb2.PredictResponse:
+        """Score a request. The estimate of what it will take (estimate_memory) must be
+        within limits.max_request_memory, and is held in `budget` (the server's) while it
+        runs, waiting up to wait_seconds for room."""
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         signature = self.signature_defs.get(signature_name)
         if signature is None or signature_name == INIT_OP_SIGNATURE:
@@ -306,10 +390,9 @@ class LoadedModel:
         check_request_size(checked, self.limits)
         check_batch_sizes(signature_name, signature, checked)
         for alias, info in signature.inputs.items():
-            if alias == EXAMPLES_INPUT and info.dtype == types_pb2.DT_STRING:
+            if alias == EXAMPLES_INPUT and info.dtype == types_pb2.DT_STRING and \
+                    request_cost.kind_of(signature) != "examples":
                 check_examples(alias, request.inputs[alias])
-        feeds = {info.name: to_ndarray(alias, request.inputs[alias])
-                 for alias, info in signature.inputs.items()}
 
         aliases = list(request.output_filter) or sorted(signature.outputs)
         for alias in aliases:
@@ -321,6 +404,27 @@ class LoadedModel:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"duplicate output tensor alias in {aliases}")
 
+        estimate = self.estimate_memory(signature_name, signature, request, checked)
+        if estimate.total > self.limits.per_request_memory:
+            raise self._memory_refusal(signature_name, estimate)
+        try:
+            with budget.reserve(estimate.total, wait_seconds) if budget else \
+                    contextlib.nullcontext():
+                return self._run(request, model_name, signature_name, signature, aliases)
+        except BudgetExhausted as e:
+            raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"signature '{signature_name}': this request needs about "
+                           f"{format_bytes(e.needed)} of memory and the requests in flight "
+                           f"hold {format_bytes(e.in_use)} of the server's "
+                           f"{format_bytes(e.limit)} (--max_memory {e.limit}); waited "
+                           f"{e.waited:.1f} s (--memory_wait_seconds, or the request's "
+                           "deadline). Retry later, or send smaller requests") from e
+
+    def _run(self, request: predict_pb2.PredictRequest, model_name: str, signature_name: str,
+             signature: meta_graph_pb2.SignatureDef,
+             aliases: List[str]) -> predict_pb2.PredictResponse:
+        feeds = {info.name: to_ndarray(alias, request.inputs[alias])
+                 for alias, info in signature.inputs.items()}
         try:
             values = self.session.run([signature.outputs[a].name for a in aliases], feeds)
         except tf.errors.OpError as e:
@@ -379,7 +483,11 @@ class _Servicer(prediction_service_pb2_grpc.PredictionServiceServicer,
     def Predict(self, request, context):
         try:
             with self._server.acquire(request.model_spec) as model:
-                return model.predict(request, self._server.model_name)
+                # Wait for memory no longer than the client waits for the answer.
+                wait = min(self._server.limits.memory_wait_seconds,
+                           max(context.time_remaining() or 0.0, 0.0))
+                return model.predict(request, self._server.model_name, self._server.budget,
+                                     wait)
         except RpcError as e:
             context.abort(e.code, e.message)
 
@@ -427,8 +535,14 @@ class StandInServer:
                  poll_seconds: float = 0.0, intra_op_threads: int = 0,
                  inter_op_threads: int = 0,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 max_request_elements: int = DEFAULT_MAX_REQUEST_ELEMENTS):
-        self.limits = RequestLimits(max_request_bytes, max_request_elements)
+                 max_request_elements: int = DEFAULT_MAX_REQUEST_ELEMENTS,
+                 max_request_memory: int = DEFAULT_MAX_REQUEST_MEMORY,
+                 max_memory: int = DEFAULT_MAX_MEMORY,
+                 memory_wait_seconds: float = DEFAULT_MEMORY_WAIT_SECONDS):
+        self.limits = RequestLimits(max_request_bytes, max_request_elements,
+                                    max_request_memory, max_memory, memory_wait_seconds)
+        # The estimated bytes of the requests in flight, across versions.
+        self.budget = MemoryBudget(self.limits.max_memory)
         self.model_base_path = model_base_path
         self.model_name = model_name
         self.host = host
@@ -632,16 +746,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         default=DEFAULT_MAX_REQUEST_ELEMENTS,
                         help="most tensor elements one request's inputs may declare "
                              "(more: RESOURCE_EXHAUSTED)")
+    parser.add_argument("--max_request_memory", type=int, default=DEFAULT_MAX_REQUEST_MEMORY,
+                        help="most bytes the server may hold to score one request, as "
+                             "estimated from its shape with the model's measured cost per "
+                             "candidate, history slot and text byte (more: "
+                             "RESOURCE_EXHAUSTED at once)")
+    parser.add_argument("--max_memory", type=int, default=DEFAULT_MAX_MEMORY,
+                        help="most bytes all requests in flight may hold together (same "
+                             "estimates); a request waits for room, then RESOURCE_EXHAUSTED")
+    parser.add_argument("--memory_wait_seconds", type=float,
+                        default=DEFAULT_MEMORY_WAIT_SECONDS,
+                        help="longest wait for room under --max_memory (the request's "
+                             "deadline if sooner)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
+    try:
+        RequestLimits(args.max_request_bytes, args.max_request_elements,
+                      args.max_request_memory, args.max_memory, args.memory_wait_seconds)
+    except ValueError as e:
+        parser.error(str(e))
     server = StandInServer(args.model_base_path, model_name=args.model_name, host=args.host,
                            port=args.port, max_workers=args.max_workers,
                            poll_seconds=args.poll_seconds,
                            intra_op_threads=args.intra_op_threads,
                            inter_op_threads=args.inter_op_threads,
                            max_request_bytes=args.max_request_bytes,
-                           max_request_elements=args.max_request_elements)
+                           max_request_elements=args.max_request_elements,
+                           max_request_memory=args.max_request_memory,
+                           max_memory=args.max_memory,
+                           memory_wait_seconds=args.memory_wait_seconds)
     try:
         server.start()
     except Exception as e:  # no version, version fails to load, port taken: say which

@@ -9,26 +9,16 @@ import time
 import numpy as np
 import pytest
 
-from helpers.model import small_model
 from serving.client import ScoringRequestError, UniSARClient
 from serving.server import StandInServer
-from unisar_tf.data.synthetic import random_feature_batch
-from unisar_tf.data.vocab import read_vocabularies
-from unisar_tf.export.push import push
-from unisar_tf.export.requests import raw_request_from_features
 
 pytestmark = pytest.mark.slow  # exports a model and serves it from a server process
 
 
 @pytest.fixture(scope="module")
-def pushed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving")
-    config, model, vocab_dir = small_model(root, seed=5)
-    path = push(model, vocab_dir, str(root / "serving"))
-    features = random_feature_batch(config, 4, 9, True, np.random.default_rng(6))
-    expected = {task: scores.numpy() for task, scores in model(features).items()}
-    raw = raw_request_from_features(features, read_vocabularies(vocab_dir))
-    return os.path.dirname(path), raw, expected
+def pushed(small_export):
+    """(model_base_path, raw, expected): conftest.small_export, shared with other modules."""
+    return small_export
 
 
 @pytest.fixture(scope="module")

@@ -582,3 +582,84 @@ def test_any_predict_request_gets_ok_or_a_client_error_and_the_server_keeps_serv
         assert error.code() in EXPECTED_CODES, (error.code(), error.details())
     assert time.time() - start < 5.0
     assert_still_serving(stub)
+
+
+# Property (issue 23 item 1): request shapes. Every input has its signature's dtype and rank and
+# one value that fills whatever shape it declares (up to 15,000,000 candidates, history slots
+# or clicks, text up to 128 KiB, batches up to 2^24): the answer is OK or
+# RESOURCE_EXHAUSTED (INVALID_ARGUMENT when the model refuses the sizes), fast, and the server
+# (in this process) never grows by more than its memory budget.
+BUDGET = 32 << 20
+SIZES = st.one_of(st.sampled_from([1000, 100_000, 1_000_000, 15_000_000]),
+                  st.integers(1, 1 << 24))
+LONG_TEXT = st.integers(0, 1 << 16).map(lambda n: b"a " * n)
+
+
+def _vm(field):
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith(field))
+
+
+@pytest.fixture(scope="module")
+def budgeted(tmp_path_factory):
+    """The toy model behind a server with a small memory budget, and this process's RSS and
+    peak RSS when it started."""
+    base = str(tmp_path_factory.mktemp("budgeted") / "unisar")
+    save_toy_model(os.path.join(base, "1"))
+    with server_lib.StandInServer(base, port=0, max_request_memory=BUDGET,
+                                  max_memory=BUDGET) as server:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        yield (prediction_service_pb2_grpc.PredictionServiceStub(channel), _vm("VmRSS"),
+               _vm("VmHWM"))
+        channel.close()
+
+
+@st.composite
+def declared_shape_request(draw):
+    signature = draw(st.sampled_from(["recommend", "search"]))
+    # Each size mostly small, now and then huge; one text now and then long.
+    batch, candidates, rec, search, clicks = (draw(SIZES) if draw(st.integers(0, 3)) == 0
+                                              else draw(st.integers(1, 3)) for _ in range(5))
+    rec_times = rec if draw(st.integers(0, 9)) else draw(SIZES)  # now and then inconsistent
+    dims = {"user_id": [batch], "candidate_item_ids": [batch, candidates],
+            "rec_history_item_ids": [batch, rec], "rec_history_timestamps": [batch, rec_times],
+            "rec_history_length": [batch], "search_history_queries": [batch, search],
+            "search_history_clicked_item_ids": [batch, search, clicks],
+            "search_history_timestamps": [batch, search], "search_history_length": [batch],
+            "query": [batch]}
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "unisar"
+    request.model_spec.signature_name = signature
+    for spec in SIGNATURE_INPUTS[signature].values():
+        tensor = request.inputs[spec.name]
+        for size in dims[spec.name]:
+            tensor.tensor_shape.dim.add(size=size)
+        if spec.dtype == tf.string:
+            tensor.dtype = types_pb2.DT_STRING
+            tensor.string_val.append(draw(LONG_TEXT) if draw(st.integers(0, 19)) == 0
+                                     else draw(st.binary(max_size=8)))
+        else:
+            tensor.dtype = types_pb2.DT_INT64
+            limit = {"rec_history_length": rec, "search_history_length": search}
+            tensor.int64_val.append(draw(st.integers(0, min(limit.get(spec.name, 99), 3))))
+    return request
+
+
+@PREDICT_SETTINGS
+@given(request=declared_shape_request())
+def test_any_declared_shape_is_scored_or_refused_within_the_memory_budget(budgeted, request):
+    stub, rss_at_start, peak_at_start = budgeted
+    start = time.time()
+    try:
+        response = stub.Predict(request, timeout=30)
+    except grpc.RpcError as error:
+        assert error.code() in {grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                grpc.StatusCode.INVALID_ARGUMENT}, (error.code(),
+                                                                    error.details())
+    else:
+        dims = request.inputs["candidate_item_ids"].tensor_shape.dim
+        assert tf.make_ndarray(response.outputs["scores"]).shape == (dims[0].size,
+                                                                     dims[1].size)
+    assert time.time() - start < 5.0
+    # 64 MiB for the test's own allocations (hypothesis, the response) on top of the budget.
+    assert _vm("VmHWM") <= max(peak_at_start, rss_at_start + BUDGET + (64 << 20))
