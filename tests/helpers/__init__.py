@@ -5,6 +5,8 @@
     helpers.event_logs                 hand-built event logs for the sequence builder
     helpers.data_job                   running the data job on the fixtures
     helpers.serving                    a toy SavedModel with the serving contract
+    helpers.runs                       a run directory (config, best checkpoint) and its data,
+                                       without training
     helpers.pipeline                   the TFX pipeline's component names
 Fixtures shared between folders are in tests/conftest.py.
 """

@@ -18,7 +18,17 @@ from feature_specs.layout import VOCAB_FILES
 
 
 def vocabulary_table(path: str) -> tf.lookup.StaticHashTable:
-    """string -> line number (the data job's id - 1); unknown -> -1. The file is an asset."""
+    """string -> line number (the data job's id - 1); unknown -> -1. The file is an asset.
+
+    An empty file (a single-scenario data set: a rec-only log has no query words) gives a
+    table where every string is unknown: TensorFlow's text-file initializer cannot read an
+    empty file (OutOfRangeError "Read less bytes than requested"), which made rec-only
+    models impossible to export (issue 23), and a table cannot be built from no keys, so it
+    holds "" -> -1, which every table answers anyway."""
+    if tf.io.gfile.stat(path).length == 0:
+        return tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant([""]), tf.constant([-1], tf.int64)),
+            default_value=-1)
     initializer = tf.lookup.TextFileInitializer(
         path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
         tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER)

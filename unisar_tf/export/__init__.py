@@ -2,7 +2,9 @@
 
     requests.py    raw request tensors <-> model id features (and the inverse, for replay)
     signatures.py  the three signature functions
-    push.py        a versioned, atomic SavedModel with warmup requests
+    push.py        a versioned, atomic SavedModel with warmup requests (a failed export
+                   leaves nothing behind)
+    checkpoint.py  reading a run's checkpoint back first, naming a damaged file
     __main__.py    python -m unisar_tf.export
 Input names, dtypes and the warmup path: feature_specs.serving.
 

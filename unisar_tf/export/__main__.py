@@ -2,15 +2,24 @@
 
     python -m unisar_tf.export --model_dir out/models/unisar --data_dir out/amazon_beauty \
         --serving_dir out/serving
+
+Exits 1 with "error: ..." (nothing written) when the run does not fit the data, has no
+finished epoch, or its checkpoint is damaged (the file is named).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+
+import tensorflow as tf
 
 from feature_specs.layout import VOCAB_DIR
+from unisar_tf.export.checkpoint import DamagedCheckpointError, check_checkpoint
 from unisar_tf.export.push import push
-from unisar_tf.train.run_dir import load_trained_model, run_transform_dir
+from unisar_tf.train.run_dir import DataMismatchError, load_trained_model, run_transform_dir
+
+BEST_DIR = "best"  # the run's best validation checkpoint (unisar_tf.train.run_dir)
 
 
 def main(argv=None) -> None:
@@ -22,7 +31,14 @@ def main(argv=None) -> None:
                         help="writes <serving_dir>/unisar/<version>")
     parser.add_argument("--version", type=int, default=None)
     args = parser.parse_args(argv)
-    model = load_trained_model(args.model_dir, args.data_dir)
+    try:
+        best = tf.train.latest_checkpoint(os.path.join(args.model_dir, BEST_DIR))
+        if best is not None:  # load_trained_model says when there is none
+            check_checkpoint(best)
+        model = load_trained_model(args.model_dir, args.data_dir)
+    except (DamagedCheckpointError, DataMismatchError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     # A run trained through a Transform graph (options.json) serves with that graph.
     transform_dir = run_transform_dir(args.model_dir)
     vocab_dir = None if transform_dir else os.path.join(args.data_dir, VOCAB_DIR)

@@ -95,7 +95,8 @@ def export_serving_model(model: UniSARModel, vocab_dir: Optional[str], export_di
     extra_writers: each is called with the staging directory before it becomes export_dir.
 
     The directory appears complete or not at all: it is written next to export_dir and
-    renamed, so a server watching the parent never loads half a model.
+    renamed, so a server watching the parent never loads half a model; an export that fails
+    removes what it wrote.
     """
     if tf.io.gfile.exists(export_dir):
         raise FileExistsError(f"{export_dir} exists; versions are immutable, pick a new one")
@@ -103,30 +104,60 @@ def export_serving_model(model: UniSARModel, vocab_dir: Optional[str], export_di
     staging = os.path.join(parent, f".tmp-{leaf}")
     if tf.io.gfile.exists(staging):
         tf.io.gfile.rmtree(staging)
-    serving = ServingFunctions(model, id_source(vocab_dir, transform_dir))
-    # The id mapping rides on the model so model.save tracks it (and its vocabulary assets).
-    model.serving_functions = serving
-    # save_traces=False: the signatures are all a server needs; tracing every Keras layer's
-    # call for Python-free reloading costs tens of seconds and adds nothing here.
-    model.save(staging, save_format="tf", save_traces=False, signatures=serving.signatures())
-    if warmup:
-        tf.io.gfile.makedirs(os.path.dirname(os.path.join(staging, WARMUP_FILE)))
-        with tf.io.TFRecordWriter(os.path.join(staging, WARMUP_FILE)) as writer:
-            for log in warmup_requests(model.config.tasks):
-                writer.write(log.SerializeToString())
-    write_online_metadata(model, serving.ids, staging)
-    for write in extra_writers:
-        write(staging)
-    tf.io.gfile.rename(staging, export_dir)
+    try:
+        serving = ServingFunctions(model, id_source(vocab_dir, transform_dir))
+        # The id mapping rides on the model so model.save tracks it (and its vocabulary
+        # assets).
+        model.serving_functions = serving
+        # save_traces=False: the signatures are all a server needs; tracing every Keras
+        # layer's call for Python-free reloading costs tens of seconds and adds nothing here.
+        model.save(staging, save_format="tf", save_traces=False,
+                   signatures=serving.signatures())
+        if warmup:
+            tf.io.gfile.makedirs(os.path.dirname(os.path.join(staging, WARMUP_FILE)))
+            with tf.io.TFRecordWriter(os.path.join(staging, WARMUP_FILE)) as writer:
+                for log in warmup_requests(model.config.tasks):
+                    writer.write(log.SerializeToString())
+        write_online_metadata(model, serving.ids, staging)
+        for write in extra_writers:
+            write(staging)
+        tf.io.gfile.rename(staging, export_dir)
+    except BaseException:
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
+        raise
     return export_dir
+
+
+def _highest_missing(path: str) -> Optional[str]:
+    """The highest directory of `path` (itself included) that does not exist yet, or None."""
+    missing = None
+    while path and not tf.io.gfile.exists(path):
+        missing = path
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _holds_files(path: str) -> bool:
+    return any(files for _, _, files in tf.io.gfile.walk(path))
 
 
 def push(model: UniSARModel, vocab_dir: Optional[str], serving_dir: str,
          version: Optional[int] = None, transform_dir: Optional[str] = None,
          extra_writers: Sequence[Callable[[str], None]] = ()) -> str:
-    """Export as `<serving_dir>/unisar/<version>` (next free number by default)."""
+    """Export as `<serving_dir>/unisar/<version>` (next free number by default). A failed
+    export leaves nothing behind: no version, and no directory this call created."""
     base_path = os.path.join(serving_dir, MODEL_NAME)
+    created = _highest_missing(os.path.normpath(base_path))
     tf.io.gfile.makedirs(base_path)
     version = next_version(base_path) if version is None else version
-    return export_serving_model(model, vocab_dir, os.path.join(base_path, str(version)),
-                                transform_dir=transform_dir, extra_writers=extra_writers)
+    try:
+        return export_serving_model(model, vocab_dir, os.path.join(base_path, str(version)),
+                                    transform_dir=transform_dir, extra_writers=extra_writers)
+    except BaseException:
+        if created and tf.io.gfile.exists(created) and not _holds_files(created):
+            tf.io.gfile.rmtree(created)
+        raise
