@@ -4,19 +4,28 @@ The output directory holds manifest.json (counts, vocabulary sizes, shapes, opti
 {train,valid,test}/{rec,search}-*.tfrecord.gz, one tf.Example per target event with the
 features of feature_specs/example_schema.py. This module knows the file layout and the
 feature contract, not Beam.
+
+Files that do not fit their manifest fail with the file's name: ManifestMismatchError (the
+first example of a file has other shapes than manifest.json says, `check_example_shapes`) and
+CorruptExampleFileError (a truncated or corrupted TFRecord, `naming_bad_files`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
-from typing import Dict, Optional, Sequence, Tuple
+import re
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from feature_specs import (ID_FEATURE_VOCABULARIES, ID_FORMAT_IDS, NEGATIVE_POOL, QUERY_TOKENS,
-                           SEARCH_HISTORY_QUERY_TOKENS, SequenceShapes, model_feature_shapes)
+from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, ID_FEATURE_VOCABULARIES,
+                           ID_FORMAT_IDS, NEGATIVE_POOL, QUERY_TOKENS, REC_HISTORY_ITEMS,
+                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS,
+                           SequenceShapes, model_feature_shapes)
 from feature_specs.layout import MANIFEST_FILE, VOCAB_DIR, example_pattern
 from unisar_tf.config import TASKS, UniSARConfig
 from unisar_tf.data.transform import transform_ids, transformed_manifest
@@ -131,6 +140,194 @@ def example_files(data_dir: str, split: str, scenario: str) -> list:
     return files
 
 
+SPLITS = ("train", "valid", "test")
+
+
+class ManifestMismatchError(ValueError):
+    """The example files do not hold what their manifest.json says (a manifest of another
+    build, or files of another build copied in). The message names the field, the manifest's
+    value, the files' value and the file."""
+
+
+class CorruptExampleFileError(tf.errors.DataLossError):
+    """A truncated or corrupted TFRecord file of the data; the message names it (TensorFlow's
+    own DataLossError says only "truncated record at N")."""
+
+    def __init__(self, message: str):
+        super().__init__(None, None, message)
+
+
+def _error_detail(error: tf.errors.OpError) -> str:
+    """TensorFlow's message without the function-node prefix and the op suffix."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.message or str(error))
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text, flags=re.S)
+    return text.replace("'", "").strip() or type(error).__name__
+
+
+def _count_records(path: str) -> int:
+    dataset = tf.data.TFRecordDataset(path, compression_type="GZIP")
+    return int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
+
+
+def find_bad_files(files: Iterable[str]) -> List[Tuple[str, str]]:
+    """[(file, TensorFlow's complaint)] of the files that do not read whole (truncated or
+    corrupted TFRecords), each read on its own to the end (no parsing)."""
+    bad = []
+    for path in files:
+        try:
+            _count_records(path)
+        except tf.errors.DataLossError as error:
+            bad.append((path, _error_detail(error)))
+    return bad
+
+
+def _split_files(data_dir: str, splits: Sequence[str], scenarios: Sequence[str]) -> List[str]:
+    files = []
+    for split in splits:
+        for scenario in scenarios:
+            try:
+                files += example_files(data_dir, split, scenario)
+            except FileNotFoundError:
+                continue
+    return files
+
+
+def _corrupt_message(bad: List[Tuple[str, str]], data_dir: str) -> str:
+    named = "; ".join(f"{path} ({detail})" for path, detail in bad)
+    return (f"{'this example file is' if len(bad) == 1 else 'these example files are'} "
+            f"truncated or corrupted: {named}: {_rebuild_hint(data_dir)}")
+
+
+def _rebuild_hint(data_dir: str) -> str:
+    return (f"rebuild the data (python -m pipeline.build_examples ... --output {data_dir}) or "
+            "restore the file from a good copy")
+
+
+@contextlib.contextmanager
+def naming_bad_files(data_dir: str, splits: Sequence[str] = SPLITS,
+                     scenarios: Sequence[str] = TASKS):
+    """Reading inside this block: a DataLossError (a truncated or corrupted TFRecord) is
+    raised again as CorruptExampleFileError naming the bad file(s) among `splits` x
+    `scenarios` of data_dir, found by reading each file on its own (the error path only)."""
+    try:
+        yield
+    except CorruptExampleFileError:
+        raise
+    except tf.errors.DataLossError as error:
+        files = _split_files(data_dir, splits, scenarios)
+        bad = find_bad_files(files)
+        if bad:
+            message = _corrupt_message(bad, data_dir)
+        else:
+            message = (f"reading the examples of {data_dir} ({'/'.join(splits)}) failed "
+                       f"({_error_detail(error)}), but each of its {len(files)} files reads "
+                       "whole on its own now: was the data being rewritten? Run again, or "
+                       + _rebuild_hint(data_dir))
+        raise CorruptExampleFileError(message) from error
+
+
+def _value_count(feature) -> int:
+    kind = feature.WhichOneof("kind")
+    return len(getattr(feature, kind).value) if kind else 0
+
+
+def _first_example(path: str, data_dir: str):
+    """The first tf.train.Example of a file, or None for an empty file."""
+    try:
+        for record in tf.data.TFRecordDataset(path, compression_type="GZIP").take(1):
+            return tf.train.Example.FromString(record.numpy())
+    except tf.errors.DataLossError as error:
+        raise CorruptExampleFileError(
+            _corrupt_message([(path, _error_detail(error))], data_dir)) from error
+    return None
+
+
+def _shape_problems(counts: Dict[str, int], expected: Dict[str, int], manifest_shapes: dict,
+                    candidates_field: str) -> List[str]:
+    """What differs between one example's value counts and the manifest's shapes: the
+    manifest's fields where the files' value follows from the counts ("manifest.json says
+    rec_len 20, the files hold 30"), else the features' counts."""
+    held: Dict[str, Optional[int]] = {}
+
+    def per(total: Optional[int], length: Optional[int]) -> Optional[int]:
+        if total is None or not length or total % length:
+            return None
+        return total // length
+
+    held["rec_len"] = counts.get(REC_HISTORY_ITEMS)
+    if held["rec_len"] is not None and HISTORY_TYPES in counts:
+        held["search_len"] = counts[HISTORY_TYPES] - held["rec_len"]
+    if QUERY_TOKENS in counts:
+        held["query_len"] = counts[QUERY_TOKENS]
+    else:
+        held["query_len"] = per(counts.get(SEARCH_HISTORY_QUERY_TOKENS), held.get("search_len"))
+    held["clicks_per_session"] = per(counts.get(SEARCH_HISTORY_CLICKED_ITEMS),
+                                     held.get("search_len"))
+    held[candidates_field] = counts.get(CANDIDATE_ITEMS)
+    if NEGATIVE_POOL in expected:
+        held["train_negative_pool"] = counts.get(NEGATIVE_POOL)
+    problems = []
+    for field, value in held.items():
+        said = manifest_shapes.get(field)
+        if field == "train_negative_pool" and value is None:
+            problems.append(f"manifest.json says train_negative_pool {said}, the files hold "
+                            f"none (no {NEGATIVE_POOL} feature)")
+        elif value is not None and said is not None and value != said:
+            problems.append(f"manifest.json says {field} {said}, the files hold {value}")
+    if problems:
+        return problems
+    for name, size in expected.items():  # what the fields cannot say (e.g. a missing feature)
+        if name not in counts:
+            problems.append(f"the files have no {name} feature, which manifest.json's shapes "
+                            f"give {size} values")
+        elif counts[name] != size:
+            problems.append(f"{name} holds {counts[name]} values per example in the files, "
+                            f"manifest.json's shapes make {size}")
+    return problems
+
+
+_CHECKED: set = set()
+
+
+def check_example_shapes(data_dir: str, split: str, scenario: str, manifest: dict) -> None:
+    """Raises ManifestMismatchError unless the first example of every file of the split and
+    scenario has the shapes manifest.json gives (sequence lengths, candidates, negative
+    pool), naming the field, both values and the file; a truncated first record is a
+    CorruptExampleFileError. Checked once per file (and its size and time) per process."""
+    if "shapes" not in manifest:
+        return
+    shapes = shapes_from_manifest(manifest)
+    candidates_field = "train_candidates" if split == "train" else "eval_candidates"
+    spec = model_feature_shapes(shapes, manifest["shapes"][candidates_field],
+                                with_query=scenario == "search")
+    expected = {name: int(math.prod(shape)) for name, shape in spec.items()}
+    pool = manifest["shapes"].get("train_negative_pool", 0)
+    if split == "train" and pool:
+        expected[NEGATIVE_POOL] = pool
+    expectation = json.dumps(expected, sort_keys=True)
+    for path in example_files(data_dir, split, scenario):
+        try:
+            stat = tf.io.gfile.stat(path)
+            key = (path, stat.length, stat.mtime_nsec, expectation)
+        except tf.errors.OpError:
+            key = (path, None, None, expectation)
+        if key in _CHECKED:
+            continue
+        example = _first_example(path, data_dir)
+        if example is not None:
+            counts = {name: _value_count(feature)
+                      for name, feature in example.features.feature.items()}
+            problems = _shape_problems(counts, expected, manifest["shapes"], candidates_field)
+            if problems:
+                raise ManifestMismatchError(
+                    f"{path} does not hold what {os.path.join(data_dir, MANIFEST_FILE)} says "
+                    f"({split}/{scenario}, first example): {'; '.join(problems)}. The manifest "
+                    "and the example files come from different builds: rebuild the data "
+                    f"(python -m pipeline.build_examples ... --output {data_dir}), or put "
+                    "back the manifest.json written with these files")
+        _CHECKED.add(key)
+
+
 def parse_spec(shapes: SequenceShapes, num_candidates: int,
                with_query: bool) -> Dict[str, tf.io.FixedLenFeature]:
     return {name: tf.io.FixedLenFeature(shape, tf.int64)
@@ -177,6 +374,7 @@ def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
         spec[NEGATIVE_POOL] = tf.io.FixedLenFeature((pool,), tf.int64)
     spec, to_ids = _reader(manifest, spec)
     files = example_files(data_dir, split, scenario)
+    check_example_shapes(data_dir, split, scenario, manifest)
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -201,10 +399,11 @@ def load_arrays(data_dir: str, split: str, scenario: str, manifest: Optional[dic
     if limit is not None:
         dataset = dataset.unbatch().take(limit).batch(4096)
     parts: Dict[str, list] = {}
-    for batch in dataset:
-        for name, values in batch.items():
-            if features is None or name in features:
-                parts.setdefault(name, []).append(values.numpy())
+    with naming_bad_files(data_dir, (split,), (scenario,)):
+        for batch in dataset:
+            for name, values in batch.items():
+                if features is None or name in features:
+                    parts.setdefault(name, []).append(values.numpy())
     if not parts:
         raise ValueError(f"{data_dir}: split {split}/{scenario} has no examples")
     return {name: np.concatenate(values) for name, values in parts.items()}
@@ -214,11 +413,14 @@ def read_feature(data_dir: str, split: str, scenario: str, name: str, width: int
                  manifest: Optional[dict] = None) -> np.ndarray:
     """One int64 feature (n, width) of a whole split, in file order, parsing nothing else."""
     spec, to_ids = _reader(manifest or {}, {name: tf.io.FixedLenFeature((width,), tf.int64)})
-    dataset = (tf.data.TFRecordDataset(example_files(data_dir, split, scenario),
-                                       compression_type="GZIP").batch(8192)
+    files = example_files(data_dir, split, scenario)
+    if manifest:
+        check_example_shapes(data_dir, split, scenario, manifest)
+    dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8192)
                .map(lambda records: to_ids(tf.io.parse_example(records, spec))[name],
                     num_parallel_calls=tf.data.AUTOTUNE))
-    parts = [batch.numpy() for batch in dataset]
+    with naming_bad_files(data_dir, (split,), (scenario,)):
+        parts = [batch.numpy() for batch in dataset]
     return np.concatenate(parts) if parts else np.zeros((0, width), np.int64)
 
 
@@ -239,11 +441,12 @@ def query_bank(data_dir: str, manifest: Optional[dict] = None) -> np.ndarray:
     counters = manifest.get("counters")  # the data job counts the search sessions it used
     if (tasks_with_examples(manifest, "train", ("rec",))
             and (counters is None or counters.get("search_sessions", 0))):
-        for batch in read_examples(data_dir, "train", "rec", 4096, manifest):
-            queries = batch[SEARCH_HISTORY_QUERY_TOKENS].numpy().reshape(-1, width)
-            queries = queries[np.any(queries != 0, axis=1)]
-            if len(queries):
-                parts.append(np.unique(queries, axis=0))
+        with naming_bad_files(data_dir, ("train",), ("rec",)):
+            for batch in read_examples(data_dir, "train", "rec", 4096, manifest):
+                queries = batch[SEARCH_HISTORY_QUERY_TOKENS].numpy().reshape(-1, width)
+                queries = queries[np.any(queries != 0, axis=1)]
+                if len(queries):
+                    parts.append(np.unique(queries, axis=0))
     if not parts:
         return np.zeros((0, width), np.int64)
     return np.unique(np.concatenate(parts), axis=0)
@@ -251,4 +454,5 @@ def query_bank(data_dir: str, manifest: Optional[dict] = None) -> np.ndarray:
 
 __all__ = ["load_manifest", "config_with_data_sizes", "read_examples", "load_arrays",
            "query_bank", "read_feature", "parse_spec", "example_files", "tasks_with_examples",
-           "vocabulary_files", "data_identity"]
+           "vocabulary_files", "data_identity", "check_example_shapes", "naming_bad_files",
+           "find_bad_files", "ManifestMismatchError", "CorruptExampleFileError", "SPLITS"]
