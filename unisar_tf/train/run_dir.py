@@ -1,7 +1,10 @@
 """A training run's directory: what was trained on what, its best checkpoint, and reloading it.
 
 model_dir layout:
-    config.json, options.json      what was trained, on what
+    config.json, options.json      what was trained, on what (a resume must ask for the same,
+                                   but for RESUMABLE_CONFIG_FIELDS / RESUMABLE_OPTIONS)
+    resumes.jsonl                  the allowed settings a resume changed, one line per resume
+    run.lock                       held by the process training there (unisar_tf.train.run_lock)
     data.json                      the data: its fingerprint, vocabulary sizes (reader.data_identity)
     checkpoints/ckpt-N             last epochs: weights, optimizer slots, lr, epoch, policy state
     best/ckpt-N, best.json         weights of the best validation epoch, and its metrics
@@ -12,13 +15,14 @@ model_dir layout:
 
 Data that does not fit raises DataMismatchError (a ValueError that says what to do): a
 model_dir whose data.json names other data is not resumed, and its model is not loaded on
-data with other vocabularies.
+data with other vocabularies. Other hyperparameters or options than the recorded ones raise
+SettingsMismatchError, listing them, before anything is written.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import tensorflow as tf
 
@@ -119,6 +123,84 @@ def check_resumable(model_dir: str, current: dict, config: UniSARConfig) -> Opti
         f"{model_dir} holds a run trained on {trained_on}, not on {current['data_dir']}; they "
         f"differ in: {'; '.join(found)}. Its checkpoints cannot continue on this data: train "
         f"into a new --model_dir, or delete {model_dir} to start over on this data.")
+
+
+# What a resumed run may change (docs/training.md, "Resuming"): they decide how long it goes
+# on, how it is validated in batches and where it runs, not what has been trained. Every other
+# setting must be the recorded one: the checkpoint holds what those settings trained.
+RESUMABLE_CONFIG_FIELDS = ("early_stop_patience", "eval_batch_size")
+RESUMABLE_OPTIONS = ("max_epochs", "keep_checkpoints", "verbose", "distribution", "data_dir",
+                     "transform_dir", "model_dir")
+
+RESUMABLE_SHOWN = ("max_epochs", "early_stop_patience", "eval_batch_size", "keep_checkpoints",
+                   "distribution", "where the data and the run directory are")
+
+RESUMES_FILE = "resumes.jsonl"
+
+
+class SettingsMismatchError(ValueError):
+    """A run directory is asked to resume with other settings than it was trained with; the
+    message lists each setting with its recorded and requested value."""
+
+
+def _normalised(values: Mapping) -> dict:
+    return json.loads(json.dumps(dict(values), sort_keys=True, default=list))
+
+
+def _recorded_config(model_dir: str) -> Optional[dict]:
+    saved = _read_run_config(model_dir)
+    if saved is None:
+        return None
+    try:  # older config.json: renamed fields, and new fields at their defaults
+        return _normalised(UniSARConfig.from_dict(saved).to_dict())
+    except (TypeError, ValueError):
+        return _normalised(renamed_fields(saved))
+
+
+def setting_changes(model_dir: str, config: UniSARConfig, options: Mapping
+                    ) -> Tuple[Dict[str, tuple], Dict[str, tuple]]:
+    """({name: (recorded, requested)} of settings that may not change on resume,
+    {name: (recorded, requested)} of those that may), against model_dir's config.json and
+    options.json; an absent file compares nothing."""
+    refused: Dict[str, tuple] = {}
+    allowed: Dict[str, tuple] = {}
+    recorded = _recorded_config(model_dir)
+    if recorded is not None:
+        current = _normalised(config.to_dict())
+        for name in sorted(set(recorded) | set(current)):
+            if recorded.get(name) != current.get(name):
+                target = allowed if name in RESUMABLE_CONFIG_FIELDS else refused
+                target[name] = (recorded.get(name), current.get(name))
+    recorded_options = _read_run_json(model_dir, OPTIONS_FILE)
+    if recorded_options is not None:
+        current = _normalised(options)
+        for name in sorted(set(recorded_options) & set(current)):
+            if recorded_options[name] != current[name] and name not in refused:
+                target = allowed if name in RESUMABLE_OPTIONS else refused
+                target[name] = (recorded_options[name], current[name])
+    return refused, allowed
+
+
+def _value(value) -> str:
+    return json.dumps(value)
+
+
+def check_same_settings(model_dir: str, config: UniSARConfig, options: Mapping
+                        ) -> Dict[str, tuple]:
+    """Raises SettingsMismatchError when model_dir's run was trained with other settings than
+    `config` and `options` (a TrainerOptions as a dict) ask for, except those of
+    RESUMABLE_CONFIG_FIELDS and RESUMABLE_OPTIONS; returns the changes of those."""
+    refused, allowed = setting_changes(model_dir, config, options)
+    if refused:
+        listed = "; ".join(f"{name}: recorded {_value(old)}, requested {_value(new)}"
+                           for name, (old, new) in refused.items())
+        raise SettingsMismatchError(
+            f"{model_dir} holds a run trained with other settings than this command asks for "
+            f"({listed}). Its checkpoints hold what the recorded settings trained, so it "
+            f"resumes only with them ({CONFIG_FILE} and {OPTIONS_FILE} there; a resumed run "
+            f"may change only {', '.join(RESUMABLE_SHOWN)}). Re-run with the recorded values, "
+            f"train into a new --model_dir, or delete {model_dir} to start over.")
+    return allowed
 
 
 def check_model_data(model_dir: str, config: UniSARConfig, data_dir: str,
