@@ -11,8 +11,11 @@ learned baseline next to the non-learned ones; `--sasrec_baseline false` skips i
 
 Every UniSARConfig field is a flag (`--tower_units 128,64`, booleans as true/false) except
 the vocabulary sizes and sequence shapes, which come from the data's manifest. Re-running
-with the same --model_dir resumes from the last finished epoch (on the same data only: a
-model_dir trained on other data is refused). Data with one scenario trains that task.
+with the same --model_dir resumes from the last finished epoch (on the same data and with the
+same settings only: a model_dir trained on other data, or asked for other hyperparameters
+than it was trained with, is refused, listing them; --max_epochs may change). One run per
+--model_dir at a time: a second one fails at once naming the first (pid, host). Data with one
+scenario trains that task.
 """
 from __future__ import annotations
 
@@ -32,7 +35,9 @@ from unisar_tf.export.retrieval import retrieval_writer
 from unisar_tf.train.distribution import STRATEGIES, cluster_tasks
 from unisar_tf.train.evaluation import evaluate_best, report_markdown
 from unisar_tf.train.learned_baseline import train_sasrec
-from unisar_tf.train.run_dir import DataMismatchError, load_trained_model
+from unisar_tf.data import reader
+from unisar_tf.train.run_dir import DataMismatchError, SettingsMismatchError, load_trained_model
+from unisar_tf.train.run_lock import RunDirLockedError
 from unisar_tf.train.trainer import Trainer, TrainerOptions
 
 # Set from the data (manifest and side features), not from flags.
@@ -161,6 +166,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                              verbose=1 if args.quiet else 2,
                              distribution=args.distribution)
     trainer = Trainer(config, options)
+    with trainer.run_dir_lock():  # the whole run: training, SASRec, report, export
+        return _train_and_report(args, config, options, trainer)
+
+
+def _train_and_report(args: argparse.Namespace, config: UniSARConfig, options: TrainerOptions,
+                      trainer: Trainer) -> Dict[str, Any]:
     summary = trainer.fit()
     print(f"best validation epoch {summary['epoch']} of {summary['epochs_run']} "
           f"(mean NDCG@5 {summary['validation_score']:.4f})"
@@ -205,7 +216,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error(str(error))
     try:
         run(args)
-    except DataMismatchError as error:  # another dataset's model_dir, a task the data lacks
+    except (DataMismatchError,  # another dataset's model_dir, a task the data lacks
+            SettingsMismatchError,  # resuming with other hyperparameters
+            RunDirLockedError,  # another trainer on the same model_dir
+            reader.ManifestMismatchError,  # a manifest of other files
+            reader.CorruptExampleFileError) as error:  # a truncated or corrupted file
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     except PEER_FAILURES as error:
         if cluster_tasks() < 2:

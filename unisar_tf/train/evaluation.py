@@ -64,8 +64,9 @@ def evaluate_model(model: UniSARModel, data_dir: str, split: str, manifest: dict
     for task in model.config.tasks:
         if task not in scorers:
             scorers[task] = scoring_function(model, task, manifest)
-        scores = score_split(model, data_dir, split, task, manifest, batch_size, rows,
-                             scorers[task])
+        with reader.naming_bad_files(data_dir, (split,), (task,)):  # names a damaged file
+            scores = score_split(model, data_dir, split, task, manifest, batch_size, rows,
+                                 scorers[task])
         results[task] = ranking_metrics(scores)
         results[task]["examples"] = int(len(scores))
     return results
@@ -139,8 +140,9 @@ def evaluate_best(model_dir: str, data_dir: str, split: str = "test",
         if sasrec is not None:
             report[SASREC] = sasrec
     if with_baselines:
-        report.update(baseline_metrics(data_dir, split, manifest, model.config.num_items,
-                                       model.config.tasks))
+        with reader.naming_bad_files(data_dir, ("train", split)):  # names a damaged file
+            report.update(baseline_metrics(data_dir, split, manifest, model.config.num_items,
+                                           model.config.tasks))
         note = single_scenario_note(manifest)
         if note:
             report["note"] = note
@@ -256,7 +258,8 @@ def main(argv=None) -> None:
 
     try:
         report = evaluate_best(args.model_dir, args.data_dir, args.split, args.batch_size)
-    except DataMismatchError as error:  # what to do, not a traceback
+    except (DataMismatchError, reader.ManifestMismatchError,
+            reader.CorruptExampleFileError) as error:  # what to do, not a traceback
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     print(report_markdown(report))
     print(f"written to {os.path.join(args.model_dir, 'eval')}/{args.split}_metrics.{{json,md}}")

@@ -21,6 +21,10 @@ order and every negative are stateless functions of (seed, epoch, step), so a re
 sees the same batches as an uninterrupted one (dropout masks come from TF's global random
 state, so the weights are not bit-identical to an uninterrupted run).
 
+A run directory has one trainer at a time (an OS lock, unisar_tf.train.run_lock), and resumes
+only with the settings it was trained with (run_dir.check_same_settings: SettingsMismatchError
+listing the others, before anything is written; the epoch budget and a few more may change).
+
 Data that does not fit (DataMismatchError, a ValueError that says what to do): a model_dir
 whose data.json names other data is not resumed, and its model is not loaded on data with
 other vocabularies. Single-scenario data trains the tasks of config.tasks it has examples
@@ -29,6 +33,7 @@ the training data has no search query at all.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -50,8 +55,9 @@ from unisar_tf.train.distribution import (STRATEGY_CLASSES, distribute_global_ba
 from unisar_tf.train.evaluation import VALIDATION_METRIC, evaluate_model, validation_score
 from unisar_tf.train.inputs import epoch_steps, search_batch_size, training_dataset
 from unisar_tf.train.run_dir import (BEST_FILE, CONFIG_FILE, DATA_FILE, HISTORY_FILE, OPTIONS_FILE,
-                                     DataMismatchError, check_resumable, read_best,
-                                     run_side_features)
+                                     RESUMES_FILE, DataMismatchError, check_resumable,
+                                     check_same_settings, read_best, run_side_features)
+from unisar_tf.train.run_lock import RunDirLock
 
 
 @dataclasses.dataclass
@@ -106,15 +112,44 @@ def fit_tasks_to_data(config: UniSARConfig, manifest: dict, data_dir: str
                                          if config.architecture == "sasrec" else ""))
     for task in kept:
         if not reader.tasks_with_examples(manifest, "valid", (task,)):
-            raise DataMismatchError(f"{data_dir} has {task} training examples but no {task} "
-                                    "validation examples to pick the best epoch with: rebuild "
-                                    f"it, or train the other task (--tasks)")
+            raise DataMismatchError(no_validation_message(data_dir, manifest, task, kept))
     notes = []
     if missing:
         notes.append(f"{data_dir} has no {' or '.join(missing)} training examples: training "
                      f"{'+'.join(kept)} only (tasks={kept})")
         config = config.replace(tasks=kept)
     return config, notes
+
+
+def no_validation_message(data_dir: str, manifest: dict, task: str,
+                          tasks: Tuple[str, ...]) -> str:
+    """Why a task has no validation examples, and what to do: the split's counts and build
+    options from the data job's manifest."""
+    examples = manifest.get("examples", {})
+    counts = ", ".join(f"{split} {examples.get(split)}" for split in reader.SPLITS)
+    split_rule = (manifest.get("build_options") or {}).get("split", "loo")
+    if split_rule == "time":
+        cause = ("it was built with --split time, where validation is the targets of the day "
+                 "before the log's last day (UTC): one event with a far-future timestamp, or a "
+                 "log whose last two days have no such event, leaves it empty. Check the log's "
+                 "latest timestamps, or rebuild with --split loo")
+        cut = manifest.get("time_split") or {}  # the data job's report on its cut, if any
+        if cut.get("warning"):
+            cause += f". The data job said: {cut['warning'].rstrip('.')}"
+        elif cut.get("valid_day"):
+            cause += (f". The validation day was {cut['valid_day']} "
+                      f"({(cut.get('events') or {}).get('valid_day', '?')} events), the test "
+                      f"day {cut.get('test_day')}")
+    else:
+        cause = (f"it was built with --split {split_rule}, where a user's second-to-last "
+                 f"{task} target is validation: no user has enough {task} targets for one "
+                 "(check the log, or rebuild with lower --min_rec_history / --min_search_history)")
+    others = [other for other in reader.tasks_with_examples(manifest, "valid") if other != task
+              and other in reader.tasks_with_examples(manifest, "train")]
+    return (f"{os.path.join(data_dir, 'valid')} has no {task} examples to pick the best epoch "
+            f"with ({data_dir}/manifest.json counts {counts}): {cause}"
+            + (f"; or train {others[0]} only (--tasks {others[0]})" if others else "")
+            + ".")
 
 
 def uses_relevance_loss(config: UniSARConfig) -> bool:
@@ -133,12 +168,20 @@ class Trainer:
         self.role = worker_role(self.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
         say = print if options.verbose else (lambda *args, **kwargs: None)
+        # One trainer per run directory (run_lock): a run in progress is refused here, before
+        # any reading; a new directory is locked when fit() starts.
+        self._early_lock = (RunDirLock(options.model_dir).acquire()
+                            if self.role.is_chief and os.path.isdir(options.model_dir) else None)
         if config.architecture == "sasrec":  # the plain baseline: item ids only
             config = config.replace(use_side_features=False, use_cooccurrence=False)
         self.manifest = reader.load_manifest(options.data_dir, options.transform_dir)
         self.data_identity = reader.data_identity(options.data_dir, self.manifest)
         config = reader.config_with_data_sizes(config, self.manifest)
         config, notes = fit_tasks_to_data(config, self.manifest, options.data_dir)
+        for task in config.tasks:  # the manifest's shapes against the files, up front
+            for split in reader.SPLITS:
+                if reader.tasks_with_examples(self.manifest, split, (task,)):
+                    reader.check_example_shapes(options.data_dir, split, task, self.manifest)
         self.query_bank = reader.query_bank(options.data_dir, self.manifest)
         if not len(self.query_bank) and uses_relevance_loss(config):
             notes.append("the training data has no search query: the query-item relevance "
@@ -152,8 +195,9 @@ class Trainer:
             config = config.replace(**self.side_features.config_overrides())
         table = transitions = None
         if config.use_cooccurrence:  # counted on the training split (unisar_tf.data.cooccurrence)
-            table, transitions = training_tables(options.data_dir, self.manifest,
-                                                 config.num_items, config.tasks)
+            with reader.naming_bad_files(options.data_dir, ("train",)):
+                table, transitions = training_tables(options.data_dir, self.manifest,
+                                                     config.num_items, config.tasks)
             config = config.replace(cooccurrence_pairs=table.num_pairs,
                                     transition_pairs=transitions.num_pairs)
         if config.batch_size % self.replicas:
@@ -190,6 +234,7 @@ class Trainer:
         self._train_step = None
         self._scorers: dict = {}
         self._best: Optional[dict] = None  # this run's best epoch (best.json's content)
+        self._resume_changes: dict = {}  # allowed settings this resume changed
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -205,6 +250,9 @@ class Trainer:
             note = check_resumable(self.options.model_dir, self.data_identity, self.config)
             if note and self.options.verbose:
                 print(note, flush=True)
+            # Other hyperparameters than the checkpoint was trained with: refused, listed.
+            self._resume_changes = check_same_settings(
+                self.options.model_dir, self.config, dataclasses.asdict(self.options))
             self.checkpoint.restore(path).assert_existing_objects_matched()
         return path
 
@@ -218,6 +266,13 @@ class Trainer:
             out.write(json.dumps(dataclasses.asdict(self.options), indent=2, sort_keys=True))
         with tf.io.gfile.GFile(os.path.join(self.options.model_dir, DATA_FILE), "w") as out:
             out.write(json.dumps(self.data_identity, indent=2, sort_keys=True))
+        changes = {name: {"recorded": old, "now": new}  # of what a resume may change
+                   for name, (old, new) in self._resume_changes.items() if name != "verbose"}
+        if changes:
+            path = os.path.join(self.options.model_dir, RESUMES_FILE)
+            line = {"after_epoch": int(self.epoch.numpy()), "changed": changes}
+            with tf.io.gfile.GFile(path, "a") as out:
+                out.write(json.dumps(line, sort_keys=True) + "\n")
 
     # -- one epoch ----------------------------------------------------------------------
     def _make_train_step(self, element_spec=None):
@@ -254,21 +309,23 @@ class Trainer:
         progress = (tf.keras.utils.Progbar(steps, unit_name="step", stateful_metrics=None)
                     if options.verbose >= 2 else None)
         logs: Dict[str, float] = {}
-        for step, batch in enumerate(dataset):
-            results = self._train_step(batch)
-            logs = {name: float(value) for name, value in results.items()}
-            if not math.isfinite(logs.get("loss", 0.0)):
-                raise FloatingPointError(f"epoch {epoch + 1} step {step + 1}: loss is "
-                                         f"{logs['loss']}; lower the learning rate")
-            if progress is not None:
-                progress.update(step + 1, [(name, logs[name]) for name in ("loss",)
-                                           if name in logs])
-            global_step = int(self.optimizer.iterations.numpy())
-            if writer is not None and global_step % 10 == 0:
-                with writer.as_default(step=global_step):
-                    tf.summary.scalar("loss", logs["loss"])
-            if on_step is not None:
-                on_step(epoch, step)
+        # A truncated or corrupted file: the error names it (TensorFlow's does not).
+        with reader.naming_bad_files(options.data_dir, ("train",), self.config.tasks):
+            for step, batch in enumerate(dataset):
+                results = self._train_step(batch)
+                logs = {name: float(value) for name, value in results.items()}
+                if not math.isfinite(logs.get("loss", 0.0)):
+                    raise FloatingPointError(f"epoch {epoch + 1} step {step + 1}: loss is "
+                                             f"{logs['loss']}; lower the learning rate")
+                if progress is not None:
+                    progress.update(step + 1, [(name, logs[name]) for name in ("loss",)
+                                               if name in logs])
+                global_step = int(self.optimizer.iterations.numpy())
+                if writer is not None and global_step % 10 == 0:
+                    with writer.as_default(step=global_step):
+                        tf.summary.scalar("loss", logs["loss"])
+                if on_step is not None:
+                    on_step(epoch, step)
         return logs
 
     # -- the loop -----------------------------------------------------------------------
@@ -276,7 +333,25 @@ class Trainer:
         """Trains until early stopping or max_epochs; returns the best epoch's summary.
 
         on_step(epoch, step) is called after every step (tests interrupt runs with it).
+        Holds model_dir's lock (unisar_tf.train.run_lock) from start to end: another process
+        training there is a RunDirLockedError, before anything is read or written.
         """
+        lock = RunDirLock(self.options.model_dir) if self.role.is_chief else None
+        try:
+            with lock or contextlib.nullcontext():
+                return self._fit(on_step)
+        finally:
+            if self._early_lock is not None:
+                self._early_lock.release()
+                self._early_lock = None
+
+    def run_dir_lock(self):
+        """model_dir's lock for callers that keep working there after fit (the CLI's report
+        and export); a no-op context on workers other than the chief."""
+        return (RunDirLock(self.options.model_dir) if self.role.is_chief
+                else contextlib.nullcontext())
+
+    def _fit(self, on_step: Optional[Callable[[int, int], None]]) -> dict:
         options, config = self.options, self.config
         resumed = self.restore()
         self._write_run_files()
@@ -290,6 +365,10 @@ class Trainer:
             say(f"resumed from {resumed}: epoch {int(self.epoch.numpy())} done, "
                 f"learning rate {self.learning_rate:g}, best validation "
                 f"{float(self.best_score.numpy()):.4f}", flush=True)
+            for name, (old, new) in self._resume_changes.items():
+                if name != "verbose":
+                    say(f"resuming with {name} {new} (recorded {old}; it may change on "
+                        "resume)", flush=True)
         query_bank = self.query_bank
         counts = self.manifest["examples"]["train"]
         say(f"training {counts['rec']} rec + {counts['search']} search examples, tasks "
