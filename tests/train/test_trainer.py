@@ -400,30 +400,59 @@ class Interrupted(Exception):
     pass
 
 
+def record_step_losses(trainer, losses):
+    """Appends the loss of every training step of `trainer` to `losses`."""
+    make = trainer._make_train_step
+
+    def make_recording(element_spec=None):
+        step = make(element_spec)
+
+        def recorded(batch):
+            logs = step(batch)
+            losses.append(float(logs["loss"]))
+            return logs
+        return recorded
+
+    trainer._make_train_step = make_recording
+
+
+def training_state(trainer):
+    """Every weight and optimizer variable (slots, step, learning rate) of a trainer."""
+    return [variable.numpy().copy()
+            for variable in trainer.model.weights + list(trainer.optimizer.variables)]
+
+
 @pytest.fixture(scope="module")
 def resumed(amazon_examples, tmp_path_factory):
-    """Run 1 stops after the first step of epoch 2; run 2 restores, is compared, finishes."""
+    """Run 1 trains epoch 1 and every step of epoch 2, and stops before epoch 2's validation
+    and checkpoint (so it is the uninterrupted run up to there); run 2 restores epoch 1's
+    checkpoint, is compared, finishes."""
     out, _ = amazon_examples
     model_dir = str(tmp_path_factory.mktemp("resume"))
     options = TrainerOptions(out, model_dir, max_epochs=MAX_EPOCHS, steps_per_epoch=STEPS,
                              verbose=0)
     first = Trainer(tiny_config(), options)
-    first_steps = []
+    first_steps, first_losses = [], []
+    record_step_losses(first, first_losses)
 
-    def stop_in_epoch_2(epoch, step):
+    def stop_at_the_end_of_epoch_2(epoch, step):
         first_steps.append((epoch, step))
-        if (epoch, step) == (1, 0):
+        if (epoch, step) == (1, STEPS - 1):
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        first.fit(on_step=stop_in_epoch_2)
-    state = types.SimpleNamespace(model_dir=model_dir, first_steps=first_steps)
+        first.fit(on_step=stop_at_the_end_of_epoch_2)
+    state = types.SimpleNamespace(model_dir=model_dir, first_steps=first_steps,
+                                  first_losses=first_losses)
     state.saved_path = first.manager.latest_checkpoint
     state.saved = checkpoint_values(state.saved_path)
     state.first_in_memory = snapshot(first)
+    state.first_state = training_state(first)
     state.history_after_interrupt = history(model_dir)
 
     second = Trainer(tiny_config(), options)
+    state.second_losses = []
+    record_step_losses(second, state.second_losses)
     state.before_restore = snapshot(second)
     state.restored_path = second.restore()
     state.after_restore = snapshot(second)
@@ -433,7 +462,13 @@ def resumed(amazon_examples, tmp_path_factory):
     state.rewritten = checkpoint_values(rewritten)
 
     second_steps = []
-    state.summary = second.fit(on_step=lambda epoch, step: second_steps.append((epoch, step)))
+
+    def after_step(epoch, step):
+        second_steps.append((epoch, step))
+        if (epoch, step) == (1, STEPS - 1):
+            state.second_state = training_state(second)
+
+    state.summary = second.fit(on_step=after_step)
     state.second_steps = second_steps
     state.iterations = int(second.optimizer.iterations.numpy())
     state.checkpoints = list(second.manager.checkpoints)
@@ -442,14 +477,14 @@ def resumed(amazon_examples, tmp_path_factory):
 
 def test_interrupted_run_restores_weights_optimizer_slots_and_policy_state_exactly(resumed):
     run = resumed
-    assert run.first_steps == [(0, 0), (0, 1), (1, 0)]
+    assert run.first_steps == [(epoch, step) for epoch in (0, 1) for step in range(STEPS)]
     assert [line["epoch"] for line in run.history_after_interrupt] == [1]
     assert run.saved_path.endswith("ckpt-1") and run.restored_path == run.saved_path
     saved = run.saved
     # The checkpoint holds epoch 1's end, not the interrupted in-memory state.
     assert saved["epoch" + VAR] == 1 and run.first_in_memory["epoch" + VAR] == 1
     assert saved["optimizer/_iterations" + VAR] == STEPS
-    assert run.first_in_memory["optimizer/_iterations" + VAR] == STEPS + 1
+    assert run.first_in_memory["optimizer/_iterations" + VAR] == 2 * STEPS
     assert not np.array_equal(run.first_in_memory[ITEM_TABLE], saved[ITEM_TABLE])
     assert saved["best_score" + VAR] == run.history_after_interrupt[0]["validation_score"]
 
@@ -470,6 +505,20 @@ def test_interrupted_run_restores_weights_optimizer_slots_and_policy_state_exact
     assert set(run.rewritten) - ignored == set(saved) - ignored
     for key in set(saved) - ignored:
         np.testing.assert_array_equal(run.rewritten[key], saved[key], err_msg=key)
+
+
+def test_a_resumed_run_trains_exactly_as_an_uninterrupted_one(resumed):
+    """Issue 23: the same batches, negatives and dropout masks (stateless in seed and step),
+    so epoch 2 after a restart gives the uninterrupted run's losses and state bit for bit
+    (dropout masks from Keras' stateful random ops started over after a restart: the issue's
+    epoch-2 loss 7.0584 resumed against 7.0283 uninterrupted)."""
+    run = resumed
+    assert len(run.first_losses) == 2 * STEPS  # run 1: epochs 1 and 2 without a break
+    assert run.second_losses[:STEPS] == run.first_losses[STEPS:]  # epoch 2, step by step
+    assert history(run.model_dir)[1]["train"]["loss"] == run.first_losses[-1]
+    assert len(run.second_state) == len(run.first_state)
+    for index, (resumed_value, straight) in enumerate(zip(run.second_state, run.first_state)):
+        np.testing.assert_array_equal(resumed_value, straight, err_msg=str(index))
 
 
 def test_resumed_fit_reruns_the_interrupted_epoch_and_finishes(resumed):

@@ -17,9 +17,9 @@ writes to model_dir.
 
 Training negatives: with a negative pool in the data (`--train_negative_pool` of the data job)
 each epoch draws fresh ones from it; otherwise the data job's fixed 4 are used. The batch
-order and every negative are stateless functions of (seed, epoch, step), so a resumed run
-sees the same batches as an uninterrupted one (dropout masks come from TF's global random
-state, so the weights are not bit-identical to an uninterrupted run).
+order, every negative and every dropout mask are stateless functions of (seed, epoch or
+step), so a resumed run trains exactly as an uninterrupted one: same batches, same draws,
+bit-identical losses and weights (`step_seeded_dropout`; the checkpoint holds the step).
 
 A run directory has one trainer at a time (an OS lock, unisar_tf.train.run_lock), and resumes
 only with the settings it was trained with (run_dir.check_same_settings: SettingsMismatchError
@@ -152,6 +152,36 @@ def no_validation_message(data_dir: str, manifest: dict, task: str,
             + ".")
 
 
+def step_seeded_dropout(model: tf.keras.Model, seed: int, step: tf.Variable) -> int:
+    """Makes every dropout mask of `model` a stateless function of (seed, layer, step,
+    replica), like the batches and negatives: a resumed run draws the same masks as an
+    uninterrupted one (issue 23). Keras draws them from stateful random ops by default, whose
+    state lives in the process, so after a restart they started over at the first step's.
+
+    `step` is the optimizer's step counter (in the checkpoint). The layers are numbered in
+    the model's submodule order, the same for the same configuration. Returns how many
+    layers draw masks."""
+    layers = [layer for layer in model.submodules
+              if isinstance(layer, tf.keras.layers.Layer)
+              and hasattr(getattr(layer, "_random_generator", None), "make_seed_for_stateless_op")]
+    for index, layer in enumerate(layers):
+        generator = layer._random_generator
+        generator._maybe_init()
+        generator._rng_type = generator.RNG_STATELESS
+        generator._generator = None
+        generator.make_seed_for_stateless_op = _dropout_seed_function(seed, index, step)
+    return len(layers)
+
+
+def _dropout_seed_function(seed: int, index: int, step: tf.Variable):
+    def seed_tensor() -> tf.Tensor:
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        return tf.stack([tf.constant(seed * 1_000_003 + index, tf.int64),
+                         tf.cast(step, tf.int64) * 4096 + tf.cast(replica, tf.int64)])
+    return seed_tensor
+
+
 def uses_relevance_loss(config: UniSARConfig) -> bool:
     return (config.architecture == "unisar" and config.use_history
             and config.use_relevance_loss and config.alpha_relevance > 0)
@@ -213,6 +243,9 @@ class Trainer:
             self.model.compile(optimizer=self.optimizer)
             # Slots exist before any restore, so a checkpoint restores them at once, exactly.
             self.optimizer.build(self.model.trainable_variables)
+        # Dropout masks from (seed, layer, step): a resumed run draws the masks an
+        # uninterrupted one does.
+        step_seeded_dropout(self.model, options.seed, self.optimizer.iterations)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_score = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
         self.epochs_without_gain = tf.Variable(0, dtype=tf.int64, trainable=False)
