@@ -208,8 +208,11 @@ class Trainer:
         self.data_identity = reader.data_identity(options.data_dir, self.manifest)
         config = reader.config_with_data_sizes(config, self.manifest)
         config, notes = fit_tasks_to_data(config, self.manifest, options.data_dir)
-        for task in config.tasks:  # the manifest's shapes against the files, up front
-            for split in reader.SPLITS:
+        # The manifest's shapes against the files it trains and validates on, up front (the
+        # test split is read only by the evaluation, which checks it then: a tuner never
+        # touches it).
+        for task in config.tasks:
+            for split in ("train", "valid"):
                 if reader.tasks_with_examples(self.manifest, split, (task,)):
                     reader.check_example_shapes(options.data_dir, split, task, self.manifest)
         self.query_bank = reader.query_bank(options.data_dir, self.manifest)
