@@ -16,7 +16,7 @@ from pipeline import sequence_builder as sb
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOLDER = ("import sys, time\n"
           "from pipeline import output_lock\n"
-          "output_lock.acquire(sys.argv[1])\n"
+          "held = output_lock.acquire(sys.argv[1])  # released when collected\n"
           "print('locked', flush=True)\n"
           "time.sleep(120)\n")
 
