@@ -7,7 +7,8 @@
 
 Cost: the data are tiny event logs built in-process by the data job (a few seconds each).
 The resume tests write a checkpoint with `_end_epoch` by hand (no training step is traced);
-the single-task tests train one short epoch each (~30 s each on a shared 2-core machine).
+the single-task tests train one short epoch each (~30 s each on a shared 2-core machine); the
+default preset's also export and score the test split through the SavedModel (~10 s each).
 """
 import csv
 import json
@@ -27,7 +28,8 @@ from pipeline.adapters import event_log
 from unisar_tf.config import amazon_preset, preset
 from unisar_tf.data import reader
 from unisar_tf.data.cooccurrence import training_cooccurrence, training_transitions
-from unisar_tf.train.evaluation import evaluate_best, report_markdown
+from unisar_tf.export import __main__ as export_cli
+from unisar_tf.train.evaluation import evaluate_best, evaluate_saved_model, report_markdown
 from unisar_tf.train.run_dir import DATA_FILE, DataMismatchError, load_trained_model
 from unisar_tf.train.trainer import Trainer, TrainerOptions
 
@@ -261,6 +263,18 @@ def test_a_single_scenario_log_trains_and_reports_its_task(datasets, tmp_path, c
     assert report["random"] == {task: report["random"][task]}
     markdown = report_markdown(report)
     assert f"| unisar | {task} |" in markdown and f"| unisar | {missing} |" not in markdown
+    if preset_name == "default":
+        # The chain a user runs (issue 23 item 3): this real single-scenario run exports,
+        # and the SavedModel scores the test split as the checkpoint did.
+        serving_dir = str(tmp_path / "serving")
+        export_cli.main(["--model_dir", model_dir, "--data_dir", out,
+                         "--serving_dir", serving_dir])
+        export_dir = os.path.join(serving_dir, "unisar", "1")
+        exported = evaluate_saved_model(export_dir, out, "test", tasks=(task,))
+        assert exported[task]["examples"] == report["unisar"][task]["examples"]
+        for metric in ("HR@1", "HR@5", "NDCG@5", "NDCG@10"):
+            assert exported[task][metric] == pytest.approx(report["unisar"][task][metric],
+                                                           abs=1e-6), metric
 
 
 def test_a_task_the_data_lacks_fails_clearly_when_it_is_the_only_one_asked_for(datasets,
