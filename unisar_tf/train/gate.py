@@ -5,6 +5,7 @@
                        "query match": {"search": ...},
                        "last blessed": {"rec": ..., "search": ...}})
     decision.blessed, decision.reasons, decision.to_dict()          # JSON-ready
+    decide(..., GateOptions(min_improvement=0.01))  # or decide(..., min_improvement=0.01)
 
 Scores are (N, C) matrices, one row per test list, positive at column 0, as everywhere in
 the project (unisar_tf.metrics): row i of the model's matrix and row i of a comparator's
@@ -23,7 +24,8 @@ The rule: blessed only if, for EACH task separately and EACH comparator, all of
   - lower bound > 0              (better than the comparator by more than the noise),
   - difference > min_improvement (TFX's absolute change threshold),
   - difference > min_relative_improvement x comparator's NDCG@10 (the relative one)
-hold. A mean over tasks never decides: a model that wins one task and loses the other is
+hold (the settings: `GateOptions`, unisar_tf/train/gate_options.py, their one definition).
+A mean over tasks never decides: a model that wins one task and loses the other is
 refused, naming the losing task. `confidence=0` turns the noise test off (only the thresholds
 apply): for fixtures of a handful of lists, where no model can be told from noise.
 
@@ -47,10 +49,12 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from unisar_tf.metrics import positive_rank_numpy, random_ranking_metrics
+from unisar_tf.train.gate_options import DEFAULTS, GateOptions
 
-__all__ = ["Comparison", "FLOORS", "GateDecision", "LAST_BLESSED", "POPULARITY", "RANDOM",
-           "SCORE_METRIC", "bootstrap_lower_bound", "comparison_table", "could_not_compare",
-           "decide", "failed_comparators", "ndcg_per_list", "paired_comparison", "random_ndcg"]
+__all__ = ["Comparison", "FLOORS", "GateDecision", "GateOptions", "LAST_BLESSED", "POPULARITY",
+           "RANDOM", "SCORE_METRIC", "bootstrap_lower_bound", "comparison_table",
+           "could_not_compare", "decide", "failed_comparators", "ndcg_per_list",
+           "paired_comparison", "random_ndcg"]
 
 K = 10
 SCORE_METRIC = f"NDCG@{K}"
@@ -78,8 +82,9 @@ def random_ndcg(num_candidates: int, k: int = K) -> float:
     return float(np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
 
 
-def bootstrap_lower_bound(differences, confidence: float = 0.95, samples: int = 1000,
-                          seed: int = 0) -> float:
+def bootstrap_lower_bound(differences, confidence: float = DEFAULTS.confidence,
+                          samples: int = DEFAULTS.bootstrap_samples,
+                          seed: int = DEFAULTS.seed) -> float:
     """One-sided lower `confidence` bound on mean(differences): the (1 - confidence)
     quantile of the means of `samples` resamples (with replacement) of the N values.
 
@@ -104,8 +109,9 @@ def bootstrap_lower_bound(differences, confidence: float = 0.95, samples: int = 
 
 
 def paired_comparison(model_values, baseline_values: Union[np.ndarray, float],
-                      confidence: float = 0.95, samples: int = 1000,
-                      seed: int = 0) -> Dict[str, Optional[float]]:
+                      confidence: float = DEFAULTS.confidence,
+                      samples: int = DEFAULTS.bootstrap_samples,
+                      seed: int = DEFAULTS.seed) -> Dict[str, Optional[float]]:
     """Model vs comparator on the same lists, from per-list values (N,) each (or a constant
     for the comparator): {"model", "baseline", "difference", "standard_error", "lower_bound",
     "lists"}. standard_error is None for a single list; lower_bound is None when
@@ -235,57 +241,60 @@ def could_not_compare(task: str, name: str, floor_name: str, floor: float, value
             f"{floor_name}'s {floor:.4f} (the comparator failed; not counted as beaten)")
 
 
-def _failures(stats: dict, confidence: float, min_improvement: float,
-              min_relative_improvement: float) -> List[str]:
+def _failures(stats: dict, options: GateOptions) -> List[str]:
     """The conditions a comparison row fails, each with its numbers."""
     failed = []
-    if confidence > 0 and not stats["lower_bound"] > 0:
+    if options.confidence > 0 and not stats["lower_bound"] > 0:
         failed.append(f"lower bound {stats['lower_bound']:+.4f} <= 0")
-    if not stats["difference"] > min_improvement:
-        failed.append(f"difference {stats['difference']:+.4f} <= {min_improvement}")
-    if min_relative_improvement:
-        needed = min_relative_improvement * stats["baseline"]
+    if not stats["difference"] > options.min_improvement:
+        failed.append(f"difference {stats['difference']:+.4f} <= {options.min_improvement}")
+    if options.min_relative_improvement:
+        needed = options.min_relative_improvement * stats["baseline"]
         if not stats["difference"] > needed:
             failed.append(f"difference {stats['difference']:+.4f} <= {needed:.4f} "
-                          f"({min_relative_improvement:g} x {stats['baseline']:.4f})")
+                          f"({options.min_relative_improvement:g} x {stats['baseline']:.4f})")
     return failed
 
 
-def _refusal(task: str, name: str, stats: dict, confidence: float, min_improvement: float,
-             min_relative_improvement: float) -> str:
+def _refusal(task: str, name: str, stats: dict, options: GateOptions) -> str:
     """e.g. "search: NDCG@10 0.0307 does not beat random 0.0454 (difference -0.0147, 95%
     lower bound -0.0170; needs lower bound > 0 and difference > 0.0)"."""
     numbers = f"difference {stats['difference']:+.4f}"
     needs = []
-    if confidence > 0:
-        numbers += f", {confidence:.0%} lower bound {stats['lower_bound']:+.4f}"
+    if options.confidence > 0:
+        numbers += f", {options.confidence:.0%} lower bound {stats['lower_bound']:+.4f}"
         needs.append("lower bound > 0")
-    needs.append(f"difference > {min_improvement}")
-    if min_relative_improvement:
-        needs.append(f"difference > {min_relative_improvement:g} x {name}")
+    needs.append(f"difference > {options.min_improvement}")
+    if options.min_relative_improvement:
+        needs.append(f"difference > {options.min_relative_improvement:g} x {name}")
     return (f"{task}: {SCORE_METRIC} {stats['model']:.4f} does not beat {name} "
             f"{stats['baseline']:.4f} ({numbers}; needs {' and '.join(needs)})")
 
 
 def decide(model_scores: Mapping[str, np.ndarray],
            comparators: Mapping[str, Mapping[str, ComparatorScores]],
-           min_improvement: float = 0.0, min_relative_improvement: float = 0.0,
-           confidence: float = 0.95, bootstrap_samples: int = 1000, seed: int = 0,
-           include_random: bool = True, flag_failed: bool = True) -> GateDecision:
+           options: Optional[GateOptions] = None, *, include_random: bool = True,
+           flag_failed: bool = True, **settings) -> GateDecision:
     """The blessing decision.
 
     model_scores: {task: (N, C) scores}, every task the model is judged on.
     comparators: {name: {task: (N, C) scores of the same lists, or a constant NDCG@10}}; a
     comparator without a task (e.g. query match has no rec) is not compared there.
+    options: the gate's settings (default: GateOptions()); settings: single ones by name on
+    top, e.g. decide(..., min_improvement=0.02, seed=3) (GateOptions' fields).
     include_random: compare with random ranking's exact NDCG@10 on every task too (first).
     flag_failed: flag a comparator at or below random's (exact, even without its row) or
     popularity's NDCG@10 on a task as failed there (`failed_comparators`): not beaten, not
     a refusal, one note in `failed_comparators` of the decision; False counts it as any other.
     """
+    if options is not None and not isinstance(options, GateOptions):
+        raise TypeError(f"options must be a GateOptions, got {options!r}")
+    options = GateOptions.from_dict(settings, options)
     if not model_scores:
         raise ValueError("no tasks to judge the model on")
-    if not 0.0 <= confidence < 1.0:
-        raise ValueError(f"confidence must be in [0, 1) (0 = no noise test), got {confidence}")
+    if not 0.0 <= options.confidence < 1.0:
+        raise ValueError("confidence must be in [0, 1) (0 = no noise test), got "
+                         f"{options.confidence}")
     rows: List[Comparison] = []
     reasons: List[str] = []
     notes: List[str] = []
@@ -312,8 +321,8 @@ def decide(model_scores: Mapping[str, np.ndarray],
             means[RANDOM] = {task: random_value}  # the floor even without its row
             flagged = failed_comparators(means, task)
         for name, values in named.items():
-            stats = paired_comparison(model_values, values, confidence, bootstrap_samples,
-                                      seed)
+            stats = paired_comparison(model_values, values, options.confidence,
+                                      options.bootstrap_samples, options.seed)
             if name in flagged:
                 floor_name, floor, value = flagged[name]
                 rows.append(Comparison(task=task, comparator=name, passed=False, failures=[],
@@ -321,18 +330,13 @@ def decide(model_scores: Mapping[str, np.ndarray],
                                        floor=floor, **stats))
                 notes.append(could_not_compare(task, name, floor_name, floor, value))
                 continue
-            failures = _failures(stats, confidence, min_improvement, min_relative_improvement)
+            failures = _failures(stats, options)
             rows.append(Comparison(task=task, comparator=name, passed=not failures,
                                    failures=failures, **stats))
             if failures:
-                reasons.append(_refusal(task, name, stats, confidence, min_improvement,
-                                        min_relative_improvement))
-    settings = {"min_improvement": float(min_improvement),
-                "min_relative_improvement": float(min_relative_improvement),
-                "confidence": float(confidence), "bootstrap_samples": int(bootstrap_samples),
-                "seed": int(seed)}
-    return GateDecision(blessed=not reasons, rows=rows, reasons=reasons, settings=settings,
-                        failed_comparators=notes)
+                reasons.append(_refusal(task, name, stats, options))
+    return GateDecision(blessed=not reasons, rows=rows, reasons=reasons,
+                        settings=options.to_dict(), failed_comparators=notes)
 
 
 def comparison_table(decision: Union[GateDecision, dict]) -> str:
