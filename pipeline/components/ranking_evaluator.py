@@ -17,10 +17,11 @@ blessed model. It is
 blessed only if, on EACH task separately and against EACH of them, the one-sided lower
 `confidence` bound of the mean difference (seeded paired bootstrap) is above 0 and the mean
 difference is above `min_improvement` (absolute) and above `min_relative_improvement` times
-the comparator's NDCG@10; a refusal names the task, the comparator and both numbers. A
-comparator at or below random's or popularity's NDCG@10 on a task (e.g. a SASRec or last
-blessed model that failed to learn) is flagged there: the gate could not compare with it,
-never counts it as beaten, and the report says so under the verdict. A mean over tasks
+the comparator's NDCG@10 (the settings: GateOptions, unisar_tf/train/gate_options.py); a
+refusal names the task, the comparator and both numbers. A comparator at or below random's
+or popularity's NDCG@10 on a task (e.g. a SASRec or last blessed model that failed to learn)
+is flagged there: the gate could not compare with it, never counts it as beaten, and the
+report says so under the verdict. A mean over tasks
 never decides. The last blessed model itself (a re-run whose Trainer was
 cached) is not blessed again, so re-running never pushes a duplicate. The ModelBlessing
 artifact carries the custom properties TFX's Pusher and LatestBlessedModelStrategy read
@@ -31,15 +32,25 @@ goes to the ModelEvaluation artifact.
 
 import json
 import os
+import warnings
 from typing import Dict, Optional, Sequence
 
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
+from unisar_tf.train.gate_options import DEFAULTS, GateOptions
+
 SCORE_METRIC = "NDCG@10"
-# The gate's parameters and their defaults (the component's, create_pipeline's gate_options).
-GATE_DEFAULTS = {"min_improvement": 0.0, "min_relative_improvement": 0.0, "confidence": 0.95,
-                 "bootstrap_samples": 1000, "seed": 0}
+
+
+def __getattr__(name: str):
+    """GATE_DEFAULTS, deprecated: the gate's defaults are GateOptions()'s fields."""
+    if name == "GATE_DEFAULTS":
+        warnings.warn("ranking_evaluator.GATE_DEFAULTS is deprecated and will be removed in "
+                      "the next release: use GateOptions().to_dict() "
+                      "(unisar_tf.train.gate_options)", DeprecationWarning, stacklevel=2)
+        return DEFAULTS.to_dict()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def mean_score(metrics: Dict[str, Dict[str, float]]) -> float:
@@ -143,21 +154,22 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
         transform_graph: tfx.dsl.components.InputArtifact[
             standard_artifacts.TransformGraph] = None,
         split: tfx.dsl.components.Parameter[str] = "test",
-        min_improvement: tfx.dsl.components.Parameter[float] = 0.0,
-        min_relative_improvement: tfx.dsl.components.Parameter[float] = 0.0,
-        confidence: tfx.dsl.components.Parameter[float] = 0.95,
-        bootstrap_samples: tfx.dsl.components.Parameter[int] = 1000,
-        seed: tfx.dsl.components.Parameter[int] = 0,
+        # GateOptions' fields, one execution property each (GateOptions.to_dict(); TFX needs
+        # them spelled out), their defaults read from it.
+        min_improvement: tfx.dsl.components.Parameter[float] = DEFAULTS.min_improvement,
+        min_relative_improvement: tfx.dsl.components.Parameter[float] = (
+            DEFAULTS.min_relative_improvement),
+        confidence: tfx.dsl.components.Parameter[float] = DEFAULTS.confidence,
+        bootstrap_samples: tfx.dsl.components.Parameter[int] = DEFAULTS.bootstrap_samples,
+        seed: tfx.dsl.components.Parameter[int] = DEFAULTS.seed,
 ) -> None:
     """Scores `model` on the test lists, compares with the baselines, writes the blessing.
 
     transform_graph: the Transform output the examples' raw ids go through (the pipeline's).
     learned_baseline: SASRecTrainer's model (the learned rec baseline), scored through its
     export like the model and compared with it on the rec task.
-    min_improvement / min_relative_improvement: the absolute / relative NDCG@10 change the
-    model must exceed against every comparator on every task (TFX's change thresholds);
-    confidence: of the one-sided bootstrap lower bound that must be above 0 (0 turns that
-    test off); bootstrap_samples, seed: the paired bootstrap's (unisar_tf/train/gate.py).
+    min_improvement, min_relative_improvement, confidence, bootstrap_samples, seed: the
+    blessing gate's settings, GateOptions' fields (unisar_tf/train/gate_options.py).
     """
     from tfx.utils import path_utils
 
@@ -190,10 +202,10 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
     if baseline_model is not None and not same_model:
         comparators[gate.LAST_BLESSED] = score_last_blessed(
             path_utils.serving_model_path(baseline_model.uri), data_dir, split, tasks)
-    decision = gate.decide(candidate_scores, comparators, min_improvement=min_improvement,
-                           min_relative_improvement=min_relative_improvement,
-                           confidence=confidence, bootstrap_samples=bootstrap_samples,
-                           seed=seed)
+    options = GateOptions(min_improvement=min_improvement,
+                          min_relative_improvement=min_relative_improvement,
+                          confidence=confidence, bootstrap_samples=bootstrap_samples, seed=seed)
+    decision = gate.decide(candidate_scores, comparators, options)
     if same_model:
         # This model is already blessed and pushed; blessing it again would push a duplicate.
         decision = decision.refuse(f"model {model.id} is already the last blessed model; not "
