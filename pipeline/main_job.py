@@ -77,6 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     from pipeline import beam_job, query_matching
     from pipeline.runners import local
+    from pipeline.tfx_pipeline import PipelineOptions
 
     print("== running the TFX pipeline on ../shared/data/amazon_beauty (LocalDagRunner)",
           flush=True)
@@ -87,11 +88,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     build_options = {"seed": args.seed, "train_negative_pool": 20, "query_len": 8}
     train_config = {"max_epochs": args.max_epochs, "seed": args.seed,
                     "config_overrides": {"batch_size": args.batch_size}}
+    # The blessing gate keeps its defaults (GateOptions, unisar_tf/train/gate_options.py).
+    options = PipelineOptions(build_options=build_options, train_config=train_config,
+                              sasrec_max_epochs=args.sasrec_max_epochs)
     rows = local.run("unisar", args.pipeline_root, args.data_root, "amazon_beauty",
                      args.serving_dir, list(beam_job.DEFAULT_LOCAL_BEAM_ARGS),
-                     os.path.join(args.pipeline_root, "metadata.sqlite"), build_options,
-                     enable_cache=not args.no_cache, train_config=train_config,
-                     sasrec_max_epochs=args.sasrec_max_epochs)
+                     os.path.join(args.pipeline_root, "metadata.sqlite"), options,
+                     enable_cache=not args.no_cache)
     print("\n" + local.format_report(rows))
     by_component = {row["component"]: row for row in rows}
 

@@ -19,14 +19,17 @@ mapping. It runs with materialize=False: the Trainer and the evaluator apply the
 graph to the raw examples as they read them, and the exported model carries the same graph
 in its serving signatures, so training and serving map ids with one graph.
 The same definition runs with LocalDagRunner (pipeline/runners/local.py) and is what the
-Kubeflow runner compiles (pipeline/runners/kubeflow.py).
+Kubeflow runner compiles (pipeline/runners/kubeflow.py); both give it one PipelineOptions
+(the build, training and gate settings; the gate's are a GateOptions).
 Whatever reads the examples waits for the gate (`add_upstream_node(gate)`).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-from typing import Any, Dict, List, Optional, Sequence
+import warnings
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from tfx import v1 as tfx
 
@@ -35,10 +38,65 @@ from feature_specs.serving import MODEL_NAME
 from pipeline import beam_job, build_examples, trainer_module
 from pipeline.components import run_parameters as run_parameters_components
 from pipeline.components import validation
-from pipeline.components.ranking_evaluator import GATE_DEFAULTS, RankingEvaluator
+from pipeline.components.ranking_evaluator import RankingEvaluator
 from pipeline.components.sequence_example_gen import SPLIT_NAMES, SequenceExampleGen, job_args
 from unisar_tf.config import SASREC_MAX_EPOCHS
+from unisar_tf.train.gate_options import GateOptions
 from unisar_tf.train.run_dir import SASREC
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+    """What the pipeline builds, trains and gates with: create_pipeline's settings, the same
+    for every runner (pipeline/runners/options.py makes one from the command line)."""
+
+    # build_examples flags by name, e.g. {"max_users": 200, "seed": 1}.
+    build_options: Optional[Dict[str, Any]] = None
+    # The Trainer's custom_config (pipeline/trainer_module.py: preset, config_overrides,
+    # max_epochs, steps_per_epoch, validation_rows, seed).
+    train_config: Optional[Dict[str, Any]] = None
+    # SASRecTrainer's epoch budget (the learned rec baseline the evaluator gates against);
+    # None: SASRec's own (config.SASREC_MAX_EPOCHS, early stopping ends it first); 0: none.
+    sasrec_max_epochs: Optional[int] = None
+    # RankingEvaluator's blessing gate (unisar_tf/train/gate_options.py).
+    gate: GateOptions = dataclasses.field(default_factory=GateOptions)
+    # Both Trainers' container resources on Kubeflow (KFP platform config): {"cpu",
+    # "memory_gb", "accelerator_type", "accelerator_count"}; LocalDagRunner refuses them.
+    trainer_resources: Optional[Dict[str, Any]] = None
+    # Both Trainers as Vertex AI training jobs: {"project", "region", "image", "workers",
+    # "machine_type", "accelerator_type", "accelerator_count"}; workers > 1: multi-worker.
+    vertex_training: Optional[Dict[str, Any]] = None
+
+
+# create_pipeline's (and the runners') former keywords, accepted for one more release.
+DEPRECATED_KEYWORDS = ("build_options", "train_config", "sasrec_max_epochs",
+                       "trainer_resources", "vertex_training", "min_improvement",
+                       "gate_options")
+
+
+def options_or_keywords(caller: str, options, keywords: Mapping[str, Any]) -> PipelineOptions:
+    """`options`, or the PipelineOptions of the deprecated loose keywords (build_options,
+    train_config, ..., min_improvement and gate_options: the gate's), with a
+    DeprecationWarning. A dict in `options`' place is the former positional build_options."""
+    keywords = dict(keywords)
+    if isinstance(options, Mapping):
+        keywords["build_options"] = options
+        options = None
+    unknown = sorted(set(keywords) - set(DEPRECATED_KEYWORDS))
+    if unknown:
+        raise TypeError(f"{caller}() got unexpected keyword argument(s) {unknown}")
+    if not keywords:
+        return options if options is not None else PipelineOptions()
+    if options is not None:
+        raise TypeError(f"{caller}(): give options or the deprecated keywords "
+                        f"{sorted(keywords)}, not both")
+    warnings.warn(f"{caller}(): {', '.join(sorted(keywords))} deprecated, to be removed in "
+                  "the next release: pass options=PipelineOptions(...) (pipeline.tfx_pipeline; "
+                  "the gate's settings as PipelineOptions(gate=GateOptions(...)))",
+                  DeprecationWarning, stacklevel=3)
+    gate = GateOptions.from_legacy(keywords.pop("min_improvement", None),
+                                   keywords.pop("gate_options", None))
+    return PipelineOptions(gate=gate, **keywords)
 
 
 def pipeline_build_options(build_options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -51,16 +109,13 @@ def pipeline_build_options(build_options: Optional[Dict[str, Any]]) -> Dict[str,
     return options
 
 
-def evaluator_gate_options(min_improvement: float = 0.0,
+def evaluator_gate_options(min_improvement: Optional[float] = None,
                            gate_options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """RankingEvaluator's gate parameters: the defaults, min_improvement, then gate_options
-    (names checked here, when the pipeline is defined)."""
-    options = dict(GATE_DEFAULTS, min_improvement=float(min_improvement))
-    unknown = sorted(set(gate_options or {}) - set(GATE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown gate option(s) {unknown}; known: {sorted(GATE_DEFAULTS)}")
-    options.update(gate_options or {})
-    return {name: type(GATE_DEFAULTS[name])(value) for name, value in options.items()}
+    """Deprecated (next release: removed): GateOptions.from_legacy(...).to_dict()."""
+    warnings.warn("evaluator_gate_options is deprecated and will be removed in the next "
+                  "release: use GateOptions (unisar_tf.train.gate_options)",
+                  DeprecationWarning, stacklevel=2)
+    return GateOptions.from_legacy(min_improvement, gate_options).to_dict()
 
 
 def curated_schema_files(adapter: str, data_root: str, build_options: Optional[Dict[str, Any]],
@@ -181,48 +236,33 @@ def sasrec_trainer(example_gen, transform, train_config: Optional[Dict[str, Any]
 def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
                     serving_dir: str, beam_pipeline_args: Sequence[str],
                     metadata_connection_config=None,
-                    build_options: Optional[Dict[str, Any]] = None,
+                    options: Optional[PipelineOptions] = None,
                     enable_cache: bool = True,
-                    schema_dir: Optional[str] = None,
-                    train_config: Optional[Dict[str, Any]] = None,
-                    min_improvement: float = 0.0,
-                    gate_options: Optional[Dict[str, Any]] = None,
+                    schema_dir: Optional[str] = None, *,
                     run_parameters: Optional[Dict[str, Any]] = None,
-                    sasrec_max_epochs: Optional[int] = None,
-                    trainer_resources: Optional[Dict[str, Any]] = None,
-                    vertex_training: Optional[Dict[str, Any]] = None) -> tfx.dsl.Pipeline:
+                    **deprecated_keywords) -> tfx.dsl.Pipeline:
     """The pipeline for the raw data of `adapter` at `data_root` (see SequenceExampleGen).
 
-    build_options: build_examples flags by name, e.g. {"max_users": 200, "seed": 1}.
+    options: what it builds, trains and gates with (PipelineOptions; default: all defaults).
+    The former keywords build_options, train_config, sasrec_max_epochs, trainer_resources,
+    vertex_training, min_improvement and gate_options still work for one release, with a
+    DeprecationWarning (options_or_keywords).
     serving_dir: the Pusher writes blessed models to <serving_dir>/unisar/<version>, the
     layout TF Serving (and serving/server.py) watch.
     metadata_connection_config: None on Kubeflow, which brings its own ML Metadata.
+    enable_cache, schema_dir, run_parameters: how the runner runs it, not what it computes.
     schema_dir: where the schema files that ImportSchemaGen reads are written when the
     pipeline is defined (default <pipeline_root>/_schemas); it must be readable where the
     pipeline runs.
-    train_config: the Trainer's custom_config (pipeline/trainer_module.py: preset,
-    config_overrides, max_epochs, steps_per_epoch, validation_rows, seed).
-    min_improvement: the NDCG@10 difference the model must exceed against every comparator
-    (random, the baselines, the last blessed model) on every task to be pushed.
-    gate_options: the evaluator's other gate parameters by name (min_relative_improvement,
-    confidence, bootstrap_samples, seed; ranking_evaluator.GATE_DEFAULTS, docs/pipeline.md).
     run_parameters: {"max_epochs", "batch_size", "push"}: values or RuntimeParameters (the
     Kubeflow runner's pipeline parameters); given, the Trainer and Pusher are the ones of
     pipeline/components/run_parameters.py, which take them as their own parameters.
     data_root may be a RuntimeParameter too.
-    sasrec_max_epochs: the epoch budget of SASRecTrainer, which trains the learned rec
-    baseline (unisar_tf.train.learned_baseline) that RankingEvaluator reports and gates against;
-    None: SASRec's own budget (config.SASREC_MAX_EPOCHS, early stopping ends it first); 0: no
-    SASRecTrainer.
-    trainer_resources: both Trainers' container resources on Kubeflow (KFP platform config):
-    {"cpu", "memory_gb", "accelerator_type", "accelerator_count"}; Kubeflow only
-    (LocalDagRunner refuses a KFP platform config).
-    vertex_training: run both Trainers as Vertex AI training jobs (TFX's Google Cloud trainer
-    extension): {"project", "region", "image", "workers", "machine_type",
-    "accelerator_type", "accelerator_count"}; more than one worker trains multi-worker.
     """
-    build_options = pipeline_build_options(build_options)
-    blessing_gate = evaluator_gate_options(min_improvement, gate_options)
+    options = options_or_keywords("create_pipeline", options, deprecated_keywords)
+    train_config = options.train_config
+    vertex_training = options.vertex_training
+    build_options = pipeline_build_options(options.build_options)
     schema_files = curated_schema_files(adapter, data_root, build_options,
                                         schema_dir or os.path.join(pipeline_root, "_schemas"))
 
@@ -279,9 +319,9 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
         eval_args=tfx.proto.EvalArgs(splits=list(trainer_module.EVAL_SPLITS)),
         custom_config=custom_config)
     trainer.add_upstream_node(gate)
-    learned_baseline = sasrec_trainer(example_gen, transform, train_config, sasrec_max_epochs,
-                                      vertex_training)
-    platform_config = trainer_platform_config(trainer_resources)
+    learned_baseline = sasrec_trainer(example_gen, transform, train_config,
+                                      options.sasrec_max_epochs, vertex_training)
+    platform_config = trainer_platform_config(options.trainer_resources)
     for node in (trainer, learned_baseline):
         if node is not None and platform_config is not None:
             node.with_platform_config(platform_config)
@@ -299,7 +339,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, data_root: str, adap
                                  baseline_model=last_blessed.outputs["model"],
                                  learned_baseline=(learned_baseline.outputs["model"]
                                                    if learned_baseline is not None else None),
-                                 **blessing_gate)
+                                 **options.gate.to_dict())
     pusher = pusher_class(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(

@@ -70,18 +70,14 @@ def runtime_parameters(data_root: str, train_config: Optional[Dict[str, Any]]) -
 
 def compile_pipeline(output: str, image: str, pipeline_root: str, data_root: str, adapter: str,
                      serving_dir: str, beam_pipeline_args: Sequence[str],
-                     pipeline_name: str = DEFAULT_PIPELINE_NAME,
-                     build_options: Optional[dict] = None,
-                     train_config: Optional[dict] = None, min_improvement: float = 0.0,
-                     gate_options: Optional[dict] = None,
-                     sasrec_max_epochs: Optional[int] = None,
-                     trainer_resources: Optional[dict] = None,
-                     vertex_training: Optional[dict] = None,
+                     pipeline_name: str = DEFAULT_PIPELINE_NAME, options=None, *,
                      schema_dir: str = DEFAULT_SCHEMA_DIR,
                      image_schema_dir: str = DEFAULT_IMAGE_SCHEMA_DIR,
                      spec_version: str = DEFAULT_SPEC_VERSION,
-                     kfp_package: Optional[str] = None) -> dict:
-    """Write the KFP v2 pipeline job JSON to `output` and return it as a dict. The schema
+                     kfp_package: Optional[str] = None, **deprecated_keywords) -> dict:
+    """Write the KFP v2 pipeline job JSON to `output` and return it as a dict. options:
+    create_pipeline's PipelineOptions (its former loose keywords still work for one release,
+    with a DeprecationWarning). The schema
     files go to the local schema_dir; the spec reads them from image_schema_dir.
     spec_version "2.1" (the parameters' defaults also in root.inputDefinitions) or "2.0".
     kfp_package: also write the pipeline spec alone, as YAML, the package the KFP client's
@@ -90,15 +86,17 @@ def compile_pipeline(output: str, image: str, pipeline_root: str, data_root: str
         raise ValueError(f"spec_version {spec_version!r}: one of {SPEC_VERSIONS}")
     from tfx import v1 as tfx
 
-    from pipeline.tfx_pipeline import create_pipeline
+    from pipeline.tfx_pipeline import create_pipeline, options_or_keywords
 
+    options = options_or_keywords("compile_pipeline", options, deprecated_keywords)
+    build_options = options.build_options
     relative = sorted(name for name in ("sequences", "attributes")
                       if isinstance((build_options or {}).get(name), str)
                       and not (os.path.isabs(build_options[name]) or "://" in build_options[name]))
     if relative:  # SequenceExampleGen joins them with data_root, a parameter here
         raise ValueError(f"build option(s) {relative}: give absolute paths or URIs on Kubeflow "
                          "(data_root is a pipeline parameter, unknown at compile time)")
-    parameters = runtime_parameters(data_root, train_config)
+    parameters = runtime_parameters(data_root, options.train_config)
     # The spec's runtimeConfig carries the defaults; a run's arguments replace them.
     defaults = {name: parameter.default for name, parameter in parameters.items()}
     schema_dir = os.path.abspath(schema_dir)
@@ -107,11 +105,8 @@ def compile_pipeline(output: str, image: str, pipeline_root: str, data_root: str
         data_root=parameters.pop("data_root"), adapter=adapter, serving_dir=serving_dir,
         beam_pipeline_args=list(beam_pipeline_args),
         # Kubeflow supplies ML Metadata itself; the pipeline must not name a database.
-        metadata_connection_config=None, build_options=build_options,
-        schema_dir=schema_dir, train_config=train_config, min_improvement=min_improvement,
-        gate_options=gate_options, run_parameters=parameters,
-        sasrec_max_epochs=sasrec_max_epochs, trainer_resources=trainer_resources,
-        vertex_training=vertex_training)
+        metadata_connection_config=None, options=options, schema_dir=schema_dir,
+        run_parameters=parameters)
     for component in pipeline.components:  # the schema files, where the image has them
         path = component.exec_properties.get(SCHEMA_FILE_KEY)
         if isinstance(path, str) and path.startswith(schema_dir + os.sep):
@@ -173,9 +168,9 @@ def main(argv: Optional[List[str]] = None) -> str:
     args = parser.parse_args(argv)
     compile_pipeline(args.output, args.image, args.pipeline_root, args.data_root, args.adapter,
                      args.serving_dir, args.beam_arg, args.pipeline_name,
-                     schema_dir=args.schema_dir, image_schema_dir=args.image_schema_dir,
-                     spec_version=args.spec_version, kfp_package=args.kfp_package,
-                     **options.pipeline_options(parser, args))
+                     options.pipeline_options(parser, args), schema_dir=args.schema_dir,
+                     image_schema_dir=args.image_schema_dir, spec_version=args.spec_version,
+                     kfp_package=args.kfp_package)
     print(f"pipeline spec: {os.path.abspath(args.output)} (image {args.image}; schema files "
           f"under {os.path.abspath(args.schema_dir)}: build the image after compiling)")
     return args.output

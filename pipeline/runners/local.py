@@ -35,31 +35,24 @@ def metadata_config(path: str):
 
 def run(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
         serving_dir: str, beam_pipeline_args: Sequence[str], metadata_path: str,
-        build_options: Optional[dict] = None, enable_cache: bool = True,
-        train_config: Optional[dict] = None, min_improvement: float = 0.0,
-        gate_options: Optional[dict] = None,
-        sasrec_max_epochs: Optional[int] = None,
-        trainer_resources: Optional[dict] = None,
-        vertex_training: Optional[dict] = None) -> List[dict]:
+        options=None, enable_cache: bool = True, **deprecated_keywords) -> List[dict]:
     """Runs the pipeline; returns `executions_since` for this run (one dict per component).
-    A failing component raises (e.g. AnomalyGate's AnomaliesFound). min_improvement and
-    gate_options: the evaluator's blessing gate; sasrec_max_epochs: the learned baseline's
-    budget (create_pipeline)."""
+    A failing component raises (e.g. AnomalyGate's AnomaliesFound). options: create_pipeline's
+    PipelineOptions (build, training, the blessing gate); its former loose keywords still
+    work for one release, with a DeprecationWarning."""
     from tfx import v1 as tfx
 
-    from pipeline.tfx_pipeline import create_pipeline
+    from pipeline.tfx_pipeline import create_pipeline, options_or_keywords
 
-    if trainer_resources:
+    options = options_or_keywords("run", options, deprecated_keywords)
+    if options.trainer_resources:
         raise ValueError("trainer resources (--trainer_cpu, ...) are container resources on "
                          "Kubeflow; LocalDagRunner runs every component in this process")
     config = metadata_config(metadata_path)
     pipeline = create_pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=data_root,
         adapter=adapter, serving_dir=serving_dir, beam_pipeline_args=list(beam_pipeline_args),
-        metadata_connection_config=config, build_options=build_options,
-        enable_cache=enable_cache, train_config=train_config, min_improvement=min_improvement,
-        gate_options=gate_options, sasrec_max_epochs=sasrec_max_epochs,
-        trainer_resources=trainer_resources, vertex_training=vertex_training)
+        metadata_connection_config=config, options=options, enable_cache=enable_cache)
     started_ms = int(time.time() * 1000)
     tfx.orchestration.LocalDagRunner().run(pipeline)
     return executions_since(config, pipeline_name, started_ms)
@@ -162,8 +155,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     beam_args = args.beam_arg or list(beam_job.DEFAULT_LOCAL_BEAM_ARGS)
     metadata_path = args.metadata or os.path.join(args.pipeline_root, "metadata.sqlite")
     rows = run(args.pipeline_name, args.pipeline_root, args.data_root, args.adapter,
-               args.serving_dir, beam_args, metadata_path, enable_cache=not args.no_cache,
-               **pipeline_options)
+               args.serving_dir, beam_args, metadata_path, pipeline_options,
+               enable_cache=not args.no_cache)
     print(format_report(rows))
     print(outcome_summary(rows))
     print(f"\nML Metadata: {os.path.abspath(metadata_path)}; artifacts under "

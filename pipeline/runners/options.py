@@ -4,13 +4,19 @@ one definition, so a pipeline compiled for Kubeflow trains and gates as the loca
     parser = argparse.ArgumentParser()
     add_pipeline_options(parser)
     args = parser.parse_args(argv)
-    options = pipeline_options(parser, args)  # create_pipeline's keyword arguments
+    options = pipeline_options(parser, args)  # create_pipeline's PipelineOptions
+
+The gate's flags (--min_improvement, --min_relative_improvement, --confidence,
+--bootstrap_samples, --gate_seed) are GateOptions' fields (unisar_tf/train/gate_options.py),
+registered and read there.
 """
 from __future__ import annotations
 
 import argparse
 import json
 from typing import Any, Dict, Sequence
+
+from unisar_tf.train.gate_options import GateOptions
 
 
 def option_value(text: str):
@@ -63,17 +69,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     vertex.add_argument("--vertex_accelerator_count", type=int, default=0)
     vertex.add_argument("--vertex_image", default=None,
                         help="the training image (the Kubeflow runner's --image by default)")
-    blessing = parser.add_argument_group("blessing gate (unisar_tf/train/gate.py, docs/pipeline.md)")
-    blessing.add_argument("--min_improvement", type=float, default=0.0,
-                          help="NDCG@10 difference the model must exceed against random, every "
-                          "baseline and the last blessed model, on each task")
-    blessing.add_argument("--min_relative_improvement", type=float, default=0.0,
-                          help="... and this fraction of the comparator's NDCG@10")
-    blessing.add_argument("--confidence", type=float, default=0.95,
-                          help="of the paired-bootstrap lower bound that must be above 0 "
-                          "(0: no noise test)")
-    blessing.add_argument("--bootstrap_samples", type=int, default=1000)
-    blessing.add_argument("--gate_seed", type=int, default=0, help="the bootstrap's seed")
+    GateOptions.add_arguments(parser.add_argument_group(
+        "blessing gate (unisar_tf/train/gate_options.py, docs/pipeline.md)"))
 
 
 def assignments(parser: argparse.ArgumentParser, items: Sequence[str],
@@ -88,11 +85,11 @@ def assignments(parser: argparse.ArgumentParser, items: Sequence[str],
     return parsed
 
 
-def pipeline_options(parser: argparse.ArgumentParser,
-                     args: argparse.Namespace) -> Dict[str, Any]:
-    """create_pipeline's build_options, train_config, sasrec_max_epochs, min_improvement and
-    gate_options from
-    the options add_pipeline_options defined."""
+def pipeline_options(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """create_pipeline's PipelineOptions (build, training, Kubeflow resources, Vertex AI
+    training and the gate) from the options add_pipeline_options defined."""
+    from pipeline.tfx_pipeline import PipelineOptions
+
     build_options = assignments(parser, args.build_option, "--build_option")
     if args.max_users:
         build_options["max_users"] = args.max_users
@@ -116,11 +113,7 @@ def pipeline_options(parser: argparse.ArgumentParser,
                   "machine_type": args.vertex_machine_type,
                   "accelerator_type": args.vertex_accelerator_type,
                   "accelerator_count": args.vertex_accelerator_count}
-    return {"build_options": build_options, "train_config": train_config,
-            "sasrec_max_epochs": args.sasrec_max_epochs,
-            "trainer_resources": resources or None, "vertex_training": vertex,
-            "min_improvement": args.min_improvement,
-            "gate_options": {"min_relative_improvement": args.min_relative_improvement,
-                             "confidence": args.confidence,
-                             "bootstrap_samples": args.bootstrap_samples,
-                             "seed": args.gate_seed}}
+    return PipelineOptions(build_options=build_options, train_config=train_config,
+                           sasrec_max_epochs=args.sasrec_max_epochs,
+                           trainer_resources=resources or None, vertex_training=vertex,
+                           gate=GateOptions.from_args(args))

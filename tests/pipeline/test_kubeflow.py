@@ -16,7 +16,9 @@ from helpers import REPO
 from helpers.pipeline import COMPONENTS  # the same pipeline
 from pipeline.components import run_parameters
 from pipeline.runners import kubeflow
+from pipeline.tfx_pipeline import PipelineOptions
 from unisar_tf.config import SASREC_MAX_EPOCHS
+from unisar_tf.train.gate_options import GateOptions
 
 pytestmark = pytest.mark.slow  # compiles the TFX pipeline
 
@@ -276,11 +278,12 @@ def test_both_runners_turn_the_same_options_into_the_same_pipeline_arguments(mon
     from pipeline.runners import local
 
     seen = {}
-    monkeypatch.setattr(local, "run", lambda *args, **kwargs: seen.update(local=kwargs) or [])
+    # Both give create_pipeline's PipelineOptions as their 8th / 9th positional argument.
+    monkeypatch.setattr(local, "run", lambda *args, **kwargs: seen.update(local=args[7]) or [])
     monkeypatch.setattr(local, "format_report", lambda rows: "")
     monkeypatch.setattr(local, "outcome_summary", lambda rows: "")
     monkeypatch.setattr(kubeflow, "compile_pipeline",
-                        lambda *args, **kwargs: seen.update(kubeflow=kwargs))
+                        lambda *args, **kwargs: seen.update(kubeflow=args[8]))
     shared = ["--data_root", EVENT_LOG_DIR, "--adapter", "event_log", "--pipeline_root",
               "gs://bucket/tfx", "--serving_dir", "gs://bucket/serving",
               "--build_option", "train_negative_pool=20", "--max_users", "9",
@@ -292,18 +295,18 @@ def test_both_runners_turn_the_same_options_into_the_same_pipeline_arguments(mon
     expected = {"build_options": {"train_negative_pool": 20, "max_users": 9},
                 "train_config": {"preset": "kuaisar", "max_epochs": 2, "validation_rows": 50,
                                  "config_overrides": {"batch_size": 256}},
-                "min_improvement": 0.02,
-                "gate_options": {"min_relative_improvement": 0.1, "confidence": 0.95,
-                                 "bootstrap_samples": 20, "seed": 0}}
+                "gate": GateOptions(min_improvement=0.02, min_relative_improvement=0.1,
+                                    confidence=0.95, bootstrap_samples=20, seed=0)}
     for runner in ("local", "kubeflow"):
-        assert {key: seen[runner][key] for key in expected} == expected, runner
+        assert isinstance(seen[runner], PipelineOptions), runner
+        assert {key: getattr(seen[runner], key) for key in expected} == expected, runner
 
 
 def test_relative_path_build_options_are_refused(tmp_path):
     with pytest.raises(ValueError, match="absolute paths"):
         kubeflow.compile_pipeline(str(tmp_path / "p.json"), IMAGE, "gs://bucket/tfx",
                                   "gs://bucket/raw", "amazon", "gs://bucket/serving", [],
-                                  build_options={"sequences": "seq.txt"},
+                                  options=PipelineOptions(build_options={"sequences": "seq.txt"}),
                                   schema_dir=str(tmp_path / "schemas"))
 
 

@@ -29,6 +29,8 @@ from pipeline.components import ranking_evaluator
 from pipeline.components import sequence_example_gen as seg
 from pipeline.components import validation
 from pipeline.runners import local
+from pipeline.tfx_pipeline import PipelineOptions
+from unisar_tf.train.gate_options import GateOptions
 
 pytestmark = pytest.mark.slow  # runs the TFX pipeline
 
@@ -56,14 +58,15 @@ NO_NOISE_TEST = {"confidence": 0.0}
 
 def run_pipeline(root, enable_cache=True, name="unisar_test", min_improvement=ALWAYS_BLESS,
                  train_config=None, gate_options=None):
+    options = PipelineOptions(
+        build_options=dict(BUILD_OPTIONS), train_config=train_config or TRAIN_CONFIG,
+        # SASRec's own budget is up to 60 epochs; one short one is enough here.
+        sasrec_max_epochs=(train_config or TRAIN_CONFIG)["max_epochs"],
+        gate=GateOptions.from_legacy(min_improvement, NO_NOISE_TEST if gate_options is None
+                                     else gate_options))
     return local.run(name, str(root / "pipeline"), EVENT_LOG_DIR, "event_log",
-                     str(root / "serving"), IN_MEMORY, str(root / "metadata.sqlite"),
-                     dict(BUILD_OPTIONS), enable_cache=enable_cache,
-                     train_config=train_config or TRAIN_CONFIG,
-                     # SASRec's own budget is up to 60 epochs; one short one is enough here.
-                     sasrec_max_epochs=(train_config or TRAIN_CONFIG)["max_epochs"],
-                     min_improvement=min_improvement,
-                     gate_options=NO_NOISE_TEST if gate_options is None else gate_options)
+                     str(root / "serving"), IN_MEMORY, str(root / "metadata.sqlite"), options,
+                     enable_cache=enable_cache)
 
 
 def store_of(root):
@@ -304,11 +307,13 @@ def test_evaluator_report_and_gate_options():
     assert "| search | popularity | 0.4307 | 1.0000 | -0.5693 |" in markdown
     assert ranking_evaluator.mean_score(metrics) == pytest.approx((1 + 0.4307) / 2, abs=1e-4)
 
-    assert tfx_pipeline.evaluator_gate_options() == ranking_evaluator.GATE_DEFAULTS
-    assert tfx_pipeline.evaluator_gate_options(0.01, {"confidence": 0.9, "seed": 3}) == dict(
-        ranking_evaluator.GATE_DEFAULTS, min_improvement=0.01, confidence=0.9, seed=3)
-    with pytest.raises(ValueError, match="confidense"):
-        tfx_pipeline.evaluator_gate_options(0.0, {"confidense": 0.9})
+    # The former helpers, deprecated (GateOptions: tests/pipeline/test_gate_options.py).
+    with pytest.warns(DeprecationWarning):
+        assert tfx_pipeline.evaluator_gate_options() == ranking_evaluator.GATE_DEFAULTS
+        assert tfx_pipeline.evaluator_gate_options(0.01, {"confidence": 0.9, "seed": 3}) == dict(
+            ranking_evaluator.GATE_DEFAULTS, min_improvement=0.01, confidence=0.9, seed=3)
+        with pytest.raises(ValueError, match="confidense"):
+            tfx_pipeline.evaluator_gate_options(0.0, {"confidense": 0.9})
 
 
 def test_trainer_module_runs_in_isolation(good_run, tmp_path):
