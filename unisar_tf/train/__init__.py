@@ -8,5 +8,6 @@
     baselines.py         the non-learned baselines (popularity, ItemKNN, query match)
     learned_baseline.py  SASRec trained beside a run, for the reports
     gate.py              the per-task blessing rule (paired bootstrap)
+    gate_options.py      the gate's settings (GateOptions), their one definition
     cli.py, __main__.py  python -m unisar_tf.train
 """
