@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import re
 import sys
 from typing import List, Optional, Sequence
 
@@ -22,6 +20,7 @@ from feature_specs import example_schema as fs
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline.adapters import amazon, event_log, kuaisar
+from unisar_tf import logs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
@@ -89,6 +88,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                        help="replace an earlier output in --output even when this run builds "
                        "no example for a split and scenario it has (the run fails otherwise, "
                        "keeping it); recorded as fewer_outputs_than_previous in the manifest")
+    logs.add_verbose_flag(parser)
     return parser.parse_known_args(argv)
 
 
@@ -133,44 +133,8 @@ def build_options(args) -> sb.BuildOptions:
         id_format=args.id_format)
 
 
-class BeamLogFilter(logging.Filter):
-    """Keeps the job's progress readable: the job's own lines (also those forwarded from
-    worker processes, unwrapped), Beam's warnings and errors, minus known-benign chatter."""
-
-    BENIGN = ("semi_persistent_directory", "Discarding unparseable args",
-              "existing files in target path", "No shards found to finalize",
-              "Python sdk harness", "Status HTTP server")
-    _FORWARDED = re.compile(r'^Worker: severity: (\w+) .*? message: "(.*?)" (?:\w+: )', re.S)
-    _LOCATION = re.compile(r'log_location: "([^"]*)"')
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(benign in message for benign in self.BENIGN):
-            return False
-        match = self._FORWARDED.match(message)
-        if match:
-            severity, text = match.groups()
-            location = self._LOCATION.search(message)
-            location = location.group(1) if location else ""
-            if "/pipeline/" not in (location or "") and severity not in ("WARN", "ERROR",
-                                                                          "CRITICAL"):
-                return False
-            record.msg, record.args = f"[worker] {text}", ()
-            return True
-        return not record.name.startswith("apache_beam") or record.levelno >= logging.WARNING
-
-
-def configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.addFilter(BeamLogFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    configure_logging()
+    logs.setup(argv)
     args, beam_args = parse_args(argv)
     if not any(arg.startswith("--runner") for arg in beam_args):
         beam_args = list(beam_job.DEFAULT_LOCAL_BEAM_ARGS) + list(beam_args)

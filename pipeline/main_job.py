@@ -50,6 +50,9 @@ def blessing_verdict(report: dict, pushed: Optional[str]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
+    from unisar_tf import logs
+
+    logs.setup(argv)  # first: quiet unless --verbose, before anything imports TensorFlow
     from pipeline import build_examples
     from unisar_tf.flags import deprecated_alias
 
@@ -72,8 +75,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_cache", action="store_true", help="re-run every component")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    logs.add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from pipeline import beam_job, query_matching
     from pipeline.runners import local

@@ -31,6 +31,7 @@ custom_config (all optional):
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict
 
@@ -38,6 +39,7 @@ import tensorflow as tf
 
 from feature_specs.layout import VOCAB_DIR
 
+LOG = logging.getLogger(__name__)
 TRAIN_SPLITS = ("train_rec", "train_search")
 EVAL_SPLITS = ("valid_rec", "valid_search")
 
@@ -82,8 +84,8 @@ def run_fn(fn_args) -> None:
                              distribution=custom.get("distribution", "auto"))
     trainer = Trainer(config, options)  # distribution "auto": TF_CONFIG makes it multi-worker
     summary = trainer.fit()
-    print(f"best validation epoch {summary['epoch']} of {summary['epochs_run']} "
-          f"(mean NDCG@5 {summary['validation_score']:.4f})", flush=True)
+    LOG.info("best validation epoch %d of %d (mean NDCG@5 %.4f)", summary["epoch"],
+             summary["epochs_run"], summary["validation_score"])
     if not trainer.role.is_chief:  # the chief alone exports (TFX's rule for run_fn)
         return
     model = load_trained_model(fn_args.model_run_dir, data_dir)

@@ -22,6 +22,7 @@ values (pipeline/tfx_pipeline.py); these are used when `create_pipeline` is give
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Dict, List, Optional, Union
 
 from tfx import types
@@ -33,6 +34,7 @@ from tfx.orchestration import data_types
 from tfx.types import artifact_utils, component_spec, standard_component_specs
 from tfx.v1 import components as tfx_components
 
+LOG = logging.getLogger(__name__)
 MAX_EPOCHS_KEY = "max_epochs"
 BATCH_SIZE_KEY = "batch_size"
 PUSH_KEY = "push"
@@ -124,7 +126,7 @@ class PusherExecutor(pusher_executor.Executor):
         exec_properties = dict(exec_properties)
         push = exec_properties.pop(PUSH_KEY, None)
         if push is not None and not int(push):
-            print("push=0 for this run: the model is not pushed", flush=True)
+            LOG.info("push=0 for this run: the model is not pushed")
             self._MarkNotPushed(artifact_utils.get_single_instance(
                 output_dict[standard_component_specs.PUSHED_MODEL_KEY]))
             return

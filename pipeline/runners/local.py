@@ -134,6 +134,9 @@ def outcome_summary(rows: List[dict]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
+    from unisar_tf import logs
+
+    logs.setup(argv)  # first: quiet unless --verbose, before anything imports TensorFlow
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data_root", required=True, help="raw data (see SequenceExampleGen)")
@@ -147,6 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser.add_argument("--pipeline_name", default=DEFAULT_PIPELINE_NAME)
     parser.add_argument("--no_cache", action="store_true", help="re-run every component")
     options.add_pipeline_options(parser)  # build, Beam, training and gate options
+    logs.add_verbose_flag(parser)
     args = parser.parse_args(argv)
 
     from pipeline import beam_job

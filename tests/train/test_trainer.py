@@ -572,7 +572,8 @@ def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(amazon_e
     assert table[2].startswith("| unisar | rec |") and table[3].startswith("| unisar | search |")
     # The learned baseline, trained beside the run by the same Trainer: rec only.
     assert table[4].startswith("| SASRec | rec |") and "| SASRec | search |" not in table
-    assert any(line.startswith("epoch 1: ") for line in lines)  # --quiet: a line per epoch
+    # --quiet: a line per epoch, logged (stderr)
+    assert any(line.startswith("epoch 1: ") for line in cli_run.stderr.splitlines())
     assert any(line.startswith("best validation epoch 1 of 1") for line in lines)
     assert [line["epoch"] for line in history(cli_run.model_dir)] == [1]
     with open(os.path.join(cli_run.model_dir, "config.json")) as handle:

@@ -12,6 +12,7 @@ default preset's also export and score the test split through the SavedModel (~1
 """
 import csv
 import json
+import logging
 import os
 import random
 import shutil
@@ -160,13 +161,15 @@ def test_the_trainer_refuses_to_resume_a_run_of_other_data(datasets, run_on_a, o
     assert files_of(run_on_a) == before  # nothing of the old run was touched
 
 
-def test_the_same_data_still_resumes_also_from_a_copy(datasets, run_on_a, capsys):
+def test_the_same_data_still_resumes_also_from_a_copy(datasets, run_on_a, caplog):
+    caplog.set_level(logging.INFO, logger="unisar_tf.train.trainer")  # its progress lines
     for name in ("a", "a_copy"):
+        caplog.clear()
         trainer = Trainer(amazon_preset(seed=0, **TINY),
                           TrainerOptions(datasets[name][0], run_on_a, max_epochs=1, verbose=1))
         summary = trainer.fit()
         assert summary["epochs_run"] == 1 and summary["epoch"] == 1
-        assert "resumed from" in capsys.readouterr().out
+        assert "resumed from" in caplog.text
 
 
 @pytest.mark.parametrize("other", ["renamed", "bigger"])
@@ -236,15 +239,16 @@ def test_query_bank_and_cooccurrence_of_a_rec_only_log(datasets):
 
 @pytest.mark.parametrize("log,task", [("rec_only", "rec"), ("search_only", "search")])
 @pytest.mark.parametrize("preset_name", ["default", "paper"])
-def test_a_single_scenario_log_trains_and_reports_its_task(datasets, tmp_path, capsys, log,
+def test_a_single_scenario_log_trains_and_reports_its_task(datasets, tmp_path, caplog, log,
                                                            task, preset_name):
+    caplog.set_level(logging.INFO, logger="unisar_tf.train.trainer")  # its notes
     out, manifest = datasets[log]
     missing = "search" if task == "rec" else "rec"
     model_dir = str(tmp_path / "model")
     config = preset(preset_name, seed=0, **TINY)
     assert config.tasks == ("rec", "search")
     trainer = Trainer(config, TrainerOptions(out, model_dir, max_epochs=1, verbose=1))
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert f"no {missing} training examples" in printed and f"training {task} only" in printed
     assert trainer.config.tasks == (task,)
     # L_rel needs search queries: off without them (said so), on with them.

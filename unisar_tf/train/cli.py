@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional
 import tensorflow as tf
 
 from feature_specs.layout import VOCAB_DIR
+from unisar_tf import logs
 from unisar_tf.config import PRESETS, UniSARConfig, preset
 # The command line is an entry point: it also exports (--serving_dir), above train/.
 from unisar_tf.export.push import push
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tf.distribute strategy (unisar_tf/train/distribution.py): auto = "
                              "multi_worker under a TF_CONFIG cluster, mirrored with several "
                              "GPUs, else default (one device)")
+    logs.add_verbose_flag(parser)
     add_config_flags(parser)
     return parser
 
@@ -203,6 +205,7 @@ def _train_and_report(args: argparse.Namespace, config: UniSARConfig, options: T
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    logs.setup(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     # Before anything is written: a bad count would create the run folder, then fail there.

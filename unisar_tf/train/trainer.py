@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -59,6 +60,14 @@ from unisar_tf.train.run_dir import (BEST_FILE, CONFIG_FILE, DATA_FILE, HISTORY_
                                      check_same_settings, read_best, run_side_features)
 from unisar_tf.train.run_lock import RunDirLock
 
+LOG = logging.getLogger(__name__)
+
+
+def progress_log(verbose: int) -> Callable[..., None]:
+    """Where progress lines go: INFO (shown by the entry points) with TrainerOptions.verbose,
+    else DEBUG (shown only with their --verbose)."""
+    return LOG.info if verbose else LOG.debug
+
 
 @dataclasses.dataclass
 class TrainerOptions:
@@ -74,7 +83,7 @@ class TrainerOptions:
     transform_dir: Optional[str] = None
     shuffle_buffer: int = 20_000
     keep_checkpoints: int = 2
-    verbose: int = 2  # 0 silent, 1 one line per epoch, 2 also a progress bar
+    verbose: int = 2  # 0 silent (log DEBUG), 1 a line per epoch (log INFO), 2 also a progress bar
     # tf.distribute strategy: auto | default | mirrored | multi_worker (train/distribution.py)
     distribution: str = "auto"
 
@@ -197,7 +206,7 @@ class Trainer:
         self.strategy = make_strategy(options.distribution)
         self.role = worker_role(self.strategy)
         self.replicas = self.strategy.num_replicas_in_sync
-        say = print if options.verbose else (lambda *args, **kwargs: None)
+        say = progress_log(options.verbose)
         # One trainer per run directory (run_lock): a run in progress is refused here, before
         # any reading; a new directory is locked when fit() starts.
         self._early_lock = (RunDirLock(options.model_dir).acquire()
@@ -221,7 +230,7 @@ class Trainer:
                          "loss is off (use_relevance_loss=False)")
             config = config.replace(use_relevance_loss=False)
         for note in notes:
-            say(note, flush=True)
+            say(note)
         self.side_features = (run_side_features(options.data_dir, options.transform_dir, config)
                               if config.use_side_features else None)
         if self.side_features is not None:  # KuaiSAR categories, captions, user levels
@@ -284,8 +293,8 @@ class Trainer:
         path = tf.train.latest_checkpoint(self.checkpoint_dir)  # the chief's, on every worker
         if path:
             note = check_resumable(self.options.model_dir, self.data_identity, self.config)
-            if note and self.options.verbose:
-                print(note, flush=True)
+            if note:
+                progress_log(self.options.verbose)(note)
             # Other hyperparameters than the checkpoint was trained with: refused, listed.
             self._resume_changes = check_same_settings(
                 self.options.model_dir, self.config, dataclasses.asdict(self.options))
@@ -391,27 +400,27 @@ class Trainer:
         options, config = self.options, self.config
         resumed = self.restore()
         self._write_run_files()
-        say = print if options.verbose else (lambda *args, **kwargs: None)
+        say = progress_log(options.verbose)
         if self.replicas > 1 or self.role.count > 1:
             say(f"{STRATEGY_CLASSES[resolve_strategy_name(options.distribution)]}: "
                 f"{self.replicas} replicas on "
                 f"{self.role.count} worker(s); this is worker {self.role.index}"
-                + (" (chief)" if self.role.is_chief else ""), flush=True)
+                + (" (chief)" if self.role.is_chief else ""))
         if resumed:
             say(f"resumed from {resumed}: epoch {int(self.epoch.numpy())} done, "
                 f"learning rate {self.learning_rate:g}, best validation "
-                f"{float(self.best_score.numpy()):.4f}", flush=True)
+                f"{float(self.best_score.numpy()):.4f}")
             for name, (old, new) in self._resume_changes.items():
                 if name != "verbose":
                     say(f"resuming with {name} {new} (recorded {old}; it may change on "
-                        "resume)", flush=True)
+                        "resume)")
         query_bank = self.query_bank
         counts = self.manifest["examples"]["train"]
         say(f"training {counts['rec']} rec + {counts['search']} search examples, tasks "
             f"{'+'.join(config.tasks)}, batch {config.batch_size}"
             + (f" rec + {search_batch_size(counts['rec'], counts['search'], config.batch_size, self.replicas)}"  # noqa: E501
                " search" if len(config.tasks) == 2 else "")
-            + f", {epoch_steps(config, counts, self.replicas)} steps per epoch", flush=True)
+            + f", {epoch_steps(config, counts, self.replicas)} steps per epoch")
         if self.role.is_chief:
             board = os.path.join(options.model_dir, "tensorboard")
             train_writer = tf.summary.create_file_writer(os.path.join(board, "train"))
@@ -443,7 +452,7 @@ class Trainer:
                 f"validation NDCG@5 " + " ".join(f"{task} {m[VALIDATION_METRIC]:.4f}"
                                                  for task, m in validation.items())
                 + f" (score {result.validation_score:.4f}{', best' if result.improved else ''})"
-                + f", lr {result.learning_rate:g}", flush=True)
+                + f", lr {result.learning_rate:g}")
         else:
             stopped_early = int(self.epochs_without_gain.numpy()) >= config.early_stop_patience
         train_writer.close()
