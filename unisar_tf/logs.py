@@ -26,8 +26,9 @@ from typing import Optional, Sequence
 VERBOSE_FLAG = "--verbose"
 # Libraries whose INFO and WARNING lines a user need not read by default (ArtifactQuery
 # notes, Keras' get_config and tf.function table warnings, Beam's worker start-up): quiet
-# mode shows their errors only.
-NOISY_LOGGERS = ("absl", "apache_beam", "tensorflow", "tfx", "ml_metadata", "h5py")
+# mode shows their errors only. "root": module-level logging.info() calls, which TFX makes
+# (our code logs through named loggers).
+NOISY_LOGGERS = ("absl", "apache_beam", "tensorflow", "tfx", "ml_metadata", "h5py", "root")
 # google-api-core warns on every import under Python 3.10, which the pinned stack requires.
 PYTHON_VERSION_WARNING = "You are using a non-supported Python version"
 # On child processes' PYTHONPATH in quiet mode: its sitecustomize runs quiet_process().
@@ -97,19 +98,16 @@ class _Formatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def _is_shutdown_noise(unraisable) -> bool:
-    """TensorFlow's `AtomicFunction.__del__` failing while an interpreter shuts down: the
-    tf.functions still referenced from module globals (Keras models, TFT's and TFDV's loaded
-    graphs in Beam's worker processes) are collected after TensorFlow's own module globals
-    were cleared to None (`RUNTIME_FUNCTION_REFS[key]`: "'NoneType' object is not
-    subscriptable"). Harmless: the process is ending and frees everything anyway."""
-    where = getattr(unraisable.object, "__qualname__", "") or repr(unraisable.object)
-    return "AtomicFunction.__del__" in where
-
-
-def _quiet_unraisablehook(unraisable) -> None:
-    if not _is_shutdown_noise(unraisable):
-        sys.__unraisablehook__(unraisable)
+def _quiet_unraisablehook(unraisable, _show=sys.__unraisablehook__) -> None:
+    """Drops TensorFlow's `AtomicFunction.__del__` failing while an interpreter shuts down:
+    the tf.functions still referenced from module globals (Keras models, TFT's and TFDV's
+    loaded graphs in Beam's worker processes) are collected after TensorFlow's own module
+    globals were cleared to None (`RUNTIME_FUNCTION_REFS[key]`: "'NoneType' object is not
+    subscriptable"). Harmless: the process is ending. Self-contained (a default argument, no
+    module globals): it runs while modules are torn down."""
+    where = getattr(unraisable.object, "__qualname__", None) or repr(unraisable.object)
+    if "AtomicFunction.__del__" not in where:
+        _show(unraisable)
 
 
 def quiet_process() -> None:
