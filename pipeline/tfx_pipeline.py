@@ -90,10 +90,10 @@ def options_or_keywords(caller: str, options, keywords: Mapping[str, Any]) -> Pi
     if options is not None:
         raise TypeError(f"{caller}(): give options or the deprecated keywords "
                         f"{sorted(keywords)}, not both")
-    warnings.warn(f"{caller}(): {', '.join(sorted(keywords))} deprecated, to be removed in "
-                  "the next release: pass options=PipelineOptions(...) (pipeline.tfx_pipeline; "
-                  "the gate's settings as PipelineOptions(gate=GateOptions(...)))",
-                  DeprecationWarning, stacklevel=3)
+    warnings.warn(f"{caller}(): the keywords {', '.join(sorted(keywords))} are deprecated "
+                  "and will be removed in the next release: pass options=PipelineOptions(...) "
+                  "(pipeline.tfx_pipeline; the gate's settings as "
+                  "PipelineOptions(gate=GateOptions(...)))", DeprecationWarning, stacklevel=3)
     gate = GateOptions.from_legacy(keywords.pop("min_improvement", None),
                                    keywords.pop("gate_options", None))
     return PipelineOptions(gate=gate, **keywords)

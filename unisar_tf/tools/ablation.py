@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
+from unisar_tf import logs
 from unisar_tf.config import ABLATIONS, BASELINES, DEFAULT_PRESET_ABLATIONS, preset
 from unisar_tf.data import reader
 from unisar_tf.train.evaluation import baseline_metrics, evaluate_best, write_report
@@ -260,6 +261,7 @@ def parse_set_overrides(texts: Sequence[str]) -> Dict[str, object]:
 
 
 def main(argv=None) -> None:
+    logs.setup([])  # the Trainer's progress lines; --verbose here is the Trainer's level
     args = parse_args(argv)
     # Each variant builds and traces its own model; TF's retracing warnings are expected here.
     tf.get_logger().setLevel("ERROR")

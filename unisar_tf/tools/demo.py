@@ -17,6 +17,7 @@ import sys
 import tempfile
 from typing import Dict, List, Optional
 
+from unisar_tf import logs
 from unisar_tf.config import kuaisar_preset
 from unisar_tf.data.synthetic import generate_synthetic_data, write_data_dir
 from unisar_tf.flags import deprecated_alias
@@ -61,6 +62,7 @@ def run_demo(num_users: int = 1500, num_items: int = 400, num_words: int = 100,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    logs.setup(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1500)
     parser.add_argument("--items", type=int, default=400)
@@ -73,8 +75,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out_dir", default=None,
                         help="keep the data and the run here (default: a temporary directory)")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    logs.add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     results = run_demo(args.users, args.items, args.words, args.max_epochs, args.batch_size,
                        args.seed, out_dir=args.out_dir)

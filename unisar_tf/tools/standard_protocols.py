@@ -45,6 +45,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from unisar_tf import logs
 from unisar_tf.tools.published_tables import METRICS, PUBLISHED, SOURCE
 
 PROTOCOLS = ("sampled", "full")
@@ -440,6 +441,7 @@ def run_protocols(protocols: Sequence[str], run: ProtocolRun, data_root: str,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    logs.setup(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--protocol", default="both", choices=(*PROTOCOLS, "both"))
     parser.add_argument("--dataset", default="amazon_beauty", choices=sorted(DATASETS))
@@ -461,11 +463,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--validation_rows", type=int, default=None,
                         help="pick epochs on the first N validation lists (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    logs.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     for name in ("max_epochs", "retrieve"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.makedirs(args.out_dir, exist_ok=True)
     run = ProtocolRun.at(args.dataset, args.out_dir, args.data_dir, args.model_dir)
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)

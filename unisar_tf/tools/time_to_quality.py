@@ -21,6 +21,7 @@ import platform
 import time
 from typing import List, Optional, Sequence
 
+from unisar_tf import logs
 from unisar_tf.config import preset
 from unisar_tf.train.trainer import Trainer, TrainerOptions
 
@@ -72,6 +73,7 @@ def machine_line() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
+    logs.setup(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--model_dir", required=True)
@@ -83,6 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         help="a UniSARConfig override (JSON value), e.g. --set batch_size=512")
     parser.add_argument("--from_model_dir", action="store_true",
                         help="only re-read the finished run in --model_dir")
+    logs.add_verbose_flag(parser)
     args = parser.parse_args(argv)
 
     setup_seconds = 0.0

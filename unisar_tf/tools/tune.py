@@ -45,6 +45,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import keras_tuner
 import tensorflow as tf
 
+from unisar_tf import logs
 from unisar_tf.config import PRESETS, preset
 from unisar_tf.data import reader
 from unisar_tf.train.evaluation import VALIDATION_METRIC
@@ -492,6 +493,7 @@ def parse_settings(argv: Optional[Sequence[str]] = None) -> SearchSettings:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    logs.setup([])  # the Trainer's progress lines; --verbose here is the Trainer's level
     settings = parse_settings(argv)
     # Each trial builds and traces its own model; TF's retracing warnings are expected here.
     tf.get_logger().setLevel("ERROR")
