@@ -26,6 +26,7 @@ def built(tmp_path_factory):
     return build_amazon_examples(tmp_path_factory.mktemp("amazon"), num_users=40)
 
 
+@pytest.mark.slow
 def test_reader_shapes_and_config_sizes(built):
     out, manifest = built
     assert manifest["vocab_sizes"] == {"users": 40, "items": 30, "words": 3}
@@ -44,6 +45,7 @@ def test_reader_shapes_and_config_sizes(built):
     assert train_rec[CANDIDATE_ITEMS].shape[1] == 5 and QUERY_TOKENS not in train_rec
 
 
+@pytest.mark.slow
 def test_model_trains_one_step_on_built_tfrecords(built):
     out, manifest = built
     config = reader.config_with_data_sizes(

@@ -40,6 +40,7 @@ def _jsonl(out, name):
     return rows
 
 
+@pytest.mark.slow
 def test_side_tables_follow_the_written_rows(kuaisar_build):
     out, manifest = kuaisar_build
     num_items = manifest["vocab_sizes"]["items"] + 1
@@ -153,6 +154,7 @@ def test_amazon_style_data_has_no_side_features(tmp_path):
     assert load_side_features(str(tmp_path), 10, 10) is None
 
 
+@pytest.mark.slow
 def test_training_on_kuaisar_tfrecords_uses_the_side_features(kuaisar_build, tmp_path):
     from unisar_tf.train.evaluation import evaluate_model
     from unisar_tf.train.trainer import Trainer, TrainerOptions

@@ -27,6 +27,8 @@ from unisar_tf.data.transform import TransformIds, transform_ids
 from unisar_tf.data.vocab import read_vocabularies
 from unisar_tf.export.requests import raw_request_from_features
 
+pytestmark = pytest.mark.slow  # every test here builds, trains, exports or serves
+
 SCENARIOS = ("rec", "search")
 SPLITS = ("train", "valid", "test")
 

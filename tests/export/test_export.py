@@ -19,6 +19,8 @@ from unisar_tf.export.push import export_serving_model, next_version, push
 from unisar_tf.export.requests import RawFeatureMapper, raw_request_from_features
 from unisar_tf.model import build_model
 
+pytestmark = pytest.mark.slow  # every test here builds, trains, exports or serves
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

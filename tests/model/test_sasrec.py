@@ -228,6 +228,7 @@ def trained(amazon_examples, tmp_path_factory):
                 summary=summary, before=before, after=mean_bce(trainer.model, batches))
 
 
+@pytest.mark.slow
 def test_trainer_run_lowers_the_loss(trained):
     assert isinstance(trained["trainer"].model, SASRecModel)
     assert trained["after"] < trained["before"] - 0.05, (trained["before"], trained["after"])
@@ -238,6 +239,7 @@ def test_trainer_run_lowers_the_loss(trained):
     assert {"loss", "rec_bce", "l2"} <= set(lines[0]["train"])
 
 
+@pytest.mark.slow
 def test_best_checkpoint_reloads_to_the_same_scores(trained):
     out, manifest, model_dir = trained["out"], trained["manifest"], trained["model_dir"]
     best = read_best(model_dir)
@@ -253,6 +255,7 @@ def test_best_checkpoint_reloads_to_the_same_scores(trained):
     assert json.loads(json.dumps(validation)) == best["validation"]
 
 
+@pytest.mark.slow
 def test_evaluate_best_reports_the_run_as_sasrec(trained):
     out, model_dir = trained["out"], trained["model_dir"]
     report = evaluate_best(model_dir, out, "test", write=False)
@@ -279,6 +282,7 @@ def test_ablation_table_takes_a_sasrec_report_as_a_rec_only_row():
 
 
 # ---------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_cli_trains_sasrec_with_architecture_flag_and_reports_it(amazon_examples, tmp_path):
     out, manifest = amazon_examples
     model_dir = str(tmp_path / "model")

@@ -162,6 +162,7 @@ def test_kuaisar_fixture_has_all_spec14_columns_in_shuffled_order():
         assert header[0] != spec_columns[0], name
 
 
+@pytest.mark.slow
 def test_kuaisar_manifest_counts_match_hand_computed(kuaisar_run):
     output_dir, manifest = kuaisar_run
     assert manifest["dataset"] == "kuaisar"
@@ -181,6 +182,7 @@ def test_kuaisar_manifest_counts_match_hand_computed(kuaisar_run):
         for split in SPLITS for scenario in SCENARIOS}
 
 
+@pytest.mark.slow
 def test_kuaisar_vocab_files_are_frequency_ordered(kuaisar_run):
     output_dir, _ = kuaisar_run
     assert read_vocab(output_dir, "users") == KUAISAR_USERS
@@ -209,6 +211,7 @@ def _user_example(records, split, scenario, user_dense_id):
     return found[0]
 
 
+@pytest.mark.slow
 def test_kuaisar_search_example_history(kuaisar_run):
     """User 7's test search target, session 5 (2022-05-12 10:00, after rec 516 at the same
     time): every behaviour before it, capped to rec_len 3 / search_len 4, clicks capped at 5."""
@@ -251,6 +254,7 @@ def test_kuaisar_search_example_history(kuaisar_run):
     assert len(set(negatives)) == len(negatives) and not set(negatives) & user_items
 
 
+@pytest.mark.slow
 def test_kuaisar_rec_example_tie_puts_rec_before_search(kuaisar_run):
     """User 7's rec 516 shares its timestamp with session 5: the session is not history."""
     output_dir, _ = kuaisar_run
@@ -263,6 +267,7 @@ def test_kuaisar_rec_example_tie_puts_rec_before_search(kuaisar_run):
     assert len(example[fs.CANDIDATE_ITEMS]) == 4
 
 
+@pytest.mark.slow
 def test_kuaisar_time_split_uses_utc_days_up_to_the_last_millisecond(kuaisar_run):
     """User 25's only test target is session 32 at 2022-05-12 23:59:59.999 UTC; user 3's valid
     targets are on 2022-05-11 and its last rec (2022-05-12 20:00) is its one test example."""
@@ -289,6 +294,7 @@ def test_kuaisar_time_split_uses_utc_days_up_to_the_last_millisecond(kuaisar_run
     }
 
 
+@pytest.mark.slow
 def test_kuaisar_manifest_says_where_the_time_cut_falls(kuaisar_run):
     """Rows per day (README): rec 9 / 4 / 5 and search 17 / 5 / 5 on 05-10 / 11 / 12; the
     latest event is session 32's second row (23:59:59.999), the latest before the test day
@@ -304,6 +310,7 @@ def test_kuaisar_manifest_says_where_the_time_cut_falls(kuaisar_run):
     assert not any(key.startswith("time_split") for key in manifest["counters"])
 
 
+@pytest.mark.slow
 def test_kuaisar_side_features_have_dense_ids(kuaisar_run):
     output_dir, _ = kuaisar_run
     item_rows = {row["item_id"]: row for row in read_jsonl(
@@ -349,6 +356,7 @@ def test_kuaisar_missing_required_column_fails_before_running(tmp_path):
     assert not output_dir.exists()  # failed while building the graph, before any worker ran
 
 
+@pytest.mark.slow
 def test_schema_pbtxt_lists_every_feature(kuaisar_run):
     output_dir, _ = kuaisar_run
     with open(os.path.join(output_dir, "schema.pbtxt"), encoding="utf-8") as handle:
@@ -384,6 +392,7 @@ def test_schema_pbtxt_lists_every_feature(kuaisar_run):
             assert (fs.QUERY_TOKENS in example) == (scenario == "search")
 
 
+@pytest.mark.slow
 def test_multi_processing_runner_writes_the_same_output(kuaisar_run, tmp_path):
     output_dir, manifest = kuaisar_run
     other_dir = tmp_path / "multi"
@@ -478,6 +487,7 @@ def good_event_rows():
     return rows
 
 
+@pytest.mark.slow
 def test_event_log_dead_letters_one_per_planted_reason(event_log_run):
     output_dir, manifest = event_log_run
     assert manifest["rejected"] == {reason: 1 for reason in EVENT_LOG_REJECTS.values()}
@@ -499,6 +509,7 @@ def test_event_log_dead_letters_one_per_planted_reason(event_log_run):
     assert all("raw_base64" not in row for row in rejected)  # all of them are UTF-8
 
 
+@pytest.mark.slow
 def test_event_log_good_rows_still_make_examples(event_log_run):
     output_dir, manifest = event_log_run
     assert manifest["examples"] == EVENT_LOG_EXAMPLES
@@ -510,6 +521,7 @@ def test_event_log_good_rows_still_make_examples(event_log_run):
     assert sum(len(v) for v in records.values()) == 12
 
 
+@pytest.mark.slow
 def test_event_log_vocab_files_line_k_is_id_k(event_log_run):
     output_dir, manifest = event_log_run
     items = read_vocab(output_dir, "items")
@@ -539,6 +551,7 @@ def test_event_log_vocab_files_line_k_is_id_k(event_log_run):
     assert items[bob[fs.CANDIDATE_ITEMS][0] - 1] == "i4"
 
 
+@pytest.mark.slow
 def test_event_log_parquet_gives_the_same_examples_as_csv(event_log_run, tmp_path):
     output_dir, manifest = event_log_run
     rows = good_event_rows()
@@ -678,6 +691,7 @@ def cli_run(tmp_path_factory):
     return str(output_dir), manifest, stdout.getvalue()
 
 
+@pytest.mark.slow
 def test_cli_main_prints_and_returns_the_manifest(cli_run, event_log_run):
     output_dir, returned, printed = cli_run
     written = beam_job.load_manifest(output_dir)
@@ -697,6 +711,7 @@ def test_cli_main_prints_and_returns_the_manifest(cli_run, event_log_run):
     assert read_records(output_dir) == read_records(event_log_run[0])
 
 
+@pytest.mark.slow
 def test_cli_main_returns_what_it_writes(cli_run):
     output_dir, returned, _ = cli_run
     assert returned == beam_job.load_manifest(output_dir)
@@ -792,6 +807,7 @@ def test_amazon_category_queries_keep_frequent_attributes(amazon_files):
     assert {item: list(query) for item, query in queries.items()} == AMAZON_QUERIES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,seed", [("seed0", 0), ("seed1", 1)])
 def test_amazon_counts_match_the_documented_rule(amazon_runs, name, seed):
     output_dir, manifest = amazon_runs[name]
@@ -805,6 +821,7 @@ def test_amazon_counts_match_the_documented_rule(amazon_runs, name, seed):
     assert [(row["line"], row["raw"]) for row in rejected] == [(4, "u6")]
 
 
+@pytest.mark.slow
 def test_amazon_search_queries_are_the_clicked_items_categories(amazon_runs):
     output_dir, manifest = amazon_runs["seed0"]
     items = read_vocab(output_dir, "items")
@@ -832,6 +849,7 @@ def test_amazon_search_queries_are_the_clicked_items_categories(amazon_runs):
     assert searches == sum(manifest["examples"][split]["search"] for split in SPLITS) > 0
 
 
+@pytest.mark.slow
 def test_amazon_is_deterministic_given_the_seed(amazon_runs):
     first, again, other = (amazon_runs[name] for name in ("seed0", "seed0_again", "seed1"))
     assert read_records(first[0]) == read_records(again[0])
@@ -844,6 +862,7 @@ def test_amazon_is_deterministic_given_the_seed(amazon_runs):
     assert read_records(first[0]) != read_records(other[0])
 
 
+@pytest.mark.slow
 def test_amazon_files_do_not_depend_on_the_input_line_order(amazon_runs, amazon_files, tmp_path):
     # Users in reverse order (and the malformed line moved) reach the workers in another
     # order; the example files must still be the same, record for record.
@@ -943,6 +962,7 @@ def bad_input_run(tmp_path_factory):
     return str(path), str(output_dir), manifest
 
 
+@pytest.mark.slow
 def test_bad_bytes_ids_and_quotes_become_dead_letters_and_the_job_goes_on(bad_input_run):
     """Issue 15 items 2 and 3 and the smaller ones: a BOM, a non-UTF-8 byte, a NUL, ids with
     a newline or a tab, an unterminated quote: each bad row is one dead letter with file and
@@ -977,6 +997,7 @@ def test_bad_bytes_ids_and_quotes_become_dead_letters_and_the_job_goes_on(bad_in
             + manifest["rejected_total"] - 1) == rows
 
 
+@pytest.mark.slow
 def test_ids_round_trip_through_the_vocabulary_files(bad_input_run):
     """Issue 15 item 3: line k of vocab/*.txt is id k, however the lines are split."""
     _, output_dir, manifest = bad_input_run
@@ -992,6 +1013,7 @@ def test_ids_round_trip_through_the_vocabulary_files(bad_input_run):
     assert all(len(line.split("\t")) == 3 for line in lines)
 
 
+@pytest.mark.slow
 def test_a_user_without_enough_negatives_is_skipped_not_fatal(bad_input_run):
     """Issue 15 item 6: hank touched 13 of the 14 items; an evaluation example needs 3
     negatives: hank is dead-lettered by id, his events counted, everyone else built."""
@@ -1017,6 +1039,7 @@ def previous_output(event_log_run, tmp_path):
     return output_dir, _tree(output_dir)
 
 
+@pytest.mark.slow
 def test_a_failed_rerun_keeps_the_previous_output(previous_output):
     """Issue 15 item 1: a mistyped --events path used to delete the earlier run's files
     before the inputs were checked."""
@@ -1036,6 +1059,7 @@ class _FailOnBob(beam.DoFn):
         yield event
 
 
+@pytest.mark.slow
 def test_a_job_failing_while_it_runs_keeps_the_previous_output_and_leaves_no_litter(
         previous_output):
     """Issue 15 item 1 and the beam-temp litter: the run fails inside the pipeline, after
@@ -1055,6 +1079,7 @@ def test_a_job_failing_while_it_runs_keeps_the_previous_output_and_leaves_no_lit
     assert not _leftovers(output_dir)
 
 
+@pytest.mark.slow
 def test_a_successful_rerun_replaces_the_previous_files_only(previous_output):
     """The staged run's files replace the old run's (no stale shard survives a new shard
     count); a file the job does not write stays."""
@@ -1072,6 +1097,7 @@ def test_a_successful_rerun_replaces_the_previous_files_only(previous_output):
     assert not _leftovers(output_dir)
 
 
+@pytest.mark.slow
 def test_a_header_only_input_fails_clearly_and_keeps_the_previous_output(previous_output,
                                                                         tmp_path):
     """A header-only CSV used to exit 0 with an empty vocabulary and no warning."""

@@ -216,6 +216,7 @@ def example_features(record):
     return features
 
 
+@pytest.mark.slow
 def test_manifests_differ_only_in_the_id_format(both_formats):
     (_, ids), (_, raw) = both_formats["ids"], both_formats["raw"]
     assert ids["id_format"] == ids["build_options"]["id_format"] == "ids"
@@ -228,6 +229,7 @@ def test_manifests_differ_only_in_the_id_format(both_formats):
     assert raw == ids
 
 
+@pytest.mark.slow
 def test_vocab_and_side_files_are_identical(both_formats):
     ids_dir, raw_dir = both_formats["ids"][0], both_formats["raw"][0]
     patterns = ["vocab/*", "side_features/*.jsonl", "rejected/*.jsonl"]
@@ -247,6 +249,7 @@ def canonical(features):
                                  for name, (_, values) in features.items()})
 
 
+@pytest.mark.slow
 def test_raw_examples_map_through_the_vocab_files_to_the_ids_examples(both_formats):
     ids_dir, raw_dir = both_formats["ids"][0], both_formats["raw"][0]
     lookup = {name: {raw.encode("utf-8"): line for line, raw in
@@ -298,6 +301,7 @@ def load_schema(output_dir):
         return text_format.Parse(handle.read(), schema_pb2.Schema())
 
 
+@pytest.mark.slow
 def test_raw_schema_types_the_id_features_as_bytes(both_formats):
     ids_schema, raw_schema = (load_schema(both_formats[f][0]) for f in ("ids", "raw"))
     options = sb.BuildOptions(split="time", clicks_per_session=5, num_train_negatives=2,
@@ -325,6 +329,7 @@ def environment_schema(schema, environment):
     return kept
 
 
+@pytest.mark.slow
 def test_raw_schema_parses_the_raw_files_with_tft_feature_spec(both_formats):
     from tensorflow_transform.tf_metadata import schema_utils
 
@@ -353,6 +358,7 @@ def test_raw_schema_parses_the_raw_files_with_tft_feature_spec(both_formats):
             assert candidates.dtype == tf.string
 
 
+@pytest.mark.slow
 def test_raw_schema_validates_the_raw_files_with_tfdv(both_formats):
     import tensorflow_data_validation as tfdv
 

@@ -153,6 +153,7 @@ def rank(port, **body):
 
 # --- ranking -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_rank_returns_the_top_k_candidates_sorted_with_hand_computed_scores(ranking):
     _, port, _ = ranking
     candidates = ["i003", "i120", "i007", "i001", "i090"]
@@ -171,6 +172,7 @@ def test_rank_returns_the_top_k_candidates_sorted_with_hand_computed_scores(rank
     assert status == 200 and len(scores) == 5 and scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow
 def test_search_query_uses_the_search_signature(ranking):
     _, port, _ = ranking
     status, body = rank(port, user_id="u1", query="blue  shoes", candidates=["i002", "i004"])
@@ -181,6 +183,7 @@ def test_search_query_uses_the_search_signature(ranking):
         ("i002", value("i002") + U1_SEARCH_BONUS + 2000)]
 
 
+@pytest.mark.slow
 def test_scores_equal_a_direct_model_server_call_with_the_same_inputs(ranking, stand_in, store):
     """Round trip: the service's scores are the stand-in's for the assembler's inputs, sent
     with the client's own tf.make_tensor_proto path (not the service's packing)."""
@@ -196,6 +199,7 @@ def test_scores_equal_a_direct_model_server_call_with_the_same_inputs(ranking, s
     assert [served[item] for item in candidates] == direct.tolist()
 
 
+@pytest.mark.slow
 def test_unknown_user_is_a_cold_start_ranked_with_an_empty_history(ranking):
     _, port, stub = ranking
     status, body = rank(port, user_id="nobody", candidates=["i001", "i002"], k=1)
@@ -209,6 +213,7 @@ def test_unknown_user_is_a_cold_start_ranked_with_an_empty_history(ranking):
     assert reply.user_known is False and reply.history_length == 0
 
 
+@pytest.mark.slow
 def test_http_and_grpc_give_the_same_answer(ranking):
     _, port, stub = ranking
     for query in (None, "red shoes"):
@@ -245,6 +250,7 @@ def test_http_and_grpc_give_the_same_answer(ranking):
     (dict(user_id="u1", candidate=["i001"]), "candidate", "unknown field"),
     (dict(user_id="u1"), "candidates", "no retrieval index"),
 ])
+@pytest.mark.slow
 def test_bad_requests_get_400_naming_the_field(ranking, body, field, words):
     _, port, _ = ranking
     status, reply = rank(port, **body)
@@ -253,6 +259,7 @@ def test_bad_requests_get_400_naming_the_field(ranking, body, field, words):
     assert reply["detail"].startswith(field + ":") and words in reply["detail"], reply
 
 
+@pytest.mark.slow
 def test_malformed_bodies_and_paths(ranking):
     _, port, _ = ranking
     for raw, words in [(b"{not json", "not JSON"), (b"[1, 2]", "JSON object"),
@@ -274,6 +281,7 @@ def test_malformed_bodies_and_paths(ranking):
     assert rank(port, user_id="u1", candidates=["i001"])[0] == 200
 
 
+@pytest.mark.slow
 def test_grpc_errors_carry_the_status_code_and_the_field(ranking):
     _, _, stub = ranking
     with pytest.raises(grpc.RpcError) as info:
@@ -287,6 +295,7 @@ def test_grpc_errors_carry_the_status_code_and_the_field(ranking):
 
 # --- retrieval -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_no_candidates_ranks_what_the_retriever_returns(store, stand_in, model_base):
     retriever = FakeRetriever()
     service = make_service(store, f"127.0.0.1:{stand_in.port}", model_base,
@@ -303,6 +312,7 @@ def test_no_candidates_ranks_what_the_retriever_returns(store, stand_in, model_b
         service.close()
 
 
+@pytest.mark.slow
 def test_a_retrieval_index_that_fails_to_load_leaves_given_candidates_working(
         store, stand_in, model_base):
     def broken(export_dir):
@@ -322,6 +332,7 @@ def test_a_retrieval_index_that_fails_to_load_leaves_given_candidates_working(
         service.close()
 
 
+@pytest.mark.slow
 def test_no_candidates_ranks_the_versions_retrieval_index(store, stand_in, model_base,
                                                          tmp_path):
     """The default loader finds a real index in the served version (serving/retrieval.py):
@@ -359,6 +370,7 @@ def test_no_candidates_ranks_the_versions_retrieval_index(store, stand_in, model
 
 # --- feedback ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_recorded_click_is_in_the_next_requests_history(ranking):
     _, port, stub = ranking
     user = "feedback-user"
@@ -398,6 +410,7 @@ def test_a_recorded_click_is_in_the_next_requests_history(ranking):
     ({"user_id": "u9", "item_id": "i001", "type": "click", "search_session_id": "s"},
      "search_session_id"),
 ])
+@pytest.mark.slow
 def test_bad_events_get_400_naming_the_field(ranking, body, field):
     _, port, _ = ranking
     status, reply = call(port, "POST", "/v1/events", body)
@@ -406,6 +419,7 @@ def test_bad_events_get_400_naming_the_field(ranking, body, field):
 
 # --- health and outages --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_healthz_and_readyz(ranking):
     service, port, stub = ranking
     assert call(port, "GET", "/healthz") == (200, {"live": True})
@@ -429,6 +443,7 @@ class DownStore:
         self.events("")
 
 
+@pytest.mark.slow
 def test_store_outage_is_503_and_not_ready(stand_in, model_base):
     service = make_service(DownStore(), f"127.0.0.1:{stand_in.port}", model_base)
     with rs.RankingServer(service, http_port=0, grpc_port=None) as server:
@@ -478,6 +493,7 @@ class SlowPredictionService(prediction_service_pb2_grpc.PredictionServiceService
         context.abort(grpc.StatusCode.INTERNAL, "too late")
 
 
+@pytest.mark.slow
 def test_a_model_server_that_never_answers_is_504_at_the_deadline(store, stand_in,
                                                                   model_base):
     """The call ends at the request's deadline (deadline_ms), well before the service's own,
@@ -511,6 +527,7 @@ def test_a_model_server_that_never_answers_is_504_at_the_deadline(store, stand_i
         slow.stop(0)
 
 
+@pytest.mark.slow
 def test_no_model_metadata_is_not_ready_and_503(store, stand_in, tmp_path):
     """TF Serving serves version 1, but --model_base_path has no such version."""
     service = make_service(store, f"127.0.0.1:{stand_in.port}", str(tmp_path))
@@ -528,6 +545,7 @@ def test_no_model_metadata_is_not_ready_and_503(store, stand_in, tmp_path):
 
 # --- benchmark -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_online_benchmark_runs_on_the_fixtures(ranking_server, store_url, model_base,
                                                    tmp_path):
     """serving/benchmark_online.py for a second per run against this module's service (in

@@ -1,7 +1,11 @@
 """The serving benchmark's requests: replayed from the data job's id examples and from the
 pipeline's raw-id examples (through the Transform output), the same lists either way."""
+import pytest
+
 from serving import benchmark
 from unisar_tf.data.transform import transform_ids
+
+pytestmark = pytest.mark.slow  # every test here builds, trains, exports or serves
 
 
 def test_requests_from_raw_examples_through_transform_match_those_from_id_examples(

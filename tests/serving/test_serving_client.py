@@ -73,6 +73,7 @@ def test_build_inputs_pads_sorts_and_counts():
         build_inputs("u1", [])
 
 
+@pytest.mark.slow
 def test_recommend_and_search_scores(target):
     with UniSARClient(target, timeout_seconds=10) as client:
         scores = client.recommend("u1", CANDIDATES, REC_HISTORY, SEARCH_HISTORY)
@@ -85,6 +86,7 @@ def test_recommend_and_search_scores(target):
         np.testing.assert_allclose(client.recommend("u2", ["item_b"]), [2.0])
 
 
+@pytest.mark.slow
 def test_metadata(target):
     with UniSARClient(target, timeout_seconds=10) as client:
         meta = client.metadata()
@@ -96,6 +98,7 @@ def test_metadata(target):
     assert search["outputs"]["scores"] == {"dtype": "float32", "shape": [-1, -1]}
 
 
+@pytest.mark.slow
 def test_rejected_requests_raise_scoring_request_error(target):
     with UniSARClient(target, timeout_seconds=10) as client:
         inputs = build_inputs("u1", CANDIDATES)
@@ -163,6 +166,7 @@ def test_dead_port_without_retries_fails_fast_with_unavailable():
     assert time.monotonic() - start < 2.0
 
 
+@pytest.mark.slow
 def test_retries_reach_a_server_that_starts_late(base_path):
     port = free_port()
     servers = []
@@ -199,6 +203,7 @@ def test_history_syntax_parsers():
             client_lib.parse_search_history(bad)
 
 
+@pytest.mark.slow
 def test_cli_prints_scores_sorted(target, capsys, tmp_path):
     code = client_lib.main([
         "--target", target, "--user", "u1", "--candidates", "unknown,item_a,item_c",
@@ -238,6 +243,7 @@ def test_cli_bad_arguments_exit_2(capsys, argv, named):
     assert named in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_request_rejected_by_server_exits_2(target, capsys):
     # The toy model asserts non-negative timestamps in its graph: INVALID_ARGUMENT.
     code = client_lib.main(["--target", target, "--user", "u1", "--candidates", "item_a",
@@ -253,6 +259,7 @@ def test_cli_unreachable_server_exits_1(capsys):
     assert "UNAVAILABLE" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_subprocess(target):
     result = subprocess.run(
         [sys.executable, "-m", "serving.client", "--target", target, "--user", "u1",

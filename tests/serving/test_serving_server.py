@@ -85,6 +85,7 @@ def served(tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.slow
 def test_predict_returns_hand_computed_scores_for_both_signatures(served):
     _, stub, _ = served
     response = stub.Predict(make_request("recommend", example_inputs()), timeout=10)
@@ -100,6 +101,7 @@ def test_predict_returns_hand_computed_scores_for_both_signatures(served):
     assert response.model_spec.signature_name == "search"
 
 
+@pytest.mark.slow
 def test_empty_signature_name_means_serving_default(served):
     _, stub, _ = served
     example = tf.train.Example(features=tf.train.Features(feature={
@@ -111,6 +113,7 @@ def test_empty_signature_name_means_serving_default(served):
     np.testing.assert_allclose(tf.make_ndarray(response.outputs["scores"]), [[2.0, 0.0]])
 
 
+@pytest.mark.slow
 def test_output_filter(served):
     _, stub, _ = served
     response = stub.Predict(make_request("recommend", example_inputs(),
@@ -123,6 +126,7 @@ def test_output_filter(served):
     assert "logits" in info.value.details()
 
 
+@pytest.mark.slow
 def test_metadata_lists_signatures_with_contract_inputs(served):
     _, stub, _ = served
     request = get_model_metadata_pb2.GetModelMetadataRequest()
@@ -153,6 +157,7 @@ def test_metadata_lists_signatures_with_contract_inputs(served):
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.slow
 def test_model_status_available(served):
     _, _, model_stub = served
     request = get_model_status_pb2.GetModelStatusRequest()
@@ -203,6 +208,7 @@ def _bad_requests():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(_bad_requests()))
 def test_malformed_request_is_rejected_and_server_keeps_serving(served, case):
     _, stub, _ = served
@@ -215,6 +221,7 @@ def test_malformed_request_is_rejected_and_server_keeps_serving(served, case):
     np.testing.assert_allclose(tf.make_ndarray(good.outputs["scores"]), [EXPECTED_RECOMMEND])
 
 
+@pytest.mark.slow
 def test_other_rpcs_are_unimplemented(served):
     _, stub, _ = served
     request = classification_pb2.ClassificationRequest()
@@ -374,6 +381,7 @@ def assert_still_serving(stub):
     np.testing.assert_allclose(tf.make_ndarray(good.outputs["scores"]), [EXPECTED_RECOMMEND])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["query", "rec_history_length", "user_id"])
 def test_inconsistent_batch_sizes_are_rejected_not_broadcast(served, name):
     """Issue 15 item 7: a (1,) input next to B = 2 ones was broadcast over the batch (row 0's
@@ -391,6 +399,7 @@ def test_inconsistent_batch_sizes_are_rejected_not_broadcast(served, name):
     assert_still_serving(stub)
 
 
+@pytest.mark.slow
 def test_a_tiny_request_declaring_a_huge_tensor_is_refused_before_allocating(served):
     """Issue 15 item 8: ~60 bytes declaring (1, 100000000) int64 used to be expanded to
     800 MB (twice) before anything said no: +1.8 GB and 7 s."""
@@ -461,6 +470,7 @@ def test_a_restart_serves_the_newest_version_that_loads(tmp_path):
         channel.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("garbage", [b"\xff\xfe\x00garbage", b"hello", bytes(range(256))])
 def test_garbage_bytes_to_serving_default_get_a_clear_invalid_argument(served, garbage):
     """They used to get "'utf-8' codec can't decode byte ..." (TensorFlow's own error
@@ -568,6 +578,7 @@ def any_request(draw):
     return request
 
 
+@pytest.mark.slow
 @PREDICT_SETTINGS
 @given(request=any_request())
 @example(request=make_request("search", dict(batch_of_two("q"), query=np.array([b"q"],

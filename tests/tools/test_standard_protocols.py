@@ -60,6 +60,7 @@ def test_published_rows_are_the_issue_table():
     assert ndcg[("full", "amazon_sports")] == [0.0053, 0.0192, 0.0204]
 
 
+@pytest.mark.slow
 def test_a_popularity_sampled_joint_build_is_refused(amazon_examples):
     out, manifest = amazon_examples
     with pytest.raises(ValueError) as error:

@@ -292,6 +292,7 @@ def test_ablation_table_lists_the_non_learned_baselines_after_popularity():
 
 
 # --- raw-id examples through Transform (the KuaiSAR fixture in both formats) ---------------
+@pytest.mark.slow
 def test_raw_examples_through_transform_score_as_the_id_examples(kuaisar_formats):
     """Same baselines from the id examples and from the raw ones read through Transform's
     vocabularies (side-feature captions re-keyed): rows compared by their raw strings, since

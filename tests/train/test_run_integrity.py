@@ -151,6 +151,7 @@ def test_the_lock_goes_with_a_killed_holder(tmp_path):
         assert lock.held
 
 
+@pytest.mark.slow
 def test_a_second_trainer_on_a_run_in_progress_fails_before_reading_or_writing(
         amazon_examples, run_copy, tmp_path):
     from unisar_tf.train.run_lock import RunDirLock, RunDirLockedError
@@ -182,6 +183,7 @@ def test_a_second_trainer_on_a_run_in_progress_fails_before_reading_or_writing(
         assert lock.held
 
 
+@pytest.mark.slow
 def test_the_cli_says_who_holds_the_run_directory(amazon_examples, tmp_path, capsys):
     from unisar_tf.train import cli
 
@@ -201,6 +203,7 @@ def test_the_cli_says_who_holds_the_run_directory(amazon_examples, tmp_path, cap
 
 
 # ------------------------------------------------------- resuming with other settings
+@pytest.mark.slow
 def test_resuming_with_other_hyperparameters_is_refused_listing_them(amazon_examples, run_copy,
                                                                      capsys):
     """The issue's command and a flag that changes the shapes: refused before anything is
@@ -227,6 +230,7 @@ def test_resuming_with_other_hyperparameters_is_refused_listing_them(amazon_exam
     assert snapshot(model_dir) == before  # config.json still says what was trained
 
 
+@pytest.mark.slow
 def test_every_setting_but_the_resumable_ones_must_match(amazon_examples, finished_run):
     from unisar_tf.train.run_dir import (RESUMABLE_CONFIG_FIELDS, RESUMABLE_OPTIONS,
                                          setting_changes)
@@ -249,6 +253,7 @@ def test_every_setting_but_the_resumable_ones_must_match(amazon_examples, finish
     assert "max_epochs" in RESUMABLE_OPTIONS and "seed" not in RESUMABLE_OPTIONS
 
 
+@pytest.mark.slow
 def test_the_epoch_budget_and_patience_may_change_and_the_change_is_recorded(amazon_examples,
                                                                             finished_run,
                                                                             run_copy):
@@ -272,6 +277,7 @@ def test_the_epoch_budget_and_patience_may_change_and_the_change_is_recorded(ama
 
 
 # ------------------------------------------------------- damaged and mismatched data
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [truncate, flip_a_byte])
 def test_a_damaged_example_file_is_named(data_copy, damage):
     import tensorflow as tf
@@ -292,6 +298,7 @@ def test_a_damaged_example_file_is_named(data_copy, damage):
     assert [path for path, _ in found] == [bad] and f"{bad} ({found[0][1]})" in message
 
 
+@pytest.mark.slow
 def test_the_trainer_and_the_evaluation_name_a_truncated_file(data_copy, run_copy, capsys):
     from unisar_tf.data import reader
     from unisar_tf.train import evaluation
@@ -313,6 +320,7 @@ def test_the_trainer_and_the_evaluation_name_a_truncated_file(data_copy, run_cop
     assert test_search in err and "truncated record" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field,value", [("rec_len", 20), ("query_len", 6),
                                          ("eval_candidates", 100), ("train_negative_pool", 4)])
 def test_a_manifest_that_disagrees_with_the_files_is_named_field_by_field(amazon_examples,
@@ -332,6 +340,7 @@ def test_a_manifest_that_disagrees_with_the_files_is_named_field_by_field(amazon
     reader.read_examples(out, split, "search", 8, manifest)  # the right manifest reads
 
 
+@pytest.mark.slow
 def test_the_trainer_checks_the_manifest_before_building_anything(data_copy):
     from unisar_tf.data import reader
     from unisar_tf.train.trainer import Trainer, TrainerOptions

@@ -119,6 +119,7 @@ def test_replace_negatives_draws_distinct_items_from_each_rows_pool():
 
 
 # --------------------------------------------------------------------- training_dataset
+@pytest.mark.slow
 def test_training_dataset_epoch_batches_order_and_fresh_negatives(amazon_examples):
     out, manifest = amazon_examples
     config = reader.config_with_data_sizes(tiny_config(num_train_negatives=6), manifest)
@@ -291,6 +292,7 @@ def test_validation_score_is_the_mean_ndcg5_of_the_tasks():
     assert validation_score({"rec": {"NDCG@5": 0.375, "HR@1": 1.0}}) == 0.375
 
 
+@pytest.mark.slow
 def test_plateau_policy_reduces_lr_to_the_floor_and_counts_epochs_without_gain(policy_run):
     run = policy_run
     assert run.trainer.config.lr_reduce_patience == 3
@@ -318,6 +320,7 @@ def test_plateau_policy_reduces_lr_to_the_floor_and_counts_epochs_without_gain(p
     assert len(run.trainer.manager.checkpoints) == 2  # keep_checkpoints
 
 
+@pytest.mark.slow
 def test_fit_stops_at_once_when_the_restored_run_has_no_patience_left(amazon_examples, policy_run):
     out, _ = amazon_examples
     trainer = Trainer(tiny_config(min_learning_rate=2e-5),
@@ -337,6 +340,7 @@ def test_fit_stops_at_once_when_the_restored_run_has_no_patience_left(amazon_exa
 
 
 # ----------------------------------------------------------------------- test report
+@pytest.mark.slow
 def test_evaluate_best_scores_the_best_checkpoint_and_writes_the_report(amazon_examples, policy_run):
     out, manifest = amazon_examples
     model_dir = policy_run.model_dir
@@ -380,6 +384,7 @@ def test_evaluate_best_scores_the_best_checkpoint_and_writes_the_report(amazon_e
     assert {task: metrics(task) for task in ("rec", "search")} != best_metrics
 
 
+@pytest.mark.slow
 def test_the_exported_model_scores_the_test_split_like_the_checkpoint(amazon_examples, policy_run,
                                                                       tmp_path):
     """evaluate_saved_model goes through serving_default on the serialized examples."""
@@ -475,6 +480,7 @@ def resumed(amazon_examples, tmp_path_factory):
     return state
 
 
+@pytest.mark.slow
 def test_interrupted_run_restores_weights_optimizer_slots_and_policy_state_exactly(resumed):
     run = resumed
     assert run.first_steps == [(epoch, step) for epoch in (0, 1) for step in range(STEPS)]
@@ -507,6 +513,7 @@ def test_interrupted_run_restores_weights_optimizer_slots_and_policy_state_exact
         np.testing.assert_array_equal(run.rewritten[key], saved[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_trains_exactly_as_an_uninterrupted_one(resumed):
     """Issue 23: the same batches, negatives and dropout masks (stateless in seed and step),
     so epoch 2 after a restart gives the uninterrupted run's losses and state bit for bit
@@ -521,6 +528,7 @@ def test_a_resumed_run_trains_exactly_as_an_uninterrupted_one(resumed):
         np.testing.assert_array_equal(resumed_value, straight, err_msg=str(index))
 
 
+@pytest.mark.slow
 def test_resumed_fit_reruns_the_interrupted_epoch_and_finishes(resumed):
     run = resumed
     assert run.second_steps == [(epoch, step) for epoch in (1, 2) for step in range(STEPS)]
@@ -557,6 +565,7 @@ def cli_run(amazon_examples, tmp_path_factory):
     return result
 
 
+@pytest.mark.slow
 def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(amazon_examples, cli_run):
     assert cli_run.returncode == 0, cli_run.stderr[-3000:]
     lines = cli_run.stdout.rstrip("\n").splitlines()
@@ -589,6 +598,7 @@ def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(amazon_e
     assert written["SASRec"]["rec"]["examples"] == written["unisar"]["rec"]["examples"]
 
 
+@pytest.mark.slow
 def test_cli_trains_the_sasrec_baseline_as_its_own_run_beside_the_model(amazon_examples, cli_run):
     from unisar_tf.train.evaluation import sasrec_metrics
     from unisar_tf.train.run_dir import sasrec_run_dir
@@ -608,6 +618,7 @@ def test_cli_trains_the_sasrec_baseline_as_its_own_run_beside_the_model(amazon_e
     assert sasrec_metrics(run_dir, out, "test") is None  # no baseline beside the baseline
 
 
+@pytest.mark.slow
 def test_evaluate_best_gives_the_same_numbers_in_another_process(amazon_examples, cli_run):
     out, _ = amazon_examples
     assert cli_run.returncode == 0, cli_run.stderr[-3000:]

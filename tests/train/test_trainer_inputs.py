@@ -34,6 +34,8 @@ from unisar_tf.train.evaluation import evaluate_best, evaluate_saved_model, repo
 from unisar_tf.train.run_dir import DATA_FILE, DataMismatchError, load_trained_model
 from unisar_tf.train.trainer import Trainer, TrainerOptions
 
+pytestmark = pytest.mark.slow  # every test here builds, trains, exports or serves
+
 IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
 # The small flags of the issue, and no minimum history, so a scenario alone makes examples.
 OPTIONS = sb.BuildOptions(split="loo", clicks_per_session=5, num_train_negatives=2,
