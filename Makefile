@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run serve demo test test-fast lock param-count clean redis-server
+.PHONY: install run serve demo test test-fast lint format lock param-count clean redis-server
 
 install: $(INSTALLED)
 
@@ -35,12 +35,21 @@ serve: $(INSTALLED)
 demo: $(INSTALLED)
 	$(PY) -m unisar_tf.tools.demo
 
-test: $(INSTALLED) redis-server
+test: $(INSTALLED) redis-server lint
 	$(PY) -m pytest tests -q
 
 # The quick loop: everything not marked slow (CI runs `make test`, all of it).
-test-fast: $(INSTALLED) redis-server
+test-fast: $(INSTALLED) redis-server lint
 	$(PY) -m pytest tests -q -m "not slow"
+
+# ruff's lint and format check (settings in pyproject.toml); `make format` rewrites the files.
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(INSTALLED)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # The history store's tests run against a real redis-server (tests/serving/conftest.py starts
 # one on 127.0.0.1); installed from the distribution's packages when it is missing.

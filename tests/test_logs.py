@@ -1,4 +1,5 @@
 """Quiet runs by default, --verbose for everything (unisar_tf/logs.py)."""
+
 import logging
 import os
 import subprocess
@@ -6,8 +7,8 @@ import sys
 import textwrap
 
 import pytest
-
 from helpers import REPO
+
 from unisar_tf import logs
 
 # What an entry point does: set up logging first, import TensorFlow, log progress and chatter,
@@ -32,10 +33,19 @@ ENTRY_POINT = textwrap.dedent("""
 
 @pytest.mark.slow  # a subprocess that imports TensorFlow
 def test_an_entry_point_is_quiet_by_default(tmp_path):
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}  # as a user's shell
-    result = subprocess.run([sys.executable, "-c", ENTRY_POINT, str(tmp_path / "model")],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")
+    }  # as a user's shell
+    result = subprocess.run(
+        [sys.executable, "-c", ENTRY_POINT, str(tmp_path / "model")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.splitlines() == ["progress 2"], result.stderr[-3000:]
     # Beam's workers inherit the quiet set-up (their TF log level and the exit-time filter).
@@ -48,7 +58,10 @@ def test_an_entry_point_is_quiet_by_default(tmp_path):
 def restore_logging():
     root = logging.getLogger()
     saved = (root.level, list(root.handlers), sys.unraisablehook, dict(os.environ))
+    library_levels = {name: logging.getLogger(name).level for name in logs.NOISY_LOGGERS}
     yield
+    for name, level in library_levels.items():
+        logging.getLogger(name).setLevel(level)
     root.setLevel(saved[0])
     root.handlers[:] = saved[1]
     sys.unraisablehook = saved[2]
@@ -75,11 +88,16 @@ def test_quiet_keeps_progress_and_errors_and_unwraps_our_worker_lines(restore_lo
     logging.getLogger("tfx.orchestration").warning("library chatter")
     logging.info("TFX's module-level chatter")
     logging.getLogger("absl").error("a library's error")
-    forwarded = ('Worker: severity: {} timestamp {{ seconds: 1 }} message: "{}" log_location: '
-                 '"{}" thread: "1"')
+    forwarded = (
+        'Worker: severity: {} timestamp {{ seconds: 1 }} message: "{}" log_location: '
+        '"{}" thread: "1"'
+    )
     beam = logging.getLogger("apache_beam.runners.portability.local_job_service")
     beam.warning(forwarded.format("INFO", "built examples", "/repo/pipeline/beam_job.py:194"))
     beam.warning(forwarded.format("WARN", "No semi_persistent_directory", "/beam/x.py:1"))
     assert capsys.readouterr().err.splitlines() == [
-        "progress", "WARNING pipeline.example: ours", "ERROR absl: a library's error",
-        "[worker] built examples"]
+        "progress",
+        "WARNING pipeline.example: ours",
+        "ERROR absl: a library's error",
+        "[worker] built examples",
+    ]

@@ -8,11 +8,13 @@ its parser with `add_verbose_flag`:
   cuDNN/cuFFT/cuBLAS registration errors every process prints on import), everything below
   ERROR from absl, TFX, TensorFlow's Python logger and Beam (NOISY_LOGGERS; its workers' lines
   too), Google's Python-version FutureWarning and TensorFlow's shutdown-time
-  `AtomicFunction.__del__` tracebacks are dropped, also in child processes such as Beam's workers (through the environment they
-  inherit: TF_CPP_MIN_LOG_LEVEL, and PYTHONPATH to quiet_startup/). A TF_CPP_MIN_LOG_LEVEL
+  `AtomicFunction.__del__` tracebacks are dropped, also in child processes such as Beam's
+  workers (through the environment they inherit: TF_CPP_MIN_LOG_LEVEL, and PYTHONPATH to
+  quiet_startup/). A TF_CPP_MIN_LOG_LEVEL
   set by the user wins.
 - `--verbose`: DEBUG from every logger, nothing filtered.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +38,12 @@ STARTUP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quiet_st
 
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(VERBOSE_FLAG, action="store_true",
-                        help="log everything: DEBUG of every library, TensorFlow's C++ log, "
-                             "Beam's workers (default: progress, our warnings, errors)")
+    parser.add_argument(
+        VERBOSE_FLAG,
+        action="store_true",
+        help="log everything: DEBUG of every library, TensorFlow's C++ log, "
+        "Beam's workers (default: progress, our warnings, errors)",
+    )
 
 
 def verbose_requested(argv: Optional[Sequence[str]] = None) -> bool:
@@ -54,8 +59,13 @@ class QuietFilter(logging.Filter):
 
     _FORWARDED = re.compile(r'^Worker: severity: (\w+) .*? message: "(.*?)" (?:\w+: )', re.S)
     _LOCATION = re.compile(r'log_location: "([^"]*)"')
-    _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
-               "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+    _LEVELS = {
+        "DEBUG": logging.DEBUG,
+        "INFO": logging.INFO,
+        "WARN": logging.WARNING,
+        "ERROR": logging.ERROR,
+        "CRITICAL": logging.CRITICAL,
+    }
 
     def filter(self, record: logging.LogRecord) -> bool:
         match = self._FORWARDED.match(record.getMessage())
@@ -63,7 +73,9 @@ class QuietFilter(logging.Filter):
             severity, text = match.groups()
             location = self._LOCATION.search(record.getMessage())
             if (not location or "/pipeline/" not in location.group(1)) and severity not in (
-                    "ERROR", "CRITICAL"):
+                "ERROR",
+                "CRITICAL",
+            ):
                 return False
             record.msg, record.args = f"[worker] {text}", ()
             record.levelno = self._LEVELS.get(severity, record.levelno)
@@ -88,8 +100,12 @@ class _Formatter(logging.Formatter):
     """Progress (INFO) as the bare message; other levels name the level and the logger."""
 
     def __init__(self, verbose: bool):
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose
-                         else "%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"
+            if verbose
+            else "%(levelname)s %(name)s: %(message)s",
+            datefmt="%H:%M:%S",
+        )
         self.verbose = verbose
 
     def formatMessage(self, record: logging.LogRecord) -> str:
@@ -134,6 +150,10 @@ def setup(argv: Optional[Sequence[str]] = None) -> bool:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     if verbose:
+        # Libraries set their own loggers' levels (absl's verbosity, TF's WARNING): lift them.
+        for name in NOISY_LOGGERS:
+            if name != "root":
+                logging.getLogger(name).setLevel(logging.DEBUG)
         return True
     handler.addFilter(QuietFilter())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # FATAL only: also the E-level lines
