@@ -2,6 +2,7 @@
 
 Loose ranges here; requirements.lock pins the exact, tested stack (`make install`).
 """
+
 from setuptools import find_packages, setup
 
 setup(

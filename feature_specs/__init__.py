@@ -3,6 +3,7 @@
 Both `pipeline/` (which writes tf.Examples) and `unisar_tf/` (which reads them) import
 these names, so a renamed feature fails at import rather than silently at training time.
 """
+
 from feature_specs.example_schema import (  # noqa: F401
     CANDIDATE_ITEMS,
     HISTORY_TYPES,

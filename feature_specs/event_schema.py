@@ -20,6 +20,7 @@ Ids (`user_id`, `item_id`, `search_session_id`) are UTF-8 text without line brea
 other control characters (check_id): the vocabulary files hold one id per line, so such an id
 would shift every later id; rows with one are rejected as `unsafe_id`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,7 +100,7 @@ class RowError(ValueError):
         self.detail = detail
 
 
-_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _TOKEN_LIST = re.compile(r"^\[?\s*([^\[\]]*?)\s*\]?$")
 # Words are separated by white space (every character str.isspace() calls space, which
 # includes every line break str.splitlines() knows, tab and the ASCII separators
@@ -114,7 +115,7 @@ _QUOTES = "'\""
 
 
 def parse_token_list(text: Optional[str], field: str = QUERY_TOKENS) -> Tuple[str, ...]:
-    """"[20, 34, 3]", "20 34 3", "20,34,3" or "" -> ("20", "34", "3") / ().
+    """ "[20, 34, 3]", "20 34 3", "20,34,3" or "" -> ("20", "34", "3") / ().
 
     A word is any run of characters between separators (white space, commas), in any script
     ("éclair", "قهوة", "咖啡", "👩‍🍳"), Unicode NFC-normalised, so "e" + combining acute and "é"
@@ -138,13 +139,17 @@ def parse_token_list(text: Optional[str], field: str = QUERY_TOKENS) -> Tuple[st
     for token in tokens:
         bad = _TOKEN_FORBIDDEN.search(token)
         if bad is not None:
-            raise RowError(REJECT_BAD_QUERY,
-                           f"{field}={text[:80]!r}: bad token {token[:40]!r} holds "
-                           f"{bad.group(0)!r} (U+{ord(bad.group(0)):04X}), a control character")
+            raise RowError(
+                REJECT_BAD_QUERY,
+                f"{field}={text[:80]!r}: bad token {token[:40]!r} holds "
+                f"{bad.group(0)!r} (U+{ord(bad.group(0)):04X}), a control character",
+            )
         if len(token) > 1 and token[0] == token[-1] and token[0] in _QUOTES:
-            raise RowError(REJECT_BAD_QUERY,
-                           f"{field}={text[:80]!r}: bad token {token[:40]!r} is quoted; words "
-                           "are written without quotes")
+            raise RowError(
+                REJECT_BAD_QUERY,
+                f"{field}={text[:80]!r}: bad token {token[:40]!r} is quoted; words "
+                "are written without quotes",
+            )
     return tokens
 
 
@@ -158,9 +163,11 @@ def check_id(field: str, value: str) -> str:
     """`value` unchanged, or RowError(REJECT_UNSAFE_ID) naming the field and the character."""
     bad = unsafe_id_character(value)
     if bad is not None:
-        raise RowError(REJECT_UNSAFE_ID,
-                       f"{field}={value[:80]!r} contains {bad!r} (U+{ord(bad):04X}), which "
-                       "the one-id-per-line vocabulary files cannot hold")
+        raise RowError(
+            REJECT_UNSAFE_ID,
+            f"{field}={value[:80]!r} contains {bad!r} (U+{ord(bad):04X}), which "
+            "the one-id-per-line vocabulary files cannot hold",
+        )
     return value
 
 
@@ -175,10 +182,11 @@ def parse_timestamp(text: Optional[str]) -> int:
         try:
             number = float(text)
         except ValueError:
-            raise RowError(REJECT_BAD_TIMESTAMP,
-                           f"timestamp={text[:40]!r} is not a number") from None
+            raise RowError(
+                REJECT_BAD_TIMESTAMP, f"timestamp={text[:40]!r} is not a number"
+            ) from None
         if number != number or number in (float("inf"), float("-inf")):
-            raise RowError(REJECT_BAD_TIMESTAMP, f"timestamp={text[:40]!r} is not finite")
+            raise RowError(REJECT_BAD_TIMESTAMP, f"timestamp={text[:40]!r} is not finite") from None
         value = int(number)
     if not _INT64_MIN <= value <= _INT64_MAX:
         raise RowError(REJECT_BAD_TIMESTAMP, f"timestamp={text[:40]!r} is outside int64")
@@ -199,10 +207,17 @@ def parse_click(text: Optional[str]) -> int:
     return value
 
 
-def make_event(user_id: Optional[str], timestamp: Optional[str], scenario: Optional[str],
-               item_id: Optional[str] = "", click: Optional[str] = None,
-               search_session_id: Optional[str] = "", query_tokens: Optional[str] = None,
-               source: str = "", line: int = 0) -> Event:
+def make_event(
+    user_id: Optional[str],
+    timestamp: Optional[str],
+    scenario: Optional[str],
+    item_id: Optional[str] = "",
+    click: Optional[str] = None,
+    search_session_id: Optional[str] = "",
+    query_tokens: Optional[str] = None,
+    source: str = "",
+    line: int = 0,
+) -> Event:
     """Validate one row's raw string cells into an Event, or raise RowError naming the field."""
     user_id = (user_id or "").strip()
     if not user_id:
@@ -227,6 +242,14 @@ def make_event(user_id: Optional[str], timestamp: Optional[str], scenario: Optio
         tokens = parse_token_list(query_tokens)
         if clicks > 0 and not item_id:
             raise RowError(REJECT_MISSING_ITEM, "a clicked search row needs an item_id")
-    return Event(user_id=user_id, timestamp=ts, scenario=scenario, item_id=item_id,
-                 click=clicks, search_session_id=session, query_tokens=tokens,
-                 source=source, line=line)
+    return Event(
+        user_id=user_id,
+        timestamp=ts,
+        scenario=scenario,
+        item_id=item_id,
+        click=clicks,
+        search_session_id=session,
+        query_tokens=tokens,
+        source=source,
+        line=line,
+    )

@@ -35,6 +35,7 @@ Id formats (build option `--id_format`, recorded as `id_format` in manifest.json
 Per training step (not per example), the relevance loss takes sampled negatives:
 `rel_negative_items` (num_negatives,) and `rel_negative_query_tokens` (num_negatives, query_len).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,8 +88,9 @@ class SequenceShapes:
         return self.rec_len + self.search_len
 
 
-def model_feature_shapes(shapes: SequenceShapes, num_candidates: int,
-                         with_query: bool) -> Dict[str, Tuple[int, ...]]:
+def model_feature_shapes(
+    shapes: SequenceShapes, num_candidates: int, with_query: bool
+) -> Dict[str, Tuple[int, ...]]:
     """Per-example shapes of the features the model reads (batch dim excluded)."""
     feature_shapes = {
         USER_ID: (),

@@ -10,6 +10,7 @@
 The Beam job (pipeline/beam_job.py) writes these; the reader (unisar_tf.data), the export,
 the baselines and the tools read them through these names only.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,7 @@ def tfx_split_name(split: str, scenario: str) -> str:
     return f"{split}_{scenario}"
 
 
-def example_prefix(output_dir: str, split: str, scenario: str,
-                   layout: str = LAYOUT_JOB) -> str:
+def example_prefix(output_dir: str, split: str, scenario: str, layout: str = LAYOUT_JOB) -> str:
     """Path prefix of the example shards (WriteToTFRecord adds -SSSSS-of-NNNNN + suffix)."""
     if layout == LAYOUT_TFX:
         return os.path.join(output_dir, f"Split-{tfx_split_name(split, scenario)}", "data")
@@ -45,8 +45,7 @@ def example_prefix(output_dir: str, split: str, scenario: str,
     return os.path.join(output_dir, split, scenario)
 
 
-def example_pattern(output_dir: str, split: str, scenario: str,
-                    layout: str = LAYOUT_JOB) -> str:
+def example_pattern(output_dir: str, split: str, scenario: str, layout: str = LAYOUT_JOB) -> str:
     """The glob of one split and scenario's example shards."""
     return f"{example_prefix(output_dir, split, scenario, layout)}-*{EXAMPLE_FILE_SUFFIX}"
 
@@ -58,5 +57,6 @@ def vocab_path(data_dir: str, kind: str) -> str:
 
 def side_feature_pattern(data_dir: str, kind: str = "*") -> str:
     """The glob of the side-feature files of `kind` ("items", "users", or "*" for both)."""
-    return os.path.join(data_dir, SIDE_FEATURES_DIR, f"{kind}-*.jsonl" if kind != "*"
-                        else "*.jsonl")
+    return os.path.join(
+        data_dir, SIDE_FEATURES_DIR, f"{kind}-*.jsonl" if kind != "*" else "*.jsonl"
+    )

@@ -19,6 +19,7 @@ session sent (dtypes as TensorFlow names, so this module needs no TensorFlow):
     search_history_length            int64  (B,)
     query (`search` only)            string (B,)
 """
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@ With id_format="raw" (examples carrying raw id strings, see example_schema.py) t
 (example_schema.ID_FEATURE_VOCABULARIES) are BYTES instead, without an int_domain; shapes,
 value counts, presence and environments are the same, and `history_types` stays INT.
 """
+
 from __future__ import annotations
 
 from google.protobuf import text_format
@@ -20,9 +21,13 @@ ENV_REC = "REC"
 ENV_SEARCH = "SEARCH"
 
 
-def build_schema(shapes: fs.SequenceShapes, train_candidates: int = 5,
-                 eval_candidates: int = 100, negative_pool: int = 0,
-                 id_format: str = fs.ID_FORMAT_IDS) -> schema_pb2.Schema:
+def build_schema(
+    shapes: fs.SequenceShapes,
+    train_candidates: int = 5,
+    eval_candidates: int = 100,
+    negative_pool: int = 0,
+    id_format: str = fs.ID_FORMAT_IDS,
+) -> schema_pb2.Schema:
     if id_format not in fs.ID_FORMATS:
         raise ValueError(f"id_format={id_format!r}: expected one of {fs.ID_FORMATS}")
     raw = id_format == fs.ID_FORMAT_RAW
@@ -71,8 +76,13 @@ def build_schema(shapes: fs.SequenceShapes, train_candidates: int = 5,
     return schema
 
 
-def schema_text(shapes: fs.SequenceShapes, train_candidates: int = 5,
-                eval_candidates: int = 100, negative_pool: int = 0,
-                id_format: str = fs.ID_FORMAT_IDS) -> str:
-    return text_format.MessageToString(build_schema(shapes, train_candidates, eval_candidates,
-                                                    negative_pool, id_format))
+def schema_text(
+    shapes: fs.SequenceShapes,
+    train_candidates: int = 5,
+    eval_candidates: int = 100,
+    negative_pool: int = 0,
+    id_format: str = fs.ID_FORMAT_IDS,
+) -> str:
+    return text_format.MessageToString(
+        build_schema(shapes, train_candidates, eval_candidates, negative_pool, id_format)
+    )

@@ -26,6 +26,7 @@ as int64 ids of vocab/*.txt; "raw" writes them as bytes holding the raw ids (b""
 for TF Transform to build its own vocabularies (feature_specs/example_schema.py). Vocabularies,
 splits, negatives and counts are the same in both; schema.pbtxt types the id features to match.
 """
+
 from __future__ import annotations
 
 import collections
@@ -50,19 +51,34 @@ from feature_specs import event_schema as es
 from feature_specs import example_schema as fs
 from feature_specs import tfmd_schema
 from feature_specs.layout import (  # noqa: F401 (the job's callers read them here too)
-    EXAMPLE_FILE_SUFFIX, ITEM_CLICKS_FILE, LAYOUT_JOB, LAYOUT_TFX, LAYOUTS, MANIFEST_FILE,
-    SIDE_FEATURES_DIR, VOCAB_DIR, VOCAB_FILES, example_pattern, example_prefix, tfx_split_name)
+    EXAMPLE_FILE_SUFFIX,
+    ITEM_CLICKS_FILE,
+    LAYOUT_JOB,
+    LAYOUT_TFX,
+    LAYOUTS,
+    MANIFEST_FILE,
+    SIDE_FEATURES_DIR,
+    VOCAB_DIR,
+    VOCAB_FILES,
+    example_pattern,
+    example_prefix,
+    tfx_split_name,
+)
 from pipeline import ordered_write, output_lock
 from pipeline import sequence_builder as sb
 from pipeline.adapters import common
 
 LOG = logging.getLogger(__name__)
 STATS_FILE = "_stats.json"
-DEFAULT_LOCAL_BEAM_ARGS = ("--runner=DirectRunner", "--direct_num_workers=2",
-                           "--direct_running_mode=multi_processing")
+DEFAULT_LOCAL_BEAM_ARGS = (
+    "--runner=DirectRunner",
+    "--direct_num_workers=2",
+    "--direct_running_mode=multi_processing",
+)
 
 
 # --- vocabularies -----------------------------------------------------------------------------
+
 
 def _vocab_keys(event: es.Event, query_len: int):
     yield ("user", event.user_id)
@@ -112,8 +128,12 @@ def _make_vocabularies(counted: collections.Counter) -> sb.Vocabularies:
     clicks = np.zeros(len(items) + 1, np.int64)
     for raw, count in by_kind["click"].items():
         clicks[items[raw]] = count
-    return sb.Vocabularies(users=sb.frequency_vocabulary(by_kind["user"]), items=items,
-                           words=sb.frequency_vocabulary(by_kind["word"]), item_clicks=clicks)
+    return sb.Vocabularies(
+        users=sb.frequency_vocabulary(by_kind["user"]),
+        items=items,
+        words=sb.frequency_vocabulary(by_kind["word"]),
+        item_clicks=clicks,
+    )
 
 
 class WriteVocabularies(beam.DoFn):
@@ -121,15 +141,20 @@ class WriteVocabularies(beam.DoFn):
         self._dir = os.path.join(output_dir, VOCAB_DIR)
 
     def process(self, vocab: sb.Vocabularies):
-        for name, mapping in (("users", vocab.users), ("items", vocab.items),
-                              ("words", vocab.words)):
+        for name, mapping in (
+            ("users", vocab.users),
+            ("items", vocab.items),
+            ("words", vocab.words),
+        ):
             ordered = sb.id_strings(mapping)[1:]  # line k = id k; also the "raw" id strings
             # The adapters reject such ids (event_schema.check_id); one slipping through
             # would shift every later line's id, so it stops the job instead.
             unsafe = [raw for raw in ordered if es.unsafe_id_character(raw) is not None]
             if unsafe:
-                raise ValueError(f"{VOCAB_DIR}/{VOCAB_FILES[name]}: {len(unsafe)} id(s) cannot be written "
-                                 f"one per line, e.g. {unsafe[0]!r}")
+                raise ValueError(
+                    f"{VOCAB_DIR}/{VOCAB_FILES[name]}: {len(unsafe)} id(s) cannot be written "
+                    f"one per line, e.g. {unsafe[0]!r}"
+                )
             with FileSystems.create(os.path.join(self._dir, VOCAB_FILES[name])) as handle:
                 handle.write("".join(f"{raw}\n" for raw in ordered).encode("utf-8"))
             yield (f"vocab_{name}", len(ordered))
@@ -137,11 +162,13 @@ class WriteVocabularies(beam.DoFn):
         with FileSystems.create(os.path.join(self._dir, ITEM_CLICKS_FILE)) as handle:
             lines = ["item_id\tid\tclicks\n"] + [
                 f"{raw}\t{vocab.items[raw]}\t{vocab.item_clicks[vocab.items[raw]]}\n"
-                for raw in ordered_items]
+                for raw in ordered_items
+            ]
             handle.write("".join(lines).encode("utf-8"))
 
 
 # --- examples ---------------------------------------------------------------------------------
+
 
 class BuildUserExamples(beam.DoFn):
     """(user_id, [event tuples]) -> (split, scenario, serialized tf.Example); stats on STATS."""
@@ -156,8 +183,9 @@ class BuildUserExamples(beam.DoFn):
     def process(self, element, vocab: sb.Vocabularies, last_day: Optional[int] = None):
         if self._sampler_source is not vocab:  # one sampler per side-input value per worker
             try:
-                self._sampler = sb.NegativeSampler(vocab.item_clicks,
-                                                   self._options.negative_sampler)
+                self._sampler = sb.NegativeSampler(
+                    vocab.item_clicks, self._options.negative_sampler
+                )
             except ValueError:  # no click at all: then no user has a target to sample for
                 self._sampler = None
             if self._options.id_format == fs.ID_FORMAT_RAW:
@@ -168,16 +196,28 @@ class BuildUserExamples(beam.DoFn):
         events = [common.event_from_tuple(row) for row in rows]
         stats = collections.Counter()
         try:
-            examples = list(sb.build_user_tf_examples(
-                user_id, events, vocab, self._sampler, self._options, stats, last_day,
-                self._raw_tables))
+            examples = list(
+                sb.build_user_tf_examples(
+                    user_id,
+                    events,
+                    vocab,
+                    self._sampler,
+                    self._options,
+                    stats,
+                    last_day,
+                    self._raw_tables,
+                )
+            )
         except sb.NotEnoughNegatives as error:
             # One heavy user must not stop the job: skipped, counted, dead-lettered by id.
             first = min(events, key=lambda e: (e.source, e.line))
-            yield beam.pvalue.TaggedOutput(common.REJECTED, common.RejectedRow(
-                first.source, first.line, es.REJECT_TOO_FEW_NEGATIVES, str(error), user_id))
-            yield beam.pvalue.TaggedOutput(common.STATS, ("events_of_skipped_users",
-                                                          len(events)))
+            yield beam.pvalue.TaggedOutput(
+                common.REJECTED,
+                common.RejectedRow(
+                    first.source, first.line, es.REJECT_TOO_FEW_NEGATIVES, str(error), user_id
+                ),
+            )
+            yield beam.pvalue.TaggedOutput(common.STATS, ("events_of_skipped_users", len(events)))
             return
         yield from examples
         stats["users"] += 1
@@ -206,8 +246,13 @@ class MapSideRows(beam.DoFn):
             if dense is None:
                 yield beam.pvalue.TaggedOutput(common.STATS, ("item_features_unused_items", 1))
                 return
-            out = dict(row, id=dense, caption_word_ids=[
-                vocab.words.get(token, 0) for token in row.get("caption_tokens", [])])
+            out = dict(
+                row,
+                id=dense,
+                caption_word_ids=[
+                    vocab.words.get(token, 0) for token in row.get("caption_tokens", [])
+                ],
+            )
         else:
             dense = vocab.users.get(row["user_id"])
             if dense is None:
@@ -222,86 +267,134 @@ def _side_vocab_keys(row: dict):
         yield ("word", token)
 
 
-def build_pipeline(pipeline: beam.Pipeline, adapter_output: common.AdapterOutput,
-                   options: sb.BuildOptions, output_dir: str, num_shards: int = 0,
-                   layout: str = LAYOUT_JOB) -> None:
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    adapter_output: common.AdapterOutput,
+    options: sb.BuildOptions,
+    output_dir: str,
+    num_shards: int = 0,
+    layout: str = LAYOUT_JOB,
+) -> None:
     """Adds the whole job to `pipeline` (the caller runs it)."""
     events = adapter_output.events
     stats: List = list(adapter_output.stats)
 
     if options.max_users:
-        chosen = (events | "UserIds" >> beam.Map(lambda e: e.user_id)
-                  | "DistinctUsers" >> beam.Distinct()
-                  | "HashUsers" >> beam.Map(lambda u, seed: (sb.stable_hash(seed, "user", u), u),
-                                            seed=options.seed)
-                  | "PickUsers" >> beam.combiners.Top.Smallest(options.max_users)
-                  | "UserSet" >> beam.Map(lambda pairs: frozenset(u for _, u in pairs)))
+        chosen = (
+            events
+            | "UserIds" >> beam.Map(lambda e: e.user_id)
+            | "DistinctUsers" >> beam.Distinct()
+            | "HashUsers"
+            >> beam.Map(lambda u, seed: (sb.stable_hash(seed, "user", u), u), seed=options.seed)
+            | "PickUsers" >> beam.combiners.Top.Smallest(options.max_users)
+            | "UserSet" >> beam.Map(lambda pairs: frozenset(u for _, u in pairs))
+        )
         tagged = events | "KeepChosenUsers" >> beam.ParDo(
-            _SplitChosen(), beam.pvalue.AsSingleton(chosen)).with_outputs("skipped", main="kept")
+            _SplitChosen(), beam.pvalue.AsSingleton(chosen)
+        ).with_outputs("skipped", main="kept")
         events = tagged.kept
-        stats.append(tagged.skipped | "CountSkipped" >> beam.Map(
-            lambda _: ("events_of_users_not_selected_by_max_users", 1)))
+        stats.append(
+            tagged.skipped
+            | "CountSkipped" >> beam.Map(lambda _: ("events_of_users_not_selected_by_max_users", 1))
+        )
 
-    counters = [events | "CountVocab" >> beam.CombineGlobally(CountVocabKeys(
-        functools.partial(_vocab_keys, query_len=options.query_len)))]
+    counters = [
+        events
+        | "CountVocab"
+        >> beam.CombineGlobally(
+            CountVocabKeys(functools.partial(_vocab_keys, query_len=options.query_len))
+        )
+    ]
     if adapter_output.item_side is not None:
-        counters.append(adapter_output.item_side | "CountCaptionWords" >> beam.CombineGlobally(
-            CountVocabKeys(_side_vocab_keys)))
-    vocab = (tuple(counters) | "AllVocabCounts" >> beam.Flatten()
-             | "GatherVocab" >> beam.combiners.ToList()
-             | "MakeVocab" >> beam.Map(lambda counters: _make_vocabularies(
-                 _merge_counters(counters))))
+        counters.append(
+            adapter_output.item_side
+            | "CountCaptionWords" >> beam.CombineGlobally(CountVocabKeys(_side_vocab_keys))
+        )
+    vocab = (
+        tuple(counters)
+        | "AllVocabCounts" >> beam.Flatten()
+        | "GatherVocab" >> beam.combiners.ToList()
+        | "MakeVocab" >> beam.Map(lambda counters: _make_vocabularies(_merge_counters(counters)))
+    )
     stats.append(vocab | "WriteVocab" >> beam.ParDo(WriteVocabularies(output_dir)))
 
     last_day = None
     if options.split == "time":
         last_day = beam.pvalue.AsSingleton(
-            events | "Timestamps" >> beam.Map(lambda e: e.timestamp)
+            events
+            | "Timestamps" >> beam.Map(lambda e: e.timestamp)
             | "LastTimestamp" >> beam.CombineGlobally(max).without_defaults()
-            | "LastDay" >> beam.Map(lambda ts: ts // sb.DAY_MS))
+            | "LastDay" >> beam.Map(lambda ts: ts // sb.DAY_MS)
+        )
         _add_time_split_report(events, last_day, output_dir, stats)
 
-    built = (events | "KeyByUser" >> beam.Map(lambda e: (e.user_id, common.event_to_tuple(e)))
-             | "GroupByUser" >> beam.GroupByKey()
-             | "BuildExamples" >> beam.ParDo(
-                 BuildUserExamples(options), beam.pvalue.AsSingleton(vocab),
-                 **({"last_day": last_day} if last_day is not None else {})
-             ).with_outputs(common.STATS, common.REJECTED, main="examples"))
+    built = (
+        events
+        | "KeyByUser" >> beam.Map(lambda e: (e.user_id, common.event_to_tuple(e)))
+        | "GroupByUser" >> beam.GroupByKey()
+        | "BuildExamples"
+        >> beam.ParDo(
+            BuildUserExamples(options),
+            beam.pvalue.AsSingleton(vocab),
+            **({"last_day": last_day} if last_day is not None else {}),
+        ).with_outputs(common.STATS, common.REJECTED, main="examples")
+    )
     stats.append(built[common.STATS])
 
     partitions = [(split, scenario) for split in sb.SPLITS for scenario in es.SCENARIOS]
     parts = built.examples | "PartitionBySplit" >> beam.Partition(
-        lambda ex, n: partitions.index((ex[0], ex[1])), len(partitions))
+        lambda ex, n: partitions.index((ex[0], ex[1])), len(partitions)
+    )
     for (split, scenario), part in zip(partitions, parts):
         label = f"{split}_{scenario}"
-        (part | f"Bytes_{label}" >> beam.Map(lambda ex: ex[2])
-         | f"Write_{label}" >> ordered_write.WriteOrderedTFRecords(
-             example_prefix(output_dir, split, scenario, layout), EXAMPLE_FILE_SUFFIX,
-             num_shards=num_shards))
+        (
+            part
+            | f"Bytes_{label}" >> beam.Map(lambda ex: ex[2])
+            | f"Write_{label}"
+            >> ordered_write.WriteOrderedTFRecords(
+                example_prefix(output_dir, split, scenario, layout),
+                EXAMPLE_FILE_SUFFIX,
+                num_shards=num_shards,
+            )
+        )
 
-    rejected = ((*adapter_output.rejected, built[common.REJECTED])
-                | "AllRejected" >> beam.Flatten())
-    (rejected | "RejectedJson" >> beam.Map(common.RejectedRow.to_json)
-     | "WriteRejected" >> beam.io.WriteToText(os.path.join(output_dir, "rejected", "rejected"),
-                                               file_name_suffix=".jsonl"))
+    rejected = (*adapter_output.rejected, built[common.REJECTED]) | "AllRejected" >> beam.Flatten()
+    (
+        rejected
+        | "RejectedJson" >> beam.Map(common.RejectedRow.to_json)
+        | "WriteRejected"
+        >> beam.io.WriteToText(
+            os.path.join(output_dir, "rejected", "rejected"), file_name_suffix=".jsonl"
+        )
+    )
     stats.append(rejected | "CountRejected" >> beam.Map(lambda r: (f"rejected/{r.reason}", 1)))
 
     for kind, rows in (("item", adapter_output.item_side), ("user", adapter_output.user_side)):
         if rows is None:
             continue
         mapped = rows | f"MapSide_{kind}" >> beam.ParDo(
-            MapSideRows(kind), beam.pvalue.AsSingleton(vocab)).with_outputs(common.STATS,
-                                                                           main="rows")
+            MapSideRows(kind), beam.pvalue.AsSingleton(vocab)
+        ).with_outputs(common.STATS, main="rows")
         stats.append(mapped[common.STATS])
-        (mapped.rows | f"WriteSide_{kind}" >> beam.io.WriteToText(
-            os.path.join(output_dir, SIDE_FEATURES_DIR, f"{kind}s"), file_name_suffix=".jsonl"))
+        (
+            mapped.rows
+            | f"WriteSide_{kind}"
+            >> beam.io.WriteToText(
+                os.path.join(output_dir, SIDE_FEATURES_DIR, f"{kind}s"), file_name_suffix=".jsonl"
+            )
+        )
 
-    (tuple(stats) | "AllStats" >> beam.Flatten()
-     | "SumStats" >> beam.CombinePerKey(sum)
-     | "GatherStats" >> beam.combiners.ToDict()
-     | "StatsJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
-     | "WriteStats" >> beam.io.WriteToText(os.path.join(output_dir, STATS_FILE),
-                                           shard_name_template="", num_shards=1))
+    (
+        tuple(stats)
+        | "AllStats" >> beam.Flatten()
+        | "SumStats" >> beam.CombinePerKey(sum)
+        | "GatherStats" >> beam.combiners.ToDict()
+        | "StatsJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
+        | "WriteStats"
+        >> beam.io.WriteToText(
+            os.path.join(output_dir, STATS_FILE), shard_name_template="", num_shards=1
+        )
+    )
 
 
 # --- the time split's cut ------------------------------------------------------------------
@@ -316,8 +409,9 @@ class _CountSplitDays(beam.DoFn):
 
     def process(self, event: es.Event, last_day: int):
         day = event.timestamp // sb.DAY_MS
-        where = ("test_day" if day >= last_day else "valid_day" if day == last_day - 1
-                 else "train_days")
+        where = (
+            "test_day" if day >= last_day else "valid_day" if day == last_day - 1 else "train_days"
+        )
         yield beam.pvalue.TaggedOutput(common.STATS, (f"{_TIME_SPLIT_PREFIX}{where}", 1))
         if day < last_day:
             yield (event.timestamp, event.source, event.line)
@@ -328,18 +422,28 @@ def _add_time_split_report(events, last_day, output_dir: str, stats: List) -> No
     split without a word): events per side of it in STATS, and the latest event and the
     latest before the test day, with file and line, in TIME_SPLIT_FILE."""
     counted = events | "CountSplitDays" >> beam.ParDo(_CountSplitDays(), last_day).with_outputs(
-        common.STATS, main="before")
+        common.STATS, main="before"
+    )
     stats.append(counted[common.STATS])
-    latest_before = counted.before | "LatestBeforeTestDay" >> beam.CombineGlobally(
-        max).without_defaults()
-    (events | "TimeKeys" >> beam.Map(lambda e: (e.timestamp, e.source, e.line))
-     | "LatestEvent" >> beam.CombineGlobally(max).without_defaults()
-     | "TimeSplitJson" >> beam.Map(
-         lambda latest, before: json.dumps({"latest": latest,
-                                            "latest_before_test_day": (before or [None])[0]}),
-         before=beam.pvalue.AsList(latest_before))
-     | "WriteTimeSplit" >> beam.io.WriteToText(os.path.join(output_dir, TIME_SPLIT_FILE),
-                                               shard_name_template="", num_shards=1))
+    latest_before = (
+        counted.before | "LatestBeforeTestDay" >> beam.CombineGlobally(max).without_defaults()
+    )
+    (
+        events
+        | "TimeKeys" >> beam.Map(lambda e: (e.timestamp, e.source, e.line))
+        | "LatestEvent" >> beam.CombineGlobally(max).without_defaults()
+        | "TimeSplitJson"
+        >> beam.Map(
+            lambda latest, before: json.dumps(
+                {"latest": latest, "latest_before_test_day": (before or [None])[0]}
+            ),
+            before=beam.pvalue.AsList(latest_before),
+        )
+        | "WriteTimeSplit"
+        >> beam.io.WriteToText(
+            os.path.join(output_dir, TIME_SPLIT_FILE), shard_name_template="", num_shards=1
+        )
+    )
 
 
 def _utc_day(day: int) -> str:
@@ -349,8 +453,9 @@ def _utc_day(day: int) -> str:
         return f"day {day:,} after 1970-01-01"
 
 
-def time_split_report(stats: Dict[str, int], latest: Optional[dict],
-                      examples: Dict[str, Dict[str, int]]) -> Optional[dict]:
+def time_split_report(
+    stats: Dict[str, int], latest: Optional[dict], examples: Dict[str, Dict[str, int]]
+) -> Optional[dict]:
     """The manifest's `time_split`: the test and validation days, the event that set them
     (the latest), events per side of the cut, and a `warning` naming the cause when the
     validation or test split got no example."""
@@ -358,17 +463,26 @@ def time_split_report(stats: Dict[str, int], latest: Optional[dict],
         return None
     timestamp, source, line = latest["latest"]
     last_day = timestamp // sb.DAY_MS
-    counts = {where: stats.get(f"{_TIME_SPLIT_PREFIX}{where}", 0)
-              for where in ("train_days", "valid_day", "test_day")}
-    report = {"test_day": _utc_day(last_day), "valid_day": _utc_day(last_day - 1),
-              "latest_event": {"timestamp": timestamp, "source": source, "line": line},
-              "events": counts}
+    counts = {
+        where: stats.get(f"{_TIME_SPLIT_PREFIX}{where}", 0)
+        for where in ("train_days", "valid_day", "test_day")
+    }
+    report = {
+        "test_day": _utc_day(last_day),
+        "valid_day": _utc_day(last_day - 1),
+        "latest_event": {"timestamp": timestamp, "source": source, "line": line},
+        "events": counts,
+    }
     before = latest.get("latest_before_test_day")
     if before:
-        report["latest_event_before_test_day"] = {"timestamp": before[0], "source": before[1],
-                                                  "line": before[2]}
-    empty = [split for split in (sb.SPLIT_VALID, sb.SPLIT_TEST)
-             if not sum(examples[split].values())]
+        report["latest_event_before_test_day"] = {
+            "timestamp": before[0],
+            "source": before[1],
+            "line": before[2],
+        }
+    empty = [
+        split for split in (sb.SPLIT_VALID, sb.SPLIT_TEST) if not sum(examples[split].values())
+    ]
     if empty:
         held_out = counts["valid_day"] + counts["test_day"]
         message = (
@@ -376,15 +490,20 @@ def time_split_report(stats: Dict[str, int], latest: Optional[dict],
             f"after all but {held_out} of {sum(counts.values())} events because of timestamp "
             f"{timestamp} in {_source_line(latest['latest'])}: the test day is the day of "
             f"the latest timestamp, {_utc_day(last_day)}, the validation day the one before "
-            f"({counts['test_day']} and {counts['valid_day']} events).")
+            f"({counts['test_day']} and {counts['valid_day']} events)."
+        )
         if before:
             gap = last_day - before[0] // sb.DAY_MS
-            message += (f" The latest timestamp before that day is {before[0]} "
-                        f"({_utc_day(before[0] // sb.DAY_MS)}, {_source_line(before)}), "
-                        f"{gap:,} day(s) earlier.")
-        message += (" If that timestamp is wrong (far in the future, or not in "
-                    "milliseconds), fix or drop that row; otherwise the log needs events on "
-                    "its last two days, or build with --split loo.")
+            message += (
+                f" The latest timestamp before that day is {before[0]} "
+                f"({_utc_day(before[0] // sb.DAY_MS)}, {_source_line(before)}), "
+                f"{gap:,} day(s) earlier."
+            )
+        message += (
+            " If that timestamp is wrong (far in the future, or not in "
+            "milliseconds), fix or drop that row; otherwise the log needs events on "
+            "its last two days, or build with --split loo."
+        )
         report["warning"] = message
     return report
 
@@ -403,20 +522,34 @@ class _SplitChosen(beam.DoFn):
 
 # --- driver -----------------------------------------------------------------------------------
 
+
 def _read_text(path: str) -> str:
     with FileSystems.open(path) as handle:
         return handle.read().decode("utf-8")
 
 
-def assemble_manifest(output_dir: str, stats: Dict[str, int], options: sb.BuildOptions,
-                      dataset: str, inputs: dict, beam_args: Sequence[str],
-                      wall_seconds: float, layout: str = LAYOUT_JOB) -> dict:
-    examples = {split: {scenario: stats.get(f"examples/{split}/{scenario}", 0)
-                        for scenario in es.SCENARIOS} for split in sb.SPLITS}
-    rejected = {key.split("/", 1)[1]: value for key, value in stats.items()
-                if key.startswith("rejected/")}
-    other = {key: value for key, value in stats.items()
-             if not key.startswith(("examples/", "rejected/", "vocab_", _TIME_SPLIT_PREFIX))}
+def assemble_manifest(
+    output_dir: str,
+    stats: Dict[str, int],
+    options: sb.BuildOptions,
+    dataset: str,
+    inputs: dict,
+    beam_args: Sequence[str],
+    wall_seconds: float,
+    layout: str = LAYOUT_JOB,
+) -> dict:
+    examples = {
+        split: {scenario: stats.get(f"examples/{split}/{scenario}", 0) for scenario in es.SCENARIOS}
+        for split in sb.SPLITS
+    }
+    rejected = {
+        key.split("/", 1)[1]: value for key, value in stats.items() if key.startswith("rejected/")
+    }
+    other = {
+        key: value
+        for key, value in stats.items()
+        if not key.startswith(("examples/", "rejected/", "vocab_", _TIME_SPLIT_PREFIX))
+    }
     return {
         "dataset": dataset,
         "inputs": inputs,
@@ -427,26 +560,43 @@ def assemble_manifest(output_dir: str, stats: Dict[str, int], options: sb.BuildO
         "examples": examples,
         "examples_total": sum(sum(v.values()) for v in examples.values()),
         # Ids run 1..n; model tables need n + 1 rows (0 = padding / unknown).
-        "vocab_sizes": {name: stats.get(f"vocab_{name}", 0) for name in ("users", "items", "words")},
+        "vocab_sizes": {
+            name: stats.get(f"vocab_{name}", 0) for name in ("users", "items", "words")
+        },
         "rejected": rejected,
         "rejected_total": sum(rejected.values()),
         "counters": other,
-        "files": {f"{split}/{scenario}": os.path.relpath(
-            example_pattern(output_dir, split, scenario, layout), output_dir)
-            for split in sb.SPLITS for scenario in es.SCENARIOS},
-        "shapes": {"rec_len": options.rec_len, "search_len": options.search_len,
-                   "query_len": options.query_len, "clicks_per_session": options.clicks_per_session,
-                   "train_candidates": 1 + options.num_train_negatives,
-                   "eval_candidates": 1 + options.num_eval_negatives,
-                   "train_negative_pool": options.train_negative_pool},
+        "files": {
+            f"{split}/{scenario}": os.path.relpath(
+                example_pattern(output_dir, split, scenario, layout), output_dir
+            )
+            for split in sb.SPLITS
+            for scenario in es.SCENARIOS
+        },
+        "shapes": {
+            "rec_len": options.rec_len,
+            "search_len": options.search_len,
+            "query_len": options.query_len,
+            "clicks_per_session": options.clicks_per_session,
+            "train_candidates": 1 + options.num_train_negatives,
+            "eval_candidates": 1 + options.num_eval_negatives,
+            "train_negative_pool": options.train_negative_pool,
+        },
         "wall_seconds": round(wall_seconds, 1),
     }
 
 
-def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: str,
-        inputs: dict, beam_args: Sequence[str] = DEFAULT_LOCAL_BEAM_ARGS,
-        num_shards: int = 0, layout: str = LAYOUT_JOB,
-        allow_fewer_outputs: bool = False) -> dict:
+def run(
+    adapter_output_fn,
+    options: sb.BuildOptions,
+    output_dir: str,
+    dataset: str,
+    inputs: dict,
+    beam_args: Sequence[str] = DEFAULT_LOCAL_BEAM_ARGS,
+    num_shards: int = 0,
+    layout: str = LAYOUT_JOB,
+    allow_fewer_outputs: bool = False,
+) -> dict:
     """Builds the examples; returns (and writes) the manifest.
 
     layout: where the example files go (LAYOUT_JOB or LAYOUT_TFX, see example_prefix).
@@ -473,23 +623,32 @@ def run(adapter_output_fn, options: sb.BuildOptions, output_dir: str, dataset: s
         staging = staging_dir(output_dir)
         try:
             build_pipeline(pipeline, adapter_output, options, staging, num_shards, layout)
-            LOG.info("running the sequence-example job for %s -> %s (staged in %s)", dataset,
-                     output_dir, staging)
+            LOG.info(
+                "running the sequence-example job for %s -> %s (staged in %s)",
+                dataset,
+                output_dir,
+                staging,
+            )
             result = pipeline.run()
             result.wait_until_finish()
             stats = json.loads(_read_text(os.path.join(staging, STATS_FILE)))
             _check_events_read(stats, staging, output_dir)
-            manifest = assemble_manifest(output_dir, stats, options, dataset, inputs, beam_args,
-                                         time.time() - start, layout)
+            manifest = assemble_manifest(
+                output_dir, stats, options, dataset, inputs, beam_args, time.time() - start, layout
+            )
             if options.split == "time":
-                report = time_split_report(stats, _read_json_if_any(
-                    os.path.join(staging, TIME_SPLIT_FILE)), manifest["examples"])
+                report = time_split_report(
+                    stats,
+                    _read_json_if_any(os.path.join(staging, TIME_SPLIT_FILE)),
+                    manifest["examples"],
+                )
                 if report:
                     manifest["time_split"] = report
                     if "warning" in report:
                         LOG.warning("%s", report["warning"])
-            fewer = check_outputs(manifest, options, _previous_examples(output_dir),
-                                  output_dir, allow_fewer_outputs)
+            fewer = check_outputs(
+                manifest, options, _previous_examples(output_dir), output_dir, allow_fewer_outputs
+            )
             if fewer:
                 manifest["fewer_outputs_than_previous"] = fewer
             with FileSystems.create(os.path.join(staging, "schema.pbtxt")) as handle:
@@ -517,8 +676,12 @@ def _previous_examples(output_dir: str) -> Optional[Dict[str, Dict[str, int]]]:
         if not FileSystems.exists(path):
             return None
         examples = json.loads(_read_text(path))["examples"]
-        return {split: {scenario: int(examples.get(split, {}).get(scenario, 0))
-                        for scenario in es.SCENARIOS} for split in sb.SPLITS}
+        return {
+            split: {
+                scenario: int(examples.get(split, {}).get(scenario, 0)) for scenario in es.SCENARIOS
+            }
+            for split in sb.SPLITS
+        }
     except (ValueError, KeyError, TypeError, AttributeError, IOError):
         LOG.warning("%s cannot be read; not comparing this run's examples with it", path)
         return None
@@ -536,24 +699,32 @@ def _why_no_examples(manifest: dict, options: sb.BuildOptions, scenarios: Sequen
     users = counters.get("users", 0) + skipped
     parts = [f"{read} events of {users} user(s) read"]
     if skipped:
-        parts.append(f"{skipped} user(s) skipped for too few negatives "
-                     f"({counters.get('events_of_skipped_users', 0)} events; see rejected/)")
+        parts.append(
+            f"{skipped} user(s) skipped for too few negatives "
+            f"({counters.get('events_of_skipped_users', 0)} events; see rejected/)"
+        )
     if es.SCENARIO_SEARCH in scenarios:
         parts.append(f"{counters.get('search_sessions', 0)} search session(s) with a click")
     for scenario in scenarios:
         below = counters.get(f"{scenario}_targets_below_min_history", 0)
         if below:
-            parts.append(f"{below} {scenario} target(s) below the minimum history "
-                         f"(--min_rec_history {options.min_rec_history}, "
-                         f"--min_search_history {options.min_search_history}; a log with one "
-                         "scenario builds with --min_search_history 0, and --min_rec_history 0 "
-                         "for search only)")
+            parts.append(
+                f"{below} {scenario} target(s) below the minimum history "
+                f"(--min_rec_history {options.min_rec_history}, "
+                f"--min_search_history {options.min_search_history}; a log with one "
+                "scenario builds with --min_search_history 0, and --min_rec_history 0 "
+                "for search only)"
+            )
     return "; ".join(parts)
 
 
-def check_outputs(manifest: dict, options: sb.BuildOptions,
-                  previous: Optional[Dict[str, Dict[str, int]]], output_dir: str,
-                  allow_fewer_outputs: bool = False) -> Dict[str, int]:
+def check_outputs(
+    manifest: dict,
+    options: sb.BuildOptions,
+    previous: Optional[Dict[str, Dict[str, int]]],
+    output_dir: str,
+    allow_fewer_outputs: bool = False,
+) -> Dict[str, int]:
     """NotPublished when the run built no example at all, or none for a split and scenario
     the previous output (`previous`: its examples per split and scenario, None without one)
     has, unless allow_fewer_outputs. Returns {"split/scenario": previous count} of the
@@ -562,12 +733,16 @@ def check_outputs(manifest: dict, options: sb.BuildOptions,
     if not manifest["examples_total"]:
         raise NotPublished(
             f"no example was built ({_why_no_examples(manifest, options, es.SCENARIOS)}). "
-            f"Nothing was written: {output_dir} is as it was.")
+            f"Nothing was written: {output_dir} is as it was."
+        )
     if not previous:
         return {}
-    lost = {f"{split}/{scenario}": previous[split][scenario]
-            for split in sb.SPLITS for scenario in es.SCENARIOS
-            if previous[split][scenario] and not examples[split][scenario]}
+    lost = {
+        f"{split}/{scenario}": previous[split][scenario]
+        for split in sb.SPLITS
+        for scenario in es.SCENARIOS
+        if previous[split][scenario] and not examples[split][scenario]
+    }
     if lost and not allow_fewer_outputs:
         scenarios = sorted({key.split("/")[1] for key in lost}, key=es.SCENARIOS.index)
         raise NotPublished(
@@ -575,10 +750,14 @@ def check_outputs(manifest: dict, options: sb.BuildOptions,
             f"{output_dir} has ({', '.join(f'{key}: {n}' for key, n in lost.items())}): "
             f"{_why_no_examples(manifest, options, scenarios)}. Nothing was written: "
             f"{output_dir} is as it was. To replace it anyway, pass --allow_fewer_outputs "
-            "(beam_job.run(allow_fewer_outputs=True)), or write to another --output.")
+            "(beam_job.run(allow_fewer_outputs=True)), or write to another --output."
+        )
     if lost:
-        LOG.warning("replacing %s, whose %s examples this run does not build "
-                    "(--allow_fewer_outputs)", output_dir, ", ".join(lost))
+        LOG.warning(
+            "replacing %s, whose %s examples this run does not build " "(--allow_fewer_outputs)",
+            output_dir,
+            ", ".join(lost),
+        )
     return lost
 
 
@@ -594,13 +773,20 @@ def staging_dir(output_dir: str) -> str:
 def output_files(root: str) -> List[str]:
     """The files a run writes under root (both layouts), which a newer run replaces; other
     files in the folder are left alone."""
-    patterns = [example_pattern(root, split, scenario, layout) for layout in LAYOUTS
-                for split in sb.SPLITS for scenario in es.SCENARIOS]
-    patterns += [os.path.join(root, "rejected", "rejected-*.jsonl"),
-                 os.path.join(root, SIDE_FEATURES_DIR, "*.jsonl"),
-                 os.path.join(root, VOCAB_DIR, "*"),
-                 os.path.join(root, STATS_FILE), os.path.join(root, "schema.pbtxt"),
-                 os.path.join(root, MANIFEST_FILE)]
+    patterns = [
+        example_pattern(root, split, scenario, layout)
+        for layout in LAYOUTS
+        for split in sb.SPLITS
+        for scenario in es.SCENARIOS
+    ]
+    patterns += [
+        os.path.join(root, "rejected", "rejected-*.jsonl"),
+        os.path.join(root, SIDE_FEATURES_DIR, "*.jsonl"),
+        os.path.join(root, VOCAB_DIR, "*"),
+        os.path.join(root, STATS_FILE),
+        os.path.join(root, "schema.pbtxt"),
+        os.path.join(root, MANIFEST_FILE),
+    ]
     found = {m.path for result in FileSystems.match(patterns) for m in result.metadata_list}
     # The manifest last: moved last into place, so a folder with a manifest is complete.
     return sorted(found, key=lambda path: (path.endswith(MANIFEST_FILE), path))
@@ -625,8 +811,9 @@ def publish(staging: str, output_dir: str) -> None:
             _move(path, target)
             moved_in.append(target)
     except BaseException:
-        LOG.error("publishing into %s failed; putting the previous files back from %s",
-                  output_dir, aside)
+        LOG.error(
+            "publishing into %s failed; putting the previous files back from %s", output_dir, aside
+        )
         for target in moved_in:
             _delete_quietly(target)
         for path, target in moved_aside:
@@ -663,11 +850,18 @@ def _delete_quietly(path: str) -> None:
 
 def _check_events_read(stats: Dict[str, int], staging: str, output_dir: str) -> None:
     """ValueError, saying why, when not one event reached the sequence builder."""
-    if any(stats.get(name, 0) for name in (
-            "events", "events_of_skipped_users", "events_of_users_not_selected_by_max_users")):
+    if any(
+        stats.get(name, 0)
+        for name in (
+            "events",
+            "events_of_skipped_users",
+            "events_of_users_not_selected_by_max_users",
+        )
+    ):
         return
-    rejected = {key.split("/", 1)[1]: value for key, value in stats.items()
-                if key.startswith("rejected/")}
+    rejected = {
+        key.split("/", 1)[1]: value for key, value in stats.items() if key.startswith("rejected/")
+    }
     examples = []
     for result in FileSystems.match([os.path.join(staging, "rejected", "rejected-*.jsonl")]):
         for metadata in result.metadata_list:
@@ -677,15 +871,20 @@ def _check_events_read(stats: Dict[str, int], staging: str, output_dir: str) -> 
         f"{sum(rejected.values())} rejected {rejected or ''}, "
         f"{stats.get(common.FILES_WITHOUT_ROWS, 0)} input file(s) with a header and no rows"
         + (f"; first dead letters: {'; '.join(examples[:3])}" if examples else "")
-        + f". Nothing was written: {output_dir} is as it was.")
+        + f". Nothing was written: {output_dir} is as it was."
+    )
 
 
 def example_schema(options: sb.BuildOptions) -> schema_pb2.Schema:
     """The TFMD schema of the examples these options build (written as schema.pbtxt; the TFX
     pipeline imports the same schema)."""
-    return tfmd_schema.build_schema(options.shapes, 1 + options.num_train_negatives,
-                                    1 + options.num_eval_negatives, options.train_negative_pool,
-                                    options.id_format)
+    return tfmd_schema.build_schema(
+        options.shapes,
+        1 + options.num_train_negatives,
+        1 + options.num_eval_negatives,
+        options.train_negative_pool,
+        options.id_format,
+    )
 
 
 def load_manifest(output_dir: str) -> dict:

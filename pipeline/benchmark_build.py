@@ -7,6 +7,7 @@ start-up and worker processes included, as a user would see it), samples the res
 of the whole process tree every 0.1 s, and prints a Markdown table. Peak memory is the largest
 sum over the driver and its worker processes at one instant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,16 @@ def _tree_rss(process: psutil.Process) -> int:
 
 
 def run_once(output: str, extra: Sequence[str]) -> dict:
-    command = [sys.executable, "-m", "pipeline.build_examples", "--dataset", "amazon_beauty",
-               "--output", output, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.build_examples",
+        "--dataset",
+        "amazon_beauty",
+        "--output",
+        output,
+        *extra,
+    ]
     started = time.time()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     watched = psutil.Process(child.pid)
@@ -50,11 +59,16 @@ def run_once(output: str, extra: Sequence[str]) -> dict:
     stdout = child.stdout.read().decode("utf-8")
     if child.returncode != 0:
         raise RuntimeError(f"build failed with exit code {child.returncode}: {' '.join(command)}")
-    manifest = json.loads(stdout[stdout.index("{"):])
+    manifest = json.loads(stdout[stdout.index("{") :])
     events = manifest["counters"]["events"]
-    return {"wall_s": wall, "events": events, "events_per_s": events / wall,
-            "examples": manifest["examples_total"], "peak_rss_mb": peak / 2**20,
-            "job_wall_s": manifest["wall_seconds"]}
+    return {
+        "wall_s": wall,
+        "events": events,
+        "events_per_s": events / wall,
+        "examples": manifest["examples_total"],
+        "peak_rss_mb": peak / 2**20,
+        "job_wall_s": manifest["wall_seconds"],
+    }
 
 
 def main(argv: Sequence[str] = None) -> List[dict]:
@@ -66,13 +80,17 @@ def main(argv: Sequence[str] = None) -> List[dict]:
     with tempfile.TemporaryDirectory() as scratch:
         for run in range(args.runs):
             rows.append(run_once(os.path.join(scratch, f"run{run}"), args.extra))
-    print(f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GB, "
-          f"Python {platform.python_version()}; build args: {' '.join(args.extra) or '(defaults)'}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GB, "
+        f"Python {platform.python_version()}; build args: {' '.join(args.extra) or '(defaults)'}"
+    )
     print("| run | wall s | events | events/s | examples | peak RSS (all processes) MB |")
     print("|---|---|---|---|---|---|")
     for index, row in enumerate(rows, start=1):
-        print(f"| {index} | {row['wall_s']:.1f} | {row['events']:,} | {row['events_per_s']:,.0f} "
-              f"| {row['examples']:,} | {row['peak_rss_mb']:,.0f} |")
+        print(
+            f"| {index} | {row['wall_s']:.1f} | {row['events']:,} | {row['events_per_s']:,.0f} "
+            f"| {row['examples']:,} | {row['peak_rss_mb']:,.0f} |"
+        )
     return rows
 
 

@@ -20,6 +20,7 @@ import uuid
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
 # Beam's own record framing (length, masked CRC32C), the bytes WriteToTFRecord writes; this
 # keeps Beam workers free of TensorFlow.
 from apache_beam.io.tfrecordio import _TFRecordUtil
@@ -34,13 +35,16 @@ def record_hash(record: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(record, digest_size=8).digest(), "little")
 
 
-def shard_count(num_records: int, num_shards: int = 0,
-                records_per_shard: int = DEFAULT_RECORDS_PER_SHARD) -> int:
+def shard_count(
+    num_records: int, num_shards: int = 0, records_per_shard: int = DEFAULT_RECORDS_PER_SHARD
+) -> int:
     """num_shards if given, else one shard per `records_per_shard` records; at least 1, so an
     empty split still has a (empty) file for readers' globs."""
     if num_shards < 0 or records_per_shard < 1:
-        raise ValueError(f"num_shards={num_shards}, records_per_shard={records_per_shard}: "
-                         "expected num_shards >= 0 and records_per_shard >= 1")
+        raise ValueError(
+            f"num_shards={num_shards}, records_per_shard={records_per_shard}: "
+            "expected num_shards >= 0 and records_per_shard >= 1"
+        )
     if num_shards:
         return num_shards
     return max(1, -(-num_records // records_per_shard))
@@ -78,8 +82,13 @@ class WriteOrderedTFRecords(beam.PTransform):
     Outputs PCollection[(path, record count)], one element per file written.
     """
 
-    def __init__(self, prefix: str, suffix: str, num_shards: int = 0,
-                 records_per_shard: int = DEFAULT_RECORDS_PER_SHARD):
+    def __init__(
+        self,
+        prefix: str,
+        suffix: str,
+        num_shards: int = 0,
+        records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
+    ):
         super().__init__()
         shard_count(0, num_shards, records_per_shard)  # validates the arguments early
         self._prefix = prefix
@@ -88,20 +97,27 @@ class WriteOrderedTFRecords(beam.PTransform):
         self._records_per_shard = records_per_shard
 
     def expand(self, records):
-        num_shards, per_shard, prefix, suffix = (self._num_shards, self._records_per_shard,
-                                                 self._prefix, self._suffix)
+        num_shards, per_shard, prefix, suffix = (
+            self._num_shards,
+            self._records_per_shard,
+            self._prefix,
+            self._suffix,
+        )
         if num_shards:
             # A given count needs no counting pass, which would hold every record in a
             # local runner's memory until the count is known (~0.5 GB on Beauty).
             every_shard = records.pipeline | "EveryShard" >> beam.Create(
-                [(i, None) for i in range(num_shards)])
+                [(i, None) for i in range(num_shards)]
+            )
             shards = num_shards
         else:
             total = records | "Count" >> beam.combiners.Count.Globally()
             every_shard = total | "EveryShard" >> beam.FlatMap(
-                lambda count: [(i, None) for i in range(shard_count(count, 0, per_shard))])
+                lambda count: [(i, None) for i in range(shard_count(count, 0, per_shard))]
+            )
             shards = beam.pvalue.AsSingleton(
-                total | "ShardCount" >> beam.Map(shard_count, 0, per_shard))
+                total | "ShardCount" >> beam.Map(shard_count, 0, per_shard)
+            )
         keyed = records | "KeyByHash" >> beam.Map(_key_by_shard, shards)
 
         def write(element, n):
@@ -111,6 +127,9 @@ class WriteOrderedTFRecords(beam.PTransform):
             yield path, write_shard(path, (record for _, record in ordered))
 
         # The (shard, None) markers make every file exist, empty or not.
-        return ((every_shard, keyed) | "WithEveryShard" >> beam.Flatten()
-                | "GroupByShard" >> beam.GroupByKey()
-                | "WriteShards" >> beam.FlatMap(write, shards))
+        return (
+            (every_shard, keyed)
+            | "WithEveryShard" >> beam.Flatten()
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShards" >> beam.FlatMap(write, shards)
+        )

@@ -6,11 +6,13 @@
 Two jobs into one folder used to both report success, the last one's files winning (issue 23).
 The lock is unisar_tf.file_lock's flock on the file `<output>.lock` in the output's parent
 folder (released by the kernel when the holder ends, naming its holder). It is not re-entrant:
-two jobs in one process exclude each other too. The file is deleted on a normal release. Outputs on object stores (gs://, s3://, ...) have no OS lock: they are not
-locked (said in the log).
+two jobs in one process exclude each other too. The file is deleted on a normal release.
+Outputs on object stores (gs://, s3://, ...) have no OS lock: they are not locked (said in the
+log).
 
 Only the standard library: a test's subprocess imports this module without Beam.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,7 +34,8 @@ class OutputLocked(RuntimeError):
             f"{output_dir} is being written by another data job "
             f"({file_lock.describe_holder(holder)}); its lock is {lock_path}. Nothing was "
             "written. Wait for that job to end or use another --output (the lock is released "
-            "when its process ends).")
+            "when its process ends)."
+        )
         self.output_dir = output_dir
         self.lock_path = lock_path
         self.holder = holder
@@ -51,8 +54,11 @@ def is_lockable(output_dir: str) -> bool:
 def acquire(output_dir: str) -> file_lock.FileLock:
     """Locks output_dir (see the module docstring): the held lock, to be given to release().
     OutputLocked at once when another holder has it."""
-    lock = file_lock.FileLock(lock_path(output_dir), delete_on_release=True,
-                              details={"output": os.path.abspath(output_dir)})
+    lock = file_lock.FileLock(
+        lock_path(output_dir),
+        delete_on_release=True,
+        details={"output": os.path.abspath(output_dir)},
+    )
     try:
         return lock.acquire()
     except file_lock.LockHeld as held:

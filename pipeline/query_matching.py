@@ -12,6 +12,7 @@ For contrast it repeats the count with the old rule "the query is all the item's
     python -m pipeline.query_matching --data out/amazon_beauty \\
         --attributes ../shared/data/amazon_beauty/Beauty_item2attributes.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ def rank_metrics(scores: np.ndarray) -> Dict[str, float]:
     for k in KS:
         out[f"HR@{k}"] = float(np.mean(pessimistic <= k))
     for k in (5, 10):
-        out[f"NDCG@{k}"] = float(np.mean(np.where(pessimistic <= k,
-                                                  1.0 / np.log2(pessimistic + 1), 0.0)))
+        out[f"NDCG@{k}"] = float(
+            np.mean(np.where(pessimistic <= k, 1.0 / np.log2(pessimistic + 1), 0.0))
+        )
     # Expected over uniform tie orders: the positive's rank is higher + 1 + U{0..ties}.
     for k in KS:
         hits = np.clip(k - higher, 0, ties + 1) / (ties + 1)
@@ -61,8 +63,9 @@ def rank_metrics(scores: np.ndarray) -> Dict[str, float]:
     return out
 
 
-def search_lists(data_dir: str, split: str = "test", limit: int = 0
-                 ) -> Tuple[List[List[str]], List[set]]:
+def search_lists(
+    data_dir: str, split: str = "test", limit: int = 0
+) -> Tuple[List[List[str]], List[set]]:
     """A split's search examples as raw strings: (candidate item ids per list, query words
     per list), from either id format (raw ids as they are, ids through vocab/)."""
     import tensorflow as tf
@@ -74,14 +77,21 @@ def search_lists(data_dir: str, split: str = "test", limit: int = 0
     if not raw:
         items = _read_vocab(vocab_path(data_dir, "items"))
         words = _read_vocab(vocab_path(data_dir, "words"))
-        arrays = reader.load_arrays(data_dir, split, "search",
-                                  features=["candidate_items", "query_tokens"],
-                                  limit=limit or None)
-        return ([[items[i] for i in row] for row in arrays["candidate_items"]],
-                [{words[w] for w in row if w} for row in arrays["query_tokens"]])
+        arrays = reader.load_arrays(
+            data_dir,
+            split,
+            "search",
+            features=["candidate_items", "query_tokens"],
+            limit=limit or None,
+        )
+        return (
+            [[items[i] for i in row] for row in arrays["candidate_items"]],
+            [{words[w] for w in row if w} for row in arrays["query_tokens"]],
+        )
     spec = {name: tf.io.VarLenFeature(tf.string) for name in ("candidate_items", "query_tokens")}
-    records = tf.data.TFRecordDataset(reader.example_files(data_dir, split, "search"),
-                                      compression_type="GZIP")
+    records = tf.data.TFRecordDataset(
+        reader.example_files(data_dir, split, "search"), compression_type="GZIP"
+    )
     if limit:
         records = records.take(limit)
     candidates, queries = [], []
@@ -92,26 +102,28 @@ def search_lists(data_dir: str, split: str = "test", limit: int = 0
     return candidates, [set(words) for words in queries]
 
 
-def matching_report(data_dir: str, attributes_path: str, split: str = "test",
-                    limit: int = 0) -> Dict[str, Dict[str, float]]:
+def matching_report(
+    data_dir: str, attributes_path: str, split: str = "test", limit: int = 0
+) -> Dict[str, Dict[str, float]]:
     attributes = load_attributes(attributes_path)
     candidates, queries = search_lists(data_dir, split, limit)
     candidate_attrs = [[set(attributes.get(item, ())) for item in row] for row in candidates]
-    rule = np.array([[len(q & attrs) for attrs in row]
-                     for q, row in zip(queries, candidate_attrs)], np.float64)
-    full = np.array([[len(row[0] & attrs) for attrs in row] for row in candidate_attrs],
-                    np.float64)
-    return {"this_rule": rank_metrics(rule), "all_attributes_query": rank_metrics(full),
-            "examples": {"count": len(rule)}}
+    rule = np.array(
+        [[len(q & attrs) for attrs in row] for q, row in zip(queries, candidate_attrs)], np.float64
+    )
+    full = np.array([[len(row[0] & attrs) for attrs in row] for row in candidate_attrs], np.float64)
+    return {
+        "this_rule": rank_metrics(rule),
+        "all_attributes_query": rank_metrics(full),
+        "examples": {"count": len(rule)},
+    }
 
 
 def format_report(report: Dict[str, Dict[str, float]]) -> str:
     metrics = [key for key in report["this_rule"]]
-    lines = ["| query rule | " + " | ".join(metrics) + " |",
-             "|---|" + "---|" * len(metrics)]
+    lines = ["| query rule | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for name in ("this_rule", "all_attributes_query"):
-        lines.append(f"| {name} | " + " | ".join(f"{report[name][m]:.3f}" for m in metrics)
-                     + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{report[name][m]:.3f}" for m in metrics) + " |")
     return "\n".join(lines)
 
 
@@ -123,8 +135,10 @@ def main(argv: Sequence[str] = None) -> dict:
     parser.add_argument("--limit", type=int, default=0, help="first N examples only (0 = all)")
     args = parser.parse_args(argv)
     report = matching_report(args.data, args.attributes, args.split, args.limit)
-    print(f"query-attribute matching on {report['examples']['count']} {args.split} search "
-          "examples (1 positive + negatives each):")
+    print(
+        f"query-attribute matching on {report['examples']['count']} {args.split} search "
+        "examples (1 positive + negatives each):"
+    )
     print(format_report(report))
     print(json.dumps(report, sort_keys=True))
     return report

@@ -24,6 +24,7 @@ with the online path and the synthetic generator):
    the same ids (b"" for padding 0; see feature_specs/example_schema.py). Everything above is
    computed on int ids in both formats; only the rendering differs.
 """
+
 from __future__ import annotations
 
 import collections
@@ -73,28 +74,41 @@ class BuildOptions:
         if self.split not in ("loo", "time"):
             raise ValueError(f"split={self.split!r}: expected 'loo' or 'time'")
         if self.negative_sampler not in ("popularity", "uniform"):
-            raise ValueError(f"negative_sampler={self.negative_sampler!r}: "
-                             "expected 'popularity' or 'uniform'")
+            raise ValueError(
+                f"negative_sampler={self.negative_sampler!r}: " "expected 'popularity' or 'uniform'"
+            )
         if self.id_format not in fs.ID_FORMATS:
-            raise ValueError(f"id_format={self.id_format!r}: expected one of "
-                             f"{', '.join(map(repr, fs.ID_FORMATS))}")
-        for name in ("num_train_negatives", "num_eval_negatives", "rec_len", "search_len",
-                     "query_len", "clicks_per_session"):
+            raise ValueError(
+                f"id_format={self.id_format!r}: expected one of "
+                f"{', '.join(map(repr, fs.ID_FORMATS))}"
+            )
+        for name in (
+            "num_train_negatives",
+            "num_eval_negatives",
+            "rec_len",
+            "search_len",
+            "query_len",
+            "clicks_per_session",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("min_rec_history", "min_search_history", "max_users",
-                     "train_negative_pool"):
+        for name in ("min_rec_history", "min_search_history", "max_users", "train_negative_pool"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if 0 < self.train_negative_pool < self.num_train_negatives:
-            raise ValueError(f"train_negative_pool={self.train_negative_pool} must be 0 or >= "
-                             f"num_train_negatives={self.num_train_negatives}")
+            raise ValueError(
+                f"train_negative_pool={self.train_negative_pool} must be 0 or >= "
+                f"num_train_negatives={self.num_train_negatives}"
+            )
 
     @property
     def shapes(self) -> fs.SequenceShapes:
-        return fs.SequenceShapes(rec_len=self.rec_len, search_len=self.search_len,
-                                 query_len=self.query_len,
-                                 clicks_per_session=self.clicks_per_session)
+        return fs.SequenceShapes(
+            rec_len=self.rec_len,
+            search_len=self.search_len,
+            query_len=self.query_len,
+            clicks_per_session=self.clicks_per_session,
+        )
 
 
 def stable_hash(*parts: object) -> int:
@@ -157,8 +171,12 @@ class RawIdTables:
 def build_raw_id_tables(vocab: Vocabularies) -> RawIdTables:
     from pipeline.tf_example import bytes_entry
 
-    return RawIdTables(**{name: [bytes_entry(raw) for raw in id_strings(getattr(vocab, name))]
-                          for name in ("users", "items", "words")})
+    return RawIdTables(
+        **{
+            name: [bytes_entry(raw) for raw in id_strings(getattr(vocab, name))]
+            for name in ("users", "items", "words")
+        }
+    )
 
 
 class NotEnoughNegatives(ValueError):
@@ -168,8 +186,10 @@ class NotEnoughNegatives(ValueError):
     (counted, dead-lettered with the id) and goes on."""
 
     def __init__(self, user_id: str, needed: int, available: int, num_items: int):
-        super().__init__(f"user {user_id!r}: an example needs {needed} negatives, but only "
-                         f"{available} of the {num_items} items are not in the user's log")
+        super().__init__(
+            f"user {user_id!r}: an example needs {needed} negatives, but only "
+            f"{available} of the {num_items} items are not in the user's log"
+        )
         self.user_id = user_id
         self.needed = needed
         self.available = available
@@ -200,8 +220,9 @@ class NegativeSampler:
         blocked[exclude] = True
         chosen = np.zeros(0, np.int64)
         for _ in range(20):
-            draws = np.searchsorted(self._cdf, rng.random(2 * count + 8) * self._cdf[-1],
-                                    side="right")
+            draws = np.searchsorted(
+                self._cdf, rng.random(2 * count + 8) * self._cdf[-1], side="right"
+            )
             draws = np.concatenate([chosen, draws[~blocked[draws]]])
             _, first = np.unique(draws, return_index=True)
             chosen = draws[np.sort(first)]
@@ -213,24 +234,41 @@ class NegativeSampler:
         allowed = np.flatnonzero(~blocked)
         missing = count - len(chosen)
         if len(allowed) < missing:
-            raise ValueError(f"cannot draw {count} negatives: only {len(allowed) + len(chosen)} "
-                             f"of {self.num_items - 1} items are not the user's")
+            raise ValueError(
+                f"cannot draw {count} negatives: only {len(allowed) + len(chosen)} "
+                f"of {self.num_items - 1} items are not the user's"
+            )
         weights = self._weights[allowed]
         weighted = allowed[weights > 0]
         take = min(missing, len(weighted))
-        extra = rng.choice(weighted, size=take, replace=False,
-                           p=weights[weights > 0] / weights[weights > 0].sum()) if take else []
+        extra = (
+            rng.choice(
+                weighted,
+                size=take,
+                replace=False,
+                p=weights[weights > 0] / weights[weights > 0].sum(),
+            )
+            if take
+            else []
+        )
         if take < missing:
             rest = allowed[weights == 0]
-            extra = np.concatenate([extra, rng.choice(rest, size=missing - take,
-                                                      replace=False)]).astype(np.int64)
+            extra = np.concatenate(
+                [extra, rng.choice(rest, size=missing - take, replace=False)]
+            ).astype(np.int64)
         return np.concatenate([chosen, extra]).astype(np.int64)
 
 
-def _behaviours(events: Sequence[Event], vocab: Vocabularies, options: BuildOptions,
-                stats: collections.Counter) -> List[Behaviour]:
-    return rules.behaviours(events, rules.IdMaps(vocab.items, vocab.words), options.query_len,
-                            options.clicks_per_session, stats)
+def _behaviours(
+    events: Sequence[Event], vocab: Vocabularies, options: BuildOptions, stats: collections.Counter
+) -> List[Behaviour]:
+    return rules.behaviours(
+        events,
+        rules.IdMaps(vocab.items, vocab.words),
+        options.query_len,
+        options.clicks_per_session,
+        stats,
+    )
 
 
 @dataclasses.dataclass
@@ -245,12 +283,14 @@ class _Plan:
     pool: Optional[np.ndarray] = None  # (train_negative_pool,) for training examples, if on
 
 
-def _render_arrays(plan: _Plan, behaviours: Sequence[Behaviour], user: int,
-                   options: BuildOptions) -> Dict[str, np.ndarray]:
-    features = {fs.USER_ID: np.asarray(user, np.int64),
-                **rules.history_features(behaviours, plan.kept_rec, plan.kept_search,
-                                         options.shapes),
-                fs.CANDIDATE_ITEMS: plan.candidates.astype(np.int64)}
+def _render_arrays(
+    plan: _Plan, behaviours: Sequence[Behaviour], user: int, options: BuildOptions
+) -> Dict[str, np.ndarray]:
+    features = {
+        fs.USER_ID: np.asarray(user, np.int64),
+        **rules.history_features(behaviours, plan.kept_rec, plan.kept_search, options.shapes),
+        fs.CANDIDATE_ITEMS: plan.candidates.astype(np.int64),
+    }
     if plan.pool is not None:
         features[fs.NEGATIVE_POOL] = plan.pool.astype(np.int64)
     if plan.target.kind == fs.TYPE_SEARCH:
@@ -258,12 +298,16 @@ def _render_arrays(plan: _Plan, behaviours: Sequence[Behaviour], user: int,
     return features
 
 
-def _raw_arrays(features: Dict[str, np.ndarray], raw: Mapping[str, np.ndarray]
-                ) -> Dict[str, np.ndarray]:
+def _raw_arrays(
+    features: Dict[str, np.ndarray], raw: Mapping[str, np.ndarray]
+) -> Dict[str, np.ndarray]:
     """_render_arrays' int ids -> the "raw" format: id features as object arrays of bytes."""
-    return {name: np.asarray(raw[fs.ID_FEATURE_VOCABULARIES[name]][values], dtype=object)
-            if name in fs.ID_FEATURE_VOCABULARIES else values
-            for name, values in features.items()}
+    return {
+        name: np.asarray(raw[fs.ID_FEATURE_VOCABULARIES[name]][values], dtype=object)
+        if name in fs.ID_FEATURE_VOCABULARIES
+        else values
+        for name, values in features.items()
+    }
 
 
 class _ByteRenderer:
@@ -276,8 +320,13 @@ class _ByteRenderer:
     string from RawIdTables ("raw"); padding is varint 0 or the empty string's entry.
     """
 
-    def __init__(self, behaviours: Sequence[Behaviour], user: int, options: BuildOptions,
-                 raw_tables: Optional[RawIdTables] = None):
+    def __init__(
+        self,
+        behaviours: Sequence[Behaviour],
+        user: int,
+        options: BuildOptions,
+        raw_tables: Optional[RawIdTables] = None,
+    ):
         from pipeline.tf_example import varint
 
         self._behaviours = behaviours
@@ -305,7 +354,8 @@ class _ByteRenderer:
             else:
                 encode, length = self._item, self._options.clicks_per_session
             row = self._rows[field, index] = self._padded(
-                encode, getattr(self._behaviours[index], field), length)
+                encode, getattr(self._behaviours[index], field), length
+            )
         return row
 
     def render(self, plan: _Plan) -> bytes:
@@ -314,15 +364,21 @@ class _ByteRenderer:
         options, behaviours, pad = self._options, self._behaviours, self._pad
         missing_search = options.search_len - len(plan.kept_search)
         merged = sorted(plan.kept_rec + plan.kept_search)
-        types = (bytes(behaviours[i].kind for i in merged)
-                 + b"\x00" * (options.rec_len + options.search_len - len(merged)))
+        types = bytes(behaviours[i].kind for i in merged) + b"\x00" * (
+            options.rec_len + options.search_len - len(merged)
+        )
         ids = {
             fs.USER_ID: self._user,
             fs.REC_HISTORY_ITEMS: self._padded(
-                self._item, [behaviours[i].item for i in plan.kept_rec], options.rec_len),
-            fs.SEARCH_HISTORY_QUERY_TOKENS: b"".join(self._row("query", i) for i in plan.kept_search)
+                self._item, [behaviours[i].item for i in plan.kept_rec], options.rec_len
+            ),
+            fs.SEARCH_HISTORY_QUERY_TOKENS: b"".join(
+                self._row("query", i) for i in plan.kept_search
+            )
             + pad * (missing_search * options.query_len),
-            fs.SEARCH_HISTORY_CLICKED_ITEMS: b"".join(self._row("clicks", i) for i in plan.kept_search)
+            fs.SEARCH_HISTORY_CLICKED_ITEMS: b"".join(
+                self._row("clicks", i) for i in plan.kept_search
+            )
             + pad * (missing_search * options.clicks_per_session),
             fs.CANDIDATE_ITEMS: b"".join(map(self._item, plan.candidates.tolist())),
         }
@@ -336,16 +392,25 @@ class _ByteRenderer:
         return encode_packed_example(ids)
 
 
-def _assign_splits(targets: Sequence[int], behaviours: Sequence[Behaviour],
-                   options: BuildOptions, last_day: Optional[int]) -> Dict[int, str]:
+def _assign_splits(
+    targets: Sequence[int],
+    behaviours: Sequence[Behaviour],
+    options: BuildOptions,
+    last_day: Optional[int],
+) -> Dict[int, str]:
     split_of: Dict[int, str] = {}
     if options.split == "time":
         if last_day is None:
             raise ValueError("split='time' needs the last day of the log")
         for index in targets:
             day = behaviours[index].timestamp // DAY_MS
-            split_of[index] = (SPLIT_TEST if day >= last_day else
-                               SPLIT_VALID if day == last_day - 1 else SPLIT_TRAIN)
+            split_of[index] = (
+                SPLIT_TEST
+                if day >= last_day
+                else SPLIT_VALID
+                if day == last_day - 1
+                else SPLIT_TRAIN
+            )
         return split_of
     for scenario in (SCENARIO_REC, SCENARIO_SEARCH):
         mine = [i for i in targets if behaviours[i].scenario == scenario]
@@ -354,9 +419,15 @@ def _assign_splits(targets: Sequence[int], behaviours: Sequence[Behaviour],
     return split_of
 
 
-def _plan_user(user_id: str, events: Sequence[Event], vocab: Vocabularies,
-               sampler: NegativeSampler, options: BuildOptions, stats: collections.Counter,
-               last_day: Optional[int]) -> Tuple[List[Behaviour], List[_Plan]]:
+def _plan_user(
+    user_id: str,
+    events: Sequence[Event],
+    vocab: Vocabularies,
+    sampler: NegativeSampler,
+    options: BuildOptions,
+    stats: collections.Counter,
+    last_day: Optional[int],
+) -> Tuple[List[Behaviour], List[_Plan]]:
     behaviours = _behaviours(events, vocab, options, stats)
     user_items = np.fromiter({vocab.items[e.item_id] for e in events if e.item_id}, np.int64)
     user_hash = stable_hash(user_id)
@@ -378,9 +449,15 @@ def _plan_user(user_id: str, events: Sequence[Event], vocab: Vocabularies,
     split_of = _assign_splits(eligible, behaviours, options, last_day)
     held_out = {i for i, split in split_of.items() if split != SPLIT_TRAIN}
     # Negatives come from the items outside the user's log; check before drawing any.
-    needed = max([options.train_negative_pool or options.num_train_negatives
-                  if split == SPLIT_TRAIN else options.num_eval_negatives
-                  for split in split_of.values()], default=0)
+    needed = max(
+        [
+            options.train_negative_pool or options.num_train_negatives
+            if split == SPLIT_TRAIN
+            else options.num_eval_negatives
+            for split in split_of.values()
+        ],
+        default=0,
+    )
     available = len(vocab.items) - len(user_items)
     if needed > available:
         raise NotEnoughNegatives(user_id, needed, available, len(vocab.items))
@@ -390,8 +467,9 @@ def _plan_user(user_id: str, events: Sequence[Event], vocab: Vocabularies,
         history = range(index)
         if options.strict_holdout and split == SPLIT_TRAIN and held_out:
             history = [i for i in history if i not in held_out]
-        kept_rec, kept_search = rules.kept_history(history, behaviours, options.rec_len,
-                                                   options.search_len)
+        kept_rec, kept_search = rules.kept_history(
+            history, behaviours, options.rec_len, options.search_len
+        )
         count = options.num_train_negatives if split == SPLIT_TRAIN else options.num_eval_negatives
         target = behaviours[index]
         pool = None
@@ -400,16 +478,28 @@ def _plan_user(user_id: str, events: Sequence[Event], vocab: Vocabularies,
             negatives = pool[:count]
         else:
             negatives = sampler.sample(rng, count, user_items)
-        plans.append(_Plan(split, target, kept_rec, kept_search,
-                           np.concatenate([[target.item], negatives]).astype(np.int64), pool))
+        plans.append(
+            _Plan(
+                split,
+                target,
+                kept_rec,
+                kept_search,
+                np.concatenate([[target.item], negatives]).astype(np.int64),
+                pool,
+            )
+        )
     return behaviours, plans
 
 
-def build_user_examples(user_id: str, events: Iterable[Event], vocab: Vocabularies,
-                        sampler: NegativeSampler, options: BuildOptions,
-                        stats: collections.Counter,
-                        last_day: Optional[int] = None
-                        ) -> Iterator[Tuple[str, str, Dict[str, np.ndarray]]]:
+def build_user_examples(
+    user_id: str,
+    events: Iterable[Event],
+    vocab: Vocabularies,
+    sampler: NegativeSampler,
+    options: BuildOptions,
+    stats: collections.Counter,
+    last_day: Optional[int] = None,
+) -> Iterator[Tuple[str, str, Dict[str, np.ndarray]]]:
     """Yields (split, scenario, features) for every target of one user, in time order.
 
     features: {USER_ID: (), HISTORY_TYPES: (rec_len+search_len,), REC_HISTORY_ITEMS: (rec_len,),
@@ -419,31 +509,41 @@ def build_user_examples(user_id: str, events: Iterable[Event], vocab: Vocabulari
     (fs.ID_FEATURE_VOCABULARIES) are object arrays of the raw ids as UTF-8 bytes (b"" = 0).
     stats: counters added to (behaviours, filtered targets, ...), summed into the manifest.
     """
-    behaviours, plans = _plan_user(user_id, list(events), vocab, sampler, options, stats,
-                                   last_day)
+    behaviours, plans = _plan_user(user_id, list(events), vocab, sampler, options, stats, last_day)
     user = vocab.users[user_id]
     raw = None
     if options.id_format == fs.ID_FORMAT_RAW:
-        raw = {name: np.array([s.encode("utf-8") for s in id_strings(getattr(vocab, name))],
-                              dtype=object) for name in ("users", "items", "words")}
+        raw = {
+            name: np.array(
+                [s.encode("utf-8") for s in id_strings(getattr(vocab, name))], dtype=object
+            )
+            for name in ("users", "items", "words")
+        }
     for plan in plans:
         stats[f"examples/{plan.split}/{plan.target.scenario}"] += 1
         features = _render_arrays(plan, behaviours, user, options)
-        yield plan.split, plan.target.scenario, (features if raw is None
-                                                 else _raw_arrays(features, raw))
+        yield (
+            plan.split,
+            plan.target.scenario,
+            (features if raw is None else _raw_arrays(features, raw)),
+        )
 
 
-def build_user_tf_examples(user_id: str, events: Iterable[Event], vocab: Vocabularies,
-                           sampler: NegativeSampler, options: BuildOptions,
-                           stats: collections.Counter, last_day: Optional[int] = None,
-                           raw_tables: Optional[RawIdTables] = None
-                           ) -> Iterator[Tuple[str, str, bytes]]:
+def build_user_tf_examples(
+    user_id: str,
+    events: Iterable[Event],
+    vocab: Vocabularies,
+    sampler: NegativeSampler,
+    options: BuildOptions,
+    stats: collections.Counter,
+    last_day: Optional[int] = None,
+    raw_tables: Optional[RawIdTables] = None,
+) -> Iterator[Tuple[str, str, bytes]]:
     """build_user_examples, rendered as serialized tf.train.Example bytes (the job's path).
 
     raw_tables: build_raw_id_tables(vocab), for id_format="raw"; built here when not given
     (the job builds it once per worker instead)."""
-    behaviours, plans = _plan_user(user_id, list(events), vocab, sampler, options, stats,
-                                   last_day)
+    behaviours, plans = _plan_user(user_id, list(events), vocab, sampler, options, stats, last_day)
     if options.id_format == fs.ID_FORMAT_RAW and raw_tables is None:
         raw_tables = build_raw_id_tables(vocab)
     renderer = _ByteRenderer(behaviours, vocab.users[user_id], options, raw_tables)

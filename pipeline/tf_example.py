@@ -13,13 +13,16 @@ more than the whole job. The wire format is small and fixed:
 Callers that repeat values (the job's raw-id examples) precompute each value's entry once with
 `bytes_entry` and join entries into a BytesList payload themselves.
 
-tests/pipeline/test_tf_example.py checks the bytes parse with tf.train.Example and tf.io.parse_example.
+tests/pipeline/test_tf_example.py checks the bytes parse with tf.train.Example and
+tf.io.parse_example.
 """
+
 from __future__ import annotations
 
 from typing import Mapping
 
 import numpy as np
+
 
 def _varint_uncached(value: int) -> bytes:
     out = bytearray()
@@ -41,8 +44,10 @@ def _varint(value: int) -> bytes:
     if 0 <= value < _CACHED_VARINTS:
         return _SMALL_VARINTS[value]
     if value < 0:
-        raise ValueError(f"varint() takes non-negative ints, got {value}; "
-                         "use encode_varints for negative values")
+        raise ValueError(
+            f"varint() takes non-negative ints, got {value}; "
+            "use encode_varints for negative values"
+        )
     return _varint_uncached(value)
 
 
@@ -100,14 +105,22 @@ def _key_field(name: str) -> bytes:
 def _example(features: Mapping[str, bytes]) -> bytes:
     """{name: encoded Feature message} -> Example, features in sorted-name order (the order
     of TF's deterministic serialization)."""
-    return _length_delimited(0x0A, b"".join([
-        _length_delimited(0x0A, _key_field(name) + _length_delimited(0x12, features[name]))
-        for name in sorted(features)]))
+    return _length_delimited(
+        0x0A,
+        b"".join(
+            [
+                _length_delimited(0x0A, _key_field(name) + _length_delimited(0x12, features[name]))
+                for name in sorted(features)
+            ]
+        ),
+    )
 
 
 def _int64_features(packed: Mapping[str, bytes]) -> dict:
-    return {name: _length_delimited(0x1A, _length_delimited(0x0A, payload))
-            for name, payload in packed.items()}
+    return {
+        name: _length_delimited(0x1A, _length_delimited(0x0A, payload))
+        for name, payload in packed.items()
+    }
 
 
 def encode_packed_example(packed: Mapping[str, bytes]) -> bytes:
@@ -122,8 +135,9 @@ def encode_mixed_example(packed: Mapping[str, bytes], bytes_lists: Mapping[str, 
     if both:
         raise ValueError(f"features {sorted(both)} given both as int64 and as bytes lists")
     features = _int64_features(packed)
-    features.update({name: _length_delimited(0x0A, payload)
-                     for name, payload in bytes_lists.items()})
+    features.update(
+        {name: _length_delimited(0x0A, payload) for name, payload in bytes_lists.items()}
+    )
     return _example(features)
 
 
@@ -133,8 +147,9 @@ def bytes_entry(value) -> bytes:
     if isinstance(value, str):
         value = value.encode("utf-8")
     elif not isinstance(value, (bytes, bytearray)):
-        raise TypeError(f"bytes_list values are bytes or str, got {type(value).__name__} "
-                        f"{value!r}")
+        raise TypeError(
+            f"bytes_list values are bytes or str, got {type(value).__name__} " f"{value!r}"
+        )
     return _length_delimited(0x0A, bytes(value))
 
 
@@ -149,8 +164,9 @@ varint = _varint
 
 def encode_int64_example(features: Mapping[str, np.ndarray]) -> bytes:
     """{name: int array of any shape} -> serialized tf.train.Example (arrays are flattened)."""
-    return encode_packed_example({name: encode_varints(np.asarray(values))
-                                  for name, values in features.items()})
+    return encode_packed_example(
+        {name: encode_varints(np.asarray(values)) for name, values in features.items()}
+    )
 
 
 def encode_example(features: Mapping[str, np.ndarray]) -> bytes:
@@ -164,6 +180,7 @@ def encode_example(features: Mapping[str, np.ndarray]) -> bytes:
         elif values.dtype.kind in "SUO":
             bytes_lists[name] = encode_bytes_list(values.reshape(-1).tolist())
         else:
-            raise TypeError(f"feature {name!r}: dtype {values.dtype} is neither integer nor "
-                            "bytes / str")
+            raise TypeError(
+                f"feature {name!r}: dtype {values.dtype} is neither integer nor " "bytes / str"
+            )
     return encode_mixed_example(packed, bytes_lists)

@@ -29,6 +29,7 @@ custom_config (all optional):
                        `preset`: unisar_tf.train.learned_baseline); the pipeline's SASRecTrainer
                        sets it, and RankingEvaluator scores its export next to the model
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,10 @@ def examples_root(fn_args) -> str:
     """The Examples artifact's uri, from a split pattern like <uri>/Split-train_rec/*."""
     split_dir = fn_args.train_files[0].rstrip("*").rstrip("/")
     if not os.path.basename(split_dir).startswith("Split-"):
-        raise ValueError(f"unexpected training file pattern {fn_args.train_files[0]!r}: "
-                         "expected <examples uri>/Split-<name>/*")
+        raise ValueError(
+            f"unexpected training file pattern {fn_args.train_files[0]!r}: "
+            "expected <examples uri>/Split-<name>/*"
+        )
     return os.path.dirname(split_dir)
 
 
@@ -65,37 +68,55 @@ def run_fn(fn_args) -> None:
     data_dir = examples_root(fn_args)
     seed = int(custom.get("seed", 0))
     # custom_config travels as JSON: tuple fields (tower_units, ...) arrive as lists.
-    overrides = {name: tuple(value) if isinstance(value, list) else value
-                 for name, value in custom.get("config_overrides", {}).items()}
+    overrides = {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in custom.get("config_overrides", {}).items()
+    }
     learned_baseline = custom.get("learned_baseline")
     if learned_baseline not in (None, SASREC):
-        raise ValueError(f"custom_config learned_baseline must be {SASREC!r} or absent, "
-                         f"got {learned_baseline!r}")
+        raise ValueError(
+            f"custom_config learned_baseline must be {SASREC!r} or absent, "
+            f"got {learned_baseline!r}"
+        )
     if learned_baseline:
         config = sasrec_config(custom.get("preset", "default"), seed).replace(**overrides)
     else:
         config = preset(custom.get("preset", "default"), seed=seed, **overrides)
     transform_dir = getattr(fn_args, "transform_output", None) or None
-    options = TrainerOptions(data_dir=data_dir, model_dir=fn_args.model_run_dir,
-                             transform_dir=transform_dir,
-                             max_epochs=int(custom.get("max_epochs", 100)), seed=seed,
-                             steps_per_epoch=custom.get("steps_per_epoch"),
-                             validation_rows=custom.get("validation_rows"), verbose=1,
-                             distribution=custom.get("distribution", "auto"))
+    options = TrainerOptions(
+        data_dir=data_dir,
+        model_dir=fn_args.model_run_dir,
+        transform_dir=transform_dir,
+        max_epochs=int(custom.get("max_epochs", 100)),
+        seed=seed,
+        steps_per_epoch=custom.get("steps_per_epoch"),
+        validation_rows=custom.get("validation_rows"),
+        verbose=1,
+        distribution=custom.get("distribution", "auto"),
+    )
     trainer = Trainer(config, options)  # distribution "auto": TF_CONFIG makes it multi-worker
     summary = trainer.fit()
-    LOG.info("best validation epoch %d of %d (mean NDCG@5 %.4f)", summary["epoch"],
-             summary["epochs_run"], summary["validation_score"])
+    LOG.info(
+        "best validation epoch %d of %d (mean NDCG@5 %.4f)",
+        summary["epoch"],
+        summary["epochs_run"],
+        summary["validation_score"],
+    )
     if not trainer.role.is_chief:  # the chief alone exports (TFX's rule for run_fn)
         return
     model = load_trained_model(fn_args.model_run_dir, data_dir)
     # TFX may create the (empty) serving dir; the exporter wants to create it itself.
     if tf.io.gfile.isdir(fn_args.serving_model_dir) and not tf.io.gfile.listdir(
-            fn_args.serving_model_dir):
+        fn_args.serving_model_dir
+    ):
         tf.io.gfile.rmtree(fn_args.serving_model_dir)
     # The ranker's export also carries the retrieval index of the same training split (raw
     # ids, over the export's items); the learned baseline's needs none.
     writers = [] if learned_baseline else [retrieval_writer(data_dir)]
-    export_serving_model(model, None if transform_dir else os.path.join(data_dir, VOCAB_DIR),
-                         fn_args.serving_model_dir, transform_dir=transform_dir,
-                         extra_writers=writers)
+    export_serving_model(
+        model,
+        None if transform_dir else os.path.join(data_dir, VOCAB_DIR),
+        fn_args.serving_model_dir,
+        transform_dir=transform_dir,
+        extra_writers=writers,
+    )

@@ -22,6 +22,7 @@ Outside TFX, `analyze` (or `python -m pipeline.transform_module --data_dir D --o
 runs the same analysis with Beam over a data job output built with `--id_format raw`; then
 `python -m unisar_tf.train --data_dir D --transform_dir T ...` trains on it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ def _non_empty_values(feature: Feature) -> tf.Tensor:
 
 def _to_ids(feature: Feature, vocabulary) -> Feature:
     if isinstance(feature, tf.SparseTensor):
-        return tf.SparseTensor(feature.indices, _to_ids(feature.values, vocabulary),
-                               feature.dense_shape)
+        return tf.SparseTensor(
+            feature.indices, _to_ids(feature.values, vocabulary), feature.dense_shape
+        )
     return tft.apply_vocabulary(feature, vocabulary, default_value=-1) + 1
 
 
@@ -57,20 +59,28 @@ def preprocessing_fn(inputs: Dict[str, Feature]) -> Dict[str, Feature]:
     outputs = {name: inputs[name] for name in PASSTHROUGH_FEATURES if name in inputs}
     for kind in VOCABULARY_NAMES:
         # Sorted: TF2 traces this function more than once and needs one analyzer order.
-        names = sorted(name for name, vocabulary in ID_FEATURE_VOCABULARIES.items()
-                       if vocabulary == kind and name in inputs)
+        names = sorted(
+            name
+            for name, vocabulary in ID_FEATURE_VOCABULARIES.items()
+            if vocabulary == kind and name in inputs
+        )
         if not names:
             raise ValueError(f"no {kind} feature among the inputs {sorted(inputs)}")
         vocabulary = tft.vocabulary(
             tf.concat([_non_empty_values(inputs[name]) for name in names], axis=0),
-            vocab_filename=kind)
+            vocab_filename=kind,
+        )
         for name in names:
             outputs[name] = _to_ids(inputs[name], vocabulary)
     return outputs
 
 
-def analyze(data_dir: str, output_dir: str, splits: Sequence[str] = ("train",),
-            beam_args: Sequence[str] = ()) -> str:
+def analyze(
+    data_dir: str,
+    output_dir: str,
+    splits: Sequence[str] = ("train",),
+    beam_args: Sequence[str] = (),
+) -> str:
     """Runs the Transform analysis over a raw-id data job output's `splits` (both scenarios)
     and writes the transform graph (TFTransformOutput layout) to output_dir."""
     import apache_beam as beam
@@ -86,19 +96,27 @@ def analyze(data_dir: str, output_dir: str, splits: Sequence[str] = ("train",),
     with tf.io.gfile.GFile(os.path.join(data_dir, MANIFEST_FILE)) as handle:
         manifest = json.load(handle)
     if manifest.get("id_format") != ID_FORMAT_RAW:
-        raise ValueError(f"{data_dir}: id_format is {manifest.get('id_format', 'ids')!r}; "
-                         f"Transform analyzes raw-id examples (build with --id_format raw)")
+        raise ValueError(
+            f"{data_dir}: id_format is {manifest.get('id_format', 'ids')!r}; "
+            f"Transform analyzes raw-id examples (build with --id_format raw)"
+        )
     with tf.io.gfile.GFile(os.path.join(data_dir, "schema.pbtxt")) as handle:
         schema = schema_for_transform(text_format.Parse(handle.read(), schema_pb2.Schema()))
-    patterns = [os.path.join(data_dir, manifest["files"][f"{split}/{scenario}"])
-                for split in splits for scenario in ("rec", "search")
-                if manifest["examples"][split].get(scenario)]
+    patterns = [
+        os.path.join(data_dir, manifest["files"][f"{split}/{scenario}"])
+        for split in splits
+        for scenario in ("rec", "search")
+        if manifest["examples"][split].get(scenario)
+    ]
     examples = tfxio.TFExampleRecord(file_pattern=patterns, schema=schema)
-    with beam.Pipeline(argv=list(beam_args)) as pipeline, tft_beam.Context(
-            temp_dir=tempfile.mkdtemp(prefix="unisar-transform-")):
-        transform_fn = ((pipeline | "Read" >> examples.BeamSource(),
-                         examples.TensorAdapterConfig())
-                        | "Analyze" >> tft_beam.AnalyzeDataset(preprocessing_fn))
+    with (
+        beam.Pipeline(argv=list(beam_args)) as pipeline,
+        tft_beam.Context(temp_dir=tempfile.mkdtemp(prefix="unisar-transform-")),
+    ):
+        transform_fn = (
+            pipeline | "Read" >> examples.BeamSource(),
+            examples.TensorAdapterConfig(),
+        ) | "Analyze" >> tft_beam.AnalyzeDataset(preprocessing_fn)
         _ = transform_fn | "Write" >> tft_beam.WriteTransformFn(output_dir)
     write_raw_metadata(schema, output_dir)
     return output_dir
@@ -110,13 +128,16 @@ def write_raw_metadata(schema, output_dir: str) -> None:
     import tensorflow_transform as tft
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
-    metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema),
-                               os.path.join(output_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
+    metadata_io.write_metadata(
+        dataset_metadata.DatasetMetadata(schema),
+        os.path.join(output_dir, tft.TFTransformOutput.RAW_METADATA_DIR),
+    )
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        description="Build the Transform graph (vocabularies) of a raw-id data job output.")
+        description="Build the Transform graph (vocabularies) of a raw-id data job output."
+    )
     parser.add_argument("--data_dir", required=True, help="built with --id_format raw")
     parser.add_argument("--output_dir", required=True, help="where the transform graph goes")
     parser.add_argument("--splits", default="train", help="comma-separated splits to analyze")

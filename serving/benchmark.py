@@ -9,6 +9,7 @@ candidates: 1 positive + 99 negatives), turned back into raw ids and query text 
 server would; the load generator pre-builds its PredictRequests so that what is timed is the
 RPC, not the client's proto building. Prints a Markdown table (and --json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,26 +39,36 @@ from unisar_tf.export.requests import raw_request_from_features  # noqa: E402
 
 def percentiles(milliseconds: List[float]) -> Dict[str, float]:
     values = np.asarray(milliseconds)
-    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
-            "p99": float(np.percentile(values, 99)), "n": int(values.size)}
+    return {
+        "p50": float(np.percentile(values, 50)),
+        "p95": float(np.percentile(values, 95)),
+        "p99": float(np.percentile(values, 99)),
+        "n": int(values.size),
+    }
 
 
-def load_requests(data_dir: str, count: int, transform_dir: Optional[str] = None
-                  ) -> Dict[str, List[Dict[str, np.ndarray]]]:
+def load_requests(
+    data_dir: str, count: int, transform_dir: Optional[str] = None
+) -> Dict[str, List[Dict[str, np.ndarray]]]:
     """signature -> `count` single-user raw requests from the test split.
 
     The data job's id examples are mapped back to strings with its vocab/; raw-id examples
     (the TFX pipeline's) are read through the Transform output that maps them, and mapped
     back with its vocabularies, so the requests carry the examples' own raw ids."""
     manifest = reader.load_manifest(data_dir, transform_dir)
-    vocabularies = (transform_ids(transform_dir).vocabularies() if transform_dir
-                    else read_vocabularies(os.path.join(data_dir, VOCAB_DIR)))
+    vocabularies = (
+        transform_ids(transform_dir).vocabularies()
+        if transform_dir
+        else read_vocabularies(os.path.join(data_dir, VOCAB_DIR))
+    )
     requests = {}
     for task, signature in SIGNATURE_NAMES.items():
         arrays = reader.load_arrays(data_dir, "test", task, manifest=manifest, limit=count)
         raw = raw_request_from_features(arrays, vocabularies)
-        requests[signature] = [{name: value[row:row + 1] for name, value in raw.items()}
-                               for row in range(len(arrays["user_id"]))]
+        requests[signature] = [
+            {name: value[row : row + 1] for name, value in raw.items()}
+            for row in range(len(arrays["user_id"]))
+        ]
     return requests
 
 
@@ -100,9 +111,20 @@ def predict_requests(requests, model_name: str):
 def start_stand_in(model_base_path: str, extra_args: List[str]):
     """The stand-in in its own process; returns (process, "127.0.0.1:port")."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model_base_path", model_base_path,
-         "--port", "0"] + extra_args,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        [
+            sys.executable,
+            "-m",
+            "serving.server",
+            "--model_base_path",
+            model_base_path,
+            "--port",
+            "0",
+        ]
+        + extra_args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     line = process.stdout.readline()
     if " at " not in line:
         process.kill()
@@ -162,9 +184,15 @@ def load_test(target: str, built, clients: int, seconds: float) -> dict:
     elapsed = time.perf_counter() - started
     all_times = [t for ts in times for t in ts]
     all_errors = [e for es in errors for e in es]
-    return {"clients": clients, "seconds": elapsed, "requests": len(all_times),
-            "errors": len(all_errors), "error_codes": sorted(set(all_errors)),
-            "requests_per_second": len(all_times) / elapsed, **percentiles(all_times)}
+    return {
+        "clients": clients,
+        "seconds": elapsed,
+        "requests": len(all_times),
+        "errors": len(all_errors),
+        "error_codes": sorted(set(all_errors)),
+        "requests_per_second": len(all_times) / elapsed,
+        **percentiles(all_times),
+    }
 
 
 def resident_memory_mb(pid: int) -> Dict[str, float]:
@@ -179,43 +207,66 @@ def resident_memory_mb(pid: int) -> Dict[str, float]:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| path | signature | p50 ms | p95 ms | p99 ms | requests |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| path | signature | p50 ms | p95 ms | p99 ms | requests |",
+        "|---|---|---|---|---|---|",
+    ]
     for path in ("in_process", "grpc"):
         for signature, row in result[path].items():
-            lines.append(f"| {path.replace('_', '-')} | {signature} | {row['p50']:.2f} | "
-                         f"{row['p95']:.2f} | {row['p99']:.2f} | {row['n']} |")
+            lines.append(
+                f"| {path.replace('_', '-')} | {signature} | {row['p50']:.2f} | "
+                f"{row['p95']:.2f} | {row['p99']:.2f} | {row['n']} |"
+            )
     load = result["load"]
-    lines.append(f"| gRPC, {load['clients']} clients x {load['seconds']:.0f} s | both | "
-                 f"{load['p50']:.2f} | {load['p95']:.2f} | {load['p99']:.2f} | "
-                 f"{load['requests']} |")
+    lines.append(
+        f"| gRPC, {load['clients']} clients x {load['seconds']:.0f} s | both | "
+        f"{load['p50']:.2f} | {load['p95']:.2f} | {load['p99']:.2f} | "
+        f"{load['requests']} |"
+    )
     memory = result["stand_in_memory"]
-    lines += ["", f"Throughput under load: {load['requests_per_second']:.1f} requests/s, "
-              f"{load['errors']} errors {load['error_codes'] or ''}. Stand-in resident memory "
-              f"after the load: {memory['rss_mb']:.0f} MB (peak {memory['peak_rss_mb']:.0f} MB)."]
+    lines += [
+        "",
+        f"Throughput under load: {load['requests_per_second']:.1f} requests/s, "
+        f"{load['errors']} errors {load['error_codes'] or ''}. Stand-in resident memory "
+        f"after the load: {memory['rss_mb']:.0f} MB (peak {memory['peak_rss_mb']:.0f} MB).",
+    ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_base_path", required=True,
-                        help="<serving_dir>/unisar; the latest version is benchmarked")
-    parser.add_argument("--data_dir", required=True,
-                        help="examples to replay: the data job's output, or the pipeline's "
-                             "SequenceExampleGen Examples artifact (raw ids: --transform_dir)")
-    parser.add_argument("--transform_dir", default=None,
-                        help="for raw-id examples: the Transform output that maps them (the "
-                             "pipeline's Transform transform_graph artifact)")
-    parser.add_argument("--requests", type=int, default=500,
-                        help="timed requests per signature and path")
+    parser.add_argument(
+        "--model_base_path",
+        required=True,
+        help="<serving_dir>/unisar; the latest version is benchmarked",
+    )
+    parser.add_argument(
+        "--data_dir",
+        required=True,
+        help="examples to replay: the data job's output, or the pipeline's "
+        "SequenceExampleGen Examples artifact (raw ids: --transform_dir)",
+    )
+    parser.add_argument(
+        "--transform_dir",
+        default=None,
+        help="for raw-id examples: the Transform output that maps them (the "
+        "pipeline's Transform transform_graph artifact)",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=500, help="timed requests per signature and path"
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load test")
     parser.add_argument("--model_name", default="unisar")
-    parser.add_argument("--server_args", default="",
-                        help="extra stand-in flags, e.g. '--max_workers 8'")
+    parser.add_argument(
+        "--server_args", default="", help="extra stand-in flags, e.g. '--max_workers 8'"
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--onednn", action="store_true",
-                        help="keep TF's oneDNN kernels on (off by default, as in the stand-in)")
+    parser.add_argument(
+        "--onednn",
+        action="store_true",
+        help="keep TF's oneDNN kernels on (off by default, as in the stand-in)",
+    )
     args = parser.parse_args(argv)
 
     from serving.server import list_versions
@@ -225,9 +276,11 @@ def main(argv=None) -> dict:
         raise SystemExit(f"no version under {args.model_base_path}")
     export_dir = os.path.join(args.model_base_path, str(versions[-1]))
     requests = load_requests(args.data_dir, args.requests, args.transform_dir)
-    result = {"export_dir": export_dir, "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0",
-              "candidates": int(
-        requests["search"][0]["candidate_item_ids"].shape[1])}
+    result = {
+        "export_dir": export_dir,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0",
+        "candidates": int(requests["search"][0]["candidate_item_ids"].shape[1]),
+    }
     result["in_process"] = in_process_latency(export_dir, requests)
     built = predict_requests(requests, args.model_name)
     process, target = start_stand_in(args.model_base_path, args.server_args.split())

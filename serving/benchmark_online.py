@@ -3,7 +3,8 @@
     python -m serving.benchmark_online --store sqlite:///out/online/history.db \
         --model_base_path out/serving/unisar \
         --users_from_sequences ../shared/data/amazon_beauty/Beauty.txt \
-        [--clients 8] [--duration 60] [--candidates 100] [--runs http:given,http:retrieved,grpc:given]
+        [--clients 8] [--duration 60] [--candidates 100]
+        [--runs http:given,http:retrieved,grpc:given]
 
 Starts the stand-in TF Serving (unless --model_server) and the ranking service (unless
 --service_http/--service_grpc) as their own processes, as deployed, then drives the service
@@ -22,6 +23,7 @@ resident memory sampled every second (start, max, end of each run: flat over a
 `--duration 600` run means no leak). The store's read latency is measured separately,
 in this process, on the same users. `--json` writes everything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +49,11 @@ def percentiles(milliseconds: Sequence[float]) -> Dict[str, float]:
     if not milliseconds:
         return {"p50": float("nan"), "p99": float("nan"), "n": 0}
     values = np.asarray(milliseconds)
-    return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99)),
-            "n": int(values.size)}
+    return {
+        "p50": float(np.percentile(values, 50)),
+        "p99": float(np.percentile(values, 99)),
+        "n": int(values.size),
+    }
 
 
 def resident_mb(pid: int) -> float:
@@ -91,12 +96,15 @@ class MemorySampler:
 
 # ------------------------------------------------------------------------------ processes
 
-def start_process(command: List[str], marker: str, timeout: float = 300.0
-                  ) -> Tuple[subprocess.Popen, str]:
+
+def start_process(
+    command: List[str], marker: str, timeout: float = 300.0
+) -> Tuple[subprocess.Popen, str]:
     """Start a server process and return it with the first stdout line containing
     `marker` (its "listening" line)."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = process.stdout.readline()
@@ -123,8 +131,13 @@ def wait_ready(http_target: str, timeout: float = 300.0) -> dict:
     raise RuntimeError(f"the ranking service at {http_target} is not ready: {body}")
 
 
-def _http(target: str, method: str, path: str, body: Optional[bytes],
-          connection: Optional[http.client.HTTPConnection] = None) -> Tuple[int, dict]:
+def _http(
+    target: str,
+    method: str,
+    path: str,
+    body: Optional[bytes],
+    connection: Optional[http.client.HTTPConnection] = None,
+) -> Tuple[int, dict]:
     own = connection is None
     if own:
         host, port = target.rsplit(":", 1)
@@ -139,6 +152,7 @@ def _http(target: str, method: str, path: str, body: Optional[bytes],
 
 
 # ------------------------------------------------------------------------------- requests
+
 
 def read_users(users_file: Optional[str], sequences_file: Optional[str]) -> List[str]:
     """User ids: one per line, or the first token of each line of an Amazon sequences file."""
@@ -156,8 +170,7 @@ def read_users(users_file: Optional[str], sequences_file: Optional[str]) -> List
     return users
 
 
-def measure_store(store_url: str, users: Sequence[str]) -> Tuple[Dict[str, float],
-                                                                   Dict[str, str]]:
+def measure_store(store_url: str, users: Sequence[str]) -> Tuple[Dict[str, float], Dict[str, str]]:
     """The store's events() latency per user (in this process), and each user's most recent
     search query (tokens joined by spaces), for requests with a query."""
     from serving.history_store import open_store
@@ -178,9 +191,16 @@ def measure_store(store_url: str, users: Sequence[str]) -> Tuple[Dict[str, float
     return percentiles(times), queries
 
 
-def build_requests(users: Sequence[str], items: Sequence[str], queries: Dict[str, str],
-                   candidates: int, with_candidates: bool, search_fraction: float,
-                   count: int, seed: int) -> List[dict]:
+def build_requests(
+    users: Sequence[str],
+    items: Sequence[str],
+    queries: Dict[str, str],
+    candidates: int,
+    with_candidates: bool,
+    search_fraction: float,
+    count: int,
+    seed: int,
+) -> List[dict]:
     """`count` request bodies, prebuilt so that the clients time the service, not themselves."""
     rng = random.Random(seed)
     requests = []
@@ -197,14 +217,16 @@ def build_requests(users: Sequence[str], items: Sequence[str], queries: Dict[str
 
 # ----------------------------------------------------------------------------------- load
 
+
 def _http_client(target: str, requests: List[dict]):
     host, port = target.rsplit(":", 1)
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
     payloads = [json.dumps(r).encode() for r in requests]
 
     def send(index: int) -> Optional[str]:
-        status, body = _http(target, "POST", "/v1/rank", payloads[index % len(payloads)],
-                             connection)
+        status, body = _http(
+            target, "POST", "/v1/rank", payloads[index % len(payloads)], connection
+        )
         return None if status == 200 else f"{status} {body.get('error')}"
 
     return send, connection.close
@@ -230,8 +252,9 @@ def _grpc_client(target: str, requests: List[dict]):
     return send, channel.close
 
 
-def load_run(transport: str, target: str, requests: List[dict], clients: int,
-             seconds: float) -> dict:
+def load_run(
+    transport: str, target: str, requests: List[dict], clients: int, seconds: float
+) -> dict:
     """`clients` threads sending back to back for `seconds`; latency of each success."""
     make_client = _http_client if transport == "http" else _grpc_client
     times: List[List[float]] = [[] for _ in range(clients)]
@@ -272,60 +295,97 @@ def load_run(transport: str, target: str, requests: List[dict], clients: int,
     elapsed = time.perf_counter() - started
     all_times = [t for ts in times for t in ts]
     all_errors = [e for es in errors for e in es]
-    return {"clients": clients, "seconds": elapsed, "requests": len(all_times),
-            "requests_per_second": len(all_times) / elapsed, "errors": len(all_errors),
-            "error_kinds": sorted(set(all_errors)), **percentiles(all_times)}
+    return {
+        "clients": clients,
+        "seconds": elapsed,
+        "requests": len(all_times),
+        "requests_per_second": len(all_times) / elapsed,
+        "errors": len(all_errors),
+        "error_kinds": sorted(set(all_errors)),
+        **percentiles(all_times),
+    }
 
 
 # ---------------------------------------------------------------------------------- table
 
+
 def markdown(result: dict) -> str:
-    lines = ["| run | clients | s | requests | requests/s | p50 ms | p99 ms | errors | "
-             "service RSS MB start / max / end |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | clients | s | requests | requests/s | p50 ms | p99 ms | errors | "
+        "service RSS MB start / max / end |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, run in result["runs"].items():
         if "skipped" in run:
             lines.append(f"| {name} | | | | | | | skipped: {run['skipped']} | |")
             continue
         memory = run["memory"]
         errors = f"{run['errors']} {' '.join(run['error_kinds'])}".strip()
-        lines.append(f"| {name} | {run['clients']} | {run['seconds']:.0f} | {run['requests']} | "
-                     f"{run['requests_per_second']:.0f} | {run['p50']:.2f} | {run['p99']:.2f} | "
-                     f"{errors} | {memory['start_mb']:.0f} / {memory['max_mb']:.0f} / "
-                     f"{memory['end_mb']:.0f} |")
+        lines.append(
+            f"| {name} | {run['clients']} | {run['seconds']:.0f} | {run['requests']} | "
+            f"{run['requests_per_second']:.0f} | {run['p50']:.2f} | {run['p99']:.2f} | "
+            f"{errors} | {memory['start_mb']:.0f} / {memory['max_mb']:.0f} / "
+            f"{memory['end_mb']:.0f} |"
+        )
     store = result["store_read"]
-    lines += ["", f"History store read (`events(user)`, in-process, {store['n']} users): "
-              f"p50 {store['p50']:.3f} ms, p99 {store['p99']:.3f} ms.",
-              f"Machine: {os.cpu_count()} CPUs, load average before the runs "
-              f"{result['load_average'][0]:.2f}; {result['candidates']} candidates per "
-              f"`given` request; model version {result['model_version']}."]
+    lines += [
+        "",
+        f"History store read (`events(user)`, in-process, {store['n']} users): "
+        f"p50 {store['p50']:.3f} ms, p99 {store['p99']:.3f} ms.",
+        f"Machine: {os.cpu_count()} CPUs, load average before the runs "
+        f"{result['load_average'][0]:.2f}; {result['candidates']} candidates per "
+        f"`given` request; model version {result['model_version']}.",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", required=True, help="history store URL the service reads")
-    parser.add_argument("--model_base_path", required=True,
-                        help="<serving_dir>/unisar: the served version's items.txt is read")
+    parser.add_argument(
+        "--model_base_path",
+        required=True,
+        help="<serving_dir>/unisar: the served version's items.txt is read",
+    )
     parser.add_argument("--users", help="file with one user id per line")
-    parser.add_argument("--users_from_sequences",
-                        help="Amazon sequences file: the first token of each line")
-    parser.add_argument("--max_users", type=int, default=5000,
-                        help="users sampled for requests and the store measurement")
-    parser.add_argument("--model_server", help="TF Serving host:port (default: start the "
-                                               "stand-in on --model_base_path)")
-    parser.add_argument("--service_http", help="a running service's HTTP host:port "
-                                               "(default: start one)")
+    parser.add_argument(
+        "--users_from_sequences", help="Amazon sequences file: the first token of each line"
+    )
+    parser.add_argument(
+        "--max_users",
+        type=int,
+        default=5000,
+        help="users sampled for requests and the store measurement",
+    )
+    parser.add_argument(
+        "--model_server",
+        help="TF Serving host:port (default: start the " "stand-in on --model_base_path)",
+    )
+    parser.add_argument(
+        "--service_http", help="a running service's HTTP host:port " "(default: start one)"
+    )
     parser.add_argument("--service_grpc", help="a running service's gRPC host:port")
-    parser.add_argument("--service_pid", type=int,
-                        help="the running service's process id, for its memory")
-    parser.add_argument("--service_args", default="",
-                        help="extra flags for the started service, e.g. '--deadline_ms 500'")
-    parser.add_argument("--runs", default="http:given,http:retrieved,grpc:given",
-                        help=f"comma-separated runs out of {','.join(RUNS)}")
+    parser.add_argument(
+        "--service_pid", type=int, help="the running service's process id, for its memory"
+    )
+    parser.add_argument(
+        "--service_args",
+        default="",
+        help="extra flags for the started service, e.g. '--deadline_ms 500'",
+    )
+    parser.add_argument(
+        "--runs",
+        default="http:given,http:retrieved,grpc:given",
+        help=f"comma-separated runs out of {','.join(RUNS)}",
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per run")
-    parser.add_argument("--warmup", type=float, default=3.0,
-                        help="seconds of load before the first run, not counted")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=3.0,
+        help="seconds of load before the first run, not counted",
+    )
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--search_fraction", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -342,7 +402,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     users = read_users(args.users, args.users_from_sequences)
     random.Random(args.seed).shuffle(users)
-    users = users[:args.max_users]
+    users = users[: args.max_users]
     processes = []
     try:
         http_target, grpc_target, pid = args.service_http, args.service_grpc, args.service_pid
@@ -350,28 +410,61 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             model_server = args.model_server
             if not model_server:
                 process, line = start_process(
-                    [sys.executable, "-m", "serving.server", "--model_base_path",
-                     args.model_base_path, "--port", "0"], " at ")
+                    [
+                        sys.executable,
+                        "-m",
+                        "serving.server",
+                        "--model_base_path",
+                        args.model_base_path,
+                        "--port",
+                        "0",
+                    ],
+                    " at ",
+                )
                 processes.append(process)
                 model_server = line.rsplit(" at ", 1)[1]
             process, line = start_process(
-                [sys.executable, "-m", "serving.ranking_service", "--store", args.store,
-                 "--model_server", model_server, "--model_base_path", args.model_base_path,
-                 "--http_port", "0", "--grpc_port", "0", "--log_level", "WARNING"]
-                + args.service_args.split(), "ranking service:")
+                [
+                    sys.executable,
+                    "-m",
+                    "serving.ranking_service",
+                    "--store",
+                    args.store,
+                    "--model_server",
+                    model_server,
+                    "--model_base_path",
+                    args.model_base_path,
+                    "--http_port",
+                    "0",
+                    "--grpc_port",
+                    "0",
+                    "--log_level",
+                    "WARNING",
+                ]
+                + args.service_args.split(),
+                "ranking service:",
+            )
             processes.append(process)
             words = line.split()
-            http_target, grpc_target = words[words.index("http") + 1], \
-                words[words.index("grpc") + 1]
+            http_target, grpc_target = (
+                words[words.index("http") + 1],
+                words[words.index("grpc") + 1],
+            )
             pid = process.pid
         ready = wait_ready(http_target)
-        model = load_served_model(args.model_base_path, ready["model_version"],
-                                  retriever_loader=lambda export_dir: None)
+        model = load_served_model(
+            args.model_base_path, ready["model_version"], retriever_loader=lambda export_dir: None
+        )
         items = sorted(model.items)
         store_read, queries = measure_store(args.store, users)
-        result = {"model_version": ready["model_version"], "candidates": args.candidates,
-                  "users": len(users), "store_read": store_read,
-                  "load_average": os.getloadavg(), "runs": {}}
+        result = {
+            "model_version": ready["model_version"],
+            "candidates": args.candidates,
+            "users": len(users),
+            "store_read": store_read,
+            "load_average": os.getloadavg(),
+            "runs": {},
+        }
         has_retrieval = ready["checks"].get("retrieval") == "ok"
         sampler = MemorySampler(pid).start()
         try:
@@ -381,15 +474,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 run = run_name if run_name not in result["runs"] else f"{run_name} #{index + 1}"
                 target = http_target if transport == "http" else grpc_target
                 if mode == "retrieved" and not has_retrieval:
-                    result["runs"][run] = {"skipped": "no retrieval index "
-                                                      f"({ready['checks'].get('retrieval')})"}
+                    result["runs"][run] = {
+                        "skipped": "no retrieval index " f"({ready['checks'].get('retrieval')})"
+                    }
                     continue
                 if not target:
                     result["runs"][run] = {"skipped": f"no {transport} address"}
                     continue
-                requests = build_requests(users, items, queries, args.candidates,
-                                          mode == "given", args.search_fraction,
-                                          count=2000, seed=args.seed + index)
+                requests = build_requests(
+                    users,
+                    items,
+                    queries,
+                    args.candidates,
+                    mode == "given",
+                    args.search_fraction,
+                    count=2000,
+                    seed=args.seed + index,
+                )
                 if not warmed and args.warmup > 0:
                     load_run(transport, target, requests, args.clients, args.warmup)
                     warmed = True

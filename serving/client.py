@@ -6,6 +6,7 @@ and `.search(user_id, query, candidates, ...)` return one float32 score per cand
 contract (docs/serving.md). CLI: `python -m serving.client --help` (console script
 `unisar-score`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,19 +23,28 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from feature_specs.serving import (CANDIDATES_INPUT, QUERY_INPUT, REC_ITEMS_INPUT,
-                                   REC_LENGTH_INPUT, REC_TIMESTAMPS_INPUT, RECOMMEND_SIGNATURE,
-                                   SCORES_OUTPUT, SEARCH_CLICKS_INPUT, SEARCH_LENGTH_INPUT,
-                                   SEARCH_QUERIES_INPUT, SEARCH_SIGNATURE,
-                                   SEARCH_TIMESTAMPS_INPUT, USER_ID_INPUT)
+from feature_specs.serving import (
+    CANDIDATES_INPUT,
+    QUERY_INPUT,
+    REC_ITEMS_INPUT,
+    REC_LENGTH_INPUT,
+    REC_TIMESTAMPS_INPUT,
+    RECOMMEND_SIGNATURE,
+    SCORES_OUTPUT,
+    SEARCH_CLICKS_INPUT,
+    SEARCH_LENGTH_INPUT,
+    SEARCH_QUERIES_INPUT,
+    SEARCH_SIGNATURE,
+    SEARCH_TIMESTAMPS_INPUT,
+    USER_ID_INPUT,
+)
 
 RECOMMEND = RECOMMEND_SIGNATURE
 SEARCH = SEARCH_SIGNATURE
 
-RecEvent = Tuple[str, int]                    # (item_id, timestamp)
+RecEvent = Tuple[str, int]  # (item_id, timestamp)
 SearchEvent = Tuple[str, Sequence[str], int]  # (query text, clicked item ids, timestamp)
 
 
@@ -55,10 +65,13 @@ class ScoringRequestError(ScoringError, ValueError):
 _REQUEST_ERROR_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
 
 
-def build_inputs(user_id: str, candidates: Sequence[str],
-                 rec_history: Sequence[RecEvent] = (),
-                 search_history: Sequence[SearchEvent] = (),
-                 query: Optional[str] = None) -> Dict[str, np.ndarray]:
+def build_inputs(
+    user_id: str,
+    candidates: Sequence[str],
+    rec_history: Sequence[RecEvent] = (),
+    search_history: Sequence[SearchEvent] = (),
+    query: Optional[str] = None,
+) -> Dict[str, np.ndarray]:
     """The signature inputs for one user (batch of 1), as numpy arrays.
 
     Histories are sorted oldest first by timestamp (stable, so equal timestamps keep the
@@ -69,8 +82,10 @@ def build_inputs(user_id: str, candidates: Sequence[str],
     if not candidates:
         raise ValueError("candidates must not be empty")
     rec = sorted(((str(item), int(ts)) for item, ts in rec_history), key=lambda e: e[1])
-    searches = sorted(((str(q), [str(c) for c in clicked], int(ts))
-                       for q, clicked, ts in search_history), key=lambda e: e[2])
+    searches = sorted(
+        ((str(q), [str(c) for c in clicked], int(ts)) for q, clicked, ts in search_history),
+        key=lambda e: e[2],
+    )
     num_rec, num_search = max(len(rec), 1), max(len(searches), 1)
     num_clicked = max([len(clicked) for _, clicked, _ in searches] + [1])
 
@@ -103,8 +118,12 @@ def build_inputs(user_id: str, candidates: Sequence[str],
 
 
 # numpy dtype -> TensorProto dtype for the inputs tensor_proto() packs as raw bytes.
-_RAW_DTYPES = {np.dtype(np.int64): types_pb2.DT_INT64, np.dtype(np.int32): types_pb2.DT_INT32,
-               np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.float64): types_pb2.DT_DOUBLE}
+_RAW_DTYPES = {
+    np.dtype(np.int64): types_pb2.DT_INT64,
+    np.dtype(np.int32): types_pb2.DT_INT32,
+    np.dtype(np.float32): types_pb2.DT_FLOAT,
+    np.dtype(np.float64): types_pb2.DT_DOUBLE,
+}
 
 
 def tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
@@ -116,12 +135,14 @@ def tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
     proto = tensor_pb2.TensorProto()
     if value.dtype == object or value.dtype.kind in "SU":
         proto.dtype = types_pb2.DT_STRING
-        proto.string_val.extend(v.encode() if isinstance(v, str) else bytes(v)
-                                for v in value.ravel().tolist())
+        proto.string_val.extend(
+            v.encode() if isinstance(v, str) else bytes(v) for v in value.ravel().tolist()
+        )
     elif value.dtype in _RAW_DTYPES:
         proto.dtype = _RAW_DTYPES[value.dtype]
-        proto.tensor_content = np.ascontiguousarray(value).astype(
-            value.dtype.newbyteorder("<"), copy=False).tobytes()
+        proto.tensor_content = (
+            np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False).tobytes()
+        )
     else:
         return tf.make_tensor_proto(value)
     for size in value.shape:
@@ -131,6 +152,7 @@ def tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
 
 class Prediction(NamedTuple):
     """A Predict answer: output alias -> array, and the model version that computed it."""
+
     outputs: Dict[str, np.ndarray]
     model_version: int
 
@@ -138,7 +160,7 @@ class Prediction(NamedTuple):
 def _own_scores(outputs: Mapping[str, np.ndarray], candidates: Sequence[str]) -> np.ndarray:
     """This request's scores. TF Serving's batching pads candidates to the widest request in
     the batch (pad_variable_length_inputs), so a response can hold more than were sent."""
-    return outputs[SCORES_OUTPUT][0, :len(candidates)].astype(np.float32)
+    return outputs[SCORES_OUTPUT][0, : len(candidates)].astype(np.float32)
 
 
 class UniSARClient:
@@ -151,8 +173,14 @@ class UniSARClient:
     exactly when it is overloaded.
     """
 
-    def __init__(self, target: str, model_name: str = "unisar", timeout_seconds: float = 1.0,
-                 retries: int = 3, backoff_seconds: float = 0.05):
+    def __init__(
+        self,
+        target: str,
+        model_name: str = "unisar",
+        timeout_seconds: float = 1.0,
+        retries: int = 3,
+        backoff_seconds: float = 0.05,
+    ):
         self.target = target
         self.model_name = model_name
         self.timeout_seconds = timeout_seconds
@@ -161,11 +189,14 @@ class UniSARClient:
         # gRPC waits ~1 s (growing) before reconnecting after a failed connect, and fails
         # RPCs fast meanwhile; keep its reconnect backoff near ours so a retry can succeed.
         reconnect_ms = max(int(backoff_seconds * 1000), 10)
-        self._channel = grpc.insecure_channel(target, options=[
-            ("grpc.initial_reconnect_backoff_ms", reconnect_ms),
-            ("grpc.min_reconnect_backoff_ms", reconnect_ms),
-            ("grpc.max_reconnect_backoff_ms", max(reconnect_ms * 8, 1000)),
-        ])
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.initial_reconnect_backoff_ms", reconnect_ms),
+                ("grpc.min_reconnect_backoff_ms", reconnect_ms),
+                ("grpc.max_reconnect_backoff_ms", max(reconnect_ms * 8, 1000)),
+            ],
+        )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def close(self) -> None:
@@ -186,15 +217,19 @@ class UniSARClient:
         for attempt in range(self.retries + 1):
             timeout = self.timeout_seconds if deadline is None else deadline - time.monotonic()
             if timeout <= 0:
-                raise ScoringError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                   f"no time left for attempt {attempt + 1}")
+                raise ScoringError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"no time left for attempt {attempt + 1}"
+                )
             try:
                 return getattr(self._stub, method)(request, timeout=timeout)
             except grpc.RpcError as e:
                 code, details = e.code(), e.details() or ""
-                pause = self.backoff_seconds * 2 ** attempt
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries and (
-                        deadline is None or time.monotonic() + pause < deadline):
+                pause = self.backoff_seconds * 2**attempt
+                if (
+                    code == grpc.StatusCode.UNAVAILABLE
+                    and attempt < self.retries
+                    and (deadline is None or time.monotonic() + pause < deadline)
+                ):
                     time.sleep(pause)
                     continue
                 if code in _REQUEST_ERROR_CODES:
@@ -202,8 +237,9 @@ class UniSARClient:
                 suffix = f" (after {attempt + 1} attempts)" if attempt else ""
                 raise ScoringError(code, details + suffix) from None
 
-    def predict(self, signature_name: str,
-                inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def predict(
+        self, signature_name: str, inputs: Mapping[str, np.ndarray]
+    ) -> Dict[str, np.ndarray]:
         """Raw Predict: input alias -> array in, output alias -> array out."""
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model_name
@@ -213,8 +249,12 @@ class UniSARClient:
         response = self._call("Predict", request)
         return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
-    def predict_inputs(self, signature_name: str, inputs: Mapping[str, np.ndarray],
-                       timeout_seconds: Optional[float] = None) -> Prediction:
+    def predict_inputs(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        timeout_seconds: Optional[float] = None,
+    ) -> Prediction:
         """Predict with prebuilt signature inputs (e.g. the online feature assembler's), packed
         with tensor_proto(); the call, retries included, ends within `timeout_seconds` (the
         client's per-attempt timeout if None). Returns the outputs and the served version
@@ -225,20 +265,30 @@ class UniSARClient:
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tensor_proto(value))
         response = self._call("Predict", request, timeout_seconds)
-        return Prediction({name: tf.make_ndarray(proto)
-                           for name, proto in response.outputs.items()},
-                          int(response.model_spec.version.value))
+        return Prediction(
+            {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()},
+            int(response.model_spec.version.value),
+        )
 
-    def recommend(self, user_id: str, candidates: Sequence[str],
-                  rec_history: Sequence[RecEvent] = (),
-                  search_history: Sequence[SearchEvent] = ()) -> np.ndarray:
+    def recommend(
+        self,
+        user_id: str,
+        candidates: Sequence[str],
+        rec_history: Sequence[RecEvent] = (),
+        search_history: Sequence[SearchEvent] = (),
+    ) -> np.ndarray:
         """float32 scores, one per candidate, from the `recommend` signature."""
         inputs = build_inputs(user_id, candidates, rec_history, search_history)
         return _own_scores(self.predict(RECOMMEND, inputs), candidates)
 
-    def search(self, user_id: str, query: str, candidates: Sequence[str],
-               rec_history: Sequence[RecEvent] = (),
-               search_history: Sequence[SearchEvent] = ()) -> np.ndarray:
+    def search(
+        self,
+        user_id: str,
+        query: str,
+        candidates: Sequence[str],
+        rec_history: Sequence[RecEvent] = (),
+        search_history: Sequence[SearchEvent] = (),
+    ) -> np.ndarray:
         """float32 scores, one per candidate, from the `search` signature."""
         inputs = build_inputs(user_id, candidates, rec_history, search_history, query=query)
         return _own_scores(self.predict(SEARCH, inputs), candidates)
@@ -255,16 +305,22 @@ class UniSARClient:
         response.metadata["signature_def"].Unpack(signature_map)
 
         def tensors(infos):
-            return {alias: {"dtype": tf.dtypes.as_dtype(info.dtype).name,
-                            "shape": [d.size for d in info.tensor_shape.dim]}
-                    for alias, info in sorted(infos.items())}
+            return {
+                alias: {
+                    "dtype": tf.dtypes.as_dtype(info.dtype).name,
+                    "shape": [d.size for d in info.tensor_shape.dim],
+                }
+                for alias, info in sorted(infos.items())
+            }
 
         return {
             "model_name": response.model_spec.name,
             "version": response.model_spec.version.value,
-            "signatures": {name: {"inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
-                           for name, sig in sorted(signature_map.signature_def.items())
-                           if not name.startswith("__")},  # skip __saved_model_init_op
+            "signatures": {
+                name: {"inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
+                for name, sig in sorted(signature_map.signature_def.items())
+                if not name.startswith("__")
+            },  # skip __saved_model_init_op
         }
 
 
@@ -294,7 +350,7 @@ def _timestamp(text: str, entry: str) -> int:
 
 
 def parse_rec_history(text: str) -> List[RecEvent]:
-    """"item@ts,item@ts" -> [(item, ts), ...]."""
+    """ "item@ts,item@ts" -> [(item, ts), ...]."""
     events = []
     for entry in filter(None, (e.strip() for e in text.split(","))):
         item, sep, ts = entry.rpartition("@")
@@ -305,7 +361,7 @@ def parse_rec_history(text: str) -> List[RecEvent]:
 
 
 def parse_search_history(text: str) -> List[SearchEvent]:
-    """"query text>clicked1 clicked2@ts;..." -> [(query, [clicked...], ts), ...]."""
+    """ "query text>clicked1 clicked2@ts;..." -> [(query, [clicked...], ts), ...]."""
     events = []
     for entry in filter(None, (e.strip() for e in text.split(";"))):
         body, sep, ts = entry.rpartition("@")
@@ -321,8 +377,10 @@ def load_history_json(path: str) -> Tuple[List[RecEvent], List[SearchEvent]]:
         data = json.load(f)
     try:
         rec = [(str(e["item"]), int(e["timestamp"])) for e in data.get("rec", [])]
-        search = [(str(e["query"]), [str(c) for c in e.get("clicked", [])],
-                   int(e["timestamp"])) for e in data.get("search", [])]
+        search = [
+            (str(e["query"]), [str(c) for c in e.get("clicked", [])], int(e["timestamp"]))
+            for e in data.get("search", [])
+        ]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"{path}: bad history entry ({e!r})") from None
     return rec, search
@@ -330,8 +388,11 @@ def load_history_json(path: str) -> Tuple[List[RecEvent], List[SearchEvent]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="unisar-score", description="Score candidates with a served UniSAR model.",
-        epilog=_HISTORY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="unisar-score",
+        description="Score candidates with a served UniSAR model.",
+        epilog=_HISTORY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--target", default="127.0.0.1:8500", help="host:port of the server")
     parser.add_argument("--model_name", default="unisar")
     parser.add_argument("--signature", choices=[RECOMMEND, SEARCH], default=RECOMMEND)
@@ -339,8 +400,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--candidates", required=True, help="comma-separated item ids")
     parser.add_argument("--query", help="query text (required for --signature search)")
     parser.add_argument("--rec_history", default="", help="ITEM@TS,ITEM@TS (see below)")
-    parser.add_argument("--search_history", default="",
-                        help="QUERY>CLICKED CLICKED@TS;... (see below)")
+    parser.add_argument(
+        "--search_history", default="", help="QUERY>CLICKED CLICKED@TS;... (see below)"
+    )
     parser.add_argument("--history_json", help="JSON file with the histories (see below)")
     parser.add_argument("--timeout", type=float, default=1.0, help="deadline per attempt, s")
     parser.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE")
@@ -363,8 +425,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (OSError, ValueError) as e:
         parser.error(str(e))
 
-    with UniSARClient(args.target, model_name=args.model_name, timeout_seconds=args.timeout,
-                      retries=args.retries) as client:
+    with UniSARClient(
+        args.target, model_name=args.model_name, timeout_seconds=args.timeout, retries=args.retries
+    ) as client:
         try:
             if args.signature == SEARCH:
                 scores = client.search(args.user, args.query, candidates, rec, searches)
@@ -379,8 +442,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     ranked = sorted(zip(candidates, scores.tolist()), key=lambda cs: -cs[1])
     if args.json:
-        print(json.dumps({"signature": args.signature, "user": args.user,
-                          "scores": [{"item": c, "score": s} for c, s in ranked]}))
+        print(
+            json.dumps(
+                {
+                    "signature": args.signature,
+                    "user": args.user,
+                    "scores": [{"item": c, "score": s} for c, s in ranked],
+                }
+            )
+        )
     else:
         width = max(len("candidate"), *(len(c) for c in candidates))
         print(f"{'rank':>4}  {'candidate':<{width}}  score")

@@ -43,6 +43,7 @@ Guarantees, both backends:
 
 Events are stored as JSON (no pickle).
 """
+
 from __future__ import annotations
 
 import abc
@@ -67,7 +68,7 @@ BULK_TRANSACTION_EVENTS = 5000  # append_many: events per transaction (whole use
 
 # Row kinds, one table partition (SQLite) or sorted set (Redis) each.
 KIND_REC, KIND_SEARCH, KIND_IMPRESSION = 0, 1, 2
-_OFFSET = 2 ** 63  # int64 -> unsigned, so fixed-width hex sorts like the signed integer
+_OFFSET = 2**63  # int64 -> unsigned, so fixed-width hex sorts like the signed integer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,14 +92,18 @@ class StoreUnavailable(RuntimeError):
 
 # --- encoding ---------------------------------------------------------------------------------
 
+
 def check_event(event: Event) -> None:
     """ValueError naming the field when `event` cannot be stored (types, ids, scenario)."""
     if not isinstance(event, Event):
         raise ValueError(f"expected an Event, got {type(event).__name__}")
     for field in ("timestamp", "click", "line"):
         value = getattr(event, field)
-        if isinstance(value, bool) or not isinstance(value, int) or not (
-                -_OFFSET <= value < _OFFSET):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not (-_OFFSET <= value < _OFFSET)
+        ):
             raise ValueError(f"{field}={value!r}: expected an int64")
     if event.click < 0:
         raise ValueError(f"click={event.click}: expected >= 0")
@@ -111,11 +116,15 @@ def check_event(event: Event) -> None:
         if not isinstance(value, str):
             raise ValueError(f"{field}={value!r}: expected str")
         es.check_id(field, value)
-    if not isinstance(event.source, str) or "\x00" in event.source or \
-            not _is_utf8_text(event.source):
+    if (
+        not isinstance(event.source, str)
+        or "\x00" in event.source
+        or not _is_utf8_text(event.source)
+    ):
         raise ValueError(f"source={event.source!r}: expected UTF-8 text without NUL")
     if isinstance(event.query_tokens, str) or not all(
-            isinstance(token, str) for token in event.query_tokens):
+        isinstance(token, str) for token in event.query_tokens
+    ):
         raise ValueError(f"query_tokens={event.query_tokens!r}: expected a tuple of str")
     if event.scenario == es.SCENARIO_SEARCH and not event.search_session_id:
         raise ValueError("a search event needs a search_session_id")
@@ -137,21 +146,35 @@ def event_kind(event: Event) -> int:
 
 def encode_member(event: Event) -> str:
     """The event's stored string; byte order of members = (Event.sort_key, JSON) order."""
-    body = json.dumps([event.user_id, event.timestamp, event.scenario, event.item_id,
-                       event.click, event.search_session_id, list(event.query_tokens),
-                       event.source, event.line], ensure_ascii=True, separators=(",", ":"))
+    body = json.dumps(
+        [
+            event.user_id,
+            event.timestamp,
+            event.scenario,
+            event.item_id,
+            event.click,
+            event.search_session_id,
+            list(event.query_tokens),
+            event.source,
+            event.line,
+        ],
+        ensure_ascii=True,
+        separators=(",", ":"),
+    )
     scenario_rank = 0 if event.scenario == es.SCENARIO_REC else 1
     # The source's NUL terminator sorts a source before every longer source it prefixes,
     # as str comparison does; JSON escapes NUL, so the body has none.
-    return (f"{event.timestamp + _OFFSET:016x}{scenario_rank}{event.source}\x00"
-            f"{event.line + _OFFSET:016x}\x00{body}")
+    return (
+        f"{event.timestamp + _OFFSET:016x}{scenario_rank}{event.source}\x00"
+        f"{event.line + _OFFSET:016x}\x00{body}"
+    )
 
 
 def decode_member(member: str) -> Event:
-    (user_id, timestamp, scenario, item_id, click, session, tokens, source,
-     line) = json.loads(member.rpartition("\x00")[2])
-    return Event(user_id, timestamp, scenario, item_id, click, session, tuple(tokens), source,
-                 line)
+    (user_id, timestamp, scenario, item_id, click, session, tokens, source, line) = json.loads(
+        member.rpartition("\x00")[2]
+    )
+    return Event(user_id, timestamp, scenario, item_id, click, session, tuple(tokens), source, line)
 
 
 Row = Tuple[int, str, str]  # (kind, search_session_id, member) of one stored event
@@ -167,8 +190,9 @@ def session_starts(rows: Iterable[Row], starts: Mapping[str, str] = {}) -> Dict[
     return first
 
 
-def kept_members(rows: Sequence[Row], caps: HistoryCaps,
-                 starts: Mapping[str, str] = {}) -> Set[str]:
+def kept_members(
+    rows: Sequence[Row], caps: HistoryCaps, starts: Mapping[str, str] = {}
+) -> Set[str]:
     """One user's rows -> the members the caps keep: the newest `caps.rec` rec behaviours
     and `caps.impressions` impressions, and every row of the newest `caps.search_sessions`
     sessions, a session dated by its first row (session_starts)."""
@@ -178,13 +202,15 @@ def kept_members(rows: Sequence[Row], caps: HistoryCaps,
     kept: Set[str] = set()
     for kind, cap in ((KIND_REC, caps.rec), (KIND_IMPRESSION, caps.impressions)):
         members = sorted(by_kind[kind])
-        kept.update(members[max(0, len(members) - cap):] if cap else ())
+        kept.update(members[max(0, len(members) - cap) :] if cap else ())
     first = session_starts(rows, starts)
     by_age = sorted(first, key=first.__getitem__)
-    newest = set(by_age[max(0, len(by_age) - caps.search_sessions):]
-                 if caps.search_sessions else ())
-    kept.update(member for kind, session, member in rows
-                if kind == KIND_SEARCH and session in newest)
+    newest = set(
+        by_age[max(0, len(by_age) - caps.search_sessions) :] if caps.search_sessions else ()
+    )
+    kept.update(
+        member for kind, session, member in rows if kind == KIND_SEARCH and session in newest
+    )
     return kept
 
 
@@ -204,8 +230,9 @@ def remembered_starts_limit(caps: HistoryCaps) -> int:
     return 4 * caps.search_sessions + 16
 
 
-def plan_merge(existing: Sequence[Row], starts: Mapping[str, str], new_rows: Iterable[Row],
-               caps: HistoryCaps) -> MergePlan:
+def plan_merge(
+    existing: Sequence[Row], starts: Mapping[str, str], new_rows: Iterable[Row], caps: HistoryCaps
+) -> MergePlan:
     """Adds `new_rows` to a user's stored rows and remembered starts, trimmed to `caps`.
 
     Order-free for rec rows and impressions. Sessions are dated by their first row; the first
@@ -222,26 +249,29 @@ def plan_merge(existing: Sequence[Row], starts: Mapping[str, str], new_rows: Ite
     first = session_starts(rows, starts)
     kept = kept_members(rows, caps, first)
     # Remember the start of every session whose first row is not (or no longer) stored.
-    gone = sorted(((member, session) for session, member in first.items()
-                   if member not in kept), reverse=True)[:remembered_starts_limit(caps)]
+    gone = sorted(
+        ((member, session) for session, member in first.items() if member not in kept), reverse=True
+    )[: remembered_starts_limit(caps)]
     new_starts = {session: member for member, session in gone}
     insert = [row for member, row in fresh.items() if member in kept]
-    return MergePlan(insert=insert,
-                     delete=[row for row in existing if row[2] not in kept],
-                     starts=None if new_starts == dict(starts) else new_starts,
-                     stored=len(insert))
+    return MergePlan(
+        insert=insert,
+        delete=[row for row in existing if row[2] not in kept],
+        starts=None if new_starts == dict(starts) else new_starts,
+        stored=len(insert),
+    )
 
 
 def capped_events(events: Iterable[Event], caps: HistoryCaps) -> List[Event]:
     """What a store with `caps` holds after storing `events` in one append_many call:
     sorted, capped. The reference the backends are tested against."""
     members = {encode_member(event): event for event in events}
-    kept = kept_members([(event_kind(e), e.search_session_id, m) for m, e in members.items()],
-                        caps)
+    kept = kept_members([(event_kind(e), e.search_session_id, m) for m, e in members.items()], caps)
     return [members[m] for m in sorted(kept)]
 
 
 # --- the interface ----------------------------------------------------------------------------
+
 
 class HistoryStore(abc.ABC):
     """Users' recent events; see the module docstring for what is kept and guaranteed."""
@@ -289,8 +319,7 @@ class HistoryStore(abc.ABC):
         """Raises StoreUnavailable when the store cannot be used."""
 
     @abc.abstractmethod
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
     @abc.abstractmethod
     def _append_one(self, event: Event) -> Event:
@@ -366,8 +395,9 @@ class SqliteHistoryStore(HistoryStore):
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         except OSError as error:
-            raise StoreUnavailable(f"{self.url}: cannot create the folder for the database "
-                                   f"({error})") from None
+            raise StoreUnavailable(
+                f"{self.url}: cannot create the folder for the database " f"({error})"
+            ) from None
         with self._transaction() as connection:  # one writer creates the tables
             for statement in _SQLITE_SCHEMA:
                 connection.execute(statement)
@@ -378,14 +408,17 @@ class SqliteHistoryStore(HistoryStore):
             if self._closed:
                 raise StoreUnavailable(f"{self.url}: the store is closed")
             try:
-                connection = sqlite3.connect(self.path, timeout=SQLITE_LOCK_TIMEOUT_S,
-                                             isolation_level=None, check_same_thread=False)
+                connection = sqlite3.connect(
+                    self.path,
+                    timeout=SQLITE_LOCK_TIMEOUT_S,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
                 connection.execute("PRAGMA journal_mode=WAL")
                 # WAL + NORMAL: a committed write survives a process crash (not a power cut).
                 connection.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as error:
-                raise StoreUnavailable(f"{self.url}: cannot open {self.path!r} ({error})") \
-                    from None
+                raise StoreUnavailable(f"{self.url}: cannot open {self.path!r} ({error})") from None
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)
@@ -409,12 +442,17 @@ class SqliteHistoryStore(HistoryStore):
                 raise StoreUnavailable(f"{self.url}: cannot write ({error})") from None
             raise
 
-    def _read_rows(self, connection: sqlite3.Connection,
-                   user_id: str) -> Tuple[List[Row], Dict[str, str]]:
-        rows = connection.execute("SELECT kind, session, member FROM events WHERE user_id = ?",
-                                  (user_id,)).fetchall()
-        starts = dict(connection.execute(
-            "SELECT session, member FROM session_starts WHERE user_id = ?", (user_id,)))
+    def _read_rows(
+        self, connection: sqlite3.Connection, user_id: str
+    ) -> Tuple[List[Row], Dict[str, str]]:
+        rows = connection.execute(
+            "SELECT kind, session, member FROM events WHERE user_id = ?", (user_id,)
+        ).fetchall()
+        starts = dict(
+            connection.execute(
+                "SELECT session, member FROM session_starts WHERE user_id = ?", (user_id,)
+            )
+        )
         return [tuple(row) for row in rows], starts
 
     def _merge(self, connection: sqlite3.Connection, user_id: str, new_rows: List[Row]) -> int:
@@ -424,25 +462,32 @@ class SqliteHistoryStore(HistoryStore):
         plan = plan_merge(existing, starts, new_rows, self.caps)
         connection.executemany(
             "INSERT INTO events (user_id, member, kind, session) VALUES (?, ?, ?, ?)",
-            [(user_id, member, kind, session) for kind, session, member in plan.insert])
-        connection.executemany("DELETE FROM events WHERE user_id = ? AND member = ?",
-                               [(user_id, member) for _, _, member in plan.delete])
+            [(user_id, member, kind, session) for kind, session, member in plan.insert],
+        )
+        connection.executemany(
+            "DELETE FROM events WHERE user_id = ? AND member = ?",
+            [(user_id, member) for _, _, member in plan.delete],
+        )
         if plan.starts is not None:
             connection.execute("DELETE FROM session_starts WHERE user_id = ?", (user_id,))
             connection.executemany(
                 "INSERT INTO session_starts (user_id, session, member) VALUES (?, ?, ?)",
-                [(user_id, session, member) for session, member in plan.starts.items()])
+                [(user_id, session, member) for session, member in plan.starts.items()],
+            )
         return plan.stored
 
-    def _merge_unplanned(self, connection: sqlite3.Connection, user_id: str,
-                         new_rows: List[Row]) -> int:
+    def _merge_unplanned(
+        self, connection: sqlite3.Connection, user_id: str, new_rows: List[Row]
+    ) -> int:
         """Rec rows and impressions alone need no plan (keeping the newest N is order-free):
         insert, trim each kind in SQL, count the inserted rows that stayed."""
         inserted = []
         for kind, session, member in new_rows:
-            if connection.execute("INSERT OR IGNORE INTO events (user_id, member, kind, session) "
-                                  "VALUES (?, ?, ?, ?)",
-                                  (user_id, member, kind, session)).rowcount:
+            if connection.execute(
+                "INSERT OR IGNORE INTO events (user_id, member, kind, session) "
+                "VALUES (?, ?, ?, ?)",
+                (user_id, member, kind, session),
+            ).rowcount:
                 inserted.append(member)
         if not inserted:
             return 0
@@ -451,13 +496,19 @@ class SqliteHistoryStore(HistoryStore):
             connection.execute(
                 "DELETE FROM events WHERE user_id = ?1 AND kind = ?2 AND (?3 = 0 OR member < ("
                 "SELECT member FROM events WHERE user_id = ?1 AND kind = ?2 "
-                "ORDER BY member DESC LIMIT 1 OFFSET ?3 - 1))", (user_id, kind, cap))
-        oldest_kept = {kind: connection.execute(
-            "SELECT MIN(member) FROM events WHERE user_id = ? AND kind = ?",
-            (user_id, kind)).fetchone()[0] for kind in (KIND_REC, KIND_IMPRESSION)}
+                "ORDER BY member DESC LIMIT 1 OFFSET ?3 - 1))",
+                (user_id, kind, cap),
+            )
+        oldest_kept = {
+            kind: connection.execute(
+                "SELECT MIN(member) FROM events WHERE user_id = ? AND kind = ?", (user_id, kind)
+            ).fetchone()[0]
+            for kind in (KIND_REC, KIND_IMPRESSION)
+        }
         kinds = {member: kind for kind, _, member in new_rows}
-        return sum(oldest_kept[kinds[m]] is not None and m >= oldest_kept[kinds[m]]
-                   for m in inserted)
+        return sum(
+            oldest_kept[kinds[m]] is not None and m >= oldest_kept[kinds[m]] for m in inserted
+        )
 
     def _append_one(self, event: Event) -> Event:
         with self._transaction() as connection:
@@ -465,7 +516,9 @@ class SqliteHistoryStore(HistoryStore):
                 (line,) = connection.execute(
                     "INSERT INTO online_sequences (user_id, last_line) VALUES (?, 1) "
                     "ON CONFLICT (user_id) DO UPDATE SET last_line = last_line + 1 "
-                    "RETURNING last_line", (event.user_id,)).fetchone()
+                    "RETURNING last_line",
+                    (event.user_id,),
+                ).fetchone()
                 event = _numbered(event, line)
             self._merge(connection, event.user_id, [_row(event)])
         return event
@@ -488,9 +541,12 @@ class SqliteHistoryStore(HistoryStore):
 
     def has_user(self, user_id: str) -> bool:
         try:
-            return self._connection().execute(
-                "SELECT 1 FROM events WHERE user_id = ? LIMIT 1", (user_id,)).fetchone() \
+            return (
+                self._connection()
+                .execute("SELECT 1 FROM events WHERE user_id = ? LIMIT 1", (user_id,))
+                .fetchone()
                 is not None
+            )
         except sqlite3.Error as error:
             raise StoreUnavailable(f"{self.url}: {error}") from None
 
@@ -573,25 +629,29 @@ class RedisHistoryStore(HistoryStore):
         parsed = urllib.parse.urlsplit(url)
         query = urllib.parse.parse_qs(parsed.query)
         self.prefix = query.pop("prefix", [DEFAULT_REDIS_PREFIX])[0]
-        client_url = urllib.parse.urlunsplit(parsed._replace(
-            query=urllib.parse.urlencode(query, doseq=True)))
+        client_url = urllib.parse.urlunsplit(
+            parsed._replace(query=urllib.parse.urlencode(query, doseq=True))
+        )
         self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         # Options in the URL (e.g. ?socket_timeout=0.5) override these defaults.
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
+
         self._client = redis.Redis.from_url(
-            client_url, decode_responses=True, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+            client_url,
+            decode_responses=True,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
             socket_timeout=REDIS_SOCKET_TIMEOUT_S,
             # One quick retry (a dropped idle connection), not redis-py's default of three
             # with backoff: a request waiting on a dead store should fail fast.
-            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1))
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+        )
         self._apply = self._client.register_script(_REDIS_APPLY_SCRIPT)
         self.ping()
 
     def _keys(self, user_id: str) -> List[str]:
         base = f"{self.prefix}:{{{user_id}}}"
-        return [f"{base}:rec", f"{base}:search", f"{base}:imp", f"{base}:starts",
-                f"{base}:ver"]
+        return [f"{base}:rec", f"{base}:search", f"{base}:imp", f"{base}:starts", f"{base}:ver"]
 
     def _unavailable(self, error: Exception) -> StoreUnavailable:
         return StoreUnavailable(f"{self.url}: Redis unavailable ({error})")
@@ -607,12 +667,20 @@ class RedisHistoryStore(HistoryStore):
     def _parse_read(values) -> Tuple[List[Row], Dict[str, str], str]:
         # A search member's session is in its JSON; rec rows need none.
         rec, search, impressions, starts, version = values
-        rows = ([(KIND_REC, "", m) for m in rec] + [(KIND_IMPRESSION, "", m) for m in impressions]
-                + [(KIND_SEARCH, decode_member(m).search_session_id, m) for m in search])
+        rows = (
+            [(KIND_REC, "", m) for m in rec]
+            + [(KIND_IMPRESSION, "", m) for m in impressions]
+            + [(KIND_SEARCH, decode_member(m).search_session_id, m) for m in search]
+        )
         return rows, starts, version or "0"
 
-    def _apply_args(self, version: str, insert: Sequence[Row], delete: Sequence[Row] = (),
-                    starts: Optional[Dict[str, str]] = None) -> List:
+    def _apply_args(
+        self,
+        version: str,
+        insert: Sequence[Row],
+        delete: Sequence[Row] = (),
+        starts: Optional[Dict[str, str]] = None,
+    ) -> List:
         args: List = [version, self.caps.rec, self.caps.impressions, len(insert)]
         for kind, _, member in insert:
             args += [_SLOTS[kind], member]
@@ -630,17 +698,24 @@ class RedisHistoryStore(HistoryStore):
     def _merge_users(self, batch: Sequence[Tuple[str, List[Row]]]) -> int:
         try:
             # Rec rows and impressions alone: straight to the script, no read, no conflict.
-            direct = [(user_id, rows) for user_id, rows in batch
-                      if all(kind != KIND_SEARCH for kind, _, _ in rows)]
+            direct = [
+                (user_id, rows)
+                for user_id, rows in batch
+                if all(kind != KIND_SEARCH for kind, _, _ in rows)
+            ]
             stored = 0
             if direct:
                 writes = self._client.pipeline(transaction=False)
                 for user_id, rows in direct:
-                    self._apply(keys=self._keys(user_id), args=self._apply_args("*", rows),
-                                client=writes)
+                    self._apply(
+                        keys=self._keys(user_id), args=self._apply_args("*", rows), client=writes
+                    )
                 stored += sum(int(count) for count in writes.execute())
-            pending = [(user_id, rows) for user_id, rows in batch
-                       if any(kind == KIND_SEARCH for kind, _, _ in rows)]
+            pending = [
+                (user_id, rows)
+                for user_id, rows in batch
+                if any(kind == KIND_SEARCH for kind, _, _ in rows)
+            ]
             for _ in range(REDIS_MAX_ATTEMPTS):
                 if not pending:
                     return stored
@@ -648,11 +723,14 @@ class RedisHistoryStore(HistoryStore):
                 stored += planned
         except self._errors as error:
             raise self._unavailable(error) from None
-        raise StoreUnavailable(f"{self.url}: gave up writing {len(pending)} user(s) after "
-                               f"{REDIS_MAX_ATTEMPTS} conflicting attempts")
+        raise StoreUnavailable(
+            f"{self.url}: gave up writing {len(pending)} user(s) after "
+            f"{REDIS_MAX_ATTEMPTS} conflicting attempts"
+        )
 
-    def _merge_planned(self, pending: Sequence[Tuple[str, List[Row]]]
-                       ) -> Tuple[List[Tuple[str, List[Row]]], int]:
+    def _merge_planned(
+        self, pending: Sequence[Tuple[str, List[Row]]]
+    ) -> Tuple[List[Tuple[str, List[Row]]], int]:
         """Reads the users (one round trip), plans, applies if unchanged (another); returns
         the users another writer changed meanwhile, to try again, and the rows stored."""
         reads = self._client.pipeline(transaction=False)
@@ -661,10 +739,13 @@ class RedisHistoryStore(HistoryStore):
         values = reads.execute()
         writes = self._client.pipeline(transaction=False)
         for index, (user_id, new_rows) in enumerate(pending):
-            existing, starts, version = self._parse_read(values[5 * index:5 * index + 5])
+            existing, starts, version = self._parse_read(values[5 * index : 5 * index + 5])
             plan = plan_merge(existing, starts, new_rows, self.caps)
-            self._apply(keys=self._keys(user_id), client=writes, args=self._apply_args(
-                version, plan.insert, plan.delete, plan.starts))
+            self._apply(
+                keys=self._keys(user_id),
+                client=writes,
+                args=self._apply_args(version, plan.insert, plan.delete, plan.starts),
+            )
         retry, stored = [], 0
         for entry, outcome in zip(pending, writes.execute()):
             if int(outcome) == -1:
@@ -691,8 +772,11 @@ class RedisHistoryStore(HistoryStore):
         except self._errors as error:
             raise self._unavailable(error) from None
         decoded = {member: decode_member(member) for member in (*rec, *search, *impressions)}
-        rows = ([(KIND_REC, "", m) for m in rec] + [(KIND_IMPRESSION, "", m) for m in impressions]
-                + [(KIND_SEARCH, decoded[m].search_session_id, m) for m in search])
+        rows = (
+            [(KIND_REC, "", m) for m in rec]
+            + [(KIND_IMPRESSION, "", m) for m in impressions]
+            + [(KIND_SEARCH, decoded[m].search_session_id, m) for m in search]
+        )
         # Trimmed when written; again in case it was written with larger caps than these.
         return [decoded[m] for m in sorted(kept_members(rows, self.caps, starts))]
 
@@ -714,16 +798,18 @@ class RedisHistoryStore(HistoryStore):
 
 # --- opening ----------------------------------------------------------------------------------
 
+
 def sqlite_path(url: str) -> str:
-    """"sqlite:///rel/path.db" -> "rel/path.db", "sqlite:////abs/path.db" -> "/abs/path.db"
+    """ "sqlite:///rel/path.db" -> "rel/path.db", "sqlite:////abs/path.db" -> "/abs/path.db"
     (SQLAlchemy's convention); a plain path is taken as it is."""
     if "://" not in url:
         return url
     prefix = f"{SQLITE_SCHEME}:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
-        raise ValueError(f"{url!r}: expected sqlite:///relative/path.db or "
-                         "sqlite:////absolute/path.db")
-    return url[len(prefix):]
+        raise ValueError(
+            f"{url!r}: expected sqlite:///relative/path.db or " "sqlite:////absolute/path.db"
+        )
+    return url[len(prefix) :]
 
 
 def open_store(url: str, caps: HistoryCaps = HistoryCaps()) -> HistoryStore:
@@ -735,5 +821,6 @@ def open_store(url: str, caps: HistoryCaps = HistoryCaps()) -> HistoryStore:
         return SqliteHistoryStore(sqlite_path(url), caps, url)
     if scheme in REDIS_SCHEMES:
         return RedisHistoryStore(url, caps)
-    raise ValueError(f"{url!r}: unknown history store; expected sqlite:///path.db or "
-                     "redis://host:port/db")
+    raise ValueError(
+        f"{url!r}: unknown history store; expected sqlite:///path.db or " "redis://host:port/db"
+    )

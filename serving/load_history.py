@@ -26,6 +26,7 @@ How the adapter runs (`--runner`):
 - "beam": the same graph on Beam's DirectRunner (any adapter, whatever transforms it uses).
 The two give the same events (tests/serving/test_load_history.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,17 @@ from serving.history_store import HistoryCaps, HistoryStore, StoreUnavailable, o
 RUNNER_DIRECT, RUNNER_BEAM = "direct", "beam"
 BATCH_EVENTS = 5000  # events per append_many call (whole users; one transaction each)
 # The data job's flags that say what to read; its other flags shape examples, not events.
-INPUT_FLAGS = ("--data_root", "--sequences", "--attributes", "--input_dir", "--events",
-               "--search_fraction", "--query_min_item_frequency", "--seed",
-               "--max_rows_per_file")
+INPUT_FLAGS = (
+    "--data_root",
+    "--sequences",
+    "--attributes",
+    "--input_dir",
+    "--events",
+    "--search_fraction",
+    "--query_min_item_frequency",
+    "--seed",
+    "--max_rows_per_file",
+)
 DATASETS = ("amazon", "amazon_beauty", "event_log", "kuaisar")
 
 
@@ -69,12 +78,15 @@ class LoadReport:
     seconds: float
 
     def format(self) -> str:
-        return (f"events read: {self.events}, rows stored: {self.stored} (new and within "
-                f"the caps), rows rejected: {self.rejected}, users: {self.users} "
-                f"({self.seconds:.1f} s)")
+        return (
+            f"events read: {self.events}, rows stored: {self.stored} (new and within "
+            f"the caps), rows rejected: {self.rejected}, users: {self.users} "
+            f"({self.seconds:.1f} s)"
+        )
 
 
 # --- running an adapter -----------------------------------------------------------------------
+
 
 def read_adapter(read: Callable, inputs, runner: str = RUNNER_DIRECT) -> AdapterRows:
     """Runs the adapter `read(pipeline, inputs)` (pipeline/adapters/*) and returns its events,
@@ -102,18 +114,20 @@ def dataset_inputs(dataset: str, flags: Sequence[str] = ()) -> Tuple[Callable, o
         raise ValueError(f"dataset={dataset!r}: expected one of {DATASETS}")
     for flag in flags:
         if flag.startswith("--") and flag.split("=", 1)[0] not in INPUT_FLAGS:
-            raise ValueError(f"{flag}: not an input flag of the data job; expected one of "
-                             f"{', '.join(INPUT_FLAGS)}")
-    args, unknown = build_examples.parse_args(["--dataset", dataset, "--output", "unused",
-                                               *flags])
+            raise ValueError(
+                f"{flag}: not an input flag of the data job; expected one of "
+                f"{', '.join(INPUT_FLAGS)}"
+            )
+    args, unknown = build_examples.parse_args(["--dataset", dataset, "--output", "unused", *flags])
     if unknown:
         raise ValueError(f"unknown arguments {unknown}")
     inputs, read = build_examples.adapter_inputs(args)
     return read, inputs
 
 
-def parse_with_dataset(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
-                       ) -> Tuple[argparse.Namespace, Callable, object]:
+def parse_with_dataset(
+    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
+) -> Tuple[argparse.Namespace, Callable, object]:
     """(args, adapter read, inputs): `parser` plus a positional dataset followed by the data
     job's input flags (dataset_inputs); a bad flag is the parser's usage error."""
     parser.add_argument("dataset", choices=DATASETS)
@@ -150,13 +164,17 @@ def _read_direct(read: Callable, inputs) -> AdapterRows:
             elif isinstance(transform, (beam.ParDo, _MultiParDo)):
                 do = transform._do_transform if isinstance(transform, _MultiParDo) else transform
                 if do.args or do.kwargs or do.side_inputs:
-                    raise NotImplementedError(f"{part.full_label}: a ParDo with arguments or "
-                                              "side inputs; use --runner beam")
+                    raise NotImplementedError(
+                        f"{part.full_label}: a ParDo with arguments or "
+                        "side inputs; use --runner beam"
+                    )
                 [source] = part.inputs
                 results = _run_dofn(do.fn, evaluate(source), part.outputs.keys())
             else:
-                raise NotImplementedError(f"{part.full_label}: {type(transform).__name__} is "
-                                          "not run directly; use --runner beam")
+                raise NotImplementedError(
+                    f"{part.full_label}: {type(transform).__name__} is "
+                    "not run directly; use --runner beam"
+                )
             for tag, pcoll in part.outputs.items():
                 values[id(pcoll)] = results.get(tag, [])
         return values[id(pcollection)]
@@ -165,9 +183,11 @@ def _read_direct(read: Callable, inputs) -> AdapterRows:
     for pcollection in output.stats:
         for name, count in evaluate(pcollection):
             stats[name] += count
-    return AdapterRows(events=list(evaluate(output.events)),
-                       rejected=[row for pcoll in output.rejected for row in evaluate(pcoll)],
-                       stats=dict(stats))
+    return AdapterRows(
+        events=list(evaluate(output.events)),
+        rejected=[row for pcoll in output.rejected for row in evaluate(pcoll)],
+        stats=dict(stats),
+    )
 
 
 def _run_dofn(fn, elements: Iterable, tags: Iterable) -> Dict[Optional[str], list]:
@@ -186,8 +206,9 @@ def _run_dofn(fn, elements: Iterable, tags: Iterable) -> Dict[Optional[str], lis
                 else:
                     results[None].append(item)
         if fn.finish_bundle():  # the adapters' DoFns emit nothing there
-            raise NotImplementedError(f"{type(fn).__name__}.finish_bundle emits elements; "
-                                      "use --runner beam")
+            raise NotImplementedError(
+                f"{type(fn).__name__}.finish_bundle emits elements; " "use --runner beam"
+            )
     finally:
         fn.teardown()
     return results
@@ -202,21 +223,35 @@ def _read_with_beam(read: Callable, inputs) -> AdapterRows:
     from pipeline.adapters import common
 
     with tempfile.TemporaryDirectory(prefix="load_history-") as folder:
-        pipeline = beam.Pipeline(options=PipelineOptions([
-            "--runner=DirectRunner", "--direct_num_workers=1",
-            "--direct_running_mode=in_memory"]))
+        pipeline = beam.Pipeline(
+            options=PipelineOptions(
+                [
+                    "--runner=DirectRunner",
+                    "--direct_num_workers=1",
+                    "--direct_running_mode=in_memory",
+                ]
+            )
+        )
         output = read(pipeline, inputs)
-        (output.events
-         | "EventJson" >> beam.Map(lambda e: json.dumps(common.event_to_tuple(e)))
-         | "WriteEvents" >> beam.io.WriteToText(os.path.join(folder, "events")))
+        (
+            output.events
+            | "EventJson" >> beam.Map(lambda e: json.dumps(common.event_to_tuple(e)))
+            | "WriteEvents" >> beam.io.WriteToText(os.path.join(folder, "events"))
+        )
         rejected = tuple(output.rejected) | "AllRejected" >> beam.Flatten()
-        (rejected | "RejectedJson" >> beam.Map(common.RejectedRow.to_json)
-         | "WriteRejected" >> beam.io.WriteToText(os.path.join(folder, "rejected")))
+        (
+            rejected
+            | "RejectedJson" >> beam.Map(common.RejectedRow.to_json)
+            | "WriteRejected" >> beam.io.WriteToText(os.path.join(folder, "rejected"))
+        )
         if output.stats:
-            (tuple(output.stats) | "AllStats" >> beam.Flatten()
-             | "SumStats" >> beam.CombinePerKey(sum)
-             | "StatsJson" >> beam.Map(json.dumps)
-             | "WriteStats" >> beam.io.WriteToText(os.path.join(folder, "stats")))
+            (
+                tuple(output.stats)
+                | "AllStats" >> beam.Flatten()
+                | "SumStats" >> beam.CombinePerKey(sum)
+                | "StatsJson" >> beam.Map(json.dumps)
+                | "WriteStats" >> beam.io.WriteToText(os.path.join(folder, "stats"))
+            )
         pipeline.run().wait_until_finish()
 
         def lines(name):
@@ -232,19 +267,22 @@ def _read_with_beam(read: Callable, inputs) -> AdapterRows:
 
 # --- loading ----------------------------------------------------------------------------------
 
+
 def write_dead_letters(rows: Sequence, path: str) -> None:
     """RejectedRow JSON lines, as the data job's rejected/*.jsonl (replaced whole)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, delete=False,
-                                     suffix=".tmp") as handle:
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=folder, delete=False, suffix=".tmp"
+    ) as handle:
         for row in rows:
             handle.write(row.to_json() + "\n")
     os.replace(handle.name, path)
 
 
-def store_events(store: HistoryStore, events: Iterable[Event],
-                 batch_events: int = BATCH_EVENTS) -> Tuple[int, int]:
+def store_events(
+    store: HistoryStore, events: Iterable[Event], batch_events: int = BATCH_EVENTS
+) -> Tuple[int, int]:
     """(rows stored, users): events appended in batches of whole users, so each user's
     events are merged in one step (exact caps whatever the log's order)."""
     by_user: Dict[str, List[Event]] = collections.defaultdict(list)
@@ -261,40 +299,61 @@ def store_events(store: HistoryStore, events: Iterable[Event],
     return stored, len(by_user)
 
 
-def load(store: HistoryStore, read: Callable, inputs, dead_letter: str,
-         runner: str = RUNNER_DIRECT) -> LoadReport:
+def load(
+    store: HistoryStore, read: Callable, inputs, dead_letter: str, runner: str = RUNNER_DIRECT
+) -> LoadReport:
     """Reads `inputs` with the adapter, dead-letters its rejected rows to `dead_letter`,
     stores its events; returns the counts."""
     start = time.time()
     rows = read_adapter(read, inputs, runner)
     write_dead_letters(rows.rejected, dead_letter)
     stored, users = store_events(store, rows.events)
-    return LoadReport(events=len(rows.events), stored=stored, rejected=len(rows.rejected),
-                      users=users, seconds=time.time() - start)
+    return LoadReport(
+        events=len(rows.events),
+        stored=stored,
+        rejected=len(rows.rejected),
+        users=users,
+        seconds=time.time() - start,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> LoadReport:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         usage="python -m serving.load_history --store URL --dead_letter PATH "
-              f"{{{','.join(DATASETS)}}} [the data job's input flags]",
+        f"{{{','.join(DATASETS)}}} [the data job's input flags]",
         epilog="input flags (as `python -m pipeline.build_examples`, same defaults): "
-               + " ".join(INPUT_FLAGS))
-    parser.add_argument("--store", required=True,
-                        help="sqlite:///path.db (embedded) or redis://host:port/db")
-    parser.add_argument("--dead_letter", required=True,
-                        help="JSON-lines file for the rejected rows (replaced)")
+        + " ".join(INPUT_FLAGS),
+    )
+    parser.add_argument(
+        "--store", required=True, help="sqlite:///path.db (embedded) or redis://host:port/db"
+    )
+    parser.add_argument(
+        "--dead_letter", required=True, help="JSON-lines file for the rejected rows (replaced)"
+    )
     parser.add_argument("--runner", choices=(RUNNER_DIRECT, RUNNER_BEAM), default=RUNNER_DIRECT)
     defaults = HistoryCaps()
-    parser.add_argument("--keep_rec", type=int, default=defaults.rec,
-                        help="rec behaviours kept per user")
-    parser.add_argument("--keep_search_sessions", type=int, default=defaults.search_sessions,
-                        help="search sessions kept per user")
-    parser.add_argument("--keep_impressions", type=int, default=defaults.impressions,
-                        help="rec impressions kept per user")
+    parser.add_argument(
+        "--keep_rec", type=int, default=defaults.rec, help="rec behaviours kept per user"
+    )
+    parser.add_argument(
+        "--keep_search_sessions",
+        type=int,
+        default=defaults.search_sessions,
+        help="search sessions kept per user",
+    )
+    parser.add_argument(
+        "--keep_impressions",
+        type=int,
+        default=defaults.impressions,
+        help="rec impressions kept per user",
+    )
     args, read, inputs = parse_with_dataset(parser, argv)
-    caps = HistoryCaps(rec=args.keep_rec, search_sessions=args.keep_search_sessions,
-                       impressions=args.keep_impressions)
+    caps = HistoryCaps(
+        rec=args.keep_rec,
+        search_sessions=args.keep_search_sessions,
+        impressions=args.keep_impressions,
+    )
     try:
         with open_store(args.store, caps) as store:
             report = load(store, read, inputs, args.dead_letter, args.runner)

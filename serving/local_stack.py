@@ -13,6 +13,7 @@
 In production the three are separate deployments (serving/deploy/): TF Serving's own binary,
 Redis as the store, the ranking service in front (docs/online.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,15 @@ def example_requests(http: str, user_id: str, items: Sequence[str], query: str) 
     search = dict(rank, query=query)
     retrieve = {"user_id": user_id, "k": 10}
     lines = []
-    for title, body in (("recommend among given candidates", rank),
-                        ("search with a query", search),
-                        ("no candidates: the retrieval stage picks them", retrieve)):
-        lines.append(f"# {title}\ncurl -s -X POST http://{http}/v1/rank "
-                     f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'")
+    for title, body in (
+        ("recommend among given candidates", rank),
+        ("search with a query", search),
+        ("no candidates: the retrieval stage picks them", retrieve),
+    ):
+        lines.append(
+            f"# {title}\ncurl -s -X POST http://{http}/v1/rank "
+            f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'"
+        )
     return "\n".join(lines)
 
 
@@ -44,8 +49,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_base_path", default="out/serving/unisar")
     parser.add_argument("--store", default="sqlite:///out/online/history.db")
-    parser.add_argument("--dataset", default="amazon_beauty",
-                        help="the data job's dataset name; its input flags may follow")
+    parser.add_argument(
+        "--dataset",
+        default="amazon_beauty",
+        help="the data job's dataset name; its input flags may follow",
+    )
     parser.add_argument("--dead_letter", default="out/online/rejected.jsonl")
     parser.add_argument("--model_port", type=int, default=8500)
     parser.add_argument("--http_port", type=int, default=8080)
@@ -57,12 +65,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from serving.server import list_versions, serve
 
     if not os.path.isdir(args.model_base_path) or not list_versions(args.model_base_path):
-        print(f"error: no pushed model under {args.model_base_path}: run `make run` first "
-              "(it pushes a model when it is blessed)", file=sys.stderr)
+        print(
+            f"error: no pushed model under {args.model_base_path}: run `make run` first "
+            "(it pushes a model when it is blessed)",
+            file=sys.stderr,
+        )
         return 2
     if args.store.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(os.path.abspath(args.store[len("sqlite:///"):])),
-                    exist_ok=True)
+        os.makedirs(
+            os.path.dirname(os.path.abspath(args.store[len("sqlite:///") :])), exist_ok=True
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.dead_letter)), exist_ok=True)
     read, inputs = dataset_inputs(args.dataset, input_flags)
     with open_store(args.store) as store:
@@ -73,8 +85,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from serving.ranking_service import RankingServer, RankingService
 
     model_server = serve(args.model_base_path, port=args.model_port)
-    print(f"model server (stand-in for TF Serving): {model_server.address}, version "
-          f"{model_server.version}", flush=True)
+    print(
+        f"model server (stand-in for TF Serving): {model_server.address}, version "
+        f"{model_server.version}",
+        flush=True,
+    )
     store = open_store(args.store)
     scorer = UniSARClient(model_server.address, timeout_seconds=1.0)
     service = RankingService(store, scorer, args.model_base_path).start()

@@ -20,6 +20,7 @@ the last search session with a click. The data job must have been run with split
 strict_holdout off (the main job's settings). Prints one row per task and exits 1 on any
 difference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,14 @@ from feature_specs import example_schema as fs
 from feature_specs.event_schema import SCENARIO_REC, SCENARIO_SEARCH, Event
 
 TASKS = ("rec", "search")
-COMPARED_FEATURES = (fs.USER_ID, fs.HISTORY_TYPES, fs.REC_HISTORY_ITEMS,
-                     fs.SEARCH_HISTORY_QUERY_TOKENS, fs.SEARCH_HISTORY_CLICKED_ITEMS,
-                     fs.CANDIDATE_ITEMS)
+COMPARED_FEATURES = (
+    fs.USER_ID,
+    fs.HISTORY_TYPES,
+    fs.REC_HISTORY_ITEMS,
+    fs.SEARCH_HISTORY_QUERY_TOKENS,
+    fs.SEARCH_HISTORY_CLICKED_ITEMS,
+    fs.CANDIDATE_ITEMS,
+)
 SCORE_TOLERANCE = 1e-5  # float32 click probabilities; the two paths batch differently
 
 
@@ -54,8 +60,10 @@ class TaskParity:
     examples: List[dict] = dataclasses.field(default_factory=list)  # the first mismatches
 
     def row(self) -> str:
-        return (f"| {self.task} | {self.users} | {self.feature_mismatches} | "
-                f"{self.score_mismatches} | {self.max_score_difference:.2e} |")
+        return (
+            f"| {self.task} | {self.users} | {self.feature_mismatches} | "
+            f"{self.score_mismatches} | {self.max_score_difference:.2e} |"
+        )
 
 
 def loo_target_keys(events: Sequence[Event]) -> Dict[str, Tuple]:
@@ -69,8 +77,11 @@ def loo_target_keys(events: Sequence[Event]) -> Dict[str, Tuple]:
     for event in events:
         if event.scenario == SCENARIO_SEARCH:
             sessions[event.search_session_id].append(event)
-    clicked = [min(e.sort_key() for e in rows) for rows in sessions.values()
-               if any(e.click > 0 for e in rows)]
+    clicked = [
+        min(e.sort_key() for e in rows)
+        for rows in sessions.values()
+        if any(e.click > 0 for e in rows)
+    ]
     if clicked:
         keys["search"] = max(clicked)
     return keys
@@ -85,20 +96,25 @@ def events_before(events: Sequence[Event], key: Tuple) -> List[Event]:
             current = first_row.get(event.search_session_id)
             if current is None or event.sort_key() < current:
                 first_row[event.search_session_id] = event.sort_key()
-    return [e for e in events
-            if (e.sort_key() if e.scenario == SCENARIO_REC
-                else first_row[e.search_session_id]) < key]
+    return [
+        e
+        for e in events
+        if (e.sort_key() if e.scenario == SCENARIO_REC else first_row[e.search_session_id]) < key
+    ]
 
 
 def target_query(events: Sequence[Event], key: Tuple) -> str:
     """The query text of the search session whose first row has `key`."""
-    first = min((e for e in events if e.scenario == SCENARIO_SEARCH and e.sort_key() == key),
-                key=Event.sort_key)
+    first = min(
+        (e for e in events if e.scenario == SCENARIO_SEARCH and e.sort_key() == key),
+        key=Event.sort_key,
+    )
     return " ".join(first.query_tokens)
 
 
-def read_test_examples(examples_dir: str, task: str, vocab: Optional[Dict[str, np.ndarray]]
-                       ) -> Tuple[List[bytes], List[Dict[str, np.ndarray]]]:
+def read_test_examples(
+    examples_dir: str, task: str, vocab: Optional[Dict[str, np.ndarray]]
+) -> Tuple[List[bytes], List[Dict[str, np.ndarray]]]:
     """(serialized examples, parsed features with raw string ids) of the test split of
     `task`, in file order (the evaluator's row order). vocab: the data job's vocabularies
     for "ids" examples (None for raw-id ones)."""
@@ -116,25 +132,30 @@ def read_test_examples(examples_dir: str, task: str, vocab: Optional[Dict[str, n
                 if name not in example.features.feature:
                     continue
                 feature = example.features.feature[name]
-                values = (np.array(list(feature.bytes_list.value), dtype=object)
-                          if feature.bytes_list.value else
-                          np.array(list(feature.int64_list.value), np.int64))
+                values = (
+                    np.array(list(feature.bytes_list.value), dtype=object)
+                    if feature.bytes_list.value
+                    else np.array(list(feature.int64_list.value), np.int64)
+                )
                 kind = fs.ID_FEATURE_VOCABULARIES.get(name)
                 if kind and vocab is not None:
-                    values = np.array([s.encode("utf-8") for s in vocab[kind][values]],
-                                      dtype=object)
+                    values = np.array(
+                        [s.encode("utf-8") for s in vocab[kind][values]], dtype=object
+                    )
                 features[name] = values
             serialized.append(data)
             parsed.append(features)
     return serialized, parsed
 
 
-def differing_features(online: Dict[str, np.ndarray], offline: Dict[str, np.ndarray]
-                       ) -> List[str]:
+def differing_features(online: Dict[str, np.ndarray], offline: Dict[str, np.ndarray]) -> List[str]:
     names = [*COMPARED_FEATURES, *([fs.QUERY_TOKENS] if fs.QUERY_TOKENS in offline else [])]
-    return [name for name in names
-            if name not in online
-            or not np.array_equal(np.asarray(online[name]).reshape(-1), offline[name])]
+    return [
+        name
+        for name in names
+        if name not in online
+        or not np.array_equal(np.asarray(online[name]).reshape(-1), offline[name])
+    ]
 
 
 def stack_inputs(batch: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
@@ -143,8 +164,7 @@ def stack_inputs(batch: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray
     stacked = {}
     for name in batch[0]:
         arrays = [inputs[name] for inputs in batch]
-        shape = [len(arrays)] + [max(a.shape[d] for a in arrays)
-                                 for d in range(1, arrays[0].ndim)]
+        shape = [len(arrays)] + [max(a.shape[d] for a in arrays) for d in range(1, arrays[0].ndim)]
         fill = b"" if arrays[0].dtype == object else 0
         out = np.full(shape, fill, dtype=arrays[0].dtype)
         for row, array in enumerate(arrays):
@@ -153,11 +173,19 @@ def stack_inputs(batch: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray
     return stacked
 
 
-def check_parity(events_by_user: Dict[str, List[Event]], examples_dir: str, export_dir: str,
-                 model_target: str, store_url: str, vocab_dir: Optional[str] = None,
-                 users: Optional[Iterable[str]] = None, batch_size: int = 128,
-                 keep_examples: int = 5, offline_scores: Optional[Dict[str, np.ndarray]] = None,
-                 log=print) -> Dict[str, TaskParity]:
+def check_parity(
+    events_by_user: Dict[str, List[Event]],
+    examples_dir: str,
+    export_dir: str,
+    model_target: str,
+    store_url: str,
+    vocab_dir: Optional[str] = None,
+    users: Optional[Iterable[str]] = None,
+    batch_size: int = 128,
+    keep_examples: int = 5,
+    offline_scores: Optional[Dict[str, np.ndarray]] = None,
+    log=print,
+) -> Dict[str, TaskParity]:
     """Runs the check of the module docstring; {task: TaskParity}.
 
     events_by_user: the data job's events; export_dir: the served version (its
@@ -187,8 +215,11 @@ def check_parity(events_by_user: Dict[str, List[Event]], examples_dir: str, expo
     for task in tasks:
         result = results[task] = TaskParity(task)
         _, examples = read_test_examples(examples_dir, task, vocab)
-        rows = [row for row, ex in enumerate(examples)
-                if wanted is None or ex[fs.USER_ID][0].decode() in wanted]
+        rows = [
+            row
+            for row, ex in enumerate(examples)
+            if wanted is None or ex[fs.USER_ID][0].decode() in wanted
+        ]
         target_key = {}  # user -> the sort key of their test target of this task
         for row in rows:
             user = examples[row][fs.USER_ID][0].decode()
@@ -202,7 +233,7 @@ def check_parity(events_by_user: Dict[str, List[Event]], examples_dir: str, expo
             store.append_many(stored)
             pending: List[Tuple[int, object]] = []
 
-            def flush():
+            def flush(pending=pending, task=task, result=result):
                 if not pending:
                     return
                 scores = client.predict_inputs(
@@ -212,8 +243,7 @@ def check_parity(events_by_user: Dict[str, List[Event]], examples_dir: str, expo
                     offline = offline_scores[task][row]
                     width = len(request.features[fs.CANDIDATE_ITEMS])
                     difference = float(np.max(np.abs(served[:width] - offline[:width])))
-                    result.max_score_difference = max(result.max_score_difference,
-                                                      difference)
+                    result.max_score_difference = max(result.max_score_difference, difference)
                     if difference > SCORE_TOLERANCE:
                         result.score_mismatches += 1
                 pending.clear()
@@ -222,8 +252,7 @@ def check_parity(events_by_user: Dict[str, List[Event]], examples_dir: str, expo
                 example = examples[row]
                 user = example[fs.USER_ID][0].decode()
                 key = target_key[user]
-                query = (target_query(events_by_user[user], key) if task == "search"
-                         else None)
+                query = target_query(events_by_user[user], key) if task == "search" else None
                 candidates = [c.decode("utf-8") for c in example[fs.CANDIDATE_ITEMS]]
                 request = assembler.assemble(user, store.events(user), candidates, query)
                 result.users += 1
@@ -256,40 +285,64 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         epilog="after the dataset: the data job's input flags, as `python -m "
-               "pipeline.build_examples` (same defaults): " + " ".join(INPUT_FLAGS))
-    parser.add_argument("--examples_dir", required=True,
-                        help="the data job's output (its manifest.json; a TFX Examples "
-                             "artifact's URI works too)")
-    parser.add_argument("--model_base_path", required=True,
-                        help="<serving_dir>/unisar: the newest version is checked")
-    parser.add_argument("--vocab_dir", default=None,
-                        help="the data job's vocab/ when the examples carry int ids")
-    parser.add_argument("--store", default=None,
-                        help="history store URL with {task} in it (default: SQLite files in "
-                             "a temporary directory)")
-    parser.add_argument("--max_users", type=int, default=0,
-                        help="check a fixed sample: the first N users by id (0 = all)")
+        "pipeline.build_examples` (same defaults): " + " ".join(INPUT_FLAGS),
+    )
+    parser.add_argument(
+        "--examples_dir",
+        required=True,
+        help="the data job's output (its manifest.json; a TFX Examples "
+        "artifact's URI works too)",
+    )
+    parser.add_argument(
+        "--model_base_path",
+        required=True,
+        help="<serving_dir>/unisar: the newest version is checked",
+    )
+    parser.add_argument(
+        "--vocab_dir", default=None, help="the data job's vocab/ when the examples carry int ids"
+    )
+    parser.add_argument(
+        "--store",
+        default=None,
+        help="history store URL with {task} in it (default: SQLite files in "
+        "a temporary directory)",
+    )
+    parser.add_argument(
+        "--max_users",
+        type=int,
+        default=0,
+        help="check a fixed sample: the first N users by id (0 = all)",
+    )
     parser.add_argument("--report", default=None, help="write the result as JSON here")
     args, read, inputs = parse_with_dataset(parser, argv)
 
     by_user = events_by_user(adapter_events(read, inputs))
-    users = sorted(by_user)[:args.max_users] if args.max_users else None
-    with tempfile.TemporaryDirectory(prefix="parity-") as scratch, \
-            serve(args.model_base_path, port=0) as server:
+    users = sorted(by_user)[: args.max_users] if args.max_users else None
+    with (
+        tempfile.TemporaryDirectory(prefix="parity-") as scratch,
+        serve(args.model_base_path, port=0) as server,
+    ):
         store = args.store or f"sqlite:///{os.path.join(scratch, 'history-{task}.db')}"
         export_dir = os.path.join(args.model_base_path, str(server.version))
-        results = check_parity(by_user, args.examples_dir, export_dir, server.address,
-                               store, vocab_dir=args.vocab_dir, users=users)
+        results = check_parity(
+            by_user,
+            args.examples_dir,
+            export_dir,
+            server.address,
+            store,
+            vocab_dir=args.vocab_dir,
+            users=users,
+        )
     print("| task | users | feature mismatches | score mismatches | max abs score difference |")
     print("|---|---|---|---|---|")
     for result in results.values():
         print(result.row())
     if args.report:
         with open(args.report, "w") as out:
-            json.dump({task: dataclasses.asdict(r) for task, r in results.items()}, out,
-                      indent=2)
-    failed = any(r.feature_mismatches or r.score_mismatches or not r.users
-                 for r in results.values())
+            json.dump({task: dataclasses.asdict(r) for task, r in results.items()}, out, indent=2)
+    failed = any(
+        r.feature_mismatches or r.score_mismatches or not r.users for r in results.values()
+    )
     for result in results.values():
         for example in result.examples:
             print(f"{result.task}: user {example['user']}: differs in {example['features']}")

@@ -30,6 +30,7 @@ copied search_len times). The allocation records miss the bytes of long strings 
 heap, outside TensorFlow's allocators) and allocator overhead: SAFETY_FACTOR covers them,
 checked against the process's peak RSS (docs/serving.md, "Memory limits", has the numbers).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,12 +49,23 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from feature_specs import CANDIDATE_ITEMS
-from feature_specs.serving import (CANDIDATES_INPUT, EXAMPLES_INPUT, ONLINE_DIR,
-                                   ONLINE_ITEMS_FILE, ONLINE_METADATA_FILE, QUERY_INPUT,
-                                   RAW_INPUTS, REC_ITEMS_INPUT, REC_LENGTH_INPUT,
-                                   REC_TIMESTAMPS_INPUT, SEARCH_CLICKS_INPUT,
-                                   SEARCH_LENGTH_INPUT, SEARCH_QUERIES_INPUT,
-                                   SEARCH_TIMESTAMPS_INPUT, USER_ID_INPUT)
+from feature_specs.serving import (
+    CANDIDATES_INPUT,
+    EXAMPLES_INPUT,
+    ONLINE_DIR,
+    ONLINE_ITEMS_FILE,
+    ONLINE_METADATA_FILE,
+    QUERY_INPUT,
+    RAW_INPUTS,
+    REC_ITEMS_INPUT,
+    REC_LENGTH_INPUT,
+    REC_TIMESTAMPS_INPUT,
+    SEARCH_CLICKS_INPUT,
+    SEARCH_LENGTH_INPUT,
+    SEARCH_QUERIES_INPUT,
+    SEARCH_TIMESTAMPS_INPUT,
+    USER_ID_INPUT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +88,14 @@ OUTPUT_OVERHEAD = 16
 FALLBACK_BYTES_PER_UNIT = 16 * 1024
 
 # Measures of a request (what the estimate is linear in).
-ROWS = "rows"                  # B
-CANDIDATES = "candidates"      # B x C
-REC_SLOTS = "rec_slots"        # B x R
+ROWS = "rows"  # B
+CANDIDATES = "candidates"  # B x C
+REC_SLOTS = "rec_slots"  # B x R
 SEARCH_SLOTS = "search_slots"  # B x S
-CLICKS = "clicks"              # B x S x K
-ELEMENTS = "elements"          # other elements (serving_default, unknown signatures)
-TEXT = "text:"                 # TEXT + alias: expanded bytes of that string input
-BYTES = "bytes"                # all string bytes (unknown signatures)
+CLICKS = "clicks"  # B x S x K
+ELEMENTS = "elements"  # other elements (serving_default, unknown signatures)
+TEXT = "text:"  # TEXT + alias: expanded bytes of that string input
+BYTES = "bytes"  # all string bytes (unknown signatures)
 
 _RAW = frozenset(RAW_INPUTS)
 _RAW_SEARCH = _RAW | {QUERY_INPUT}
@@ -99,37 +111,43 @@ def format_bytes(n: float) -> str:
 
 
 def kind_of(signature: meta_graph_pb2.SignatureDef) -> str:
-    """"raw" (the recommend/search contract), "examples" (serving_default) or "other"."""
+    """ "raw" (the recommend/search contract), "examples" (serving_default) or "other"."""
     names = set(signature.inputs)
     if names in (_RAW, _RAW_SEARCH):
         return "raw"
-    if names == {EXAMPLES_INPUT} and \
-            signature.inputs[EXAMPLES_INPUT].dtype == types_pb2.DT_STRING:
+    if names == {EXAMPLES_INPUT} and signature.inputs[EXAMPLES_INPUT].dtype == types_pb2.DT_STRING:
         return "examples"
     return "other"
 
 
 # ----------------------------------------------------------------------------- measures
 
-def raw_measures(dims: Mapping[str, Sequence[int]],
-                 string_bytes: Mapping[str, int]) -> Dict[str, int]:
+
+def raw_measures(
+    dims: Mapping[str, Sequence[int]], string_bytes: Mapping[str, int]
+) -> Dict[str, int]:
     """Measures of a raw-contract request: dims and expanded string bytes by input."""
     batch = max([d[0] for d in dims.values() if d] or [0])
     candidates = dims[CANDIDATES_INPUT]
     rec = max(dims[name][1] for name in _REC_DIM)
     search = max(dims[name][1] for name in _SEARCH_DIM)
     clicks = math.prod(dims[SEARCH_CLICKS_INPUT])
-    measures = {ROWS: batch, CANDIDATES: batch * candidates[1], REC_SLOTS: batch * rec,
-                SEARCH_SLOTS: batch * search, CLICKS: clicks}
+    measures = {
+        ROWS: batch,
+        CANDIDATES: batch * candidates[1],
+        REC_SLOTS: batch * rec,
+        SEARCH_SLOTS: batch * search,
+        CLICKS: clicks,
+    }
     for alias, size in string_bytes.items():
         measures[TEXT + alias] = size
     return measures
 
 
-def generic_measures(dims: Mapping[str, Sequence[int]],
-                     string_bytes: Mapping[str, int]) -> Dict[str, int]:
-    return {ELEMENTS: sum(math.prod(d) for d in dims.values()),
-            BYTES: sum(string_bytes.values())}
+def generic_measures(
+    dims: Mapping[str, Sequence[int]], string_bytes: Mapping[str, int]
+) -> Dict[str, int]:
+    return {ELEMENTS: sum(math.prod(d) for d in dims.values()), BYTES: sum(string_bytes.values())}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +161,11 @@ class ExampleCounts:
     most_values: Dict[str, int]
 
     def measures(self) -> Dict[str, int]:
-        return {ROWS: self.rows, CANDIDATES: self.rows * self.most_candidates,
-                ELEMENTS: self.rows * sum(self.most_values.values())}
+        return {
+            ROWS: self.rows,
+            CANDIDATES: self.rows * self.most_candidates,
+            ELEMENTS: self.rows * sum(self.most_values.values()),
+        }
 
 
 def count_example_values(examples: Sequence[tf.train.Example], rows: int) -> ExampleCounts:
@@ -161,11 +182,16 @@ def count_example_values(examples: Sequence[tf.train.Example], rows: int) -> Exa
 def direct_bytes(request_bytes: int, elements: int, string_bytes: int, outputs: int) -> int:
     """What the server holds for a request outside the model run: the received message and
     its parsed proto, each input as numpy and as a fed tensor, the response."""
-    return (2 * request_bytes + ELEMENT_OVERHEAD * elements + 2 * string_bytes
-            + OUTPUT_OVERHEAD * outputs)
+    return (
+        2 * request_bytes
+        + ELEMENT_OVERHEAD * elements
+        + 2 * string_bytes
+        + OUTPUT_OVERHEAD * outputs
+    )
 
 
 # ----------------------------------------------------------------------------- costs
+
 
 @dataclasses.dataclass(frozen=True)
 class SignatureCost:
@@ -194,13 +220,18 @@ class SignatureCost:
         """The largest parts of the estimate, as text."""
         parts = []
         for name, count in measures.items():
-            rate = self.per_unit.get(name, self.per_unit.get(BYTES, 0.0)
-                                     if name.startswith(TEXT) else 0.0)
+            rate = self.per_unit.get(
+                name, self.per_unit.get(BYTES, 0.0) if name.startswith(TEXT) else 0.0
+            )
             extra = max(0, count - self.base_measures.get(name, 0))
             if rate and extra:
-                unit = "bytes of " + name[len(TEXT):] if name.startswith(TEXT) else name
-                parts.append((rate * extra, f"{count:,} {unit} at "
-                                            f"~{format_bytes(SAFETY_FACTOR * rate)} each"))
+                unit = "bytes of " + name[len(TEXT) :] if name.startswith(TEXT) else name
+                parts.append(
+                    (
+                        rate * extra,
+                        f"{count:,} {unit} at " f"~{format_bytes(SAFETY_FACTOR * rate)} each",
+                    )
+                )
         return [text for _, text in sorted(parts, reverse=True)[:top]]
 
 
@@ -218,8 +249,12 @@ class Estimate:
 
     @property
     def total(self) -> int:
-        return int(math.ceil(self.cost.model_bytes(self.measures) + direct_bytes(
-            self.request_bytes, self.elements, self.string_bytes, self.outputs)))
+        return int(
+            math.ceil(
+                self.cost.model_bytes(self.measures)
+                + direct_bytes(self.request_bytes, self.elements, self.string_bytes, self.outputs)
+            )
+        )
 
     def with_candidates(self, per_row: int) -> "Estimate":
         """The same request with `per_row` candidates per row (same text per candidate)."""
@@ -231,8 +266,12 @@ class Estimate:
         if TEXT + CANDIDATES_INPUT in measures:
             measures[TEXT + CANDIDATES_INPUT] = new_text
         return dataclasses.replace(
-            self, measures=measures, elements=self.elements - old + rows * per_row,
-            string_bytes=self.string_bytes - text + new_text, outputs=rows * per_row)
+            self,
+            measures=measures,
+            elements=self.elements - old + rows * per_row,
+            string_bytes=self.string_bytes - text + new_text,
+            outputs=rows * per_row,
+        )
 
     def most_candidates(self, cap: int) -> Optional[int]:
         """The most candidates per row that keep this request (same rows, histories and
@@ -250,17 +289,24 @@ class Estimate:
 
 def fallback_cost(kind: str) -> SignatureCost:
     rate = float(FALLBACK_BYTES_PER_UNIT)
-    units = ([ROWS, CANDIDATES, REC_SLOTS, SEARCH_SLOTS, CLICKS, BYTES] if kind == "raw"
-             else [ROWS, CANDIDATES, ELEMENTS, BYTES])
+    units = (
+        [ROWS, CANDIDATES, REC_SLOTS, SEARCH_SLOTS, CLICKS, BYTES]
+        if kind == "raw"
+        else [ROWS, CANDIDATES, ELEMENTS, BYTES]
+    )
     return SignatureCost(0.0, {}, {name: rate for name in units}, measured=False)
 
 
 def _allocated_bytes(run_metadata: tf.compat.v1.RunMetadata) -> int:
     """Bytes a traced run allocated in all, from every allocator's allocation records."""
-    return sum(record.alloc_bytes
-               for device in run_metadata.step_stats.dev_stats
-               for node in device.node_stats for memory in node.memory
-               for record in memory.allocation_records if record.alloc_bytes > 0)
+    return sum(
+        record.alloc_bytes
+        for device in run_metadata.step_stats.dev_stats
+        for node in device.node_stats
+        for memory in node.memory
+        for record in memory.allocation_records
+        if record.alloc_bytes > 0
+    )
 
 
 def _read_online(export_dir: str) -> Tuple[Dict[str, int], List[bytes]]:
@@ -288,16 +334,26 @@ class _RawProbes:
 
     def __init__(self, with_query: bool, shapes: Mapping[str, int], items: List[bytes]):
         self.with_query = with_query
-        self.full = (max(shapes.get("rec_len", 1), 1), max(shapes.get("search_len", 1), 1),
-                     max(shapes.get("clicks_per_session", 1), 1),
-                     max(shapes.get("query_len", 1), 1))
+        self.full = (
+            max(shapes.get("rec_len", 1), 1),
+            max(shapes.get("search_len", 1), 1),
+            max(shapes.get("clicks_per_session", 1), 1),
+            max(shapes.get("query_len", 1), 1),
+        )
         self.items = items or [b"i"]
 
     def _item_ids(self, count: int) -> List[bytes]:
         return [self.items[k % len(self.items)] for k in range(count)]
 
-    def request(self, rows=1, candidates=1, rec=None, search=None, clicks=None,
-                text: Optional[Tuple[str, int]] = None) -> Dict[str, np.ndarray]:
+    def request(
+        self,
+        rows=1,
+        candidates=1,
+        rec=None,
+        search=None,
+        clicks=None,
+        text: Optional[Tuple[str, int]] = None,
+    ) -> Dict[str, np.ndarray]:
         """One request: `rows` copies of a row with `candidates` candidates and the given
         history sizes (default: the model's full history); `text` = (input, n) puts n bytes
         of one-letter words in that input's first string."""
@@ -344,30 +400,41 @@ class _RawProbes:
         for alias, array in small.items():
             if array.dtype == object:
                 grown = PROBE_TEXT_BYTES - len(array.flat[0])
-                result[TEXT + alias] = (small, self.request(**minimal,
-                                                            text=(alias, PROBE_TEXT_BYTES)),
-                                        grown)
+                result[TEXT + alias] = (
+                    small,
+                    self.request(**minimal, text=(alias, PROBE_TEXT_BYTES)),
+                    grown,
+                )
         return result
 
 
 def _string_bytes(arrays: Mapping[str, np.ndarray]) -> Dict[str, int]:
-    return {name: int(sum(len(v) for v in value.flat))
-            for name, value in arrays.items() if value.dtype == object}
+    return {
+        name: int(sum(len(v) for v in value.flat))
+        for name, value in arrays.items()
+        if value.dtype == object
+    }
 
 
 def _probe_measures(arrays: Mapping[str, np.ndarray]) -> Dict[str, int]:
-    return raw_measures({name: value.shape for name, value in arrays.items()},
-                        _string_bytes(arrays))
+    return raw_measures(
+        {name: value.shape for name, value in arrays.items()}, _string_bytes(arrays)
+    )
 
 
-def measure_raw_cost(session: tf.compat.v1.Session, signature: meta_graph_pb2.SignatureDef,
-                     shapes: Mapping[str, int], items: List[bytes]) -> SignatureCost:
+def measure_raw_cost(
+    session: tf.compat.v1.Session,
+    signature: meta_graph_pb2.SignatureDef,
+    shapes: Mapping[str, int],
+    items: List[bytes],
+) -> SignatureCost:
     """Bytes the base probe allocates and each measure's bytes per unit (module doc)."""
     probes = _RawProbes(QUERY_INPUT in signature.inputs, shapes, items)
     fetches = [info.name for info in signature.outputs.values()]
     # Ops one at a time in the calling thread: the same allocations on every run.
-    options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.SOFTWARE_TRACE,
-                                      inter_op_thread_pool=-1)
+    options = tf.compat.v1.RunOptions(
+        trace_level=tf.compat.v1.RunOptions.SOFTWARE_TRACE, inter_op_thread_pool=-1
+    )
     totals: Dict[int, int] = {}
 
     def run(arrays, traced=True) -> int:
@@ -388,14 +455,19 @@ def measure_raw_cost(session: tf.compat.v1.Session, signature: meta_graph_pb2.Si
     base = run(base_arrays)
     if base <= 0:
         raise RuntimeError("the traced run recorded no allocations")
-    per_unit = {name: max(0.0, (run(grown) - run(start)) / units)
-                for name, (start, grown, units) in pairs.items()}
+    per_unit = {
+        name: max(0.0, (run(grown) - run(start)) / units)
+        for name, (start, grown, units) in pairs.items()
+    }
     return SignatureCost(float(base), _probe_measures(base_arrays), per_unit)
 
 
-def measure_costs(session: tf.compat.v1.Session,
-                  signature_defs: Mapping[str, meta_graph_pb2.SignatureDef],
-                  export_dir: str, skip: Sequence[str] = ()) -> Dict[str, SignatureCost]:
+def measure_costs(
+    session: tf.compat.v1.Session,
+    signature_defs: Mapping[str, meta_graph_pb2.SignatureDef],
+    export_dir: str,
+    skip: Sequence[str] = (),
+) -> Dict[str, SignatureCost]:
     """Each signature's SignatureCost; signatures that cannot be probed get the measured
     signatures' largest coefficients (serving_default: the same model behind tf.Examples)
     or, if none was measured, FALLBACK_BYTES_PER_UNIT."""
@@ -408,8 +480,12 @@ def measure_costs(session: tf.compat.v1.Session,
         try:
             costs[name] = measure_raw_cost(session, signature, shapes, items)
         except Exception as e:  # a model the probes do not fit: be conservative
-            log.warning("signature %s: cannot measure its memory cost (%s); assuming %s per "
-                        "unit", name, e, format_bytes(FALLBACK_BYTES_PER_UNIT))
+            log.warning(
+                "signature %s: cannot measure its memory cost (%s); assuming %s per " "unit",
+                name,
+                e,
+                format_bytes(FALLBACK_BYTES_PER_UNIT),
+            )
             costs[name] = fallback_cost("raw")
     measured = [cost for cost in costs.values() if cost.measured]
     for name, signature in signature_defs.items():
@@ -433,15 +509,21 @@ def measure_costs(session: tf.compat.v1.Session,
         if kind == "other":  # no idea what an element is: the dearest of all
             largest[ELEMENTS] = max(largest.values())
         costs[name] = SignatureCost(max(cost.base for cost in measured), {}, largest)
-    log.info("measured the memory cost of %s in %.1f s: %s", sorted(costs),
-             time.time() - started,
-             ", ".join(f"{name} {format_bytes(cost.per_candidate() or 0)}/candidate"
-                       for name, cost in sorted(costs.items())
-                       if cost.per_candidate() is not None))
+    log.info(
+        "measured the memory cost of %s in %.1f s: %s",
+        sorted(costs),
+        time.time() - started,
+        ", ".join(
+            f"{name} {format_bytes(cost.per_candidate() or 0)}/candidate"
+            for name, cost in sorted(costs.items())
+            if cost.per_candidate() is not None
+        ),
+    )
     return costs
 
 
 # ----------------------------------------------------------------------------- budget
+
 
 class BudgetExhausted(Exception):
     """The requests in flight hold the budget for longer than this one may wait."""
@@ -475,8 +557,9 @@ class MemoryBudget:
             while self._in_use + nbytes > self.limit:
                 left = wait_seconds - (time.monotonic() - start)
                 if nbytes > self.limit or left <= 0:
-                    raise BudgetExhausted(nbytes, self._in_use, self.limit,
-                                          time.monotonic() - start)
+                    raise BudgetExhausted(
+                        nbytes, self._in_use, self.limit, time.monotonic() - start
+                    )
                 self._changed.wait(left)
             self._in_use += nbytes
         try:
@@ -487,8 +570,9 @@ class MemoryBudget:
                 self._changed.notify_all()
 
 
-def request_string_bytes(checked: Mapping[str, Tuple[tensor_pb2.TensorProto, List[int]]],
-                         expanded) -> Tuple[Dict[str, Sequence[int]], Dict[str, int], int]:
+def request_string_bytes(
+    checked: Mapping[str, Tuple[tensor_pb2.TensorProto, List[int]]], expanded
+) -> Tuple[Dict[str, Sequence[int]], Dict[str, int], int]:
     """(dims by input, expanded string bytes by string input, all elements) of checked
     inputs; `expanded(tensor, dims)` -> (elements, bytes) (serving.server.expanded_size)."""
     dims, strings, elements = {}, {}, 0

@@ -24,6 +24,7 @@ give an approximate top-k over `item_vectors.npy` in well under a millisecond at
 cost of a few percent; only TwoTowerIndex.scores / top_ids would change. Neither is
 installed or needed at this project's catalogue sizes (docs/online.md#retrieval).
 """
+
 from __future__ import annotations
 
 import os
@@ -74,13 +75,15 @@ class Retriever:
     def num_items(self) -> int:
         return self.index.num_items
 
-    def retrieve(self, events: Sequence[Event], k: int, exclude: Container[str] = ()
-                 ) -> List[str]:
+    def retrieve(self, events: Sequence[Event], k: int, exclude: Container[str] = ()) -> List[str]:
         """Top-k raw item ids for a user's events (any order; [] = cold start: popularity),
         the user's own items and `exclude` left out. Fewer than k only when the catalogue
         has fewer items left."""
         if k <= 0:
             return []
-        excluded: Iterable[str] = exclude if isinstance(exclude, (set, frozenset, list, tuple)) \
+        excluded: Iterable[str] = (
+            exclude
+            if isinstance(exclude, (set, frozenset, list, tuple))
             else [item for item in self.index.items[1:] if item in exclude]
+        )
         return self.index.retrieve(recent_items(events, self.clicks_per_session), k, excluded)

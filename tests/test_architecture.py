@@ -14,6 +14,7 @@ Entry points (`__main__` modules, unisar_tf.train.cli, which also exports, and
 unisar_tf.tools.standard_protocols, which also runs the data job) may import any layer;
 nothing imports them. Every import counts, including those inside functions.
 """
+
 import ast
 import os
 from typing import Dict, List, Set
@@ -22,8 +23,15 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("feature_specs", "unisar_tf", "pipeline", "serving")
-LAYERS = [("feature_specs",), ("unisar_tf",), ("unisar_tf.data",), ("unisar_tf.train",),
-          ("unisar_tf.export",), ("unisar_tf.tools",), ("pipeline", "serving")]
+LAYERS = [
+    ("feature_specs",),
+    ("unisar_tf",),
+    ("unisar_tf.data",),
+    ("unisar_tf.train",),
+    ("unisar_tf.export",),
+    ("unisar_tf.tools",),
+    ("pipeline", "serving"),
+]
 ENTRY_POINTS = {"unisar_tf.train.cli", "unisar_tf.tools.standard_protocols"}
 
 
@@ -54,7 +62,7 @@ def import_graph(modules: Dict[str, str]) -> Dict[str, Set[str]]:
                 base = node.module or ""
                 if node.level:  # relative import
                     parts = package.split(".")
-                    base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+                    base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
                 for alias in node.names:
                     submodule = f"{base}.{alias.name}"
                     targets.add(submodule if submodule in modules else base)
@@ -112,7 +120,7 @@ def is_entry_point(module: str) -> bool:
 
 
 def upward_imports(graph: Dict[str, Set[str]]) -> List[str]:
-    """"a -> b" for every import of a higher layer, or of an entry point, by a module that is
+    """ "a -> b" for every import of a higher layer, or of an entry point, by a module that is
     not an entry point."""
     wrong = []
     for module, targets in sorted(graph.items()):
@@ -120,8 +128,10 @@ def upward_imports(graph: Dict[str, Set[str]]) -> List[str]:
             continue
         for target in sorted(targets):
             if is_entry_point(target) or layer_of(target) > layer_of(module):
-                wrong.append(f"{module} (layer {layer_of(module)}) -> {target} "
-                             f"(layer {layer_of(target)})")
+                wrong.append(
+                    f"{module} (layer {layer_of(module)}) -> {target} "
+                    f"(layer {layer_of(target)})"
+                )
     return wrong
 
 
@@ -139,13 +149,17 @@ def test_imports_only_go_down_the_layers(graph):
 
 
 def test_the_checks_find_a_planted_cycle_and_an_upward_import():
-    planted = {"unisar_tf.data.reader": {"unisar_tf.train.trainer"},
-               "unisar_tf.train.trainer": {"unisar_tf.data.reader", "unisar_tf.model"},
-               "unisar_tf.model": set(), "unisar_tf.train.__main__": {"unisar_tf.export.push"},
-               "unisar_tf.export.push": {"unisar_tf.model"}}
+    planted = {
+        "unisar_tf.data.reader": {"unisar_tf.train.trainer"},
+        "unisar_tf.train.trainer": {"unisar_tf.data.reader", "unisar_tf.model"},
+        "unisar_tf.model": set(),
+        "unisar_tf.train.__main__": {"unisar_tf.export.push"},
+        "unisar_tf.export.push": {"unisar_tf.model"},
+    }
     assert cycles(planted) == [["unisar_tf.data.reader", "unisar_tf.train.trainer"]]
     assert upward_imports(planted) == [
-        "unisar_tf.data.reader (layer 2) -> unisar_tf.train.trainer (layer 3)"]
+        "unisar_tf.data.reader (layer 2) -> unisar_tf.train.trainer (layer 3)"
+    ]
 
 
 def test_the_graph_sees_function_level_and_submodule_imports(graph):

@@ -1,4 +1,5 @@
 """Renamed flags keep working under their old spelling, with a message (unisar_tf/flags.py)."""
+
 import argparse
 
 import pytest
@@ -17,8 +18,10 @@ def test_the_old_spelling_sets_the_new_flag_and_says_so(capsys):
     args = _parser().parse_args(["--epochs", "7"])
     assert args.max_epochs == 7  # converted by the new flag's type
     assert not hasattr(args, "epochs")
-    assert "job: --epochs is deprecated and will be removed; use --max_epochs" in \
-        capsys.readouterr().err
+    assert (
+        "job: --epochs is deprecated and will be removed; use --max_epochs"
+        in capsys.readouterr().err
+    )
 
 
 def test_the_new_spelling_is_silent_and_the_old_one_is_hidden_from_help(capsys):

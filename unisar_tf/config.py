@@ -2,6 +2,7 @@
 
 Defaults follow ../shared/docs/unisar-spec.md (sections 2-10) and the authors' code.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -140,26 +141,42 @@ class UniSARConfig:
         if not self.tasks or unknown:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
         if self.embedding_dim % self.num_heads:
-            raise ValueError(f"embedding_dim={self.embedding_dim} is not divisible by "
-                             f"num_heads={self.num_heads}")
+            raise ValueError(
+                f"embedding_dim={self.embedding_dim} is not divisible by "
+                f"num_heads={self.num_heads}"
+            )
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, "
-                             f"got {self.architecture!r}")
+            raise ValueError(
+                f"architecture must be one of {ARCHITECTURES}, " f"got {self.architecture!r}"
+            )
         if self.architecture == "sasrec" and self.tasks != ("rec",):
-            raise ValueError(f"architecture 'sasrec' is a rec-only model: set tasks=('rec',), "
-                             f"got {self.tasks}")
+            raise ValueError(
+                f"architecture 'sasrec' is a rec-only model: set tasks=('rec',), "
+                f"got {self.tasks}"
+            )
         if self.ranking_loss not in ("bce", "softmax"):
             raise ValueError(f"ranking_loss must be 'bce' or 'softmax', got {self.ranking_loss!r}")
         if self.embedding_l2_mode not in ("dense", "batch_rows"):
-            raise ValueError(f"embedding_l2_mode must be 'dense' or 'batch_rows', "
-                             f"got {self.embedding_l2_mode!r}")
+            raise ValueError(
+                f"embedding_l2_mode must be 'dense' or 'batch_rows', "
+                f"got {self.embedding_l2_mode!r}"
+            )
         if not (self.use_r2r or self.use_s2r):
             raise ValueError("the rec side needs at least one of r2r and s2r")
         if not (self.use_s2s or self.use_r2s):
             raise ValueError("the search side needs at least one of s2s and r2s")
-        for name in ("rec_len", "search_len", "query_len",
-                     "clicks_per_session", "num_heads", "num_layers", "batch_size",
-                     "num_train_negatives", "num_eval_negatives", "num_relevance_negatives"):
+        for name in (
+            "rec_len",
+            "search_len",
+            "query_len",
+            "clicks_per_session",
+            "num_heads",
+            "num_layers",
+            "batch_size",
+            "num_train_negatives",
+            "num_eval_negatives",
+            "num_relevance_negatives",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:  # a negative rate ascends the loss (rc 0, loss 2e17)
@@ -173,19 +190,26 @@ class UniSARConfig:
             raise ValueError(f"item_caption_length must be >= 0, got {self.item_caption_length}")
         for name in ("num_users", "num_items", "num_words"):
             if getattr(self, name) < 2:
-                raise ValueError(f"{name} must be >= 2 (id 0 is padding), got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name} must be >= 2 (id 0 is padding), got {getattr(self, name)}"
+                )
 
     @property
     def sequence_shapes(self) -> SequenceShapes:
-        return SequenceShapes(rec_len=self.rec_len,
-                              search_len=self.search_len,
-                              query_len=self.query_len,
-                              clicks_per_session=self.clicks_per_session)
+        return SequenceShapes(
+            rec_len=self.rec_len,
+            search_len=self.search_len,
+            query_len=self.query_len,
+            clicks_per_session=self.clicks_per_session,
+        )
 
     @property
     def uses_side_features(self) -> bool:
-        return bool(self.item_category_vocab_sizes or self.user_feature_vocab_sizes
-                    or self.item_caption_length)
+        return bool(
+            self.item_category_vocab_sizes
+            or self.user_feature_vocab_sizes
+            or self.item_caption_length
+        )
 
     @property
     def uses_mixed_encoder(self) -> bool:
@@ -212,8 +236,11 @@ class UniSARConfig:
 
 
 # Fields an older config.json may still use: the data job's names are the one name per shape.
-RENAMED_FIELDS = {"max_rec_history": "rec_len", "max_search_history": "search_len",
-                  "query_length": "query_len"}
+RENAMED_FIELDS = {
+    "max_rec_history": "rec_len",
+    "max_search_history": "search_len",
+    "query_length": "query_len",
+}
 
 
 def renamed_fields(values: Dict[str, Any]) -> Dict[str, Any]:
@@ -223,9 +250,15 @@ def renamed_fields(values: Dict[str, Any]) -> Dict[str, Any]:
 
 def kuaisar_preset(**overrides: Any) -> UniSARConfig:
     """Reference defaults for KuaiSAR (spec 10): 5 clicks per search session."""
-    values = dict(alpha_relevance=0.001, relevance_temperature=0.5,
-                  beta_alignment=0.1, alignment_temperature=0.1,
-                  gamma_search=0.1, l2_weight=3e-5, clicks_per_session=5)
+    values = dict(
+        alpha_relevance=0.001,
+        relevance_temperature=0.5,
+        beta_alignment=0.1,
+        alignment_temperature=0.1,
+        gamma_search=0.1,
+        l2_weight=3e-5,
+        clicks_per_session=5,
+    )
     values.update(overrides)
     return UniSARConfig(**values)
 
@@ -233,10 +266,16 @@ def kuaisar_preset(**overrides: Any) -> UniSARConfig:
 def amazon_preset(**overrides: Any) -> UniSARConfig:
     """Reference defaults for the Amazon datasets (spec 10): 1 click per search session, ids
     only (the item words the Amazon data job writes are ignored). The `paper` preset."""
-    values = dict(alpha_relevance=0.1, relevance_temperature=0.1,
-                  beta_alignment=0.01, alignment_temperature=0.1,
-                  gamma_search=0.01, l2_weight=1e-5, clicks_per_session=1,
-                  use_side_features=False)
+    values = dict(
+        alpha_relevance=0.1,
+        relevance_temperature=0.1,
+        beta_alignment=0.01,
+        alignment_temperature=0.1,
+        gamma_search=0.01,
+        l2_weight=1e-5,
+        clicks_per_session=1,
+        use_side_features=False,
+    )
     values.update(overrides)
     return UniSARConfig(**values)
 
@@ -246,13 +285,21 @@ def amazon_preset(**overrides: Any) -> UniSARConfig:
 DEFAULT_OVERRIDES: Dict[str, Any] = dict(
     # Spec 10's Amazon loss weights, except the search task's: at 0.01 search only took off
     # after ~300 steps; at 1 it does in the first epoch.
-    alpha_relevance=0.1, relevance_temperature=0.1, beta_alignment=0.01,
-    alignment_temperature=0.1, gamma_search=1.0, l2_weight=0.0,
-    ranking_loss="softmax", num_train_negatives=20, interaction_features=True,
+    alpha_relevance=0.1,
+    relevance_temperature=0.1,
+    beta_alignment=0.01,
+    alignment_temperature=0.1,
+    gamma_search=1.0,
+    l2_weight=0.0,
+    ranking_loss="softmax",
+    num_train_negatives=20,
+    interaction_features=True,
     use_cooccurrence=True,
     # It peaks within 1-3 epochs on Beauty and Sports, then the learned part overfits:
     # cut the learning rate after one epoch without a new best, stop after two.
-    lr_reduce_patience=1, early_stop_patience=2)
+    lr_reduce_patience=1,
+    early_stop_patience=2,
+)
 
 
 def default_preset(**overrides: Any) -> UniSARConfig:
@@ -262,8 +309,12 @@ def default_preset(**overrides: Any) -> UniSARConfig:
     return UniSARConfig(**values)
 
 
-PRESETS = {"default": default_preset, "paper": amazon_preset, "amazon": amazon_preset,
-           "kuaisar": kuaisar_preset}
+PRESETS = {
+    "default": default_preset,
+    "paper": amazon_preset,
+    "amazon": amazon_preset,
+    "kuaisar": kuaisar_preset,
+}
 
 
 def preset(name: str, **overrides: Any) -> UniSARConfig:
@@ -314,9 +365,15 @@ BASELINES: Dict[str, Dict[str, Any]] = {
     # Its own schedule, not the preset's: the default preset's patience (plateau 1, stop 2)
     # suits a model that peaks in 1-3 epochs; SASRec needs ~13 epochs on Beauty and, with
     # that patience, stopped at its first epoch's weights below random on another category.
-    "SASRec": {"architecture": "sasrec", "tasks": ("rec",), "num_train_negatives": 4,
-               "dropout": 0.2, "learning_rate": 3e-3, "lr_reduce_patience": 3,
-               "early_stop_patience": 6},
+    "SASRec": {
+        "architecture": "sasrec",
+        "tasks": ("rec",),
+        "num_train_negatives": 4,
+        "dropout": 0.2,
+        "learning_rate": 3e-3,
+        "lr_reduce_patience": 3,
+        "early_stop_patience": 6,
+    },
 }
 # SASRec's own epoch budget (early stopping normally ends it first).
 SASREC_MAX_EPOCHS = 60

@@ -16,6 +16,7 @@ holder in the same process is refused like another process (flock belongs to the
 Local file systems only (and NFS where flock is forwarded to the server). Standard library
 only: subprocesses in tests import it without TensorFlow or Beam.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -72,11 +73,15 @@ def read_holder(path: str) -> Optional[dict]:
 
 
 def _holder_record(details: Optional[dict]) -> bytes:
-    return json.dumps({
-        "pid": os.getpid(), "host": socket.gethostname(),
-        "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv)[:500], **(details or {}),
-    }).encode("utf-8")
+    return json.dumps(
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)[:500],
+            **(details or {}),
+        }
+    ).encode("utf-8")
 
 
 def _lock_new_descriptor(path: str, details: Optional[dict]) -> int:
@@ -111,8 +116,14 @@ class FileLock:
     holding the lock, so no other process can be holding that file).
     details: more fields for the holder record (e.g. what is being written)."""
 
-    def __init__(self, path: str, *, reentrant: bool = False, delete_on_release: bool = False,
-                 details: Optional[dict] = None):
+    def __init__(
+        self,
+        path: str,
+        *,
+        reentrant: bool = False,
+        delete_on_release: bool = False,
+        details: Optional[dict] = None,
+    ):
         self.path = path.removeprefix("file://")
         self.details = details
         self.reentrant = reentrant

@@ -4,6 +4,7 @@ Flags are snake_case and say what they bound (`--max_epochs`, not `--epochs`). A
 keeps its old spelling for a while: `deprecated_alias` accepts it, sets the new flag's value
 and says on stderr which name to use instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,13 +19,17 @@ class _DeprecatedFlag(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"{parser.prog}: {option_string} is deprecated and will be removed; "
-              f"use {self.new_flag}", file=sys.stderr)
+        print(
+            f"{parser.prog}: {option_string} is deprecated and will be removed; "
+            f"use {self.new_flag}",
+            file=sys.stderr,
+        )
         setattr(namespace, self.dest, values)
 
 
-def deprecated_alias(parser: argparse.ArgumentParser, old_flag: str, new_flag: str,
-                     **kwargs) -> None:
+def deprecated_alias(
+    parser: argparse.ArgumentParser, old_flag: str, new_flag: str, **kwargs
+) -> None:
     """Accept `old_flag` as a hidden synonym of the already added `new_flag`.
 
     kwargs: the new flag's `type` (and any other add_argument keyword the value needs)."""
@@ -36,5 +41,12 @@ def deprecated_alias(parser: argparse.ArgumentParser, old_flag: str, new_flag: s
         action.required = False
         target = parser.add_mutually_exclusive_group(required=True)
         target._group_actions.append(action)  # argparse has no public way to move it in
-    target.add_argument(old_flag, dest=action.dest, action=_DeprecatedFlag, new_flag=new_flag,
-                        help=argparse.SUPPRESS, type=kwargs.pop("type", action.type), **kwargs)
+    target.add_argument(
+        old_flag,
+        dest=action.dest,
+        action=_DeprecatedFlag,
+        new_flag=new_flag,
+        help=argparse.SUPPRESS,
+        type=kwargs.pop("type", action.type),
+        **kwargs,
+    )

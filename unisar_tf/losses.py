@@ -1,4 +1,5 @@
 """Contrastive losses of UniSAR (spec sections 5 and 6), each owning its bilinear W and tau."""
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -12,8 +13,13 @@ def _xavier_normal() -> tf.keras.initializers.Initializer:
     return tf.keras.initializers.GlorotNormal()
 
 
-def nt_xent_bilinear(first: tf.Tensor, second: tf.Tensor, kernel: tf.Tensor,
-                     temperature: tf.Tensor, row_valid: tf.Tensor) -> tf.Tensor:
+def nt_xent_bilinear(
+    first: tf.Tensor,
+    second: tf.Tensor,
+    kernel: tf.Tensor,
+    temperature: tf.Tensor,
+    row_valid: tf.Tensor,
+) -> tf.Tensor:
     """NT-Xent with similarity tanh(z W z^T) / tau over z = [first; second].
 
     first, second (B, d); kernel (d, d); row_valid (B,) bool -> scalar.
@@ -25,8 +31,7 @@ def nt_xent_bilinear(first: tf.Tensor, second: tf.Tensor, kernel: tf.Tensor,
     z = tf.concat([first, second], axis=0)  # (2B, d)
     valid = tf.concat([row_valid, row_valid], axis=0)
     logits = tf.tanh(tf.matmul(tf.matmul(z, kernel), z, transpose_b=True)) / temperature
-    allowed = tf.logical_and(valid[tf.newaxis, :],
-                             tf.logical_not(tf.eye(2 * batch, dtype=tf.bool)))
+    allowed = tf.logical_and(valid[tf.newaxis, :], tf.logical_not(tf.eye(2 * batch, dtype=tf.bool)))
     logits = tf.where(allowed, logits, _EXCLUDED_LOGIT)
     partner = tf.concat([tf.range(batch, 2 * batch), tf.range(batch)], axis=0)
     per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=partner, logits=logits)
@@ -34,8 +39,13 @@ def nt_xent_bilinear(first: tf.Tensor, second: tf.Tensor, kernel: tf.Tensor,
     return tf.math.divide_no_nan(tf.reduce_sum(per_row * weights), tf.reduce_sum(weights))
 
 
-def bilinear_info_nce(anchors: tf.Tensor, positives: tf.Tensor, negatives: tf.Tensor,
-                      kernel: tf.Tensor, temperature: tf.Tensor) -> tf.Tensor:
+def bilinear_info_nce(
+    anchors: tf.Tensor,
+    positives: tf.Tensor,
+    negatives: tf.Tensor,
+    kernel: tf.Tensor,
+    temperature: tf.Tensor,
+) -> tf.Tensor:
     """InfoNCE of each anchor against its positive and a shared pool of negatives.
 
     anchors, positives (P, d); negatives (N, d); kernel (d, d) -> scalar (0 when P = 0).
@@ -46,7 +56,8 @@ def bilinear_info_nce(anchors: tf.Tensor, positives: tf.Tensor, negatives: tf.Te
     negative_logits = tf.matmul(projected, negatives, transpose_b=True)
     logits = tf.tanh(tf.concat([positive_logit, negative_logits], axis=1)) / temperature
     per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.zeros(tf.shape(logits)[:1], tf.int32), logits=logits)
+        labels=tf.zeros(tf.shape(logits)[:1], tf.int32), logits=logits
+    )
     count = tf.cast(tf.shape(per_anchor)[0], per_anchor.dtype)
     return tf.math.divide_no_nan(tf.reduce_sum(per_anchor), count)
 
@@ -60,11 +71,14 @@ class _BilinearContrastiveLoss(tf.keras.layers.Layer):
         self.initial_temperature = initial_temperature
 
     def build(self, input_shape):
-        self.kernel = self.add_weight(name="kernel", shape=(self.model_dim, self.model_dim),
-                                      initializer=_xavier_normal())
+        self.kernel = self.add_weight(
+            name="kernel", shape=(self.model_dim, self.model_dim), initializer=_xavier_normal()
+        )
         self.temperature = self.add_weight(
-            name="temperature", shape=(),
-            initializer=tf.keras.initializers.Constant(self.initial_temperature))
+            name="temperature",
+            shape=(),
+            initializer=tf.keras.initializers.Constant(self.initial_temperature),
+        )
         super().build(input_shape)
 
     def get_config(self):
@@ -82,8 +96,13 @@ class TransitionAlignmentLoss(_BilinearContrastiveLoss):
 
     def call(self, same_view, other_view, valid):
         row_valid = tf.reduce_any(valid, axis=1)
-        return nt_xent_bilinear(masked_mean(same_view, valid), masked_mean(other_view, valid),
-                                self.kernel, self.temperature, row_valid)
+        return nt_xent_bilinear(
+            masked_mean(same_view, valid),
+            masked_mean(other_view, valid),
+            self.kernel,
+            self.temperature,
+            row_valid,
+        )
 
 
 class QueryItemRelevanceLoss(_BilinearContrastiveLoss):
@@ -94,8 +113,14 @@ class QueryItemRelevanceLoss(_BilinearContrastiveLoss):
     """
 
     def call(self, query_embeddings, clicked_item_embeddings, negative_items, negative_queries):
-        query_to_item = bilinear_info_nce(query_embeddings, clicked_item_embeddings,
-                                          negative_items, self.kernel, self.temperature)
-        item_to_query = bilinear_info_nce(clicked_item_embeddings, query_embeddings,
-                                          negative_queries, self.kernel, self.temperature)
+        query_to_item = bilinear_info_nce(
+            query_embeddings, clicked_item_embeddings, negative_items, self.kernel, self.temperature
+        )
+        item_to_query = bilinear_info_nce(
+            clicked_item_embeddings,
+            query_embeddings,
+            negative_queries,
+            self.kernel,
+            self.temperature,
+        )
         return 0.5 * (query_to_item + item_to_query)

@@ -23,6 +23,7 @@ metrics only as a cross-check on tie-free scores. The metrics here are the proje
 deterministic ones. This module is the one place the project touches tensorflow-ranking, and
 it imports it lazily, so nothing else breaks if a later TF version drops it.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Mapping, Optional, Sequence
@@ -73,8 +74,9 @@ def _ndcg(ranks, k: int):
     return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
 
 
-def ranking_metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_HR_KS,
-                               ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS) -> Dict[str, float]:
+def ranking_metrics_from_ranks(
+    ranks: np.ndarray, ks: Sequence[int] = DEFAULT_HR_KS, ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS
+) -> Dict[str, float]:
     """Mean HR@k and NDCG@k from 1-based ranks of shape (batch,).
 
     Returns {"HR@1": ..., "HR@5": ..., "HR@10": ..., "NDCG@5": ..., "NDCG@10": ...} (for the
@@ -90,8 +92,9 @@ def ranking_metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_HR
     return results
 
 
-def ranking_metrics(scores: np.ndarray, ks: Sequence[int] = DEFAULT_HR_KS,
-                    ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS) -> Dict[str, float]:
+def ranking_metrics(
+    scores: np.ndarray, ks: Sequence[int] = DEFAULT_HR_KS, ndcg_ks: Sequence[int] = DEFAULT_NDCG_KS
+) -> Dict[str, float]:
     """Mean HR@k and NDCG@k of a (batch, C) NumPy score matrix, positive at column 0."""
     return ranking_metrics_from_ranks(positive_rank_numpy(scores), ks=ks, ndcg_ks=ndcg_ks)
 
@@ -105,11 +108,14 @@ def random_ranking_metrics(num_candidates: int) -> Dict[str, float]:
 METRIC_ORDER = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
 
 
-def metrics_table(rows: Mapping[str, Mapping[str, Mapping[str, float]]],
-                  tasks=("rec", "search")) -> str:
+def metrics_table(
+    rows: Mapping[str, Mapping[str, Mapping[str, float]]], tasks=("rec", "search")
+) -> str:
     """Markdown: one line per (model, task) with METRIC_ORDER columns."""
-    lines = ["| model | task | " + " | ".join(METRIC_ORDER) + " | examples |",
-             "|---|---|" + "---|" * (len(METRIC_ORDER) + 1)]
+    lines = [
+        "| model | task | " + " | ".join(METRIC_ORDER) + " | examples |",
+        "|---|---|" + "---|" * (len(METRIC_ORDER) + 1),
+    ]
     for name, per_task in rows.items():
         for task in tasks:
             if task not in per_task:
@@ -182,7 +188,8 @@ def positive_first_labels(scores) -> tf.Tensor:
 
 
 def tensorflow_ranking_metrics(
-        ks: Sequence[int] = DEFAULT_HR_KS) -> Dict[str, tf.keras.metrics.Metric]:
+    ks: Sequence[int] = DEFAULT_HR_KS,
+) -> Dict[str, tf.keras.metrics.Metric]:
     """tf-ranking's `HitsMetric(topn=k)` and `NDCGMetric(topn=k)` for each k in `ks`.
 
     Returns {"HR@k": HitsMetric, "NDCG@k": NDCGMetric, ...}; metric names are prefixed "tfr_".

@@ -3,6 +3,7 @@
 One history encoding per user row feeds both tasks; every candidate of that row is scored
 against it with target attention, so 100 candidates cost one transformer pass, not 100.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,17 +12,38 @@ from typing import Dict, Mapping, Sequence
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
-                           REL_NEGATIVE_ITEMS, REL_NEGATIVE_QUERY_TOKENS,
-                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_REC,
-                           TYPE_SEARCH, USER_ID, model_feature_shapes)
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    QUERY_TOKENS,
+    REC_HISTORY_ITEMS,
+    REL_NEGATIVE_ITEMS,
+    REL_NEGATIVE_QUERY_TOKENS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    SEARCH_HISTORY_QUERY_TOKENS,
+    TYPE_REC,
+    TYPE_SEARCH,
+    USER_ID,
+    model_feature_shapes,
+)
 from unisar_tf.config import UniSARConfig
-from unisar_tf.layers import (CategoricalSideFeatures, EntityEmbedding, FusionDecoderLayer,
-                              IdAttributes, MultiLayerPerceptron, MultiTaskExperts,
-                              PositionalEmbedding, QueryEncoder, TargetAttention,
-                              TransformerEncoderLayer, gather_by_type, merge_histories,
-                              padding_attention_mask, search_behaviour_embedding,
-                              transition_attention_mask)
+from unisar_tf.layers import (
+    CategoricalSideFeatures,
+    EntityEmbedding,
+    FusionDecoderLayer,
+    IdAttributes,
+    MultiLayerPerceptron,
+    MultiTaskExperts,
+    PositionalEmbedding,
+    QueryEncoder,
+    TargetAttention,
+    TransformerEncoderLayer,
+    gather_by_type,
+    merge_histories,
+    padding_attention_mask,
+    search_behaviour_embedding,
+    transition_attention_mask,
+)
 from unisar_tf.layers.cooccurrence import ItemCooccurrence
 from unisar_tf.losses import QueryItemRelevanceLoss, TransitionAlignmentLoss
 from unisar_tf.sasrec import SASRecModel  # the rec baseline (architecture="sasrec")
@@ -36,8 +58,11 @@ MATCH_FEATURE_PRIOR = (1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0)
 
 def match_feature_prior(config: UniSARConfig) -> tuple:
     """MATCH_FEATURE_PRIOR without the features the config switches off."""
-    return (MATCH_FEATURE_PRIOR[:5] + MATCH_FEATURE_PRIOR[5:6] * config.cooccurrence_transitions
-            + MATCH_FEATURE_PRIOR[6:] * config.cooccurrence_query_overlap)
+    return (
+        MATCH_FEATURE_PRIOR[:5]
+        + MATCH_FEATURE_PRIOR[5:6] * config.cooccurrence_transitions
+        + MATCH_FEATURE_PRIOR[6:] * config.cooccurrence_query_overlap
+    )
 
 
 @dataclasses.dataclass
@@ -56,8 +81,9 @@ class HistoryEncoding:
 
 def _valid_prefix(history_types: tf.Tensor, type_id: int, length: int) -> tf.Tensor:
     """(B, M) types -> (B, length) bool: the first count(type_id) slots of that list are real."""
-    count = tf.reduce_sum(tf.cast(tf.equal(history_types, type_id), tf.int32), axis=1,
-                          keepdims=True)
+    count = tf.reduce_sum(
+        tf.cast(tf.equal(history_types, type_id), tf.int32), axis=1, keepdims=True
+    )
     return tf.range(length)[tf.newaxis, :] < count
 
 
@@ -80,108 +106,172 @@ class UniSARModel(tfrs.Model):
         self.config = config
         c = config
         d = c.embedding_dim
-        block = dict(model_dim=d, num_heads=c.num_heads, feed_forward_dim=c.feed_forward_dim,
-                     dropout=c.dropout, layer_norm_epsilon=c.layer_norm_epsilon)
+        block = dict(
+            model_dim=d,
+            num_heads=c.num_heads,
+            feed_forward_dim=c.feed_forward_dim,
+            dropout=c.dropout,
+            layer_norm_epsilon=c.layer_norm_epsilon,
+        )
 
         raw = c.raw_embedding_dim
         # Side features (spec 2), only when the config names them (KuaiSAR; Amazon is ids only).
-        self.item_categories = (CategoricalSideFeatures(c.num_items, c.item_category_vocab_sizes,
-                                                        raw, name="item_categories")
-                                if c.item_category_vocab_sizes else None)
-        self.item_captions = (IdAttributes(c.num_items, c.item_caption_length,
-                                           name="item_captions")
-                              if c.item_caption_length else None)
-        self.user_side_features = (CategoricalSideFeatures(c.num_users,
-                                                           c.user_feature_vocab_sizes, raw,
-                                                           name="user_side_features")
-                                   if c.user_feature_vocab_sizes else None)
+        self.item_categories = (
+            CategoricalSideFeatures(
+                c.num_items, c.item_category_vocab_sizes, raw, name="item_categories"
+            )
+            if c.item_category_vocab_sizes
+            else None
+        )
+        self.item_captions = (
+            IdAttributes(c.num_items, c.item_caption_length, name="item_captions")
+            if c.item_caption_length
+            else None
+        )
+        self.user_side_features = (
+            CategoricalSideFeatures(
+                c.num_users, c.user_feature_vocab_sizes, raw, name="user_side_features"
+            )
+            if c.user_feature_vocab_sizes
+            else None
+        )
         item_side_dim = raw * (len(c.item_category_vocab_sizes) + bool(c.item_caption_length))
-        self.user_embedding = EntityEmbedding(c.num_users, raw, d, zero_padding=False,
-                                              side_dim=raw * len(c.user_feature_vocab_sizes),
-                                              name="user_embedding")
-        self.item_embedding = EntityEmbedding(c.num_items, raw, d, zero_padding=True,
-                                              side_dim=item_side_dim, name="item_embedding")
-        self.query_encoder = QueryEncoder(c.num_words, c.raw_embedding_dim, d,
-                                          name="query_encoder")
+        self.user_embedding = EntityEmbedding(
+            c.num_users,
+            raw,
+            d,
+            zero_padding=False,
+            side_dim=raw * len(c.user_feature_vocab_sizes),
+            name="user_embedding",
+        )
+        self.item_embedding = EntityEmbedding(
+            c.num_items, raw, d, zero_padding=True, side_dim=item_side_dim, name="item_embedding"
+        )
+        self.query_encoder = QueryEncoder(c.num_words, c.raw_embedding_dim, d, name="query_encoder")
 
         self.rec_encoder = self.search_encoder = self.mixed_encoder = None
         self.rec_fusion = self.search_fusion = None
         # use_history=False is the no-history baseline: user, candidate and query only.
         if c.use_history and c.use_r2r:
             self.rec_positions = PositionalEmbedding(c.rec_len, d, name="rec_positions")
-            self.rec_encoder = [TransformerEncoderLayer(**block, name=f"rec_encoder_{i}")
-                                for i in range(c.num_layers)]
+            self.rec_encoder = [
+                TransformerEncoderLayer(**block, name=f"rec_encoder_{i}")
+                for i in range(c.num_layers)
+            ]
         if c.use_history and c.use_s2s:
-            self.search_positions = PositionalEmbedding(c.search_len, d,
-                                                        name="search_positions")
-            self.search_encoder = [TransformerEncoderLayer(**block, name=f"search_encoder_{i}")
-                                   for i in range(c.num_layers)]
+            self.search_positions = PositionalEmbedding(c.search_len, d, name="search_positions")
+            self.search_encoder = [
+                TransformerEncoderLayer(**block, name=f"search_encoder_{i}")
+                for i in range(c.num_layers)
+            ]
         if c.use_history and c.uses_mixed_encoder:
-            self.mixed_positions = PositionalEmbedding(c.rec_len + c.search_len,
-                                                       d, name="mixed_positions")
-            self.mixed_encoder = [TransformerEncoderLayer(**block, name=f"mixed_encoder_{i}")
-                                  for i in range(c.num_layers)]
+            self.mixed_positions = PositionalEmbedding(
+                c.rec_len + c.search_len, d, name="mixed_positions"
+            )
+            self.mixed_encoder = [
+                TransformerEncoderLayer(**block, name=f"mixed_encoder_{i}")
+                for i in range(c.num_layers)
+            ]
 
         if c.use_history:
-            self.rec_fusion = ([FusionDecoderLayer(**block, name=f"rec_fusion_{i}")
-                                for i in range(c.num_layers)] if c.use_fusion_rec else None)
-            self.search_fusion = ([FusionDecoderLayer(**block, name=f"search_fusion_{i}")
-                                   for i in range(c.num_layers)] if c.use_fusion_search else None)
+            self.rec_fusion = (
+                [FusionDecoderLayer(**block, name=f"rec_fusion_{i}") for i in range(c.num_layers)]
+                if c.use_fusion_rec
+                else None
+            )
+            self.search_fusion = (
+                [
+                    FusionDecoderLayer(**block, name=f"search_fusion_{i}")
+                    for i in range(c.num_layers)
+                ]
+                if c.use_fusion_search
+                else None
+            )
             self.rec_pooling = TargetAttention(d, c.target_attention_init_std, name="rec_pooling")
-            self.search_pooling = TargetAttention(d, c.target_attention_init_std,
-                                                  name="search_pooling")
+            self.search_pooling = TargetAttention(
+                d, c.target_attention_init_std, name="search_pooling"
+            )
 
         # An alignment term exists only when both of its views do (spec 12).
         self.rec_alignment = self.search_alignment = self.relevance = None
         if c.use_history and c.use_alignment_loss and c.beta_alignment > 0:
             if c.use_r2r and c.use_s2r:
-                self.rec_alignment = TransitionAlignmentLoss(d, c.alignment_temperature,
-                                                             name="rec_alignment")
+                self.rec_alignment = TransitionAlignmentLoss(
+                    d, c.alignment_temperature, name="rec_alignment"
+                )
             if c.use_s2s and c.use_r2s:
-                self.search_alignment = TransitionAlignmentLoss(d, c.alignment_temperature,
-                                                                name="search_alignment")
+                self.search_alignment = TransitionAlignmentLoss(
+                    d, c.alignment_temperature, name="search_alignment"
+                )
         if c.use_history and c.use_relevance_loss and c.alpha_relevance > 0:
             self.relevance = QueryItemRelevanceLoss(d, c.relevance_temperature, name="relevance")
 
         self.cooccurrence = self.transitions = self.cooccurrence_logit = None
         if c.use_cooccurrence:
-            self.cooccurrence = ItemCooccurrence(c.num_items, c.cooccurrence_pairs,
-                                                 name="item_cooccurrence")
+            self.cooccurrence = ItemCooccurrence(
+                c.num_items, c.cooccurrence_pairs, name="item_cooccurrence"
+            )
             if c.cooccurrence_transitions:
-                self.transitions = ItemCooccurrence(c.num_items, c.transition_pairs,
-                                                    symmetric=False, name="item_transitions")
+                self.transitions = ItemCooccurrence(
+                    c.num_items, c.transition_pairs, symmetric=False, name="item_transitions"
+                )
             # The wide part: a linear term of the co-occurrence scores added to each logit.
             # Starts at +1 for the co-occurrence and query-match scores and 0 for popularity:
             # ranking by them from the first step (all log-scaled to O(1),
             # _match_features).
             if c.cooccurrence_wide_term:
-                self.cooccurrence_logit = {task: tf.keras.layers.Dense(
-                    1, kernel_initializer=tf.keras.initializers.Constant(
-                        match_feature_prior(c)),
-                    name=f"{task}_cooccurrence_logit") for task in c.tasks}
+                self.cooccurrence_logit = {
+                    task: tf.keras.layers.Dense(
+                        1,
+                        kernel_initializer=tf.keras.initializers.Constant(match_feature_prior(c)),
+                        name=f"{task}_cooccurrence_logit",
+                    )
+                    for task in c.tasks
+                }
 
-        self.experts = (MultiTaskExperts(c.tasks, c.num_shared_experts, c.num_specific_experts,
-                                         c.expert_units, c.tower_units, c.dropout,
-                                         name="experts") if c.use_mmoe else None)
-        self.heads = {task: MultiLayerPerceptron(c.head_units, c.dropout, output_units=1,
-                                                 name=f"{task}_head") for task in c.tasks}
+        self.experts = (
+            MultiTaskExperts(
+                c.tasks,
+                c.num_shared_experts,
+                c.num_specific_experts,
+                c.expert_units,
+                c.tower_units,
+                c.dropout,
+                name="experts",
+            )
+            if c.use_mmoe
+            else None
+        )
+        self.heads = {
+            task: MultiLayerPerceptron(c.head_units, c.dropout, output_units=1, name=f"{task}_head")
+            for task in c.tasks
+        }
         # Per-list losses, averaged here: Keras refuses its own batch averaging under a
         # tf.distribute strategy (each replica averages its rows; train/distribution.py).
-        self.ranking_tasks = {task: tfrs.tasks.Ranking(
-            loss=tf.keras.losses.BinaryCrossentropy(
-                from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
-            name=f"{task}_ranking")
-            for task in c.tasks}
-        self.loss_trackers = {name: tf.keras.metrics.Mean(name=name) for name in
-                              [f"{t}_{part}" for t in c.tasks
-                               for part in ("bce", "relevance", "alignment")]}
+        self.ranking_tasks = {
+            task: tfrs.tasks.Ranking(
+                loss=tf.keras.losses.BinaryCrossentropy(
+                    from_logits=True, reduction=tf.keras.losses.Reduction.NONE
+                ),
+                name=f"{task}_ranking",
+            )
+            for task in c.tasks
+        }
+        self.loss_trackers = {
+            name: tf.keras.metrics.Mean(name=name)
+            for name in [
+                f"{t}_{part}" for t in c.tasks for part in ("bce", "relevance", "alignment")
+            ]
+        }
 
     def build(self, input_shape):
         if "rec" in self.config.tasks:
             # q_phi, the learned query vector that stands in for e_q in recommendation.
             self.rec_query_vector = self.add_weight(
-                name="rec_query_vector", shape=(1, self.config.embedding_dim),
-                initializer=tf.keras.initializers.GlorotNormal())
+                name="rec_query_vector",
+                shape=(1, self.config.embedding_dim),
+                initializer=tf.keras.initializers.GlorotNormal(),
+            )
         # The loss layers own trainable W and tau but are not on the scoring path: create
         # their variables here so checkpoints and parameter counts are complete from the start.
         for loss_layer in (self.rec_alignment, self.search_alignment, self.relevance):
@@ -216,7 +306,7 @@ class UniSARModel(tfrs.Model):
 
     def embed_users(self, ids: tf.Tensor) -> tf.Tensor:
         """(...) user ids -> (..., d)."""
-        side = (self.user_side_features(ids) if self.user_side_features is not None else None)
+        side = self.user_side_features(ids) if self.user_side_features is not None else None
         return self.user_embedding(ids, side)
 
     def set_cooccurrence(self, table, transitions) -> None:
@@ -224,8 +314,9 @@ class UniSARModel(tfrs.Model):
         unisar_tf.data.cooccurrence.CooccurrenceTable (symmetric, directed)."""
         self.cooccurrence.set_table(table.pair_keys, table.pair_counts, table.item_totals)
         if self.transitions is not None:  # cooccurrence_transitions
-            self.transitions.set_table(transitions.pair_keys, transitions.pair_counts,
-                                       transitions.item_totals)
+            self.transitions.set_table(
+                transitions.pair_keys, transitions.pair_counts, transitions.item_totals
+            )
 
     def set_side_features(self, side_features) -> None:
         """Fills the side-feature tables from a unisar_tf.data.side_features.SideFeatures."""
@@ -247,27 +338,37 @@ class UniSARModel(tfrs.Model):
         clicked = features[SEARCH_HISTORY_CLICKED_ITEMS]
         history_queries = self.query_encoder(features[SEARCH_HISTORY_QUERY_TOKENS])  # (B, S, d)
         history_clicks = self.embed_items(clicked)  # (B, S, K, d)
-        search_behaviours = search_behaviour_embedding(history_queries, history_clicks, clicked,
-                                                       search_valid)
+        search_behaviours = search_behaviour_embedding(
+            history_queries, history_clicks, clicked, search_valid
+        )
 
         views: Dict[str, tf.Tensor] = {}
         if self.mixed_encoder is not None:
             mixed = self.mixed_positions(merge_histories(rec_behaviours, search_behaviours, types))
             mask = transition_attention_mask(types, c.use_transition_mask)
-            mixed = self._run_encoder(self.mixed_encoder, mixed, mask,
-                                      tf.not_equal(types, 0), training)
+            mixed = self._run_encoder(
+                self.mixed_encoder, mixed, mask, tf.not_equal(types, 0), training
+            )
             if c.use_s2r:
                 views["s2r"] = gather_by_type(mixed, types, TYPE_REC, c.rec_len)[0]
             if c.use_r2s:
                 views["r2s"] = gather_by_type(mixed, types, TYPE_SEARCH, c.search_len)[0]
         if self.rec_encoder is not None:
-            views["r2r"] = self._run_encoder(self.rec_encoder, self.rec_positions(rec_behaviours),
-                                             padding_attention_mask(rec_valid), rec_valid,
-                                             training)
+            views["r2r"] = self._run_encoder(
+                self.rec_encoder,
+                self.rec_positions(rec_behaviours),
+                padding_attention_mask(rec_valid),
+                rec_valid,
+                training,
+            )
         if self.search_encoder is not None:
             views["s2s"] = self._run_encoder(
-                self.search_encoder, self.search_positions(search_behaviours),
-                padding_attention_mask(search_valid), search_valid, training)
+                self.search_encoder,
+                self.search_positions(search_behaviours),
+                padding_attention_mask(search_valid),
+                search_valid,
+                training,
+            )
 
         # A removed transition is replaced by its partner on the same list (spec 12).
         rec_target = views.get("r2r", views.get("s2r"))
@@ -275,26 +376,39 @@ class UniSARModel(tfrs.Model):
         search_target = views.get("s2s", views.get("r2s"))
         search_memory = views.get("r2s", views.get("s2s"))
         if self.rec_fusion is not None:
-            rec_interests = self._run_fusion(self.rec_fusion, rec_target, rec_memory, rec_valid,
-                                             training)
+            rec_interests = self._run_fusion(
+                self.rec_fusion, rec_target, rec_memory, rec_valid, training
+            )
         else:
             rec_interests = rec_target + rec_memory
         if self.search_fusion is not None:
-            search_interests = self._run_fusion(self.search_fusion, search_target, search_memory,
-                                                search_valid, training)
+            search_interests = self._run_fusion(
+                self.search_fusion, search_target, search_memory, search_valid, training
+            )
         else:
             search_interests = search_target + search_memory
 
-        return HistoryEncoding(rec_interests=rec_interests, rec_valid=rec_valid,
-                               search_interests=search_interests, search_valid=search_valid,
-                               views=views, history_query_embeddings=history_queries,
-                               history_click_embeddings=history_clicks,
-                               history_click_valid=tf.logical_and(
-                                   tf.not_equal(clicked, 0), search_valid[..., tf.newaxis]))
+        return HistoryEncoding(
+            rec_interests=rec_interests,
+            rec_valid=rec_valid,
+            search_interests=search_interests,
+            search_valid=search_valid,
+            views=views,
+            history_query_embeddings=history_queries,
+            history_click_embeddings=history_clicks,
+            history_click_valid=tf.logical_and(
+                tf.not_equal(clicked, 0), search_valid[..., tf.newaxis]
+            ),
+        )
 
     # ------------------------------------------------------------------------------ scoring
-    def score_logits(self, features: Features, encoding: HistoryEncoding,
-                     tasks: Sequence[str], training: bool = False) -> Dict[str, tf.Tensor]:
+    def score_logits(
+        self,
+        features: Features,
+        encoding: HistoryEncoding,
+        tasks: Sequence[str],
+        training: bool = False,
+    ) -> Dict[str, tf.Tensor]:
         """Logits (B, C) per task for candidate_items (B, C), from one history encoding.
 
         encoding None (the no-history baseline): the interests are left out of the input.
@@ -303,9 +417,10 @@ class UniSARModel(tfrs.Model):
         num_candidates = tf.shape(candidates)[1]
         interests = []
         if encoding is not None:
-            interests = [self.rec_pooling(encoding.rec_interests, candidates, encoding.rec_valid),
-                         self.search_pooling(encoding.search_interests, candidates,
-                                             encoding.search_valid)]
+            interests = [
+                self.rec_pooling(encoding.rec_interests, candidates, encoding.rec_valid),
+                self.search_pooling(encoding.search_interests, candidates, encoding.search_valid),
+            ]
         user = self.embed_users(features[USER_ID])  # (B, d)
         user = tf.tile(user[:, tf.newaxis, :], [1, num_candidates, 1])
 
@@ -330,8 +445,9 @@ class UniSARModel(tfrs.Model):
             if cooccurrence is not None:
                 match = cooccurrence
                 if self.config.cooccurrence_query_overlap:
-                    match = tf.concat([match, self._query_match_features(features, task)],
-                                      axis=-1)  # (B, C, 8) with every part
+                    match = tf.concat(
+                        [match, self._query_match_features(features, task)], axis=-1
+                    )  # (B, C, 8) with every part
                 parts.append(match)
             x = tf.concat(parts, axis=-1)
             if self.experts is not None:
@@ -353,18 +469,24 @@ class UniSARModel(tfrs.Model):
         types = tf.cast(features[HISTORY_TYPES], tf.int32)
         rec_items = tf.cast(features[REC_HISTORY_ITEMS], tf.int64)  # (B, R)
         first_clicks = tf.cast(features[SEARCH_HISTORY_CLICKED_ITEMS][:, :, 0], tf.int64)
-        clicked = tf.reshape(tf.cast(features[SEARCH_HISTORY_CLICKED_ITEMS], tf.int64),
-                             [tf.shape(rec_items)[0], -1])
+        clicked = tf.reshape(
+            tf.cast(features[SEARCH_HISTORY_CLICKED_ITEMS], tf.int64), [tf.shape(rec_items)[0], -1]
+        )
 
         def last_of(items, type_id):  # the newest real slot of one list (lists are oldest first)
             count = tf.reduce_sum(tf.cast(tf.equal(types, type_id), tf.int32), axis=1)
             return tf.gather(items, tf.maximum(count - 1, 0), batch_dims=1) * tf.cast(
-                count > 0, tf.int64)
+                count > 0, tf.int64
+            )
 
         last_rec, last_click = last_of(rec_items, TYPE_REC), last_of(first_clicks, TYPE_SEARCH)
-        scores = self.cooccurrence(tf.concat([rec_items, clicked], axis=1), last_rec,
-                                   last_click, features[CANDIDATE_ITEMS],
-                                   exclude_own_pair=training)
+        scores = self.cooccurrence(
+            tf.concat([rec_items, clicked], axis=1),
+            last_rec,
+            last_click,
+            features[CANDIDATE_ITEMS],
+            exclude_own_pair=training,
+        )
         # Cosine-normalised counts are mostly 0.001-0.3: log(1 + 100 s) spreads them over 0-3.5.
         parts = [tf.math.log1p(100.0 * scores[..., :4]), tf.math.log1p(scores[..., 4:])]
         if self.transitions is None:
@@ -373,8 +495,9 @@ class UniSARModel(tfrs.Model):
         length = tf.reduce_sum(tf.cast(types > 0, tf.int32), axis=1)
         last_type = tf.gather(types, tf.maximum(length - 1, 0), batch_dims=1)
         last = tf.where(tf.equal(last_type, TYPE_REC), last_rec, last_click)
-        transition = self.transitions(last[:, tf.newaxis], last, last, features[CANDIDATE_ITEMS],
-                                      exclude_own_pair=training)[..., :1]
+        transition = self.transitions(
+            last[:, tf.newaxis], last, last, features[CANDIDATE_ITEMS], exclude_own_pair=training
+        )[..., :1]
         return tf.concat(parts + [tf.math.log1p(100.0 * transition)], axis=-1)
 
     def _query_match_features(self, features: Features, task: str) -> tf.Tensor:
@@ -387,9 +510,13 @@ class UniSARModel(tfrs.Model):
             return zeros
         words = self.item_captions(candidates)  # (B, C, L) int32, 0 = padding
         query = tf.cast(features[QUERY_TOKENS], tf.int32)  # (B, Q)
-        hit = tf.reduce_any(tf.logical_and(
-            tf.equal(words[..., tf.newaxis], query[:, tf.newaxis, tf.newaxis, :]),
-            (words > 0)[..., tf.newaxis]), axis=-1)  # (B, C, L): caption word is in the query
+        hit = tf.reduce_any(
+            tf.logical_and(
+                tf.equal(words[..., tf.newaxis], query[:, tf.newaxis, tf.newaxis, :]),
+                (words > 0)[..., tf.newaxis],
+            ),
+            axis=-1,
+        )  # (B, C, L): caption word is in the query
         overlap = tf.reduce_sum(tf.cast(hit, tf.float32), axis=-1)
         query_words = tf.reduce_sum(tf.cast(query > 0, tf.float32), axis=1)[:, tf.newaxis]
         return tf.stack([overlap, tf.math.divide_no_nan(overlap, query_words)], axis=-1)
@@ -398,15 +525,15 @@ class UniSARModel(tfrs.Model):
         return [t for t in self.config.tasks if t == "rec" or QUERY_TOKENS in features]
 
     def _encode(self, features: Features, training: bool):
-        return (self.encode_history(features, training=training) if self.config.use_history
-                else None)
+        return self.encode_history(features, training=training) if self.config.use_history else None
 
     def task_logits(self, features: Features, training: bool = False) -> Dict[str, tf.Tensor]:
         """{task: (B, C) logits}: call() before the sigmoid. Ranking a whole catalogue needs
         them: the probabilities of the best items saturate to ties in float32."""
         encoding = self._encode(features, training)
-        return self.score_logits(features, encoding, self._scored_tasks(features),
-                                 training=training)
+        return self.score_logits(
+            features, encoding, self._scored_tasks(features), training=training
+        )
 
     def call(self, features: Features, training: bool = False) -> Dict[str, tf.Tensor]:
         logits = self.task_logits(features, training=training)
@@ -416,11 +543,13 @@ class UniSARModel(tfrs.Model):
     def _alignment_loss(self, encoding: HistoryEncoding) -> tf.Tensor:
         loss = tf.constant(0.0)
         if self.rec_alignment is not None:
-            loss += self.rec_alignment(encoding.views["r2r"], encoding.views["s2r"],
-                                       encoding.rec_valid)
+            loss += self.rec_alignment(
+                encoding.views["r2r"], encoding.views["s2r"], encoding.rec_valid
+            )
         if self.search_alignment is not None:
-            loss += self.search_alignment(encoding.views["s2s"], encoding.views["r2s"],
-                                          encoding.search_valid)
+            loss += self.search_alignment(
+                encoding.views["s2s"], encoding.views["r2s"], encoding.search_valid
+            )
         return loss
 
     def _relevance_loss(self, encoding: HistoryEncoding, rel_negatives: Features) -> tf.Tensor:
@@ -428,19 +557,25 @@ class UniSARModel(tfrs.Model):
             return tf.constant(0.0)
         for key in (REL_NEGATIVE_ITEMS, REL_NEGATIVE_QUERY_TOKENS):
             if key not in rel_negatives:
-                raise ValueError(f"compute_loss needs inputs['rel_negatives'][{key!r}] for the "
-                                 "query-item relevance loss (or set use_relevance_loss=False)")
+                raise ValueError(
+                    f"compute_loss needs inputs['rel_negatives'][{key!r}] for the "
+                    "query-item relevance loss (or set use_relevance_loss=False)"
+                )
         click_valid = encoding.history_click_valid  # (B, S, K)
-        queries = tf.broadcast_to(encoding.history_query_embeddings[:, :, tf.newaxis, :],
-                                  tf.shape(encoding.history_click_embeddings))
+        queries = tf.broadcast_to(
+            encoding.history_query_embeddings[:, :, tf.newaxis, :],
+            tf.shape(encoding.history_click_embeddings),
+        )
         return self.relevance(
             tf.boolean_mask(queries, click_valid),
             tf.boolean_mask(encoding.history_click_embeddings, click_valid),
             self.embed_items(rel_negatives[REL_NEGATIVE_ITEMS]),
-            self.query_encoder(rel_negatives[REL_NEGATIVE_QUERY_TOKENS]))
+            self.query_encoder(rel_negatives[REL_NEGATIVE_QUERY_TOKENS]),
+        )
 
-    def task_loss(self, task: str, features: Features, rel_negatives: Features,
-                  training: bool = False) -> tf.Tensor:
+    def task_loss(
+        self, task: str, features: Features, rel_negatives: Features, training: bool = False
+    ) -> tf.Tensor:
         """BCE + alpha * L_rel + beta * L_align on one task's batch (spec 10)."""
         c = self.config
         encoding = self._encode(features, training)
@@ -449,8 +584,9 @@ class UniSARModel(tfrs.Model):
         if c.ranking_loss == "softmax":  # the positive (column 0) against its negatives
             bce = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels, logits))
         else:
-            bce = tf.reduce_mean(self.ranking_tasks[task](labels=labels, predictions=logits,
-                                                          training=training))
+            bce = tf.reduce_mean(
+                self.ranking_tasks[task](labels=labels, predictions=logits, training=training)
+            )
         relevance = self._relevance_loss(encoding, rel_negatives)
         alignment = self._alignment_loss(encoding)
         self.loss_trackers[f"{task}_bce"].update_state(bce)
@@ -466,17 +602,20 @@ class UniSARModel(tfrs.Model):
         for task in c.tasks:
             if task not in inputs:
                 raise ValueError(f"compute_loss needs a {task!r} batch; got keys {sorted(inputs)}")
-            loss += task_weights[task] * self.task_loss(task, inputs[task], rel_negatives,
-                                                        training=training)
+            loss += task_weights[task] * self.task_loss(
+                task, inputs[task], rel_negatives, training=training
+            )
         if c.l2_weight > 0:
             loss += c.l2_weight * self.l2_penalty(inputs)
         return loss
 
     # ----------------------------------------------------------------------- regularisation
     def _embedding_tables(self):
-        return {id(self.user_embedding.embeddings): (self.user_embedding.embeddings, "users"),
-                id(self.item_embedding.embeddings): (self.item_embedding.embeddings, "items"),
-                id(self.query_encoder.embeddings): (self.query_encoder.embeddings, "words")}
+        return {
+            id(self.user_embedding.embeddings): (self.user_embedding.embeddings, "users"),
+            id(self.item_embedding.embeddings): (self.item_embedding.embeddings, "items"),
+            id(self.query_encoder.embeddings): (self.query_encoder.embeddings, "words"),
+        }
 
     @staticmethod
     def _decayed(variable: tf.Variable) -> bool:
@@ -521,23 +660,27 @@ def _touched_ids(inputs, tasks) -> Dict[str, tf.Tensor]:
         ids["words"].append(rel[REL_NEGATIVE_QUERY_TOKENS])
     touched = {}
     for kind, tensors in ids.items():
-        unique = tf.unique(tf.concat([tf.reshape(tf.cast(t, tf.int64), [-1]) for t in tensors],
-                                     axis=0))[0]
+        unique = tf.unique(
+            tf.concat([tf.reshape(tf.cast(t, tf.int64), [-1]) for t in tensors], axis=0)
+        )[0]
         # Item and word row 0 is padding (never a real embedding); user 0 may be a real id.
         touched[kind] = unique if kind == "users" else tf.boolean_mask(unique, unique > 0)
     return touched
 
 
-def build_model(config: UniSARConfig, batch_size: int = 2, num_candidates: int = 2,
-                side_features=None) -> UniSARModel:
+def build_model(
+    config: UniSARConfig, batch_size: int = 2, num_candidates: int = 2, side_features=None
+) -> UniSARModel:
     """A UniSARModel with every variable created (by scoring one all-padding batch).
 
     side_features: a unisar_tf.data.side_features.SideFeatures, required when the config uses
     side features (its tables are stored in the model as non-trainable variables).
     """
     if config.uses_side_features and side_features is None:
-        raise ValueError("the config uses side features: pass side_features "
-                         "(unisar_tf.data.side_features.load_side_features)")
+        raise ValueError(
+            "the config uses side features: pass side_features "
+            "(unisar_tf.data.side_features.load_side_features)"
+        )
     if config.architecture == "sasrec":
         model = SASRecModel(config)
     else:
@@ -548,8 +691,9 @@ def build_model(config: UniSARConfig, batch_size: int = 2, num_candidates: int =
     return model
 
 
-def dummy_features(config: UniSARConfig, batch_size: int, num_candidates: int,
-                   with_query: bool) -> Dict[str, tf.Tensor]:
+def dummy_features(
+    config: UniSARConfig, batch_size: int, num_candidates: int, with_query: bool
+) -> Dict[str, tf.Tensor]:
     """An all-padding batch of the model's input shapes (used to create variables)."""
 
     shapes = model_feature_shapes(config.sequence_shapes, num_candidates, with_query)
@@ -558,4 +702,3 @@ def dummy_features(config: UniSARConfig, batch_size: int, num_candidates: int,
 
 def count_parameters(model: tf.keras.Model) -> int:
     return int(sum(tf.size(v).numpy() for v in model.trainable_variables))
-

@@ -25,6 +25,7 @@ Differences from the paper, all forced by training on the project's examples:
 - BCE is averaged over the 1 + K candidates (tfrs Ranking), i.e. the paper's sum of the
   positive and negative terms divided by 1 + K.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,11 +34,19 @@ from typing import Dict, Mapping, Tuple
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, REC_HISTORY_ITEMS,
-                           SEARCH_HISTORY_CLICKED_ITEMS)
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+)
 from unisar_tf.config import UniSARConfig
-from unisar_tf.layers import (PositionalEmbedding, TransformerEncoderLayer, merge_histories,
-                              padding_attention_mask)
+from unisar_tf.layers import (
+    PositionalEmbedding,
+    TransformerEncoderLayer,
+    merge_histories,
+    padding_attention_mask,
+)
 
 Features = Mapping[str, tf.Tensor]
 
@@ -49,8 +58,9 @@ def first_clicks(clicked_items: tf.Tensor) -> tf.Tensor:
     return tf.gather(clicked_items, first, batch_dims=2)
 
 
-def merged_item_sequence(history_types: tf.Tensor, rec_items: tf.Tensor,
-                         clicked_items: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+def merged_item_sequence(
+    history_types: tf.Tensor, rec_items: tf.Tensor, clicked_items: tf.Tensor
+) -> Tuple[tf.Tensor, tf.Tensor]:
     """The user's items in time order, right-aligned: SASRec's input sequence.
 
     history_types (B, M), rec_items (B, R), clicked_items (B, S, K) ->
@@ -100,29 +110,43 @@ class SASRecModel(tfrs.Model):
     def __init__(self, config: UniSARConfig, **kwargs):
         super().__init__(**kwargs)
         if config.tasks != ("rec",):
-            raise ValueError(f"SASRec scores the rec task only: tasks must be ('rec',), "
-                             f"got {config.tasks}")
+            raise ValueError(
+                f"SASRec scores the rec task only: tasks must be ('rec',), " f"got {config.tasks}"
+            )
         self.config = config
         c = config
         d = c.embedding_dim
         self.sequence_length = c.rec_len + c.search_len
         self.item_table = tf.keras.layers.Embedding(
-            c.num_items, d, embeddings_initializer=tf.keras.initializers.GlorotNormal(),
-            name="item_embedding")
+            c.num_items,
+            d,
+            embeddings_initializer=tf.keras.initializers.GlorotNormal(),
+            name="item_embedding",
+        )
         self.positions = PositionalEmbedding(self.sequence_length, d, name="positions")
         self.embedding_dropout = tf.keras.layers.Dropout(c.dropout)
-        self.blocks = [TransformerEncoderLayer(d, c.num_heads, c.feed_forward_dim, c.dropout,
-                                               c.layer_norm_epsilon, norm_first=True,
-                                               name=f"block_{i}")
-                       for i in range(c.num_layers)]
-        self.final_norm = tf.keras.layers.LayerNormalization(epsilon=c.layer_norm_epsilon,
-                                                             name="final_norm")
+        self.blocks = [
+            TransformerEncoderLayer(
+                d,
+                c.num_heads,
+                c.feed_forward_dim,
+                c.dropout,
+                c.layer_norm_epsilon,
+                norm_first=True,
+                name=f"block_{i}",
+            )
+            for i in range(c.num_layers)
+        ]
+        self.final_norm = tf.keras.layers.LayerNormalization(
+            epsilon=c.layer_norm_epsilon, name="final_norm"
+        )
         self.ranking_task = tfrs.tasks.Ranking(  # per-list losses, averaged in compute_loss
             loss=tf.keras.losses.BinaryCrossentropy(
-                from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
-            name="rec_ranking")
-        self.loss_trackers = {name: tf.keras.metrics.Mean(name=name)
-                              for name in ("rec_bce", "l2")}
+                from_logits=True, reduction=tf.keras.losses.Reduction.NONE
+            ),
+            name="rec_ranking",
+        )
+        self.loss_trackers = {name: tf.keras.metrics.Mean(name=name) for name in ("rec_bce", "l2")}
 
     # ---------------------------------------------------------------------------- encoding
     def embed_items(self, ids: tf.Tensor) -> tf.Tensor:
@@ -130,8 +154,9 @@ class SASRecModel(tfrs.Model):
         vectors = self.item_table(ids)
         return vectors * tf.cast(tf.not_equal(ids, 0), vectors.dtype)[..., tf.newaxis]
 
-    def encode_sequence(self, items: tf.Tensor, valid: tf.Tensor,
-                        training: bool = False) -> tf.Tensor:
+    def encode_sequence(
+        self, items: tf.Tensor, valid: tf.Tensor, training: bool = False
+    ) -> tf.Tensor:
         """items (B, L) int, valid (B, L) bool -> (B, L, d): each position's causal encoding.
 
         Embeddings scaled by sqrt(d) plus learned positions, dropout, then pre-LN blocks with a
@@ -143,15 +168,16 @@ class SASRecModel(tfrs.Model):
         x = self.embedding_dropout(self.positions(x), training=training) * mask
         attention_mask = causal_attention_mask(valid)
         for block in self.blocks:
-            x = block(x, attention_mask, training=training,
-                      valid=valid if c.pack_history else None)
+            x = block(x, attention_mask, training=training, valid=valid if c.pack_history else None)
         return self.final_norm(x) * mask
 
     def user_representation(self, features: Features, training: bool = False) -> tf.Tensor:
         """(B, d): the encoding at the last position, the most recent item (0 if no history)."""
-        items, valid = merged_item_sequence(features[HISTORY_TYPES],
-                                            features[REC_HISTORY_ITEMS],
-                                            features[SEARCH_HISTORY_CLICKED_ITEMS])
+        items, valid = merged_item_sequence(
+            features[HISTORY_TYPES],
+            features[REC_HISTORY_ITEMS],
+            features[SEARCH_HISTORY_CLICKED_ITEMS],
+        )
         return self.encode_sequence(items, valid, training=training)[:, -1, :]
 
     def logits(self, features: Features, training: bool = False) -> tf.Tensor:
@@ -173,8 +199,9 @@ class SASRecModel(tfrs.Model):
         features = inputs["rec"]
         logits = self.logits(features, training=training)
         labels = tf.one_hot(tf.zeros(tf.shape(logits)[:1], tf.int32), tf.shape(logits)[1])
-        bce = tf.reduce_mean(self.ranking_task(labels=labels, predictions=logits,
-                                               training=training))
+        bce = tf.reduce_mean(
+            self.ranking_task(labels=labels, predictions=logits, training=training)
+        )
         l2 = self.l2_penalty(features)
         self.loss_trackers["rec_bce"].update_state(bce)
         self.loss_trackers["l2"].update_state(l2)
@@ -187,10 +214,14 @@ class SASRecModel(tfrs.Model):
         penalty = tf.reduce_sum(tf.square(self.positions.positions))
         table = self.item_table.embeddings
         if self.config.embedding_l2_mode == "batch_rows":
-            items, _ = merged_item_sequence(features[HISTORY_TYPES], features[REC_HISTORY_ITEMS],
-                                            features[SEARCH_HISTORY_CLICKED_ITEMS])
-            used = tf.concat([tf.reshape(items, [-1]),
-                              tf.reshape(features[CANDIDATE_ITEMS], [-1])], axis=0)
+            items, _ = merged_item_sequence(
+                features[HISTORY_TYPES],
+                features[REC_HISTORY_ITEMS],
+                features[SEARCH_HISTORY_CLICKED_ITEMS],
+            )
+            used = tf.concat(
+                [tf.reshape(items, [-1]), tf.reshape(features[CANDIDATE_ITEMS], [-1])], axis=0
+            )
             used = tf.unique(used)[0]
             penalty += tf.reduce_sum(tf.square(tf.gather(table, tf.boolean_mask(used, used > 0))))
         else:

@@ -20,6 +20,7 @@ category-like attribute list, in the query-word vocabulary (as KuaiSAR's caption
 a model, or the query-match baseline, can read an item's words. Configs with
 `use_side_features=False` (the paper preset: spec 2 says Amazon is ids only) ignore it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -35,7 +36,7 @@ from feature_specs import event_schema as es
 from pipeline.adapters import common
 from pipeline.sequence_builder import stable_hash
 
-_TWO_64 = float(2 ** 64)
+_TWO_64 = float(2**64)
 LOG = logging.getLogger(__name__)
 
 
@@ -71,8 +72,9 @@ def load_attributes(path: str) -> Dict[str, Tuple[str, ...]]:
     return attributes
 
 
-def category_queries(attributes: Dict[str, Tuple[str, ...]],
-                     min_item_frequency: int) -> Dict[str, Tuple[str, ...]]:
+def category_queries(
+    attributes: Dict[str, Tuple[str, ...]], min_item_frequency: int
+) -> Dict[str, Tuple[str, ...]]:
     """item -> its attributes shared by >= min_item_frequency items (file order, no repeats)."""
     frequency = collections.Counter(a for values in attributes.values() for a in set(values))
     queries = {}
@@ -105,8 +107,12 @@ class ParseSequencesFile(beam.DoFn):
                 try:
                     text = common.decode_text_line(raw).strip()
                 except es.RowError as error:  # not UTF-8, or a control character in an id
-                    yield beam.pvalue.TaggedOutput(common.REJECTED, common.RejectedRow.of_bytes(
-                        path, line_number, error.reason, error.detail, raw))
+                    yield beam.pvalue.TaggedOutput(
+                        common.REJECTED,
+                        common.RejectedRow.of_bytes(
+                            path, line_number, error.reason, error.detail, raw
+                        ),
+                    )
                     continue
                 if not text:
                     continue
@@ -115,10 +121,16 @@ class ParseSequencesFile(beam.DoFn):
                     continue
                 fields = text.split()
                 if len(fields) < 2:
-                    yield beam.pvalue.TaggedOutput(common.REJECTED, common.RejectedRow(
-                        path, line_number, es.REJECT_BAD_ROW,
-                        "expected 'user_id item_1 ... item_n' with at least one item",
-                        text[:2000]))
+                    yield beam.pvalue.TaggedOutput(
+                        common.REJECTED,
+                        common.RejectedRow(
+                            path,
+                            line_number,
+                            es.REJECT_BAD_ROW,
+                            "expected 'user_id item_1 ... item_n' with at least one item",
+                            text[:2000],
+                        ),
+                    )
                     continue
                 if line_number % 10_000 == 0:
                     LOG.info("read %d users of %s", line_number, path)
@@ -128,15 +140,26 @@ class ParseSequencesFile(beam.DoFn):
                     query = self._queries.get(item)
                     search = is_search_draw(inputs.seed, user_id, position, inputs.search_fraction)
                     if search and query:
-                        yield es.Event(user_id, position, es.SCENARIO_SEARCH, item, 1,
-                                       f"{user_id}:{position}", query, path, line_number)
+                        yield es.Event(
+                            user_id,
+                            position,
+                            es.SCENARIO_SEARCH,
+                            item,
+                            1,
+                            f"{user_id}:{position}",
+                            query,
+                            path,
+                            line_number,
+                        )
                     else:
                         demoted += search
-                        yield es.Event(user_id, position, es.SCENARIO_REC, item, 1,
-                                       "", (), path, line_number)
+                        yield es.Event(
+                            user_id, position, es.SCENARIO_REC, item, 1, "", (), path, line_number
+                        )
                 if demoted:  # counted, so the manifest shows how often the rule fell back
                     yield beam.pvalue.TaggedOutput(
-                        common.STATS, ("amazon_search_draws_kept_as_rec_no_query", demoted))
+                        common.STATS, ("amazon_search_draws_kept_as_rec_no_query", demoted)
+                    )
 
 
 class ItemTextRows(beam.DoFn):
@@ -158,10 +181,22 @@ def check_inputs(inputs: AmazonInputs) -> None:
 
 def read(pipeline, inputs: AmazonInputs) -> common.AdapterOutput:
     check_inputs(inputs)
-    parsed = (pipeline | "AmazonSequencePaths" >> beam.Create(common.expand_paths([inputs.sequences]))
-              | "ParseAmazonSequences" >> beam.ParDo(ParseSequencesFile(inputs)).with_outputs(
-                  common.REJECTED, common.STATS, main="events"))
-    item_text = (pipeline | "AmazonAttributesPath" >> beam.Create([inputs.attributes])
-                 | "AmazonItemText" >> beam.ParDo(ItemTextRows(inputs)))
-    return common.AdapterOutput(events=parsed.events, rejected=[parsed[common.REJECTED]],
-                                stats=[parsed[common.STATS]], item_side=item_text)
+    parsed = (
+        pipeline
+        | "AmazonSequencePaths" >> beam.Create(common.expand_paths([inputs.sequences]))
+        | "ParseAmazonSequences"
+        >> beam.ParDo(ParseSequencesFile(inputs)).with_outputs(
+            common.REJECTED, common.STATS, main="events"
+        )
+    )
+    item_text = (
+        pipeline
+        | "AmazonAttributesPath" >> beam.Create([inputs.attributes])
+        | "AmazonItemText" >> beam.ParDo(ItemTextRows(inputs))
+    )
+    return common.AdapterOutput(
+        events=parsed.events,
+        rejected=[parsed[common.REJECTED]],
+        stats=[parsed[common.STATS]],
+        item_side=item_text,
+    )

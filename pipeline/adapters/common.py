@@ -4,6 +4,7 @@ Files are read whole by one DoFn call each (a CSV cannot be split safely at arbi
 offsets when quoted fields hold commas); the job reshuffles right after, so one big file costs
 one reader but not one worker for the rest of the job. Give large logs as many files.
 """
+
 from __future__ import annotations
 
 import base64
@@ -13,13 +14,18 @@ import dataclasses
 import json
 import logging
 import re
-from typing import Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Deque, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from feature_specs.event_schema import (REJECT_BAD_ROW, REJECT_NOT_UTF8, REJECT_UNSAFE_ID, Event,
-                                        RowError)
+from feature_specs.event_schema import (
+    REJECT_BAD_ROW,
+    REJECT_NOT_UTF8,
+    REJECT_UNSAFE_ID,
+    Event,
+    RowError,
+)
 
 LOG = logging.getLogger(__name__)
 REJECTED = "rejected"
@@ -45,8 +51,9 @@ class RejectedRow:
     raw_base64: str = ""
 
     @classmethod
-    def of_bytes(cls, source: str, line: int, reason: str, detail: str,
-                 data: bytes) -> "RejectedRow":
+    def of_bytes(
+        cls, source: str, line: int, reason: str, detail: str, data: bytes
+    ) -> "RejectedRow":
         if data.endswith(b"\n"):
             data = data[:-2] if data.endswith(b"\r\n") else data[:-1]
         if len(data) > MAX_RAW_BYTES:
@@ -55,8 +62,14 @@ class RejectedRow:
         try:
             return cls(source, line, reason, detail, data.decode("utf-8"))
         except UnicodeDecodeError:
-            return cls(source, line, reason, detail, data.decode("utf-8", "backslashreplace"),
-                       base64.b64encode(data).decode("ascii"))
+            return cls(
+                source,
+                line,
+                reason,
+                detail,
+                data.decode("utf-8", "backslashreplace"),
+                base64.b64encode(data).decode("ascii"),
+            )
 
     def raw_bytes(self) -> bytes:
         """The row's bytes (without its final line end), as far as the dead letter kept them."""
@@ -96,8 +109,9 @@ def read_csv_header(path: str) -> List[str]:
 def check_columns(path: str, columns: Sequence[str], required: Iterable[str]) -> None:
     missing = [name for name in required if name not in columns]
     if missing:
-        raise ValueError(f"{path}: missing required column(s) {missing}; "
-                         f"the header has {list(columns)}")
+        raise ValueError(
+            f"{path}: missing required column(s) {missing}; " f"the header has {list(columns)}"
+        )
 
 
 # --- CSV at the byte level ----------------------------------------------------------------------
@@ -170,7 +184,7 @@ class _PhysicalLines:
                 raise StopIteration
             number = self._next_number
             if number == 1 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]
+                raw = raw[len(UTF8_BOM) :]
             self._next_number += 1
         try:
             text = raw.decode("utf-8")
@@ -194,8 +208,10 @@ def _not_utf8_detail(entries) -> str:
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as error:
-                return (f"line {number}, byte {error.start + 1}: "
-                        f"{raw[error.start:error.start + 4]!r} is not UTF-8 ({error.reason})")
+                return (
+                    f"line {number}, byte {error.start + 1}: "
+                    f"{raw[error.start:error.start + 4]!r} is not UTF-8 ({error.reason})"
+                )
     return "not UTF-8"
 
 
@@ -205,8 +221,10 @@ def _strict_problem(entries) -> Optional[str]:
     A row may span lines only through a quoted cell that closes properly; anything else (a
     quote that never closes, text right after a closing quote) is a stray quote that would
     swallow the rows after it."""
-    texts = [raw.decode("utf-8", "surrogateescape").replace("\x00", _NUL_STAND_IN)
-             for _, raw, _ in entries]
+    texts = [
+        raw.decode("utf-8", "surrogateescape").replace("\x00", _NUL_STAND_IN)
+        for _, raw, _ in entries
+    ]
     reader = csv.reader(texts, strict=True)
     try:
         next(reader)
@@ -221,11 +239,11 @@ def _strict_problem(entries) -> Optional[str]:
 class CsvFile:
     """A CSV file read row by row at the byte level (see above), for ParseCsvFile and tests.
 
-        with CsvFile(path) as csv_file:
-            header = csv_file.header          # ValueError naming the file if unreadable
-            for record in csv_file.records():  # CsvRecord per row, blank lines skipped
-                ...
-                csv_file.reread_after_first_line(record)  # optional, see there
+    with CsvFile(path) as csv_file:
+        header = csv_file.header          # ValueError naming the file if unreadable
+        for record in csv_file.records():  # CsvRecord per row, blank lines skipped
+            ...
+            csv_file.reread_after_first_line(record)  # optional, see there
     """
 
     def __init__(self, path: str):
@@ -255,15 +273,19 @@ class CsvFile:
         except csv.Error as error:
             raise ValueError(f"{path}: line 1 (the header) is not CSV: {error}") from None
         if not cells or not any(cell.strip() for cell in cells):
-            raise ValueError(f"{path}: empty file or empty first line, expected a CSV "
-                             "header row")
+            raise ValueError(
+                f"{path}: empty file or empty first line, expected a CSV " "header row"
+            )
         first = self._lines.pulled[0][1]
         if first.startswith(_UTF16_BOMS):
-            raise ValueError(f"{path}: starts with a UTF-16 byte-order mark; the adapters "
-                             "read UTF-8: save the file as UTF-8")
+            raise ValueError(
+                f"{path}: starts with a UTF-16 byte-order mark; the adapters "
+                "read UTF-8: save the file as UTF-8"
+            )
         if not all(utf8 for _, _, utf8 in self._lines.pulled):
-            raise ValueError(f"{path}: the header is not UTF-8 "
-                             f"({_not_utf8_detail(self._lines.pulled)})")
+            raise ValueError(
+                f"{path}: the header is not UTF-8 " f"({_not_utf8_detail(self._lines.pulled)})"
+            )
         header = [name.replace(_NUL_STAND_IN, "\x00").strip() for name in cells]
         repeated = sorted({name for name in header if header.count(name) > 1})
         if repeated:
@@ -280,8 +302,12 @@ class CsvFile:
                 return
             except csv.Error as error:  # e.g. a field over csv.field_size_limit(), a bare CR
                 entries = lines.pulled
-                yield CsvRecord(entries[0][0], entries[-1][0], entries,
-                                problem=(REJECT_BAD_ROW, f"not CSV: {error}"))
+                yield CsvRecord(
+                    entries[0][0],
+                    entries[-1][0],
+                    entries,
+                    problem=(REJECT_BAD_ROW, f"not CSV: {error}"),
+                )
                 continue
             entries = lines.pulled
             if not cells:
@@ -323,13 +349,19 @@ def decode_text_line(raw: bytes) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise RowError(REJECT_NOT_UTF8, f"byte {error.start + 1}: "
-                       f"{raw[error.start:error.start + 4]!r} is not UTF-8 "
-                       f"({error.reason})") from None
+        raise RowError(
+            REJECT_NOT_UTF8,
+            f"byte {error.start + 1}: "
+            f"{raw[error.start:error.start + 4]!r} is not UTF-8 "
+            f"({error.reason})",
+        ) from None
     bad = _NON_SPACE_CONTROLS.search(text)
     if bad:
-        raise RowError(REJECT_UNSAFE_ID, f"control character {bad.group(0)!r} at character "
-                       f"{bad.start() + 1}, which no id may contain")
+        raise RowError(
+            REJECT_UNSAFE_ID,
+            f"control character {bad.group(0)!r} at character "
+            f"{bad.start() + 1}, which no id may contain",
+        )
     return text
 
 
@@ -361,8 +393,9 @@ class ParseCsvFile(beam.DoFn):
                 problem = record.problem
                 if problem is None:
                     try:
-                        outputs = list(self._parse_row(dict(zip(header, record.cells)), path,
-                                                       record.line))
+                        outputs = list(
+                            self._parse_row(dict(zip(header, record.cells)), path, record.line)
+                        )
                     except RowError as error:
                         problem = (error.reason, error.detail)
                 if problem is None:
@@ -373,12 +406,18 @@ class ParseCsvFile(beam.DoFn):
                 if record.spans_lines:
                     last = record.end_line
                     csv_file.reread_after_first_line(record)
-                    rest = (f"line {last} is read again as a row" if last == record.line + 1
-                            else f"lines {record.line + 1}-{last} are read again as rows")
-                    detail += (f" [the row spans lines {record.line}-{last}: only line "
-                               f"{record.line} is rejected, {rest}]")
-                yield beam.pvalue.TaggedOutput(REJECTED, RejectedRow.of_bytes(
-                    path, record.line, reason, detail, record.raw))
+                    rest = (
+                        f"line {last} is read again as a row"
+                        if last == record.line + 1
+                        else f"lines {record.line + 1}-{last} are read again as rows"
+                    )
+                    detail += (
+                        f" [the row spans lines {record.line}-{last}: only line "
+                        f"{record.line} is rejected, {rest}]"
+                    )
+                yield beam.pvalue.TaggedOutput(
+                    REJECTED, RejectedRow.of_bytes(path, record.line, reason, detail, record.raw)
+                )
         LOG.info("read %d rows of %s", count, path)
         if not count:
             LOG.warning("%s has a header and no data rows", path)
@@ -407,8 +446,17 @@ class AdapterOutput:
 def event_to_tuple(event: Event) -> tuple:
     """Events cross the shuffle as plain tuples: Beam's fast coder handles them natively."""
     # Not dataclasses.astuple: it deep-copies field by field, which cost more than parsing.
-    return (event.user_id, event.timestamp, event.scenario, event.item_id, event.click,
-            event.search_session_id, event.query_tokens, event.source, event.line)
+    return (
+        event.user_id,
+        event.timestamp,
+        event.scenario,
+        event.item_id,
+        event.click,
+        event.search_session_id,
+        event.query_tokens,
+        event.source,
+        event.line,
+    )
 
 
 def event_from_tuple(values: tuple) -> Event:

@@ -4,6 +4,7 @@ Columns are found by name (feature_specs/event_schema.py); extra columns are ign
 required one fails the job before it starts, naming the file. CSV `query_tokens` cells are
 "[20, 34, 3]" or "20 34 3"; Parquet may also hold a list column.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,17 +35,24 @@ def _cell(value) -> str:
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise es.RowError(es.REJECT_NOT_UTF8,
-                              f"{value[:40]!r} is not UTF-8 ({error.reason})") from None
+            raise es.RowError(
+                es.REJECT_NOT_UTF8, f"{value[:40]!r} is not UTF-8 ({error.reason})"
+            ) from None
     return str(value)
 
 
 def parse_canonical_row(row, source: str, line: int):
     yield es.make_event(
-        row.get(es.USER_ID), row.get(es.TIMESTAMP), row.get(es.SCENARIO),
-        item_id=row.get(es.ITEM_ID, ""), click=row.get(es.CLICK),
+        row.get(es.USER_ID),
+        row.get(es.TIMESTAMP),
+        row.get(es.SCENARIO),
+        item_id=row.get(es.ITEM_ID, ""),
+        click=row.get(es.CLICK),
         search_session_id=row.get(es.SEARCH_SESSION_ID, ""),
-        query_tokens=row.get(es.QUERY_TOKENS), source=source, line=line)
+        query_tokens=row.get(es.QUERY_TOKENS),
+        source=source,
+        line=line,
+    )
 
 
 class ParseParquetFile(beam.DoFn):
@@ -71,8 +79,12 @@ class ParseParquetFile(beam.DoFn):
                 cells = {name: _cell(value) for name, value in row.items()}
                 yield from list(parse_canonical_row(cells, path, index))
             except es.RowError as error:
-                yield beam.pvalue.TaggedOutput(common.REJECTED, common.RejectedRow(
-                    path, index, error.reason, error.detail, repr(row)[:common.MAX_RAW_BYTES]))
+                yield beam.pvalue.TaggedOutput(
+                    common.REJECTED,
+                    common.RejectedRow(
+                        path, index, error.reason, error.detail, repr(row)[: common.MAX_RAW_BYTES]
+                    ),
+                )
         if not rows:
             LOG.warning("%s has no rows", path)
             yield beam.pvalue.TaggedOutput(common.STATS, (common.FILES_WITHOUT_ROWS, 1))
@@ -82,8 +94,9 @@ class ParseParquetFile(beam.DoFn):
 def check_inputs(inputs: EventLogInputs) -> List[str]:
     paths = common.expand_paths(inputs.events)
     for path in paths:
-        columns = (_parquet_columns(path) if path.endswith(".parquet")
-                   else common.read_csv_header(path))
+        columns = (
+            _parquet_columns(path) if path.endswith(".parquet") else common.read_csv_header(path)
+        )
         common.check_columns(path, columns, es.REQUIRED_EVENT_COLUMNS)
     return paths
 
@@ -105,19 +118,28 @@ def read(pipeline, inputs: EventLogInputs) -> common.AdapterOutput:
     parquet_paths = [p for p in paths if p.endswith(".parquet")]
     events, rejected, stats = [], [], []
     if csv_paths:
-        parsed = (pipeline | "EventLogCsvPaths" >> beam.Create(csv_paths)
-                  | "ParseEventLogCsv" >> beam.ParDo(common.ParseCsvFile(
-                      es.REQUIRED_EVENT_COLUMNS, parse_canonical_row,
-                      inputs.max_rows_per_file)).with_outputs(
-                          common.REJECTED, common.STATS, main="events"))
+        parsed = (
+            pipeline
+            | "EventLogCsvPaths" >> beam.Create(csv_paths)
+            | "ParseEventLogCsv"
+            >> beam.ParDo(
+                common.ParseCsvFile(
+                    es.REQUIRED_EVENT_COLUMNS, parse_canonical_row, inputs.max_rows_per_file
+                )
+            ).with_outputs(common.REJECTED, common.STATS, main="events")
+        )
         events.append(parsed.events)
         rejected.append(parsed[common.REJECTED])
         stats.append(parsed[common.STATS])
     if parquet_paths:
-        parsed = (pipeline | "EventLogParquetPaths" >> beam.Create(parquet_paths)
-                  | "ParseEventLogParquet" >> beam.ParDo(ParseParquetFile(
-                      inputs.max_rows_per_file)).with_outputs(
-                          common.REJECTED, common.STATS, main="events"))
+        parsed = (
+            pipeline
+            | "EventLogParquetPaths" >> beam.Create(parquet_paths)
+            | "ParseEventLogParquet"
+            >> beam.ParDo(ParseParquetFile(inputs.max_rows_per_file)).with_outputs(
+                common.REJECTED, common.STATS, main="events"
+            )
+        )
         events.append(parsed.events)
         rejected.append(parsed[common.REJECTED])
         stats.append(parsed[common.STATS])

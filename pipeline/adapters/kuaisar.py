@@ -7,6 +7,7 @@
   the examples (users: active levels and one-hot features; items: caption words, which share
   the query-word vocabulary, and first/second-level category ids).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,12 +20,22 @@ from feature_specs import event_schema as es
 from pipeline.adapters import common
 
 REC_COLUMNS = ("user_id", "item_id", "timestamp", "click")
-SEARCH_COLUMNS = ("user_id", "search_session_id", "search_session_timestamp", "keyword",
-                  "item_id", "click_cnt")
-USER_FEATURE_COLUMNS = ("user_id", "search_active_level", "rec_active_level", "onehot_feat1",
-                        "onehot_feat2")
-ITEM_FEATURE_COLUMNS = ("item_id", "caption", "first_level_category_id",
-                        "second_level_category_id")
+SEARCH_COLUMNS = (
+    "user_id",
+    "search_session_id",
+    "search_session_timestamp",
+    "keyword",
+    "item_id",
+    "click_cnt",
+)
+USER_FEATURE_COLUMNS = (
+    "user_id",
+    "search_active_level",
+    "rec_active_level",
+    "onehot_feat1",
+    "onehot_feat2",
+)
+ITEM_FEATURE_COLUMNS = ("item_id", "caption", "first_level_category_id", "second_level_category_id")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,23 +51,40 @@ class KuaiSARInputs:
         def optional(name):
             path = os.path.join(root, name)
             return path if common.expand_paths_or_none(path) else None
-        return cls(rec_inter=os.path.join(root, "rec_inter.csv"),
-                   src_inter=os.path.join(root, "src_inter.csv"),
-                   user_features=optional("user_features.csv"),
-                   item_features=optional("item_features.csv"),
-                   max_rows_per_file=max_rows_per_file)
+
+        return cls(
+            rec_inter=os.path.join(root, "rec_inter.csv"),
+            src_inter=os.path.join(root, "src_inter.csv"),
+            user_features=optional("user_features.csv"),
+            item_features=optional("item_features.csv"),
+            max_rows_per_file=max_rows_per_file,
+        )
 
 
 def parse_rec_row(row, source, line):
-    yield es.make_event(row["user_id"], row["timestamp"], es.SCENARIO_REC,
-                        item_id=row["item_id"], click=row["click"], source=source, line=line)
+    yield es.make_event(
+        row["user_id"],
+        row["timestamp"],
+        es.SCENARIO_REC,
+        item_id=row["item_id"],
+        click=row["click"],
+        source=source,
+        line=line,
+    )
 
 
 def parse_search_row(row, source, line):
-    yield es.make_event(row["user_id"], row["search_session_timestamp"], es.SCENARIO_SEARCH,
-                        item_id=row["item_id"], click=row["click_cnt"],
-                        search_session_id=row["search_session_id"],
-                        query_tokens=row["keyword"], source=source, line=line)
+    yield es.make_event(
+        row["user_id"],
+        row["search_session_timestamp"],
+        es.SCENARIO_SEARCH,
+        item_id=row["item_id"],
+        click=row["click_cnt"],
+        search_session_id=row["search_session_id"],
+        query_tokens=row["keyword"],
+        source=source,
+        line=line,
+    )
 
 
 def parse_user_features(row, source, line):
@@ -64,8 +92,10 @@ def parse_user_features(row, source, line):
     if not user_id:
         raise es.RowError(es.REJECT_MISSING_USER, "user_id is empty")
     es.check_id("user_id", user_id)
-    yield {"user_id": user_id,
-           "features": {name: row[name].strip() for name in USER_FEATURE_COLUMNS[1:]}}
+    yield {
+        "user_id": user_id,
+        "features": {name: row[name].strip() for name in USER_FEATURE_COLUMNS[1:]},
+    }
 
 
 def parse_item_features(row, source, line):
@@ -73,10 +103,14 @@ def parse_item_features(row, source, line):
     if not item_id:
         raise es.RowError(es.REJECT_MISSING_ITEM, "item_id is empty")
     es.check_id("item_id", item_id)
-    yield {"item_id": item_id,
-           "caption_tokens": list(es.parse_token_list(row["caption"], field="caption")),
-           "categories": [row["first_level_category_id"].strip(),
-                          row["second_level_category_id"].strip()]}
+    yield {
+        "item_id": item_id,
+        "caption_tokens": list(es.parse_token_list(row["caption"], field="caption")),
+        "categories": [
+            row["first_level_category_id"].strip(),
+            row["second_level_category_id"].strip(),
+        ],
+    }
 
 
 _FILES = (
@@ -104,14 +138,22 @@ def read(pipeline, inputs: KuaiSARInputs) -> common.AdapterOutput:
         pattern = getattr(inputs, field)
         if pattern is None:
             continue
-        parsed = (pipeline | f"KuaiSAR_{field}_paths" >> beam.Create(common.expand_paths([pattern]))
-                  | f"KuaiSAR_{field}_parse" >> beam.ParDo(
-                      common.ParseCsvFile(columns, parse, inputs.max_rows_per_file)).with_outputs(
-                          common.REJECTED, common.STATS, main="rows"))
+        parsed = (
+            pipeline
+            | f"KuaiSAR_{field}_paths" >> beam.Create(common.expand_paths([pattern]))
+            | f"KuaiSAR_{field}_parse"
+            >> beam.ParDo(
+                common.ParseCsvFile(columns, parse, inputs.max_rows_per_file)
+            ).with_outputs(common.REJECTED, common.STATS, main="rows")
+        )
         outputs[field] = parsed.rows
         rejected.append(parsed[common.REJECTED])
         stats.append(parsed[common.STATS])
-    events = ((outputs["rec_inter"], outputs["src_inter"]) | "KuaiSAR_events" >> beam.Flatten())
-    return common.AdapterOutput(events=events, rejected=rejected, stats=stats,
-                                item_side=outputs.get("item_features"),
-                                user_side=outputs.get("user_features"))
+    events = (outputs["rec_inter"], outputs["src_inter"]) | "KuaiSAR_events" >> beam.Flatten()
+    return common.AdapterOutput(
+        events=events,
+        rejected=rejected,
+        stats=stats,
+        item_side=outputs.get("item_features"),
+        user_side=outputs.get("user_features"),
+    )

@@ -33,12 +33,15 @@ goes to the ModelEvaluation artifact.
 import json
 import os
 import warnings
-from typing import Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
 from unisar_tf.train.gate_options import DEFAULTS, GateOptions
+
+if TYPE_CHECKING:  # annotations only: the component module loads without NumPy work
+    import numpy as np
 
 SCORE_METRIC = "NDCG@10"
 
@@ -46,9 +49,13 @@ SCORE_METRIC = "NDCG@10"
 def __getattr__(name: str):
     """GATE_DEFAULTS, deprecated: the gate's defaults are GateOptions()'s fields."""
     if name == "GATE_DEFAULTS":
-        warnings.warn("ranking_evaluator.GATE_DEFAULTS is deprecated and will be removed in "
-                      "the next release: use GateOptions().to_dict() "
-                      "(unisar_tf.train.gate_options)", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "ranking_evaluator.GATE_DEFAULTS is deprecated and will be removed in "
+            "the next release: use GateOptions().to_dict() "
+            "(unisar_tf.train.gate_options)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return DEFAULTS.to_dict()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -57,24 +64,31 @@ def mean_score(metrics: Dict[str, Dict[str, float]]) -> float:
     return sum(task[SCORE_METRIC] for task in metrics.values()) / len(metrics)
 
 
-def compute_baseline_scores(data_dir: str, split: str, manifest: dict, num_items: int,
-                            tasks: Sequence[str] = ("rec", "search"),
-                            transform_dir: Optional[str] = None
-                            ) -> Dict[str, Dict[str, "np.ndarray"]]:
+def compute_baseline_scores(
+    data_dir: str,
+    split: str,
+    manifest: dict,
+    num_items: int,
+    tasks: Sequence[str] = ("rec", "search"),
+    transform_dir: Optional[str] = None,
+) -> Dict[str, Dict[str, "np.ndarray"]]:
     """{baseline: {task: (N, C) scores}} of every non-learned baseline (popularity, ItemKNN,
     query match: `unisar_tf.train.baselines.baseline_scores`), rows paired with the model's."""
     from unisar_tf.train.baselines import baseline_scores
 
-    return baseline_scores(data_dir, split, manifest, num_items, tuple(tasks),
-                           transform_dir=transform_dir)
+    return baseline_scores(
+        data_dir, split, manifest, num_items, tuple(tasks), transform_dir=transform_dir
+    )
 
 
 def metrics_of(scores: Dict[str, "np.ndarray"]) -> Dict[str, Dict[str, float]]:
     """{task: HR/NDCG and examples} of {task: (N, C) scores}."""
     from unisar_tf.metrics import ranking_metrics
 
-    return {task: dict(ranking_metrics(values), examples=int(len(values)))
-            for task, values in scores.items()}
+    return {
+        task: dict(ranking_metrics(values), examples=int(len(values)))
+        for task, values in scores.items()
+    }
 
 
 def report_markdown(report: dict) -> str:
@@ -93,38 +107,55 @@ def report_markdown(report: dict) -> str:
     settings = decision["settings"]
     needs = []
     if settings["confidence"]:
-        needs.append(f"its {settings['confidence']:.0%} lower bound (paired bootstrap, "
-                     f"{settings['bootstrap_samples']} resamples, seed {settings['seed']}) "
-                     "above 0")
+        needs.append(
+            f"its {settings['confidence']:.0%} lower bound (paired bootstrap, "
+            f"{settings['bootstrap_samples']} resamples, seed {settings['seed']}) "
+            "above 0"
+        )
     needs.append(f"a difference above {settings['min_improvement']}")
     if settings["min_relative_improvement"]:
-        needs.append(f"above {settings['min_relative_improvement']:g} x the comparator's "
-                     f"{SCORE_METRIC}")
-    rule = (f"Gate: on each task, {SCORE_METRIC} minus each comparator's, list by list; "
-            "needs " + " and ".join(needs)
-            + ("" if settings["confidence"] else " (noise test off: confidence 0)") + ".")
+        needs.append(
+            f"above {settings['min_relative_improvement']:g} x the comparator's " f"{SCORE_METRIC}"
+        )
+    rule = (
+        f"Gate: on each task, {SCORE_METRIC} minus each comparator's, list by list; "
+        "needs "
+        + " and ".join(needs)
+        + ("" if settings["confidence"] else " (noise test off: confidence 0)")
+        + "."
+    )
     failed = report.get("failed_comparators", decision.get("failed_comparators", []))
     if report["blessed"]:
         # The reason ends with the could-not-compare notes, listed on their own below.
         said = report["reason"]
         suffix = "".join(f"; {note}" for note in failed)
         if failed and said.endswith(suffix):
-            said = said[:-len(suffix)]
+            said = said[: -len(suffix)]
         why = f"**{verdict}**: {said}\n"
     else:
         why = f"**{verdict}**:\n" + "".join(f"- {reason}\n" for reason in report["reasons"])
     if failed:
-        why += ("\n**Could not compare** (the comparator's NDCG@10 is at or below random's or "
-                "popularity's: it failed, and is not counted as beaten):\n"
-                + "".join(f"- {note}\n" for note in failed))
-    return (f"Split `{report['split']}`; 1 positive + "
-            f"{report['candidates'] - 1} negatives per list.\n\n"
-            + metrics_table(rows) + "\n" + rule + "\n\n" + gate.comparison_table(decision)
-            + "\n" + why)
+        why += (
+            "\n**Could not compare** (the comparator's NDCG@10 is at or below random's or "
+            "popularity's: it failed, and is not counted as beaten):\n"
+            + "".join(f"- {note}\n" for note in failed)
+        )
+    return (
+        f"Split `{report['split']}`; 1 positive + "
+        f"{report['candidates'] - 1} negatives per list.\n\n"
+        + metrics_table(rows)
+        + "\n"
+        + rule
+        + "\n\n"
+        + gate.comparison_table(decision)
+        + "\n"
+        + why
+    )
 
 
-def score_last_blessed(export_dir: str, data_dir: str, split: str, tasks
-                       ) -> Dict[str, "np.ndarray"]:
+def score_last_blessed(
+    export_dir: str, data_dir: str, split: str, tasks
+) -> Dict[str, "np.ndarray"]:
     """The last blessed model's per-list scores on these examples, or a clear error if that model
     reads another example format (e.g. one exported before Transform joined the pipeline:
     its serving_default parses ids, these examples carry raw strings)."""
@@ -145,23 +176,23 @@ def score_last_blessed(export_dir: str, data_dir: str, split: str, tasks
 
 @tfx.dsl.components.component
 def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
-        examples: tfx.dsl.components.InputArtifact[standard_artifacts.Examples],
-        model: tfx.dsl.components.InputArtifact[standard_artifacts.Model],
-        evaluation: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelEvaluation],
-        blessing: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelBlessing],
-        baseline_model: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
-        learned_baseline: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
-        transform_graph: tfx.dsl.components.InputArtifact[
-            standard_artifacts.TransformGraph] = None,
-        split: tfx.dsl.components.Parameter[str] = "test",
-        # GateOptions' fields, one execution property each (GateOptions.to_dict(); TFX needs
-        # them spelled out), their defaults read from it.
-        min_improvement: tfx.dsl.components.Parameter[float] = DEFAULTS.min_improvement,
-        min_relative_improvement: tfx.dsl.components.Parameter[float] = (
-            DEFAULTS.min_relative_improvement),
-        confidence: tfx.dsl.components.Parameter[float] = DEFAULTS.confidence,
-        bootstrap_samples: tfx.dsl.components.Parameter[int] = DEFAULTS.bootstrap_samples,
-        seed: tfx.dsl.components.Parameter[int] = DEFAULTS.seed,
+    examples: tfx.dsl.components.InputArtifact[standard_artifacts.Examples],
+    model: tfx.dsl.components.InputArtifact[standard_artifacts.Model],
+    evaluation: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelEvaluation],
+    blessing: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelBlessing],
+    baseline_model: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
+    learned_baseline: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
+    transform_graph: tfx.dsl.components.InputArtifact[standard_artifacts.TransformGraph] = None,
+    split: tfx.dsl.components.Parameter[str] = "test",
+    # GateOptions' fields, one execution property each (GateOptions.to_dict(); TFX needs
+    # them spelled out), their defaults read from it.
+    min_improvement: tfx.dsl.components.Parameter[float] = DEFAULTS.min_improvement,
+    min_relative_improvement: tfx.dsl.components.Parameter[float] = (
+        DEFAULTS.min_relative_improvement
+    ),
+    confidence: tfx.dsl.components.Parameter[float] = DEFAULTS.confidence,
+    bootstrap_samples: tfx.dsl.components.Parameter[int] = DEFAULTS.bootstrap_samples,
+    seed: tfx.dsl.components.Parameter[int] = DEFAULTS.seed,
 ) -> None:
     """Scores `model` on the test lists, compares with the baselines, writes the blessing.
 
@@ -188,52 +219,77 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
     tasks = [t for t in ("rec", "search") if manifest["examples"][split].get(t)]
     width = manifest["shapes"]["eval_candidates"]
     # Every score matrix below has row i = list i in file order, so they pair up.
-    candidate_scores = saved_model_scores(path_utils.serving_model_path(model.uri), data_dir,
-                                          split, tasks)
-    baseline_scores = compute_baseline_scores(data_dir, split, manifest,
-                                              manifest["vocab_sizes"]["items"] + 1, tasks,
-                                              transform_dir=transform_dir)
+    candidate_scores = saved_model_scores(
+        path_utils.serving_model_path(model.uri), data_dir, split, tasks
+    )
+    baseline_scores = compute_baseline_scores(
+        data_dir,
+        split,
+        manifest,
+        manifest["vocab_sizes"]["items"] + 1,
+        tasks,
+        transform_dir=transform_dir,
+    )
     comparators = dict(baseline_scores)
     if learned_baseline is not None and "rec" in tasks:
         comparators[SASREC] = saved_model_scores(
-            path_utils.serving_model_path(learned_baseline.uri), data_dir, split, ["rec"])
+            path_utils.serving_model_path(learned_baseline.uri), data_dir, split, ["rec"]
+        )
     # A re-run whose Trainer was cached: the resolver returns this very model.
     same_model = baseline_model is not None and baseline_model.id == model.id
     if baseline_model is not None and not same_model:
         comparators[gate.LAST_BLESSED] = score_last_blessed(
-            path_utils.serving_model_path(baseline_model.uri), data_dir, split, tasks)
-    options = GateOptions(min_improvement=min_improvement,
-                          min_relative_improvement=min_relative_improvement,
-                          confidence=confidence, bootstrap_samples=bootstrap_samples, seed=seed)
+            path_utils.serving_model_path(baseline_model.uri), data_dir, split, tasks
+        )
+    options = GateOptions(
+        min_improvement=min_improvement,
+        min_relative_improvement=min_relative_improvement,
+        confidence=confidence,
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+    )
     decision = gate.decide(candidate_scores, comparators, options)
     if same_model:
         # This model is already blessed and pushed; blessing it again would push a duplicate.
-        decision = decision.refuse(f"model {model.id} is already the last blessed model; not "
-                                   "blessed (or pushed) again")
+        decision = decision.refuse(
+            f"model {model.id} is already the last blessed model; not " "blessed (or pushed) again"
+        )
 
     candidate = metrics_of(candidate_scores)
     baselines = {name: metrics_of(per_task) for name, per_task in baseline_scores.items()}
     if SASREC in comparators:
         baselines[SASREC] = metrics_of(comparators[SASREC])
-    baselines[gate.RANDOM] = {task: dict(random_ranking_metrics(width),
-                                         examples=candidate[task]["examples"])
-                              for task in tasks}
+    baselines[gate.RANDOM] = {
+        task: dict(random_ranking_metrics(width), examples=candidate[task]["examples"])
+        for task in tasks
+    }
     # Report order: popularity, random, ItemKNN, query match (then anything new).
-    baselines = {name: baselines[name] for name in
-                 [*(n for n in BASELINE_ORDER if n in baselines),
-                  *(n for n in baselines if n not in BASELINE_ORDER)]}
+    baselines = {
+        name: baselines[name]
+        for name in [
+            *(n for n in BASELINE_ORDER if n in baselines),
+            *(n for n in baselines if n not in BASELINE_ORDER),
+        ]
+    }
     last_blessed = None
     if same_model:
         last_blessed = candidate
     elif baseline_model is not None:
         last_blessed = metrics_of(comparators[gate.LAST_BLESSED])
-    report = {"split": split, "candidates": width, "candidate": candidate,
-              "popularity": baselines["popularity"], "random": baselines[gate.RANDOM],
-              "baselines": baselines, "baseline_model": last_blessed,
-              "blessed": decision.blessed, "reason": decision.reason,
-              "reasons": list(decision.reasons),
-              "failed_comparators": list(decision.failed_comparators),
-              "gate": decision.to_dict()}
+    report = {
+        "split": split,
+        "candidates": width,
+        "candidate": candidate,
+        "popularity": baselines["popularity"],
+        "random": baselines[gate.RANDOM],
+        "baselines": baselines,
+        "baseline_model": last_blessed,
+        "blessed": decision.blessed,
+        "reason": decision.reason,
+        "reasons": list(decision.reasons),
+        "failed_comparators": list(decision.failed_comparators),
+        "gate": decision.to_dict(),
+    }
     with open(os.path.join(evaluation.uri, "metrics.json"), "w") as out:
         json.dump(report, out, indent=2, sort_keys=True)
     markdown = report_markdown(report)
@@ -249,8 +305,7 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
     blessing.set_string_custom_property("reason", decision.reason)
     blessing.set_float_custom_property(SCORE_METRIC, mean_score(candidate))
     for task in tasks:
-        blessing.set_float_custom_property(f"{SCORE_METRIC}_{task}",
-                                           candidate[task][SCORE_METRIC])
+        blessing.set_float_custom_property(f"{SCORE_METRIC}_{task}", candidate[task][SCORE_METRIC])
     if baseline_model is not None:
         blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
     evaluation.set_float_custom_property(SCORE_METRIC, mean_score(candidate))

@@ -19,6 +19,7 @@ Both keep the ids "Trainer" and "Pusher". The local runner uses TFX's components
 values (pipeline/tfx_pipeline.py); these are used when `create_pipeline` is given
 `run_parameters`.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,8 @@ from typing import Any, Dict, List, Optional, Union
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
 from tfx.components.trainer import executor as trainer_executor
-from tfx.extensions.google_cloud_ai_platform.trainer import executor as vertex_trainer_executor
 from tfx.dsl.components.base import base_component, executor_spec
+from tfx.extensions.google_cloud_ai_platform.trainer import executor as vertex_trainer_executor
 from tfx.orchestration import data_types
 from tfx.types import artifact_utils, component_spec, standard_component_specs
 from tfx.v1 import components as tfx_components
@@ -42,16 +43,18 @@ PUSH_KEY = "push"
 IntParameter = Optional[Union[int, data_types.RuntimeParameter]]
 
 
-def train_config_with(custom_config: Optional[str], max_epochs: Optional[int],
-                      batch_size: Optional[int]) -> str:
+def train_config_with(
+    custom_config: Optional[str], max_epochs: Optional[int], batch_size: Optional[int]
+) -> str:
     """The Trainer's custom_config JSON with max_epochs and the batch size set."""
     config: Dict[str, Any] = json.loads(custom_config) if custom_config else {}
     config = dict(config or {})
     if max_epochs is not None:
         config["max_epochs"] = int(max_epochs)
     if batch_size is not None:
-        config["config_overrides"] = dict(config.get("config_overrides") or {},
-                                          batch_size=int(batch_size))
+        config["config_overrides"] = dict(
+            config.get("config_overrides") or {}, batch_size=int(batch_size)
+        )
     return json.dumps(config)
 
 
@@ -74,9 +77,12 @@ def _with_run_parameters(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class TrainerExecutor(trainer_executor.GenericExecutor):
-    def Do(self, input_dict: Dict[str, List[types.Artifact]],
-           output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         super().Do(input_dict, output_dict, _with_run_parameters(exec_properties))
 
 
@@ -84,9 +90,12 @@ class VertexTrainerExecutor(vertex_trainer_executor.GenericExecutor):
     """The same, as a Vertex AI custom job (TFX's Google Cloud trainer extension: its
     custom_config carries the worker pools; each worker runs run_fn under TF_CONFIG)."""
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]],
-           output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         super().Do(input_dict, output_dict, _with_run_parameters(exec_properties))
 
 
@@ -100,15 +109,27 @@ class Trainer(base_component.BaseComponent):
     SPEC_CLASS = TrainerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(TrainerExecutor)
 
-    def __init__(self, max_epochs: IntParameter = None, batch_size: IntParameter = None,
-                 vertex: bool = False, **trainer_kwargs):
+    def __init__(
+        self,
+        max_epochs: IntParameter = None,
+        batch_size: IntParameter = None,
+        vertex: bool = False,
+        **trainer_kwargs,
+    ):
         # TFX's Trainer checks and normalizes its arguments (custom_config to JSON, ...).
         standard = tfx_components.Trainer(**trainer_kwargs).spec
-        super().__init__(spec=TrainerSpec(
-            **standard.exec_properties, **standard.inputs, **_fresh_outputs(standard),
-            max_epochs=max_epochs, batch_size=batch_size),
+        super().__init__(
+            spec=TrainerSpec(
+                **standard.exec_properties,
+                **standard.inputs,
+                **_fresh_outputs(standard),
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+            ),
             custom_executor_spec=executor_spec.ExecutorClassSpec(VertexTrainerExecutor)
-            if vertex else None)
+            if vertex
+            else None,
+        )
         self.with_id("Trainer")
 
 
@@ -120,15 +141,21 @@ class PusherSpec(standard_component_specs.PusherSpec):
 
 
 class PusherExecutor(pusher_executor.Executor):
-    def Do(self, input_dict: Dict[str, List[types.Artifact]],
-           output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         exec_properties = dict(exec_properties)
         push = exec_properties.pop(PUSH_KEY, None)
         if push is not None and not int(push):
             LOG.info("push=0 for this run: the model is not pushed")
-            self._MarkNotPushed(artifact_utils.get_single_instance(
-                output_dict[standard_component_specs.PUSHED_MODEL_KEY]))
+            self._MarkNotPushed(
+                artifact_utils.get_single_instance(
+                    output_dict[standard_component_specs.PUSHED_MODEL_KEY]
+                )
+            )
             return
         super().Do(input_dict, output_dict, exec_properties)
 
@@ -141,7 +168,9 @@ class Pusher(base_component.BaseComponent):
 
     def __init__(self, push: IntParameter = None, **pusher_kwargs):
         standard = tfx_components.Pusher(**pusher_kwargs).spec
-        super().__init__(spec=PusherSpec(
-            **standard.exec_properties, **standard.inputs, **_fresh_outputs(standard),
-            push=push))
+        super().__init__(
+            spec=PusherSpec(
+                **standard.exec_properties, **standard.inputs, **_fresh_outputs(standard), push=push
+            )
+        )
         self.with_id("Pusher")

@@ -31,6 +31,7 @@ the cache lookup, so changed raw data at the same `data_root` is not served from
 (LocalDagRunner; Kubeflow V2 runs no custom driver except FileBasedExampleGen's and caches on
 the parameters alone).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,8 +42,12 @@ from typing import Any, Dict, List, Optional
 from apache_beam.io.filesystems import FileSystems
 from tfx import types
 from tfx.components.util import examples_utils
-from tfx.dsl.components.base import base_beam_component, base_beam_executor, base_driver
-from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.base import (
+    base_beam_component,
+    base_beam_executor,
+    base_driver,
+    executor_spec,
+)
 from tfx.orchestration.portable import base_driver as ir_base_driver
 from tfx.proto import example_gen_pb2
 from tfx.proto.orchestration import driver_output_pb2
@@ -61,8 +66,9 @@ BUILD_OPTIONS_KEY = "build_options"
 INPUT_FINGERPRINT_KEY = "input_fingerprint"
 
 # train_rec, train_search, valid_rec, valid_search, test_rec, test_search.
-SPLIT_NAMES = [beam_job.tfx_split_name(split, scenario)
-               for split in sb.SPLITS for scenario in es.SCENARIOS]
+SPLIT_NAMES = [
+    beam_job.tfx_split_name(split, scenario) for split in sb.SPLITS for scenario in es.SCENARIOS
+]
 # Flags the component sets itself (from adapter, data_root and the artifact uri).
 _RESERVED_FLAGS = ("dataset", "output", "layout", "data_root", "input_dir", "events")
 # amazon: these build options are paths, relative to data_root unless absolute.
@@ -70,6 +76,7 @@ _PATH_FLAGS = ("sequences", "attributes")
 
 
 # --- adapter, data_root and build options -> the data job's command line ----------------------
+
 
 def _option_flags(build_options: Dict[str, Any], data_root: str) -> List[str]:
     flags = []
@@ -97,20 +104,26 @@ def _input_flags(adapter: str, data_root: str) -> List[str]:
         patterns = [os.path.join(data_root, "*.csv"), os.path.join(data_root, "*.parquet")]
         # A pattern without files would stop the job; keep both if neither matches, so the
         # error names the folder.
-        return ["--events"] + ([p for p in patterns if common.expand_paths_or_none(p)]
-                               or patterns)
+        return ["--events"] + ([p for p in patterns if common.expand_paths_or_none(p)] or patterns)
     return []  # amazon: sequences / attributes come as build options
 
 
-def job_args(adapter: str, data_root: str, build_options: Optional[Dict[str, Any]],
-             output: str, resolve_inputs: bool = True):
+def job_args(
+    adapter: str,
+    data_root: str,
+    build_options: Optional[Dict[str, Any]],
+    output: str,
+    resolve_inputs: bool = True,
+):
     """The parsed `build_examples` arguments for these parameters; ValueError names a bad
     option. resolve_inputs=False skips looking at data_root (pipeline construction)."""
     build_options = dict(build_options or {})
     reserved = sorted(set(build_options) & set(_RESERVED_FLAGS))
     if reserved:
-        raise ValueError(f"build_options {reserved}: set by the component (use the adapter "
-                         "and data_root parameters)")
+        raise ValueError(
+            f"build_options {reserved}: set by the component (use the adapter "
+            "and data_root parameters)"
+        )
     argv = ["--dataset", adapter, "--output", output, "--layout", beam_job.LAYOUT_TFX]
     argv += _input_flags(adapter, data_root) if resolve_inputs else []
     argv += _option_flags(build_options, data_root)
@@ -121,8 +134,10 @@ def job_args(adapter: str, data_root: str, build_options: Optional[Dict[str, Any
     # Names are checked exactly (argparse would also accept unknown abbreviations).
     unknown_names = sorted(set(build_options) - set(vars(args)))
     if unknown or unknown_names:
-        raise ValueError(f"unknown build_options {unknown_names or unknown}; known: "
-                         f"{sorted(set(vars(args)) - set(_RESERVED_FLAGS))}")
+        raise ValueError(
+            f"unknown build_options {unknown_names or unknown}; known: "
+            f"{sorted(set(vars(args)) - set(_RESERVED_FLAGS))}"
+        )
     build_examples.build_options(args)  # raises ValueError on inconsistent options
     return args
 
@@ -133,8 +148,12 @@ def _build_options_value(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _args_from_properties(exec_properties: Dict[str, Any], output: str):
-    return job_args(exec_properties[ADAPTER_KEY], exec_properties[DATA_ROOT_KEY],
-                    _build_options_value(exec_properties), output)
+    return job_args(
+        exec_properties[ADAPTER_KEY],
+        exec_properties[DATA_ROOT_KEY],
+        _build_options_value(exec_properties),
+        output,
+    )
 
 
 def input_fingerprint(args) -> str:
@@ -142,15 +161,18 @@ def input_fingerprint(args) -> str:
     inputs, _ = build_examples.adapter_inputs(args)
     entries = []
     for value in build_examples.describe_inputs(inputs).values():
-        for pattern in (value if isinstance(value, list) else [value]):
+        for pattern in value if isinstance(value, list) else [value]:
             if isinstance(pattern, str) and pattern:
-                entries += [f"{m.path}\t{m.size_in_bytes}\t{m.last_updated_in_seconds}"
-                            for result in FileSystems.match([pattern])
-                            for m in result.metadata_list]
+                entries += [
+                    f"{m.path}\t{m.size_in_bytes}\t{m.last_updated_in_seconds}"
+                    for result in FileSystems.match([pattern])
+                    for m in result.metadata_list
+                ]
     return hashlib.sha256("\n".join(sorted(entries)).encode("utf-8")).hexdigest()
 
 
 # --- TFX component ----------------------------------------------------------------------------
+
 
 class SequenceExampleGenSpec(types.ComponentSpec):
     PARAMETERS = {
@@ -191,8 +213,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         describe_examples(examples, manifest, exec_properties.get(INPUT_FINGERPRINT_KEY))
 
 
-def describe_examples(examples: types.Artifact, manifest: dict,
-                      fingerprint: Optional[str] = None) -> None:
+def describe_examples(
+    examples: types.Artifact, manifest: dict, fingerprint: Optional[str] = None
+) -> None:
     """Split names, formats and the manifest's counts on the Examples artifact."""
     examples.split_names = artifact_utils.encode_split_names(SPLIT_NAMES)
     examples.span = 0
@@ -201,7 +224,8 @@ def describe_examples(examples: types.Artifact, manifest: dict,
     for split, by_scenario in manifest["examples"].items():
         for scenario, count in by_scenario.items():
             examples.set_int_custom_property(
-                f"examples_{beam_job.tfx_split_name(split, scenario)}", count)
+                f"examples_{beam_job.tfx_split_name(split, scenario)}", count
+            )
     examples.set_int_custom_property("examples_total", manifest["examples_total"])
     examples.set_int_custom_property("rejected_total", manifest["rejected_total"])
     for reason, count in sorted(manifest["rejected"].items()):
@@ -210,7 +234,8 @@ def describe_examples(examples: types.Artifact, manifest: dict,
         examples.set_int_custom_property(f"vocab_{name}", size)
     examples.set_string_custom_property("dataset", manifest["dataset"])
     examples.set_string_custom_property(
-        "manifest", os.path.join(examples.uri, beam_job.MANIFEST_FILE))
+        "manifest", os.path.join(examples.uri, beam_job.MANIFEST_FILE)
+    )
     if fingerprint:
         examples.set_string_custom_property(INPUT_FINGERPRINT_KEY, fingerprint)
 
@@ -223,10 +248,16 @@ class SequenceExampleGen(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
     DRIVER_CLASS = InputFingerprintDriver
 
-    def __init__(self, data_root: str, adapter: str,
-                 build_options: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self, data_root: str, adapter: str, build_options: Optional[Dict[str, Any]] = None
+    ):
         """Checks the options against build_examples now, not when the pipeline runs."""
         job_args(adapter, data_root, build_options, output="", resolve_inputs=False)
-        super().__init__(SequenceExampleGenSpec(
-            data_root=data_root, adapter=adapter, build_options=dict(build_options or {}),
-            examples=types.Channel(type=standard_artifacts.Examples)))
+        super().__init__(
+            SequenceExampleGenSpec(
+                data_root=data_root,
+                adapter=adapter,
+                build_options=dict(build_options or {}),
+                examples=types.Channel(type=standard_artifacts.Examples),
+            )
+        )

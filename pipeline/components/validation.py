@@ -15,6 +15,7 @@ AnomalyGate reads both ExampleAnomalies artifacts and raises AnomaliesFound nami
 feature and description of every anomaly; components that must not run on bad data
 (Transform, Trainer, ...) depend on it (`add_upstream_node`).
 """
+
 # No `from __future__ import annotations`: TFX reads AnomalyGate's type hints as objects.
 import hashlib
 import os
@@ -32,18 +33,23 @@ from pipeline import beam_job
 from pipeline import sequence_builder as sb
 
 # Which schema environment each example split is validated in.
-SCENARIO_ENVIRONMENTS = {es.SCENARIO_REC: tfmd_schema.ENV_REC,
-                         es.SCENARIO_SEARCH: tfmd_schema.ENV_SEARCH}
+SCENARIO_ENVIRONMENTS = {
+    es.SCENARIO_REC: tfmd_schema.ENV_REC,
+    es.SCENARIO_SEARCH: tfmd_schema.ENV_SEARCH,
+}
 ENVIRONMENT_SPLITS: Dict[str, List[str]] = {
     environment: [beam_job.tfx_split_name(split, scenario) for split in sb.SPLITS]
-    for scenario, environment in SCENARIO_ENVIRONMENTS.items()}
+    for scenario, environment in SCENARIO_ENVIRONMENTS.items()
+}
 ANOMALIES_FILE = "SchemaDiff.pb"  # what ExampleValidator writes per split
 
 
 # --- schema views and files -------------------------------------------------------------------
 
-def in_environment(feature: schema_pb2.Feature, environment: str,
-                   schema: schema_pb2.Schema) -> bool:
+
+def in_environment(
+    feature: schema_pb2.Feature, environment: str, schema: schema_pb2.Schema
+) -> bool:
     """TFDV's rule: listed in in_environment, else not excluded and in a default environment."""
     if environment in feature.in_environment:
         return True
@@ -78,8 +84,9 @@ def schema_for_transform(schema: schema_pb2.Schema) -> schema_pb2.Schema:
     view.CopyFrom(schema)
     view.ClearField("default_environment")
     for feature in view.feature:
-        everywhere = all(in_environment(feature, environment, schema)
-                         for environment in ENVIRONMENT_SPLITS)
+        everywhere = all(
+            in_environment(feature, environment, schema) for environment in ENVIRONMENT_SPLITS
+        )
         feature.ClearField("in_environment")
         feature.ClearField("not_in_environment")
         if not everywhere and feature.HasField("shape"):
@@ -102,8 +109,12 @@ def write_schema_files(schema: schema_pb2.Schema, directory: str) -> Dict[str, s
     text = text_format.MessageToString(schema)
     folder = os.path.join(directory, hashlib.sha256(text.encode("utf-8")).hexdigest()[:16])
     texts = {"ALL": text}
-    texts.update({environment: text_format.MessageToString(
-        schema_for_environment(schema, environment)) for environment in ENVIRONMENT_SPLITS})
+    texts.update(
+        {
+            environment: text_format.MessageToString(schema_for_environment(schema, environment))
+            for environment in ENVIRONMENT_SPLITS
+        }
+    )
     texts[TRANSFORM_VIEW] = text_format.MessageToString(schema_for_transform(schema))
     paths = {}
     for name, content in texts.items():
@@ -120,6 +131,7 @@ def write_schema_files(schema: schema_pb2.Schema, directory: str) -> Dict[str, s
 
 # --- the gate ---------------------------------------------------------------------------------
 
+
 class AnomaliesFound(RuntimeError):
     """The data failed validation; the message lists every anomaly."""
 
@@ -133,11 +145,14 @@ def describe_anomalies(split: str, anomalies: anomalies_pb2.Anomalies) -> List[s
         info = anomalies.dataset_anomaly_info
         lines.append(f"split {split}, dataset: {info.description or info.short_description}")
     for feature, info in sorted(anomalies.anomaly_info.items()):
-        reasons = ", ".join(anomalies_pb2.AnomalyInfo.Type.Name(reason.type)
-                            for reason in info.reason)
+        reasons = ", ".join(
+            anomalies_pb2.AnomalyInfo.Type.Name(reason.type) for reason in info.reason
+        )
         severity = anomalies_pb2.AnomalyInfo.Severity.Name(info.severity)
-        lines.append(f"split {split}, feature '{feature}' ({severity}; {reasons}): "
-                     f"{info.description or info.short_description}")
+        lines.append(
+            f"split {split}, feature '{feature}' ({severity}; {reasons}): "
+            f"{info.description or info.short_description}"
+        )
     return lines
 
 
@@ -156,14 +171,16 @@ def anomaly_report(artifacts: Iterable) -> List[str]:
 
 @tfx.dsl.components.component
 def AnomalyGate(
-        rec_anomalies: tfx.dsl.components.InputArtifact[
-            tfx.types.standard_artifacts.ExampleAnomalies],
-        search_anomalies: tfx.dsl.components.InputArtifact[
-            tfx.types.standard_artifacts.ExampleAnomalies]) -> None:
+    rec_anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+    search_anomalies: tfx.dsl.components.InputArtifact[
+        tfx.types.standard_artifacts.ExampleAnomalies
+    ],
+) -> None:
     """Fails the run when ExampleValidator found any anomaly, naming split and feature."""
     lines = anomaly_report([rec_anomalies, search_anomalies])
     if lines:
         raise AnomaliesFound(
             f"data validation failed, {len(lines)} anomal{'y' if len(lines) == 1 else 'ies'} "
             "(ExampleValidator against the curated schema, feature_specs/tfmd_schema.py):\n  "
-            + "\n  ".join(lines))
+            + "\n  ".join(lines)
+        )

@@ -13,6 +13,7 @@ in-memory is quicker (--beam_arg=--direct_running_mode=in_memory
 --beam_arg=--direct_num_workers=1). Prints each component's wall time, read from its ML
 Metadata execution (create -> last update), and where its output artifacts are.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,18 @@ def metadata_config(path: str):
     return tfx.orchestration.metadata.sqlite_metadata_connection_config(path)
 
 
-def run(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
-        serving_dir: str, beam_pipeline_args: Sequence[str], metadata_path: str,
-        options=None, enable_cache: bool = True, **deprecated_keywords) -> List[dict]:
+def run(
+    pipeline_name: str,
+    pipeline_root: str,
+    data_root: str,
+    adapter: str,
+    serving_dir: str,
+    beam_pipeline_args: Sequence[str],
+    metadata_path: str,
+    options=None,
+    enable_cache: bool = True,
+    **deprecated_keywords,
+) -> List[dict]:
     """Runs the pipeline; returns `executions_since` for this run (one dict per component).
     A failing component raises (e.g. AnomalyGate's AnomaliesFound). options: create_pipeline's
     PipelineOptions (build, training, the blessing gate); its former loose keywords still
@@ -46,13 +56,22 @@ def run(pipeline_name: str, pipeline_root: str, data_root: str, adapter: str,
 
     options = options_or_keywords("run", options, deprecated_keywords)
     if options.trainer_resources:
-        raise ValueError("trainer resources (--trainer_cpu, ...) are container resources on "
-                         "Kubeflow; LocalDagRunner runs every component in this process")
+        raise ValueError(
+            "trainer resources (--trainer_cpu, ...) are container resources on "
+            "Kubeflow; LocalDagRunner runs every component in this process"
+        )
     config = metadata_config(metadata_path)
     pipeline = create_pipeline(
-        pipeline_name=pipeline_name, pipeline_root=pipeline_root, data_root=data_root,
-        adapter=adapter, serving_dir=serving_dir, beam_pipeline_args=list(beam_pipeline_args),
-        metadata_connection_config=config, options=options, enable_cache=enable_cache)
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        data_root=data_root,
+        adapter=adapter,
+        serving_dir=serving_dir,
+        beam_pipeline_args=list(beam_pipeline_args),
+        metadata_connection_config=config,
+        options=options,
+        enable_cache=enable_cache,
+    )
     started_ms = int(time.time() * 1000)
     tfx.orchestration.LocalDagRunner().run(pipeline)
     return executions_since(config, pipeline_name, started_ms)
@@ -77,10 +96,16 @@ def executions_since(config, pipeline_name: str, since_ms: int) -> List[dict]:
                 continue
             outputs: Dict[str, List[str]] = {}
             events = store.get_events_by_execution_ids([execution.id])
-            output_ids = {event.artifact_id: event.path.steps[0].key for event in events
-                          if event.type == metadata_store_pb2.Event.OUTPUT}
-            input_keys = {event.artifact_id: event.path.steps[0].key for event in events
-                          if event.type == metadata_store_pb2.Event.INPUT}
+            output_ids = {
+                event.artifact_id: event.path.steps[0].key
+                for event in events
+                if event.type == metadata_store_pb2.Event.OUTPUT
+            }
+            input_keys = {
+                event.artifact_id: event.path.steps[0].key
+                for event in events
+                if event.type == metadata_store_pb2.Event.INPUT
+            }
             inputs: Dict[str, List[str]] = {}
             for artifact in store.get_artifacts_by_id(list(input_keys)):
                 inputs.setdefault(input_keys[artifact.id], []).append(artifact.uri)
@@ -90,27 +115,34 @@ def executions_since(config, pipeline_name: str, since_ms: int) -> List[dict]:
                 pushed = artifact.custom_properties.get("pushed")
                 if pushed is not None and pushed.int_value == 1:  # the Pusher's PushedModel
                     pushed_destination = artifact.custom_properties[
-                        "pushed_destination"].string_value
-            rows.append({
-                "pushed_destination": pushed_destination,
-                "component": context.name[len(prefix):],
-                "state": metadata_store_pb2.Execution.State.Name(execution.last_known_state),
-                "seconds": (execution.last_update_time_since_epoch
-                            - execution.create_time_since_epoch) / 1000.0,
-                "started_ms": execution.create_time_since_epoch,
-                "inputs": inputs,
-                "outputs": outputs,
-            })
+                        "pushed_destination"
+                    ].string_value
+            rows.append(
+                {
+                    "pushed_destination": pushed_destination,
+                    "component": context.name[len(prefix) :],
+                    "state": metadata_store_pb2.Execution.State.Name(execution.last_known_state),
+                    "seconds": (
+                        execution.last_update_time_since_epoch - execution.create_time_since_epoch
+                    )
+                    / 1000.0,
+                    "started_ms": execution.create_time_since_epoch,
+                    "inputs": inputs,
+                    "outputs": outputs,
+                }
+            )
     return sorted(rows, key=lambda row: row["started_ms"])
 
 
 def format_report(rows: List[dict]) -> str:
     lines = [f"{'component':<26} {'state':<9} {'seconds':>8}  outputs"]
     for row in rows:
-        outputs = "; ".join(f"{key}: {', '.join(uris)}"
-                            for key, uris in sorted(row["outputs"].items()))
-        lines.append(f"{row['component']:<26} {row['state']:<9} {row['seconds']:>8.1f}  "
-                     f"{outputs}")
+        outputs = "; ".join(
+            f"{key}: {', '.join(uris)}" for key, uris in sorted(row["outputs"].items())
+        )
+        lines.append(
+            f"{row['component']:<26} {row['state']:<9} {row['seconds']:>8.1f}  " f"{outputs}"
+        )
     lines.append(f"{'total':<26} {'':<9} {sum(r['seconds'] for r in rows):>8.1f}")
     return "\n".join(lines)
 
@@ -128,8 +160,11 @@ def outcome_summary(rows: List[dict]) -> str:
             lines.append(f"blessing: {'BLESSED' if blessed else 'NOT BLESSED'} ({uri})")
     pusher = by_component.get("Pusher")
     pushed = pusher and pusher.get("pushed_destination")
-    lines.append(f"pushed model: {pushed}" if pushed else
-                 "pushed model: none this run (not blessed, or cached)")
+    lines.append(
+        f"pushed model: {pushed}"
+        if pushed
+        else "pushed model: none this run (not blessed, or cached)"
+    )
     return "\n".join(lines)
 
 
@@ -137,16 +172,20 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     from unisar_tf import logs
 
     logs.setup(argv)  # first: quiet unless --verbose, before anything imports TensorFlow
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--data_root", required=True, help="raw data (see SequenceExampleGen)")
-    parser.add_argument("--adapter", default="amazon_beauty",
-                        help="amazon_beauty, amazon, kuaisar or event_log")
+    parser.add_argument(
+        "--adapter", default="amazon_beauty", help="amazon_beauty, amazon, kuaisar or event_log"
+    )
     parser.add_argument("--pipeline_root", required=True, help="artifacts go here")
-    parser.add_argument("--serving_dir", required=True,
-                        help="where the Pusher will write unisar/<version>")
-    parser.add_argument("--metadata", help="ML Metadata SQLite file "
-                        "(default <pipeline_root>/metadata.sqlite)")
+    parser.add_argument(
+        "--serving_dir", required=True, help="where the Pusher will write unisar/<version>"
+    )
+    parser.add_argument(
+        "--metadata", help="ML Metadata SQLite file " "(default <pipeline_root>/metadata.sqlite)"
+    )
     parser.add_argument("--pipeline_name", default=DEFAULT_PIPELINE_NAME)
     parser.add_argument("--no_cache", action="store_true", help="re-run every component")
     options.add_pipeline_options(parser)  # build, Beam, training and gate options
@@ -158,13 +197,24 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     pipeline_options = options.pipeline_options(parser, args)
     beam_args = args.beam_arg or list(beam_job.DEFAULT_LOCAL_BEAM_ARGS)
     metadata_path = args.metadata or os.path.join(args.pipeline_root, "metadata.sqlite")
-    rows = run(args.pipeline_name, args.pipeline_root, args.data_root, args.adapter,
-               args.serving_dir, beam_args, metadata_path, pipeline_options,
-               enable_cache=not args.no_cache)
+    rows = run(
+        args.pipeline_name,
+        args.pipeline_root,
+        args.data_root,
+        args.adapter,
+        args.serving_dir,
+        beam_args,
+        metadata_path,
+        pipeline_options,
+        enable_cache=not args.no_cache,
+    )
     print(format_report(rows))
     print(outcome_summary(rows))
-    print(f"\nML Metadata: {os.path.abspath(metadata_path)}; artifacts under "
-          f"{os.path.abspath(args.pipeline_root)}", file=sys.stderr)
+    print(
+        f"\nML Metadata: {os.path.abspath(metadata_path)}; artifacts under "
+        f"{os.path.abspath(args.pipeline_root)}",
+        file=sys.stderr,
+    )
     return rows
 
 

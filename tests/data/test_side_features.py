@@ -1,13 +1,14 @@
 """KuaiSAR side features: from the data job's side tables into the model (spec 2)."""
+
 import json
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import FIXTURES
 from helpers.model import write_vocabularies
+
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline.adapters import kuaisar
@@ -26,10 +27,22 @@ IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_runnin
 @pytest.fixture(scope="module")
 def kuaisar_build(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("kuaisar") / "out")
-    options = sb.BuildOptions(split="time", clicks_per_session=5, num_eval_negatives=3,
-                              min_rec_history=0, min_search_history=0, query_len=6)
-    manifest = beam_job.run(lambda p: kuaisar.read(p, kuaisar.KuaiSARInputs.from_dir(FIXTURE)),
-                            options, out, "kuaisar", {}, IN_MEMORY)
+    options = sb.BuildOptions(
+        split="time",
+        clicks_per_session=5,
+        num_eval_negatives=3,
+        min_rec_history=0,
+        min_search_history=0,
+        query_len=6,
+    )
+    manifest = beam_job.run(
+        lambda p: kuaisar.read(p, kuaisar.KuaiSARInputs.from_dir(FIXTURE)),
+        options,
+        out,
+        "kuaisar",
+        {},
+        IN_MEMORY,
+    )
     return out, manifest
 
 
@@ -50,12 +63,16 @@ def test_side_tables_follow_the_written_rows(kuaisar_build):
     assert side.item_categories.shape == (num_items, 2)
     assert side.item_captions.shape == (num_items, 2)
     assert side.user_features.shape == (num_users, 4)
-    assert side.user_feature_names == ("onehot_feat1", "onehot_feat2", "rec_active_level",
-                                       "search_active_level")
+    assert side.user_feature_names == (
+        "onehot_feat1",
+        "onehot_feat2",
+        "rec_active_level",
+        "search_active_level",
+    )
     for row in items:
         np.testing.assert_array_equal(
-            side.item_captions[row["id"]],
-            (row["caption_word_ids"][:2] + [0, 0])[:2])  # truncated / padded to 2
+            side.item_captions[row["id"]], (row["caption_word_ids"][:2] + [0, 0])[:2]
+        )  # truncated / padded to 2
     # Equal raw categories <-> equal codes; every known item has a non-zero code.
     for a in items:
         for b in items:
@@ -71,17 +88,29 @@ def test_side_tables_follow_the_written_rows(kuaisar_build):
 
 
 def _small_side_model(seed=0):
-    config = kuaisar_preset(num_users=6, num_items=9, num_words=12, query_len=4,
-                            clicks_per_session=2, rec_len=3, search_len=3,
-                            num_relevance_negatives=4, dropout=0.0,
-                            item_category_vocab_sizes=(4, 5), user_feature_vocab_sizes=(3,),
-                            item_caption_length=3)
+    config = kuaisar_preset(
+        num_users=6,
+        num_items=9,
+        num_words=12,
+        query_len=4,
+        clicks_per_session=2,
+        rec_len=3,
+        search_len=3,
+        num_relevance_negatives=4,
+        dropout=0.0,
+        item_category_vocab_sizes=(4, 5),
+        user_feature_vocab_sizes=(3,),
+        item_caption_length=3,
+    )
     rng = np.random.default_rng(seed)
-    side = SideFeatures(item_categories=rng.integers(1, 4, (9, 2)).astype(np.int32),
-                        item_captions=rng.integers(0, 12, (9, 3)).astype(np.int32),
-                        user_features=rng.integers(0, 3, (6, 1)).astype(np.int32),
-                        item_category_vocab_sizes=(4, 5), user_feature_vocab_sizes=(3,),
-                        user_feature_names=("level",))
+    side = SideFeatures(
+        item_categories=rng.integers(1, 4, (9, 2)).astype(np.int32),
+        item_captions=rng.integers(0, 12, (9, 3)).astype(np.int32),
+        user_features=rng.integers(0, 3, (6, 1)).astype(np.int32),
+        item_category_vocab_sizes=(4, 5),
+        user_feature_vocab_sizes=(3,),
+        user_feature_names=("level",),
+    )
     side.item_categories[0] = 0
     side.item_captions[0] = 0
     tf.keras.utils.set_random_seed(seed)
@@ -95,9 +124,16 @@ def test_side_features_change_the_item_embedding_and_padding_stays_zero():
     assert np.all(before[0] == 0.0)
     changed = side.item_categories.copy()
     changed[3, 0] = 1 if changed[3, 0] != 1 else 2
-    model.set_side_features(SideFeatures(changed, side.item_captions, side.user_features,
-                                         side.item_category_vocab_sizes,
-                                         side.user_feature_vocab_sizes, ("level",)))
+    model.set_side_features(
+        SideFeatures(
+            changed,
+            side.item_captions,
+            side.user_features,
+            side.item_category_vocab_sizes,
+            side.user_feature_vocab_sizes,
+            ("level",),
+        )
+    )
     after = model.embed_items(ids).numpy()
     assert not np.allclose(before[1], after[1])  # item 3's category changed
     np.testing.assert_array_equal(before[2], after[2])  # item 4 untouched
@@ -118,13 +154,19 @@ def test_side_feature_tables_get_gradients_and_lookup_tables_are_not_trained():
     assert sum(tuple(v.shape) == (12, 32) for v in variables) == 1
     # Scoring reaches everything but the loss-only layers (alignment / relevance W and tau).
     unused = [v.name for v, g in zip(variables, gradients) if g is None]
-    assert unused and all(name.split("/")[-2] in ("rec_alignment", "search_alignment",
-                                                  "relevance") for name in unused), unused
-    for part in ("item_categories/column_0", "item_categories/column_1",
-                 "user_side_features/column_0"):
+    assert unused and all(
+        name.split("/")[-2] in ("rec_alignment", "search_alignment", "relevance") for name in unused
+    ), unused
+    for part in (
+        "item_categories/column_0",
+        "item_categories/column_1",
+        "user_side_features/column_0",
+    ):
         (name,) = [n for n in names if part in n]
-        assert grads[name] is not None and float(tf.reduce_sum(tf.abs(
-            tf.convert_to_tensor(grads[name])))) > 0, name
+        assert (
+            grads[name] is not None
+            and float(tf.reduce_sum(tf.abs(tf.convert_to_tensor(grads[name])))) > 0
+        ), name
     assert not any("attributes" in n or "item_captions" in n for n in names)
 
 
@@ -138,8 +180,9 @@ def test_side_feature_model_round_trips_through_saved_model(tmp_path):
     reloaded = tf.saved_model.load(str(tmp_path / "export"))
     raw = raw_request_from_features(features, read_vocabularies(vocab_dir))
     search = reloaded.signatures["search"](**{k: tf.constant(v) for k, v in raw.items()})
-    np.testing.assert_allclose(search["scores"].numpy(), expected["search"].numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        search["scores"].numpy(), expected["search"].numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_side_feature_config_needs_tables_and_valid_sizes():
@@ -160,8 +203,10 @@ def test_training_on_kuaisar_tfrecords_uses_the_side_features(kuaisar_build, tmp
     from unisar_tf.train.trainer import Trainer, TrainerOptions
 
     out, _ = kuaisar_build
-    trainer = Trainer(kuaisar_preset(batch_size=4, num_relevance_negatives=4),
-                      TrainerOptions(out, str(tmp_path / "model"), max_epochs=1, verbose=0))
+    trainer = Trainer(
+        kuaisar_preset(batch_size=4, num_relevance_negatives=4),
+        TrainerOptions(out, str(tmp_path / "model"), max_epochs=1, verbose=0),
+    )
     trainer.fit()
     results = evaluate_model(trainer.model, out, "test", trainer.manifest)
     for task in ("rec", "search"):
@@ -170,8 +215,11 @@ def test_training_on_kuaisar_tfrecords_uses_the_side_features(kuaisar_build, tmp
     model = trainer.model
     assert model.config.item_category_vocab_sizes and model.config.user_feature_vocab_sizes
     # Caption columns trimmed to the fixture's longest caption.
-    longest = max(len(row["caption_word_ids"]) for path in tf.io.gfile.glob(
-        os.path.join(out, "side_features", "items-*.jsonl")) for row in map(json.loads, open(path)))
+    longest = max(
+        len(row["caption_word_ids"])
+        for path in tf.io.gfile.glob(os.path.join(out, "side_features", "items-*.jsonl"))
+        for row in map(json.loads, open(path))
+    )
     assert 0 < longest < model.config.query_len
     assert model.config.item_caption_length == longest
     assert int(tf.reduce_sum(model.item_captions.table)) > 0  # the fixture's captions, loaded

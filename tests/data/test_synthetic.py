@@ -3,18 +3,39 @@
 import numpy as np
 import pytest
 
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
-                           REL_NEGATIVE_ITEMS, REL_NEGATIVE_QUERY_TOKENS,
-                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_PAD,
-                           TYPE_REC, TYPE_SEARCH, USER_ID, model_feature_shapes)
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    QUERY_TOKENS,
+    REC_HISTORY_ITEMS,
+    REL_NEGATIVE_ITEMS,
+    REL_NEGATIVE_QUERY_TOKENS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    SEARCH_HISTORY_QUERY_TOKENS,
+    TYPE_PAD,
+    TYPE_REC,
+    TYPE_SEARCH,
+    USER_ID,
+    model_feature_shapes,
+)
 from feature_specs.event_schema import Event
 from unisar_tf.config import UniSARConfig
 from unisar_tf.data import example_rules as rules
-from unisar_tf.data.synthetic import (generate_synthetic_data, random_feature_batch,
-                                      relevance_negatives)
+from unisar_tf.data.synthetic import (
+    generate_synthetic_data,
+    random_feature_batch,
+    relevance_negatives,
+)
 
-CONFIG = UniSARConfig(num_users=201, num_items=600, num_words=200, rec_len=8,
-                      search_len=6, query_len=5, clicks_per_session=3)
+CONFIG = UniSARConfig(
+    num_users=201,
+    num_items=600,
+    num_words=200,
+    rec_len=8,
+    search_len=6,
+    query_len=5,
+    clicks_per_session=3,
+)
 SPLITS = ("train", "valid", "test")
 SCENARIOS = ("rec", "search")
 
@@ -42,13 +63,18 @@ def _assert_history_consistent(features):
     np.testing.assert_array_equal((types == TYPE_REC).sum(axis=1), (rec_items != 0).sum(axis=1))
     np.testing.assert_array_equal((types == TYPE_SEARCH).sum(axis=1), search_used.sum(axis=1))
     assert np.isin(types, [TYPE_PAD, TYPE_REC, TYPE_SEARCH]).all()
-    for name, used in ((HISTORY_TYPES, types != TYPE_PAD), (REC_HISTORY_ITEMS, rec_items != 0),
-                       (SEARCH_HISTORY_QUERY_TOKENS, search_used)):
+    for name, used in (
+        (HISTORY_TYPES, types != TYPE_PAD),
+        (REC_HISTORY_ITEMS, rec_items != 0),
+        (SEARCH_HISTORY_QUERY_TOKENS, search_used),
+    ):
         # Once a slot is padding, every later slot is padding too.
         assert not (used[:, 1:] & ~used[:, :-1]).any(), f"{name} has padding before a value"
     # Inside a session, tokens and clicks are also padded at the end.
-    for name, ids in ((SEARCH_HISTORY_QUERY_TOKENS, queries),
-                      (SEARCH_HISTORY_CLICKED_ITEMS, clicks)):
+    for name, ids in (
+        (SEARCH_HISTORY_QUERY_TOKENS, queries),
+        (SEARCH_HISTORY_CLICKED_ITEMS, clicks),
+    ):
         used = ids != 0
         assert not (used[..., 1:] & ~used[..., :-1]).any(), f"{name} has padding before a value"
 
@@ -58,10 +84,12 @@ def _assert_history_consistent(features):
 
 def test_features_match_model_feature_shapes_and_dtypes(data):
     for split, scenario, features in _all_feature_dicts(data):
-        num_negatives = (CONFIG.num_train_negatives if split == "train"
-                         else CONFIG.num_eval_negatives)
-        expected = model_feature_shapes(CONFIG.sequence_shapes, 1 + num_negatives,
-                                        with_query=scenario == "search")
+        num_negatives = (
+            CONFIG.num_train_negatives if split == "train" else CONFIG.num_eval_negatives
+        )
+        expected = model_feature_shapes(
+            CONFIG.sequence_shapes, 1 + num_negatives, with_query=scenario == "search"
+        )
         assert set(features) == set(expected), (split, scenario)
         num_examples = features[USER_ID].shape[0]
         assert num_examples > 0
@@ -73,10 +101,12 @@ def test_features_match_model_feature_shapes_and_dtypes(data):
 def test_ids_are_inside_their_vocabularies(data):
     for _, scenario, features in _all_feature_dicts(data):
         assert features[USER_ID].min() >= 1 and features[USER_ID].max() < CONFIG.num_users
-        for name, size in ((REC_HISTORY_ITEMS, CONFIG.num_items),
-                           (SEARCH_HISTORY_CLICKED_ITEMS, CONFIG.num_items),
-                           (CANDIDATE_ITEMS, CONFIG.num_items),
-                           (SEARCH_HISTORY_QUERY_TOKENS, CONFIG.num_words)):
+        for name, size in (
+            (REC_HISTORY_ITEMS, CONFIG.num_items),
+            (SEARCH_HISTORY_CLICKED_ITEMS, CONFIG.num_items),
+            (CANDIDATE_ITEMS, CONFIG.num_items),
+            (SEARCH_HISTORY_QUERY_TOKENS, CONFIG.num_words),
+        ):
             assert features[name].min() >= 0 and features[name].max() < size, name
         assert (features[CANDIDATE_ITEMS] > 0).all()
         if scenario == "search":
@@ -98,30 +128,40 @@ def test_histories_are_exact_time_ordered_prefixes_of_the_stream():
     for _, scenario, features in _all_feature_dicts(data):
         lengths = (features[HISTORY_TYPES] != TYPE_PAD).sum(axis=1)
         for row in range(lengths.size):
-            events.append(dict(
-                user=features[USER_ID][row], step=lengths[row], features=features, row=row,
-                type=TYPE_REC if scenario == "rec" else TYPE_SEARCH,
-                positive=features[CANDIDATE_ITEMS][row, 0],
-                first_word=features[QUERY_TOKENS][row, 0] if scenario == "search" else 0))
+            events.append(
+                dict(
+                    user=features[USER_ID][row],
+                    step=lengths[row],
+                    features=features,
+                    row=row,
+                    type=TYPE_REC if scenario == "rec" else TYPE_SEARCH,
+                    positive=features[CANDIDATE_ITEMS][row, 0],
+                    first_word=features[QUERY_TOKENS][row, 0] if scenario == "search" else 0,
+                )
+            )
     for user in range(1, config.num_users):
         stream = sorted((e for e in events if e["user"] == user), key=lambda e: e["step"])
         assert [e["step"] for e in stream] == list(range(len(stream)))  # one event per step
         for step, event in enumerate(stream):
             features, row = event["features"], event["row"]
             earlier = stream[:step]
-            np.testing.assert_array_equal(features[HISTORY_TYPES][row, :step],
-                                          [e["type"] for e in earlier])
+            np.testing.assert_array_equal(
+                features[HISTORY_TYPES][row, :step], [e["type"] for e in earlier]
+            )
             rec_items = [e["positive"] for e in earlier if e["type"] == TYPE_REC]
-            np.testing.assert_array_equal(features[REC_HISTORY_ITEMS][row, :len(rec_items)],
-                                          rec_items)
+            np.testing.assert_array_equal(
+                features[REC_HISTORY_ITEMS][row, : len(rec_items)], rec_items
+            )
             sessions = [e for e in earlier if e["type"] == TYPE_SEARCH]
             # A search target's positive is the session's first click.
             np.testing.assert_array_equal(
-                features[SEARCH_HISTORY_CLICKED_ITEMS][row, :len(sessions), 0],
-                [e["positive"] for e in sessions])
+                features[SEARCH_HISTORY_CLICKED_ITEMS][row, : len(sessions), 0],
+                [e["positive"] for e in sessions],
+            )
             np.testing.assert_array_equal(
-                features[SEARCH_HISTORY_QUERY_TOKENS][row, :len(sessions), 0],
-                [e["first_word"] for e in sessions])
+                features[SEARCH_HISTORY_QUERY_TOKENS][row, : len(sessions), 0],
+                [e["first_word"] for e in sessions],
+            )
 
 
 def _user_events(user, features, row, scenario):
@@ -138,17 +178,35 @@ def _user_events(user, features, row, scenario):
         else:
             query = tuple(str(w) for w in features[SEARCH_HISTORY_QUERY_TOKENS][row, search] if w)
             clicks = features[SEARCH_HISTORY_CLICKED_ITEMS][row, search]
-            events += [Event(str(user), step, "search", str(item), search_session_id=f"s{step}",
-                             query_tokens=query, line=click)
-                       for click, item in enumerate(clicks) if item]
+            events += [
+                Event(
+                    str(user),
+                    step,
+                    "search",
+                    str(item),
+                    search_session_id=f"s{step}",
+                    query_tokens=query,
+                    line=click,
+                )
+                for click, item in enumerate(clicks)
+                if item
+            ]
             search += 1
     step, positive = rec + search, str(features[CANDIDATE_ITEMS][row, 0])
     if scenario == "rec":
         events.append(Event(str(user), step, "rec", positive))
     else:
         query = tuple(str(w) for w in features[QUERY_TOKENS][row] if w)
-        events.append(Event(str(user), step, "search", positive, search_session_id=f"s{step}",
-                            query_tokens=query))
+        events.append(
+            Event(
+                str(user),
+                step,
+                "search",
+                positive,
+                search_session_id=f"s{step}",
+                query_tokens=query,
+            )
+        )
     return events
 
 
@@ -160,25 +218,33 @@ def test_histories_are_what_the_example_rules_give_for_the_same_events():
     long = short.replace(rec_len=40, search_len=40)
     kwargs = dict(seed=7, min_events=12, max_events=40)
     data, full = generate_synthetic_data(short, **kwargs), generate_synthetic_data(long, **kwargs)
-    for (split, scenario, features), (_, _, whole) in zip(_all_feature_dicts(data),
-                                                          _all_feature_dicts(full)):
+    for (_split, _scenario, features), (_, _, whole) in zip(
+        _all_feature_dicts(data), _all_feature_dicts(full)
+    ):
         np.testing.assert_array_equal(features[CANDIDATE_ITEMS], whole[CANDIDATE_ITEMS])
     # Each user's events, from the example whose target comes last.
     last = {}
     for _, scenario, whole in _all_feature_dicts(full):
-        for row, (user, length) in enumerate(zip(whole[USER_ID],
-                                                 (whole[HISTORY_TYPES] != TYPE_PAD).sum(axis=1))):
+        for row, (user, length) in enumerate(
+            zip(whole[USER_ID], (whole[HISTORY_TYPES] != TYPE_PAD).sum(axis=1))
+        ):
             if length >= last.get(user, (-1,))[0]:
                 last[user] = (length, whole, row, scenario)
-    ids = rules.IdMaps(items={str(k): k for k in range(1, short.num_items)},
-                       words={str(k): k for k in range(1, short.num_words)})
-    behaviours = {user: rules.behaviours(_user_events(user, *last[user][1:]), ids,
-                                         short.query_len, short.clicks_per_session)
-                  for user in last}
+    ids = rules.IdMaps(
+        items={str(k): k for k in range(1, short.num_items)},
+        words={str(k): k for k in range(1, short.num_words)},
+    )
+    behaviours = {
+        user: rules.behaviours(
+            _user_events(user, *last[user][1:]), ids, short.query_len, short.clicks_per_session
+        )
+        for user in last
+    }
     assert len(behaviours) == short.num_users - 1
     checked, cut = 0, 0
-    for (split, scenario, features), (_, _, whole) in zip(_all_feature_dicts(data),
-                                                          _all_feature_dicts(full)):
+    for (split, scenario, features), (_, _, whole) in zip(
+        _all_feature_dicts(data), _all_feature_dicts(full)
+    ):
         lengths = (whole[HISTORY_TYPES] != TYPE_PAD).sum(axis=1)
         cut += (lengths > short.rec_len + short.search_len).sum()
         for row, (user, target) in enumerate(zip(features[USER_ID], lengths)):
@@ -186,14 +252,16 @@ def test_histories_are_what_the_example_rules_give_for_the_same_events():
             kept = rules.kept_history(range(target), mine, short.rec_len, short.search_len)
             expected = rules.history_features(mine, *kept, short.sequence_shapes)
             for name, values in expected.items():
-                np.testing.assert_array_equal(features[name][row], values,
-                                              err_msg=f"{split} {scenario} row {row} {name}")
+                np.testing.assert_array_equal(
+                    features[name][row], values, err_msg=f"{split} {scenario} row {row} {name}"
+                )
             assert mine[target].scenario == scenario
             assert features[CANDIDATE_ITEMS][row, 0] == mine[target].item
             if scenario == "search":
                 np.testing.assert_array_equal(
                     features[QUERY_TOKENS][row],
-                    rules.query_feature(mine[target].query, short.query_len))
+                    rules.query_feature(mine[target].query, short.query_len),
+                )
             checked += 1
     # Every target of the 8 users (12-40 each), many of them with windows that cut.
     assert checked == sum(len(mine) for mine in behaviours.values()) >= 8 * 12
@@ -227,9 +295,12 @@ def _assert_negatives_outside_user_items(data):
     # Every interaction visible in the features (positives and histories of all splits).
     user_items = {}
     for _, _, features in _all_feature_dicts(data):
-        for user, positive, rec, clicks in zip(features[USER_ID], features[CANDIDATE_ITEMS][:, 0],
-                                               features[REC_HISTORY_ITEMS],
-                                               features[SEARCH_HISTORY_CLICKED_ITEMS]):
+        for user, positive, rec, clicks in zip(
+            features[USER_ID],
+            features[CANDIDATE_ITEMS][:, 0],
+            features[REC_HISTORY_ITEMS],
+            features[SEARCH_HISTORY_CLICKED_ITEMS],
+        ):
             user_items.setdefault(user, set()).update([positive], rec, clicks.ravel())
     for split, _, features in _all_feature_dicts(data):
         candidates = features[CANDIDATE_ITEMS]
@@ -270,9 +341,9 @@ def test_same_seed_same_arrays_different_seed_different_arrays(data):
             np.testing.assert_array_equal(values, getattr(again, name)[feature])
     np.testing.assert_array_equal(data.train_queries, again.train_queries)
     assert not np.array_equal(data.test_rec[CANDIDATE_ITEMS], other.test_rec[CANDIDATE_ITEMS])
-    assert (data.train_rec[USER_ID].shape != other.train_rec[USER_ID].shape
-            or not np.array_equal(data.train_rec[REC_HISTORY_ITEMS],
-                                  other.train_rec[REC_HISTORY_ITEMS]))
+    assert data.train_rec[USER_ID].shape != other.train_rec[USER_ID].shape or not np.array_equal(
+        data.train_rec[REC_HISTORY_ITEMS], other.train_rec[REC_HISTORY_ITEMS]
+    )
 
 
 # ----------------------------------------------------------------------------- planted structure
@@ -367,8 +438,15 @@ def test_random_feature_batch_is_valid(with_query):
 
 @pytest.mark.parametrize("empty_search, empty_rec", [(True, False), (False, True), (True, True)])
 def test_random_feature_batch_empty_histories(empty_search, empty_rec):
-    batch = random_feature_batch(CONFIG, 32, 3, True, np.random.default_rng(1),
-                                 empty_search_history=empty_search, empty_rec_history=empty_rec)
+    batch = random_feature_batch(
+        CONFIG,
+        32,
+        3,
+        True,
+        np.random.default_rng(1),
+        empty_search_history=empty_search,
+        empty_rec_history=empty_rec,
+    )
     _assert_history_consistent(batch)
     types = batch[HISTORY_TYPES]
     if empty_search:

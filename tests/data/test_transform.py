@@ -7,6 +7,7 @@ formats: reading the raw examples through the Transform graph gives the id examp
 signatures that carry the graph (same scores from raw examples, from raw requests, and after
 the Transform output is deleted).
 """
+
 import collections
 import os
 import shutil
@@ -15,12 +16,20 @@ import tempfile
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, ID_FEATURE_VOCABULARIES, NEGATIVE_POOL,
-                           QUERY_TOKENS, REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS,
-                           SEARCH_HISTORY_QUERY_TOKENS, USER_ID)
-from feature_specs.serving import EXAMPLES_SIGNATURE, SIGNATURE_NAMES
 from helpers.model import TINY_FLAGS
+
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    ID_FEATURE_VOCABULARIES,
+    NEGATIVE_POOL,
+    QUERY_TOKENS,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    SEARCH_HISTORY_QUERY_TOKENS,
+    USER_ID,
+)
+from feature_specs.serving import EXAMPLES_SIGNATURE, SIGNATURE_NAMES
 from pipeline import transform_module
 from unisar_tf.data import reader
 from unisar_tf.data.transform import TransformIds, transform_ids
@@ -35,38 +44,57 @@ SPLITS = ("train", "valid", "test")
 
 # --- preprocessing_fn by hand ------------------------------------------------------------------
 
+
 def analyze_in_memory(instances, feature_spec, output_dir):
     import apache_beam as beam
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(feature_spec))
-    with beam.Pipeline(argv=["--runner=DirectRunner"]) as pipeline, tft_beam.Context(
-            temp_dir=tempfile.mkdtemp()):
-        transform_fn = ((pipeline | beam.Create(instances), metadata)
-                        | tft_beam.AnalyzeDataset(transform_module.preprocessing_fn))
+    with (
+        beam.Pipeline(argv=["--runner=DirectRunner"]) as pipeline,
+        tft_beam.Context(temp_dir=tempfile.mkdtemp()),
+    ):
+        transform_fn = (pipeline | beam.Create(instances), metadata) | tft_beam.AnalyzeDataset(
+            transform_module.preprocessing_fn
+        )
         _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
     transform_module.write_raw_metadata(metadata.schema, output_dir)
 
 
 @pytest.mark.slow  # runs tf.Transform's Beam analysis
 def test_vocabularies_and_ids_by_hand(tmp_path):
-    spec = {USER_ID: tf.io.FixedLenFeature([], tf.string),
-            HISTORY_TYPES: tf.io.FixedLenFeature([3], tf.int64),
-            REC_HISTORY_ITEMS: tf.io.FixedLenFeature([2], tf.string),
-            SEARCH_HISTORY_QUERY_TOKENS: tf.io.FixedLenFeature([1, 2], tf.string),
-            SEARCH_HISTORY_CLICKED_ITEMS: tf.io.FixedLenFeature([1, 1], tf.string),
-            CANDIDATE_ITEMS: tf.io.VarLenFeature(tf.string),
-            QUERY_TOKENS: tf.io.VarLenFeature(tf.string),
-            NEGATIVE_POOL: tf.io.VarLenFeature(tf.string)}
+    spec = {
+        USER_ID: tf.io.FixedLenFeature([], tf.string),
+        HISTORY_TYPES: tf.io.FixedLenFeature([3], tf.int64),
+        REC_HISTORY_ITEMS: tf.io.FixedLenFeature([2], tf.string),
+        SEARCH_HISTORY_QUERY_TOKENS: tf.io.FixedLenFeature([1, 2], tf.string),
+        SEARCH_HISTORY_CLICKED_ITEMS: tf.io.FixedLenFeature([1, 1], tf.string),
+        CANDIDATE_ITEMS: tf.io.VarLenFeature(tf.string),
+        QUERY_TOKENS: tf.io.VarLenFeature(tf.string),
+        NEGATIVE_POOL: tf.io.VarLenFeature(tf.string),
+    }
     examples = [
-        {USER_ID: b"u1", HISTORY_TYPES: [1, 1, 2], REC_HISTORY_ITEMS: [b"a", b"b"],
-         SEARCH_HISTORY_QUERY_TOKENS: [[b"x", b"y"]], SEARCH_HISTORY_CLICKED_ITEMS: [[b"a"]],
-         CANDIDATE_ITEMS: [b"a", b"c"], QUERY_TOKENS: [b"x", b""],
-         NEGATIVE_POOL: [b"c", b"d"]},
-        {USER_ID: b"u2", HISTORY_TYPES: [1, 2, 0], REC_HISTORY_ITEMS: [b"a", b""],
-         SEARCH_HISTORY_QUERY_TOKENS: [[b"y", b"x"]], SEARCH_HISTORY_CLICKED_ITEMS: [[b"a"]],
-         CANDIDATE_ITEMS: [b"b", b"a", b"c"], QUERY_TOKENS: [], NEGATIVE_POOL: []},
+        {
+            USER_ID: b"u1",
+            HISTORY_TYPES: [1, 1, 2],
+            REC_HISTORY_ITEMS: [b"a", b"b"],
+            SEARCH_HISTORY_QUERY_TOKENS: [[b"x", b"y"]],
+            SEARCH_HISTORY_CLICKED_ITEMS: [[b"a"]],
+            CANDIDATE_ITEMS: [b"a", b"c"],
+            QUERY_TOKENS: [b"x", b""],
+            NEGATIVE_POOL: [b"c", b"d"],
+        },
+        {
+            USER_ID: b"u2",
+            HISTORY_TYPES: [1, 2, 0],
+            REC_HISTORY_ITEMS: [b"a", b""],
+            SEARCH_HISTORY_QUERY_TOKENS: [[b"y", b"x"]],
+            SEARCH_HISTORY_CLICKED_ITEMS: [[b"a"]],
+            CANDIDATE_ITEMS: [b"b", b"a", b"c"],
+            QUERY_TOKENS: [],
+            NEGATIVE_POOL: [],
+        },
     ]
     # Items: a 6 times, c 3, b 2, d 1 -> ids 1..4; words: x 3, y 2 -> 1, 2; "" -> 0.
     out = str(tmp_path / "transform")
@@ -75,13 +103,21 @@ def test_vocabularies_and_ids_by_hand(tmp_path):
     assert ids.vocabularies()["items"].tolist() == ["", "a", "c", "b", "d"]
     assert ids.vocabularies()["words"].tolist() == ["", "x", "y"]
     assert ids.vocabulary_sizes() == {"users": 2, "items": 4, "words": 2}
+
     # The whole graph on the two examples, dense and padded with "" (TransformIds makes the
     # VarLen features sparse again).
     def padded(name, width):
         return [list(example[name]) + [b""] * (width - len(example[name])) for example in examples]
-    batch = {name: tf.constant([example[name] for example in examples])
-             for name in (USER_ID, REC_HISTORY_ITEMS, SEARCH_HISTORY_QUERY_TOKENS,
-                          SEARCH_HISTORY_CLICKED_ITEMS)}
+
+    batch = {
+        name: tf.constant([example[name] for example in examples])
+        for name in (
+            USER_ID,
+            REC_HISTORY_ITEMS,
+            SEARCH_HISTORY_QUERY_TOKENS,
+            SEARCH_HISTORY_CLICKED_ITEMS,
+        )
+    }
     batch[HISTORY_TYPES] = tf.constant([e[HISTORY_TYPES] for e in examples], tf.int64)
     for name, width in ((CANDIDATE_ITEMS, 3), (QUERY_TOKENS, 2), (NEGATIVE_POOL, 2)):
         batch[name] = tf.constant(padded(name, width))
@@ -105,8 +141,12 @@ def test_vocabularies_and_ids_by_hand(tmp_path):
 
 
 def raw_records(data_dir, split, scenario):
-    return [r.numpy() for r in tf.data.TFRecordDataset(
-        reader.example_files(data_dir, split, scenario), compression_type="GZIP")]
+    return [
+        r.numpy()
+        for r in tf.data.TFRecordDataset(
+            reader.example_files(data_dir, split, scenario), compression_type="GZIP"
+        )
+    ]
 
 
 def test_vocabularies_are_the_training_splits_values_most_frequent_first(kuaisar_formats):
@@ -157,7 +197,10 @@ def test_reading_raw_examples_through_transform_gives_the_id_examples(kuaisar_fo
                 expected = np.where(known, strings, "")
                 rows_ids.append(expected.reshape(len(values), -1))
                 rows_transform.append(tft_vocab[kind][mapped].reshape(len(mapped), -1))
-            as_rows = lambda parts: sorted(map(tuple, np.concatenate(parts, axis=1).tolist()))
+
+            def as_rows(parts):
+                return sorted(map(tuple, np.concatenate(parts, axis=1).tolist()))
+
             assert as_rows(rows_ids) == as_rows(rows_transform), (split, scenario)
     assert unknown > 0  # the time split holds values the training days never saw
 
@@ -185,16 +228,36 @@ def trained(kuaisar_formats, tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     transform_dir = str(root / "transform")
     shutil.copytree(shared_transform_dir, transform_dir)
-    result = cli.run(cli.build_parser().parse_args(
-        ["--data_dir", raw_dir, "--model_dir", str(root / "model"), "--transform_dir",
-         transform_dir, "--preset", "kuaisar", "--max_epochs", "1", "--steps_per_epoch", "2",
-         "--serving_dir", str(root / "serving"), "--quiet", "--sasrec_max_epochs", "1"]
-        + TINY_FLAGS))
+    result = cli.run(
+        cli.build_parser().parse_args(
+            [
+                "--data_dir",
+                raw_dir,
+                "--model_dir",
+                str(root / "model"),
+                "--transform_dir",
+                transform_dir,
+                "--preset",
+                "kuaisar",
+                "--max_epochs",
+                "1",
+                "--steps_per_epoch",
+                "2",
+                "--serving_dir",
+                str(root / "serving"),
+                "--quiet",
+                "--sasrec_max_epochs",
+                "1",
+            ]
+            + TINY_FLAGS
+        )
+    )
     return str(root / "model"), result, transform_dir
 
 
 def test_training_with_transform_sizes_the_model_by_transform_and_uses_side_features(
-        kuaisar_formats, trained):
+    kuaisar_formats, trained
+):
     _, raw_dir, transform_dir = kuaisar_formats
     model_dir, result, _ = trained
     from unisar_tf.data.side_features import load_side_features
@@ -202,8 +265,10 @@ def test_training_with_transform_sizes_the_model_by_transform_and_uses_side_feat
 
     model = load_trained_model(model_dir, raw_dir)
     sizes = transform_ids(transform_dir).vocabulary_sizes()
-    assert (model.config.num_items, model.config.num_users) == (sizes["items"] + 1,
-                                                                sizes["users"] + 1)
+    assert (model.config.num_items, model.config.num_users) == (
+        sizes["items"] + 1,
+        sizes["users"] + 1,
+    )
     assert model.config.uses_side_features
     assert result["test"]["unisar"]["rec"]["examples"] == 3
     # The side tables (written keyed by the data job's ids) are re-keyed to Transform's.
@@ -220,14 +285,15 @@ def test_training_with_transform_sizes_the_model_by_transform_and_uses_side_feat
             continue
         job_id = job_item[item]
         assert len(by_transform.item_categories) == len(tft_vocab["items"])
-        np.testing.assert_array_equal(by_transform.item_categories[tft_id],
-                                      by_job.item_categories[job_id])
+        np.testing.assert_array_equal(
+            by_transform.item_categories[tft_id], by_job.item_categories[job_id]
+        )
         words = [job_vocab["words"][w] for w in by_job.item_captions[job_id] if w]
         expected = [tft_word.get(w, 0) for w in words]
         # Unknown words map to 0 (padding); the table keeps the columns that hold any word.
         row = by_transform.item_captions[tft_id].tolist()
-        assert row == (expected + [0] * len(row))[:len(row)]
-        assert not any(expected[len(row):])
+        assert row == (expected + [0] * len(row))[: len(row)]
+        assert not any(expected[len(row) :])
         checked += bool(by_job.item_categories[job_id].any())
     assert checked > 0
 
@@ -256,28 +322,33 @@ def test_exported_model_carries_the_transform_graph(kuaisar_formats, trained, tm
     try:
         for scenario in SCENARIOS:
             features = reader.load_arrays(raw_dir, "test", scenario, manifest=manifest)
-            expected = known_candidates_only(model(features, training=False)[scenario],
-                                             features[CANDIDATE_ITEMS]).numpy()
+            expected = known_candidates_only(
+                model(features, training=False)[scenario], features[CANDIDATE_ITEMS]
+            ).numpy()
             served, scores = exported_scores(export_dir, raw_dir, "test", scenario)
             np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
             request = raw_request_from_features(features, vocabularies)
             raw_scores = served.signatures[SIGNATURE_NAMES[scenario]](
-                **{name: tf.constant(value) for name, value in request.items()})["scores"]
+                **{name: tf.constant(value) for name, value in request.items()}
+            )["scores"]
             # Rows whose rec history holds an item Transform does not know differ on purpose:
             # a served request drops such a behaviour (unisar_tf.export), an example keeps
             # its slot with id 0.
             rec_slots = features[REC_HISTORY_ITEMS] > 0
-            whole = (rec_slots.sum(axis=1) == (features[HISTORY_TYPES] == 1).sum(axis=1))
+            whole = rec_slots.sum(axis=1) == (features[HISTORY_TYPES] == 1).sum(axis=1)
             assert whole.any()
-            np.testing.assert_allclose(raw_scores.numpy()[whole], expected[whole],
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                raw_scores.numpy()[whole], expected[whole], rtol=1e-5, atol=1e-6
+            )
             # An item Transform never saw scores 0 (ranked last), like the padding id.
             request["candidate_item_ids"][:, -1] = b"never-seen-item"
             unseen = served.signatures[SIGNATURE_NAMES[scenario]](
-                **{name: tf.constant(value) for name, value in request.items()})["scores"]
+                **{name: tf.constant(value) for name, value in request.items()}
+            )["scores"]
             assert (unseen.numpy()[:, -1] == 0).all()
-            np.testing.assert_allclose(unseen.numpy()[whole, :-1], expected[whole, :-1],
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                unseen.numpy()[whole, :-1], expected[whole, :-1], rtol=1e-5, atol=1e-6
+            )
     finally:
         shutil.copytree(moved, transform_dir)
     assert evaluate_model(model, raw_dir, "test", manifest)["rec"]["examples"] == 3
@@ -292,7 +363,10 @@ def test_query_matching_reads_either_id_format(kuaisar_formats):
     for split in SPLITS:
         from_ids = search_lists(ids_dir, split)
         from_raw = search_lists(raw_dir, split)
-        as_rows = lambda lists: sorted(zip(map(tuple, lists[0]), map(sorted, lists[1])))
+
+        def as_rows(lists):
+            return sorted(zip(map(tuple, lists[0]), map(sorted, lists[1])))
+
         assert as_rows(from_ids) == as_rows(from_raw) and len(from_raw[0]) > 0
 
 
@@ -307,12 +381,21 @@ def test_a_last_blessed_model_of_the_id_format_is_refused_clearly(kuaisar_format
 
     ids_dir, raw_dir, _ = kuaisar_formats
     config = reader.config_with_data_sizes(
-        kuaisar_preset(embedding_dim=8, raw_embedding_dim=4, feed_forward_dim=8, expert_units=4,
-                       tower_units=(8,), head_units=(8,)), reader.load_manifest(ids_dir))
+        kuaisar_preset(
+            embedding_dim=8,
+            raw_embedding_dim=4,
+            feed_forward_dim=8,
+            expert_units=4,
+            tower_units=(8,),
+            head_units=(8,),
+        ),
+        reader.load_manifest(ids_dir),
+    )
     side = run_side_features(ids_dir, None, config)
     model = build_model(config.replace(**side.config_overrides()), side_features=side)
-    export = export_serving_model(model, os.path.join(ids_dir, "vocab"), str(tmp_path / "old"),
-                                  warmup=False)
+    export = export_serving_model(
+        model, os.path.join(ids_dir, "vocab"), str(tmp_path / "old"), warmup=False
+    )
     scores = score_last_blessed(export, ids_dir, "test", ["rec"])["rec"]  # per-list scores
     assert scores.shape == (3, reader.load_manifest(ids_dir)["shapes"]["eval_candidates"])
     with pytest.raises(RuntimeError, match="cannot read the examples.*fresh pipeline root"):

@@ -1,17 +1,26 @@
 """The serving export: raw-input signatures equal the model on the same ids, unknown ids score,
 bad lengths fail clearly, serving_default parses data-job examples, warmup file, versioning."""
+
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
-                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_REC,
-                           TYPE_SEARCH, USER_ID)
-from feature_specs.serving import EXAMPLES_SIGNATURE, RAW_INPUTS, WARMUP_FILE
 from helpers.model import SMALL_MODEL as SMALL
 from helpers.model import small_model, write_vocabularies
+
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    QUERY_TOKENS,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    SEARCH_HISTORY_QUERY_TOKENS,
+    TYPE_REC,
+    TYPE_SEARCH,
+    USER_ID,
+)
+from feature_specs.serving import EXAMPLES_SIGNATURE, RAW_INPUTS, WARMUP_FILE
 from unisar_tf.config import UniSARConfig
 from unisar_tf.data.synthetic import random_feature_batch
 from unisar_tf.data.vocab import DataJobVocabularies, read_vocabularies
@@ -56,7 +65,9 @@ def test_mapper_rebuilds_the_data_jobs_id_features(exported):
     config, _, vocab_dir, _, _ = exported
     features = random_feature_batch(config, 5, 3, True, np.random.default_rng(3))
     raw = raw_request_from_features(features, read_vocabularies(vocab_dir))
-    mapped = RawFeatureMapper(DataJobVocabularies(vocab_dir), config.sequence_shapes)(_as_tensors(raw))
+    mapped = RawFeatureMapper(DataJobVocabularies(vocab_dir), config.sequence_shapes)(
+        _as_tensors(raw)
+    )
     for name, value in features.items():
         np.testing.assert_array_equal(mapped[name].numpy(), value, err_msg=name)
 
@@ -74,8 +85,9 @@ def test_history_is_ordered_by_time_and_truncated_to_the_latest(exported):
         "rec_history_timestamps": [rec_times + [0]],
         "rec_history_length": [8],
         "search_history_queries": [["w1 w2 w3 w4 w5", "w7 unknown w8", ""]],
-        "search_history_clicked_item_ids": [[["i11", "i12", "i13"], ["i14", "", ""],
-                                             ["x", "y", "z"]]],
+        "search_history_clicked_item_ids": [
+            [["i11", "i12", "i13"], ["i14", "", ""], ["x", "y", "z"]]
+        ],
         "search_history_timestamps": [[35, 65, 0]],
         "search_history_length": [2],
         "query": [b"w2 zzz"],
@@ -84,12 +96,14 @@ def test_history_is_ordered_by_time_and_truncated_to_the_latest(exported):
     np.testing.assert_array_equal(features[REC_HISTORY_ITEMS], [[3, 4, 5, 6, 7, 8]])
     # times 30 40 | 35 | 50 60 | 65 | 70 80, then padding.
     r, s = TYPE_REC, TYPE_SEARCH
-    np.testing.assert_array_equal(features[HISTORY_TYPES][0],
-                                  [r, s, r, r, r, s, r, r] + [0] * 3)
-    np.testing.assert_array_equal(features[SEARCH_HISTORY_QUERY_TOKENS][0],
-                                  [[1, 2, 3, 4], [7, 0, 8, 0], [0, 0, 0, 0], [0] * 4, [0] * 4])
-    np.testing.assert_array_equal(features[SEARCH_HISTORY_CLICKED_ITEMS][0],
-                                  [[11, 12], [14, 0], [0, 0], [0, 0], [0, 0]])
+    np.testing.assert_array_equal(features[HISTORY_TYPES][0], [r, s, r, r, r, s, r, r] + [0] * 3)
+    np.testing.assert_array_equal(
+        features[SEARCH_HISTORY_QUERY_TOKENS][0],
+        [[1, 2, 3, 4], [7, 0, 8, 0], [0, 0, 0, 0], [0] * 4, [0] * 4],
+    )
+    np.testing.assert_array_equal(
+        features[SEARCH_HISTORY_CLICKED_ITEMS][0], [[11, 12], [14, 0], [0, 0], [0, 0], [0, 0]]
+    )
     np.testing.assert_array_equal(features[CANDIDATE_ITEMS], [[9, 0]])
     np.testing.assert_array_equal(features[USER_ID], [3])
     np.testing.assert_array_equal(features[QUERY_TOKENS], [[2, 0, 0, 0]])
@@ -106,12 +120,12 @@ def test_equal_timestamps_put_rec_first(exported):
 def test_rec_behaviours_on_unknown_items_are_left_out(exported):
     config, _, vocab_dir, _, _ = exported
     mapper = RawFeatureMapper(DataJobVocabularies(vocab_dir), config.sequence_shapes)
-    request = _request(rec=[("i1", 1), ("ghost", 2), ("i2", 3)],
-                       search=[("w1 ghostword", ["ghost", "i4"], 2)])
+    request = _request(
+        rec=[("i1", 1), ("ghost", 2), ("i2", 3)], search=[("w1 ghostword", ["ghost", "i4"], 2)]
+    )
     features = {k: v.numpy()[0] for k, v in mapper(_as_tensors(request)).items()}
     np.testing.assert_array_equal(features[REC_HISTORY_ITEMS][:3], [1, 2, 0])
-    np.testing.assert_array_equal(features[HISTORY_TYPES][:4], [TYPE_REC, TYPE_SEARCH,
-                                                                TYPE_REC, 0])
+    np.testing.assert_array_equal(features[HISTORY_TYPES][:4], [TYPE_REC, TYPE_SEARCH, TYPE_REC, 0])
     np.testing.assert_array_equal(features[SEARCH_HISTORY_QUERY_TOKENS][0], [1, 0, 0, 0])
     np.testing.assert_array_equal(features[SEARCH_HISTORY_CLICKED_ITEMS][0], [0, 4])
 
@@ -128,8 +142,12 @@ def _request(rec=(), search=(), user="u1", candidates=("i1", "i2", "i3"), query=
         "rec_history_timestamps": [[t for _, t in rec]],
         "rec_history_length": [sum(1 for item, _ in rec if item)],
         "search_history_queries": [[q.encode() for q, _, _ in search]],
-        "search_history_clicked_item_ids": [[[c.encode() for c in clicks] + [b""] *
-                                             (width - len(clicks)) for _, clicks, _ in search]],
+        "search_history_clicked_item_ids": [
+            [
+                [c.encode() for c in clicks] + [b""] * (width - len(clicks))
+                for _, clicks, _ in search
+            ]
+        ],
         "search_history_timestamps": [[t for _, _, t in search]],
         "search_history_length": [sum(1 for q, _, _ in search if q)],
     }
@@ -154,13 +172,15 @@ def test_unknown_ids_and_empty_histories_score_without_nan(exported):
 def test_history_changes_the_scores(exported):
     _, _, _, _, reloaded = exported
     empty = reloaded.signatures["recommend"](**_as_tensors(_request()))["scores"].numpy()
-    with_history = reloaded.signatures["recommend"](**_as_tensors(_request(
-        rec=[("i5", 1), ("i6", 2)], search=[("w3 w4", ["i7"], 3)])))["scores"].numpy()
+    with_history = reloaded.signatures["recommend"](
+        **_as_tensors(_request(rec=[("i5", 1), ("i6", 2)], search=[("w3 w4", ["i7"], 3)]))
+    )["scores"].numpy()
     assert not np.allclose(empty, with_history)
 
 
-@pytest.mark.parametrize("length, message", [(3, "rec_history_length exceeds"),
-                                             (-1, "rec_history_length must be >= 0")])
+@pytest.mark.parametrize(
+    "length, message", [(3, "rec_history_length exceeds"), (-1, "rec_history_length must be >= 0")]
+)
 def test_bad_lengths_fail_with_the_input_named(exported, length, message):
     _, _, _, _, reloaded = exported
     request = _request(rec=[("i1", 1), ("i2", 2)])
@@ -181,7 +201,8 @@ def test_signature_specs_are_the_documented_contract(exported):
         assert outputs["scores"].shape.as_list() == [None, None]
     _, inputs = reloaded.signatures[EXAMPLES_SIGNATURE].structured_input_signature
     assert {k: (v.dtype, v.shape.as_list()) for k, v in inputs.items()} == {
-        "examples": (tf.string, [None])}
+        "examples": (tf.string, [None])
+    }
 
 
 def _serialize(features, row):
@@ -196,13 +217,19 @@ def test_serving_default_scores_data_job_examples_by_their_task(exported):
     rng = np.random.default_rng(8)
     rec = random_feature_batch(config, 3, 4, False, rng)
     search = random_feature_batch(config, 2, 4, True, rng)
-    records = [_serialize(rec, 0), _serialize(search, 0), _serialize(rec, 1),
-               _serialize(search, 1), _serialize(rec, 2)]
+    records = [
+        _serialize(rec, 0),
+        _serialize(search, 0),
+        _serialize(rec, 1),
+        _serialize(search, 1),
+        _serialize(rec, 2),
+    ]
     scores = reloaded.signatures[EXAMPLES_SIGNATURE](examples=tf.constant(records))["scores"]
     rec_expected = model(rec)["rec"].numpy()
     search_expected = model(search)["search"].numpy()
-    expected = np.stack([rec_expected[0], search_expected[0], rec_expected[1],
-                         search_expected[1], rec_expected[2]])
+    expected = np.stack(
+        [rec_expected[0], search_expected[0], rec_expected[1], search_expected[1], rec_expected[2]]
+    )
     np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -213,7 +240,9 @@ def test_warmup_requests_replay_against_the_export(exported):
     records = list(tf.data.TFRecordDataset(os.path.join(path, WARMUP_FILE)).as_numpy_iterator())
     logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in records]
     assert sorted(log.predict_log.request.model_spec.signature_name for log in logs) == [
-        "recommend", "search"]
+        "recommend",
+        "search",
+    ]
     for log in logs:
         request = log.predict_log.request
         inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
@@ -223,8 +252,11 @@ def test_warmup_requests_replay_against_the_export(exported):
 
 def test_vocabularies_travel_inside_the_saved_model(exported):
     _, _, _, path, _ = exported
-    assert sorted(os.listdir(os.path.join(path, "assets"))) == ["items.txt", "users.txt",
-                                                                "words.txt"]
+    assert sorted(os.listdir(os.path.join(path, "assets"))) == [
+        "items.txt",
+        "users.txt",
+        "words.txt",
+    ]
 
 
 def test_the_online_files_give_the_models_tasks_shapes_and_items(exported):

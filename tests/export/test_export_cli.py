@@ -2,6 +2,7 @@
 no training): single-scenario models export, serve and score like the model (issue 23 item 3:
 a rec-only model failed on its empty word vocabulary), a failed export leaves nothing behind,
 and a damaged checkpoint is named (item 8: "IndexError: Read less bytes than requested")."""
+
 import contextlib
 import io
 import os
@@ -9,10 +10,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from feature_specs.serving import EXAMPLES_SIGNATURE, SIGNATURE_NAMES
 from helpers.model import SMALL_MODEL, small_model
 from helpers.runs import fake_run
+
+from feature_specs.serving import EXAMPLES_SIGNATURE, SIGNATURE_NAMES
 from serving.client import UniSARClient
 from serving.server import StandInServer
 from unisar_tf.config import UniSARConfig
@@ -30,8 +31,9 @@ def export(model_dir, data_dir, serving_dir):
     code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            export_cli.main(["--model_dir", model_dir, "--data_dir", data_dir,
-                             "--serving_dir", serving_dir])
+            export_cli.main(
+                ["--model_dir", model_dir, "--data_dir", data_dir, "--serving_dir", serving_dir]
+            )
         except SystemExit as e:
             code = e.code
     return code, out.getvalue(), err.getvalue()
@@ -42,8 +44,10 @@ def _as_tensors(raw):
 
 
 # A rec-only log has no query words: the data job writes an empty vocab/words.txt.
-SINGLE_SCENARIO = {"rec": (dict(tasks=("rec",), num_words=2), ("words",)),
-                   "search": (dict(tasks=("search",)), ())}
+SINGLE_SCENARIO = {
+    "rec": (dict(tasks=("rec",), num_words=2), ("words",)),
+    "search": (dict(tasks=("search",)), ()),
+}
 
 
 @pytest.mark.slow  # one export and one server load per task (~20 s on 2 cores)
@@ -60,12 +64,17 @@ def test_a_single_scenario_run_exports_serves_and_scores_like_the_model(tmp_path
     assert os.listdir(os.path.join(serving_dir, "unisar")) == ["1"]
 
     # The data of one scenario: a rec-only user has no search history, and the reverse.
-    features = random_feature_batch(config, 4, 7, task == "search", np.random.default_rng(8),
-                                    empty_search_history=task == "rec",
-                                    empty_rec_history=task == "search")
+    features = random_feature_batch(
+        config,
+        4,
+        7,
+        task == "search",
+        np.random.default_rng(8),
+        empty_search_history=task == "rec",
+        empty_rec_history=task == "search",
+    )
     expected = model(features)[task].numpy()
-    raw = raw_request_from_features(features, read_vocabularies(os.path.join(data_dir,
-                                                                             "vocab")))
+    raw = raw_request_from_features(features, read_vocabularies(os.path.join(data_dir, "vocab")))
     signature = SIGNATURE_NAMES[task]
     reloaded = tf.saved_model.load(path)
     assert set(reloaded.signatures) == {signature, EXAMPLES_SIGNATURE}
@@ -91,12 +100,15 @@ def _damage(path, how):
             handle.write(b"\xff" * 64)
 
 
-@pytest.mark.parametrize("target, how, says", [
-    ("data", "truncated", "Read less bytes than requested"),
-    ("data", "corrupted", "Checksum does not match"),
-    ("data", "missing", "data"),
-    ("index", "truncated", "its index"),
-])
+@pytest.mark.parametrize(
+    "target, how, says",
+    [
+        ("data", "truncated", "Read less bytes than requested"),
+        ("data", "corrupted", "Checksum does not match"),
+        ("data", "missing", "data"),
+        ("index", "truncated", "its index"),
+    ],
+)
 def test_a_damaged_checkpoint_is_named_and_nothing_is_written(tmp_path, target, how, says):
     """Issue 23: a truncated checkpoint gave "IndexError: Read less bytes than requested"."""
     config = UniSARConfig(**SMALL_MODEL)

@@ -10,6 +10,7 @@
     helpers.pipeline                   the TFX pipeline's component names
 Fixtures shared between folders are in tests/conftest.py.
 """
+
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

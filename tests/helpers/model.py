@@ -1,4 +1,5 @@
 """Small model configurations and vocabulary files for fast model, export and trainer tests."""
+
 import os
 
 import tensorflow as tf
@@ -7,28 +8,62 @@ from unisar_tf.config import UniSARConfig, amazon_preset
 from unisar_tf.model import build_model
 
 # A model small enough to build, export and serve in a few seconds.
-SMALL_MODEL = dict(num_users=40, num_items=80, num_words=30, rec_len=6,
-                   search_len=5, query_len=4, clicks_per_session=2,
-                   num_relevance_negatives=16, batch_size=8)
+SMALL_MODEL = dict(
+    num_users=40,
+    num_items=80,
+    num_words=30,
+    rec_len=6,
+    search_len=5,
+    query_len=4,
+    clicks_per_session=2,
+    num_relevance_negatives=16,
+    batch_size=8,
+)
 
 
 def write_vocabularies(vocab_dir, config):
     """Vocab files like the data job's for a config's sizes: line k (1-based) is id k's string."""
     os.makedirs(vocab_dir, exist_ok=True)
-    for kind, size, prefix in (("users", config.num_users, "u"), ("items", config.num_items, "i"),
-                               ("words", config.num_words, "w")):
+    for kind, size, prefix in (
+        ("users", config.num_users, "u"),
+        ("items", config.num_items, "i"),
+        ("words", config.num_words, "w"),
+    ):
         with open(os.path.join(vocab_dir, f"{kind}.txt"), "w") as out:
             out.write("".join(f"{prefix}{k}\n" for k in range(1, size)))
     return str(vocab_dir)
 
 
-TINY = dict(batch_size=16, embedding_dim=16, raw_embedding_dim=8, feed_forward_dim=16,
-            expert_units=8, tower_units=(16,), head_units=(16,), num_relevance_negatives=16)
+TINY = dict(
+    batch_size=16,
+    embedding_dim=16,
+    raw_embedding_dim=8,
+    feed_forward_dim=16,
+    expert_units=8,
+    tower_units=(16,),
+    head_units=(16,),
+    num_relevance_negatives=16,
+)
 
 # The same configuration as command-line flags (--seed 0 sets the config's seed too).
-TINY_FLAGS = ["--batch_size", "16", "--embedding_dim", "16", "--raw_embedding_dim", "8",
-              "--feed_forward_dim", "16", "--expert_units", "8", "--tower_units", "16",
-              "--head_units", "16", "--num_relevance_negatives", "16"]
+TINY_FLAGS = [
+    "--batch_size",
+    "16",
+    "--embedding_dim",
+    "16",
+    "--raw_embedding_dim",
+    "8",
+    "--feed_forward_dim",
+    "16",
+    "--expert_units",
+    "8",
+    "--tower_units",
+    "16",
+    "--head_units",
+    "16",
+    "--num_relevance_negatives",
+    "16",
+]
 
 
 def tiny_config(**overrides):
@@ -56,23 +91,37 @@ def cooccurrence_model(seed=None, **overrides):
     import numpy as np
 
     from unisar_tf.config import default_preset
-    from unisar_tf.data.cooccurrence import (CooccurrenceTable, item_cooccurrence,
-                                             table_from_counts)
+    from unisar_tf.data.cooccurrence import CooccurrenceTable, item_cooccurrence, table_from_counts
     from unisar_tf.data.side_features import SideFeatures
 
     items = COOCCURRENCE_ITEMS
     captions = np.zeros((items, 3), np.int32)
     captions[1], captions[2], captions[3] = [4, 5, 0], [4, 0, 0], [6, 7, 5]
-    side = SideFeatures(np.zeros((items, 0), np.int32), captions,
-                        np.zeros((6, 0), np.int32), (), (), ())
-    table = table_from_counts(item_cooccurrence(np.array(COOCCURRENCE_HISTORIES),
-                                                np.array(COOCCURRENCE_POSITIVES), items), items)
-    transitions = CooccurrenceTable(np.array([2 * items + 3]), np.array([1.0], np.float32),
-                                    np.eye(items, dtype=np.float32)[2])
-    values = dict(num_items=items, num_users=6, num_words=9, rec_len=3, search_len=2,
-                  query_len=4, clicks_per_session=1, num_relevance_negatives=4,
-                  cooccurrence_pairs=table.num_pairs, transition_pairs=1,
-                  **side.config_overrides())
+    side = SideFeatures(
+        np.zeros((items, 0), np.int32), captions, np.zeros((6, 0), np.int32), (), (), ()
+    )
+    table = table_from_counts(
+        item_cooccurrence(
+            np.array(COOCCURRENCE_HISTORIES), np.array(COOCCURRENCE_POSITIVES), items
+        ),
+        items,
+    )
+    transitions = CooccurrenceTable(
+        np.array([2 * items + 3]), np.array([1.0], np.float32), np.eye(items, dtype=np.float32)[2]
+    )
+    values = dict(
+        num_items=items,
+        num_users=6,
+        num_words=9,
+        rec_len=3,
+        search_len=2,
+        query_len=4,
+        clicks_per_session=1,
+        num_relevance_negatives=4,
+        cooccurrence_pairs=table.num_pairs,
+        transition_pairs=1,
+        **side.config_overrides(),
+    )
     values.update(overrides)
     if seed is not None:
         tf.keras.utils.set_random_seed(seed)

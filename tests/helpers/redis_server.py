@@ -3,6 +3,7 @@
 The session fixture `redis_url` (tests/serving/conftest.py) uses it; a test that needs a
 server of its own (to stop it) calls start_redis_server itself.
 """
+
 import os
 import shutil
 import socket
@@ -41,25 +42,43 @@ def start_redis_server(folder):
     log_path = folder / "redis.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--dir", str(folder)],
-            stdout=log, stderr=subprocess.STDOUT)
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1,
-                         socket_timeout=1)
+            [
+                redis_server_binary(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(folder),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1, socket_timeout=1)
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         while True:
             if process.poll() is not None:
-                pytest.fail(f"redis-server exited with {process.returncode}: "
-                            f"{log_path.read_text(errors='replace')[-2000:]}")
+                pytest.fail(
+                    f"redis-server exited with {process.returncode}: "
+                    f"{log_path.read_text(errors='replace')[-2000:]}"
+                )
             try:
                 if client.ping():
                     return process, f"redis://127.0.0.1:{port}/0"
             except redis.exceptions.ConnectionError:
                 if time.monotonic() > deadline:
                     stop_redis_server(process)
-                    pytest.fail(f"redis-server on port {port} did not answer PING within "
-                                f"{START_TIMEOUT_S:.0f} s")
+                    pytest.fail(
+                        f"redis-server on port {port} did not answer PING within "
+                        f"{START_TIMEOUT_S:.0f} s"
+                    )
                 time.sleep(0.05)
     finally:
         client.close()
@@ -72,5 +91,3 @@ def stop_redis_server(process) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-

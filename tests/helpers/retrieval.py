@@ -1,11 +1,18 @@
 """A tiny data job output for retrieval index tests (tests/data, tests/export)."""
+
 import json
 import os
 
 import tensorflow as tf
 
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, REC_HISTORY_ITEMS,
-                           SEARCH_HISTORY_CLICKED_ITEMS, TYPE_REC, TYPE_SEARCH)
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    TYPE_REC,
+    TYPE_SEARCH,
+)
 from feature_specs.layout import MANIFEST_FILE, VOCAB_DIR
 
 R, S = TYPE_REC, TYPE_SEARCH
@@ -41,15 +48,28 @@ def write_tiny_data(root, raw: bool, names=("a", "b", "c", "d")):
             for types, rec, clicks, positive, row_scenario in rows:
                 if row_scenario != scenario:
                     continue
-                items = (_bytes if raw else (lambda v: _int64(to_id[x] for x in v)))
-                example = tf.train.Example(features=tf.train.Features(feature={
-                    HISTORY_TYPES: _int64(types), REC_HISTORY_ITEMS: items(rec),
-                    SEARCH_HISTORY_CLICKED_ITEMS: items(clicks),
-                    CANDIDATE_ITEMS: items([positive, d])}))
+                items = _bytes if raw else (lambda v: _int64(to_id[x] for x in v))
+                example = tf.train.Example(
+                    features=tf.train.Features(
+                        feature={
+                            HISTORY_TYPES: _int64(types),
+                            REC_HISTORY_ITEMS: items(rec),
+                            SEARCH_HISTORY_CLICKED_ITEMS: items(clicks),
+                            CANDIDATE_ITEMS: items([positive, d]),
+                        }
+                    )
+                )
                 writer.write(example.SerializeToString())
-    manifest = {"id_format": "raw" if raw else "ids",
-                "shapes": {"rec_len": 2, "search_len": 1, "clicks_per_session": 1,
-                           "train_candidates": 2, "eval_candidates": 2},
-                "examples": {"train": {"rec": 2, "search": 1}}}
+    manifest = {
+        "id_format": "raw" if raw else "ids",
+        "shapes": {
+            "rec_len": 2,
+            "search_len": 1,
+            "clicks_per_session": 1,
+            "train_candidates": 2,
+            "eval_candidates": 2,
+        },
+        "examples": {"train": {"rec": 2, "search": 1}},
+    }
     (root / MANIFEST_FILE).write_text(json.dumps(manifest))
     return str(root)

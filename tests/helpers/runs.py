@@ -8,6 +8,7 @@ data_dir holds manifest.json and vocab/{users,items,words}.txt as the data job w
 rec-only log, whose manifest then says 0 words); model_dir holds config.json and the seeded
 model's weights as the best checkpoint (best/ckpt-1). `model` is that model, in memory.
 """
+
 import json
 import os
 
@@ -20,16 +21,22 @@ from unisar_tf.model import build_model
 def fake_run(root, config, seed: int, empty_vocabularies=()):
     data_dir, model_dir = str(root / "data"), str(root / "run")
     vocab_dir = write_vocabularies(root / "data" / "vocab", config)
-    sizes = {"users": config.num_users - 1, "items": config.num_items - 1,
-             "words": config.num_words - 1}
+    sizes = {
+        "users": config.num_users - 1,
+        "items": config.num_items - 1,
+        "words": config.num_words - 1,
+    }
     for kind in empty_vocabularies:
         open(os.path.join(vocab_dir, f"{kind}.txt"), "w").close()
         sizes[kind] = 0
-    shapes = {name: getattr(config, name)
-              for name in ("rec_len", "search_len", "query_len", "clicks_per_session")}
+    shapes = {
+        name: getattr(config, name)
+        for name in ("rec_len", "search_len", "query_len", "clicks_per_session")
+    }
     with open(os.path.join(data_dir, "manifest.json"), "w") as out:
-        json.dump({"dataset": "test", "id_format": "ids", "vocab_sizes": sizes,
-                   "shapes": shapes}, out)
+        json.dump(
+            {"dataset": "test", "id_format": "ids", "vocab_sizes": sizes, "shapes": shapes}, out
+        )
     tf.keras.utils.set_random_seed(seed)
     model = build_model(config)
     os.makedirs(model_dir)

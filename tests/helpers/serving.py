@@ -1,4 +1,5 @@
 """A toy SavedModel with UniSAR's serving contract, for the stand-in server and the client."""
+
 import os
 import shutil
 import tempfile
@@ -11,6 +12,7 @@ VOCAB = ["item_a", "item_b", "item_c"]
 def _spec(shape, dtype, name):
     return tf.TensorSpec(shape, dtype, name=name)
 
+
 HISTORY_SPECS = [
     _spec([None, None], tf.string, "rec_history_item_ids"),
     _spec([None, None], tf.int64, "rec_history_timestamps"),
@@ -21,8 +23,10 @@ HISTORY_SPECS = [
     _spec([None], tf.int64, "search_history_length"),
 ]
 
-REC_SPECS = [_spec([None], tf.string, "user_id"),
-             _spec([None, None], tf.string, "candidate_item_ids")] + HISTORY_SPECS
+REC_SPECS = [
+    _spec([None], tf.string, "user_id"),
+    _spec([None, None], tf.string, "candidate_item_ids"),
+] + HISTORY_SPECS
 
 SEARCH_SPECS = REC_SPECS + [_spec([None], tf.string, "query")]
 
@@ -33,18 +37,35 @@ class ToyModel(tf.Module):
         self.vocab = tf.saved_model.Asset(vocab_path)
         self.table = tf.lookup.StaticHashTable(
             tf.lookup.TextFileInitializer(
-                self.vocab, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
-                tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER),
-            default_value=-1)
+                self.vocab,
+                tf.string,
+                tf.lookup.TextFileIndex.WHOLE_LINE,
+                tf.int64,
+                tf.lookup.TextFileIndex.LINE_NUMBER,
+            ),
+            default_value=-1,
+        )
         self.bias = bias
 
-    def _base(self, candidate_item_ids, rec_history_item_ids, rec_history_timestamps,
-              rec_history_length, search_history_queries, search_history_clicked_item_ids,
-              search_history_timestamps, search_history_length):
-        checks = [tf.debugging.assert_non_negative(rec_history_timestamps,
-                                                   message="rec_history_timestamps"),
-                  tf.debugging.assert_non_negative(search_history_timestamps,
-                                                   message="search_history_timestamps")]
+    def _base(
+        self,
+        candidate_item_ids,
+        rec_history_item_ids,
+        rec_history_timestamps,
+        rec_history_length,
+        search_history_queries,
+        search_history_clicked_item_ids,
+        search_history_timestamps,
+        search_history_length,
+    ):
+        checks = [
+            tf.debugging.assert_non_negative(
+                rec_history_timestamps, message="rec_history_timestamps"
+            ),
+            tf.debugging.assert_non_negative(
+                search_history_timestamps, message="search_history_timestamps"
+            ),
+        ]
         with tf.control_dependencies(checks):
             value = tf.cast(self.table.lookup(candidate_item_ids) + 1, tf.float32)
 
@@ -52,10 +73,14 @@ class ToyModel(tf.Module):
             return tf.range(tf.shape(like)[1])[None, :] < tf.cast(length, tf.int32)[:, None]
 
         # Elementwise ops over ids and timestamps: their shapes must agree, as in UniSAR.
-        rec = within(rec_history_length, rec_history_item_ids) & (
-            rec_history_timestamps >= 0) & (rec_history_item_ids != "")
+        rec = (
+            within(rec_history_length, rec_history_item_ids)
+            & (rec_history_timestamps >= 0)
+            & (rec_history_item_ids != "")
+        )
         search = within(search_history_length, search_history_queries) & (
-            search_history_timestamps >= 0)
+            search_history_timestamps >= 0
+        )
         clicked = (search_history_clicked_item_ids != "") & search[:, :, None]
         n_rec = tf.reduce_sum(tf.cast(rec, tf.float32), axis=1)
         n_search = tf.reduce_sum(tf.cast(search, tf.float32), axis=1)
@@ -77,7 +102,8 @@ class ToyModel(tf.Module):
     @tf.function(input_signature=[_spec([None], tf.string, "examples")])
     def serving_default(self, examples):
         parsed = tf.io.parse_example(
-            examples, {"candidate_item_ids": tf.io.VarLenFeature(tf.string)})
+            examples, {"candidate_item_ids": tf.io.VarLenFeature(tf.string)}
+        )
         ids = tf.sparse.to_dense(parsed["candidate_item_ids"], default_value="")
         return {"scores": tf.cast(self.table.lookup(ids) + 1, tf.float32) + self.bias}
 
@@ -94,8 +120,14 @@ def save_toy_model(export_dir, bias=0.0, vocab=VOCAB):
     with open(vocab_path, "w") as f:
         f.write("\n".join(vocab) + "\n")
     module = ToyModel(vocab_path, bias)
-    tf.saved_model.save(module, export_dir, signatures={
-        "recommend": module.recommend, "search": module.search,
-        "serving_default": module.serving_default})
+    tf.saved_model.save(
+        module,
+        export_dir,
+        signatures={
+            "recommend": module.recommend,
+            "search": module.search,
+            "serving_default": module.serving_default,
+        },
+    )
     shutil.rmtree(vocab_dir)
     return export_dir

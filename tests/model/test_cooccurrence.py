@@ -1,8 +1,9 @@
 """The co-occurrence features against the ItemKNN baseline and by hand."""
+
 import numpy as np
 import tensorflow as tf
-
 from helpers.model import cooccurrence_model
+
 from unisar_tf.data.cooccurrence import item_cooccurrence, table_from_counts
 from unisar_tf.layers.cooccurrence import ItemCooccurrence
 from unisar_tf.train.baselines import itemknn_scores, normalized_cooccurrence
@@ -23,8 +24,10 @@ def _layer():
 
 def test_table_holds_the_symmetric_counts():
     _, table = _layer()
-    pairs = {(int(k) // NUM_ITEMS, int(k) % NUM_ITEMS): float(c)
-             for k, c in zip(table.pair_keys, table.pair_counts)}
+    pairs = {
+        (int(k) // NUM_ITEMS, int(k) % NUM_ITEMS): float(c)
+        for k, c in zip(table.pair_keys, table.pair_counts)
+    }
     # (1,3): example 0 (h=1, p=3) and example 1 (h=3, p=1) -> 2 each way.
     assert pairs[(1, 3)] == pairs[(3, 1)] == 2.0
     assert pairs[(4, 5)] == pairs[(5, 4)] == 1.0
@@ -38,10 +41,17 @@ def test_sum_feature_equals_the_itemknn_baseline():
     layer, _ = _layer()
     history = np.array([[1, 2, 2, 0], [4, 0, 0, 0], [3, 1, 0, 0]])
     candidates = np.array([[3, 5, 6], [5, 1, 0], [2, 1, 4]])
-    expected = itemknn_scores(normalized_cooccurrence(
-        item_cooccurrence(HISTORIES, POSITIVES, NUM_ITEMS)), history, candidates)
-    features = layer(tf.constant(history), tf.constant([2, 4, 1]), tf.constant([0, 0, 0]),
-                     tf.constant(candidates)).numpy()
+    expected = itemknn_scores(
+        normalized_cooccurrence(item_cooccurrence(HISTORIES, POSITIVES, NUM_ITEMS)),
+        history,
+        candidates,
+    )
+    features = layer(
+        tf.constant(history),
+        tf.constant([2, 4, 1]),
+        tf.constant([0, 0, 0]),
+        tf.constant(candidates),
+    ).numpy()
     assert features.shape == (3, 3, 5)
     np.testing.assert_allclose(features[..., 0], expected, rtol=1e-6)
     normalized = normalized_cooccurrence(item_cooccurrence(HISTORIES, POSITIVES, NUM_ITEMS))
@@ -67,8 +77,13 @@ def test_training_takes_out_the_examples_own_pairs():
     np.testing.assert_array_equal(own[0, 0], 0.0)
     # Example 0 (history [1, 2], positive 3): without it cooc(1,3) 2 -> 1, cooc(2,3) 2 -> 1,
     # n(1) 4 -> 3, n(2) 4 -> 3, n(3) 4 -> 2 (counted by hand from the other three examples).
-    own = layer(tf.constant([[1, 2, 0]]), tf.constant([2]), tf.constant([0]),
-                tf.constant([[3]]), exclude_own_pair=True).numpy()
+    own = layer(
+        tf.constant([[1, 2, 0]]),
+        tf.constant([2]),
+        tf.constant([0]),
+        tf.constant([[3]]),
+        exclude_own_pair=True,
+    ).numpy()
     totals = table.item_totals
     assert (totals[1], totals[2], totals[3]) == (4.0, 4.0, 4.0)
     np.testing.assert_allclose(own[0, 0, 0], 2.0 / np.sqrt(3.0 * 2.0), rtol=1e-6)
@@ -93,8 +108,9 @@ def test_directed_table_keeps_the_direction_and_excludes_the_own_transition():
     2's out-going total are the example's own: 1/2 and 1/2."""
     import scipy.sparse as sp
 
-    counts = sp.csr_matrix((np.array([2.0, 1.0]), (np.array([2, 2]), np.array([3, 5]))),
-                           shape=(NUM_ITEMS, NUM_ITEMS))
+    counts = sp.csr_matrix(
+        (np.array([2.0, 1.0]), (np.array([2, 2]), np.array([3, 5]))), shape=(NUM_ITEMS, NUM_ITEMS)
+    )
     table = table_from_counts(counts, NUM_ITEMS)
     layer = ItemCooccurrence(NUM_ITEMS, table.num_pairs, symmetric=False)
     layer.build(None)
@@ -104,8 +120,9 @@ def test_directed_table_keeps_the_direction_and_excludes_the_own_transition():
     np.testing.assert_allclose(seen[0, :, 0], [2 / 3, 1 / 3], rtol=1e-6)
     own = layer(last[:, None], last, last, tf.constant([[3, 5]]), exclude_own_pair=True).numpy()
     np.testing.assert_allclose(own[0, :, 0], [1 / 2, 1 / 2], rtol=1e-6)
-    backwards = layer(tf.constant([[3]]), tf.constant([3]), tf.constant([3]),
-                      tf.constant([[2]])).numpy()
+    backwards = layer(
+        tf.constant([[3]]), tf.constant([3]), tf.constant([3]), tf.constant([[2]])
+    ).numpy()
     assert backwards[0, 0, 0] == 0.0
 
 
@@ -115,14 +132,17 @@ def _default_model():
 
 
 def _batch():
-    return {"user_id": tf.constant([1, 2]),
-            "history_types": tf.constant([[1, 2, 0, 0, 0], [1, 0, 0, 0, 0]]),
-            "rec_history_items": tf.constant([[1, 0, 0], [4, 0, 0]]),
-            "search_history_query_tokens": tf.constant([[[4, 0, 0, 0], [0, 0, 0, 0]],
-                                                        [[0, 0, 0, 0], [0, 0, 0, 0]]]),
-            "search_history_clicked_items": tf.constant([[[2], [0]], [[0], [0]]]),
-            "candidate_items": tf.constant([[3, 1, 2], [5, 3, 6]]),
-            "query_tokens": tf.constant([[5, 4, 0, 0], [7, 0, 0, 0]])}
+    return {
+        "user_id": tf.constant([1, 2]),
+        "history_types": tf.constant([[1, 2, 0, 0, 0], [1, 0, 0, 0, 0]]),
+        "rec_history_items": tf.constant([[1, 0, 0], [4, 0, 0]]),
+        "search_history_query_tokens": tf.constant(
+            [[[4, 0, 0, 0], [0, 0, 0, 0]], [[0, 0, 0, 0], [0, 0, 0, 0]]]
+        ),
+        "search_history_clicked_items": tf.constant([[[2], [0]], [[0], [0]]]),
+        "candidate_items": tf.constant([[3, 1, 2], [5, 3, 6]]),
+        "query_tokens": tf.constant([[5, 4, 0, 0], [7, 0, 0, 0]]),
+    }
 
 
 def test_query_match_features_count_query_words_among_item_words():
@@ -150,8 +170,11 @@ def test_softmax_ranking_loss_is_the_positives_cross_entropy():
     batch = _batch()
     logits = model.score_logits(batch, model.encode_history(batch), ["rec"])["rec"].numpy()
     expected = np.mean(-logits[:, 0] + np.log(np.exp(logits).sum(axis=1)))
-    rel = {"rel_negative_items": tf.constant([1, 2, 3, 4]),
-           "rel_negative_query_tokens": tf.zeros((4, 4), tf.int64)}
+    rel = {
+        "rel_negative_items": tf.constant([1, 2, 3, 4]),
+        "rel_negative_query_tokens": tf.zeros((4, 4), tf.int64),
+    }
     model.task_loss("rec", batch, rel)
-    np.testing.assert_allclose(float(model.loss_trackers["rec_bce"].result()), expected,
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        float(model.loss_trackers["rec_bce"].result()), expected, rtol=1e-4, atol=1e-6
+    )

@@ -1,44 +1,51 @@
 """The default preset's co-occurrence parts, each switched off (issue 22's ablation switches):
 cooccurrence_wide_term, cooccurrence_transitions and cooccurrence_query_overlap."""
+
 import argparse
 import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers.model import TINY, cooccurrence_model
+
 from unisar_tf.config import DEFAULT_PRESET_ABLATIONS, UniSARConfig, default_preset
 from unisar_tf.model import MATCH_FEATURE_PRIOR, match_feature_prior
 
 SWITCHES = ("cooccurrence_wide_term", "cooccurrence_transitions", "cooccurrence_query_overlap")
-REL_NEGATIVES = {"rel_negative_items": tf.constant([1, 2, 3, 4]),
-                 "rel_negative_query_tokens": tf.zeros((4, 4), tf.int64)}
+REL_NEGATIVES = {
+    "rel_negative_items": tf.constant([1, 2, 3, 4]),
+    "rel_negative_query_tokens": tf.zeros((4, 4), tf.int64),
+}
 
 
 def _model(seed=0, **overrides):
     """helpers.model.cooccurrence_model with tiny widths and no dropout (so two models with
     the same weights score alike)."""
-    return cooccurrence_model(seed, **dict(TINY, num_relevance_negatives=4, dropout=0.0,
-                                           **overrides))
+    return cooccurrence_model(
+        seed, **dict(TINY, num_relevance_negatives=4, dropout=0.0, **overrides)
+    )
 
 
 def _batch(query_tokens=((5, 4, 0, 0), (7, 0, 0, 0))):
     """Row 0's newest behaviour is the click on 2 (2 -> 3 is the one transition); the default
     queries share words with candidates 1, 2 and 3."""
-    return {"user_id": tf.constant([1, 2]),
-            "history_types": tf.constant([[1, 2, 0, 0, 0], [1, 0, 0, 0, 0]]),
-            "rec_history_items": tf.constant([[1, 0, 0], [4, 0, 0]]),
-            "search_history_query_tokens": tf.constant([[[4, 0, 0, 0], [0, 0, 0, 0]],
-                                                        [[0, 0, 0, 0], [0, 0, 0, 0]]]),
-            "search_history_clicked_items": tf.constant([[[2], [0]], [[0], [0]]]),
-            "candidate_items": tf.constant([[3, 1, 2], [5, 3, 6]]),
-            "query_tokens": tf.constant(query_tokens)}
+    return {
+        "user_id": tf.constant([1, 2]),
+        "history_types": tf.constant([[1, 2, 0, 0, 0], [1, 0, 0, 0, 0]]),
+        "rec_history_items": tf.constant([[1, 0, 0], [4, 0, 0]]),
+        "search_history_query_tokens": tf.constant(
+            [[[4, 0, 0, 0], [0, 0, 0, 0]], [[0, 0, 0, 0], [0, 0, 0, 0]]]
+        ),
+        "search_history_clicked_items": tf.constant([[[2], [0]], [[0], [0]]]),
+        "candidate_items": tf.constant([[3, 1, 2], [5, 3, 6]]),
+        "query_tokens": tf.constant(query_tokens),
+    }
 
 
 def _head_input_width(model) -> int:
     """Width of x, what the experts (and so the heads) read: the rows of a gate's kernel."""
-    gate, = [v for v in model.experts.variables if v.name.startswith("experts/rec_gate/kernel")]
+    (gate,) = [v for v in model.experts.variables if v.name.startswith("experts/rec_gate/kernel")]
     return int(gate.shape[0])
 
 
@@ -62,12 +69,15 @@ def _copy_weights(full, variant, removed_columns):
     for source, target in zip(kept, variant.variables):
         value = source.numpy()
         if value.shape != tuple(target.shape):  # the axis that reads x (or the 8 features)
-            axis, = [a for a, (n, m) in enumerate(zip(value.shape, target.shape)) if n != m]
+            (axis,) = [a for a, (n, m) in enumerate(zip(value.shape, target.shape)) if n != m]
             if value.shape[axis] == width:  # the experts' and gates' kernels
                 value = np.delete(value, removed_columns, axis=axis)
             else:  # the wide term's (8, 1) kernel
-                value = np.delete(value, [c - width + len(MATCH_FEATURE_PRIOR)
-                                          for c in removed_columns], axis=axis)
+                value = np.delete(
+                    value,
+                    [c - width + len(MATCH_FEATURE_PRIOR) for c in removed_columns],
+                    axis=axis,
+                )
         target.assign(value)
 
 
@@ -95,8 +105,11 @@ def test_the_default_preset_ablations_switch_one_addition_each():
     for name, overrides in DEFAULT_PRESET_ABLATIONS.items():
         config = default_preset(**overrides)  # every variant is a valid config
         assert len(overrides) == (0 if name == "default" else 1)
-        assert all(getattr(config, field) != value for field, value in
-                   default_preset().to_dict().items() if field in overrides)
+        assert all(
+            getattr(config, field) != value
+            for field, value in default_preset().to_dict().items()
+            if field in overrides
+        )
     switched = {field for overrides in DEFAULT_PRESET_ABLATIONS.values() for field in overrides}
     assert set(SWITCHES) < switched
 
@@ -107,8 +120,9 @@ def test_the_command_line_has_a_flag_per_switch():
     parser = build_parser()
     help_text = parser.format_help()
     assert all(f"--{name}" in help_text for name in SWITCHES)
-    args = parser.parse_args(["--data_dir", "d", "--model_dir", "m",
-                              "--cooccurrence_transitions", "false"])
+    args = parser.parse_args(
+        ["--data_dir", "d", "--model_dir", "m", "--cooccurrence_transitions", "false"]
+    )
     config = config_from_args(args)
     assert not config.cooccurrence_transitions
     assert config.cooccurrence_wide_term and config.cooccurrence_query_overlap
@@ -119,8 +133,10 @@ def test_match_feature_prior_follows_the_switches():
     config = default_preset()
     assert match_feature_prior(config) == MATCH_FEATURE_PRIOR
     assert len(match_feature_prior(config.replace(cooccurrence_transitions=False))) == 7
-    assert match_feature_prior(config.replace(cooccurrence_query_overlap=False)) == (
-        MATCH_FEATURE_PRIOR[:6])
+    assert (
+        match_feature_prior(config.replace(cooccurrence_query_overlap=False))
+        == (MATCH_FEATURE_PRIOR[:6])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +193,12 @@ def test_without_query_overlap_the_features_are_neither_computed_nor_read(full, 
     np.testing.assert_allclose(ours["rec"], theirs["rec"], rtol=1e-5, atol=1e-5)
     # Queries with no item word: the full model's overlap is 0, so the two score alike.
     unmatched = _batch(query_tokens=((8, 0, 0, 0), (8, 0, 0, 0)))
-    np.testing.assert_allclose(_logits(variant, unmatched)["search"],
-                               _logits(full, unmatched)["search"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        _logits(variant, unmatched)["search"],
+        _logits(full, unmatched)["search"],
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
     def never(*args, **kwargs):
         raise AssertionError("the query-overlap features were computed")
@@ -194,8 +214,9 @@ def test_every_part_off_leaves_the_five_cooccurrence_scores_in_the_head(full):
     assert variant.cooccurrence_logit is None and variant.transitions is None
     batch = _batch()
     with tf.GradientTape() as tape:
-        loss = variant.compute_loss({"rec": batch, "search": batch,
-                                     "rel_negatives": REL_NEGATIVES}, training=True)
+        loss = variant.compute_loss(
+            {"rec": batch, "search": batch, "rel_negatives": REL_NEGATIVES}, training=True
+        )
     gradients = tape.gradient(loss, variant.trainable_variables)
     assert np.isfinite(float(loss)) and all(g is not None for g in gradients)
 
@@ -206,14 +227,28 @@ def test_the_ablation_tool_selects_the_default_preset_set():
     assert ablation.variant_overrides(variant_set="default_preset") == DEFAULT_PRESET_ABLATIONS
     assert set(ablation.variant_overrides()) == set(ablation.VARIANT_SETS["spec12"])
     # --variants picks names from either set; every name has its own directory.
-    args = ablation.parse_args(["--data_dir", "d", "--out_dir", "o", "--preset", "default",
-                                "--variants", "default, w/o wide term, UniSAR"])
+    args = ablation.parse_args(
+        [
+            "--data_dir",
+            "d",
+            "--out_dir",
+            "o",
+            "--preset",
+            "default",
+            "--variants",
+            "default, w/o wide term, UniSAR",
+        ]
+    )
     assert ablation.variant_overrides(args.variants, args.variant_set) == {
-        "default": {}, "w/o wide term": {"cooccurrence_wide_term": False}, "UniSAR": {}}
+        "default": {},
+        "w/o wide term": {"cooccurrence_wide_term": False},
+        "UniSAR": {},
+    }
     names = [name for variants in ablation.VARIANT_SETS.values() for name in variants]
     assert len({ablation.slug(name) for name in names}) == len(names)
-    args = ablation.parse_args(["--data_dir", "d", "--out_dir", "o",
-                                "--variant_set", "default_preset"])
+    args = ablation.parse_args(
+        ["--data_dir", "d", "--out_dir", "o", "--variant_set", "default_preset"]
+    )
     assert args.variant_set == "default_preset"
 
 
@@ -221,11 +256,17 @@ def test_ablation_deltas_are_against_the_default_row():
     from unisar_tf.tools import ablation
 
     def report(rec, search):
-        return {"unisar": {"rec": {"NDCG@5": rec, "NDCG@10": rec},
-                           "search": {"NDCG@5": search, "NDCG@10": search}},
-                "best_epoch": 1, "epochs_run": 2}
+        return {
+            "unisar": {
+                "rec": {"NDCG@5": rec, "NDCG@10": rec},
+                "search": {"NDCG@5": search, "NDCG@10": search},
+            },
+            "best_epoch": 1,
+            "epochs_run": 2,
+        }
 
-    rows = ablation.table_rows({"default": report(0.25, 0.84),
-                                "w/o wide term": report(0.24, 0.85)}, {})
+    rows = ablation.table_rows(
+        {"default": report(0.25, 0.84), "w/o wide term": report(0.24, 0.85)}, {}
+    )
     text = ablation.ablation_markdown(rows, "header")
     assert "| -0.0100 | +0.0100 |" in text.splitlines()[-1]

@@ -1,13 +1,26 @@
 """Layer behaviour: masks, gathering by type, embeddings, target attention, experts."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from unisar_tf.layers import (EntityEmbedding, FusionDecoderLayer, MaskedMultiHeadAttention,
-                              MultiLayerPerceptron, MultiTaskExperts, PositionalEmbedding,
-                              QueryEncoder, StackedExperts, TargetAttention,
-                              TransformerEncoderLayer, gather_by_type, masked_mean, merge_histories,
-                              search_behaviour_embedding, transition_attention_mask)
+from unisar_tf.layers import (
+    EntityEmbedding,
+    FusionDecoderLayer,
+    MaskedMultiHeadAttention,
+    MultiLayerPerceptron,
+    MultiTaskExperts,
+    PositionalEmbedding,
+    QueryEncoder,
+    StackedExperts,
+    TargetAttention,
+    TransformerEncoderLayer,
+    gather_by_type,
+    masked_mean,
+    merge_histories,
+    search_behaviour_embedding,
+    transition_attention_mask,
+)
 from unisar_tf.losses import QueryItemRelevanceLoss, TransitionAlignmentLoss
 
 REC, SEARCH, PAD = 1, 2, 0
@@ -63,7 +76,9 @@ def test_gather_by_type_keeps_time_order_and_drops_padding():
 
 
 def test_merge_then_gather_returns_each_list():
-    types = tf.constant([[REC, SEARCH, SEARCH, REC, PAD, PAD], [SEARCH, SEARCH, PAD, PAD, PAD, PAD]])
+    types = tf.constant(
+        [[REC, SEARCH, SEARCH, REC, PAD, PAD], [SEARCH, SEARCH, PAD, PAD, PAD, PAD]]
+    )
     rec = tf.constant(np.arange(1, 2 * 3 * 2 + 1, dtype=np.float32).reshape(2, 3, 2))
     search = -tf.constant(np.arange(1, 2 * 3 * 2 + 1, dtype=np.float32).reshape(2, 3, 2))
     merged = merge_histories(rec, search, types).numpy()
@@ -94,16 +109,18 @@ def test_query_encoder_is_masked_mean_then_projection():
     out = layer(tokens).numpy()
     table = layer.embeddings.numpy()
     kernel, bias = layer.projection.kernel.numpy(), layer.projection.bias.numpy()
-    np.testing.assert_allclose(out[0], np.tanh((table[3] + table[7]) / 2 @ kernel + bias),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out[0], np.tanh((table[3] + table[7]) / 2 @ kernel + bias), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(out[1], np.tanh(bias), rtol=1e-6)  # empty query: mean 0
 
 
 def test_search_behaviour_is_query_plus_mean_of_real_clicks():
     query = tf.constant([[[1.0, 1.0], [2.0, 2.0], [5.0, 5.0]]])
     clicks = tf.constant([[[3, 4], [0, 0], [9, 0]]])
-    click_emb = tf.constant([[[[2.0, 0.0], [4.0, 2.0]], [[7.0, 7.0], [7.0, 7.0]],
-                              [[1.0, 3.0], [8.0, 8.0]]]])
+    click_emb = tf.constant(
+        [[[[2.0, 0.0], [4.0, 2.0]], [[7.0, 7.0], [7.0, 7.0]], [[1.0, 3.0], [8.0, 8.0]]]]
+    )
     valid = tf.constant([[True, True, False]])
     out = search_behaviour_embedding(query, click_emb, clicks, valid).numpy()[0]
     np.testing.assert_allclose(out[0], [1 + 3, 1 + 1])  # mean of two clicks
@@ -135,15 +152,15 @@ def test_positional_embedding_adds_learned_rows():
 
 
 def test_multi_task_experts_match_numpy_gate_mixture():
-    layer = MultiTaskExperts(["rec", "search"], 2, 3, expert_units=4, tower_units=[5],
-                             dropout=0.0)
+    layer = MultiTaskExperts(["rec", "search"], 2, 3, expert_units=4, tower_units=[5], dropout=0.0)
     x = tf.random.stateless_normal([2, 3, 6], seed=[5, 6])
     out = layer(x)
     xn = x.numpy()
 
     def experts(stack):
-        return np.maximum(np.einsum("bci,eio->bceo", xn, stack.kernel.numpy()) + stack.bias.numpy(),
-                          0)
+        return np.maximum(
+            np.einsum("bci,eio->bceo", xn, stack.kernel.numpy()) + stack.bias.numpy(), 0
+        )
 
     shared = experts(layer.shared_experts)
     for task in ("rec", "search"):
@@ -162,24 +179,42 @@ LAYER_CASES = [
     (lambda: EntityEmbedding(10, 4, 6), lambda: (tf.constant([[1, 0, 3]]),)),
     (lambda: QueryEncoder(10, 4, 6), lambda: (tf.constant([[1, 2, 0]]),)),
     (lambda: PositionalEmbedding(3, 4), lambda: (tf.ones([2, 3, 4]),)),
-    (lambda: MaskedMultiHeadAttention(8, 2),
-     lambda: (tf.ones([1, 3, 8]), tf.ones([1, 3, 8]), tf.ones([1, 3, 3], tf.bool))),
-    (lambda: TransformerEncoderLayer(8, 2, 8),
-     lambda: (tf.random.stateless_normal([1, 3, 8], [1, 1]), tf.ones([1, 3, 3], tf.bool))),
-    (lambda: FusionDecoderLayer(8, 2, 8),
-     lambda: (tf.random.stateless_normal([1, 3, 8], [1, 2]),
-              tf.random.stateless_normal([1, 3, 8], [1, 3]),
-              tf.constant([[True, True, False]]), tf.constant([[True, False, False]]))),
-    (lambda: TargetAttention(8),
-     lambda: (tf.ones([1, 3, 8]), tf.ones([1, 2, 8]), tf.constant([[True, True, False]]))),
+    (
+        lambda: MaskedMultiHeadAttention(8, 2),
+        lambda: (tf.ones([1, 3, 8]), tf.ones([1, 3, 8]), tf.ones([1, 3, 3], tf.bool)),
+    ),
+    (
+        lambda: TransformerEncoderLayer(8, 2, 8),
+        lambda: (tf.random.stateless_normal([1, 3, 8], [1, 1]), tf.ones([1, 3, 3], tf.bool)),
+    ),
+    (
+        lambda: FusionDecoderLayer(8, 2, 8),
+        lambda: (
+            tf.random.stateless_normal([1, 3, 8], [1, 2]),
+            tf.random.stateless_normal([1, 3, 8], [1, 3]),
+            tf.constant([[True, True, False]]),
+            tf.constant([[True, False, False]]),
+        ),
+    ),
+    (
+        lambda: TargetAttention(8),
+        lambda: (tf.ones([1, 3, 8]), tf.ones([1, 2, 8]), tf.constant([[True, True, False]])),
+    ),
     (lambda: StackedExperts(3, 4, 0.1), lambda: (tf.ones([1, 2, 6]),)),
     (lambda: MultiLayerPerceptron([4, 3], 0.1, output_units=1), lambda: (tf.ones([2, 5]),)),
     (lambda: MultiTaskExperts(["rec", "search"], 2, 2, 4, [3], 0.1), lambda: (tf.ones([1, 2, 6]),)),
-    (lambda: TransitionAlignmentLoss(4, 0.1),
-     lambda: (tf.random.stateless_normal([3, 2, 4], [2, 1]),
-              tf.random.stateless_normal([3, 2, 4], [2, 2]), tf.ones([3, 2], tf.bool))),
-    (lambda: QueryItemRelevanceLoss(4, 0.5),
-     lambda: tuple(tf.random.stateless_normal([3, 4], [3, i]) for i in range(4))),
+    (
+        lambda: TransitionAlignmentLoss(4, 0.1),
+        lambda: (
+            tf.random.stateless_normal([3, 2, 4], [2, 1]),
+            tf.random.stateless_normal([3, 2, 4], [2, 2]),
+            tf.ones([3, 2], tf.bool),
+        ),
+    ),
+    (
+        lambda: QueryItemRelevanceLoss(4, 0.5),
+        lambda: tuple(tf.random.stateless_normal([3, 4], [3, i]) for i in range(4)),
+    ),
 ]
 
 
@@ -191,8 +226,9 @@ def test_layer_rebuilt_from_config_gives_identical_outputs(make_layer, make_inpu
     clone = type(layer).from_config(layer.get_config())
     clone(*inputs)
     clone.set_weights(layer.get_weights())
-    tf.nest.map_structure(lambda a, b: np.testing.assert_allclose(a.numpy(), b.numpy()),
-                          expected, clone(*inputs))
+    tf.nest.map_structure(
+        lambda a, b: np.testing.assert_allclose(a.numpy(), b.numpy()), expected, clone(*inputs)
+    )
 
 
 def test_masked_mean_ignores_padding_and_handles_empty_rows():
@@ -204,8 +240,7 @@ def test_masked_mean_ignores_padding_and_handles_empty_rows():
 def _padded_batch(lengths, width, dim, seed):
     """(B, width, d) random rows (padded slots hold garbage too) and the (B, width) valid prefix."""
     x = tf.random.stateless_normal([len(lengths), width, dim], seed=[seed, 7])
-    valid = tf.constant([[position < length for position in range(width)]
-                         for length in lengths])
+    valid = tf.constant([[position < length for position in range(width)] for length in lengths])
     return x, valid
 
 
@@ -221,13 +256,15 @@ def test_encoder_layer_computes_only_valid_positions_and_matches_the_full_comput
     assert np.all(np.abs(full[v]) > 0) and np.any(full[~v] != 0.0)  # the comparison is not 0 == 0
     # The garbage in padded slots must not leak into real positions.
     noisy = tf.where(valid[..., tf.newaxis], x, 100.0 * tf.ones_like(x))
-    np.testing.assert_allclose(layer(noisy, keys, training=False, valid=valid).numpy(), packed,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        layer(noisy, keys, training=False, valid=valid).numpy(), packed, rtol=1e-5, atol=1e-6
+    )
     # Each row equals the layer run on that row's real prefix alone (no padding at all).
     for row, length in enumerate(v.sum(axis=1)):
         if length:
-            alone = layer(x[row:row + 1, :length], tf.ones([1, length, length], tf.bool),
-                          training=False).numpy()[0]
+            alone = layer(
+                x[row : row + 1, :length], tf.ones([1, length, length], tf.bool), training=False
+            ).numpy()[0]
             np.testing.assert_allclose(packed[row, :length], alone, rtol=1e-5, atol=1e-6)
 
 
@@ -236,8 +273,14 @@ def test_fusion_decoder_layer_matches_the_layer_on_the_trimmed_batch():
     target, target_valid = _padded_batch([4, 1, 3, 0], width=4, dim=8, seed=21)
     memory, memory_valid = _padded_batch([2, 4, 3, 0], width=4, dim=8, seed=22)
     out = layer(target, memory, target_valid, memory_valid, training=False).numpy()
-    every_slot = layer(target, memory, target_valid, memory_valid, training=False,
-                       positions=tf.ones_like(target_valid)).numpy()
+    every_slot = layer(
+        target,
+        memory,
+        target_valid,
+        memory_valid,
+        training=False,
+        positions=tf.ones_like(target_valid),
+    ).numpy()
     tv, mv = target_valid.numpy(), memory_valid.numpy()
     assert np.all(out[~tv] == 0.0)
     np.testing.assert_allclose(out[tv], every_slot[tv], rtol=1e-5, atol=1e-6)
@@ -245,7 +288,11 @@ def test_fusion_decoder_layer_matches_the_layer_on_the_trimmed_batch():
         n, m = int(tv[row].sum()), int(mv[row].sum())
         if n == 0:  # row 3: no target position at all
             continue
-        trimmed = layer(target[row:row + 1, :n], memory[row:row + 1, :m],
-                        tf.ones([1, n], tf.bool), tf.ones([1, m], tf.bool),
-                        training=False).numpy()[0]
+        trimmed = layer(
+            target[row : row + 1, :n],
+            memory[row : row + 1, :m],
+            tf.ones([1, n], tf.bool),
+            tf.ones([1, m], tf.bool),
+            training=False,
+        ).numpy()[0]
         np.testing.assert_allclose(out[row, :n], trimmed, rtol=1e-5, atol=1e-6)

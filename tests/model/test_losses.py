@@ -1,9 +1,14 @@
 """The contrastive losses equal a direct NumPy computation on small fixed tensors."""
+
 import numpy as np
 import tensorflow as tf
 
-from unisar_tf.losses import (QueryItemRelevanceLoss, TransitionAlignmentLoss, bilinear_info_nce,
-                              nt_xent_bilinear)
+from unisar_tf.losses import (
+    QueryItemRelevanceLoss,
+    TransitionAlignmentLoss,
+    bilinear_info_nce,
+    nt_xent_bilinear,
+)
 
 
 def _log_softmax(logits):
@@ -69,8 +74,9 @@ def test_info_nce_equals_numpy_and_is_zero_without_pairs():
     negatives = RNG.normal(size=(5, 4)).astype(np.float32)
     got = bilinear_info_nce(A, B, negatives, W, tf.constant(0.5))
     np.testing.assert_allclose(got.numpy(), numpy_info_nce(A, B, negatives, W, 0.5), rtol=1e-5)
-    empty = bilinear_info_nce(np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32),
-                              negatives, W, tf.constant(0.5))
+    empty = bilinear_info_nce(
+        np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32), negatives, W, tf.constant(0.5)
+    )
     assert empty.numpy() == 0.0
 
 
@@ -80,8 +86,9 @@ def test_relevance_loss_is_mean_of_both_directions():
     layer = QueryItemRelevanceLoss(4, initial_temperature=0.1)
     got = layer(A, B, neg_items, neg_queries).numpy()
     w = layer.kernel.numpy()
-    expected = 0.5 * (numpy_info_nce(A, B, neg_items, w, 0.1) +
-                      numpy_info_nce(B, A, neg_queries, w, 0.1))
+    expected = 0.5 * (
+        numpy_info_nce(A, B, neg_items, w, 0.1) + numpy_info_nce(B, A, neg_queries, w, 0.1)
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 

@@ -1,20 +1,31 @@
 """HR@k / NDCG@k: hand-computed values, the pessimistic tie rule, Keras streaming, tf-ranking."""
+
 import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from unisar_tf.metrics import (HitRateAtK, NDCGAtK, positive_first_labels, positive_rank,
-                               positive_rank_numpy, ranking_metrics, ranking_metrics_from_ranks,
-                               tensorflow_ranking_metrics)
+from unisar_tf.metrics import (
+    HitRateAtK,
+    NDCGAtK,
+    positive_first_labels,
+    positive_rank,
+    positive_rank_numpy,
+    ranking_metrics,
+    ranking_metrics_from_ranks,
+    tensorflow_ranking_metrics,
+)
 
 # Three rows of 8 candidates, positive in column 0, hand-ranked 1, 2 and 6.
-WORKED_SCORES = np.array([
-    [0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],  # nothing beats 0.9 -> rank 1
-    [0.5, 0.1, 0.8, 0.2, 0.3, 0.0, 0.4, 0.1],  # only 0.8 -> rank 2
-    [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.1, 0.2],  # 0.4..0.8 -> rank 6
-], dtype=np.float32)
+WORKED_SCORES = np.array(
+    [
+        [0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],  # nothing beats 0.9 -> rank 1
+        [0.5, 0.1, 0.8, 0.2, 0.3, 0.0, 0.4, 0.1],  # only 0.8 -> rank 2
+        [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.1, 0.2],  # 0.4..0.8 -> rank 6
+    ],
+    dtype=np.float32,
+)
 WORKED_RANKS = [1, 2, 6]
 # Per row: HR@1 = (1, 0, 0), HR@5 = (1, 1, 0), HR@10 = (1, 1, 1),
 # NDCG@5 = (1, 1/log2(3), 0), NDCG@10 = (1, 1/log2(3), 1/log2(7)).
@@ -46,8 +57,13 @@ def test_positive_scored_highest_ranks_first():
     scores = np.array([[0.9, 0.1, 0.5, 0.3]], dtype=np.float32)
     assert positive_rank(scores).numpy().tolist() == [1]
     assert positive_rank_numpy(scores).tolist() == [1]
-    assert ranking_metrics(scores) == {"HR@1": 1.0, "HR@5": 1.0, "HR@10": 1.0,
-                                       "NDCG@5": 1.0, "NDCG@10": 1.0}
+    assert ranking_metrics(scores) == {
+        "HR@1": 1.0,
+        "HR@5": 1.0,
+        "HR@10": 1.0,
+        "NDCG@5": 1.0,
+        "NDCG@10": 1.0,
+    }
 
 
 def test_positive_tied_with_two_negatives_ranks_below_both():
@@ -102,8 +118,7 @@ def test_worked_example_keras():
 
 def test_metrics_from_ranks_custom_cutoffs():
     metrics = ranking_metrics_from_ranks(np.array([1, 3, 20]), ks=(3,), ndcg_ks=(20,))
-    assert metrics == pytest.approx({"HR@3": 2 / 3,
-                                     "NDCG@20": (1 + 1 / 2 + 1 / math.log2(21)) / 3})
+    assert metrics == pytest.approx({"HR@3": 2 / 3, "NDCG@20": (1 + 1 / 2 + 1 / math.log2(21)) / 3})
     with pytest.raises(ValueError):
         ranking_metrics_from_ranks(np.array([], dtype=np.int64))
     with pytest.raises(ValueError):

@@ -1,17 +1,33 @@
 """UniSARModel: gradients, ablations, edge cases, loss composition, round trips, size."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, REC_HISTORY_ITEMS,
-                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_PAD)
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    SEARCH_HISTORY_QUERY_TOKENS,
+    TYPE_PAD,
+)
 from unisar_tf.config import ABLATIONS, UniSARConfig, amazon_preset
 from unisar_tf.data.synthetic import random_feature_batch
 from unisar_tf.model import build_model, count_parameters
 from unisar_tf.tools.param_count import parameter_breakdown
 
-SMALL = dict(num_users=40, num_items=80, num_words=30, rec_len=6, search_len=5,
-             query_len=4, clicks_per_session=2, num_relevance_negatives=16, batch_size=8)
+SMALL = dict(
+    num_users=40,
+    num_items=80,
+    num_words=30,
+    rec_len=6,
+    search_len=5,
+    query_len=4,
+    clicks_per_session=2,
+    num_relevance_negatives=16,
+    batch_size=8,
+)
 
 
 def small_config(**overrides) -> UniSARConfig:
@@ -21,12 +37,14 @@ def small_config(**overrides) -> UniSARConfig:
 def joint_batch(config, rng, batch_size=8, num_candidates=5, **edge_cases):
     batch = {}
     for task in config.tasks:
-        batch[task] = random_feature_batch(config, batch_size, num_candidates,
-                                           with_query=(task == "search"), rng=rng, **edge_cases)
+        batch[task] = random_feature_batch(
+            config, batch_size, num_candidates, with_query=(task == "search"), rng=rng, **edge_cases
+        )
     batch["rel_negatives"] = {
         "rel_negative_items": rng.integers(1, config.num_items, size=16),
         "rel_negative_query_tokens": batch.get("search", batch.get("rec"))[
-            SEARCH_HISTORY_QUERY_TOKENS].reshape(-1, config.query_len)[:16],
+            SEARCH_HISTORY_QUERY_TOKENS
+        ].reshape(-1, config.query_len)[:16],
     }
     return tf.nest.map_structure(tf.constant, batch)
 
@@ -45,8 +63,11 @@ def test_every_variable_gets_a_gradient_and_one_step_trains(variant):
     batch = joint_batch(config, np.random.default_rng(2))
     loss, grads = gradients(model, batch)
     assert np.isfinite(loss.numpy())
-    missing = [v.name for v, g in zip(model.trainable_variables, grads)
-               if g is None or not np.any(tf.convert_to_tensor(g).numpy() != 0)]
+    missing = [
+        v.name
+        for v, g in zip(model.trainable_variables, grads)
+        if g is None or not np.any(tf.convert_to_tensor(g).numpy() != 0)
+    ]
     assert not missing, f"{variant}: no gradient for {missing}"
     # Components an ablation removes do not exist at all (so cannot train by accident).
     names = set(parameter_breakdown(model))
@@ -85,9 +106,9 @@ def test_scores_ignore_padded_history_slots():
     num_rec = (features[HISTORY_TYPES] == 1).sum(1)
     num_search = (features[HISTORY_TYPES] == 2).sum(1)
     for row in range(6):  # garbage ids in slots the types say are padding
-        noisy[REC_HISTORY_ITEMS][row, num_rec[row]:] = rng.integers(1, 80)
-        noisy[SEARCH_HISTORY_QUERY_TOKENS][row, num_search[row]:] = rng.integers(1, 30)
-        noisy[SEARCH_HISTORY_CLICKED_ITEMS][row, num_search[row]:] = rng.integers(1, 80)
+        noisy[REC_HISTORY_ITEMS][row, num_rec[row] :] = rng.integers(1, 80)
+        noisy[SEARCH_HISTORY_QUERY_TOKENS][row, num_search[row] :] = rng.integers(1, 30)
+        noisy[SEARCH_HISTORY_CLICKED_ITEMS][row, num_search[row] :] = rng.integers(1, 80)
     assert np.any(noisy[REC_HISTORY_ITEMS] != features[REC_HISTORY_ITEMS])
     for task, scores in model(noisy).items():
         np.testing.assert_allclose(scores.numpy(), reference[task].numpy(), rtol=1e-5, atol=1e-6)
@@ -100,11 +121,14 @@ def test_candidates_are_scored_independently_of_each_other():
     features = random_feature_batch(config, 3, 5, True, np.random.default_rng(9))
     together = model(features)
     for column in (0, 3):
-        single = dict(features, **{CANDIDATE_ITEMS: features[CANDIDATE_ITEMS][:, column:column + 1]})
+        single = dict(
+            features, **{CANDIDATE_ITEMS: features[CANDIDATE_ITEMS][:, column : column + 1]}
+        )
         alone = model(single)
         for task in together:
-            np.testing.assert_allclose(alone[task].numpy()[:, 0], together[task].numpy()[:, column],
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                alone[task].numpy()[:, 0], together[task].numpy()[:, column], rtol=1e-5, atol=1e-6
+            )
 
 
 def test_history_order_matters_through_the_mixed_sequence():
@@ -131,8 +155,9 @@ def test_bce_part_of_the_loss_matches_numpy():
         labels = np.zeros_like(p)
         labels[:, 0] = 1
         expected = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
-        np.testing.assert_allclose(model.loss_trackers[f"{task}_bce"].result().numpy(), expected,
-                                   rtol=1e-4)
+        np.testing.assert_allclose(
+            model.loss_trackers[f"{task}_bce"].result().numpy(), expected, rtol=1e-4
+        )
 
 
 def test_loss_weights_follow_spec_section_10():
@@ -143,8 +168,11 @@ def test_loss_weights_follow_spec_section_10():
     total = model.compute_loss(batch, training=False).numpy()
     rec = model.task_loss("rec", batch["rec"], batch["rel_negatives"]).numpy()
     search = model.task_loss("search", batch["search"], batch["rel_negatives"]).numpy()
-    decayed = [v.numpy() for v in model.trainable_variables
-               if not v.name.split("/")[-1].startswith(("bias", "beta"))]
+    decayed = [
+        v.numpy()
+        for v in model.trainable_variables
+        if not v.name.split("/")[-1].startswith(("bias", "beta"))
+    ]
     l2 = 0.5 * sum(float(np.sum(w.astype(np.float64) ** 2)) for w in decayed)
     np.testing.assert_allclose(total, rec + 0.25 * search + 1e-3 * l2, rtol=1e-5)
 
@@ -157,15 +185,22 @@ def test_batch_rows_l2_decays_only_rows_the_step_read():
     with tf.GradientTape() as tape:
         penalty = model.l2_penalty(batch)
     grad = tf.convert_to_tensor(tape.gradient(penalty, model.item_embedding.embeddings)).numpy()
-    touched = np.unique(np.concatenate([
-        np.ravel(batch[t][k].numpy()) for t in ("rec", "search")
-        for k in (REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS, CANDIDATE_ITEMS)]
-        + [batch["rel_negatives"]["rel_negative_items"].numpy()]))
+    touched = np.unique(
+        np.concatenate(
+            [
+                np.ravel(batch[t][k].numpy())
+                for t in ("rec", "search")
+                for k in (REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS, CANDIDATE_ITEMS)
+            ]
+            + [batch["rel_negatives"]["rel_negative_items"].numpy()]
+        )
+    )
     rows_with_grad = np.flatnonzero(np.any(grad != 0, axis=1))
     np.testing.assert_array_equal(rows_with_grad, touched[touched != 0])
     touched = touched[touched != 0]
-    np.testing.assert_allclose(grad[touched], model.item_embedding.embeddings.numpy()[touched],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        grad[touched], model.item_embedding.embeddings.numpy()[touched], rtol=1e-6
+    )
 
 
 def test_weights_checkpoint_round_trip_gives_identical_scores(tmp_path):
@@ -193,8 +228,16 @@ def test_parameter_count_of_amazon_preset_at_kindle_sizes():
     pooling_and_losses = 2 * d * d + 3 * (d * d + 1)
     experts = 12 * (5 * d * 64 + 64) + 2 * (5 * d * 8 + 8) + 2 * (64 * 128 + 128 + 128 * 64 + 64)
     heads = 2 * (64 * 200 + 200 + 200 * 80 + 80 + 80 + 1)
-    expected = (embeddings + positions + 3 * encoder + 2 * decoder + pooling_and_losses
-                + experts + heads + d)  # + q_phi
+    expected = (
+        embeddings
+        + positions
+        + 3 * encoder
+        + 2 * decoder
+        + pooling_and_losses
+        + experts
+        + heads
+        + d
+    )  # + q_phi
     model = build_model(amazon_preset(num_items=items, num_words=words, num_users=users))
     assert count_parameters(model) == expected == 4_762_085
 
@@ -224,8 +267,10 @@ def test_a_config_json_with_the_older_shape_names_still_loads():
     from unisar_tf.config import RENAMED_FIELDS
 
     config = UniSARConfig(rec_len=7, search_len=5, query_len=3)
-    older = {next((old for old, new in RENAMED_FIELDS.items() if new == name), name): value
-             for name, value in config.to_dict().items()}
+    older = {
+        next((old for old, new in RENAMED_FIELDS.items() if new == name), name): value
+        for name, value in config.to_dict().items()
+    }
     assert {"max_rec_history", "max_search_history", "query_length"} <= set(older)
     assert UniSARConfig.from_dict(older) == config
     with pytest.raises(ValueError, match="unknown UniSARConfig fields"):

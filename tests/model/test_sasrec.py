@@ -3,6 +3,7 @@
 Cost: one short in-process Trainer run and one CLI run on test_trainer's tiny data (each traces
 its step once); everything else runs eagerly on hand-made batches.
 """
+
 import json
 import os
 import subprocess
@@ -11,11 +12,15 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, REC_HISTORY_ITEMS,
-                           SEARCH_HISTORY_CLICKED_ITEMS)
 from helpers import REPO
 from helpers.model import TINY_FLAGS, tiny_config
+
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+)
 from unisar_tf.config import amazon_preset
 from unisar_tf.data import reader
 from unisar_tf.layers import MaskedMultiHeadAttention, TransformerEncoderLayer
@@ -32,9 +37,21 @@ SASREC = dict(architecture="sasrec", tasks=("rec",))
 
 def small_model(**overrides):
     """SASRec over 3 rec + 3 search slots (sequence length 6), 2 blocks, d = 8."""
-    values = dict(SASREC, num_users=5, num_items=100, num_words=5, rec_len=3,
-                  search_len=3, query_len=2, clicks_per_session=2, embedding_dim=8,
-                  feed_forward_dim=16, num_layers=2, num_heads=2, dropout=0.3)
+    values = dict(
+        SASREC,
+        num_users=5,
+        num_items=100,
+        num_words=5,
+        rec_len=3,
+        search_len=3,
+        query_len=2,
+        clicks_per_session=2,
+        embedding_dim=8,
+        feed_forward_dim=16,
+        num_layers=2,
+        num_heads=2,
+        dropout=0.3,
+    )
     values.update(overrides)
     tf.keras.utils.set_random_seed(5)
     return build_model(amazon_preset(**values))
@@ -51,19 +68,25 @@ EXPECTED_ITEMS = [[0, 0, 11, 21, 12, 23], [0, 41, 31, 32, 33, 42], [0] * 6]
 
 def history_features(model, candidates):
     features = dummy_features(model.config, 3, len(candidates[0]), with_query=False)
-    features.update({HISTORY_TYPES: tf.constant(TYPES, tf.int64),
-                     REC_HISTORY_ITEMS: tf.constant(REC, tf.int64),
-                     SEARCH_HISTORY_CLICKED_ITEMS: tf.constant(CLICKS, tf.int64),
-                     CANDIDATE_ITEMS: tf.constant(candidates, tf.int64)})
+    features.update(
+        {
+            HISTORY_TYPES: tf.constant(TYPES, tf.int64),
+            REC_HISTORY_ITEMS: tf.constant(REC, tf.int64),
+            SEARCH_HISTORY_CLICKED_ITEMS: tf.constant(CLICKS, tf.int64),
+            CANDIDATE_ITEMS: tf.constant(candidates, tf.int64),
+        }
+    )
     return features
 
 
 # ------------------------------------------------------------------------- the sequence
 def test_merged_sequence_interleaves_rec_items_and_first_clicks_right_aligned():
-    np.testing.assert_array_equal(first_clicks(tf.constant(CLICKS, tf.int64)).numpy(),
-                                  [[21, 0, 23], [41, 42, 77], [0, 0, 0]])
-    items, valid = merged_item_sequence(tf.constant(TYPES, tf.int64), tf.constant(REC, tf.int64),
-                                        tf.constant(CLICKS, tf.int64))
+    np.testing.assert_array_equal(
+        first_clicks(tf.constant(CLICKS, tf.int64)).numpy(), [[21, 0, 23], [41, 42, 77], [0, 0, 0]]
+    )
+    items, valid = merged_item_sequence(
+        tf.constant(TYPES, tf.int64), tf.constant(REC, tf.int64), tf.constant(CLICKS, tf.int64)
+    )
     np.testing.assert_array_equal(items.numpy(), EXPECTED_ITEMS)
     np.testing.assert_array_equal(valid.numpy(), np.array(EXPECTED_ITEMS) != 0)
 
@@ -106,9 +129,9 @@ def test_earlier_positions_do_not_see_later_items_and_padding_is_ignored():
     valid = tf.not_equal(items, 0)
     encoded = model.encode_sequence(items, valid).numpy()
     # A new item at position 3: positions 0-2 unchanged, 3-5 changed (row 0; row 1 too).
-    changed = model.encode_sequence(tf.tensor_scatter_nd_update(items, [[0, 3], [1, 3]],
-                                                                tf.constant([30, 31], tf.int64)),
-                                    valid).numpy()
+    changed = model.encode_sequence(
+        tf.tensor_scatter_nd_update(items, [[0, 3], [1, 3]], tf.constant([30, 31], tf.int64)), valid
+    ).numpy()
     np.testing.assert_allclose(changed[:, :3], encoded[:, :3], rtol=0, atol=1e-6)
     assert np.all(np.abs(changed[:, 3:] - encoded[:, 3:]).max(axis=-1) > 1e-3)
     # Padded positions are zero and an item id hidden in one changes nothing.
@@ -127,12 +150,14 @@ def test_padded_history_slots_do_not_change_the_scores_the_last_item_does():
     padded = dict(features)
     padded[REC_HISTORY_ITEMS] = tf.constant([[11, 12, 35], [31, 32, 33], [36, 0, 0]], tf.int64)
     padded[SEARCH_HISTORY_CLICKED_ITEMS] = tf.constant(
-        [[[21, 22], [0, 0], [23, 37]], [[0, 41], [42, 0], [38, 39]], [[0, 0]] * 3], tf.int64)
+        [[[21, 22], [0, 0], [23, 37]], [[0, 41], [42, 0], [38, 39]], [[0, 0]] * 3], tf.int64
+    )
     np.testing.assert_array_equal(model(padded)["rec"].numpy(), scores)
     # The most recent item (row 0: search click 23; row 1: search click 42) matters.
     last = dict(features)
     last[SEARCH_HISTORY_CLICKED_ITEMS] = tf.constant(
-        [[[21, 22], [0, 0], [24, 0]], [[0, 41], [43, 0], [77, 78]], [[0, 0]] * 3], tf.int64)
+        [[[21, 22], [0, 0], [24, 0]], [[0, 41], [43, 0], [77, 78]], [[0, 0]] * 3], tf.int64
+    )
     moved = model(last)["rec"].numpy()
     assert np.all(np.abs(moved[:2] - scores[:2]) > 1e-4)
     np.testing.assert_array_equal(moved[2], scores[2])
@@ -171,15 +196,18 @@ def test_loss_is_candidate_bce_plus_l2_on_the_item_and_position_tables():
     labels = np.zeros_like(p)
     labels[:, 0] = 1
     bce = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
-    l2 = 0.5 * (np.sum(model.item_table.embeddings.numpy().astype(np.float64) ** 2)
-                + np.sum(model.positions.positions.numpy().astype(np.float64) ** 2))
+    l2 = 0.5 * (
+        np.sum(model.item_table.embeddings.numpy().astype(np.float64) ** 2)
+        + np.sum(model.positions.positions.numpy().astype(np.float64) ** 2)
+    )
     assert loss == pytest.approx(bce + 1e-3 * l2, rel=1e-5)
     # "batch_rows": only the rows of the items the batch used (and the positions).
     sparse = small_model(l2_weight=1e-3, embedding_l2_mode="batch_rows")
     used = sorted({i for row in EXPECTED_ITEMS + candidates for i in row if i})
     rows = sparse.item_table.embeddings.numpy().astype(np.float64)[used]
-    expected = 0.5 * (np.sum(rows ** 2)
-                      + np.sum(sparse.positions.positions.numpy().astype(np.float64) ** 2))
+    expected = 0.5 * (
+        np.sum(rows**2) + np.sum(sparse.positions.positions.numpy().astype(np.float64) ** 2)
+    )
     assert float(sparse.l2_penalty(features)) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="'rec' batch"):
         model.compute_loss({"search": features})
@@ -197,8 +225,9 @@ class RecordingTrainer(Trainer):
     """Keeps the in-memory model's validation scores of every epoch."""
 
     def _end_epoch(self, epoch, train_logs, validation, *times):
-        self.scores[epoch + 1] = score_split(self.model, self.options.data_dir, "valid", "rec",
-                                             self.manifest)
+        self.scores[epoch + 1] = score_split(
+            self.model, self.options.data_dir, "valid", "rec", self.manifest
+        )
         return super()._end_epoch(epoch, train_logs, validation, *times)
 
 
@@ -208,8 +237,13 @@ def mean_bce(model, batches):
     for batch in batches:
         p = model(batch["rec"], training=False)["rec"]
         labels = tf.one_hot(tf.zeros(tf.shape(p)[:1], tf.int32), tf.shape(p)[1])
-        values.append(float(tf.reduce_mean(tf.keras.losses.binary_crossentropy(
-            labels[..., tf.newaxis], p[..., tf.newaxis]))))
+        values.append(
+            float(
+                tf.reduce_mean(
+                    tf.keras.losses.binary_crossentropy(labels[..., tf.newaxis], p[..., tf.newaxis])
+                )
+            )
+        )
     return float(np.mean(values))
 
 
@@ -220,12 +254,22 @@ def trained(amazon_examples, tmp_path_factory):
     config = tiny_config(learning_rate=1e-2, num_layers=2, **SASREC)
     trainer = RecordingTrainer(config, TrainerOptions(out, model_dir, max_epochs=4, verbose=0))
     trainer.scores = {}
-    batches = list(training_dataset(trainer.config, out, manifest, reader.query_bank(out, manifest),
-                                    seed=0, epoch=0))
+    batches = list(
+        training_dataset(
+            trainer.config, out, manifest, reader.query_bank(out, manifest), seed=0, epoch=0
+        )
+    )
     before = mean_bce(trainer.model, batches)
     summary = trainer.fit()
-    return dict(out=out, manifest=manifest, model_dir=model_dir, trainer=trainer,
-                summary=summary, before=before, after=mean_bce(trainer.model, batches))
+    return dict(
+        out=out,
+        manifest=manifest,
+        model_dir=model_dir,
+        trainer=trainer,
+        summary=summary,
+        before=before,
+        after=mean_bce(trainer.model, batches),
+    )
 
 
 @pytest.mark.slow
@@ -271,10 +315,20 @@ def test_ablation_table_takes_a_sasrec_report_as_a_rec_only_row():
     def metrics(ndcg10):
         return {"NDCG@5": ndcg10 / 2, "NDCG@10": ndcg10}
 
-    reports = {"UniSAR": {"model": "unisar", "best_epoch": 3, "epochs_run": 5,
-                          "unisar": {"rec": metrics(0.4), "search": metrics(0.7)}},
-               "SASRec": {"model": "SASRec", "best_epoch": 2, "epochs_run": 4,
-                          "SASRec": {"rec": metrics(0.5)}}}
+    reports = {
+        "UniSAR": {
+            "model": "unisar",
+            "best_epoch": 3,
+            "epochs_run": 5,
+            "unisar": {"rec": metrics(0.4), "search": metrics(0.7)},
+        },
+        "SASRec": {
+            "model": "SASRec",
+            "best_epoch": 2,
+            "epochs_run": 4,
+            "SASRec": {"rec": metrics(0.5)},
+        },
+    }
     rows = ablation.table_rows(reports, {})
     assert rows[1]["name"] == "SASRec" and rows[1]["search"] is None
     line = ablation.ablation_markdown(rows, "h").splitlines()[-1]
@@ -286,9 +340,22 @@ def test_ablation_table_takes_a_sasrec_report_as_a_rec_only_row():
 def test_cli_trains_sasrec_with_architecture_flag_and_reports_it(amazon_examples, tmp_path):
     out, manifest = amazon_examples
     model_dir = str(tmp_path / "model")
-    command = [sys.executable, "-m", "unisar_tf.train", "--data_dir", out, "--model_dir",
-               model_dir, "--architecture", "sasrec", "--max_epochs", "1", "--steps_per_epoch",
-               "2", "--quiet"] + TINY_FLAGS
+    command = [
+        sys.executable,
+        "-m",
+        "unisar_tf.train",
+        "--data_dir",
+        out,
+        "--model_dir",
+        model_dir,
+        "--architecture",
+        "sasrec",
+        "--max_epochs",
+        "1",
+        "--steps_per_epoch",
+        "2",
+        "--quiet",
+    ] + TINY_FLAGS
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("|")]
@@ -303,22 +370,40 @@ def test_cli_trains_sasrec_with_architecture_flag_and_reports_it(amazon_examples
 
 @pytest.mark.slow  # a subprocess that imports TensorFlow
 def test_cli_rejects_sasrec_with_the_search_task(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "unisar_tf.train", "--data_dir",
-                             str(tmp_path), "--model_dir", str(tmp_path / "m"), "--architecture",
-                             "sasrec", "--tasks", "rec,search"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unisar_tf.train",
+            "--data_dir",
+            str(tmp_path),
+            "--model_dir",
+            str(tmp_path / "m"),
+            "--architecture",
+            "sasrec",
+            "--tasks",
+            "rec,search",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error: architecture 'sasrec' is a rec-only model" in result.stderr
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("flags,expected", [
-    ([], True),
-    (["--sasrec_baseline", "false"], False),
-    (["--skip_test"], False),  # no report to put it in
-    (["--architecture", "sasrec"], False),  # the run is SASRec itself
-    (["--tasks", "search"], False),  # SASRec scores rec only
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        ([], True),
+        (["--sasrec_baseline", "false"], False),
+        (["--skip_test"], False),  # no report to put it in
+        (["--architecture", "sasrec"], False),  # the run is SASRec itself
+        (["--tasks", "search"], False),  # SASRec scores rec only
+    ],
+)
 def test_sasrec_baseline_is_trained_beside_unisar_runs_with_rec_and_a_report(flags, expected):
     from unisar_tf.train import cli
 

@@ -4,6 +4,7 @@ Pipelines run on the in-memory DirectRunner; one test runs the real local config
 (2 worker processes) and checks it writes the same examples. Expected numbers are worked out
 by hand from the fixtures (see the README there), not read back from the code under test.
 """
+
 import base64
 import collections
 import contextlib
@@ -23,23 +24,27 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
+from helpers import FIXTURES
+from helpers.data_job import IN_MEMORY, KUAISAR_DIR, KUAISAR_EXAMPLES, SCENARIOS, SPLITS, read_vocab
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from feature_specs import event_schema as es
 from feature_specs import example_schema as fs
-from helpers import FIXTURES
-from helpers.data_job import IN_MEMORY, KUAISAR_DIR, KUAISAR_EXAMPLES, SCENARIOS, SPLITS, read_vocab
 from pipeline import beam_job, build_examples
 from pipeline import sequence_builder as sb
 from pipeline.adapters import amazon, event_log, kuaisar
 
 EVENTS_CSV = os.path.join(FIXTURES, "event_log", "events.csv")
 
-MULTI_PROCESSING = ["--runner=DirectRunner", "--direct_num_workers=2",
-                    "--direct_running_mode=multi_processing"]
+MULTI_PROCESSING = [
+    "--runner=DirectRunner",
+    "--direct_num_workers=2",
+    "--direct_running_mode=multi_processing",
+]
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
 
 def read_records(output_dir):
     """{(split, scenario): sorted serialized tf.Examples} of one job output."""
@@ -67,8 +72,9 @@ def example_file_contents(output_dir):
 def decode(record):
     """Serialized tf.Example -> {feature: [int, ...]}."""
     example = tf.train.Example.FromString(record)
-    return {name: list(feature.int64_list.value)
-            for name, feature in example.features.feature.items()}
+    return {
+        name: list(feature.int64_list.value) for name, feature in example.features.feature.items()
+    }
 
 
 def read_jsonl(pattern):
@@ -80,35 +86,78 @@ def read_jsonl(pattern):
 
 
 def rows_of(values, width):
-    return [values[i:i + width] for i in range(0, len(values), width)]
+    return [values[i : i + width] for i in range(0, len(values), width)]
 
 
 def examples_dict(counts):
     """{(split, scenario): n} -> the manifest's {split: {scenario: n}} shape (zeros included)."""
-    return {split: {scenario: counts.get((split, scenario), 0) for scenario in SCENARIOS}
-            for split in SPLITS}
+    return {
+        split: {scenario: counts.get((split, scenario), 0) for scenario in SCENARIOS}
+        for split in SPLITS
+    }
 
 
 # --- KuaiSAR ----------------------------------------------------------------------------------
 
 # Spec section 14, in the spec's order.
 SPEC14_COLUMNS = {
-    "rec_inter.csv": ["user_id", "item_id", "timestamp", "time", "click", "playing_time",
-                      "duration_ms", "like", "follow", "forward", "search",
-                      "search_item_related"],
-    "src_inter.csv": ["user_id", "search_session_id", "search_session_timestamp",
-                      "search_session_time", "keyword", "search_source", "item_id", "click_cnt",
-                      "item_type"],
-    "user_features.csv": ["user_id", "search_active_level", "rec_active_level",
-                          "onehot_feat1", "onehot_feat2"],
-    "item_features.csv": ["item_id", "caption", "author_id", "item_type", "upload_time",
-                          "upload_type", "music_id"] + [
-        f"{level}_level_category_{part}" for level in ("first", "second", "third", "fourth")
-        for part in ("id", "name", "name_en")],
+    "rec_inter.csv": [
+        "user_id",
+        "item_id",
+        "timestamp",
+        "time",
+        "click",
+        "playing_time",
+        "duration_ms",
+        "like",
+        "follow",
+        "forward",
+        "search",
+        "search_item_related",
+    ],
+    "src_inter.csv": [
+        "user_id",
+        "search_session_id",
+        "search_session_timestamp",
+        "search_session_time",
+        "keyword",
+        "search_source",
+        "item_id",
+        "click_cnt",
+        "item_type",
+    ],
+    "user_features.csv": [
+        "user_id",
+        "search_active_level",
+        "rec_active_level",
+        "onehot_feat1",
+        "onehot_feat2",
+    ],
+    "item_features.csv": [
+        "item_id",
+        "caption",
+        "author_id",
+        "item_type",
+        "upload_time",
+        "upload_type",
+        "music_id",
+    ]
+    + [
+        f"{level}_level_category_{part}"
+        for level in ("first", "second", "third", "fourth")
+        for part in ("id", "name", "name_en")
+    ],
 }
 
-KUAISAR_OPTIONS = sb.BuildOptions(split="time", clicks_per_session=5, num_train_negatives=2,
-                                  num_eval_negatives=3, rec_len=3, search_len=4, query_len=3)
+KUAISAR_OPTIONS = sb.BuildOptions(
+    split="time",
+    clicks_per_session=5,
+    num_train_negatives=2,
+    num_eval_negatives=3,
+    rec_len=3,
+    search_len=4,
+    query_len=3,
+)
 
 KUAISAR_COUNTERS = {
     "users": 4,
@@ -129,9 +178,38 @@ KUAISAR_COUNTERS = {
 KUAISAR_USERS = ["7", "12", "3", "25"]  # 19, 12, 8, 6 events
 # Rows holding the item: 503 x4, 501 x3, 505 x3, 520 x2, 533 x2, then ties by raw id.
 KUAISAR_ITEMS = ["503", "501", "505", "520", "533"] + [
-    "502", "504", "506", "507", "508", "509", "510", "511", "512", "513", "514", "515", "516",
-    "521", "522", "523", "524", "525", "526", "527", "528", "529", "530", "531", "532", "534",
-    "535", "536", "537", "538", "539"]
+    "502",
+    "504",
+    "506",
+    "507",
+    "508",
+    "509",
+    "510",
+    "511",
+    "512",
+    "513",
+    "514",
+    "515",
+    "516",
+    "521",
+    "522",
+    "523",
+    "524",
+    "525",
+    "526",
+    "527",
+    "528",
+    "529",
+    "530",
+    "531",
+    "532",
+    "534",
+    "535",
+    "536",
+    "537",
+    "538",
+    "539",
+]
 # Query tokens counted once per search row, plus caption words once per item_features row:
 # 34: 15+1, 20: 13+1, 9: 5+7, 7: 9+1, 3: 7+1, 8: 5, 40: 3 captions, 41/42/77: 1 caption.
 # Only the first query_len (3) words of a query count: session 2's "[34, 7, 9, 8]" adds no
@@ -141,9 +219,14 @@ KUAISAR_WORDS = ["34", "20", "9", "7", "3", "8", "40", "41", "42", "77"]
 
 def run_kuaisar(input_dir, output_dir, beam_args=IN_MEMORY):
     inputs = kuaisar.KuaiSARInputs.from_dir(str(input_dir))
-    return beam_job.run(lambda pipeline: kuaisar.read(pipeline, inputs), KUAISAR_OPTIONS,
-                        str(output_dir), dataset="kuaisar",
-                        inputs={"input_dir": str(input_dir)}, beam_args=beam_args)
+    return beam_job.run(
+        lambda pipeline: kuaisar.read(pipeline, inputs),
+        KUAISAR_OPTIONS,
+        str(output_dir),
+        dataset="kuaisar",
+        inputs={"input_dir": str(input_dir)},
+        beam_args=beam_args,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +262,9 @@ def test_kuaisar_manifest_counts_match_hand_computed(kuaisar_run):
     records = read_records(output_dir)
     assert {key: len(value) for key, value in records.items()} == {
         (split, scenario): KUAISAR_EXAMPLES[split][scenario]
-        for split in SPLITS for scenario in SCENARIOS}
+        for split in SPLITS
+        for scenario in SCENARIOS
+    }
 
 
 @pytest.mark.slow
@@ -197,16 +282,28 @@ def test_kuaisar_vocab_files_are_frequency_ordered(kuaisar_run):
         assert (raw, int(dense)) == (KUAISAR_ITEMS[k - 1], k)
         clicks[raw] = int(count)
     # Rows with click > 0 (a click_cnt of 2 or 3 still counts once); impressions count 0.
-    assert {raw: clicks[raw] for raw in ("503", "501", "505", "520", "533", "502", "509",
-                                         "531", "523", "513")} == {
-        "503": 3, "501": 3, "505": 2, "520": 2, "533": 1, "502": 0, "509": 0, "531": 1,
-        "523": 1, "513": 0}
+    assert {
+        raw: clicks[raw]
+        for raw in ("503", "501", "505", "520", "533", "502", "509", "531", "523", "513")
+    } == {
+        "503": 3,
+        "501": 3,
+        "505": 2,
+        "520": 2,
+        "533": 1,
+        "502": 0,
+        "509": 0,
+        "531": 1,
+        "523": 1,
+        "513": 0,
+    }
     assert sum(clicks.values()) == 34  # 15 clicked rec rows + 19 clicked search rows
 
 
 def _user_example(records, split, scenario, user_dense_id):
-    found = [decode(r) for r in records[(split, scenario)]
-             if decode(r)[fs.USER_ID] == [user_dense_id]]
+    found = [
+        decode(r) for r in records[(split, scenario)] if decode(r)[fs.USER_ID] == [user_dense_id]
+    ]
     assert len(found) == 1, (split, scenario, user_dense_id, len(found))
     return found[0]
 
@@ -220,10 +317,17 @@ def test_kuaisar_search_example_history(kuaisar_run):
     words = read_vocab(output_dir, "words")
     user = read_vocab(output_dir, "users").index("7") + 1
     example = _user_example(read_records(output_dir), "test", "search", user)
-    assert sorted(example) == sorted([fs.USER_ID, fs.HISTORY_TYPES, fs.REC_HISTORY_ITEMS,
-                                      fs.SEARCH_HISTORY_QUERY_TOKENS,
-                                      fs.SEARCH_HISTORY_CLICKED_ITEMS, fs.CANDIDATE_ITEMS,
-                                      fs.QUERY_TOKENS])
+    assert sorted(example) == sorted(
+        [
+            fs.USER_ID,
+            fs.HISTORY_TYPES,
+            fs.REC_HISTORY_ITEMS,
+            fs.SEARCH_HISTORY_QUERY_TOKENS,
+            fs.SEARCH_HISTORY_CLICKED_ITEMS,
+            fs.CANDIDATE_ITEMS,
+            fs.QUERY_TOKENS,
+        ]
+    )
     assert example[fs.USER_ID] == [1]
     # Behaviours of user 7 in order: r501 S1 r506 S2 r503 S3 S4 r516 | target S5.
     # rec_len 3 drops r501: kept S1 r506 S2 r503 S3 S4 r516.
@@ -235,21 +339,42 @@ def test_kuaisar_search_example_history(kuaisar_run):
     # Through vocab/words.txt (line k = id k): the keyword lists of sessions 1-4, session 2's
     # "[34, 7, 9, 8]" truncated to query_len 3.
     assert [[words[t - 1] for t in row if t] for row in queries] == [
-        ["20", "34", "3"], ["34", "7", "9"], ["20"], ["8", "20"]]
+        ["20", "34", "3"],
+        ["34", "7", "9"],
+        ["20"],
+        ["8", "20"],
+    ]
     clicks = rows_of(example[fs.SEARCH_HISTORY_CLICKED_ITEMS], 5)
     assert [[items[i - 1] for i in row if i] for row in clicks] == [
         ["503", "505"],  # 504 returned but not clicked; 505 had click_cnt 2
         ["507", "508", "510", "511", "512"],  # 6 clicks, the 6th (501) dropped
         [],  # session 3: no click
-        ["515"]]
+        ["515"],
+    ]
     assert clicks[0] == [1, 3, 0, 0, 0]
     assert example[fs.QUERY_TOKENS] == [5, 0, 0]  # "[3]"
     assert [words[t - 1] for t in example[fs.QUERY_TOKENS] if t] == ["3"]
     candidates = example[fs.CANDIDATE_ITEMS]
     assert len(candidates) == 1 + KUAISAR_OPTIONS.num_eval_negatives
     assert items[candidates[0] - 1] == "505"
-    user_items = {"501", "502", "503", "504", "505", "506", "507", "508", "509", "510", "511",
-                  "512", "513", "514", "515", "516"}
+    user_items = {
+        "501",
+        "502",
+        "503",
+        "504",
+        "505",
+        "506",
+        "507",
+        "508",
+        "509",
+        "510",
+        "511",
+        "512",
+        "513",
+        "514",
+        "515",
+        "516",
+    }
     negatives = [items[i - 1] for i in candidates[1:]]
     assert len(set(negatives)) == len(negatives) and not set(negatives) & user_items
 
@@ -281,15 +406,24 @@ def test_kuaisar_time_split_uses_utc_days_up_to_the_last_millisecond(kuaisar_run
             user = KUAISAR_USERS[example[fs.USER_ID][0] - 1]
             positives[(user, split, scenario)].add(items[example[fs.CANDIDATE_ITEMS][0] - 1])
     assert dict(positives) == {
-        ("7", "train", "rec"): {"506"}, ("7", "train", "search"): {"507"},
-        ("7", "valid", "rec"): {"503"}, ("7", "valid", "search"): {"515"},
-        ("7", "test", "rec"): {"516"}, ("7", "test", "search"): {"505"},
-        ("12", "train", "rec"): {"522", "538"}, ("12", "train", "search"): {"529"},
-        ("12", "valid", "rec"): {"524"}, ("12", "valid", "search"): {"523"},
-        ("12", "test", "rec"): {"526"}, ("12", "test", "search"): {"527"},
-        ("3", "train", "rec"): {"530"}, ("3", "valid", "rec"): {"539"},
-        ("3", "valid", "search"): {"503"}, ("3", "test", "rec"): {"531"},
-        ("25", "train", "search"): {"535"}, ("25", "valid", "rec"): {"536"},
+        ("7", "train", "rec"): {"506"},
+        ("7", "train", "search"): {"507"},
+        ("7", "valid", "rec"): {"503"},
+        ("7", "valid", "search"): {"515"},
+        ("7", "test", "rec"): {"516"},
+        ("7", "test", "search"): {"505"},
+        ("12", "train", "rec"): {"522", "538"},
+        ("12", "train", "search"): {"529"},
+        ("12", "valid", "rec"): {"524"},
+        ("12", "valid", "search"): {"523"},
+        ("12", "test", "rec"): {"526"},
+        ("12", "test", "search"): {"527"},
+        ("3", "train", "rec"): {"530"},
+        ("3", "valid", "rec"): {"539"},
+        ("3", "valid", "search"): {"503"},
+        ("3", "test", "rec"): {"531"},
+        ("25", "train", "search"): {"535"},
+        ("25", "valid", "rec"): {"536"},
         ("25", "test", "search"): {"537"},
     }
 
@@ -302,39 +436,64 @@ def test_kuaisar_manifest_says_where_the_time_cut_falls(kuaisar_run):
     _, manifest = kuaisar_run
     src, rec = (os.path.join(KUAISAR_DIR, name) for name in ("src_inter.csv", "rec_inter.csv"))
     assert manifest["time_split"] == {
-        "test_day": "2022-05-12", "valid_day": "2022-05-11",
+        "test_day": "2022-05-12",
+        "valid_day": "2022-05-11",
         "latest_event": {"timestamp": 1652399999999, "source": src, "line": 28},
-        "latest_event_before_test_day": {"timestamp": 1652281200000, "source": rec,
-                                         "line": 14},
-        "events": {"train_days": 26, "valid_day": 9, "test_day": 10}}
+        "latest_event_before_test_day": {"timestamp": 1652281200000, "source": rec, "line": 14},
+        "events": {"train_days": 26, "valid_day": 9, "test_day": 10},
+    }
     assert not any(key.startswith("time_split") for key in manifest["counters"])
 
 
 @pytest.mark.slow
 def test_kuaisar_side_features_have_dense_ids(kuaisar_run):
     output_dir, _ = kuaisar_run
-    item_rows = {row["item_id"]: row for row in read_jsonl(
-        os.path.join(output_dir, "side_features", "items-*.jsonl"))}
+    item_rows = {
+        row["item_id"]: row
+        for row in read_jsonl(os.path.join(output_dir, "side_features", "items-*.jsonl"))
+    }
     assert sorted(item_rows) == ["501", "503", "505", "507", "516"]  # 999 has no event
     assert {raw: row["id"] for raw, row in item_rows.items()} == {
-        "501": 2, "503": 1, "505": 3, "507": 9, "516": 18}
+        "501": 2,
+        "503": 1,
+        "505": 3,
+        "507": 9,
+        "516": 18,
+    }
     assert {raw: row["caption_word_ids"] for raw, row in item_rows.items()} == {
-        "501": [2, 7, 8], "503": [1, 9], "505": [5, 7], "507": [4], "516": []}
+        "501": [2, 7, 8],
+        "503": [1, 9],
+        "505": [5, 7],
+        "507": [4],
+        "516": [],
+    }
     assert item_rows["501"]["caption_tokens"] == ["20", "40", "41"]
     # "Esports, pro" (a quoted comma) in second_level_category_name_en did not shift columns.
     assert item_rows["507"]["categories"] == ["2", "22"]
     assert item_rows["516"]["categories"] == ["3", "31"]
 
-    user_rows = {row["user_id"]: row for row in read_jsonl(
-        os.path.join(output_dir, "side_features", "users-*.jsonl"))}
+    user_rows = {
+        row["user_id"]: row
+        for row in read_jsonl(os.path.join(output_dir, "side_features", "users-*.jsonl"))
+    }
     assert {raw: row["id"] for raw, row in user_rows.items()} == {
-        "7": 1, "12": 2, "3": 3, "25": 4}  # 40 has no event
-    assert user_rows["7"]["features"] == {"search_active_level": "high",
-                                          "rec_active_level": "full_active",
-                                          "onehot_feat1": "3", "onehot_feat2": "121"}
-    assert user_rows["25"]["features"] == {"search_active_level": "middle",
-                                           "rec_active_level": "low_active",
-                                           "onehot_feat1": "2", "onehot_feat2": "0"}
+        "7": 1,
+        "12": 2,
+        "3": 3,
+        "25": 4,
+    }  # 40 has no event
+    assert user_rows["7"]["features"] == {
+        "search_active_level": "high",
+        "rec_active_level": "full_active",
+        "onehot_feat1": "3",
+        "onehot_feat2": "121",
+    }
+    assert user_rows["25"]["features"] == {
+        "search_active_level": "middle",
+        "rec_active_level": "low_active",
+        "onehot_feat1": "2",
+        "onehot_feat2": "0",
+    }
 
 
 def test_kuaisar_missing_required_column_fails_before_running(tmp_path):
@@ -362,9 +521,17 @@ def test_schema_pbtxt_lists_every_feature(kuaisar_run):
     with open(os.path.join(output_dir, "schema.pbtxt"), encoding="utf-8") as handle:
         schema = text_format.Parse(handle.read(), schema_pb2.Schema())
     features = {feature.name: feature for feature in schema.feature}
-    assert sorted(features) == sorted([
-        fs.USER_ID, fs.HISTORY_TYPES, fs.REC_HISTORY_ITEMS, fs.SEARCH_HISTORY_QUERY_TOKENS,
-        fs.SEARCH_HISTORY_CLICKED_ITEMS, fs.CANDIDATE_ITEMS, fs.QUERY_TOKENS])
+    assert sorted(features) == sorted(
+        [
+            fs.USER_ID,
+            fs.HISTORY_TYPES,
+            fs.REC_HISTORY_ITEMS,
+            fs.SEARCH_HISTORY_QUERY_TOKENS,
+            fs.SEARCH_HISTORY_CLICKED_ITEMS,
+            fs.CANDIDATE_ITEMS,
+            fs.QUERY_TOKENS,
+        ]
+    )
     assert all(feature.type == schema_pb2.INT for feature in schema.feature)
     shape = {name: [d.size for d in f.shape.dim] for name, f in features.items()}
     assert shape[fs.HISTORY_TYPES] == [7]  # rec_len 3 + search_len 4
@@ -406,14 +573,17 @@ def test_multi_processing_runner_writes_the_same_output(kuaisar_run, tmp_path):
     assert example_file_contents(other_dir) == example_file_contents(output_dir)
     for name in ("users", "items", "words", "item_clicks"):
         suffix = "tsv" if name == "item_clicks" else "txt"
-        with open(os.path.join(output_dir, "vocab", f"{name}.{suffix}")) as a, \
-                open(os.path.join(other_dir, "vocab", f"{name}.{suffix}")) as b:
+        with (
+            open(os.path.join(output_dir, "vocab", f"{name}.{suffix}")) as a,
+            open(os.path.join(other_dir, "vocab", f"{name}.{suffix}")) as b,
+        ):
             assert a.read() == b.read(), name
     for kind in ("items", "users"):
         pattern = os.path.join("side_features", f"{kind}-*.jsonl")
         key = lambda row: json.dumps(row, sort_keys=True)  # noqa: E731
-        assert sorted(map(key, read_jsonl(os.path.join(output_dir, pattern)))) == \
-            sorted(map(key, read_jsonl(os.path.join(str(other_dir), pattern))))
+        assert sorted(map(key, read_jsonl(os.path.join(output_dir, pattern)))) == sorted(
+            map(key, read_jsonl(os.path.join(str(other_dir), pattern)))
+        )
 
 
 # --- event log (dead letters, CSV vs Parquet, CLI) -------------------------------------------
@@ -430,14 +600,34 @@ EVENT_LOG_REJECTS = {
     28: es.REJECT_BAD_ROW,
 }
 EVENT_LOG_DATA_ROWS = 29  # 30 physical lines after the header; lines 12-13 are one row
-EVENT_LOG_OPTIONS = sb.BuildOptions(split="loo", clicks_per_session=5, num_train_negatives=2,
-                                    num_eval_negatives=3, rec_len=4, search_len=4, query_len=3)
-EVENT_LOG_CLI_FLAGS = ["--num_train_negatives", "2", "--num_eval_negatives", "3",
-                       "--rec_len", "4", "--search_len", "4", "--query_len", "3"]
+EVENT_LOG_OPTIONS = sb.BuildOptions(
+    split="loo",
+    clicks_per_session=5,
+    num_train_negatives=2,
+    num_eval_negatives=3,
+    rec_len=4,
+    search_len=4,
+    query_len=3,
+)
+EVENT_LOG_CLI_FLAGS = [
+    "--num_train_negatives",
+    "2",
+    "--num_eval_negatives",
+    "3",
+    "--rec_len",
+    "4",
+    "--search_len",
+    "4",
+    "--query_len",
+    "3",
+]
 # alice: rec targets i4 i6 i8, search a2 a3 a4; bob: rec i3 i1, search b2 b4;
 # carol: rec i13, search c2 (leave-one-out per scenario).
-EVENT_LOG_EXAMPLES = {"train": {"rec": 1, "search": 1}, "valid": {"rec": 2, "search": 2},
-                      "test": {"rec": 3, "search": 3}}
+EVENT_LOG_EXAMPLES = {
+    "train": {"rec": 1, "search": 1},
+    "valid": {"rec": 2, "search": 2},
+    "test": {"rec": 3, "search": 3},
+}
 EVENT_LOG_COUNTERS = {
     "users": 3,
     "events": 21,
@@ -450,20 +640,52 @@ EVENT_LOG_COUNTERS = {
     "csv_rows_spanning_several_lines": 1,  # lines 12-13
 }
 # i1 on 3 rows; i2 i3 i4 i9 on 2; the rest on 1, ties by raw id ("i10" < "i5").
-EVENT_LOG_ITEMS = ["i1", "i2", "i3", "i4", "i9", "i10", "i11", "i12", "i13", "i14", "i5", "i6",
-                   "i7", "i8"]
-EVENT_LOG_ITEM_CLICKS = {"i1": 3, "i2": 2, "i3": 1, "i4": 2, "i9": 2, "i10": 1, "i11": 1,
-                         "i12": 1, "i13": 1, "i14": 1, "i5": 1, "i6": 1, "i7": 0, "i8": 1}
+EVENT_LOG_ITEMS = [
+    "i1",
+    "i2",
+    "i3",
+    "i4",
+    "i9",
+    "i10",
+    "i11",
+    "i12",
+    "i13",
+    "i14",
+    "i5",
+    "i6",
+    "i7",
+    "i8",
+]
+EVENT_LOG_ITEM_CLICKS = {
+    "i1": 3,
+    "i2": 2,
+    "i3": 1,
+    "i4": 2,
+    "i9": 2,
+    "i10": 1,
+    "i11": 1,
+    "i12": 1,
+    "i13": 1,
+    "i14": 1,
+    "i5": 1,
+    "i6": 1,
+    "i7": 0,
+    "i8": 1,
+}
 EVENT_LOG_WORDS = ["w1", "w2", "w3", "w4", "w5"]  # 6, 5, 2, 2, 2 rows
 
 
-def run_event_log(paths, output_dir, beam_args=IN_MEMORY, options=EVENT_LOG_OPTIONS,
-                  **run_args):
+def run_event_log(paths, output_dir, beam_args=IN_MEMORY, options=EVENT_LOG_OPTIONS, **run_args):
     inputs = event_log.EventLogInputs(events=tuple(str(p) for p in paths))
-    return beam_job.run(lambda pipeline: event_log.read(pipeline, inputs), options,
-                        str(output_dir), dataset="event_log",
-                        inputs={"events": [str(p) for p in paths]}, beam_args=beam_args,
-                        **run_args)
+    return beam_job.run(
+        lambda pipeline: event_log.read(pipeline, inputs),
+        options,
+        str(output_dir),
+        dataset="event_log",
+        inputs={"events": [str(p) for p in paths]},
+        beam_args=beam_args,
+        **run_args,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -532,8 +754,10 @@ def test_event_log_vocab_files_line_k_is_id_k(event_log_run):
     with open(os.path.join(output_dir, "vocab", "item_clicks.tsv"), encoding="utf-8") as handle:
         lines = handle.read().splitlines()
     assert lines[0] == "item_id\tid\tclicks"
-    assert lines[1:] == [f"{raw}\t{k}\t{EVENT_LOG_ITEM_CLICKS[raw]}"
-                         for k, raw in enumerate(EVENT_LOG_ITEMS, start=1)]
+    assert lines[1:] == [
+        f"{raw}\t{k}\t{EVENT_LOG_ITEM_CLICKS[raw]}"
+        for k, raw in enumerate(EVENT_LOG_ITEMS, start=1)
+    ]
     # alice's test rec target i8 (line 26, empty click = 1) after r i1, S a1, r i4, S a2, r i6,
     # S a3 (the impression i7 is not history): ids through items.txt / words.txt.
     alice = _user_example(read_records(output_dir), "test", "rec", 1)
@@ -542,9 +766,17 @@ def test_event_log_vocab_files_line_k_is_id_k(event_log_run):
     assert [items[i - 1] for i in alice[fs.REC_HISTORY_ITEMS] if i] == ["i1", "i4", "i6"]
     assert alice[fs.HISTORY_TYPES] == [1, 2, 1, 2, 1, 2, 0, 0]
     assert rows_of(alice[fs.SEARCH_HISTORY_QUERY_TOKENS], 3) == [
-        [1, 2, 0], [2, 3, 0], [3, 0, 0], [0, 0, 0]]  # [w1, w2], "w2 w3", [w3]
+        [1, 2, 0],
+        [2, 3, 0],
+        [3, 0, 0],
+        [0, 0, 0],
+    ]  # [w1, w2], "w2 w3", [w3]
     assert rows_of(alice[fs.SEARCH_HISTORY_CLICKED_ITEMS], 5) == [
-        [2, 0, 0, 0, 0], [11, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0] * 5]  # i2 (not i3), i5, i1
+        [2, 0, 0, 0, 0],
+        [11, 0, 0, 0, 0],
+        [1, 0, 0, 0, 0],
+        [0] * 5,
+    ]  # i2 (not i3), i5, i1
     # bob's valid search b2: its query cell "[w4,\nw1]" spans two physical lines.
     bob = _user_example(read_records(output_dir), "valid", "search", 2)
     assert bob[fs.QUERY_TOKENS] == [4, 1, 0]
@@ -560,17 +792,25 @@ def test_event_log_parquet_gives_the_same_examples_as_csv(event_log_run, tmp_pat
         return cell if cell else None
 
     # Columns in yet another order; query_tokens as a list column, empty cells as nulls.
-    table = pa.table({
-        "query_tokens": pa.array([re.findall(r"[A-Za-z0-9_]+", r["query_tokens"])
-                                  if r["scenario"] == "search" else None for r in rows],
-                                 pa.list_(pa.string())),
-        "timestamp": pa.array([int(r["timestamp"]) for r in rows], pa.int64()),
-        "user_id": [r["user_id"] for r in rows],
-        "item_id": [optional(r["item_id"]) for r in rows],
-        "search_session_id": [optional(r["search_session_id"]) for r in rows],
-        "click": pa.array([int(r["click"]) if r["click"] else None for r in rows], pa.int64()),
-        "scenario": [r["scenario"] for r in rows],
-    })
+    table = pa.table(
+        {
+            "query_tokens": pa.array(
+                [
+                    re.findall(r"[A-Za-z0-9_]+", r["query_tokens"])
+                    if r["scenario"] == "search"
+                    else None
+                    for r in rows
+                ],
+                pa.list_(pa.string()),
+            ),
+            "timestamp": pa.array([int(r["timestamp"]) for r in rows], pa.int64()),
+            "user_id": [r["user_id"] for r in rows],
+            "item_id": [optional(r["item_id"]) for r in rows],
+            "search_session_id": [optional(r["search_session_id"]) for r in rows],
+            "click": pa.array([int(r["click"]) if r["click"] else None for r in rows], pa.int64()),
+            "scenario": [r["scenario"] for r in rows],
+        }
+    )
     parquet_path = tmp_path / "events.parquet"
     pq.write_table(table, parquet_path)
     parquet_out = tmp_path / "out"
@@ -580,7 +820,8 @@ def test_event_log_parquet_gives_the_same_examples_as_csv(event_log_run, tmp_pat
     # The same counters but for the rows read: the Parquet file holds only the 21 good rows.
     csv_only = ("input_rows", "csv_rows_spanning_several_lines")
     assert parquet_manifest["counters"] == dict(
-        {k: v for k, v in manifest["counters"].items() if k not in csv_only}, input_rows=21)
+        {k: v for k, v in manifest["counters"].items() if k not in csv_only}, input_rows=21
+    )
     assert read_records(parquet_out) == read_records(output_dir)
     for name in ("users", "items", "words"):
         assert read_vocab(str(parquet_out), name) == read_vocab(output_dir, name)
@@ -596,8 +837,7 @@ def test_event_log_missing_required_csv_column_fails_before_running(tmp_path):
 
 def test_event_log_missing_required_parquet_column_fails_before_running(tmp_path):
     path = tmp_path / "events.parquet"
-    pq.write_table(pa.table({"user_id": ["alice"], "timestamp": [1], "item_id": ["i1"]}),
-                   path)
+    pq.write_table(pa.table({"user_id": ["alice"], "timestamp": [1], "item_id": ["i1"]}), path)
     with pytest.raises(ValueError, match=r"scenario") as raised:
         event_log.read(beam.Pipeline(), event_log.EventLogInputs(events=(str(path),)))
     assert str(path) in str(raised.value)
@@ -605,7 +845,7 @@ def test_event_log_missing_required_parquet_column_fails_before_running(tmp_path
 
 # Issue 23 items 7 and 9 (query_len): query words in any script, one of them written
 # decomposed ("e" + U+0301), and a 6-word query cut to query_len 3.
-EMOJI = "\U0001F469\u200D\U0001F373"  # woman cook: a ZWJ sequence, one word
+EMOJI = "\U0001f469\u200d\U0001f373"  # woman cook: a ZWJ sequence, one word
 UNICODE_ROWS = [
     ("ana", 1, "rec", "i1", "", ""),
     ("ana", 2, "search", "i2", "s1", "éclair crème"),
@@ -615,25 +855,36 @@ UNICODE_ROWS = [
     ("bo", 2, "search", "i6", "s3", f"[{EMOJI}, 咖啡]"),
     ("bo", 3, "rec", "i7", "", ""),
 ]
-UNICODE_OPTIONS = sb.BuildOptions(split="loo", clicks_per_session=1, num_train_negatives=1,
-                                  num_eval_negatives=1, rec_len=2, search_len=2, query_len=3,
-                                  min_rec_history=0, min_search_history=0)
+UNICODE_OPTIONS = sb.BuildOptions(
+    split="loo",
+    clicks_per_session=1,
+    num_train_negatives=1,
+    num_eval_negatives=1,
+    rec_len=2,
+    search_len=2,
+    query_len=3,
+    min_rec_history=0,
+    min_search_history=0,
+)
 
 
 def test_only_the_first_query_len_words_of_a_query_are_counted_for_the_vocabulary():
     """Issue 23: one 15,000-word query added 15,000 words to vocab/words.txt, though an
     example holds only its first query_len words."""
-    event = es.Event("u", 1, es.SCENARIO_SEARCH, "i1", 1, "s1",
-                     tuple(f"w{k}" for k in range(15_000)))
+    event = es.Event(
+        "u", 1, es.SCENARIO_SEARCH, "i1", 1, "s1", tuple(f"w{k}" for k in range(15_000))
+    )
     keys = list(beam_job._vocab_keys(event, query_len=50))
     assert [raw for kind, raw in keys if kind == "word"] == [f"w{k}" for k in range(50)]
-    assert [key for key in keys if key[0] != "word"] == [("user", "u"), ("item", "i1"),
-                                                         ("click", "i1")]
+    assert [key for key in keys if key[0] != "word"] == [
+        ("user", "u"),
+        ("item", "i1"),
+        ("click", "i1"),
+    ]
 
 
 @pytest.mark.slow  # one Beam run (~10 s on the shared 2-core machine)
-def test_query_words_of_any_script_round_trip_through_the_vocabulary_into_the_examples(
-        tmp_path):
+def test_query_words_of_any_script_round_trip_through_the_vocabulary_into_the_examples(tmp_path):
     """Before: every search row above was dead-lettered as malformed_query_tokens (only
     [A-Za-z0-9_-.:] was a word), and a query's words past query_len entered the vocabulary.
     Now: words of any script, NFC-normalised (both spellings of éclair are one word), in
@@ -641,14 +892,20 @@ def test_query_words_of_any_script_round_trip_through_the_vocabulary_into_the_ex
     path = tmp_path / "events.csv"
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["user_id", "timestamp", "scenario", "item_id", "search_session_id",
-                         "query_tokens"])
+        writer.writerow(
+            ["user_id", "timestamp", "scenario", "item_id", "search_session_id", "query_tokens"]
+        )
         writer.writerows(UNICODE_ROWS)
     output_dir = tmp_path / "out"
     inputs = event_log.EventLogInputs(events=(str(path),))
-    manifest = beam_job.run(lambda p: event_log.read(p, inputs), UNICODE_OPTIONS,
-                            str(output_dir), dataset="event_log", inputs={},
-                            beam_args=IN_MEMORY)
+    manifest = beam_job.run(
+        lambda p: event_log.read(p, inputs),
+        UNICODE_OPTIONS,
+        str(output_dir),
+        dataset="event_log",
+        inputs={},
+        beam_args=IN_MEMORY,
+    )
     assert manifest["rejected"] == {}
     assert manifest["counters"]["queries_truncated_to_query_len"] == 1  # s2
     # Rows per word: éclair 2 (s1, s2: composed and decomposed), 咖啡 2 (s2, s3), the rest 1;
@@ -684,7 +941,9 @@ def cli_run(tmp_path_factory):
         with contextlib.redirect_stdout(stdout):
             manifest = build_examples.main(
                 ["--dataset", "event_log", "--events", EVENTS_CSV, "--output", str(output_dir)]
-                + EVENT_LOG_CLI_FLAGS + IN_MEMORY)
+                + EVENT_LOG_CLI_FLAGS
+                + IN_MEMORY
+            )
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
@@ -719,33 +978,62 @@ def test_cli_main_returns_what_it_writes(cli_run):
 
 # --- Amazon (semi-synthetic search) -----------------------------------------------------------
 
-AMAZON_SEQUENCES = ("u1 A B C D E F\n"
-                    "u2 B C G H\n"
-                    "\n"
-                    "u6\n"  # line 4: a user without items -> malformed_row
-                    "u3 A C E G H I J\n"
-                    "u4 D E F K N\n"
-                    "u5 L A B\n")
+AMAZON_SEQUENCES = (
+    "u1 A B C D E F\n"
+    "u2 B C G H\n"
+    "\n"
+    "u6\n"  # line 4: a user without items -> malformed_row
+    "u3 A C E G H I J\n"
+    "u4 D E F K N\n"
+    "u5 L A B\n"
+)
 AMAZON_USERS = {"u1": "ABCDEF", "u2": "BCGH", "u3": "ACEGHIJ", "u4": "DEFKN", "u5": "LAB"}
 # c1 and c2 are on 6 items each, c3 on exactly 3 (the threshold); b1 on 2 (just under it),
 # b2..b10 on 1.
 AMAZON_ATTRIBUTES = {
-    "A": ["b1", "c1", "c2"], "B": ["b2", "c1", "c2"], "C": ["b3", "c1", "c3"], "D": ["b1", "c1"],
-    "E": ["b4", "c2"], "F": ["b5"], "G": ["c3", "b6", "c1"], "H": ["b7", "c3"], "I": ["b8"],
-    "J": ["c1", "c1", "c2"], "K": [], "L": ["c2", "b9"], "M": ["b10", "c2"],
+    "A": ["b1", "c1", "c2"],
+    "B": ["b2", "c1", "c2"],
+    "C": ["b3", "c1", "c3"],
+    "D": ["b1", "c1"],
+    "E": ["b4", "c2"],
+    "F": ["b5"],
+    "G": ["c3", "b6", "c1"],
+    "H": ["b7", "c3"],
+    "I": ["b8"],
+    "J": ["c1", "c1", "c2"],
+    "K": [],
+    "L": ["c2", "b9"],
+    "M": ["b10", "c2"],
 }
 # Frequent attributes in the item's file order, without repeats; F, I, K and N (no
 # attributes entry) have no query, so a search draw on them stays a rec behaviour.
-AMAZON_QUERIES = {"A": ["c1", "c2"], "B": ["c1", "c2"], "C": ["c1", "c3"], "D": ["c1"],
-                  "E": ["c2"], "G": ["c3", "c1"], "H": ["c3"], "J": ["c1", "c2"], "L": ["c2"],
-                  "M": ["c2"]}
+AMAZON_QUERIES = {
+    "A": ["c1", "c2"],
+    "B": ["c1", "c2"],
+    "C": ["c1", "c3"],
+    "D": ["c1"],
+    "E": ["c2"],
+    "G": ["c3", "c1"],
+    "H": ["c3"],
+    "J": ["c1", "c2"],
+    "L": ["c2"],
+    "M": ["c2"],
+}
 AMAZON_MIN_FREQUENCY = 3
 
 
 def amazon_options(seed, max_users=0):
-    return sb.BuildOptions(seed=seed, split="loo", clicks_per_session=1, num_train_negatives=1,
-                           num_eval_negatives=2, rec_len=5, search_len=5, query_len=3,
-                           max_users=max_users)
+    return sb.BuildOptions(
+        seed=seed,
+        split="loo",
+        clicks_per_session=1,
+        num_train_negatives=1,
+        num_eval_negatives=2,
+        rec_len=5,
+        search_len=5,
+        query_len=3,
+        max_users=max_users,
+    )
 
 
 def amazon_reference(seed, users=AMAZON_USERS):
@@ -769,8 +1057,7 @@ def amazon_reference(seed, users=AMAZON_USERS):
                 targets[scenario].append(position)
         for scenario, positions in targets.items():
             for rank in range(len(positions)):
-                counts[("test" if rank == 0 else "valid" if rank == 1 else "train",
-                        scenario)] += 1
+                counts[("test" if rank == 0 else "valid" if rank == 1 else "train", scenario)] += 1
     return counts, demoted, searched
 
 
@@ -784,11 +1071,21 @@ def amazon_files(tmp_path_factory):
 
 
 def run_amazon(files, output_dir, seed, max_users=0):
-    inputs = amazon.AmazonInputs(sequences=files[0], attributes=files[1], search_fraction=0.5,
-                                 query_min_item_frequency=AMAZON_MIN_FREQUENCY, seed=seed)
-    return beam_job.run(lambda pipeline: amazon.read(pipeline, inputs),
-                        amazon_options(seed, max_users), str(output_dir), dataset="amazon",
-                        inputs={"sequences": files[0]}, beam_args=IN_MEMORY)
+    inputs = amazon.AmazonInputs(
+        sequences=files[0],
+        attributes=files[1],
+        search_fraction=0.5,
+        query_min_item_frequency=AMAZON_MIN_FREQUENCY,
+        seed=seed,
+    )
+    return beam_job.run(
+        lambda pipeline: amazon.read(pipeline, inputs),
+        amazon_options(seed, max_users),
+        str(output_dir),
+        dataset="amazon",
+        inputs={"sequences": files[0]},
+        beam_args=IN_MEMORY,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -830,7 +1127,7 @@ def test_amazon_search_queries_are_the_clicked_items_categories(amazon_runs):
     assert set(words) <= frequent  # never a brand (b*), not even b1 on 2 items
     records = read_records(output_dir)
     searches = 0
-    for (split, scenario), serialized in records.items():
+    for (_split, scenario), serialized in records.items():
         for record in serialized:
             example = decode(record)
             # History rows: each session's query is its clicked item's categories.
@@ -905,6 +1202,7 @@ def test_max_users_keeps_exactly_n_users_deterministically(amazon_files, tmp_pat
 
 # --- bad input (issue 15): bytes, ids, quotes, heavy users, failed re-runs -------------------
 
+
 def _tree(root):
     """{relative path: bytes} of every file under root."""
     files = {}
@@ -919,33 +1217,46 @@ def _tree(root):
 def _leftovers(output_dir):
     """Staging / set-aside folders next to output_dir and beam-temp folders inside it."""
     parent, name = os.path.split(str(output_dir).rstrip("/"))
-    beside = [entry for entry in os.listdir(parent)
-              if entry.startswith(name + beam_job.STAGING_INFIX)
-              or entry.startswith(name + beam_job.PREVIOUS_INFIX)]
-    inside = [os.path.join(folder, entry) for folder, entries, _ in os.walk(output_dir)
-              for entry in entries if entry.startswith("beam-temp")]
+    beside = [
+        entry
+        for entry in os.listdir(parent)
+        if entry.startswith(name + beam_job.STAGING_INFIX)
+        or entry.startswith(name + beam_job.PREVIOUS_INFIX)
+    ]
+    inside = [
+        os.path.join(folder, entry)
+        for folder, entries, _ in os.walk(output_dir)
+        for entry in entries
+        if entry.startswith("beam-temp")
+    ]
     return beside + inside
 
 
 # The event-log fixture (31 lines) behind a UTF-8 byte-order mark, then, from line 32:
-BAD_ROWS = [
-    (32, b"rec,1,bo\xffb,,i1,100,\n", es.REJECT_NOT_UTF8),           # not UTF-8
-    (33, b"rec,1,bob,,i\x001,100,\n", es.REJECT_UNSAFE_ID),           # NUL in an id
-    (34, b'rec,1,alice,,"i\n', es.REJECT_UNSAFE_ID),                  # quoted newline in an id:
-    (35, b'2",9100,\n', es.REJECT_BAD_ROW),                           # ... its 2nd line re-read
-    (36, b"rec,1,alice,,i\t2,9200,\n", es.REJECT_UNSAFE_ID),          # tab in an id
-    (37, b"rec,1,dave,,i1,100,\n", None),
-    (38, b"search,1,dave,[w1],i2,200,d1\n", None),
-    (39, b"rec,1,dave,,i3,300,\n", None),
-    (40, b"rec,1,dave,,i3,300,\n", None),                             # duplicate of line 39
-    (41, b"search,1,hank,[w1],i1,50,h1\n", None),                     # hank: every item
-] + [(42 + k, f"rec,1,hank,,i{k + 2},{60 + k},\n".encode(), None)    # but i14 -> skipped
-     for k in range(12)] + [
-    (54, b'rec,1,erin,,i5,500,"oops\n', es.REJECT_BAD_ROW),           # quote never closed
-    (55, b"rec,1,erin,,i6,600,\n", None),                             # ... rows after it
-    (56, b"search,1,erin,[w2],i7,700,e1\n", None),                    # are read again
-    (57, b"rec,1,erin,,i8,800,\n", None),
-]
+BAD_ROWS = (
+    [
+        (32, b"rec,1,bo\xffb,,i1,100,\n", es.REJECT_NOT_UTF8),  # not UTF-8
+        (33, b"rec,1,bob,,i\x001,100,\n", es.REJECT_UNSAFE_ID),  # NUL in an id
+        (34, b'rec,1,alice,,"i\n', es.REJECT_UNSAFE_ID),  # quoted newline in an id:
+        (35, b'2",9100,\n', es.REJECT_BAD_ROW),  # ... its 2nd line re-read
+        (36, b"rec,1,alice,,i\t2,9200,\n", es.REJECT_UNSAFE_ID),  # tab in an id
+        (37, b"rec,1,dave,,i1,100,\n", None),
+        (38, b"search,1,dave,[w1],i2,200,d1\n", None),
+        (39, b"rec,1,dave,,i3,300,\n", None),
+        (40, b"rec,1,dave,,i3,300,\n", None),  # duplicate of line 39
+        (41, b"search,1,hank,[w1],i1,50,h1\n", None),  # hank: every item
+    ]
+    + [
+        (42 + k, f"rec,1,hank,,i{k + 2},{60 + k},\n".encode(), None)  # but i14 -> skipped
+        for k in range(12)
+    ]
+    + [
+        (54, b'rec,1,erin,,i5,500,"oops\n', es.REJECT_BAD_ROW),  # quote never closed
+        (55, b"rec,1,erin,,i6,600,\n", None),  # ... rows after it
+        (56, b"search,1,erin,[w2],i7,700,e1\n", None),  # are read again
+        (57, b"rec,1,erin,,i8,800,\n", None),
+    ]
+)
 HANK_FIRST_LINE = 41
 
 
@@ -993,8 +1304,9 @@ def test_bad_bytes_ids_and_quotes_become_dead_letters_and_the_job_goes_on(bad_in
     # Every data row is an event, a dead letter, or an event of the skipped user.
     rows = 29 + len(BAD_ROWS)
     assert counters["input_rows"] == rows
-    assert (counters["events"] + counters["events_of_skipped_users"]
-            + manifest["rejected_total"] - 1) == rows
+    assert (
+        counters["events"] + counters["events_of_skipped_users"] + manifest["rejected_total"] - 1
+    ) == rows
 
 
 @pytest.mark.slow
@@ -1004,8 +1316,11 @@ def test_ids_round_trip_through_the_vocabulary_files(bad_input_run):
     for name in ("users", "items", "words"):
         with open(os.path.join(output_dir, "vocab", f"{name}.txt"), "rb") as handle:
             data = handle.read()
-        assert data.count(b"\n") == len(data.decode("utf-8").splitlines()) \
-            == manifest["vocab_sizes"][name], name
+        assert (
+            data.count(b"\n")
+            == len(data.decode("utf-8").splitlines())
+            == manifest["vocab_sizes"][name]
+        ), name
         assert b"\t" not in data and b"\r" not in data and b"\x00" not in data
     with open(os.path.join(output_dir, "vocab", "item_clicks.tsv"), encoding="utf-8") as handle:
         lines = handle.read().splitlines()
@@ -1045,9 +1360,19 @@ def test_a_failed_rerun_keeps_the_previous_output(previous_output):
     before the inputs were checked."""
     output_dir, before = previous_output
     with pytest.raises(FileNotFoundError, match="no input file matches"):
-        build_examples.run_job(build_examples.parse_args(
-            ["--dataset", "event_log", "--events", str(output_dir / "nope-*.csv"),
-             "--output", str(output_dir)])[0], IN_MEMORY)
+        build_examples.run_job(
+            build_examples.parse_args(
+                [
+                    "--dataset",
+                    "event_log",
+                    "--events",
+                    str(output_dir / "nope-*.csv"),
+                    "--output",
+                    str(output_dir),
+                ]
+            )[0],
+            IN_MEMORY,
+        )
     assert _tree(output_dir) == before
     assert not _leftovers(output_dir)
 
@@ -1061,7 +1386,8 @@ class _FailOnBob(beam.DoFn):
 
 @pytest.mark.slow
 def test_a_job_failing_while_it_runs_keeps_the_previous_output_and_leaves_no_litter(
-        previous_output):
+    previous_output,
+):
     """Issue 15 item 1 and the beam-temp litter: the run fails inside the pipeline, after
     every writer has started; the previous files are intact and nothing else is left."""
     output_dir, before = previous_output
@@ -1073,8 +1399,14 @@ def test_a_job_failing_while_it_runs_keeps_the_previous_output_and_leaves_no_lit
         return output
 
     with pytest.raises(Exception, match="worker failure on bob"):
-        beam_job.run(failing, EVENT_LOG_OPTIONS, str(output_dir), dataset="event_log",
-                     inputs={}, beam_args=IN_MEMORY)
+        beam_job.run(
+            failing,
+            EVENT_LOG_OPTIONS,
+            str(output_dir),
+            dataset="event_log",
+            inputs={},
+            beam_args=IN_MEMORY,
+        )
     assert _tree(output_dir) == before
     assert not _leftovers(output_dir)
 
@@ -1085,9 +1417,15 @@ def test_a_successful_rerun_replaces_the_previous_files_only(previous_output):
     count); a file the job does not write stays."""
     output_dir, before = previous_output
     inputs = event_log.EventLogInputs(events=(EVENTS_CSV,))
-    manifest = beam_job.run(lambda p: event_log.read(p, inputs), EVENT_LOG_OPTIONS,
-                            str(output_dir), dataset="event_log", inputs={},
-                            beam_args=IN_MEMORY, num_shards=3)
+    manifest = beam_job.run(
+        lambda p: event_log.read(p, inputs),
+        EVENT_LOG_OPTIONS,
+        str(output_dir),
+        dataset="event_log",
+        inputs={},
+        beam_args=IN_MEMORY,
+        num_shards=3,
+    )
     after = _tree(output_dir)
     assert after["NOTES.txt"] == b"mine"
     shards = sorted(p for p in after if p.endswith(beam_job.EXAMPLE_FILE_SUFFIX))
@@ -1098,14 +1436,16 @@ def test_a_successful_rerun_replaces_the_previous_files_only(previous_output):
 
 
 @pytest.mark.slow
-def test_a_header_only_input_fails_clearly_and_keeps_the_previous_output(previous_output,
-                                                                        tmp_path):
+def test_a_header_only_input_fails_clearly_and_keeps_the_previous_output(previous_output, tmp_path):
     """A header-only CSV used to exit 0 with an empty vocabulary and no warning."""
     output_dir, before = previous_output
     empty = tmp_path / "empty.csv"
     empty.write_text("user_id,timestamp,scenario,item_id\n")
-    with pytest.raises(ValueError, match=r"no usable event: 0 data rows read.*1 input "
-                                         r"file\(s\) with a header and no rows.*as it was"):
+    with pytest.raises(
+        ValueError,
+        match=r"no usable event: 0 data rows read.*1 input "
+        r"file\(s\) with a header and no rows.*as it was",
+    ):
         run_event_log([empty], output_dir)
     assert _tree(output_dir) == before
     assert not _leftovers(output_dir)
@@ -1113,10 +1453,15 @@ def test_a_header_only_input_fails_clearly_and_keeps_the_previous_output(previou
 
 # --- a re-run that builds less must not replace a good output (issue 23 item 2) -----------------
 
+
 def _manifest(examples, counters=None, rejected=None):
     """A manifest as check_outputs reads it: {(split, scenario): n} examples, counters."""
-    return {"examples": examples_dict(examples), "examples_total": sum(examples.values()),
-            "counters": counters or {}, "rejected": rejected or {}}
+    return {
+        "examples": examples_dict(examples),
+        "examples_total": sum(examples.values()),
+        "counters": counters or {},
+        "rejected": rejected or {},
+    }
 
 
 ALL_SIX = {(split, scenario): 2 for split in SPLITS for scenario in SCENARIOS}
@@ -1126,11 +1471,13 @@ REC_ONLY = {(split, "rec"): 2 for split in SPLITS}
 def test_check_outputs_refuses_a_run_without_examples_counting_every_event_read():
     """The one-user build used to warn "no example was built from 0 events" after reading
     182: the user was skipped for too few negatives, and only built users' events counted."""
-    manifest = _manifest({}, {"events_of_skipped_users": 182},
-                         {es.REJECT_TOO_FEW_NEGATIVES: 1})
-    with pytest.raises(beam_job.NotPublished, match=r"no example was built \(182 events of 1 "
-                       r"user\(s\) read; 1 user\(s\) skipped for too few negatives \(182 "
-                       r"events; see rejected/\).*Nothing was written: out/x is as it was"):
+    manifest = _manifest({}, {"events_of_skipped_users": 182}, {es.REJECT_TOO_FEW_NEGATIVES: 1})
+    with pytest.raises(
+        beam_job.NotPublished,
+        match=r"no example was built \(182 events of 1 "
+        r"user\(s\) read; 1 user\(s\) skipped for too few negatives \(182 "
+        r"events; see rejected/\).*Nothing was written: out/x is as it was",
+    ):
         beam_job.check_outputs(manifest, EVENT_LOG_OPTIONS, None, "out/x")
 
 
@@ -1143,9 +1490,11 @@ def test_check_outputs_refuses_a_rec_only_rerun_with_default_flags():
     message = str(raised.value)
     assert "40 events of 4 user(s) read" in message
     assert "0 search session(s) with a click" in message
-    assert "36 rec target(s) below the minimum history (--min_rec_history 1, " \
-           "--min_search_history 1; a log with one scenario builds with " \
-           "--min_search_history 0" in message
+    assert (
+        "36 rec target(s) below the minimum history (--min_rec_history 1, "
+        "--min_search_history 1; a log with one scenario builds with "
+        "--min_search_history 0" in message
+    )
 
 
 def test_check_outputs_refuses_losing_a_split_the_previous_output_has_unless_allowed():
@@ -1153,55 +1502,75 @@ def test_check_outputs_refuses_losing_a_split_the_previous_output_has_unless_all
     manifest = _manifest(REC_ONLY, {"events": 40, "users": 4})
     with pytest.raises(beam_job.NotPublished) as raised:
         beam_job.check_outputs(manifest, EVENT_LOG_OPTIONS, previous, "out/x")
-    assert ("no example for train/search, valid/search, test/search, which the output in "
-            "out/x has (train/search: 2, valid/search: 2, test/search: 2)") in str(raised.value)
+    assert (
+        "no example for train/search, valid/search, test/search, which the output in "
+        "out/x has (train/search: 2, valid/search: 2, test/search: 2)"
+    ) in str(raised.value)
     assert "--allow_fewer_outputs" in str(raised.value)
-    assert beam_job.check_outputs(manifest, EVENT_LOG_OPTIONS, previous, "out/x",
-                                  allow_fewer_outputs=True) == {
-        "train/search": 2, "valid/search": 2, "test/search": 2}
+    assert beam_job.check_outputs(
+        manifest, EVENT_LOG_OPTIONS, previous, "out/x", allow_fewer_outputs=True
+    ) == {"train/search": 2, "valid/search": 2, "test/search": 2}
     # Fewer examples, but none of the six missing, a first run, or a previous output that
     # had no search either: published.
-    assert beam_job.check_outputs(_manifest({**ALL_SIX, ("test", "rec"): 1}),
-                                  EVENT_LOG_OPTIONS, previous, "out/x") == {}
+    assert (
+        beam_job.check_outputs(
+            _manifest({**ALL_SIX, ("test", "rec"): 1}), EVENT_LOG_OPTIONS, previous, "out/x"
+        )
+        == {}
+    )
     assert beam_job.check_outputs(manifest, EVENT_LOG_OPTIONS, None, "out/x") == {}
-    assert beam_job.check_outputs(manifest, EVENT_LOG_OPTIONS, examples_dict(REC_ONLY),
-                                  "out/x") == {}
+    assert (
+        beam_job.check_outputs(manifest, EVENT_LOG_OPTIONS, examples_dict(REC_ONLY), "out/x") == {}
+    )
 
 
 def _write_events(path, rows):
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["user_id", "timestamp", "scenario", "item_id", "search_session_id",
-                         "query_tokens"])
+        writer.writerow(
+            ["user_id", "timestamp", "scenario", "item_id", "search_session_id", "query_tokens"]
+        )
         writer.writerows(rows)
     return path
 
 
 @pytest.mark.slow  # two Beam runs
-def test_a_rerun_without_search_keeps_the_previous_output_unless_allowed(previous_output,
-                                                                         tmp_path):
+def test_a_rerun_without_search_keeps_the_previous_output_unless_allowed(previous_output, tmp_path):
     """Issue 23 item 2: a rec-only log re-run into a good output (here with
     --min_search_history 0, so it builds rec examples) exited 0 and left 0-example search
     files. Now it fails and the old output stays; --allow_fewer_outputs replaces it and the
     manifest says what the old one had."""
     output_dir, before = previous_output
-    events = _write_events(tmp_path / "rec_only.csv", [
-        (user, ts, "rec", f"i{k}", "", "") for k, (user, ts) in enumerate(
-            [("ana", 1), ("ana", 2), ("ana", 3), ("ana", 4), ("bo", 1), ("bo", 2), ("bo", 3)])])
+    events = _write_events(
+        tmp_path / "rec_only.csv",
+        [
+            (user, ts, "rec", f"i{k}", "", "")
+            for k, (user, ts) in enumerate(
+                [("ana", 1), ("ana", 2), ("ana", 3), ("ana", 4), ("bo", 1), ("bo", 2), ("bo", 3)]
+            )
+        ],
+    )
     options = dataclasses.replace(EVENT_LOG_OPTIONS, min_search_history=0)
-    with pytest.raises(beam_job.NotPublished, match=r"no example for train/search, "
-                       r"valid/search, test/search, which the output in .* has \(train/search: "
-                       r"1, valid/search: 2, test/search: 3\)"):
+    with pytest.raises(
+        beam_job.NotPublished,
+        match=r"no example for train/search, "
+        r"valid/search, test/search, which the output in .* has \(train/search: "
+        r"1, valid/search: 2, test/search: 3\)",
+    ):
         run_event_log([events], output_dir, options=options)
     assert _tree(output_dir) == before
     assert not _leftovers(output_dir)
     manifest = run_event_log([events], output_dir, options=options, allow_fewer_outputs=True)
     # Rec targets after the first (--min_rec_history 1): ana 3 -> train, valid, test;
     # bo 2 -> valid, test.
-    assert manifest["examples"] == examples_dict({("train", "rec"): 1, ("valid", "rec"): 2,
-                                                  ("test", "rec"): 2})
-    assert manifest["fewer_outputs_than_previous"] == {"train/search": 1, "valid/search": 2,
-                                                       "test/search": 3}
+    assert manifest["examples"] == examples_dict(
+        {("train", "rec"): 1, ("valid", "rec"): 2, ("test", "rec"): 2}
+    )
+    assert manifest["fewer_outputs_than_previous"] == {
+        "train/search": 1,
+        "valid/search": 2,
+        "test/search": 3,
+    }
     after = _tree(output_dir)
     assert json.loads(after[beam_job.MANIFEST_FILE]) == manifest
     assert after["NOTES.txt"] == b"mine"
@@ -1210,17 +1579,25 @@ def test_a_rerun_without_search_keeps_the_previous_output_unless_allowed(previou
 
 @pytest.mark.slow  # one Beam run
 def test_a_one_user_log_fails_counting_its_events_and_keeps_the_previous_output(
-        previous_output, tmp_path):
+    previous_output, tmp_path
+):
     """Issue 23: a log of one user (every item is the user's, so no negative exists and the
     user is skipped) replaced a good output with 0-example files, warning "no example was
     built from 0 events"."""
     output_dir, before = previous_output
-    rows = [("ana", 1, "rec", "i1", "", ""), ("ana", 2, "search", "i2", "s1", "w1"),
-            ("ana", 3, "rec", "i3", "", ""), ("ana", 4, "search", "i4", "s2", "w2"),
-            ("ana", 5, "rec", "i5", "", "")]
+    rows = [
+        ("ana", 1, "rec", "i1", "", ""),
+        ("ana", 2, "search", "i2", "s1", "w1"),
+        ("ana", 3, "rec", "i3", "", ""),
+        ("ana", 4, "search", "i4", "s2", "w2"),
+        ("ana", 5, "rec", "i5", "", ""),
+    ]
     events = _write_events(tmp_path / "one_user.csv", rows)
-    with pytest.raises(beam_job.NotPublished, match=r"no example was built \(5 events of 1 "
-                       r"user\(s\) read; 1 user\(s\) skipped for too few negatives"):
+    with pytest.raises(
+        beam_job.NotPublished,
+        match=r"no example was built \(5 events of 1 "
+        r"user\(s\) read; 1 user\(s\) skipped for too few negatives",
+    ):
         run_event_log([events], output_dir)
     assert _tree(output_dir) == before
     assert not _leftovers(output_dir)
@@ -1230,15 +1607,18 @@ def test_a_one_user_log_fails_counting_its_events_and_keeps_the_previous_output(
 
 DAY_0 = 19122 * sb.DAY_MS  # 2022-05-10 00:00 UTC
 HOUR = 3_600_000
-FAR_FUTURE = 10 ** 17  # ms: day 1,157,407,407 (86,400,000 x 1,157,407,407 <= 1e17 < next day)
+FAR_FUTURE = 10**17  # ms: day 1,157,407,407 (86,400,000 x 1,157,407,407 <= 1e17 < next day)
 
 
 def test_time_split_report_names_the_timestamp_that_emptied_a_split():
     stats = {"time_split/train_days": 7, "time_split/test_day": 1}
-    latest = {"latest": [FAR_FUTURE, "events.csv", 9],
-              "latest_before_test_day": [DAY_0 + 2 * sb.DAY_MS + 3 * HOUR, "events.csv", 8]}
-    report = beam_job.time_split_report(stats, latest, examples_dict({("train", "rec"): 3,
-                                                                      ("test", "rec"): 1}))
+    latest = {
+        "latest": [FAR_FUTURE, "events.csv", 9],
+        "latest_before_test_day": [DAY_0 + 2 * sb.DAY_MS + 3 * HOUR, "events.csv", 8],
+    }
+    report = beam_job.time_split_report(
+        stats, latest, examples_dict({("train", "rec"): 3, ("test", "rec"): 1})
+    )
     assert report["test_day"] == "day 1,157,407,407 after 1970-01-01"
     assert report["events"] == {"train_days": 7, "valid_day": 0, "test_day": 1}
     assert report["warning"] == (
@@ -1248,38 +1628,50 @@ def test_time_split_report_names_the_timestamp_that_emptied_a_split():
         "validation day the one before (1 and 0 events). The latest timestamp before that day "
         "is 1652324400000 (2022-05-12, events.csv, line 8), 1,157,388,283 day(s) earlier. If "
         "that timestamp is wrong (far in the future, or not in milliseconds), fix or drop that "
-        "row; otherwise the log needs events on its last two days, or build with --split loo.")
+        "row; otherwise the log needs events on its last two days, or build with --split loo."
+    )
     healthy = beam_job.time_split_report(stats, latest, examples_dict(ALL_SIX))
     assert "warning" not in healthy
 
 
 @pytest.mark.slow  # one Beam run
-def test_a_far_future_timestamp_under_the_time_split_is_warned_about_and_recorded(tmp_path,
-                                                                                  caplog):
+def test_a_far_future_timestamp_under_the_time_split_is_warned_about_and_recorded(tmp_path, caplog):
     """Before: one row at 1e17 ms made its day the test day, so every real event fell before
     the validation day; the job wrote an empty validation split and said nothing."""
-    rows = [("ana", DAY_0 + HOUR, "rec", "i1", "", ""),
-            ("ana", DAY_0 + 2 * HOUR, "search", "i2", "s1", "w1"),
-            ("ana", DAY_0 + sb.DAY_MS + HOUR, "rec", "i3", "", ""),
-            ("ana", DAY_0 + 2 * sb.DAY_MS + HOUR, "rec", "i4", "", ""),
-            ("bo", DAY_0 + HOUR, "rec", "i5", "", ""),
-            ("bo", DAY_0 + sb.DAY_MS + 2 * HOUR, "rec", "i6", "", ""),
-            ("bo", DAY_0 + 2 * sb.DAY_MS + 3 * HOUR, "search", "i7", "s2", "w2"),
-            ("ana", FAR_FUTURE, "rec", "i8", "", "")]  # line 9
+    rows = [
+        ("ana", DAY_0 + HOUR, "rec", "i1", "", ""),
+        ("ana", DAY_0 + 2 * HOUR, "search", "i2", "s1", "w1"),
+        ("ana", DAY_0 + sb.DAY_MS + HOUR, "rec", "i3", "", ""),
+        ("ana", DAY_0 + 2 * sb.DAY_MS + HOUR, "rec", "i4", "", ""),
+        ("bo", DAY_0 + HOUR, "rec", "i5", "", ""),
+        ("bo", DAY_0 + sb.DAY_MS + 2 * HOUR, "rec", "i6", "", ""),
+        ("bo", DAY_0 + 2 * sb.DAY_MS + 3 * HOUR, "search", "i7", "s2", "w2"),
+        ("ana", FAR_FUTURE, "rec", "i8", "", ""),
+    ]  # line 9
     events = str(_write_events(tmp_path / "events.csv", rows))
-    options = dataclasses.replace(EVENT_LOG_OPTIONS, split="time", min_rec_history=0,
-                                  min_search_history=0, num_eval_negatives=1)
+    options = dataclasses.replace(
+        EVENT_LOG_OPTIONS,
+        split="time",
+        min_rec_history=0,
+        min_search_history=0,
+        num_eval_negatives=1,
+    )
     with caplog.at_level(logging.WARNING, logger="pipeline.beam_job"):
         manifest = run_event_log([events], tmp_path / "out", options=options)
     # Every real event is a training target; the far-future rec is the one test example.
-    assert manifest["examples"] == examples_dict({("train", "rec"): 5, ("train", "search"): 2,
-                                                  ("test", "rec"): 1})
+    assert manifest["examples"] == examples_dict(
+        {("train", "rec"): 5, ("train", "search"): 2, ("test", "rec"): 1}
+    )
     report = manifest["time_split"]
     assert report["latest_event"] == {"timestamp": FAR_FUTURE, "source": events, "line": 9}
     assert report["latest_event_before_test_day"] == {
-        "timestamp": DAY_0 + 2 * sb.DAY_MS + 3 * HOUR, "source": events, "line": 8}
+        "timestamp": DAY_0 + 2 * sb.DAY_MS + 3 * HOUR,
+        "source": events,
+        "line": 8,
+    }
     assert report["events"] == {"train_days": 7, "valid_day": 0, "test_day": 1}
     assert report["warning"].startswith(
         "--split time: the valid split(s) have no example. The cut lands after all but 1 of 8 "
-        f"events because of timestamp {FAR_FUTURE} in {events}, line 9")
+        f"events because of timestamp {FAR_FUTURE} in {events}, line 9"
+    )
     assert report["warning"] in [record.getMessage() for record in caplog.records]

@@ -1,4 +1,5 @@
 """pipeline.ordered_write: TFRecord files that depend on the records, not on their order."""
+
 import gzip
 import os
 import random
@@ -10,8 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import ordered_write
 
-IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1",
-             "--direct_running_mode=in_memory"]
+IN_MEMORY = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
 
 
 def expected_files(records, prefix, num_shards):
@@ -19,17 +19,28 @@ def expected_files(records, prefix, num_shards):
     counts = [0] * num_shards
     for record in records:
         counts[ordered_write.record_hash(record) % num_shards] += 1
-    return [(f"{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord.gz", count)
-            for i, count in enumerate(counts)]
+    return [
+        (f"{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord.gz", count)
+        for i, count in enumerate(counts)
+    ]
 
 
-def write(records, prefix, expected_shards, num_shards=0,
-          records_per_shard=ordered_write.DEFAULT_RECORDS_PER_SHARD):
+def write(
+    records,
+    prefix,
+    expected_shards,
+    num_shards=0,
+    records_per_shard=ordered_write.DEFAULT_RECORDS_PER_SHARD,
+):
     """Runs the sink on `records` in the given order and checks what it reports."""
     with beam.Pipeline(argv=IN_MEMORY) as pipeline:
-        reported = (pipeline | beam.Create(records, reshuffle=False)
-                    | ordered_write.WriteOrderedTFRecords(prefix, ".tfrecord.gz", num_shards,
-                                                          records_per_shard))
+        reported = (
+            pipeline
+            | beam.Create(records, reshuffle=False)
+            | ordered_write.WriteOrderedTFRecords(
+                prefix, ".tfrecord.gz", num_shards, records_per_shard
+            )
+        )
         assert_that(reported, equal_to(expected_files(records, prefix, expected_shards)))
 
 
@@ -78,8 +89,10 @@ def test_files_are_the_same_whatever_the_input_order(tmp_path):
 
 def test_empty_input_writes_every_requested_shard(tmp_path):
     write([], str(tmp_path / "part"), 2, num_shards=2)
-    assert sorted(os.listdir(tmp_path)) == ["part-00000-of-00002.tfrecord.gz",
-                                            "part-00001-of-00002.tfrecord.gz"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "part-00000-of-00002.tfrecord.gz",
+        "part-00001-of-00002.tfrecord.gz",
+    ]
     assert read(str(tmp_path / "part-00001-of-00002.tfrecord.gz")) == []
 
 

@@ -2,6 +2,7 @@
 and the last one won. pipeline/output_lock.py locks <output>.lock with flock; these tests hold
 it from another process and from this one. No Beam pipeline runs: a locked job must stop
 before it builds one."""
+
 import os
 import signal
 import socket
@@ -14,19 +15,22 @@ from pipeline import beam_job, output_lock
 from pipeline import sequence_builder as sb
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HOLDER = ("import sys, time\n"
-          "from pipeline import output_lock\n"
-          "held = output_lock.acquire(sys.argv[1])  # released when collected\n"
-          "print('locked', flush=True)\n"
-          "time.sleep(120)\n")
+HOLDER = (
+    "import sys, time\n"
+    "from pipeline import output_lock\n"
+    "held = output_lock.acquire(sys.argv[1])  # released when collected\n"
+    "print('locked', flush=True)\n"
+    "time.sleep(120)\n"
+)
 
 
 @pytest.fixture()
 def holder(tmp_path):
     """A process holding the lock of tmp_path/out: (output_dir, Popen)."""
     output_dir = str(tmp_path / "out")
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, output_dir], cwd=REPO,
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, output_dir], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert process.stdout.readline().strip() == "locked"
         yield output_dir, process
@@ -46,15 +50,22 @@ def test_a_second_job_fails_at_once_naming_the_folder_and_the_holder(holder):
         raise AssertionError("the locked job read its inputs")
 
     with pytest.raises(output_lock.OutputLocked) as raised:
-        beam_job.run(adapter, sb.BuildOptions(), output_dir, dataset="event_log", inputs={},
-                     beam_args=["--runner=DirectRunner"])
+        beam_job.run(
+            adapter,
+            sb.BuildOptions(),
+            output_dir,
+            dataset="event_log",
+            inputs={},
+            beam_args=["--runner=DirectRunner"],
+        )
     message = str(raised.value)
     assert output_dir in message and output_lock.lock_path(output_dir) in message
     assert f"pid {process.pid} on host {socket.gethostname()}" in message
     assert raised.value.holder["output"] == output_dir
     assert calls == [] and not os.path.exists(output_dir)
-    assert not [name for name in os.listdir(os.path.dirname(output_dir))
-                if beam_job.STAGING_INFIX in name]
+    assert not [
+        name for name in os.listdir(os.path.dirname(output_dir)) if beam_job.STAGING_INFIX in name
+    ]
     assert process.poll() is None  # the holder still runs, still holding
 
 

@@ -8,17 +8,17 @@ tests talk to the server.
 `small_export` pushes one small real UniSAR model (helpers.model.small_model, seed 5) once per
 session, for the tests that serve a real export (tests using it are slow: mark them).
 """
+
 import os
 
 import numpy as np
 import pytest
-
 from helpers.redis_server import start_redis_server, stop_redis_server
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
-    """"redis://127.0.0.1:<port>/0" of a redis-server this session started (and stops)."""
+    """ "redis://127.0.0.1:<port>/0" of a redis-server this session started (and stops)."""
     process, url = start_redis_server(tmp_path_factory.mktemp("redis"))
     try:
         yield url
@@ -33,6 +33,7 @@ def small_export(tmp_path_factory):
     `recommend` takes all but "query") and the in-process model's scores {task: (4, 9)}.
     Read-only: tests serve it, never write under it."""
     from helpers.model import small_model
+
     from unisar_tf.data.synthetic import random_feature_batch
     from unisar_tf.data.vocab import read_vocabularies
     from unisar_tf.export.push import push

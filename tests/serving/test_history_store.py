@@ -6,6 +6,7 @@ Expected contents are written out by hand (which events the caps keep, in which 
 concurrency tests check invariants (every event present once, the store's order, each
 writer's own order) rather than one interleaving.
 """
+
 import multiprocessing
 import socket
 import threading
@@ -13,11 +14,16 @@ import time
 import uuid
 
 import pytest
+from helpers.redis_server import start_redis_server, stop_redis_server
 
 from feature_specs.event_schema import Event
-from helpers.redis_server import start_redis_server, stop_redis_server
-from serving.history_store import (ONLINE_SOURCE, HistoryCaps, StoreUnavailable, capped_events,
-                                   open_store)
+from serving.history_store import (
+    ONLINE_SOURCE,
+    HistoryCaps,
+    StoreUnavailable,
+    capped_events,
+    open_store,
+)
 
 ROOMY = HistoryCaps(rec=10_000, search_sessions=10_000, impressions=10_000)
 
@@ -57,13 +63,13 @@ def make_store(store_url):
 def test_events_come_back_in_sort_key_order_with_the_tie_rule(make_store):
     store = make_store()
     expected = [
-        rec("u", -5, "early"),                                     # negative time sorts first
-        rec("u", 7, "a3", source="a.csv", line=3),                 # same time: rec before search,
-        rec("u", 7, "a9", source="a.csv", line=9),                 # then source, then line
-        rec("u", 7, "a10", source="a.csv", line=10),               # (as a number: 9 < 10)
-        rec("u", 7, "a20", source="a.csv.gz", line=1),             # a prefix source comes first
+        rec("u", -5, "early"),  # negative time sorts first
+        rec("u", 7, "a3", source="a.csv", line=3),  # same time: rec before search,
+        rec("u", 7, "a9", source="a.csv", line=9),  # then source, then line
+        rec("u", 7, "a10", source="a.csv", line=10),  # (as a number: 9 < 10)
+        rec("u", 7, "a20", source="a.csv.gz", line=1),  # a prefix source comes first
         rec("u", 7, "b1", source="b.csv", line=1),
-        search("u", 7, "s1", "a1", 1, source="a.csv", line=1),     # search after every rec
+        search("u", 7, "s1", "a1", 1, source="a.csv", line=1),  # search after every rec
         search("u", 7, "s1", "a2", 0, source="a.csv", line=2),
         rec("u", 8, "late", source="a.csv", line=0),
     ]
@@ -102,9 +108,22 @@ def test_caps_keep_the_newest_of_each_kind_and_whole_search_sessions(make_store)
 
 
 def _as_user(event, user):
-    return Event(user, *[getattr(event, name) for name in
-                         ("timestamp", "scenario", "item_id", "click", "search_session_id",
-                          "query_tokens", "source", "line")])
+    return Event(
+        user,
+        *[
+            getattr(event, name)
+            for name in (
+                "timestamp",
+                "scenario",
+                "item_id",
+                "click",
+                "search_session_id",
+                "query_tokens",
+                "source",
+                "line",
+            )
+        ],
+    )
 
 
 def test_a_late_row_of_a_kept_session_joins_it(make_store):
@@ -122,8 +141,10 @@ def test_bulk_loads_are_idempotent_and_a_crashed_load_can_be_rerun(make_store):
     events = [rec(f"u{u}", t, f"i{t}", line=t) for u in range(3) for t in range(6)]
     events += [search("u1", t, f"s{t}", f"q{t}", 1, line=100 + t) for t in range(4)]
     events += [rec("u2", t, "imp", click=0, line=200 + t) for t in range(3)]
-    expected = {user: capped_events([e for e in events if e.user_id == user], caps)
-                for user in ("u0", "u1", "u2")}
+    expected = {
+        user: capped_events([e for e in events if e.user_id == user], caps)
+        for user in ("u0", "u1", "u2")
+    }
     # Hand count: 3 rec per user (9), u1's 2 newest sessions (2), u2's newest impression (1).
     assert sum(len(v) for v in expected.values()) == 12
 
@@ -135,9 +156,11 @@ def test_bulk_loads_are_idempotent_and_a_crashed_load_can_be_rerun(make_store):
 
 def test_a_prefix_then_everything_equals_one_load(make_store):
     caps = HistoryCaps(rec=4, search_sessions=2, impressions=2)
-    events = ([rec("u", t, f"i{t}", line=t) for t in range(8)]
-              + [search("u", t, f"s{t}", f"q{t}", 1, line=50 + t) for t in range(5)]
-              + [rec("v", t, "m", click=0, line=70 + t) for t in range(3)])
+    events = (
+        [rec("u", t, f"i{t}", line=t) for t in range(8)]
+        + [search("u", t, f"s{t}", f"q{t}", 1, line=50 + t) for t in range(5)]
+        + [rec("v", t, "m", click=0, line=70 + t) for t in range(3)]
+    )
     store = make_store(caps)
     first = store.append_many(events[:7])  # "crash" after 7 rows, then the whole load again
     second = store.append_many(events)
@@ -165,22 +188,45 @@ def test_online_appends_are_numbered_per_user(make_store):
     store.append_many([bulk])  # a bulk row leaves the counter alone
     third = store.append(Event("u", 100, "rec", "d"))
     assert [(e.source, e.line) for e in (first, second, other, third)] == [
-        (ONLINE_SOURCE, 1), (ONLINE_SOURCE, 2), (ONLINE_SOURCE, 1), (ONLINE_SOURCE, 3)]
+        (ONLINE_SOURCE, 1),
+        (ONLINE_SOURCE, 2),
+        (ONLINE_SOURCE, 1),
+        (ONLINE_SOURCE, 3),
+    ]
     # "bulk.csv" < "online": at equal time and scenario, source decides, then the number.
     assert [e.item_id for e in store.events("u")] == ["c", "a", "b", "d"]
-    assert store.events("v") == [Event("v", 100, "search", "", 0, "sess", ("7", "8"),
-                                       ONLINE_SOURCE, 1)]
+    assert store.events("v") == [
+        Event("v", 100, "search", "", 0, "sess", ("7", "8"), ONLINE_SOURCE, 1)
+    ]
 
 
 def test_events_round_trip_exactly(make_store):
     store = make_store()
     events = [
-        Event("用户-é", -(2 ** 62), "rec", "ítem☃", 7, "", (), "logs/été.csv", 2 ** 40),
-        Event("用户-é", 1_700_000_000_123, "search", "", 0, "sess:ü 1",
-              ("20", "34", "3", "20"), "logs/été.csv", 0),
-        Event("用户-é", 1_700_000_000_123, "search", "ítem☃", 3, "sess:ü 1",
-              ("20", "34", "3", "20"), "logs/été.csv", 1),
-        Event("用户-é", 2 ** 62, "rec", "x\"y\\z", 0, "", (), "", 5),
+        Event("用户-é", -(2**62), "rec", "ítem☃", 7, "", (), "logs/été.csv", 2**40),
+        Event(
+            "用户-é",
+            1_700_000_000_123,
+            "search",
+            "",
+            0,
+            "sess:ü 1",
+            ("20", "34", "3", "20"),
+            "logs/été.csv",
+            0,
+        ),
+        Event(
+            "用户-é",
+            1_700_000_000_123,
+            "search",
+            "ítem☃",
+            3,
+            "sess:ü 1",
+            ("20", "34", "3", "20"),
+            "logs/été.csv",
+            1,
+        ),
+        Event("用户-é", 2**62, "rec", 'x"y\\z', 0, "", (), "", 5),
     ]
     assert store.append_many(events) == 4
     back = store.events("用户-é")
@@ -211,8 +257,7 @@ def test_concurrent_online_writers_lose_nothing_and_keep_order(make_store):
         start.wait()
         for k in range(per_thread):
             # Every event at the same millisecond: only the sequence number orders them.
-            returned[index].append(stores[index].append(
-                Event("hot", 1000, "rec", f"t{index}-{k}")))
+            returned[index].append(stores[index].append(Event("hot", 1000, "rec", f"t{index}-{k}")))
 
     workers = [threading.Thread(target=write, args=(i,)) for i in range(threads)]
     for worker in workers:
@@ -224,8 +269,9 @@ def test_concurrent_online_writers_lose_nothing_and_keep_order(make_store):
     assert len(stored) == threads * per_thread
     assert [e.line for e in stored] == list(range(1, threads * per_thread + 1))
     assert sorted((e for batch in returned for e in batch), key=Event.sort_key) == stored
-    assert {e.item_id for e in stored} == {f"t{i}-{k}" for i in range(threads)
-                                            for k in range(per_thread)}
+    assert {e.item_id for e in stored} == {
+        f"t{i}-{k}" for i in range(threads) for k in range(per_thread)
+    }
     for index in range(threads):  # each writer's events in the order it wrote them
         mine = [e.item_id for e in stored if e.item_id.startswith(f"t{index}-")]
         assert mine == [f"t{index}-{k}" for k in range(per_thread)]
@@ -235,20 +281,22 @@ def test_concurrent_online_writers_lose_nothing_and_keep_order(make_store):
 def test_concurrent_bulk_writers_keep_exactly_what_the_caps_keep(make_store):
     caps = HistoryCaps(rec=50, search_sessions=20, impressions=10)
     threads = 4
-    per_thread = [[rec("hot", 10 * k + i, f"r{i}-{k}", f"w{i}", k) for k in range(60)]
-                  + [search("hot", 10 * k + i, f"s{i}-{k}", f"q{i}", 1, source=f"w{i}",
-                            line=100 + k)
-                     for k in range(20)]
-                  + [rec("hot", 10 * k + i, f"m{i}-{k}", f"w{i}", 200 + k, click=0)
-                     for k in range(20)]
-                  for i in range(threads)]
+    per_thread = [
+        [rec("hot", 10 * k + i, f"r{i}-{k}", f"w{i}", k) for k in range(60)]
+        + [
+            search("hot", 10 * k + i, f"s{i}-{k}", f"q{i}", 1, source=f"w{i}", line=100 + k)
+            for k in range(20)
+        ]
+        + [rec("hot", 10 * k + i, f"m{i}-{k}", f"w{i}", 200 + k, click=0) for k in range(20)]
+        for i in range(threads)
+    ]
     stores = [make_store(caps) for _ in range(threads)]
     start = threading.Barrier(threads)
 
     def write(index):
         start.wait()
         for k in range(0, len(per_thread[index]), 10):  # small batches, interleaving
-            stores[index].append_many(per_thread[index][k:k + 10])
+            stores[index].append_many(per_thread[index][k : k + 10])
 
     workers = [threading.Thread(target=write, args=(i,)) for i in range(threads)]
     for worker in workers:
@@ -273,8 +321,10 @@ def test_two_processes_writing_one_user(make_store, store_url):
     # Forked: the children start without importing anything again (fast), then write at once.
     context = multiprocessing.get_context("fork")
     go = context.Event()
-    processes = [context.Process(target=_write_from_a_process, args=(store_url, name, count, go))
-                 for name in ("p", "q")]
+    processes = [
+        context.Process(target=_write_from_a_process, args=(store_url, name, count, go))
+        for name in ("p", "q")
+    ]
     for process in processes:
         process.start()
     go.set()
@@ -285,7 +335,8 @@ def test_two_processes_writing_one_user(make_store, store_url):
     assert [e.line for e in stored] == list(range(1, 2 * count + 1))
     for name in ("p", "q"):
         assert [e.item_id for e in stored if e.item_id.startswith(f"{name}-")] == [
-            f"{name}-{k}" for k in range(count)]
+            f"{name}-{k}" for k in range(count)
+        ]
 
 
 def test_a_dead_redis_port_raises_store_unavailable_naming_the_url():
@@ -307,9 +358,13 @@ def test_a_redis_that_goes_down_raises_store_unavailable(tmp_path):
     finally:
         stop_redis_server(process)
     began = time.monotonic()
-    for call in (lambda: store.events("u"), lambda: store.append(rec("u", 2, "j")),
-                 lambda: store.append_many([rec("v", 1, "k")]), lambda: store.has_user("u"),
-                 store.ping):
+    for call in (
+        lambda: store.events("u"),
+        lambda: store.append(rec("u", 2, "j")),
+        lambda: store.append_many([rec("v", 1, "k")]),
+        lambda: store.has_user("u"),
+        store.ping,
+    ):
         with pytest.raises(StoreUnavailable, match=url.split("//")[1].split("/")[0]):
             call()
     assert time.monotonic() - began < 5

@@ -6,13 +6,13 @@ the test target into the history store, assembles the online request from what t
 returns, and compares features and served scores with the data job's test example and the
 evaluator's scores. The Beauty-wide run is `python -m serving.parity ...` (docs/online.md).
 """
+
 import pathlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from feature_specs import example_schema as fs
 from feature_specs.event_schema import Event
 from pipeline.adapters import amazon
 from serving import parity
@@ -30,8 +30,9 @@ pytestmark = pytest.mark.slow
 def amazon_events(root):
     """The data job's events of build_amazon_examples' log under root, by user (the same
     adapter inputs)."""
-    inputs = amazon.AmazonInputs(str(root / "seq.txt"), str(root / "attrs.json"),
-                                 query_min_item_frequency=5, seed=1)
+    inputs = amazon.AmazonInputs(
+        str(root / "seq.txt"), str(root / "attrs.json"), query_min_item_frequency=5, seed=1
+    )
     return parity.events_by_user(adapter_events(amazon.read, inputs))
 
 
@@ -44,27 +45,50 @@ def parity_world(amazon_examples, tmp_path_factory):
     sizes = manifest["vocab_sizes"]
     shapes = manifest["shapes"]
     tf.keras.utils.set_random_seed(5)
-    config = UniSARConfig(num_users=sizes["users"] + 1, num_items=sizes["items"] + 1,
-                          num_words=sizes["words"] + 1, rec_len=shapes["rec_len"],
-                          search_len=shapes["search_len"], query_len=shapes["query_len"],
-                          clicks_per_session=shapes["clicks_per_session"], batch_size=8,
-                          embedding_dim=16, raw_embedding_dim=8, feed_forward_dim=16,
-                          expert_units=8, tower_units=(16,), head_units=(16,),
-                          num_relevance_negatives=8)
+    config = UniSARConfig(
+        num_users=sizes["users"] + 1,
+        num_items=sizes["items"] + 1,
+        num_words=sizes["words"] + 1,
+        rec_len=shapes["rec_len"],
+        search_len=shapes["search_len"],
+        query_len=shapes["query_len"],
+        clicks_per_session=shapes["clicks_per_session"],
+        batch_size=8,
+        embedding_dim=16,
+        raw_embedding_dim=8,
+        feed_forward_dim=16,
+        expert_units=8,
+        tower_units=(16,),
+        head_units=(16,),
+        num_relevance_negatives=8,
+    )
     model = build_model(config)
     export_dir = export_serving_model(model, f"{out}/vocab", str(root / "serving" / "unisar" / "1"))
     offline_scores = saved_model_scores(export_dir, out, "test", ("rec", "search"))
     with serve(str(root / "serving" / "unisar"), port=0) as server:
-        yield (amazon_events(pathlib.Path(out).parent), out, export_dir, server, root,
-               offline_scores)
+        yield (
+            amazon_events(pathlib.Path(out).parent),
+            out,
+            export_dir,
+            server,
+            root,
+            offline_scores,
+        )
 
 
 def run_parity(world):
     events, out, export_dir, server, root, offline_scores = world
     store = f"sqlite:///{root}/history-{{task}}-{len(list(root.iterdir()))}.db"
-    return parity.check_parity(events, out, export_dir, server.address, store,
-                               vocab_dir=f"{out}/vocab", offline_scores=offline_scores,
-                               log=lambda *_: None)
+    return parity.check_parity(
+        events,
+        out,
+        export_dir,
+        server.address,
+        store,
+        vocab_dir=f"{out}/vocab",
+        offline_scores=offline_scores,
+        log=lambda *_: None,
+    )
 
 
 def test_every_test_user_gets_the_data_jobs_features_and_the_evaluators_scores(parity_world):
@@ -94,13 +118,15 @@ def test_a_lost_event_is_caught(parity_world, monkeypatch):
 def test_leave_one_out_targets_and_the_events_before_them():
     """Hand-built log: the last rec click and the last clicked search session are the
     targets; a session counts as a whole, by its first row."""
-    events = [Event("u", 0, "rec", "a"),
-              Event("u", 1, "search", "b", 1, "s1", ("w",)),
-              Event("u", 1, "rec", "c"),                       # tie: rec first
-              Event("u", 2, "search", "", 0, "s2", ("v",)),    # no click: not a target
-              Event("u", 3, "rec", "d", 0),                    # impression: not a target
-              Event("u", 4, "search", "e", 1, "s3", ("x",)),
-              Event("u", 6, "search", "f", 1, "s3", ("x",))]   # same session, later row
+    events = [
+        Event("u", 0, "rec", "a"),
+        Event("u", 1, "search", "b", 1, "s1", ("w",)),
+        Event("u", 1, "rec", "c"),  # tie: rec first
+        Event("u", 2, "search", "", 0, "s2", ("v",)),  # no click: not a target
+        Event("u", 3, "rec", "d", 0),  # impression: not a target
+        Event("u", 4, "search", "e", 1, "s3", ("x",)),
+        Event("u", 6, "search", "f", 1, "s3", ("x",)),
+    ]  # same session, later row
     keys = parity.loo_target_keys(events)
     assert keys["rec"] == events[2].sort_key()
     assert keys["search"] == events[5].sort_key()

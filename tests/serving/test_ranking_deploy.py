@@ -4,6 +4,7 @@ other and with the TF Serving deployment (kubernetes.yaml, docker_cpu.sh's flags
 
 No TensorFlow import: the CLI's flags are read from serving/ranking_service.py's source.
 """
+
 from __future__ import annotations
 
 import ast
@@ -14,7 +15,6 @@ from typing import Dict, List
 
 import pytest
 import yaml
-
 from helpers import REPO as REPO_DIR
 
 REPO = Path(REPO_DIR)
@@ -32,14 +32,19 @@ def cli_flags() -> Dict[str, dict]:
     tree = ast.parse((REPO / "serving" / "ranking_service.py").read_text())
     flags = {}
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
-                and node.args and isinstance(node.args[0], ast.Constant)):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", "") == "add_argument"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             keywords = {k.arg: k.value for k in node.keywords}
             default = keywords.get("default")
             flags[node.args[0].value] = {
                 "required": isinstance(keywords.get("required"), ast.Constant)
                 and keywords["required"].value is True,
-                "default": default.value if isinstance(default, ast.Constant) else None}
+                "default": default.value if isinstance(default, ast.Constant) else None,
+            }
     return flags
 
 
@@ -76,6 +81,7 @@ def test_the_cli_defines_the_flags_the_deployments_rely_on():
 
 # --- docker compose ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def compose():
     return yaml.safe_load(COMPOSE.read_text())
@@ -94,7 +100,7 @@ def test_compose_runs_the_three_services_on_loopback_ports(compose):
     services = compose["services"]
     assert set(services) == {"redis", "tf-serving", "ranking"}
     for name, service in services.items():
-        for container_port, host in _published(service).items():
+        for host in _published(service).values():
             assert host.startswith("127.0.0.1:"), f"{name} publishes {host} beyond loopback"
 
 
@@ -114,15 +120,15 @@ def test_compose_ranking_args_match_the_cli_ports_and_the_other_services(compose
     assert ranking["depends_on"]["redis"]["condition"] == "service_healthy"
 
     assert ranking["image"] == IMAGE
-    assert (REPO / "serving" / "deploy" / ranking["build"]["context"] /
-            ranking["build"]["dockerfile"]).resolve() == DOCKERFILE.resolve()
+    assert (
+        REPO / "serving" / "deploy" / ranking["build"]["context"] / ranking["build"]["dockerfile"]
+    ).resolve() == DOCKERFILE.resolve()
 
 
 def test_compose_mounts_the_same_models_read_only_in_tf_serving_and_ranking(compose):
     sources = set()
     for name in ("tf-serving", "ranking"):
-        mounts = [v for v in compose["services"][name]["volumes"]
-                  if v["target"] == MODEL_MOUNT]
+        mounts = [v for v in compose["services"][name]["volumes"] if v["target"] == MODEL_MOUNT]
         assert len(mounts) == 1 and mounts[0]["read_only"] is True, name
         assert mounts[0]["source"].endswith("}/unisar")
         sources.add(mounts[0]["source"])
@@ -132,8 +138,9 @@ def test_compose_mounts_the_same_models_read_only_in_tf_serving_and_ranking(comp
 def test_compose_tf_serving_has_the_kubernetes_flags_with_cpu_batching(compose):
     tf_serving = compose["services"]["tf-serving"]
     kubernetes = [d for d in yaml.safe_load_all(TF_SERVING_KUBERNETES.read_text()) if d]
-    container = next(d for d in kubernetes if d["kind"] == "Deployment")[
-        "spec"]["template"]["spec"]["containers"][0]
+    container = next(d for d in kubernetes if d["kind"] == "Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"][0]
     expected = parse_flags(container["args"])
     expected["--batching_parameters_file"] = "/config/batching_cpu.config"
     assert parse_flags(tf_serving["command"]) == expected
@@ -144,6 +151,7 @@ def test_compose_tf_serving_has_the_kubernetes_flags_with_cpu_batching(compose):
 
 # --- Kubernetes ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def manifests():
     documents = [d for d in yaml.safe_load_all(KUBERNETES.read_text()) if d]
@@ -151,8 +159,12 @@ def manifests():
 
 
 def test_kubernetes_has_the_ranking_service_and_redis(manifests):
-    assert set(manifests) == {("Deployment", "unisar-ranking"), ("Service", "unisar-ranking"),
-                              ("StatefulSet", "unisar-redis"), ("Service", "unisar-redis")}
+    assert set(manifests) == {
+        ("Deployment", "unisar-ranking"),
+        ("Service", "unisar-ranking"),
+        ("StatefulSet", "unisar-redis"),
+        ("Service", "unisar-redis"),
+    }
     for kind, name in [("Deployment", "unisar-ranking"), ("StatefulSet", "unisar-redis")]:
         spec = manifests[(kind, name)]["spec"]
         labels = spec["template"]["metadata"]["labels"]
@@ -172,46 +184,59 @@ def test_kubernetes_ranking_args_ports_and_probes_agree(manifests):
     assert ports == {"http": int(flags["--http_port"]), "grpc": int(flags["--grpc_port"])}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    service_ports = {p["name"]: (p["port"], p["targetPort"])
-                     for p in manifests[("Service", "unisar-ranking")]["spec"]["ports"]}
+    service_ports = {
+        p["name"]: (p["port"], p["targetPort"])
+        for p in manifests[("Service", "unisar-ranking")]["spec"]["ports"]
+    }
     assert service_ports == {"http": (ports["http"], "http"), "grpc": (ports["grpc"], "grpc")}
     assert container["image"] == IMAGE
 
 
 def test_kubernetes_ranking_points_at_tf_serving_and_redis(manifests):
     container = manifests[("Deployment", "unisar-ranking")]["spec"]["template"]["spec"][
-        "containers"][0]
+        "containers"
+    ][0]
     flags = parse_flags(container["args"])
-    tf_serving = {(d["kind"], d["metadata"]["name"]): d
-                  for d in yaml.safe_load_all(TF_SERVING_KUBERNETES.read_text()) if d}
-    grpc_port = {p["name"]: p["port"] for p in tf_serving[("Service", "unisar-serving")][
-        "spec"]["ports"]}["grpc"]
+    tf_serving = {
+        (d["kind"], d["metadata"]["name"]): d
+        for d in yaml.safe_load_all(TF_SERVING_KUBERNETES.read_text())
+        if d
+    }
+    grpc_port = {
+        p["name"]: p["port"] for p in tf_serving[("Service", "unisar-serving")]["spec"]["ports"]
+    }["grpc"]
     assert flags["--model_server"] == f"unisar-serving:{grpc_port}"
 
     store = urllib.parse.urlparse(flags["--store"])
-    redis_ports = {p["name"]: p["port"] for p in manifests[("Service", "unisar-redis")][
-        "spec"]["ports"]}
-    assert (store.scheme, store.hostname, store.port) == ("redis", "unisar-redis",
-                                                          redis_ports["redis"])
-    redis = manifests[("StatefulSet", "unisar-redis")]["spec"]["template"]["spec"][
-        "containers"][0]
+    redis_ports = {
+        p["name"]: p["port"] for p in manifests[("Service", "unisar-redis")]["spec"]["ports"]
+    }
+    assert (store.scheme, store.hostname, store.port) == (
+        "redis",
+        "unisar-redis",
+        redis_ports["redis"],
+    )
+    redis = manifests[("StatefulSet", "unisar-redis")]["spec"]["template"]["spec"]["containers"][0]
     assert _container_ports(redis)["redis"] == redis_ports["redis"] == 6379
 
 
 def test_kubernetes_ranking_reads_the_models_tf_serving_serves(manifests):
     """Same claim and subPath as TF Serving's pod, read-only, at --model_base_path."""
     pod = manifests[("Deployment", "unisar-ranking")]["spec"]["template"]["spec"]
-    mount = next(m for m in pod["containers"][0]["volumeMounts"]
-                 if m["mountPath"] == MODEL_MOUNT)
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == MODEL_MOUNT)
     assert mount["readOnly"] is True and mount["subPath"] == "unisar"
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-    tf_pod = next(d for d in yaml.safe_load_all(TF_SERVING_KUBERNETES.read_text())
-                  if d and d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    tf_pod = next(
+        d
+        for d in yaml.safe_load_all(TF_SERVING_KUBERNETES.read_text())
+        if d and d["kind"] == "Deployment"
+    )["spec"]["template"]["spec"]
     tf_volume = next(v for v in tf_pod["volumes"] if "persistentVolumeClaim" in v)
     assert volume["persistentVolumeClaim"] == tf_volume["persistentVolumeClaim"]
 
 
 # --- Dockerfile ----------------------------------------------------------------------------
+
 
 def test_dockerfile_runs_the_service_with_locked_packages():
     text = DOCKERFILE.read_text()
@@ -219,14 +244,19 @@ def test_dockerfile_runs_the_service_with_locked_packages():
     assert 'ENTRYPOINT ["python", "-m", "serving.ranking_service"]' in lines
     defaults = cli_flags()
     exposed = next(line for line in lines if line.startswith("EXPOSE")).split()[1:]
-    assert exposed == [str(defaults["--http_port"]["default"]),
-                       str(defaults["--grpc_port"]["default"])]
+    assert exposed == [
+        str(defaults["--http_port"]["default"]),
+        str(defaults["--grpc_port"]["default"]),
+    ]
     for line in lines:
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (REPO / source).exists(), f"COPY {source}: no such path"
     install = re.search(r"-c requirements\.lock\s*\\?\s*([^\n]+)", text).group(1).split()
-    locked = {line.split("==")[0] for line in
-              (REPO / "requirements.lock").read_text().splitlines() if "==" in line}
+    locked = {
+        line.split("==")[0]
+        for line in (REPO / "requirements.lock").read_text().splitlines()
+        if "==" in line
+    }
     assert set(install) <= locked, set(install) - locked
     assert {"tensorflow", "tensorflow-serving-api", "grpcio", "redis"} <= set(install)

@@ -1,21 +1,27 @@
-"""serving/retrieval.py: a user's stored events -> retrieved raw item ids, from an export's index."""
+"""serving/retrieval.py: a user's stored events -> retrieved raw item ids, from an export's
+index."""
+
 import os
 
 import numpy as np
 import pytest
 
 from feature_specs.event_schema import Event
-from unisar_tf.data.retrieval_index import (RETRIEVAL_DIR, RetrievalParams, Sequences,
-                                            build_index)
 from serving.retrieval import Retriever, recent_items
+from unisar_tf.data.retrieval_index import RETRIEVAL_DIR, RetrievalParams, Sequences, build_index
 
 CATALOGUE = np.array(["", "a", "b", "c", "d", "e"], dtype=object)
 A, B, C, D, E = 1, 2, 3, 4, 5
 # Training: a -> b twice, b -> c, c -> d; e never a positive.
-TRAIN = Sequences(recent=np.array([[A], [A], [B], [C]]), positives=np.array([B, B, C, D]),
-                  tasks=np.array(["rec"] * 4), clicks_per_session=2)
-PARAMS = RetrievalParams(neighbours=3, transition_window=1, recent_items=3, recency_decay=0.5,
-                         transition_weight=1.0)  # transitions only: easy to reason about
+TRAIN = Sequences(
+    recent=np.array([[A], [A], [B], [C]]),
+    positives=np.array([B, B, C, D]),
+    tasks=np.array(["rec"] * 4),
+    clicks_per_session=2,
+)
+PARAMS = RetrievalParams(
+    neighbours=3, transition_window=1, recent_items=3, recency_decay=0.5, transition_weight=1.0
+)  # transitions only: easy to reason about
 
 
 def rec(user, t, item, click=1, line=0):
@@ -39,10 +45,16 @@ def retriever(export_dir):
 
 
 def test_users_items_follow_the_data_jobs_rules():
-    events = [rec("u", 5, "c"), rec("u", 1, "a"), rec("u", 6, "e", click=0),  # impression
-              search("u", 3, "s1", "d", 0, 1), search("u", 3, "s1", "b", 1, 2),
-              search("u", 3, "s1", "e", 1, 3), search("u", 3, "s1", "a", 1, 4),
-              rec("u", 3, "d", line=9)]  # same time as the search: rec first
+    events = [
+        rec("u", 5, "c"),
+        rec("u", 1, "a"),
+        rec("u", 6, "e", click=0),  # impression
+        search("u", 3, "s1", "d", 0, 1),
+        search("u", 3, "s1", "b", 1, 2),
+        search("u", 3, "s1", "e", 1, 3),
+        search("u", 3, "s1", "a", 1, 4),
+        rec("u", 3, "d", line=9),
+    ]  # same time as the search: rec first
     # Time order: a (1), rec d (3), search s1 clicks b, e (a cut: 2 clicks), c (5).
     assert recent_items(events, clicks_per_session=2) == ["c", "b", "e", "d", "a"]
     assert recent_items(events, clicks_per_session=1) == ["c", "b", "d", "a"]

@@ -2,6 +2,7 @@
 
 Uses the toy SavedModel of tests/serving/test_serving_server.py (scores are hand-computable there).
 """
+
 import json
 import os
 import socket
@@ -13,14 +14,14 @@ import time
 import grpc
 import numpy as np
 import pytest
-
 from helpers import REPO
 from helpers.serving import save_toy_model
+
 from serving import client as client_lib
 from serving import server as server_lib
 from serving.client import ScoringError, ScoringRequestError, UniSARClient, build_inputs
 
-REC_HISTORY = [("item_b", 20), ("item_a", 10)]            # given newest first on purpose
+REC_HISTORY = [("item_b", 20), ("item_a", 10)]  # given newest first on purpose
 SEARCH_HISTORY = [("red shoes", ["item_a", "item_c"], 15)]
 CANDIDATES = ["item_c", "item_a", "unknown"]
 # See test_serving_server: value + n_rec + 10 n_search [+ 100 n_clicked + 1000 query words].
@@ -50,14 +51,16 @@ def free_port():
 
 
 def test_build_inputs_pads_sorts_and_counts():
-    inputs = build_inputs("u1", ["x", "y"], REC_HISTORY,
-                          [("b", ["i1"], 7), ("a", ["i2", "i3", "i4"], 5)], query="q")
+    inputs = build_inputs(
+        "u1", ["x", "y"], REC_HISTORY, [("b", ["i1"], 7), ("a", ["i2", "i3", "i4"], 5)], query="q"
+    )
     assert inputs["rec_history_item_ids"].tolist() == [[b"item_a", b"item_b"]]
     assert inputs["rec_history_timestamps"].tolist() == [[10, 20]]
     assert inputs["rec_history_length"].tolist() == [2]
     assert inputs["search_history_queries"].tolist() == [[b"a", b"b"]]
     assert inputs["search_history_clicked_item_ids"].tolist() == [
-        [[b"i2", b"i3", b"i4"], [b"i1", b"", b""]]]
+        [[b"i2", b"i3", b"i4"], [b"i1", b"", b""]]
+    ]
     assert inputs["search_history_timestamps"].tolist() == [[5, 7]]
     assert inputs["query"].tolist() == [b"q"]
     assert inputs["candidate_item_ids"].tolist() == [[b"x", b"y"]]
@@ -81,7 +84,8 @@ def test_recommend_and_search_scores(target):
         np.testing.assert_allclose(scores, EXPECTED_RECOMMEND)
         np.testing.assert_allclose(
             client.search("u1", "red running shoes", CANDIDATES, REC_HISTORY, SEARCH_HISTORY),
-            EXPECTED_SEARCH)
+            EXPECTED_SEARCH,
+        )
         # Empty histories: (1, 1) padded tensors with length 0 still score.
         np.testing.assert_allclose(client.recommend("u2", ["item_b"]), [2.0])
 
@@ -137,12 +141,15 @@ class _FailingStub:
         raise _FakeRpcError(self.code)
 
 
-@pytest.mark.parametrize("code, calls", [
-    (grpc.StatusCode.UNAVAILABLE, 4),          # 1 + 3 retries
-    (grpc.StatusCode.DEADLINE_EXCEEDED, 1),    # server is slow: do not add load
-    (grpc.StatusCode.INVALID_ARGUMENT, 1),
-    (grpc.StatusCode.INTERNAL, 1),
-])
+@pytest.mark.parametrize(
+    "code, calls",
+    [
+        (grpc.StatusCode.UNAVAILABLE, 4),  # 1 + 3 retries
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 1),  # server is slow: do not add load
+        (grpc.StatusCode.INVALID_ARGUMENT, 1),
+        (grpc.StatusCode.INTERNAL, 1),
+    ],
+)
 def test_only_unavailable_is_retried_with_backoff(monkeypatch, code, calls):
     sleeps = []
     monkeypatch.setattr(client_lib.time, "sleep", sleeps.append)
@@ -153,7 +160,7 @@ def test_only_unavailable_is_retried_with_backoff(monkeypatch, code, calls):
     client.close()
     assert info.value.code == code and code.name in str(info.value)
     assert stub.timeouts == [0.7] * calls
-    assert sleeps == pytest.approx([0.05, 0.1, 0.2][:calls - 1])
+    assert sleeps == pytest.approx([0.05, 0.1, 0.2][: calls - 1])
 
 
 def test_dead_port_without_retries_fails_fast_with_unavailable():
@@ -176,8 +183,7 @@ def test_retries_reach_a_server_that_starts_late(base_path):
         servers.append(server_lib.serve(base_path, port=port))
 
     thread = threading.Thread(target=start_late)
-    client = UniSARClient(f"127.0.0.1:{port}", timeout_seconds=5.0, retries=5,
-                          backoff_seconds=0.05)
+    client = UniSARClient(f"127.0.0.1:{port}", timeout_seconds=5.0, retries=5, backoff_seconds=0.05)
     start = time.monotonic()
     thread.start()
     try:
@@ -194,7 +200,9 @@ def test_retries_reach_a_server_that_starts_late(base_path):
 def test_history_syntax_parsers():
     assert client_lib.parse_rec_history("i@1, j@k@2,") == [("i", 1), ("j@k", 2)]
     assert client_lib.parse_search_history("red shoes>i1 i2@5;socks>@6") == [
-        ("red shoes", ["i1", "i2"], 5), ("socks", [], 6)]
+        ("red shoes", ["i1", "i2"], 5),
+        ("socks", [], 6),
+    ]
     for bad in ["i1", "i1@soon"]:
         with pytest.raises(ValueError):
             client_lib.parse_rec_history(bad)
@@ -205,37 +213,76 @@ def test_history_syntax_parsers():
 
 @pytest.mark.slow
 def test_cli_prints_scores_sorted(target, capsys, tmp_path):
-    code = client_lib.main([
-        "--target", target, "--user", "u1", "--candidates", "unknown,item_a,item_c",
-        "--rec_history", "item_b@20,item_a@10",
-        "--search_history", "red shoes>item_a item_c@15"])
+    code = client_lib.main(
+        [
+            "--target",
+            target,
+            "--user",
+            "u1",
+            "--candidates",
+            "unknown,item_a,item_c",
+            "--rec_history",
+            "item_b@20,item_a@10",
+            "--search_history",
+            "red shoes>item_a item_c@15",
+        ]
+    )
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     assert [line.split()[1:] for line in out[1:]] == [
-        ["item_c", "15.000000"], ["item_a", "13.000000"], ["unknown", "12.000000"]]
+        ["item_c", "15.000000"],
+        ["item_a", "13.000000"],
+        ["unknown", "12.000000"],
+    ]
 
     history = tmp_path / "history.json"
-    history.write_text(json.dumps({
-        "rec": [{"item": "item_a", "timestamp": 10}, {"item": "item_b", "timestamp": 20}],
-        "search": [{"query": "red shoes", "clicked": ["item_a", "item_c"], "timestamp": 15}]}))
-    code = client_lib.main([
-        "--target", target, "--signature", "search", "--query", "red running shoes",
-        "--user", "u1", "--candidates", ",".join(CANDIDATES), "--history_json", str(history),
-        "--json"])
+    history.write_text(
+        json.dumps(
+            {
+                "rec": [{"item": "item_a", "timestamp": 10}, {"item": "item_b", "timestamp": 20}],
+                "search": [
+                    {"query": "red shoes", "clicked": ["item_a", "item_c"], "timestamp": 15}
+                ],
+            }
+        )
+    )
+    code = client_lib.main(
+        [
+            "--target",
+            target,
+            "--signature",
+            "search",
+            "--query",
+            "red running shoes",
+            "--user",
+            "u1",
+            "--candidates",
+            ",".join(CANDIDATES),
+            "--history_json",
+            str(history),
+            "--json",
+        ]
+    )
     result = json.loads(capsys.readouterr().out)
     assert code == 0
     assert [(s["item"], s["score"]) for s in result["scores"]] == list(
-        zip(CANDIDATES, EXPECTED_SEARCH))
+        zip(CANDIDATES, EXPECTED_SEARCH)
+    )
 
 
-@pytest.mark.parametrize("argv, named", [
-    (["--user", "u1"], "--candidates"),
-    (["--user", "u1", "--candidates", "a", "--signature", "search"], "--query"),
-    (["--user", "u1", "--candidates", "a", "--rec_history", "a@soon"], "soon"),
-    (["--user", "u1", "--candidates", "a", "--search_history", "no arrow@5"], "no arrow"),
-    (["--user", "u1", "--candidates", "a", "--history_json", "/nonexistent.json"],
-     "nonexistent"),
-])
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--user", "u1"], "--candidates"),
+        (["--user", "u1", "--candidates", "a", "--signature", "search"], "--query"),
+        (["--user", "u1", "--candidates", "a", "--rec_history", "a@soon"], "soon"),
+        (["--user", "u1", "--candidates", "a", "--search_history", "no arrow@5"], "no arrow"),
+        (
+            ["--user", "u1", "--candidates", "a", "--history_json", "/nonexistent.json"],
+            "nonexistent",
+        ),
+    ],
+)
 def test_cli_bad_arguments_exit_2(capsys, argv, named):
     with pytest.raises(SystemExit) as info:
         client_lib.main(argv)
@@ -246,15 +293,28 @@ def test_cli_bad_arguments_exit_2(capsys, argv, named):
 @pytest.mark.slow
 def test_cli_request_rejected_by_server_exits_2(target, capsys):
     # The toy model asserts non-negative timestamps in its graph: INVALID_ARGUMENT.
-    code = client_lib.main(["--target", target, "--user", "u1", "--candidates", "item_a",
-                            "--rec_history", "item_a@-3"])
+    code = client_lib.main(
+        ["--target", target, "--user", "u1", "--candidates", "item_a", "--rec_history", "item_a@-3"]
+    )
     assert code == 2
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
 
 
 def test_cli_unreachable_server_exits_1(capsys):
-    code = client_lib.main(["--target", f"127.0.0.1:{free_port()}", "--user", "u1",
-                            "--candidates", "a", "--retries", "1", "--timeout", "1"])
+    code = client_lib.main(
+        [
+            "--target",
+            f"127.0.0.1:{free_port()}",
+            "--user",
+            "u1",
+            "--candidates",
+            "a",
+            "--retries",
+            "1",
+            "--timeout",
+            "1",
+        ]
+    )
     assert code == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
 
@@ -262,13 +322,29 @@ def test_cli_unreachable_server_exits_1(capsys):
 @pytest.mark.slow
 def test_cli_subprocess(target):
     result = subprocess.run(
-        [sys.executable, "-m", "serving.client", "--target", target, "--user", "u1",
-         "--candidates", "item_a,item_c", "--json"],
-        cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
-        timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "serving.client",
+            "--target",
+            target,
+            "--user",
+            "u1",
+            "--candidates",
+            "item_a,item_c",
+            "--json",
+        ],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["scores"] == [{"item": "item_c", "score": 3.0},
-                                                   {"item": "item_a", "score": 1.0}]
+    assert json.loads(result.stdout)["scores"] == [
+        {"item": "item_c", "score": 3.0},
+        {"item": "item_a", "score": 1.0},
+    ]
 
 
 def test_scores_padded_by_server_side_batching_are_dropped(monkeypatch):
@@ -278,6 +354,5 @@ def test_scores_padded_by_server_side_batching_are_dropped(monkeypatch):
     padded = {"scores": np.array([[0.9, 0.1, 0.9, 0.9, 0.9]], np.float32)}
     monkeypatch.setattr(client, "predict", lambda signature, inputs: padded)
     np.testing.assert_array_equal(client.recommend("u", ["a", "b"]), padded["scores"][0, :2])
-    np.testing.assert_array_equal(client.search("u", "q", ["a", "b", "c"]),
-                                  padded["scores"][0, :3])
+    np.testing.assert_array_equal(client.search("u", "q", ["a", "b", "c"]), padded["scores"][0, :3])
     client.close()

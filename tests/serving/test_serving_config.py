@@ -10,6 +10,7 @@ ModelServerConfig but not BatchingParameters or MonitoringConfig, so those two a
 below from their .proto definitions in tensorflow/serving (field names, numbers and types
 copied exactly; unused later fields omitted, so using one in a config fails the parse).
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,11 +23,15 @@ from typing import Dict, List
 
 import pytest
 import yaml
-from google.protobuf import (descriptor_pb2, descriptor_pool, message_factory, text_format,
-                             wrappers_pb2)
-from tensorflow_serving.config import model_server_config_pb2
-
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,
+)
 from helpers import REPO as REPO_DIR
+from tensorflow_serving.config import model_server_config_pb2
 
 REPO = Path(REPO_DIR)
 CONFIG_DIR = REPO / "serving" / "config"
@@ -36,29 +41,47 @@ SCRIPTS = {"gpu": DEPLOY_DIR / "docker_gpu.sh", "cpu": DEPLOY_DIR / "docker_cpu.
 BATCHING_FILES = {"gpu": "batching_gpu.config", "cpu": "batching_cpu.config"}
 
 MODEL_NAME = "unisar"
-MODEL_MOUNT = "/models/unisar"   # container path of <serving_dir>/unisar
-CONFIG_MOUNT = "/config"         # container path of serving/config
+MODEL_MOUNT = "/models/unisar"  # container path of <serving_dir>/unisar
+CONFIG_MOUNT = "/config"  # container path of serving/config
 GRPC_PORT, REST_PORT = 8500, 8501
 
 # Flags of tensorflow_model_server 2.15 (tensorflow_serving/model_servers/main.cc) that a
 # deployment here may use; the server refuses to start on an unknown flag.
 MODEL_SERVER_FLAGS = {
-    "port", "rest_api_port", "rest_api_num_threads", "rest_api_timeout_in_ms",
-    "enable_batching", "batching_parameters_file", "model_config_file",
-    "model_config_file_poll_wait_seconds", "file_system_poll_wait_seconds",
-    "monitoring_config_file", "enable_model_warmup", "num_request_iterations_for_warmup",
-    "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
-    "per_process_gpu_memory_fraction", "grpc_channel_arguments", "grpc_max_threads",
+    "port",
+    "rest_api_port",
+    "rest_api_num_threads",
+    "rest_api_timeout_in_ms",
+    "enable_batching",
+    "batching_parameters_file",
+    "model_config_file",
+    "model_config_file_poll_wait_seconds",
+    "file_system_poll_wait_seconds",
+    "monitoring_config_file",
+    "enable_model_warmup",
+    "num_request_iterations_for_warmup",
+    "tensorflow_intra_op_parallelism",
+    "tensorflow_inter_op_parallelism",
+    "per_process_gpu_memory_fraction",
+    "grpc_channel_arguments",
+    "grpc_max_threads",
 }
 
 
 # --- protos -----------------------------------------------------------------------------
 
+
 def _field(message, name, number, field_type, type_name=None, repeated=False):
     field = message.field.add(
-        name=name, number=number, type=field_type,
-        label=(descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED if repeated
-               else descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL))
+        name=name,
+        number=number,
+        type=field_type,
+        label=(
+            descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+            if repeated
+            else descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+        ),
+    )
     if type_name:
         field.type_name = type_name
 
@@ -76,8 +99,10 @@ def _mirrored_protos():
 
     batching_file = descriptor_pb2.FileDescriptorProto(
         name="tensorflow_serving/servables/tensorflow/session_bundle_config.proto",
-        package="tensorflow.serving", syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"])
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
     batching = batching_file.message_type.add(name="BatchingParameters")
     int64_value, string_value = ".google.protobuf.Int64Value", ".google.protobuf.StringValue"
     _field(batching, "max_batch_size", 1, F.TYPE_MESSAGE, int64_value)
@@ -91,13 +116,16 @@ def _mirrored_protos():
 
     monitoring_file = descriptor_pb2.FileDescriptorProto(
         name="tensorflow_serving/config/monitoring_config.proto",
-        package="tensorflow.serving", syntax="proto3")
+        package="tensorflow.serving",
+        syntax="proto3",
+    )
     prometheus = monitoring_file.message_type.add(name="PrometheusConfig")
     _field(prometheus, "enable", 1, F.TYPE_BOOL)
     _field(prometheus, "path", 2, F.TYPE_STRING)
     monitoring = monitoring_file.message_type.add(name="MonitoringConfig")
-    _field(monitoring, "prometheus_config", 1, F.TYPE_MESSAGE,
-           ".tensorflow.serving.PrometheusConfig")
+    _field(
+        monitoring, "prometheus_config", 1, F.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig"
+    )
     pool.Add(monitoring_file)
 
     def message_class(full_name):
@@ -106,13 +134,16 @@ def _mirrored_protos():
             return message_factory.GetMessageClass(descriptor)
         return message_factory.MessageFactory(pool).GetPrototype(descriptor)
 
-    return (message_class("tensorflow.serving.BatchingParameters"),
-            message_class("tensorflow.serving.MonitoringConfig"))
+    return (
+        message_class("tensorflow.serving.BatchingParameters"),
+        message_class("tensorflow.serving.MonitoringConfig"),
+    )
 
 
 def batching_parameters_class():
     try:  # the real module, should a tensorflow-serving-api release ship it
         from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
+
         return session_bundle_config_pb2.BatchingParameters
     except ImportError:
         return _mirrored_protos()[0]
@@ -121,6 +152,7 @@ def batching_parameters_class():
 def monitoring_config_class():
     try:
         from tensorflow_serving.config import monitoring_config_pb2
+
         return monitoring_config_pb2.MonitoringConfig
     except ImportError:
         return _mirrored_protos()[1]
@@ -137,8 +169,12 @@ def parse_file(name: str, message_class):
 def batching_problems(params) -> List[str]:
     """What TF Serving would reject, or what breaks serving this model, in BatchingParameters."""
     problems = []
-    for name in ("max_batch_size", "batch_timeout_micros", "num_batch_threads",
-                 "max_enqueued_batches"):
+    for name in (
+        "max_batch_size",
+        "batch_timeout_micros",
+        "num_batch_threads",
+        "max_enqueued_batches",
+    ):
         if not params.HasField(name):
             problems.append(f"{name} not set (TF Serving's default is not meant for serving)")
     if params.max_batch_size.value <= 0:
@@ -156,8 +192,10 @@ def batching_problems(params) -> List[str]:
         if sizes[0] <= 0 or any(b <= a for a, b in zip(sizes, sizes[1:])):
             problems.append(f"allowed_batch_sizes {sizes} must be positive and increasing")
         if sizes[-1] != params.max_batch_size.value:
-            problems.append(f"allowed_batch_sizes must end at max_batch_size "
-                            f"({params.max_batch_size.value}), not {sizes[-1]}")
+            problems.append(
+                f"allowed_batch_sizes must end at max_batch_size "
+                f"({params.max_batch_size.value}), not {sizes[-1]}"
+            )
     return problems
 
 
@@ -168,8 +206,9 @@ def models_config():
 
 @pytest.fixture(scope="module")
 def batching():
-    return {kind: parse_file(name, batching_parameters_class())
-            for kind, name in BATCHING_FILES.items()}
+    return {
+        kind: parse_file(name, batching_parameters_class()) for kind, name in BATCHING_FILES.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +222,7 @@ def serving_api_version():
 
 
 # --- config files -----------------------------------------------------------------------
+
 
 def test_models_config_serves_unisar_from_the_container_mount(models_config):
     configs = models_config.model_config_list.config
@@ -217,8 +257,10 @@ def test_batching_values_suit_their_hardware(batching):
 
 
 def test_batching_problems_catches_bad_values():
-    bad = parse("max_batch_size { value: 64 }\n"
-                "allowed_batch_sizes: [8, 32, 16]\n", batching_parameters_class())
+    bad = parse(
+        "max_batch_size { value: 64 }\n" "allowed_batch_sizes: [8, 32, 16]\n",
+        batching_parameters_class(),
+    )
     problems = batching_problems(bad)
     assert any("pad_variable_length_inputs" in p for p in problems)
     assert any("increasing" in p for p in problems)
@@ -231,22 +273,28 @@ def test_monitoring_config_enables_prometheus(monitoring):
     assert monitoring.prometheus_config.path == "/monitoring/prometheus/metrics"
 
 
-@pytest.mark.parametrize("text,message", [
-    ("max_batch_sise { value: 1 }", "batching"),          # misspelt field
-    ("max_batch_size: 64", "batching"),                   # wrapper written as a plain value
-    ("max_batch_size { value: 64 }\nmax_batch_size { value: 32 }", "batching"),  # twice
-    ("prometheus_config { enabled: true }", "monitoring"),
-    ('model_config_list { config { nmae: "unisar" } }', "models"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("max_batch_sise { value: 1 }", "batching"),  # misspelt field
+        ("max_batch_size: 64", "batching"),  # wrapper written as a plain value
+        ("max_batch_size { value: 64 }\nmax_batch_size { value: 32 }", "batching"),  # twice
+        ("prometheus_config { enabled: true }", "monitoring"),
+        ('model_config_list { config { nmae: "unisar" } }', "models"),
+    ],
+)
 def test_a_typo_fails_to_parse(text, message):
-    message_class = {"batching": batching_parameters_class(),
-                     "monitoring": monitoring_config_class(),
-                     "models": model_server_config_pb2.ModelServerConfig}[message]
+    message_class = {
+        "batching": batching_parameters_class(),
+        "monitoring": monitoring_config_class(),
+        "models": model_server_config_pb2.ModelServerConfig,
+    }[message]
     with pytest.raises(text_format.ParseError):
         parse(text, message_class)
 
 
 # --- Kubernetes -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def manifests():
@@ -303,8 +351,9 @@ def _check_server_args(args: List[str], batching_file: str) -> Dict[str, str]:
     for name, value in flags.items():
         if name.endswith("_file"):
             assert value.startswith(CONFIG_MOUNT + "/"), f"--{name}={value} outside /config"
-            assert (CONFIG_DIR / value[len(CONFIG_MOUNT) + 1:]).is_file(), \
-                f"--{name}={value}: serving/config has no such file"
+            assert (
+                CONFIG_DIR / value[len(CONFIG_MOUNT) + 1 :]
+            ).is_file(), f"--{name}={value}: serving/config has no such file"
     return flags
 
 
@@ -326,8 +375,7 @@ def test_deployment_args_point_at_the_repo_configs(container, pod, batching):
     assert volumes[config_mounts[0]["name"]]["configMap"]["name"] == "unisar-serving-config"
     assert "--from-file=serving/config" in KUBERNETES_YAML.read_text()
     # batching_gpu.config sizes its threads to the pod's CPU request.
-    assert int(container["resources"]["requests"]["cpu"]) == \
-        batching["gpu"].num_batch_threads.value
+    assert int(container["resources"]["requests"]["cpu"]) == batching["gpu"].num_batch_threads.value
 
 
 def test_model_volume_is_the_pushers_claim_mounted_read_only(container, pod, models_config):
@@ -372,6 +420,7 @@ def test_prometheus_annotations_match_monitoring_config(pod, monitoring):
 
 # --- docker scripts ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])
 def test_script_is_valid_bash(kind):
     result = subprocess.run(["bash", "-n", str(SCRIPTS[kind])], capture_output=True, text=True)
@@ -389,10 +438,19 @@ def _run_with_fake_docker(tmp_path: Path, script: Path, *args: str, env=None):
     fake.chmod(0o755)
     record = tmp_path / "docker_args.txt"
     environment = {k: v for k, v in os.environ.items() if k != "SERVING_DIR"}
-    environment.update(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-                       FAKE_DOCKER_ARGS=str(record), **(env or {}))
-    result = subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
-                            env=environment, cwd=tmp_path, timeout=30)
+    environment.update(
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        FAKE_DOCKER_ARGS=str(record),
+        **(env or {}),
+    )
+    result = subprocess.run(
+        ["bash", str(script), *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=tmp_path,
+        timeout=30,
+    )
     argv = record.read_text().splitlines() if record.exists() else None
     return result, argv
 
@@ -406,15 +464,17 @@ def serving_dir(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])
-def test_script_runs_the_same_server_as_kubernetes(kind, tmp_path, serving_dir, container,
-                                                   serving_api_version):
-    result, argv = _run_with_fake_docker(tmp_path, SCRIPTS[kind], str(serving_dir),
-                                         "--file_system_poll_wait_seconds=5")
+def test_script_runs_the_same_server_as_kubernetes(
+    kind, tmp_path, serving_dir, container, serving_api_version
+):
+    result, argv = _run_with_fake_docker(
+        tmp_path, SCRIPTS[kind], str(serving_dir), "--file_system_poll_wait_seconds=5"
+    )
     assert result.returncode == 0, result.stderr
     assert argv[0] == "run"
     image = f"tensorflow/serving:{serving_api_version}" + ("-gpu" if kind == "gpu" else "")
     assert argv.count(image) == 1
-    docker_options, server_args = argv[1:argv.index(image)], argv[argv.index(image) + 1:]
+    docker_options, server_args = argv[1 : argv.index(image)], argv[argv.index(image) + 1 :]
 
     # Extra arguments go to the model server, after the deployment's own flags.
     assert server_args[-1] == "--file_system_poll_wait_seconds=5"
@@ -425,24 +485,29 @@ def test_script_runs_the_same_server_as_kubernetes(kind, tmp_path, serving_dir, 
     assert flags == kubernetes_flags
 
     mounts = [docker_options[i + 1] for i, o in enumerate(docker_options) if o == "--mount"]
-    assert sorted(mounts) == sorted([
-        f"type=bind,source={serving_dir / MODEL_NAME},target={MODEL_MOUNT},readonly",
-        f"type=bind,source={CONFIG_DIR},target={CONFIG_MOUNT},readonly",
-    ])
+    assert sorted(mounts) == sorted(
+        [
+            f"type=bind,source={serving_dir / MODEL_NAME},target={MODEL_MOUNT},readonly",
+            f"type=bind,source={CONFIG_DIR},target={CONFIG_MOUNT},readonly",
+        ]
+    )
     published = [docker_options[i + 1] for i, o in enumerate(docker_options) if o == "-p"]
     if kind == "gpu":
         assert docker_options[docker_options.index("--gpus") + 1] == "all"
         assert sorted(published) == [f"{GRPC_PORT}:{GRPC_PORT}", f"{REST_PORT}:{REST_PORT}"]
     else:
         assert "--gpus" not in docker_options
-        assert sorted(published) == [f"127.0.0.1:{GRPC_PORT}:{GRPC_PORT}",
-                                     f"127.0.0.1:{REST_PORT}:{REST_PORT}"]
+        assert sorted(published) == [
+            f"127.0.0.1:{GRPC_PORT}:{GRPC_PORT}",
+            f"127.0.0.1:{REST_PORT}:{REST_PORT}",
+        ]
 
 
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])
 def test_script_serving_dir_from_env_and_missing_dir(kind, tmp_path, serving_dir):
-    result, argv = _run_with_fake_docker(tmp_path, SCRIPTS[kind],
-                                         env={"SERVING_DIR": str(serving_dir)})
+    result, argv = _run_with_fake_docker(
+        tmp_path, SCRIPTS[kind], env={"SERVING_DIR": str(serving_dir)}
+    )
     assert result.returncode == 0, result.stderr
     assert f"type=bind,source={serving_dir / MODEL_NAME},target={MODEL_MOUNT},readonly" in argv
 

@@ -1,5 +1,6 @@
 """A real UniSAR export behind the stand-in (and behind TF Serving when its binary is on PATH):
 client -> server -> scores equal the in-process model's, for both signatures."""
+
 import os
 import shutil
 import socket
@@ -45,17 +46,20 @@ def test_stand_in_scores_equal_the_in_process_model(pushed, stand_in):
 
 def test_unknown_user_items_and_words_score_through_the_server(stand_in):
     with UniSARClient(stand_in, timeout_seconds=10) as client:
-        scores = client.search("nobody", "words nobody typed", ["i3", "no-such-item", "i4"],
-                               rec_history=[("ghost-item", 1)],
-                               search_history=[("w1 unknown", ["i2", "ghost"], 2)])
+        scores = client.search(
+            "nobody",
+            "words nobody typed",
+            ["i3", "no-such-item", "i4"],
+            rec_history=[("ghost-item", 1)],
+            search_history=[("w1 unknown", ["i2", "ghost"], 2)],
+        )
         rec = client.recommend("nobody", ["no-such-item"])
     assert scores.shape == (3,) and np.all(np.isfinite(scores))
     assert scores[0] > 0 and scores[1] == 0 and scores[2] > 0  # unknown item ranks last
     assert rec.shape == (1,) and rec[0] == 0
 
 
-def test_inconsistent_lengths_are_invalid_argument_and_the_server_keeps_serving(pushed,
-                                                                              stand_in):
+def test_inconsistent_lengths_are_invalid_argument_and_the_server_keeps_serving(pushed, stand_in):
     _, raw, expected = pushed
     bad = dict(raw, rec_history_length=raw["rec_history_length"] + 100)
     with UniSARClient(stand_in, timeout_seconds=10) as client:
@@ -70,16 +74,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(shutil.which("tensorflow_model_server") is None,
-                    reason="tensorflow_model_server is not on PATH (it cannot be installed on "
-                           "these machines; production images have it)")
+@pytest.mark.skipif(
+    shutil.which("tensorflow_model_server") is None,
+    reason="tensorflow_model_server is not on PATH (it cannot be installed on "
+    "these machines; production images have it)",
+)
 def test_real_tf_serving_scores_equal_the_in_process_model(pushed):
     base_path, raw, expected = pushed
     port = _free_port()
     process = subprocess.Popen(
-        ["tensorflow_model_server", f"--port={port}", "--model_name=unisar",
-         f"--model_base_path={os.path.abspath(base_path)}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            "tensorflow_model_server",
+            f"--port={port}",
+            "--model_name=unisar",
+            f"--model_base_path={os.path.abspath(base_path)}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 60
         while True:  # ready once a request succeeds; UNAVAILABLE is retried by the client

@@ -5,6 +5,7 @@ held in a server-wide budget (--max_memory) while it runs.
 A 420-byte `recommend` request declaring 15,000,000 candidates passed the caps on what a
 request declares and had the server killed by the kernel at 19.6 GB.
 """
+
 import os
 import re
 import resource
@@ -17,11 +18,11 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import REPO
+from helpers.serving import save_toy_model
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from helpers import REPO
-from helpers.serving import save_toy_model
 from serving import request_cost as rc
 from serving import server as server_lib
 from serving.client import build_inputs
@@ -31,22 +32,38 @@ MiB = 1 << 20
 
 # --- the estimate and the budget, by hand ------------------------------------------------------
 
+
 def test_raw_measures_and_the_estimate_are_the_hand_computed_linear_bound():
-    dims = {"user_id": [2], "candidate_item_ids": [2, 50], "rec_history_item_ids": [2, 7],
-            "rec_history_timestamps": [2, 7], "rec_history_length": [2],
-            "search_history_queries": [2, 3], "search_history_clicked_item_ids": [2, 3, 4],
-            "search_history_timestamps": [2, 3], "search_history_length": [2],
-            "query": [2]}
-    strings = {"user_id": 4, "candidate_item_ids": 300, "search_history_queries": 60,
-               "query": 10}
+    dims = {
+        "user_id": [2],
+        "candidate_item_ids": [2, 50],
+        "rec_history_item_ids": [2, 7],
+        "rec_history_timestamps": [2, 7],
+        "rec_history_length": [2],
+        "search_history_queries": [2, 3],
+        "search_history_clicked_item_ids": [2, 3, 4],
+        "search_history_timestamps": [2, 3],
+        "search_history_length": [2],
+        "query": [2],
+    }
+    strings = {"user_id": 4, "candidate_item_ids": 300, "search_history_queries": 60, "query": 10}
     measures = rc.raw_measures(dims, strings)
-    assert measures == {"rows": 2, "candidates": 100, "rec_slots": 14, "search_slots": 6,
-                        "clicks": 24, "text:user_id": 4, "text:candidate_item_ids": 300,
-                        "text:search_history_queries": 60, "text:query": 10}
-    cost = rc.SignatureCost(base=1000.0, base_measures={"rows": 1, "candidates": 1,
-                                                        "text:query": 4},
-                            per_unit={"rows": 100.0, "candidates": 10.0, "clicks": 3.0,
-                                      "text:query": 2.0})
+    assert measures == {
+        "rows": 2,
+        "candidates": 100,
+        "rec_slots": 14,
+        "search_slots": 6,
+        "clicks": 24,
+        "text:user_id": 4,
+        "text:candidate_item_ids": 300,
+        "text:search_history_queries": 60,
+        "text:query": 10,
+    }
+    cost = rc.SignatureCost(
+        base=1000.0,
+        base_measures={"rows": 1, "candidates": 1, "text:query": 4},
+        per_unit={"rows": 100.0, "candidates": 10.0, "clicks": 3.0, "text:query": 2.0},
+    )
     # 1000 + 100 x (2 - 1) + 10 x (100 - 1) + 3 x 24 + 2 x (10 - 4); the rest costs nothing.
     assert cost.model_bytes(measures) == rc.SAFETY_FACTOR * (1000 + 100 + 990 + 72 + 12)
     assert cost.per_candidate() == rc.SAFETY_FACTOR * 10.0
@@ -89,6 +106,7 @@ def test_memory_budget_waits_for_room_and_refuses_what_never_fits():
 
 # --- in a server (the toy model of helpers/serving.py) -----------------------------------------
 
+
 def _toy_request(candidates=("item_c", "item_a")):
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "unisar"
@@ -111,8 +129,9 @@ def _declare_candidates(request, count, value=b"i"):
 def test_requests_wait_for_the_servers_memory_budget_then_get_resource_exhausted(tmp_path):
     base = tmp_path / "unisar"
     save_toy_model(str(base / "1"))
-    with server_lib.StandInServer(str(base), port=0, max_request_memory=8 * MiB,
-                                  max_memory=16 * MiB, memory_wait_seconds=1.0) as server:
+    with server_lib.StandInServer(
+        str(base), port=0, max_request_memory=8 * MiB, max_memory=16 * MiB, memory_wait_seconds=1.0
+    ) as server:
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         # empty history: value (item_c 3, item_a 1) + 0 rec + 10 x 0 searches
@@ -171,6 +190,7 @@ def test_memory_flags_are_validated():
 
 # --- the issue's reproduction, a real UniSAR export in a server process under a memory limit --
 
+
 def _status(pid, field):
     """VmRSS / VmHWM of a process, in bytes."""
     with open(f"/proc/{pid}/status") as handle:
@@ -188,14 +208,31 @@ def _limit_address_space():
 
 @pytest.mark.slow  # a server process that loads a real export
 def test_a_420_byte_request_declaring_15m_candidates_is_refused_within_the_memory_bound(
-        small_export):
+    small_export,
+):
     base_path, raw, expected = small_export
     max_request_memory, max_memory = 256 * MiB, 384 * MiB
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model_base_path", base_path, "--port", "0",
-         "--max_request_memory", str(max_request_memory), "--max_memory", str(max_memory)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        preexec_fn=_limit_address_space, env=dict(os.environ, PYTHONPATH=REPO))
+        [
+            sys.executable,
+            "-m",
+            "serving.server",
+            "--model_base_path",
+            base_path,
+            "--port",
+            "0",
+            "--max_request_memory",
+            str(max_request_memory),
+            "--max_memory",
+            str(max_memory),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=_limit_address_space,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
     try:
         line = process.stdout.readline()  # "serving model unisar version 1 at host:port"
         match = re.search(r"at (\S+:\d+)$", line.strip())
@@ -223,8 +260,9 @@ def test_a_420_byte_request_declaring_15m_candidates_is_refused_within_the_memor
         assert _status(process.pid, "VmHWM") <= max(peak, rss + 64 * MiB)
 
         # As many candidates as the message says fit: served, within the configured bound.
-        fit = int(re.search(r"at most about ([\d,]+) candidates", details).group(1)
-                  .replace(",", ""))
+        fit = int(
+            re.search(r"at most about ([\d,]+) candidates", details).group(1).replace(",", "")
+        )
         assert 1000 < fit < 15_000_000
         rss = _status(process.pid, "VmRSS")
         response = stub.Predict(_declare_candidates(request, fit), timeout=120)

@@ -8,6 +8,7 @@ item_c 3, anything else 0), n_rec / n_search count history entries within the le
 and n_clicked the non-empty clicked ids of those searches. Negative timestamps fail an
 in-graph assertion (a TF error raised by session.run).
 """
+
 import os
 import resource
 import shutil
@@ -21,16 +22,22 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import REPO
+from helpers.serving import REC_SPECS, SEARCH_SPECS, _spec, save_toy_model
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
-                                     get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_log_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
 
-from helpers import REPO
-from helpers.serving import REC_SPECS, SEARCH_SPECS, _spec, save_toy_model
 from serving import server as server_lib
 
 
@@ -45,7 +52,8 @@ def example_inputs(query=None):
         "rec_history_length": np.array([2], dtype=np.int64),
         "search_history_queries": np.array([[b"red shoes", b""]], dtype=object),
         "search_history_clicked_item_ids": np.array(
-            [[[b"item_a", b"item_c"], [b"", b""]]], dtype=object),
+            [[[b"item_a", b"item_c"], [b"", b""]]], dtype=object
+        ),
         "search_history_timestamps": np.array([[15, 0]], dtype=np.int64),
         "search_history_length": np.array([1], dtype=np.int64),
     }
@@ -79,8 +87,11 @@ def served(tmp_path_factory):
     server = server_lib.StandInServer(base, port=0)
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    yield server, prediction_service_pb2_grpc.PredictionServiceStub(channel), \
-        model_service_pb2_grpc.ModelServiceStub(channel)
+    yield (
+        server,
+        prediction_service_pb2_grpc.PredictionServiceStub(channel),
+        model_service_pb2_grpc.ModelServiceStub(channel),
+    )
     channel.close()
     server.stop()
 
@@ -92,11 +103,15 @@ def test_predict_returns_hand_computed_scores_for_both_signatures(served):
     scores = tf.make_ndarray(response.outputs["scores"])
     assert scores.dtype == np.float32
     np.testing.assert_allclose(scores, [EXPECTED_RECOMMEND])
-    assert (response.model_spec.name, response.model_spec.version.value,
-            response.model_spec.signature_name) == ("unisar", 1, "recommend")
+    assert (
+        response.model_spec.name,
+        response.model_spec.version.value,
+        response.model_spec.signature_name,
+    ) == ("unisar", 1, "recommend")
 
-    response = stub.Predict(make_request("search", example_inputs("red running shoes"),
-                                         version=1), timeout=10)
+    response = stub.Predict(
+        make_request("search", example_inputs("red running shoes"), version=1), timeout=10
+    )
     np.testing.assert_allclose(tf.make_ndarray(response.outputs["scores"]), [EXPECTED_SEARCH])
     assert response.model_spec.signature_name == "search"
 
@@ -104,9 +119,15 @@ def test_predict_returns_hand_computed_scores_for_both_signatures(served):
 @pytest.mark.slow
 def test_empty_signature_name_means_serving_default(served):
     _, stub, _ = served
-    example = tf.train.Example(features=tf.train.Features(feature={
-        "candidate_item_ids": tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[b"item_b", b"nope"]))}))
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "candidate_item_ids": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[b"item_b", b"nope"])
+                )
+            }
+        )
+    )
     inputs = {"examples": np.array([example.SerializeToString()], dtype=object)}
     response = stub.Predict(make_request("", inputs), timeout=10)
     assert response.model_spec.signature_name == "serving_default"
@@ -116,12 +137,14 @@ def test_empty_signature_name_means_serving_default(served):
 @pytest.mark.slow
 def test_output_filter(served):
     _, stub, _ = served
-    response = stub.Predict(make_request("recommend", example_inputs(),
-                                         output_filter=["scores"]), timeout=10)
+    response = stub.Predict(
+        make_request("recommend", example_inputs(), output_filter=["scores"]), timeout=10
+    )
     assert list(response.outputs) == ["scores"]
     with pytest.raises(grpc.RpcError) as info:
-        stub.Predict(make_request("recommend", example_inputs(), output_filter=["logits"]),
-                     timeout=10)
+        stub.Predict(
+            make_request("recommend", example_inputs(), output_filter=["logits"]), timeout=10
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "logits" in info.value.details()
 
@@ -135,19 +158,27 @@ def test_metadata_lists_signatures_with_contract_inputs(served):
     response = stub.GetModelMetadata(request, timeout=10)
     assert (response.model_spec.name, response.model_spec.version.value) == ("unisar", 1)
     assert response.metadata["signature_def"].type_url.endswith(
-        "tensorflow.serving.SignatureDefMap")
+        "tensorflow.serving.SignatureDefMap"
+    )
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     assert response.metadata["signature_def"].Unpack(signature_map)
     signatures = signature_map.signature_def
     assert {"recommend", "search", "serving_default"} <= set(signatures)
-    rec_inputs = {k: (tf.dtypes.as_dtype(v.dtype).name, len(v.tensor_shape.dim))
-                  for k, v in signatures["recommend"].inputs.items()}
+    rec_inputs = {
+        k: (tf.dtypes.as_dtype(v.dtype).name, len(v.tensor_shape.dim))
+        for k, v in signatures["recommend"].inputs.items()
+    }
     assert rec_inputs == {
-        "user_id": ("string", 1), "candidate_item_ids": ("string", 2),
-        "rec_history_item_ids": ("string", 2), "rec_history_timestamps": ("int64", 2),
-        "rec_history_length": ("int64", 1), "search_history_queries": ("string", 2),
+        "user_id": ("string", 1),
+        "candidate_item_ids": ("string", 2),
+        "rec_history_item_ids": ("string", 2),
+        "rec_history_timestamps": ("int64", 2),
+        "rec_history_length": ("int64", 1),
+        "search_history_queries": ("string", 2),
         "search_history_clicked_item_ids": ("string", 3),
-        "search_history_timestamps": ("int64", 2), "search_history_length": ("int64", 1)}
+        "search_history_timestamps": ("int64", 2),
+        "search_history_length": ("int64", 1),
+    }
     assert set(signatures["search"].inputs) == set(rec_inputs) | {"query"}
     assert tf.dtypes.as_dtype(signatures["search"].outputs["scores"].dtype) == tf.float32
 
@@ -184,26 +215,53 @@ def _bad_requests():
 
     wrong_version = make_request("recommend", example_inputs(), version=7)
     return {
-        "wrong dtype": (changed(rec_history_length=np.array([2], dtype=np.int32)),
-                        grpc.StatusCode.INVALID_ARGUMENT, "rec_history_length"),
-        "wrong rank": (changed(candidate_item_ids=np.array([b"item_a"], dtype=object)),
-                       grpc.StatusCode.INVALID_ARGUMENT, "candidate_item_ids"),
-        "missing input": (changed(search_history_length=None),
-                          grpc.StatusCode.INVALID_ARGUMENT, "search_history_length"),
-        "extra input": (changed(bogus=np.array([1], dtype=np.int64)),
-                        grpc.StatusCode.INVALID_ARGUMENT, "bogus"),
+        "wrong dtype": (
+            changed(rec_history_length=np.array([2], dtype=np.int32)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "rec_history_length",
+        ),
+        "wrong rank": (
+            changed(candidate_item_ids=np.array([b"item_a"], dtype=object)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "candidate_item_ids",
+        ),
+        "missing input": (
+            changed(search_history_length=None),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "search_history_length",
+        ),
+        "extra input": (
+            changed(bogus=np.array([1], dtype=np.int64)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "bogus",
+        ),
         # History lengths that differ across inputs: TF's own error from session.run.
-        "shapes disagree": (changed(rec_history_timestamps=np.array([[10, 20]], np.int64)),
-                            grpc.StatusCode.INVALID_ARGUMENT, "Incompatible shapes"),
-        "in-graph assertion": (changed(search_history_timestamps=np.array([[-5, 0]], np.int64)),
-                               grpc.StatusCode.INVALID_ARGUMENT, "search_history_timestamps"),
+        "shapes disagree": (
+            changed(rec_history_timestamps=np.array([[10, 20]], np.int64)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Incompatible shapes",
+        ),
+        "in-graph assertion": (
+            changed(search_history_timestamps=np.array([[-5, 0]], np.int64)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "search_history_timestamps",
+        ),
         # TF Serving answers FAILED_PRECONDITION for a signature the model does not have.
-        "unknown signature": (make_request("rank_everything", example_inputs()),
-                              grpc.StatusCode.FAILED_PRECONDITION, "rank_everything"),
-        "init op is no signature": (make_request("__saved_model_init_op", {}),
-                                    grpc.StatusCode.FAILED_PRECONDITION, "__saved_model_init_op"),
-        "wrong model name": (make_request("recommend", example_inputs(), model_name="other"),
-                             grpc.StatusCode.NOT_FOUND, "other"),
+        "unknown signature": (
+            make_request("rank_everything", example_inputs()),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "rank_everything",
+        ),
+        "init op is no signature": (
+            make_request("__saved_model_init_op", {}),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "__saved_model_init_op",
+        ),
+        "wrong model name": (
+            make_request("recommend", example_inputs(), model_name="other"),
+            grpc.StatusCode.NOT_FOUND,
+            "other",
+        ),
         "wrong version": (wrong_version, grpc.StatusCode.NOT_FOUND, "7"),
     }
 
@@ -237,7 +295,8 @@ def test_parse_input_checks_fixed_dimensions():
     info.tensor_shape.dim.add(size=3)
     np.testing.assert_array_equal(
         server_lib.parse_input("x", tf.make_tensor_proto(np.ones((2, 3), np.int64)), info),
-        np.ones((2, 3)))
+        np.ones((2, 3)),
+    )
     with pytest.raises(server_lib.RpcError, match=r"'x'.*\(None, 3\).*\(2, 4\)"):
         server_lib.parse_input("x", tf.make_tensor_proto(np.ones((2, 4), np.int64)), info)
 
@@ -247,8 +306,8 @@ def test_latest_numeric_version_is_served(tmp_path):
     base = tmp_path / "unisar"
     for version in ["1", "3", "9", "10"]:
         shutil.copytree(source, base / version)
-    (base / "99").mkdir()         # no saved_model.pb yet (export still being written)
-    (base / "tmp-11").mkdir()     # not a version
+    (base / "99").mkdir()  # no saved_model.pb yet (export still being written)
+    (base / "tmp-11").mkdir()  # not a version
     assert server_lib.list_versions(str(base)) == [1, 3, 9, 10]
     shutil.rmtree(base / "9")
     shutil.rmtree(base / "10")
@@ -273,8 +332,9 @@ def test_poll_swaps_in_a_new_version(tmp_path):
         assert server.version == 10
         second = stub.Predict(make_request("recommend", example_inputs()), timeout=10)
         assert second.model_spec.version.value == 10
-        np.testing.assert_allclose(tf.make_ndarray(second.outputs["scores"]),
-                                   [np.add(EXPECTED_RECOMMEND, 1000.0)])
+        np.testing.assert_allclose(
+            tf.make_ndarray(second.outputs["scores"]), [np.add(EXPECTED_RECOMMEND, 1000.0)]
+        )
         channel.close()
 
 
@@ -312,15 +372,20 @@ def write_warmup(export_dir, requests):
     os.makedirs(os.path.join(export_dir, "assets.extra"), exist_ok=True)
     with tf.io.TFRecordWriter(os.path.join(export_dir, server_lib.WARMUP_FILE)) as writer:
         for request in requests:
-            writer.write(prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+            writer.write(
+                prediction_log_pb2.PredictionLog(
+                    predict_log=prediction_log_pb2.PredictLog(request=request)
+                ).SerializeToString()
+            )
 
 
 def test_warmup_requests_are_replayed_and_a_failing_one_fails_the_load(tmp_path):
     base = tmp_path / "unisar"
     save_toy_model(str(base / "1"))
-    write_warmup(str(base / "1"), [make_request("recommend", example_inputs()),
-                                   make_request("search", example_inputs("q"))])
+    write_warmup(
+        str(base / "1"),
+        [make_request("recommend", example_inputs()), make_request("search", example_inputs("q"))],
+    )
     shutil.copytree(base / "1", base / "tmp")
     missing = example_inputs()
     del missing["rec_history_length"]
@@ -343,9 +408,13 @@ def test_default_bind_is_localhost(tmp_path):
     save_toy_model(str(base / "1"))
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model_base_path", str(base),
-         "--port", "0"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True)
+        [sys.executable, "-m", "serving.server", "--model_base_path", str(base), "--port", "0"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert "version 1 at 127.0.0.1:" in line, line
@@ -353,8 +422,9 @@ def test_default_bind_is_localhost(tmp_path):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         response = stub.Predict(make_request("recommend", example_inputs()), timeout=10)
-        np.testing.assert_allclose(tf.make_ndarray(response.outputs["scores"]),
-                                   [EXPECTED_RECOMMEND])
+        np.testing.assert_allclose(
+            tf.make_ndarray(response.outputs["scores"]), [EXPECTED_RECOMMEND]
+        )
         channel.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -370,6 +440,7 @@ def test_missing_model_fails_to_start(tmp_path):
 
 
 # --- bad requests (issue 15) -----------------------------------------------------------------
+
 
 def batch_of_two(query=None):
     """example_inputs for two identical users: B = 2."""
@@ -389,8 +460,9 @@ def test_inconsistent_batch_sizes_are_rejected_not_broadcast(served, name):
     _, stub, _ = served
     inputs = batch_of_two("red running shoes")
     response = stub.Predict(make_request("search", inputs), timeout=10)
-    np.testing.assert_allclose(tf.make_ndarray(response.outputs["scores"]),
-                               [EXPECTED_SEARCH, EXPECTED_SEARCH])
+    np.testing.assert_allclose(
+        tf.make_ndarray(response.outputs["scores"]), [EXPECTED_SEARCH, EXPECTED_SEARCH]
+    )
     inputs[name] = inputs[name][:1]
     with pytest.raises(grpc.RpcError) as info:
         stub.Predict(make_request("search", inputs), timeout=10)
@@ -429,8 +501,9 @@ def test_request_caps_are_configurable(tmp_path):
     size gRPC checks); each answer is RESOURCE_EXHAUSTED and the server keeps serving."""
     base = tmp_path / "unisar"
     save_toy_model(str(base / "1"))
-    with server_lib.StandInServer(str(base), port=0, max_request_bytes=4096,
-                                  max_request_elements=200) as server:
+    with server_lib.StandInServer(
+        str(base), port=0, max_request_bytes=4096, max_request_elements=200
+    ) as server:
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         assert_still_serving(stub)  # 20 elements, a few hundred bytes
@@ -465,8 +538,9 @@ def test_a_restart_serves_the_newest_version_that_loads(tmp_path):
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         response = stub.Predict(make_request("recommend", example_inputs()), timeout=10)
-        np.testing.assert_allclose(tf.make_ndarray(response.outputs["scores"]),
-                                   [np.add(EXPECTED_RECOMMEND, 1000.0)])
+        np.testing.assert_allclose(
+            tf.make_ndarray(response.outputs["scores"]), [np.add(EXPECTED_RECOMMEND, 1000.0)]
+        )
         channel.close()
 
 
@@ -478,8 +552,7 @@ def test_garbage_bytes_to_serving_default_get_a_clear_invalid_argument(served, g
     _, stub, _ = served
     start = time.time()
     with pytest.raises(grpc.RpcError) as info:
-        stub.Predict(make_request("", {"examples": np.array([garbage], dtype=object)}),
-                     timeout=10)
+        stub.Predict(make_request("", {"examples": np.array([garbage], dtype=object)}), timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "input 'examples': element 0" in info.value.details()
     assert "not a serialized tf.train.Example" in info.value.details()
@@ -489,19 +562,35 @@ def test_garbage_bytes_to_serving_default_get_a_clear_invalid_argument(served, g
 
 # Property: whatever a PredictRequest holds, the answer is OK or one of these, fast, and the
 # server answers the next good request.
-EXPECTED_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
-                  grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED}
+EXPECTED_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 _EXAMPLES = int(os.environ.get("BAD_INPUT_EXAMPLES", "0"))  # see tests/pipeline/test_bad_input.py
-PREDICT_SETTINGS = settings(max_examples=_EXAMPLES or 100, derandomize=not _EXAMPLES,
-                            deadline=None, suppress_health_check=list(HealthCheck))
+PREDICT_SETTINGS = settings(
+    max_examples=_EXAMPLES or 100,
+    derandomize=not _EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 SIGNATURE_INPUTS = {
     "recommend": {spec.name: spec for spec in REC_SPECS},
     "search": {spec.name: spec for spec in SEARCH_SPECS},
     "serving_default": {"examples": _spec([None], tf.string, "examples")},
 }
-DTYPES = [types_pb2.DT_STRING, types_pb2.DT_INT64, types_pb2.DT_INT32, types_pb2.DT_FLOAT,
-          types_pb2.DT_INVALID, types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT, 999]
-DIMS = st.one_of(st.integers(0, 3), st.integers(-2, 2 ** 62))
+DTYPES = [
+    types_pb2.DT_STRING,
+    types_pb2.DT_INT64,
+    types_pb2.DT_INT32,
+    types_pb2.DT_FLOAT,
+    types_pb2.DT_INVALID,
+    types_pb2.DT_RESOURCE,
+    types_pb2.DT_VARIANT,
+    999,
+]
+DIMS = st.one_of(st.integers(0, 3), st.integers(-2, 2**62))
 
 
 @st.composite
@@ -517,8 +606,7 @@ def any_tensor(draw):
     elif content == "strings":
         tensor.string_val.extend(draw(st.lists(st.binary(max_size=20), max_size=6)))
     elif content == "int64":
-        tensor.int64_val.extend(draw(st.lists(st.integers(-2 ** 63, 2 ** 63 - 1),
-                                              max_size=6)))
+        tensor.int64_val.extend(draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=6)))
     elif content == "float":
         tensor.float_val.extend(draw(st.lists(st.floats(width=32), max_size=6)))
     return tensor
@@ -537,17 +625,32 @@ def plausible_tensor(draw, spec, batch):
     count = int(np.prod(shape))
     if spec.dtype == tf.string:
         if spec.name == "examples" and draw(st.booleans()):
-            values = [tf.train.Example(features=tf.train.Features(feature={
-                draw(st.sampled_from(["candidate_item_ids", "other"])): tf.train.Feature(
-                    bytes_list=tf.train.BytesList(value=draw(st.lists(
-                        st.sampled_from([b"item_a", b"item_c", b"\xff"]), max_size=3))))}))
-                .SerializeToString() for _ in range(count)]
+            values = [
+                tf.train.Example(
+                    features=tf.train.Features(
+                        feature={
+                            draw(
+                                st.sampled_from(["candidate_item_ids", "other"])
+                            ): tf.train.Feature(
+                                bytes_list=tf.train.BytesList(
+                                    value=draw(
+                                        st.lists(
+                                            st.sampled_from([b"item_a", b"item_c", b"\xff"]),
+                                            max_size=3,
+                                        )
+                                    )
+                                )
+                            )
+                        }
+                    )
+                ).SerializeToString()
+                for _ in range(count)
+            ]
         else:
             values = draw(st.lists(st.binary(max_size=12), min_size=count, max_size=count))
         array = np.array(values, dtype=object).reshape(shape)
     else:
-        values = draw(st.lists(st.integers(-2 ** 63, 2 ** 63 - 1), min_size=count,
-                               max_size=count))
+        values = draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=count, max_size=count))
         array = np.array(values, dtype=np.int64).reshape(shape)
     return tf.make_tensor_proto(array, dtype=spec.dtype, shape=shape)
 
@@ -558,8 +661,11 @@ def any_request(draw):
     request.model_spec.name = "other" if draw(st.integers(0, 9)) == 0 else "unisar"
     if draw(st.integers(0, 19)) == 0:
         request.model_spec.version.value = draw(st.integers(0, 3))
-    signature = draw(st.sampled_from(["recommend", "search", "serving_default", "", "nope",
-                                      "__saved_model_init_op"]))
+    signature = draw(
+        st.sampled_from(
+            ["recommend", "search", "serving_default", "", "nope", "__saved_model_init_op"]
+        )
+    )
     request.model_spec.signature_name = signature
     specs = SIGNATURE_INPUTS.get(signature or "serving_default", {})
     if specs and draw(st.integers(0, 4)):  # mostly the right inputs, to reach the model
@@ -573,18 +679,21 @@ def any_request(draw):
         for name in draw(st.lists(names, max_size=4, unique=True)):
             request.inputs[name].CopyFrom(draw(any_tensor()))
     if draw(st.integers(0, 9)) == 0:
-        request.output_filter.extend(draw(st.lists(st.sampled_from(["scores", "logits"]),
-                                                   max_size=2)))
+        request.output_filter.extend(
+            draw(st.lists(st.sampled_from(["scores", "logits"]), max_size=2))
+        )
     return request
 
 
 @pytest.mark.slow
 @PREDICT_SETTINGS
 @given(request=any_request())
-@example(request=make_request("search", dict(batch_of_two("q"), query=np.array([b"q"],
-                                                                                 dtype=object))))
+@example(
+    request=make_request("search", dict(batch_of_two("q"), query=np.array([b"q"], dtype=object)))
+)
 def test_any_predict_request_gets_ok_or_a_client_error_and_the_server_keeps_serving(
-        served, request):
+    served, request
+):
     _, stub, _ = served
     start = time.time()
     try:
@@ -601,8 +710,7 @@ def test_any_predict_request_gets_ok_or_a_client_error_and_the_server_keeps_serv
 # RESOURCE_EXHAUSTED (INVALID_ARGUMENT when the model refuses the sizes), fast, and the server
 # (in this process) never grows by more than its memory budget.
 BUDGET = 32 << 20
-SIZES = st.one_of(st.sampled_from([1000, 100_000, 1_000_000, 15_000_000]),
-                  st.integers(1, 1 << 24))
+SIZES = st.one_of(st.sampled_from([1000, 100_000, 1_000_000, 15_000_000]), st.integers(1, 1 << 24))
 LONG_TEXT = st.integers(0, 1 << 16).map(lambda n: b"a " * n)
 
 
@@ -617,11 +725,15 @@ def budgeted(tmp_path_factory):
     peak RSS when it started."""
     base = str(tmp_path_factory.mktemp("budgeted") / "unisar")
     save_toy_model(os.path.join(base, "1"))
-    with server_lib.StandInServer(base, port=0, max_request_memory=BUDGET,
-                                  max_memory=BUDGET) as server:
+    with server_lib.StandInServer(
+        base, port=0, max_request_memory=BUDGET, max_memory=BUDGET
+    ) as server:
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-        yield (prediction_service_pb2_grpc.PredictionServiceStub(channel), _vm("VmRSS"),
-               _vm("VmHWM"))
+        yield (
+            prediction_service_pb2_grpc.PredictionServiceStub(channel),
+            _vm("VmRSS"),
+            _vm("VmHWM"),
+        )
         channel.close()
 
 
@@ -629,15 +741,22 @@ def budgeted(tmp_path_factory):
 def declared_shape_request(draw):
     signature = draw(st.sampled_from(["recommend", "search"]))
     # Each size mostly small, now and then huge; one text now and then long.
-    batch, candidates, rec, search, clicks = (draw(SIZES) if draw(st.integers(0, 3)) == 0
-                                              else draw(st.integers(1, 3)) for _ in range(5))
+    batch, candidates, rec, search, clicks = (
+        draw(SIZES) if draw(st.integers(0, 3)) == 0 else draw(st.integers(1, 3)) for _ in range(5)
+    )
     rec_times = rec if draw(st.integers(0, 9)) else draw(SIZES)  # now and then inconsistent
-    dims = {"user_id": [batch], "candidate_item_ids": [batch, candidates],
-            "rec_history_item_ids": [batch, rec], "rec_history_timestamps": [batch, rec_times],
-            "rec_history_length": [batch], "search_history_queries": [batch, search],
-            "search_history_clicked_item_ids": [batch, search, clicks],
-            "search_history_timestamps": [batch, search], "search_history_length": [batch],
-            "query": [batch]}
+    dims = {
+        "user_id": [batch],
+        "candidate_item_ids": [batch, candidates],
+        "rec_history_item_ids": [batch, rec],
+        "rec_history_timestamps": [batch, rec_times],
+        "rec_history_length": [batch],
+        "search_history_queries": [batch, search],
+        "search_history_clicked_item_ids": [batch, search, clicks],
+        "search_history_timestamps": [batch, search],
+        "search_history_length": [batch],
+        "query": [batch],
+    }
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "unisar"
     request.model_spec.signature_name = signature
@@ -647,8 +766,9 @@ def declared_shape_request(draw):
             tensor.tensor_shape.dim.add(size=size)
         if spec.dtype == tf.string:
             tensor.dtype = types_pb2.DT_STRING
-            tensor.string_val.append(draw(LONG_TEXT) if draw(st.integers(0, 19)) == 0
-                                     else draw(st.binary(max_size=8)))
+            tensor.string_val.append(
+                draw(LONG_TEXT) if draw(st.integers(0, 19)) == 0 else draw(st.binary(max_size=8))
+            )
         else:
             tensor.dtype = types_pb2.DT_INT64
             limit = {"rec_history_length": rec, "search_history_length": search}
@@ -664,13 +784,13 @@ def test_any_declared_shape_is_scored_or_refused_within_the_memory_budget(budget
     try:
         response = stub.Predict(request, timeout=30)
     except grpc.RpcError as error:
-        assert error.code() in {grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                grpc.StatusCode.INVALID_ARGUMENT}, (error.code(),
-                                                                    error.details())
+        assert error.code() in {
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        }, (error.code(), error.details())
     else:
         dims = request.inputs["candidate_item_ids"].tensor_shape.dim
-        assert tf.make_ndarray(response.outputs["scores"]).shape == (dims[0].size,
-                                                                     dims[1].size)
+        assert tf.make_ndarray(response.outputs["scores"]).shape == (dims[0].size, dims[1].size)
     assert time.time() - start < 5.0
     # 64 MiB for the test's own allocations (hypothesis, the response) on top of the budget.
     assert _vm("VmHWM") <= max(peak_at_start, rss_at_start + BUDGET + (64 << 20))

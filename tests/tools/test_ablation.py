@@ -1,4 +1,5 @@
 """Ablation runner's table and chart from hand-made reports (no training here)."""
+
 import pytest
 
 from unisar_tf.config import ABLATIONS, BASELINES
@@ -41,8 +42,11 @@ def test_rows_merge_the_two_single_task_models_into_one_row():
 def test_markdown_has_hand_computed_deltas_against_unisar():
     rows = ablation.table_rows(REPORTS, BASELINE_METRICS)
     text = ablation.ablation_markdown(rows, "header")
-    lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines()
-             if line.startswith("| ") and not line.startswith("| variant")}
+    lines = {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith("| variant")
+    }
     assert lines["UniSAR"] == "| UniSAR | 0.3000 / 0.4000 | 0.6000 / 0.7000 |  |  | 3 | 8 |"
     assert "| -0.0500 | +0.0200 |" in lines["w/o r2r"]  # 0.35 - 0.40, 0.72 - 0.70
     assert "| -0.0200 | -0.1500 |" in lines["w/o joint training"]
@@ -67,10 +71,28 @@ def test_variants_cover_spec_12_and_the_baselines_and_reject_unknown_names():
 
 
 def test_set_overrides_are_parsed_as_json_with_strings_as_fallback():
-    args = ablation.parse_args(["--data_dir", "d", "--out_dir", "o", "--set", "batch_size=256",
-                                "--set", "tower_units=[16,8]", "--set", "use_mmoe=false",
-                                "--set", "embedding_l2_mode=batch_rows",
-                                "--variants", "UniSAR, no history"])
-    assert args.base_overrides == {"batch_size": 256, "tower_units": [16, 8], "use_mmoe": False,
-                                   "embedding_l2_mode": "batch_rows"}
+    args = ablation.parse_args(
+        [
+            "--data_dir",
+            "d",
+            "--out_dir",
+            "o",
+            "--set",
+            "batch_size=256",
+            "--set",
+            "tower_units=[16,8]",
+            "--set",
+            "use_mmoe=false",
+            "--set",
+            "embedding_l2_mode=batch_rows",
+            "--variants",
+            "UniSAR, no history",
+        ]
+    )
+    assert args.base_overrides == {
+        "batch_size": 256,
+        "tower_units": [16, 8],
+        "use_mmoe": False,
+        "embedding_l2_mode": "batch_rows",
+    }
     assert args.variants == ["UniSAR", "no history"]

@@ -1,4 +1,5 @@
 """A short training run learns: it beats random ranking by a clear margin on held-out data."""
+
 import numpy as np
 import pytest
 
@@ -9,8 +10,9 @@ pytestmark = pytest.mark.slow  # trains the demo model
 
 
 def test_short_training_run_beats_random_ranking_on_held_out_data():
-    results = run_demo(num_users=500, num_items=400, num_words=100, epochs=1, batch_size=64,
-                       seed=0, verbose=0)
+    results = run_demo(
+        num_users=500, num_items=400, num_words=100, epochs=1, batch_size=64, seed=0, verbose=0
+    )
     random = random_ranking_metrics(100)
     for task in ("rec", "search"):
         learned = results["unisar"][task]

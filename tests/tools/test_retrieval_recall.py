@@ -1,11 +1,24 @@
 """The retrieval recall tool: ranks of the positive are the service's order, metrics by hand."""
+
 import numpy as np
 
-from unisar_tf.data.retrieval_index import (RetrievalParams, Sequences, TwoTowerIndex,
-                                            TwoTowerParams, build_index)
-from unisar_tf.tools.retrieval_recall import (ITEMKNN, POPULARITY, RANDOM, RETRIEVAL,
-                                              evaluate, metrics_from_ranks, positive_ranks,
-                                              random_metrics)
+from unisar_tf.data.retrieval_index import (
+    RetrievalParams,
+    Sequences,
+    TwoTowerIndex,
+    TwoTowerParams,
+    build_index,
+)
+from unisar_tf.tools.retrieval_recall import (
+    ITEMKNN,
+    POPULARITY,
+    RANDOM,
+    RETRIEVAL,
+    evaluate,
+    metrics_from_ranks,
+    positive_ranks,
+    random_metrics,
+)
 
 
 def random_log(seed, users=60, items=30):
@@ -28,8 +41,12 @@ def test_positive_ranks_are_places_in_the_retrievers_order():
         history = set(users.recent[row][users.recent[row] > 0].tolist())
         order = index.top_ids(scores[row], len(catalogue), history)
         for positive in range(1, len(catalogue)):
-            rank = positive_ranks(scores[row:row + 1], index.popularity, users.recent[row:row + 1],
-                                  np.array([positive]))[0]
+            rank = positive_ranks(
+                scores[row : row + 1],
+                index.popularity,
+                users.recent[row : row + 1],
+                np.array([positive]),
+            )[0]
             if positive in history:
                 assert rank == np.inf
             else:
@@ -53,8 +70,9 @@ def test_metrics_by_hand():
 
 def test_evaluate_reports_every_method_per_task():
     catalogue = np.array([""] + [f"i{k}" for k in range(1, 31)], dtype=object)
-    results = evaluate(random_log(2), random_log(3, users=40), catalogue,
-                       RetrievalParams(neighbours=5))
+    results = evaluate(
+        random_log(2), random_log(3, users=40), catalogue, RetrievalParams(neighbours=5)
+    )
     assert list(results) == [RETRIEVAL, ITEMKNN, POPULARITY, RANDOM]
     for groups in results.values():
         assert set(groups) == {"all", "rec", "search"}
@@ -69,8 +87,15 @@ def test_two_tower_ranks_match_its_top_k():
     vectors = rng.normal(size=(items + 1, 4)).astype(np.float32)
     vectors[5] = vectors[6]  # two items with equal scores: popularity, then id, orders them
     popularity = rng.integers(0, 5, items + 1).astype(np.float32)
-    index = TwoTowerIndex(catalogue, popularity, vectors, rng.normal(size=(items + 1, 4)),
-                          np.eye(4), np.zeros(4), TwoTowerParams(dim=4, history=3))
+    index = TwoTowerIndex(
+        catalogue,
+        popularity,
+        vectors,
+        rng.normal(size=(items + 1, 4)),
+        np.eye(4),
+        np.zeros(4),
+        TwoTowerParams(dim=4, history=3),
+    )
     users = random_log(5, users=15, items=items)
     scores = index.scores(users.recent)
     assert (scores < 0).any()
@@ -80,6 +105,7 @@ def test_two_tower_ranks_match_its_top_k():
             order = index.top_ids(scores[row], k, history)
             assert len(order) == min(k, items - len(history))
             for place, item in enumerate(order):
-                rank = positive_ranks(scores[row:row + 1], popularity,
-                                      users.recent[row:row + 1], np.array([item]))[0]
+                rank = positive_ranks(
+                    scores[row : row + 1], popularity, users.recent[row : row + 1], np.array([item])
+                )[0]
                 assert rank == place, (row, k, item)

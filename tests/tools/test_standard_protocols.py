@@ -1,14 +1,15 @@
 """The standard protocols' command (unisar_tf.tools.standard_protocols): its rank arithmetic
 by hand, its refusal of other builds, and one tiny end-to-end run (build, train, both
 protocols, the published rows beside the project's)."""
+
 import json
 import math
 import os
 
 import numpy as np
 import pytest
-
 from helpers.data_job import run_cli
+
 from unisar_tf.metrics import random_ranking_metrics
 from unisar_tf.tools import standard_protocols as sp
 from unisar_tf.tools.published_tables import PUBLISHED
@@ -26,19 +27,25 @@ def test_metrics_from_ranks_by_hand():
 
 
 def test_sampled_ranks_count_ties_against_the_positive():
-    scores = np.array([[0.5, 0.1, 0.5, 0.2],   # one tie: rank 1 (0-based)
-                       [0.9, 0.1, 0.2, 0.3]])  # best: rank 0
+    scores = np.array(
+        [
+            [0.5, 0.1, 0.5, 0.2],  # one tie: rank 1 (0-based)
+            [0.9, 0.1, 0.2, 0.3],
+        ]
+    )  # best: rank 0
     assert sp.sampled_ranks(scores).tolist() == [1.0, 0.0]
 
 
 def test_random_full_metrics_is_the_mean_over_every_place():
     # 10 items; user A has 2 history items (8 left), user B's positive is in its history.
-    got = sp.random_full_metrics(np.array([2, 1]), np.array([True, False]), 10,
-                                 hit_ks=(5,), ndcg_ks=(5, 10))
+    got = sp.random_full_metrics(
+        np.array([2, 1]), np.array([True, False]), 10, hit_ks=(5,), ndcg_ks=(5, 10)
+    )
     places = np.arange(8)  # A's positive is equally likely at each of 8 places
     assert got["HR@5"] == pytest.approx((5 / 8 + 0) / 2)
     assert got["NDCG@5"] == pytest.approx(
-        np.mean(np.where(places < 5, 1 / np.log2(places + 2), 0)) / 2)
+        np.mean(np.where(places < 5, 1 / np.log2(places + 2), 0)) / 2
+    )
     assert got["NDCG@10"] == pytest.approx(np.mean(1 / np.log2(places + 2)) / 2)
 
 
@@ -51,9 +58,13 @@ def test_two_stage_ranks_miss_outside_the_retrieved_items():
 
 
 def test_published_rows_are_the_issue_table():
-    ndcg = {(protocol, dataset): [PUBLISHED[protocol][dataset][m]["NDCG@10"]
-                                  for m in ("PopRec", "SASRec", "S3-Rec")]
-            for protocol in ("sampled", "full") for dataset in ("amazon_beauty", "amazon_sports")}
+    ndcg = {
+        (protocol, dataset): [
+            PUBLISHED[protocol][dataset][m]["NDCG@10"] for m in ("PopRec", "SASRec", "S3-Rec")
+        ]
+        for protocol in ("sampled", "full")
+        for dataset in ("amazon_beauty", "amazon_sports")
+    }
     assert ndcg[("sampled", "amazon_beauty")] == [0.1803, 0.3156, 0.3732]
     assert ndcg[("sampled", "amazon_sports")] == [0.1902, 0.2869, 0.3538]
     assert ndcg[("full", "amazon_beauty")] == [0.0068, 0.0318, 0.0327]
@@ -80,16 +91,31 @@ def protocol_run(tmp_path_factory):
     both protocols scored: (run, results, lines of the sequences file)."""
     root = tmp_path_factory.mktemp("protocols")
     rng = np.random.default_rng(5)
-    lines = [f"u{u} " + " ".join(f"i{i}" for i in rng.choice(NUM_ITEMS, size=8, replace=False))
-             for u in range(60)]
+    lines = [
+        f"u{u} " + " ".join(f"i{i}" for i in rng.choice(NUM_ITEMS, size=8, replace=False))
+        for u in range(60)
+    ]
     (root / "seq.txt").write_text("\n".join(lines) + "\n")
-    (root / "attrs.json").write_text(json.dumps({f"i{i}": [f"cat{i % 4}"]
-                                                 for i in range(NUM_ITEMS)}))
+    (root / "attrs.json").write_text(
+        json.dumps({f"i{i}": [f"cat{i % 4}"] for i in range(NUM_ITEMS)})
+    )
     run = sp.ProtocolRun.at("tiny", str(root))
-    run_cli(["--dataset", "amazon", "--sequences", str(root / "seq.txt"), "--attributes",
-             str(root / "attrs.json"), "--output", run.data_dir, *sp.PROTOCOL_BUILD_FLAGS])
-    results = sp.run_protocols(sp.PROTOCOLS, run, str(root), max_epochs=1,
-                               sasrec_max_epochs=1, retrieve=20, seed=0)
+    run_cli(
+        [
+            "--dataset",
+            "amazon",
+            "--sequences",
+            str(root / "seq.txt"),
+            "--attributes",
+            str(root / "attrs.json"),
+            "--output",
+            run.data_dir,
+            *sp.PROTOCOL_BUILD_FLAGS,
+        ]
+    )
+    results = sp.run_protocols(
+        sp.PROTOCOLS, run, str(root), max_epochs=1, sasrec_max_epochs=1, retrieve=20, seed=0
+    )
     return run, results, lines
 
 
@@ -105,8 +131,14 @@ def test_both_protocols_report_every_row_beside_the_published_ones(protocol_run)
     assert sampled[sp.RANDOM]["NDCG@10"] == exact["NDCG@10"]
     full = results["full"]["rows"]
     two_stage = sp.TWO_STAGE.format(k=20)
-    assert {sp.SASREC_ROW, sp.ITEMKNN, sp.POPULARITY, sp.RETRIEVAL_ONLY, two_stage,
-            sp.RANDOM} <= set(full)
+    assert {
+        sp.SASREC_ROW,
+        sp.ITEMKNN,
+        sp.POPULARITY,
+        sp.RETRIEVAL_ONLY,
+        two_stage,
+        sp.RANDOM,
+    } <= set(full)
     # Reranking can only reorder what was retrieved.
     assert full[two_stage]["HR@20"] <= full["_notes"]["two-tower Recall@20"] + 1e-12
     for protocol in sp.PROTOCOLS:
@@ -133,9 +165,13 @@ def test_full_ranking_of_popularity_matches_a_count_by_hand(protocol_run):
     ranks = []
     for items in sequences:
         positive, history = items[-1], set(items[:-1])
-        ahead = [c for c in range(1, len(ids) + 1) if c not in history and c != positive
-                 and (counts[c] > counts[positive]
-                      or (counts[c] == counts[positive] and c < positive))]
+        ahead = [
+            c
+            for c in range(1, len(ids) + 1)
+            if c not in history
+            and c != positive
+            and (counts[c] > counts[positive] or (counts[c] == counts[positive] and c < positive))
+        ]
         ranks.append(len(ahead))
     expected = sp.metrics_from_ranks(np.array(ranks, float), sp.FULL_KS, sp.FULL_KS)
     got = results["full"]["rows"][sp.POPULARITY]
@@ -150,8 +186,9 @@ def test_rec_only_data_gets_the_counted_baselines(protocol_run):
 
     run, _, _ = protocol_run
     manifest = reader.load_manifest(run.data_dir)
-    metrics = baseline_metrics(run.data_dir, "test", manifest,
-                               manifest["vocab_sizes"]["items"] + 1, ("rec",))
+    metrics = baseline_metrics(
+        run.data_dir, "test", manifest, manifest["vocab_sizes"]["items"] + 1, ("rec",)
+    )
     assert {"popularity", "random", "ItemKNN"} <= set(metrics)
     assert metrics["ItemKNN"]["rec"]["examples"] == 60
     assert "counted on the rec training examples alone" in single_scenario_note(manifest)
@@ -161,18 +198,21 @@ def test_logit_functions_score_with_their_own_model():
     """Full ranking scores by logits (probabilities saturate); each model's function must be
     its own model's logits (AutoGraph once traced UniSAR with SASRec's lambda)."""
     import tensorflow as tf
-
     from helpers.model import tiny_config
+
     from unisar_tf.model import build_model, dummy_features
 
     rng = np.random.default_rng(0)
-    for config in (tiny_config(num_items=40), tiny_config(num_items=40, architecture="sasrec",
-                                                          tasks=("rec",))):
+    for config in (
+        tiny_config(num_items=40),
+        tiny_config(num_items=40, architecture="sasrec", tasks=("rec",)),
+    ):
         model = build_model(config)
         features = dummy_features(config, 3, 5, with_query=False)
-        features = {name: tf.constant(rng.integers(0, 40, value.shape), tf.int64)
-                    for name, value in features.items()}
+        features = {
+            name: tf.constant(rng.integers(0, 40, value.shape), tf.int64)
+            for name, value in features.items()
+        }
         logits = sp.rec_logit_function(model)(features).numpy()
         probabilities = model(features)["rec"].numpy()
-        np.testing.assert_allclose(1 / (1 + np.exp(-logits)), probabilities, rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(1 / (1 + np.exp(-logits)), probabilities, rtol=1e-5, atol=1e-6)

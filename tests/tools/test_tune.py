@@ -1,13 +1,14 @@
 """The KerasTuner search (unisar_tf.tools.tune) on the tiny Amazon fixture: 2 trials x 1 epoch x
 2 steps of a tiny model. Records, repeatability, reuse of finished trials, no test split."""
+
 import json
 import os
 import types
 
 import pytest
-
 from helpers.datasets import POOL, STEPS
 from helpers.model import TINY
+
 from unisar_tf.data import reader
 from unisar_tf.tools import tune
 from unisar_tf.train import cli
@@ -18,20 +19,36 @@ SEARCHED = ("learning_rate", "dropout", "embedding_dim", "num_train_negatives")
 # TINY's fields except the searched embedding size, on the no-history model without the
 # co-occurrence and interaction features: a trial traces in seconds, not a minute (the search
 # is what is tested here, not the model).
-FIXED = dict({name: value for name, value in TINY.items() if name not in SEARCHED},
-             use_history=False, use_cooccurrence=False, interaction_features=False)
-FIXED_SETS = [arg for name, value in FIXED.items()
-              for arg in ("--set", f"{name}={json.dumps(value)}")]
+FIXED = dict(
+    {name: value for name, value in TINY.items() if name not in SEARCHED},
+    use_history=False,
+    use_cooccurrence=False,
+    interaction_features=False,
+)
+FIXED_SETS = [
+    arg for name, value in FIXED.items() for arg in ("--set", f"{name}={json.dumps(value)}")
+]
 
 
 def command(data_dir, out_dir, **changes):
-    flags = {"--seed": "0", "--max_trials": "2", "--max_epochs": "1",
-             "--steps_per_epoch": str(STEPS), "--validation_rows": "32",
-             "--learning_rates": "1e-3,3e-3", "--dropouts": "0.0,0.2",
-             "--embedding_dims": "8,16", "--negatives": "4,10,20", "--verbose": "0"}
+    flags = {
+        "--seed": "0",
+        "--max_trials": "2",
+        "--max_epochs": "1",
+        "--steps_per_epoch": str(STEPS),
+        "--validation_rows": "32",
+        "--learning_rates": "1e-3,3e-3",
+        "--dropouts": "0.0,0.2",
+        "--embedding_dims": "8,16",
+        "--negatives": "4,10,20",
+        "--verbose": "0",
+    }
     flags.update(changes)
-    return (["--data_dir", data_dir, "--out_dir", str(out_dir)]
-            + [part for pair in flags.items() for part in pair] + FIXED_SETS)
+    return (
+        ["--data_dir", data_dir, "--out_dir", str(out_dir)]
+        + [part for pair in flags.items() for part in pair]
+        + FIXED_SETS
+    )
 
 
 def read_report(out_dir):
@@ -55,8 +72,9 @@ def searched(amazon_examples, tmp_path_factory):
         patch.setattr(reader, "example_files", recording)
         for name in ("a", "b"):
             tune.main(command(data_dir, root / name))
-    return types.SimpleNamespace(data_dir=data_dir, a=str(root / "a"), b=str(root / "b"),
-                                 opened=opened)
+    return types.SimpleNamespace(
+        data_dir=data_dir, a=str(root / "a"), b=str(root / "b"), opened=opened
+    )
 
 
 def test_the_search_records_its_trials_and_a_table_sorted_by_score(searched):
@@ -75,7 +93,8 @@ def test_the_search_records_its_trials_and_a_table_sorted_by_score(searched):
         assert row["best_epoch"] == 1 and row["epochs_run"] == 1 and row["seconds"] > 0
         assert set(row["validation"]) == {"rec", "search"}
         assert row["validation_score"] == pytest.approx(
-            (row["validation"]["rec"] + row["validation"]["search"]) / 2)
+            (row["validation"]["rec"] + row["validation"]["search"]) / 2
+        )
     scores = [row["validation_score"] for row in rows]
     assert scores == sorted(scores, reverse=True)
     # The Markdown table has the same order; the best row's flags come last.
@@ -88,8 +107,9 @@ def test_the_search_records_its_trials_and_a_table_sorted_by_score(searched):
 
 def test_the_best_flags_train_the_best_values_with_the_train_cli(searched):
     best = read_report(searched.a)["best"]
-    args = cli.build_parser().parse_args(["--data_dir", searched.data_dir, "--model_dir", "m"]
-                                         + best["train_flags"])
+    args = cli.build_parser().parse_args(
+        ["--data_dir", searched.data_dir, "--model_dir", "m"] + best["train_flags"]
+    )
     config = cli.config_from_args(args)
     for name, value in best["values"].items():
         assert getattr(config, name) == value, name
@@ -108,14 +128,17 @@ def test_the_same_command_proposes_the_same_trials(searched):
         assert set(trial) == set(SEARCHED)
         # 10 and 20 are capped at the fixture's pool of POOL negatives.
         assert trial["num_train_negatives"] in (4, POOL) and trial["embedding_dim"] in (8, 16)
-    assert f"capped at the data's pool of {POOL}" in open(
-        os.path.join(searched.a, "tuning.md")).read()
+    assert (
+        f"capped at the data's pool of {POOL}" in open(os.path.join(searched.a, "tuning.md")).read()
+    )
 
 
 def test_a_finished_search_run_again_reuses_its_trials(searched, monkeypatch):
     before = read_report(searched.a)["rows"]
-    histories = {row["trial"]: open(os.path.join(searched.a, "trials", row["trial"],
-                                                 "history.jsonl")).read() for row in before}
+    histories = {
+        row["trial"]: open(os.path.join(searched.a, "trials", row["trial"], "history.jsonl")).read()
+        for row in before
+    }
 
     class NoTraining:
         def __init__(self, *args, **kwargs):
@@ -146,34 +169,55 @@ def test_the_space_caps_negatives_and_checks_the_choices():
     settings = tune.SearchSettings(data_dir="d", out_dir="o")
     space, notes = tune.search_space(settings, {"shapes": {"train_negative_pool": 12}})
     assert {hp.name: list(hp.values) for hp in space.space} == {
-        "learning_rate": [3e-4, 1e-3, 3e-3], "dropout": [0.0, 0.1, 0.2, 0.3],
-        "embedding_dim": [32, 64, 128], "num_train_negatives": [4, 10, 12]}
-    assert notes == ["num_train_negatives [4, 10, 20] capped at the data's pool of 12: "
-                     "[4, 10, 12]"]
+        "learning_rate": [3e-4, 1e-3, 3e-3],
+        "dropout": [0.0, 0.1, 0.2, 0.3],
+        "embedding_dim": [32, 64, 128],
+        "num_train_negatives": [4, 10, 12],
+    }
+    assert notes == [
+        "num_train_negatives [4, 10, 20] capped at the data's pool of 12: " "[4, 10, 12]"
+    ]
     space, notes = tune.search_space(settings, {"shapes": {}})  # no pool: fixed negatives
     assert [hp.name for hp in space.space] == ["learning_rate", "dropout", "embedding_dim"]
     assert "not searched" in notes[0]
-    for bad, match in (({"embedding_dim": [32, 15]}, "divisible by num_heads"),
-                       ({"dropout": [1.0]}, "dropout"), ({"batch_size": [8]}, "cannot search"),
-                       ({"learning_rate": [0.0]}, "learning rates")):
+    for bad, match in (
+        ({"embedding_dim": [32, 15]}, "divisible by num_heads"),
+        ({"dropout": [1.0]}, "dropout"),
+        ({"batch_size": [8]}, "cannot search"),
+        ({"learning_rate": [0.0]}, "learning rates"),
+    ):
         with pytest.raises(ValueError, match=match):
             tune.search_space(tune.SearchSettings("d", "o", space=bad), {"shapes": {}})
     with pytest.raises(ValueError, match="are searched"):
-        tune.search_space(tune.SearchSettings("d", "o", base_overrides={"dropout": 0.5}),
-                          {"shapes": {}})
+        tune.search_space(
+            tune.SearchSettings("d", "o", base_overrides={"dropout": 0.5}), {"shapes": {}}
+        )
 
 
 def test_tuner_fn_returns_the_same_search_for_tfx(searched, tmp_path):
     assert tune.examples_root(["/a/Examples/7/Split-train_rec/*"]) == "/a/Examples/7"
     with pytest.raises(ValueError, match="custom_config"):
         tune.examples_root(["/data/train/rec-*.tfrecord.gz"])
-    custom = {"data_dir": searched.data_dir, "max_trials": 2, "max_epochs": 1,
-              "steps_per_epoch": STEPS, "validation_rows": 32,
-              "config_overrides": FIXED,
-              "space": {"learning_rate": [1e-3, 3e-3], "dropout": [0.0, 0.2],
-                        "embedding_dim": [8, 16], "num_train_negatives": [4, 10, 20]}}
-    fn_args = types.SimpleNamespace(train_files=["unused"], working_dir=str(tmp_path / "work"),
-                                    custom_config=custom, transform_graph_path=None)
+    custom = {
+        "data_dir": searched.data_dir,
+        "max_trials": 2,
+        "max_epochs": 1,
+        "steps_per_epoch": STEPS,
+        "validation_rows": 32,
+        "config_overrides": FIXED,
+        "space": {
+            "learning_rate": [1e-3, 3e-3],
+            "dropout": [0.0, 0.2],
+            "embedding_dim": [8, 16],
+            "num_train_negatives": [4, 10, 20],
+        },
+    }
+    fn_args = types.SimpleNamespace(
+        train_files=["unused"],
+        working_dir=str(tmp_path / "work"),
+        custom_config=custom,
+        transform_graph_path=None,
+    )
     result = tune.tuner_fn(fn_args)
     assert isinstance(result.tuner, tune.UniSARTuner) and result.fit_kwargs == {}
     assert result.tuner.project_dir == str(tmp_path / "work")

@@ -2,6 +2,7 @@
 then `baseline_scores` / `baseline_metrics` on tiny hand-written TFRecord files (against a
 plain-Python reading of the definitions), and on the KuaiSAR fixture read both as id
 examples and as raw-id examples through a Transform graph."""
+
 import collections
 import json
 import math
@@ -11,8 +12,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
-                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, USER_ID)
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    QUERY_TOKENS,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    SEARCH_HISTORY_QUERY_TOKENS,
+    USER_ID,
+)
 from unisar_tf.data import reader
 from unisar_tf.metrics import positive_rank_numpy, ranking_metrics
 from unisar_tf.train import baselines as bl
@@ -42,22 +50,27 @@ def test_a_positive_in_its_own_history_counts_twice_on_the_diagonal():
 
 def test_itemknn_scores_by_hand():
     normalized = bl.normalized_cooccurrence(
-        bl.item_cooccurrence(TOY_HISTORIES, TOY_POSITIVES, NUM_ITEMS))
+        bl.item_cooccurrence(TOY_HISTORIES, TOY_POSITIVES, NUM_ITEMS)
+    )
     # n(1) = 3, n(2) = 2, n(3) = 4, n(4) = 1, n(5) = 0.
     histories = np.array([[1, 2, 2], [4, 0, 0], [0, 0, 0]])
     candidates = np.array([[3, 4, 5, 1], [2, 3, 4, 5], [3, 1, 2, 4]])
     scores = bl.itemknn_scores(normalized, histories, candidates)
-    expected = np.array([
-        [3 / math.sqrt(3 * 4) + 1 / math.sqrt(2 * 4), 1 / math.sqrt(2 * 1), 0.0, 0.0],
-        [1 / math.sqrt(1 * 2), 0.0, 0.0, 0.0],  # 4 co-occurs with 2 only; never with itself
-        [0.0, 0.0, 0.0, 0.0],                   # no history, no score
-    ])
+    expected = np.array(
+        [
+            [3 / math.sqrt(3 * 4) + 1 / math.sqrt(2 * 4), 1 / math.sqrt(2 * 1), 0.0, 0.0],
+            [1 / math.sqrt(1 * 2), 0.0, 0.0, 0.0],  # 4 co-occurs with 2 only; never with itself
+            [0.0, 0.0, 0.0, 0.0],  # no history, no score
+        ]
+    )
     np.testing.assert_allclose(scores, expected, rtol=1e-12)
 
 
 def test_history_is_rec_items_then_search_clicks():
-    features = {REC_HISTORY_ITEMS: np.array([[1, 2], [0, 0]]),
-                SEARCH_HISTORY_CLICKED_ITEMS: np.array([[[3], [0]], [[4], [5]]])}
+    features = {
+        REC_HISTORY_ITEMS: np.array([[1, 2], [0, 0]]),
+        SEARCH_HISTORY_CLICKED_ITEMS: np.array([[[3], [0]], [[4], [5]]]),
+    }
     np.testing.assert_array_equal(bl.history_items(features), [[1, 2, 3, 0], [0, 0, 4, 5]])
 
 
@@ -88,8 +101,9 @@ def test_fallback_item_words_are_training_query_words_of_clicked_items():
     # Binary: word 3 was clicked twice (once per example, it repeats in one query) for item 4.
     assert sorted(zip(*words.nonzero())) == [(1, 4), (2, 4), (2, 5), (3, 4)]
     assert set(words.data) == {1.0}
-    overlap = bl.query_overlap(np.array([[2, 3, 3], [1, 0, 0]]), words,
-                               np.array([[4, 5, 1, 2], [5, 4, 3, 2]]))
+    overlap = bl.query_overlap(
+        np.array([[2, 3, 3], [1, 0, 0]]), words, np.array([[4, 5, 1, 2], [5, 4, 3, 2]])
+    )
     np.testing.assert_array_equal(overlap, [[2, 1, 0, 0], [0, 1, 0, 0]])
 
 
@@ -98,8 +112,9 @@ def test_caption_item_words_count_distinct_query_words():
     captions[1] = [1, 2, 2]
     captions[2] = [3, 0, 0]
     words = bl.item_words_from_captions(captions, num_words=4)
-    overlap = bl.query_overlap(np.array([[2, 2, 1], [3, 0, 0]]), words,
-                               np.array([[1, 2, 3], [1, 2, 3]]))
+    overlap = bl.query_overlap(
+        np.array([[2, 2, 1], [3, 0, 0]]), words, np.array([[1, 2, 3], [1, 2, 3]])
+    )
     np.testing.assert_array_equal(overlap, [[2, 0, 0], [0, 1, 0]])
 
 
@@ -110,15 +125,24 @@ SHAPES = dict(rec_len=3, search_len=2, query_len=3, clicks_per_session=1)
 def _example(rec, clicked, candidates, query=None, user=1):
     search_len, clicks = SHAPES["search_len"], SHAPES["clicks_per_session"]
     clicked = list(clicked) + [0] * (search_len * clicks - len(clicked))
-    features = {USER_ID: [user], HISTORY_TYPES: [0] * (SHAPES["rec_len"] + search_len),
-                REC_HISTORY_ITEMS: list(rec) + [0] * (SHAPES["rec_len"] - len(rec)),
-                SEARCH_HISTORY_QUERY_TOKENS: [0] * (search_len * SHAPES["query_len"]),
-                SEARCH_HISTORY_CLICKED_ITEMS: clicked, CANDIDATE_ITEMS: list(candidates)}
+    features = {
+        USER_ID: [user],
+        HISTORY_TYPES: [0] * (SHAPES["rec_len"] + search_len),
+        REC_HISTORY_ITEMS: list(rec) + [0] * (SHAPES["rec_len"] - len(rec)),
+        SEARCH_HISTORY_QUERY_TOKENS: [0] * (search_len * SHAPES["query_len"]),
+        SEARCH_HISTORY_CLICKED_ITEMS: clicked,
+        CANDIDATE_ITEMS: list(candidates),
+    }
     if query is not None:
         features[QUERY_TOKENS] = list(query) + [0] * (SHAPES["query_len"] - len(query))
-    return tf.train.Example(features=tf.train.Features(feature={
-        name: tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-        for name, values in features.items()})).SerializeToString()
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                name: tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+                for name, values in features.items()
+            }
+        )
+    ).SerializeToString()
 
 
 # Per split and scenario, the files' examples: (rec history, search clicks, candidates[, query]).
@@ -128,10 +152,14 @@ TINY = {
     ("train", "search"): [[([], [2], [4, 1], [1, 2]), ([3], [], [1, 2], [3])]],
     ("valid", "rec"): [[([1], [], [3, 4, 5, 1])]],
     ("valid", "search"): [[([1], [], [4, 3, 1, 5], [1])]],
-    ("test", "rec"): [[([1], [2], [3, 4, 5, 1]), ([4], [], [2, 3, 4, 5])],
-                      [([2], [], [4, 3, 1, 5])]],
-    ("test", "search"): [[([1], [2], [4, 3, 1, 5], [1, 2]), ([3], [], [1, 4, 5, 2], [3])],
-                         [([], [], [2, 4, 1, 3], [2]), ([2], [], [5, 4, 3, 1], [3, 3])]],
+    ("test", "rec"): [
+        [([1], [2], [3, 4, 5, 1]), ([4], [], [2, 3, 4, 5])],
+        [([2], [], [4, 3, 1, 5])],
+    ],
+    ("test", "search"): [
+        [([1], [2], [4, 3, 1, 5], [1, 2]), ([3], [], [1, 4, 5, 2], [3])],
+        [([], [], [2, 4, 1, 3], [2]), ([2], [], [5, 4, 3, 1], [3, 3])],
+    ],
 }
 TINY_WORDS = 3  # word ids 1..3
 # Captions that disagree with the clicks: item 4 was clicked for words 1 and 2, item 1 for
@@ -143,15 +171,20 @@ def write_tiny(out_dir, captions=None):
     for (split, scenario), files in TINY.items():
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)
         for index, rows in enumerate(files):
-            path = os.path.join(out_dir, split,
-                                f"{scenario}-{index:05d}-of-{len(files):05d}.tfrecord.gz")
+            path = os.path.join(
+                out_dir, split, f"{scenario}-{index:05d}-of-{len(files):05d}.tfrecord.gz"
+            )
             with tf.io.TFRecordWriter(path, "GZIP") as writer:
                 for row in rows:
                     writer.write(_example(*row))
-    manifest = {"id_format": "ids", "vocab_sizes": {"users": 1, "items": 5, "words": TINY_WORDS},
-                "shapes": dict(SHAPES, train_candidates=2, eval_candidates=4),
-                "examples": {split: {scenario: sum(map(len, files))}
-                             for (split, scenario), files in TINY.items()}}
+    manifest = {
+        "id_format": "ids",
+        "vocab_sizes": {"users": 1, "items": 5, "words": TINY_WORDS},
+        "shapes": dict(SHAPES, train_candidates=2, eval_candidates=4),
+        "examples": {
+            split: {scenario: sum(map(len, files))} for (split, scenario), files in TINY.items()
+        },
+    }
     with open(os.path.join(out_dir, "manifest.json"), "w") as out:
         json.dump(manifest, out)
     if captions is not None:
@@ -164,14 +197,21 @@ def write_tiny(out_dir, captions=None):
 
 def reference_scores(out_dir, manifest, captions=None):
     """The definitions in plain Python, one example at a time (examples in read order)."""
+
     def history(row):
-        return {int(i) for i in list(row[REC_HISTORY_ITEMS].ravel())
-                + list(row[SEARCH_HISTORY_CLICKED_ITEMS].ravel()) if i}
+        return {
+            int(i)
+            for i in list(row[REC_HISTORY_ITEMS].ravel())
+            + list(row[SEARCH_HISTORY_CLICKED_ITEMS].ravel())
+            if i
+        }
 
     def rows(split, scenario):
         arrays = reader.load_arrays(out_dir, split, scenario, manifest)
-        return [{name: values[i] for name, values in arrays.items()}
-                for i in range(len(arrays[CANDIDATE_ITEMS]))]
+        return [
+            {name: values[i] for name, values in arrays.items()}
+            for i in range(len(arrays[CANDIDATE_ITEMS]))
+        ]
 
     cooc, popularity, clicked_words = collections.Counter(), collections.Counter(), {}
     for scenario in ("rec", "search"):
@@ -186,8 +226,11 @@ def reference_scores(out_dir, manifest, captions=None):
     totals = collections.Counter()
     for (a, _), count in cooc.items():
         totals[a] += count
-    item_words = ({item: set(words) - {0} for item, words in captions.items()}
-                  if captions is not None else clicked_words)
+    item_words = (
+        {item: set(words) - {0} for item, words in captions.items()}
+        if captions is not None
+        else clicked_words
+    )
 
     result = {"popularity": {}, "ItemKNN": {}, "query match": {}}
     for scenario in ("rec", "search"):
@@ -195,9 +238,16 @@ def reference_scores(out_dir, manifest, captions=None):
         for row in rows("test", scenario):
             candidates = [int(c) for c in row[CANDIDATE_ITEMS]]
             pop.append([popularity[c] for c in candidates])
-            knn.append([sum(cooc[h, c] / math.sqrt(totals[h] * totals[c])
-                            for h in history(row) if totals[h] and totals[c])
-                        for c in candidates])
+            knn.append(
+                [
+                    sum(
+                        cooc[h, c] / math.sqrt(totals[h] * totals[c])
+                        for h in history(row)
+                        if totals[h] and totals[c]
+                    )
+                    for c in candidates
+                ]
+            )
             if scenario == "search":
                 query = set(int(w) for w in row[QUERY_TOKENS]) - {0}
                 overlap = [len(query & item_words.get(c, set())) for c in candidates]
@@ -216,8 +266,13 @@ def assert_scores_equal(actual, expected):
     for name in expected:
         assert sorted(actual[name]) == sorted(expected[name]), name
         for task in expected[name]:
-            np.testing.assert_allclose(actual[name][task], expected[name][task], rtol=1e-12,
-                                       atol=1e-15, err_msg=f"{name} {task}")
+            np.testing.assert_allclose(
+                actual[name][task],
+                expected[name][task],
+                rtol=1e-12,
+                atol=1e-15,
+                err_msg=f"{name} {task}",
+            )
 
 
 @pytest.mark.parametrize("with_captions", [False, True])
@@ -231,11 +286,16 @@ def test_baseline_scores_follow_the_definitions_in_read_order(tmp_path, with_cap
     assert sorted(scores) == ["ItemKNN", "popularity", "query match"]
     assert sorted(scores["query match"]) == ["search"]
     # Rows pair with read_examples' rows (what the model is scored on).
-    read = np.concatenate([batch[CANDIDATE_ITEMS].numpy() for batch in
-                           reader.read_examples(out, "test", "search", 3, manifest)])
+    read = np.concatenate(
+        [
+            batch[CANDIDATE_ITEMS].numpy()
+            for batch in reader.read_examples(out, "test", "search", 3, manifest)
+        ]
+    )
     popularity = {3: 2, 4: 1, 1: 1}
-    np.testing.assert_array_equal(scores["popularity"]["search"],
-                                  np.vectorize(lambda c: popularity.get(c, 0))(read))
+    np.testing.assert_array_equal(
+        scores["popularity"]["search"], np.vectorize(lambda c: popularity.get(c, 0))(read)
+    )
     # Not vacuous: ItemKNN and query match score something on these lists, and the two
     # sources of item words give different overlaps.
     assert scores["ItemKNN"]["rec"].max() > 0
@@ -263,12 +323,26 @@ def test_baseline_metrics_report_every_baseline_in_order(tmp_path):
     assert "| ItemKNN | rec |" in table and "| query match | search |" in table
     assert "| query match | rec |" not in table
     # The model's report: the model first, then popularity, random, ItemKNN, query match.
-    report = dict(results, unisar=results["ItemKNN"], split="test", best_epoch=1,
-                  validation_score=0.5, negatives_per_example=3)
+    report = dict(
+        results,
+        unisar=results["ItemKNN"],
+        split="test",
+        best_epoch=1,
+        validation_score=0.5,
+        negatives_per_example=3,
+    )
     lines = [line for line in report_markdown(report).splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0][2:] for line in lines[1:]] == [
-        "unisar", "unisar", "popularity", "popularity", "random", "random", "ItemKNN",
-        "ItemKNN", "query match"]
+        "unisar",
+        "unisar",
+        "popularity",
+        "popularity",
+        "random",
+        "random",
+        "ItemKNN",
+        "ItemKNN",
+        "query match",
+    ]
     # Only the tasks asked for.
     rec_only = baseline_metrics(out, "test", manifest, 6, ("rec",))
     assert list(rec_only) == ["popularity", "random", "ItemKNN"]
@@ -277,17 +351,26 @@ def test_baseline_metrics_report_every_baseline_in_order(tmp_path):
 def test_ablation_table_lists_the_non_learned_baselines_after_popularity():
     from unisar_tf.tools import ablation
 
-    metrics = lambda v: {"HR@1": v, "HR@5": v, "HR@10": v, "NDCG@5": v, "NDCG@10": v}
-    reports = {"UniSAR": {"unisar": {"rec": metrics(0.3), "search": metrics(0.6)},
-                          "best_epoch": 1, "epochs_run": 2}}
-    baselines = {"popularity": {"rec": metrics(0.02), "search": metrics(0.03)},
-                 "random": {"rec": metrics(0.04), "search": metrics(0.04)},
-                 "ItemKNN": {"rec": metrics(0.19), "search": metrics(0.2)},
-                 "query match": {"search": metrics(0.7)}}
+    def metrics(v):
+        return {"HR@1": v, "HR@5": v, "HR@10": v, "NDCG@5": v, "NDCG@10": v}
+
+    reports = {
+        "UniSAR": {
+            "unisar": {"rec": metrics(0.3), "search": metrics(0.6)},
+            "best_epoch": 1,
+            "epochs_run": 2,
+        }
+    }
+    baselines = {
+        "popularity": {"rec": metrics(0.02), "search": metrics(0.03)},
+        "random": {"rec": metrics(0.04), "search": metrics(0.04)},
+        "ItemKNN": {"rec": metrics(0.19), "search": metrics(0.2)},
+        "query match": {"search": metrics(0.7)},
+    }
     rows = ablation.table_rows(reports, baselines)
     assert [row["name"] for row in rows] == ["UniSAR", "popularity", "ItemKNN", "query match"]
     text = ablation.ablation_markdown(rows, "header")
-    line = next(l for l in text.splitlines() if l.startswith("| query match |"))
+    line = next(row for row in text.splitlines() if row.startswith("| query match |"))
     assert line == "| query match | - | 0.7000 / 0.7000 |  | +0.1000 | - | - |"
 
 
@@ -312,8 +395,10 @@ def test_raw_examples_through_transform_score_as_the_id_examples(kuaisar_formats
         return np.where((ids > 0) & np.isin(values, tft[kind][1:]), values, "")
 
     by_format = {}
-    for name, out, transform, vocab in (("ids", ids_dir, None, job),
-                                        ("raw", raw_dir, transform_dir, tft)):
+    for name, out, transform, vocab in (
+        ("ids", ids_dir, None, job),
+        ("raw", raw_dir, transform_dir, tft),
+    ):
         manifest = reader.load_manifest(out, transform)
         scores = bl.baseline_scores(out, "test", manifest, manifest["vocab_sizes"]["items"] + 1)
         rows = {}
@@ -321,20 +406,26 @@ def test_raw_examples_through_transform_score_as_the_id_examples(kuaisar_formats
             names = [USER_ID, CANDIDATE_ITEMS, REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS]
             names += [QUERY_TOKENS] if task == "search" else []
             features = bl.read_split(out, "test", task, manifest, names)
-            columns = [strings(data_kind, features[feature].reshape(len(features[USER_ID]), -1),
-                               vocab)
-                       for feature, data_kind in ((USER_ID, "users"), (CANDIDATE_ITEMS, "items"),
-                                                  (REC_HISTORY_ITEMS, "items"),
-                                                  (SEARCH_HISTORY_CLICKED_ITEMS, "items"))
-                       + (((QUERY_TOKENS, "words"),) if task == "search" else ())]
+            columns = [
+                strings(data_kind, features[feature].reshape(len(features[USER_ID]), -1), vocab)
+                for feature, data_kind in (
+                    (USER_ID, "users"),
+                    (CANDIDATE_ITEMS, "items"),
+                    (REC_HISTORY_ITEMS, "items"),
+                    (SEARCH_HISTORY_CLICKED_ITEMS, "items"),
+                )
+                + (((QUERY_TOKENS, "words"),) if task == "search" else ())
+            ]
             keys = [tuple(row) for row in np.concatenate(columns, axis=1).tolist()]
             assert len(set(keys)) == len(keys), "rows need unique keys"
             # Everything Transform maps to 0 that the job keeps: unknown candidates / words.
-            unknown = (np.count_nonzero(features[CANDIDATE_ITEMS], axis=1)
-                       - np.count_nonzero(columns[1] != "", axis=1))
+            unknown = np.count_nonzero(features[CANDIDATE_ITEMS], axis=1) - np.count_nonzero(
+                columns[1] != "", axis=1
+            )
             if task == "search":
-                unknown += (np.count_nonzero(features[QUERY_TOKENS], axis=1)
-                            - np.count_nonzero(columns[-1] != "", axis=1))
+                unknown += np.count_nonzero(features[QUERY_TOKENS], axis=1) - np.count_nonzero(
+                    columns[-1] != "", axis=1
+                )
             rows[task] = {key: (i, unknown[i] == 0) for i, key in enumerate(keys)}
         by_format[name] = (scores, rows)
     (ids_scores, ids_rows), (raw_scores, raw_rows) = by_format["ids"], by_format["raw"]
@@ -346,9 +437,12 @@ def test_raw_examples_through_transform_score_as_the_id_examples(kuaisar_formats
             names = ["popularity", "ItemKNN"]
             names += ["query match"] if task == "search" and all_known else []
             for baseline in names:
-                np.testing.assert_allclose(raw_scores[baseline][task][j],
-                                           ids_scores[baseline][task][i], rtol=1e-9,
-                                           err_msg=f"{baseline} {task} {key}")
+                np.testing.assert_allclose(
+                    raw_scores[baseline][task][j],
+                    ids_scores[baseline][task][i],
+                    rtol=1e-9,
+                    err_msg=f"{baseline} {task} {key}",
+                )
                 compared[baseline, task] += 1
     assert compared["query match", "search"] > 0
     # Not vacuous: ItemKNN and query match (captions) score something here.

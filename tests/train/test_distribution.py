@@ -4,6 +4,7 @@ workers: two trainer processes on loopback ports with TF_CONFIG.
 The worker tests run `python -m unisar_tf.train` as separate processes (a multi-worker
 strategy must be made before a process runs any op, so not inside pytest's process).
 """
+
 import json
 import os
 import signal
@@ -14,31 +15,48 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import REPO
 from helpers.model import TINY_FLAGS
+
 from unisar_tf.config import amazon_preset
-from unisar_tf.train.distribution import (cluster_tasks, local_cluster, replica_rows,
-                                          resolve_strategy_name, split_for_replicas, worker_role)
+from unisar_tf.train.distribution import (
+    cluster_tasks,
+    local_cluster,
+    replica_rows,
+    resolve_strategy_name,
+    split_for_replicas,
+    worker_role,
+)
 from unisar_tf.train.inputs import epoch_steps, search_batch_size
 
 
 def tf_config(ports, index):
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {
+            "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+    )
 
 
 # ------------------------------------------------------------------------- choosing
-@pytest.mark.parametrize("name,config,gpus,expected", [
-    ("auto", "", 0, "default"),
-    ("auto", "", 1, "default"),
-    ("auto", "", 2, "mirrored"),
-    ("auto", tf_config([1, 2], 0), 0, "multi_worker"),
-    ("auto", json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker",
-                                                                  "index": 0}}), 4, "mirrored"),
-    ("default", tf_config([1, 2], 1), 2, "default"),
-    ("multi_worker", "", 0, "multi_worker"),
-])
+@pytest.mark.parametrize(
+    "name,config,gpus,expected",
+    [
+        ("auto", "", 0, "default"),
+        ("auto", "", 1, "default"),
+        ("auto", "", 2, "mirrored"),
+        ("auto", tf_config([1, 2], 0), 0, "multi_worker"),
+        (
+            "auto",
+            json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}),
+            4,
+            "mirrored",
+        ),
+        ("default", tf_config([1, 2], 1), 2, "default"),
+        ("multi_worker", "", 0, "multi_worker"),
+    ],
+)
 def test_auto_reads_tf_config_and_the_gpus(name, config, gpus, expected):
     assert resolve_strategy_name(name, config, gpus) == expected
 
@@ -48,8 +66,7 @@ def test_bad_names_and_bad_tf_config_are_errors_that_say_so():
         resolve_strategy_name("parameter_server", "", 0)
     with pytest.raises(ValueError, match="TF_CONFIG is not JSON"):
         cluster_tasks("{not json")
-    assert cluster_tasks(json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}})
-                         ) == 3
+    assert cluster_tasks(json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}})) == 3
 
 
 def test_a_local_cluster_names_distinct_loopback_ports_and_each_index():
@@ -76,11 +93,15 @@ def test_replica_rows_are_consecutive_blocks_of_the_global_batch():
 
 
 def test_every_replica_gets_its_rows_of_each_task_and_all_the_shared_negatives():
-    batch = {"rec": {"x": tf.range(8)}, "search": {"x": tf.range(100, 104)},
-             "rel_negatives": {"items": tf.constant([7, 8, 9])}}
+    batch = {
+        "rec": {"x": tf.range(8)},
+        "search": {"x": tf.range(100, 104)},
+        "rel_negatives": {"items": tf.constant([7, 8, 9])},
+    }
     # 2 workers x 2 replicas; worker 1 holds replicas 2 and 3.
-    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
-                                         num_replicas_in_sync=4)
+    context = tf.distribute.InputContext(
+        num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=4
+    )
     split = split_for_replicas(batch, context)
     assert split["rec"]["x"].numpy().tolist() == [[4, 5], [6, 7]]
     assert split["search"]["x"].numpy().tolist() == [[102], [103]]
@@ -115,23 +136,58 @@ def train_command(out, model_dir, batch_size, max_epochs, distribution):
     # What is defined per replica is off: dropout masks, the alignment loss (its in-batch
     # negatives) and the relevance loss (a mean over each replica's own history pairs); L2 is
     # off too, so the rows each replica trains on are what is compared. The paper preset.
-    return [sys.executable, "-m", "unisar_tf.train", "--data_dir", out, "--model_dir",
-            model_dir, "--preset", "paper", "--max_epochs", str(max_epochs),
-            "--steps_per_epoch", "2", "--quiet", "--skip_test", "--sasrec_baseline", "false",
-            "--distribution", distribution] + TINY_FLAGS + [
-            "--batch_size", str(batch_size), "--dropout", "0", "--beta_alignment", "0",
-            "--alpha_relevance", "0", "--l2_weight", "0"]
+    return (
+        [
+            sys.executable,
+            "-m",
+            "unisar_tf.train",
+            "--data_dir",
+            out,
+            "--model_dir",
+            model_dir,
+            "--preset",
+            "paper",
+            "--max_epochs",
+            str(max_epochs),
+            "--steps_per_epoch",
+            "2",
+            "--quiet",
+            "--skip_test",
+            "--sasrec_baseline",
+            "false",
+            "--distribution",
+            distribution,
+        ]
+        + TINY_FLAGS
+        + [
+            "--batch_size",
+            str(batch_size),
+            "--dropout",
+            "0",
+            "--beta_alignment",
+            "0",
+            "--alpha_relevance",
+            "0",
+            "--l2_weight",
+            "0",
+        ]
+    )
 
 
 def start_workers(out, model_dir, batch_size, max_epochs, log_dir):
     processes = []
     for index, config in enumerate(local_cluster(2)):
-        env = dict(os.environ, TF_CONFIG=config, CUDA_VISIBLE_DEVICES="",
-                   TF_CPP_MIN_LOG_LEVEL="2")
+        env = dict(os.environ, TF_CONFIG=config, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
         log = open(os.path.join(log_dir, f"worker-{index}.log"), "w")
-        processes.append(subprocess.Popen(
-            train_command(out, model_dir, batch_size, max_epochs, "multi_worker"), cwd=REPO,
-            env=env, stdout=log, stderr=subprocess.STDOUT))
+        processes.append(
+            subprocess.Popen(
+                train_command(out, model_dir, batch_size, max_epochs, "multi_worker"),
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     return processes
 
 
@@ -152,9 +208,13 @@ def model_weights(checkpoint):
     """{name: value} of the model's weights in a checkpoint (optimizer slots and the loss
     trackers, which are metrics, left out)."""
     reader = tf.train.load_checkpoint(checkpoint)
-    return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(checkpoint)
-            if name.startswith("model/") and "OPTIMIZER_SLOT" not in name
-            and "loss_trackers" not in name}
+    return {
+        name: reader.get_tensor(name)
+        for name, _ in tf.train.list_variables(checkpoint)
+        if name.startswith("model/")
+        and "OPTIMIZER_SLOT" not in name
+        and "loss_trackers" not in name
+    }
 
 
 def log_text(log_dir, index):
@@ -169,9 +229,14 @@ def two_workers_and_one(amazon_examples, tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     batch_size = even_search_batch(manifest)
     single = str(root / "single")
-    done = subprocess.run(train_command(out, single, batch_size, 1, "default"), cwd=REPO,
-                          env=dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2"),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        train_command(out, single, batch_size, 1, "default"),
+        cwd=REPO,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     workers = str(root / "workers")
     codes = wait_all(start_workers(out, workers, batch_size, 1, str(root)), timeout=600)
@@ -181,21 +246,26 @@ def two_workers_and_one(amazon_examples, tmp_path_factory):
 @pytest.mark.slow
 def test_two_workers_finish_and_the_chief_alone_writes_the_run(two_workers_and_one):
     run = two_workers_and_one
-    assert run["codes"] == [0, 0], log_text(run["logs"], 0)[-2000:] + log_text(run["logs"], 1)[-2000:]
+    assert run["codes"] == [0, 0], (
+        log_text(run["logs"], 0)[-2000:] + log_text(run["logs"], 1)[-2000:]
+    )
     assert "MultiWorkerMirroredStrategy: 2 replicas on 2 worker(s); this is worker 0 (chief)" in (
-        log_text(run["logs"], 0))
+        log_text(run["logs"], 0)
+    )
     assert "this is worker 1" in log_text(run["logs"], 1)
     workers = run["workers"]
     with open(os.path.join(workers, "history.jsonl")) as handle:
         assert [json.loads(line)["epoch"] for line in handle] == [1]  # one writer
     assert not os.path.exists(os.path.join(workers, ".workers", "worker-1"))  # cleaned up
     assert sorted(os.listdir(os.path.join(workers, "checkpoints"))) == sorted(
-        os.listdir(os.path.join(run["single"], "checkpoints")))
+        os.listdir(os.path.join(run["single"], "checkpoints"))
+    )
 
 
 @pytest.mark.slow
 def test_two_workers_train_the_weights_one_process_trains_on_the_same_global_batch(
-        two_workers_and_one):
+    two_workers_and_one,
+):
     run = two_workers_and_one
     assert run["codes"] == [0, 0]
     distributed = model_weights(os.path.join(run["workers"], "checkpoints", "ckpt-1"))
@@ -213,7 +283,8 @@ def test_two_workers_train_the_weights_one_process_trains_on_the_same_global_bat
     with open(os.path.join(run["single"], "best.json")) as handle:
         single_best = json.load(handle)
     assert distributed_best["validation_score"] == pytest.approx(
-        single_best["validation_score"], abs=1e-4)
+        single_best["validation_score"], abs=1e-4
+    )
 
 
 @pytest.mark.slow

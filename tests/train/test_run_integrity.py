@@ -13,6 +13,7 @@ Cost: the lock's own tests run without TensorFlow. The others use the session's 
 examples (tests/helpers/datasets.py), copied where a test damages them, and run directories
 written by hand with `_end_epoch` (no training step is traced, so no test here trains).
 """
+
 import copy
 import dataclasses
 import glob
@@ -25,7 +26,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO
 from helpers.model import TINY_FLAGS, tiny_config
 
@@ -35,8 +35,13 @@ LOCK_HOLDER = [sys.executable, "-m", "unisar_tf.train.run_lock"]
 # ----------------------------------------------------------------------- helpers
 def hold_lock(model_dir):
     """A process holding model_dir's lock (until its stdin closes or it is killed)."""
-    holder = subprocess.Popen(LOCK_HOLDER + [str(model_dir)], cwd=REPO, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        LOCK_HOLDER + [str(model_dir)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     return holder
 
@@ -47,16 +52,26 @@ def release(holder):
 
 
 def validation(value=0.5):
-    return {task: {"HR@1": 0.0, "HR@5": value, "HR@10": 1.0, "NDCG@5": value,
-                   "NDCG@10": value, "examples": 10} for task in ("rec", "search")}
+    return {
+        task: {
+            "HR@1": 0.0,
+            "HR@5": value,
+            "HR@10": 1.0,
+            "NDCG@5": value,
+            "NDCG@10": value,
+            "examples": 10,
+        }
+        for task in ("rec", "search")
+    }
 
 
 def hand_written_run(data_dir, model_dir, config=None, **options):
     """A run directory with one finished epoch (checkpoint, best/, history), no training."""
     from unisar_tf.train.trainer import Trainer, TrainerOptions
 
-    trainer = Trainer(config or tiny_config(),
-                      TrainerOptions(data_dir, str(model_dir), verbose=0, **options))
+    trainer = Trainer(
+        config or tiny_config(), TrainerOptions(data_dir, str(model_dir), verbose=0, **options)
+    )
     trainer._write_run_files()
     trainer._end_epoch(0, {"loss": 1.0}, validation(), 0.1)
     return trainer
@@ -70,8 +85,10 @@ def snapshot(model_dir):
             path = os.path.join(folder, name)
             if name != "run.lock":
                 with open(path, "rb") as handle:
-                    found[os.path.relpath(path, model_dir)] = (handle.read(),
-                                                              os.stat(path).st_mtime_ns)
+                    found[os.path.relpath(path, model_dir)] = (
+                        handle.read(),
+                        os.stat(path).st_mtime_ns,
+                    )
     return found
 
 
@@ -135,8 +152,14 @@ def test_a_held_run_directory_is_refused_at_once_naming_the_holder(tmp_path):
         # Re-entrant within one process (a Trainer inside the CLI's hold).
         with RunDirLock(str(model_dir)) as inner:
             assert inner.held
-        other = subprocess.run(LOCK_HOLDER + [str(model_dir)], cwd=REPO, input="",
-                               capture_output=True, text=True, timeout=60)
+        other = subprocess.run(
+            LOCK_HOLDER + [str(model_dir)],
+            cwd=REPO,
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert other.returncode == 1 and f"pid {os.getpid()}" in other.stderr
         assert "Traceback" not in other.stderr
 
@@ -153,7 +176,8 @@ def test_the_lock_goes_with_a_killed_holder(tmp_path):
 
 @pytest.mark.slow
 def test_a_second_trainer_on_a_run_in_progress_fails_before_reading_or_writing(
-        amazon_examples, run_copy, tmp_path):
+    amazon_examples, run_copy, tmp_path
+):
     from unisar_tf.train.run_lock import RunDirLock, RunDirLockedError
     from unisar_tf.train.trainer import Trainer, TrainerOptions
 
@@ -192,8 +216,10 @@ def test_the_cli_says_who_holds_the_run_directory(amazon_examples, tmp_path, cap
     holder = hold_lock(model_dir)
     try:
         with pytest.raises(SystemExit) as exit_info:
-            cli.main(["--data_dir", out, "--model_dir", str(model_dir), "--preset", "paper",
-                      "--quiet"] + TINY_FLAGS)
+            cli.main(
+                ["--data_dir", out, "--model_dir", str(model_dir), "--preset", "paper", "--quiet"]
+                + TINY_FLAGS
+            )
     finally:
         release(holder)
     assert exit_info.value.code == 1
@@ -204,8 +230,9 @@ def test_the_cli_says_who_holds_the_run_directory(amazon_examples, tmp_path, cap
 
 # ------------------------------------------------------- resuming with other settings
 @pytest.mark.slow
-def test_resuming_with_other_hyperparameters_is_refused_listing_them(amazon_examples, run_copy,
-                                                                     capsys):
+def test_resuming_with_other_hyperparameters_is_refused_listing_them(
+    amazon_examples, run_copy, capsys
+):
     """The issue's command and a flag that changes the shapes: refused before anything is
     written. Before, the first trained on with the restored values and rewrote config.json
     with the requested ones; the second failed in TensorFlow's checkpoint restore."""
@@ -215,26 +242,43 @@ def test_resuming_with_other_hyperparameters_is_refused_listing_them(amazon_exam
     model_dir = run_copy
     before = snapshot(model_dir)
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--data_dir", out, "--model_dir", str(model_dir), "--preset", "paper",
-                  "--quiet", "--max_epochs", "3", "--learning_rate", "0.05", "--dropout", "0.5"]
-                 + TINY_FLAGS + ["--embedding_dim", "32"])
+        cli.main(
+            [
+                "--data_dir",
+                out,
+                "--model_dir",
+                str(model_dir),
+                "--preset",
+                "paper",
+                "--quiet",
+                "--max_epochs",
+                "3",
+                "--learning_rate",
+                "0.05",
+                "--dropout",
+                "0.5",
+            ]
+            + TINY_FLAGS
+            + ["--embedding_dim", "32"]
+        )
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert f"{model_dir} holds a run trained with other settings" in err
     assert "new --model_dir" in err
     listed = err.split("(", 1)[1].split(")")[0]
-    assert listed.split("; ") == ["dropout: recorded 0.1, requested 0.5",
-                                  "embedding_dim: recorded 16, requested 32",
-                                  "learning_rate: recorded 0.001, requested 0.05"]
+    assert listed.split("; ") == [
+        "dropout: recorded 0.1, requested 0.5",
+        "embedding_dim: recorded 16, requested 32",
+        "learning_rate: recorded 0.001, requested 0.05",
+    ]
     assert snapshot(model_dir) == before  # config.json still says what was trained
 
 
 @pytest.mark.slow
 def test_every_setting_but_the_resumable_ones_must_match(amazon_examples, finished_run):
-    from unisar_tf.train.run_dir import (RESUMABLE_CONFIG_FIELDS, RESUMABLE_OPTIONS,
-                                         setting_changes)
     from unisar_tf.config import UniSARConfig
+    from unisar_tf.train.run_dir import RESUMABLE_CONFIG_FIELDS, RESUMABLE_OPTIONS, setting_changes
     from unisar_tf.train.trainer import TrainerOptions
 
     out, _ = amazon_examples
@@ -243,37 +287,50 @@ def test_every_setting_but_the_resumable_ones_must_match(amazon_examples, finish
     options = dataclasses.asdict(TrainerOptions(out, str(finished_run), verbose=0))
     assert setting_changes(str(finished_run), config, options) == ({}, {})
     refused, allowed = setting_changes(
-        str(finished_run), config.replace(early_stop_patience=7, eval_batch_size=64,
-                                          num_layers=2),
-        dict(options, max_epochs=3, seed=1, steps_per_epoch=2, distribution="default"))
+        str(finished_run),
+        config.replace(early_stop_patience=7, eval_batch_size=64, num_layers=2),
+        dict(options, max_epochs=3, seed=1, steps_per_epoch=2, distribution="default"),
+    )
     assert refused == {"num_layers": (1, 2), "seed": (0, 1), "steps_per_epoch": (None, 2)}
-    assert allowed == {"early_stop_patience": (5, 7), "eval_batch_size": (512, 64),
-                       "max_epochs": (100, 3), "distribution": ("auto", "default")}
+    assert allowed == {
+        "early_stop_patience": (5, 7),
+        "eval_batch_size": (512, 64),
+        "max_epochs": (100, 3),
+        "distribution": ("auto", "default"),
+    }
     assert set(RESUMABLE_CONFIG_FIELDS) == {"early_stop_patience", "eval_batch_size"}
     assert "max_epochs" in RESUMABLE_OPTIONS and "seed" not in RESUMABLE_OPTIONS
 
 
 @pytest.mark.slow
-def test_the_epoch_budget_and_patience_may_change_and_the_change_is_recorded(amazon_examples,
-                                                                            finished_run,
-                                                                            run_copy):
+def test_the_epoch_budget_and_patience_may_change_and_the_change_is_recorded(
+    amazon_examples, finished_run, run_copy
+):
     from unisar_tf.train.run_dir import RESUMES_FILE
     from unisar_tf.train.trainer import Trainer, TrainerOptions
 
     out, _ = amazon_examples
     model_dir = run_copy  # max_epochs 100, early_stop_patience 5
-    trainer = Trainer(tiny_config(early_stop_patience=9),
-                      TrainerOptions(out, str(model_dir), max_epochs=1, verbose=0))
+    trainer = Trainer(
+        tiny_config(early_stop_patience=9),
+        TrainerOptions(out, str(model_dir), max_epochs=1, verbose=0),
+    )
     summary = trainer.fit(on_step=lambda epoch, step: pytest.fail("trained"))
     assert summary["epochs_run"] == 1
     with open(model_dir / "config.json") as handle:
         assert json.load(handle)["early_stop_patience"] == 9  # what the run goes on with
     with open(model_dir / RESUMES_FILE) as handle:
         lines = [json.loads(line) for line in handle]
-    assert lines == [{"after_epoch": 1, "changed": {
-        "early_stop_patience": {"recorded": 5, "now": 9},
-        "max_epochs": {"recorded": 100, "now": 1},
-        "model_dir": {"recorded": str(finished_run), "now": str(model_dir)}}}]  # a copy
+    assert lines == [
+        {
+            "after_epoch": 1,
+            "changed": {
+                "early_stop_patience": {"recorded": 5, "now": 9},
+                "max_epochs": {"recorded": 100, "now": 1},
+                "model_dir": {"recorded": str(finished_run), "now": str(model_dir)},
+            },
+        }
+    ]  # a copy
 
 
 # ------------------------------------------------------- damaged and mismatched data
@@ -309,8 +366,9 @@ def test_the_trainer_and_the_evaluation_name_a_truncated_file(data_copy, run_cop
     test_search = reader.example_files(data_copy, "test", "search")[0]
     truncate(train_rec)
     truncate(test_search)
-    trainer = Trainer(tiny_config(), TrainerOptions(data_copy, str(model_dir), max_epochs=2,
-                                                    verbose=0))
+    trainer = Trainer(
+        tiny_config(), TrainerOptions(data_copy, str(model_dir), max_epochs=2, verbose=0)
+    )
     with pytest.raises(reader.CorruptExampleFileError, match=train_rec):
         trainer.fit()  # the first batch fails, before any step
     with pytest.raises(SystemExit) as exit_info:
@@ -321,10 +379,13 @@ def test_the_trainer_and_the_evaluation_name_a_truncated_file(data_copy, run_cop
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("field,value", [("rec_len", 20), ("query_len", 6),
-                                         ("eval_candidates", 100), ("train_negative_pool", 4)])
-def test_a_manifest_that_disagrees_with_the_files_is_named_field_by_field(amazon_examples,
-                                                                          field, value):
+@pytest.mark.parametrize(
+    "field,value",
+    [("rec_len", 20), ("query_len", 6), ("eval_candidates", 100), ("train_negative_pool", 4)],
+)
+def test_a_manifest_that_disagrees_with_the_files_is_named_field_by_field(
+    amazon_examples, field, value
+):
     from unisar_tf.data import reader
 
     out, manifest = amazon_examples
@@ -351,17 +412,22 @@ def test_the_trainer_checks_the_manifest_before_building_anything(data_copy):
     manifest["shapes"]["rec_len"] = 20
     with open(path, "w") as handle:
         json.dump(manifest, handle)
-    with pytest.raises(reader.ManifestMismatchError,
-                       match="manifest.json says rec_len 20, the files hold 5"):
-        Trainer(tiny_config(), TrainerOptions(data_copy, os.path.join(data_copy, "m"),
-                                              verbose=0))
+    with pytest.raises(
+        reader.ManifestMismatchError, match="manifest.json says rec_len 20, the files hold 5"
+    ):
+        Trainer(tiny_config(), TrainerOptions(data_copy, os.path.join(data_copy, "m"), verbose=0))
 
 
 # ------------------------------------------------------------ empty validation split
 def manifest_with(split_rule, valid):
-    return {"examples": {"train": {"rec": 40, "search": 30}, "valid": valid,
-                         "test": {"rec": 12, "search": 10}},
-            "build_options": {"split": split_rule}}
+    return {
+        "examples": {
+            "train": {"rec": 40, "search": 30},
+            "valid": valid,
+            "test": {"rec": 12, "search": 10},
+        },
+        "build_options": {"split": split_rule},
+    }
 
 
 def test_an_empty_validation_split_says_where_and_why():
@@ -376,9 +442,14 @@ def test_an_empty_validation_split_says_where_and_why():
     assert "valid {'rec': 0, 'search': 7}" in message and "--split time" in message
     assert "far-future timestamp" in message and "--tasks search" in message
     # The data job's report on its cut (manifest.json time_split), when it has one.
-    reported = dict(manifest_with("time", {"rec": 0, "search": 7}),
-                    time_split={"valid_day": "2024-05-01", "test_day": "2024-05-02",
-                                "events": {"train_days": 90, "valid_day": 4, "test_day": 6}})
+    reported = dict(
+        manifest_with("time", {"rec": 0, "search": 7}),
+        time_split={
+            "valid_day": "2024-05-01",
+            "test_day": "2024-05-02",
+            "events": {"train_days": 90, "valid_day": 4, "test_day": 6},
+        },
+    )
     with pytest.raises(DataMismatchError, match=r"validation day was 2024-05-01 \(4 events\)"):
         fit_tasks_to_data(config, reported, "out/x")
     reported["time_split"]["warning"] = "--split time: the valid split(s) have no example."

@@ -5,6 +5,7 @@ the module builds one tiny dataset and trains one run (interrupted, then resumed
 policy and report tests drive `_end_epoch` by hand on an untrained model; the CLI test
 trains one short epoch in a subprocess. Training is capped at STEPS batches per epoch.
 """
+
 import collections
 import json
 import math
@@ -16,22 +17,39 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, NEGATIVE_POOL, QUERY_TOKENS,
-                           REC_HISTORY_ITEMS, REL_NEGATIVE_ITEMS, REL_NEGATIVE_QUERY_TOKENS,
-                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, USER_ID)
 from helpers import REPO
 from helpers.datasets import STEPS
 from helpers.model import TINY, TINY_FLAGS, tiny_config
+
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    NEGATIVE_POOL,
+    QUERY_TOKENS,
+    REC_HISTORY_ITEMS,
+    REL_NEGATIVE_ITEMS,
+    REL_NEGATIVE_QUERY_TOKENS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    SEARCH_HISTORY_QUERY_TOKENS,
+    USER_ID,
+)
 from unisar_tf.config import amazon_preset
 from unisar_tf.data import reader
 from unisar_tf.export.push import export_serving_model
 from unisar_tf.metrics import ranking_metrics
 from unisar_tf.model import build_model, dummy_features
-from unisar_tf.train.evaluation import (evaluate_best, evaluate_saved_model, score_split,
-                                        validation_score)
-from unisar_tf.train.inputs import (epoch_steps, replace_negatives, search_batch_size,
-                                    training_dataset)
+from unisar_tf.train.evaluation import (
+    evaluate_best,
+    evaluate_saved_model,
+    score_split,
+    validation_score,
+)
+from unisar_tf.train.inputs import (
+    epoch_steps,
+    replace_negatives,
+    search_batch_size,
+    training_dataset,
+)
 from unisar_tf.train.run_dir import load_trained_model, read_best
 from unisar_tf.train.trainer import Trainer, TrainerOptions
 
@@ -41,8 +59,11 @@ MAX_EPOCHS = 3
 def checkpoint_values(path):
     """{key: value} of every saved tensor of a checkpoint prefix."""
     reader = tf.train.load_checkpoint(path)
-    return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
-            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+    return {
+        name: reader.get_tensor(name)
+        for name, _ in tf.train.list_variables(path)
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    }
 
 
 def history(model_dir):
@@ -55,8 +76,10 @@ def adam_slot_keys(trainer, variable):
     index = next(i for i, v in enumerate(trainer.model.trainable_variables) if v is variable)
     m, v = trainer.optimizer.variables[1 + 2 * index], trainer.optimizer.variables[2 + 2 * index]
     assert m.name.startswith("m/") and v.name.startswith("v/") and m.shape == variable.shape
-    return tuple(f"optimizer/_variables/{j}/.ATTRIBUTES/VARIABLE_VALUE"
-                 for j in (1 + 2 * index, 2 + 2 * index)), (m, v)
+    return tuple(
+        f"optimizer/_variables/{j}/.ATTRIBUTES/VARIABLE_VALUE"
+        for j in (1 + 2 * index, 2 + 2 * index)
+    ), (m, v)
 
 
 VAR = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -70,11 +93,19 @@ def tracked(trainer):
     table, kernel = model.item_embedding.embeddings, model.rec_encoder[0].feed_forward.inner.kernel
     (table_m, table_v), (tm, tv) = adam_slot_keys(trainer, table)
     (kernel_m, kernel_v), (km, kv) = adam_slot_keys(trainer, kernel)
-    return {ITEM_TABLE: table, FF_KERNEL: kernel, table_m: tm, table_v: tv, kernel_m: km,
-            kernel_v: kv, "optimizer/_iterations" + VAR: trainer.optimizer.iterations,
-            "optimizer/_learning_rate" + VAR: trainer.optimizer.learning_rate,
-            "epoch" + VAR: trainer.epoch, "best_score" + VAR: trainer.best_score,
-            "epochs_without_gain" + VAR: trainer.epochs_without_gain}
+    return {
+        ITEM_TABLE: table,
+        FF_KERNEL: kernel,
+        table_m: tm,
+        table_v: tv,
+        kernel_m: km,
+        kernel_v: kv,
+        "optimizer/_iterations" + VAR: trainer.optimizer.iterations,
+        "optimizer/_learning_rate" + VAR: trainer.optimizer.learning_rate,
+        "epoch" + VAR: trainer.epoch,
+        "best_score" + VAR: trainer.best_score,
+        "epochs_without_gain" + VAR: trainer.epochs_without_gain,
+    }
 
 
 def snapshot(trainer):
@@ -84,18 +115,28 @@ def snapshot(trainer):
 def row_keys(features):
     """One hashable key per example: every feature but the candidates' negatives and pool."""
     names = sorted(k for k in features if k not in (CANDIDATE_ITEMS, NEGATIVE_POOL))
-    return [tuple(features[k][i].tobytes() for k in names) + (int(features[CANDIDATE_ITEMS][i, 0]),)
-            for i in range(len(features[CANDIDATE_ITEMS]))]
+    return [
+        tuple(features[k][i].tobytes() for k in names) + (int(features[CANDIDATE_ITEMS][i, 0]),)
+        for i in range(len(features[CANDIDATE_ITEMS]))
+    ]
 
 
 # ------------------------------------------------------------------- replace_negatives
 def test_replace_negatives_draws_distinct_items_from_each_rows_pool():
-    pool = np.array([[101, 102, 103, 104, 105, 106],
-                     [201, 202, 203, 204, 205, 206],
-                     [301, 302, 303, 304, 305, 306]], np.int64)
+    pool = np.array(
+        [
+            [101, 102, 103, 104, 105, 106],
+            [201, 202, 203, 204, 205, 206],
+            [301, 302, 303, 304, 305, 306],
+        ],
+        np.int64,
+    )
     candidates = np.array([[7, 1, 1, 1], [8, 2, 2, 2], [9, 3, 3, 3]], np.int64)
-    features = {CANDIDATE_ITEMS: tf.constant(candidates), NEGATIVE_POOL: tf.constant(pool),
-                USER_ID: tf.constant([1, 2, 3], tf.int64)}
+    features = {
+        CANDIDATE_ITEMS: tf.constant(candidates),
+        NEGATIVE_POOL: tf.constant(pool),
+        USER_ID: tf.constant([1, 2, 3], tf.int64),
+    }
 
     def draw(seed, n=4):
         out = replace_negatives(features, n, tf.constant(seed, tf.int64))
@@ -139,7 +180,8 @@ def test_training_dataset_epoch_batches_order_and_fresh_negatives(amazon_example
     # Search: batches of search_batch_size from a stream that restarts when it runs out.
     size = search_batch_size(counts["rec"], counts["search"], 16)
     one_pass = [size] * (counts["search"] // size) + (
-        [counts["search"] % size] if counts["search"] % size else [])
+        [counts["search"] % size] if counts["search"] % size else []
+    )
     expected = (one_pass * steps)[:steps]
     assert [len(b["search"][CANDIDATE_ITEMS]) for b in batches] == expected
 
@@ -174,8 +216,9 @@ def test_training_dataset_epoch_batches_order_and_fresh_negatives(amazon_example
     tf.nest.map_structure(np.testing.assert_array_equal, again, batches)
     for other in (epoch(0, 1), epoch(1, 0)):
         assert row_keys(other[0]["rec"]) != row_keys(batches[0]["rec"])
-        assert not np.array_equal(other[0]["rel_negatives"][REL_NEGATIVE_ITEMS],
-                                  rel[REL_NEGATIVE_ITEMS])
+        assert not np.array_equal(
+            other[0]["rel_negatives"][REL_NEGATIVE_ITEMS], rel[REL_NEGATIVE_ITEMS]
+        )
 
     # Without fresh negatives the data job's fixed candidates are used as written.
     fixed = epoch(0, 0, fresh=False)
@@ -188,16 +231,36 @@ def test_training_dataset_epoch_batches_order_and_fresh_negatives(amazon_example
 
 # ------------------------------------------------------------------- no-history baseline
 def test_no_history_baseline_trains_one_step_and_ignores_the_history():
-    config = amazon_preset(num_users=20, num_items=50, num_words=10, rec_len=4,
-                           search_len=3, query_len=3, use_history=False,
-                           **dict(TINY, num_relevance_negatives=8))
+    config = amazon_preset(
+        num_users=20,
+        num_items=50,
+        num_words=10,
+        rec_len=4,
+        search_len=3,
+        query_len=3,
+        use_history=False,
+        **dict(TINY, num_relevance_negatives=8),
+    )
     tf.keras.utils.set_random_seed(1)
     model = build_model(config)
     names = [w.name for w in model.weights]
-    assert not [n for n in names if any(part in n for part in
-                                        ("rec_encoder", "search_encoder", "mixed_encoder",
-                                         "fusion", "pooling", "positions",
-                                         "alignment", "relevance"))], names
+    assert not [
+        n
+        for n in names
+        if any(
+            part in n
+            for part in (
+                "rec_encoder",
+                "search_encoder",
+                "mixed_encoder",
+                "fusion",
+                "pooling",
+                "positions",
+                "alignment",
+                "relevance",
+            )
+        )
+    ], names
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
     rng = np.random.default_rng(0)
 
@@ -211,15 +274,21 @@ def test_no_history_baseline_trains_one_step_and_ignores_the_history():
         f[HISTORY_TYPES] = tf.constant(h.integers(0, 3, f[HISTORY_TYPES].shape), tf.int64)
         f[REC_HISTORY_ITEMS] = tf.constant(h.integers(0, 50, f[REC_HISTORY_ITEMS].shape), tf.int64)
         f[SEARCH_HISTORY_CLICKED_ITEMS] = tf.constant(
-            h.integers(0, 50, f[SEARCH_HISTORY_CLICKED_ITEMS].shape), tf.int64)
+            h.integers(0, 50, f[SEARCH_HISTORY_CLICKED_ITEMS].shape), tf.int64
+        )
         f[SEARCH_HISTORY_QUERY_TOKENS] = tf.constant(
-            h.integers(0, 10, f[SEARCH_HISTORY_QUERY_TOKENS].shape), tf.int64)
+            h.integers(0, 10, f[SEARCH_HISTORY_QUERY_TOKENS].shape), tf.int64
+        )
         return f
 
-    batch = {"rec": features(8, False, 1), "search": features(8, True, 2),
-             "rel_negatives": {REL_NEGATIVE_ITEMS: tf.constant(rng.integers(1, 50, 8), tf.int64),
-                               REL_NEGATIVE_QUERY_TOKENS: tf.constant(
-                                   rng.integers(0, 10, (8, 3)), tf.int64)}}
+    batch = {
+        "rec": features(8, False, 1),
+        "search": features(8, True, 2),
+        "rel_negatives": {
+            REL_NEGATIVE_ITEMS: tf.constant(rng.integers(1, 50, 8), tf.int64),
+            REL_NEGATIVE_QUERY_TOKENS: tf.constant(rng.integers(0, 10, (8, 3)), tf.int64),
+        },
+    }
     before = [w.numpy().copy() for w in model.trainable_weights]
     logs = model.train_step(batch)
     assert np.isfinite(float(logs["loss"])) and float(logs["loss"]) > 0
@@ -234,31 +303,45 @@ def test_no_history_baseline_trains_one_step_and_ignores_the_history():
     for name, value in features(8, True, 99).items():
         if name not in (USER_ID, CANDIDATE_ITEMS, QUERY_TOKENS):
             other_history[name] = value
-    tf.nest.map_structure(np.testing.assert_array_equal, model(other_history, training=False),
-                          scores)
+    tf.nest.map_structure(
+        np.testing.assert_array_equal, model(other_history, training=False), scores
+    )
 
 
 # ---------------------------------------------------------------- plateau / early stop
 def validation(rec, search):
-    return {task: {"HR@1": 0.0, "HR@5": 0.5, "HR@10": 1.0, "NDCG@5": value, "NDCG@10": value,
-                   "examples": 10} for task, value in (("rec", rec), ("search", search))}
+    return {
+        task: {
+            "HR@1": 0.0,
+            "HR@5": 0.5,
+            "HR@10": 1.0,
+            "NDCG@5": value,
+            "NDCG@10": value,
+            "examples": 10,
+        }
+        for task, value in (("rec", rec), ("search", search))
+    }
 
 
 # (rec NDCG@5, search NDCG@5) per epoch; the score is their mean. Binary fractions, so the
 # tie in epoch 3 is an exact tie.
-PLATEAU = [(0.25, 0.5),  # 1: 0.375, first best
-           (0.625, 0.0),  # 2: 0.3125 (rec alone, the max or the sum would beat 0.375)
-           (0.375, 0.375),  # 3: 0.375 ties the best: not a gain
-           (0.125, 0.125),  # 4: third epoch without gain: lr 1e-3 -> 1e-4
-           (0.125, 0.125),  # 5: fourth; the patience count restarted at the reduction
-           (0.5, 0.5),  # 6: new best 0.5 (the lr stays reduced)
-           (0.0, 0.0), (0.0, 0.0),
-           (0.0, 0.0),  # 9: 1e-4 * 0.1 = 1e-5 is below the 2e-5 floor: lr 2e-5
-           (0.75, 0.5),  # 10: new best 0.625
-           (0.125, 0.125), (0.125, 0.125),
-           (0.125, 0.125),  # 13: reduce again, but the floor holds
-           (0.125, 0.125),
-           (0.125, 0.125)]  # 15: fifth epoch without gain
+PLATEAU = [
+    (0.25, 0.5),  # 1: 0.375, first best
+    (0.625, 0.0),  # 2: 0.3125 (rec alone, the max or the sum would beat 0.375)
+    (0.375, 0.375),  # 3: 0.375 ties the best: not a gain
+    (0.125, 0.125),  # 4: third epoch without gain: lr 1e-3 -> 1e-4
+    (0.125, 0.125),  # 5: fourth; the patience count restarted at the reduction
+    (0.5, 0.5),  # 6: new best 0.5 (the lr stays reduced)
+    (0.0, 0.0),
+    (0.0, 0.0),
+    (0.0, 0.0),  # 9: 1e-4 * 0.1 = 1e-5 is below the 2e-5 floor: lr 2e-5
+    (0.75, 0.5),  # 10: new best 0.625
+    (0.125, 0.125),
+    (0.125, 0.125),
+    (0.125, 0.125),  # 13: reduce again, but the floor holds
+    (0.125, 0.125),
+    (0.125, 0.125),
+]  # 15: fifth epoch without gain
 EXPECTED_LR = [1e-3] * 3 + [1e-4] * 5 + [2e-5] * 7
 EXPECTED_WITHOUT_GAIN = [0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 1, 2, 3, 4, 5]
 BEST_EPOCH, LAST_EPOCH, BEST_SCORE = 10, len(PLATEAU), 0.625
@@ -269,8 +352,9 @@ def policy_run(amazon_examples, tmp_path_factory):
     """A Trainer fed PLATEAU through _end_epoch; its weights move before every epoch."""
     out, _ = amazon_examples
     model_dir = str(tmp_path_factory.mktemp("policy"))
-    trainer = Trainer(tiny_config(min_learning_rate=2e-5),
-                      TrainerOptions(out, model_dir, verbose=0))
+    trainer = Trainer(
+        tiny_config(min_learning_rate=2e-5), TrainerOptions(out, model_dir, verbose=0)
+    )
     trainer._write_run_files()
     results, learning_rates, without_gain, weights = [], [], [], {}
     for epoch, (rec, search) in enumerate(PLATEAU):
@@ -281,9 +365,14 @@ def policy_run(amazon_examples, tmp_path_factory):
         learning_rates.append(trainer.learning_rate)
         without_gain.append(int(trainer.epochs_without_gain.numpy()))
         weights[epoch + 1] = [w.numpy().copy() for w in trainer.model.trainable_weights]
-    return types.SimpleNamespace(trainer=trainer, model_dir=model_dir, results=results,
-                                 learning_rates=learning_rates, without_gain=without_gain,
-                                 weights=weights)
+    return types.SimpleNamespace(
+        trainer=trainer,
+        model_dir=model_dir,
+        results=results,
+        learning_rates=learning_rates,
+        without_gain=without_gain,
+        weights=weights,
+    )
 
 
 def test_validation_score_is_the_mean_ndcg5_of_the_tasks():
@@ -303,8 +392,9 @@ def test_plateau_policy_reduces_lr_to_the_floor_and_counts_epochs_without_gain(p
     assert run.without_gain == EXPECTED_WITHOUT_GAIN
     assert [r.improved for r in run.results] == [w == 0 for w in EXPECTED_WITHOUT_GAIN]
     assert [r.epoch for r in run.results] == list(range(1, LAST_EPOCH + 1))
-    assert [r.validation_score for r in run.results] == [(rec + search) / 2
-                                                         for rec, search in PLATEAU]
+    assert [r.validation_score for r in run.results] == [
+        (rec + search) / 2 for rec, search in PLATEAU
+    ]
     assert float(run.trainer.best_score.numpy()) == BEST_SCORE
     assert int(run.trainer.epoch.numpy()) == LAST_EPOCH
 
@@ -315,7 +405,8 @@ def test_plateau_policy_reduces_lr_to_the_floor_and_counts_epochs_without_gain(p
     assert best["epoch"] == BEST_EPOCH and best["validation_score"] == BEST_SCORE
     assert best["checkpoint"] == f"ckpt-{BEST_EPOCH}"
     assert tf.train.latest_checkpoint(os.path.join(run.model_dir, "best")).endswith(
-        f"ckpt-{BEST_EPOCH}")
+        f"ckpt-{BEST_EPOCH}"
+    )
     assert run.trainer.manager.latest_checkpoint.endswith(f"ckpt-{LAST_EPOCH}")
     assert len(run.trainer.manager.checkpoints) == 2  # keep_checkpoints
 
@@ -323,8 +414,10 @@ def test_plateau_policy_reduces_lr_to_the_floor_and_counts_epochs_without_gain(p
 @pytest.mark.slow
 def test_fit_stops_at_once_when_the_restored_run_has_no_patience_left(amazon_examples, policy_run):
     out, _ = amazon_examples
-    trainer = Trainer(tiny_config(min_learning_rate=2e-5),
-                      TrainerOptions(out, policy_run.model_dir, max_epochs=100, verbose=0))
+    trainer = Trainer(
+        tiny_config(min_learning_rate=2e-5),
+        TrainerOptions(out, policy_run.model_dir, max_epochs=100, verbose=0),
+    )
 
     def no_training(epoch, step):
         raise AssertionError(f"trained epoch {epoch + 1} step {step + 1}")
@@ -341,7 +434,9 @@ def test_fit_stops_at_once_when_the_restored_run_has_no_patience_left(amazon_exa
 
 # ----------------------------------------------------------------------- test report
 @pytest.mark.slow
-def test_evaluate_best_scores_the_best_checkpoint_and_writes_the_report(amazon_examples, policy_run):
+def test_evaluate_best_scores_the_best_checkpoint_and_writes_the_report(
+    amazon_examples, policy_run
+):
     out, manifest = amazon_examples
     model_dir = policy_run.model_dir
     report = evaluate_best(model_dir, out, "test")
@@ -371,10 +466,18 @@ def test_evaluate_best_scores_the_best_checkpoint_and_writes_the_report(amazon_e
 
     # The report's numbers, recomputed from score_split scores with ranking_metrics.
     def metrics(task):
-        scores = score_split(model, out, "test", task, manifest,
-                             score=lambda batch: model(batch, training=False)[task])
-        assert scores.shape == (manifest["examples"]["test"][task],
-                                manifest["shapes"]["eval_candidates"])
+        scores = score_split(
+            model,
+            out,
+            "test",
+            task,
+            manifest,
+            score=lambda batch: model(batch, training=False)[task],
+        )
+        assert scores.shape == (
+            manifest["examples"]["test"][task],
+            manifest["shapes"]["eval_candidates"],
+        )
         return dict(ranking_metrics(scores), examples=len(scores))
 
     best_metrics = {task: metrics(task) for task in ("rec", "search")}
@@ -385,8 +488,9 @@ def test_evaluate_best_scores_the_best_checkpoint_and_writes_the_report(amazon_e
 
 
 @pytest.mark.slow
-def test_the_exported_model_scores_the_test_split_like_the_checkpoint(amazon_examples, policy_run,
-                                                                      tmp_path):
+def test_the_exported_model_scores_the_test_split_like_the_checkpoint(
+    amazon_examples, policy_run, tmp_path
+):
     """evaluate_saved_model goes through serving_default on the serialized examples."""
     out, _ = amazon_examples
     model = load_trained_model(policy_run.model_dir, out)
@@ -396,8 +500,9 @@ def test_the_exported_model_scores_the_test_split_like_the_checkpoint(amazon_exa
     for task in ("rec", "search"):
         assert from_export[task]["examples"] == report["unisar"][task]["examples"]
         for name in ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"):
-            assert from_export[task][name] == pytest.approx(report["unisar"][task][name],
-                                                            abs=1e-6), (task, name)
+            assert from_export[task][name] == pytest.approx(
+                report["unisar"][task][name], abs=1e-6
+            ), (task, name)
 
 
 # ---------------------------------------------------------------------- resume
@@ -416,6 +521,7 @@ def record_step_losses(trainer, losses):
             logs = step(batch)
             losses.append(float(logs["loss"]))
             return logs
+
         return recorded
 
     trainer._make_train_step = make_recording
@@ -423,8 +529,10 @@ def record_step_losses(trainer, losses):
 
 def training_state(trainer):
     """Every weight and optimizer variable (slots, step, learning rate) of a trainer."""
-    return [variable.numpy().copy()
-            for variable in trainer.model.weights + list(trainer.optimizer.variables)]
+    return [
+        variable.numpy().copy()
+        for variable in trainer.model.weights + list(trainer.optimizer.variables)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -434,8 +542,9 @@ def resumed(amazon_examples, tmp_path_factory):
     checkpoint, is compared, finishes."""
     out, _ = amazon_examples
     model_dir = str(tmp_path_factory.mktemp("resume"))
-    options = TrainerOptions(out, model_dir, max_epochs=MAX_EPOCHS, steps_per_epoch=STEPS,
-                             verbose=0)
+    options = TrainerOptions(
+        out, model_dir, max_epochs=MAX_EPOCHS, steps_per_epoch=STEPS, verbose=0
+    )
     first = Trainer(tiny_config(), options)
     first_steps, first_losses = [], []
     record_step_losses(first, first_losses)
@@ -447,8 +556,9 @@ def resumed(amazon_examples, tmp_path_factory):
 
     with pytest.raises(Interrupted):
         first.fit(on_step=stop_at_the_end_of_epoch_2)
-    state = types.SimpleNamespace(model_dir=model_dir, first_steps=first_steps,
-                                  first_losses=first_losses)
+    state = types.SimpleNamespace(
+        model_dir=model_dir, first_steps=first_steps, first_losses=first_losses
+    )
     state.saved_path = first.manager.latest_checkpoint
     state.saved = checkpoint_values(state.saved_path)
     state.first_in_memory = snapshot(first)
@@ -462,8 +572,9 @@ def resumed(amazon_examples, tmp_path_factory):
     state.restored_path = second.restore()
     state.after_restore = snapshot(second)
     state.learning_rate = second.learning_rate
-    rewritten = second.checkpoint.write(os.path.join(str(tmp_path_factory.mktemp("rewrite")),
-                                                     "restored"))
+    rewritten = second.checkpoint.write(
+        os.path.join(str(tmp_path_factory.mktemp("rewrite")), "restored")
+    )
     state.rewritten = checkpoint_values(rewritten)
 
     second_steps = []
@@ -538,8 +649,12 @@ def test_resumed_fit_reruns_the_interrupted_epoch_and_finishes(resumed):
     assert run.iterations == MAX_EPOCHS * STEPS  # the lost step of run 1 is not counted
     assert [os.path.basename(path) for path in run.checkpoints] == ["ckpt-2", "ckpt-3"]
     assert sorted(os.listdir(os.path.join(run.model_dir, "checkpoints"))) == [
-        "checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index",
-        "ckpt-3.data-00000-of-00001", "ckpt-3.index"]
+        "checkpoint",
+        "ckpt-2.data-00000-of-00001",
+        "ckpt-2.index",
+        "ckpt-3.data-00000-of-00001",
+        "ckpt-3.index",
+    ]
     saved = checkpoint_values(run.checkpoints[-1])
     assert saved["epoch" + VAR] == MAX_EPOCHS
     assert saved["optimizer/_iterations" + VAR] == MAX_EPOCHS * STEPS
@@ -556,10 +671,24 @@ def cli_run(amazon_examples, tmp_path_factory):
     """A short real CLI run: one epoch of STEPS steps on the tiny data, then the report."""
     out, _ = amazon_examples
     model_dir = str(tmp_path_factory.mktemp("cli") / "model")
-    command = [sys.executable, "-m", "unisar_tf.train", "--data_dir", out,
-               "--model_dir", model_dir, "--max_epochs", "1",
-               "--steps_per_epoch", str(STEPS), "--quiet", "--preset", "paper",
-               "--sasrec_max_epochs", "1"] + TINY_FLAGS
+    command = [
+        sys.executable,
+        "-m",
+        "unisar_tf.train",
+        "--data_dir",
+        out,
+        "--model_dir",
+        model_dir,
+        "--max_epochs",
+        "1",
+        "--steps_per_epoch",
+        str(STEPS),
+        "--quiet",
+        "--preset",
+        "paper",
+        "--sasrec_max_epochs",
+        "1",
+    ] + TINY_FLAGS
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     result.model_dir = model_dir
     return result
@@ -575,9 +704,11 @@ def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(amazon_e
     # The table comes right before the path, followed only by the notes on comparators at
     # or below random or popularity (2 training steps: SASRec may be one).
     end = max(index for index, line in enumerate(lines) if line.startswith("|"))
-    assert lines[end + 1 - len(table):end + 1] == table
-    assert all(line == "" or line.endswith("it is not a result to compare with.")
-               for line in lines[end + 1:-2])
+    assert lines[end + 1 - len(table) : end + 1] == table
+    assert all(
+        line == "" or line.endswith("it is not a result to compare with.")
+        for line in lines[end + 1 : -2]
+    )
     assert table[2].startswith("| unisar | rec |") and table[3].startswith("| unisar | search |")
     # The learned baseline, trained beside the run by the same Trainer: rec only.
     assert table[4].startswith("| SASRec | rec |") and "| SASRec | search |" not in table
@@ -588,12 +719,16 @@ def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(amazon_e
     with open(os.path.join(cli_run.model_dir, "config.json")) as handle:
         cli_config = json.load(handle)
     out, manifest = amazon_examples
-    assert cli_config == json.loads(reader.config_with_data_sizes(tiny_config(), manifest).to_json())
+    assert cli_config == json.loads(
+        reader.config_with_data_sizes(tiny_config(), manifest).to_json()
+    )
     with open(os.path.join(cli_run.model_dir, "eval", "test_metrics.json")) as handle:
         written = json.load(handle)
     cells = table[2].split("|")[3:8]
-    assert [float(c) for c in cells] == [round(written["unisar"]["rec"][k], 4)
-                                        for k in ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")]
+    assert [float(c) for c in cells] == [
+        round(written["unisar"]["rec"][k], 4)
+        for k in ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
+    ]
     assert set(written["SASRec"]) == {"rec"}
     assert written["SASRec"]["rec"]["examples"] == written["unisar"]["rec"]["examples"]
 
@@ -630,26 +765,49 @@ def test_evaluate_best_gives_the_same_numbers_in_another_process(amazon_examples
 
 
 @pytest.mark.slow  # a subprocess that imports TensorFlow
-@pytest.mark.parametrize("flag,value,message", [
-    ("--use_s2r", "maybe", "expected true or false, got 'maybe'"),
-    ("--tower_units", "16,x", "expected comma-separated values"),
-    ("--learning_rate", "fast", "invalid float value: 'fast'")])
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--use_s2r", "maybe", "expected true or false, got 'maybe'"),
+        ("--tower_units", "16,x", "expected comma-separated values"),
+        ("--learning_rate", "fast", "invalid float value: 'fast'"),
+    ],
+)
 def test_cli_rejects_a_bad_flag_value_naming_the_flag(tmp_path, flag, value, message):
-    result = subprocess.run([sys.executable, "-m", "unisar_tf.train", "--data_dir",
-                             str(tmp_path), "--model_dir", str(tmp_path / "m"), flag, value],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unisar_tf.train",
+            "--data_dir",
+            str(tmp_path),
+            "--model_dir",
+            str(tmp_path / "m"),
+            flag,
+            value,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stdout == ""
     assert f"error: argument {flag}: {message}" in result.stderr, result.stderr[-500:]
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("flag,value,message", [
-    ("--max_epochs", "0", "--max_epochs must be >= 1, got 0"),
-    ("--validation_rows", "0", "--validation_rows must be >= 1, got 0"),
-    ("--steps_per_epoch", "-2", "--steps_per_epoch must be >= 1, got -2"),
-    ("--learning_rate", "-1", "learning_rate must be > 0, got -1.0")])
-def test_cli_refuses_impossible_values_before_writing_anything(tmp_path, capsys, flag, value,
-                                                              message):
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--max_epochs", "0", "--max_epochs must be >= 1, got 0"),
+        ("--validation_rows", "0", "--validation_rows must be >= 1, got 0"),
+        ("--steps_per_epoch", "-2", "--steps_per_epoch must be >= 1, got -2"),
+        ("--learning_rate", "-1", "learning_rate must be > 0, got -1.0"),
+    ],
+)
+def test_cli_refuses_impossible_values_before_writing_anything(
+    tmp_path, capsys, flag, value, message
+):
     from unisar_tf.train import cli
 
     with pytest.raises(SystemExit) as exit_info:

@@ -10,6 +10,7 @@ The transition table is directed and first-order: each training example adds 1 t
 trans(last, p), `last` being its most recent history behaviour's item (a rec item, or a
 search session's first click) and p its positive.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +19,13 @@ from typing import Dict, Iterable
 import numpy as np
 import scipy.sparse as sp
 
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, REC_HISTORY_ITEMS,
-                           SEARCH_HISTORY_CLICKED_ITEMS, TYPE_REC)
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    TYPE_REC,
+)
 from unisar_tf.data import reader
 
 
@@ -42,15 +48,17 @@ def id_sets(ids: np.ndarray, size: int) -> sp.csr_matrix:
     rows = np.repeat(np.arange(len(ids)), ids.shape[1])
     cols = ids.reshape(-1)
     keep = cols != 0
-    matrix = sp.csr_matrix((np.ones(int(keep.sum()), np.float64), (rows[keep], cols[keep])),
-                           shape=(len(ids), size))
+    matrix = sp.csr_matrix(
+        (np.ones(int(keep.sum()), np.float64), (rows[keep], cols[keep])), shape=(len(ids), size)
+    )
     matrix.sum_duplicates()
     matrix.data[:] = 1.0  # distinct: an id repeated in a row counts once
     return matrix
 
 
-def item_cooccurrence(histories: np.ndarray, positives: np.ndarray, num_items: int
-                      ) -> sp.csr_matrix:
+def item_cooccurrence(
+    histories: np.ndarray, positives: np.ndarray, num_items: int
+) -> sp.csr_matrix:
     """Symmetric (num_items, num_items) co-occurrence counts of training examples: each
     example adds 1 to [h, p] and 1 to [p, h] for each distinct history item h (nonzero) of
     `histories` (N, L) and its positive p (`positives` (N,))."""
@@ -62,21 +70,22 @@ def item_cooccurrence(histories: np.ndarray, positives: np.ndarray, num_items: i
 
 
 # ---------------------------------------------------------------------------------- reading
-def read_split(data_dir: str, split: str, task: str, manifest: dict,
-               features: Iterable[str]) -> Dict[str, np.ndarray]:
+def read_split(
+    data_dir: str, split: str, task: str, manifest: dict, features: Iterable[str]
+) -> Dict[str, np.ndarray]:
     """Some features of a whole split, rows in `reader.read_examples(..., shuffle=False)` order
     (the order the model's scores come in); raw-id examples are mapped through the manifest's
     Transform graph there."""
     features = tuple(features)
     parts: Dict[str, list] = {name: [] for name in features}
-    for batch in reader.read_examples(data_dir, split, task, batch_size=4096, manifest=manifest,
-                                    shuffle=False):
+    for batch in reader.read_examples(
+        data_dir, split, task, batch_size=4096, manifest=manifest, shuffle=False
+    ):
         for name in features:
             parts[name].append(batch[name].numpy())
     if not parts[features[0]]:
         raise ValueError(f"{data_dir}: split {split}/{task} has no examples")
     return {name: np.concatenate(values) for name, values in parts.items()}
-
 
 
 @dataclasses.dataclass
@@ -108,14 +117,21 @@ def _empty_table(num_items: int) -> CooccurrenceTable:
 
 def _training_splits(data_dir: str, manifest: dict, tasks) -> list:
     """The history and candidate features of each task's training split that has examples."""
-    return [read_split(data_dir, "train", task, manifest,
-                       (HISTORY_TYPES, REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS,
-                        CANDIDATE_ITEMS))
-            for task in reader.tasks_with_examples(manifest, "train", tasks)]
+    return [
+        read_split(
+            data_dir,
+            "train",
+            task,
+            manifest,
+            (HISTORY_TYPES, REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS, CANDIDATE_ITEMS),
+        )
+        for task in reader.tasks_with_examples(manifest, "train", tasks)
+    ]
 
 
-def training_cooccurrence(data_dir: str, manifest: dict, num_items: int,
-                          tasks=("rec", "search")) -> CooccurrenceTable:
+def training_cooccurrence(
+    data_dir: str, manifest: dict, num_items: int, tasks=("rec", "search")
+) -> CooccurrenceTable:
     """The table of the training split's examples of `tasks` (ids as the model reads them);
     a task without training examples (a single-scenario log) adds nothing."""
     return _cooccurrence_of(_training_splits(data_dir, manifest, tasks), num_items)
@@ -128,8 +144,9 @@ def _cooccurrence_of(splits: list, num_items: int) -> CooccurrenceTable:
     positives = [train[CANDIDATE_ITEMS][:, 0] for train in splits]
     width = max(h.shape[1] for h in histories)
     histories = np.concatenate([np.pad(h, ((0, 0), (0, width - h.shape[1]))) for h in histories])
-    return table_from_counts(item_cooccurrence(histories, np.concatenate(positives), num_items),
-                             num_items)
+    return table_from_counts(
+        item_cooccurrence(histories, np.concatenate(positives), num_items), num_items
+    )
 
 
 def last_history_items(features) -> np.ndarray:
@@ -144,13 +161,17 @@ def last_history_items(features) -> np.ndarray:
     last_type = types[rows, np.maximum(length - 1, 0)]
     rec_count = np.count_nonzero(types == TYPE_REC, axis=1)
     search_count = length - rec_count
-    last = np.where(last_type == TYPE_REC, rec[rows, np.maximum(rec_count - 1, 0)],
-                    clicks[rows, np.maximum(search_count - 1, 0)])
+    last = np.where(
+        last_type == TYPE_REC,
+        rec[rows, np.maximum(rec_count - 1, 0)],
+        clicks[rows, np.maximum(search_count - 1, 0)],
+    )
     return np.where(length > 0, last, 0)
 
 
-def training_transitions(data_dir: str, manifest: dict, num_items: int,
-                         tasks=("rec", "search")) -> CooccurrenceTable:
+def training_transitions(
+    data_dir: str, manifest: dict, num_items: int, tasks=("rec", "search")
+) -> CooccurrenceTable:
     """Directed (last history item -> positive) counts of the training split's examples."""
     return _transitions_of(_training_splits(data_dir, manifest, tasks), num_items)
 
@@ -162,8 +183,9 @@ def _transitions_of(splits: list, num_items: int) -> CooccurrenceTable:
     positives = [train[CANDIDATE_ITEMS][:, 0] for train in splits]
     last, positive = np.concatenate(lasts), np.concatenate(positives)
     keep = last > 0
-    counts = sp.csr_matrix((np.ones(int(keep.sum())), (last[keep], positive[keep])),
-                           shape=(num_items, num_items))
+    counts = sp.csr_matrix(
+        (np.ones(int(keep.sum())), (last[keep], positive[keep])), shape=(num_items, num_items)
+    )
     counts.sum_duplicates()
     return table_from_counts(counts, num_items)
 

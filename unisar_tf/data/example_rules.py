@@ -19,6 +19,7 @@ Ids: the rules work on int ids from `IdMaps` (raw string -> id, id 0 = padding).
 passes its vocabularies; the online path interns ids per request (`InternedIds`) and renders
 the raw strings back, so it needs no vocabulary file for the rules themselves.
 """
+
 from __future__ import annotations
 
 import collections
@@ -76,8 +77,9 @@ class InternedIds(IdMaps):
         strings = getattr(self, kind).strings
         encoded = self._encoded.get(kind)
         if encoded is None or len(encoded) < len(strings):  # encode each string once
-            encoded = self._encoded[kind] = np.array([s.encode("utf-8") for s in strings],
-                                                     dtype=object)
+            encoded = self._encoded[kind] = np.array(
+                [s.encode("utf-8") for s in strings], dtype=object
+            )
         return encoded[np.asarray(ids, np.int64)]
 
 
@@ -89,8 +91,13 @@ def tokenize_query(text: Optional[str]) -> Tuple[str, ...]:
     return parse_token_list(text)
 
 
-def behaviours(events: Sequence[Event], ids: IdMaps, query_len: int, clicks_per_session: int,
-               stats: Optional[MutableMapping[str, int]] = None) -> List[Behaviour]:
+def behaviours(
+    events: Sequence[Event],
+    ids: IdMaps,
+    query_len: int,
+    clicks_per_session: int,
+    stats: Optional[MutableMapping[str, int]] = None,
+) -> List[Behaviour]:
     """One user's events (any order) -> behaviours in the rules' order (module docstring).
 
     stats, if given, counts what the rules dropped or cut (impressions, truncated queries and
@@ -101,8 +108,14 @@ def behaviours(events: Sequence[Event], ids: IdMaps, query_len: int, clicks_per_
     for event in events:
         if event.scenario == SCENARIO_REC:
             if event.click > 0:
-                result.append(Behaviour(event.sort_key(), fs.TYPE_REC, event.timestamp,
-                                        item=ids.items[event.item_id]))
+                result.append(
+                    Behaviour(
+                        event.sort_key(),
+                        fs.TYPE_REC,
+                        event.timestamp,
+                        item=ids.items[event.item_id],
+                    )
+                )
             else:
                 stats["rec_impressions_without_click"] += 1
         else:
@@ -122,15 +135,24 @@ def behaviours(events: Sequence[Event], ids: IdMaps, query_len: int, clicks_per_
             stats["search_sessions_clicks_truncated"] += 1
         clicked = clicked[:clicks_per_session]
         stats["search_sessions" if clicked else "search_sessions_without_click"] += 1
-        result.append(Behaviour(first.sort_key(), fs.TYPE_SEARCH, first.timestamp,
-                                item=clicked[0] if clicked else 0, query=query,
-                                clicks=tuple(clicked), scenario=SCENARIO_SEARCH))
+        result.append(
+            Behaviour(
+                first.sort_key(),
+                fs.TYPE_SEARCH,
+                first.timestamp,
+                item=clicked[0] if clicked else 0,
+                query=query,
+                clicks=tuple(clicked),
+                scenario=SCENARIO_SEARCH,
+            )
+        )
     result.sort(key=lambda b: b.order_key)
     return result
 
 
-def kept_history(history: Sequence[int], behaviours: Sequence[Behaviour], rec_len: int,
-                 search_len: int) -> Tuple[List[int], List[int]]:
+def kept_history(
+    history: Sequence[int], behaviours: Sequence[Behaviour], rec_len: int, search_len: int
+) -> Tuple[List[int], List[int]]:
     """Indices (into behaviours, ascending) of the last rec_len rec and last search_len
     search behaviours among `history` (rec_len, search_len >= 1).
 
@@ -159,30 +181,37 @@ def kept_history(history: Sequence[int], behaviours: Sequence[Behaviour], rec_le
     return rec, search
 
 
-def history_features(behaviours: Sequence[Behaviour], kept_rec: Sequence[int],
-                     kept_search: Sequence[int], shapes: fs.SequenceShapes
-                     ) -> Dict[str, np.ndarray]:
+def history_features(
+    behaviours: Sequence[Behaviour],
+    kept_rec: Sequence[int],
+    kept_search: Sequence[int],
+    shapes: fs.SequenceShapes,
+) -> Dict[str, np.ndarray]:
     """The history features of an example, int64, no batch dimension:
     HISTORY_TYPES (rec_len + search_len,), REC_HISTORY_ITEMS (rec_len,),
     SEARCH_HISTORY_QUERY_TOKENS (search_len, query_len),
     SEARCH_HISTORY_CLICKED_ITEMS (search_len, clicks_per_session); 0 pads."""
     rec_items = np.zeros(shapes.rec_len, np.int64)
-    rec_items[:len(kept_rec)] = [behaviours[i].item for i in kept_rec]
+    rec_items[: len(kept_rec)] = [behaviours[i].item for i in kept_rec]
     queries = np.zeros((shapes.search_len, shapes.query_len), np.int64)
     clicks = np.zeros((shapes.search_len, shapes.clicks_per_session), np.int64)
     for row, index in enumerate(kept_search):
-        queries[row, :len(behaviours[index].query)] = behaviours[index].query
-        clicks[row, :len(behaviours[index].clicks)] = behaviours[index].clicks
+        queries[row, : len(behaviours[index].query)] = behaviours[index].query
+        clicks[row, : len(behaviours[index].clicks)] = behaviours[index].clicks
     types = np.zeros(shapes.rec_len + shapes.search_len, np.int64)
     merged = sorted([*kept_rec, *kept_search])
-    types[:len(merged)] = [behaviours[i].kind for i in merged]
-    return {fs.HISTORY_TYPES: types, fs.REC_HISTORY_ITEMS: rec_items,
-            fs.SEARCH_HISTORY_QUERY_TOKENS: queries, fs.SEARCH_HISTORY_CLICKED_ITEMS: clicks}
+    types[: len(merged)] = [behaviours[i].kind for i in merged]
+    return {
+        fs.HISTORY_TYPES: types,
+        fs.REC_HISTORY_ITEMS: rec_items,
+        fs.SEARCH_HISTORY_QUERY_TOKENS: queries,
+        fs.SEARCH_HISTORY_CLICKED_ITEMS: clicks,
+    }
 
 
 def query_feature(query: Sequence[int], query_len: int) -> np.ndarray:
     """A target query's word ids -> QUERY_TOKENS (query_len,) int64, first query_len words."""
     padded = np.zeros(query_len, np.int64)
     query = list(query)[:query_len]
-    padded[:len(query)] = query
+    padded[: len(query)] = query
     return padded

@@ -9,6 +9,7 @@ Files that do not fit their manifest fail with the file's name: ManifestMismatch
 first example of a file has other shapes than manifest.json says, `check_example_shapes`) and
 CorruptExampleFileError (a truncated or corrupted TFRecord, `naming_bad_files`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,17 +23,35 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, ID_FEATURE_VOCABULARIES,
-                           ID_FORMAT_IDS, NEGATIVE_POOL, QUERY_TOKENS, REC_HISTORY_ITEMS,
-                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS,
-                           SequenceShapes, model_feature_shapes)
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    ID_FEATURE_VOCABULARIES,
+    ID_FORMAT_IDS,
+    NEGATIVE_POOL,
+    QUERY_TOKENS,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    SEARCH_HISTORY_QUERY_TOKENS,
+    SequenceShapes,
+    model_feature_shapes,
+)
 from feature_specs.layout import MANIFEST_FILE, VOCAB_DIR, example_pattern
 from unisar_tf.config import TASKS, UniSARConfig
 from unisar_tf.data.transform import transform_ids, transformed_manifest
 
 # The manifest entries that say which data it is (not where it lives or how long the job ran).
-IDENTITY_KEYS = ("dataset", "id_format", "inputs", "build_options", "vocab_sizes", "shapes",
-                 "examples", "counters", "rejected")
+IDENTITY_KEYS = (
+    "dataset",
+    "id_format",
+    "inputs",
+    "build_options",
+    "vocab_sizes",
+    "shapes",
+    "examples",
+    "counters",
+    "rejected",
+)
 
 
 def load_manifest(data_dir: str, transform_dir: Optional[str] = None) -> dict:
@@ -40,25 +59,31 @@ def load_manifest(data_dir: str, transform_dir: Optional[str] = None) -> dict:
     that Transform graph (raw string ids -> ids, see unisar_tf/data/transform.py)."""
     path = os.path.join(data_dir, MANIFEST_FILE)
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path} not found: build the examples first "
-                                "(python -m pipeline.build_examples ...)")
+        raise FileNotFoundError(
+            f"{path} not found: build the examples first " "(python -m pipeline.build_examples ...)"
+        )
     with tf.io.gfile.GFile(path) as handle:
         manifest = json.load(handle)
     if transform_dir:
         return transformed_manifest(manifest, transform_dir)
     if manifest.get("id_format", ID_FORMAT_IDS) != ID_FORMAT_IDS:
-        raise ValueError(f"{path}: the examples carry raw string ids (id_format="
-                         f"{manifest['id_format']!r}); read them with the Transform output "
-                         "that maps them (transform_dir, e.g. the pipeline's Transform "
-                         "transform_graph artifact)")
+        raise ValueError(
+            f"{path}: the examples carry raw string ids (id_format="
+            f"{manifest['id_format']!r}); read them with the Transform output "
+            "that maps them (transform_dir, e.g. the pipeline's Transform "
+            "transform_graph artifact)"
+        )
     return manifest
 
 
 def shapes_from_manifest(manifest: dict) -> SequenceShapes:
     shapes = manifest["shapes"]
-    return SequenceShapes(rec_len=shapes["rec_len"], search_len=shapes["search_len"],
-                          query_len=shapes["query_len"],
-                          clicks_per_session=shapes["clicks_per_session"])
+    return SequenceShapes(
+        rec_len=shapes["rec_len"],
+        search_len=shapes["search_len"],
+        query_len=shapes["query_len"],
+        clicks_per_session=shapes["clicks_per_session"],
+    )
 
 
 def config_with_data_sizes(config: UniSARConfig, manifest: dict) -> UniSARConfig:
@@ -68,15 +93,20 @@ def config_with_data_sizes(config: UniSARConfig, manifest: dict) -> UniSARConfig
     """
     shapes = shapes_from_manifest(manifest)
     sizes = manifest["vocab_sizes"]
-    return config.replace(num_users=sizes["users"] + 1, num_items=sizes["items"] + 1,
-                          num_words=max(sizes["words"], 1) + 1,
-                          rec_len=shapes.rec_len, search_len=shapes.search_len,
-                          query_len=shapes.query_len,
-                          clicks_per_session=shapes.clicks_per_session)
+    return config.replace(
+        num_users=sizes["users"] + 1,
+        num_items=sizes["items"] + 1,
+        num_words=max(sizes["words"], 1) + 1,
+        rec_len=shapes.rec_len,
+        search_len=shapes.search_len,
+        query_len=shapes.query_len,
+        clicks_per_session=shapes.clicks_per_session,
+    )
 
 
-def tasks_with_examples(manifest: dict, split: str = "train",
-                        tasks: Sequence[str] = TASKS) -> Tuple[str, ...]:
+def tasks_with_examples(
+    manifest: dict, split: str = "train", tasks: Sequence[str] = TASKS
+) -> Tuple[str, ...]:
     """The tasks of `tasks` that have examples in `split` (a manifest without counts: all)."""
     counts = manifest.get("examples", {}).get(split, {})
     return tuple(task for task in tasks if counts.get(task, 1) > 0)
@@ -87,8 +117,9 @@ def vocabulary_files(data_dir: str, manifest: dict) -> list:
     the Transform output's vocabularies (its transform_fn assets)."""
     files = sorted(tf.io.gfile.glob(os.path.join(data_dir, VOCAB_DIR, "*")))
     if manifest.get("transform_dir"):
-        files += sorted(tf.io.gfile.glob(os.path.join(manifest["transform_dir"], "transform_fn",
-                                                      "assets", "*")))
+        files += sorted(
+            tf.io.gfile.glob(os.path.join(manifest["transform_dir"], "transform_fn", "assets", "*"))
+        )
     return files
 
 
@@ -118,10 +149,15 @@ def data_identity(data_dir: str, manifest: dict) -> dict:
         digest.update(b"\0")
     vocabulary = _sha256([digest.hexdigest(), manifest.get("vocab_sizes")])
     described = {key: manifest.get(key) for key in IDENTITY_KEYS}
-    return {"fingerprint": _sha256([vocabulary, described]), "vocabulary": vocabulary,
-            "data_dir": data_dir, "transform_dir": manifest.get("transform_dir"),
-            "vocab_sizes": manifest.get("vocab_sizes"), "shapes": manifest.get("shapes"),
-            "examples": manifest.get("examples")}
+    return {
+        "fingerprint": _sha256([vocabulary, described]),
+        "vocabulary": vocabulary,
+        "data_dir": data_dir,
+        "transform_dir": manifest.get("transform_dir"),
+        "vocab_sizes": manifest.get("vocab_sizes"),
+        "shapes": manifest.get("shapes"),
+        "examples": manifest.get("examples"),
+    }
 
 
 def example_files(data_dir: str, split: str, scenario: str) -> list:
@@ -194,18 +230,23 @@ def _split_files(data_dir: str, splits: Sequence[str], scenarios: Sequence[str])
 
 def _corrupt_message(bad: List[Tuple[str, str]], data_dir: str) -> str:
     named = "; ".join(f"{path} ({detail})" for path, detail in bad)
-    return (f"{'this example file is' if len(bad) == 1 else 'these example files are'} "
-            f"truncated or corrupted: {named}: {_rebuild_hint(data_dir)}")
+    return (
+        f"{'this example file is' if len(bad) == 1 else 'these example files are'} "
+        f"truncated or corrupted: {named}: {_rebuild_hint(data_dir)}"
+    )
 
 
 def _rebuild_hint(data_dir: str) -> str:
-    return (f"rebuild the data (python -m pipeline.build_examples ... --output {data_dir}) or "
-            "restore the file from a good copy")
+    return (
+        f"rebuild the data (python -m pipeline.build_examples ... --output {data_dir}) or "
+        "restore the file from a good copy"
+    )
 
 
 @contextlib.contextmanager
-def naming_bad_files(data_dir: str, splits: Sequence[str] = SPLITS,
-                     scenarios: Sequence[str] = TASKS):
+def naming_bad_files(
+    data_dir: str, splits: Sequence[str] = SPLITS, scenarios: Sequence[str] = TASKS
+):
     """Reading inside this block: a DataLossError (a truncated or corrupted TFRecord) is
     raised again as CorruptExampleFileError naming the bad file(s) among `splits` x
     `scenarios` of data_dir, found by reading each file on its own (the error path only)."""
@@ -219,10 +260,12 @@ def naming_bad_files(data_dir: str, splits: Sequence[str] = SPLITS,
         if bad:
             message = _corrupt_message(bad, data_dir)
         else:
-            message = (f"reading the examples of {data_dir} ({'/'.join(splits)}) failed "
-                       f"({_error_detail(error)}), but each of its {len(files)} files reads "
-                       "whole on its own now: was the data being rewritten? Run again, or "
-                       + _rebuild_hint(data_dir))
+            message = (
+                f"reading the examples of {data_dir} ({'/'.join(splits)}) failed "
+                f"({_error_detail(error)}), but each of its {len(files)} files reads "
+                "whole on its own now: was the data being rewritten? Run again, or "
+                + _rebuild_hint(data_dir)
+            )
         raise CorruptExampleFileError(message) from error
 
 
@@ -238,12 +281,14 @@ def _first_example(path: str, data_dir: str):
             return tf.train.Example.FromString(record.numpy())
     except tf.errors.DataLossError as error:
         raise CorruptExampleFileError(
-            _corrupt_message([(path, _error_detail(error))], data_dir)) from error
+            _corrupt_message([(path, _error_detail(error))], data_dir)
+        ) from error
     return None
 
 
-def _shape_problems(counts: Dict[str, int], expected: Dict[str, int], manifest_shapes: dict,
-                    candidates_field: str) -> List[str]:
+def _shape_problems(
+    counts: Dict[str, int], expected: Dict[str, int], manifest_shapes: dict, candidates_field: str
+) -> List[str]:
     """What differs between one example's value counts and the manifest's shapes: the
     manifest's fields where the files' value follows from the counts ("manifest.json says
     rec_len 20, the files hold 30"), else the features' counts."""
@@ -261,8 +306,9 @@ def _shape_problems(counts: Dict[str, int], expected: Dict[str, int], manifest_s
         held["query_len"] = counts[QUERY_TOKENS]
     else:
         held["query_len"] = per(counts.get(SEARCH_HISTORY_QUERY_TOKENS), held.get("search_len"))
-    held["clicks_per_session"] = per(counts.get(SEARCH_HISTORY_CLICKED_ITEMS),
-                                     held.get("search_len"))
+    held["clicks_per_session"] = per(
+        counts.get(SEARCH_HISTORY_CLICKED_ITEMS), held.get("search_len")
+    )
     held[candidates_field] = counts.get(CANDIDATE_ITEMS)
     if NEGATIVE_POOL in expected:
         held["train_negative_pool"] = counts.get(NEGATIVE_POOL)
@@ -270,19 +316,25 @@ def _shape_problems(counts: Dict[str, int], expected: Dict[str, int], manifest_s
     for field, value in held.items():
         said = manifest_shapes.get(field)
         if field == "train_negative_pool" and value is None:
-            problems.append(f"manifest.json says train_negative_pool {said}, the files hold "
-                            f"none (no {NEGATIVE_POOL} feature)")
+            problems.append(
+                f"manifest.json says train_negative_pool {said}, the files hold "
+                f"none (no {NEGATIVE_POOL} feature)"
+            )
         elif value is not None and said is not None and value != said:
             problems.append(f"manifest.json says {field} {said}, the files hold {value}")
     if problems:
         return problems
     for name, size in expected.items():  # what the fields cannot say (e.g. a missing feature)
         if name not in counts:
-            problems.append(f"the files have no {name} feature, which manifest.json's shapes "
-                            f"give {size} values")
+            problems.append(
+                f"the files have no {name} feature, which manifest.json's shapes "
+                f"give {size} values"
+            )
         elif counts[name] != size:
-            problems.append(f"{name} holds {counts[name]} values per example in the files, "
-                            f"manifest.json's shapes make {size}")
+            problems.append(
+                f"{name} holds {counts[name]} values per example in the files, "
+                f"manifest.json's shapes make {size}"
+            )
     return problems
 
 
@@ -298,8 +350,9 @@ def check_example_shapes(data_dir: str, split: str, scenario: str, manifest: dic
         return
     shapes = shapes_from_manifest(manifest)
     candidates_field = "train_candidates" if split == "train" else "eval_candidates"
-    spec = model_feature_shapes(shapes, manifest["shapes"][candidates_field],
-                                with_query=scenario == "search")
+    spec = model_feature_shapes(
+        shapes, manifest["shapes"][candidates_field], with_query=scenario == "search"
+    )
     expected = {name: int(math.prod(shape)) for name, shape in spec.items()}
     pool = manifest["shapes"].get("train_negative_pool", 0)
     if split == "train" and pool:
@@ -315,8 +368,9 @@ def check_example_shapes(data_dir: str, split: str, scenario: str, manifest: dic
             continue
         example = _first_example(path, data_dir)
         if example is not None:
-            counts = {name: _value_count(feature)
-                      for name, feature in example.features.feature.items()}
+            counts = {
+                name: _value_count(feature) for name, feature in example.features.feature.items()
+            }
             problems = _shape_problems(counts, expected, manifest["shapes"], candidates_field)
             if problems:
                 raise ManifestMismatchError(
@@ -324,14 +378,18 @@ def check_example_shapes(data_dir: str, split: str, scenario: str, manifest: dic
                     f"({split}/{scenario}, first example): {'; '.join(problems)}. The manifest "
                     "and the example files come from different builds: rebuild the data "
                     f"(python -m pipeline.build_examples ... --output {data_dir}), or put "
-                    "back the manifest.json written with these files")
+                    "back the manifest.json written with these files"
+                )
         _CHECKED.add(key)
 
 
-def parse_spec(shapes: SequenceShapes, num_candidates: int,
-               with_query: bool) -> Dict[str, tf.io.FixedLenFeature]:
-    return {name: tf.io.FixedLenFeature(shape, tf.int64)
-            for name, shape in model_feature_shapes(shapes, num_candidates, with_query).items()}
+def parse_spec(
+    shapes: SequenceShapes, num_candidates: int, with_query: bool
+) -> Dict[str, tf.io.FixedLenFeature]:
+    return {
+        name: tf.io.FixedLenFeature(shape, tf.int64)
+        for name, shape in model_feature_shapes(shapes, num_candidates, with_query).items()
+    }
 
 
 def _reader(manifest: dict, spec: Dict[str, tf.io.FixedLenFeature]):
@@ -345,16 +403,26 @@ def _reader(manifest: dict, spec: Dict[str, tf.io.FixedLenFeature]):
         return spec, lambda features: features
 
     ids = transform_ids(transform_dir)
-    raw_spec = {name: tf.io.FixedLenFeature(feature.shape, tf.string)
-                if name in ID_FEATURE_VOCABULARIES else feature
-                for name, feature in spec.items()}
+    raw_spec = {
+        name: tf.io.FixedLenFeature(feature.shape, tf.string)
+        if name in ID_FEATURE_VOCABULARIES
+        else feature
+        for name, feature in spec.items()
+    }
     return raw_spec, ids
 
 
-def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
-                  manifest: Optional[dict] = None, shuffle: bool = False, seed: int = 0,
-                  drop_remainder: bool = False, shuffle_buffer: int = 20_000
-                  ) -> tf.data.Dataset:
+def read_examples(
+    data_dir: str,
+    split: str,
+    scenario: str,
+    batch_size: int,
+    manifest: Optional[dict] = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    drop_remainder: bool = False,
+    shuffle_buffer: int = 20_000,
+) -> tf.data.Dataset:
     """Batches of {feature: (B, ...) int64} from one split and scenario, parsed in parallel.
 
     Shuffling reads the files interleaved and shuffles records with a buffer; the data job
@@ -366,8 +434,11 @@ def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
     """
     manifest = manifest or load_manifest(data_dir)
     shapes = shapes_from_manifest(manifest)
-    candidates = (manifest["shapes"]["train_candidates"] if split == "train"
-                  else manifest["shapes"]["eval_candidates"])
+    candidates = (
+        manifest["shapes"]["train_candidates"]
+        if split == "train"
+        else manifest["shapes"]["eval_candidates"]
+    )
     spec = parse_spec(shapes, candidates, with_query=scenario == "search")
     pool = manifest["shapes"].get("train_negative_pool", 0)
     if split == "train" and pool:
@@ -382,18 +453,28 @@ def read_examples(data_dir: str, split: str, scenario: str, batch_size: int,
         lambda path: tf.data.TFRecordDataset(path, compression_type="GZIP"),
         cycle_length=max(1, min(len(files), 4)) if shuffle else 1,
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True)
+        deterministic=True,
+    )
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    return (dataset.batch(batch_size, drop_remainder=drop_remainder)
-            .map(lambda records: to_ids(tf.io.parse_example(records, spec)),
-                 num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE))
+    return (
+        dataset.batch(batch_size, drop_remainder=drop_remainder)
+        .map(
+            lambda records: to_ids(tf.io.parse_example(records, spec)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
-def load_arrays(data_dir: str, split: str, scenario: str, manifest: Optional[dict] = None,
-                features: Optional[list] = None, limit: Optional[int] = None
-                ) -> Dict[str, np.ndarray]:
+def load_arrays(
+    data_dir: str,
+    split: str,
+    scenario: str,
+    manifest: Optional[dict] = None,
+    features: Optional[list] = None,
+    limit: Optional[int] = None,
+) -> Dict[str, np.ndarray]:
     """A whole split as numpy arrays (optionally only some features / the first rows)."""
     dataset = read_examples(data_dir, split, scenario, batch_size=4096, manifest=manifest)
     if limit is not None:
@@ -409,16 +490,22 @@ def load_arrays(data_dir: str, split: str, scenario: str, manifest: Optional[dic
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def read_feature(data_dir: str, split: str, scenario: str, name: str, width: int,
-                 manifest: Optional[dict] = None) -> np.ndarray:
+def read_feature(
+    data_dir: str, split: str, scenario: str, name: str, width: int, manifest: Optional[dict] = None
+) -> np.ndarray:
     """One int64 feature (n, width) of a whole split, in file order, parsing nothing else."""
     spec, to_ids = _reader(manifest or {}, {name: tf.io.FixedLenFeature((width,), tf.int64)})
     files = example_files(data_dir, split, scenario)
     if manifest:
         check_example_shapes(data_dir, split, scenario, manifest)
-    dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8192)
-               .map(lambda records: to_ids(tf.io.parse_example(records, spec))[name],
-                    num_parallel_calls=tf.data.AUTOTUNE))
+    dataset = (
+        tf.data.TFRecordDataset(files, compression_type="GZIP")
+        .batch(8192)
+        .map(
+            lambda records: to_ids(tf.io.parse_example(records, spec))[name],
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    )
     with naming_bad_files(data_dir, (split,), (scenario,)):
         parts = [batch.numpy() for batch in dataset]
     return np.concatenate(parts) if parts else np.zeros((0, width), np.int64)
@@ -439,8 +526,9 @@ def query_bank(data_dir: str, manifest: Optional[dict] = None) -> np.ndarray:
             return np.unique(queries, axis=0)
     parts = []
     counters = manifest.get("counters")  # the data job counts the search sessions it used
-    if (tasks_with_examples(manifest, "train", ("rec",))
-            and (counters is None or counters.get("search_sessions", 0))):
+    if tasks_with_examples(manifest, "train", ("rec",)) and (
+        counters is None or counters.get("search_sessions", 0)
+    ):
         with naming_bad_files(data_dir, ("train",), ("rec",)):
             for batch in read_examples(data_dir, "train", "rec", 4096, manifest):
                 queries = batch[SEARCH_HISTORY_QUERY_TOKENS].numpy().reshape(-1, width)
@@ -452,7 +540,22 @@ def query_bank(data_dir: str, manifest: Optional[dict] = None) -> np.ndarray:
     return np.unique(np.concatenate(parts), axis=0)
 
 
-__all__ = ["load_manifest", "config_with_data_sizes", "read_examples", "load_arrays",
-           "query_bank", "read_feature", "parse_spec", "example_files", "tasks_with_examples",
-           "vocabulary_files", "data_identity", "check_example_shapes", "naming_bad_files",
-           "find_bad_files", "ManifestMismatchError", "CorruptExampleFileError", "SPLITS"]
+__all__ = [
+    "load_manifest",
+    "config_with_data_sizes",
+    "read_examples",
+    "load_arrays",
+    "query_bank",
+    "read_feature",
+    "parse_spec",
+    "example_files",
+    "tasks_with_examples",
+    "vocabulary_files",
+    "data_identity",
+    "check_example_shapes",
+    "naming_bad_files",
+    "find_bad_files",
+    "ManifestMismatchError",
+    "CorruptExampleFileError",
+    "SPLITS",
+]

@@ -42,6 +42,7 @@ counts), `items.json` (the catalogue's raw item ids; row r of every array is ite
 or `{item,history}_vectors.npy` (N, dim), `kernel.npy`, `bias.npy` float32. In memory ids
 are 1-based (0 = padding), as the data job's: row r on disk is id r + 1.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,11 +53,18 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import scipy.sparse as sp
 
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, ID_FORMAT_IDS, REC_HISTORY_ITEMS,
-                           SEARCH_HISTORY_CLICKED_ITEMS, TYPE_REC, TYPE_SEARCH)
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    ID_FORMAT_IDS,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    TYPE_REC,
+    TYPE_SEARCH,
+)
 from feature_specs.layout import MANIFEST_FILE, VOCAB_DIR, VOCAB_FILES
-
 from feature_specs.serving import RETRIEVAL_DIR  # noqa: E402,F401 (where exports keep it)
+
 FORMAT_VERSION = 1
 METHOD_COOCCURRENCE = "cooccurrence"
 METHOD_TWO_TOWER = "two_tower"
@@ -73,11 +81,11 @@ class RetrievalParams:
     The defaults are the values chosen on Beauty's and Sports' validation splits
     (docs/online.md#retrieval)."""
 
-    neighbours: int = 100          # K kept per item and table
-    transition_window: int = 5     # W: recent items counted as predecessors of a positive
+    neighbours: int = 100  # K kept per item and table
+    transition_window: int = 5  # W: recent items counted as predecessors of a positive
     transition_decay: float = 0.75  # weight of the d-th latest predecessor: decay ** d
-    recent_items: int = 10         # history items a user is scored from
-    recency_decay: float = 0.7     # weight of the j-th latest of them: decay ** j
+    recent_items: int = 10  # history items a user is scored from
+    recency_decay: float = 0.7  # weight of the j-th latest of them: decay ** j
     transition_weight: float = 0.75  # mix of the two tables (1 - it for co-occurrence)
 
     def replace(self, **changes) -> "RetrievalParams":
@@ -97,8 +105,9 @@ class Sequences:
     clicks_per_session: int = 1
 
 
-def recent_items(types: np.ndarray, rec_items: np.ndarray, clicked: np.ndarray,
-                 max_items: Optional[int] = None) -> np.ndarray:
+def recent_items(
+    types: np.ndarray, rec_items: np.ndarray, clicked: np.ndarray, max_items: Optional[int] = None
+) -> np.ndarray:
     """(N, L) int64: the history's items, most recent first, distinct, 0-padded; L =
     max_items, or (rec_len + search_len) * clicks_per_session (every slot's room) if None.
 
@@ -131,7 +140,7 @@ def recent_items(types: np.ndarray, rec_items: np.ndarray, clicked: np.ndarray,
     if max_items is None:
         return flat
     out = np.zeros((rows, max_items), np.int64)
-    out[:, :min(max_items, flat.shape[1])] = flat[:, :max_items]
+    out[:, : min(max_items, flat.shape[1])] = flat[:, :max_items]
     return out
 
 
@@ -148,15 +157,20 @@ def _manifest(data_dir: str) -> dict:
 
     path = os.path.join(data_dir, MANIFEST_FILE)
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path} not found: build the examples first "
-                                "(python -m pipeline.build_examples ...)")
+        raise FileNotFoundError(
+            f"{path} not found: build the examples first " "(python -m pipeline.build_examples ...)"
+        )
     with tf.io.gfile.GFile(path) as handle:
         return json.load(handle)
 
 
-def read_sequences(data_dir: str, split: str, catalogue: np.ndarray,
-                   max_items: Optional[int] = None,
-                   tasks: Sequence[str] = ("rec", "search")) -> Sequences:
+def read_sequences(
+    data_dir: str,
+    split: str,
+    catalogue: np.ndarray,
+    max_items: Optional[int] = None,
+    tasks: Sequence[str] = ("rec", "search"),
+) -> Sequences:
     """A split's examples (both scenarios, rec first, file order) with ids of `catalogue`
     ((V + 1,) strings, [0] = ""; strings it lacks become 0).
 
@@ -172,16 +186,23 @@ def read_sequences(data_dir: str, split: str, catalogue: np.ndarray,
     raw = manifest.get("id_format", ID_FORMAT_IDS) != ID_FORMAT_IDS
     dtype = tf.string if raw else tf.int64
     candidates = shapes["train_candidates"] if split == "train" else shapes["eval_candidates"]
-    spec = {HISTORY_TYPES: tf.io.FixedLenFeature((shapes["rec_len"] + shapes["search_len"],),
-                                                 tf.int64),
-            REC_HISTORY_ITEMS: tf.io.FixedLenFeature((shapes["rec_len"],), dtype),
-            SEARCH_HISTORY_CLICKED_ITEMS: tf.io.FixedLenFeature(
-                (shapes["search_len"], shapes["clicks_per_session"]), dtype),
-            CANDIDATE_ITEMS: tf.io.FixedLenFeature((candidates,), dtype)}
+    spec = {
+        HISTORY_TYPES: tf.io.FixedLenFeature((shapes["rec_len"] + shapes["search_len"],), tf.int64),
+        REC_HISTORY_ITEMS: tf.io.FixedLenFeature((shapes["rec_len"],), dtype),
+        SEARCH_HISTORY_CLICKED_ITEMS: tf.io.FixedLenFeature(
+            (shapes["search_len"], shapes["clicks_per_session"]), dtype
+        ),
+        CANDIDATE_ITEMS: tf.io.FixedLenFeature((candidates,), dtype),
+    }
     lookup = {item: index for index, item in enumerate(catalogue) if index}
     if not raw:  # the data's id -> the catalogue's id, through the strings
-        to_catalogue = np.array([lookup.get(item, 0) if index else 0 for index, item in
-                                 enumerate(catalogue_from_vocab(data_dir))], np.int64)
+        to_catalogue = np.array(
+            [
+                lookup.get(item, 0) if index else 0
+                for index, item in enumerate(catalogue_from_vocab(data_dir))
+            ],
+            np.int64,
+        )
 
     def ids(values: np.ndarray) -> np.ndarray:
         if not raw:
@@ -192,28 +213,40 @@ def read_sequences(data_dir: str, split: str, catalogue: np.ndarray,
 
     parts: List[Sequences] = []
     for task in reader.tasks_with_examples(manifest, split, tasks):
-        dataset = (tf.data.TFRecordDataset(reader.example_files(data_dir, split, task),
-                                           compression_type="GZIP")
-                   .batch(8192)
-                   .map(lambda records: tf.io.parse_example(records, spec),
-                        num_parallel_calls=tf.data.AUTOTUNE))
+        dataset = (
+            tf.data.TFRecordDataset(
+                reader.example_files(data_dir, split, task), compression_type="GZIP"
+            )
+            .batch(8192)
+            .map(
+                lambda records: tf.io.parse_example(records, spec),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        )
         for batch in dataset:
             batch = {name: value.numpy() for name, value in batch.items()}
-            recent = recent_items(batch[HISTORY_TYPES], ids(batch[REC_HISTORY_ITEMS]),
-                                  ids(batch[SEARCH_HISTORY_CLICKED_ITEMS]), max_items)
+            recent = recent_items(
+                batch[HISTORY_TYPES],
+                ids(batch[REC_HISTORY_ITEMS]),
+                ids(batch[SEARCH_HISTORY_CLICKED_ITEMS]),
+                max_items,
+            )
             positives = ids(batch[CANDIDATE_ITEMS][:, :1])[:, 0]
             parts.append(Sequences(recent, positives, np.full(len(recent), task)))
     if not parts:
         raise ValueError(f"{data_dir}: split {split} has no examples")
-    return Sequences(np.concatenate([p.recent for p in parts]),
-                     np.concatenate([p.positives for p in parts]),
-                     np.concatenate([p.tasks for p in parts]),
-                     int(shapes["clicks_per_session"]))
+    return Sequences(
+        np.concatenate([p.recent for p in parts]),
+        np.concatenate([p.positives for p in parts]),
+        np.concatenate([p.tasks for p in parts]),
+        int(shapes["clicks_per_session"]),
+    )
 
 
 # ---------------------------------------------------------------------------------- counting
-def transition_counts(recent: np.ndarray, positives: np.ndarray, num_ids: int, window: int,
-                      decay: float) -> sp.csr_matrix:
+def transition_counts(
+    recent: np.ndarray, positives: np.ndarray, num_ids: int, window: int, decay: float
+) -> sp.csr_matrix:
     """(num_ids, num_ids): [h, p] = sum over examples of decay ** d where h is the example's
     d-th latest recent item (d < window) and p its positive (0 ids skipped)."""
     recent = np.asarray(recent, np.int64)[:, :window]
@@ -223,15 +256,16 @@ def transition_counts(recent: np.ndarray, positives: np.ndarray, num_ids: int, w
         keep = (recent[:, d] > 0) & (positives > 0)
         rows.append(recent[keep, d])
         cols.append(positives[keep])
-        values.append(np.full(int(keep.sum()), decay ** d))
-    counts = sp.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
-                           shape=(num_ids, num_ids))
+        values.append(np.full(int(keep.sum()), decay**d))
+    counts = sp.csr_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(num_ids, num_ids),
+    )
     counts.sum_duplicates()
     return counts
 
 
-def cooccurrence_counts(recent: np.ndarray, positives: np.ndarray, num_ids: int
-                        ) -> sp.csr_matrix:
+def cooccurrence_counts(recent: np.ndarray, positives: np.ndarray, num_ids: int) -> sp.csr_matrix:
     """ItemKNN's symmetric counts (unisar_tf.data.cooccurrence.item_cooccurrence) over the
     examples' distinct history items; positives 0 (not in the catalogue) add nothing."""
     from unisar_tf.data.cooccurrence import item_cooccurrence
@@ -272,8 +306,8 @@ def top_neighbours(weights: sp.spmatrix, k: int) -> Tuple[np.ndarray, np.ndarray
             continue
         cols, data = weights.indices[start:end], weights.data[start:end]
         order = np.lexsort((cols, -data))[:k]
-        ids[row, :len(order)] = cols[order]
-        values[row, :len(order)] = data[order]
+        ids[row, : len(order)] = cols[order]
+        values[row, : len(order)] = data[order]
     return ids, values
 
 
@@ -333,8 +367,7 @@ class _Ranking:
                         return result
         return result
 
-    def retrieve(self, recent_raw: Sequence[str], k: int, exclude: Iterable[str] = ()
-                 ) -> List[str]:
+    def retrieve(self, recent_raw: Sequence[str], k: int, exclude: Iterable[str] = ()) -> List[str]:
         """Top-k raw item ids for a user's recent raw items (most recent first, any
         repeats; unknown ones ignored), history and `exclude` left out."""
         recent = list(dict.fromkeys(self.ids(recent_raw)))
@@ -368,27 +401,35 @@ class RetrievalIndex(_Ranking):
         """(N + 1, N + 1) transition_weight * T + (1 - transition_weight) * C, top-K rows."""
         if self._matrix is None:
             size = len(self.items)
-            mix = {"transition": self.params.transition_weight,
-                   "cooccurrence": 1.0 - self.params.transition_weight}
+            mix = {
+                "transition": self.params.transition_weight,
+                "cooccurrence": 1.0 - self.params.transition_weight,
+            }
             total = sp.csr_matrix((size, size), dtype=np.float64)
             for table in TABLES:
                 ids, weights = self.neighbours[table], self.weights[table]
                 rows = np.repeat(np.arange(size), ids.shape[1])
                 keep = ids.reshape(-1) > 0
                 total = total + sp.csr_matrix(
-                    (mix[table] * weights.reshape(-1)[keep].astype(np.float64),
-                     (rows[keep], ids.reshape(-1)[keep])), shape=(size, size))
+                    (
+                        mix[table] * weights.reshape(-1)[keep].astype(np.float64),
+                        (rows[keep], ids.reshape(-1)[keep]),
+                    ),
+                    shape=(size, size),
+                )
             self._matrix = total.tocsr()
         return self._matrix
 
     def user_weights(self, recent: np.ndarray) -> sp.csr_matrix:
         """(B, N + 1): recency_decay ** j at each user's j-th latest item (j < recent_items)."""
-        recent = np.asarray(recent, np.int64)[:, :self.params.recent_items]
+        recent = np.asarray(recent, np.int64)[:, : self.params.recent_items]
         rows = np.repeat(np.arange(len(recent)), recent.shape[1])
         decay = np.tile(self.params.recency_decay ** np.arange(recent.shape[1]), len(recent))
         keep = recent.reshape(-1) > 0
-        return sp.csr_matrix((decay[keep], (rows[keep], recent.reshape(-1)[keep])),
-                             shape=(len(recent), len(self.items)))
+        return sp.csr_matrix(
+            (decay[keep], (rows[keep], recent.reshape(-1)[keep])),
+            shape=(len(recent), len(self.items)),
+        )
 
     def scores(self, recent: np.ndarray) -> np.ndarray:
         """(B, N + 1) float64 neighbour scores of every item for users' recent items
@@ -400,10 +441,12 @@ class RetrievalIndex(_Ranking):
         """The files of the module docstring into `directory` (created)."""
         _write_common(directory, self, METHOD_COOCCURRENCE)
         for table in TABLES:  # ids -> rows: id 0 (none) becomes -1
-            _save_npy(directory, f"{table}_neighbours.npy",
-                      (self.neighbours[table][1:] - 1).astype(np.int32))
-            _save_npy(directory, f"{table}_weights.npy",
-                      self.weights[table][1:].astype(np.float32))
+            _save_npy(
+                directory,
+                f"{table}_neighbours.npy",
+                (self.neighbours[table][1:] - 1).astype(np.int32),
+            )
+            _save_npy(directory, f"{table}_weights.npy", self.weights[table][1:].astype(np.float32))
 
     @classmethod
     def read(cls, directory: str) -> "RetrievalIndex":
@@ -415,14 +458,22 @@ class RetrievalIndex(_Ranking):
             rows = _load_npy(directory, f"{table}_neighbours.npy").astype(np.int64)
             values = _load_npy(directory, f"{table}_weights.npy")
             if rows.shape != values.shape or len(rows) != size or rows.max(initial=-1) >= size:
-                raise ValueError(f"{directory}: {table}_neighbours.npy {rows.shape} and "
-                                 f"{table}_weights.npy {values.shape} do not match the "
-                                 f"{size} items of {ITEMS_FILE}")
+                raise ValueError(
+                    f"{directory}: {table}_neighbours.npy {rows.shape} and "
+                    f"{table}_weights.npy {values.shape} do not match the "
+                    f"{size} items of {ITEMS_FILE}"
+                )
             pad = np.zeros((1, rows.shape[1]))
             neighbours[table] = np.concatenate([pad.astype(np.int64), rows + 1])
             weights[table] = np.concatenate([pad.astype(np.float32), values])
-        return cls(items, popularity, neighbours, weights, RetrievalParams(**meta["params"]),
-                   meta.get("info", {}))
+        return cls(
+            items,
+            popularity,
+            neighbours,
+            weights,
+            RetrievalParams(**meta["params"]),
+            meta.get("info", {}),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -432,14 +483,14 @@ class TwoTowerParams:
     The defaults are the values chosen on Beauty's and Sports' validation splits
     (docs/online.md#retrieval)."""
 
-    dim: int = 64                  # embedding and user vector size
-    history: int = 10              # recent items the user tower pools
-    decay: float = 0.8             # weight of the j-th latest of them: decay ** j
-    epochs: int = 2                # then it overfits (validation Recall@100 falls)
-    batch_size: int = 512          # also the in-batch negatives: batch_size - 1 per example
+    dim: int = 64  # embedding and user vector size
+    history: int = 10  # recent items the user tower pools
+    decay: float = 0.8  # weight of the j-th latest of them: decay ** j
+    epochs: int = 2  # then it overfits (validation Recall@100 falls)
+    batch_size: int = 512  # also the in-batch negatives: batch_size - 1 per example
     learning_rate: float = 2e-3
     temperature: float = 0.1
-    logq: float = 1.0              # in-batch negatives' popularity correction (0 = off)
+    logq: float = 1.0  # in-batch negatives' popularity correction (0 = off)
     l2: float = 1e-6
 
     def replace(self, **changes) -> "TwoTowerParams":
@@ -478,7 +529,7 @@ class TwoTowerIndex(_Ranking):
 
     def user_vectors(self, recent: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """((B, dim) float32 user vectors, (B,) bool: the user has a known item)."""
-        recent = np.asarray(recent, np.int64)[:, :self.params.history]
+        recent = np.asarray(recent, np.int64)[:, : self.params.history]
         weights = (self.params.decay ** np.arange(recent.shape[1], dtype=np.float32))[None, :]
         weights = weights * (recent > 0)
         total = weights.sum(axis=1)
@@ -508,12 +559,19 @@ class TwoTowerIndex(_Ranking):
             array = _load_npy(directory, f"{name}.npy").astype(np.float32)
             if name.endswith("vectors"):
                 if len(array) != len(items) - 1:
-                    raise ValueError(f"{os.path.join(directory, name + '.npy')}: {len(array)} "
-                                     f"rows for the {len(items) - 1} items of {ITEMS_FILE}")
+                    raise ValueError(
+                        f"{os.path.join(directory, name + '.npy')}: {len(array)} "
+                        f"rows for the {len(items) - 1} items of {ITEMS_FILE}"
+                    )
                 array = np.concatenate([np.zeros((1, array.shape[1]), np.float32), array])
             arrays[name] = array
-        return cls(items, popularity, params=TwoTowerParams(**meta["params"]),
-                   info=meta.get("info", {}), **arrays)
+        return cls(
+            items,
+            popularity,
+            params=TwoTowerParams(**meta["params"]),
+            info=meta.get("info", {}),
+            **arrays,
+        )
 
 
 # ------------------------------------------------------------------------------ file helpers
@@ -546,8 +604,10 @@ def _load_json(directory: str, name: str):
 
     path = os.path.join(directory, name)
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path} not found: the export has no retrieval index "
-                                "(unisar_tf.export.retrieval writes it)")
+        raise FileNotFoundError(
+            f"{path} not found: the export has no retrieval index "
+            "(unisar_tf.export.retrieval writes it)"
+        )
     with tf.io.gfile.GFile(path) as handle:
         return json.load(handle)
 
@@ -559,26 +619,40 @@ def _write_common(directory: str, index, method: str) -> None:
     tf.io.gfile.makedirs(directory)
     _save_json(directory, ITEMS_FILE, [str(item) for item in index.items[1:]])
     _save_npy(directory, POPULARITY_FILE, index.popularity[1:].astype(np.float32))
-    _save_json(directory, INDEX_FILE, {"format_version": FORMAT_VERSION, "method": method,
-                                       "num_items": index.num_items,
-                                       "params": dataclasses.asdict(index.params),
-                                       "info": index.info})
+    _save_json(
+        directory,
+        INDEX_FILE,
+        {
+            "format_version": FORMAT_VERSION,
+            "method": method,
+            "num_items": index.num_items,
+            "params": dataclasses.asdict(index.params),
+            "info": index.info,
+        },
+    )
 
 
 def _read_common(directory: str, method: str):
     """(index.json, items (N + 1,) with [0] = "", popularity (N + 1,)), checked."""
     meta = _load_json(directory, INDEX_FILE)
     if meta.get("format_version") != FORMAT_VERSION or meta.get("method") != method:
-        raise ValueError(f"{os.path.join(directory, INDEX_FILE)}: format "
-                         f"{meta.get('format_version')} / method {meta.get('method')!r}, "
-                         f"expected {FORMAT_VERSION} / {method!r}")
+        raise ValueError(
+            f"{os.path.join(directory, INDEX_FILE)}: format "
+            f"{meta.get('format_version')} / method {meta.get('method')!r}, "
+            f"expected {FORMAT_VERSION} / {method!r}"
+        )
     items = _load_json(directory, ITEMS_FILE)
     popularity = _load_npy(directory, POPULARITY_FILE)
     if popularity.shape != (len(items),):
-        raise ValueError(f"{directory}: {POPULARITY_FILE} has shape {popularity.shape}, "
-                         f"expected ({len(items)},)")
-    return (meta, np.array([""] + items, dtype=object),
-            np.concatenate([[0.0], popularity]).astype(np.float32))
+        raise ValueError(
+            f"{directory}: {POPULARITY_FILE} has shape {popularity.shape}, "
+            f"expected ({len(items)},)"
+        )
+    return (
+        meta,
+        np.array([""] + items, dtype=object),
+        np.concatenate([[0.0], popularity]).astype(np.float32),
+    )
 
 
 def read_index(directory: str):
@@ -586,34 +660,46 @@ def read_index(directory: str):
     method = _load_json(directory, INDEX_FILE).get("method")
     readers = {METHOD_COOCCURRENCE: RetrievalIndex.read, METHOD_TWO_TOWER: TwoTowerIndex.read}
     if method not in readers:
-        raise ValueError(f"{os.path.join(directory, INDEX_FILE)}: unknown method {method!r}, "
-                         f"this reader knows {sorted(readers)}")
+        raise ValueError(
+            f"{os.path.join(directory, INDEX_FILE)}: unknown method {method!r}, "
+            f"this reader knows {sorted(readers)}"
+        )
     return readers[method](directory)
 
 
-def build_index(sequences: Sequences, catalogue: np.ndarray,
-                params: RetrievalParams = RetrievalParams()) -> RetrievalIndex:
+def build_index(
+    sequences: Sequences, catalogue: np.ndarray, params: RetrievalParams = RetrievalParams()
+) -> RetrievalIndex:
     """The index of training `sequences` (ids of `catalogue`, (N + 1,) strings, [0] = "")."""
     size = len(catalogue)
     positives = np.asarray(sequences.positives, np.int64)
     popularity = np.bincount(positives[positives > 0], minlength=size).astype(np.float32)
-    transitions = row_normalized(transition_counts(
-        sequences.recent, positives, size, params.transition_window, params.transition_decay))
+    transitions = row_normalized(
+        transition_counts(
+            sequences.recent, positives, size, params.transition_window, params.transition_decay
+        )
+    )
     cooccurrence = cosine_normalized(cooccurrence_counts(sequences.recent, positives, size))
     neighbours, weights = {}, {}
     for table, matrix in (("transition", transitions), ("cooccurrence", cooccurrence)):
         neighbours[table], weights[table] = top_neighbours(matrix, params.neighbours)
-    info = {"training_examples": int(len(positives)),
-            # Online histories keep as many clicks per search session (serving/retrieval.py).
-            "clicks_per_session": int(sequences.clicks_per_session),
-            "training_positives_in_catalogue": int((positives > 0).sum()),
-            "items_with_neighbours": {table: int((neighbours[table][:, 0] > 0).sum())
-                                      for table in TABLES}}
+    info = {
+        "training_examples": int(len(positives)),
+        # Online histories keep as many clicks per search session (serving/retrieval.py).
+        "clicks_per_session": int(sequences.clicks_per_session),
+        "training_positives_in_catalogue": int((positives > 0).sum()),
+        "items_with_neighbours": {
+            table: int((neighbours[table][:, 0] > 0).sum()) for table in TABLES
+        },
+    }
     return RetrievalIndex(catalogue, popularity, neighbours, weights, params, info)
 
 
-def training_index(data_dir: str, catalogue: Optional[np.ndarray] = None,
-                   params: RetrievalParams = RetrievalParams()) -> RetrievalIndex:
+def training_index(
+    data_dir: str,
+    catalogue: Optional[np.ndarray] = None,
+    params: RetrievalParams = RetrievalParams(),
+) -> RetrievalIndex:
     """The index of data_dir's training split; catalogue defaults to the data's vocab/."""
     catalogue = catalogue_from_vocab(data_dir) if catalogue is None else catalogue
     sequences = read_sequences(data_dir, "train", catalogue)  # whole histories: ItemKNN's

@@ -7,6 +7,7 @@ vocabularies (most frequent first from 1; 0 = missing/unknown), captions are pad
 word ids. `SideFeatures.config_overrides()` gives the UniSARConfig fields that size the model's
 side-feature embeddings.
 """
+
 from __future__ import annotations
 
 import collections
@@ -33,9 +34,11 @@ class SideFeatures:
     user_feature_names: tuple
 
     def config_overrides(self) -> Dict[str, object]:
-        return {"item_category_vocab_sizes": self.item_category_vocab_sizes,
-                "user_feature_vocab_sizes": self.user_feature_vocab_sizes,
-                "item_caption_length": int(self.item_captions.shape[1])}
+        return {
+            "item_category_vocab_sizes": self.item_category_vocab_sizes,
+            "user_feature_vocab_sizes": self.user_feature_vocab_sizes,
+            "item_caption_length": int(self.item_captions.shape[1]),
+        }
 
 
 def _read_jsonl(pattern: str) -> List[dict]:
@@ -52,16 +55,22 @@ def _encode_columns(values: Sequence[Sequence[str]], num_columns: int):
     sizes = []
     for column in range(num_columns):
         counts = collections.Counter(row[column] for row in values if row[column] != "")
-        vocab = {raw: index + 1 for index, (raw, _) in
-                 enumerate(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))}
+        vocab = {
+            raw: index + 1
+            for index, (raw, _) in enumerate(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        }
         codes[:, column] = [vocab.get(row[column], 0) for row in values]
         sizes.append(len(vocab) + 1)
     return codes, tuple(max(size, 2) for size in sizes)
 
 
-def load_side_features(data_dir: str, num_items: int, num_users: int,
-                       caption_length: int = 50,
-                       id_maps: Optional[Dict[str, np.ndarray]] = None) -> Optional[SideFeatures]:
+def load_side_features(
+    data_dir: str,
+    num_items: int,
+    num_users: int,
+    caption_length: int = 50,
+    id_maps: Optional[Dict[str, np.ndarray]] = None,
+) -> Optional[SideFeatures]:
     """Tables from `data_dir/side_features/`, or None when the dataset has none (Amazon).
 
     num_items / num_users: model table sizes (vocabulary + 1); ids outside them are an error.
@@ -74,28 +83,42 @@ def load_side_features(data_dir: str, num_items: int, num_users: int,
     if not items and not users:
         return None
     if id_maps is not None:
-        items = [dict(row, id=int(id_maps["items"][row["id"]]),
-                      caption_word_ids=[int(id_maps["words"][w])
-                                        for w in row.get("caption_word_ids", [])])
-                 for row in items if id_maps["items"][row["id"]] > 0]
-        users = [dict(row, id=int(id_maps["users"][row["id"]]))
-                 for row in users if id_maps["users"][row["id"]] > 0]
+        items = [
+            dict(
+                row,
+                id=int(id_maps["items"][row["id"]]),
+                caption_word_ids=[
+                    int(id_maps["words"][w]) for w in row.get("caption_word_ids", [])
+                ],
+            )
+            for row in items
+            if id_maps["items"][row["id"]] > 0
+        ]
+        users = [
+            dict(row, id=int(id_maps["users"][row["id"]]))
+            for row in users
+            if id_maps["users"][row["id"]] > 0
+        ]
     for kind, rows, limit in (("item", items, num_items), ("user", users, num_users)):
         bad = [row["id"] for row in rows if not 0 < row["id"] < limit]
         if bad:
-            raise ValueError(f"{data_dir}: {kind} side features for ids {bad[:5]} outside "
-                             f"1..{limit - 1}")
+            raise ValueError(
+                f"{data_dir}: {kind} side features for ids {bad[:5]} outside " f"1..{limit - 1}"
+            )
 
     num_categories = max((len(row.get("categories", [])) for row in items), default=0)
-    category_rows = [[str(v) for v in row.get("categories", [])]
-                     + [""] * (num_categories - len(row.get("categories", []))) for row in items]
+    category_rows = [
+        [str(v) for v in row.get("categories", [])]
+        + [""] * (num_categories - len(row.get("categories", [])))
+        for row in items
+    ]
     codes, category_sizes = _encode_columns(category_rows, num_categories)
     item_categories = np.zeros((num_items, num_categories), np.int32)
     item_captions = np.zeros((num_items, caption_length), np.int32)
     for row, code in zip(items, codes):
         item_categories[row["id"]] = code
         words = row.get("caption_word_ids", [])[:caption_length]
-        item_captions[row["id"], :len(words)] = words
+        item_captions[row["id"], : len(words)] = words
     # Only as many columns as the longest caption: Amazon's are a few words, and every
     # candidate's caption is gathered and averaged at scoring time.
     used = np.flatnonzero(np.any(item_captions != 0, axis=0))  # columns holding any word
@@ -108,6 +131,11 @@ def load_side_features(data_dir: str, num_items: int, num_users: int,
     user_features = np.zeros((num_users, len(names)), np.int32)
     for row, code in zip(users, user_codes):
         user_features[row["id"]] = code
-    return SideFeatures(item_categories, item_captions, user_features,
-                        category_sizes if num_categories else (),
-                        user_sizes if names else (), tuple(names))
+    return SideFeatures(
+        item_categories,
+        item_captions,
+        user_features,
+        category_sizes if num_categories else (),
+        user_sizes if names else (),
+        tuple(names),
+    )

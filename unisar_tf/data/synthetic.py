@@ -34,6 +34,7 @@ clicked item. Negatives are uniform over items, distinct, and never an item the 
 interacted with; training examples get `num_train_negatives`, evaluation examples
 `num_eval_negatives`, so `candidate_items` is (n, 1 + num_negatives) with the positive first.
 """
+
 from __future__ import annotations
 
 import collections
@@ -45,15 +46,32 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, ID_FORMAT_IDS, QUERY_TOKENS,
-                           REC_HISTORY_ITEMS,
-                           REL_NEGATIVE_ITEMS, REL_NEGATIVE_QUERY_TOKENS,
-                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_PAD,
-                           TYPE_REC, TYPE_SEARCH, USER_ID, SequenceShapes,
-                           model_feature_shapes)
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    ID_FORMAT_IDS,
+    QUERY_TOKENS,
+    REC_HISTORY_ITEMS,
+    REL_NEGATIVE_ITEMS,
+    REL_NEGATIVE_QUERY_TOKENS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    SEARCH_HISTORY_QUERY_TOKENS,
+    TYPE_PAD,
+    TYPE_REC,
+    TYPE_SEARCH,
+    USER_ID,
+    SequenceShapes,
+    model_feature_shapes,
+)
 from feature_specs.event_schema import SCENARIO_REC, SCENARIO_SEARCH, Event
-from feature_specs.layout import (EXAMPLE_FILE_SUFFIX, MANIFEST_FILE, VOCAB_DIR, example_pattern,
-                                   example_prefix, vocab_path)
+from feature_specs.layout import (
+    EXAMPLE_FILE_SUFFIX,
+    MANIFEST_FILE,
+    VOCAB_DIR,
+    example_pattern,
+    example_prefix,
+    vocab_path,
+)
 from unisar_tf.config import UniSARConfig
 from unisar_tf.data import example_rules as rules
 
@@ -112,12 +130,18 @@ def _id_topics(vocab_size: int, starts: np.ndarray, sizes: np.ndarray) -> np.nda
     """(vocab_size,) topic of every id; -1 for padding id 0."""
     topics = np.full(vocab_size, -1, dtype=np.int64)
     for topic, (start, size) in enumerate(zip(starts, sizes)):
-        topics[start:start + size] = topic
+        topics[start : start + size] = topic
     return topics
 
 
-def _sample_in_topics(rng: np.random.Generator, topics: np.ndarray, width: int,
-                      starts: np.ndarray, sizes: np.ndarray, zipf_exponent: float) -> np.ndarray:
+def _sample_in_topics(
+    rng: np.random.Generator,
+    topics: np.ndarray,
+    width: int,
+    starts: np.ndarray,
+    sizes: np.ndarray,
+    zipf_exponent: float,
+) -> np.ndarray:
     """Zipf-weighted ids from each row's topic block: topics (n,) -> ids (n, width)."""
     ids = np.zeros((topics.size, width), dtype=np.int64)
     for topic in range(starts.size):  # one vectorised draw per topic
@@ -153,8 +177,13 @@ def _first_n_distinct(rng: np.random.Generator, ids: np.ndarray, max_count: int)
     return _keep_first_distinct(ids)
 
 
-def _sample_negatives(rng: np.random.Generator, user_index: np.ndarray, num_negatives: int,
-                      num_items: int, user_item_keys: np.ndarray) -> np.ndarray:
+def _sample_negatives(
+    rng: np.random.Generator,
+    user_index: np.ndarray,
+    num_negatives: int,
+    num_items: int,
+    user_item_keys: np.ndarray,
+) -> np.ndarray:
     """Distinct uniform items outside each row's user history: (n,) -> (n, num_negatives).
 
     `user_item_keys` is the sorted unique array of user_index * num_items + item over every
@@ -200,11 +229,18 @@ class _Streams:
     clicks: np.ndarray  # (U, T, clicks_per_session) int64, search sessions only
 
 
-def _generate_streams(config: UniSARConfig, rng: np.random.Generator, num_topics: int,
-                      min_events: int, max_events: int, search_probability: float,
-                      rec_follows_search_probability: float,
-                      search_follows_rec_probability: float, topic_concentration: float,
-                      zipf_exponent: float) -> Tuple[_Streams, Tuple[np.ndarray, ...]]:
+def _generate_streams(
+    config: UniSARConfig,
+    rng: np.random.Generator,
+    num_topics: int,
+    min_events: int,
+    max_events: int,
+    search_probability: float,
+    rec_follows_search_probability: float,
+    search_follows_rec_probability: float,
+    topic_concentration: float,
+    zipf_exponent: float,
+) -> Tuple[_Streams, Tuple[np.ndarray, ...]]:
     num_users = config.num_users - 1
     steps = np.arange(max_events)
     lengths = rng.integers(min_events, max_events + 1, size=num_users)
@@ -224,14 +260,19 @@ def _generate_streams(config: UniSARConfig, rng: np.random.Generator, num_topics
     last_search_topic = np.full(num_users, -1, dtype=np.int64)
     for step in steps:  # vectorised over users; the loop is over time only
         mix = (1 - progress[:, step, None]) * mix_start + progress[:, step, None] * mix_end
-        mix_topic = np.minimum((np.cumsum(mix, axis=1) < mix_draw[:, step, None]).sum(axis=1),
-                               num_topics - 1)
-        search_topic = np.where((last_rec_topic >= 0)
-                                & (follow_draw[:, step] < search_follows_rec_probability),
-                                last_rec_topic, mix_topic)
-        rec_topic = np.where((last_search_topic >= 0)
-                             & (follow_draw[:, step] < rec_follows_search_probability),
-                             last_search_topic, mix_topic)
+        mix_topic = np.minimum(
+            (np.cumsum(mix, axis=1) < mix_draw[:, step, None]).sum(axis=1), num_topics - 1
+        )
+        search_topic = np.where(
+            (last_rec_topic >= 0) & (follow_draw[:, step] < search_follows_rec_probability),
+            last_rec_topic,
+            mix_topic,
+        )
+        rec_topic = np.where(
+            (last_search_topic >= 0) & (follow_draw[:, step] < rec_follows_search_probability),
+            last_search_topic,
+            mix_topic,
+        )
         topic = np.where(is_search[:, step], search_topic, rec_topic)
         topics[:, step] = np.where(in_stream[:, step], topic, -1)
         last_rec_topic = np.where(is_rec[:, step], topic, last_rec_topic)
@@ -241,22 +282,29 @@ def _generate_streams(config: UniSARConfig, rng: np.random.Generator, num_topics
     word_starts, word_sizes = _topic_blocks(config.num_words, num_topics)
 
     rec_items = np.zeros((num_users, max_events), dtype=np.int64)
-    rec_items[is_rec] = _sample_in_topics(rng, topics[is_rec], 1, item_starts, item_sizes,
-                                          zipf_exponent)[:, 0]
+    rec_items[is_rec] = _sample_in_topics(
+        rng, topics[is_rec], 1, item_starts, item_sizes, zipf_exponent
+    )[:, 0]
 
     search_topics = topics[is_search]
     num_words = min(MAX_QUERY_WORDS, config.query_len)
-    words = _sample_in_topics(rng, search_topics, num_words, word_starts, word_sizes,
-                              zipf_exponent)
+    words = _sample_in_topics(rng, search_topics, num_words, word_starts, word_sizes, zipf_exponent)
     queries = np.zeros((num_users, max_events, config.query_len), dtype=np.int64)
     queries[is_search, :num_words] = _first_n_distinct(rng, words, num_words)
-    clicked = _sample_in_topics(rng, search_topics, config.clicks_per_session, item_starts,
-                                item_sizes, zipf_exponent)
+    clicked = _sample_in_topics(
+        rng, search_topics, config.clicks_per_session, item_starts, item_sizes, zipf_exponent
+    )
     clicks = np.zeros((num_users, max_events, config.clicks_per_session), dtype=np.int64)
     clicks[is_search] = _first_n_distinct(rng, clicked, config.clicks_per_session)
 
-    streams = _Streams(is_rec=is_rec, is_search=is_search, topics=topics, rec_items=rec_items,
-                       queries=queries, clicks=clicks)
+    streams = _Streams(
+        is_rec=is_rec,
+        is_search=is_search,
+        topics=topics,
+        rec_items=rec_items,
+        queries=queries,
+        clicks=clicks,
+    )
     return streams, (item_starts, item_sizes, word_starts, word_sizes)
 
 
@@ -268,13 +316,20 @@ SYNTHETIC_SOURCE = "synthetic"  # Event.source of every generated event
 
 def _identity_ids(config: UniSARConfig) -> rules.IdMaps:
     """IdMaps str(id) -> id, so the rules' int ids are the story's own."""
-    return rules.IdMaps(items={str(k): k for k in range(1, config.num_items)},
-                        words={str(k): k for k in range(1, config.num_words)})
+    return rules.IdMaps(
+        items={str(k): k for k in range(1, config.num_items)},
+        words={str(k): k for k in range(1, config.num_words)},
+    )
 
 
-def _user_events(user_id: str, is_rec: List[bool], is_search: List[bool],
-                 rec_items: List[int], queries: List[List[int]],
-                 clicks: List[List[int]]) -> List[Event]:
+def _user_events(
+    user_id: str,
+    is_rec: List[bool],
+    is_search: List[bool],
+    rec_items: List[int],
+    queries: List[List[int]],
+    clicks: List[List[int]],
+) -> List[Event]:
     """One user's stream (lists over its steps) as canonical events, timestamp = step.
 
     A rec event is one row with click 1; a search session is one row per clicked item (click
@@ -283,15 +338,37 @@ def _user_events(user_id: str, is_rec: List[bool], is_search: List[bool],
     append = events.append
     for step, rec in enumerate(is_rec):
         if rec:
-            append(Event(user_id, step, SCENARIO_REC, str(rec_items[step]), 1, "", (),
-                         SYNTHETIC_SOURCE, len(events)))
+            append(
+                Event(
+                    user_id,
+                    step,
+                    SCENARIO_REC,
+                    str(rec_items[step]),
+                    1,
+                    "",
+                    (),
+                    SYNTHETIC_SOURCE,
+                    len(events),
+                )
+            )
         elif is_search[step]:
             session = f"{user_id}-{step}"
             query = tuple([str(word) for word in queries[step] if word])
             for item in clicks[step]:
                 if item:
-                    append(Event(user_id, step, SCENARIO_SEARCH, str(item), 1, session, query,
-                                 SYNTHETIC_SOURCE, len(events)))
+                    append(
+                        Event(
+                            user_id,
+                            step,
+                            SCENARIO_SEARCH,
+                            str(item),
+                            1,
+                            session,
+                            query,
+                            SYNTHETIC_SOURCE,
+                            len(events),
+                        )
+                    )
     return events
 
 
@@ -320,9 +397,11 @@ class _Histories:
     def __init__(self, shapes: SequenceShapes):
         self.shapes = shapes
         # Rendered rows of all users' behaviours, each table after a padding row 0.
-        self.tables = {name: [np.zeros((1,) + shape[1:], np.int64)] for name, shape
-                       in model_feature_shapes(shapes, 1, with_query=False).items()
-                       if name not in (USER_ID, CANDIDATE_ITEMS)}
+        self.tables = {
+            name: [np.zeros((1,) + shape[1:], np.int64)]
+            for name, shape in model_feature_shapes(shapes, 1, with_query=False).items()
+            if name not in (USER_ID, CANDIDATE_ITEMS)
+        }
         self.num_rows = {REC_HISTORY_ITEMS: 1, SEARCH_HISTORY_QUERY_TOKENS: 1}
         self.row_of: List[int] = []  # behaviour (all users') -> its row in its kind's table
         # Per target: its user's first behaviour in row_of, and its windows (behaviour
@@ -334,14 +413,23 @@ class _Histories:
     def add(self, behaviours: Sequence[rules.Behaviour], targets: Sequence[int]) -> None:
         """One user's behaviours (rules.behaviours) and targets (indices, ascending)."""
         shapes = self.shapes
-        by_kind = {REC_HISTORY_ITEMS: [i for i, b in enumerate(behaviours) if b.kind == TYPE_REC],
-                   SEARCH_HISTORY_QUERY_TOKENS: [i for i, b in enumerate(behaviours)
-                                                 if b.kind == TYPE_SEARCH]}
+        by_kind = {
+            REC_HISTORY_ITEMS: [i for i, b in enumerate(behaviours) if b.kind == TYPE_REC],
+            SEARCH_HISTORY_QUERY_TOKENS: [
+                i for i, b in enumerate(behaviours) if b.kind == TYPE_SEARCH
+            ],
+        }
         whole = rules.history_features(
-            behaviours, by_kind[REC_HISTORY_ITEMS], by_kind[SEARCH_HISTORY_QUERY_TOKENS],
-            SequenceShapes(len(by_kind[REC_HISTORY_ITEMS]),
-                           len(by_kind[SEARCH_HISTORY_QUERY_TOKENS]), shapes.query_len,
-                           shapes.clicks_per_session))
+            behaviours,
+            by_kind[REC_HISTORY_ITEMS],
+            by_kind[SEARCH_HISTORY_QUERY_TOKENS],
+            SequenceShapes(
+                len(by_kind[REC_HISTORY_ITEMS]),
+                len(by_kind[SEARCH_HISTORY_QUERY_TOKENS]),
+                shapes.query_len,
+                shapes.clicks_per_session,
+            ),
+        )
         for name, values in whole.items():
             self.tables[name].append(values)
         user_rows = [0] * len(behaviours)
@@ -367,21 +455,24 @@ class _Histories:
         row_of, first = np.asarray(self.row_of, np.int64), np.asarray(self.first, np.int64)
         counts = {name: np.asarray(values, np.int64) for name, values in self.counts.items()}
         # Kept behaviours as indices into row_of, per target in time order.
-        kept = {name: np.repeat(first, counts[name]) + np.asarray(values, np.int64)
-                for name, values in self.kept.items()}
-        widths = {REC_HISTORY_ITEMS: self.shapes.rec_len,
-                  SEARCH_HISTORY_QUERY_TOKENS: self.shapes.search_len}
-        rows = {name: _left_packed(row_of[kept[name]], counts[name], widths[name])
-                for name in kept}
+        kept = {
+            name: np.repeat(first, counts[name]) + np.asarray(values, np.int64)
+            for name, values in self.kept.items()
+        }
+        widths = {
+            REC_HISTORY_ITEMS: self.shapes.rec_len,
+            SEARCH_HISTORY_QUERY_TOKENS: self.shapes.search_len,
+        }
+        rows = {name: _left_packed(row_of[kept[name]], counts[name], widths[name]) for name in kept}
         rows[SEARCH_HISTORY_CLICKED_ITEMS] = rows[SEARCH_HISTORY_QUERY_TOKENS]
         # HISTORY_TYPES: both windows merged in time order; the types table kept every
         # behaviour, so behaviour b's row is 1 + b.
         both = np.concatenate(list(kept.values()))
-        owner = np.concatenate([np.repeat(np.arange(first.size), count)
-                                for count in counts.values()])
+        owner = np.concatenate(
+            [np.repeat(np.arange(first.size), count) for count in counts.values()]
+        )
         merged = both[np.lexsort((both, owner))]
-        rows[HISTORY_TYPES] = _left_packed(1 + merged, sum(counts.values()),
-                                           self.shapes.mixed_len)
+        rows[HISTORY_TYPES] = _left_packed(1 + merged, sum(counts.values()), self.shapes.mixed_len)
         return {name: np.concatenate(tables)[rows[name]] for name, tables in self.tables.items()}
 
 
@@ -395,8 +486,9 @@ def _from_end(kinds: Sequence[int]) -> List[int]:
     return result
 
 
-def _build_examples(config: UniSARConfig, streams: _Streams
-                    ) -> Dict[str, Tuple[Features, np.ndarray, np.ndarray, np.ndarray]]:
+def _build_examples(
+    config: UniSARConfig, streams: _Streams
+) -> Dict[str, Tuple[Features, np.ndarray, np.ndarray, np.ndarray]]:
     """Every target of every user, per scenario in (user, time) order: {"rec" | "search":
     (features without candidates, user index (n,), positive (n,), from_end (n,): 0 for the
     user's last target of the scenario, 1 for the one before, ...)}.
@@ -410,9 +502,14 @@ def _build_examples(config: UniSARConfig, streams: _Streams
     histories = _Histories(config.sequence_shapes)
     users, positives, kinds, from_end, queries = [], [], [], [], []
     for user in range(streams.is_rec.shape[0]):
-        events = _user_events(str(user + 1), streams.is_rec[user].tolist(),
-                              streams.is_search[user].tolist(), streams.rec_items[user].tolist(),
-                              streams.queries[user].tolist(), streams.clicks[user].tolist())
+        events = _user_events(
+            str(user + 1),
+            streams.is_rec[user].tolist(),
+            streams.is_search[user].tolist(),
+            streams.rec_items[user].tolist(),
+            streams.queries[user].tolist(),
+            streams.clicks[user].tolist(),
+        )
         behaviours = rules.behaviours(events, ids, config.query_len, config.clicks_per_session)
         targets = [i for i, b in enumerate(behaviours) if b.kind == TYPE_REC or b.clicks]
         histories.add(behaviours, targets)
@@ -421,8 +518,11 @@ def _build_examples(config: UniSARConfig, streams: _Streams
         user_kinds = [behaviours[i].kind for i in targets]
         kinds += user_kinds
         from_end += _from_end(user_kinds)
-        queries += [rules.query_feature(behaviours[i].query, config.query_len)
-                    for i in targets if behaviours[i].kind == TYPE_SEARCH]
+        queries += [
+            rules.query_feature(behaviours[i].query, config.query_len)
+            for i in targets
+            if behaviours[i].kind == TYPE_SEARCH
+        ]
 
     features = histories.features()
     users = np.asarray(users, np.int64)
@@ -434,7 +534,8 @@ def _build_examples(config: UniSARConfig, streams: _Streams
         scenario_features = _take(features, rows)
         if scenario == "search":
             scenario_features[QUERY_TOKENS] = np.asarray(queries, np.int64).reshape(
-                -1, config.query_len)
+                -1, config.query_len
+            )
         result[scenario] = (scenario_features, users[rows], positives[rows], from_end[rows])
     return result
 
@@ -446,13 +547,18 @@ def _take(features: Features, rows: np.ndarray) -> Features:
 # ----------------------------------------------------------------------------- public API
 
 
-def generate_synthetic_data(config: UniSARConfig, num_topics: int = 10, seed: int = 0,
-                            min_events: int = 20, max_events: int = 60,
-                            search_probability: float = 0.4,
-                            rec_follows_search_probability: float = 0.8,
-                            search_follows_rec_probability: float = 0.7,
-                            topic_concentration: float = 0.5,
-                            zipf_exponent: float = 1.0) -> SyntheticData:
+def generate_synthetic_data(
+    config: UniSARConfig,
+    num_topics: int = 10,
+    seed: int = 0,
+    min_events: int = 20,
+    max_events: int = 60,
+    search_probability: float = 0.4,
+    rec_follows_search_probability: float = 0.8,
+    search_follows_rec_probability: float = 0.7,
+    topic_concentration: float = 0.5,
+    zipf_exponent: float = 1.0,
+) -> SyntheticData:
     """Seeded synthetic dataset sized by `config` (see the module docstring for the story).
 
     Uses config.num_users/num_items/num_words, rec_len, search_len,
@@ -460,58 +566,81 @@ def generate_synthetic_data(config: UniSARConfig, num_topics: int = 10, seed: in
     arguments and seed give identical arrays.
     """
     if not 1 <= num_topics <= min(config.num_items, config.num_words) - 1:
-        raise ValueError(f"num_topics={num_topics} needs at least one item and one word per "
-                         f"topic (num_items={config.num_items}, num_words={config.num_words})")
+        raise ValueError(
+            f"num_topics={num_topics} needs at least one item and one word per "
+            f"topic (num_items={config.num_items}, num_words={config.num_words})"
+        )
     if not 1 <= min_events <= max_events:
         raise ValueError(f"need 1 <= min_events <= max_events, got {min_events}, {max_events}")
     rng = np.random.default_rng(seed)
     streams, (item_starts, item_sizes, word_starts, word_sizes) = _generate_streams(
-        config, rng, num_topics, min_events, max_events, search_probability,
-        rec_follows_search_probability, search_follows_rec_probability, topic_concentration,
-        zipf_exponent)
+        config,
+        rng,
+        num_topics,
+        min_events,
+        max_events,
+        search_probability,
+        rec_follows_search_probability,
+        search_follows_rec_probability,
+        topic_concentration,
+        zipf_exponent,
+    )
 
     # Every (user, item) interaction, for excluding negatives.
     user_ids = np.arange(config.num_users - 1)
-    user_items = np.concatenate([
-        (user_ids[:, None] * config.num_items + streams.rec_items)[streams.is_rec],
-        (user_ids[:, None, None] * config.num_items + streams.clicks)[streams.clicks > 0],
-    ])
+    user_items = np.concatenate(
+        [
+            (user_ids[:, None] * config.num_items + streams.rec_items)[streams.is_rec],
+            (user_ids[:, None, None] * config.num_items + streams.clicks)[streams.clicks > 0],
+        ]
+    )
     user_item_keys = np.unique(user_items)
     most_items = np.bincount(user_item_keys // config.num_items).max()
     num_negatives = max(config.num_train_negatives, config.num_eval_negatives)
     if config.num_items - 1 - most_items < num_negatives:
-        raise ValueError(f"num_items={config.num_items} is too small: a user interacted with "
-                         f"{most_items} items, leaving fewer than {num_negatives} negatives; "
-                         f"raise num_items or lower max_events")
+        raise ValueError(
+            f"num_items={config.num_items} is too small: a user interacted with "
+            f"{most_items} items, leaving fewer than {num_negatives} negatives; "
+            f"raise num_items or lower max_events"
+        )
 
     splits: Dict[str, Features] = {}
     examples = _build_examples(config, streams)
     for scenario in ("rec", "search"):
         features, users, positives, from_end = examples[scenario]
-        for split, rows in (("train", from_end >= 2), ("valid", from_end == 1),
-                            ("test", from_end == 0)):
+        for split, rows in (
+            ("train", from_end >= 2),
+            ("valid", from_end == 1),
+            ("test", from_end == 0),
+        ):
             rows = np.flatnonzero(rows)
-            num_negatives = (config.num_train_negatives if split == "train"
-                             else config.num_eval_negatives)
-            negatives = _sample_negatives(rng, users[rows], num_negatives, config.num_items,
-                                          user_item_keys)
+            num_negatives = (
+                config.num_train_negatives if split == "train" else config.num_eval_negatives
+            )
+            negatives = _sample_negatives(
+                rng, users[rows], num_negatives, config.num_items, user_item_keys
+            )
             split_features = _take(features, rows)
             split_features[CANDIDATE_ITEMS] = np.concatenate(
-                [positives[rows, None], negatives], axis=1)
+                [positives[rows, None], negatives], axis=1
+            )
             splits[f"{split}_{scenario}"] = split_features
 
     train_queries = splits["train_search"][QUERY_TOKENS]
     if train_queries.shape[0]:
         train_queries = np.unique(train_queries, axis=0)
     return SyntheticData(
-        **splits, num_topics=num_topics,
+        **splits,
+        num_topics=num_topics,
         item_topics=_id_topics(config.num_items, item_starts, item_sizes),
         word_topics=_id_topics(config.num_words, word_starts, word_sizes),
-        train_queries=train_queries)
+        train_queries=train_queries,
+    )
 
 
-def relevance_negatives(config: UniSARConfig, rng: np.random.Generator, num: int,
-                        queries: np.ndarray) -> Features:
+def relevance_negatives(
+    config: UniSARConfig, rng: np.random.Generator, num: int, queries: np.ndarray
+) -> Features:
     """Per-step negatives for the relevance loss (spec section 6), sampled with replacement.
 
     `queries` (num_queries, query_len) is the pool, e.g. `SyntheticData.train_queries`.
@@ -520,18 +649,25 @@ def relevance_negatives(config: UniSARConfig, rng: np.random.Generator, num: int
     """
     queries = np.asarray(queries, dtype=np.int64)
     if queries.ndim != 2 or queries.shape[1] != config.query_len or not queries.shape[0]:
-        raise ValueError(f"queries must be a non-empty (n, {config.query_len}) array, "
-                         f"got shape {queries.shape}")
+        raise ValueError(
+            f"queries must be a non-empty (n, {config.query_len}) array, "
+            f"got shape {queries.shape}"
+        )
     return {
         REL_NEGATIVE_ITEMS: rng.integers(1, config.num_items, size=num, dtype=np.int64),
         REL_NEGATIVE_QUERY_TOKENS: queries[rng.integers(0, queries.shape[0], size=num)],
     }
 
 
-def random_feature_batch(config: UniSARConfig, batch_size: int, num_candidates: int,
-                         with_query: bool, rng: np.random.Generator,
-                         empty_search_history: bool = False,
-                         empty_rec_history: bool = False) -> Features:
+def random_feature_batch(
+    config: UniSARConfig,
+    batch_size: int,
+    num_candidates: int,
+    with_query: bool,
+    rng: np.random.Generator,
+    empty_search_history: bool = False,
+    empty_rec_history: bool = False,
+) -> Features:
     """A random but valid batch of model features, for layer and model unit tests.
 
     Shapes are `model_feature_shapes(config.sequence_shapes, num_candidates, with_query)`
@@ -542,16 +678,24 @@ def random_feature_batch(config: UniSARConfig, batch_size: int, num_candidates: 
     """
     rec_len, search_len = config.rec_len, config.search_len
     query_len, clicks_len = config.query_len, config.clicks_per_session
-    num_rec = (np.zeros(batch_size, dtype=np.int64) if empty_rec_history
-               else rng.integers(0, rec_len + 1, size=batch_size))
-    num_search = (np.zeros(batch_size, dtype=np.int64) if empty_search_history
-                  else rng.integers(0, search_len + 1, size=batch_size))
+    num_rec = (
+        np.zeros(batch_size, dtype=np.int64)
+        if empty_rec_history
+        else rng.integers(0, rec_len + 1, size=batch_size)
+    )
+    num_search = (
+        np.zeros(batch_size, dtype=np.int64)
+        if empty_search_history
+        else rng.integers(0, search_len + 1, size=batch_size)
+    )
 
     rec_valid = np.arange(rec_len) < num_rec[:, None]
     search_valid = np.arange(search_len) < num_search[:, None]
     # Random interleaving: sort the kept slots by random keys, padding (key 2) last.
-    types = np.concatenate([np.where(rec_valid, TYPE_REC, TYPE_PAD),
-                            np.where(search_valid, TYPE_SEARCH, TYPE_PAD)], axis=1)
+    types = np.concatenate(
+        [np.where(rec_valid, TYPE_REC, TYPE_PAD), np.where(search_valid, TYPE_SEARCH, TYPE_PAD)],
+        axis=1,
+    )
     keys = np.where(types == TYPE_PAD, 2.0, rng.random(types.shape))
     history_types = np.take_along_axis(types, np.argsort(keys, axis=1, kind="stable"), axis=1)
 
@@ -566,16 +710,23 @@ def random_feature_batch(config: UniSARConfig, batch_size: int, num_candidates: 
         HISTORY_TYPES: history_types,
         REC_HISTORY_ITEMS: _padded_ids(config.num_items, (batch_size, rec_len), num_rec),
         SEARCH_HISTORY_QUERY_TOKENS: _padded_ids(
-            config.num_words, (batch_size, search_len, query_len),
-            np.where(search_valid, query_words, 0)),
+            config.num_words,
+            (batch_size, search_len, query_len),
+            np.where(search_valid, query_words, 0),
+        ),
         SEARCH_HISTORY_CLICKED_ITEMS: _padded_ids(
-            config.num_items, (batch_size, search_len, clicks_len),
-            np.where(search_valid, num_clicks, 0)),
+            config.num_items,
+            (batch_size, search_len, clicks_len),
+            np.where(search_valid, num_clicks, 0),
+        ),
         CANDIDATE_ITEMS: rng.integers(1, config.num_items, size=(batch_size, num_candidates)),
     }
     if with_query:
-        features[QUERY_TOKENS] = _padded_ids(config.num_words, (batch_size, query_len),
-                                             rng.integers(1, query_len + 1, size=batch_size))
+        features[QUERY_TOKENS] = _padded_ids(
+            config.num_words,
+            (batch_size, query_len),
+            rng.integers(1, query_len + 1, size=batch_size),
+        )
     return {name: values.astype(np.int64) for name, values in features.items()}
 
 
@@ -584,14 +735,21 @@ SYNTHETIC_VOCAB_PREFIXES = {"users": "u", "items": "i", "words": "w"}
 
 
 def _int64_example(features: Features, row: int) -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature={
-        name: tf.train.Feature(int64_list=tf.train.Int64List(
-            value=np.asarray(values[row], np.int64).reshape(-1)))
-        for name, values in features.items()})).SerializeToString()
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                name: tf.train.Feature(
+                    int64_list=tf.train.Int64List(
+                        value=np.asarray(values[row], np.int64).reshape(-1)
+                    )
+                )
+                for name, values in features.items()
+            }
+        )
+    ).SerializeToString()
 
 
-def write_data_dir(data: SyntheticData, config: UniSARConfig, out_dir: str,
-                   seed: int = 0) -> dict:
+def write_data_dir(data: SyntheticData, config: UniSARConfig, out_dir: str, seed: int = 0) -> dict:
     """Writes `data` in the data job's id-format layout (feature_specs.layout), so the Trainer,
     the evaluation and the baselines read it exactly as they read the data job's output:
 
@@ -616,25 +774,34 @@ def write_data_dir(data: SyntheticData, config: UniSARConfig, out_dir: str,
                     writer.write(_int64_example(features, row))
             counts[split][scenario] = int(rows)
             files[f"{split}/{scenario}"] = os.path.relpath(
-                example_pattern(out_dir, split, scenario), out_dir)
-    sizes = {"users": config.num_users - 1, "items": config.num_items - 1,
-             "words": config.num_words - 1}
+                example_pattern(out_dir, split, scenario), out_dir
+            )
+    sizes = {
+        "users": config.num_users - 1,
+        "items": config.num_items - 1,
+        "words": config.num_words - 1,
+    }
     tf.io.gfile.makedirs(os.path.join(out_dir, VOCAB_DIR))
     for kind, size in sizes.items():
         with tf.io.gfile.GFile(vocab_path(out_dir, kind), "w") as out:
-            out.write("".join(f"{SYNTHETIC_VOCAB_PREFIXES[kind]}{k}\n"
-                              for k in range(1, size + 1)))
+            out.write("".join(f"{SYNTHETIC_VOCAB_PREFIXES[kind]}{k}\n" for k in range(1, size + 1)))
     manifest = {
-        "dataset": "synthetic", "id_format": ID_FORMAT_IDS,
+        "dataset": "synthetic",
+        "id_format": ID_FORMAT_IDS,
         "build_options": {"seed": seed, "num_topics": data.num_topics},
         "vocab_sizes": sizes,
-        "shapes": {"rec_len": shapes.rec_len, "search_len": shapes.search_len,
-                   "query_len": shapes.query_len,
-                   "clicks_per_session": shapes.clicks_per_session,
-                   "train_candidates": 1 + config.num_train_negatives,
-                   "eval_candidates": 1 + config.num_eval_negatives,
-                   "train_negative_pool": 0},
-        "examples": counts, "files": files}
+        "shapes": {
+            "rec_len": shapes.rec_len,
+            "search_len": shapes.search_len,
+            "query_len": shapes.query_len,
+            "clicks_per_session": shapes.clicks_per_session,
+            "train_candidates": 1 + config.num_train_negatives,
+            "eval_candidates": 1 + config.num_eval_negatives,
+            "train_negative_pool": 0,
+        },
+        "examples": counts,
+        "files": files,
+    }
     with tf.io.gfile.GFile(os.path.join(out_dir, MANIFEST_FILE), "w") as out:
         out.write(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest

@@ -14,6 +14,7 @@ Ids follow the data job's convention (feature_specs): vocabulary line k is id k 
 is padding and everything the vocabulary does not know. Vocabulary names are "users",
 "items" and "words"; model tables have vocabulary size + 1 rows.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,8 +23,13 @@ from typing import Dict, Mapping
 import numpy as np
 import tensorflow as tf
 
-from feature_specs import ID_FEATURE_VOCABULARIES  # which vocabulary maps each raw-id feature
-from feature_specs import CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, USER_ID
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    ID_FEATURE_VOCABULARIES,  # which vocabulary maps each raw-id feature
+    QUERY_TOKENS,
+    USER_ID,
+)
 from unisar_tf.data.vocab import read_vocabularies
 
 VOCABULARY_NAMES = ("users", "items", "words")
@@ -50,10 +56,12 @@ class TransformIds(tf.Module):
         self.transform_dir = transform_dir
         self.tft_layer = output.transform_features_layer()
         # Plain Python values (not tracked): which raw features the graph reads as VarLen.
-        self._varlen = frozenset(name for name, spec in output.raw_feature_spec().items()
-                                 if isinstance(spec, tf.io.VarLenFeature))
-        self._sizes = {kind: int(output.vocabulary_size_by_name(kind))
-                       for kind in VOCABULARY_NAMES}
+        self._varlen = frozenset(
+            name
+            for name, spec in output.raw_feature_spec().items()
+            if isinstance(spec, tf.io.VarLenFeature)
+        )
+        self._sizes = {kind: int(output.vocabulary_size_by_name(kind)) for kind in VOCABULARY_NAMES}
 
     def vocabulary_sizes(self) -> Dict[str, int]:
         """{"users" | "items" | "words": distinct values seen by the analyzers}."""
@@ -66,9 +74,13 @@ class TransformIds(tf.Module):
         import tensorflow_transform as tft
 
         output = tft.TFTransformOutput(self.transform_dir)
-        return {kind: np.array([""] + [word.decode("utf-8")
-                                       for word in output.vocabulary_by_name(kind)], dtype=object)
-                for kind in VOCABULARY_NAMES}
+        return {
+            kind: np.array(
+                [""] + [word.decode("utf-8") for word in output.vocabulary_by_name(kind)],
+                dtype=object,
+            )
+            for kind in VOCABULARY_NAMES
+        }
 
     def _as_raw(self, name: str, values: tf.Tensor):
         # VarLen raw features are (B, N) SparseTensors in the graph; "" (padding) is left out
@@ -85,8 +97,9 @@ class TransformIds(tf.Module):
         unknown = sorted(set(features) - set(ID_FEATURE_VOCABULARIES) - set(PASSTHROUGH_FEATURES))
         if unknown:
             raise ValueError(f"features {unknown} are not raw-id or passthrough features")
-        mapped = self.tft_layer({name: self._as_raw(name, value)
-                                 for name, value in features.items()})
+        mapped = self.tft_layer(
+            {name: self._as_raw(name, value) for name, value in features.items()}
+        )
         out = {}
         for name, value in features.items():
             result = mapped[name]
@@ -140,6 +153,7 @@ def data_job_id_maps(vocab_dir: str, transform_dir: str) -> Dict[str, np.ndarray
     maps = {}
     for kind in VOCABULARY_NAMES:
         index = {word: i for i, word in enumerate(transform[kind]) if i}
-        maps[kind] = np.array([index.get(word, 0) if i else 0
-                               for i, word in enumerate(job[kind])], np.int64)
+        maps[kind] = np.array(
+            [index.get(word, 0) if i else 0 for i, word in enumerate(job[kind])], np.int64
+        )
     return maps

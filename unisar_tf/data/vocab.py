@@ -6,6 +6,7 @@
   trained on the data job's id examples (the TFX pipeline's models use the Transform graph,
   unisar_tf.data.transform.TransformIds, which has the same interface).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,10 +29,15 @@ def vocabulary_table(path: str) -> tf.lookup.StaticHashTable:
     if tf.io.gfile.stat(path).length == 0:
         return tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant([""]), tf.constant([-1], tf.int64)),
-            default_value=-1)
+            default_value=-1,
+        )
     initializer = tf.lookup.TextFileInitializer(
-        path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
-        tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER)
+        path,
+        tf.string,
+        tf.lookup.TextFileIndex.WHOLE_LINE,
+        tf.int64,
+        tf.lookup.TextFileIndex.LINE_NUMBER,
+    )
     return tf.lookup.StaticHashTable(initializer, default_value=-1)
 
 
@@ -46,13 +52,15 @@ class DataJobVocabularies(tf.Module):
 
     def __init__(self, vocab_dir: str, name: str = "data_job_vocabularies"):
         super().__init__(name=name)
-        for kind, filename in VOCAB_FILES.items():
+        for filename in VOCAB_FILES.values():
             path = os.path.join(vocab_dir, filename)
             if not tf.io.gfile.exists(path):
                 raise FileNotFoundError(f"vocabulary {path} not found (written by the data job)")
         self.vocab_dir = vocab_dir  # a plain string: not tracked, not needed by a SavedModel
-        self.tables = {kind: vocabulary_table(os.path.join(vocab_dir, filename))
-                       for kind, filename in VOCAB_FILES.items()}
+        self.tables = {
+            kind: vocabulary_table(os.path.join(vocab_dir, filename))
+            for kind, filename in VOCAB_FILES.items()
+        }
 
     def vocabularies(self) -> Dict[str, "np.ndarray"]:
         """kind -> (size + 1,) object array of strings, index = id; index 0 is ""."""

@@ -6,6 +6,7 @@
 Exits 1 with "error: ..." (nothing written) when the run does not fit the data, has no
 finished epoch, or its checkpoint is damaged (the file is named).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,13 @@ BEST_DIR = "best"  # the run's best validation checkpoint (unisar_tf.train.run_d
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        description="Export a trained run's best checkpoint as a versioned serving SavedModel.")
+        description="Export a trained run's best checkpoint as a versioned serving SavedModel."
+    )
     parser.add_argument("--model_dir", required=True, help="the trainer's --model_dir")
     parser.add_argument("--data_dir", required=True, help="the data job's output (vocab/)")
-    parser.add_argument("--serving_dir", default="out/serving",
-                        help="writes <serving_dir>/unisar/<version>")
+    parser.add_argument(
+        "--serving_dir", default="out/serving", help="writes <serving_dir>/unisar/<version>"
+    )
     parser.add_argument("--version", type=int, default=None)
     args = parser.parse_args(argv)
     try:

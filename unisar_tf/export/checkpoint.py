@@ -6,6 +6,7 @@ raised `IndexError: Read less bytes than requested` (issue 23), a damaged index 
 sstable", flipped bytes a checksum DataLossError, none saying which file. `check_checkpoint`
 reads every tensor first and raises DamagedCheckpointError naming the file.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,8 @@ def _damaged(prefix: str, where: str, error: BaseException) -> DamagedCheckpoint
         f"the checkpoint {prefix} is damaged: {where} cannot be read back ({reason.strip()}). "
         "It was cut short, overwritten or only partly copied; restore the file from a "
         "backup or train the run again (the last epochs' checkpoints are under "
-        f"{os.path.join(os.path.dirname(os.path.dirname(prefix)), 'checkpoints')})")
+        f"{os.path.join(os.path.dirname(os.path.dirname(prefix)), 'checkpoints')})"
+    )
 
 
 def check_checkpoint(prefix: str) -> None:
@@ -37,16 +39,18 @@ def check_checkpoint(prefix: str) -> None:
     file that is missing, truncated or corrupted."""
     index = f"{prefix}.index"
     if not tf.io.gfile.exists(index):
-        raise _damaged(prefix, f"{index} is missing, so it",
-                       FileNotFoundError("no such file"))
+        raise _damaged(prefix, f"{index} is missing, so it", FileNotFoundError("no such file"))
     try:
         reader = tf.train.load_checkpoint(prefix)
         names = sorted(reader.get_variable_to_shape_map())
     except (tf.errors.OpError, IndexError, ValueError) as e:
         raise _damaged(prefix, f"its index {index}", e) from e
     data = [path for path in checkpoint_files(prefix) if path != index]
-    where = (f"its data file {data[0]}" if len(data) == 1 else
-             f"one of its data files ({', '.join(data) or 'none found'})")
+    where = (
+        f"its data file {data[0]}"
+        if len(data) == 1
+        else f"one of its data files ({', '.join(data) or 'none found'})"
+    )
     for name in names:
         try:
             reader.get_tensor(name)

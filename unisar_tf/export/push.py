@@ -11,6 +11,7 @@ sequence shapes) and `items.txt` (the item vocabulary, line k = id k, for candid
 and retrieval). `extra_writers` add more files there (the retrieval index) before the version
 appears.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,24 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from feature_specs.serving import ONLINE_DIR, ONLINE_ITEMS_FILE, ONLINE_METADATA_FILE  # noqa: F401
-from feature_specs.serving import (CANDIDATES_INPUT, MODEL_NAME, QUERY_INPUT, REC_ITEMS_INPUT,
-                                   REC_LENGTH_INPUT, REC_TIMESTAMPS_INPUT, SEARCH_CLICKS_INPUT,
-                                   SEARCH_LENGTH_INPUT, SEARCH_QUERIES_INPUT,
-                                   SEARCH_TIMESTAMPS_INPUT, SIGNATURE_NAMES, USER_ID_INPUT,
-                                   WARMUP_FILE)
+from feature_specs.serving import (  # noqa: F401
+    CANDIDATES_INPUT,
+    MODEL_NAME,
+    ONLINE_DIR,
+    ONLINE_ITEMS_FILE,
+    ONLINE_METADATA_FILE,
+    QUERY_INPUT,
+    REC_ITEMS_INPUT,
+    REC_LENGTH_INPUT,
+    REC_TIMESTAMPS_INPUT,
+    SEARCH_CLICKS_INPUT,
+    SEARCH_LENGTH_INPUT,
+    SEARCH_QUERIES_INPUT,
+    SEARCH_TIMESTAMPS_INPUT,
+    SIGNATURE_NAMES,
+    USER_ID_INPUT,
+    WARMUP_FILE,
+)
 from unisar_tf.export.requests import id_source
 from unisar_tf.export.signatures import ServingFunctions
 from unisar_tf.model import UniSARModel
@@ -36,9 +49,13 @@ def write_online_metadata(model: UniSARModel, ids, export_dir: str) -> None:
     online = os.path.join(export_dir, ONLINE_DIR)
     tf.io.gfile.makedirs(online)
     shapes = model.config.sequence_shapes
-    metadata = {"tasks": list(model.config.tasks),
-                "shapes": {name: int(getattr(shapes, name)) for name in
-                           ("rec_len", "search_len", "query_len", "clicks_per_session")}}
+    metadata = {
+        "tasks": list(model.config.tasks),
+        "shapes": {
+            name: int(getattr(shapes, name))
+            for name in ("rec_len", "search_len", "query_len", "clicks_per_session")
+        },
+    }
     with tf.io.gfile.GFile(os.path.join(online, ONLINE_METADATA_FILE), "w") as out:
         out.write(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     items = ids.vocabularies()["items"][1:]
@@ -50,8 +67,11 @@ def next_version(base_path: str) -> int:
     """1 + the highest numeric version under base_path (1 if none)."""
     if not tf.io.gfile.isdir(base_path):
         return 1
-    versions = [int(name.rstrip("/")) for name in tf.io.gfile.listdir(base_path)
-                if name.rstrip("/").isdigit()]
+    versions = [
+        int(name.rstrip("/"))
+        for name in tf.io.gfile.listdir(base_path)
+        if name.rstrip("/").isdigit()
+    ]
     return max(versions, default=0) + 1
 
 
@@ -74,20 +94,29 @@ def warmup_requests(tasks, num_candidates: int = 100):
     logs = []
     for task in tasks:
         request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=MODEL_NAME, signature_name=SIGNATURE_NAMES[task]))
+            model_spec=model_pb2.ModelSpec(name=MODEL_NAME, signature_name=SIGNATURE_NAMES[task])
+        )
         inputs = dict(arrays)
         if task == "search":
             inputs[QUERY_INPUT] = np.array([b""])
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-        logs.append(prediction_log_pb2.PredictionLog(
-            predict_log=prediction_log_pb2.PredictLog(request=request)))
+        logs.append(
+            prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+        )
     return logs
 
 
-def export_serving_model(model: UniSARModel, vocab_dir: Optional[str], export_dir: str,
-                         warmup: bool = True, transform_dir: Optional[str] = None,
-                         extra_writers: Sequence[Callable[[str], None]] = ()) -> str:
+def export_serving_model(
+    model: UniSARModel,
+    vocab_dir: Optional[str],
+    export_dir: str,
+    warmup: bool = True,
+    transform_dir: Optional[str] = None,
+    extra_writers: Sequence[Callable[[str], None]] = (),
+) -> str:
     """Write a SavedModel (tag "serve") with the three signatures into export_dir.
 
     Ids are mapped with the data job's vocabularies (`vocab_dir`) or, for a model trained on
@@ -111,8 +140,7 @@ def export_serving_model(model: UniSARModel, vocab_dir: Optional[str], export_di
         model.serving_functions = serving
         # save_traces=False: the signatures are all a server needs; tracing every Keras
         # layer's call for Python-free reloading costs tens of seconds and adds nothing here.
-        model.save(staging, save_format="tf", save_traces=False,
-                   signatures=serving.signatures())
+        model.save(staging, save_format="tf", save_traces=False, signatures=serving.signatures())
         if warmup:
             tf.io.gfile.makedirs(os.path.dirname(os.path.join(staging, WARMUP_FILE)))
             with tf.io.TFRecordWriter(os.path.join(staging, WARMUP_FILE)) as writer:
@@ -145,9 +173,14 @@ def _holds_files(path: str) -> bool:
     return any(files for _, _, files in tf.io.gfile.walk(path))
 
 
-def push(model: UniSARModel, vocab_dir: Optional[str], serving_dir: str,
-         version: Optional[int] = None, transform_dir: Optional[str] = None,
-         extra_writers: Sequence[Callable[[str], None]] = ()) -> str:
+def push(
+    model: UniSARModel,
+    vocab_dir: Optional[str],
+    serving_dir: str,
+    version: Optional[int] = None,
+    transform_dir: Optional[str] = None,
+    extra_writers: Sequence[Callable[[str], None]] = (),
+) -> str:
     """Export as `<serving_dir>/unisar/<version>` (next free number by default). A failed
     export leaves nothing behind: no version, and no directory this call created."""
     base_path = os.path.join(serving_dir, MODEL_NAME)
@@ -155,8 +188,13 @@ def push(model: UniSARModel, vocab_dir: Optional[str], serving_dir: str,
     tf.io.gfile.makedirs(base_path)
     version = next_version(base_path) if version is None else version
     try:
-        return export_serving_model(model, vocab_dir, os.path.join(base_path, str(version)),
-                                    transform_dir=transform_dir, extra_writers=extra_writers)
+        return export_serving_model(
+            model,
+            vocab_dir,
+            os.path.join(base_path, str(version)),
+            transform_dir=transform_dir,
+            extra_writers=extra_writers,
+        )
     except BaseException:
         if created and tf.io.gfile.exists(created) and not _holds_files(created):
             tf.io.gfile.rmtree(created)

@@ -12,6 +12,7 @@ job does. Anything the vocabularies do not know (and "") becomes id 0; an unknow
 still scores, a rec behaviour on an unknown item is left out of the history. Timestamps only
 order the two histories into the mixed sequence; ties put rec first, as the data job does.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
@@ -19,13 +20,30 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from feature_specs import (CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, REC_HISTORY_ITEMS,
-                           SEARCH_HISTORY_CLICKED_ITEMS, SEARCH_HISTORY_QUERY_TOKENS, TYPE_REC,
-                           TYPE_SEARCH, USER_ID)
-from feature_specs.serving import (CANDIDATES_INPUT, QUERY_INPUT, REC_ITEMS_INPUT, REC_LENGTH_INPUT,
-                                   REC_TIMESTAMPS_INPUT, SEARCH_CLICKS_INPUT, SEARCH_LENGTH_INPUT,
-                                   SEARCH_QUERIES_INPUT, SEARCH_TIMESTAMPS_INPUT, USER_ID_INPUT,
-                                   signature_inputs)
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    QUERY_TOKENS,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    SEARCH_HISTORY_QUERY_TOKENS,
+    TYPE_REC,
+    TYPE_SEARCH,
+    USER_ID,
+)
+from feature_specs.serving import (
+    CANDIDATES_INPUT,
+    QUERY_INPUT,
+    REC_ITEMS_INPUT,
+    REC_LENGTH_INPUT,
+    REC_TIMESTAMPS_INPUT,
+    SEARCH_CLICKS_INPUT,
+    SEARCH_LENGTH_INPUT,
+    SEARCH_QUERIES_INPUT,
+    SEARCH_TIMESTAMPS_INPUT,
+    USER_ID_INPUT,
+    signature_inputs,
+)
 from unisar_tf.data.transform import TransformIds
 from unisar_tf.data.vocab import DataJobVocabularies
 
@@ -34,16 +52,20 @@ _LATEST = tf.int64.max  # padding sorts after every real behaviour
 
 def raw_input_signature(task: str) -> Dict[str, tf.TensorSpec]:
     """The TensorSpecs of the signature that scores `task` (feature_specs.serving)."""
-    return {name: tf.TensorSpec([None] * rank, tf.as_dtype(dtype), name=name)
-            for name, (dtype, rank) in signature_inputs(task).items()}
+    return {
+        name: tf.TensorSpec([None] * rank, tf.as_dtype(dtype), name=name)
+        for name, (dtype, rank) in signature_inputs(task).items()
+    }
 
 
 def id_source(vocab_dir: Optional[str] = None, transform_dir: Optional[str] = None):
     """The mapping from raw ids to model ids: the data job's vocabularies or a Transform
     output (exactly one of the two)."""
     if bool(vocab_dir) == bool(transform_dir):
-        raise ValueError("give exactly one of vocab_dir (the data job's vocab/) and "
-                         "transform_dir (a Transform output)")
+        raise ValueError(
+            "give exactly one of vocab_dir (the data job's vocab/) and "
+            "transform_dir (a Transform output)"
+        )
     if transform_dir:
         return TransformIds(transform_dir)
     return DataJobVocabularies(vocab_dir)
@@ -73,7 +95,8 @@ class RawFeatureMapper(tf.Module):
         checks = [
             tf.debugging.assert_non_negative(length, message=f"{name}_length must be >= 0"),
             tf.debugging.assert_less_equal(
-                length, width, message=f"{name}_length exceeds the width of {name}_timestamps"),
+                length, width, message=f"{name}_length exceeds the width of {name}_timestamps"
+            ),
         ]
         with tf.control_dependencies(checks):
             return tf.range(width)[tf.newaxis, :] < length[:, tf.newaxis]
@@ -100,6 +123,7 @@ class RawFeatureMapper(tf.Module):
 
     def __call__(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         shapes = self.shapes
+
         # A (B, 0) history has nowhere to gather from: give it one padding slot.
         def at_least_one(tensor, axis=1):
             missing = tf.maximum(1 - tf.shape(tensor)[axis], 0)
@@ -110,8 +134,7 @@ class RawFeatureMapper(tf.Module):
         rec_ids_raw = at_least_one(inputs[REC_ITEMS_INPUT])
         rec_time_raw = at_least_one(inputs[REC_TIMESTAMPS_INPUT])
         search_text_raw = at_least_one(inputs[SEARCH_QUERIES_INPUT])
-        search_clicks_raw = at_least_one(at_least_one(inputs[SEARCH_CLICKS_INPUT]),
-                                         axis=2)
+        search_clicks_raw = at_least_one(at_least_one(inputs[SEARCH_CLICKS_INPUT]), axis=2)
         search_time_raw = at_least_one(inputs[SEARCH_TIMESTAMPS_INPUT])
 
         def width(tensor):
@@ -123,29 +146,38 @@ class RawFeatureMapper(tf.Module):
         rec_ids_all = self.ids.lookup("items", rec_ids_raw)
         rec_real = tf.logical_and(
             self._real_slots(inputs[REC_LENGTH_INPUT], width(rec_time_raw), "rec_history"),
-            rec_ids_all > 0)
-        search_real = self._real_slots(inputs[SEARCH_LENGTH_INPUT], width(search_time_raw),
-                                       "search_history")
+            rec_ids_all > 0,
+        )
+        search_real = self._real_slots(
+            inputs[SEARCH_LENGTH_INPUT], width(search_time_raw), "search_history"
+        )
         rec_index, rec_valid = self._latest(rec_time_raw, rec_real, shapes.rec_len)
-        search_index, search_valid = self._latest(search_time_raw, search_real,
-                                                  shapes.search_len)
+        search_index, search_valid = self._latest(search_time_raw, search_real, shapes.search_len)
 
         rec_items = tf.where(rec_valid, tf.gather(rec_ids_all, rec_index, batch_dims=1), 0)
         queries = self._tokens(tf.gather(search_text_raw, search_index, batch_dims=1))
         queries = queries * tf.cast(search_valid, tf.int64)[..., tf.newaxis]
         clicks_raw = tf.gather(search_clicks_raw, search_index, batch_dims=1)[
-            ..., :shapes.clicks_per_session]
-        clicks_raw = tf.pad(clicks_raw, [[0, 0], [0, 0],
-                                         [0, shapes.clicks_per_session - tf.shape(clicks_raw)[2]]])
+            ..., : shapes.clicks_per_session
+        ]
+        clicks_raw = tf.pad(
+            clicks_raw, [[0, 0], [0, 0], [0, shapes.clicks_per_session - tf.shape(clicks_raw)[2]]]
+        )
         clicks = self.ids.lookup("items", clicks_raw) * tf.cast(search_valid, tf.int64)[..., None]
 
         # The mixed sequence: both kept lists merged by time, rec first on ties (it comes
         # first in the concatenation and the sort is stable), padding last.
         rec_time = tf.where(rec_valid, tf.gather(rec_time_raw, rec_index, batch_dims=1), _LATEST)
-        search_time = tf.where(search_valid,
-                               tf.gather(search_time_raw, search_index, batch_dims=1), _LATEST)
-        types = tf.concat([tf.where(rec_valid, tf.constant(TYPE_REC, tf.int64), 0),
-                           tf.where(search_valid, tf.constant(TYPE_SEARCH, tf.int64), 0)], axis=1)
+        search_time = tf.where(
+            search_valid, tf.gather(search_time_raw, search_index, batch_dims=1), _LATEST
+        )
+        types = tf.concat(
+            [
+                tf.where(rec_valid, tf.constant(TYPE_REC, tf.int64), 0),
+                tf.where(search_valid, tf.constant(TYPE_SEARCH, tf.int64), 0),
+            ],
+            axis=1,
+        )
         merged = tf.argsort(tf.concat([rec_time, search_time], axis=1), axis=1, stable=True)
 
         features = {
@@ -160,11 +192,13 @@ class RawFeatureMapper(tf.Module):
             features[QUERY_TOKENS] = self._tokens(inputs[QUERY_INPUT])
         return features
 
+
 UNKNOWN_WORD = "[UNK]"  # stands for a 0 inside a query, which no vocabulary word maps to
 
 
-def raw_request_from_features(features: Dict[str, "np.ndarray"],
-                              vocabularies: Dict[str, "np.ndarray"]) -> Dict[str, "np.ndarray"]:
+def raw_request_from_features(
+    features: Dict[str, "np.ndarray"], vocabularies: Dict[str, "np.ndarray"]
+) -> Dict[str, "np.ndarray"]:
     """Model id features (feature_specs, numpy, batch first) -> the raw inputs that map to them.
 
     Inverse of RawFeatureMapper: used to replay data-job examples (e.g. the test split)
@@ -180,12 +214,12 @@ def raw_request_from_features(features: Dict[str, "np.ndarray"],
         stamps = np.zeros((batch, width), np.int64)
         lengths = (types == kind).sum(axis=1)
         for row in range(batch):
-            stamps[row, :lengths[row]] = clock[row][types[row] == kind][:width]
+            stamps[row, : lengths[row]] = clock[row][types[row] == kind][:width]
         return stamps, lengths.astype(np.int64)
 
     def text(tokens: "np.ndarray") -> str:
         used = np.flatnonzero(tokens)
-        kept = tokens[:used[-1] + 1] if used.size else tokens[:0]
+        kept = tokens[: used[-1] + 1] if used.size else tokens[:0]
         return " ".join(words[t] if t else UNKNOWN_WORD for t in kept)
 
     rec_items = np.asarray(features[REC_HISTORY_ITEMS])
@@ -198,14 +232,17 @@ def raw_request_from_features(features: Dict[str, "np.ndarray"],
         REC_ITEMS_INPUT: items[rec_items].astype(bytes),
         REC_TIMESTAMPS_INPUT: rec_time,
         REC_LENGTH_INPUT: rec_length,
-        SEARCH_QUERIES_INPUT: np.array([[text(q) for q in row] for row in queries],
-                                           dtype=object).astype(bytes),
-        SEARCH_CLICKS_INPUT:
-            items[np.asarray(features[SEARCH_HISTORY_CLICKED_ITEMS])].astype(bytes),
+        SEARCH_QUERIES_INPUT: np.array(
+            [[text(q) for q in row] for row in queries], dtype=object
+        ).astype(bytes),
+        SEARCH_CLICKS_INPUT: items[np.asarray(features[SEARCH_HISTORY_CLICKED_ITEMS])].astype(
+            bytes
+        ),
         SEARCH_TIMESTAMPS_INPUT: search_time,
         SEARCH_LENGTH_INPUT: search_length,
     }
     if QUERY_TOKENS in features:
-        raw[QUERY_INPUT] = np.array([text(q) for q in np.asarray(features[QUERY_TOKENS])],
-                                    dtype=object).astype(bytes)
+        raw[QUERY_INPUT] = np.array(
+            [text(q) for q in np.asarray(features[QUERY_TOKENS])], dtype=object
+        ).astype(bytes)
     return raw

@@ -8,6 +8,7 @@ item catalogue (`assets.extra/online/items.txt`, the items the ranker knows), so
 never proposes an item the ranker cannot score. It holds raw item ids: the service needs no
 id mapping. Building it reads the training split once (Beauty: about 10 s on 2 cores).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,14 +17,21 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from unisar_tf.data.retrieval_index import (METHOD_COOCCURRENCE, METHOD_TWO_TOWER,
-                                            RETRIEVAL_DIR, RetrievalParams, TwoTowerParams,
-                                            build_index, catalogue_from_vocab, read_sequences)
+from unisar_tf.data.retrieval_index import (
+    METHOD_COOCCURRENCE,
+    METHOD_TWO_TOWER,
+    RETRIEVAL_DIR,
+    RetrievalParams,
+    TwoTowerParams,
+    build_index,
+    catalogue_from_vocab,
+    read_sequences,
+)
+from unisar_tf.export.push import ONLINE_DIR, ONLINE_ITEMS_FILE
 
 METHODS = (METHOD_COOCCURRENCE, METHOD_TWO_TOWER)
 # What ships: the method with the higher validation Recall@100 (docs/online.md#retrieval).
 DEFAULT_METHOD = METHOD_TWO_TOWER
-from unisar_tf.export.push import ONLINE_DIR, ONLINE_ITEMS_FILE
 
 
 def export_catalogue(export_dir: str, data_dir: str) -> np.ndarray:
@@ -36,8 +44,9 @@ def export_catalogue(export_dir: str, data_dir: str) -> np.ndarray:
         return np.array([""] + [line.rstrip("\n") for line in handle], dtype=object)
 
 
-def write_retrieval_index(export_dir: str, data_dir: str, method: str = DEFAULT_METHOD,
-                          params=None, seed: int = 0) -> str:
+def write_retrieval_index(
+    export_dir: str, data_dir: str, method: str = DEFAULT_METHOD, params=None, seed: int = 0
+) -> str:
     """Build the index of data_dir's training split into export_dir; returns its folder.
 
     method: "cooccurrence" (params: RetrievalParams) or "two_tower" (TwoTowerParams; trains
@@ -57,9 +66,12 @@ def write_retrieval_index(export_dir: str, data_dir: str, method: str = DEFAULT_
     return directory
 
 
-def retrieval_writer(data_dir: str, method: str = DEFAULT_METHOD, params=None,
-                     seed: int = 0) -> Callable[[str], None]:
+def retrieval_writer(
+    data_dir: str, method: str = DEFAULT_METHOD, params=None, seed: int = 0
+) -> Callable[[str], None]:
     """An `extra_writers` entry of export_serving_model / push."""
+
     def write(export_dir: str) -> None:
         write_retrieval_index(export_dir, data_dir, method, params, seed)
+
     return write

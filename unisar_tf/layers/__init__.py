@@ -1,4 +1,5 @@
 """Keras layers of UniSAR, one concept per module."""
+
 from unisar_tf.layers.attention import (  # noqa: F401
     FusionDecoderLayer,
     MaskedMultiHeadAttention,
@@ -7,12 +8,12 @@ from unisar_tf.layers.attention import (  # noqa: F401
     masked_softmax,
 )
 from unisar_tf.layers.embeddings import (  # noqa: F401
+    CategoricalSideFeatures,
     EntityEmbedding,
+    IdAttributes,
     PositionalEmbedding,
     QueryEncoder,
     search_behaviour_embedding,
-    CategoricalSideFeatures,
-    IdAttributes,
 )
 from unisar_tf.layers.experts import (  # noqa: F401
     MultiLayerPerceptron,

@@ -4,6 +4,7 @@ target attention.
 Masks are boolean with True = "may attend". A query row with no allowed key (a user with no
 search history, say) gets an exact zero attention output instead of the reference's NaN.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -73,19 +74,27 @@ class MaskedMultiHeadAttention(tf.keras.layers.Layer):
         self.head_dim = model_dim // num_heads
         # A fresh initializer per projection: a shared unseeded one repeats its values.
         self.query_projection = tf.keras.layers.Dense(
-            model_dim, kernel_initializer=tf.keras.initializers.GlorotUniform(), name="query")
+            model_dim, kernel_initializer=tf.keras.initializers.GlorotUniform(), name="query"
+        )
         self.key_projection = tf.keras.layers.Dense(
-            model_dim, kernel_initializer=tf.keras.initializers.GlorotUniform(), name="key")
+            model_dim, kernel_initializer=tf.keras.initializers.GlorotUniform(), name="key"
+        )
         self.value_projection = tf.keras.layers.Dense(
-            model_dim, kernel_initializer=tf.keras.initializers.GlorotUniform(), name="value")
-        self.output_projection = tf.keras.layers.Dense(model_dim, name="output",
-                                                       kernel_initializer=_xavier_normal())
+            model_dim, kernel_initializer=tf.keras.initializers.GlorotUniform(), name="value"
+        )
+        self.output_projection = tf.keras.layers.Dense(
+            model_dim, name="output", kernel_initializer=_xavier_normal()
+        )
         self.weights_dropout = tf.keras.layers.Dropout(dropout)
 
     def build(self, input_shape):
         shape = tf.TensorShape([None, None, self.model_dim])
-        for projection in (self.query_projection, self.key_projection, self.value_projection,
-                           self.output_projection):
+        for projection in (
+            self.query_projection,
+            self.key_projection,
+            self.value_projection,
+            self.output_projection,
+        ):
             projection.build(shape)
         super().build(input_shape)
 
@@ -96,7 +105,7 @@ class MaskedMultiHeadAttention(tf.keras.layers.Layer):
 
     def _attend(self, q, k, v, mask, training):
         """Heads-split q (B, h, Lq, dh), k, v (B, h, Lk, dh) -> context (B, Lq, d), weights."""
-        logits = tf.matmul(q, k, transpose_b=True) * (self.head_dim ** -0.5)
+        logits = tf.matmul(q, k, transpose_b=True) * (self.head_dim**-0.5)
         weights = masked_softmax(logits, mask[:, tf.newaxis, :, :])
         context = tf.matmul(self.weights_dropout(weights, training=training), v)
         batch, length = tf.shape(q)[0], tf.shape(q)[2]
@@ -141,11 +150,13 @@ class _FeedForward(tf.keras.layers.Layer):
         self.model_dim = model_dim
         self.feed_forward_dim = feed_forward_dim
         self.dropout = dropout
-        self.inner = tf.keras.layers.Dense(feed_forward_dim, activation="relu",
-                                           kernel_initializer=_xavier_normal(), name="inner")
+        self.inner = tf.keras.layers.Dense(
+            feed_forward_dim, activation="relu", kernel_initializer=_xavier_normal(), name="inner"
+        )
         self.inner_dropout = tf.keras.layers.Dropout(dropout)
-        self.outer = tf.keras.layers.Dense(model_dim, kernel_initializer=_xavier_normal(),
-                                           name="outer")
+        self.outer = tf.keras.layers.Dense(
+            model_dim, kernel_initializer=_xavier_normal(), name="outer"
+        )
 
     def build(self, input_shape):
         self.inner.build(tf.TensorShape([None, None, self.model_dim]))
@@ -157,16 +168,24 @@ class _FeedForward(tf.keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(model_dim=self.model_dim, feed_forward_dim=self.feed_forward_dim,
-                      dropout=self.dropout)
+        config.update(
+            model_dim=self.model_dim, feed_forward_dim=self.feed_forward_dim, dropout=self.dropout
+        )
         return config
 
 
 class _PostNormBlock(tf.keras.layers.Layer):
     """Shared constructor arguments of the post-LayerNorm encoder and decoder layers."""
 
-    def __init__(self, model_dim: int, num_heads: int, feed_forward_dim: int,
-                 dropout: float = 0.1, layer_norm_epsilon: float = 1e-5, **kwargs):
+    def __init__(
+        self,
+        model_dim: int,
+        num_heads: int,
+        feed_forward_dim: int,
+        dropout: float = 0.1,
+        layer_norm_epsilon: float = 1e-5,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.model_dim = model_dim
         self.num_heads = num_heads
@@ -179,14 +198,20 @@ class _PostNormBlock(tf.keras.layers.Layer):
         return MaskedMultiHeadAttention(self.model_dim, self.num_heads, self.dropout, name=name)
 
     def _residual_norm(self, name: str):
-        return (tf.keras.layers.Dropout(self.dropout),
-                tf.keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name=name))
+        return (
+            tf.keras.layers.Dropout(self.dropout),
+            tf.keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name=name),
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(model_dim=self.model_dim, num_heads=self.num_heads,
-                      feed_forward_dim=self.feed_forward_dim, dropout=self.dropout,
-                      layer_norm_epsilon=self.layer_norm_epsilon)
+        config.update(
+            model_dim=self.model_dim,
+            num_heads=self.num_heads,
+            feed_forward_dim=self.feed_forward_dim,
+            dropout=self.dropout,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+        )
         return config
 
 
@@ -223,8 +248,9 @@ class TransformerEncoderLayer(_PostNormBlock):
             transformed = self.feed_forward(self.output_norm(rows), training=training)
             return packed.unpack(rows + self.output_dropout(transformed, training=training))
         attended = self.self_attention.call_packed(packed, packed, mask, training=training)
-        rows = self.attention_norm(packed.rows + self.attention_dropout(attended,
-                                                                        training=training))
+        rows = self.attention_norm(
+            packed.rows + self.attention_dropout(attended, training=training)
+        )
         transformed = self.feed_forward(rows, training=training)
         rows = self.output_norm(rows + self.output_dropout(transformed, training=training))
         return packed.unpack(rows)
@@ -252,11 +278,16 @@ class FusionDecoderLayer(_PostNormBlock):
         self_mask = tf.tile(target_mask[:, tf.newaxis, :], [1, length, 1])
         cross_mask = tf.tile(memory_mask[:, tf.newaxis, :], [1, length, 1])
         packed_target = PackedSequence(target, target_mask if positions is None else positions)
-        attended = self.self_attention.call_packed(packed_target, packed_target, self_mask,
-                                                   training=training)
+        attended = self.self_attention.call_packed(
+            packed_target, packed_target, self_mask, training=training
+        )
         rows = self.self_norm(packed_target.rows + self.self_dropout(attended, training=training))
-        crossed = self.cross_attention.call_packed(packed_target.with_rows(rows), PackedSequence(memory, memory_mask),
-                                                   cross_mask, training=training)
+        crossed = self.cross_attention.call_packed(
+            packed_target.with_rows(rows),
+            PackedSequence(memory, memory_mask),
+            cross_mask,
+            training=training,
+        )
         rows = self.cross_norm(rows + self.cross_dropout(crossed, training=training))
         transformed = self.feed_forward(rows, training=training)
         rows = self.output_norm(rows + self.output_dropout(transformed, training=training))
@@ -278,8 +309,10 @@ class TargetAttention(tf.keras.layers.Layer):
 
     def build(self, input_shape):
         self.kernel = self.add_weight(
-            name="kernel", shape=(self.model_dim, self.model_dim),
-            initializer=tf.keras.initializers.RandomNormal(stddev=self.init_std))
+            name="kernel",
+            shape=(self.model_dim, self.model_dim),
+            initializer=tf.keras.initializers.RandomNormal(stddev=self.init_std),
+        )
         super().build(input_shape)
 
     def call(self, sequence, targets, mask, return_attention_scores=False):

@@ -6,6 +6,7 @@ symmetric (history item, positive item) counts (unisar_tf.data.cooccurrence) as 
 variables, so they are checkpointed, exported and served with the model, and turns them into
 a few scores per candidate that the prediction head reads next to UniSAR's interests.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -39,22 +40,37 @@ class ItemCooccurrence(tf.keras.layers.Layer):
         self.symmetric = symmetric
 
     def build(self, input_shape=None):
-        self.pair_keys = self.add_weight(name="pair_keys", shape=(self.num_pairs,),
-                                         dtype=tf.int64, initializer="zeros", trainable=False)
-        self.pair_counts = self.add_weight(name="pair_counts", shape=(self.num_pairs,),
-                                           dtype=tf.float32, initializer="zeros",
-                                           trainable=False)
-        self.item_totals = self.add_weight(name="item_totals", shape=(self.num_items,),
-                                           dtype=tf.float32, initializer="zeros",
-                                           trainable=False)
+        self.pair_keys = self.add_weight(
+            name="pair_keys",
+            shape=(self.num_pairs,),
+            dtype=tf.int64,
+            initializer="zeros",
+            trainable=False,
+        )
+        self.pair_counts = self.add_weight(
+            name="pair_counts",
+            shape=(self.num_pairs,),
+            dtype=tf.float32,
+            initializer="zeros",
+            trainable=False,
+        )
+        self.item_totals = self.add_weight(
+            name="item_totals",
+            shape=(self.num_items,),
+            dtype=tf.float32,
+            initializer="zeros",
+            trainable=False,
+        )
         super().build(input_shape)
 
     def set_table(self, pair_keys, pair_counts, item_totals) -> None:
         pair_keys = tf.convert_to_tensor(pair_keys, tf.int64)
         if pair_keys.shape != (self.num_pairs,) or tuple(item_totals.shape) != (self.num_items,):
-            raise ValueError(f"{self.name}: expected {self.num_pairs} pairs and "
-                             f"{self.num_items} totals, got {pair_keys.shape[0]} and "
-                             f"{item_totals.shape[0]}")
+            raise ValueError(
+                f"{self.name}: expected {self.num_pairs} pairs and "
+                f"{self.num_items} totals, got {pair_keys.shape[0]} and "
+                f"{item_totals.shape[0]}"
+            )
         self.pair_keys.assign(pair_keys)
         self.pair_counts.assign(tf.convert_to_tensor(pair_counts, tf.float32))
         self.item_totals.assign(tf.convert_to_tensor(item_totals, tf.float32))
@@ -65,8 +81,10 @@ class ItemCooccurrence(tf.keras.layers.Layer):
         keys = left * self.num_items + right
         flat = tf.reshape(keys, [-1])
         index = tf.minimum(tf.searchsorted(self.pair_keys, flat), self.num_pairs - 1)
-        found = tf.logical_and(tf.equal(tf.gather(self.pair_keys, index), flat),
-                               tf.reshape(tf.logical_and(left > 0, right > 0), [-1]))
+        found = tf.logical_and(
+            tf.equal(tf.gather(self.pair_keys, index), flat),
+            tf.reshape(tf.logical_and(left > 0, right > 0), [-1]),
+        )
         counts = tf.where(found, tf.gather(self.pair_counts, index), 0.0)
         return tf.reshape(counts, tf.shape(keys))
 
@@ -76,7 +94,8 @@ class ItemCooccurrence(tf.keras.layers.Layer):
         # Distinct history items: a repeat of an earlier slot is masked out.
         same = tf.equal(history[:, :, tf.newaxis], history[:, tf.newaxis, :])  # (B, H, H)
         earlier = tf.linalg.band_part(tf.ones_like(same, tf.float32), -1, 0) - tf.eye(
-            tf.shape(history)[1])  # [j, i] = 1 for i < j
+            tf.shape(history)[1]
+        )  # [j, i] = 1 for i < j
         repeat = tf.reduce_any(tf.logical_and(same, earlier > 0), axis=2)
         valid = tf.logical_and(history > 0, tf.logical_not(repeat))  # (B, H)
         history = tf.where(valid, history, tf.zeros_like(history))
@@ -86,31 +105,40 @@ class ItemCooccurrence(tf.keras.layers.Layer):
         history_totals = tf.gather(self.item_totals, history)  # (B, H)
         candidate_totals = tf.gather(self.item_totals, candidates)  # (B, C)
         if exclude_own_pair:
-            own = tf.one_hot(tf.zeros_like(candidates[:, 0], tf.int32),
-                             tf.shape(candidates)[1])  # (B, C): column 0
-            cooc = tf.maximum(cooc - own[:, tf.newaxis, :]
-                              * tf.cast(valid, tf.float32)[:, :, tf.newaxis], 0.0)
+            own = tf.one_hot(
+                tf.zeros_like(candidates[:, 0], tf.int32), tf.shape(candidates)[1]
+            )  # (B, C): column 0
+            cooc = tf.maximum(
+                cooc - own[:, tf.newaxis, :] * tf.cast(valid, tf.float32)[:, :, tf.newaxis], 0.0
+            )
             history_totals = history_totals - tf.cast(valid, tf.float32)
             if self.symmetric:
                 candidate_totals = candidate_totals - own * num_history[:, tf.newaxis]
         if self.symmetric:  # cosine: cooc(h, c) / sqrt(n(h) n(c))
-            norm = tf.sqrt(tf.maximum(history_totals, 0.0)[:, :, tf.newaxis]
-                           * tf.maximum(candidate_totals, 0.0)[:, tf.newaxis, :])
+            norm = tf.sqrt(
+                tf.maximum(history_totals, 0.0)[:, :, tf.newaxis]
+                * tf.maximum(candidate_totals, 0.0)[:, tf.newaxis, :]
+            )
         else:  # directed: P(c | h) = trans(h, c) / (h's out-going total)
             norm = tf.maximum(history_totals, 0.0)[:, :, tf.newaxis] * tf.ones_like(cooc)
         terms = tf.math.divide_no_nan(cooc, norm)  # (B, H, C)
 
         def term_of(item):  # (B,) -> (B, C): the term of one history item (0 if padding)
-            hit = tf.logical_and(tf.equal(history, tf.cast(item, tf.int64)[:, tf.newaxis]),
-                                 valid)
+            hit = tf.logical_and(tf.equal(history, tf.cast(item, tf.int64)[:, tf.newaxis]), valid)
             return tf.reduce_sum(terms * tf.cast(hit, tf.float32)[:, :, tf.newaxis], axis=1)
 
-        return tf.stack([tf.reduce_sum(terms, axis=1), tf.reduce_max(terms, axis=1),
-                         term_of(last_rec), term_of(last_click),
-                         tf.maximum(candidate_totals, 0.0)], axis=-1)
+        return tf.stack(
+            [
+                tf.reduce_sum(terms, axis=1),
+                tf.reduce_max(terms, axis=1),
+                term_of(last_rec),
+                term_of(last_click),
+                tf.maximum(candidate_totals, 0.0),
+            ],
+            axis=-1,
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_items=self.num_items, num_pairs=self.num_pairs,
-                      symmetric=self.symmetric)
+        config.update(num_items=self.num_items, num_pairs=self.num_pairs, symmetric=self.symmetric)
         return config

@@ -1,4 +1,6 @@
-"""Entity embeddings (spec section 2): raw id tables, tanh projection, query and session encoders."""
+"""Entity embeddings (spec section 2): raw id tables, tanh projection, query and session
+encoders."""
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -18,20 +20,27 @@ class EntityEmbedding(tf.keras.layers.Layer):
     the projection (spec 2: "each entity's raw features are concatenated and projected").
     """
 
-    def __init__(self, vocab_size: int, raw_dim: int, output_dim: int,
-                 zero_padding: bool = True, side_dim: int = 0, **kwargs):
+    def __init__(
+        self,
+        vocab_size: int,
+        raw_dim: int,
+        output_dim: int,
+        zero_padding: bool = True,
+        side_dim: int = 0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.raw_dim = raw_dim
         self.output_dim = output_dim
         self.zero_padding = zero_padding
         self.side_dim = side_dim
-        self.table = tf.keras.layers.Embedding(vocab_size, raw_dim,
-                                               embeddings_initializer=_xavier_normal(),
-                                               name="table")
-        self.projection = tf.keras.layers.Dense(output_dim, activation="tanh",
-                                                kernel_initializer=_xavier_normal(),
-                                                name="projection")
+        self.table = tf.keras.layers.Embedding(
+            vocab_size, raw_dim, embeddings_initializer=_xavier_normal(), name="table"
+        )
+        self.projection = tf.keras.layers.Dense(
+            output_dim, activation="tanh", kernel_initializer=_xavier_normal(), name="projection"
+        )
 
     def build(self, input_shape):
         self.table.build(input_shape)
@@ -46,8 +55,10 @@ class EntityEmbedding(tf.keras.layers.Layer):
         raw = self.table(ids)
         if self.side_dim:
             if side is None:
-                raise ValueError(f"{self.name} was built with side_dim={self.side_dim}: "
-                                 "pass the side-feature vectors")
+                raise ValueError(
+                    f"{self.name} was built with side_dim={self.side_dim}: "
+                    "pass the side-feature vectors"
+                )
             raw = tf.concat([raw, side], axis=-1)
         projected = self.projection(raw)
         if self.zero_padding:
@@ -56,9 +67,13 @@ class EntityEmbedding(tf.keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(vocab_size=self.vocab_size, raw_dim=self.raw_dim,
-                      output_dim=self.output_dim, zero_padding=self.zero_padding,
-                      side_dim=self.side_dim)
+        config.update(
+            vocab_size=self.vocab_size,
+            raw_dim=self.raw_dim,
+            output_dim=self.output_dim,
+            zero_padding=self.zero_padding,
+            side_dim=self.side_dim,
+        )
         return config
 
 
@@ -88,12 +103,12 @@ class QueryEncoder(tf.keras.layers.Layer):
         self.vocab_size = vocab_size
         self.raw_dim = raw_dim
         self.output_dim = output_dim
-        self.word_table = tf.keras.layers.Embedding(vocab_size, raw_dim,
-                                                    embeddings_initializer=_xavier_normal(),
-                                                    name="word_table")
-        self.projection = tf.keras.layers.Dense(output_dim, activation="tanh",
-                                                kernel_initializer=_xavier_normal(),
-                                                name="projection")
+        self.word_table = tf.keras.layers.Embedding(
+            vocab_size, raw_dim, embeddings_initializer=_xavier_normal(), name="word_table"
+        )
+        self.projection = tf.keras.layers.Dense(
+            output_dim, activation="tanh", kernel_initializer=_xavier_normal(), name="projection"
+        )
 
     def build(self, input_shape):
         # The item embedding may have used the word table first (captions, spec 2): building
@@ -120,13 +135,16 @@ class QueryEncoder(tf.keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(vocab_size=self.vocab_size, raw_dim=self.raw_dim,
-                      output_dim=self.output_dim)
+        config.update(vocab_size=self.vocab_size, raw_dim=self.raw_dim, output_dim=self.output_dim)
         return config
 
 
-def search_behaviour_embedding(query_embedding: tf.Tensor, clicked_item_embedding: tf.Tensor,
-                               clicked_items: tf.Tensor, session_valid: tf.Tensor) -> tf.Tensor:
+def search_behaviour_embedding(
+    query_embedding: tf.Tensor,
+    clicked_item_embedding: tf.Tensor,
+    clicked_items: tf.Tensor,
+    session_valid: tf.Tensor,
+) -> tf.Tensor:
     """e_q + mean of the clicked items' embeddings (spec 2); exact 0 for padded sessions.
 
     query_embedding (B, S, d), clicked_item_embedding (B, S, K, d), clicked_items (B, S, K) int,
@@ -148,8 +166,12 @@ class PositionalEmbedding(tf.keras.layers.Layer):
         self.output_dim = output_dim
 
     def build(self, input_shape):
-        self.positions = self.add_weight(name="positions", shape=(self.max_length, self.output_dim),
-                                         initializer=_xavier_normal(), trainable=True)
+        self.positions = self.add_weight(
+            name="positions",
+            shape=(self.max_length, self.output_dim),
+            initializer=_xavier_normal(),
+            trainable=True,
+        )
         super().build(input_shape)
 
     def call(self, sequence: tf.Tensor) -> tf.Tensor:
@@ -175,15 +197,22 @@ class IdAttributes(tf.keras.layers.Layer):
         self.width = width
 
     def build(self, input_shape):
-        self.table = self.add_weight(name="table", shape=(self.num_ids, self.width),
-                                     dtype=tf.int32, initializer="zeros", trainable=False)
+        self.table = self.add_weight(
+            name="table",
+            shape=(self.num_ids, self.width),
+            dtype=tf.int32,
+            initializer="zeros",
+            trainable=False,
+        )
         super().build(input_shape)
 
     def set_table(self, values) -> None:
         values = tf.convert_to_tensor(values, tf.int32)
         if values.shape != (self.num_ids, self.width):
-            raise ValueError(f"{self.name}: table must have shape {(self.num_ids, self.width)}, "
-                             f"got {tuple(values.shape)}")
+            raise ValueError(
+                f"{self.name}: table must have shape {(self.num_ids, self.width)}, "
+                f"got {tuple(values.shape)}"
+            )
         self.table.assign(values)
 
     def call(self, ids: tf.Tensor) -> tf.Tensor:
@@ -208,15 +237,18 @@ class CategoricalSideFeatures(tf.keras.layers.Layer):
         self.vocab_sizes = tuple(vocab_sizes)
         self.raw_dim = raw_dim
         self.attributes = IdAttributes(num_ids, len(self.vocab_sizes), name="attributes")
-        self.tables = [tf.keras.layers.Embedding(size, raw_dim,
-                                                 embeddings_initializer=_xavier_normal(),
-                                                 name=f"column_{index}")
-                       for index, size in enumerate(self.vocab_sizes)]
+        self.tables = [
+            tf.keras.layers.Embedding(
+                size, raw_dim, embeddings_initializer=_xavier_normal(), name=f"column_{index}"
+            )
+            for index, size in enumerate(self.vocab_sizes)
+        ]
 
     def call(self, ids: tf.Tensor) -> tf.Tensor:
         values = self.attributes(ids)
-        return tf.concat([table(values[..., index]) for index, table in enumerate(self.tables)],
-                         axis=-1)
+        return tf.concat(
+            [table(values[..., index]) for index, table in enumerate(self.tables)], axis=-1
+        )
 
     def get_config(self):
         config = super().get_config()

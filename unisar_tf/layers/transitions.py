@@ -4,6 +4,7 @@
 (TYPE_PAD) at the end. The i-th TYPE_REC slot is rec behaviour i, the j-th TYPE_SEARCH slot
 is search behaviour j.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -17,24 +18,25 @@ def _rank_within_type(history_types: tf.Tensor, type_id: int) -> tf.Tensor:
     return tf.maximum(tf.cumsum(is_type, axis=1) - 1, 0)
 
 
-def merge_histories(rec_sequence: tf.Tensor, search_sequence: tf.Tensor,
-                    history_types: tf.Tensor) -> tf.Tensor:
+def merge_histories(
+    rec_sequence: tf.Tensor, search_sequence: tf.Tensor, history_types: tf.Tensor
+) -> tf.Tensor:
     """Interleave the two lists in the mixed order.
 
     rec_sequence (B, R, d), search_sequence (B, S, d), history_types (B, M) -> (B, M, d);
     padding slots are exact zeros.
     """
     rec_slots = tf.gather(rec_sequence, _rank_within_type(history_types, TYPE_REC), batch_dims=1)
-    search_slots = tf.gather(search_sequence, _rank_within_type(history_types, TYPE_SEARCH),
-                             batch_dims=1)
+    search_slots = tf.gather(
+        search_sequence, _rank_within_type(history_types, TYPE_SEARCH), batch_dims=1
+    )
     is_rec = tf.equal(history_types, TYPE_REC)[..., tf.newaxis]
     is_search = tf.equal(history_types, TYPE_SEARCH)[..., tf.newaxis]
     zeros = tf.zeros_like(rec_slots)
     return tf.where(is_rec, rec_slots, tf.where(is_search, search_slots, zeros))
 
 
-def gather_by_type(mixed_sequence: tf.Tensor, history_types: tf.Tensor, type_id: int,
-                   length: int):
+def gather_by_type(mixed_sequence: tf.Tensor, history_types: tf.Tensor, type_id: int, length: int):
     """Outputs at the slots of one type, in time order, padding dropped and re-padded at the end.
 
     mixed_sequence (B, M, d), history_types (B, M) -> ((B, length, d), valid (B, length) bool).
@@ -53,8 +55,9 @@ def gather_by_type(mixed_sequence: tf.Tensor, history_types: tf.Tensor, type_id:
     return gathered * tf.cast(valid, gathered.dtype)[..., tf.newaxis], valid
 
 
-def transition_attention_mask(history_types: tf.Tensor, use_transition_mask: bool = True
-                              ) -> tf.Tensor:
+def transition_attention_mask(
+    history_types: tf.Tensor, use_transition_mask: bool = True
+) -> tf.Tensor:
     """(B, M) -> (B, M, M) bool: query slot i may attend key slot j.
 
     Both slots must be real behaviours; with the transition mask they must also be of the other

@@ -1,8 +1,8 @@
 """Command-line tools built on the library: ablations, benchmarks, the demo, parameter counts.
 
-    ablation.py         python -m unisar_tf.tools.ablation: variants and baselines, one table
-    time_to_quality.py  python -m unisar_tf.tools.time_to_quality: wall time to 99% of best
-    benchmark_train.py  python -m unisar_tf.tools.benchmark_train: training throughput
-    param_count.py      python -m unisar_tf.tools.param_count: parameters per preset
-    demo.py             python -m unisar_tf.tools.demo: synthetic data, the Trainer, a report
+ablation.py         python -m unisar_tf.tools.ablation: variants and baselines, one table
+time_to_quality.py  python -m unisar_tf.tools.time_to_quality: wall time to 99% of best
+benchmark_train.py  python -m unisar_tf.tools.benchmark_train: training throughput
+param_count.py      python -m unisar_tf.tools.param_count: parameters per preset
+demo.py             python -m unisar_tf.tools.demo: synthetic data, the Trainer, a report
 """

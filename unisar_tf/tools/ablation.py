@@ -16,6 +16,7 @@ either set.
 Finished variants are reused on a re-run (their test report exists), so an interrupted
 ablation continues where it stopped; unfinished ones resume from their last epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,10 @@ TABLE_METRICS = ("NDCG@5", "NDCG@10")
 NON_LEARNED = ("popularity", "ItemKNN", "query match")  # table rows, in this order
 # --variant_set: spec 12's variants with the trained baselines, or the default preset's
 # additions one at a time; the table's deltas are against the set's reference (REFERENCES).
-VARIANT_SETS = {"spec12": {**ABLATIONS, **BASELINES},
-                "default_preset": dict(DEFAULT_PRESET_ABLATIONS)}
+VARIANT_SETS = {
+    "spec12": {**ABLATIONS, **BASELINES},
+    "default_preset": dict(DEFAULT_PRESET_ABLATIONS),
+}
 REFERENCES = ("UniSAR", "default")
 
 
@@ -47,8 +50,9 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
-def variant_overrides(names: Optional[Sequence[str]] = None,
-                      variant_set: str = "spec12") -> Dict[str, dict]:
+def variant_overrides(
+    names: Optional[Sequence[str]] = None, variant_set: str = "spec12"
+) -> Dict[str, dict]:
     """Variant name -> config overrides: every variant of `variant_set` (VARIANT_SETS; spec 12
     plus the trained baselines by default), or the named ones, from any set."""
     if not names:
@@ -72,18 +76,26 @@ def run_variant(name: str, overrides: dict, args: argparse.Namespace) -> dict:
             print(f"[{name}] reusing {report_path}", flush=True)
             return json.load(handle)
     config = preset(args.preset, seed=args.seed, **dict(args.base_overrides, **overrides))
-    options = TrainerOptions(data_dir=args.data_dir, model_dir=model_dir,
-                             max_epochs=args.max_epochs, seed=args.seed,
-                             steps_per_epoch=args.steps_per_epoch,
-                             validation_rows=args.validation_rows, verbose=args.verbose)
+    options = TrainerOptions(
+        data_dir=args.data_dir,
+        model_dir=model_dir,
+        max_epochs=args.max_epochs,
+        seed=args.seed,
+        steps_per_epoch=args.steps_per_epoch,
+        validation_rows=args.validation_rows,
+        verbose=args.verbose,
+    )
     print(f"[{name}] training into {model_dir}", flush=True)
     started = time.time()
     summary = Trainer(config, options).fit()
     report = evaluate_best(model_dir, args.data_dir, "test", with_baselines=False, write=False)
-    report.update(variant=name, overrides={k: list(v) if isinstance(v, tuple) else v
-                                           for k, v in overrides.items()},
-                  epochs_run=summary["epochs_run"], stopped_early=summary["stopped_early"],
-                  train_seconds=time.time() - started)
+    report.update(
+        variant=name,
+        overrides={k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+        epochs_run=summary["epochs_run"],
+        stopped_early=summary["stopped_early"],
+        train_seconds=time.time() - started,
+    )
     write_report(report, os.path.join(model_dir, "eval"), "test")
     return report
 
@@ -102,22 +114,39 @@ def table_rows(reports: Dict[str, dict], baselines: Dict[str, dict]) -> List[dic
     for name, report in reports.items():
         if name in JOINT_PAIR:
             continue
-        rows.append({"name": name, "rec": model_metrics(report).get("rec"),
-                     "search": model_metrics(report).get("search"),
-                     "best_epoch": report["best_epoch"], "epochs_run": report.get("epochs_run")})
+        rows.append(
+            {
+                "name": name,
+                "rec": model_metrics(report).get("rec"),
+                "search": model_metrics(report).get("search"),
+                "best_epoch": report["best_epoch"],
+                "epochs_run": report.get("epochs_run"),
+            }
+        )
     if all(name in reports for name in JOINT_PAIR):  # two single-task models, one row
         rec, search = (reports[name] for name in JOINT_PAIR)
-        rows.insert(len([r for r in rows if r["name"] in ABLATIONS]),
-                    {"name": "w/o joint training", "rec": model_metrics(rec)["rec"],
-                     "search": model_metrics(search)["search"],
-                     "best_epoch": f"{rec['best_epoch']}/{search['best_epoch']}",
-                     "epochs_run": f"{rec.get('epochs_run')}/{search.get('epochs_run')}"})
+        rows.insert(
+            len([r for r in rows if r["name"] in ABLATIONS]),
+            {
+                "name": "w/o joint training",
+                "rec": model_metrics(rec)["rec"],
+                "search": model_metrics(search)["search"],
+                "best_epoch": f"{rec['best_epoch']}/{search['best_epoch']}",
+                "epochs_run": f"{rec.get('epochs_run')}/{search.get('epochs_run')}",
+            },
+        )
     # The non-learned baselines (random stays in the JSON); query match has search only.
     for name in NON_LEARNED:
         if name in baselines:
-            rows.append({"name": name, "rec": baselines[name].get("rec"),
-                         "search": baselines[name].get("search"), "best_epoch": "-",
-                         "epochs_run": "-"})
+            rows.append(
+                {
+                    "name": name,
+                    "rec": baselines[name].get("rec"),
+                    "search": baselines[name].get("search"),
+                    "best_epoch": "-",
+                    "epochs_run": "-",
+                }
+            )
     return rows
 
 
@@ -129,20 +158,29 @@ def _cell(metrics: Optional[dict]) -> str:
 
 def ablation_markdown(rows: List[dict], header: str) -> str:
     reference = next((row for row in rows if row["name"] in REFERENCES), None)
-    lines = [header, "",
-             "| variant | rec NDCG@5 / NDCG@10 | search NDCG@5 / NDCG@10 | "
-             "Δ rec NDCG@10 | Δ search NDCG@10 | best epoch | epochs run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        "",
+        "| variant | rec NDCG@5 / NDCG@10 | search NDCG@5 / NDCG@10 | "
+        "Δ rec NDCG@10 | Δ search NDCG@10 | best epoch | epochs run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         deltas = []
         for task in ("rec", "search"):
-            if reference is None or row[task] is None or reference[task] is None \
-                    or row is reference:
+            if (
+                reference is None
+                or row[task] is None
+                or reference[task] is None
+                or row is reference
+            ):
                 deltas.append("")
             else:
                 deltas.append(f"{row[task]['NDCG@10'] - reference[task]['NDCG@10']:+.4f}")
-        lines.append(f"| {row['name']} | {_cell(row['rec'])} | {_cell(row['search'])} | "
-                     f"{deltas[0]} | {deltas[1]} | {row['best_epoch']} | {row['epochs_run']} |")
+        lines.append(
+            f"| {row['name']} | {_cell(row['rec'])} | {_cell(row['search'])} | "
+            f"{deltas[0]} | {deltas[1]} | {row['best_epoch']} | {row['epochs_run']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -179,40 +217,54 @@ def run(args: argparse.Namespace) -> dict:
     manifest = reader.load_manifest(args.data_dir)
     num_items = manifest["vocab_sizes"]["items"] + 1
     baselines = baseline_metrics(args.data_dir, "test", manifest, num_items)
-    budget = (f"max {args.max_epochs} epochs" +
-              (f" x {args.steps_per_epoch} steps" if args.steps_per_epoch else "") +
-              ", early stopping on validation")
+    budget = (
+        f"max {args.max_epochs} epochs"
+        + (f" x {args.steps_per_epoch} steps" if args.steps_per_epoch else "")
+        + ", early stopping on validation"
+    )
     reference = next((name for name in variants if name in REFERENCES), "UniSAR")
-    header = (f"Test NDCG@5 / NDCG@10 on `{args.data_dir}` ({args.preset} preset, seed "
-              f"{args.seed}, {budget}); Δ is against {reference}. Each model is scored from "
-              "its best validation epoch.")
+    header = (
+        f"Test NDCG@5 / NDCG@10 on `{args.data_dir}` ({args.preset} preset, seed "
+        f"{args.seed}, {budget}); Δ is against {reference}. Each model is scored from "
+        "its best validation epoch."
+    )
     paths = {kind: os.path.join(args.out_dir, f"ablation.{kind}") for kind in ("md", "json", "png")}
     reports: Dict[str, dict] = {}
     for name, overrides in variants.items():
         reports[name] = run_variant(name, overrides, args)
         # Written after every variant, so a long ablation can be read while it runs.
         rows = table_rows(reports, baselines)
-        result = {"data_dir": args.data_dir, "preset": args.preset, "seed": args.seed,
-                  "max_epochs": args.max_epochs, "steps_per_epoch": args.steps_per_epoch,
-                  "base_overrides": args.base_overrides, "rows": rows,
-                  "random": baselines["random"],
-                  "pending": [n for n in variants if n not in reports]}
+        result = {
+            "data_dir": args.data_dir,
+            "preset": args.preset,
+            "seed": args.seed,
+            "max_epochs": args.max_epochs,
+            "steps_per_epoch": args.steps_per_epoch,
+            "base_overrides": args.base_overrides,
+            "rows": rows,
+            "random": baselines["random"],
+            "pending": [n for n in variants if n not in reports],
+        }
         with tf.io.gfile.GFile(paths["md"], "w") as out:
             pending = result["pending"]
-            out.write(ablation_markdown(rows, header) +
-                      (f"\nStill to run: {', '.join(pending)}.\n" if pending else ""))
+            out.write(
+                ablation_markdown(rows, header)
+                + (f"\nStill to run: {', '.join(pending)}.\n" if pending else "")
+            )
         with tf.io.gfile.GFile(paths["json"], "w") as out:
             out.write(json.dumps(result, indent=2, sort_keys=True))
-    bar_chart(rows, paths["png"],
-              f"UniSAR ablations, {os.path.basename(os.path.normpath(args.data_dir))}")
+    bar_chart(
+        rows, paths["png"], f"UniSAR ablations, {os.path.basename(os.path.normpath(args.data_dir))}"
+    )
     print(ablation_markdown(rows, header))
     print("written: " + ", ".join(paths.values()))
     return result
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--preset", default="default")
@@ -220,18 +272,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_epochs", type=int, default=10)
     parser.add_argument("--steps_per_epoch", type=int, default=None)
     parser.add_argument("--validation_rows", type=int, default=None)
-    parser.add_argument("--variant_set", default="spec12", choices=sorted(VARIANT_SETS),
-                        help="spec12: spec 12's variants and the trained baselines; "
-                             "default_preset: the default preset's additions one at a time "
-                             "(use with --preset default)")
-    parser.add_argument("--variants", default=None,
-                        help="comma-separated subset from either set, e.g. 'UniSAR,w/o r2r,"
-                             "no history' or 'default,w/o wide term'")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="FIELD=JSON", help="config override for every variant, "
-                        "e.g. --set batch_size=512 --set use_mmoe=false")
-    parser.add_argument("--verbose", type=int, default=1,
-                        help="0 silent, 1 a line per epoch, 2 also a progress bar")
+    parser.add_argument(
+        "--variant_set",
+        default="spec12",
+        choices=sorted(VARIANT_SETS),
+        help="spec12: spec 12's variants and the trained baselines; "
+        "default_preset: the default preset's additions one at a time "
+        "(use with --preset default)",
+    )
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated subset from either set, e.g. 'UniSAR,w/o r2r,"
+        "no history' or 'default,w/o wide term'",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=JSON",
+        help="config override for every variant, " "e.g. --set batch_size=512 --set use_mmoe=false",
+    )
+    parser.add_argument(
+        "--verbose", type=int, default=1, help="0 silent, 1 a line per epoch, 2 also a progress bar"
+    )
     return parser
 
 

@@ -8,6 +8,7 @@ on it with `unisar_tf.train.trainer.Trainer` (the same training path as
 metrics next to the baselines on the same lists (`unisar_tf.train.evaluation.evaluate_best`:
 popularity, random, ItemKNN, query match).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,17 @@ from unisar_tf.train.trainer import Trainer, TrainerOptions
 MODEL_ROWS = ("unisar", "popularity", "random", "ItemKNN", "query match")
 
 
-def run_demo(num_users: int = 1500, num_items: int = 400, num_words: int = 100,
-             epochs: int = 6, batch_size: int = 128, seed: int = 0, verbose: int = 1,
-             out_dir: Optional[str] = None,
-             **config_overrides) -> Dict[str, Dict[str, Dict[str, float]]]:
+def run_demo(
+    num_users: int = 1500,
+    num_items: int = 400,
+    num_words: int = 100,
+    epochs: int = 6,
+    batch_size: int = 128,
+    seed: int = 0,
+    verbose: int = 1,
+    out_dir: Optional[str] = None,
+    **config_overrides,
+) -> Dict[str, Dict[str, Dict[str, float]]]:
     """Writes, trains and scores; returns {"unisar" | baseline: {task: metrics}} on test.
 
     out_dir: where the data (`data/`) and the run (`model/`) go; default a temporary
@@ -39,9 +47,16 @@ def run_demo(num_users: int = 1500, num_items: int = 400, num_words: int = 100,
     """
     # Synthetic queries have at most 3 words and sessions at most 2 clicks: shorter padding
     # than the spec's 50 / 5 keeps the demo fast without changing the model.
-    overrides = dict(num_users=num_users + 1, num_items=num_items, num_words=num_words,
-                     batch_size=batch_size, query_len=8, clicks_per_session=2,
-                     num_relevance_negatives=256, seed=seed)
+    overrides = dict(
+        num_users=num_users + 1,
+        num_items=num_items,
+        num_words=num_words,
+        batch_size=batch_size,
+        query_len=8,
+        clicks_per_session=2,
+        num_relevance_negatives=256,
+        seed=seed,
+    )
     overrides.update(config_overrides)
     config = kuaisar_preset(**overrides)
     data = generate_synthetic_data(config, seed=seed)
@@ -51,12 +66,19 @@ def run_demo(num_users: int = 1500, num_items: int = 400, num_words: int = 100,
         manifest = write_data_dir(data, config, data_dir, seed=seed)
         if verbose:
             counts = manifest["examples"]
-            print(f"synthetic data in {data_dir}: {counts['train']['rec']} rec + "
-                  f"{counts['train']['search']} search training examples, "
-                  f"{counts['test']['rec']} + {counts['test']['search']} test examples (1 "
-                  f"positive + {config.num_eval_negatives} negatives)", flush=True)
-        Trainer(config, TrainerOptions(data_dir, model_dir, max_epochs=epochs, seed=seed,
-                                       verbose=1 if verbose else 0)).fit()
+            print(
+                f"synthetic data in {data_dir}: {counts['train']['rec']} rec + "
+                f"{counts['train']['search']} search training examples, "
+                f"{counts['test']['rec']} + {counts['test']['search']} test examples (1 "
+                f"positive + {config.num_eval_negatives} negatives)",
+                flush=True,
+            )
+        Trainer(
+            config,
+            TrainerOptions(
+                data_dir, model_dir, max_epochs=epochs, seed=seed, verbose=1 if verbose else 0
+            ),
+        ).fit()
         report = evaluate_best(model_dir, data_dir, "test", write=out_dir is not None)
     return {name: report[name] for name in MODEL_ROWS if name in report}
 
@@ -72,14 +94,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--batch_size", type=int, default=128)
     deprecated_alias(parser, "--batch-size", "--batch_size")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out_dir", default=None,
-                        help="keep the data and the run here (default: a temporary directory)")
+    parser.add_argument(
+        "--out_dir",
+        default=None,
+        help="keep the data and the run here (default: a temporary directory)",
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     logs.add_verbose_flag(parser)
     args = parser.parse_args(argv)
 
-    results = run_demo(args.users, args.items, args.words, args.max_epochs, args.batch_size,
-                       args.seed, out_dir=args.out_dir)
+    results = run_demo(
+        args.users,
+        args.items,
+        args.words,
+        args.max_epochs,
+        args.batch_size,
+        args.seed,
+        out_dir=args.out_dir,
+    )
     print("\nTest metrics on held-out synthetic data:")
     print(metrics_table(results))
     if args.json:

@@ -6,6 +6,7 @@
 Vocabulary sizes count the padding id 0. The table breaks the total down by component so it
 can be compared with the reference implementation's count (docs/model.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,13 +41,16 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    config = preset(args.preset, num_items=args.num_items, num_words=args.num_words,
-                    num_users=args.num_users)
+    config = preset(
+        args.preset, num_items=args.num_items, num_words=args.num_words, num_users=args.num_users
+    )
     model = build_model(config)
     breakdown = parameter_breakdown(model)
     width = max(len(name) for name in breakdown)
-    print(f"UniSAR parameters, preset={args.preset}, items={args.num_items}, "
-          f"words={args.num_words}, users={args.num_users}")
+    print(
+        f"UniSAR parameters, preset={args.preset}, items={args.num_items}, "
+        f"words={args.num_words}, users={args.num_users}"
+    )
     for name, count in breakdown.items():
         print(f"  {name:<{width}}  {count:>10,}")
     print(f"  {'total':<{width}}  {sum(breakdown.values()):>10,}")

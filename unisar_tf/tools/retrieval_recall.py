@@ -25,6 +25,7 @@ for every method, which is the service's order (back-fill by popularity).
 `--sweep` tries one parameter at a time around the defaults on the given split (use valid)
 and prints Recall@100 of each setting: how the defaults were chosen.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,16 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from unisar_tf.data.cooccurrence import id_sets
-from unisar_tf.data.retrieval_index import (RetrievalIndex, RetrievalParams, Sequences,
-                                            build_index, catalogue_from_vocab,
-                                            cooccurrence_counts, cosine_normalized,
-                                            read_sequences)
+from unisar_tf.data.retrieval_index import (
+    RetrievalIndex,
+    RetrievalParams,
+    Sequences,
+    build_index,
+    catalogue_from_vocab,
+    cooccurrence_counts,
+    cosine_normalized,
+    read_sequences,
+)
 
 CUTOFFS = (50, 100, 200)
 NDCG_CUTOFF = 100
@@ -53,8 +60,9 @@ RANDOM = "random"
 _BLOCK = 512  # users per block: (block, catalogue) score matrices bound the memory
 
 
-def positive_ranks(scores: np.ndarray, popularity: np.ndarray, recent: np.ndarray,
-                   positives: np.ndarray) -> np.ndarray:
+def positive_ranks(
+    scores: np.ndarray, popularity: np.ndarray, recent: np.ndarray, positives: np.ndarray
+) -> np.ndarray:
     """(B,) float: the 0-based place of each row's positive in the order (score desc,
     popularity desc, id asc) of the items 1..N not in its history; inf when the positive is
     0 or in the history.
@@ -65,10 +73,11 @@ def positive_ranks(scores: np.ndarray, popularity: np.ndarray, recent: np.ndarra
     own = scores[rows, positives][:, None]
     own_popularity = popularity[positives][:, None]
     ids = np.arange(scores.shape[1])[None, :]
-    before = ((scores > own)
-              | ((scores == own) & (popularity[None, :] > own_popularity))
-              | ((scores == own) & (popularity[None, :] == own_popularity)
-                 & (ids < positives[:, None])))
+    before = (
+        (scores > own)
+        | ((scores == own) & (popularity[None, :] > own_popularity))
+        | ((scores == own) & (popularity[None, :] == own_popularity) & (ids < positives[:, None]))
+    )
     before[:, 0] = False
     history = np.zeros(scores.shape, bool)
     history[np.repeat(rows, recent.shape[1]), recent.reshape(-1)] = True
@@ -82,13 +91,15 @@ def random_metrics(sequences: Sequences, num_items: int) -> Dict[str, float]:
     """The exact expectation of a uniformly random order of the items not in the history."""
     left = num_items - np.count_nonzero(sequences.recent, axis=1)
     reachable = (sequences.positives > 0) & ~np.any(
-        sequences.recent == sequences.positives[:, None], axis=1)
+        sequences.recent == sequences.positives[:, None], axis=1
+    )
     out = {}
     for k in CUTOFFS:
         out[f"Recall@{k}"] = float(np.mean(np.where(reachable, np.minimum(k, left) / left, 0)))
     gains = np.cumsum(1.0 / np.log2(np.arange(NDCG_CUTOFF) + 2))
-    out[f"NDCG@{NDCG_CUTOFF}"] = float(np.mean(np.where(
-        reachable, gains[np.minimum(NDCG_CUTOFF, left) - 1] / left, 0)))
+    out[f"NDCG@{NDCG_CUTOFF}"] = float(
+        np.mean(np.where(reachable, gains[np.minimum(NDCG_CUTOFF, left) - 1] / left, 0))
+    )
     return out
 
 
@@ -103,17 +114,24 @@ def method_ranks(score_fn, popularity: np.ndarray, sequences: Sequences) -> np.n
     """Ranks of every example's positive under score_fn(recent block) -> (B, N + 1)."""
     parts = []
     for start in range(0, len(sequences.positives), _BLOCK):
-        recent = sequences.recent[start:start + _BLOCK]
-        parts.append(positive_ranks(score_fn(recent), popularity, recent,
-                                    sequences.positives[start:start + _BLOCK]))
+        recent = sequences.recent[start : start + _BLOCK]
+        parts.append(
+            positive_ranks(
+                score_fn(recent), popularity, recent, sequences.positives[start : start + _BLOCK]
+            )
+        )
     return np.concatenate(parts)
 
 
-def evaluate(train: Sequences, split: Sequences, catalogue: np.ndarray,
-             params: RetrievalParams = RetrievalParams(), baselines: bool = True,
-             index: Optional[RetrievalIndex] = None,
-             others: Optional[Dict[str, object]] = None
-             ) -> Dict[str, Dict[str, Dict[str, float]]]:
+def evaluate(
+    train: Sequences,
+    split: Sequences,
+    catalogue: np.ndarray,
+    params: RetrievalParams = RetrievalParams(),
+    baselines: bool = True,
+    index: Optional[RetrievalIndex] = None,
+    others: Optional[Dict[str, object]] = None,
+) -> Dict[str, Dict[str, Dict[str, float]]]:
     """{method: {"all" | "rec" | "search": {metric: value}}} on `split`'s examples: the
     co-occurrence index (`index`, or built with `params`) as RETRIEVAL, then `others`
     ({name: index with scores()}, e.g. the two-tower), then the baselines."""
@@ -123,54 +141,69 @@ def evaluate(train: Sequences, split: Sequences, catalogue: np.ndarray,
     for name, other in (others or {}).items():
         ranks[name] = method_ranks(other.scores, popularity, split)
     if baselines:
-        knn = cosine_normalized(cooccurrence_counts(train.recent, train.positives,
-                                                    len(catalogue)))
+        knn = cosine_normalized(cooccurrence_counts(train.recent, train.positives, len(catalogue)))
         ranks[ITEMKNN] = method_ranks(
             lambda recent: np.asarray((id_sets(recent, len(catalogue)) @ knn).todense()),
-            popularity, split)
+            popularity,
+            split,
+        )
         ranks[POPULARITY] = method_ranks(
-            lambda recent: np.zeros((len(recent), len(catalogue))), popularity, split)
+            lambda recent: np.zeros((len(recent), len(catalogue))), popularity, split
+        )
     results: Dict[str, Dict[str, Dict[str, float]]] = {}
     groups = {"all": np.ones(len(split.positives), bool)}
-    groups.update({task: split.tasks == task for task in ("rec", "search")
-                   if np.any(split.tasks == task)})
+    groups.update(
+        {task: split.tasks == task for task in ("rec", "search") if np.any(split.tasks == task)}
+    )
     for method, method_rank in ranks.items():
-        results[method] = {group: metrics_from_ranks(method_rank[mask])
-                           for group, mask in groups.items()}
+        results[method] = {
+            group: metrics_from_ranks(method_rank[mask]) for group, mask in groups.items()
+        }
     if baselines:
-        results[RANDOM] = {group: random_metrics(Sequences(split.recent[mask],
-                                                           split.positives[mask],
-                                                           split.tasks[mask]),
-                                                 len(catalogue) - 1)
-                           for group, mask in groups.items()}
+        results[RANDOM] = {
+            group: random_metrics(
+                Sequences(split.recent[mask], split.positives[mask], split.tasks[mask]),
+                len(catalogue) - 1,
+            )
+            for group, mask in groups.items()
+        }
     return results
 
 
-def format_table(results: Dict[str, Dict[str, Dict[str, float]]], users: int,
-                 repeats: float) -> str:
+def format_table(
+    results: Dict[str, Dict[str, Dict[str, float]]], users: int, repeats: float
+) -> str:
     metrics = [f"Recall@{k}" for k in CUTOFFS] + [f"NDCG@{NDCG_CUTOFF}"]
     tasks = [task for task in ("rec", "search") if task in next(iter(results.values()))]
-    header = (["method"] + metrics + [f"Recall@100 {task}" for task in tasks])
+    header = ["method"] + metrics + [f"Recall@100 {task}" for task in tasks]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, groups in results.items():
         cells = [method] + [f"{groups['all'][m]:.4f}" for m in metrics]
         cells += [f"{groups[task]['Recall@100']:.4f}" for task in tasks]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append(f"\n{users} examples (users x task); the positive is in its own history "
-                 f"(a miss for every method) in {repeats:.2%} of them")
+    lines.append(
+        f"\n{users} examples (users x task); the positive is in its own history "
+        f"(a miss for every method) in {repeats:.2%} of them"
+    )
     return "\n".join(lines)
 
 
-SWEEP = {"recent_items": (1, 3, 5, 10, 20, 50), "recency_decay": (0.3, 0.5, 0.7, 0.85, 1.0),
-         "transition_weight": (0.0, 0.25, 0.5, 0.75, 1.0), "transition_window": (1, 2, 3, 5),
-         "transition_decay": (0.25, 0.5, 0.75, 1.0), "neighbours": (25, 50, 100, 200)}
+SWEEP = {
+    "recent_items": (1, 3, 5, 10, 20, 50),
+    "recency_decay": (0.3, 0.5, 0.7, 0.85, 1.0),
+    "transition_weight": (0.0, 0.25, 0.5, 0.75, 1.0),
+    "transition_window": (1, 2, 3, 5),
+    "transition_decay": (0.25, 0.5, 0.75, 1.0),
+    "neighbours": (25, 50, 100, 200),
+}
 
 
 BUILD_PARAMETERS = ("neighbours", "transition_window", "transition_decay")
 
 
-def sweep(train: Sequences, split: Sequences, catalogue: np.ndarray,
-          base: RetrievalParams) -> List[dict]:
+def sweep(
+    train: Sequences, split: Sequences, catalogue: np.ndarray, base: RetrievalParams
+) -> List[dict]:
     """Recall@50/100/200 of `base` with one parameter changed at a time (the tables are
     rebuilt only for the parameters that build them)."""
     rows = []
@@ -181,13 +214,21 @@ def sweep(train: Sequences, split: Sequences, catalogue: np.ndarray,
             if name in BUILD_PARAMETERS:
                 index = build_index(train, catalogue, params)
             else:  # the same tables, scored another way
-                index = RetrievalIndex(base_index.items, base_index.popularity,
-                                       base_index.neighbours, base_index.weights, params)
-            result = evaluate(train, split, catalogue, params, baselines=False,
-                              index=index)[RETRIEVAL]["all"]
+                index = RetrievalIndex(
+                    base_index.items,
+                    base_index.popularity,
+                    base_index.neighbours,
+                    base_index.weights,
+                    params,
+                )
+            result = evaluate(train, split, catalogue, params, baselines=False, index=index)[
+                RETRIEVAL
+            ]["all"]
             rows.append({"parameter": name, "value": value, **result})
-            print(f"{name}={value}: " + "  ".join(f"{m} {v:.4f}" for m, v in result.items()),
-                  flush=True)
+            print(
+                f"{name}={value}: " + "  ".join(f"{m} {v:.4f}" for m, v in result.items()),
+                flush=True,
+            )
     return rows
 
 
@@ -195,40 +236,72 @@ def subsample(sequences: Sequences, count: int, seed: int = 0) -> Sequences:
     """A seeded random subset of `count` examples (all if count is 0 or larger)."""
     if not count or count >= len(sequences.positives):
         return sequences
-    keep = np.sort(np.random.default_rng(seed).choice(len(sequences.positives), count,
-                                                      replace=False))
-    return Sequences(sequences.recent[keep], sequences.positives[keep], sequences.tasks[keep],
-                     sequences.clicks_per_session)
+    keep = np.sort(
+        np.random.default_rng(seed).choice(len(sequences.positives), count, replace=False)
+    )
+    return Sequences(
+        sequences.recent[keep],
+        sequences.positives[keep],
+        sequences.tasks[keep],
+        sequences.clicks_per_session,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", required=True, help="output of pipeline.build_examples")
-    parser.add_argument("--split", default="test",
-                        help="test, valid, or both: valid,test (one training of each method)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="one parameter at a time around the defaults (use --split valid)")
-    parser.add_argument("--two_tower", default="true", choices=("true", "false"),
-                        help="also train and score the two-tower model (about a minute)")
-    parser.add_argument("--max_examples", type=int, default=0,
-                        help="score a seeded random subset of this many examples (0 = all)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="test, valid, or both: valid,test (one training of each method)",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="one parameter at a time around the defaults (use --split valid)",
+    )
+    parser.add_argument(
+        "--two_tower",
+        default="true",
+        choices=("true", "false"),
+        help="also train and score the two-tower model (about a minute)",
+    )
+    parser.add_argument(
+        "--max_examples",
+        type=int,
+        default=0,
+        help="score a seeded random subset of this many examples (0 = all)",
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     for field in dataclasses.fields(RetrievalParams):
-        parser.add_argument(f"--{field.name}", type=type(field.default), default=None,
-                            help=f"RetrievalParams.{field.name} (default {field.default})")
+        parser.add_argument(
+            f"--{field.name}",
+            type=type(field.default),
+            default=None,
+            help=f"RetrievalParams.{field.name} (default {field.default})",
+        )
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    params = RetrievalParams().replace(**{
-        field.name: getattr(args, field.name) for field in dataclasses.fields(RetrievalParams)
-        if getattr(args, field.name) is not None})
+    params = RetrievalParams().replace(
+        **{
+            field.name: getattr(args, field.name)
+            for field in dataclasses.fields(RetrievalParams)
+            if getattr(args, field.name) is not None
+        }
+    )
 
     started = time.time()
     catalogue = catalogue_from_vocab(args.data_dir)
     train = read_sequences(args.data_dir, "train", catalogue)
-    splits = {name: subsample(read_sequences(args.data_dir, name, catalogue), args.max_examples)
-              for name in args.split.split(",")}
-    print(f"{args.data_dir}: {len(catalogue) - 1} items, {len(train.positives)} training "
-          f"examples; {params}", flush=True)
+    splits = {
+        name: subsample(read_sequences(args.data_dir, name, catalogue), args.max_examples)
+        for name in args.split.split(",")
+    }
+    print(
+        f"{args.data_dir}: {len(catalogue) - 1} items, {len(train.positives)} training "
+        f"examples; {params}",
+        flush=True,
+    )
     output = {}
     if args.sweep:
         for name, split in splits.items():
@@ -244,14 +317,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name, split in splits.items():
             results = evaluate(train, split, catalogue, params, others=others)
             repeats = float(np.mean(np.any(split.recent == split.positives[:, None], axis=1)))
-            print(f"\n{name}:\n" + format_table(results, len(split.positives), repeats),
-                  flush=True)
+            print(f"\n{name}:\n" + format_table(results, len(split.positives), repeats), flush=True)
             output[name] = {"results": results}
     print(f"({time.time() - started:.0f} s)")
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"data_dir": args.data_dir, "params": dataclasses.asdict(params),
-                       **output}, out, indent=1)
+            json.dump(
+                {"data_dir": args.data_dir, "params": dataclasses.asdict(params), **output},
+                out,
+                indent=1,
+            )
     return 0
 
 

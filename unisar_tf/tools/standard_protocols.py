@@ -32,6 +32,7 @@ touched (`--negative_sampler uniform`). Validation picks the epoch; test is scor
   order is a row too. Ties (ItemKNN and popularity score most items alike) are ordered by
   popularity then id, as the service orders them (unisar_tf.tools.retrieval_recall).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ import math
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -60,9 +61,22 @@ FULL_KS = (5, 10, 20)
 SAMPLED_KS = (1, 5, 10)
 
 # The data job's flags of both protocols (module docstring).
-PROTOCOL_BUILD_FLAGS = ("--search_fraction", "0", "--min_search_history", "0",
-                        "--negative_sampler", "uniform", "--num_eval_negatives", "99",
-                        "--train_negative_pool", "20", "--rec_len", "50", "--split", "loo")
+PROTOCOL_BUILD_FLAGS = (
+    "--search_fraction",
+    "0",
+    "--min_search_history",
+    "0",
+    "--negative_sampler",
+    "uniform",
+    "--num_eval_negatives",
+    "99",
+    "--train_negative_pool",
+    "20",
+    "--rec_len",
+    "50",
+    "--split",
+    "loo",
+)
 DATASETS = {
     "amazon_beauty": ("amazon_beauty", "Beauty"),
     "amazon_sports": ("amazon_sports", "Sports_and_Outdoors"),
@@ -70,8 +84,9 @@ DATASETS = {
 
 
 # ------------------------------------------------------------------------------------ metrics
-def metrics_from_ranks(ranks: np.ndarray, hit_ks: Sequence[int], ndcg_ks: Sequence[int]
-                       ) -> Dict[str, float]:
+def metrics_from_ranks(
+    ranks: np.ndarray, hit_ks: Sequence[int], ndcg_ks: Sequence[int]
+) -> Dict[str, float]:
     """HR@k and NDCG@k from 0-based ranks (N,) (inf = a miss); plus "NDCG@10 SE", the
     standard error of the per-user NDCG@10 (sd / sqrt(N)), and "users"."""
     ranks = np.asarray(ranks, np.float64).reshape(-1)
@@ -84,8 +99,9 @@ def metrics_from_ranks(ranks: np.ndarray, hit_ks: Sequence[int], ndcg_ks: Sequen
         if k in ndcg_ks:
             out[f"NDCG@{k}"] = float(np.mean(ndcg_values(ranks, k)))
     values = ndcg_values(ranks, 10)
-    out["NDCG@10 SE"] = (float(values.std(ddof=1) / math.sqrt(len(values)))
-                         if len(values) > 1 else 0.0)
+    out["NDCG@10 SE"] = (
+        float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+    )
     out["users"] = int(len(ranks))
     return out
 
@@ -105,9 +121,13 @@ def sampled_ranks(scores: np.ndarray) -> np.ndarray:
     return positive_rank_numpy(scores).astype(np.float64) - 1.0
 
 
-def random_full_metrics(history_sizes: np.ndarray, reachable: np.ndarray, num_items: int,
-                        hit_ks: Sequence[int] = FULL_KS, ndcg_ks: Sequence[int] = FULL_KS
-                        ) -> Dict[str, float]:
+def random_full_metrics(
+    history_sizes: np.ndarray,
+    reachable: np.ndarray,
+    num_items: int,
+    hit_ks: Sequence[int] = FULL_KS,
+    ndcg_ks: Sequence[int] = FULL_KS,
+) -> Dict[str, float]:
     """The exact expectation of a uniformly random order of the items left: a user with h
     history items ranks num_items - h items, the positive uniform among them; an unreachable
     positive (in its history) is a miss."""
@@ -119,15 +139,17 @@ def random_full_metrics(history_sizes: np.ndarray, reachable: np.ndarray, num_it
             out[f"HR@{k}"] = float(np.mean(np.where(reachable, np.minimum(k, left) / left, 0)))
         if k in ndcg_ks:
             gains = np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))
-            out[f"NDCG@{k}"] = float(np.mean(np.where(
-                reachable, gains[np.minimum(k, left) - 1] / left, 0)))
+            out[f"NDCG@{k}"] = float(
+                np.mean(np.where(reachable, gains[np.minimum(k, left) - 1] / left, 0))
+            )
     out["NDCG@10 SE"] = 0.0  # an exact expectation
     out["users"] = int(len(left))
     return out
 
 
-def two_stage_ranks(retrieved: np.ndarray, ranker_scores: np.ndarray,
-                    positives: np.ndarray) -> np.ndarray:
+def two_stage_ranks(
+    retrieved: np.ndarray, ranker_scores: np.ndarray, positives: np.ndarray
+) -> np.ndarray:
     """0-based ranks of a retrieve-then-rank stack: (N,) float, inf when the positive is not
     retrieved.
 
@@ -148,16 +170,26 @@ def two_stage_ranks(retrieved: np.ndarray, ranker_scores: np.ndarray,
 @dataclasses.dataclass
 class ProtocolRun:
     """Where one dataset's protocol build and runs live."""
+
     dataset: str
     out_dir: str
     data_dir: str
     model_dir: str
 
     @classmethod
-    def at(cls, dataset: str, out_dir: str, data_dir: Optional[str] = None,
-           model_dir: Optional[str] = None) -> "ProtocolRun":
-        return cls(dataset, out_dir, data_dir or os.path.join(out_dir, dataset),
-                   model_dir or os.path.join(out_dir, f"{dataset}_unisar"))
+    def at(
+        cls,
+        dataset: str,
+        out_dir: str,
+        data_dir: Optional[str] = None,
+        model_dir: Optional[str] = None,
+    ) -> "ProtocolRun":
+        return cls(
+            dataset,
+            out_dir,
+            data_dir or os.path.join(out_dir, dataset),
+            model_dir or os.path.join(out_dir, f"{dataset}_unisar"),
+        )
 
 
 def check_protocol_build(manifest: dict, data_dir: str) -> None:
@@ -165,8 +197,9 @@ def check_protocol_build(manifest: dict, data_dir: str) -> None:
     options = manifest.get("build_options", {})
     problems = []
     if options.get("negative_sampler") != "uniform":
-        problems.append(f"negative_sampler {options.get('negative_sampler')!r} (needs "
-                        "'uniform')")
+        problems.append(
+            f"negative_sampler {options.get('negative_sampler')!r} (needs " "'uniform')"
+        )
     if int(options.get("num_eval_negatives", -1)) != 99:
         problems.append(f"num_eval_negatives {options.get('num_eval_negatives')} (needs 99)")
     if options.get("split") != "loo":
@@ -176,10 +209,12 @@ def check_protocol_build(manifest: dict, data_dir: str) -> None:
     if any(manifest["examples"][split].get("search") for split in ("train", "valid", "test")):
         problems.append("search examples (needs --search_fraction 0: rec only)")
     if problems:
-        raise ValueError(f"{data_dir} is not a standard-protocol build: "
-                         + "; ".join(problems)
-                         + ". Build it with this command (leave --data_dir out) or with "
-                         "pipeline.build_examples " + " ".join(PROTOCOL_BUILD_FLAGS))
+        raise ValueError(
+            f"{data_dir} is not a standard-protocol build: "
+            + "; ".join(problems)
+            + ". Build it with this command (leave --data_dir out) or with "
+            "pipeline.build_examples " + " ".join(PROTOCOL_BUILD_FLAGS)
+        )
 
 
 def ensure_build(run: ProtocolRun, data_root: str) -> dict:
@@ -193,10 +228,14 @@ def ensure_build(run: ProtocolRun, data_root: str) -> dict:
         from pipeline import build_examples
 
         folder, stem = DATASETS[run.dataset]
-        inputs = ["--dataset", "amazon",
-                  "--sequences", os.path.join(data_root, folder, f"{stem}.txt"),
-                  "--attributes", os.path.join(data_root, folder,
-                                               f"{stem}_item2attributes.json")]
+        inputs = [
+            "--dataset",
+            "amazon",
+            "--sequences",
+            os.path.join(data_root, folder, f"{stem}.txt"),
+            "--attributes",
+            os.path.join(data_root, folder, f"{stem}_item2attributes.json"),
+        ]
         print(f"building {run.data_dir} from {os.path.join(data_root, folder)}", flush=True)
         build_examples.main([*inputs, "--output", run.data_dir, *PROTOCOL_BUILD_FLAGS])
     manifest = reader.load_manifest(run.data_dir)
@@ -204,17 +243,27 @@ def ensure_build(run: ProtocolRun, data_root: str) -> dict:
     return manifest
 
 
-def ensure_trained(run: ProtocolRun, max_epochs: int, sasrec_max_epochs: Optional[int],
-                   seed: int = 0, validation_rows: Optional[int] = None) -> Dict[str, dict]:
+def ensure_trained(
+    run: ProtocolRun,
+    max_epochs: int,
+    sasrec_max_epochs: Optional[int],
+    seed: int = 0,
+    validation_rows: Optional[int] = None,
+) -> Dict[str, dict]:
     """Trains (or resumes, or re-reads) the default preset and the SASRec baseline beside it
     (model_dir/baselines/SASRec); {"unisar": summary, "sasrec": summary}."""
     from unisar_tf.config import preset
     from unisar_tf.train.learned_baseline import train_sasrec
     from unisar_tf.train.trainer import Trainer, TrainerOptions
 
-    options = TrainerOptions(data_dir=run.data_dir, model_dir=run.model_dir,
-                             max_epochs=max_epochs, seed=seed, verbose=1,
-                             validation_rows=validation_rows)
+    options = TrainerOptions(
+        data_dir=run.data_dir,
+        model_dir=run.model_dir,
+        max_epochs=max_epochs,
+        seed=seed,
+        verbose=1,
+        validation_rows=validation_rows,
+    )
     unisar = Trainer(preset("default", seed=seed), options).fit()
     sasrec = train_sasrec(options, "default", sasrec_max_epochs)
     return {"unisar": unisar, "sasrec": sasrec}
@@ -239,20 +288,25 @@ def sampled_protocol(run: ProtocolRun, manifest: dict) -> Dict[str, Dict[str, fl
         model = load_trained_model(model_dir, run.data_dir)
         scores = score_split(model, run.data_dir, "test", "rec", manifest)
         rows[name] = metrics_from_ranks(sampled_ranks(scores), SAMPLED_KS, (5, 10))
-    counted = baseline_scores(run.data_dir, "test", manifest, manifest["vocab_sizes"]["items"] + 1,
-                              ("rec",))
-    rows[ITEMKNN] = metrics_from_ranks(sampled_ranks(counted["ItemKNN"]["rec"]), SAMPLED_KS,
-                                       (5, 10))
-    rows[POPULARITY] = metrics_from_ranks(sampled_ranks(counted["popularity"]["rec"]),
-                                          SAMPLED_KS, (5, 10))
+    counted = baseline_scores(
+        run.data_dir, "test", manifest, manifest["vocab_sizes"]["items"] + 1, ("rec",)
+    )
+    rows[ITEMKNN] = metrics_from_ranks(
+        sampled_ranks(counted["ItemKNN"]["rec"]), SAMPLED_KS, (5, 10)
+    )
+    rows[POPULARITY] = metrics_from_ranks(
+        sampled_ranks(counted["popularity"]["rec"]), SAMPLED_KS, (5, 10)
+    )
     width = manifest["shapes"]["eval_candidates"]
-    rows[RANDOM] = dict(random_ranking_metrics(width), **{"NDCG@10 SE": 0.0,
-                                                          "users": rows[UNISAR]["users"]})
+    rows[RANDOM] = dict(
+        random_ranking_metrics(width), **{"NDCG@10 SE": 0.0, "users": rows[UNISAR]["users"]}
+    )
     return rows
 
 
-def _catalogue_ranks(score_block, popularity: np.ndarray, recent: np.ndarray,
-                     positives: np.ndarray, block: int = 256) -> np.ndarray:
+def _catalogue_ranks(
+    score_block, popularity: np.ndarray, recent: np.ndarray, positives: np.ndarray, block: int = 256
+) -> np.ndarray:
     """0-based ranks over the catalogue (unisar_tf.tools.retrieval_recall.positive_ranks)
     of score_block(start, stop) -> (rows, N + 1) scores, in blocks of users."""
     from unisar_tf.tools.retrieval_recall import positive_ranks
@@ -260,20 +314,28 @@ def _catalogue_ranks(score_block, popularity: np.ndarray, recent: np.ndarray,
     parts = []
     for start in range(0, len(positives), block):
         stop = min(start + block, len(positives))
-        parts.append(positive_ranks(score_block(start, stop), popularity, recent[start:stop],
-                                    positives[start:stop]))
+        parts.append(
+            positive_ranks(
+                score_block(start, stop), popularity, recent[start:stop], positives[start:stop]
+            )
+        )
     return np.concatenate(parts)
 
 
-def full_protocol(run: ProtocolRun, manifest: dict, retrieve: int = 200, seed: int = 0,
-                  batch_size: int = 64) -> Dict[str, Dict[str, float]]:
+def full_protocol(
+    run: ProtocolRun, manifest: dict, retrieve: int = 200, seed: int = 0, batch_size: int = 64
+) -> Dict[str, Dict[str, float]]:
     """{row: metrics} of the test positives ranked over the whole catalogue."""
     import tensorflow as tf
 
     from feature_specs import CANDIDATE_ITEMS
     from unisar_tf.data.cooccurrence import id_sets
-    from unisar_tf.data.retrieval_index import (catalogue_from_vocab, cooccurrence_counts,
-                                                cosine_normalized, read_sequences)
+    from unisar_tf.data.retrieval_index import (
+        catalogue_from_vocab,
+        cooccurrence_counts,
+        cosine_normalized,
+        read_sequences,
+    )
     from unisar_tf.train.run_dir import load_trained_model, sasrec_run_dir
     from unisar_tf.train.two_tower import train_two_tower
 
@@ -282,8 +344,9 @@ def full_protocol(run: ProtocolRun, manifest: dict, retrieve: int = 200, seed: i
     train = read_sequences(run.data_dir, "train", catalogue)
     test = read_sequences(run.data_dir, "test", catalogue, tasks=("rec",))
     positives, recent = test.positives, test.recent
-    popularity = np.bincount(train.positives[train.positives > 0],
-                             minlength=num_ids).astype(np.float64)
+    popularity = np.bincount(train.positives[train.positives > 0], minlength=num_ids).astype(
+        np.float64
+    )
     rows: Dict[str, Dict[str, float]] = {}
 
     def add(name: str, ranks: np.ndarray) -> None:
@@ -307,36 +370,51 @@ def full_protocol(run: ProtocolRun, manifest: dict, retrieve: int = 200, seed: i
         features = dict(batch)
         features[CANDIDATE_ITEMS] = tf.constant(np.tile(everything, (count, 1)))
         scores = np.pad(score_sasrec(features).numpy(), ((0, 0), (1, 0)))  # column 0: padding
-        sasrec_ranks.append(positive_ranks(scores, popularity, recent[row:row + count],
-                                           positives[row:row + count]))
+        sasrec_ranks.append(
+            positive_ranks(
+                scores, popularity, recent[row : row + count], positives[row : row + count]
+            )
+        )
         row += count
     add(SASREC_ROW, np.concatenate(sasrec_ranks))
 
     knn = cosine_normalized(cooccurrence_counts(train.recent, train.positives, num_ids))
-    add(ITEMKNN, _catalogue_ranks(
-        lambda a, b: np.asarray((id_sets(recent[a:b], num_ids) @ knn).todense()),
-        popularity, recent, positives))
-    add(POPULARITY, _catalogue_ranks(lambda a, b: np.zeros((b - a, num_ids)), popularity,
-                                     recent, positives))
+    add(
+        ITEMKNN,
+        _catalogue_ranks(
+            lambda a, b: np.asarray((id_sets(recent[a:b], num_ids) @ knn).todense()),
+            popularity,
+            recent,
+            positives,
+        ),
+    )
+    add(
+        POPULARITY,
+        _catalogue_ranks(lambda a, b: np.zeros((b - a, num_ids)), popularity, recent, positives),
+    )
 
     started = time.time()
     index = train_two_tower(train, catalogue, seed=seed)
     print(f"  two-tower retrieval trained in {time.time() - started:.0f} s", flush=True)
-    add(RETRIEVAL_ONLY, _catalogue_ranks(lambda a, b: index.scores(recent[a:b]), index.popularity,
-                                         recent, positives))
+    add(
+        RETRIEVAL_ONLY,
+        _catalogue_ranks(
+            lambda a, b: index.scores(recent[a:b]), index.popularity, recent, positives
+        ),
+    )
     retrieved = np.zeros((len(positives), retrieve), np.int64)
     for start in range(0, len(positives), 256):
-        block_scores = index.scores(recent[start:start + 256])
+        block_scores = index.scores(recent[start : start + 256])
         for offset, row_scores in enumerate(block_scores):
             ids = index.top_ids(row_scores, retrieve, recent[start + offset])
-            retrieved[start + offset, :len(ids)] = ids
+            retrieved[start + offset, : len(ids)] = ids
     unisar = load_trained_model(run.model_dir, run.data_dir)
     score_unisar = rec_logit_function(unisar)
     unisar_scores, row = [], 0
     for batch in batches:
         count = len(first_of(batch))
         features = dict(batch)
-        features[CANDIDATE_ITEMS] = tf.constant(retrieved[row:row + count])
+        features[CANDIDATE_ITEMS] = tf.constant(retrieved[row : row + count])
         unisar_scores.append(score_unisar(features).numpy())
         row += count
     unisar_matrix = np.concatenate(unisar_scores)
@@ -347,11 +425,13 @@ def full_protocol(run: ProtocolRun, manifest: dict, retrieve: int = 200, seed: i
     history_sizes = np.count_nonzero(recent, axis=1)
     reachable = (positives > 0) & ~np.any(recent == positives[:, None], axis=1)
     rows[RANDOM] = random_full_metrics(history_sizes, reachable, num_ids - 1)
-    rows["_notes"] = {"positives in their own history (a miss for every method)":
-                      float(1.0 - reachable.mean()),
-                      "items": int(num_ids - 1),
-                      f"two-tower Recall@{retrieve}": float(
-                          np.mean((retrieved == positives[:, None]).any(axis=1)))}
+    rows["_notes"] = {
+        "positives in their own history (a miss for every method)": float(1.0 - reachable.mean()),
+        "items": int(num_ids - 1),
+        f"two-tower Recall@{retrieve}": float(
+            np.mean((retrieved == positives[:, None]).any(axis=1))
+        ),
+    }
     return rows
 
 
@@ -363,11 +443,14 @@ def rec_logit_function(model):
     # Named functions: AutoGraph re-reads a lambda's source and can pick the wrong lambda of
     # a function that has two (it did: UniSAR was traced with SASRec's line).
     if model.config.architecture == "sasrec":
+
         def logits(features):
             return model.logits(features, training=False)
     else:
+
         def logits(features):
             return model.task_logits(features, training=False)["rec"]
+
     return tf.function(logits)
 
 
@@ -378,57 +461,90 @@ def first_of(batch) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- report
-def report_markdown(protocol: str, dataset: str, rows: Dict[str, dict],
-                    trained: Optional[Dict[str, dict]] = None) -> str:
+def report_markdown(
+    protocol: str, dataset: str, rows: Dict[str, dict], trained: Optional[Dict[str, dict]] = None
+) -> str:
     """The project's rows, then the published ones, one table, metrics of the protocol."""
     metrics = METRICS[protocol]
     notes = rows.get("_notes", {})
-    title = ("1 positive + 99 uniform negatives never touched by the user"
-             if protocol == "sampled" else
-             "the positive ranked over the whole catalogue, the user's history left out")
-    lines = [f"## {dataset}, {protocol} protocol: {title}", "",
-             "| model | source | " + " | ".join(metrics) + " | NDCG@10 SE | users |",
-             "|---|---|" + "---|" * (len(metrics) + 2)]
+    title = (
+        "1 positive + 99 uniform negatives never touched by the user"
+        if protocol == "sampled"
+        else "the positive ranked over the whole catalogue, the user's history left out"
+    )
+    lines = [
+        f"## {dataset}, {protocol} protocol: {title}",
+        "",
+        "| model | source | " + " | ".join(metrics) + " | NDCG@10 SE | users |",
+        "|---|---|" + "---|" * (len(metrics) + 2),
+    ]
     for name, values in rows.items():
         if name.startswith("_"):
             continue
         cells = " | ".join(f"{values[m]:.4f}" if m in values else "" for m in metrics)
-        lines.append(f"| {name} | this project | {cells} | {values['NDCG@10 SE']:.4f} | "
-                     f"{values['users']} |")
+        lines.append(
+            f"| {name} | this project | {cells} | {values['NDCG@10 SE']:.4f} | "
+            f"{values['users']} |"
+        )
     for name, values in PUBLISHED.get(protocol, {}).get(dataset, {}).items():
         cells = " | ".join(f"{values[m]:.4f}" for m in metrics)
         lines.append(f"| {name} | published | {cells} | | |")
-    lines += ["", f"Published rows: {SOURCE}."
-              + (" Their negatives are not published, so the sampled rows compare the same "
-                 "distribution, not the same lists." if protocol == "sampled" else "")]
+    lines += [
+        "",
+        f"Published rows: {SOURCE}."
+        + (
+            " Their negatives are not published, so the sampled rows compare the same "
+            "distribution, not the same lists."
+            if protocol == "sampled"
+            else ""
+        ),
+    ]
     for key, value in notes.items():
-        lines.append(f"- {key}: {value:.4f}" if isinstance(value, float) else
-                     f"- {key}: {value}")
+        lines.append(f"- {key}: {value:.4f}" if isinstance(value, float) else f"- {key}: {value}")
     if trained:
         for name, summary in trained.items():
             if summary:
-                lines.append(f"- {name}: best validation epoch {summary['epoch']} of "
-                             f"{summary['epochs_run']} (NDCG@5 "
-                             f"{summary['validation_score']:.4f})")
+                lines.append(
+                    f"- {name}: best validation epoch {summary['epoch']} of "
+                    f"{summary['epochs_run']} (NDCG@5 "
+                    f"{summary['validation_score']:.4f})"
+                )
     return "\n".join(lines) + "\n"
 
 
-def run_protocols(protocols: Sequence[str], run: ProtocolRun, data_root: str,
-                  max_epochs: int, sasrec_max_epochs: Optional[int], retrieve: int,
-                  seed: int, validation_rows: Optional[int] = None) -> Dict[str, dict]:
+def run_protocols(
+    protocols: Sequence[str],
+    run: ProtocolRun,
+    data_root: str,
+    max_epochs: int,
+    sasrec_max_epochs: Optional[int],
+    retrieve: int,
+    seed: int,
+    validation_rows: Optional[int] = None,
+) -> Dict[str, dict]:
     manifest = ensure_build(run, data_root)
     trained = ensure_trained(run, max_epochs, sasrec_max_epochs, seed, validation_rows)
     results = {}
     for protocol in protocols:
         started = time.time()
         print(f"scoring the {protocol} protocol on {run.data_dir}", flush=True)
-        rows = (sampled_protocol(run, manifest) if protocol == "sampled"
-                else full_protocol(run, manifest, retrieve, seed))
+        rows = (
+            sampled_protocol(run, manifest)
+            if protocol == "sampled"
+            else full_protocol(run, manifest, retrieve, seed)
+        )
         markdown = report_markdown(protocol, run.dataset, rows, trained)
-        report = {"protocol": protocol, "dataset": run.dataset, "data_dir": run.data_dir,
-                  "model_dir": run.model_dir, "rows": rows, "trained": trained,
-                  "published": PUBLISHED.get(protocol, {}).get(run.dataset, {}),
-                  "source": SOURCE, "seconds": round(time.time() - started, 1)}
+        report = {
+            "protocol": protocol,
+            "dataset": run.dataset,
+            "data_dir": run.data_dir,
+            "model_dir": run.model_dir,
+            "rows": rows,
+            "trained": trained,
+            "published": PUBLISHED.get(protocol, {}).get(run.dataset, {}),
+            "source": SOURCE,
+            "seconds": round(time.time() - started, 1),
+        }
         stem = os.path.join(run.out_dir, f"{run.dataset}_{protocol}")
         with open(stem + ".json", "w") as out:
             json.dump(report, out, indent=1, sort_keys=True, default=float)
@@ -445,23 +561,47 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--protocol", default="both", choices=(*PROTOCOLS, "both"))
     parser.add_argument("--dataset", default="amazon_beauty", choices=sorted(DATASETS))
-    parser.add_argument("--out_dir", default="out/protocols",
-                        help="builds, runs and reports go here")
-    parser.add_argument("--data_root", default=os.path.join("..", "shared", "data"),
-                        help="folder holding amazon_beauty/ and amazon_sports/")
-    parser.add_argument("--data_dir", default=None,
-                        help="an existing protocol build (default <out_dir>/<dataset>)")
-    parser.add_argument("--model_dir", default=None,
-                        help="the UniSAR run (default <out_dir>/<dataset>_unisar; SASRec "
-                             "trains beside it in baselines/SASRec)")
-    parser.add_argument("--max_epochs", type=int, default=100,
-                        help="UniSAR's epoch budget (early stopping usually ends it first)")
-    parser.add_argument("--sasrec_max_epochs", type=int, default=None,
-                        help="SASRec's epoch budget (default: its recipe's own)")
-    parser.add_argument("--retrieve", type=int, default=200,
-                        help="full protocol: items the retrieval stage hands UniSAR")
-    parser.add_argument("--validation_rows", type=int, default=None,
-                        help="pick epochs on the first N validation lists (default: all)")
+    parser.add_argument(
+        "--out_dir", default="out/protocols", help="builds, runs and reports go here"
+    )
+    parser.add_argument(
+        "--data_root",
+        default=os.path.join("..", "shared", "data"),
+        help="folder holding amazon_beauty/ and amazon_sports/",
+    )
+    parser.add_argument(
+        "--data_dir", default=None, help="an existing protocol build (default <out_dir>/<dataset>)"
+    )
+    parser.add_argument(
+        "--model_dir",
+        default=None,
+        help="the UniSAR run (default <out_dir>/<dataset>_unisar; SASRec "
+        "trains beside it in baselines/SASRec)",
+    )
+    parser.add_argument(
+        "--max_epochs",
+        type=int,
+        default=100,
+        help="UniSAR's epoch budget (early stopping usually ends it first)",
+    )
+    parser.add_argument(
+        "--sasrec_max_epochs",
+        type=int,
+        default=None,
+        help="SASRec's epoch budget (default: its recipe's own)",
+    )
+    parser.add_argument(
+        "--retrieve",
+        type=int,
+        default=200,
+        help="full protocol: items the retrieval stage hands UniSAR",
+    )
+    parser.add_argument(
+        "--validation_rows",
+        type=int,
+        default=None,
+        help="pick epochs on the first N validation lists (default: all)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     logs.add_verbose_flag(parser)
     args = parser.parse_args(argv)
@@ -472,8 +612,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run = ProtocolRun.at(args.dataset, args.out_dir, args.data_dir, args.model_dir)
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     try:
-        run_protocols(protocols, run, args.data_root, args.max_epochs, args.sasrec_max_epochs,
-                      args.retrieve, args.seed, args.validation_rows)
+        run_protocols(
+            protocols,
+            run,
+            args.data_root,
+            args.max_epochs,
+            args.sasrec_max_epochs,
+            args.retrieve,
+            args.seed,
+            args.validation_rows,
+        )
     except (ValueError, FileNotFoundError) as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     return 0

@@ -11,6 +11,7 @@ then the first epoch whose score reaches `fraction` of the run's best, and its t
 machine's cores, load average and the date are printed with it, since the numbers mean
 little without them. `--from_model_dir` re-reads a finished run instead of training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,34 +43,53 @@ def time_to_quality(history: Sequence[dict], setup_seconds: float, fraction: flo
         rows.append(dict(row, elapsed=elapsed))
         if reached is None and row["validation_score"] >= fraction * best:
             reached = rows[-1]
-    return {"best": best, "epoch": reached["epoch"], "seconds": reached["elapsed"],
-            "rows": rows, "setup_seconds": setup_seconds}
+    return {
+        "best": best,
+        "epoch": reached["epoch"],
+        "seconds": reached["elapsed"],
+        "rows": rows,
+        "setup_seconds": setup_seconds,
+    }
 
 
 def format_table(result: dict, fraction: float, header: str) -> str:
     tasks = sorted(result["rows"][0]["validation"])
-    lines = [header, "",
-             "| epoch | cumulative s | score (mean NDCG@5) | "
-             + " | ".join(f"{task} NDCG@10" for task in tasks) + " |",
-             "|---|---|---|" + "---|" * len(tasks)]
+    lines = [
+        header,
+        "",
+        "| epoch | cumulative s | score (mean NDCG@5) | "
+        + " | ".join(f"{task} NDCG@10" for task in tasks)
+        + " |",
+        "|---|---|---|" + "---|" * len(tasks),
+    ]
     for row in result["rows"]:
         cells = " | ".join(f"{row['validation'][task]['NDCG@10']:.4f}" for task in tasks)
         mark = " (reached)" if row["epoch"] == result["epoch"] else ""
-        lines.append(f"| {row['epoch']}{mark} | {row['elapsed']:.0f} | "
-                     f"{row['validation_score']:.4f} | {cells} |")
-    setup = (f"set-up ({result['setup_seconds']:.0f} s) included" if result["setup_seconds"]
-             else "set-up not recorded (a re-read run)")
-    lines += ["", f"Best score {result['best']:.4f}; {fraction:.0%} of it reached after epoch "
-              f"{result['epoch']}, {result['seconds']:.0f} s ({result['seconds'] / 60:.1f} min) "
-              f"from the start, {setup}."]
+        lines.append(
+            f"| {row['epoch']}{mark} | {row['elapsed']:.0f} | "
+            f"{row['validation_score']:.4f} | {cells} |"
+        )
+    setup = (
+        f"set-up ({result['setup_seconds']:.0f} s) included"
+        if result["setup_seconds"]
+        else "set-up not recorded (a re-read run)"
+    )
+    lines += [
+        "",
+        f"Best score {result['best']:.4f}; {fraction:.0%} of it reached after epoch "
+        f"{result['epoch']}, {result['seconds']:.0f} s ({result['seconds'] / 60:.1f} min) "
+        f"from the start, {setup}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def machine_line() -> str:
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-            f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
-            f"load average at the end {load}")
+    return (
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+        f"load average at the end {load}"
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -81,18 +101,26 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--max_epochs", type=int, default=8)
     parser.add_argument("--fraction", type=float, default=0.99)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="a UniSARConfig override (JSON value), e.g. --set batch_size=512")
-    parser.add_argument("--from_model_dir", action="store_true",
-                        help="only re-read the finished run in --model_dir")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a UniSARConfig override (JSON value), e.g. --set batch_size=512",
+    )
+    parser.add_argument(
+        "--from_model_dir", action="store_true", help="only re-read the finished run in --model_dir"
+    )
     logs.add_verbose_flag(parser)
     args = parser.parse_args(argv)
 
     setup_seconds = 0.0
     if not args.from_model_dir:
         if os.path.exists(os.path.join(args.model_dir, "history.jsonl")):
-            raise SystemExit(f"{args.model_dir} already holds a run: a resumed run would not "
-                             "be timed from its start; give a new --model_dir")
+            raise SystemExit(
+                f"{args.model_dir} already holds a run: a resumed run would not "
+                "be timed from its start; give a new --model_dir"
+            )
         overrides = {}
         for assignment in args.set:
             name, _, value = assignment.partition("=")
@@ -101,9 +129,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             except json.JSONDecodeError:
                 overrides[name] = value
         started = time.time()
-        trainer = Trainer(preset(args.preset, seed=args.seed, **overrides),
-                          TrainerOptions(args.data_dir, args.model_dir,
-                                         max_epochs=args.max_epochs, seed=args.seed, verbose=1))
+        trainer = Trainer(
+            preset(args.preset, seed=args.seed, **overrides),
+            TrainerOptions(
+                args.data_dir, args.model_dir, max_epochs=args.max_epochs, seed=args.seed, verbose=1
+            ),
+        )
         setup_seconds = time.time() - started
         trainer.fit()
         with open(os.path.join(args.model_dir, "setup_seconds.json"), "w") as out:
@@ -114,9 +145,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             with open(path) as handle:
                 setup_seconds = json.load(handle)["setup_seconds"]
     result = time_to_quality(read_history(args.model_dir), setup_seconds, args.fraction)
-    header = (f"`{args.data_dir}`, preset `{args.preset}`"
-              + (f" with {', '.join(args.set)}" if args.set else "")
-              + f", seed {args.seed}; {machine_line()}")
+    header = (
+        f"`{args.data_dir}`, preset `{args.preset}`"
+        + (f" with {', '.join(args.set)}" if args.set else "")
+        + f", seed {args.seed}; {machine_line()}"
+    )
     print(format_table(result, args.fraction, header), flush=True)
     return result
 

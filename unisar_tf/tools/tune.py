@@ -34,6 +34,7 @@ settings on the same out_dir are refused.
 TFX: `tuner_fn(fn_args)` returns the same tuner for TFX's Tuner component (see its
 docstring); the pipeline does not wire it in.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,10 +49,10 @@ import tensorflow as tf
 from unisar_tf import logs
 from unisar_tf.config import PRESETS, preset
 from unisar_tf.data import reader
+from unisar_tf.tools.ablation import parse_set_overrides
 from unisar_tf.train.evaluation import VALIDATION_METRIC
 from unisar_tf.train.run_dir import BEST_FILE, HISTORY_FILE
 from unisar_tf.train.trainer import Trainer, TrainerOptions
-from unisar_tf.tools.ablation import parse_set_overrides
 
 OBJECTIVE = "validation_score"  # the Trainer's: mean NDCG@5 over the tasks, validation split
 # Hyperparameter (= UniSARConfig field and `python -m unisar_tf.train` flag) -> choices.
@@ -86,12 +87,15 @@ class SearchSettings:
 # ----------------------------------------------------------------------------- the space
 def _config_values(overrides: Dict[str, Any]) -> Dict[str, Any]:
     """JSON values as UniSARConfig takes them (lists -> tuples)."""
-    return {name: tuple(value) if isinstance(value, list) else value
-            for name, value in overrides.items()}
+    return {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in overrides.items()
+    }
 
 
-def search_space(settings: SearchSettings, manifest: dict
-                 ) -> Tuple[keras_tuner.HyperParameters, List[str]]:
+def search_space(
+    settings: SearchSettings, manifest: dict
+) -> Tuple[keras_tuner.HyperParameters, List[str]]:
     """(KerasTuner's space for these settings on this data, notes on what the data changed).
 
     Negatives are capped at the data's training negative pool (and dropped from the space
@@ -105,8 +109,7 @@ def search_space(settings: SearchSettings, manifest: dict
         raise ValueError(f"{clash} are searched: set their choices, not a fixed override")
     if settings.seed < 0:
         raise ValueError(f"seed must be >= 0, got {settings.seed}")
-    base = preset(settings.preset, seed=settings.seed,
-                  **_config_values(settings.base_overrides))
+    base = preset(settings.preset, seed=settings.seed, **_config_values(settings.base_overrides))
     notes: List[str] = []
     hyperparameters = keras_tuner.HyperParameters()
     for name, choices in settings.space.items():
@@ -119,13 +122,17 @@ def search_space(settings: SearchSettings, manifest: dict
         if name == "num_train_negatives":
             pool = int(manifest["shapes"].get("train_negative_pool", 0))
             if not pool:
-                notes.append("the data has no training negative pool: it trains with its fixed "
-                             "negatives, so num_train_negatives is not searched")
+                notes.append(
+                    "the data has no training negative pool: it trains with its fixed "
+                    "negatives, so num_train_negatives is not searched"
+                )
                 continue
             capped = sorted({min(value, pool) for value in values})
             if capped != values:
-                notes.append(f"num_train_negatives {values} capped at the data's pool of "
-                             f"{pool}: {capped}")
+                notes.append(
+                    f"num_train_negatives {values} capped at the data's pool of "
+                    f"{pool}: {capped}"
+                )
             values = capped
         for value in values:  # the same checks as a training run's config
             base.replace(**{name: value})
@@ -143,20 +150,28 @@ class UniSARTuner(keras_tuner.Tuner):
 
     def __init__(self, settings: SearchSettings, manifest: Optional[dict] = None):
         self.settings = settings
-        self.manifest = manifest or reader.load_manifest(settings.data_dir,
-                                                         settings.transform_dir)
+        self.manifest = manifest or reader.load_manifest(settings.data_dir, settings.transform_dir)
         self.space, self.notes = search_space(settings, self.manifest)
-        self.data_fingerprint = reader.data_identity(settings.data_dir,
-                                                     self.manifest)["fingerprint"]
+        self.data_fingerprint = reader.data_identity(settings.data_dir, self.manifest)[
+            "fingerprint"
+        ]
         check_settings(settings, self.space, self.data_fingerprint)
         objective = keras_tuner.Objective(OBJECTIVE, direction="max")
         # KerasTuner draws a random seed for seed 0 (falsy): its seed is --seed + 1.
         oracle = keras_tuner.oracles.RandomSearchOracle(
-            objective=objective, max_trials=settings.max_trials, seed=settings.seed + 1,
-            hyperparameters=self.space, tune_new_entries=False, allow_new_entries=False)
+            objective=objective,
+            max_trials=settings.max_trials,
+            seed=settings.seed + 1,
+            hyperparameters=self.space,
+            tune_new_entries=False,
+            allow_new_entries=False,
+        )
         out_dir = os.path.normpath(settings.out_dir)
-        super().__init__(oracle=oracle, directory=os.path.dirname(out_dir) or ".",
-                         project_name=os.path.basename(out_dir))
+        super().__init__(
+            oracle=oracle,
+            directory=os.path.dirname(out_dir) or ".",
+            project_name=os.path.basename(out_dir),
+        )
         self.oracle.verbose = settings.verbose
         write_settings(settings, self.space, self.data_fingerprint)
 
@@ -171,13 +186,16 @@ class UniSARTuner(keras_tuner.Tuner):
     def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
         settings = self.settings
         values = dict(trial.hyperparameters.values)
-        options = TrainerOptions(data_dir=settings.data_dir,
-                                 model_dir=self.trial_dir(trial.trial_id),
-                                 max_epochs=settings.max_epochs, seed=settings.seed,
-                                 steps_per_epoch=settings.steps_per_epoch,
-                                 validation_rows=settings.validation_rows,
-                                 transform_dir=settings.transform_dir,
-                                 verbose=settings.verbose)
+        options = TrainerOptions(
+            data_dir=settings.data_dir,
+            model_dir=self.trial_dir(trial.trial_id),
+            max_epochs=settings.max_epochs,
+            seed=settings.seed,
+            steps_per_epoch=settings.steps_per_epoch,
+            validation_rows=settings.validation_rows,
+            transform_dir=settings.transform_dir,
+            verbose=settings.verbose,
+        )
         tf.keras.backend.clear_session()  # the previous trial's model
         try:
             summary = Trainer(self.trial_config(values), options).fit()
@@ -185,7 +203,8 @@ class UniSARTuner(keras_tuner.Tuner):
             raise keras_tuner.errors.FailedTrialError(str(error)) from error
         except Exception as error:  # a bug or unusable data: stop (the trial resumes later)
             raise keras_tuner.errors.FatalError(
-                f"trial {trial.trial_id} ({values}): {type(error).__name__}: {error}") from error
+                f"trial {trial.trial_id} ({values}): {type(error).__name__}: {error}"
+            ) from error
         metrics = {OBJECTIVE: float(summary["validation_score"])}
         for task, task_metrics in summary["validation"].items():
             metrics[f"{task}_{VALIDATION_METRIC}"] = float(task_metrics[VALIDATION_METRIC])
@@ -209,16 +228,18 @@ class UniSARTuner(keras_tuner.Tuner):
 
 
 # ----------------------------------------------------------------------- settings record
-def _settings_record(settings: SearchSettings, space: keras_tuner.HyperParameters,
-                     fingerprint: str) -> dict:
+def _settings_record(
+    settings: SearchSettings, space: keras_tuner.HyperParameters, fingerprint: str
+) -> dict:
     record = dataclasses.asdict(settings)
     record["space"] = {hp.name: list(hp.values) for hp in space.space}
     record["data_fingerprint"] = fingerprint
     return record
 
 
-def check_settings(settings: SearchSettings, space: keras_tuner.HyperParameters,
-                   fingerprint: str) -> None:
+def check_settings(
+    settings: SearchSettings, space: keras_tuner.HyperParameters, fingerprint: str
+) -> None:
     """A ValueError if out_dir holds a search with other settings (KerasTuner would reload
     its old space silently): only max_trials may grow, and the data may move."""
     path = os.path.join(settings.out_dir, SETTINGS_FILE)
@@ -227,21 +248,28 @@ def check_settings(settings: SearchSettings, space: keras_tuner.HyperParameters,
     with tf.io.gfile.GFile(path) as handle:
         recorded = json.load(handle)
     current = json.loads(json.dumps(_settings_record(settings, space, fingerprint)))
-    differences = [f"{key}: {recorded.get(key)!r} there, {current.get(key)!r} now"
-                   for key in sorted(set(recorded) | set(current))
-                   if key not in EXTENSIBLE and recorded.get(key) != current.get(key)]
+    differences = [
+        f"{key}: {recorded.get(key)!r} there, {current.get(key)!r} now"
+        for key in sorted(set(recorded) | set(current))
+        if key not in EXTENSIBLE and recorded.get(key) != current.get(key)
+    ]
     if differences:
-        raise ValueError(f"{settings.out_dir} holds a search with other settings ("
-                         + "; ".join(differences) + "): use another --out_dir, or the same "
-                         "settings to continue that search")
+        raise ValueError(
+            f"{settings.out_dir} holds a search with other settings ("
+            + "; ".join(differences)
+            + "): use another --out_dir, or the same "
+            "settings to continue that search"
+        )
 
 
-def write_settings(settings: SearchSettings, space: keras_tuner.HyperParameters,
-                   fingerprint: str) -> None:
+def write_settings(
+    settings: SearchSettings, space: keras_tuner.HyperParameters, fingerprint: str
+) -> None:
     tf.io.gfile.makedirs(settings.out_dir)
     with tf.io.gfile.GFile(os.path.join(settings.out_dir, SETTINGS_FILE), "w") as out:
-        out.write(json.dumps(_settings_record(settings, space, fingerprint), indent=2,
-                             sort_keys=True))
+        out.write(
+            json.dumps(_settings_record(settings, space, fingerprint), indent=2, sort_keys=True)
+        )
 
 
 # --------------------------------------------------------------------------------- report
@@ -270,17 +298,29 @@ def trial_rows(oracle, out_dir: str, names: Sequence[str]) -> List[dict]:
         # A failed trial's message is KerasTuner's traceback: its last line, less the class.
         message = (trial.message or "").strip().splitlines()
         message = [message[-1].split(": ", 1)[-1]] if message else []
-        rows.append({
-            "trial": trial_id, "status": trial.status,
-            "values": {name: values.get(name) for name in names},
-            "validation_score": trial.score,
-            "validation": {task: metrics[VALIDATION_METRIC]
-                           for task, metrics in best.get("validation", {}).items()},
-            "best_epoch": best.get("epoch"), "epochs_run": len(history),
-            "seconds": round(sum(entry.get("seconds", 0.0) for entry in history), 1),
-            "message": message[-1] if message else ""})
-    rows.sort(key=lambda row: (row["validation_score"] is None,
-                               -(row["validation_score"] or 0.0), row["trial"]))
+        rows.append(
+            {
+                "trial": trial_id,
+                "status": trial.status,
+                "values": {name: values.get(name) for name in names},
+                "validation_score": trial.score,
+                "validation": {
+                    task: metrics[VALIDATION_METRIC]
+                    for task, metrics in best.get("validation", {}).items()
+                },
+                "best_epoch": best.get("epoch"),
+                "epochs_run": len(history),
+                "seconds": round(sum(entry.get("seconds", 0.0) for entry in history), 1),
+                "message": message[-1] if message else "",
+            }
+        )
+    rows.sort(
+        key=lambda row: (
+            row["validation_score"] is None,
+            -(row["validation_score"] or 0.0),
+            row["trial"],
+        )
+    )
     return rows
 
 
@@ -309,8 +349,10 @@ def train_flags(settings: SearchSettings, values: Dict[str, Any]) -> List[str]:
 
 def train_command(settings: SearchSettings, values: Dict[str, Any]) -> str:
     model_dir = os.path.join(settings.out_dir, "best")
-    return " ".join(["python -m unisar_tf.train", "--data_dir", settings.data_dir,
-                     "--model_dir", model_dir] + train_flags(settings, values))
+    return " ".join(
+        ["python -m unisar_tf.train", "--data_dir", settings.data_dir, "--model_dir", model_dir]
+        + train_flags(settings, values)
+    )
 
 
 def _number(value: Optional[float], digits: int = 4) -> str:
@@ -320,48 +362,81 @@ def _number(value: Optional[float], digits: int = 4) -> str:
 def tuning_markdown(settings: SearchSettings, rows: List[dict], notes: Sequence[str]) -> str:
     names = list(rows[0]["values"]) if rows else list(settings.space)
     tasks = sorted({task for row in rows for task in row["validation"]})
-    budget = (f"at most {settings.max_epochs} epochs"
-              + (f" x {settings.steps_per_epoch} steps" if settings.steps_per_epoch else "")
-              + ", validation on " + (f"the first {settings.validation_rows} rows per task"
-                                      if settings.validation_rows else "the whole split"))
-    lines = [f"KerasTuner random search on `{settings.data_dir}` "
-             f"({settings.preset} preset"
-             + (f" + {json.dumps(settings.base_overrides, sort_keys=True)}"
-                if settings.base_overrides else "")
-             + f", seed {settings.seed}, {budget}); score = validation mean NDCG@5 of the "
-             "best epoch. The test split was not read.", ""]
+    budget = (
+        f"at most {settings.max_epochs} epochs"
+        + (f" x {settings.steps_per_epoch} steps" if settings.steps_per_epoch else "")
+        + ", validation on "
+        + (
+            f"the first {settings.validation_rows} rows per task"
+            if settings.validation_rows
+            else "the whole split"
+        )
+    )
+    lines = [
+        f"KerasTuner random search on `{settings.data_dir}` "
+        f"({settings.preset} preset"
+        + (
+            f" + {json.dumps(settings.base_overrides, sort_keys=True)}"
+            if settings.base_overrides
+            else ""
+        )
+        + f", seed {settings.seed}, {budget}); score = validation mean NDCG@5 of the "
+        "best epoch. The test split was not read.",
+        "",
+    ]
     lines += [f"Note: {note}." for note in notes] + ([""] if notes else [])
-    lines += ["| trial | " + " | ".join(names) + " | validation score | "
-              + "".join(f"{task} NDCG@5 | " for task in tasks)
-              + "best epoch | epochs | seconds | status |",
-              "|" + "---|" * (len(names) + len(tasks) + 6)]
+    lines += [
+        "| trial | "
+        + " | ".join(names)
+        + " | validation score | "
+        + "".join(f"{task} NDCG@5 | " for task in tasks)
+        + "best epoch | epochs | seconds | status |",
+        "|" + "---|" * (len(names) + len(tasks) + 6),
+    ]
     for row in rows:
-        status = row["status"] + (f" ({row['message']})" if row["status"] == "FAILED"
-                                  and row["message"] else "")
-        lines.append(f"| {row['trial']} | "
-                     + " | ".join(_flag_value(row["values"][name]) if row["values"][name]
-                                  is not None else "-" for name in names)
-                     + f" | {_number(row['validation_score'])} | "
-                     + "".join(f"{_number(row['validation'].get(task))} | " for task in tasks)
-                     + f"{row['best_epoch'] if row['best_epoch'] is not None else '-'} | "
-                     + f"{row['epochs_run']} | {row['seconds']:.0f} | {status} |")
+        status = row["status"] + (
+            f" ({row['message']})" if row["status"] == "FAILED" and row["message"] else ""
+        )
+        lines.append(
+            f"| {row['trial']} | "
+            + " | ".join(
+                _flag_value(row["values"][name]) if row["values"][name] is not None else "-"
+                for name in names
+            )
+            + f" | {_number(row['validation_score'])} | "
+            + "".join(f"{_number(row['validation'].get(task))} | " for task in tasks)
+            + f"{row['best_epoch'] if row['best_epoch'] is not None else '-'} | "
+            + f"{row['epochs_run']} | {row['seconds']:.0f} | {status} |"
+        )
     best = next((row for row in rows if row["validation_score"] is not None), None)
     if best is not None:
-        lines += ["", f"Best: trial {best['trial']} (validation score "
-                      f"{best['validation_score']:.4f}). To train it again:", "",
-                  f"    {train_command(settings, best['values'])}"]
+        lines += [
+            "",
+            f"Best: trial {best['trial']} (validation score "
+            f"{best['validation_score']:.4f}). To train it again:",
+            "",
+            f"    {train_command(settings, best['values'])}",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def write_report(settings: SearchSettings, rows: List[dict], notes: Sequence[str]) -> dict:
     """Writes out_dir/tuning.{md,json}; returns the JSON's content."""
     best = next((row for row in rows if row["validation_score"] is not None), None)
-    result = {"settings": dataclasses.asdict(settings), "notes": list(notes), "rows": rows,
-              "best": None if best is None else {
-                  "trial": best["trial"], "values": best["values"],
-                  "validation_score": best["validation_score"],
-                  "train_flags": train_flags(settings, best["values"]),
-                  "command": train_command(settings, best["values"])}}
+    result = {
+        "settings": dataclasses.asdict(settings),
+        "notes": list(notes),
+        "rows": rows,
+        "best": None
+        if best is None
+        else {
+            "trial": best["trial"],
+            "values": best["values"],
+            "validation_score": best["validation_score"],
+            "train_flags": train_flags(settings, best["values"]),
+            "command": train_command(settings, best["values"]),
+        },
+    }
     tf.io.gfile.makedirs(settings.out_dir)
     with tf.io.gfile.GFile(os.path.join(settings.out_dir, "tuning.md"), "w") as out:
         out.write(tuning_markdown(settings, rows, notes))
@@ -379,8 +454,10 @@ def run(settings: SearchSettings) -> dict:
     tuner.search()
     report = tuner.report
     print(tuning_markdown(settings, report["rows"], report["notes"]))
-    print("written: " + ", ".join(os.path.join(settings.out_dir, name)
-                                  for name in ("tuning.md", "tuning.json")))
+    print(
+        "written: "
+        + ", ".join(os.path.join(settings.out_dir, name) for name in ("tuning.md", "tuning.json"))
+    )
     return report
 
 
@@ -389,8 +466,10 @@ def examples_root(train_files: Sequence[str]) -> str:
     dir the project's reader reads (the artifact holds manifest.json and vocab/)."""
     split_dir = train_files[0].rstrip("*").rstrip("/")
     if not os.path.basename(split_dir).startswith("Split-"):
-        raise ValueError(f"unexpected training file pattern {train_files[0]!r}: expected "
-                         "<examples uri>/Split-<name>/*, or set custom_config['data_dir']")
+        raise ValueError(
+            f"unexpected training file pattern {train_files[0]!r}: expected "
+            "<examples uri>/Split-<name>/*, or set custom_config['data_dir']"
+        )
     return os.path.dirname(split_dir)
 
 
@@ -412,8 +491,11 @@ def tuner_fn(fn_args):
     from tfx import v1 as tfx  # only this entry needs TFX
 
     custom: Dict[str, Any] = dict(getattr(fn_args, "custom_config", None) or {})
-    transform_dir = (getattr(fn_args, "transform_graph_path", None)
-                     or getattr(fn_args, "transform_output", None) or None)
+    transform_dir = (
+        getattr(fn_args, "transform_graph_path", None)
+        or getattr(fn_args, "transform_output", None)
+        or None
+    )
     settings = SearchSettings(
         data_dir=custom.get("data_dir") or examples_root(fn_args.train_files),
         out_dir=custom.get("out_dir") or fn_args.working_dir,
@@ -425,7 +507,9 @@ def tuner_fn(fn_args):
         steps_per_epoch=custom.get("steps_per_epoch"),
         validation_rows=custom.get("validation_rows"),
         seed=int(custom.get("seed", 0)),
-        transform_dir=transform_dir, verbose=1)
+        transform_dir=transform_dir,
+        verbose=1,
+    )
     return tfx.components.TunerFnResult(tuner=UniSARTuner(settings), fit_kwargs={})
 
 
@@ -434,42 +518,76 @@ def _choices(kind):
         try:
             return tuple(kind(part) for part in text.split(",") if part.strip())
         except ValueError as error:
-            raise argparse.ArgumentTypeError(f"expected comma-separated values: {error}")
+            raise argparse.ArgumentTypeError(f"expected comma-separated values: {error}") from None
+
     return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--data_dir", required=True, help="output of pipeline.build_examples")
-    parser.add_argument("--out_dir", required=True,
-                        help="KerasTuner's records, trials/<id>/ runs, tuning.{md,json}")
-    parser.add_argument("--transform_dir", default=None,
-                        help="for data built with --id_format raw: its Transform graph")
+    parser.add_argument(
+        "--out_dir", required=True, help="KerasTuner's records, trials/<id>/ runs, tuning.{md,json}"
+    )
+    parser.add_argument(
+        "--transform_dir",
+        default=None,
+        help="for data built with --id_format raw: its Transform graph",
+    )
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    parser.add_argument("--seed", type=int, default=0,
-                        help="the oracle's (as seed + 1) and every trial's training seed")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the oracle's (as seed + 1) and every trial's training seed",
+    )
     parser.add_argument("--max_trials", type=int, default=9)
-    parser.add_argument("--max_epochs", type=int, default=3,
-                        help="per trial (early stopping on validation may end it first)")
-    parser.add_argument("--steps_per_epoch", type=int, default=None,
-                        help="cap on training steps per epoch; default: whole epoch")
-    parser.add_argument("--validation_rows", type=int, default=None,
-                        help="validate on the first N rows per task; default: all")
+    parser.add_argument(
+        "--max_epochs",
+        type=int,
+        default=3,
+        help="per trial (early stopping on validation may end it first)",
+    )
+    parser.add_argument(
+        "--steps_per_epoch",
+        type=int,
+        default=None,
+        help="cap on training steps per epoch; default: whole epoch",
+    )
+    parser.add_argument(
+        "--validation_rows",
+        type=int,
+        default=None,
+        help="validate on the first N rows per task; default: all",
+    )
     space = parser.add_argument_group("the choices (comma-separated)")
-    space.add_argument("--learning_rates", type=_choices(float),
-                       default=DEFAULT_SPACE["learning_rate"])
+    space.add_argument(
+        "--learning_rates", type=_choices(float), default=DEFAULT_SPACE["learning_rate"]
+    )
     space.add_argument("--dropouts", type=_choices(float), default=DEFAULT_SPACE["dropout"])
-    space.add_argument("--embedding_dims", type=_choices(int),
-                       default=DEFAULT_SPACE["embedding_dim"])
-    space.add_argument("--negatives", type=_choices(int),
-                       default=DEFAULT_SPACE["num_train_negatives"],
-                       help="num_train_negatives, capped at the data's negative pool")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="FIELD=JSON", help="fixed config override for every trial, "
-                        "e.g. --set batch_size=512 --set tower_units=[64,32]")
-    parser.add_argument("--verbose", type=int, default=1,
-                        help="0 silent, 1 a line per epoch, 2 also a progress bar")
+    space.add_argument(
+        "--embedding_dims", type=_choices(int), default=DEFAULT_SPACE["embedding_dim"]
+    )
+    space.add_argument(
+        "--negatives",
+        type=_choices(int),
+        default=DEFAULT_SPACE["num_train_negatives"],
+        help="num_train_negatives, capped at the data's negative pool",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=JSON",
+        help="fixed config override for every trial, "
+        "e.g. --set batch_size=512 --set tower_units=[64,32]",
+    )
+    parser.add_argument(
+        "--verbose", type=int, default=1, help="0 silent, 1 a line per epoch, 2 also a progress bar"
+    )
     return parser
 
 
@@ -480,16 +598,26 @@ def parse_settings(argv: Optional[Sequence[str]] = None) -> SearchSettings:
         overrides = parse_set_overrides(args.overrides)
     except ValueError as error:
         parser.error(str(error))
-    space = {"learning_rate": args.learning_rates, "dropout": args.dropouts,
-             "embedding_dim": args.embedding_dims, "num_train_negatives": args.negatives}
-    return SearchSettings(data_dir=args.data_dir, out_dir=args.out_dir, preset=args.preset,
-                          base_overrides=overrides,
-                          space={name: list(values) for name, values in space.items()},
-                          max_trials=args.max_trials, max_epochs=args.max_epochs,
-                          steps_per_epoch=args.steps_per_epoch,
-                          validation_rows=args.validation_rows, seed=args.seed,
-                          transform_dir=args.transform_dir,
-                          verbose=args.verbose)
+    space = {
+        "learning_rate": args.learning_rates,
+        "dropout": args.dropouts,
+        "embedding_dim": args.embedding_dims,
+        "num_train_negatives": args.negatives,
+    }
+    return SearchSettings(
+        data_dir=args.data_dir,
+        out_dir=args.out_dir,
+        preset=args.preset,
+        base_overrides=overrides,
+        space={name: list(values) for name, values in space.items()},
+        max_trials=args.max_trials,
+        max_epochs=args.max_epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        validation_rows=args.validation_rows,
+        seed=args.seed,
+        transform_dir=args.transform_dir,
+        verbose=args.verbose,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

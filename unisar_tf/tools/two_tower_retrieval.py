@@ -9,6 +9,7 @@ catalogue (a seeded `--validation_examples` subset), scored as
 unisar_tf.tools.retrieval_recall scores (history left out, ties by popularity). This is how
 TwoTowerParams' defaults were chosen (docs/online.md#retrieval).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,26 +29,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--validation_examples", type=int, default=8000)
     parser.add_argument("--seed", type=int, default=0)
     for field in dataclasses.fields(TwoTowerParams):
-        parser.add_argument(f"--{field.name}", type=type(field.default), default=None,
-                            help=f"TwoTowerParams.{field.name} (default {field.default})")
+        parser.add_argument(
+            f"--{field.name}",
+            type=type(field.default),
+            default=None,
+            help=f"TwoTowerParams.{field.name} (default {field.default})",
+        )
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from unisar_tf.train.two_tower import train_two_tower
 
-    params = TwoTowerParams().replace(**{
-        field.name: getattr(args, field.name) for field in dataclasses.fields(TwoTowerParams)
-        if getattr(args, field.name) is not None})
+    params = TwoTowerParams().replace(
+        **{
+            field.name: getattr(args, field.name)
+            for field in dataclasses.fields(TwoTowerParams)
+            if getattr(args, field.name) is not None
+        }
+    )
     catalogue = catalogue_from_vocab(args.data_dir)
     train = read_sequences(args.data_dir, "train", catalogue)
-    valid = subsample(read_sequences(args.data_dir, "valid", catalogue),
-                      args.validation_examples, args.seed)
+    valid = subsample(
+        read_sequences(args.data_dir, "valid", catalogue), args.validation_examples, args.seed
+    )
     print(f"{args.data_dir}: {params}", flush=True)
     started = time.time()
 
     def report(epoch, index):
         result = metrics_from_ranks(method_ranks(index.scores, index.popularity, valid))
-        print(f"epoch {epoch}: " + "  ".join(f"{m} {v:.4f}" for m, v in result.items())
-              + f"  ({time.time() - started:.0f} s)", flush=True)
+        print(
+            f"epoch {epoch}: "
+            + "  ".join(f"{m} {v:.4f}" for m, v in result.items())
+            + f"  ({time.time() - started:.0f} s)",
+            flush=True,
+        )
 
     train_two_tower(train, catalogue, params, args.seed, on_epoch=report)
     return 0

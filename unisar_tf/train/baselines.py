@@ -27,6 +27,7 @@ log counts its one scenario).
 scores (its metrics are an exact expectation, `unisar_tf.tools.demo.random_ranking_metrics`).
 Library code: numpy, scipy.sparse and tf.data, no TFX or Beam.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,12 @@ import numpy as np
 import scipy.sparse as sp
 import tensorflow as tf
 
-from feature_specs import (CANDIDATE_ITEMS, QUERY_TOKENS, REC_HISTORY_ITEMS,
-                           SEARCH_HISTORY_CLICKED_ITEMS)
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    QUERY_TOKENS,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+)
 from feature_specs.layout import VOCAB_DIR, side_feature_pattern
 from unisar_tf.data import reader
 from unisar_tf.data.cooccurrence import history_items, id_sets, item_cooccurrence, read_split
@@ -55,8 +60,7 @@ BASELINE_ORDER = (POPULARITY, RANDOM, ITEMKNN, QUERY_MATCH)
 _BLOCK_ROWS = 2048
 
 
-def sampled_product(left: sp.spmatrix, right: sp.spmatrix, candidates: np.ndarray
-                    ) -> np.ndarray:
+def sampled_product(left: sp.spmatrix, right: sp.spmatrix, candidates: np.ndarray) -> np.ndarray:
     """(N, C) float64 with [i, j] = (left @ right)[i, candidates[i, j]], computed in row
     blocks without materialising the dense (N, num_items) product."""
     left, right = sp.csr_matrix(left), sp.csr_matrix(right)
@@ -64,11 +68,12 @@ def sampled_product(left: sp.spmatrix, right: sp.spmatrix, candidates: np.ndarra
     out = np.zeros(candidates.shape, np.float64)
     width = candidates.shape[1]
     for start in range(0, len(candidates), _BLOCK_ROWS):
-        block = candidates[start:start + _BLOCK_ROWS]
-        product = (left[start:start + len(block)] @ right).tocsr()
+        block = candidates[start : start + _BLOCK_ROWS]
+        product = (left[start : start + len(block)] @ right).tocsr()
         rows = np.repeat(np.arange(len(block)), width)
-        out[start:start + len(block)] = np.asarray(
-            product[rows, block.reshape(-1)]).reshape(len(block), width)
+        out[start : start + len(block)] = np.asarray(product[rows, block.reshape(-1)]).reshape(
+            len(block), width
+        )
     return out
 
 
@@ -81,8 +86,9 @@ def normalized_cooccurrence(cooc: sp.spmatrix) -> sp.csr_matrix:
     return (scale @ sp.csr_matrix(cooc, dtype=np.float64) @ scale).tocsr()
 
 
-def itemknn_scores(normalized: sp.spmatrix, histories: np.ndarray, candidates: np.ndarray
-                   ) -> np.ndarray:
+def itemknn_scores(
+    normalized: sp.spmatrix, histories: np.ndarray, candidates: np.ndarray
+) -> np.ndarray:
     """(N, C): for each candidate c of row i, the sum over the distinct nonzero items h of
     histories[i] of normalized[h, c]."""
     return sampled_product(id_sets(histories, normalized.shape[0]), normalized, candidates)
@@ -93,8 +99,9 @@ def item_words_from_captions(captions: np.ndarray, num_words: int) -> sp.csr_mat
     return id_sets(captions, num_words).T.tocsr()
 
 
-def item_words_from_clicks(queries: np.ndarray, positives: np.ndarray, num_words: int,
-                           num_items: int) -> sp.csr_matrix:
+def item_words_from_clicks(
+    queries: np.ndarray, positives: np.ndarray, num_words: int, num_items: int
+) -> sp.csr_matrix:
     """(num_words, num_items) binary, the fallback without item text: word w belongs to item
     c when count(w, c) > 0, each training search example adding 1 to count(w, positive) for
     each distinct nonzero word w of its query."""
@@ -105,14 +112,16 @@ def item_words_from_clicks(queries: np.ndarray, positives: np.ndarray, num_words
     return counts
 
 
-def query_overlap(queries: np.ndarray, item_words: sp.spmatrix, candidates: np.ndarray
-                  ) -> np.ndarray:
+def query_overlap(
+    queries: np.ndarray, item_words: sp.spmatrix, candidates: np.ndarray
+) -> np.ndarray:
     """(N, C): how many distinct nonzero words of queries[i] are words of candidate [i, j]."""
     return sampled_product(id_sets(queries, item_words.shape[0]), item_words, candidates)
 
 
-def query_match_scores(overlap: np.ndarray, itemknn: np.ndarray,
-                       popularity: Optional[np.ndarray] = None) -> np.ndarray:
+def query_match_scores(
+    overlap: np.ndarray, itemknn: np.ndarray, popularity: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Scores that order each row by overlap, then ItemKNN, then (if given) popularity.
 
     All (N, C). The result is each candidate's dense rank of its (overlap, itemknn,
@@ -130,8 +139,9 @@ def query_match_scores(overlap: np.ndarray, itemknn: np.ndarray,
     return scores
 
 
-def _item_captions(data_dir: str, manifest: dict, num_items: int,
-                   transform_dir: Optional[str]) -> Optional[np.ndarray]:
+def _item_captions(
+    data_dir: str, manifest: dict, num_items: int, transform_dir: Optional[str]
+) -> Optional[np.ndarray]:
     """(num_items, query_len) caption word ids from the data's side features, keyed by the
     ids the examples are read with; None when no item has any."""
 
@@ -140,8 +150,13 @@ def _item_captions(data_dir: str, manifest: dict, num_items: int,
     id_maps = None
     if transform_dir:
         id_maps = data_job_id_maps(os.path.join(data_dir, VOCAB_DIR), transform_dir)
-    side = load_side_features(data_dir, num_items, manifest["vocab_sizes"]["users"] + 1,
-                              manifest["shapes"]["query_len"], id_maps)
+    side = load_side_features(
+        data_dir,
+        num_items,
+        manifest["vocab_sizes"]["users"] + 1,
+        manifest["shapes"]["query_len"],
+        id_maps,
+    )
     if side is None or not np.any(side.item_captions):
         return None
     return side.item_captions
@@ -152,10 +167,14 @@ def _word_table_size(manifest: dict, *arrays: np.ndarray) -> int:
     return max(int(manifest["vocab_sizes"].get("words", 0)) + 1, largest + 1)
 
 
-def baseline_scores(data_dir: str, split: str, manifest: dict, num_items: int,
-                    tasks: Sequence[str] = ("rec", "search"),
-                    transform_dir: Optional[str] = None
-                    ) -> Dict[str, Dict[str, np.ndarray]]:
+def baseline_scores(
+    data_dir: str,
+    split: str,
+    manifest: dict,
+    num_items: int,
+    tasks: Sequence[str] = ("rec", "search"),
+    transform_dir: Optional[str] = None,
+) -> Dict[str, Dict[str, np.ndarray]]:
     """{baseline name: {task: scores (N, C) float}} for popularity, ItemKNN and (search)
     query match, rows in the order `unisar_tf.data.reader.read_examples(data_dir, split, task, ...,
     shuffle=False)` yields them.
@@ -175,30 +194,34 @@ def baseline_scores(data_dir: str, split: str, manifest: dict, num_items: int,
     train_queries = train_query_positives = None
     scenarios = reader.tasks_with_examples(manifest, "train")
     if not scenarios:
-        raise ValueError(f"{data_dir}: the training split has no examples to count "
-                         "baselines on")
+        raise ValueError(f"{data_dir}: the training split has no examples to count " "baselines on")
     for scenario in scenarios:
-        names = history_features + (CANDIDATE_ITEMS,) + ((QUERY_TOKENS,) if scenario == "search"
-                                                         else ())
+        names = (
+            history_features
+            + (CANDIDATE_ITEMS,)
+            + ((QUERY_TOKENS,) if scenario == "search" else ())
+        )
         train = read_split(data_dir, "train", scenario, manifest, names)
         histories.append(history_items(train))
         positives.append(train[CANDIDATE_ITEMS][:, 0])
         if scenario == "search":
             train_queries, train_query_positives = train[QUERY_TOKENS], positives[-1]
     width = max(h.shape[1] for h in histories)
-    histories = np.concatenate([np.pad(h, ((0, 0), (0, width - h.shape[1])))
-                                for h in histories])
+    histories = np.concatenate([np.pad(h, ((0, 0), (0, width - h.shape[1]))) for h in histories])
     positives = np.concatenate(positives)
     popularity = np.bincount(positives, minlength=num_items).astype(np.float64)
     if len(popularity) > num_items:
-        raise ValueError(f"training positives reach id {len(popularity) - 1}, beyond the "
-                         f"{num_items}-item table")
+        raise ValueError(
+            f"training positives reach id {len(popularity) - 1}, beyond the "
+            f"{num_items}-item table"
+        )
     normalized = normalized_cooccurrence(item_cooccurrence(histories, positives, num_items))
 
     results: Dict[str, Dict[str, np.ndarray]] = {POPULARITY: {}, ITEMKNN: {}}
     for task in tasks:
-        names = history_features + (CANDIDATE_ITEMS,) + ((QUERY_TOKENS,) if task == "search"
-                                                         else ())
+        names = (
+            history_features + (CANDIDATE_ITEMS,) + ((QUERY_TOKENS,) if task == "search" else ())
+        )
         examples = read_split(data_dir, split, task, manifest, names)
         candidates = examples[CANDIDATE_ITEMS]
         results[POPULARITY][task] = popularity[candidates]
@@ -214,16 +237,32 @@ def baseline_scores(data_dir: str, split: str, manifest: dict, num_items: int,
             continue
         else:
             num_words = _word_table_size(manifest, examples[QUERY_TOKENS], train_queries)
-            item_words = item_words_from_clicks(train_queries, train_query_positives,
-                                                num_words, num_items)
+            item_words = item_words_from_clicks(
+                train_queries, train_query_positives, num_words, num_items
+            )
         overlap = query_overlap(examples[QUERY_TOKENS], item_words, candidates)
-        results.setdefault(QUERY_MATCH, {})[task] = query_match_scores(overlap, itemknn,
-                                                                      popularity[candidates])
+        results.setdefault(QUERY_MATCH, {})[task] = query_match_scores(
+            overlap, itemknn, popularity[candidates]
+        )
     return results
 
 
-__all__ = ["POPULARITY", "RANDOM", "ITEMKNN", "QUERY_MATCH", "BASELINE_ORDER",
-           "baseline_scores", "history_items", "id_sets", "item_cooccurrence",
-           "normalized_cooccurrence", "itemknn_scores", "item_words_from_captions",
-           "item_words_from_clicks", "query_overlap", "query_match_scores", "read_split",
-           "sampled_product"]
+__all__ = [
+    "POPULARITY",
+    "RANDOM",
+    "ITEMKNN",
+    "QUERY_MATCH",
+    "BASELINE_ORDER",
+    "baseline_scores",
+    "history_items",
+    "id_sets",
+    "item_cooccurrence",
+    "normalized_cooccurrence",
+    "itemknn_scores",
+    "item_words_from_captions",
+    "item_words_from_clicks",
+    "query_overlap",
+    "query_match_scores",
+    "read_split",
+    "sampled_product",
+]

@@ -21,6 +21,7 @@ rows, and the gradient is scaled by 1/T before the all-reduce sums it, which giv
 batch's mean gradient. The alignment loss's in-batch negatives are the other rows of the same
 replica (B/T of them instead of B), the one term that changes with the replica count.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,11 @@ from typing import Callable, Dict, List, Optional
 import tensorflow as tf
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-STRATEGY_CLASSES = {"default": "the default strategy", "mirrored": "MirroredStrategy",
-                    "multi_worker": "MultiWorkerMirroredStrategy"}
+STRATEGY_CLASSES = {
+    "default": "the default strategy",
+    "mirrored": "MirroredStrategy",
+    "multi_worker": "MultiWorkerMirroredStrategy",
+}
 
 
 def cluster_tasks(tf_config: Optional[str] = None) -> int:
@@ -57,13 +61,15 @@ def local_cluster(workers: int) -> List[str]:
     addresses = [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]
     for sock in sockets:
         sock.close()
-    return [json.dumps({"cluster": {"worker": addresses},
-                        "task": {"type": "worker", "index": index}})
-            for index in range(workers)]
+    return [
+        json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
+        for index in range(workers)
+    ]
 
 
-def resolve_strategy_name(name: str, tf_config: Optional[str] = None,
-                          gpus: Optional[int] = None) -> str:
+def resolve_strategy_name(
+    name: str, tf_config: Optional[str] = None, gpus: Optional[int] = None
+) -> str:
     """The concrete strategy name for `name` (see the module docstring for "auto")."""
     if name not in STRATEGIES:
         raise ValueError(f"distribution must be one of {STRATEGIES}, got {name!r}")
@@ -88,8 +94,10 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     if resolved not in _STRATEGIES:
         if resolved == "multi_worker":
             if cluster_tasks() < 1:
-                raise ValueError("distribution multi_worker needs TF_CONFIG with a cluster "
-                                 "and this task's type and index")
+                raise ValueError(
+                    "distribution multi_worker needs TF_CONFIG with a cluster "
+                    "and this task's type and index"
+                )
             _STRATEGIES[resolved] = tf.distribute.MultiWorkerMirroredStrategy()
         elif resolved == "mirrored":
             _STRATEGIES[resolved] = tf.distribute.MirroredStrategy()
@@ -129,12 +137,13 @@ def replica_rows(batch: tf.Tensor, replicas: int, first: int, count: int) -> tf.
     B must be a multiple of `replicas` (the Trainer drops an epoch's last, shorter batch and
     sizes the search batch so that it is)."""
     size = tf.shape(batch)[0] // replicas
-    block = batch[first * size:(first + count) * size]
+    block = batch[first * size : (first + count) * size]
     return tf.reshape(block, tf.concat([[count, size], tf.shape(batch)[1:]], axis=0))
 
 
-def split_for_replicas(batch: Dict, context: tf.distribute.InputContext,
-                       shared_keys=("rel_negatives",)) -> Dict:
+def split_for_replicas(
+    batch: Dict, context: tf.distribute.InputContext, shared_keys=("rel_negatives",)
+) -> Dict:
     """One global batch -> this input pipeline's replicas' batches, stacked on a new leading
     axis (unbatch it to get one element per replica). Keys in `shared_keys` are copied to
     every replica whole."""
@@ -144,15 +153,15 @@ def split_for_replicas(batch: Dict, context: tf.distribute.InputContext,
 
     def split(value, shared):
         if shared:
-            return tf.nest.map_structure(
-                lambda t: tf.repeat(t[tf.newaxis], local, axis=0), value)
+            return tf.nest.map_structure(lambda t: tf.repeat(t[tf.newaxis], local, axis=0), value)
         return tf.nest.map_structure(lambda t: replica_rows(t, total, first, local), value)
 
     return {key: split(value, key in shared_keys) for key, value in batch.items()}
 
 
-def distribute_global_batches(strategy: tf.distribute.Strategy,
-                              make_dataset: Callable[[], tf.data.Dataset]):
+def distribute_global_batches(
+    strategy: tf.distribute.Strategy, make_dataset: Callable[[], tf.data.Dataset]
+):
     """The global-batch dataset `make_dataset()` split across the strategy's replicas (as
     described in the module docstring); the dataset itself for one replica."""
     if strategy.num_replicas_in_sync == 1:
@@ -183,5 +192,7 @@ def replica_train_step(model, batch) -> Dict[str, tf.Tensor]:
 
 def mean_over_replicas(strategy: tf.distribute.Strategy, per_replica: Dict) -> Dict:
     """{name: per-replica value} -> {name: mean over the replicas} (the logged losses)."""
-    return {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
-            for name, value in per_replica.items()}
+    return {
+        name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
+        for name, value in per_replica.items()
+    }

@@ -40,6 +40,7 @@ SASRec, ItemKNN, query match and the last blessed model are all subject to the r
 
 numpy only (no TensorFlow graph, no TFX); `unisar_tf.metrics` supplies the rank rule.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,10 +52,24 @@ import numpy as np
 from unisar_tf.metrics import positive_rank_numpy, random_ranking_metrics
 from unisar_tf.train.gate_options import DEFAULTS, GateOptions
 
-__all__ = ["Comparison", "FLOORS", "GateDecision", "GateOptions", "LAST_BLESSED", "POPULARITY",
-           "RANDOM", "SCORE_METRIC", "bootstrap_lower_bound", "comparison_table",
-           "could_not_compare", "decide", "failed_comparators", "ndcg_per_list",
-           "paired_comparison", "random_ndcg"]
+__all__ = [
+    "Comparison",
+    "FLOORS",
+    "GateDecision",
+    "GateOptions",
+    "LAST_BLESSED",
+    "POPULARITY",
+    "RANDOM",
+    "SCORE_METRIC",
+    "bootstrap_lower_bound",
+    "comparison_table",
+    "could_not_compare",
+    "decide",
+    "failed_comparators",
+    "ndcg_per_list",
+    "paired_comparison",
+    "random_ndcg",
+]
 
 K = 10
 SCORE_METRIC = f"NDCG@{K}"
@@ -82,9 +97,12 @@ def random_ndcg(num_candidates: int, k: int = K) -> float:
     return float(np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
 
 
-def bootstrap_lower_bound(differences, confidence: float = DEFAULTS.confidence,
-                          samples: int = DEFAULTS.bootstrap_samples,
-                          seed: int = DEFAULTS.seed) -> float:
+def bootstrap_lower_bound(
+    differences,
+    confidence: float = DEFAULTS.confidence,
+    samples: int = DEFAULTS.bootstrap_samples,
+    seed: int = DEFAULTS.seed,
+) -> float:
     """One-sided lower `confidence` bound on mean(differences): the (1 - confidence)
     quantile of the means of `samples` resamples (with replacement) of the N values.
 
@@ -104,14 +122,17 @@ def bootstrap_lower_bound(differences, confidence: float = DEFAULTS.confidence,
     for start in range(0, samples, chunk):
         size = min(chunk, samples - start)
         rows = rng.integers(0, n, size=(size, n))
-        means[start:start + size] = differences[rows].mean(axis=1)
+        means[start : start + size] = differences[rows].mean(axis=1)
     return float(np.quantile(means, 1.0 - confidence))
 
 
-def paired_comparison(model_values, baseline_values: Union[np.ndarray, float],
-                      confidence: float = DEFAULTS.confidence,
-                      samples: int = DEFAULTS.bootstrap_samples,
-                      seed: int = DEFAULTS.seed) -> Dict[str, Optional[float]]:
+def paired_comparison(
+    model_values,
+    baseline_values: Union[np.ndarray, float],
+    confidence: float = DEFAULTS.confidence,
+    samples: int = DEFAULTS.bootstrap_samples,
+    seed: int = DEFAULTS.seed,
+) -> Dict[str, Optional[float]]:
     """Model vs comparator on the same lists, from per-list values (N,) each (or a constant
     for the comparator): {"model", "baseline", "difference", "standard_error", "lower_bound",
     "lists"}. standard_error is None for a single list; lower_bound is None when
@@ -124,16 +145,18 @@ def paired_comparison(model_values, baseline_values: Union[np.ndarray, float],
     if n == 0:
         raise ValueError("no lists to compare")
     if baseline_values.size != n:
-        raise ValueError(f"not paired: {n} model lists, {baseline_values.size} comparator "
-                         "lists")
+        raise ValueError(f"not paired: {n} model lists, {baseline_values.size} comparator " "lists")
     differences = model_values - baseline_values
     return {
         "model": float(model_values.mean()),
         "baseline": float(baseline_values.mean()),
         "difference": float(differences.mean()),
         "standard_error": (float(differences.std(ddof=1) / math.sqrt(n)) if n > 1 else None),
-        "lower_bound": (bootstrap_lower_bound(differences, confidence, samples, seed)
-                        if confidence > 0 else None),
+        "lower_bound": (
+            bootstrap_lower_bound(differences, confidence, samples, seed)
+            if confidence > 0
+            else None
+        ),
         "lists": int(n),
     }
 
@@ -141,6 +164,7 @@ def paired_comparison(model_values, baseline_values: Union[np.ndarray, float],
 @dataclasses.dataclass
 class Comparison:
     """One row of the gate: the model against one comparator on one task."""
+
     task: str
     comparator: str
     model: float
@@ -186,10 +210,10 @@ class GateDecision:
         parts = []
         for task, rows in per_task.items():
             # "beats" only when it does; a negative min_improvement can pass a worse model.
-            verb = ("beats" if all(row.difference > 0 for row in rows)
-                    else "passes the gate against")
-            against = ", ".join(f"{row.comparator} {row.baseline:.4f} ({row.difference:+.4f})"
-                                for row in rows)
+            verb = "beats" if all(row.difference > 0 for row in rows) else "passes the gate against"
+            against = ", ".join(
+                f"{row.comparator} {row.baseline:.4f} ({row.difference:+.4f})" for row in rows
+            )
             parts.append(f"{task}: {self.metric} {rows[0].model:.4f} {verb} {against}")
         return "; ".join(parts)
 
@@ -198,11 +222,15 @@ class GateDecision:
         return dataclasses.replace(self, blessed=False, reasons=[reason, *self.reasons])
 
     def to_dict(self) -> dict:
-        return {"blessed": self.blessed, "metric": self.metric, "reason": self.reason,
-                "reasons": list(self.reasons),
-                "failed_comparators": list(self.failed_comparators),
-                "settings": dict(self.settings),
-                "rows": [dataclasses.asdict(row) for row in self.rows]}
+        return {
+            "blessed": self.blessed,
+            "metric": self.metric,
+            "reason": self.reason,
+            "reasons": list(self.reasons),
+            "failed_comparators": list(self.failed_comparators),
+            "settings": dict(self.settings),
+            "rows": [dataclasses.asdict(row) for row in self.rows],
+        }
 
 
 def _ndcg_of(value) -> float:
@@ -210,8 +238,9 @@ def _ndcg_of(value) -> float:
     return float(value[SCORE_METRIC] if isinstance(value, Mapping) else value)
 
 
-def failed_comparators(metrics_by_name: Mapping[str, Mapping[str, object]], task: str,
-                       floors=FLOORS) -> Dict[str, Tuple[str, float, float]]:
+def failed_comparators(
+    metrics_by_name: Mapping[str, Mapping[str, object]], task: str, floors=FLOORS
+) -> Dict[str, Tuple[str, float, float]]:
     """The comparators that failed to learn on `task`: {name: (floor name, floor's NDCG@10,
     its NDCG@10)} for every name whose mean NDCG@10 is at or below that of a floor (random,
     popularity) present for the task; the floors themselves are never flagged.
@@ -219,10 +248,15 @@ def failed_comparators(metrics_by_name: Mapping[str, Mapping[str, object]], task
     metrics_by_name: {name: {task: mean NDCG@10, or a metrics dict with "NDCG@10"}}; names
     without `task` are skipped. The floor named is the highest one reached (random on ties).
     """
-    values = {name: _ndcg_of(per_task[task]) for name, per_task in metrics_by_name.items()
-              if isinstance(per_task, Mapping) and per_task.get(task) is not None}
-    reached = sorted(((values[name], -index, name) for index, name in enumerate(floors)
-                      if name in values), reverse=True)  # highest floor first
+    values = {
+        name: _ndcg_of(per_task[task])
+        for name, per_task in metrics_by_name.items()
+        if isinstance(per_task, Mapping) and per_task.get(task) is not None
+    }
+    reached = sorted(
+        ((values[name], -index, name) for index, name in enumerate(floors) if name in values),
+        reverse=True,
+    )  # highest floor first
     flagged = {}
     for name, value in values.items():
         if name in floors:
@@ -234,11 +268,14 @@ def failed_comparators(metrics_by_name: Mapping[str, Mapping[str, object]], task
     return flagged
 
 
-def could_not_compare(task: str, name: str, floor_name: str, floor: float, value: float,
-                      metric: str = SCORE_METRIC) -> str:
+def could_not_compare(
+    task: str, name: str, floor_name: str, floor: float, value: float, metric: str = SCORE_METRIC
+) -> str:
     """The gate's note for a flagged comparator (`failed_comparators`)."""
-    return (f"{task}: could not compare with {name}: its {metric} {value:.4f} is at or below "
-            f"{floor_name}'s {floor:.4f} (the comparator failed; not counted as beaten)")
+    return (
+        f"{task}: could not compare with {name}: its {metric} {value:.4f} is at or below "
+        f"{floor_name}'s {floor:.4f} (the comparator failed; not counted as beaten)"
+    )
 
 
 def _failures(stats: dict, options: GateOptions) -> List[str]:
@@ -251,8 +288,10 @@ def _failures(stats: dict, options: GateOptions) -> List[str]:
     if options.min_relative_improvement:
         needed = options.min_relative_improvement * stats["baseline"]
         if not stats["difference"] > needed:
-            failed.append(f"difference {stats['difference']:+.4f} <= {needed:.4f} "
-                          f"({options.min_relative_improvement:g} x {stats['baseline']:.4f})")
+            failed.append(
+                f"difference {stats['difference']:+.4f} <= {needed:.4f} "
+                f"({options.min_relative_improvement:g} x {stats['baseline']:.4f})"
+            )
     return failed
 
 
@@ -267,14 +306,21 @@ def _refusal(task: str, name: str, stats: dict, options: GateOptions) -> str:
     needs.append(f"difference > {options.min_improvement}")
     if options.min_relative_improvement:
         needs.append(f"difference > {options.min_relative_improvement:g} x {name}")
-    return (f"{task}: {SCORE_METRIC} {stats['model']:.4f} does not beat {name} "
-            f"{stats['baseline']:.4f} ({numbers}; needs {' and '.join(needs)})")
+    return (
+        f"{task}: {SCORE_METRIC} {stats['model']:.4f} does not beat {name} "
+        f"{stats['baseline']:.4f} ({numbers}; needs {' and '.join(needs)})"
+    )
 
 
-def decide(model_scores: Mapping[str, np.ndarray],
-           comparators: Mapping[str, Mapping[str, ComparatorScores]],
-           options: Optional[GateOptions] = None, *, include_random: bool = True,
-           flag_failed: bool = True, **settings) -> GateDecision:
+def decide(
+    model_scores: Mapping[str, np.ndarray],
+    comparators: Mapping[str, Mapping[str, ComparatorScores]],
+    options: Optional[GateOptions] = None,
+    *,
+    include_random: bool = True,
+    flag_failed: bool = True,
+    **settings,
+) -> GateDecision:
     """The blessing decision.
 
     model_scores: {task: (N, C) scores}, every task the model is judged on.
@@ -293,8 +339,9 @@ def decide(model_scores: Mapping[str, np.ndarray],
     if not model_scores:
         raise ValueError("no tasks to judge the model on")
     if not 0.0 <= options.confidence < 1.0:
-        raise ValueError("confidence must be in [0, 1) (0 = no noise test), got "
-                         f"{options.confidence}")
+        raise ValueError(
+            "confidence must be in [0, 1) (0 = no noise test), got " f"{options.confidence}"
+        )
     rows: List[Comparison] = []
     reasons: List[str] = []
     notes: List[str] = []
@@ -312,8 +359,10 @@ def decide(model_scores: Mapping[str, np.ndarray],
             if np.ndim(values) != 0:
                 values = np.asarray(values)
                 if values.shape != scores.shape:
-                    raise ValueError(f"{task}: {name} scores have shape {values.shape}, the "
-                                     f"model's {scores.shape}: not the same lists")
+                    raise ValueError(
+                        f"{task}: {name} scores have shape {values.shape}, the "
+                        f"model's {scores.shape}: not the same lists"
+                    )
                 named[name] = ndcg_per_list(values)
         flagged = {}
         if flag_failed:
@@ -321,22 +370,40 @@ def decide(model_scores: Mapping[str, np.ndarray],
             means[RANDOM] = {task: random_value}  # the floor even without its row
             flagged = failed_comparators(means, task)
         for name, values in named.items():
-            stats = paired_comparison(model_values, values, options.confidence,
-                                      options.bootstrap_samples, options.seed)
+            stats = paired_comparison(
+                model_values, values, options.confidence, options.bootstrap_samples, options.seed
+            )
             if name in flagged:
                 floor_name, floor, value = flagged[name]
-                rows.append(Comparison(task=task, comparator=name, passed=False, failures=[],
-                                       comparator_failed=True, floor_name=floor_name,
-                                       floor=floor, **stats))
+                rows.append(
+                    Comparison(
+                        task=task,
+                        comparator=name,
+                        passed=False,
+                        failures=[],
+                        comparator_failed=True,
+                        floor_name=floor_name,
+                        floor=floor,
+                        **stats,
+                    )
+                )
                 notes.append(could_not_compare(task, name, floor_name, floor, value))
                 continue
             failures = _failures(stats, options)
-            rows.append(Comparison(task=task, comparator=name, passed=not failures,
-                                   failures=failures, **stats))
+            rows.append(
+                Comparison(
+                    task=task, comparator=name, passed=not failures, failures=failures, **stats
+                )
+            )
             if failures:
                 reasons.append(_refusal(task, name, stats, options))
-    return GateDecision(blessed=not reasons, rows=rows, reasons=reasons,
-                        settings=options.to_dict(), failed_comparators=notes)
+    return GateDecision(
+        blessed=not reasons,
+        rows=rows,
+        reasons=reasons,
+        settings=options.to_dict(),
+        failed_comparators=notes,
+    )
 
 
 def comparison_table(decision: Union[GateDecision, dict]) -> str:
@@ -345,9 +412,11 @@ def comparison_table(decision: Union[GateDecision, dict]) -> str:
         decision = decision.to_dict()
     confidence = decision["settings"].get("confidence", 0)
     bound = f"{confidence:.0%} lower bound" if confidence else "lower bound (off)"
-    lines = [f"| task | compared with | model {decision['metric']} | theirs | difference | "
-             f"standard error | {bound} | lists | passes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| task | compared with | model {decision['metric']} | theirs | difference | "
+        f"standard error | {bound} | lists | passes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def number(value: Optional[float], sign: str = "+") -> str:
         return "n/a" if value is None else f"{value:{sign}.4f}"
@@ -358,8 +427,10 @@ def comparison_table(decision: Union[GateDecision, dict]) -> str:
         return "yes" if row["passed"] else "NO"
 
     for row in decision["rows"]:
-        lines.append(f"| {row['task']} | {row['comparator']} | {row['model']:.4f} | "
-                     f"{row['baseline']:.4f} | {row['difference']:+.4f} | "
-                     f"{number(row['standard_error'], '')} | {number(row['lower_bound'])} | "
-                     f"{row['lists']} | {passes(row)} |")
+        lines.append(
+            f"| {row['task']} | {row['comparator']} | {row['model']:.4f} | "
+            f"{row['baseline']:.4f} | {row['difference']:+.4f} | "
+            f"{number(row['standard_error'], '')} | {number(row['lower_bound'])} | "
+            f"{row['lists']} | {passes(row)} |"
+        )
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ RankingEvaluator's parameters are these fields, `create_pipeline` takes one insi
 lists the same fields. Standard library only (no numpy, no TensorFlow), so a runner can
 register the flags without importing the model stack.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,17 +32,22 @@ class GateOptions:
     """How clearly the model must beat every comparator on every task to be blessed."""
 
     min_improvement: float = _setting(
-        0.0, "absolute NDCG@10 difference the model must exceed against random, every "
-        "baseline and the last blessed model, on each task (TFX's absolute change threshold)")
+        0.0,
+        "absolute NDCG@10 difference the model must exceed against random, every "
+        "baseline and the last blessed model, on each task (TFX's absolute change threshold)",
+    )
     min_relative_improvement: float = _setting(
-        0.0, "... and this fraction of the comparator's NDCG@10 (TFX's relative change "
-        "threshold; 0: off)")
+        0.0,
+        "... and this fraction of the comparator's NDCG@10 (TFX's relative change "
+        "threshold; 0: off)",
+    )
     confidence: float = _setting(
-        0.95, "level of the one-sided paired-bootstrap lower bound on the difference that "
-        "must be above 0 (0: no noise test)")
+        0.95,
+        "level of the one-sided paired-bootstrap lower bound on the difference that "
+        "must be above 0 (0: no noise test)",
+    )
     bootstrap_samples: int = _setting(1000, "bootstrap resamples per comparison")
-    seed: int = _setting(0, "the bootstrap's seed (a decision replays exactly)",
-                         flag="--gate_seed")
+    seed: int = _setting(0, "the bootstrap's seed (a decision replays exactly)", flag="--gate_seed")
 
     def __post_init__(self):
         # Each value in its field's type (the default's): 1 -> 1.0, "0.5" -> 0.5, 3.0 -> 3.
@@ -54,8 +60,9 @@ class GateOptions:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Optional[Mapping[str, Any]],
-                  base: Optional["GateOptions"] = None) -> "GateOptions":
+    def from_dict(
+        cls, values: Optional[Mapping[str, Any]], base: Optional["GateOptions"] = None
+    ) -> "GateOptions":
         """`base` (default: the defaults) with `values` by name, e.g. a to_dict() or a
         pipeline's execution properties; an unknown name is a ValueError naming it."""
         values = dict(values or {})
@@ -66,8 +73,11 @@ class GateOptions:
         return dataclasses.replace(base or cls(), **values)
 
     @classmethod
-    def from_legacy(cls, min_improvement: Optional[float] = None,
-                    gate_options: Optional[Mapping[str, Any]] = None) -> "GateOptions":
+    def from_legacy(
+        cls,
+        min_improvement: Optional[float] = None,
+        gate_options: Optional[Mapping[str, Any]] = None,
+    ) -> "GateOptions":
         """The options of create_pipeline's former keywords: the defaults, then
         `min_improvement`, then `gate_options` by name."""
         base = cls() if min_improvement is None else cls(min_improvement=min_improvement)
@@ -82,14 +92,19 @@ class GateOptions:
         """One flag per field (a parser or an argument group), its default and help from
         the field."""
         for field in dataclasses.fields(cls):
-            parser.add_argument(cls._flag(field), type=type(field.default),
-                                default=field.default, help=field.metadata["doc"])
+            parser.add_argument(
+                cls._flag(field),
+                type=type(field.default),
+                default=field.default,
+                help=field.metadata["doc"],
+            )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "GateOptions":
         """The options of the flags add_arguments registered."""
-        return cls(**{field.name: getattr(args, cls._flag(field)[2:])
-                      for field in dataclasses.fields(cls)})
+        return cls(
+            **{field.name: getattr(args, cls._flag(field)[2:]) for field in dataclasses.fields(cls)}
+        )
 
 
 # The defaults, for the gate's functions that take single settings.

@@ -6,6 +6,7 @@ negatives. With a negative pool in the data (`--train_negative_pool` of the data
 epoch draws fresh training negatives from it. The batch order and every negative are
 stateless functions of (seed, epoch, step), so a resumed run sees the same batches.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,14 +15,17 @@ from typing import Dict, Mapping
 import numpy as np
 import tensorflow as tf
 
-from feature_specs import (CANDIDATE_ITEMS, NEGATIVE_POOL, REL_NEGATIVE_ITEMS,
-                           REL_NEGATIVE_QUERY_TOKENS)
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    NEGATIVE_POOL,
+    REL_NEGATIVE_ITEMS,
+    REL_NEGATIVE_QUERY_TOKENS,
+)
 from unisar_tf.config import UniSARConfig
 from unisar_tf.data import reader
 
 
-def search_batch_size(num_rec: int, num_search: int, rec_batch_size: int,
-                      replicas: int = 1) -> int:
+def search_batch_size(num_rec: int, num_search: int, rec_batch_size: int, replicas: int = 1) -> int:
     """Search batch size that makes the search data last as many steps as rec.
 
     The reference's rounding: it assumes rec // batch + 1 steps, one more than there are
@@ -35,8 +39,9 @@ def search_batch_size(num_rec: int, num_search: int, rec_batch_size: int,
 
 
 def _stateless_seed(seed: int, epoch, step) -> tf.Tensor:
-    return tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64),
-                     tf.cast(step, tf.int64)])
+    return tf.stack(
+        [tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64), tf.cast(step, tf.int64)]
+    )
 
 
 def epoch_steps(config: UniSARConfig, counts: Mapping[str, int], replicas: int = 1) -> int:
@@ -48,8 +53,9 @@ def epoch_steps(config: UniSARConfig, counts: Mapping[str, int], replicas: int =
     return math.ceil(counts[lead] / config.batch_size)
 
 
-def replace_negatives(features: Dict[str, tf.Tensor], num_negatives: int,
-                      seed: tf.Tensor) -> Dict[str, tf.Tensor]:
+def replace_negatives(
+    features: Dict[str, tf.Tensor], num_negatives: int, seed: tf.Tensor
+) -> Dict[str, tf.Tensor]:
     """Candidates = [positive, `num_negatives` distinct draws from the row's negative pool].
 
     features[CANDIDATE_ITEMS] (B, 1 + n) with the positive first, features[NEGATIVE_POOL]
@@ -64,9 +70,17 @@ def replace_negatives(features: Dict[str, tf.Tensor], num_negatives: int,
     return features
 
 
-def training_dataset(config: UniSARConfig, data_dir: str, manifest: dict, query_bank: np.ndarray,
-                     seed: int, epoch: int, fresh_negatives: bool = True,
-                     shuffle_buffer: int = 20_000, replicas: int = 1) -> tf.data.Dataset:
+def training_dataset(
+    config: UniSARConfig,
+    data_dir: str,
+    manifest: dict,
+    query_bank: np.ndarray,
+    seed: int,
+    epoch: int,
+    fresh_negatives: bool = True,
+    shuffle_buffer: int = 20_000,
+    replicas: int = 1,
+) -> tf.data.Dataset:
     """One epoch of {"rec": batch, "search": batch, "rel_negatives": {...}} (spec 10), as
     global batches.
 
@@ -81,14 +95,22 @@ def training_dataset(config: UniSARConfig, data_dir: str, manifest: dict, query_
     joint = len(tasks) == 2
     sizes = {task: config.batch_size for task in tasks}
     if joint:
-        sizes["search"] = search_batch_size(counts["rec"], counts["search"], config.batch_size,
-                                            replicas)
+        sizes["search"] = search_batch_size(
+            counts["rec"], counts["search"], config.batch_size, replicas
+        )
     parts = {}
     for offset, task in enumerate(tasks):
-        stream = reader.read_examples(data_dir, "train", task, sizes[task], manifest, shuffle=True,
-                                    seed=seed * 7919 + epoch * 2 + offset,
-                                    shuffle_buffer=shuffle_buffer,
-                                    drop_remainder=replicas > 1)
+        stream = reader.read_examples(
+            data_dir,
+            "train",
+            task,
+            sizes[task],
+            manifest,
+            shuffle=True,
+            seed=seed * 7919 + epoch * 2 + offset,
+            shuffle_buffer=shuffle_buffer,
+            drop_remainder=replicas > 1,
+        )
         parts[task] = stream.repeat() if joint and task == "search" else stream
     has_pool = bool(manifest["shapes"].get("train_negative_pool", 0))
     # No query at all (a rec-only log): no relevance negatives (the Trainer turns L_rel off).
@@ -101,8 +123,11 @@ def training_dataset(config: UniSARConfig, data_dir: str, manifest: dict, query_
         for index, task in enumerate(tasks):
             task_batch = dict(batch[task])
             if has_pool and fresh_negatives:
-                task_batch = replace_negatives(task_batch, config.num_train_negatives,
-                                               _stateless_seed(seed, epoch, step * 4 + index))
+                task_batch = replace_negatives(
+                    task_batch,
+                    config.num_train_negatives,
+                    _stateless_seed(seed, epoch, step * 4 + index),
+                )
             else:
                 task_batch.pop(NEGATIVE_POOL, None)
             batch[task] = task_batch
@@ -112,15 +137,23 @@ def training_dataset(config: UniSARConfig, data_dir: str, manifest: dict, query_
         query_seed = _stateless_seed(seed, epoch, step * 4 + 3)
         batch["rel_negatives"] = {
             REL_NEGATIVE_ITEMS: tf.random.stateless_uniform(
-                [num_relevance], item_seed, 1, config.num_items, tf.int64),
-            REL_NEGATIVE_QUERY_TOKENS: tf.gather(bank, tf.random.stateless_uniform(
-                [num_relevance], query_seed, 0, tf.shape(bank, tf.int64)[0], tf.int64)),
+                [num_relevance], item_seed, 1, config.num_items, tf.int64
+            ),
+            REL_NEGATIVE_QUERY_TOKENS: tf.gather(
+                bank,
+                tf.random.stateless_uniform(
+                    [num_relevance], query_seed, 0, tf.shape(bank, tf.int64)[0], tf.int64
+                ),
+            ),
         }
         return batch
 
-    return (tf.data.Dataset.zip(parts).enumerate()
-            .map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(2))
+    return (
+        tf.data.Dataset.zip(parts)
+        .enumerate()
+        .map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(2)
+    )
 
 
 def training_item_counts(data_dir: str, manifest: dict, num_items: int) -> np.ndarray:
@@ -128,7 +161,8 @@ def training_item_counts(data_dir: str, manifest: dict, num_items: int) -> np.nd
     counts = np.zeros(num_items, np.float64)
     width = manifest["shapes"]["train_candidates"]
     for task in reader.tasks_with_examples(manifest, "train"):
-        positives = reader.read_feature(data_dir, "train", task, CANDIDATE_ITEMS, width,
-                                      manifest)[:, 0]
+        positives = reader.read_feature(data_dir, "train", task, CANDIDATE_ITEMS, width, manifest)[
+            :, 0
+        ]
         np.add.at(counts, positives, 1.0)
     return counts

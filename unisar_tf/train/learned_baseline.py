@@ -12,6 +12,7 @@ it exists. Its recipe is `config.BASELINES["SASRec"]` on top of the same preset 
 it is compared with (the ablation table uses the same recipe), with its own schedule (plateau
 and early-stop patience, epoch budget `config.SASREC_MAX_EPOCHS`). SASRec scores rec only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,9 @@ def has_rec_training(data_dir: str, transform_dir: Optional[str] = None) -> bool
     return bool(manifest["examples"]["train"].get("rec"))
 
 
-def train_sasrec(options: TrainerOptions, preset_name: str = "default",
-                 max_epochs: Optional[int] = None) -> Optional[dict]:
+def train_sasrec(
+    options: TrainerOptions, preset_name: str = "default", max_epochs: Optional[int] = None
+) -> Optional[dict]:
     """Trains SASRec with the UniSAR run's TrainerOptions into sasrec_run_dir(model_dir).
 
     options: the UniSAR run's options (data, seed, caps and verbosity are
@@ -46,6 +48,8 @@ def train_sasrec(options: TrainerOptions, preset_name: str = "default",
     if not has_rec_training(options.data_dir, options.transform_dir):
         return None
     sasrec_options = dataclasses.replace(
-        options, model_dir=sasrec_run_dir(options.model_dir),
-        max_epochs=SASREC_MAX_EPOCHS if max_epochs is None else int(max_epochs))
+        options,
+        model_dir=sasrec_run_dir(options.model_dir),
+        max_epochs=SASREC_MAX_EPOCHS if max_epochs is None else int(max_epochs),
+    )
     return Trainer(sasrec_config(preset_name, options.seed), sasrec_options).fit()

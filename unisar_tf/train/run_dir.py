@@ -5,7 +5,7 @@ model_dir layout:
                                    but for RESUMABLE_CONFIG_FIELDS / RESUMABLE_OPTIONS)
     resumes.jsonl                  the allowed settings a resume changed, one line per resume
     run.lock                       held by the process training there (unisar_tf.train.run_lock)
-    data.json                      the data: its fingerprint, vocabulary sizes (reader.data_identity)
+    data.json                      the data: fingerprint, vocabulary sizes (reader.data_identity)
     checkpoints/ckpt-N             last epochs: weights, optimizer slots, lr, epoch, policy state
     best/ckpt-N, best.json         weights of the best validation epoch, and its metrics
     history.jsonl                  one line per epoch: losses, lr, validation metrics, seconds
@@ -18,6 +18,7 @@ model_dir whose data.json names other data is not resumed, and its model is not 
 data with other vocabularies. Other hyperparameters or options than the recorded ones raise
 SettingsMismatchError, listing them, before anything is written.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,12 +70,17 @@ def read_run_data(model_dir: str) -> Optional[dict]:
 def _read_run_config(model_dir: str) -> Optional[dict]:
     return _read_run_json(model_dir, CONFIG_FILE)
 
+
 # What the data sets in a config (reader.config_with_data_sizes), by the manifest entry it is from.
-_DATA_SIZE_FIELDS = {"num_users": "vocab_sizes.users", "num_items": "vocab_sizes.items",
-                     "num_words": "vocab_sizes.words", "rec_len": "shapes.rec_len",
-                     "search_len": "shapes.search_len",
-                     "query_len": "shapes.query_len",
-                     "clicks_per_session": "shapes.clicks_per_session"}
+_DATA_SIZE_FIELDS = {
+    "num_users": "vocab_sizes.users",
+    "num_items": "vocab_sizes.items",
+    "num_words": "vocab_sizes.words",
+    "rec_len": "shapes.rec_len",
+    "search_len": "shapes.search_len",
+    "query_len": "shapes.query_len",
+    "clicks_per_session": "shapes.clicks_per_session",
+}
 
 _SEQUENCE_SHAPES = ("rec_len", "search_len", "query_len", "clicks_per_session")
 
@@ -86,8 +92,7 @@ def _differences(recorded: dict, current: dict) -> List[str]:
         old, new = recorded.get(key) or {}, current.get(key) or {}
         for name in sorted(set(old) | set(new)):
             if old.get(name) != new.get(name):
-                found.append(f"{key}.{name} {old.get(name)} -> {new.get(name)}".replace(
-                    "'", ""))
+                found.append(f"{key}.{name} {old.get(name)} -> {new.get(name)}".replace("'", ""))
     if recorded.get("vocabulary") != current.get("vocabulary"):
         found.append("the vocabulary files (user, item or word ids mean other things)")
     if not found and recorded.get("fingerprint") != current.get("fingerprint"):
@@ -97,10 +102,12 @@ def _differences(recorded: dict, current: dict) -> List[str]:
 
 def _config_differences(saved: Mapping, config: UniSARConfig) -> List[str]:
     """For run directories without data.json: data-set config fields that differ."""
-    return [f"{source} {saved[name] - 1 if source.startswith('vocab') else saved[name]} -> "
-            f"{getattr(config, name) - 1 if source.startswith('vocab') else getattr(config, name)}"
-            for name, source in _DATA_SIZE_FIELDS.items()
-            if name in saved and saved[name] != getattr(config, name)]
+    return [
+        f"{source} {saved[name] - 1 if source.startswith('vocab') else saved[name]} -> "
+        f"{getattr(config, name) - 1 if source.startswith('vocab') else getattr(config, name)}"
+        for name, source in _DATA_SIZE_FIELDS.items()
+        if name in saved and saved[name] != getattr(config, name)
+    ]
 
 
 def check_resumable(model_dir: str, current: dict, config: UniSARConfig) -> Optional[str]:
@@ -116,24 +123,40 @@ def check_resumable(model_dir: str, current: dict, config: UniSARConfig) -> Opti
         saved = renamed_fields(_read_run_config(model_dir) or {})
         found = _config_differences(saved, config)
         if not found:
-            return (f"{model_dir} does not record its data ({DATA_FILE} is new): resuming, as "
-                    "its vocabulary sizes and shapes match this data")
+            return (
+                f"{model_dir} does not record its data ({DATA_FILE} is new): resuming, as "
+                "its vocabulary sizes and shapes match this data"
+            )
         trained_on = "other data"
     raise DataMismatchError(
         f"{model_dir} holds a run trained on {trained_on}, not on {current['data_dir']}; they "
         f"differ in: {'; '.join(found)}. Its checkpoints cannot continue on this data: train "
-        f"into a new --model_dir, or delete {model_dir} to start over on this data.")
+        f"into a new --model_dir, or delete {model_dir} to start over on this data."
+    )
 
 
 # What a resumed run may change (docs/training.md, "Resuming"): they decide how long it goes
 # on, how it is validated in batches and where it runs, not what has been trained. Every other
 # setting must be the recorded one: the checkpoint holds what those settings trained.
 RESUMABLE_CONFIG_FIELDS = ("early_stop_patience", "eval_batch_size")
-RESUMABLE_OPTIONS = ("max_epochs", "keep_checkpoints", "verbose", "distribution", "data_dir",
-                     "transform_dir", "model_dir")
+RESUMABLE_OPTIONS = (
+    "max_epochs",
+    "keep_checkpoints",
+    "verbose",
+    "distribution",
+    "data_dir",
+    "transform_dir",
+    "model_dir",
+)
 
-RESUMABLE_SHOWN = ("max_epochs", "early_stop_patience", "eval_batch_size", "keep_checkpoints",
-                   "distribution", "where the data and the run directory are")
+RESUMABLE_SHOWN = (
+    "max_epochs",
+    "early_stop_patience",
+    "eval_batch_size",
+    "keep_checkpoints",
+    "distribution",
+    "where the data and the run directory are",
+)
 
 RESUMES_FILE = "resumes.jsonl"
 
@@ -157,8 +180,9 @@ def _recorded_config(model_dir: str) -> Optional[dict]:
         return _normalised(renamed_fields(saved))
 
 
-def setting_changes(model_dir: str, config: UniSARConfig, options: Mapping
-                    ) -> Tuple[Dict[str, tuple], Dict[str, tuple]]:
+def setting_changes(
+    model_dir: str, config: UniSARConfig, options: Mapping
+) -> Tuple[Dict[str, tuple], Dict[str, tuple]]:
     """({name: (recorded, requested)} of settings that may not change on resume,
     {name: (recorded, requested)} of those that may), against model_dir's config.json and
     options.json; an absent file compares nothing."""
@@ -185,43 +209,50 @@ def _value(value) -> str:
     return json.dumps(value)
 
 
-def check_same_settings(model_dir: str, config: UniSARConfig, options: Mapping
-                        ) -> Dict[str, tuple]:
+def check_same_settings(model_dir: str, config: UniSARConfig, options: Mapping) -> Dict[str, tuple]:
     """Raises SettingsMismatchError when model_dir's run was trained with other settings than
     `config` and `options` (a TrainerOptions as a dict) ask for, except those of
     RESUMABLE_CONFIG_FIELDS and RESUMABLE_OPTIONS; returns the changes of those."""
     refused, allowed = setting_changes(model_dir, config, options)
     if refused:
-        listed = "; ".join(f"{name}: recorded {_value(old)}, requested {_value(new)}"
-                           for name, (old, new) in refused.items())
+        listed = "; ".join(
+            f"{name}: recorded {_value(old)}, requested {_value(new)}"
+            for name, (old, new) in refused.items()
+        )
         raise SettingsMismatchError(
             f"{model_dir} holds a run trained with other settings than this command asks for "
             f"({listed}). Its checkpoints hold what the recorded settings trained, so it "
             f"resumes only with them ({CONFIG_FILE} and {OPTIONS_FILE} there; a resumed run "
             f"may change only {', '.join(RESUMABLE_SHOWN)}). Re-run with the recorded values, "
-            f"train into a new --model_dir, or delete {model_dir} to start over.")
+            f"train into a new --model_dir, or delete {model_dir} to start over."
+        )
     return allowed
 
 
-def check_model_data(model_dir: str, config: UniSARConfig, data_dir: str,
-                     manifest: dict) -> None:
+def check_model_data(model_dir: str, config: UniSARConfig, data_dir: str, manifest: dict) -> None:
     """Raises DataMismatchError unless data_dir's ids mean what they meant in training (same
     vocabularies) and its sequences have the model's shapes; other examples are fine."""
     recorded = read_run_data(model_dir)
     if recorded is not None:
         current = reader.data_identity(data_dir, manifest)
-        same_shapes = all((recorded.get("shapes") or {}).get(name) == current["shapes"].get(name)
-                          for name in _SEQUENCE_SHAPES)
+        same_shapes = all(
+            (recorded.get("shapes") or {}).get(name) == current["shapes"].get(name)
+            for name in _SEQUENCE_SHAPES
+        )
         if recorded.get("vocabulary") == current["vocabulary"] and same_shapes:
             return
         # Only what the model depends on (other examples, e.g. more negatives, are fine).
-        found = [d for d in _differences(recorded, current)
-                 if d.startswith(("vocab_sizes.", "the vocabulary"))
-                 or d.split(" ")[0] in {f"shapes.{name}" for name in _SEQUENCE_SHAPES}]
+        found = [
+            d
+            for d in _differences(recorded, current)
+            if d.startswith(("vocab_sizes.", "the vocabulary"))
+            or d.split(" ")[0] in {f"shapes.{name}" for name in _SEQUENCE_SHAPES}
+        ]
         trained_on = recorded.get("data_dir")
     else:
-        found = _config_differences(config.to_dict(),
-                                    reader.config_with_data_sizes(config, manifest))
+        found = _config_differences(
+            config.to_dict(), reader.config_with_data_sizes(config, manifest)
+        )
         if not found:
             return
         trained_on = "other data"
@@ -229,7 +260,8 @@ def check_model_data(model_dir: str, config: UniSARConfig, data_dir: str,
         f"{model_dir} was trained on {trained_on}, with other vocabularies or sequence shapes "
         f"than {data_dir} ({'; '.join(found)}): its ids would mean other users, items and "
         f"words here. Evaluate or export it with the data it was trained on, or train a "
-        f"model on {data_dir} (a new --model_dir).")
+        f"model on {data_dir} (a new --model_dir)."
+    )
 
 
 def read_best(model_dir: str) -> dict:
@@ -246,8 +278,9 @@ def run_side_features(data_dir: str, transform_dir: Optional[str], config: UniSA
     id_maps = None
     if transform_dir and tf.io.gfile.glob(side_feature_pattern(data_dir)):
         id_maps = data_job_id_maps(os.path.join(data_dir, VOCAB_DIR), transform_dir)
-    return load_side_features(data_dir, config.num_items, config.num_users,
-                              config.query_len, id_maps)
+    return load_side_features(
+        data_dir, config.num_items, config.num_users, config.query_len, id_maps
+    )
 
 
 def run_transform_dir(model_dir: str) -> Optional[str]:
@@ -266,15 +299,21 @@ def load_trained_model(model_dir: str, data_dir: str) -> UniSARModel:
     the run was trained with (its ids would mean other things)."""
     with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE)) as handle:
         config = UniSARConfig.from_dict(json.load(handle))
-    check_model_data(model_dir, config, data_dir,
-                     reader.load_manifest(data_dir, run_transform_dir(model_dir)))
-    side = (run_side_features(data_dir, run_transform_dir(model_dir), config)
-            if config.uses_side_features else None)
+    check_model_data(
+        model_dir, config, data_dir, reader.load_manifest(data_dir, run_transform_dir(model_dir))
+    )
+    side = (
+        run_side_features(data_dir, run_transform_dir(model_dir), config)
+        if config.uses_side_features
+        else None
+    )
     model = build_model(config, side_features=side)
     best = tf.train.latest_checkpoint(os.path.join(model_dir, "best"))
     if best is None:
         raise FileNotFoundError(f"{model_dir}/best has no checkpoint: no epoch has finished")
-    tf.train.Checkpoint(model=model).restore(best).expect_partial().assert_existing_objects_matched()
+    tf.train.Checkpoint(model=model).restore(
+        best
+    ).expect_partial().assert_existing_objects_matched()
     return model
 
 

@@ -11,6 +11,7 @@ and a later Trainer on the same directory in the same process do not exclude eac
 Local file systems only (and NFS where flock is forwarded to the server); a model_dir on a
 remote store (gs://, s3://, hdfs://) is not locked. No TensorFlow here.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ class RunDirLock:
     def __init__(self, model_dir: str):
         self.model_dir = model_dir
         self.path = os.path.join(model_dir, LOCK_FILE)
-        self._lock = (file_lock.FileLock(self.path, reentrant=True)
-                      if file_lock.is_local(model_dir) else None)
+        self._lock = (
+            file_lock.FileLock(self.path, reentrant=True) if file_lock.is_local(model_dir) else None
+        )
 
     @property
     def held(self) -> bool:

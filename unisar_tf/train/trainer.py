@@ -31,6 +31,7 @@ other vocabularies. Single-scenario data trains the tasks of config.tasks it has
 of (a rec-only log trains rec), and says so; the query-item relevance loss is turned off when
 the training data has no search query at all.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,15 +50,30 @@ from unisar_tf.config import UniSARConfig
 from unisar_tf.data import reader
 from unisar_tf.data.cooccurrence import training_tables
 from unisar_tf.model import build_model
-from unisar_tf.train.distribution import (STRATEGY_CLASSES, distribute_global_batches,
-                                          make_strategy, mean_over_replicas,
-                                          replica_train_step, resolve_strategy_name,
-                                          worker_role)
+from unisar_tf.train.distribution import (
+    STRATEGY_CLASSES,
+    distribute_global_batches,
+    make_strategy,
+    mean_over_replicas,
+    replica_train_step,
+    resolve_strategy_name,
+    worker_role,
+)
 from unisar_tf.train.evaluation import VALIDATION_METRIC, evaluate_model, validation_score
 from unisar_tf.train.inputs import epoch_steps, search_batch_size, training_dataset
-from unisar_tf.train.run_dir import (BEST_FILE, CONFIG_FILE, DATA_FILE, HISTORY_FILE, OPTIONS_FILE,
-                                     RESUMES_FILE, DataMismatchError, check_resumable,
-                                     check_same_settings, read_best, run_side_features)
+from unisar_tf.train.run_dir import (
+    BEST_FILE,
+    CONFIG_FILE,
+    DATA_FILE,
+    HISTORY_FILE,
+    OPTIONS_FILE,
+    RESUMES_FILE,
+    DataMismatchError,
+    check_resumable,
+    check_same_settings,
+    read_best,
+    run_side_features,
+)
 from unisar_tf.train.run_lock import RunDirLock
 
 LOG = logging.getLogger(__name__)
@@ -101,64 +117,80 @@ class EpochResult:
 
 
 # ----------------------------------------------------------------------- the run's data
-def fit_tasks_to_data(config: UniSARConfig, manifest: dict, data_dir: str
-                      ) -> Tuple[UniSARConfig, List[str]]:
+def fit_tasks_to_data(
+    config: UniSARConfig, manifest: dict, data_dir: str
+) -> Tuple[UniSARConfig, List[str]]:
     """(config whose tasks are those of config.tasks the data has training examples of, what
     changed). A single-scenario log trains the task it has; none of config.tasks in the
     data, or a task without validation examples, is a DataMismatchError."""
     available = reader.tasks_with_examples(manifest, "train")
     if not available:
-        raise DataMismatchError(f"{data_dir} has no training examples (manifest.json "
-                                f"examples.train: {manifest.get('examples', {}).get('train')})"
-                                ": rebuild it from a log with more events per user")
+        raise DataMismatchError(
+            f"{data_dir} has no training examples (manifest.json "
+            f"examples.train: {manifest.get('examples', {}).get('train')})"
+            ": rebuild it from a log with more events per user"
+        )
     kept = tuple(task for task in config.tasks if task in available)
     missing = [task for task in config.tasks if task not in available]
     if not kept:
         raise DataMismatchError(
             f"{data_dir} has no {' or '.join(missing)} training examples, only "
             f"{' and '.join(available)} ones: train tasks={available} (--tasks "
-            f"{','.join(available)})" + (", a UniSAR model (SASRec is rec-only)"
-                                         if config.architecture == "sasrec" else ""))
+            f"{','.join(available)})"
+            + (", a UniSAR model (SASRec is rec-only)" if config.architecture == "sasrec" else "")
+        )
     for task in kept:
         if not reader.tasks_with_examples(manifest, "valid", (task,)):
             raise DataMismatchError(no_validation_message(data_dir, manifest, task, kept))
     notes = []
     if missing:
-        notes.append(f"{data_dir} has no {' or '.join(missing)} training examples: training "
-                     f"{'+'.join(kept)} only (tasks={kept})")
+        notes.append(
+            f"{data_dir} has no {' or '.join(missing)} training examples: training "
+            f"{'+'.join(kept)} only (tasks={kept})"
+        )
         config = config.replace(tasks=kept)
     return config, notes
 
 
-def no_validation_message(data_dir: str, manifest: dict, task: str,
-                          tasks: Tuple[str, ...]) -> str:
+def no_validation_message(data_dir: str, manifest: dict, task: str, tasks: Tuple[str, ...]) -> str:
     """Why a task has no validation examples, and what to do: the split's counts and build
     options from the data job's manifest."""
     examples = manifest.get("examples", {})
     counts = ", ".join(f"{split} {examples.get(split)}" for split in reader.SPLITS)
     split_rule = (manifest.get("build_options") or {}).get("split", "loo")
     if split_rule == "time":
-        cause = ("it was built with --split time, where validation is the targets of the day "
-                 "before the log's last day (UTC): one event with a far-future timestamp, or a "
-                 "log whose last two days have no such event, leaves it empty. Check the log's "
-                 "latest timestamps, or rebuild with --split loo")
+        cause = (
+            "it was built with --split time, where validation is the targets of the day "
+            "before the log's last day (UTC): one event with a far-future timestamp, or a "
+            "log whose last two days have no such event, leaves it empty. Check the log's "
+            "latest timestamps, or rebuild with --split loo"
+        )
         cut = manifest.get("time_split") or {}  # the data job's report on its cut, if any
         if cut.get("warning"):
             cause += f". The data job said: {cut['warning'].rstrip('.')}"
         elif cut.get("valid_day"):
-            cause += (f". The validation day was {cut['valid_day']} "
-                      f"({(cut.get('events') or {}).get('valid_day', '?')} events), the test "
-                      f"day {cut.get('test_day')}")
+            cause += (
+                f". The validation day was {cut['valid_day']} "
+                f"({(cut.get('events') or {}).get('valid_day', '?')} events), the test "
+                f"day {cut.get('test_day')}"
+            )
     else:
-        cause = (f"it was built with --split {split_rule}, where a user's second-to-last "
-                 f"{task} target is validation: no user has enough {task} targets for one "
-                 "(check the log, or rebuild with lower --min_rec_history / --min_search_history)")
-    others = [other for other in reader.tasks_with_examples(manifest, "valid") if other != task
-              and other in reader.tasks_with_examples(manifest, "train")]
-    return (f"{os.path.join(data_dir, 'valid')} has no {task} examples to pick the best epoch "
-            f"with ({data_dir}/manifest.json counts {counts}): {cause}"
-            + (f"; or train {others[0]} only (--tasks {others[0]})" if others else "")
-            + ".")
+        cause = (
+            f"it was built with --split {split_rule}, where a user's second-to-last "
+            f"{task} target is validation: no user has enough {task} targets for one "
+            "(check the log, or rebuild with lower --min_rec_history / --min_search_history)"
+        )
+    others = [
+        other
+        for other in reader.tasks_with_examples(manifest, "valid")
+        if other != task and other in reader.tasks_with_examples(manifest, "train")
+    ]
+    return (
+        f"{os.path.join(data_dir, 'valid')} has no {task} examples to pick the best epoch "
+        f"with ({data_dir}/manifest.json counts {counts}): {cause}"
+        + (f"; or train {others[0]} only (--tasks {others[0]})" if others else "")
+        + "."
+    )
 
 
 def step_seeded_dropout(model: tf.keras.Model, seed: int, step: tf.Variable) -> int:
@@ -170,9 +202,12 @@ def step_seeded_dropout(model: tf.keras.Model, seed: int, step: tf.Variable) -> 
     `step` is the optimizer's step counter (in the checkpoint). The layers are numbered in
     the model's submodule order, the same for the same configuration. Returns how many
     layers draw masks."""
-    layers = [layer for layer in model.submodules
-              if isinstance(layer, tf.keras.layers.Layer)
-              and hasattr(getattr(layer, "_random_generator", None), "make_seed_for_stateless_op")]
+    layers = [
+        layer
+        for layer in model.submodules
+        if isinstance(layer, tf.keras.layers.Layer)
+        and hasattr(getattr(layer, "_random_generator", None), "make_seed_for_stateless_op")
+    ]
     for index, layer in enumerate(layers):
         generator = layer._random_generator
         generator._maybe_init()
@@ -186,14 +221,23 @@ def _dropout_seed_function(seed: int, index: int, step: tf.Variable):
     def seed_tensor() -> tf.Tensor:
         context = tf.distribute.get_replica_context()
         replica = context.replica_id_in_sync_group if context is not None else 0
-        return tf.stack([tf.constant(seed * 1_000_003 + index, tf.int64),
-                         tf.cast(step, tf.int64) * 4096 + tf.cast(replica, tf.int64)])
+        return tf.stack(
+            [
+                tf.constant(seed * 1_000_003 + index, tf.int64),
+                tf.cast(step, tf.int64) * 4096 + tf.cast(replica, tf.int64),
+            ]
+        )
+
     return seed_tensor
 
 
 def uses_relevance_loss(config: UniSARConfig) -> bool:
-    return (config.architecture == "unisar" and config.use_history
-            and config.use_relevance_loss and config.alpha_relevance > 0)
+    return (
+        config.architecture == "unisar"
+        and config.use_history
+        and config.use_relevance_loss
+        and config.alpha_relevance > 0
+    )
 
 
 # --------------------------------------------------------------------------------- trainer
@@ -209,8 +253,11 @@ class Trainer:
         say = progress_log(options.verbose)
         # One trainer per run directory (run_lock): a run in progress is refused here, before
         # any reading; a new directory is locked when fit() starts.
-        self._early_lock = (RunDirLock(options.model_dir).acquire()
-                            if self.role.is_chief and os.path.isdir(options.model_dir) else None)
+        self._early_lock = (
+            RunDirLock(options.model_dir).acquire()
+            if self.role.is_chief and os.path.isdir(options.model_dir)
+            else None
+        )
         if config.architecture == "sasrec":  # the plain baseline: item ids only
             config = config.replace(use_side_features=False, use_cooccurrence=False)
         self.manifest = reader.load_manifest(options.data_dir, options.transform_dir)
@@ -226,25 +273,34 @@ class Trainer:
                     reader.check_example_shapes(options.data_dir, split, task, self.manifest)
         self.query_bank = reader.query_bank(options.data_dir, self.manifest)
         if not len(self.query_bank) and uses_relevance_loss(config):
-            notes.append("the training data has no search query: the query-item relevance "
-                         "loss is off (use_relevance_loss=False)")
+            notes.append(
+                "the training data has no search query: the query-item relevance "
+                "loss is off (use_relevance_loss=False)"
+            )
             config = config.replace(use_relevance_loss=False)
         for note in notes:
             say(note)
-        self.side_features = (run_side_features(options.data_dir, options.transform_dir, config)
-                              if config.use_side_features else None)
+        self.side_features = (
+            run_side_features(options.data_dir, options.transform_dir, config)
+            if config.use_side_features
+            else None
+        )
         if self.side_features is not None:  # KuaiSAR categories, captions, user levels
             config = config.replace(**self.side_features.config_overrides())
         table = transitions = None
         if config.use_cooccurrence:  # counted on the training split (unisar_tf.data.cooccurrence)
             with reader.naming_bad_files(options.data_dir, ("train",)):
-                table, transitions = training_tables(options.data_dir, self.manifest,
-                                                     config.num_items, config.tasks)
-            config = config.replace(cooccurrence_pairs=table.num_pairs,
-                                    transition_pairs=transitions.num_pairs)
+                table, transitions = training_tables(
+                    options.data_dir, self.manifest, config.num_items, config.tasks
+                )
+            config = config.replace(
+                cooccurrence_pairs=table.num_pairs, transition_pairs=transitions.num_pairs
+            )
         if config.batch_size % self.replicas:
-            raise ValueError(f"batch_size {config.batch_size} is the global batch: it must be a "
-                             f"multiple of the {self.replicas} replicas")
+            raise ValueError(
+                f"batch_size {config.batch_size} is the global batch: it must be a "
+                f"multiple of the {self.replicas} replicas"
+            )
         self.config = config
         tf.keras.utils.set_random_seed(options.seed)
         with self.strategy.scope():
@@ -263,19 +319,26 @@ class Trainer:
         self.epochs_without_gain = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.epochs_since_lr_change = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, epoch=self.epoch,
-            best_score=self.best_score, epochs_without_gain=self.epochs_without_gain,
-            epochs_since_lr_change=self.epochs_since_lr_change)
+            model=self.model,
+            optimizer=self.optimizer,
+            epoch=self.epoch,
+            best_score=self.best_score,
+            epochs_without_gain=self.epochs_without_gain,
+            epochs_since_lr_change=self.epochs_since_lr_change,
+        )
         # Every worker saves (saving may synchronise them); only the chief's copy is kept.
         self.checkpoint_dir = os.path.join(options.model_dir, "checkpoints")
-        save_root = (options.model_dir if self.role.is_chief
-                     else self.role.scratch_dir(options.model_dir))
+        save_root = (
+            options.model_dir if self.role.is_chief else self.role.scratch_dir(options.model_dir)
+        )
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(save_root, "checkpoints"),
-            max_to_keep=options.keep_checkpoints)
+            self.checkpoint,
+            os.path.join(save_root, "checkpoints"),
+            max_to_keep=options.keep_checkpoints,
+        )
         self.best_manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(model=self.model), os.path.join(save_root, "best"),
-            max_to_keep=1)
+            tf.train.Checkpoint(model=self.model), os.path.join(save_root, "best"), max_to_keep=1
+        )
         self._train_step = None
         self._scorers: dict = {}
         self._best: Optional[dict] = None  # this run's best epoch (best.json's content)
@@ -297,7 +360,8 @@ class Trainer:
                 progress_log(self.options.verbose)(note)
             # Other hyperparameters than the checkpoint was trained with: refused, listed.
             self._resume_changes = check_same_settings(
-                self.options.model_dir, self.config, dataclasses.asdict(self.options))
+                self.options.model_dir, self.config, dataclasses.asdict(self.options)
+            )
             self.checkpoint.restore(path).assert_existing_objects_matched()
         return path
 
@@ -311,8 +375,11 @@ class Trainer:
             out.write(json.dumps(dataclasses.asdict(self.options), indent=2, sort_keys=True))
         with tf.io.gfile.GFile(os.path.join(self.options.model_dir, DATA_FILE), "w") as out:
             out.write(json.dumps(self.data_identity, indent=2, sort_keys=True))
-        changes = {name: {"recorded": old, "now": new}  # of what a resume may change
-                   for name, (old, new) in self._resume_changes.items() if name != "verbose"}
+        changes = {
+            name: {"recorded": old, "now": new}  # of what a resume may change
+            for name, (old, new) in self._resume_changes.items()
+            if name != "verbose"
+        }
         if changes:
             path = os.path.join(self.options.model_dir, RESUMES_FILE)
             line = {"after_epoch": int(self.epoch.numpy()), "changed": changes}
@@ -327,32 +394,53 @@ class Trainer:
         model, strategy = self.model, self.strategy
         signature = None
         if element_spec is not None and self.replicas == 1:
-            signature = [tf.nest.map_structure(
-                lambda spec: tf.TensorSpec([None] + spec.shape[1:].as_list(), spec.dtype),
-                element_spec)]
+            signature = [
+                tf.nest.map_structure(
+                    lambda spec: tf.TensorSpec([None] + spec.shape[1:].as_list(), spec.dtype),
+                    element_spec,
+                )
+            ]
 
         @tf.function(input_signature=signature)
         def train_step(batch):
-            per_replica = strategy.run(lambda rows: replica_train_step(model, rows),
-                                       args=(batch,))
+            per_replica = strategy.run(lambda rows: replica_train_step(model, rows), args=(batch,))
             return mean_over_replicas(strategy, per_replica)
 
         return train_step
 
-    def _train_epoch(self, epoch: int, query_bank: np.ndarray,
-                     on_step: Optional[Callable[[int, int], None]], writer) -> Dict[str, float]:
+    def _train_epoch(
+        self,
+        epoch: int,
+        query_bank: np.ndarray,
+        on_step: Optional[Callable[[int, int], None]],
+        writer,
+    ) -> Dict[str, float]:
         options = self.options
         steps = epoch_steps(self.config, self.manifest["examples"]["train"], self.replicas)
         if options.steps_per_epoch:
             steps = min(steps, options.steps_per_epoch)
-        dataset = distribute_global_batches(self.strategy, lambda: training_dataset(
-            self.config, options.data_dir, self.manifest, query_bank, options.seed, epoch,
-            options.fresh_negatives, options.shuffle_buffer, self.replicas).take(steps))
+        dataset = distribute_global_batches(
+            self.strategy,
+            lambda: training_dataset(
+                self.config,
+                options.data_dir,
+                self.manifest,
+                query_bank,
+                options.seed,
+                epoch,
+                options.fresh_negatives,
+                options.shuffle_buffer,
+                self.replicas,
+            ).take(steps),
+        )
         if self._train_step is None:
             self._train_step = self._make_train_step(dataset.element_spec)
         self.model.reset_metrics()
-        progress = (tf.keras.utils.Progbar(steps, unit_name="step", stateful_metrics=None)
-                    if options.verbose >= 2 else None)
+        progress = (
+            tf.keras.utils.Progbar(steps, unit_name="step", stateful_metrics=None)
+            if options.verbose >= 2
+            else None
+        )
         logs: Dict[str, float] = {}
         # A truncated or corrupted file: the error names it (TensorFlow's does not).
         with reader.naming_bad_files(options.data_dir, ("train",), self.config.tasks):
@@ -360,11 +448,14 @@ class Trainer:
                 results = self._train_step(batch)
                 logs = {name: float(value) for name, value in results.items()}
                 if not math.isfinite(logs.get("loss", 0.0)):
-                    raise FloatingPointError(f"epoch {epoch + 1} step {step + 1}: loss is "
-                                             f"{logs['loss']}; lower the learning rate")
+                    raise FloatingPointError(
+                        f"epoch {epoch + 1} step {step + 1}: loss is "
+                        f"{logs['loss']}; lower the learning rate"
+                    )
                 if progress is not None:
-                    progress.update(step + 1, [(name, logs[name]) for name in ("loss",)
-                                               if name in logs])
+                    progress.update(
+                        step + 1, [(name, logs[name]) for name in ("loss",) if name in logs]
+                    )
                 global_step = int(self.optimizer.iterations.numpy())
                 if writer is not None and global_step % 10 == 0:
                     with writer.as_default(step=global_step):
@@ -393,8 +484,9 @@ class Trainer:
     def run_dir_lock(self):
         """model_dir's lock for callers that keep working there after fit (the CLI's report
         and export); a no-op context on workers other than the chief."""
-        return (RunDirLock(self.options.model_dir) if self.role.is_chief
-                else contextlib.nullcontext())
+        return (
+            RunDirLock(self.options.model_dir) if self.role.is_chief else contextlib.nullcontext()
+        )
 
     def _fit(self, on_step: Optional[Callable[[int, int], None]]) -> dict:
         options, config = self.options, self.config
@@ -402,25 +494,34 @@ class Trainer:
         self._write_run_files()
         say = progress_log(options.verbose)
         if self.replicas > 1 or self.role.count > 1:
-            say(f"{STRATEGY_CLASSES[resolve_strategy_name(options.distribution)]}: "
+            say(
+                f"{STRATEGY_CLASSES[resolve_strategy_name(options.distribution)]}: "
                 f"{self.replicas} replicas on "
                 f"{self.role.count} worker(s); this is worker {self.role.index}"
-                + (" (chief)" if self.role.is_chief else ""))
+                + (" (chief)" if self.role.is_chief else "")
+            )
         if resumed:
-            say(f"resumed from {resumed}: epoch {int(self.epoch.numpy())} done, "
+            say(
+                f"resumed from {resumed}: epoch {int(self.epoch.numpy())} done, "
                 f"learning rate {self.learning_rate:g}, best validation "
-                f"{float(self.best_score.numpy()):.4f}")
+                f"{float(self.best_score.numpy()):.4f}"
+            )
             for name, (old, new) in self._resume_changes.items():
                 if name != "verbose":
-                    say(f"resuming with {name} {new} (recorded {old}; it may change on "
-                        "resume)")
+                    say(f"resuming with {name} {new} (recorded {old}; it may change on " "resume)")
         query_bank = self.query_bank
         counts = self.manifest["examples"]["train"]
-        say(f"training {counts['rec']} rec + {counts['search']} search examples, tasks "
+        say(
+            f"training {counts['rec']} rec + {counts['search']} search examples, tasks "
             f"{'+'.join(config.tasks)}, batch {config.batch_size}"
-            + (f" rec + {search_batch_size(counts['rec'], counts['search'], config.batch_size, self.replicas)}"  # noqa: E501
-               " search" if len(config.tasks) == 2 else "")
-            + f", {epoch_steps(config, counts, self.replicas)} steps per epoch")
+            + (
+                f" rec + {search_batch_size(counts['rec'], counts['search'], config.batch_size, self.replicas)}"  # noqa: E501
+                " search"
+                if len(config.tasks) == 2
+                else ""
+            )
+            + f", {epoch_steps(config, counts, self.replicas)} steps per epoch"
+        )
         if self.role.is_chief:
             board = os.path.join(options.model_dir, "tensorboard")
             train_writer = tf.summary.create_file_writer(os.path.join(board, "train"))
@@ -436,11 +537,18 @@ class Trainer:
             started = time.time()
             train_logs = self._train_epoch(epoch, query_bank, on_step, train_writer)
             train_seconds = time.time() - started
-            validation = evaluate_model(self.model, options.data_dir, "valid", self.manifest,
-                                        config.eval_batch_size, options.validation_rows,
-                                        self._scorers)
-            result = self._end_epoch(epoch, train_logs, validation, time.time() - started,
-                                     train_seconds)
+            validation = evaluate_model(
+                self.model,
+                options.data_dir,
+                "valid",
+                self.manifest,
+                config.eval_batch_size,
+                options.validation_rows,
+                self._scorers,
+            )
+            result = self._end_epoch(
+                epoch, train_logs, validation, time.time() - started, train_seconds
+            )
             with validation_writer.as_default(step=epoch + 1):
                 tf.summary.scalar("score_mean_ndcg@5", result.validation_score)
                 tf.summary.scalar("learning_rate", result.learning_rate)
@@ -448,11 +556,13 @@ class Trainer:
                     for name, value in metrics.items():
                         if name != "examples":
                             tf.summary.scalar(f"{task}/{name}", value)
-            say(f"epoch {epoch + 1}: {result.seconds:.0f}s, loss {train_logs.get('loss', 0):.4f}, "
-                f"validation NDCG@5 " + " ".join(f"{task} {m[VALIDATION_METRIC]:.4f}"
-                                                 for task, m in validation.items())
+            say(
+                f"epoch {epoch + 1}: {result.seconds:.0f}s, loss {train_logs.get('loss', 0):.4f}, "
+                f"validation NDCG@5 "
+                + " ".join(f"{task} {m[VALIDATION_METRIC]:.4f}" for task, m in validation.items())
                 + f" (score {result.validation_score:.4f}{', best' if result.improved else ''})"
-                + f", lr {result.learning_rate:g}")
+                + f", lr {result.learning_rate:g}"
+            )
         else:
             stopped_early = int(self.epochs_without_gain.numpy()) >= config.early_stop_patience
         train_writer.close()
@@ -464,9 +574,14 @@ class Trainer:
         summary.update(epochs_run=int(self.epoch.numpy()), stopped_early=stopped_early)
         return summary
 
-    def _end_epoch(self, epoch: int, train_logs: Dict[str, float],
-                   validation: Dict[str, Dict[str, float]], seconds: float,
-                   train_seconds: float = 0.0) -> EpochResult:
+    def _end_epoch(
+        self,
+        epoch: int,
+        train_logs: Dict[str, float],
+        validation: Dict[str, Dict[str, float]],
+        seconds: float,
+        train_seconds: float = 0.0,
+    ) -> EpochResult:
         """Applies the plateau / early-stop policy, writes the best model and the checkpoint."""
         config = self.config
         score = validation_score(validation)
@@ -476,29 +591,38 @@ class Trainer:
             self.epochs_without_gain.assign(0)
             self.epochs_since_lr_change.assign(0)
             self.best_manager.save(checkpoint_number=epoch + 1)
-            self._best = {"epoch": epoch + 1, "validation_score": score,
-                          "validation": validation,
-                          "checkpoint": os.path.basename(self.best_manager.latest_checkpoint)}
+            self._best = {
+                "epoch": epoch + 1,
+                "validation_score": score,
+                "validation": validation,
+                "checkpoint": os.path.basename(self.best_manager.latest_checkpoint),
+            }
             if self.role.is_chief:
-                with tf.io.gfile.GFile(os.path.join(self.options.model_dir, BEST_FILE),
-                                       "w") as out:
+                with tf.io.gfile.GFile(os.path.join(self.options.model_dir, BEST_FILE), "w") as out:
                     out.write(json.dumps(self._best, indent=2, sort_keys=True))
         else:
             self.epochs_without_gain.assign_add(1)
             self.epochs_since_lr_change.assign_add(1)
             if int(self.epochs_since_lr_change.numpy()) >= config.lr_reduce_patience:
-                reduced = max(self.learning_rate * config.lr_reduce_factor,
-                              config.min_learning_rate)
+                reduced = max(
+                    self.learning_rate * config.lr_reduce_factor, config.min_learning_rate
+                )
                 self.optimizer.learning_rate.assign(reduced)
                 self.epochs_since_lr_change.assign(0)
-        result = EpochResult(epoch=epoch + 1, learning_rate=self.learning_rate,
-                             train=train_logs, validation=validation, validation_score=score,
-                             seconds=seconds, improved=improved, train_seconds=train_seconds)
+        result = EpochResult(
+            epoch=epoch + 1,
+            learning_rate=self.learning_rate,
+            train=train_logs,
+            validation=validation,
+            validation_score=score,
+            seconds=seconds,
+            improved=improved,
+            train_seconds=train_seconds,
+        )
         self.epoch.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
         # After the checkpoint: a crash in between re-runs the epoch without a duplicate line.
         if self.role.is_chief:
-            with tf.io.gfile.GFile(os.path.join(self.options.model_dir, HISTORY_FILE),
-                                   "a") as out:
+            with tf.io.gfile.GFile(os.path.join(self.options.model_dir, HISTORY_FILE), "a") as out:
                 out.write(json.dumps(dataclasses.asdict(result), sort_keys=True) + "\n")
         return result

@@ -14,6 +14,7 @@ Examples are the training split's (rec and search): a user is the example's rece
 `train_two_tower` returns the weights as a TwoTowerIndex (numpy), which is what ships: the
 service scores with numpy, no TensorFlow graph.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -24,10 +25,13 @@ import tensorflow as tf
 from unisar_tf.data.retrieval_index import Sequences, TwoTowerIndex, TwoTowerParams
 
 
-def train_two_tower(train: Sequences, catalogue: np.ndarray,
-                    params: TwoTowerParams = TwoTowerParams(), seed: int = 0,
-                    on_epoch: Optional[Callable[[int, TwoTowerIndex], None]] = None
-                    ) -> TwoTowerIndex:
+def train_two_tower(
+    train: Sequences,
+    catalogue: np.ndarray,
+    params: TwoTowerParams = TwoTowerParams(),
+    seed: int = 0,
+    on_epoch: Optional[Callable[[int, TwoTowerIndex], None]] = None,
+) -> TwoTowerIndex:
     """Train on `train` (ids of `catalogue`, (N + 1,) strings, [0] = ""); on_epoch(epoch,
     index) is called after every epoch (the experiment's validation)."""
     import tensorflow_recommenders as tfrs
@@ -36,7 +40,7 @@ def train_two_tower(train: Sequences, catalogue: np.ndarray,
     size = len(catalogue)
     positives = np.asarray(train.positives, np.int64)
     popularity = np.bincount(positives[positives > 0], minlength=size).astype(np.float32)
-    recent = np.asarray(train.recent, np.int64)[:, :params.history]
+    recent = np.asarray(train.recent, np.int64)[:, : params.history]
     if recent.shape[1] < params.history:
         recent = np.pad(recent, ((0, 0), (0, params.history - recent.shape[1])))
     weights = tf.constant(params.decay ** np.arange(params.history), tf.float32)
@@ -48,10 +52,12 @@ def train_two_tower(train: Sequences, catalogue: np.ndarray,
     class TwoTower(tfrs.Model):
         def __init__(self):
             super().__init__()
-            self.item_table = tf.keras.layers.Embedding(size, params.dim,
-                                                        embeddings_regularizer=regularizer)
-            self.history_table = tf.keras.layers.Embedding(size, params.dim,
-                                                           embeddings_regularizer=regularizer)
+            self.item_table = tf.keras.layers.Embedding(
+                size, params.dim, embeddings_regularizer=regularizer
+            )
+            self.history_table = tf.keras.layers.Embedding(
+                size, params.dim, embeddings_regularizer=regularizer
+            )
             self.dense = tf.keras.layers.Dense(params.dim)
             self.task = tfrs.tasks.Retrieval(temperature=params.temperature)
 
@@ -66,30 +72,43 @@ def train_two_tower(train: Sequences, catalogue: np.ndarray,
             probability = None
             if params.logq:  # tfrs subtracts log(p); p ** logq scales the correction
                 probability = tf.pow(tf.gather(sampling, features["positive"]), params.logq)
-            return self.task(self.user(features["recent"]),
-                             self.item_table(features["positive"]),
-                             candidate_sampling_probability=probability,
-                             compute_metrics=False)
+            return self.task(
+                self.user(features["recent"]),
+                self.item_table(features["positive"]),
+                candidate_sampling_probability=probability,
+                compute_metrics=False,
+            )
 
     model = TwoTower()
     model.compile(optimizer=tf.keras.optimizers.Adam(params.learning_rate))
     keep = positives > 0
-    dataset = (tf.data.Dataset.from_tensor_slices({"recent": recent[keep],
-                                                   "positive": positives[keep]})
-               .shuffle(int(keep.sum()), seed=seed, reshuffle_each_iteration=True)
-               # A log smaller than a batch (tests) still trains, on one batch.
-               .batch(max(1, min(params.batch_size, int(keep.sum()))), drop_remainder=True))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices({"recent": recent[keep], "positive": positives[keep]})
+        .shuffle(int(keep.sum()), seed=seed, reshuffle_each_iteration=True)
+        # A log smaller than a batch (tests) still trains, on one batch.
+        .batch(max(1, min(params.batch_size, int(keep.sum()))), drop_remainder=True)
+    )
     model.user(tf.zeros((1, params.history), tf.int64))  # build the layers
     model.item_table(tf.zeros((1,), tf.int64))
 
     def snapshot() -> TwoTowerIndex:
         kernel, bias = (w.numpy() for w in model.dense.weights)
-        return TwoTowerIndex(catalogue, popularity, model.item_table.embeddings.numpy(),
-                             model.history_table.embeddings.numpy(), kernel, bias, params,
-                             {"training_examples": int(len(positives)),
-                              "training_positives_in_catalogue": int(keep.sum()),
-                              "clicks_per_session": int(train.clicks_per_session),
-                              "epochs": params.epochs, "seed": seed})
+        return TwoTowerIndex(
+            catalogue,
+            popularity,
+            model.item_table.embeddings.numpy(),
+            model.history_table.embeddings.numpy(),
+            kernel,
+            bias,
+            params,
+            {
+                "training_examples": int(len(positives)),
+                "training_positives_in_catalogue": int(keep.sum()),
+                "clicks_per_session": int(train.clicks_per_session),
+                "epochs": params.epochs,
+                "seed": seed,
+            },
+        )
 
     # No training positive in the catalogue (a tiny or foreign log): nothing to learn from.
     for epoch in range(1, params.epochs + 1 if keep.any() else 1):
