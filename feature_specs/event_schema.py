@@ -52,7 +52,6 @@ REJECT_BAD_CLICK = "unparseable_click"
 REJECT_MISSING_SESSION = "missing_search_session_id"
 REJECT_BAD_QUERY = "malformed_query_tokens"
 REJECT_BAD_ROW = "malformed_row"
-REJECT_UNKNOWN_USER = "user_not_in_sequences"
 # A row whose bytes are not UTF-8 (raw bytes kept base64 in the dead letter).
 REJECT_NOT_UTF8 = "not_utf8"
 # A user_id, item_id or search_session_id holding a character the one-id-per-line vocabulary

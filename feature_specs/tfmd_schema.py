@@ -12,7 +12,6 @@ value counts, presence and environments are the same, and `history_types` stays 
 
 from __future__ import annotations
 
-from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from feature_specs import example_schema as fs
@@ -74,15 +73,3 @@ def build_schema(
         if pool.type == schema_pb2.INT:
             pool.int_domain.min = 1
     return schema
-
-
-def schema_text(
-    shapes: fs.SequenceShapes,
-    train_candidates: int = 5,
-    eval_candidates: int = 100,
-    negative_pool: int = 0,
-    id_format: str = fs.ID_FORMAT_IDS,
-) -> str:
-    return text_format.MessageToString(
-        build_schema(shapes, train_candidates, eval_candidates, negative_pool, id_format)
-    )

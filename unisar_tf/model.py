@@ -44,7 +44,7 @@ from unisar_tf.layers import (
     search_behaviour_embedding,
     transition_attention_mask,
 )
-from unisar_tf.layers.cooccurrence import ItemCooccurrence
+from unisar_tf.layers.cooccurrence import NUM_COOCCURRENCE_FEATURES, ItemCooccurrence
 from unisar_tf.losses import QueryItemRelevanceLoss, TransitionAlignmentLoss
 from unisar_tf.sasrec import SASRecModel  # the rec baseline (architecture="sasrec")
 
@@ -58,10 +58,11 @@ MATCH_FEATURE_PRIOR = (1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0)
 
 def match_feature_prior(config: UniSARConfig) -> tuple:
     """MATCH_FEATURE_PRIOR without the features the config switches off."""
+    pairs = NUM_COOCCURRENCE_FEATURES  # ItemCooccurrence's; then the transition, the overlap
     return (
-        MATCH_FEATURE_PRIOR[:5]
-        + MATCH_FEATURE_PRIOR[5:6] * config.cooccurrence_transitions
-        + MATCH_FEATURE_PRIOR[6:] * config.cooccurrence_query_overlap
+        MATCH_FEATURE_PRIOR[:pairs]
+        + MATCH_FEATURE_PRIOR[pairs : pairs + 1] * config.cooccurrence_transitions
+        + MATCH_FEATURE_PRIOR[pairs + 1 :] * config.cooccurrence_query_overlap
     )
 
 
