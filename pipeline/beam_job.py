@@ -50,6 +50,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from feature_specs import event_schema as es
 from feature_specs import example_schema as fs
 from feature_specs import tfmd_schema
+from feature_specs.data_spec import VOCAB_KINDS, Candidates, DataSpec, ExampleCounts, VocabSizes
 from feature_specs.layout import (  # noqa: F401 (the job's callers read them here too)
     EXAMPLE_FILE_SUFFIX,
     ITEM_CLICKS_FILE,
@@ -528,7 +529,7 @@ def _read_text(path: str) -> str:
         return handle.read().decode("utf-8")
 
 
-def assemble_manifest(
+def assemble_spec(
     output_dir: str,
     stats: Dict[str, int],
     options: sb.BuildOptions,
@@ -537,7 +538,9 @@ def assemble_manifest(
     beam_args: Sequence[str],
     wall_seconds: float,
     layout: str = LAYOUT_JOB,
-) -> dict:
+) -> DataSpec:
+    """The manifest of a finished job (run adds `time_split` and
+    `fewer_outputs_than_previous`); manifest.json is its to_json()."""
     examples = {
         split: {scenario: stats.get(f"examples/{split}/{scenario}", 0) for scenario in es.SCENARIOS}
         for split in sb.SPLITS
@@ -550,40 +553,35 @@ def assemble_manifest(
         for key, value in stats.items()
         if not key.startswith(("examples/", "rejected/", "vocab_", _TIME_SPLIT_PREFIX))
     }
-    return {
-        "dataset": dataset,
-        "inputs": inputs,
-        "build_options": dataclasses.asdict(options),
+    return DataSpec(
+        dataset=dataset,
+        inputs=inputs,
+        build_options=dataclasses.asdict(options),
         # "ids" (int64 ids of vocab/*.txt) or "raw" (the raw id strings): see the docstring.
-        "id_format": options.id_format,
-        "beam_args": list(beam_args),
-        "examples": examples,
-        "examples_total": sum(sum(v.values()) for v in examples.values()),
+        id_format=options.id_format,
+        beam_args=tuple(beam_args),
+        examples=ExampleCounts(examples),
+        examples_total=sum(sum(v.values()) for v in examples.values()),
         # Ids run 1..n; model tables need n + 1 rows (0 = padding / unknown).
-        "vocab_sizes": {
-            name: stats.get(f"vocab_{name}", 0) for name in ("users", "items", "words")
-        },
-        "rejected": rejected,
-        "rejected_total": sum(rejected.values()),
-        "counters": other,
-        "files": {
+        vocab_sizes=VocabSizes(**{name: stats.get(f"vocab_{name}", 0) for name in VOCAB_KINDS}),
+        rejected=rejected,
+        rejected_total=sum(rejected.values()),
+        counters=other,
+        files={
             f"{split}/{scenario}": os.path.relpath(
                 example_pattern(output_dir, split, scenario, layout), output_dir
             )
             for split in sb.SPLITS
             for scenario in es.SCENARIOS
         },
-        "shapes": {
-            "rec_len": options.rec_len,
-            "search_len": options.search_len,
-            "query_len": options.query_len,
-            "clicks_per_session": options.clicks_per_session,
-            "train_candidates": 1 + options.num_train_negatives,
-            "eval_candidates": 1 + options.num_eval_negatives,
-            "train_negative_pool": options.train_negative_pool,
-        },
-        "wall_seconds": round(wall_seconds, 1),
-    }
+        shapes=options.shapes,
+        candidates=Candidates(
+            train=1 + options.num_train_negatives,
+            eval=1 + options.num_eval_negatives,
+            train_negative_pool=options.train_negative_pool,
+        ),
+        wall_seconds=round(wall_seconds, 1),
+    )
 
 
 def run(
@@ -633,32 +631,36 @@ def run(
             result.wait_until_finish()
             stats = json.loads(_read_text(os.path.join(staging, STATS_FILE)))
             _check_events_read(stats, staging, output_dir)
-            manifest = assemble_manifest(
+            spec = assemble_spec(
                 output_dir, stats, options, dataset, inputs, beam_args, time.time() - start, layout
             )
             if options.split == "time":
                 report = time_split_report(
                     stats,
                     _read_json_if_any(os.path.join(staging, TIME_SPLIT_FILE)),
-                    manifest["examples"],
+                    spec.examples.by_split,
                 )
                 if report:
-                    manifest["time_split"] = report
+                    spec = spec.replace(time_split=report)
                     if "warning" in report:
                         LOG.warning("%s", report["warning"])
             fewer = check_outputs(
-                manifest, options, _previous_examples(output_dir), output_dir, allow_fewer_outputs
+                spec.to_manifest(),
+                options,
+                _previous_examples(output_dir),
+                output_dir,
+                allow_fewer_outputs,
             )
             if fewer:
-                manifest["fewer_outputs_than_previous"] = fewer
+                spec = spec.replace(fewer_outputs_than_previous=fewer)
             with FileSystems.create(os.path.join(staging, "schema.pbtxt")) as handle:
                 handle.write(text_format.MessageToString(example_schema(options)).encode("utf-8"))
             with FileSystems.create(os.path.join(staging, MANIFEST_FILE)) as handle:
-                handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
+                handle.write(spec.to_json().encode("utf-8"))
             publish(staging, output_dir)
         finally:
             _delete_quietly(staging)
-    return manifest
+    return spec.to_manifest()
 
 
 def _read_json_if_any(path: str) -> Optional[dict]:

@@ -28,7 +28,7 @@ STATS = {
 
 
 def data_job_manifest():
-    return beam_job.assemble_manifest(
+    return beam_job.assemble_spec(
         "/data/out",
         STATS,
         sb.BuildOptions(train_negative_pool=4),
@@ -36,7 +36,7 @@ def data_job_manifest():
         {"reviews": "/in/reviews.csv"},
         ["--runner=DirectRunner"],
         12.345,
-    )
+    ).to_manifest()
 
 
 def as_json(manifest) -> dict:

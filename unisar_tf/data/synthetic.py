@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 from typing import Dict, List, Sequence, Tuple
 
@@ -63,6 +62,7 @@ from feature_specs import (
     SequenceShapes,
     model_feature_shapes,
 )
+from feature_specs.data_spec import Candidates, DataSpec, ExampleCounts, VocabSizes
 from feature_specs.event_schema import SCENARIO_REC, SCENARIO_SEARCH, Event
 from feature_specs.layout import (
     EXAMPLE_FILE_SUFFIX,
@@ -785,23 +785,20 @@ def write_data_dir(data: SyntheticData, config: UniSARConfig, out_dir: str, seed
     for kind, size in sizes.items():
         with tf.io.gfile.GFile(vocab_path(out_dir, kind), "w") as out:
             out.write("".join(f"{SYNTHETIC_VOCAB_PREFIXES[kind]}{k}\n" for k in range(1, size + 1)))
-    manifest = {
-        "dataset": "synthetic",
-        "id_format": ID_FORMAT_IDS,
-        "build_options": {"seed": seed, "num_topics": data.num_topics},
-        "vocab_sizes": sizes,
-        "shapes": {
-            "rec_len": shapes.rec_len,
-            "search_len": shapes.search_len,
-            "query_len": shapes.query_len,
-            "clicks_per_session": shapes.clicks_per_session,
-            "train_candidates": 1 + config.num_train_negatives,
-            "eval_candidates": 1 + config.num_eval_negatives,
-            "train_negative_pool": 0,
-        },
-        "examples": counts,
-        "files": files,
-    }
+    spec = DataSpec(
+        dataset="synthetic",
+        id_format=ID_FORMAT_IDS,
+        build_options={"seed": seed, "num_topics": data.num_topics},
+        vocab_sizes=VocabSizes(**sizes),
+        shapes=shapes,
+        candidates=Candidates(
+            train=1 + config.num_train_negatives,
+            eval=1 + config.num_eval_negatives,
+            train_negative_pool=0,
+        ),
+        examples=ExampleCounts(counts),
+        files=files,
+    )
     with tf.io.gfile.GFile(os.path.join(out_dir, MANIFEST_FILE), "w") as out:
-        out.write(json.dumps(manifest, indent=2, sort_keys=True))
-    return manifest
+        out.write(spec.to_json())
+    return spec.to_manifest()
