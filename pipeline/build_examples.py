@@ -12,58 +12,51 @@ DirectRunner with 2 worker processes. Prints the manifest when done.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from feature_specs import example_schema as fs
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
-from pipeline.adapters import amazon, event_log, kuaisar
+from pipeline.adapters import amazon, registry
 from unisar_tf import logs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
-
-# Per dataset: the split and clicks per session the spec prescribes (sections 2 and 11).
-DATASET_DEFAULTS = {
-    "amazon_beauty": {"split": "loo", "clicks_per_session": 1},
-    "amazon": {"split": "loo", "clicks_per_session": 1},
-    "kuaisar": {"split": "time", "clicks_per_session": 5},
-    "event_log": {"split": "loo", "clicks_per_session": 5},
-}
+DEFAULT_SHARED_DATA = amazon.DEFAULT_SHARED_DATA
 
 
-def parse_args(argv: Optional[Sequence[str]] = None):
+def _dataset_defaults_help(field: str) -> str:
+    """e.g. "default: loo for amazon, event_log; time for kuaisar", from the registry."""
+    by_value = {}
+    for name, adapter in sorted(registry.adapters().items()):
+        value = adapter.defaults.get(field, getattr(sb.BuildOptions, field))
+        by_value.setdefault(value, []).append(name)
+    return "default: " + "; ".join(
+        f"{value} for {', '.join(names)}" for value, names in by_value.items()
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--dataset", required=True, choices=sorted(DATASET_DEFAULTS))
+    parser.add_argument("--dataset", required=True, choices=sorted(registry.adapters()))
     parser.add_argument("--output", required=True, help="output directory (local or gs://...)")
-    data = parser.add_argument_group("inputs")
-    data.add_argument(
-        "--data_root",
-        default=DEFAULT_SHARED_DATA,
-        help="folder holding amazon_beauty/ (for --dataset amazon_beauty)",
-    )
-    data.add_argument("--sequences", help="amazon: the 'user item item ...' sequences file")
-    data.add_argument("--attributes", help="amazon: the item -> attribute ids JSON")
-    data.add_argument(
-        "--input_dir",
-        help="kuaisar: folder with rec_inter.csv, src_inter.csv, "
-        "and optionally user_features.csv, item_features.csv",
-    )
-    data.add_argument("--events", nargs="+", help="event_log: CSV/Parquet files or globs")
-    amazon_group = parser.add_argument_group("amazon semi-synthetic search (docs/data.md)")
-    amazon_group.add_argument("--search_fraction", type=float, default=0.5)
-    amazon_group.add_argument("--query_min_item_frequency", type=int, default=100)
+    # The adapters' own flags (pipeline/adapters/registry.py), in their --help sections.
+    groups = {registry.INPUTS_GROUP: parser.add_argument_group(registry.INPUTS_GROUP)}
+    for flag in registry.input_flags():
+        if flag.group not in groups:
+            groups[flag.group] = parser.add_argument_group(flag.group)
+        flag.add_to(groups[flag.group])
     build = parser.add_argument_group("example construction")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument(
         "--split",
         choices=("loo", "time"),
-        help="default: time for kuaisar, leave-one-out otherwise",
+        help=_dataset_defaults_help("split"),
     )
     build.add_argument(
         "--strict_holdout",
@@ -87,7 +80,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     build.add_argument("--rec_len", type=int, default=30)
     build.add_argument("--search_len", type=int, default=30)
     build.add_argument("--query_len", type=int, default=50)
-    build.add_argument("--clicks_per_session", type=int, help="default: 1 for amazon, 5 otherwise")
+    build.add_argument(
+        "--clicks_per_session", type=int, help=_dataset_defaults_help("clicks_per_session")
+    )
     build.add_argument(
         "--max_users",
         type=int,
@@ -130,52 +125,28 @@ def parse_args(argv: Optional[Sequence[str]] = None):
         "keeping it); recorded as fewer_outputs_than_previous in the manifest",
     )
     logs.add_verbose_flag(parser)
-    return parser.parse_known_args(argv)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None):
+    return _parser().parse_known_args(argv)
 
 
 def adapter_inputs(args):
     """(inputs record, read function) of the parsed arguments' dataset; SystemExit with the
     missing flag when the dataset's inputs are not given."""
-    if args.dataset in ("amazon_beauty", "amazon"):
-        if args.dataset == "amazon_beauty":
-            root = os.path.join(args.data_root, "amazon_beauty")
-            sequences = args.sequences or os.path.join(root, "Beauty.txt")
-            attributes = args.attributes or os.path.join(root, "Beauty_item2attributes.json")
-        else:
-            if not (args.sequences and args.attributes):
-                raise SystemExit("--dataset amazon needs --sequences and --attributes")
-            sequences, attributes = args.sequences, args.attributes
-        inputs = amazon.AmazonInputs(
-            sequences=sequences,
-            attributes=attributes,
-            search_fraction=args.search_fraction,
-            query_min_item_frequency=args.query_min_item_frequency,
-            seed=args.seed,
-            max_rows_per_file=args.max_rows_per_file,
-        )
-        return inputs, amazon.read
-    if args.dataset == "kuaisar":
-        if not args.input_dir:
-            raise SystemExit("--dataset kuaisar needs --input_dir")
-        return (
-            kuaisar.KuaiSARInputs.from_dir(args.input_dir, args.max_rows_per_file),
-            kuaisar.read,
-        )
-    if not args.events:
-        raise SystemExit("--dataset event_log needs --events")
-    return (
-        event_log.EventLogInputs(
-            events=tuple(args.events), max_rows_per_file=args.max_rows_per_file
-        ),
-        event_log.read,
-    )
+    adapter = registry.get(args.dataset)
+    try:
+        return adapter.inputs(vars(args)), adapter.read
+    except registry.MissingInputs as error:
+        raise SystemExit(str(error)) from None
 
 
 def build_options(args) -> sb.BuildOptions:
-    defaults = DATASET_DEFAULTS[args.dataset]
+    defaults = registry.get(args.dataset).defaults
     return sb.BuildOptions(
         seed=args.seed,
-        split=args.split or defaults["split"],
+        split=args.split or defaults.get("split", sb.BuildOptions.split),
         strict_holdout=args.strict_holdout,
         min_rec_history=args.min_rec_history,
         min_search_history=args.min_search_history,
@@ -185,10 +156,55 @@ def build_options(args) -> sb.BuildOptions:
         rec_len=args.rec_len,
         search_len=args.search_len,
         query_len=args.query_len,
-        clicks_per_session=args.clicks_per_session or defaults["clicks_per_session"],
+        clicks_per_session=args.clicks_per_session
+        or defaults.get("clicks_per_session", sb.BuildOptions.clicks_per_session),
         max_users=args.max_users,
         train_negative_pool=args.train_negative_pool,
         id_format=args.id_format,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One run of the data job, typed: what run() needs."""
+
+    adapter: str  # a registered adapter's name (pipeline/adapters/registry.py)
+    inputs: Any  # that adapter's inputs record
+    options: sb.BuildOptions
+    output: str
+    num_shards: int = 0
+    layout: str = beam_job.LAYOUT_JOB
+    allow_fewer_outputs: bool = False
+
+
+def job(args) -> Job:
+    """The job of parsed arguments; registry.MissingInputs when the dataset's inputs are not
+    given, ValueError on inconsistent options."""
+    return Job(
+        adapter=args.dataset,
+        inputs=registry.get(args.dataset).inputs(vars(args)),
+        options=build_options(args),
+        output=args.output,
+        num_shards=args.num_shards,
+        layout=args.layout,
+        allow_fewer_outputs=args.allow_fewer_outputs,
+    )
+
+
+def run(job: Job, beam_args: Sequence[str]) -> dict:
+    """Runs the job with exactly these Beam args; returns the manifest. The TFX component
+    (pipeline/components/sequence_example_gen.py) calls it."""
+    read = registry.get(job.adapter).read
+    return beam_job.run(
+        lambda pipeline: read(pipeline, job.inputs),
+        job.options,
+        job.output,
+        dataset=job.adapter,
+        inputs=describe_inputs(job.inputs),
+        beam_args=beam_args,
+        num_shards=job.num_shards,
+        layout=job.layout,
+        allow_fewer_outputs=job.allow_fewer_outputs,
     )
 
 
@@ -205,20 +221,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 def run_job(args, beam_args: Sequence[str]) -> dict:
     """Runs the job for parsed arguments (parse_args) with exactly these Beam args; returns
-    the manifest. What main() does without the logging set-up, defaults and printing; the
-    TFX component (pipeline/components/sequence_example_gen.py) calls it."""
-    inputs, read = adapter_inputs(args)
-    return beam_job.run(
-        lambda pipeline: read(pipeline, inputs),
-        build_options(args),
-        args.output,
-        dataset=args.dataset,
-        inputs=describe_inputs(inputs),
-        beam_args=beam_args,
-        num_shards=args.num_shards,
-        layout=args.layout,
-        allow_fewer_outputs=args.allow_fewer_outputs,
-    )
+    the manifest. What main() does without the logging set-up, defaults and printing."""
+    try:
+        parsed = job(args)
+    except registry.MissingInputs as error:
+        raise SystemExit(str(error)) from None
+    return run(parsed, beam_args)
 
 
 def describe_inputs(inputs) -> dict:

@@ -27,17 +27,20 @@ import collections
 import dataclasses
 import json
 import logging
-from typing import Dict, Tuple
+import os
+from typing import Any, Dict, Mapping, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from feature_specs import event_schema as es
-from pipeline.adapters import common
+from pipeline.adapters import common, registry
 from pipeline.sequence_builder import stable_hash
 
 _TWO_64 = float(2**64)
 LOG = logging.getLogger(__name__)
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_SHARED_DATA = os.path.join(os.path.dirname(_REPO_ROOT), "shared", "data")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,3 +203,69 @@ def read(pipeline, inputs: AmazonInputs) -> common.AdapterOutput:
         stats=[parsed[common.STATS]],
         item_side=item_text,
     )
+
+
+# --- registration (pipeline/adapters/registry.py) ---------------------------------------------
+
+_SEARCH_GROUP = "amazon semi-synthetic search (docs/data.md)"
+_FLAGS = (
+    registry.InputFlag(
+        "sequences", help="amazon: the 'user item item ...' sequences file", path=True
+    ),
+    registry.InputFlag("attributes", help="amazon: the item -> attribute ids JSON", path=True),
+    registry.InputFlag("search_fraction", type=float, default=0.5, group=_SEARCH_GROUP),
+    registry.InputFlag("query_min_item_frequency", type=int, default=100, group=_SEARCH_GROUP),
+)
+_DEFAULTS = {"split": "loo", "clicks_per_session": 1}  # spec sections 2 and 11
+
+
+def _inputs(values: Mapping[str, Any], sequences: str, attributes: str) -> AmazonInputs:
+    return AmazonInputs(
+        sequences=sequences,
+        attributes=attributes,
+        search_fraction=values["search_fraction"],
+        query_min_item_frequency=values["query_min_item_frequency"],
+        seed=values["seed"],
+        max_rows_per_file=values["max_rows_per_file"],
+    )
+
+
+def _beauty_inputs(values: Mapping[str, Any]) -> AmazonInputs:
+    root = os.path.join(values["data_root"], "amazon_beauty")
+    return _inputs(
+        values,
+        values["sequences"] or os.path.join(root, "Beauty.txt"),
+        values["attributes"] or os.path.join(root, "Beauty_item2attributes.json"),
+    )
+
+
+def _amazon_inputs(values: Mapping[str, Any]) -> AmazonInputs:
+    if not (values["sequences"] and values["attributes"]):
+        raise registry.MissingInputs("--dataset amazon needs --sequences and --attributes")
+    return _inputs(values, values["sequences"], values["attributes"])
+
+
+registry.register(
+    registry.Adapter(
+        name="amazon_beauty",
+        read=read,
+        inputs=_beauty_inputs,
+        flags=(
+            registry.InputFlag(
+                "data_root",
+                help="folder holding amazon_beauty/ (for --dataset amazon_beauty)",
+                default=DEFAULT_SHARED_DATA,
+                from_data_root=True,
+            ),
+            *_FLAGS,
+        ),
+        defaults=_DEFAULTS,
+        locate=lambda data_root: {"data_root": data_root},
+    )
+)
+# sequences / attributes come as build options (paths relative to the component's data_root).
+registry.register(
+    registry.Adapter(
+        name="amazon", read=read, inputs=_amazon_inputs, flags=_FLAGS, defaults=_DEFAULTS
+    )
+)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import List, Sequence
+import os
+from typing import Any, Dict, List, Mapping, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from feature_specs import event_schema as es
-from pipeline.adapters import common
+from pipeline.adapters import common, registry
 
 LOG = logging.getLogger(__name__)
 
@@ -145,3 +146,40 @@ def read(pipeline, inputs: EventLogInputs) -> common.AdapterOutput:
         stats.append(parsed[common.STATS])
     merged = events[0] if len(events) == 1 else tuple(events) | "MergeEventLogs" >> beam.Flatten()
     return common.AdapterOutput(events=merged, rejected=rejected, stats=stats)
+
+
+def _inputs(values: Mapping[str, Any]) -> EventLogInputs:
+    if not values["events"]:
+        raise registry.MissingInputs("--dataset event_log needs --events")
+    return EventLogInputs(
+        events=tuple(values["events"]), max_rows_per_file=values["max_rows_per_file"]
+    )
+
+
+def _locate(data_root: str) -> Dict[str, Any]:
+    """A file or glob as given; a folder: its *.csv and *.parquet files."""
+    if any(char in data_root for char in "*?[") or data_root.endswith((".csv", ".parquet")):
+        return {"events": [data_root]}
+    patterns = [os.path.join(data_root, "*.csv"), os.path.join(data_root, "*.parquet")]
+    # A pattern without files would stop the job; keep both if neither matches, so the
+    # error names the folder.
+    return {"events": [p for p in patterns if common.expand_paths_or_none(p)] or patterns}
+
+
+registry.register(
+    registry.Adapter(
+        name="event_log",
+        read=read,
+        inputs=_inputs,
+        flags=(
+            registry.InputFlag(
+                "events",
+                help="event_log: CSV/Parquet files or globs",
+                nargs="+",
+                from_data_root=True,
+            ),
+        ),
+        defaults={"split": "loo", "clicks_per_session": 5},  # spec sections 2 and 11
+        locate=_locate,
+    )
+)

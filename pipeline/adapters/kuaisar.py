@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import apache_beam as beam
 
 from feature_specs import event_schema as es
-from pipeline.adapters import common
+from pipeline.adapters import common, registry
 
 REC_COLUMNS = ("user_id", "item_id", "timestamp", "click")
 SEARCH_COLUMNS = (
@@ -157,3 +157,28 @@ def read(pipeline, inputs: KuaiSARInputs) -> common.AdapterOutput:
         item_side=outputs.get("item_features"),
         user_side=outputs.get("user_features"),
     )
+
+
+def _inputs(values: Mapping[str, Any]) -> KuaiSARInputs:
+    if not values["input_dir"]:
+        raise registry.MissingInputs("--dataset kuaisar needs --input_dir")
+    return KuaiSARInputs.from_dir(values["input_dir"], values["max_rows_per_file"])
+
+
+registry.register(
+    registry.Adapter(
+        name="kuaisar",
+        read=read,
+        inputs=_inputs,
+        flags=(
+            registry.InputFlag(
+                "input_dir",
+                help="kuaisar: folder with rec_inter.csv, src_inter.csv, "
+                "and optionally user_features.csv, item_features.csv",
+                from_data_root=True,
+            ),
+        ),
+        defaults={"split": "time", "clicks_per_session": 5},  # spec sections 2 and 11
+        locate=lambda data_root: {"input_dir": data_root},
+    )
+)
