@@ -36,7 +36,7 @@ demo: $(INSTALLED)
 	$(PY) -m unisar_tf.tools.demo
 
 test: $(INSTALLED) redis-server lint
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=25
 
 # The quick loop: everything not marked slow (CI runs `make test`, all of it).
 test-fast: $(INSTALLED) redis-server lint
