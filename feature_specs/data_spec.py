@@ -77,6 +77,15 @@ class ExampleCounts:
         return sum(sum(counts.values()) for counts in self.by_split.values())
 
 
+def tasks_with_counts(
+    by_split: Optional[Mapping[str, Mapping[str, int]]], split: str, tasks
+) -> Tuple[str, ...]:
+    """The tasks of `tasks` with examples in `split` of `by_split` ({split: {scenario:
+    count}}); a missing count (or no counts at all) counts as present."""
+    counts = (by_split or {}).get(split, {})
+    return tuple(task for task in tasks if counts.get(task, 1) > 0)
+
+
 # Keys that are not DataSpec fields of the same name: parsed into the typed parts above.
 _TYPED_KEYS = ("vocab_sizes", "shapes", "examples")
 _REQUIRED_SHAPE_KEYS = _SEQUENCE_FIELDS + ("train_candidates", "eval_candidates")
@@ -129,10 +138,7 @@ class DataSpec:
 
     def tasks_with_examples(self, split: str, tasks) -> Tuple[str, ...]:
         """The tasks of `tasks` with examples in `split`; without counts: all of them."""
-        if self.examples is None:
-            return tuple(tasks)
-        counts = self.examples.by_split.get(split, {})
-        return tuple(task for task in tasks if counts.get(task, 1) > 0)
+        return tasks_with_counts(self.examples and self.examples.by_split, split, tasks)
 
     def replace(self, **changes) -> "DataSpec":
         return dataclasses.replace(self, **changes)
@@ -180,6 +186,14 @@ class DataSpec:
             },
             **plain,
         )
+
+    @classmethod
+    def of(
+        cls, manifest: "Mapping[str, Any] | DataSpec", source: str = MANIFEST_FILE
+    ) -> "DataSpec":
+        """`manifest` as a DataSpec: a DataSpec as it is, a dict through from_manifest (for
+        callers that still pass the manifest dict around)."""
+        return manifest if isinstance(manifest, DataSpec) else cls.from_manifest(manifest, source)
 
     def shapes_block(self) -> Dict[str, int]:
         """The manifest's `shapes`: sequence lengths and candidate counts."""

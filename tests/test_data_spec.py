@@ -121,6 +121,31 @@ def test_minimal_manifest_has_no_counts_and_every_task():
     assert spec.vocab_sizes.word_table == 2
 
 
+def test_reader_names_the_file_of_a_manifest_without_a_required_key(tmp_path):
+    from unisar_tf.data import reader
+
+    manifest = as_json(data_job_manifest())
+    del manifest["shapes"]["train_candidates"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=rf"{tmp_path}/manifest.json: .*'train_candidates'"):
+        reader.load_manifest(str(tmp_path))
+    manifest["shapes"]["train_candidates"] = 3
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert reader.load_spec(str(tmp_path)).candidates.train == 3
+
+
+@pytest.mark.slow
+def test_the_data_jobs_manifests_round_trip_byte_for_byte(amazon_examples, kuaisar_builds):
+    """The session's data job outputs (both id formats, a negative pool): the file's text
+    is what its DataSpec writes."""
+    for out in [amazon_examples[0]] + [out for out, _ in kuaisar_builds.values()]:
+        with open(f"{out}/manifest.json") as handle:
+            text = handle.read()
+        spec = DataSpec.load(out)
+        assert spec.to_json() == text, out
+        assert spec.extra == {}, out  # every key the data job writes is a typed field
+
+
 @pytest.mark.parametrize(
     "path", [("vocab_sizes",), ("shapes",), ("vocab_sizes", "words"), ("shapes", "eval_candidates")]
 )

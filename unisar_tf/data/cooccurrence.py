@@ -26,6 +26,7 @@ from feature_specs import (
     SEARCH_HISTORY_CLICKED_ITEMS,
     TYPE_REC,
 )
+from feature_specs.data_spec import DataSpec
 from unisar_tf.data import reader
 
 
@@ -71,7 +72,7 @@ def item_cooccurrence(
 
 # ---------------------------------------------------------------------------------- reading
 def read_split(
-    data_dir: str, split: str, task: str, manifest: dict, features: Iterable[str]
+    data_dir: str, split: str, task: str, manifest: dict | DataSpec, features: Iterable[str]
 ) -> Dict[str, np.ndarray]:
     """Some features of a whole split, rows in `reader.read_examples(..., shuffle=False)` order
     (the order the model's scores come in); raw-id examples are mapped through the manifest's
@@ -115,7 +116,7 @@ def _empty_table(num_items: int) -> CooccurrenceTable:
     return table_from_counts(sp.csr_matrix((num_items, num_items)), num_items)
 
 
-def _training_splits(data_dir: str, manifest: dict, tasks) -> list:
+def _training_splits(data_dir: str, manifest: dict | DataSpec, tasks) -> list:
     """The history and candidate features of each task's training split that has examples."""
     return [
         read_split(
@@ -130,7 +131,7 @@ def _training_splits(data_dir: str, manifest: dict, tasks) -> list:
 
 
 def training_cooccurrence(
-    data_dir: str, manifest: dict, num_items: int, tasks=("rec", "search")
+    data_dir: str, manifest: dict | DataSpec, num_items: int, tasks=("rec", "search")
 ) -> CooccurrenceTable:
     """The table of the training split's examples of `tasks` (ids as the model reads them);
     a task without training examples (a single-scenario log) adds nothing."""
@@ -170,7 +171,7 @@ def last_history_items(features) -> np.ndarray:
 
 
 def training_transitions(
-    data_dir: str, manifest: dict, num_items: int, tasks=("rec", "search")
+    data_dir: str, manifest: dict | DataSpec, num_items: int, tasks=("rec", "search")
 ) -> CooccurrenceTable:
     """Directed (last history item -> positive) counts of the training split's examples."""
     return _transitions_of(_training_splits(data_dir, manifest, tasks), num_items)
@@ -190,7 +191,9 @@ def _transitions_of(splits: list, num_items: int) -> CooccurrenceTable:
     return table_from_counts(counts, num_items)
 
 
-def training_tables(data_dir: str, manifest: dict, num_items: int, tasks=("rec", "search")):
+def training_tables(
+    data_dir: str, manifest: dict | DataSpec, num_items: int, tasks=("rec", "search")
+):
     """(co-occurrence, transitions) tables from one read of the training split."""
     splits = _training_splits(data_dir, manifest, tasks)
     return _cooccurrence_of(splits, num_items), _transitions_of(splits, num_items)

@@ -27,7 +27,6 @@ from feature_specs import (
     CANDIDATE_ITEMS,
     HISTORY_TYPES,
     ID_FEATURE_VOCABULARIES,
-    ID_FORMAT_IDS,
     NEGATIVE_POOL,
     QUERY_TOKENS,
     REC_HISTORY_ITEMS,
@@ -36,6 +35,7 @@ from feature_specs import (
     SequenceShapes,
     model_feature_shapes,
 )
+from feature_specs.data_spec import DataSpec, tasks_with_counts
 from feature_specs.layout import MANIFEST_FILE, VOCAB_DIR, example_pattern
 from unisar_tf.config import TASKS, UniSARConfig
 from unisar_tf.data.transform import transform_ids, transformed_manifest
@@ -55,8 +55,10 @@ IDENTITY_KEYS = (
 
 
 def load_manifest(data_dir: str, transform_dir: Optional[str] = None) -> dict:
-    """The data job's manifest.json; with `transform_dir`, its examples are read through
-    that Transform graph (raw string ids -> ids, see unisar_tf/data/transform.py)."""
+    """The data job's manifest.json as a dict (callers pass it on, and data_identity hashes
+    it as written); `load_spec` gives it typed. Checked on loading: a missing required key
+    raises ValueError naming it and the file. With `transform_dir`, its examples are read
+    through that Transform graph (raw string ids -> ids, see unisar_tf/data/transform.py)."""
     path = os.path.join(data_dir, MANIFEST_FILE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(
@@ -64,39 +66,41 @@ def load_manifest(data_dir: str, transform_dir: Optional[str] = None) -> dict:
         )
     with tf.io.gfile.GFile(path) as handle:
         manifest = json.load(handle)
+    spec = DataSpec.from_manifest(manifest, path)
     if transform_dir:
         return transformed_manifest(manifest, transform_dir)
-    if manifest.get("id_format", ID_FORMAT_IDS) != ID_FORMAT_IDS:
+    if not spec.id_format_is_ids:
         raise ValueError(
             f"{path}: the examples carry raw string ids (id_format="
-            f"{manifest['id_format']!r}); read them with the Transform output "
+            f"{spec.id_format!r}); read them with the Transform output "
             "that maps them (transform_dir, e.g. the pipeline's Transform "
             "transform_graph artifact)"
         )
     return manifest
 
 
-def shapes_from_manifest(manifest: dict) -> SequenceShapes:
-    shapes = manifest["shapes"]
-    return SequenceShapes(
-        rec_len=shapes["rec_len"],
-        search_len=shapes["search_len"],
-        query_len=shapes["query_len"],
-        clicks_per_session=shapes["clicks_per_session"],
+def load_spec(data_dir: str, transform_dir: Optional[str] = None) -> DataSpec:
+    """load_manifest, typed."""
+    return DataSpec.from_manifest(
+        load_manifest(data_dir, transform_dir), os.path.join(data_dir, MANIFEST_FILE)
     )
 
 
-def config_with_data_sizes(config: UniSARConfig, manifest: dict) -> UniSARConfig:
+def shapes_from_manifest(manifest: dict | DataSpec) -> SequenceShapes:
+    return DataSpec.of(manifest).shapes
+
+
+def config_with_data_sizes(config: UniSARConfig, manifest: dict | DataSpec) -> UniSARConfig:
     """A copy of `config` whose vocabulary sizes and sequence shapes match the data.
 
     Table sizes are vocabulary size + 1: id 0 is padding / out of vocabulary.
     """
-    shapes = shapes_from_manifest(manifest)
-    sizes = manifest["vocab_sizes"]
+    spec = DataSpec.of(manifest)
+    shapes, sizes = spec.shapes, spec.vocab_sizes
     return config.replace(
-        num_users=sizes["users"] + 1,
-        num_items=sizes["items"] + 1,
-        num_words=max(sizes["words"], 1) + 1,
+        num_users=sizes.user_table,
+        num_items=sizes.item_table,
+        num_words=sizes.word_table,
         rec_len=shapes.rec_len,
         search_len=shapes.search_len,
         query_len=shapes.query_len,
@@ -105,20 +109,23 @@ def config_with_data_sizes(config: UniSARConfig, manifest: dict) -> UniSARConfig
 
 
 def tasks_with_examples(
-    manifest: dict, split: str = "train", tasks: Sequence[str] = TASKS
+    manifest: dict | DataSpec, split: str = "train", tasks: Sequence[str] = TASKS
 ) -> Tuple[str, ...]:
-    """The tasks of `tasks` that have examples in `split` (a manifest without counts: all)."""
-    counts = manifest.get("examples", {}).get(split, {})
-    return tuple(task for task in tasks if counts.get(task, 1) > 0)
+    """The tasks of `tasks` that have examples in `split` (a manifest without counts: all).
+    Takes partial manifest dicts too (only their `examples`)."""
+    if isinstance(manifest, DataSpec):
+        return manifest.tasks_with_examples(split, tasks)
+    return tasks_with_counts(manifest.get("examples"), split, tasks)
 
 
-def vocabulary_files(data_dir: str, manifest: dict) -> list:
+def vocabulary_files(data_dir: str, manifest: dict | DataSpec) -> list:
     """The files that give ids their meaning: the data job's vocab/ and, for raw-id examples,
     the Transform output's vocabularies (its transform_fn assets)."""
     files = sorted(tf.io.gfile.glob(os.path.join(data_dir, VOCAB_DIR, "*")))
-    if manifest.get("transform_dir"):
+    transform_dir = DataSpec.of(manifest).transform_dir
+    if transform_dir:
         files += sorted(
-            tf.io.gfile.glob(os.path.join(manifest["transform_dir"], "transform_fn", "assets", "*"))
+            tf.io.gfile.glob(os.path.join(transform_dir, "transform_fn", "assets", "*"))
         )
     return files
 
@@ -129,6 +136,8 @@ def _sha256(value) -> str:
 
 def data_identity(data_dir: str, manifest: dict) -> dict:
     """Which data this is, for run directories (model_dir/data.json, unisar_tf.train.trainer):
+    from the manifest dict as written (not DataSpec.to_manifest, which fills an older
+    manifest's defaults in and so would change its fingerprint).
 
     {"vocabulary": sha256 of the vocabulary files' names and bytes and the vocabulary sizes
     (equal: every user, item and word id means the same thing),
@@ -341,20 +350,25 @@ def _shape_problems(
 _CHECKED: set = set()
 
 
-def check_example_shapes(data_dir: str, split: str, scenario: str, manifest: dict) -> None:
+def _candidates(spec: DataSpec, split: str) -> int:
+    """Candidates per example of `split`: the training or the evaluation list width."""
+    return spec.candidates.train if split == "train" else spec.candidates.eval
+
+
+def check_example_shapes(
+    data_dir: str, split: str, scenario: str, manifest: dict | DataSpec
+) -> None:
     """Raises ManifestMismatchError unless the first example of every file of the split and
     scenario has the shapes manifest.json gives (sequence lengths, candidates, negative
     pool), naming the field, both values and the file; a truncated first record is a
     CorruptExampleFileError. Checked once per file (and its size and time) per process."""
-    if "shapes" not in manifest:
-        return
-    shapes = shapes_from_manifest(manifest)
+    data = DataSpec.of(manifest)
     candidates_field = "train_candidates" if split == "train" else "eval_candidates"
     spec = model_feature_shapes(
-        shapes, manifest["shapes"][candidates_field], with_query=scenario == "search"
+        data.shapes, _candidates(data, split), with_query=scenario == "search"
     )
     expected = {name: int(math.prod(shape)) for name, shape in spec.items()}
-    pool = manifest["shapes"].get("train_negative_pool", 0)
+    pool = data.candidates.train_negative_pool
     if split == "train" and pool:
         expected[NEGATIVE_POOL] = pool
     expectation = json.dumps(expected, sort_keys=True)
@@ -371,7 +385,7 @@ def check_example_shapes(data_dir: str, split: str, scenario: str, manifest: dic
             counts = {
                 name: _value_count(feature) for name, feature in example.features.feature.items()
             }
-            problems = _shape_problems(counts, expected, manifest["shapes"], candidates_field)
+            problems = _shape_problems(counts, expected, data.shapes_block(), candidates_field)
             if problems:
                 raise ManifestMismatchError(
                     f"{path} does not hold what {os.path.join(data_dir, MANIFEST_FILE)} says "
@@ -392,13 +406,12 @@ def parse_spec(
     }
 
 
-def _reader(manifest: dict, spec: Dict[str, tf.io.FixedLenFeature]):
+def _reader(transform_dir: Optional[str], spec: Dict[str, tf.io.FixedLenFeature]):
     """(spec to parse the files with, function from parsed features to id features).
 
     Raw-id examples (manifest with a transform_dir) parse id features as strings and map
     them with the Transform graph; id examples parse as they are.
     """
-    transform_dir = manifest.get("transform_dir")
     if not transform_dir:
         return spec, lambda features: features
 
@@ -417,7 +430,7 @@ def read_examples(
     split: str,
     scenario: str,
     batch_size: int,
-    manifest: Optional[dict] = None,
+    manifest: dict | DataSpec | None = None,
     shuffle: bool = False,
     seed: int = 0,
     drop_remainder: bool = False,
@@ -433,19 +446,14 @@ def read_examples(
     pairs a model's per-list scores with the baselines' (unisar_tf/train/gate.py).
     """
     manifest = manifest or load_manifest(data_dir)
-    shapes = shapes_from_manifest(manifest)
-    candidates = (
-        manifest["shapes"]["train_candidates"]
-        if split == "train"
-        else manifest["shapes"]["eval_candidates"]
-    )
-    spec = parse_spec(shapes, candidates, with_query=scenario == "search")
-    pool = manifest["shapes"].get("train_negative_pool", 0)
+    data = DataSpec.of(manifest)
+    spec = parse_spec(data.shapes, _candidates(data, split), with_query=scenario == "search")
+    pool = data.candidates.train_negative_pool
     if split == "train" and pool:
         spec[NEGATIVE_POOL] = tf.io.FixedLenFeature((pool,), tf.int64)
-    spec, to_ids = _reader(manifest, spec)
+    spec, to_ids = _reader(data.transform_dir, spec)
     files = example_files(data_dir, split, scenario)
-    check_example_shapes(data_dir, split, scenario, manifest)
+    check_example_shapes(data_dir, split, scenario, data)
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -471,7 +479,7 @@ def load_arrays(
     data_dir: str,
     split: str,
     scenario: str,
-    manifest: Optional[dict] = None,
+    manifest: dict | DataSpec | None = None,
     features: Optional[list] = None,
     limit: Optional[int] = None,
 ) -> Dict[str, np.ndarray]:
@@ -491,13 +499,22 @@ def load_arrays(
 
 
 def read_feature(
-    data_dir: str, split: str, scenario: str, name: str, width: int, manifest: Optional[dict] = None
+    data_dir: str,
+    split: str,
+    scenario: str,
+    name: str,
+    width: int,
+    manifest: dict | DataSpec | None = None,
 ) -> np.ndarray:
-    """One int64 feature (n, width) of a whole split, in file order, parsing nothing else."""
-    spec, to_ids = _reader(manifest or {}, {name: tf.io.FixedLenFeature((width,), tf.int64)})
+    """One int64 feature (n, width) of a whole split, in file order, parsing nothing else;
+    without a manifest, id examples and no shape check."""
+    data = DataSpec.of(manifest) if manifest else None
+    spec, to_ids = _reader(
+        data.transform_dir if data else None, {name: tf.io.FixedLenFeature((width,), tf.int64)}
+    )
     files = example_files(data_dir, split, scenario)
-    if manifest:
-        check_example_shapes(data_dir, split, scenario, manifest)
+    if data:
+        check_example_shapes(data_dir, split, scenario, data)
     dataset = (
         tf.data.TFRecordDataset(files, compression_type="GZIP")
         .batch(8192)
@@ -511,7 +528,7 @@ def read_feature(
     return np.concatenate(parts) if parts else np.zeros((0, width), np.int64)
 
 
-def query_bank(data_dir: str, manifest: Optional[dict] = None) -> np.ndarray:
+def query_bank(data_dir: str, manifest: dict | DataSpec | None = None) -> np.ndarray:
     """Distinct training search queries (Nq, query_len): the relevance loss's negative pool.
 
     Data without training search examples: the distinct queries of the training rec
@@ -519,13 +536,14 @@ def query_bank(data_dir: str, manifest: Optional[dict] = None) -> np.ndarray:
     where the relevance loss has no query-click pair to learn from).
     """
     manifest = manifest or load_manifest(data_dir)
-    width = manifest["shapes"]["query_len"]
+    spec = DataSpec.of(manifest)
+    width = spec.shapes.query_len
     if tasks_with_examples(manifest, "train", ("search",)):
         queries = read_feature(data_dir, "train", "search", QUERY_TOKENS, width, manifest)
         if len(queries):
             return np.unique(queries, axis=0)
     parts = []
-    counters = manifest.get("counters")  # the data job counts the search sessions it used
+    counters = spec.counters  # the data job counts the search sessions it used
     if tasks_with_examples(manifest, "train", ("rec",)) and (
         counters is None or counters.get("search_sessions", 0)
     ):

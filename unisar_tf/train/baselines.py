@@ -43,6 +43,7 @@ from feature_specs import (
     REC_HISTORY_ITEMS,
     SEARCH_HISTORY_CLICKED_ITEMS,
 )
+from feature_specs.data_spec import DataSpec
 from feature_specs.layout import VOCAB_DIR, side_feature_pattern
 from unisar_tf.data import reader
 from unisar_tf.data.cooccurrence import history_items, id_sets, item_cooccurrence, read_split
@@ -140,7 +141,7 @@ def query_match_scores(
 
 
 def _item_captions(
-    data_dir: str, manifest: dict, num_items: int, transform_dir: Optional[str]
+    data_dir: str, spec: DataSpec, num_items: int, transform_dir: Optional[str]
 ) -> Optional[np.ndarray]:
     """(num_items, query_len) caption word ids from the data's side features, keyed by the
     ids the examples are read with; None when no item has any."""
@@ -153,8 +154,8 @@ def _item_captions(
     side = load_side_features(
         data_dir,
         num_items,
-        manifest["vocab_sizes"]["users"] + 1,
-        manifest["shapes"]["query_len"],
+        spec.vocab_sizes.user_table,
+        spec.shapes.query_len,
         id_maps,
     )
     if side is None or not np.any(side.item_captions):
@@ -162,15 +163,15 @@ def _item_captions(
     return side.item_captions
 
 
-def _word_table_size(manifest: dict, *arrays: np.ndarray) -> int:
+def _word_table_size(spec: DataSpec, *arrays: np.ndarray) -> int:
     largest = max((int(np.max(a)) for a in arrays if np.size(a)), default=0)
-    return max(int(manifest["vocab_sizes"].get("words", 0)) + 1, largest + 1)
+    return max(spec.vocab_sizes.words + 1, largest + 1)
 
 
 def baseline_scores(
     data_dir: str,
     split: str,
-    manifest: dict,
+    manifest: dict | DataSpec,
     num_items: int,
     tasks: Sequence[str] = ("rec", "search"),
     transform_dir: Optional[str] = None,
@@ -184,7 +185,8 @@ def baseline_scores(
     Transform output of raw-id examples, for side features keyed by the data job's ids;
     defaults to the manifest's.
     """
-    transform_dir = transform_dir or manifest.get("transform_dir")
+    spec = DataSpec.of(manifest)
+    transform_dir = transform_dir or spec.transform_dir
     tasks = tuple(tasks)
     history_features = (REC_HISTORY_ITEMS, SEARCH_HISTORY_CLICKED_ITEMS)
 
@@ -192,7 +194,7 @@ def baseline_scores(
     # popularity, co-occurrence and (search) query clicks.
     histories, positives = [], []
     train_queries = train_query_positives = None
-    scenarios = reader.tasks_with_examples(manifest, "train")
+    scenarios = reader.tasks_with_examples(spec, "train")
     if not scenarios:
         raise ValueError(f"{data_dir}: the training split has no examples to count " "baselines on")
     for scenario in scenarios:
@@ -201,7 +203,7 @@ def baseline_scores(
             + (CANDIDATE_ITEMS,)
             + ((QUERY_TOKENS,) if scenario == "search" else ())
         )
-        train = read_split(data_dir, "train", scenario, manifest, names)
+        train = read_split(data_dir, "train", scenario, spec, names)
         histories.append(history_items(train))
         positives.append(train[CANDIDATE_ITEMS][:, 0])
         if scenario == "search":
@@ -222,21 +224,21 @@ def baseline_scores(
         names = (
             history_features + (CANDIDATE_ITEMS,) + ((QUERY_TOKENS,) if task == "search" else ())
         )
-        examples = read_split(data_dir, split, task, manifest, names)
+        examples = read_split(data_dir, split, task, spec, names)
         candidates = examples[CANDIDATE_ITEMS]
         results[POPULARITY][task] = popularity[candidates]
         itemknn = itemknn_scores(normalized, history_items(examples), candidates)
         results[ITEMKNN][task] = itemknn
         if task != "search":
             continue
-        captions = _item_captions(data_dir, manifest, num_items, transform_dir)
+        captions = _item_captions(data_dir, spec, num_items, transform_dir)
         if captions is not None:
-            num_words = _word_table_size(manifest, examples[QUERY_TOKENS], captions)
+            num_words = _word_table_size(spec, examples[QUERY_TOKENS], captions)
             item_words = item_words_from_captions(captions, num_words)
         elif train_queries is None:  # no item words and no training queries to learn them
             continue
         else:
-            num_words = _word_table_size(manifest, examples[QUERY_TOKENS], train_queries)
+            num_words = _word_table_size(spec, examples[QUERY_TOKENS], train_queries)
             item_words = item_words_from_clicks(
                 train_queries, train_query_positives, num_words, num_items
             )

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from feature_specs import CANDIDATE_ITEMS
+from feature_specs.data_spec import DataSpec
 from feature_specs.serving import EXAMPLES_SIGNATURE, SCORES_OUTPUT
 from unisar_tf.data import reader
 from unisar_tf.metrics import metrics_table, random_ranking_metrics, ranking_metrics
@@ -39,7 +40,7 @@ VALIDATION_METRIC = "NDCG@5"
 
 
 # ------------------------------------------------------------------------------- evaluation
-def scoring_function(model: UniSARModel, task: str, manifest: dict):
+def scoring_function(model: UniSARModel, task: str, manifest: dict | DataSpec):
     """A traced (B, ...) features -> (B, C) scores function for one task's eval examples."""
     shapes = reader.shapes_from_manifest(manifest)
     spec = reader.parse_spec(shapes, None, with_query=task == "search")
@@ -58,7 +59,7 @@ def score_split(
     data_dir: str,
     split: str,
     task: str,
-    manifest: dict,
+    manifest: dict | DataSpec,
     batch_size: int = 512,
     rows: Optional[int] = None,
     score=None,
@@ -78,7 +79,7 @@ def evaluate_model(
     model: UniSARModel,
     data_dir: str,
     split: str,
-    manifest: dict,
+    manifest: dict | DataSpec,
     batch_size: int = 512,
     rows: Optional[int] = None,
     scorers: Optional[dict] = None,
@@ -119,7 +120,7 @@ def baseline_metrics(
     scenario's training examples (`single_scenario_note` says so in the report).
     """
 
-    width = manifest["shapes"]["eval_candidates"]
+    width = DataSpec.of(manifest).candidates.eval
     scores = baseline_scores(
         data_dir, split, manifest, num_items, tuple(tasks), transform_dir=transform_dir
     )
@@ -172,7 +173,7 @@ def evaluate_best(
         "model_dir": model_dir,
         "best_epoch": best["epoch"],
         "validation_score": best["validation_score"],
-        "negatives_per_example": manifest["shapes"]["eval_candidates"] - 1,
+        "negatives_per_example": DataSpec.of(manifest).candidates.eval - 1,
         "model": name,
         name: evaluate_model(
             model, data_dir, split, manifest, batch_size or model.config.eval_batch_size

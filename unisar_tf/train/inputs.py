@@ -21,6 +21,7 @@ from feature_specs import (
     REL_NEGATIVE_ITEMS,
     REL_NEGATIVE_QUERY_TOKENS,
 )
+from feature_specs.data_spec import DataSpec
 from unisar_tf.config import UniSARConfig
 from unisar_tf.data import reader
 
@@ -73,7 +74,7 @@ def replace_negatives(
 def training_dataset(
     config: UniSARConfig,
     data_dir: str,
-    manifest: dict,
+    manifest: dict | DataSpec,
     query_bank: np.ndarray,
     seed: int,
     epoch: int,
@@ -90,7 +91,8 @@ def training_dataset(
     the search batch is a multiple of `replicas` and an epoch's last, shorter batch is left
     out (the data is reshuffled every epoch, so no example is left out for good).
     """
-    counts = manifest["examples"]["train"]
+    spec = DataSpec.of(manifest)
+    counts = spec.examples.split("train")
     tasks = config.tasks
     joint = len(tasks) == 2
     sizes = {task: config.batch_size for task in tasks}
@@ -112,7 +114,7 @@ def training_dataset(
             drop_remainder=replicas > 1,
         )
         parts[task] = stream.repeat() if joint and task == "search" else stream
-    has_pool = bool(manifest["shapes"].get("train_negative_pool", 0))
+    has_pool = bool(spec.candidates.train_negative_pool)
     # No query at all (a rec-only log): no relevance negatives (the Trainer turns L_rel off).
     with_relevance = len(query_bank) > 0
     bank = tf.constant(query_bank, tf.int64) if with_relevance else None
@@ -156,10 +158,10 @@ def training_dataset(
     )
 
 
-def training_item_counts(data_dir: str, manifest: dict, num_items: int) -> np.ndarray:
+def training_item_counts(data_dir: str, manifest: dict | DataSpec, num_items: int) -> np.ndarray:
     """(num_items,) how often each item is a training positive (the popularity baseline)."""
     counts = np.zeros(num_items, np.float64)
-    width = manifest["shapes"]["train_candidates"]
+    width = DataSpec.of(manifest).candidates.train
     for task in reader.tasks_with_examples(manifest, "train"):
         positives = reader.read_feature(data_dir, "train", task, CANDIDATE_ITEMS, width, manifest)[
             :, 0

@@ -31,8 +31,7 @@ def sasrec_config(preset_name: str = "default", seed: int = 0):
 
 def has_rec_training(data_dir: str, transform_dir: Optional[str] = None) -> bool:
     """True when the data has rec training examples (SASRec has nothing to learn otherwise)."""
-    manifest = reader.load_manifest(data_dir, transform_dir)
-    return bool(manifest["examples"]["train"].get("rec"))
+    return bool(reader.load_spec(data_dir, transform_dir).examples.count("train", "rec"))
 
 
 def train_sasrec(

@@ -46,6 +46,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from feature_specs.data_spec import DataSpec
 from unisar_tf.config import UniSARConfig
 from unisar_tf.data import reader
 from unisar_tf.data.cooccurrence import training_tables
@@ -260,18 +261,21 @@ class Trainer:
         )
         if config.architecture == "sasrec":  # the plain baseline: item ids only
             config = config.replace(use_side_features=False, use_cooccurrence=False)
+        # The dict for data_identity (hashed as written) and fit_tasks_to_data; typed reads
+        # go through self.spec.
         self.manifest = reader.load_manifest(options.data_dir, options.transform_dir)
+        self.spec = DataSpec.from_manifest(self.manifest)
         self.data_identity = reader.data_identity(options.data_dir, self.manifest)
-        config = reader.config_with_data_sizes(config, self.manifest)
+        config = reader.config_with_data_sizes(config, self.spec)
         config, notes = fit_tasks_to_data(config, self.manifest, options.data_dir)
         # The manifest's shapes against the files it trains and validates on, up front (the
         # test split is read only by the evaluation, which checks it then: a tuner never
         # touches it).
         for task in config.tasks:
             for split in ("train", "valid"):
-                if reader.tasks_with_examples(self.manifest, split, (task,)):
-                    reader.check_example_shapes(options.data_dir, split, task, self.manifest)
-        self.query_bank = reader.query_bank(options.data_dir, self.manifest)
+                if self.spec.tasks_with_examples(split, (task,)):
+                    reader.check_example_shapes(options.data_dir, split, task, self.spec)
+        self.query_bank = reader.query_bank(options.data_dir, self.spec)
         if not len(self.query_bank) and uses_relevance_loss(config):
             notes.append(
                 "the training data has no search query: the query-item relevance "
@@ -291,7 +295,7 @@ class Trainer:
         if config.use_cooccurrence:  # counted on the training split (unisar_tf.data.cooccurrence)
             with reader.naming_bad_files(options.data_dir, ("train",)):
                 table, transitions = training_tables(
-                    options.data_dir, self.manifest, config.num_items, config.tasks
+                    options.data_dir, self.spec, config.num_items, config.tasks
                 )
             config = config.replace(
                 cooccurrence_pairs=table.num_pairs, transition_pairs=transitions.num_pairs
@@ -416,7 +420,7 @@ class Trainer:
         writer,
     ) -> Dict[str, float]:
         options = self.options
-        steps = epoch_steps(self.config, self.manifest["examples"]["train"], self.replicas)
+        steps = epoch_steps(self.config, self.spec.examples.split("train"), self.replicas)
         if options.steps_per_epoch:
             steps = min(steps, options.steps_per_epoch)
         dataset = distribute_global_batches(
@@ -424,7 +428,7 @@ class Trainer:
             lambda: training_dataset(
                 self.config,
                 options.data_dir,
-                self.manifest,
+                self.spec,
                 query_bank,
                 options.seed,
                 epoch,
@@ -510,7 +514,7 @@ class Trainer:
                 if name != "verbose":
                     say(f"resuming with {name} {new} (recorded {old}; it may change on " "resume)")
         query_bank = self.query_bank
-        counts = self.manifest["examples"]["train"]
+        counts = self.spec.examples.split("train")
         say(
             f"training {counts['rec']} rec + {counts['search']} search examples, tasks "
             f"{'+'.join(config.tasks)}, batch {config.batch_size}"
@@ -541,7 +545,7 @@ class Trainer:
                 self.model,
                 options.data_dir,
                 "valid",
-                self.manifest,
+                self.spec,
                 config.eval_batch_size,
                 options.validation_rows,
                 self._scorers,
