@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from feature_specs import example_schema as fs
 from pipeline import beam_job
@@ -130,6 +130,63 @@ def _parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None):
     return _parser().parse_known_args(argv)
+
+
+def _actions() -> dict:
+    """dest -> argparse action of every flag (argparse has no public list of them)."""
+    return {action.dest: action for action in _parser()._actions if action.dest != "help"}
+
+
+def flag_names() -> list:
+    """Every flag's name as in args_from_values, e.g. "max_users"."""
+    return sorted(_actions())
+
+
+def args_from_values(values: Mapping[str, Any]) -> argparse.Namespace:
+    """The parsed arguments for flag values by name (e.g. {"dataset": "kuaisar", "seed": 3}),
+    checked as the parser checks a command line, without one: the SequenceExampleGen
+    component's path. ValueError names an unknown flag or a bad value."""
+    actions = _actions()
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise ValueError(f"unknown options {unknown}; known: {sorted(actions)}")
+    args = argparse.Namespace(**{dest: action.default for dest, action in actions.items()})
+    for name, value in values.items():
+        setattr(args, name, _checked_value(actions[name], name, value))
+    missing = [dest for dest, action in actions.items() if action.required and dest not in values]
+    if missing:
+        raise ValueError(f"options {missing} are required")
+    return args
+
+
+def _checked_value(action: argparse.Action, name: str, value: Any) -> Any:
+    if action.nargs == 0:  # store_true
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r}: expected True or False")
+        return value
+    if action.nargs in ("+", "*"):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or (action.nargs == "+" and not items):
+            raise ValueError(f"{name}={value!r}: expected a list of values")
+        return [_checked_value(_one_value(action), name, item) for item in items]
+    if isinstance(value, (bool, list, tuple, dict)):
+        raise ValueError(
+            f"{name}={value!r}: expected one {getattr(action.type, '__name__', 'str')}"
+        )
+    try:  # as from a command line: the value's text, by the flag's type
+        converted = action.type(str(value)) if action.type else str(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name}={value!r}: {error}") from None
+    if action.choices is not None and converted not in action.choices:
+        choices = ", ".join(map(repr, action.choices))
+        raise ValueError(f"{name}={value!r}: invalid choice (choose from {choices})")
+    return converted
+
+
+def _one_value(action: argparse.Action) -> argparse.Action:
+    return argparse.Action(
+        action.option_strings, action.dest, type=action.type, choices=action.choices
+    )
 
 
 def adapter_inputs(args):

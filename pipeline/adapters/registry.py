@@ -126,3 +126,13 @@ def input_flags() -> Tuple[InputFlag, ...]:
         for flag in adapter.flags:
             flags.setdefault(flag.name, flag)
     return tuple(flags.values())
+
+
+def data_root_flags() -> Tuple[str, ...]:
+    """Input flags the SequenceExampleGen component sets from its data_root."""
+    return tuple(flag.name for flag in input_flags() if flag.from_data_root)
+
+
+def path_flags() -> Tuple[str, ...]:
+    """Input flags that are paths, relative to the component's data_root unless absolute."""
+    return tuple(flag.name for flag in input_flags() if flag.path)

@@ -5,7 +5,7 @@ component, so the examples' lineage (raw data, options, Beam args) is in ML Meta
                              build_options={"max_users": 200, "train_negative_pool": 20})
     gen.outputs["examples"]  # standard Examples, six splits
 
-The executor runs the data job itself (`build_examples.run_job`) with the pipeline's
+The executor runs the data job itself (`build_examples.run`, typed) with the pipeline's
 `beam_pipeline_args` (DirectRunner locally, Dataflow/Flink/Spark by options), writing into
 the Examples artifact's uri:
 
@@ -18,9 +18,10 @@ manifest's `files` patterns point at them, so `unisar_tf.data` reads the artifac
 job output directory. Counts from the manifest become custom properties of the artifact.
 
 Parameters:
-- `adapter`: a `build_examples --dataset` name (amazon_beauty, amazon, kuaisar, event_log).
-- `data_root`: the raw data, per adapter: amazon_beauty: the folder holding amazon_beauty/
-  (as `--data_root`); kuaisar: the folder with rec_inter.csv, src_inter.csv, ... (as
+- `adapter`: a registered adapter's name (pipeline/adapters/registry.py: amazon_beauty, amazon,
+  kuaisar, event_log), as `build_examples --dataset`.
+- `data_root`: the raw data, per adapter (its `locate`): amazon_beauty: the folder holding
+  amazon_beauty/ (as `--data_root`); kuaisar: the folder with rec_inter.csv, src_inter.csv, ... (as
   `--input_dir`); event_log: a file, a glob, or a folder (its *.csv and *.parquet files);
   amazon: the folder that relative `sequences` / `attributes` build options are under.
 - `build_options`: other `build_examples` flags by name, e.g. {"seed": 1, "max_users": 200,
@@ -37,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from apache_beam.io.filesystems import FileSystems
 from tfx import types
@@ -57,7 +58,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from feature_specs import event_schema as es
 from pipeline import beam_job, build_examples
 from pipeline import sequence_builder as sb
-from pipeline.adapters import common
+from pipeline.adapters import registry
 
 EXAMPLES_KEY = "examples"
 DATA_ROOT_KEY = "data_root"
@@ -69,43 +70,26 @@ INPUT_FINGERPRINT_KEY = "input_fingerprint"
 SPLIT_NAMES = [
     beam_job.tfx_split_name(split, scenario) for split in sb.SPLITS for scenario in es.SCENARIOS
 ]
-# Flags the component sets itself (from adapter, data_root and the artifact uri).
-_RESERVED_FLAGS = ("dataset", "output", "layout", "data_root", "input_dir", "events")
-# amazon: these build options are paths, relative to data_root unless absolute.
-_PATH_FLAGS = ("sequences", "attributes")
+# Flags the component sets itself; so are the adapters' inputs under data_root (_reserved).
+_SET_BY_COMPONENT = ("dataset", "output", "layout")
 
 
-# --- adapter, data_root and build options -> the data job's command line ----------------------
+# --- adapter, data_root and build options -> the data job's typed arguments -------------------
 
 
-def _option_flags(build_options: Dict[str, Any], data_root: str) -> List[str]:
-    flags = []
-    for name, value in sorted(build_options.items()):
-        if name in _PATH_FLAGS and not (os.path.isabs(value) or "://" in value):
-            value = os.path.join(data_root, value)
-        if isinstance(value, bool):  # store_true flags: False leaves the default
-            flags += [f"--{name}"] if value else []
-        elif isinstance(value, (list, tuple)):
-            flags += [f"--{name}"] + [str(item) for item in value]
-        else:
-            flags += [f"--{name}", str(value)]
-    return flags
+def _reserved() -> set:
+    return set(_SET_BY_COMPONENT) | set(registry.data_root_flags())
 
 
-def _input_flags(adapter: str, data_root: str) -> List[str]:
-    """The flags that point build_examples at `data_root` (see the module docstring)."""
-    if adapter == "amazon_beauty":
-        return ["--data_root", data_root]
-    if adapter == "kuaisar":
-        return ["--input_dir", data_root]
-    if adapter == "event_log":
-        if any(char in data_root for char in "*?[") or data_root.endswith((".csv", ".parquet")):
-            return ["--events", data_root]
-        patterns = [os.path.join(data_root, "*.csv"), os.path.join(data_root, "*.parquet")]
-        # A pattern without files would stop the job; keep both if neither matches, so the
-        # error names the folder.
-        return ["--events"] + ([p for p in patterns if common.expand_paths_or_none(p)] or patterns)
-    return []  # amazon: sequences / attributes come as build options
+def _resolve_paths(build_options: Dict[str, Any], data_root: str) -> Dict[str, Any]:
+    """Path options (e.g. amazon's sequences) relative to data_root unless absolute."""
+    paths = registry.path_flags()
+    return {
+        name: os.path.join(data_root, value)
+        if name in paths and not (os.path.isabs(value) or "://" in value)
+        else value
+        for name, value in build_options.items()
+    }
 
 
 def job_args(
@@ -118,26 +102,26 @@ def job_args(
     """The parsed `build_examples` arguments for these parameters; ValueError names a bad
     option. resolve_inputs=False skips looking at data_root (pipeline construction)."""
     build_options = dict(build_options or {})
-    reserved = sorted(set(build_options) & set(_RESERVED_FLAGS))
+    reserved = sorted(set(build_options) & _reserved())
     if reserved:
         raise ValueError(
             f"build_options {reserved}: set by the component (use the adapter "
             "and data_root parameters)"
         )
-    argv = ["--dataset", adapter, "--output", output, "--layout", beam_job.LAYOUT_TFX]
-    argv += _input_flags(adapter, data_root) if resolve_inputs else []
-    argv += _option_flags(build_options, data_root)
-    try:
-        args, unknown = build_examples.parse_args(argv)
-    except SystemExit as exc:  # argparse reports a bad value (printed above) by exiting
-        raise ValueError(f"bad adapter or build_options for build_examples: {argv}") from exc
-    # Names are checked exactly (argparse would also accept unknown abbreviations).
-    unknown_names = sorted(set(build_options) - set(vars(args)))
-    if unknown or unknown_names:
+    known = set(build_examples.flag_names())
+    unknown_names = sorted(set(build_options) - known)
+    if unknown_names:
         raise ValueError(
-            f"unknown build_options {unknown_names or unknown}; known: "
-            f"{sorted(set(vars(args)) - set(_RESERVED_FLAGS))}"
+            f"unknown build_options {unknown_names}; known: {sorted(known - _reserved())}"
         )
+    located = registry.get(adapter).locate(data_root) if resolve_inputs else {}
+    values = {"dataset": adapter, "output": output, "layout": beam_job.LAYOUT_TFX}
+    try:
+        args = build_examples.args_from_values(
+            {**values, **located, **_resolve_paths(build_options, data_root)}
+        )
+    except ValueError as error:
+        raise ValueError(f"bad build_options for build_examples: {error}") from error
     build_examples.build_options(args)  # raises ValueError on inconsistent options
     return args
 
@@ -158,7 +142,7 @@ def _args_from_properties(exec_properties: Dict[str, Any], output: str):
 
 def input_fingerprint(args) -> str:
     """Digest of the path, size and mtime of every input file the adapter will read."""
-    inputs, _ = build_examples.adapter_inputs(args)
+    inputs = registry.get(args.dataset).inputs(vars(args))
     entries = []
     for value in build_examples.describe_inputs(inputs).values():
         for pattern in value if isinstance(value, list) else [value]:
@@ -209,7 +193,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         args = _args_from_properties(exec_properties, output=examples.uri)
         # The job builds its Beam pipeline from these args (and records them in the
         # manifest) rather than from self._make_beam_pipeline(): same options, one code path.
-        manifest = build_examples.run_job(args, list(self._beam_pipeline_args))
+        manifest = build_examples.run(build_examples.job(args), list(self._beam_pipeline_args))
         describe_examples(examples, manifest, exec_properties.get(INPUT_FINGERPRINT_KEY))
 
 

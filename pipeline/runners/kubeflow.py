@@ -31,6 +31,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
+from pipeline.adapters import registry
 from pipeline.runners import options
 
 DEFAULT_IMAGE = "unisar-tfx:latest"
@@ -105,7 +106,7 @@ def compile_pipeline(
     build_options = options.build_options
     relative = sorted(
         name
-        for name in ("sequences", "attributes")
+        for name in registry.path_flags()
         if isinstance((build_options or {}).get(name), str)
         and not (os.path.isabs(build_options[name]) or "://" in build_options[name])
     )

@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+from pipeline.adapters import registry
 from pipeline.runners import options
 
 DEFAULT_PIPELINE_NAME = "unisar"
@@ -177,7 +178,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     )
     parser.add_argument("--data_root", required=True, help="raw data (see SequenceExampleGen)")
     parser.add_argument(
-        "--adapter", default="amazon_beauty", help="amazon_beauty, amazon, kuaisar or event_log"
+        "--adapter",
+        default="amazon_beauty",
+        help="a registered adapter: " + ", ".join(sorted(registry.adapters())),
     )
     parser.add_argument("--pipeline_root", required=True, help="artifacts go here")
     parser.add_argument(
