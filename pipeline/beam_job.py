@@ -645,11 +645,7 @@ def run(
                     if "warning" in report:
                         LOG.warning("%s", report["warning"])
             fewer = check_outputs(
-                spec.to_manifest(),
-                options,
-                _previous_examples(output_dir),
-                output_dir,
-                allow_fewer_outputs,
+                spec, options, _previous_examples(output_dir), output_dir, allow_fewer_outputs
             )
             if fewer:
                 spec = spec.replace(fewer_outputs_than_previous=fewer)
@@ -693,11 +689,11 @@ class NotPublished(ValueError):
     """A finished run that is not published (check_outputs); the output is as it was."""
 
 
-def _why_no_examples(manifest: dict, options: sb.BuildOptions, scenarios: Sequence[str]) -> str:
+def _why_no_examples(spec: DataSpec, options: sb.BuildOptions, scenarios: Sequence[str]) -> str:
     """What the counters say about the missing examples of `scenarios`."""
-    counters = manifest["counters"]
+    counters = spec.counters
     read = sum(counters.get(name, 0) for name in ("events", "events_of_skipped_users"))
-    skipped = manifest["rejected"].get(es.REJECT_TOO_FEW_NEGATIVES, 0)
+    skipped = spec.rejected.get(es.REJECT_TOO_FEW_NEGATIVES, 0)
     users = counters.get("users", 0) + skipped
     parts = [f"{read} events of {users} user(s) read"]
     if skipped:
@@ -721,7 +717,7 @@ def _why_no_examples(manifest: dict, options: sb.BuildOptions, scenarios: Sequen
 
 
 def check_outputs(
-    manifest: dict,
+    spec: DataSpec,
     options: sb.BuildOptions,
     previous: Optional[Dict[str, Dict[str, int]]],
     output_dir: str,
@@ -731,10 +727,10 @@ def check_outputs(
     the previous output (`previous`: its examples per split and scenario, None without one)
     has, unless allow_fewer_outputs. Returns {"split/scenario": previous count} of the
     allowed losses ({} when none)."""
-    examples = manifest["examples"]
-    if not manifest["examples_total"]:
+    examples = spec.examples.by_split
+    if not spec.examples_total:
         raise NotPublished(
-            f"no example was built ({_why_no_examples(manifest, options, es.SCENARIOS)}). "
+            f"no example was built ({_why_no_examples(spec, options, es.SCENARIOS)}). "
             f"Nothing was written: {output_dir} is as it was."
         )
     if not previous:
@@ -750,7 +746,7 @@ def check_outputs(
         raise NotPublished(
             f"this run builds no example for {', '.join(lost)}, which the output in "
             f"{output_dir} has ({', '.join(f'{key}: {n}' for key, n in lost.items())}): "
-            f"{_why_no_examples(manifest, options, scenarios)}. Nothing was written: "
+            f"{_why_no_examples(spec, options, scenarios)}. Nothing was written: "
             f"{output_dir} is as it was. To replace it anyway, pass --allow_fewer_outputs "
             "(beam_job.run(allow_fewer_outputs=True)), or write to another --output."
         )

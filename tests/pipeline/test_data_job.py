@@ -30,6 +30,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from feature_specs import event_schema as es
 from feature_specs import example_schema as fs
+from feature_specs.data_spec import Candidates, DataSpec, ExampleCounts, VocabSizes
 from pipeline import beam_job, build_examples
 from pipeline import sequence_builder as sb
 from pipeline.adapters import amazon, event_log, kuaisar
@@ -1454,14 +1455,18 @@ def test_a_header_only_input_fails_clearly_and_keeps_the_previous_output(previou
 # --- a re-run that builds less must not replace a good output (issue 23 item 2) -----------------
 
 
-def _manifest(examples, counters=None, rejected=None):
-    """A manifest as check_outputs reads it: {(split, scenario): n} examples, counters."""
-    return {
-        "examples": examples_dict(examples),
-        "examples_total": sum(examples.values()),
-        "counters": counters or {},
-        "rejected": rejected or {},
-    }
+def _spec(examples, counters=None, rejected=None):
+    """The data spec check_outputs reads: {(split, scenario): n} examples, counters."""
+    shapes = sb.BuildOptions().shapes
+    return DataSpec(
+        vocab_sizes=VocabSizes(users=3, items=9, words=4),
+        shapes=shapes,
+        candidates=Candidates(train=2, eval=3),
+        examples=ExampleCounts(examples_dict(examples)),
+        examples_total=sum(examples.values()),
+        counters=counters or {},
+        rejected=rejected or {},
+    )
 
 
 ALL_SIX = {(split, scenario): 2 for split in SPLITS for scenario in SCENARIOS}
@@ -1471,7 +1476,7 @@ REC_ONLY = {(split, "rec"): 2 for split in SPLITS}
 def test_check_outputs_refuses_a_run_without_examples_counting_every_event_read():
     """The one-user build used to warn "no example was built from 0 events" after reading
     182: the user was skipped for too few negatives, and only built users' events counted."""
-    manifest = _manifest({}, {"events_of_skipped_users": 182}, {es.REJECT_TOO_FEW_NEGATIVES: 1})
+    manifest = _spec({}, {"events_of_skipped_users": 182}, {es.REJECT_TOO_FEW_NEGATIVES: 1})
     with pytest.raises(
         beam_job.NotPublished,
         match=r"no example was built \(182 events of 1 "
@@ -1484,7 +1489,7 @@ def test_check_outputs_refuses_a_run_without_examples_counting_every_event_read(
 def test_check_outputs_refuses_a_rec_only_rerun_with_default_flags():
     """The issue's reproduction: a rec-only log and the default minimum histories build no
     example at all; the message says why and what to set."""
-    manifest = _manifest({}, {"events": 40, "users": 4, "rec_targets_below_min_history": 36})
+    manifest = _spec({}, {"events": 40, "users": 4, "rec_targets_below_min_history": 36})
     with pytest.raises(beam_job.NotPublished) as raised:
         beam_job.check_outputs(manifest, sb.BuildOptions(), examples_dict(ALL_SIX), "out/x")
     message = str(raised.value)
@@ -1499,7 +1504,7 @@ def test_check_outputs_refuses_a_rec_only_rerun_with_default_flags():
 
 def test_check_outputs_refuses_losing_a_split_the_previous_output_has_unless_allowed():
     previous = examples_dict(ALL_SIX)
-    manifest = _manifest(REC_ONLY, {"events": 40, "users": 4})
+    manifest = _spec(REC_ONLY, {"events": 40, "users": 4})
     with pytest.raises(beam_job.NotPublished) as raised:
         beam_job.check_outputs(manifest, EVENT_LOG_OPTIONS, previous, "out/x")
     assert (
@@ -1514,7 +1519,7 @@ def test_check_outputs_refuses_losing_a_split_the_previous_output_has_unless_all
     # had no search either: published.
     assert (
         beam_job.check_outputs(
-            _manifest({**ALL_SIX, ("test", "rec"): 1}), EVENT_LOG_OPTIONS, previous, "out/x"
+            _spec({**ALL_SIX, ("test", "rec"): 1}), EVENT_LOG_OPTIONS, previous, "out/x"
         )
         == {}
     )

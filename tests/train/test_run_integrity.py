@@ -421,6 +421,15 @@ def test_the_trainer_checks_the_manifest_before_building_anything(data_copy):
 # ------------------------------------------------------------ empty validation split
 def manifest_with(split_rule, valid):
     return {
+        "vocab_sizes": {"users": 50, "items": 30, "words": 20},
+        "shapes": {
+            "rec_len": 5,
+            "search_len": 5,
+            "query_len": 3,
+            "clicks_per_session": 2,
+            "train_candidates": 5,
+            "eval_candidates": 11,
+        },
         "examples": {
             "train": {"rec": 40, "search": 30},
             "valid": valid,

@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from feature_specs.data_spec import DataSpec
-from unisar_tf.config import UniSARConfig
+from unisar_tf.config import TASKS, UniSARConfig
 from unisar_tf.data import reader
 from unisar_tf.data.cooccurrence import training_tables
 from unisar_tf.model import build_model
@@ -119,16 +119,17 @@ class EpochResult:
 
 # ----------------------------------------------------------------------- the run's data
 def fit_tasks_to_data(
-    config: UniSARConfig, manifest: dict, data_dir: str
+    config: UniSARConfig, manifest: dict | DataSpec, data_dir: str
 ) -> Tuple[UniSARConfig, List[str]]:
     """(config whose tasks are those of config.tasks the data has training examples of, what
     changed). A single-scenario log trains the task it has; none of config.tasks in the
     data, or a task without validation examples, is a DataMismatchError."""
-    available = reader.tasks_with_examples(manifest, "train")
+    spec = DataSpec.of(manifest)
+    available = spec.tasks_with_examples("train", TASKS)
     if not available:
         raise DataMismatchError(
             f"{data_dir} has no training examples (manifest.json "
-            f"examples.train: {manifest.get('examples', {}).get('train')})"
+            f"examples.train: {spec.examples.split('train')})"
             ": rebuild it from a log with more events per user"
         )
     kept = tuple(task for task in config.tasks if task in available)
@@ -141,8 +142,8 @@ def fit_tasks_to_data(
             + (", a UniSAR model (SASRec is rec-only)" if config.architecture == "sasrec" else "")
         )
     for task in kept:
-        if not reader.tasks_with_examples(manifest, "valid", (task,)):
-            raise DataMismatchError(no_validation_message(data_dir, manifest, task, kept))
+        if not spec.tasks_with_examples("valid", (task,)):
+            raise DataMismatchError(no_validation_message(data_dir, spec, task, kept))
     notes = []
     if missing:
         notes.append(
@@ -153,12 +154,12 @@ def fit_tasks_to_data(
     return config, notes
 
 
-def no_validation_message(data_dir: str, manifest: dict, task: str, tasks: Tuple[str, ...]) -> str:
+def no_validation_message(data_dir: str, spec: DataSpec, task: str, tasks: Tuple[str, ...]) -> str:
     """Why a task has no validation examples, and what to do: the split's counts and build
     options from the data job's manifest."""
-    examples = manifest.get("examples", {})
+    examples = spec.examples.by_split if spec.examples else {}
     counts = ", ".join(f"{split} {examples.get(split)}" for split in reader.SPLITS)
-    split_rule = (manifest.get("build_options") or {}).get("split", "loo")
+    split_rule = spec.build_option("split", "loo")
     if split_rule == "time":
         cause = (
             "it was built with --split time, where validation is the targets of the day "
@@ -166,7 +167,7 @@ def no_validation_message(data_dir: str, manifest: dict, task: str, tasks: Tuple
             "log whose last two days have no such event, leaves it empty. Check the log's "
             "latest timestamps, or rebuild with --split loo"
         )
-        cut = manifest.get("time_split") or {}  # the data job's report on its cut, if any
+        cut = spec.time_split or {}  # the data job's report on its cut, if any
         if cut.get("warning"):
             cause += f". The data job said: {cut['warning'].rstrip('.')}"
         elif cut.get("valid_day"):
@@ -183,8 +184,8 @@ def no_validation_message(data_dir: str, manifest: dict, task: str, tasks: Tuple
         )
     others = [
         other
-        for other in reader.tasks_with_examples(manifest, "valid")
-        if other != task and other in reader.tasks_with_examples(manifest, "train")
+        for other in spec.tasks_with_examples("valid", TASKS)
+        if other != task and other in spec.tasks_with_examples("train", TASKS)
     ]
     return (
         f"{os.path.join(data_dir, 'valid')} has no {task} examples to pick the best epoch "
@@ -261,13 +262,12 @@ class Trainer:
         )
         if config.architecture == "sasrec":  # the plain baseline: item ids only
             config = config.replace(use_side_features=False, use_cooccurrence=False)
-        # The dict for data_identity (hashed as written) and fit_tasks_to_data; typed reads
-        # go through self.spec.
+        # The dict for data_identity (hashed as written); typed reads go through self.spec.
         self.manifest = reader.load_manifest(options.data_dir, options.transform_dir)
         self.spec = DataSpec.from_manifest(self.manifest)
         self.data_identity = reader.data_identity(options.data_dir, self.manifest)
         config = reader.config_with_data_sizes(config, self.spec)
-        config, notes = fit_tasks_to_data(config, self.manifest, options.data_dir)
+        config, notes = fit_tasks_to_data(config, self.spec, options.data_dir)
         # The manifest's shapes against the files it trains and validates on, up front (the
         # test split is read only by the evaluation, which checks it then: a tuner never
         # touches it).
