@@ -62,9 +62,11 @@ def write_tiny_data(root, raw: bool, names=("a", "b", "c", "d")):
                 writer.write(example.SerializeToString())
     manifest = {
         "id_format": "raw" if raw else "ids",
+        "vocab_sizes": {"users": 1, "items": len(vocab), "words": 0},
         "shapes": {
             "rec_len": 2,
             "search_len": 1,
+            "query_len": 1,
             "clicks_per_session": 1,
             "train_candidates": 2,
             "eval_candidates": 2,

@@ -56,12 +56,12 @@ import scipy.sparse as sp
 from feature_specs import (
     CANDIDATE_ITEMS,
     HISTORY_TYPES,
-    ID_FORMAT_IDS,
     REC_HISTORY_ITEMS,
     SEARCH_HISTORY_CLICKED_ITEMS,
     TYPE_REC,
     TYPE_SEARCH,
 )
+from feature_specs.data_spec import DataSpec
 from feature_specs.layout import MANIFEST_FILE, VOCAB_DIR, VOCAB_FILES
 from feature_specs.serving import RETRIEVAL_DIR  # noqa: E402,F401 (where exports keep it)
 
@@ -152,7 +152,7 @@ def catalogue_from_vocab(data_dir: str) -> np.ndarray:
         return np.array([""] + [line.rstrip("\n") for line in handle], dtype=object)
 
 
-def _manifest(data_dir: str) -> dict:
+def _data_spec(data_dir: str) -> DataSpec:
     import tensorflow as tf
 
     path = os.path.join(data_dir, MANIFEST_FILE)
@@ -161,7 +161,7 @@ def _manifest(data_dir: str) -> dict:
             f"{path} not found: build the examples first " "(python -m pipeline.build_examples ...)"
         )
     with tf.io.gfile.GFile(path) as handle:
-        return json.load(handle)
+        return DataSpec.from_manifest(json.load(handle), path)
 
 
 def read_sequences(
@@ -181,16 +181,16 @@ def read_sequences(
 
     from unisar_tf.data import reader
 
-    manifest = _manifest(data_dir)
-    shapes = manifest["shapes"]
-    raw = manifest.get("id_format", ID_FORMAT_IDS) != ID_FORMAT_IDS
+    data = _data_spec(data_dir)
+    shapes = data.shapes
+    raw = not data.id_format_is_ids
     dtype = tf.string if raw else tf.int64
-    candidates = shapes["train_candidates"] if split == "train" else shapes["eval_candidates"]
+    candidates = data.candidates.train if split == "train" else data.candidates.eval
     spec = {
-        HISTORY_TYPES: tf.io.FixedLenFeature((shapes["rec_len"] + shapes["search_len"],), tf.int64),
-        REC_HISTORY_ITEMS: tf.io.FixedLenFeature((shapes["rec_len"],), dtype),
+        HISTORY_TYPES: tf.io.FixedLenFeature((shapes.mixed_len,), tf.int64),
+        REC_HISTORY_ITEMS: tf.io.FixedLenFeature((shapes.rec_len,), dtype),
         SEARCH_HISTORY_CLICKED_ITEMS: tf.io.FixedLenFeature(
-            (shapes["search_len"], shapes["clicks_per_session"]), dtype
+            (shapes.search_len, shapes.clicks_per_session), dtype
         ),
         CANDIDATE_ITEMS: tf.io.FixedLenFeature((candidates,), dtype),
     }
@@ -212,7 +212,7 @@ def read_sequences(
         return mapped[inverse].reshape(values.shape)
 
     parts: List[Sequences] = []
-    for task in reader.tasks_with_examples(manifest, split, tasks):
+    for task in data.tasks_with_examples(split, tasks):
         dataset = (
             tf.data.TFRecordDataset(
                 reader.example_files(data_dir, split, task), compression_type="GZIP"
@@ -239,7 +239,7 @@ def read_sequences(
         np.concatenate([p.recent for p in parts]),
         np.concatenate([p.positives for p in parts]),
         np.concatenate([p.tasks for p in parts]),
-        int(shapes["clicks_per_session"]),
+        shapes.clicks_per_session,
     )
 
 
