@@ -45,19 +45,23 @@ from serving.history_store import HistoryCaps, HistoryStore, StoreUnavailable, o
 
 RUNNER_DIRECT, RUNNER_BEAM = "direct", "beam"
 BATCH_EVENTS = 5000  # events per append_many call (whole users; one transaction each)
-# The data job's flags that say what to read; its other flags shape examples, not events.
-INPUT_FLAGS = (
-    "--data_root",
-    "--sequences",
-    "--attributes",
-    "--input_dir",
-    "--events",
-    "--search_fraction",
-    "--query_min_item_frequency",
-    "--seed",
-    "--max_rows_per_file",
-)
-DATASETS = ("amazon", "amazon_beauty", "event_log", "kuaisar")
+# The data job's flags beside the adapters' own that say what to read; its other flags
+# shape examples, not events.
+GENERAL_INPUT_FLAGS = ("--seed", "--max_rows_per_file")
+
+
+def datasets() -> Tuple[str, ...]:
+    """The registered adapters' names (pipeline/adapters/registry.py; imports Beam)."""
+    from pipeline.adapters import registry
+
+    return tuple(registry.adapters())
+
+
+def input_flags() -> Tuple[str, ...]:
+    """Every adapter's input flags, then the general ones, as `--name`."""
+    from pipeline.adapters import registry
+
+    return tuple(f"--{flag.name}" for flag in registry.input_flags()) + GENERAL_INPUT_FLAGS
 
 
 @dataclasses.dataclass
@@ -110,13 +114,14 @@ def dataset_inputs(dataset: str, flags: Sequence[str] = ()) -> Tuple[Callable, o
     the data job's parser, so every default is the data job's."""
     from pipeline import build_examples
 
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset={dataset!r}: expected one of {DATASETS}")
+    known_datasets, known_flags = datasets(), input_flags()
+    if dataset not in known_datasets:
+        raise ValueError(f"dataset={dataset!r}: expected one of {known_datasets}")
     for flag in flags:
-        if flag.startswith("--") and flag.split("=", 1)[0] not in INPUT_FLAGS:
+        if flag.startswith("--") and flag.split("=", 1)[0] not in known_flags:
             raise ValueError(
                 f"{flag}: not an input flag of the data job; expected one of "
-                f"{', '.join(INPUT_FLAGS)}"
+                f"{', '.join(known_flags)}"
             )
     args, unknown = build_examples.parse_args(["--dataset", dataset, "--output", "unused", *flags])
     if unknown:
@@ -130,7 +135,7 @@ def parse_with_dataset(
 ) -> Tuple[argparse.Namespace, Callable, object]:
     """(args, adapter read, inputs): `parser` plus a positional dataset followed by the data
     job's input flags (dataset_inputs); a bad flag is the parser's usage error."""
-    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("dataset", choices=datasets())
     args, flags = parser.parse_known_args(argv)
     try:
         read, inputs = dataset_inputs(args.dataset, flags)
@@ -321,9 +326,9 @@ def main(argv: Optional[Sequence[str]] = None) -> LoadReport:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         usage="python -m serving.load_history --store URL --dead_letter PATH "
-        f"{{{','.join(DATASETS)}}} [the data job's input flags]",
+        f"{{{','.join(datasets())}}} [the data job's input flags]",
         epilog="input flags (as `python -m pipeline.build_examples`, same defaults): "
-        + " ".join(INPUT_FLAGS),
+        + " ".join(input_flags()),
     )
     parser.add_argument(
         "--store", required=True, help="sqlite:///path.db (embedded) or redis://host:port/db"

@@ -279,13 +279,13 @@ def events_by_user(events: Iterable[Event]) -> Dict[str, List[Event]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from serving.load_history import INPUT_FLAGS, adapter_events, parse_with_dataset
+    from serving.load_history import adapter_events, input_flags, parse_with_dataset
     from serving.server import serve
 
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
         epilog="after the dataset: the data job's input flags, as `python -m "
-        "pipeline.build_examples` (same defaults): " + " ".join(INPUT_FLAGS),
+        "pipeline.build_examples` (same defaults): " + " ".join(input_flags()),
     )
     parser.add_argument(
         "--examples_dir",

@@ -86,6 +86,17 @@ def test_a_registered_adapter_is_found_by_the_component(tiny):
     assert gen.exec_properties["adapter"] == "tiny"
 
 
+def test_a_registered_adapter_loads_into_the_history_store(tiny):
+    """serving.load_history offers the adapter and reads its events (the online path)."""
+    from serving import load_history
+
+    assert "tiny" in load_history.datasets() and "--tiny_rows" in load_history.input_flags()
+    read, inputs = load_history.dataset_inputs("tiny", ["--tiny_source", "s", "--tiny_rows", "4"])
+    assert read is _tiny_read and inputs == TinyInputs("s", 4)
+    with pytest.raises(ValueError, match="--rec_len: not an input flag"):
+        load_history.dataset_inputs("tiny", ["--rec_len", "3"])
+
+
 def test_registering_twice_or_a_clashing_flag_is_an_error(tiny):
     with pytest.raises(ValueError, match="already registered"):
         registry.register(tiny)
