@@ -50,3 +50,16 @@ def deprecated_alias(
         type=kwargs.pop("type", action.type),
         **kwargs,
     )
+
+
+def comma_separated(item_type):
+    """An argparse type: "a,b,c" -> (item_type(a), item_type(b), item_type(c)); empty parts
+    are skipped, a value item_type refuses is the parser's usage error."""
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(item_type(part) for part in text.split(",") if part.strip())
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values: {error}") from None
+
+    return parse

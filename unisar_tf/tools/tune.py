@@ -49,6 +49,7 @@ import tensorflow as tf
 from unisar_tf import logs
 from unisar_tf.config import PRESETS, preset
 from unisar_tf.data import reader
+from unisar_tf.flags import comma_separated
 from unisar_tf.tools.ablation import parse_set_overrides
 from unisar_tf.train.evaluation import VALIDATION_METRIC
 from unisar_tf.train.run_dir import BEST_FILE, HISTORY_FILE
@@ -513,16 +514,6 @@ def tuner_fn(fn_args):
     return tfx.components.TunerFnResult(tuner=UniSARTuner(settings), fit_kwargs={})
 
 
-def _choices(kind):
-    def parse(text: str) -> Tuple:
-        try:
-            return tuple(kind(part) for part in text.split(",") if part.strip())
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(f"expected comma-separated values: {error}") from None
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -564,15 +555,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     space = parser.add_argument_group("the choices (comma-separated)")
     space.add_argument(
-        "--learning_rates", type=_choices(float), default=DEFAULT_SPACE["learning_rate"]
+        "--learning_rates", type=comma_separated(float), default=DEFAULT_SPACE["learning_rate"]
     )
-    space.add_argument("--dropouts", type=_choices(float), default=DEFAULT_SPACE["dropout"])
+    space.add_argument("--dropouts", type=comma_separated(float), default=DEFAULT_SPACE["dropout"])
     space.add_argument(
-        "--embedding_dims", type=_choices(int), default=DEFAULT_SPACE["embedding_dim"]
+        "--embedding_dims", type=comma_separated(int), default=DEFAULT_SPACE["embedding_dim"]
     )
     space.add_argument(
         "--negatives",
-        type=_choices(int),
+        type=comma_separated(int),
         default=DEFAULT_SPACE["num_train_negatives"],
         help="num_train_negatives, capped at the data's negative pool",
     )

@@ -36,6 +36,7 @@ from unisar_tf.data import reader
 # The command line is an entry point: it also exports (--serving_dir), above train/.
 from unisar_tf.export.push import push
 from unisar_tf.export.retrieval import retrieval_writer
+from unisar_tf.flags import comma_separated
 from unisar_tf.train.distribution import STRATEGIES, cluster_tasks
 from unisar_tf.train.evaluation import evaluate_best, report_markdown
 from unisar_tf.train.learned_baseline import train_sasrec
@@ -72,16 +73,6 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _tuple_parser(item_type):
-    def parse(text: str):
-        try:
-            return tuple(item_type(part) for part in text.split(",") if part.strip())
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(f"expected comma-separated values: {error}") from None
-
-    return parse
-
-
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per tunable UniSARConfig field, default None (= the preset's value)."""
     group = parser.add_argument_group("model hyperparameters (default: the preset's value)")
@@ -96,7 +87,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kind, metavar = hint, hint.__name__.upper()
         elif typing.get_origin(hint) is tuple:
             item = typing.get_args(hint)[0]
-            kind, metavar = _tuple_parser(item), "A,B,..."
+            kind, metavar = comma_separated(item), "A,B,..."
         else:  # pragma: no cover - a new field type needs a parser here
             raise TypeError(f"no command-line parser for UniSARConfig.{field.name}: {hint}")
         group.add_argument(f"--{field.name}", type=kind, default=None, metavar=metavar)
