@@ -35,12 +35,17 @@ serve: $(INSTALLED)
 demo: $(INSTALLED)
 	$(PY) -m unisar_tf.tools.demo
 
+# Test processes: pytest-xdist runs one module per worker (--dist loadscope, so a module's
+# fixtures are built once); 2 = the cores of the project machine. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadscope
+
 test: $(INSTALLED) redis-server lint
-	$(PY) -m pytest tests -q --durations=25
+	$(PY) -m pytest tests -q $(PYTEST_PARALLEL) --durations=25
 
 # The quick loop: everything not marked slow (CI runs `make test`, all of it).
 test-fast: $(INSTALLED) redis-server lint
-	$(PY) -m pytest tests -q -m "not slow"
+	$(PY) -m pytest tests -q $(PYTEST_PARALLEL) -m "not slow"
 
 # ruff's lint and format check (settings in pyproject.toml); `make format` rewrites the files.
 lint: $(INSTALLED)
