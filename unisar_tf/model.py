@@ -670,17 +670,40 @@ def _touched_ids(inputs, tasks) -> Dict[str, tf.Tensor]:
 
 
 def build_model(
-    config: UniSARConfig, batch_size: int = 2, num_candidates: int = 2, side_features=None
+    config: UniSARConfig,
+    batch_size: int = 2,
+    num_candidates: int = 2,
+    side_features=None,
+    cooccurrence=None,
+    tables_from_checkpoint: bool = False,
 ) -> UniSARModel:
-    """A UniSARModel with every variable created (by scoring one all-padding batch).
+    """A UniSARModel with every variable created (by scoring one all-padding batch) and its
+    data tables filled: a model built without them would score with all-zero tables.
 
     side_features: a unisar_tf.data.side_features.SideFeatures, required when the config uses
-    side features (its tables are stored in the model as non-trainable variables).
+        side features (its tables are stored in the model as non-trainable variables).
+    cooccurrence: (table, transitions), two unisar_tf.data.cooccurrence.CooccurrenceTable
+        (symmetric pairs, directed transitions) counted on the training split; required when
+        config.use_cooccurrence.
+    tables_from_checkpoint: the caller restores a checkpoint next, which holds the
+        co-occurrence tables (they are model variables); cooccurrence is then not needed.
     """
     if config.uses_side_features and side_features is None:
         raise ValueError(
             "the config uses side features: pass side_features "
             "(unisar_tf.data.side_features.load_side_features)"
+        )
+    uses_cooccurrence = config.use_cooccurrence and config.architecture != "sasrec"
+    if uses_cooccurrence and cooccurrence is None and not tables_from_checkpoint:
+        raise ValueError(
+            "the config uses co-occurrence features: pass cooccurrence=(table, transitions) "
+            "counted on the training split (unisar_tf.data.cooccurrence.training_tables), or "
+            "tables_from_checkpoint=True when a checkpoint restore fills them"
+        )
+    if cooccurrence is not None and not uses_cooccurrence:
+        raise ValueError(
+            "cooccurrence tables given, but the config does not use them (use_cooccurrence "
+            "is False)"
         )
     if config.architecture == "sasrec":
         model = SASRecModel(config)
@@ -689,6 +712,8 @@ def build_model(
     model(dummy_features(config, batch_size, num_candidates, with_query=True))
     if config.uses_side_features:
         model.set_side_features(side_features)
+    if cooccurrence is not None:
+        model.set_cooccurrence(*cooccurrence)
     return model
 
 

@@ -88,6 +88,14 @@ def cooccurrence_model(seed=None, **overrides):
     """The default preset's model on COOCCURRENCE_ITEMS items with captions, the
     co-occurrence table of the fixture's examples and one transition (2 -> 3); `overrides`
     change the config (e.g. TINY widths), `seed` seeds the weights first."""
+    config, side, tables = cooccurrence_parts(**overrides)
+    if seed is not None:
+        tf.keras.utils.set_random_seed(seed)
+    return build_model(config, side_features=side, cooccurrence=tables)
+
+
+def cooccurrence_parts(**overrides):
+    """(config, side_features, (table, transitions)) of cooccurrence_model."""
     import numpy as np
 
     from unisar_tf.config import default_preset
@@ -123,8 +131,4 @@ def cooccurrence_model(seed=None, **overrides):
         **side.config_overrides(),
     )
     values.update(overrides)
-    if seed is not None:
-        tf.keras.utils.set_random_seed(seed)
-    model = build_model(default_preset(**values), side_features=side)
-    model.set_cooccurrence(table, transitions)
-    return model
+    return default_preset(**values), side, (table, transitions)

@@ -1,11 +1,13 @@
 """The co-occurrence features against the ItemKNN baseline and by hand."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
-from helpers.model import cooccurrence_model
+from helpers.model import cooccurrence_model, cooccurrence_parts
 
 from unisar_tf.data.cooccurrence import item_cooccurrence, table_from_counts
 from unisar_tf.layers.cooccurrence import ItemCooccurrence
+from unisar_tf.model import build_model
 from unisar_tf.train.baselines import itemknn_scores, normalized_cooccurrence
 
 NUM_ITEMS = 8
@@ -178,3 +180,27 @@ def test_softmax_ranking_loss_is_the_positives_cross_entropy():
     np.testing.assert_allclose(
         float(model.loss_trackers["rec_bce"].result()), expected, rtol=1e-4, atol=1e-6
     )
+
+
+def test_build_model_requires_the_cooccurrence_tables_it_reads(tmp_path):
+    """No model with silently all-zero tables: the default preset's config needs its tables
+    (or a checkpoint that holds them), and a config without the features refuses them."""
+    config, side, tables = cooccurrence_parts()
+    with pytest.raises(ValueError, match="uses co-occurrence features: pass cooccurrence"):
+        build_model(config, side_features=side)
+    with pytest.raises(ValueError, match="does not use them"):
+        build_model(config.replace(use_cooccurrence=False), side_features=side, cooccurrence=tables)
+    tf.keras.utils.set_random_seed(3)
+    model = build_model(config, side_features=side, cooccurrence=tables)
+    np.testing.assert_array_equal(model.cooccurrence.pair_keys.numpy(), tables[0].pair_keys)
+    np.testing.assert_array_equal(model.cooccurrence.pair_counts.numpy(), tables[0].pair_counts)
+    np.testing.assert_array_equal(model.transitions.pair_counts.numpy(), tables[1].pair_counts)
+    # A restore fills the tables of a model built for one: same tables, same scores.
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    restored = build_model(config, side_features=side, tables_from_checkpoint=True)
+    np.testing.assert_array_equal(restored.cooccurrence.pair_counts.numpy(), 0.0)
+    tf.train.Checkpoint(model=restored).restore(path).assert_existing_objects_matched()
+    np.testing.assert_array_equal(restored.cooccurrence.pair_counts.numpy(), tables[0].pair_counts)
+    batch = _batch()
+    for task, scores in model(batch).items():
+        np.testing.assert_allclose(restored(batch)[task].numpy(), scores.numpy(), rtol=1e-6)

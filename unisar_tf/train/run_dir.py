@@ -307,7 +307,7 @@ def load_trained_model(model_dir: str, data_dir: str) -> UniSARModel:
         if config.uses_side_features
         else None
     )
-    model = build_model(config, side_features=side)
+    model = build_model(config, side_features=side, tables_from_checkpoint=True)
     best = tf.train.latest_checkpoint(os.path.join(model_dir, "best"))
     if best is None:
         raise FileNotFoundError(f"{model_dir}/best has no checkpoint: no epoch has finished")

@@ -308,9 +308,11 @@ class Trainer:
         self.config = config
         tf.keras.utils.set_random_seed(options.seed)
         with self.strategy.scope():
-            self.model = build_model(config, side_features=self.side_features)
-            if table is not None:
-                self.model.set_cooccurrence(table, transitions)
+            self.model = build_model(
+                config,
+                side_features=self.side_features,
+                cooccurrence=None if table is None else (table, transitions),
+            )
             self.optimizer = tf.keras.optimizers.Adam(config.learning_rate)
             self.model.compile(optimizer=self.optimizer)
             # Slots exist before any restore, so a checkpoint restores them at once, exactly.
