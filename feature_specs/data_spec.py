@@ -86,8 +86,43 @@ def tasks_with_counts(
     return tuple(task for task in tasks if counts.get(task, 1) > 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class CooccurrenceTables:
+    """The data job's co-occurrence artifact (unisar_tf/data/cooccurrence.py): the top_k
+    neighbours per item (0 = all) of the symmetric pair and the directed transition tables,
+    their sizes (pairs kept) and files (key -> path relative to the data folder)."""
+
+    top_k: int
+    pairs: int
+    transitions: int
+    files: Mapping[str, str]
+
+    @classmethod
+    def from_block(cls, block: Any, source: str) -> "CooccurrenceTables":
+        try:
+            return cls(
+                top_k=int(block["top_k"]),
+                pairs=int(block["pairs"]),
+                transitions=int(block["transitions"]),
+                files={str(key): str(path) for key, path in dict(block["files"]).items()},
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"{source}: the manifest's cooccurrence block {block!r} is not "
+                f"{{top_k, pairs, transitions, files}}: {error!r}"
+            ) from None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "top_k": self.top_k,
+            "pairs": self.pairs,
+            "transitions": self.transitions,
+            "files": dict(self.files),
+        }
+
+
 # Keys that are not DataSpec fields of the same name: parsed into the typed parts above.
-_TYPED_KEYS = ("vocab_sizes", "shapes", "examples")
+_TYPED_KEYS = ("vocab_sizes", "shapes", "examples", "cooccurrence")
 _REQUIRED_SHAPE_KEYS = _SEQUENCE_FIELDS + ("train_candidates", "eval_candidates")
 
 
@@ -123,6 +158,8 @@ class DataSpec:
     wall_seconds: Optional[float] = None
     time_split: Optional[Mapping[str, Any]] = None  # --split time only (d0fac6d)
     fewer_outputs_than_previous: Optional[Mapping[str, Any]] = None  # 1c080fa
+    # The data job's co-occurrence tables; absent from older builds and synthetic data.
+    cooccurrence: Optional[CooccurrenceTables] = None
     # Keys this version does not know (a newer writer's), kept so they round-trip.
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -170,6 +207,7 @@ class DataSpec:
         if "beam_args" in plain:
             plain["beam_args"] = tuple(plain["beam_args"])
         examples = manifest.get("examples")
+        cooccurrence = manifest.get("cooccurrence")
         return cls(
             vocab_sizes=VocabSizes(**{kind: int(sizes[kind]) for kind in VOCAB_KINDS}),
             shapes=SequenceShapes(**{key: int(shapes[key]) for key in _SEQUENCE_FIELDS}),
@@ -179,6 +217,9 @@ class DataSpec:
                 train_negative_pool=int(shapes.get("train_negative_pool", 0)),
             ),
             examples=None if examples is None else ExampleCounts(examples),
+            cooccurrence=None
+            if cooccurrence is None
+            else CooccurrenceTables.from_block(cooccurrence, source),
             extra={
                 key: value
                 for key, value in manifest.items()
@@ -214,7 +255,10 @@ class DataSpec:
             manifest["examples"] = {
                 split: dict(counts) for split, counts in self.examples.by_split.items()
             }
+        if self.cooccurrence is not None:
+            manifest["cooccurrence"] = self.cooccurrence.as_dict()
         skip = {"vocab_sizes", "shapes", "candidates", "examples", "id_format", "extra"}
+        skip.add("cooccurrence")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name not in skip and value is not None:

@@ -16,7 +16,8 @@ Bad rows and users who cannot get their negatives become dead letters; none stop
 Output layout under `output_dir`:
     manifest.json, schema.pbtxt, vocab/{users,items,words}.txt (line k = id k),
     vocab/item_clicks.tsv, {train,valid,test}/{rec,search}-*.tfrecord.gz,
-    rejected/rejected-*.jsonl, side_features/{items,users}-*.jsonl (when the adapter has them).
+    rejected/rejected-*.jsonl, side_features/{items,users}-*.jsonl (when the adapter has them),
+    cooccurrence/*.npy (the Trainer's co-occurrence tables, pipeline/cooccurrence_tables.py).
 With `layout="tfx"` the examples go to Split-<split>_<scenario>/data-*.tfrecord.gz instead
 (a TFX Examples artifact's layout, e.g. Split-train_rec/); everything else is the same, and
 the manifest's `files` patterns say where the examples are.
@@ -65,7 +66,7 @@ from feature_specs.layout import (  # noqa: F401 (the job's callers read them he
     example_prefix,
     tfx_split_name,
 )
-from pipeline import ordered_write, output_lock
+from pipeline import cooccurrence_tables, ordered_write, output_lock
 from pipeline import sequence_builder as sb
 from pipeline.adapters import common
 
@@ -275,6 +276,7 @@ def build_pipeline(
     output_dir: str,
     num_shards: int = 0,
     layout: str = LAYOUT_JOB,
+    cooccurrence_top_k: int = cooccurrence_tables.DEFAULT_TOP_K,
 ) -> None:
     """Adds the whole job to `pipeline` (the caller runs it)."""
     events = adapter_output.events
@@ -341,6 +343,12 @@ def build_pipeline(
         ).with_outputs(common.STATS, common.REJECTED, main="examples")
     )
     stats.append(built[common.STATS])
+    # The Trainer's co-occurrence tables, top K per item (pipeline/cooccurrence_tables.py).
+    stats.append(
+        cooccurrence_tables.add_tables(
+            built.examples, vocab, options, output_dir, cooccurrence_top_k
+        )
+    )
 
     partitions = [(split, scenario) for split in sb.SPLITS for scenario in es.SCENARIOS]
     parts = built.examples | "PartitionBySplit" >> beam.Partition(
@@ -538,6 +546,7 @@ def assemble_spec(
     beam_args: Sequence[str],
     wall_seconds: float,
     layout: str = LAYOUT_JOB,
+    cooccurrence_top_k: int = cooccurrence_tables.DEFAULT_TOP_K,
 ) -> DataSpec:
     """The manifest of a finished job (run adds `time_split` and
     `fewer_outputs_than_previous`); manifest.json is its to_json()."""
@@ -551,7 +560,15 @@ def assemble_spec(
     other = {
         key: value
         for key, value in stats.items()
-        if not key.startswith(("examples/", "rejected/", "vocab_", _TIME_SPLIT_PREFIX))
+        if not key.startswith(
+            (
+                "examples/",
+                "rejected/",
+                "vocab_",
+                _TIME_SPLIT_PREFIX,
+                cooccurrence_tables.STATS_PREFIX,
+            )
+        )
     }
     return DataSpec(
         dataset=dataset,
@@ -581,6 +598,7 @@ def assemble_spec(
             train_negative_pool=options.train_negative_pool,
         ),
         wall_seconds=round(wall_seconds, 1),
+        cooccurrence=cooccurrence_tables.spec_of(stats, cooccurrence_top_k),
     )
 
 
@@ -594,10 +612,12 @@ def run(
     num_shards: int = 0,
     layout: str = LAYOUT_JOB,
     allow_fewer_outputs: bool = False,
+    cooccurrence_top_k: int = cooccurrence_tables.DEFAULT_TOP_K,
 ) -> dict:
     """Builds the examples; returns (and writes) the manifest.
 
     layout: where the example files go (LAYOUT_JOB or LAYOUT_TFX, see example_prefix).
+    cooccurrence_top_k: neighbours kept per item in the co-occurrence tables (0 = all).
 
     adapter_output_fn(pipeline) -> AdapterOutput; it may raise before the pipeline starts
     (missing files or columns), which is the point: fail before any worker starts.
@@ -620,7 +640,9 @@ def run(
         adapter_output = adapter_output_fn(pipeline)
         staging = staging_dir(output_dir)
         try:
-            build_pipeline(pipeline, adapter_output, options, staging, num_shards, layout)
+            build_pipeline(
+                pipeline, adapter_output, options, staging, num_shards, layout, cooccurrence_top_k
+            )
             LOG.info(
                 "running the sequence-example job for %s -> %s (staged in %s)",
                 dataset,
@@ -632,7 +654,15 @@ def run(
             stats = json.loads(_read_text(os.path.join(staging, STATS_FILE)))
             _check_events_read(stats, staging, output_dir)
             spec = assemble_spec(
-                output_dir, stats, options, dataset, inputs, beam_args, time.time() - start, layout
+                output_dir,
+                stats,
+                options,
+                dataset,
+                inputs,
+                beam_args,
+                time.time() - start,
+                layout,
+                cooccurrence_top_k,
             )
             if options.split == "time":
                 report = time_split_report(
@@ -784,7 +814,7 @@ def output_files(root: str) -> List[str]:
         os.path.join(root, STATS_FILE),
         os.path.join(root, "schema.pbtxt"),
         os.path.join(root, MANIFEST_FILE),
-    ]
+    ] + cooccurrence_tables.output_patterns(root)
     found = {m.path for result in FileSystems.match(patterns) for m in result.metadata_list}
     # The manifest last: moved last into place, so a folder with a manifest is complete.
     return sorted(found, key=lambda path: (path.endswith(MANIFEST_FILE), path))

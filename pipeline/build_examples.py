@@ -19,7 +19,7 @@ import sys
 from typing import Any, Mapping, Optional, Sequence
 
 from feature_specs import example_schema as fs
-from pipeline import beam_job
+from pipeline import beam_job, cooccurrence_tables
 from pipeline import sequence_builder as sb
 from pipeline.adapters import amazon, registry
 from unisar_tf import logs
@@ -102,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="TFRecord shards per split and scenario (0 = one per 10,000 examples); "
         "the files are the same on every run either way",
+    )
+    build.add_argument(
+        "--cooccurrence_top_k",
+        type=int,
+        default=cooccurrence_tables.DEFAULT_TOP_K,
+        help="neighbours kept per item in the co-occurrence tables the job writes for the "
+        "Trainer (cooccurrence/; 0 = all)",
     )
     build.add_argument(
         "--id_format",
@@ -232,11 +239,16 @@ class Job:
     num_shards: int = 0
     layout: str = beam_job.LAYOUT_JOB
     allow_fewer_outputs: bool = False
+    cooccurrence_top_k: int = cooccurrence_tables.DEFAULT_TOP_K
 
 
 def job(args) -> Job:
     """The job of parsed arguments; registry.MissingInputs when the dataset's inputs are not
     given, ValueError on inconsistent options."""
+    if args.cooccurrence_top_k < 0:
+        raise ValueError(
+            f"--cooccurrence_top_k {args.cooccurrence_top_k}: expected 0 (keep all) or more"
+        )
     return Job(
         adapter=args.dataset,
         inputs=registry.get(args.dataset).inputs(vars(args)),
@@ -245,6 +257,7 @@ def job(args) -> Job:
         num_shards=args.num_shards,
         layout=args.layout,
         allow_fewer_outputs=args.allow_fewer_outputs,
+        cooccurrence_top_k=args.cooccurrence_top_k,
     )
 
 
@@ -262,6 +275,7 @@ def run(job: Job, beam_args: Sequence[str]) -> dict:
         num_shards=job.num_shards,
         layout=job.layout,
         allow_fewer_outputs=job.allow_fewer_outputs,
+        cooccurrence_top_k=job.cooccurrence_top_k,
     )
 
 

@@ -9,12 +9,20 @@ and test positives never leak into the table.
 The transition table is directed and first-order: each training example adds 1 to
 trans(last, p), `last` being its most recent history behaviour's item (a rec item, or a
 search session's first click) and p its positive.
+
+Where the Trainer gets them (tables_for_training): from the data job's artifact when the data
+has one (pipeline/cooccurrence_tables.py counts them in Beam and keeps each item's top K
+neighbours, `load_artifact_tables`, O(items x K)); for an older build without it, from
+training_tables, which reads the whole training split into memory. The rules themselves
+(NumPy only, shared with the job's workers) are in unisar_tf.data.cooccurrence_counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable
+import logging
+import os
+from typing import Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,21 +32,27 @@ from feature_specs import (
     HISTORY_TYPES,
     REC_HISTORY_ITEMS,
     SEARCH_HISTORY_CLICKED_ITEMS,
-    TYPE_REC,
 )
 from feature_specs.data_spec import DataSpec
+from feature_specs.layout import VOCAB_DIR
 from unisar_tf.data import reader
+from unisar_tf.data.cooccurrence_counts import (  # noqa: F401 (callers import them here)
+    PAIRS,
+    TABLE_NAMES,
+    TABLES_DIR,
+    TRANSITIONS,
+    artifact_files,
+    history_items,
+    last_history_items,
+    pair_counts,
+    top_k_pairs,
+    transition_counts,
+)
+
+LOG = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ building blocks
-def history_items(features: Dict[str, np.ndarray]) -> np.ndarray:
-    """(N, rec_len + search_len * clicks) item ids of each example's history, 0 = padding:
-    `rec_history_items` followed by the flattened `search_history_clicked_items`."""
-    rec = np.asarray(features[REC_HISTORY_ITEMS]).reshape(len(features[REC_HISTORY_ITEMS]), -1)
-    clicked = np.asarray(features[SEARCH_HISTORY_CLICKED_ITEMS]).reshape(len(rec), -1)
-    return np.concatenate([rec, clicked], axis=1)
-
-
 def id_sets(ids: np.ndarray, size: int) -> sp.csr_matrix:
     """(N, L) ids (0 = padding) -> (N, size) binary CSR: row i has a 1 at each distinct
     nonzero id of ids[i]."""
@@ -150,26 +164,6 @@ def _cooccurrence_of(splits: list, num_items: int) -> CooccurrenceTable:
     )
 
 
-def last_history_items(features) -> np.ndarray:
-    """(N,) the item of each example's most recent behaviour (0 without history): the last
-    real slot of history_types, a rec item or a search session's first click."""
-    types = np.asarray(features[HISTORY_TYPES])
-    rec = np.asarray(features[REC_HISTORY_ITEMS])
-    clicks = np.asarray(features[SEARCH_HISTORY_CLICKED_ITEMS])
-    clicks = clicks.reshape(len(clicks), -1, clicks.shape[-1] if clicks.ndim == 3 else 1)[..., 0]
-    length = np.count_nonzero(types, axis=1)
-    rows = np.arange(len(types))
-    last_type = types[rows, np.maximum(length - 1, 0)]
-    rec_count = np.count_nonzero(types == TYPE_REC, axis=1)
-    search_count = length - rec_count
-    last = np.where(
-        last_type == TYPE_REC,
-        rec[rows, np.maximum(rec_count - 1, 0)],
-        clicks[rows, np.maximum(search_count - 1, 0)],
-    )
-    return np.where(length > 0, last, 0)
-
-
 def training_transitions(
     data_dir: str, manifest: dict | DataSpec, num_items: int, tasks=("rec", "search")
 ) -> CooccurrenceTable:
@@ -197,3 +191,106 @@ def training_tables(
     """(co-occurrence, transitions) tables from one read of the training split."""
     splits = _training_splits(data_dir, manifest, tasks)
     return _cooccurrence_of(splits, num_items), _transitions_of(splits, num_items)
+
+
+def _read_npy(path: str, ndim: int) -> np.ndarray:
+    import io
+
+    import tensorflow as tf
+
+    try:
+        with tf.io.gfile.GFile(path, "rb") as handle:
+            array = np.load(io.BytesIO(handle.read()), allow_pickle=False)
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        raise ValueError(f"{path}: cannot read the co-occurrence table: {error}") from None
+    if array.dtype != np.int64 or array.ndim != ndim or (ndim == 2 and array.shape[1] != 3):
+        want = "(P, 3)" if ndim == 2 else "(items + 1,)"
+        raise ValueError(f"{path}: expected {want} int64, got {array.shape} {array.dtype}")
+    return array
+
+
+def _artifact_table(
+    data_dir: str, files, name: str, num_items: int, id_map: Optional[np.ndarray]
+) -> CooccurrenceTable:
+    rows_path = os.path.join(data_dir, files[name])
+    totals_path = os.path.join(data_dir, files[f"{name}_totals"])
+    rows, totals = _read_npy(rows_path, 2), _read_npy(totals_path, 1)
+    left, right, count = rows[:, 0], rows[:, 1], rows[:, 2]
+    ids = rows[:, :2]
+    if len(rows) and (ids.min() < 1 or ids.max() >= len(totals)):
+        raise ValueError(f"{rows_path}: item ids outside 1..{len(totals) - 1} ({totals_path})")
+    if id_map is not None:  # data job ids -> Transform ids (0: Transform lacks the item)
+        if len(id_map) < len(totals):
+            raise ValueError(
+                f"{totals_path}: {len(totals) - 1} items, the vocabulary maps {len(id_map) - 1}"
+            )
+        lacking = int(np.count_nonzero((id_map[: len(totals)] == 0)[1:] & (totals[1:] > 0)))
+        if lacking:
+            LOG.warning(
+                "%s: %d counted items are not in the Transform vocabulary; their pairs are "
+                "left out",
+                totals_path,
+                lacking,
+            )
+        left, right = id_map[left], id_map[right]
+        keep = (left > 0) & (right > 0)
+        left, right, count = left[keep], right[keep], count[keep]
+        mapped = np.zeros(num_items, np.int64)
+        known = id_map[: len(totals)] > 0
+        np.add.at(mapped, id_map[: len(totals)][known], totals[known])
+        totals = mapped
+    if len(totals) != num_items or (len(left) and max(left.max(), right.max()) >= num_items):
+        raise ValueError(
+            f"{totals_path}: {len(totals)} item rows, the model has {num_items} "
+            "(is the manifest from the same build?)"
+        )
+    keys = left * num_items + right
+    order = np.argsort(keys, kind="stable")
+    return CooccurrenceTable(
+        keys[order], count[order].astype(np.float32), totals.astype(np.float32)
+    )
+
+
+def load_artifact_tables(
+    data_dir: str, spec: DataSpec, num_items: int, id_map: Optional[np.ndarray] = None
+):
+    """(co-occurrence, transitions) CooccurrenceTable from the data job's artifact, in the
+    model's ids: the job's, or with `id_map` ((job items + 1,) int64, job id -> Transform
+    id, unisar_tf.data.transform.data_job_id_maps) Transform's. O(pairs + items)."""
+    if spec.cooccurrence is None:
+        raise ValueError(f"{data_dir}: the manifest names no co-occurrence tables")
+    files = spec.cooccurrence.files
+    for key in artifact_files():
+        if key not in files:
+            raise ValueError(f"{data_dir}: the manifest's cooccurrence.files has no {key!r}")
+    return tuple(_artifact_table(data_dir, files, name, num_items, id_map) for name in TABLE_NAMES)
+
+
+def tables_for_training(
+    data_dir: str, spec: DataSpec, num_items: int, tasks=("rec", "search")
+) -> Tuple[CooccurrenceTable, CooccurrenceTable, Optional[str]]:
+    """(co-occurrence, transitions, note): the data job's artifact when the data has one and
+    it counts what `tasks` would (it counts every scenario's training examples); otherwise
+    training_tables (the whole training split read into memory) and a note saying why."""
+    if spec.cooccurrence is None:
+        note = (
+            f"{data_dir} has no co-occurrence artifact (built before the data job counted "
+            "it): counting the tables on the whole training split in memory"
+        )
+    elif set(spec.tasks_with_examples("train", tasks)) != set(
+        spec.tasks_with_examples("train", ("rec", "search"))
+    ):
+        note = (
+            f"the data job's co-occurrence tables count every scenario, this run trains "
+            f"{', '.join(tasks)}: counting the tables on its training split in memory"
+        )
+    else:
+        id_map = None
+        if spec.transform_dir:  # raw-id examples: the model reads Transform's ids
+            from unisar_tf.data.transform import data_job_id_maps
+
+            id_map = data_job_id_maps(os.path.join(data_dir, VOCAB_DIR), spec.transform_dir)[
+                "items"
+            ]
+        return (*load_artifact_tables(data_dir, spec, num_items, id_map), None)
+    return (*training_tables(data_dir, spec, num_items, tasks), note)

@@ -49,7 +49,7 @@ import tensorflow as tf
 from feature_specs.data_spec import DataSpec
 from unisar_tf.config import TASKS, UniSARConfig
 from unisar_tf.data import reader
-from unisar_tf.data.cooccurrence import training_tables
+from unisar_tf.data.cooccurrence import tables_for_training
 from unisar_tf.model import build_model
 from unisar_tf.train.distribution import (
     STRATEGY_CLASSES,
@@ -292,11 +292,13 @@ class Trainer:
         if self.side_features is not None:  # KuaiSAR categories, captions, user levels
             config = config.replace(**self.side_features.config_overrides())
         table = transitions = None
-        if config.use_cooccurrence:  # counted on the training split (unisar_tf.data.cooccurrence)
+        if config.use_cooccurrence:  # the data job's tables, or counted on the training split
             with reader.naming_bad_files(options.data_dir, ("train",)):
-                table, transitions = training_tables(
+                table, transitions, note = tables_for_training(
                     options.data_dir, self.spec, config.num_items, config.tasks
                 )
+            if note:
+                say(note)
             config = config.replace(
                 cooccurrence_pairs=table.num_pairs, transition_pairs=transitions.num_pairs
             )
