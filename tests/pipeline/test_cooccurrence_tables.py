@@ -264,3 +264,21 @@ def test_last_history_items_is_shared_with_the_jobs_counting():
     from unisar_tf.data import cooccurrence_counts
 
     assert last_history_items is cooccurrence_counts.last_history_items
+
+
+@pytest.mark.slow
+def test_top_k_tool_prints_pairs_and_validation_metrics_per_k(amazon_examples, capsys):
+    from unisar_tf.tools import cooccurrence_top_k as tool
+
+    data_dir, manifest = amazon_examples
+    rows = tool.measure(data_dir, (2, 500))
+    assert [row["pairs"] for row in rows] == [
+        len(top_k_pairs(*np.load(os.path.join(data_dir, "cooccurrence/pairs.npy")).T, 2)[0]),
+        manifest["cooccurrence"]["pairs"],
+    ]
+    assert rows[0]["pairs"] < rows[1]["pairs"]
+    assert 0 < rows[1]["rec pairs NDCG@10"] <= 1
+    with pytest.raises(ValueError, match="keeps the top 500"):
+        tool.measure(data_dir, (0,))
+    tool.main(["--data_dir", data_dir, "--ks", "2,500"])
+    assert "| 500 |" in capsys.readouterr().out
