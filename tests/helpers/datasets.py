@@ -1,9 +1,10 @@
 """Example sets built by the data job that several test folders train or evaluate on.
 
-Fixtures (session-scoped: built once per pytest run and shared by every module that asks;
-tests/conftest.py makes them visible everywhere). They are READ-ONLY: a test that writes,
-moves or deletes files must do it in its own copy (shutil.copytree) and a test that edits a
-returned manifest must edit a copy (copy.deepcopy); models, exports and reports go to the
+Fixtures (session-scoped: built once per pytest process, i.e. once per xdist worker, and
+shared by every module that asks; tests/conftest.py makes them visible everywhere). They
+are READ-ONLY: a test that writes, moves or deletes files must do it in its own copy
+(shutil.copytree) and a test that edits a returned manifest must edit a copy
+(copy.deepcopy); models, exports and reports go to the
 test's own tmp_path.
     amazon_examples   (out, manifest): a small Amazon-format log through the Beam data job
     kuaisar_builds    {id_format: (output_dir, manifest)}: the KuaiSAR fixture built by the
