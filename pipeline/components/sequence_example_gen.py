@@ -11,6 +11,7 @@ the Examples artifact's uri:
 
     <uri>/Split-{train,valid,test}_{rec,search}/data-*.tfrecord.gz   gzipped tf.Examples
     <uri>/manifest.json, schema.pbtxt, vocab/, rejected/, side_features/ (KuaiSAR), _stats.json
+    <uri>/cooccurrence/*.npy   the default preset's top-K pair and transition tables
 
 i.e. the job's usual output with the examples in TFX's split layout (`--layout tfx`; in the
 pipeline also `--id_format raw`, so Transform builds the vocabularies); the
