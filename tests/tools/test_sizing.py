@@ -88,7 +88,7 @@ def test_predict_by_hand():
     assert p.memory_process == pytest.approx(
         (20 + 1000 + 5) * 148.5 + 1000 * 25 + 10_000 * (200 + 133)
     )
-    assert p.memory_writer == 150 * 64
+    assert p.memory_writer == 150 * 79
 
 
 def test_assumptions_move_the_figures():
@@ -189,3 +189,14 @@ def test_default_report_names_its_constants_and_assumptions(capsys):
         assert needle in out, needle
     # 1k QPS at the model server's measured 228 requests/s: 5 replicas
     assert "| model server, 8 clients | 228 | 50.9 | 5 |" in out
+
+
+def test_a_given_rate_and_operating_point_are_added(capsys):
+    argv = ["--users", "1e6", "--items", "1e5", "--qps", "1000", "--gpus", "8"]
+    argv += ["--positives_per_s", "1000", "--requests_per_s", "400", "--p99_ms", "8"]
+    assert sizing.main(argv) == 0
+    out = capsys.readouterr().out
+    # 1M users x 3.026 training examples = 3.03M positives: 0.84 h at 1,000/s, 0.0105 h at
+    # 1,000/s x 10 (speedup) x 8 GPUs
+    assert "| given | 1M | 3.03M | 1,000 | 0.84 | 0.0105 |" in out
+    assert "| given | 400 | 8.0 | 3 |" in out  # 1,000 QPS / 400: 3 replicas

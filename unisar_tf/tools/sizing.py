@@ -369,6 +369,12 @@ COMBINE_ELEMENT_BYTES = Cited(
 )
 VOCAB_ENTRY_BYTES = Cited(148.5, "tracemalloc, Beauty's vocab/users.txt as a dict, 2026-12-03")
 VOCAB_ID_CHARS = 4.5
+# The one worker that writes the tables (WriteTables after CoocGather): its peak per row,
+# the gathered rows included (16 B of arrays + per-item objects, then the stacked,
+# concatenated and converted (P, 3) int64 copies); tracemalloc on Beauty's 1,271,363 rows
+# (all pairs and transitions; a 12,100-entry vocabulary stand-in adds ~1 B) by
+# measure_writer_bytes, 2026-12-03. The code's arrays alone give 64 (16 + 24 + 24).
+WRITER_BYTES_PER_ROW = Cited(79.0, "tracemalloc, WriteTables on Beauty's rows, 2026-12-03")
 
 # From the code (docs/data.md "Co-occurrence tables"; unisar_tf/layers/cooccurrence.py;
 # pipeline/cooccurrence_tables.py; pipeline/sequence_builder.NegativeSampler;
@@ -378,7 +384,6 @@ ARTIFACT_BYTES_PER_ITEM = 8  # (items + 1,) int64 totals, one file per table
 MODEL_BYTES_PER_ROW = 12  # the layer's pair_keys int64 + pair_counts float32
 MODEL_BYTES_PER_ITEM = 4  # the layer's item_totals float32, one per table
 COMBINE_BYTES_PER_NEIGHBOUR = 16  # MergeNeighbours' arrays: int64 right id + int64 count
-WRITER_BYTES_PER_ROW = 64  # WriteTables: kept rows 16 + stacked rows 24 + concatenated 24
 SAMPLER_BYTES_PER_ITEM = 25  # float64 weights + cdf (16), bool mask (1), int64 item_clicks (8)
 SINK_RECORDS_PER_SHARD = 10_000  # ordered_write.DEFAULT_RECORDS_PER_SHARD, sorted in memory
 SINK_OBJECT_BYTES = 133  # per sorted record: bytes header 33 + 2-tuple 56 + int 36 + slot 8
@@ -528,6 +533,37 @@ def pruned_rows(data_dir: str, table: str, top_k: int) -> int:
     rows = np.load(os.path.join(data_dir, files[table]), allow_pickle=False)
     neighbours = np.bincount(rows[:, 0]) if len(rows) else np.zeros(0, np.int64)
     return int(np.minimum(neighbours, top_k).sum()) if top_k > 0 else int(len(rows))
+
+
+def measure_writer_bytes(data_dir: str) -> float:
+    """Peak bytes per row of the table writer (WriteTables) on a K = 0 build's rows, the
+    gathered rows included, with tracemalloc (imports Beam)."""
+    import tempfile
+    import types
+
+    from pipeline import cooccurrence_tables as tables
+    from unisar_tf.data import cooccurrence_counts as cc
+
+    with open(os.path.join(data_dir, "manifest.json")) as handle:
+        files = json.load(handle)["cooccurrence"]["files"]
+    vocab = types.SimpleNamespace(items={})
+    tracemalloc.start()
+    rows = []
+    for name in cc.TABLE_NAMES:
+        table = np.load(os.path.join(data_dir, files[name]), allow_pickle=False)
+        starts = np.flatnonzero(np.r_[True, table[1:, 0] != table[:-1, 0]])
+        for start, end in zip(starts, np.r_[starts[1:], len(table)]):
+            right, count = table[start:end, 1].copy(), table[start:end, 2].copy()
+            rows.append((name, int(table[start, 0]), int(count.sum()), right, count))
+        del table
+    vocab.items = {str(i): i for i in range(max(row[1] for row in rows))}
+    count = sum(len(row[3]) for row in rows)
+    with tempfile.TemporaryDirectory() as out:
+        os.makedirs(os.path.join(out, cc.TABLES_DIR))
+        list(tables.WriteTables(out).process(rows, vocab))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / count
 
 
 def measure_coder_bytes(sequences: str, attributes: str, data_dir: str) -> Dict[str, float]:
@@ -697,7 +733,7 @@ def predict_examples(
         shuffle_gather=keyed * COMBINE_ELEMENT_BYTES.value + rows * COMBINE_BYTES_PER_NEIGHBOUR,
         memory_process=vocab + items * SAMPLER_BYTES_PER_ITEM + shard,
         memory_vocab=vocab,
-        memory_writer=rows * WRITER_BYTES_PER_ROW,
+        memory_writer=rows * WRITER_BYTES_PER_ROW.value,
         pairs_all=pairs_all,
         pairs_kept=pairs_kept,
         transitions_kept=transitions_kept,
@@ -749,7 +785,11 @@ def report(
     gpus: Sequence[int],
     c: BuildConstants,
     a: Assumptions,
+    train_rates: Optional[Dict[str, Cited]] = None,
+    serving_points: Optional[Dict[str, Tuple[Cited, float]]] = None,
 ) -> str:
+    train_rates = train_rates or TRAIN_RATES
+    serving_points = serving_points or SERVING_POINTS
     grid = [predict(u, i, c, a) for u in users for i in items]
     out = [f"## Sizing from {c.name} ({c.source})", ""]
     out.append("### Data job (Dataflow): volume, shuffle, worker memory")
@@ -825,7 +865,7 @@ def report(
     out.append("### Training: hours per epoch (training only, no validation)")
     out.append("")
     rows = []
-    for name, rate in TRAIN_RATES.items():
+    for name, rate in train_rates.items():
         for u in users:
             train = predict(u, items[0], c, a).train_examples
             rows.append(
@@ -843,7 +883,7 @@ def report(
     out.append("### Serving: 2-vCPU replicas for a QPS, at a measured operating point")
     out.append("")
     rows = []
-    for name, (rate, p99) in SERVING_POINTS.items():
+    for name, (rate, p99) in serving_points.items():
         rows.append(
             [name, f"{rate.value:,.0f}", f"{p99:.1f}"]
             + [f"{replicas(q, rate.value, a):,}" for q in qps]
@@ -863,12 +903,19 @@ def report(
     out.append("")
     out.append("### Constants and assumptions")
     out.append("")
-    out.append(constants_text(c, a))
+    out.append(constants_text(c, a, train_rates, serving_points))
     return "\n".join(out)
 
 
-def constants_text(c: BuildConstants, a: Assumptions) -> str:
+def constants_text(
+    c: BuildConstants,
+    a: Assumptions,
+    train_rates: Optional[Dict[str, Cited]] = None,
+    serving_points: Optional[Dict[str, Tuple[Cited, float]]] = None,
+) -> str:
     """Every constant with its value and source, every assumption with its value."""
+    train_rates = train_rates or TRAIN_RATES
+    serving_points = serving_points or SERVING_POINTS
     lines = [
         f"Derived from the build ({c.name}, {c.id_format} examples; {c.source}):",
         f"- events per user {c.events / c.users:.3f}; examples per user: training "
@@ -888,19 +935,21 @@ def constants_text(c: BuildConstants, a: Assumptions) -> str:
         f"sink ({SINK_OVERHEAD_BYTES.source})",
         f"- {COMBINE_ELEMENT_BYTES.value:.0f} B per co-occurrence combine element + 16 B per "
         f"neighbour ({COMBINE_ELEMENT_BYTES.source})",
+        f"- {WRITER_BYTES_PER_ROW.value:.0f} B per kept row at the table writer's peak "
+        f"({WRITER_BYTES_PER_ROW.source})",
         f"- {VOCAB_ENTRY_BYTES.value:.1f} B per vocabulary entry in a worker "
         f"({VOCAB_ENTRY_BYTES.source}; ids of {VOCAB_ID_CHARS:.1f} characters)",
     ]
-    for name, rate in TRAIN_RATES.items():
+    for name, rate in train_rates.items():
         lines.append(f"- training, {name} preset: {rate.value:,.0f} positives/s ({rate.source})")
-    for name, (rate, p99) in SERVING_POINTS.items():
+    for name, (rate, p99) in serving_points.items():
         lines.append(
             f"- serving, {name}: {rate.value:,.0f} requests/s at p99 {p99} ms ({rate.source})"
         )
     lines += [
         "From the code (bytes): artifact row 24 (3 x int64), total 8 per item and table; model "
         "row 12 (int64 key + float32 count), total 4 per item and table; combine 16 per "
-        "neighbour (int64 id + count); table writer 64 per kept row; sampler 25 per item; "
+        "neighbour (int64 id + count); sampler 25 per item; "
         "ordered sink 10,000 records per shard sorted in memory, 133 per record in objects.",
         "ASSUMPTIONS (not measured; flags):",
         f"- --events_per_user {a.events_per_user or c.events / c.users:.3f}: a user's log "
@@ -1035,6 +1084,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--sequences", help="--calibrate: the Amazon sequences file (Beam coder)")
     parser.add_argument("--attributes", help="--calibrate: the Amazon attributes file")
     parser.add_argument("--check", metavar="DATA_DIR", action="append", default=[])
+    parser.add_argument(
+        "--positives_per_s", type=float, help="add a training row at this measured rate"
+    )
+    parser.add_argument("--rate_source", default="given on the command line")
+    parser.add_argument(
+        "--requests_per_s", type=float, help="add a serving row: a replica's measured requests/s"
+    )
+    parser.add_argument("--p99_ms", type=float, default=float("nan"), help="its measured p99")
     defaults = Assumptions()
     for field in dataclasses.fields(Assumptions):
         if field.name == "widest_ids":
@@ -1054,6 +1111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ))  # fmt: skip
         if args.sequences:
             coder = measure_coder_bytes(args.sequences, args.attributes, args.calibrate)
+            coder["writer_bytes_per_row"] = measure_writer_bytes(args.calibrate)
             print(json.dumps(coder, indent=1))
         return 0
     constants = calibrate(args.from_build) if args.from_build else BEAUTY
@@ -1062,7 +1120,24 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(check(data_dir, constants, assumptions))
             print()
         return 0
-    print(report(args.users, args.items, args.qps, args.gpus, constants, assumptions))
+    train_rates = dict(TRAIN_RATES)
+    if args.positives_per_s:
+        train_rates["given"] = Cited(args.positives_per_s, args.rate_source)
+    serving_points = dict(SERVING_POINTS)
+    if args.requests_per_s:
+        serving_points["given"] = (Cited(args.requests_per_s, args.rate_source), args.p99_ms)
+    print(
+        report(
+            args.users,
+            args.items,
+            args.qps,
+            args.gpus,
+            constants,
+            assumptions,
+            train_rates,
+            serving_points,
+        )  # fmt: skip
+    )
     return 0
 
 
