@@ -78,10 +78,11 @@ def test_predict_by_hand():
     assert (p.pairs_all, p.pairs_kept, p.transitions_kept) == (120, 120, 30)
     assert p.pairs_bound == 1000 * 500
     # combine: 60 examples x (3 / 2 + 2) elements at 272 B, (180 increments + 60) x 16 B;
-    # perfect combining: min(700 keyed items, 210) elements, 150 distinct rows x 16 B
+    # keyed items: 1000 x 0.5 with pairs and 1000 x 0.2 with transitions, capped at their
+    # 120 and 30 rows; perfect combining: min(150, 210) elements, 150 distinct rows x 16 B
     assert p.shuffle_cooc_high == 210 * 272 + 240 * 16
-    assert p.shuffle_cooc_low == 210 * 272 + 150 * 16
-    assert p.shuffle_gather == 700 * 272 + 150 * 16
+    assert p.shuffle_cooc_low == 150 * 272 + 150 * 16
+    assert p.shuffle_gather == 150 * 272 + 150 * 16
     assert p.artifact_bytes == 150 * 24 + 2 * 1001 * 8
     assert p.model_bytes == 150 * 12 + 2 * 1001 * 4
     assert p.memory_vocab == pytest.approx((20 + 1000 + 5) * 148.5)

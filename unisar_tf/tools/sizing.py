@@ -704,8 +704,10 @@ def predict_examples(
     pairs_all = min(c.pairs_all * growth, items * (items - 1))
     transitions_all = min(c.transitions_all * growth, items * (items - 1))
     increments = train * c.increments_per_train_example
-    with_pairs = items * c.items_with_pairs / c.items
-    with_transitions = items * c.items_with_transitions / c.items
+    # Items with neighbours: the build's share of the catalogue, but never more than there
+    # are events or rows (1M users' 8.9M events cannot touch all of 10M items).
+    with_pairs = min(items * c.items_with_pairs / c.items, events, pairs_all)
+    with_transitions = min(items * c.items_with_transitions / c.items, events, transitions_all)
     keyed = with_pairs + with_transitions  # one combine key per (table, item)
     # No combining across examples: per example one element per distinct history item and
     # one for its positive (pairs), one for its last item (transitions).
@@ -806,7 +808,7 @@ def report(
                 "shuffle: by user",
                 "shuffle: ordered sink",
                 "shuffle: co-occurrence",
-                "shuffle total",
+                "shuffle total (co-occurrence high)",
                 "memory per SDK process",
                 "of it vocabulary",
                 "table writer (1 worker)",
@@ -925,7 +927,7 @@ def constants_text(
         f"- co-occurrence per training example (all pairs): distinct pairs "
         f"{c.pairs_per_train_example:.2f}, increments {c.increments_per_train_example:.2f}, "
         f"distinct transitions {c.transitions_per_train_example:.3f}; items with pairs "
-        f"{c.items_with_pairs / c.items:.3f} of the catalogue",
+        f"{c.items_with_pairs / c.items:.3f} of the catalogue (at most one per event or row)",
         f"- id slots whose varint widens with the catalogue (ids format): training "
         f"{c.train_id_slots}, evaluation {c.eval_id_slots}",
         "Measured (cited):",
