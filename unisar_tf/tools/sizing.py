@@ -920,6 +920,7 @@ def constants_text(
     serving_points = serving_points or SERVING_POINTS
     lines = [
         f"Derived from the build ({c.name}, {c.id_format} examples; {c.source}):",
+        "",
         f"- events per user {c.events / c.users:.3f}; examples per user: training "
         f"{c.per_user(c.train_examples):.3f}, evaluation {c.per_user(c.eval_examples):.3f}",
         f"- bytes per serialized example: training {c.train_example_bytes:.1f}, evaluation "
@@ -930,7 +931,9 @@ def constants_text(
         f"{c.items_with_pairs / c.items:.3f} of the catalogue (at most one per event or row)",
         f"- id slots whose varint widens with the catalogue (ids format): training "
         f"{c.train_id_slots}, evaluation {c.eval_id_slots}",
+        "",
         "Measured (cited):",
+        "",
         f"- {EVENT_SHUFFLE_BYTES.value:.1f} B per event through GroupByUser "
         f"({EVENT_SHUFFLE_BYTES.source})",
         f"- {SINK_OVERHEAD_BYTES.value:.1f} B per record on top of its bytes through the ordered "
@@ -949,11 +952,14 @@ def constants_text(
             f"- serving, {name}: {rate.value:,.0f} requests/s at p99 {p99} ms ({rate.source})"
         )
     lines += [
+        "",
         "From the code (bytes): artifact row 24 (3 x int64), total 8 per item and table; model "
         "row 12 (int64 key + float32 count), total 4 per item and table; combine 16 per "
         "neighbour (int64 id + count); sampler 25 per item; "
         "ordered sink 10,000 records per shard sorted in memory, 133 per record in objects.",
+        "",
         "ASSUMPTIONS (not measured; flags):",
+        "",
         f"- --events_per_user {a.events_per_user or c.events / c.users:.3f}: a user's log "
         "looks like the build's (examples per user scale with it)",
         f"- --pair_growth_exponent {a.pair_growth_exponent}: distinct pairs and transitions "
@@ -969,8 +975,10 @@ def constants_text(
         f"- --widest_ids {a.widest_ids}: ids keep the build's varint width (popular items have "
         "the small ids); with the flag every candidate id takes the catalogue's widest varint "
         f"(+{c.eval_id_slots} B an evaluation example per extra byte: an upper bound)",
-        "- Dataflow shuffles outside the workers' heaps (Shuffle service); a worker runs one "
-        "SDK process per vCPU, each holding its own vocabulary side input and sampler",
+        "- Dataflow shuffles outside the workers' heaps (Shuffle service); in a Python job each "
+        "SDK process holds its own copy of a side input (Dataflow's 'Troubleshoot out of "
+        "memory errors' guide), typically one process per vCPU: multiply the per-process "
+        "memory by the worker's vCPUs",
     ]
     return "\n".join(lines)
 
