@@ -359,14 +359,14 @@ BEAUTY = BuildConstants(
 # by measure_coder_bytes on Beauty (198,502 events, 17,082 training records), 2026-12-03.
 EVENT_SHUFFLE_BYTES = Cited(90.3, "Beauty's events, --calibrate --sequences, 2026-12-03")
 SINK_OVERHEAD_BYTES = Cited(32.0, "Beauty's training records, --calibrate --sequences, 2026-12-03")
-# A vocabulary entry (raw id -> int, the string included) in a Python dict, tracemalloc on
-# Beauty's vocab/users.txt (ids of 4.5 characters on average), 2026-12-03.
 # One CombinePerKey element of the co-occurrence count ((table, item), (ids, counts)) with
 # Beam's coder: 272 bytes (key 12, two pickled arrays 260) plus 16 per neighbour; measured
 # by measure_coder_bytes, 2026-12-03.
 COMBINE_ELEMENT_BYTES = Cited(
     272.0, "Beam's coder on a count element, --calibrate --sequences, 2026-12-03"
 )
+# A vocabulary entry (raw id -> int, the string included) in a Python dict, tracemalloc on
+# Beauty's vocab/users.txt (ids of 4.5 characters on average), 2026-12-03.
 VOCAB_ENTRY_BYTES = Cited(148.5, "tracemalloc, Beauty's vocab/users.txt as a dict, 2026-12-03")
 VOCAB_ID_CHARS = 4.5
 # The one worker that writes the tables (WriteTables after CoocGather): its peak per row,
