@@ -566,6 +566,51 @@ def measure_writer_bytes(data_dir: str) -> float:
     return peak / count
 
 
+def measure_combine_bytes(data_dir: str, batch_sizes: Sequence[int] = (256, 4096)) -> dict:
+    """What the job's CountBatch emits into the co-occurrence CombinePerKey for a build's
+    training records at each batch size (BatchElements' bounds are 256 and 4096; 0 = all
+    records in one batch): elements and coded bytes per training example, before the
+    runner's own combining (imports Beam)."""
+    import types
+
+    from apache_beam.coders.coders import FastPrimitivesCoder
+
+    from pipeline import cooccurrence_tables as tables
+
+    with open(os.path.join(data_dir, "manifest.json")) as handle:
+        manifest = json.load(handle)
+    records: List[bytes] = []
+    for path in _example_paths(data_dir, manifest, "train"):
+        with gzip.open(path, "rb") as handle:
+            while len(header := handle.read(12)) == 12:
+                records.append(handle.read(struct.unpack("<Q", header[:8])[0]))
+                handle.read(4)
+    with open(os.path.join(data_dir, "vocab", "items.txt")) as handle:
+        vocab = types.SimpleNamespace(
+            items={line.rstrip("\n"): index for index, line in enumerate(handle)}
+        )
+    shapes = manifest["shapes"]
+    coder = FastPrimitivesCoder()
+    result = {}
+    for batch in batch_sizes:
+        count = tables.CountBatch(
+            manifest.get("id_format", "ids"), shapes["search_len"], shapes["clicks_per_session"]
+        )
+        count.setup()
+        elements = coded = 0
+        size = batch or len(records)
+        for start in range(0, len(records), size):
+            for key, value in count.process(records[start : start + size], vocab):
+                elements += 1
+                coded += len(coder.encode(key)) + len(coder.encode(value))
+        result[f"batch {batch or 'all'}"] = {
+            "elements_per_example": elements / len(records),
+            "bytes_per_example": coded / len(records),
+            "bytes": coded,
+        }
+    return result
+
+
 def measure_coder_bytes(sequences: str, attributes: str, data_dir: str) -> Dict[str, float]:
     """Bytes per event through GroupByUser and per record through the ordered sink with
     Beam's default coder, and bytes per vocabulary entry in a dict (imports Beam)."""
@@ -1122,6 +1167,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.sequences:
             coder = measure_coder_bytes(args.sequences, args.attributes, args.calibrate)
             coder["writer_bytes_per_row"] = measure_writer_bytes(args.calibrate)
+            coder["combine_output"] = measure_combine_bytes(args.calibrate, (256, 4096, 0))
             print(json.dumps(coder, indent=1))
         return 0
     constants = calibrate(args.from_build) if args.from_build else BEAUTY
