@@ -201,3 +201,11 @@ def test_a_given_rate_and_operating_point_are_added(capsys):
     # 1,000/s x 10 (speedup) x 8 GPUs
     assert "| given | 1M | 3.03M | 1,000 | 0.84 | 0.0105 |" in out
     assert "| given | 400 | 8.0 | 3 |" in out  # 1,000 QPS / 400: 3 replicas
+
+
+def test_human_units():
+    assert sizing.human(1.5e9, "B") == "1.5 GB"
+    assert sizing.human(2.5e12, "B") == "2.5 TB"
+    assert sizing.human(999, "B") == "999 B"
+    assert sizing.human(3.03e6) == "3.03M"
+    assert sizing.human(5e9) == "5B"
