@@ -39,6 +39,23 @@ def test_table_holds_the_symmetric_counts():
     assert np.all(np.diff(table.pair_keys) > 0)
 
 
+def test_pair_lookup_never_gathers_from_the_keys_variable():
+    """A ResourceGather on pair_keys switches the variable to copy-on-read, after which the
+    dense read searchsorted needs copies the whole key table on every call (~2 ms of a
+    Beauty serving request). The lookup must search and gather on one dense read."""
+    layer, _ = _layer()
+    lookup = tf.function(layer.pair_count).get_concrete_function(
+        tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None, None], tf.int64)
+    )
+    captured = {id(outer): inner for outer, inner in lookup.graph.captures}
+    keys_handle = captured[id(layer.pair_keys.handle)]
+    gathers = [op for op in lookup.graph.get_operations() if op.type == "ResourceGather"]
+    assert gathers, "the counts are still gathered from their variable (no copy of it)"
+    assert all(op.inputs[0] is not keys_handle for op in gathers)
+    counts = lookup(tf.constant([[1, 2, 4]], tf.int64), tf.constant([[3, 3, 5]], tf.int64))
+    np.testing.assert_array_equal(counts.numpy(), [[2.0, 2.0, 1.0]])
+
+
 def test_sum_feature_equals_the_itemknn_baseline():
     layer, _ = _layer()
     history = np.array([[1, 2, 2, 0], [4, 0, 0, 0], [3, 1, 0, 0]])
