@@ -5,7 +5,12 @@
 Runs `python -m pipeline.build_examples --dataset amazon_beauty` as a child process (the Beam
 start-up and worker processes included, as a user would see it), samples the resident memory
 of the whole process tree every 0.1 s, and prints a Markdown table. Peak memory is the largest
-sum over the driver and its worker processes at one instant.
+sum over the driver and its worker processes at one instant; the driver's own peak and the
+workers' peak sum are printed too, to show where the memory is (the local runner's driver
+holds every shuffle's data).
+
+Other data: `-- --dataset amazon --sequences <file> --attributes <file>` (the last --dataset
+wins), e.g. Sports and Outdoors.
 """
 
 from __future__ import annotations
@@ -23,18 +28,19 @@ from typing import List, Sequence
 import psutil
 
 
-def _tree_rss(process: psutil.Process) -> int:
-    total = 0
+def _tree_rss(process: psutil.Process) -> tuple:
+    """(resident bytes of `process`, of its descendants together), at one instant."""
     try:
-        members = [process] + process.children(recursive=True)
+        children = process.children(recursive=True)
     except psutil.NoSuchProcess:
-        return 0
-    for member in members:
+        return 0, 0
+    sizes = []
+    for member in [process] + children:
         try:
-            total += member.memory_info().rss
+            sizes.append(member.memory_info().rss)
         except psutil.NoSuchProcess:
-            pass
-    return total
+            sizes.append(0)
+    return sizes[0], sum(sizes[1:])
 
 
 def run_once(output: str, extra: Sequence[str]) -> dict:
@@ -51,9 +57,12 @@ def run_once(output: str, extra: Sequence[str]) -> dict:
     started = time.time()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     watched = psutil.Process(child.pid)
-    peak = 0
+    peak = driver_peak = workers_peak = 0
     while child.poll() is None:
-        peak = max(peak, _tree_rss(watched))
+        driver, workers = _tree_rss(watched)
+        peak = max(peak, driver + workers)
+        driver_peak = max(driver_peak, driver)
+        workers_peak = max(workers_peak, workers)
         time.sleep(0.1)
     wall = time.time() - started
     stdout = child.stdout.read().decode("utf-8")
@@ -67,6 +76,8 @@ def run_once(output: str, extra: Sequence[str]) -> dict:
         "events_per_s": events / wall,
         "examples": manifest["examples_total"],
         "peak_rss_mb": peak / 2**20,
+        "driver_peak_mb": driver_peak / 2**20,
+        "workers_peak_mb": workers_peak / 2**20,
         "job_wall_s": manifest["wall_seconds"],
     }
 
@@ -84,12 +95,16 @@ def main(argv: Sequence[str] = None) -> List[dict]:
         f"machine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GB, "
         f"Python {platform.python_version()}; build args: {' '.join(args.extra) or '(defaults)'}"
     )
-    print("| run | wall s | events | events/s | examples | peak RSS (all processes) MB |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| run | wall s | events | events/s | examples | peak RSS (all processes) MB "
+        "| driver peak MB | workers peak MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for index, row in enumerate(rows, start=1):
         print(
             f"| {index} | {row['wall_s']:.1f} | {row['events']:,} | {row['events_per_s']:,.0f} "
-            f"| {row['examples']:,} | {row['peak_rss_mb']:,.0f} |"
+            f"| {row['examples']:,} | {row['peak_rss_mb']:,.0f} | {row['driver_peak_mb']:,.0f} "
+            f"| {row['workers_peak_mb']:,.0f} |"
         )
     return rows
 
