@@ -3,8 +3,10 @@
 Graph (any runner; DirectRunner with 2 processes here, Dataflow/Flink/Spark by options):
 
     adapter ─> events ─┬─> vocab counts ─> Vocabularies (side input) ─> vocab files
-                       ├─> [max_users filter] ─> GroupByKey(user) ─> build_user_examples
-                       │        └─> {train,valid,test}/{rec,search}-*.tfrecord.gz
+                       ├─> [max_users filter] ─> GroupByKey(user shard) ─> per shard: its
+                       │     users in hash order ─> build_user_examples, streamed into
+                       │     {train,valid,test}/{rec,search}-SSSSS-of-NNNNN.tfrecord.gz
+                       │     (ordered_write.UserShardFiles) ─> training examples ─> co-occurrence
                        └─> rejected rows ─> rejected/rejected-*.jsonl
     counters from every stage ─> _stats.json ─> manifest.json (written by the driver)
 
@@ -236,6 +238,40 @@ class BuildUserExamples(beam.DoFn):
             LOG.info("built examples for %d users in this worker", self._users)
 
 
+class BuildUserShard(beam.DoFn):
+    """(shard, [event tuples of the shard's users, None markers]) -> the shard's example
+    files, one per split and scenario (ordered_write.UserShardFiles); the training examples
+    (split, scenario, serialized) on the main output, for the co-occurrence tables; STATS and
+    REJECTED as BuildUserExamples.
+
+    Users are built in the order of their hash and each user's examples in the builder's
+    order, so the files depend on the events alone, not on the order the runner delivers
+    them. A worker holds one shard's events and one user's examples at a time."""
+
+    def __init__(self, options: sb.BuildOptions, prefixes: Dict, suffix: str):
+        self._builder = BuildUserExamples(options)
+        self._prefixes = prefixes
+        self._suffix = suffix
+
+    def process(self, element, vocab: sb.Vocabularies, num_shards: int, last_day=None):
+        shard, rows = element
+        by_user: Dict[str, list] = collections.defaultdict(list)
+        for row in rows:
+            if row is not None:
+                by_user[row[0]].append(row)
+        order = sorted(by_user, key=lambda user: (ordered_write.user_hash(user), user))
+        with ordered_write.UserShardFiles(self._prefixes, shard, num_shards, self._suffix) as files:
+            for user in order:
+                for out in self._builder.process((user, by_user.pop(user)), vocab, last_day):
+                    if isinstance(out, beam.pvalue.TaggedOutput):
+                        yield out
+                        continue
+                    split, scenario, record = out
+                    files.write((split, scenario), record)
+                    if split == sb.SPLIT_TRAIN:
+                        yield out
+
+
 class MapSideRows(beam.DoFn):
     """Side-feature rows with raw ids -> dense ids; rows for ids the events never use counted."""
 
@@ -277,8 +313,12 @@ def build_pipeline(
     num_shards: int = 0,
     layout: str = LAYOUT_JOB,
     cooccurrence_top_k: int = cooccurrence_tables.DEFAULT_TOP_K,
+    users_per_shard: int = ordered_write.DEFAULT_USERS_PER_SHARD,
 ) -> None:
-    """Adds the whole job to `pipeline` (the caller runs it)."""
+    """Adds the whole job to `pipeline` (the caller runs it).
+
+    num_shards: files per split and scenario, each holding the examples of one shard of the
+    users (0 = one shard per `users_per_shard` users)."""
     events = adapter_output.events
     stats: List = list(adapter_output.stats)
 
@@ -331,41 +371,44 @@ def build_pipeline(
         )
         _add_time_split_report(events, last_day, output_dir, stats)
 
+    # Users, not examples, are sharded (ordered_write.UserShardFiles): only events cross a
+    # shuffle, and each shard streams its examples into its own files, the same on every run.
+    ordered_write.shard_count(0, num_shards, users_per_shard)  # bad values fail before running
+    shard_total = vocab | "UserShardCount" >> beam.Map(
+        lambda v: ordered_write.shard_count(len(v.users), num_shards, users_per_shard)
+    )
+    shards = beam.pvalue.AsSingleton(shard_total)
+    # (shard, None) markers: every shard's files exist, even a shard without users.
+    every_shard = shard_total | "EveryUserShard" >> beam.FlatMap(
+        lambda n: [(i, None) for i in range(n)]
+    )
+    keyed = events | "KeyByUserShard" >> beam.Map(
+        lambda e, n: (ordered_write.user_shard(e.user_id, n), common.event_to_tuple(e)), shards
+    )
+    prefixes = {
+        (split, scenario): example_prefix(output_dir, split, scenario, layout)
+        for split in sb.SPLITS
+        for scenario in es.SCENARIOS
+    }
     built = (
-        events
-        | "KeyByUser" >> beam.Map(lambda e: (e.user_id, common.event_to_tuple(e)))
-        | "GroupByUser" >> beam.GroupByKey()
-        | "BuildExamples"
+        (keyed, every_shard)
+        | "WithEveryUserShard" >> beam.Flatten()
+        | "GroupByUserShard" >> beam.GroupByKey()
+        | "BuildAndWriteShards"
         >> beam.ParDo(
-            BuildUserExamples(options),
+            BuildUserShard(options, prefixes, EXAMPLE_FILE_SUFFIX),
             beam.pvalue.AsSingleton(vocab),
+            shards,
             **({"last_day": last_day} if last_day is not None else {}),
-        ).with_outputs(common.STATS, common.REJECTED, main="examples")
+        ).with_outputs(common.STATS, common.REJECTED, main="train_examples")
     )
     stats.append(built[common.STATS])
     # The Trainer's co-occurrence tables, top K per item (pipeline/cooccurrence_tables.py).
     stats.append(
         cooccurrence_tables.add_tables(
-            built.examples, vocab, options, output_dir, cooccurrence_top_k
+            built.train_examples, vocab, options, output_dir, cooccurrence_top_k
         )
     )
-
-    partitions = [(split, scenario) for split in sb.SPLITS for scenario in es.SCENARIOS]
-    parts = built.examples | "PartitionBySplit" >> beam.Partition(
-        lambda ex, n: partitions.index((ex[0], ex[1])), len(partitions)
-    )
-    for (split, scenario), part in zip(partitions, parts):
-        label = f"{split}_{scenario}"
-        (
-            part
-            | f"Bytes_{label}" >> beam.Map(lambda ex: ex[2])
-            | f"Write_{label}"
-            >> ordered_write.WriteOrderedTFRecords(
-                example_prefix(output_dir, split, scenario, layout),
-                EXAMPLE_FILE_SUFFIX,
-                num_shards=num_shards,
-            )
-        )
 
     rejected = (*adapter_output.rejected, built[common.REJECTED]) | "AllRejected" >> beam.Flatten()
     (

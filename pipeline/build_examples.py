@@ -100,8 +100,9 @@ def _parser() -> argparse.ArgumentParser:
         "--num_shards",
         type=int,
         default=0,
-        help="TFRecord shards per split and scenario (0 = one per 10,000 examples); "
-        "the files are the same on every run either way",
+        help="TFRecord shards per split and scenario, each holding the examples of one "
+        "shard of the users (0 = one per 4,000 users); the files are the same on every "
+        "run either way",
     )
     build.add_argument(
         "--cooccurrence_top_k",

@@ -31,7 +31,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from feature_specs import event_schema as es
 from feature_specs import example_schema as fs
 from feature_specs.data_spec import Candidates, DataSpec, ExampleCounts, VocabSizes
-from pipeline import beam_job, build_examples
+from pipeline import beam_job, build_examples, ordered_write
 from pipeline import sequence_builder as sb
 from pipeline.adapters import amazon, event_log, kuaisar
 
@@ -1173,6 +1173,43 @@ def test_amazon_files_do_not_depend_on_the_input_line_order(amazon_runs, amazon_
     assert example_file_contents(output_dir) == example_file_contents(first_dir)
     for name in ("users", "items", "words"):
         assert read_vocab(str(output_dir), name) == read_vocab(first_dir, name)
+
+
+@pytest.mark.slow
+def test_each_user_shard_holds_its_users_examples_in_hash_order(amazon_files, tmp_path):
+    """The files are per shard of the users (pipeline.ordered_write.UserShardFiles): every
+    example of a user is in the files of the user's shard, users in hash order, each user's
+    examples together; every shard has its file for each split and scenario."""
+    inputs = amazon.AmazonInputs(
+        sequences=amazon_files[0],
+        attributes=amazon_files[1],
+        search_fraction=0.5,
+        query_min_item_frequency=AMAZON_MIN_FREQUENCY,
+        seed=0,
+    )
+    output_dir = str(tmp_path / "out")
+    manifest = beam_job.run(
+        lambda pipeline: amazon.read(pipeline, inputs),
+        amazon_options(0),
+        output_dir,
+        dataset="amazon",
+        inputs={},
+        beam_args=IN_MEMORY,
+        num_shards=3,
+    )
+    users = read_vocab(output_dir, "users")
+    contents = example_file_contents(output_dir)
+    assert len(contents) == 6 * 3 and all("-of-00003" in path for path in contents)
+    seen = collections.Counter()
+    for path, records in contents.items():
+        shard = int(path.rsplit("-of-", 1)[0][-5:])
+        order = [users[decode(record)[fs.USER_ID][0] - 1] for record in records]
+        assert all(ordered_write.user_shard(user, 3) == shard for user in order), path
+        keys = [(ordered_write.user_hash(user), user) for user in order]
+        assert keys == sorted(keys), path
+        seen.update(order)
+    assert sum(seen.values()) == manifest["examples_total"]
+    assert len(seen) == manifest["counters"]["users"]
 
 
 @pytest.mark.slow  # runs the Beam job several times

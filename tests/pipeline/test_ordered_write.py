@@ -1,6 +1,8 @@
 """pipeline.ordered_write: TFRecord files that depend on the records, not on their order."""
 
+import collections
 import gzip
+import hashlib
 import os
 import random
 
@@ -102,3 +104,46 @@ def test_rewriting_a_shard_replaces_it(tmp_path):
     assert ordered_write.write_shard(path, [b"new"]) == 1
     assert read(path) == [b"new"]
     assert os.listdir(tmp_path) == ["part-00000-of-00001.tfrecord.gz"]
+
+
+# --- user shards: the data job's files --------------------------------------------------------
+
+
+def test_user_shard_is_stable_and_spreads_users():
+    digest = hashlib.blake2b("user 7".encode("utf-8"), digest_size=8).digest()
+    assert ordered_write.user_hash("user 7") == int.from_bytes(digest, "little")
+    counts = collections.Counter(ordered_write.user_shard(f"u{i}", 4) for i in range(4000))
+    assert sorted(counts) == [0, 1, 2, 3]
+    assert all(900 <= n <= 1100 for n in counts.values()), counts
+
+
+def test_user_shard_files_write_one_file_per_key_even_empty(tmp_path):
+    prefixes = {("train", "rec"): str(tmp_path / "train" / "rec"), "other": str(tmp_path / "o")}
+    with ordered_write.UserShardFiles(prefixes, 1, 3, ".tfrecord.gz") as files:
+        files.write(("train", "rec"), b"a")
+        files.write(("train", "rec"), b"b")
+    assert files.counts == {("train", "rec"): 2, "other": 0}
+    assert read(str(tmp_path / "train" / "rec-00001-of-00003.tfrecord.gz")) == [b"a", b"b"]
+    assert read(str(tmp_path / "o-00001-of-00003.tfrecord.gz")) == []
+    assert sorted(os.listdir(tmp_path)) == ["o-00001-of-00003.tfrecord.gz", "train"]
+
+
+def test_a_failed_user_shard_leaves_no_file_and_the_previous_one_intact(tmp_path):
+    prefix = str(tmp_path / "part")
+    path = str(tmp_path / "part-00000-of-00001.tfrecord.gz")
+    ordered_write.write_shard(path, [b"previous"])
+    with pytest.raises(RuntimeError, match="boom"):
+        with ordered_write.UserShardFiles({"k": prefix}, 0, 1, ".tfrecord.gz") as files:
+            files.write("k", b"half")
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == ["part-00000-of-00001.tfrecord.gz"]
+    assert read(path) == [b"previous"]
+
+
+def test_user_shard_files_refuse_a_bad_shard_or_key(tmp_path):
+    with pytest.raises(ValueError, match="shard 3 of 3"):
+        ordered_write.UserShardFiles({"k": str(tmp_path / "p")}, 3, 3, ".gz")
+    with pytest.raises(KeyError, match="'nope': no file for it"):
+        with ordered_write.UserShardFiles({"k": str(tmp_path / "p")}, 0, 1, ".gz") as files:
+            files.write("nope", b"x")
+    assert os.listdir(tmp_path) == []
