@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from serving import profile_request as profile
 from serving.client import ScoringRequestError, UniSARClient
 from serving.server import StandInServer
 
@@ -105,3 +106,28 @@ def test_real_tf_serving_scores_equal_the_in_process_model(pushed):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.slow  # exports and loads a SavedModel
+def test_profile_of_an_export_names_its_layers_and_serving_parts(pushed):
+    model_base_path, raw, _ = pushed
+    session, signatures = profile.load_session(os.path.join(model_base_path, "1"), threads=1)
+    signature = signatures["recommend"]
+    rows = len(raw["user_id"])
+    requests = [
+        {name: value[row : row + 1] for name, value in raw.items() if name in signature.inputs}
+        for row in range(rows)
+    ]
+    result = profile.profile_signature(session, signature, requests, traced=2)
+    assert len(result["wall_ms"]) == rows and min(result["wall_ms"]) > 0
+    components = result["components"]
+    # The small model's layers show up by name, next to the serving parts around them.
+    assert {"experts", "rec_encoder", profile.VOCABULARY, profile.EXECUTOR} <= set(components)
+    assert all(c["nodes"] >= 1 and c["ms"] >= 0 for c in components.values())
+    table = profile.markdown("recommend", result)
+    total_nodes = sum(c["nodes"] for c in components.values())
+    assert f"### recommend: {total_nodes:.0f} nodes run per request" in table
+    assert table.count("\n| ") == len(components) + 1  # header + one row per component
+    shares = [float(line.rsplit("|", 2)[1].strip(" %")) for line in table.splitlines()[4:]]
+    assert sum(shares) == pytest.approx(100.0, abs=0.1 * len(shares))
+    assert np.all(np.diff(shares) <= 0)  # largest first
