@@ -136,7 +136,9 @@ class CountBatch(beam.DoFn):
             starts = np.flatnonzero(np.r_[True, left[1:] != left[:-1]]) if len(left) else []
             ends = np.r_[starts[1:], len(left)] if len(left) else []
             for start, end in zip(starts, ends):
-                yield (name, int(left[start])), (right[start:end], count[start:end])
+                # Copies: a slice would keep the whole batch's arrays alive in the combiner.
+                chunk = (right[start:end].copy(), count[start:end].copy())
+                yield (name, int(left[start])), chunk
 
 
 def _compact(chunks: Iterable[Tuple[np.ndarray, np.ndarray]]) -> Tuple[np.ndarray, np.ndarray]:
@@ -165,6 +167,10 @@ class MergeNeighbours(beam.CombineFn):
 
     def merge_accumulators(self, accumulators):
         return [_compact(chunk for chunks in accumulators for chunk in chunks)]
+
+    def compact(self, chunks):
+        # Before the shuffle: one array pair per item instead of one per batch.
+        return [_compact(chunks)] if len(chunks) > 1 else chunks
 
     def extract_output(self, chunks):
         return _compact(chunks)

@@ -1717,3 +1717,16 @@ def test_a_far_future_timestamp_under_the_time_split_is_warned_about_and_recorde
         f"events because of timestamp {FAR_FUTURE} in {events}, line 9"
     )
     assert report["warning"] in [record.getMessage() for record in caplog.records]
+
+
+def test_the_malloc_arena_cap_reaches_the_local_workers_and_is_undone(monkeypatch):
+    """The local runner's workers inherit MALLOC_ARENA_MAX while the job runs; a value the
+    user set stays, and the environment is as before afterwards."""
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    with beam_job._capped_malloc_arenas():
+        assert os.environ["MALLOC_ARENA_MAX"] == str(beam_job.MALLOC_ARENAS)
+    assert "MALLOC_ARENA_MAX" not in os.environ
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    with beam_job._capped_malloc_arenas():
+        assert os.environ["MALLOC_ARENA_MAX"] == "4"
+    assert os.environ["MALLOC_ARENA_MAX"] == "4"
