@@ -177,10 +177,13 @@ class MergeNeighbours(beam.CombineFn):
 
 
 def _prune(element, top_k: int):
-    """((table, left), (rights, counts)) -> (table, left, full row sum, kept rights, counts)."""
+    """((table, left), (rights, counts)) -> (table, (left, full row sum, kept rows)), the kept
+    rows as the bytes of an int64 (n, 3) array of (left, right, count): all rows of a table
+    meet in one worker, where bytes cost a fraction of arrays and their pickles."""
     (name, left), (right, count) = element
     _, kept_right, kept_count = cc.top_k_pairs(np.full(len(right), left), right, count, top_k)
-    return name, left, int(count.sum()), kept_right, kept_count
+    rows = np.stack([np.full(len(kept_right), left), kept_right, kept_count], axis=1)
+    return name, (left, int(count.sum()), rows.astype(np.int64).tobytes())
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -189,32 +192,38 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-class WriteTables(beam.DoFn):
-    """All pruned rows -> the artifact's .npy files; yields the kept sizes on STATS."""
+def _npy_header(rows: int) -> bytes:
+    """The header np.save writes for an int64 (rows, 3) array, so that the rows can follow
+    it item by item instead of as one array."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": np.dtype(np.int64).str, "fortran_order": False, "shape": (rows, 3)}
+    )
+    return buffer.getvalue()
+
+
+class WriteTable(beam.DoFn):
+    """(table, its pruned rows and a None marker) -> the table's two .npy files, rows in item
+    order and written item by item; yields the kept size on STATS."""
 
     def __init__(self, output_dir: str):
         self._output_dir = output_dir
 
-    def process(self, rows, vocab):
-        num_items = len(vocab.items) + 1
+    def process(self, element, vocab):
+        name, values = element
         files = cc.artifact_files()
-        for name in cc.TABLE_NAMES:
-            mine = sorted((row for row in rows if row[0] == name), key=lambda row: row[1])
-            table = np.zeros((0, 3), np.int64)
-            if mine:
-                table = np.concatenate(
-                    [
-                        np.stack([np.full(len(right), left), right, count], axis=1)
-                        for _, left, _, right, count in mine
-                    ]
-                ).astype(np.int64)
-            totals = np.zeros(num_items, np.int64)
-            for _, left, total, _, _ in mine:
-                totals[left] = total
-            for key, array in ((name, table), (f"{name}_totals", totals)):
-                with FileSystems.create(os.path.join(self._output_dir, files[key])) as handle:
-                    handle.write(_npy_bytes(array))
-            yield beam.pvalue.TaggedOutput(common.STATS, (f"{STATS_PREFIX}{name}", len(table)))
+        mine = sorted((v for v in values if v is not None), key=lambda v: v[0])
+        kept = sum(len(rows) for _, _, rows in mine) // (3 * 8)
+        with FileSystems.create(os.path.join(self._output_dir, files[name])) as handle:
+            handle.write(_npy_header(kept))
+            for _, _, rows in mine:
+                handle.write(rows)
+        totals = np.zeros(len(vocab.items) + 1, np.int64)
+        for left, total, _ in mine:
+            totals[left] = total
+        with FileSystems.create(os.path.join(self._output_dir, files[f"{name}_totals"])) as handle:
+            handle.write(_npy_bytes(totals))
+        yield beam.pvalue.TaggedOutput(common.STATS, (f"{STATS_PREFIX}{name}", kept))
 
 
 def add_tables(examples, vocab, options, output_dir: str, top_k: int):
@@ -236,9 +245,16 @@ def add_tables(examples, vocab, options, output_dir: str, top_k: int):
         )
         | "CoocSumPerItem" >> beam.CombinePerKey(MergeNeighbours())
         | "CoocTopK" >> beam.Map(_prune, top_k=top_k)
-        | "CoocGather" >> beam.combiners.ToList()
+    )
+    # One group per table (a None marker each, so an empty table is written too): a
+    # table's rows are held once, in the worker that writes it.
+    markers = written.pipeline | "CoocTables" >> beam.Create([(n, None) for n in cc.TABLE_NAMES])
+    written = (
+        (written, markers)
+        | "CoocWithEveryTable" >> beam.Flatten()
+        | "CoocGather" >> beam.GroupByKey()
         | "CoocWrite"
-        >> beam.ParDo(WriteTables(output_dir), vocab_side).with_outputs(common.STATS, main="unused")
+        >> beam.ParDo(WriteTable(output_dir), vocab_side).with_outputs(common.STATS, main="unused")
     )
     return written[common.STATS]
 
