@@ -8,10 +8,10 @@ mapped through the same vocabulary), so the Trainer never reads the training spl
 
     train examples ─> BatchElements ─> count pairs per batch (NumPy) ─> (table, left item),
     (right ids, counts) ─> CombinePerKey (sums per left item) ─> top K per left item
-    ─> gathered once ─> <output>/cooccurrence/{pairs,transitions}{,_totals}.npy
+    ─> GroupByKey(table) ─> <output>/cooccurrence/{pairs,transitions}{,_totals}.npy
 
 Counting and pruning are distributed (keyed by left item); only the pruned table, O(items x
-K), reaches the one writer. Totals are each item's full row sum, before pruning. The files
+K), reaches its one writer, as bytes. Totals are each item's full row sum, before pruning. The files
 are .npy (no pickle), rows sorted: the same bytes on every run whatever the batching.
 """
 
