@@ -90,23 +90,25 @@ def analyze(
     from tfx_bsl.public import tfxio
 
     from feature_specs import ID_FORMAT_RAW
+    from feature_specs.data_spec import DataSpec
     from feature_specs.layout import MANIFEST_FILE
     from pipeline.components.validation import schema_for_transform
 
-    with tf.io.gfile.GFile(os.path.join(data_dir, MANIFEST_FILE)) as handle:
-        manifest = json.load(handle)
-    if manifest.get("id_format") != ID_FORMAT_RAW:
+    path = os.path.join(data_dir, MANIFEST_FILE)
+    with tf.io.gfile.GFile(path) as handle:
+        spec = DataSpec.from_manifest(json.load(handle), path)
+    if spec.id_format != ID_FORMAT_RAW:
         raise ValueError(
-            f"{data_dir}: id_format is {manifest.get('id_format', 'ids')!r}; "
+            f"{data_dir}: id_format is {spec.id_format!r}; "
             f"Transform analyzes raw-id examples (build with --id_format raw)"
         )
     with tf.io.gfile.GFile(os.path.join(data_dir, "schema.pbtxt")) as handle:
         schema = schema_for_transform(text_format.Parse(handle.read(), schema_pb2.Schema()))
     patterns = [
-        os.path.join(data_dir, manifest["files"][f"{split}/{scenario}"])
+        os.path.join(data_dir, spec.files[f"{split}/{scenario}"])
         for split in splits
         for scenario in ("rec", "search")
-        if manifest["examples"][split].get(scenario)
+        if spec.examples.count(split, scenario)
     ]
     examples = tfxio.TFExampleRecord(file_pattern=patterns, schema=schema)
     with (

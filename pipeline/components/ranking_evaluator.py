@@ -215,9 +215,9 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
     transform_dir = transform_graph.uri if transform_graph else None
     # Raw-id examples: the baselines count items by Transform's ids; the models map the
     # same raw examples with the graph inside their serving_default signature.
-    manifest = reader.load_manifest(data_dir, transform_dir)
-    tasks = [t for t in ("rec", "search") if manifest["examples"][split].get(t)]
-    width = manifest["shapes"]["eval_candidates"]
+    manifest = reader.load_spec(data_dir, transform_dir)
+    tasks = [t for t in ("rec", "search") if manifest.examples.count(split, t)]
+    width = manifest.candidates.eval
     # Every score matrix below has row i = list i in file order, so they pair up.
     candidate_scores = saved_model_scores(
         path_utils.serving_model_path(model.uri), data_dir, split, tasks
@@ -226,7 +226,7 @@ def RankingEvaluator(  # noqa: N802 (TFX component names are classes)
         data_dir,
         split,
         manifest,
-        manifest["vocab_sizes"]["items"] + 1,
+        manifest.vocab_sizes.item_table,
         tasks,
         transform_dir=transform_dir,
     )

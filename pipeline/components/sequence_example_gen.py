@@ -57,6 +57,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from feature_specs import event_schema as es
+from feature_specs.data_spec import DataSpec
 from pipeline import beam_job, build_examples
 from pipeline import sequence_builder as sb
 from pipeline.adapters import registry
@@ -199,25 +200,26 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
 
 def describe_examples(
-    examples: types.Artifact, manifest: dict, fingerprint: Optional[str] = None
+    examples: types.Artifact, manifest: "dict | DataSpec", fingerprint: Optional[str] = None
 ) -> None:
     """Split names, formats and the manifest's counts on the Examples artifact."""
+    spec = DataSpec.of(manifest)
     examples.split_names = artifact_utils.encode_split_names(SPLIT_NAMES)
     examples.span = 0
     examples_utils.set_payload_format(examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
     examples_utils.set_file_format(examples, "tfrecords_gzip")
-    for split, by_scenario in manifest["examples"].items():
+    for split, by_scenario in spec.examples.by_split.items():
         for scenario, count in by_scenario.items():
             examples.set_int_custom_property(
                 f"examples_{beam_job.tfx_split_name(split, scenario)}", count
             )
-    examples.set_int_custom_property("examples_total", manifest["examples_total"])
-    examples.set_int_custom_property("rejected_total", manifest["rejected_total"])
-    for reason, count in sorted(manifest["rejected"].items()):
+    examples.set_int_custom_property("examples_total", spec.examples_total)
+    examples.set_int_custom_property("rejected_total", spec.rejected_total)
+    for reason, count in sorted(spec.rejected.items()):
         examples.set_int_custom_property(f"rejected_{reason}", count)
-    for name, size in manifest["vocab_sizes"].items():
+    for name, size in spec.vocab_sizes.as_dict().items():
         examples.set_int_custom_property(f"vocab_{name}", size)
-    examples.set_string_custom_property("dataset", manifest["dataset"])
+    examples.set_string_custom_property("dataset", spec.dataset)
     examples.set_string_custom_property(
         "manifest", os.path.join(examples.uri, beam_job.MANIFEST_FILE)
     )

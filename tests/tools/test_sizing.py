@@ -142,11 +142,21 @@ def _tiny_build(root):
         "examples": {
             s: {"rec": n, "search": 0} for s, n in (("train", 2), ("valid", 1), ("test", 1))
         },
-        "shapes": {"train_candidates": 5, "train_negative_pool": 20, "eval_candidates": 100},
+        "shapes": {
+            "rec_len": 50,
+            "search_len": 30,
+            "query_len": 8,
+            "clicks_per_session": 1,
+            "train_candidates": 5,
+            "train_negative_pool": 20,
+            "eval_candidates": 100,
+        },
         "files": files,
         "id_format": "ids",
         "cooccurrence": {
             "top_k": 0,
+            "pairs": 4,
+            "transitions": 1,
             "files": {
                 "pairs": "cooccurrence/pairs.npy",
                 "pairs_totals": "cooccurrence/pairs_totals.npy",

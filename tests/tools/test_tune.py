@@ -9,6 +9,8 @@ import pytest
 from helpers.datasets import POOL, STEPS
 from helpers.model import TINY
 
+from feature_specs import SequenceShapes
+from feature_specs.data_spec import Candidates, DataSpec, VocabSizes
 from unisar_tf.data import reader
 from unisar_tf.tools import tune
 from unisar_tf.train import cli
@@ -165,9 +167,17 @@ def test_other_settings_on_the_same_out_dir_are_refused(searched, capsys):
     assert "holds a search with other settings" in capsys.readouterr().err
 
 
+def _spec(train_negative_pool: int) -> DataSpec:
+    return DataSpec(
+        vocab_sizes=VocabSizes(users=3, items=5, words=2),
+        shapes=SequenceShapes(rec_len=4, search_len=4, query_len=3, clicks_per_session=1),
+        candidates=Candidates(train=5, eval=100, train_negative_pool=train_negative_pool),
+    )
+
+
 def test_the_space_caps_negatives_and_checks_the_choices():
     settings = tune.SearchSettings(data_dir="d", out_dir="o")
-    space, notes = tune.search_space(settings, {"shapes": {"train_negative_pool": 12}})
+    space, notes = tune.search_space(settings, _spec(train_negative_pool=12))
     assert {hp.name: list(hp.values) for hp in space.space} == {
         "learning_rate": [3e-4, 1e-3, 3e-3],
         "dropout": [0.0, 0.1, 0.2, 0.3],
@@ -177,7 +187,7 @@ def test_the_space_caps_negatives_and_checks_the_choices():
     assert notes == [
         "num_train_negatives [4, 10, 20] capped at the data's pool of 12: " "[4, 10, 12]"
     ]
-    space, notes = tune.search_space(settings, {"shapes": {}})  # no pool: fixed negatives
+    space, notes = tune.search_space(settings, _spec(0))  # no pool: fixed negatives
     assert [hp.name for hp in space.space] == ["learning_rate", "dropout", "embedding_dim"]
     assert "not searched" in notes[0]
     for bad, match in (
@@ -187,11 +197,9 @@ def test_the_space_caps_negatives_and_checks_the_choices():
         ({"learning_rate": [0.0]}, "learning rates"),
     ):
         with pytest.raises(ValueError, match=match):
-            tune.search_space(tune.SearchSettings("d", "o", space=bad), {"shapes": {}})
+            tune.search_space(tune.SearchSettings("d", "o", space=bad), _spec(0))
     with pytest.raises(ValueError, match="are searched"):
-        tune.search_space(
-            tune.SearchSettings("d", "o", base_overrides={"dropout": 0.5}), {"shapes": {}}
-        )
+        tune.search_space(tune.SearchSettings("d", "o", base_overrides={"dropout": 0.5}), _spec(0))
 
 
 def test_tuner_fn_returns_the_same_search_for_tfx(searched, tmp_path):

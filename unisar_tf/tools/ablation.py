@@ -214,8 +214,8 @@ def bar_chart(rows: List[dict], path: str, title: str) -> None:
 def run(args: argparse.Namespace) -> dict:
     tf.io.gfile.makedirs(args.out_dir)
     variants = variant_overrides(args.variants, args.variant_set)
-    manifest = reader.load_manifest(args.data_dir)
-    num_items = manifest["vocab_sizes"]["items"] + 1
+    manifest = reader.load_spec(args.data_dir)
+    num_items = manifest.vocab_sizes.item_table
     baselines = baseline_metrics(args.data_dir, "test", manifest, num_items)
     budget = (
         f"max {args.max_epochs} epochs"

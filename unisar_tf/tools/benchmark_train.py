@@ -61,8 +61,8 @@ def measure(
             data_dir=data_dir, model_dir="/tmp/unused", seed=seed, transform_dir=transform_dir
         ),
     )
-    config, manifest = trainer.config, trainer.manifest
-    counts = manifest["examples"]["train"]
+    config, manifest = trainer.config, trainer.spec
+    counts = manifest.examples.split("train")
     bank = query_bank(data_dir, manifest)
     dataset = training_dataset(config, data_dir, manifest, bank, seed, epoch=0)
     step = trainer._make_train_step(dataset.element_spec)

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from typing import Dict, List, Optional
 
+from feature_specs.data_spec import DataSpec
 from unisar_tf import logs
 from unisar_tf.config import kuaisar_preset
 from unisar_tf.data.synthetic import generate_synthetic_data, write_data_dir
@@ -65,11 +66,12 @@ def run_demo(
         data_dir, model_dir = os.path.join(root, "data"), os.path.join(root, "model")
         manifest = write_data_dir(data, config, data_dir, seed=seed)
         if verbose:
-            counts = manifest["examples"]
+            counts = DataSpec.of(manifest).examples
             print(
-                f"synthetic data in {data_dir}: {counts['train']['rec']} rec + "
-                f"{counts['train']['search']} search training examples, "
-                f"{counts['test']['rec']} + {counts['test']['search']} test examples (1 "
+                f"synthetic data in {data_dir}: {counts.count('train', 'rec')} rec + "
+                f"{counts.count('train', 'search')} search training examples, "
+                f"{counts.count('test', 'rec')} + {counts.count('test', 'search')} test "
+                "examples (1 "
                 f"positive + {config.num_eval_negatives} negatives)",
                 flush=True,
             )

@@ -33,6 +33,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from feature_specs.data_spec import DataSpec
+
 MB = 1e6
 GB = 1e9
 TB = 1e12
@@ -469,30 +471,38 @@ def tfrecord_sizes(paths: Sequence[str]) -> Tuple[int, int, int]:
     return records, record_bytes, file_bytes
 
 
-def _example_paths(data_dir: str, manifest: dict, split: str) -> List[str]:
+def _example_paths(data_dir: str, spec: DataSpec, split: str) -> List[str]:
     paths: List[str] = []
-    for key, pattern in sorted(manifest.get("files", {}).items()):
+    for key, pattern in sorted((spec.files or {}).items()):
         if key.split("/")[0] == split:
             paths += sorted(glob.glob(os.path.join(data_dir, pattern)))
     return paths
 
 
+def _table_files(data_dir: str) -> Dict[str, str]:
+    """The build's co-occurrence files (key -> path relative to data_dir)."""
+    spec = DataSpec.load(data_dir)
+    if spec.cooccurrence is None:
+        raise ValueError(
+            f"{data_dir}/manifest.json names no co-occurrence tables: build it with this "
+            "project's data job (pipeline.build_examples), --cooccurrence_top_k 0 for all pairs"
+        )
+    return dict(spec.cooccurrence.files)
+
+
 def calibrate(data_dir: str, name: str = "") -> BuildConstants:
     """A build's per-unit figures: its manifest, its TFRecord files, its co-occurrence .npy
     files (all pairs only when it was built with --cooccurrence_top_k 0)."""
-    with open(os.path.join(data_dir, "manifest.json")) as handle:
-        manifest = json.load(handle)
-    examples = manifest["examples"]
-    shapes = manifest["shapes"]
+    spec = DataSpec.load(data_dir)
+    examples = spec.examples.by_split if spec.examples else {}
     sizes = {}
     for split in ("train", "valid", "test"):
-        sizes[split] = tfrecord_sizes(_example_paths(data_dir, manifest, split))
+        sizes[split] = tfrecord_sizes(_example_paths(data_dir, spec, split))
     train_n, train_bytes, train_file = sizes["train"]
     eval_n = sizes["valid"][0] + sizes["test"][0]
     eval_bytes = sizes["valid"][1] + sizes["test"][1]
     file_bytes = train_file + sizes["valid"][2] + sizes["test"][2]
-    table = manifest.get("cooccurrence") or {}
-    files = table.get("files", {})
+    files = spec.cooccurrence.files if spec.cooccurrence else {}
 
     def load(key):
         return np.load(os.path.join(data_dir, files[key]), allow_pickle=False)
@@ -503,18 +513,20 @@ def calibrate(data_dir: str, name: str = "") -> BuildConstants:
     return BuildConstants(
         name=name or os.path.basename(os.path.normpath(data_dir)),
         source=f"--calibrate {data_dir}",
-        users=int(manifest["vocab_sizes"]["users"]),
-        items=int(manifest["vocab_sizes"]["items"]),
-        words=int(manifest["vocab_sizes"]["words"]),
-        events=int(manifest["counters"]["events"]),
-        train_examples=int(sum(examples["train"].values())),
-        eval_examples=int(sum(examples["valid"].values()) + sum(examples["test"].values())),
+        users=spec.vocab_sizes.users,
+        items=spec.vocab_sizes.items,
+        words=spec.vocab_sizes.words,
+        events=spec.counters_get("events"),
+        train_examples=int(sum(examples.get("train", {}).values())),
+        eval_examples=int(
+            sum(examples.get("valid", {}).values()) + sum(examples.get("test", {}).values())
+        ),
         train_example_bytes=train_bytes / max(train_n, 1),
         eval_example_bytes=eval_bytes / max(eval_n, 1),
         gzip_ratio=file_bytes / max(train_bytes + eval_bytes, 1),
-        train_id_slots=int(shapes["train_candidates"]) + int(shapes.get("train_negative_pool", 0)),
-        eval_id_slots=int(shapes["eval_candidates"]),
-        top_k=int(table.get("top_k", 0)),
+        train_id_slots=spec.candidates.train + spec.candidates.train_negative_pool,
+        eval_id_slots=spec.candidates.eval,
+        top_k=spec.cooccurrence.top_k if spec.cooccurrence else 0,
         pairs_all=int(len(pairs)),
         pair_increments=int(load("pairs_totals").sum()),
         transitions_all=int(len(transitions)),
@@ -522,14 +534,13 @@ def calibrate(data_dir: str, name: str = "") -> BuildConstants:
         items_with_transitions=int(np.count_nonzero(transition_neighbours)),
         pair_shape=distribution_shape(pair_neighbours),
         transition_shape=distribution_shape(transition_neighbours),
-        id_format=manifest.get("id_format", "ids"),
+        id_format=spec.id_format,
     )
 
 
 def pruned_rows(data_dir: str, table: str, top_k: int) -> int:
     """Rows of a K = 0 build's table once each item keeps its top_k: sum of min(K, n_i)."""
-    with open(os.path.join(data_dir, "manifest.json")) as handle:
-        files = json.load(handle)["cooccurrence"]["files"]
+    files = _table_files(data_dir)
     rows = np.load(os.path.join(data_dir, files[table]), allow_pickle=False)
     neighbours = np.bincount(rows[:, 0]) if len(rows) else np.zeros(0, np.int64)
     return int(np.minimum(neighbours, top_k).sum()) if top_k > 0 else int(len(rows))
@@ -544,8 +555,7 @@ def measure_writer_bytes(data_dir: str) -> float:
     from pipeline import cooccurrence_tables as tables
     from unisar_tf.data import cooccurrence_counts as cc
 
-    with open(os.path.join(data_dir, "manifest.json")) as handle:
-        files = json.load(handle)["cooccurrence"]["files"]
+    files = _table_files(data_dir)
     vocab = types.SimpleNamespace(items={})
     tracemalloc.start()
     rows = []
@@ -577,10 +587,9 @@ def measure_combine_bytes(data_dir: str, batch_sizes: Sequence[int] = (256, 4096
 
     from pipeline import cooccurrence_tables as tables
 
-    with open(os.path.join(data_dir, "manifest.json")) as handle:
-        manifest = json.load(handle)
+    spec = DataSpec.load(data_dir)
     records: List[bytes] = []
-    for path in _example_paths(data_dir, manifest, "train"):
+    for path in _example_paths(data_dir, spec, "train"):
         with gzip.open(path, "rb") as handle:
             while len(header := handle.read(12)) == 12:
                 records.append(handle.read(struct.unpack("<Q", header[:8])[0]))
@@ -589,13 +598,11 @@ def measure_combine_bytes(data_dir: str, batch_sizes: Sequence[int] = (256, 4096
         vocab = types.SimpleNamespace(
             items={line.rstrip("\n"): index for index, line in enumerate(handle)}
         )
-    shapes = manifest["shapes"]
+    shapes = spec.shapes
     coder = FastPrimitivesCoder()
     result = {}
     for batch in batch_sizes:
-        count = tables.CountBatch(
-            manifest.get("id_format", "ids"), shapes["search_len"], shapes["clicks_per_session"]
-        )
+        count = tables.CountBatch(spec.id_format, shapes.search_len, shapes.clicks_per_session)
         count.setup()
         elements = coded = 0
         size = batch or len(records)
@@ -640,10 +647,8 @@ def measure_coder_bytes(sequences: str, attributes: str, data_dir: str) -> Dict[
                 event_bytes += len(coder.encode(user))
                 event_bytes += len(coder.encode(common.event_to_tuple(event)))
                 events += 1
-    with open(os.path.join(data_dir, "manifest.json")) as handle:
-        manifest = json.load(handle)
     records = coded = raw = 0
-    for path in _example_paths(data_dir, manifest, "train")[:2]:
+    for path in _example_paths(data_dir, DataSpec.load(data_dir), "train")[:2]:
         with gzip.open(path, "rb") as handle:
             while True:
                 header = handle.read(12)

@@ -46,6 +46,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from feature_specs.data_spec import DataSpec
 from unisar_tf import logs
 from unisar_tf.tools.published_tables import METRICS, PUBLISHED, SOURCE
 
@@ -192,9 +193,10 @@ class ProtocolRun:
         )
 
 
-def check_protocol_build(manifest: dict, data_dir: str) -> None:
+def check_protocol_build(manifest: "dict | DataSpec", data_dir: str) -> None:
     """Refuses a build that is not the protocols' data (rec only, 99 uniform negatives)."""
-    options = manifest.get("build_options", {})
+    spec = DataSpec.of(manifest, os.path.join(data_dir, "manifest.json"))
+    options = spec.build_options or {}
     problems = []
     if options.get("negative_sampler") != "uniform":
         problems.append(
@@ -204,9 +206,12 @@ def check_protocol_build(manifest: dict, data_dir: str) -> None:
         problems.append(f"num_eval_negatives {options.get('num_eval_negatives')} (needs 99)")
     if options.get("split") != "loo":
         problems.append(f"split {options.get('split')!r} (needs 'loo')")
-    if manifest.get("id_format", "ids") != "ids":
-        problems.append(f"id_format {manifest.get('id_format')!r} (needs 'ids')")
-    if any(manifest["examples"][split].get("search") for split in ("train", "valid", "test")):
+    if not spec.id_format_is_ids:
+        problems.append(f"id_format {spec.id_format!r} (needs 'ids')")
+    if any(
+        spec.examples and spec.examples.count(split, "search")
+        for split in ("train", "valid", "test")
+    ):
         problems.append("search examples (needs --search_fraction 0: rec only)")
     if problems:
         raise ValueError(
@@ -289,7 +294,7 @@ def sampled_protocol(run: ProtocolRun, manifest: dict) -> Dict[str, Dict[str, fl
         scores = score_split(model, run.data_dir, "test", "rec", manifest)
         rows[name] = metrics_from_ranks(sampled_ranks(scores), SAMPLED_KS, (5, 10))
     counted = baseline_scores(
-        run.data_dir, "test", manifest, manifest["vocab_sizes"]["items"] + 1, ("rec",)
+        run.data_dir, "test", manifest, DataSpec.of(manifest).vocab_sizes.item_table, ("rec",)
     )
     rows[ITEMKNN] = metrics_from_ranks(
         sampled_ranks(counted["ItemKNN"]["rec"]), SAMPLED_KS, (5, 10)
@@ -297,7 +302,7 @@ def sampled_protocol(run: ProtocolRun, manifest: dict) -> Dict[str, Dict[str, fl
     rows[POPULARITY] = metrics_from_ranks(
         sampled_ranks(counted["popularity"]["rec"]), SAMPLED_KS, (5, 10)
     )
-    width = manifest["shapes"]["eval_candidates"]
+    width = DataSpec.of(manifest).candidates.eval
     rows[RANDOM] = dict(
         random_ranking_metrics(width), **{"NDCG@10 SE": 0.0, "users": rows[UNISAR]["users"]}
     )

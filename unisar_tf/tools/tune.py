@@ -46,6 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import keras_tuner
 import tensorflow as tf
 
+from feature_specs.data_spec import DataSpec
 from unisar_tf import logs
 from unisar_tf.config import PRESETS, preset
 from unisar_tf.data import reader
@@ -95,7 +96,7 @@ def _config_values(overrides: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def search_space(
-    settings: SearchSettings, manifest: dict
+    settings: SearchSettings, manifest: "dict | DataSpec"
 ) -> Tuple[keras_tuner.HyperParameters, List[str]]:
     """(KerasTuner's space for these settings on this data, notes on what the data changed).
 
@@ -121,7 +122,7 @@ def search_space(
         if name == "learning_rate" and values[0] <= 0:
             raise ValueError(f"learning rates must be > 0, got {values}")
         if name == "num_train_negatives":
-            pool = int(manifest["shapes"].get("train_negative_pool", 0))
+            pool = DataSpec.of(manifest).candidates.train_negative_pool
             if not pool:
                 notes.append(
                     "the data has no training negative pool: it trains with its fixed "
