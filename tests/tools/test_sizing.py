@@ -73,7 +73,6 @@ def test_predict_by_hand():
     assert p.example_bytes == 60 * 100 + 40 * 200 == 14_000
     assert p.file_bytes == 7_000
     assert p.shuffle_events == pytest.approx(200 * 90.3)
-    assert p.shuffle_sink == 14_000 + 100 * 32
     # pairs and transitions double with the training examples (exponent 1)
     assert (p.pairs_all, p.pairs_kept, p.transitions_kept) == (120, 120, 30)
     assert p.pairs_bound == 1000 * 500
@@ -86,10 +85,8 @@ def test_predict_by_hand():
     assert p.artifact_bytes == 150 * 24 + 2 * 1001 * 8
     assert p.model_bytes == 150 * 12 + 2 * 1001 * 4
     assert p.memory_vocab == pytest.approx((20 + 1000 + 5) * 148.5)
-    assert p.memory_process == pytest.approx(
-        (20 + 1000 + 5) * 148.5 + 1000 * 25 + 10_000 * (200 + 133)
-    )
-    assert p.memory_writer == 150 * 79
+    assert p.memory_process == pytest.approx((20 + 1000 + 5) * 148.5 + 1000 * 25)
+    assert p.memory_writer == pytest.approx(150 * 74.8)
 
 
 def test_assumptions_move_the_figures():

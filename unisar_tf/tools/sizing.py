@@ -360,7 +360,6 @@ BEAUTY = BuildConstants(
 # Bytes through the job's shuffles with Beam's default coder (FastPrimitivesCoder), measured
 # by measure_coder_bytes on Beauty (198,502 events, 17,082 training records), 2026-12-03.
 EVENT_SHUFFLE_BYTES = Cited(90.3, "Beauty's events, --calibrate --sequences, 2026-12-03")
-SINK_OVERHEAD_BYTES = Cited(32.0, "Beauty's training records, --calibrate --sequences, 2026-12-03")
 # One CombinePerKey element of the co-occurrence count ((table, item), (ids, counts)) with
 # Beam's coder: 272 bytes (key 12, two pickled arrays 260) plus 16 per neighbour; measured
 # by measure_coder_bytes, 2026-12-03.
@@ -376,19 +375,18 @@ VOCAB_ID_CHARS = 4.5
 # concatenated and converted (P, 3) int64 copies); tracemalloc on Beauty's 1,271,363 rows
 # (all pairs and transitions; a 12,100-entry vocabulary stand-in adds ~1 B) by
 # measure_writer_bytes, 2026-12-03. The code's arrays alone give 64 (16 + 24 + 24).
-WRITER_BYTES_PER_ROW = Cited(79.0, "tracemalloc, WriteTables on Beauty's rows, 2026-12-03")
+WRITER_BYTES_PER_ROW = Cited(74.8, "tracemalloc, WriteTable on Beauty's rows, 2026-12-03")
 
 # From the code (docs/data.md "Co-occurrence tables"; unisar_tf/layers/cooccurrence.py;
 # pipeline/cooccurrence_tables.py; pipeline/sequence_builder.NegativeSampler;
-# pipeline/ordered_write.py), bytes:
+# pipeline/ordered_write.py: a user shard streams its examples to its files, one at a time),
+# bytes:
 ARTIFACT_BYTES_PER_ROW = 24  # (P, 3) int64 rows of cooccurrence/{pairs,transitions}.npy
 ARTIFACT_BYTES_PER_ITEM = 8  # (items + 1,) int64 totals, one file per table
 MODEL_BYTES_PER_ROW = 12  # the layer's pair_keys int64 + pair_counts float32
 MODEL_BYTES_PER_ITEM = 4  # the layer's item_totals float32, one per table
 COMBINE_BYTES_PER_NEIGHBOUR = 16  # MergeNeighbours' arrays: int64 right id + int64 count
 SAMPLER_BYTES_PER_ITEM = 25  # float64 weights + cdf (16), bool mask (1), int64 item_clicks (8)
-SINK_RECORDS_PER_SHARD = 10_000  # ordered_write.DEFAULT_RECORDS_PER_SHARD, sorted in memory
-SINK_OBJECT_BYTES = 133  # per sorted record: bytes header 33 + 2-tuple 56 + int 36 + slot 8
 
 # Training: positives (training examples, rec and search) per second on the project machine
 # (2 vCPU, no GPU), docs/results.md.
@@ -547,8 +545,9 @@ def pruned_rows(data_dir: str, table: str, top_k: int) -> int:
 
 
 def measure_writer_bytes(data_dir: str) -> float:
-    """Peak bytes per row of the table writer (WriteTables) on a K = 0 build's rows, the
-    gathered rows included, with tracemalloc (imports Beam)."""
+    """Peak bytes per row of the table writer (WriteTable, one table at a time as the job
+    gathers them) on a K = 0 build's rows, the gathered rows included, with tracemalloc
+    (imports Beam). The larger of the two tables' figures."""
     import tempfile
     import types
 
@@ -556,24 +555,28 @@ def measure_writer_bytes(data_dir: str) -> float:
     from unisar_tf.data import cooccurrence_counts as cc
 
     files = _table_files(data_dir)
-    vocab = types.SimpleNamespace(items={})
-    tracemalloc.start()
-    rows = []
-    for name in cc.TABLE_NAMES:
-        table = np.load(os.path.join(data_dir, files[name]), allow_pickle=False)
-        starts = np.flatnonzero(np.r_[True, table[1:, 0] != table[:-1, 0]])
-        for start, end in zip(starts, np.r_[starts[1:], len(table)]):
-            right, count = table[start:end, 1].copy(), table[start:end, 2].copy()
-            rows.append((name, int(table[start, 0]), int(count.sum()), right, count))
-        del table
-    vocab.items = {str(i): i for i in range(max(row[1] for row in rows))}
-    count = sum(len(row[3]) for row in rows)
+    per_row = 0.0
     with tempfile.TemporaryDirectory() as out:
         os.makedirs(os.path.join(out, cc.TABLES_DIR))
-        list(tables.WriteTables(out).process(rows, vocab))
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return peak / count
+        for name in cc.TABLE_NAMES:
+            table = np.load(os.path.join(data_dir, files[name]), allow_pickle=False)
+            if not len(table):
+                continue
+            tracemalloc.start()
+            # As the job gathers them: (left, row sum, the item's rows as int64 bytes).
+            starts = np.flatnonzero(np.r_[True, table[1:, 0] != table[:-1, 0]])
+            values = [
+                (int(table[start, 0]), int(table[start:end, 2].sum()), table[start:end].tobytes())
+                for start, end in zip(starts, np.r_[starts[1:], len(table)])
+            ]
+            vocab = types.SimpleNamespace(items=dict.fromkeys(range(int(table[:, 0].max()))))
+            rows = len(table)
+            del table
+            list(tables.WriteTable(out).process((name, values + [None]), vocab))
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            per_row = max(per_row, peak / rows)
+    return per_row
 
 
 def measure_combine_bytes(data_dir: str, batch_sizes: Sequence[int] = (256, 4096)) -> dict:
@@ -619,8 +622,9 @@ def measure_combine_bytes(data_dir: str, batch_sizes: Sequence[int] = (256, 4096
 
 
 def measure_coder_bytes(sequences: str, attributes: str, data_dir: str) -> Dict[str, float]:
-    """Bytes per event through GroupByUser and per record through the ordered sink with
-    Beam's default coder, and bytes per vocabulary entry in a dict (imports Beam)."""
+    """Bytes per event through GroupByUser with Beam's default coder, and bytes per
+    vocabulary entry in a dict (imports Beam). (Examples cross no shuffle: each user shard
+    writes its own files.)"""
     from apache_beam.coders.coders import FastPrimitivesCoder
 
     from feature_specs import event_schema as es
@@ -647,19 +651,6 @@ def measure_coder_bytes(sequences: str, attributes: str, data_dir: str) -> Dict[
                 event_bytes += len(coder.encode(user))
                 event_bytes += len(coder.encode(common.event_to_tuple(event)))
                 events += 1
-    records = coded = raw = 0
-    for path in _example_paths(data_dir, DataSpec.load(data_dir), "train")[:2]:
-        with gzip.open(path, "rb") as handle:
-            while True:
-                header = handle.read(12)
-                if len(header) < 12:
-                    break
-                (length,) = struct.unpack("<Q", header[:8])
-                record = handle.read(length)
-                handle.read(4)
-                records += 1
-                raw += length
-                coded += len(coder.encode(1)) + len(coder.encode(((1 << 63) + 1, record)))
     with open(os.path.join(data_dir, "vocab", "users.txt")) as handle:
         text = handle.read()
     tracemalloc.start()
@@ -674,8 +665,6 @@ def measure_coder_bytes(sequences: str, attributes: str, data_dir: str) -> Dict[
         "combine_element_bytes": element,
         "events": events,
         "event_shuffle_bytes": event_bytes / events,
-        "sink_records": records,
-        "sink_overhead_bytes": (coded - raw) / records,
         "vocab_entry_bytes": vocab_bytes / len(ids),
         "vocab_id_chars": sum(map(len, ids)) / len(ids),
     }
@@ -695,11 +684,10 @@ class Prediction:
     example_bytes: float  # serialized records, all splits
     file_bytes: float  # the .tfrecord.gz files
     shuffle_events: float  # GroupByUser
-    shuffle_sink: float  # the ordered sink's GroupByShard
     shuffle_cooc_low: float  # CombinePerKey: distinct pairs (perfect combining)
     shuffle_cooc_high: float  # CombinePerKey: every increment (no combining across batches)
     shuffle_gather: float  # the kept rows to the one writer
-    memory_process: float  # per SDK process: vocabulary side input + sampler + one shard
+    memory_process: float  # per SDK process: vocabulary side input + sampler
     memory_vocab: float
     memory_writer: float  # the one worker that writes the tables
     pairs_all: float
@@ -711,9 +699,7 @@ class Prediction:
 
     @property
     def shuffle_total(self) -> float:
-        return (
-            self.shuffle_events + self.shuffle_sink + self.shuffle_cooc_high + self.shuffle_gather
-        )
+        return self.shuffle_events + self.shuffle_cooc_high + self.shuffle_gather
 
 
 def predict(
@@ -767,7 +753,6 @@ def predict_examples(
     rows = pairs_kept + transitions_kept
 
     vocab = (users + items + c.words) * (VOCAB_ENTRY_BYTES.value + longer)
-    shard = SINK_RECORDS_PER_SHARD * (max(train_bytes, eval_bytes) + SINK_OBJECT_BYTES)
     return Prediction(
         users=users,
         items=items,
@@ -777,13 +762,12 @@ def predict_examples(
         example_bytes=example_bytes,
         file_bytes=example_bytes * c.gzip_ratio,
         shuffle_events=events * event_bytes,
-        shuffle_sink=example_bytes + (train + evals) * SINK_OVERHEAD_BYTES.value,
         shuffle_cooc_low=min(keyed, elements_high) * COMBINE_ELEMENT_BYTES.value
         + (pairs_all + transitions_all) * COMBINE_BYTES_PER_NEIGHBOUR,
         shuffle_cooc_high=elements_high * COMBINE_ELEMENT_BYTES.value
         + (increments + train) * COMBINE_BYTES_PER_NEIGHBOUR,
         shuffle_gather=keyed * COMBINE_ELEMENT_BYTES.value + rows * COMBINE_BYTES_PER_NEIGHBOUR,
-        memory_process=vocab + items * SAMPLER_BYTES_PER_ITEM + shard,
+        memory_process=vocab + items * SAMPLER_BYTES_PER_ITEM,
         memory_vocab=vocab,
         memory_writer=rows * WRITER_BYTES_PER_ROW.value,
         pairs_all=pairs_all,
@@ -856,7 +840,6 @@ def report(
                 "example bytes",
                 "on disk (gz)",
                 "shuffle: by user",
-                "shuffle: ordered sink",
                 "shuffle: co-occurrence",
                 "shuffle total (co-occurrence high)",
                 "memory per SDK process",
@@ -872,7 +855,6 @@ def report(
                     human(p.example_bytes, "B"),
                     human(p.file_bytes, "B"),
                     human(p.shuffle_events, "B"),
-                    human(p.shuffle_sink, "B"),
                     f"{human(p.shuffle_cooc_low, 'B')}-{human(p.shuffle_cooc_high, 'B')}",
                     human(p.shuffle_total, "B"),
                     human(p.memory_process, "B"),
@@ -986,8 +968,6 @@ def constants_text(
         "",
         f"- {EVENT_SHUFFLE_BYTES.value:.1f} B per event through GroupByUser "
         f"({EVENT_SHUFFLE_BYTES.source})",
-        f"- {SINK_OVERHEAD_BYTES.value:.1f} B per record on top of its bytes through the ordered "
-        f"sink ({SINK_OVERHEAD_BYTES.source})",
         f"- {COMBINE_ELEMENT_BYTES.value:.0f} B per co-occurrence combine element + 16 B per "
         f"neighbour ({COMBINE_ELEMENT_BYTES.source})",
         f"- {WRITER_BYTES_PER_ROW.value:.0f} B per kept row at the table writer's peak "
@@ -1006,7 +986,7 @@ def constants_text(
         "From the code (bytes): artifact row 24 (3 x int64), total 8 per item and table; model "
         "row 12 (int64 key + float32 count), total 4 per item and table; combine 16 per "
         "neighbour (int64 id + count); sampler 25 per item; "
-        "ordered sink 10,000 records per shard sorted in memory, 133 per record in objects.",
+        "examples cross no shuffle (each user shard streams its own files).",
         "",
         "ASSUMPTIONS (not measured; flags):",
         "",
@@ -1056,8 +1036,6 @@ def check(data_dir: str, c: BuildConstants, a: Assumptions) -> str:
         "evaluation examples": real.eval_examples,
         "example bytes (serialized)": real_bytes,
         "example files (gz)": real_bytes * real.gzip_ratio,
-        "ordered sink shuffle": real_bytes
-        + (real.train_examples + real.eval_examples) * SINK_OVERHEAD_BYTES.value,
         "pairs, all": real.pairs_all,
         f"pairs at K = {k}": kept_pairs,
         f"transitions at K = {k}": kept_transitions,
@@ -1068,7 +1046,6 @@ def check(data_dir: str, c: BuildConstants, a: Assumptions) -> str:
     given = {
         "example bytes (serialized)": q.example_bytes,
         "example files (gz)": q.file_bytes,
-        "ordered sink shuffle": q.shuffle_sink,
         "pairs, all": q.pairs_all,
         f"pairs at K = {k}": q.pairs_kept,
         f"transitions at K = {k}": q.transitions_kept,
@@ -1080,7 +1057,6 @@ def check(data_dir: str, c: BuildConstants, a: Assumptions) -> str:
         "evaluation examples": p.eval_examples,
         "example bytes (serialized)": p.example_bytes,
         "example files (gz)": p.file_bytes,
-        "ordered sink shuffle": p.shuffle_sink,
         "pairs, all": p.pairs_all,
         f"pairs at K = {k}": p.pairs_kept,
         f"transitions at K = {k}": p.transitions_kept,
