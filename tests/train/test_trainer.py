@@ -50,7 +50,7 @@ from unisar_tf.train.inputs import (
     search_batch_size,
     training_dataset,
 )
-from unisar_tf.train.run_dir import load_trained_model, read_best
+from unisar_tf.train.run_dir import DataMismatchError, load_trained_model, read_best
 from unisar_tf.train.trainer import Trainer, TrainerOptions
 
 MAX_EPOCHS = 3
@@ -345,6 +345,36 @@ PLATEAU = [
 EXPECTED_LR = [1e-3] * 3 + [1e-4] * 5 + [2e-5] * 7
 EXPECTED_WITHOUT_GAIN = [0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 1, 2, 3, 4, 5]
 BEST_EPOCH, LAST_EPOCH, BEST_SCORE = 10, len(PLATEAU), 0.625
+
+
+@pytest.mark.slow  # builds a Trainer on the session's data job output
+def test_training_refuses_files_holding_fewer_examples_than_the_manifest_counts(
+    amazon_examples, tmp_path
+):
+    """A build whose train files lost examples after the job counted them (seen once on a
+    local run: a third of Sports' users' training examples missing) must not train on
+    silently: the rec stream, which is not repeated, ends before the epoch's steps."""
+    import shutil
+
+    out, manifest = amazon_examples
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    counted = manifest["examples"]["train"]["rec"]
+    claimed = counted + 2 * TINY["batch_size"]  # two batches the files do not hold
+    changed = json.loads((damaged / "manifest.json").read_text())
+    changed["examples"]["train"]["rec"] = claimed
+    (damaged / "manifest.json").write_text(json.dumps(changed))
+    trainer = Trainer(
+        tiny_config(), TrainerOptions(str(damaged), str(tmp_path / "run"), max_epochs=1, verbose=0)
+    )
+    steps = math.ceil(claimed / TINY["batch_size"])
+    held = math.ceil(counted / TINY["batch_size"])
+    with pytest.raises(DataMismatchError) as raised:
+        trainer.fit()
+    message = str(raised.value)
+    assert f"holds fewer rec examples than manifest.json counts ({claimed})" in message
+    assert f"epoch 1 ended after {held} of {steps} batches" in message
+    assert os.path.join(str(damaged), "train") in message
 
 
 @pytest.fixture(scope="module")

@@ -450,9 +450,11 @@ class Trainer:
             else None
         )
         logs: Dict[str, float] = {}
+        done = 0
         # A truncated or corrupted file: the error names it (TensorFlow's does not).
         with reader.naming_bad_files(options.data_dir, ("train",), self.config.tasks):
             for step, batch in enumerate(dataset):
+                done = step + 1
                 results = self._train_step(batch)
                 logs = {name: float(value) for name, value in results.items()}
                 if not math.isfinite(logs.get("loss", 0.0)):
@@ -470,7 +472,21 @@ class Trainer:
                         tf.summary.scalar("loss", logs["loss"])
                 if on_step is not None:
                     on_step(epoch, step)
+        if done < steps:
+            raise self._fewer_examples_than_counted(epoch, done, steps)
         return logs
+
+    def _fewer_examples_than_counted(self, epoch: int, done: int, steps: int) -> Exception:
+        """The lead task's stream ends (it is not repeated) before the epoch's steps, which
+        come from the manifest's count: the files lost examples the data job counted."""
+        lead = "rec" if "rec" in self.config.tasks else "search"
+        count = self.spec.examples.count("train", lead)
+        return DataMismatchError(
+            f"{os.path.join(self.options.data_dir, 'train')} holds fewer {lead} examples than "
+            f"manifest.json counts ({count}): epoch {epoch + 1} ended after {done} of {steps} "
+            f"batches of {self.config.batch_size}. The example files are incomplete (a damaged "
+            "or partly copied build): rebuild them with the data job"
+        )
 
     # -- the loop -----------------------------------------------------------------------
     def fit(self, on_step: Optional[Callable[[int, int], None]] = None) -> dict:
