@@ -10,9 +10,10 @@ Layers, lowest first (a module may import its own layer and the ones below it):
     4 unisar_tf.export                   request mapping, signatures, push
     5 unisar_tf.tools                    ablation, benchmarks, demo
     6 pipeline, serving                  the TFX pipeline, the data job, the stand-in server
-Entry points (`__main__` modules, unisar_tf.train.cli, which also exports, and
-unisar_tf.tools.standard_protocols, which also runs the data job) may import any layer;
-nothing imports them. Every import counts, including those inside functions.
+Entry points (`__main__` modules, unisar_tf.train.cli, which also exports,
+unisar_tf.tools.standard_protocols, which also runs the data job, and unisar_tf.tools.sizing,
+whose --calibrate --sequences measures the data job's coder, combiner and table writer) may
+import any layer; nothing imports them. Every import counts, including those inside functions.
 """
 
 import ast
@@ -32,7 +33,11 @@ LAYERS = [
     ("unisar_tf.tools",),
     ("pipeline", "serving"),
 ]
-ENTRY_POINTS = {"unisar_tf.train.cli", "unisar_tf.tools.standard_protocols"}
+ENTRY_POINTS = {
+    "unisar_tf.train.cli",
+    "unisar_tf.tools.standard_protocols",
+    "unisar_tf.tools.sizing",
+}
 
 
 def project_modules() -> Dict[str, str]:
