@@ -288,21 +288,20 @@ def sampled_protocol(run: ProtocolRun, manifest: dict) -> Dict[str, Dict[str, fl
     from unisar_tf.train.evaluation import score_split
     from unisar_tf.train.run_dir import load_trained_model, sasrec_run_dir
 
+    spec = DataSpec.of(manifest)
     rows: Dict[str, Dict[str, float]] = {}
     for name, model_dir in ((UNISAR, run.model_dir), (SASREC_ROW, sasrec_run_dir(run.model_dir))):
         model = load_trained_model(model_dir, run.data_dir)
         scores = score_split(model, run.data_dir, "test", "rec", manifest)
         rows[name] = metrics_from_ranks(sampled_ranks(scores), SAMPLED_KS, (5, 10))
-    counted = baseline_scores(
-        run.data_dir, "test", manifest, DataSpec.of(manifest).vocab_sizes.item_table, ("rec",)
-    )
+    counted = baseline_scores(run.data_dir, "test", manifest, spec.vocab_sizes.item_table, ("rec",))
     rows[ITEMKNN] = metrics_from_ranks(
         sampled_ranks(counted["ItemKNN"]["rec"]), SAMPLED_KS, (5, 10)
     )
     rows[POPULARITY] = metrics_from_ranks(
         sampled_ranks(counted["popularity"]["rec"]), SAMPLED_KS, (5, 10)
     )
-    width = DataSpec.of(manifest).candidates.eval
+    width = spec.candidates.eval
     rows[RANDOM] = dict(
         random_ranking_metrics(width), **{"NDCG@10 SE": 0.0, "users": rows[UNISAR]["users"]}
     )
