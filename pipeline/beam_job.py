@@ -273,7 +273,8 @@ class BuildUserShard(beam.DoFn):
     """(shard, [event tuples of the shard's users, None markers]) -> the shard's example
     files, one per split and scenario (ordered_write.UserShardFiles); the training examples
     (split, scenario, serialized) on the main output, for the co-occurrence tables; STATS and
-    REJECTED as BuildUserExamples.
+    REJECTED as BuildUserExamples; each file written (path, split, scenario, records) on
+    WRITTEN_FILES, for read_back_shard_file.
 
     Users are built in the order of their hash and each user's examples in the builder's
     order, so the files depend on the events alone, not on the order the runner delivers
@@ -304,6 +305,33 @@ class BuildUserShard(beam.DoFn):
                     files.write((split, scenario), record)
                     if split == sb.SPLIT_TRAIN:
                         yield out
+        # After the block: the files are in place, ready to be read back (read_back_shard_file).
+        for (split, scenario), path in files.paths.items():
+            yield beam.pvalue.TaggedOutput(
+                WRITTEN_FILES, (path, split, scenario, files.counts[(split, scenario)])
+            )
+
+
+WRITTEN_FILES = "written_files"
+READ_BACK_PREFIX = "records_in_files/"
+FILES_PREFIX = "example_files/"
+
+
+def read_back_shard_file(written) -> Iterable:
+    """(path, split, scenario, records written) -> STATS counts of the file as read back:
+    its records (READ_BACK_PREFIX) and the file itself (FILES_PREFIX).
+
+    Every record's framing and CRCs are checked; ValueError naming the file when one is
+    corrupt or the file holds another number of records than its writer wrote."""
+    path, split, scenario, expected = written
+    found = ordered_write.count_records(path)
+    if found != expected:
+        raise ValueError(
+            f"{path}: {found} records read back, {expected} written: the file was changed or "
+            "cut short while the job ran"
+        )
+    yield (f"{READ_BACK_PREFIX}{split}/{scenario}", found)
+    yield (f"{FILES_PREFIX}{split}/{scenario}", 1)
 
 
 class MapSideRows(beam.DoFn):
@@ -434,9 +462,10 @@ def build_pipeline(
             beam.pvalue.AsSingleton(vocab),
             shards,
             **({"last_day": last_day} if last_day is not None else {}),
-        ).with_outputs(common.STATS, common.REJECTED, main="train_examples")
+        ).with_outputs(common.STATS, common.REJECTED, WRITTEN_FILES, main="train_examples")
     )
     stats.append(built[common.STATS])
+    stats.append(built[WRITTEN_FILES] | "ReadBackShardFiles" >> beam.FlatMap(read_back_shard_file))
     # The Trainer's co-occurrence tables, top K per item (pipeline/cooccurrence_tables.py).
     stats.append(
         cooccurrence_tables.add_tables(
@@ -640,6 +669,8 @@ def assemble_spec(
         if not key.startswith(
             (
                 "examples/",
+                READ_BACK_PREFIX,
+                FILES_PREFIX,
                 "rejected/",
                 "vocab_",
                 _TIME_SPLIT_PREFIX,
@@ -731,6 +762,7 @@ def run(
                 result.wait_until_finish()
             stats = json.loads(_read_text(os.path.join(staging, STATS_FILE)))
             _check_events_read(stats, staging, output_dir)
+            check_files_against_counters(stats, staging, output_dir, layout)
             spec = assemble_spec(
                 output_dir,
                 stats,
@@ -952,6 +984,33 @@ def _delete_quietly(path: str) -> None:
             FileSystems.delete([path])
     except Exception:  # cleaning up must never hide the error being raised
         LOG.warning("could not delete %s", path, exc_info=True)
+
+
+def check_files_against_counters(
+    stats: Dict[str, int], staging: str, output_dir: str, layout: str = LAYOUT_JOB
+) -> None:
+    """NotPublished when the example files in `staging` disagree with the job's counters:
+    per split and scenario, the records read back from the files (read_back_shard_file) must
+    equal the examples the builder counted, and the files on disk those the writers wrote."""
+    problems = []
+    for split in sb.SPLITS:
+        for scenario in es.SCENARIOS:
+            key = f"{split}/{scenario}"
+            counted = stats.get(f"examples/{key}", 0)
+            read_back = stats.get(f"{READ_BACK_PREFIX}{key}", 0)
+            if read_back != counted:
+                problems.append(f"{key}: {counted} examples built, {read_back} in the files")
+            written = stats.get(f"{FILES_PREFIX}{key}", 0)
+            pattern = example_pattern(staging, split, scenario, layout)
+            on_disk = len(FileSystems.match([pattern])[0].metadata_list)
+            if on_disk != written:
+                problems.append(f"{key}: {written} files written, {on_disk} match {pattern}")
+    if problems:
+        raise NotPublished(
+            "the example files disagree with the job's counters ("
+            + "; ".join(problems)
+            + f"). Nothing was written: {output_dir} is as it was."
+        )
 
 
 def _check_events_read(stats: Dict[str, int], staging: str, output_dir: str) -> None:

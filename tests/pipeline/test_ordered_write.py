@@ -147,3 +147,24 @@ def test_user_shard_files_refuse_a_bad_shard_or_key(tmp_path):
         with ordered_write.UserShardFiles({"k": str(tmp_path / "p")}, 0, 1, ".gz") as files:
             files.write("nope", b"x")
     assert os.listdir(tmp_path) == []
+
+
+def test_count_records_reads_back_what_was_written_and_names_a_damaged_file(tmp_path):
+    path = str(tmp_path / "rec-00000-of-00001.tfrecord.gz")
+    records = [b"a", b"bb" * 50, b""]
+    assert ordered_write.write_shard(path, records) == 3
+    assert ordered_write.count_records(path) == 3
+
+    with gzip.open(path, "rb") as handle:
+        raw = bytearray(handle.read())
+    flipped = bytearray(raw)
+    flipped[12] ^= 0xFF  # the first record's payload byte: its CRC no longer matches
+    with gzip.open(path, "wb") as handle:
+        handle.write(bytes(flipped))
+    with pytest.raises(ValueError, match=r"rec-00000-of-00001\.tfrecord\.gz: record 1 is corrupt"):
+        ordered_write.count_records(path)
+
+    with gzip.open(path, "wb") as handle:  # cut in the middle of the second record
+        handle.write(bytes(raw[: 12 + 1 + 4 + 30]))
+    with pytest.raises(ValueError, match="record 2 is corrupt"):
+        ordered_write.count_records(path)
