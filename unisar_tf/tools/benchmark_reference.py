@@ -73,10 +73,12 @@ TYPE_REC, TYPE_SEARCH = 1, 2  # feature_specs.example_schema's history types
 CONVERTER_VERSION = 1
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_driver.py")
 
-REFERENCE = "reference (PyTorch), paper preset"
-REFERENCE_1T = "reference (PyTorch), paper preset, 1 torch thread"
-PROJECT_PAPER = "project, paper preset"
-PROJECT_DEFAULT = "project, default preset"
+# Case names (--cases takes a comma-separated subset): the reference's paper (Amazon)
+# settings with torch's default threads and with 1 thread, the project's two presets.
+REFERENCE = "reference paper"
+REFERENCE_1T = "reference paper 1 thread"
+PROJECT_PAPER = "project paper"
+PROJECT_DEFAULT = "project default"
 CASES = (REFERENCE, REFERENCE_1T, PROJECT_PAPER, PROJECT_DEFAULT)
 REFERENCE_THREADS = {REFERENCE: 0, REFERENCE_1T: 1}  # 0: torch's default (one per core)
 PROJECT_PRESETS = {PROJECT_PAPER: "paper", PROJECT_DEFAULT: "default"}
