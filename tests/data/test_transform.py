@@ -135,6 +135,24 @@ def test_vocabularies_and_ids_by_hand(tmp_path):
     assert looked_up.numpy().tolist() == [[[4, 0], [0, 1]]]
     assert ids.lookup("users", tf.constant([b"nobody"])).numpy().tolist() == [0]
     assert ids.lookup("words", tf.constant([[b"y", b"q"]])).numpy().tolist() == [[2, 0]]
+    # Several kinds and shapes in one run of the graph: each comes back in its own shape,
+    # with the ids one lookup per tensor gives; a tensor without values stays empty.
+    together = ids.lookup_together(
+        {
+            "users": [tf.constant([b"nobody", b"nobody"])],
+            "items": [
+                tf.constant([[[b"d", b"zz"], [b"", b"a"]], [[b"a", b"a"], [b"c", b"b"]]]),
+                tf.constant([[b"b"], [b"zz"]]),
+                tf.zeros([2, 0], tf.string),
+            ],
+            "words": [tf.constant([[b"y", b"q", b"x"], [b"", b"x", b"y"]])],
+        }
+    )
+    assert {kind: [t.numpy().tolist() for t in v] for kind, v in together.items()} == {
+        "users": [[0, 0]],
+        "items": [[[[4, 0], [0, 1]], [[1, 1], [2, 3]]], [[3], [0]], [[], []]],
+        "words": [[[2, 0, 1], [0, 1, 2]]],
+    }
 
 
 # --- the KuaiSAR fixture in both formats ------------------------------------------------------

@@ -8,7 +8,8 @@ splits (pipeline/transform_module.py). `TransformIds` wraps that output:
 - `__call__`: parsed raw features -> the model's int64 id features, through the whole
   Transform graph (training, validation and the `serving_default` signature read this way);
 - `lookup(kind, strings)`: strings of any shape -> ids with one vocabulary, through the
-  same graph (the `recommend` / `search` signatures, whose inputs are not example-shaped).
+  same graph; `lookup_together` maps several kinds and tensors in one run of the graph (the
+  `recommend` / `search` signatures, whose inputs are not example-shaped).
 
 Ids follow the data job's convention (feature_specs): vocabulary line k is id k + 1, and id 0
 is padding and everything the vocabulary does not know. Vocabulary names are "users",
@@ -18,7 +19,7 @@ is padding and everything the vocabulary does not know. Vocabulary names are "us
 from __future__ import annotations
 
 import functools
-from typing import Dict, Mapping
+from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -121,9 +122,51 @@ class TransformIds(tf.Module):
         rows = tf.reshape(strings, tf.stack([tf.reduce_prod(shape[:-1]), shape[-1]]))
         return tf.reshape(self({feature: rows})[feature], shape)
 
+    def lookup_together(
+        self, strings: Mapping[str, Sequence[tf.Tensor]]
+    ) -> Dict[str, List[tf.Tensor]]:
+        """{kind: [(B, ...) strings]} -> {kind: [int64 ids, same shapes]}, through ONE run of
+        the Transform graph: a request's items, words and user mapped together (one call per
+        tensor ran the graph six times per request; docs/results.md, serving profile).
+
+        Every tensor is batch first with the same B; "users" takes (B,) tensors."""
+        features, split = {}, {}
+        for kind, tensors in strings.items():
+            feature = _LOOKUP_FEATURE[kind]
+            if kind == "users":
+                (users,) = tensors  # one user per request row
+                features[feature] = users
+                continue
+            features[feature], split[kind] = _rows_side_by_side(tensors)
+        mapped = self(features)
+        return {
+            kind: [mapped[USER_ID]]
+            if kind == "users"
+            else split[kind](mapped[_LOOKUP_FEATURE[kind]])
+            for kind in strings
+        }
+
     def example_ids(self, features: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         """Parsed raw-id examples (dense) -> id features: the whole Transform graph."""
         return self(features)
+
+
+def _rows_side_by_side(tensors: Sequence[tf.Tensor]):
+    """[(B, ...) tensors] -> (B, N) their rows flattened and concatenated, and the function
+    that cuts a (B, N) result back into tensors of the original shapes."""
+    shapes = [tf.shape(t) for t in tensors]
+    batch = shapes[0][0]
+    # Explicit widths: -1 cannot be inferred when a tensor has no values.
+    widths = [tf.reduce_prod(shape[1:]) for shape in shapes]
+    joined = tf.concat(
+        [tf.reshape(t, tf.stack([batch, width])) for t, width in zip(tensors, widths)], axis=1
+    )
+
+    def cut(ids: tf.Tensor) -> List[tf.Tensor]:
+        parts = tf.split(ids, tf.stack(widths), axis=1, num=len(tensors))
+        return [tf.reshape(part, shape) for part, shape in zip(parts, shapes)]
+
+    return joined, cut
 
 
 def transformed_manifest(manifest: dict, transform_dir: str) -> dict:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict
+from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -69,6 +69,13 @@ class DataJobVocabularies(tf.Module):
     def lookup(self, kind: str, strings: tf.Tensor) -> tf.Tensor:
         """Strings of any shape -> int64 ids of the same shape (0 = unknown or "")."""
         return self.tables[kind].lookup(strings) + 1
+
+    def lookup_together(
+        self, strings: Mapping[str, Sequence[tf.Tensor]]
+    ) -> Dict[str, List[tf.Tensor]]:
+        """{kind: [strings of any shape]} -> {kind: [int64 ids, same shapes]} (the interface
+        of TransformIds.lookup_together; a hash table lookup per tensor costs little here)."""
+        return {kind: [self.lookup(kind, t) for t in tensors] for kind, tensors in strings.items()}
 
     @staticmethod
     def example_ids(features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:

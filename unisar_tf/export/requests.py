@@ -83,11 +83,12 @@ class RawFeatureMapper(tf.Module):
         self.ids = ids
         self.shapes = shapes
 
-    def _tokens(self, text: tf.Tensor) -> tf.Tensor:
-        """(...,) query text -> (..., query_len) word ids: the first query_len words, 0-padded."""
+    def _words(self, text: tf.Tensor) -> tf.Tensor:
+        """(...,) query text -> (..., query_len) strings: the first query_len words,
+        ""-padded."""
         words = tf.strings.split(text)  # ragged (..., None)
         shape = [None] * (len(text.shape)) + [self.shapes.query_len]
-        return self.ids.lookup("words", words.to_tensor(default_value="", shape=shape))
+        return words.to_tensor(default_value="", shape=shape)
 
     @staticmethod
     def _real_slots(length: tf.Tensor, width: tf.Tensor, name: str) -> tf.Tensor:
@@ -140,10 +141,25 @@ class RawFeatureMapper(tf.Module):
         def width(tensor):
             return tf.shape(tensor, out_type=tf.int64)[1]
 
+        # Every string of the request mapped to ids in one go (one run of a Transform graph),
+        # before the histories are cut: the mapping is value by value, so mapping first and
+        # gathering after gives the ids that gathering first would.
+        clicks_raw = search_clicks_raw[..., : shapes.clicks_per_session]
+        words = [self._words(search_text_raw)]  # (B, S, query_len)
+        if QUERY_INPUT in inputs:
+            words.append(self._words(inputs[QUERY_INPUT]))  # (B, query_len)
+        ids = self.ids.lookup_together(
+            {
+                "users": [inputs[USER_ID_INPUT]],
+                "items": [rec_ids_raw, clicks_raw, inputs[CANDIDATES_INPUT]],
+                "words": words,
+            }
+        )
+        rec_ids_all, clicks_all, candidate_ids = ids["items"]
+
         # A rec behaviour whose item the vocabulary does not know is left out: the model has
         # nothing for it (id 0 is padding). Search sessions stay; unknown words and clicked
         # items inside them become padding.
-        rec_ids_all = self.ids.lookup("items", rec_ids_raw)
         rec_real = tf.logical_and(
             self._real_slots(inputs[REC_LENGTH_INPUT], width(rec_time_raw), "rec_history"),
             rec_ids_all > 0,
@@ -153,17 +169,15 @@ class RawFeatureMapper(tf.Module):
         )
         rec_index, rec_valid = self._latest(rec_time_raw, rec_real, shapes.rec_len)
         search_index, search_valid = self._latest(search_time_raw, search_real, shapes.search_len)
+        search_kept = tf.cast(search_valid, tf.int64)[..., tf.newaxis]
 
         rec_items = tf.where(rec_valid, tf.gather(rec_ids_all, rec_index, batch_dims=1), 0)
-        queries = self._tokens(tf.gather(search_text_raw, search_index, batch_dims=1))
-        queries = queries * tf.cast(search_valid, tf.int64)[..., tf.newaxis]
-        clicks_raw = tf.gather(search_clicks_raw, search_index, batch_dims=1)[
-            ..., : shapes.clicks_per_session
-        ]
-        clicks_raw = tf.pad(
-            clicks_raw, [[0, 0], [0, 0], [0, shapes.clicks_per_session - tf.shape(clicks_raw)[2]]]
+        queries = tf.gather(ids["words"][0], search_index, batch_dims=1) * search_kept
+        clicks = tf.gather(clicks_all, search_index, batch_dims=1)
+        clicks = tf.pad(
+            clicks, [[0, 0], [0, 0], [0, shapes.clicks_per_session - tf.shape(clicks)[2]]]
         )
-        clicks = self.ids.lookup("items", clicks_raw) * tf.cast(search_valid, tf.int64)[..., None]
+        clicks = clicks * search_kept
 
         # The mixed sequence: both kept lists merged by time, rec first on ties (it comes
         # first in the concatenation and the sort is stable), padding last.
@@ -181,15 +195,15 @@ class RawFeatureMapper(tf.Module):
         merged = tf.argsort(tf.concat([rec_time, search_time], axis=1), axis=1, stable=True)
 
         features = {
-            USER_ID: self.ids.lookup("users", inputs[USER_ID_INPUT]),
+            USER_ID: ids["users"][0],
             HISTORY_TYPES: tf.gather(types, merged, batch_dims=1),
             REC_HISTORY_ITEMS: rec_items,
             SEARCH_HISTORY_QUERY_TOKENS: queries,
             SEARCH_HISTORY_CLICKED_ITEMS: clicks,
-            CANDIDATE_ITEMS: self.ids.lookup("items", inputs[CANDIDATES_INPUT]),
+            CANDIDATE_ITEMS: candidate_ids,
         }
         if QUERY_INPUT in inputs:
-            features[QUERY_TOKENS] = self._tokens(inputs[QUERY_INPUT])
+            features[QUERY_TOKENS] = ids["words"][1]
         return features
 
 
