@@ -419,6 +419,7 @@ def main(argv=None) -> None:
         args.reference_dir, ".venv", "bin", "python"
     )
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    commit = _commit()  # at the start: the cases run the code checked out now
     load_start = os.getloadavg()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     driver = [reference_python, DRIVER]
@@ -457,7 +458,7 @@ def main(argv=None) -> None:
         f"\n{args.data_dir}; {args.rounds} rounds of {', '.join(names)}, each "
         f"{args.steps} timed steps after {args.warmup} warm-up, alternately; "
         f"{os.cpu_count()} CPUs, {platform.machine()}; load average "
-        f"{load_start[0]:.2f} at start, {load_end[0]:.2f} at end; {started}; commit {_commit()}; "
+        f"{load_start[0]:.2f} at start, {load_end[0]:.2f} at end; {started}; commit {commit}; "
         f"torch {torch_version}, {args.reference_workers} loader worker(s) per reference loader\n"
     )
     print(format_table(summary))
