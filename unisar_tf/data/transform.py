@@ -113,14 +113,10 @@ class TransformIds(tf.Module):
 
     def lookup(self, kind: str, strings: tf.Tensor) -> tf.Tensor:
         """(...,) or (..., N) strings -> int64 ids of the same shape, with vocabulary `kind`."""
-        feature = _LOOKUP_FEATURE[kind]
-        if kind == "users":
+        if kind == "users":  # one user per row: any shape goes through as a flat batch
             flat = tf.reshape(strings, [-1])
-            return tf.reshape(self({feature: flat})[feature], tf.shape(strings))
-        shape = tf.shape(strings)
-        # Explicit row count: -1 cannot be inferred when the last dimension is 0.
-        rows = tf.reshape(strings, tf.stack([tf.reduce_prod(shape[:-1]), shape[-1]]))
-        return tf.reshape(self({feature: rows})[feature], shape)
+            return tf.reshape(self.lookup_together({kind: [flat]})[kind][0], tf.shape(strings))
+        return self.lookup_together({kind: [strings]})[kind][0]
 
     def lookup_together(
         self, strings: Mapping[str, Sequence[tf.Tensor]]
