@@ -3,7 +3,9 @@ and the table's arithmetic. No TensorFlow, no torch."""
 
 import numpy as np
 
+from feature_specs import QUERY_TOKENS
 from unisar_tf.config import amazon_preset, preset
+from unisar_tf.tools import benchmark_reference
 from unisar_tf.tools.benchmark_reference import (
     PROJECT_DEFAULT,
     PROJECT_PAPER,
@@ -22,14 +24,7 @@ REC_LEN, SEARCH_LEN = 3, 2
 
 def _batch(rows, with_query=False):
     """Stacks hand-written examples into the build's feature arrays."""
-    names = [
-        "user_id",
-        "history_types",
-        "rec_history_items",
-        "search_history_query_tokens",
-        "search_history_clicked_items",
-        "candidate_items",
-    ] + (["query_tokens"] if with_query else [])
+    names = [n for n in benchmark_reference.CONVERTED_FEATURES if with_query or n != QUERY_TOKENS]
     return {name: np.array([row[name] for row in rows], np.int64) for name in names}
 
 

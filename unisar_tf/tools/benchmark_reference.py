@@ -60,7 +60,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import pickle
 import platform
 import subprocess
 import sys
@@ -69,8 +68,19 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-TYPE_REC, TYPE_SEARCH = 1, 2  # feature_specs.example_schema's history types
-CONVERTER_VERSION = 1
+from feature_specs import (
+    CANDIDATE_ITEMS,
+    HISTORY_TYPES,
+    QUERY_TOKENS,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    SEARCH_HISTORY_QUERY_TOKENS,
+    TYPE_REC,
+    TYPE_SEARCH,
+    USER_ID,
+)
+
+CONVERTER_VERSION = 2  # 2: the hand-off file is JSON
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_driver.py")
 
 # Case names (--cases takes a comma-separated subset): the reference's paper (Amazon)
@@ -82,6 +92,17 @@ PROJECT_DEFAULT = "project default"
 CASES = (REFERENCE, REFERENCE_1T, PROJECT_PAPER, PROJECT_DEFAULT)
 REFERENCE_THREADS = {REFERENCE: 0, REFERENCE_1T: 1}  # 0: torch's default (one per core)
 PROJECT_PRESETS = {PROJECT_PAPER: "paper", PROJECT_DEFAULT: "default"}
+# The build's features the conversion reads (query_tokens: search examples only).
+CONVERTED_FEATURES = (
+    USER_ID,
+    HISTORY_TYPES,
+    REC_HISTORY_ITEMS,
+    SEARCH_HISTORY_QUERY_TOKENS,
+    SEARCH_HISTORY_CLICKED_ITEMS,
+    CANDIDATE_ITEMS,
+    QUERY_TOKENS,
+)
+HANDOFF_FILE = "reference_input.json"  # the converted examples, read by reference_driver
 
 
 # --- conversion to the reference's input format ------------------------------------------
@@ -138,20 +159,20 @@ class ReferenceFormat:
     def add(self, scenario: str, batch: Mapping[str, np.ndarray]) -> None:
         """scenario "rec" or "search"; batch: the build's features for some examples."""
         rows = self.rows[scenario]
-        for i in range(len(batch["user_id"])):
-            user = int(batch["user_id"][i])
-            types = np.asarray(batch["history_types"][i])
+        for i in range(len(batch[USER_ID])):
+            user = int(batch[USER_ID][i])
+            types = np.asarray(batch[HISTORY_TYPES][i])
             rec_slots = np.flatnonzero(types == TYPE_REC)
             search_slots = np.flatnonzero(types == TYPE_SEARCH)
-            rec_items = [int(item) for item in batch["rec_history_items"][i][: len(rec_slots)]]
+            rec_items = [int(item) for item in batch[REC_HISTORY_ITEMS][i][: len(rec_slots)]]
             sessions = [
                 self._session_id(
-                    batch["search_history_query_tokens"][i][j],
-                    batch["search_history_clicked_items"][i][j],
+                    batch[SEARCH_HISTORY_QUERY_TOKENS][i][j],
+                    batch[SEARCH_HISTORY_CLICKED_ITEMS][i][j],
                 )
                 for j in range(len(search_slots))
             ]
-            candidates = [int(item) for item in batch["candidate_items"][i]]
+            candidates = [int(item) for item in batch[CANDIDATE_ITEMS][i]]
             rows["user_id"].append(user)
             rows["item_id"].append(candidates[0])
             rows["neg_items"].append(candidates[1:])
@@ -168,7 +189,7 @@ class ReferenceFormat:
                 )
             )
             if scenario == "search":
-                query = [int(t) for t in batch["query_tokens"][i] if t != 0]
+                query = [int(t) for t in batch[QUERY_TOKENS][i] if t != 0]
                 rows["keyword"].append(query)
                 self.queries.setdefault(tuple(query), None)
 
@@ -205,7 +226,7 @@ def merged_history(lists: dict, rec_count: int, src_count: int, rec_len: int, sr
 
 
 def convert(data_dir: str, work_dir: str) -> dict:
-    """Writes work_dir/reference_input.pkl and sizes.json from the build's training examples
+    """Writes work_dir/reference_input.json and sizes.json from the build's training examples
     (skipped when they are there for this build); returns the sizes."""
     from unisar_tf.data import reader
 
@@ -217,7 +238,7 @@ def convert(data_dir: str, work_dir: str) -> dict:
             "converter_version": CONVERTER_VERSION,
         }
     sizes_path = os.path.join(work_dir, "sizes.json")
-    if os.path.exists(sizes_path) and os.path.exists(os.path.join(work_dir, "reference_input.pkl")):
+    if os.path.exists(sizes_path) and os.path.exists(os.path.join(work_dir, HANDOFF_FILE)):
         with open(sizes_path) as handle:
             sizes = json.load(handle)
         if sizes.get("source") == stamp:
@@ -227,19 +248,11 @@ def convert(data_dir: str, work_dir: str) -> dict:
         raise SystemExit(f"{data_dir}: id_format {spec.id_format!r}; build with --id_format ids")
     shapes = spec.shapes
     converted = ReferenceFormat(shapes.rec_len, shapes.search_len)
-    features = [
-        "user_id",
-        "history_types",
-        "rec_history_items",
-        "search_history_query_tokens",
-        "search_history_clicked_items",
-        "candidate_items",
-        "query_tokens",
-    ]
     for scenario in ("rec", "search"):
         for batch in reader.read_examples(data_dir, "train", scenario, 4096, spec):
             converted.add(
-                scenario, {name: batch[name].numpy() for name in features if name in batch}
+                scenario,
+                {name: batch[name].numpy() for name in CONVERTED_FEATURES if name in batch},
             )
     vocab = spec.vocab_sizes
     sizes = {
@@ -255,16 +268,22 @@ def convert(data_dir: str, work_dir: str) -> dict:
         "source": stamp,
     }
     os.makedirs(work_dir, exist_ok=True)
-    with open(os.path.join(work_dir, "reference_input.pkl"), "wb") as handle:
-        pickle.dump(
+    # JSON, not pickle: plain ints, floats (inf timestamps) and lists; the driver turns
+    # user ids back into ints and writes the pickles their code reads.
+    with open(os.path.join(work_dir, HANDOFF_FILE), "w") as handle:
+        json.dump(
             {
                 "rows": converted.rows,
                 "user_vocab": converted.user_vocab,
-                "sessions": converted.session_arrays(shapes.query_len, shapes.clicks_per_session),
+                "sessions": {
+                    name: array.tolist()
+                    for name, array in converted.session_arrays(
+                        shapes.query_len, shapes.clicks_per_session
+                    ).items()
+                },
                 "query_vocab": converted.query_vocab(),
             },
             handle,
-            protocol=4,
         )
     with open(sizes_path, "w") as handle:
         json.dump(sizes, handle, indent=2)

@@ -11,8 +11,8 @@ This file imports only the standard library, numpy, torch and the authors' modul
 --reference_dir, put first on sys.path); pandas is reached through their sampler module, which
 imports it. Nothing of their code is copied here: it is called.
 
-`prepare` turns `W/reference_input.pkl` (written by benchmark_reference in the project's venv:
-plain lists, dicts and numpy arrays, so no pandas pickle crosses the two pandas versions) into
+`prepare` turns `W/reference_input.json` (written by benchmark_reference in the project's venv:
+plain lists and dicts, no pickle crosses the two environments) into
 the files their `utils/const.py` names: `W/Amazon/vocab/{user_vocab, query_vocab,
 user_vocab_np, item_vocab_np, src_session_vocab_np}.pkl` and `W/Amazon/dataset/{rec,src}_
 train.pkl` (DataFrames written by their pandas).
@@ -47,6 +47,8 @@ import resource
 import sys
 import time
 
+import numpy as np
+
 DATA_NAME = "Amazon"  # their dataset name whose config (UniSAR_Amazon.yaml) is the paper's
 
 
@@ -78,16 +80,19 @@ def _layout(work_dir: str) -> dict:
 
 
 def prepare(reference_dir: str, work_dir: str) -> None:
-    """Writes their files from reference_input.pkl (once; skipped when they are newer)."""
-    source = os.path.join(work_dir, "reference_input.pkl")
+    """Writes their files from reference_input.json (once; skipped when they are newer)."""
+    source = os.path.join(work_dir, "reference_input.json")
     paths = _layout(work_dir)
     done = paths["src_train"]
     if os.path.exists(done) and os.path.getmtime(done) >= os.path.getmtime(source):
         return
     _, _, _, _, sampler, _ = _their_modules(reference_dir)
     pd = sampler.pd  # their requirement (pandas), as their sampler imports it
-    with open(source, "rb") as handle:
-        converted = pickle.load(handle)
+    with open(source) as handle:
+        converted = json.load(handle)
+    # JSON keys are strings; their code looks users up by int id.
+    user_vocab = {int(user): lists for user, lists in converted["user_vocab"].items()}
+    sessions = {name: np.asarray(rows, np.int64) for name, rows in converted["sessions"].items()}
     for path in paths.values():
         os.makedirs(os.path.dirname(path) if path.endswith(".pkl") else path, exist_ok=True)
 
@@ -95,11 +100,11 @@ def prepare(reference_dir: str, work_dir: str) -> None:
         with open(path, "wb") as handle:
             pickle.dump(obj, handle)
 
-    dump(converted["user_vocab"], paths["user_vocab"])
+    dump(user_vocab, paths["user_vocab"])
     dump(converted["query_vocab"], paths["query_vocab"])
     dump({}, paths["user_map_vocab"])  # ids only: their Amazon feature lists are the ids
     dump({}, paths["item_map_vocab"])
-    dump(converted["sessions"], paths["session_map_vocab"])
+    dump(sessions, paths["session_map_vocab"])
     pd.DataFrame(converted["rows"]["rec"]).to_pickle(paths["rec_train"])
     pd.DataFrame(converted["rows"]["search"]).to_pickle(paths["src_train"])
 
