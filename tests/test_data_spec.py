@@ -66,13 +66,20 @@ def test_manifest_with_time_split_and_unknown_keys_round_trips():
 
 
 def test_synthetic_manifest_round_trips_byte_for_byte(tmp_path):
-    from unisar_tf.config import UniSARConfig
+    from unisar_tf.config import DataFacts
     from unisar_tf.data.synthetic import generate_synthetic_data, write_data_dir
 
-    config = UniSARConfig(
-        num_users=41, num_items=300, num_words=60, rec_len=4, search_len=3, query_len=3
+    config = DataFacts(
+        num_users=41,
+        num_items=300,
+        num_words=60,
+        rec_len=4,
+        search_len=3,
+        query_len=3,
+        clicks_per_session=5,
     )
     returned = write_data_dir(generate_synthetic_data(config, seed=0), config, str(tmp_path))
+    assert DataFacts.from_spec(DataSpec.load(str(tmp_path))) == config
     text = (tmp_path / "manifest.json").read_text()
     spec = DataSpec.load(str(tmp_path))
     assert spec.to_json() == text
@@ -80,6 +87,7 @@ def test_synthetic_manifest_round_trips_byte_for_byte(tmp_path):
     assert spec.dataset == "synthetic" and spec.inputs is None
     assert spec.vocab_sizes.item_table == config.num_items
     assert spec.shapes == SequenceShapes(4, 3, 3, config.clicks_per_session)
+    assert (spec.candidates.train, spec.candidates.eval) == (5, 100)
     copied = spec.write(str(tmp_path / "vocab"))  # an existing folder
     assert open(copied).read() == text
 

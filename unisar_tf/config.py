@@ -17,30 +17,13 @@ ARCHITECTURES = ("unisar", "sasrec")
 
 @dataclasses.dataclass
 class UniSARConfig:
-    # Vocabulary sizes, padding id 0 included (an id must be < size).
-    num_users: int = 1000
-    num_items: int = 1000
-    num_words: int = 1000
-
     # Embeddings (spec 2).
     raw_embedding_dim: int = 32
     embedding_dim: int = 64
 
-    # Sequences (spec 3).
-    rec_len: int = 30
-    search_len: int = 30
-    query_len: int = 50
-    clicks_per_session: int = 5
-
-    # Side features (spec 2; KuaiSAR). Empty / 0 = ids only (the Amazon setting). Each entry is
-    # the table size (padding/unknown 0 included) of one categorical column; their width-32
-    # embeddings, and the caption's mean word embedding, join the id embedding before the
-    # tanh projection. Values come from unisar_tf.data.side_features.SideFeatures.
-    item_category_vocab_sizes: Tuple[int, ...] = ()
-    user_feature_vocab_sizes: Tuple[int, ...] = ()
-    item_caption_length: int = 0
     # False: ignore the data's side features (spec 2's Amazon setting is ids only; the Amazon
-    # data job now writes item words, which the paper preset must not read).
+    # data job now writes item words, which the paper preset must not read). Which side
+    # features the data has is a DataFacts matter.
     use_side_features: bool = True
 
     # Transformer encoders and fusion decoders (spec 4, 7).
@@ -73,8 +56,7 @@ class UniSARConfig:
     interaction_features: bool = False
     # True: the head also reads the candidate's item co-occurrence with the history, counted
     # on the training split (layers.cooccurrence; what the ItemKNN baseline ranks by), and adds
-    # a learned linear term of it to the logit. cooccurrence_pairs is the table's size, set
-    # from the data by the Trainer (like the vocabulary sizes).
+    # a learned linear term of it to the logit (the tables' sizes are DataFacts).
     use_cooccurrence: bool = False
     # Parts of the co-occurrence features, each read only when use_cooccurrence is True
     # (all True is the default preset; an older config.json without them loads as True):
@@ -84,8 +66,6 @@ class UniSARConfig:
     cooccurrence_transitions: bool = True
     # the search task's query-word overlap and overlap-fraction features (item text needed).
     cooccurrence_query_overlap: bool = True
-    cooccurrence_pairs: int = 0
-    transition_pairs: int = 0  # the directed (last item -> next) table's size, from the data
     l2_weight: float = 3e-5  # lambda
     # "dense": decay every table row each step, as the reference's coupled Adam weight decay.
     # "batch_rows": decay only the embedding rows the step looked up (sparse, cheaper).
@@ -132,8 +112,6 @@ class UniSARConfig:
         self.tower_units = tuple(self.tower_units)
         self.head_units = tuple(self.head_units)
         self.tasks = tuple(self.tasks)
-        self.item_category_vocab_sizes = tuple(self.item_category_vocab_sizes)
-        self.user_feature_vocab_sizes = tuple(self.user_feature_vocab_sizes)
         self.validate()
 
     def validate(self) -> None:
@@ -166,10 +144,6 @@ class UniSARConfig:
         if not (self.use_s2s or self.use_r2s):
             raise ValueError("the search side needs at least one of s2s and r2s")
         for name in (
-            "rec_len",
-            "search_len",
-            "query_len",
-            "clicks_per_session",
             "num_heads",
             "num_layers",
             "batch_size",
@@ -183,16 +157,141 @@ class UniSARConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        sizes = self.item_category_vocab_sizes + self.user_feature_vocab_sizes
-        if any(size < 2 for size in sizes):
-            raise ValueError(f"side-feature table sizes must be >= 2 (0 is unknown), got {sizes}")
-        if self.item_caption_length < 0:
-            raise ValueError(f"item_caption_length must be >= 0, got {self.item_caption_length}")
+
+    @property
+    def reads_side_features(self) -> bool:
+        """The model reads the data's side features, when it has them (SASRec: item ids only)."""
+        return self.use_side_features and self.architecture == "unisar"
+
+    @property
+    def reads_cooccurrence(self) -> bool:
+        """The model reads co-occurrence tables (SASRec: item ids only)."""
+        return self.use_cooccurrence and self.architecture == "unisar"
+
+    @property
+    def uses_mixed_encoder(self) -> bool:
+        return self.use_r2s or self.use_s2r
+
+    def replace(self, **changes: Any) -> "UniSARConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "UniSARConfig":
+        """A config from its to_dict or a run's config.json, older names included
+        (RENAMED_FIELDS); the DataFacts fields a config.json also holds are not read here
+        (DataFacts.from_dict reads them)."""
+        values = renamed_fields(values)
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {name: value for name, value in values.items() if name not in DATA_FACT_FIELDS}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown UniSARConfig fields: {sorted(unknown)}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataFacts:
+    """What the data sizes a model by: facts of the examples it trains on, not settings.
+
+    They come from the data (`from_spec`: the data job's spec, the side features and the
+    co-occurrence tables), so a model cannot be built with tables of another size than its
+    data's. A run's config.json records them beside the UniSARConfig (`run_config_dict`), so a
+    trained model can be rebuilt without its data.
+    """
+
+    # Table sizes, padding id 0 included (an id must be < size).
+    num_users: int
+    num_items: int
+    num_words: int
+    # Sequence shapes (spec 3; feature_specs.SequenceShapes).
+    rec_len: int
+    search_len: int
+    query_len: int
+    clicks_per_session: int
+    # Side features (spec 2; KuaiSAR). Empty / 0 = ids only (the Amazon data). Each entry is
+    # the table size (padding/unknown 0 included) of one categorical column; the caption
+    # length is the item text's token count.
+    item_category_vocab_sizes: Tuple[int, ...] = ()
+    user_feature_vocab_sizes: Tuple[int, ...] = ()
+    item_caption_length: int = 0
+    # Co-occurrence tables' stored pairs: symmetric pairs and directed (last item -> next).
+    cooccurrence_pairs: int = 0
+    transition_pairs: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("item_category_vocab_sizes", "user_feature_vocab_sizes"):
+            object.__setattr__(self, name, tuple(int(size) for size in getattr(self, name)))
         for name in ("num_users", "num_items", "num_words"):
             if getattr(self, name) < 2:
                 raise ValueError(
                     f"{name} must be >= 2 (id 0 is padding), got {getattr(self, name)}"
                 )
+        for name in ("rec_len", "search_len", "query_len", "clicks_per_session"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        sizes = self.item_category_vocab_sizes + self.user_feature_vocab_sizes
+        if any(size < 2 for size in sizes):
+            raise ValueError(f"side-feature table sizes must be >= 2 (0 is unknown), got {sizes}")
+        for name in ("item_caption_length", "cooccurrence_pairs", "transition_pairs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_spec(cls, spec, side_features=None, cooccurrence=None) -> "DataFacts":
+        """The facts of a data directory: `spec` a feature_specs.DataSpec (table sizes are
+        vocabulary size + 1), `side_features` a SideFeatures the model reads (None: ids only),
+        `cooccurrence` the (pairs, transitions) CooccurrenceTables it reads (None: none)."""
+        sizes, shapes = spec.vocab_sizes, spec.shapes
+        side = {}
+        if side_features is not None:
+            side = dict(
+                item_category_vocab_sizes=side_features.item_category_vocab_sizes,
+                user_feature_vocab_sizes=side_features.user_feature_vocab_sizes,
+                item_caption_length=int(side_features.item_captions.shape[1]),
+            )
+        tables = {}
+        if cooccurrence is not None:
+            pairs, transitions = cooccurrence
+            tables = dict(
+                cooccurrence_pairs=pairs.num_pairs, transition_pairs=transitions.num_pairs
+            )
+        return cls(
+            num_users=sizes.user_table,
+            num_items=sizes.item_table,
+            num_words=sizes.word_table,
+            rec_len=shapes.rec_len,
+            search_len=shapes.search_len,
+            query_len=shapes.query_len,
+            clicks_per_session=shapes.clicks_per_session,
+            **side,
+            **tables,
+        )
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "DataFacts":
+        """The facts of a to_dict or a run's config.json (older field names included; the
+        UniSARConfig fields there are not read)."""
+        values = renamed_fields(values)
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.name not in values
+        ]
+        if missing:
+            raise ValueError(f"the data facts need {', '.join(missing)}: not in {sorted(values)}")
+        return cls(**{name: values[name] for name in DATA_FACT_FIELDS if name in values})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "DataFacts":
+        return dataclasses.replace(self, **changes)
 
     @property
     def sequence_shapes(self) -> SequenceShapes:
@@ -211,28 +310,14 @@ class UniSARConfig:
             or self.item_caption_length
         )
 
-    @property
-    def uses_mixed_encoder(self) -> bool:
-        return self.use_r2s or self.use_s2r
 
-    def replace(self, **changes: Any) -> "UniSARConfig":
-        return dataclasses.replace(self, **changes)
+DATA_FACT_FIELDS = tuple(f.name for f in dataclasses.fields(DataFacts))
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "UniSARConfig":
-        """A config from its to_dict / config.json, older names included (RENAMED_FIELDS)."""
-        values = renamed_fields(values)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown UniSARConfig fields: {sorted(unknown)}")
-        return cls(**values)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+def run_config_dict(config: "UniSARConfig", data: DataFacts) -> Dict[str, Any]:
+    """What a run's config.json holds: the config's fields and the data facts it was built
+    with (one flat object, the format of every earlier config.json)."""
+    return dict(config.to_dict(), **data.to_dict())
 
 
 # Fields an older config.json may still use: the data job's names are the one name per shape.
@@ -249,7 +334,8 @@ def renamed_fields(values: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def kuaisar_preset(**overrides: Any) -> UniSARConfig:
-    """Reference defaults for KuaiSAR (spec 10): 5 clicks per search session."""
+    """Reference defaults for KuaiSAR (spec 10). (Its 5 clicks per search session are the
+    data's: DataFacts.clicks_per_session.)"""
     values = dict(
         alpha_relevance=0.001,
         relevance_temperature=0.5,
@@ -257,15 +343,15 @@ def kuaisar_preset(**overrides: Any) -> UniSARConfig:
         alignment_temperature=0.1,
         gamma_search=0.1,
         l2_weight=3e-5,
-        clicks_per_session=5,
     )
     values.update(overrides)
     return UniSARConfig(**values)
 
 
 def amazon_preset(**overrides: Any) -> UniSARConfig:
-    """Reference defaults for the Amazon datasets (spec 10): 1 click per search session, ids
-    only (the item words the Amazon data job writes are ignored). The `paper` preset."""
+    """Reference defaults for the Amazon datasets (spec 10): ids only (the item words the
+    Amazon data job writes are ignored). The `paper` preset. (Its 1 click per search session
+    is the data's: DataFacts.clicks_per_session.)"""
     values = dict(
         alpha_relevance=0.1,
         relevance_temperature=0.1,
@@ -273,7 +359,6 @@ def amazon_preset(**overrides: Any) -> UniSARConfig:
         alignment_temperature=0.1,
         gamma_search=0.01,
         l2_weight=1e-5,
-        clicks_per_session=1,
         use_side_features=False,
     )
     values.update(overrides)
@@ -368,6 +453,9 @@ BASELINES: Dict[str, Dict[str, Any]] = {
     "SASRec": {
         "architecture": "sasrec",
         "tasks": ("rec",),
+        # Item ids only (SASRec reads neither; said so in its config.json, as runs always have).
+        "use_side_features": False,
+        "use_cooccurrence": False,
         "num_train_negatives": 4,
         "dropout": 0.2,
         "learning_rate": 3e-3,

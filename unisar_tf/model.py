@@ -26,7 +26,7 @@ from feature_specs import (
     USER_ID,
     model_feature_shapes,
 )
-from unisar_tf.config import UniSARConfig
+from unisar_tf.config import DataFacts, UniSARConfig
 from unisar_tf.layers import (
     CategoricalSideFeatures,
     EntityEmbedding,
@@ -102,9 +102,10 @@ class UniSARModel(tfrs.Model):
     of candidate_items, and returns spec 10's objective (L2 included).
     """
 
-    def __init__(self, config: UniSARConfig, **kwargs):
+    def __init__(self, config: UniSARConfig, data: DataFacts, **kwargs):
         super().__init__(**kwargs)
         self.config = config
+        self.data = data
         c = config
         d = c.embedding_dim
         block = dict(
@@ -119,55 +120,57 @@ class UniSARModel(tfrs.Model):
         # Side features (spec 2), only when the config names them (KuaiSAR; Amazon is ids only).
         self.item_categories = (
             CategoricalSideFeatures(
-                c.num_items, c.item_category_vocab_sizes, raw, name="item_categories"
+                data.num_items, data.item_category_vocab_sizes, raw, name="item_categories"
             )
-            if c.item_category_vocab_sizes
+            if data.item_category_vocab_sizes
             else None
         )
         self.item_captions = (
-            IdAttributes(c.num_items, c.item_caption_length, name="item_captions")
-            if c.item_caption_length
+            IdAttributes(data.num_items, data.item_caption_length, name="item_captions")
+            if data.item_caption_length
             else None
         )
         self.user_side_features = (
             CategoricalSideFeatures(
-                c.num_users, c.user_feature_vocab_sizes, raw, name="user_side_features"
+                data.num_users, data.user_feature_vocab_sizes, raw, name="user_side_features"
             )
-            if c.user_feature_vocab_sizes
+            if data.user_feature_vocab_sizes
             else None
         )
-        item_side_dim = raw * (len(c.item_category_vocab_sizes) + bool(c.item_caption_length))
+        item_side_dim = raw * (len(data.item_category_vocab_sizes) + bool(data.item_caption_length))
         self.user_embedding = EntityEmbedding(
-            c.num_users,
+            data.num_users,
             raw,
             d,
             zero_padding=False,
-            side_dim=raw * len(c.user_feature_vocab_sizes),
+            side_dim=raw * len(data.user_feature_vocab_sizes),
             name="user_embedding",
         )
         self.item_embedding = EntityEmbedding(
-            c.num_items, raw, d, zero_padding=True, side_dim=item_side_dim, name="item_embedding"
+            data.num_items, raw, d, zero_padding=True, side_dim=item_side_dim, name="item_embedding"
         )
-        self.query_encoder = QueryEncoder(c.num_words, c.raw_embedding_dim, d, name="query_encoder")
+        self.query_encoder = QueryEncoder(
+            data.num_words, c.raw_embedding_dim, d, name="query_encoder"
+        )
 
         self.rec_encoder = self.search_encoder = self.mixed_encoder = None
         self.rec_fusion = self.search_fusion = None
         # use_history=False is the no-history baseline: user, candidate and query only.
         if c.use_history and c.use_r2r:
-            self.rec_positions = PositionalEmbedding(c.rec_len, d, name="rec_positions")
+            self.rec_positions = PositionalEmbedding(data.rec_len, d, name="rec_positions")
             self.rec_encoder = [
                 TransformerEncoderLayer(**block, name=f"rec_encoder_{i}")
                 for i in range(c.num_layers)
             ]
         if c.use_history and c.use_s2s:
-            self.search_positions = PositionalEmbedding(c.search_len, d, name="search_positions")
+            self.search_positions = PositionalEmbedding(data.search_len, d, name="search_positions")
             self.search_encoder = [
                 TransformerEncoderLayer(**block, name=f"search_encoder_{i}")
                 for i in range(c.num_layers)
             ]
         if c.use_history and c.uses_mixed_encoder:
             self.mixed_positions = PositionalEmbedding(
-                c.rec_len + c.search_len, d, name="mixed_positions"
+                data.rec_len + data.search_len, d, name="mixed_positions"
             )
             self.mixed_encoder = [
                 TransformerEncoderLayer(**block, name=f"mixed_encoder_{i}")
@@ -210,11 +213,11 @@ class UniSARModel(tfrs.Model):
         self.cooccurrence = self.transitions = self.cooccurrence_logit = None
         if c.use_cooccurrence:
             self.cooccurrence = ItemCooccurrence(
-                c.num_items, c.cooccurrence_pairs, name="item_cooccurrence"
+                data.num_items, data.cooccurrence_pairs, name="item_cooccurrence"
             )
             if c.cooccurrence_transitions:
                 self.transitions = ItemCooccurrence(
-                    c.num_items, c.transition_pairs, symmetric=False, name="item_transitions"
+                    data.num_items, data.transition_pairs, symmetric=False, name="item_transitions"
                 )
             # The wide part: a linear term of the co-occurrence scores added to each logit.
             # Starts at +1 for the co-occurrence and query-match scores and 0 for popularity:
@@ -330,10 +333,10 @@ class UniSARModel(tfrs.Model):
 
     def encode_history(self, features: Features, training: bool = False) -> HistoryEncoding:
         """One pass of the three encoders and both fusions over a batch of histories."""
-        c = self.config
+        c, data = self.config, self.data
         types = tf.cast(features[HISTORY_TYPES], tf.int32)
-        rec_valid = _valid_prefix(types, TYPE_REC, c.rec_len)
-        search_valid = _valid_prefix(types, TYPE_SEARCH, c.search_len)
+        rec_valid = _valid_prefix(types, TYPE_REC, data.rec_len)
+        search_valid = _valid_prefix(types, TYPE_SEARCH, data.search_len)
 
         rec_behaviours = self.embed_items(features[REC_HISTORY_ITEMS])  # (B, R, d)
         clicked = features[SEARCH_HISTORY_CLICKED_ITEMS]
@@ -351,9 +354,9 @@ class UniSARModel(tfrs.Model):
                 self.mixed_encoder, mixed, mask, tf.not_equal(types, 0), training
             )
             if c.use_s2r:
-                views["s2r"] = gather_by_type(mixed, types, TYPE_REC, c.rec_len)[0]
+                views["s2r"] = gather_by_type(mixed, types, TYPE_REC, data.rec_len)[0]
             if c.use_r2s:
-                views["r2s"] = gather_by_type(mixed, types, TYPE_SEARCH, c.search_len)[0]
+                views["r2s"] = gather_by_type(mixed, types, TYPE_SEARCH, data.search_len)[0]
         if self.rec_encoder is not None:
             views["r2r"] = self._run_encoder(
                 self.rec_encoder,
@@ -671,29 +674,41 @@ def _touched_ids(inputs, tasks) -> Dict[str, tf.Tensor]:
 
 def build_model(
     config: UniSARConfig,
+    data: DataFacts,
     batch_size: int = 2,
     num_candidates: int = 2,
     side_features=None,
     cooccurrence=None,
     tables_from_checkpoint: bool = False,
 ) -> UniSARModel:
-    """A UniSARModel with every variable created (by scoring one all-padding batch) and its
-    data tables filled: a model built without them would score with all-zero tables.
+    """A UniSARModel (or the SASRec baseline, architecture="sasrec") with every variable
+    created (by scoring one all-padding batch) and its data tables filled: a model built
+    without them would score with all-zero tables.
 
-    side_features: a unisar_tf.data.side_features.SideFeatures, required when the config uses
-        side features (its tables are stored in the model as non-trainable variables).
+    data: the facts of the data it trains on (DataFacts.from_spec), which size its tables and
+        inputs.
+    side_features: a unisar_tf.data.side_features.SideFeatures, required when the data has
+        side features (data.uses_side_features; stored in the model as non-trainable
+        variables).
     cooccurrence: (table, transitions), two unisar_tf.data.cooccurrence.CooccurrenceTable
         (symmetric pairs, directed transitions) counted on the training split; required when
         config.use_cooccurrence.
     tables_from_checkpoint: the caller restores a checkpoint next, which holds the
         co-occurrence tables (they are model variables); cooccurrence is then not needed.
     """
-    if config.uses_side_features and side_features is None:
+    uses_side_features = data.uses_side_features
+    if uses_side_features and not config.reads_side_features:
         raise ValueError(
-            "the config uses side features: pass side_features "
+            "the data facts hold side features, which this config does not read "
+            f"(use_side_features={config.use_side_features}, architecture="
+            f"{config.architecture!r}): build them without (DataFacts.from_spec(spec))"
+        )
+    if uses_side_features and side_features is None:
+        raise ValueError(
+            "the data has side features: pass side_features "
             "(unisar_tf.data.side_features.load_side_features)"
         )
-    uses_cooccurrence = config.use_cooccurrence and config.architecture != "sasrec"
+    uses_cooccurrence = config.reads_cooccurrence
     if uses_cooccurrence and cooccurrence is None and not tables_from_checkpoint:
         raise ValueError(
             "the config uses co-occurrence features: pass cooccurrence=(table, transitions) "
@@ -705,12 +720,20 @@ def build_model(
             "cooccurrence tables given, but the config does not use them (use_cooccurrence "
             "is False)"
         )
+    if cooccurrence is not None:
+        given = (cooccurrence[0].num_pairs, cooccurrence[1].num_pairs)
+        if given != (data.cooccurrence_pairs, data.transition_pairs):
+            raise ValueError(
+                f"the co-occurrence tables hold {given[0]} pairs and {given[1]} transitions, "
+                f"the data facts say {data.cooccurrence_pairs} and {data.transition_pairs}: "
+                "build the facts with DataFacts.from_spec(spec, cooccurrence=tables)"
+            )
     if config.architecture == "sasrec":
-        model = SASRecModel(config)
+        model = SASRecModel(config, data)
     else:
-        model = UniSARModel(config)
-    model(dummy_features(config, batch_size, num_candidates, with_query=True))
-    if config.uses_side_features:
+        model = UniSARModel(config, data)
+    model(dummy_features(data, batch_size, num_candidates, with_query=True))
+    if uses_side_features:
         model.set_side_features(side_features)
     if cooccurrence is not None:
         model.set_cooccurrence(*cooccurrence)
@@ -718,11 +741,11 @@ def build_model(
 
 
 def dummy_features(
-    config: UniSARConfig, batch_size: int, num_candidates: int, with_query: bool
+    data: DataFacts, batch_size: int, num_candidates: int, with_query: bool
 ) -> Dict[str, tf.Tensor]:
     """An all-padding batch of the model's input shapes (used to create variables)."""
 
-    shapes = model_feature_shapes(config.sequence_shapes, num_candidates, with_query)
+    shapes = model_feature_shapes(data.sequence_shapes, num_candidates, with_query)
     return {name: tf.zeros((batch_size,) + shape, tf.int64) for name, shape in shapes.items()}
 
 

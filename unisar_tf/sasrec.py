@@ -10,7 +10,7 @@ It takes the project's examples (feature_specs names) and the Trainer's batches,
 validates and reports exactly like UniSAR:
 
     config = amazon_preset(architecture="sasrec", tasks=("rec",), embedding_dim=50, ...)
-    model = build_model(config)              # unisar_tf.model.build_model
+    model = build_model(config, data)        # unisar_tf.model.build_model; data: DataFacts
     scores = model(features)["rec"]          # (B, C) click probabilities
 
     python -m unisar_tf.train --data_dir D --model_dir M --architecture sasrec --tasks rec
@@ -40,7 +40,7 @@ from feature_specs import (
     REC_HISTORY_ITEMS,
     SEARCH_HISTORY_CLICKED_ITEMS,
 )
-from unisar_tf.config import UniSARConfig
+from unisar_tf.config import DataFacts, UniSARConfig
 from unisar_tf.layers import (
     PositionalEmbedding,
     TransformerEncoderLayer,
@@ -92,11 +92,11 @@ def causal_attention_mask(valid: tf.Tensor) -> tf.Tensor:
 class SASRecModel(tfrs.Model):
     """SASRec on the project's examples; the interface of UniSARModel for the rec task.
 
-    From the UniSARConfig it reads: num_items, embedding_dim (d), num_layers (blocks),
-    num_heads, feed_forward_dim, dropout, layer_norm_epsilon, rec_len +
-    search_len (the sequence length M), l2_weight and embedding_l2_mode (on the item
-    and position tables, as the paper's l2_emb), pack_history. The UniSAR-only fields (queries,
-    users, experts, contrastive losses, side features) are ignored.
+    From the UniSARConfig it reads: embedding_dim (d), num_layers (blocks), num_heads,
+    feed_forward_dim, dropout, layer_norm_epsilon, l2_weight and embedding_l2_mode (on the
+    item and position tables, as the paper's l2_emb), pack_history; from the DataFacts:
+    num_items and rec_len + search_len (the sequence length M). The UniSAR-only fields
+    (queries, users, experts, contrastive losses, side features) are ignored.
 
     `call(features)`: history_types (B, M), rec_history_items (B, R),
     search_history_clicked_items (B, S, K), candidate_items (B, C) -> {"rec": (B, C)} click
@@ -107,18 +107,19 @@ class SASRecModel(tfrs.Model):
     + l2_weight * 0.5 * sum(w^2) of the embedding tables.
     """
 
-    def __init__(self, config: UniSARConfig, **kwargs):
+    def __init__(self, config: UniSARConfig, data: DataFacts, **kwargs):
         super().__init__(**kwargs)
         if config.tasks != ("rec",):
             raise ValueError(
                 f"SASRec scores the rec task only: tasks must be ('rec',), " f"got {config.tasks}"
             )
         self.config = config
+        self.data = data
         c = config
         d = c.embedding_dim
-        self.sequence_length = c.rec_len + c.search_len
+        self.sequence_length = data.rec_len + data.search_len
         self.item_table = tf.keras.layers.Embedding(
-            c.num_items,
+            data.num_items,
             d,
             embeddings_initializer=tf.keras.initializers.GlorotNormal(),
             name="item_embedding",

@@ -9,11 +9,12 @@ import tensorflow as tf
 from helpers.datasets import build_amazon_examples
 
 from feature_specs import CANDIDATE_ITEMS, HISTORY_TYPES, QUERY_TOKENS, TYPE_SEARCH
+from feature_specs.data_spec import DataSpec
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline.adapters import amazon
 from pipeline.query_matching import rank_metrics
-from unisar_tf.config import amazon_preset
+from unisar_tf.config import DataFacts, amazon_preset
 from unisar_tf.data import reader
 from unisar_tf.model import build_model
 from unisar_tf.train.inputs import training_dataset
@@ -31,9 +32,9 @@ def built(tmp_path_factory):
 def test_reader_shapes_and_config_sizes(built):
     out, manifest = built
     assert manifest["vocab_sizes"] == {"users": 40, "items": 30, "words": 3}
-    config = reader.config_with_data_sizes(amazon_preset(), manifest)
-    assert (config.num_users, config.num_items, config.num_words) == (41, 31, 4)
-    assert (config.query_len, config.clicks_per_session, config.rec_len) == (4, 1, 5)
+    data = DataFacts.from_spec(DataSpec.of(manifest))
+    assert (data.num_users, data.num_items, data.num_words) == (41, 31, 4)
+    assert (data.query_len, data.clicks_per_session, data.rec_len) == (4, 1, 5)
 
     test_search = reader.load_arrays(out, "test", "search", manifest)
     assert test_search[CANDIDATE_ITEMS].shape == (manifest["examples"]["test"]["search"], 10)
@@ -49,11 +50,9 @@ def test_reader_shapes_and_config_sizes(built):
 @pytest.mark.slow
 def test_model_trains_one_step_on_built_tfrecords(built):
     out, manifest = built
-    config = reader.config_with_data_sizes(
-        amazon_preset(batch_size=16, num_relevance_negatives=8), manifest
-    )
+    config = amazon_preset(batch_size=16, num_relevance_negatives=8)
     tf.keras.utils.set_random_seed(0)
-    model = build_model(config)
+    model = build_model(config, DataFacts.from_spec(DataSpec.of(manifest)))
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
     dataset = training_dataset(
         config, out, manifest, reader.query_bank(out, manifest), seed=0, epoch=0

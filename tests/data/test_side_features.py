@@ -9,10 +9,11 @@ import tensorflow as tf
 from helpers import FIXTURES
 from helpers.model import write_vocabularies
 
+from feature_specs.data_spec import DataSpec
 from pipeline import beam_job
 from pipeline import sequence_builder as sb
 from pipeline.adapters import kuaisar
-from unisar_tf.config import UniSARConfig, kuaisar_preset
+from unisar_tf.config import DataFacts, kuaisar_preset
 from unisar_tf.data.side_features import SideFeatures, load_side_features
 from unisar_tf.data.synthetic import random_feature_batch
 from unisar_tf.data.vocab import read_vocabularies
@@ -82,13 +83,16 @@ def test_side_tables_follow_the_written_rows(kuaisar_build):
     assert np.all(side.item_categories[0] == 0) and np.all(side.item_captions[0] == 0)
     for row in users:
         assert np.all(side.user_features[row["id"]] > 0)
-    sizes = side.config_overrides()
-    assert sizes["item_category_vocab_sizes"][0] == len({r["categories"][0] for r in items}) + 1
-    assert sizes["item_caption_length"] == 2
+    facts = DataFacts.from_spec(DataSpec.of(manifest), side)
+    assert facts.item_category_vocab_sizes[0] == len({r["categories"][0] for r in items}) + 1
+    assert facts.item_caption_length == 2 and facts.uses_side_features
+    assert (facts.num_items, facts.num_users) == (num_items, num_users)
+    assert not DataFacts.from_spec(DataSpec.of(manifest)).uses_side_features
 
 
 def _small_side_model(seed=0):
-    config = kuaisar_preset(
+    config = kuaisar_preset(num_relevance_negatives=4, dropout=0.0)
+    data = DataFacts(
         num_users=6,
         num_items=9,
         num_words=12,
@@ -96,8 +100,6 @@ def _small_side_model(seed=0):
         clicks_per_session=2,
         rec_len=3,
         search_len=3,
-        num_relevance_negatives=4,
-        dropout=0.0,
         item_category_vocab_sizes=(4, 5),
         user_feature_vocab_sizes=(3,),
         item_caption_length=3,
@@ -114,7 +116,7 @@ def _small_side_model(seed=0):
     side.item_categories[0] = 0
     side.item_captions[0] = 0
     tf.keras.utils.set_random_seed(seed)
-    return config, side, build_model(config, side_features=side)
+    return config, side, build_model(config, data, side_features=side)
 
 
 def test_side_features_change_the_item_embedding_and_padding_stays_zero():
@@ -142,7 +144,7 @@ def test_side_features_change_the_item_embedding_and_padding_stays_zero():
 
 def test_side_feature_tables_get_gradients_and_lookup_tables_are_not_trained():
     config, side, model = _small_side_model(1)
-    features = random_feature_batch(config, 4, 5, True, np.random.default_rng(2))
+    features = random_feature_batch(model.data, 4, 5, True, np.random.default_rng(2))
     with tf.GradientTape() as tape:
         scores = model(features, training=True)
         loss = tf.reduce_sum(scores["rec"]) + tf.reduce_sum(scores["search"])
@@ -173,9 +175,9 @@ def test_side_feature_tables_get_gradients_and_lookup_tables_are_not_trained():
 @pytest.mark.slow  # exports and reloads a SavedModel
 def test_side_feature_model_round_trips_through_saved_model(tmp_path):
     config, side, model = _small_side_model(3)
-    features = random_feature_batch(config, 3, 5, True, np.random.default_rng(4))
+    features = random_feature_batch(model.data, 3, 5, True, np.random.default_rng(4))
     expected = model(features)
-    vocab_dir = write_vocabularies(tmp_path / "vocab", config)
+    vocab_dir = write_vocabularies(tmp_path / "vocab", model.data)
     export_serving_model(model, vocab_dir, str(tmp_path / "export"))
     reloaded = tf.saved_model.load(str(tmp_path / "export"))
     raw = raw_request_from_features(features, read_vocabularies(vocab_dir))
@@ -186,11 +188,13 @@ def test_side_feature_model_round_trips_through_saved_model(tmp_path):
 
 
 def test_side_feature_config_needs_tables_and_valid_sizes():
-    config, side, _ = _small_side_model()
+    config, side, model = _small_side_model()
     with pytest.raises(ValueError, match="side_features"):
-        build_model(config)
+        build_model(config, model.data)
+    with pytest.raises(ValueError, match="does not read"):  # the paper preset: ids only
+        build_model(config.replace(use_side_features=False), model.data, side_features=side)
     with pytest.raises(ValueError, match="side-feature table sizes"):
-        UniSARConfig(item_category_vocab_sizes=(1,))
+        model.data.replace(item_category_vocab_sizes=(1,))
 
 
 def test_amazon_style_data_has_no_side_features(tmp_path):
@@ -213,13 +217,13 @@ def test_training_on_kuaisar_tfrecords_uses_the_side_features(kuaisar_build, tmp
         assert 0.0 <= results[task]["NDCG@10"] <= 1.0
         assert np.isfinite(list(results[task].values())).all()
     model = trainer.model
-    assert model.config.item_category_vocab_sizes and model.config.user_feature_vocab_sizes
+    assert model.data.item_category_vocab_sizes and model.data.user_feature_vocab_sizes
     # Caption columns trimmed to the fixture's longest caption.
     longest = max(
         len(row["caption_word_ids"])
         for path in tf.io.gfile.glob(os.path.join(out, "side_features", "items-*.jsonl"))
         for row in map(json.loads, open(path))
     )
-    assert 0 < longest < model.config.query_len
-    assert model.config.item_caption_length == longest
+    assert 0 < longest < model.data.query_len
+    assert model.data.item_caption_length == longest
     assert int(tf.reduce_sum(model.item_captions.table)) > 0  # the fixture's captions, loaded

@@ -19,7 +19,7 @@ from feature_specs import (
     model_feature_shapes,
 )
 from feature_specs.event_schema import Event
-from unisar_tf.config import UniSARConfig
+from unisar_tf.config import DataFacts
 from unisar_tf.data import example_rules as rules
 from unisar_tf.data.synthetic import (
     generate_synthetic_data,
@@ -27,7 +27,7 @@ from unisar_tf.data.synthetic import (
     relevance_negatives,
 )
 
-CONFIG = UniSARConfig(
+CONFIG = DataFacts(
     num_users=201,
     num_items=600,
     num_words=200,
@@ -36,6 +36,8 @@ CONFIG = UniSARConfig(
     query_len=5,
     clicks_per_session=3,
 )
+# generate_synthetic_data's defaults (the UniSARConfig defaults).
+TRAIN_NEGATIVES, EVAL_NEGATIVES = 4, 99
 SPLITS = ("train", "valid", "test")
 SCENARIOS = ("rec", "search")
 
@@ -84,9 +86,7 @@ def _assert_history_consistent(features):
 
 def test_features_match_model_feature_shapes_and_dtypes(data):
     for split, scenario, features in _all_feature_dicts(data):
-        num_negatives = (
-            CONFIG.num_train_negatives if split == "train" else CONFIG.num_eval_negatives
-        )
+        num_negatives = TRAIN_NEGATIVES if split == "train" else EVAL_NEGATIVES
         expected = model_feature_shapes(
             CONFIG.sequence_shapes, 1 + num_negatives, with_query=scenario == "search"
         )
@@ -320,7 +320,7 @@ def test_negatives_when_the_catalogue_is_nearly_exhausted():
     # rejection sampling gives up on many rows and the exact per-row sampler must take over.
     config = CONFIG.replace(num_users=41, num_items=106, clicks_per_session=1)
     data = generate_synthetic_data(config, seed=0, min_events=5, max_events=5)
-    assert data.test_rec[CANDIDATE_ITEMS].shape[1] == 1 + config.num_eval_negatives
+    assert data.test_rec[CANDIDATE_ITEMS].shape[1] == 1 + EVAL_NEGATIVES
     _assert_negatives_outside_user_items(data)
 
 

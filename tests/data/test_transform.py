@@ -278,21 +278,24 @@ def test_training_with_transform_sizes_the_model_by_transform_and_uses_side_feat
 ):
     _, raw_dir, transform_dir = kuaisar_formats
     model_dir, result, _ = trained
+    from feature_specs.data_spec import DataSpec
     from unisar_tf.data.side_features import load_side_features
     from unisar_tf.train.run_dir import load_trained_model, run_side_features
 
     model = load_trained_model(model_dir, raw_dir)
     sizes = transform_ids(transform_dir).vocabulary_sizes()
-    assert (model.config.num_items, model.config.num_users) == (
+    assert (model.data.num_items, model.data.num_users) == (
         sizes["items"] + 1,
         sizes["users"] + 1,
     )
-    assert model.config.uses_side_features
+    assert model.data.uses_side_features
     assert result["test"]["unisar"]["rec"]["examples"] == 3
     # The side tables (written keyed by the data job's ids) are re-keyed to Transform's.
     ids_dir = kuaisar_formats[0]
-    by_job = load_side_features(ids_dir, 100, 100, model.config.query_len)
-    by_transform = run_side_features(raw_dir, transform_dir, model.config)
+    by_job = load_side_features(ids_dir, 100, 100, model.data.query_len)
+    by_transform = run_side_features(
+        raw_dir, transform_dir, DataSpec.of(reader.load_manifest(raw_dir, transform_dir))
+    )
     job_vocab = read_vocabularies(os.path.join(ids_dir, "vocab"))
     tft_vocab = transform_ids(transform_dir).vocabularies()
     job_item = {w: i for i, w in enumerate(job_vocab["items"]) if i}
@@ -391,26 +394,25 @@ def test_query_matching_reads_either_id_format(kuaisar_formats):
 def test_a_last_blessed_model_of_the_id_format_is_refused_clearly(kuaisar_formats, tmp_path):
     """A model exported for id examples (before Transform owned the ids) cannot score the
     pipeline's raw examples: the evaluator says so instead of a parser error."""
+    from feature_specs.data_spec import DataSpec
     from pipeline.components.ranking_evaluator import score_last_blessed
-    from unisar_tf.config import kuaisar_preset
+    from unisar_tf.config import DataFacts, kuaisar_preset
     from unisar_tf.export.push import export_serving_model
     from unisar_tf.model import build_model
     from unisar_tf.train.run_dir import run_side_features
 
     ids_dir, raw_dir, _ = kuaisar_formats
-    config = reader.config_with_data_sizes(
-        kuaisar_preset(
-            embedding_dim=8,
-            raw_embedding_dim=4,
-            feed_forward_dim=8,
-            expert_units=4,
-            tower_units=(8,),
-            head_units=(8,),
-        ),
-        reader.load_manifest(ids_dir),
+    config = kuaisar_preset(
+        embedding_dim=8,
+        raw_embedding_dim=4,
+        feed_forward_dim=8,
+        expert_units=4,
+        tower_units=(8,),
+        head_units=(8,),
     )
-    side = run_side_features(ids_dir, None, config)
-    model = build_model(config.replace(**side.config_overrides()), side_features=side)
+    spec = DataSpec.of(reader.load_manifest(ids_dir))
+    side = run_side_features(ids_dir, None, spec)
+    model = build_model(config, DataFacts.from_spec(spec, side), side_features=side)
     export = export_serving_model(
         model, os.path.join(ids_dir, "vocab"), str(tmp_path / "old"), warmup=False
     )

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers.model import SMALL_MODEL as SMALL
-from helpers.model import small_model, write_vocabularies
+from helpers.model import config_and_data, small_model, write_vocabularies
 
 from feature_specs import (
     CANDIDATE_ITEMS,
@@ -21,7 +21,6 @@ from feature_specs import (
     USER_ID,
 )
 from feature_specs.serving import EXAMPLES_SIGNATURE, RAW_INPUTS, WARMUP_FILE
-from unisar_tf.config import UniSARConfig
 from unisar_tf.data.synthetic import random_feature_batch
 from unisar_tf.data.vocab import DataJobVocabularies, read_vocabularies
 from unisar_tf.export.push import export_serving_model, next_version, push
@@ -34,9 +33,9 @@ pytestmark = pytest.mark.slow  # every test here builds, trains, exports or serv
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    config, model, vocab_dir = small_model(root, seed=20)
+    _, model, vocab_dir = small_model(root, seed=20)
     path = export_serving_model(model, vocab_dir, str(root / "unisar" / "1"))
-    return config, model, vocab_dir, path, tf.saved_model.load(path)
+    return model.data, model, vocab_dir, path, tf.saved_model.load(path)
 
 
 def _as_tensors(arrays):
@@ -48,9 +47,9 @@ def _as_tensors(arrays):
 
 
 def test_raw_signatures_score_like_the_model_on_the_same_ids(exported):
-    config, model, vocab_dir, _, reloaded = exported
+    data, model, vocab_dir, _, reloaded = exported
     vocabularies = read_vocabularies(vocab_dir)
-    features = random_feature_batch(config, 6, 7, True, np.random.default_rng(21))
+    features = random_feature_batch(data, 6, 7, True, np.random.default_rng(21))
     expected = model(features)
     raw = raw_request_from_features(features, vocabularies)
     search = reloaded.signatures["search"](**_as_tensors(raw))["scores"].numpy()
@@ -62,10 +61,10 @@ def test_raw_signatures_score_like_the_model_on_the_same_ids(exported):
 
 
 def test_mapper_rebuilds_the_data_jobs_id_features(exported):
-    config, _, vocab_dir, _, _ = exported
-    features = random_feature_batch(config, 5, 3, True, np.random.default_rng(3))
+    data, _, vocab_dir, _, _ = exported
+    features = random_feature_batch(data, 5, 3, True, np.random.default_rng(3))
     raw = raw_request_from_features(features, read_vocabularies(vocab_dir))
-    mapped = RawFeatureMapper(DataJobVocabularies(vocab_dir), config.sequence_shapes)(
+    mapped = RawFeatureMapper(DataJobVocabularies(vocab_dir), data.sequence_shapes)(
         _as_tensors(raw)
     )
     for name, value in features.items():
@@ -74,8 +73,8 @@ def test_mapper_rebuilds_the_data_jobs_id_features(exported):
 
 def test_history_is_ordered_by_time_and_truncated_to_the_latest(exported):
     """Hand-built request: 8 rec (keep last 6), 2 search; sent out of time order."""
-    config, _, vocab_dir, _, _ = exported
-    mapper = RawFeatureMapper(DataJobVocabularies(vocab_dir), config.sequence_shapes)
+    data, _, vocab_dir, _, _ = exported
+    mapper = RawFeatureMapper(DataJobVocabularies(vocab_dir), data.sequence_shapes)
     rec_items = [f"i{k}" for k in (8, 1, 2, 3, 4, 5, 6, 7)]
     rec_times = [80, 10, 20, 30, 40, 50, 60, 70]  # slot 0 is the newest
     request = {
@@ -110,16 +109,16 @@ def test_history_is_ordered_by_time_and_truncated_to_the_latest(exported):
 
 
 def test_equal_timestamps_put_rec_first(exported):
-    config, _, vocab_dir, _, _ = exported
-    mapper = RawFeatureMapper(DataJobVocabularies(vocab_dir), config.sequence_shapes)
+    data, _, vocab_dir, _, _ = exported
+    mapper = RawFeatureMapper(DataJobVocabularies(vocab_dir), data.sequence_shapes)
     request = _request(rec=[("i1", 5), ("i2", 7)], search=[("w1", ["i3"], 5)])
     types = mapper(_as_tensors(request))[HISTORY_TYPES].numpy()[0]
     np.testing.assert_array_equal(types[:3], [TYPE_REC, TYPE_SEARCH, TYPE_REC])
 
 
 def test_rec_behaviours_on_unknown_items_are_left_out(exported):
-    config, _, vocab_dir, _, _ = exported
-    mapper = RawFeatureMapper(DataJobVocabularies(vocab_dir), config.sequence_shapes)
+    data, _, vocab_dir, _, _ = exported
+    mapper = RawFeatureMapper(DataJobVocabularies(vocab_dir), data.sequence_shapes)
     request = _request(
         rec=[("i1", 1), ("ghost", 2), ("i2", 3)], search=[("w1 ghostword", ["ghost", "i4"], 2)]
     )
@@ -213,10 +212,10 @@ def _serialize(features, row):
 
 
 def test_serving_default_scores_data_job_examples_by_their_task(exported):
-    config, model, _, _, reloaded = exported
+    data, model, _, _, reloaded = exported
     rng = np.random.default_rng(8)
-    rec = random_feature_batch(config, 3, 4, False, rng)
-    search = random_feature_batch(config, 2, 4, True, rng)
+    rec = random_feature_batch(data, 3, 4, False, rng)
+    search = random_feature_batch(data, 2, 4, True, rng)
     records = [
         _serialize(rec, 0),
         _serialize(search, 0),
@@ -264,20 +263,20 @@ def test_the_online_files_give_the_models_tasks_shapes_and_items(exported):
     is what the export wrote: the model's tasks and shapes, the vocabulary's items."""
     from serving.online_features import read_online_files
 
-    config, _, vocab_dir, path, _ = exported
+    data, model, vocab_dir, path, _ = exported
     tasks, shapes, items = read_online_files(path)
-    assert tasks == tuple(config.tasks)
-    assert shapes == config.sequence_shapes
-    assert items == {f"i{k}" for k in range(1, config.num_items)}
+    assert tasks == tuple(model.config.tasks)
+    assert shapes == data.sequence_shapes
+    assert items == {f"i{k}" for k in range(1, data.num_items)}
     assert set(read_vocabularies(vocab_dir)["items"][1:]) == items
 
 
 @pytest.mark.slow  # exports two SavedModels
 def test_push_writes_the_next_version_and_never_overwrites(tmp_path):
     tf.keras.utils.set_random_seed(1)
-    config = UniSARConfig(**dict(SMALL, tasks=("rec",)))
-    model = build_model(config)
-    vocab_dir = write_vocabularies(tmp_path / "vocab", config)
+    config, data = config_and_data(**dict(SMALL, tasks=("rec",)))
+    model = build_model(config, data)
+    vocab_dir = write_vocabularies(tmp_path / "vocab", data)
     serving_dir = tmp_path / "serving"
     os.makedirs(serving_dir / "unisar" / "9")
     os.makedirs(serving_dir / "unisar" / "10")

@@ -10,13 +10,12 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers.model import SMALL_MODEL, small_model
+from helpers.model import SMALL_MODEL, config_and_data, small_model
 from helpers.runs import fake_run
 
 from feature_specs.serving import EXAMPLES_SIGNATURE, SIGNATURE_NAMES
 from serving.client import UniSARClient
 from serving.server import StandInServer
-from unisar_tf.config import UniSARConfig
 from unisar_tf.data.synthetic import random_feature_batch
 from unisar_tf.data.vocab import read_vocabularies
 from unisar_tf.export import __main__ as export_cli
@@ -54,8 +53,8 @@ SINGLE_SCENARIO = {
 @pytest.mark.parametrize("task", sorted(SINGLE_SCENARIO))
 def test_a_single_scenario_run_exports_serves_and_scores_like_the_model(tmp_path, task):
     overrides, empty = SINGLE_SCENARIO[task]
-    config = UniSARConfig(**dict(SMALL_MODEL, **overrides))
-    model_dir, data_dir, model = fake_run(tmp_path, config, seed=7, empty_vocabularies=empty)
+    config, data = config_and_data(**dict(SMALL_MODEL, **overrides))
+    model_dir, data_dir, model = fake_run(tmp_path, config, data, seed=7, empty_vocabularies=empty)
     serving_dir = str(tmp_path / "serving")
     code, out, err = export(model_dir, data_dir, serving_dir)
     assert code == 0, err
@@ -65,7 +64,7 @@ def test_a_single_scenario_run_exports_serves_and_scores_like_the_model(tmp_path
 
     # The data of one scenario: a rec-only user has no search history, and the reverse.
     features = random_feature_batch(
-        config,
+        data,
         4,
         7,
         task == "search",
@@ -111,8 +110,8 @@ def _damage(path, how):
 )
 def test_a_damaged_checkpoint_is_named_and_nothing_is_written(tmp_path, target, how, says):
     """Issue 23: a truncated checkpoint gave "IndexError: Read less bytes than requested"."""
-    config = UniSARConfig(**SMALL_MODEL)
-    model_dir, data_dir, _ = fake_run(tmp_path, config, seed=3)
+    config, data = config_and_data(**SMALL_MODEL)
+    model_dir, data_dir, _ = fake_run(tmp_path, config, data, seed=3)
     best = os.path.join(model_dir, "best")
     name = next(n for n in os.listdir(best) if (".data-" if target == "data" else ".index") in n)
     _damage(os.path.join(best, name), how)

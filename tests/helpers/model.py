@@ -4,10 +4,31 @@ import os
 
 import tensorflow as tf
 
-from unisar_tf.config import UniSARConfig, amazon_preset
+from unisar_tf.config import DATA_FACT_FIELDS, DataFacts, UniSARConfig, amazon_preset
 from unisar_tf.model import build_model
 
-# A model small enough to build, export and serve in a few seconds.
+# The data facts a test gets unless it sets them (spec 3's shapes, KuaiSAR's 5 clicks).
+DEFAULT_FACTS = dict(
+    num_users=1000,
+    num_items=1000,
+    num_words=1000,
+    rec_len=30,
+    search_len=30,
+    query_len=50,
+    clicks_per_session=5,
+)
+
+
+def config_and_data(make=UniSARConfig, **values):
+    """(config, DataFacts) from one dict of config fields and data facts (DEFAULT_FACTS for
+    those it leaves out): for tests that size a model by hand. `make` builds the config
+    (UniSARConfig, or a preset function)."""
+    facts = {name: values.pop(name) for name in list(values) if name in DATA_FACT_FIELDS}
+    return make(**values), DataFacts(**dict(DEFAULT_FACTS, **facts))
+
+
+# A model small enough to build, export and serve in a few seconds (config fields and data
+# facts: config_and_data(**SMALL_MODEL)).
 SMALL_MODEL = dict(
     num_users=40,
     num_items=80,
@@ -21,13 +42,14 @@ SMALL_MODEL = dict(
 )
 
 
-def write_vocabularies(vocab_dir, config):
-    """Vocab files like the data job's for a config's sizes: line k (1-based) is id k's string."""
+def write_vocabularies(vocab_dir, data):
+    """Vocab files like the data job's for the facts' table sizes: line k (1-based) is id k's
+    string."""
     os.makedirs(vocab_dir, exist_ok=True)
     for kind, size, prefix in (
-        ("users", config.num_users, "u"),
-        ("items", config.num_items, "i"),
-        ("words", config.num_words, "w"),
+        ("users", data.num_users, "u"),
+        ("items", data.num_items, "i"),
+        ("words", data.num_words, "w"),
     ):
         with open(os.path.join(vocab_dir, f"{kind}.txt"), "w") as out:
             out.write("".join(f"{prefix}{k}\n" for k in range(1, size)))
@@ -72,10 +94,10 @@ def tiny_config(**overrides):
 
 def small_model(root, seed: int):
     """(config, model, vocab_dir): a seeded SMALL_MODEL and vocabulary files under root/vocab,
-    ready to export."""
+    ready to export (the model's data facts: model.data)."""
     tf.keras.utils.set_random_seed(seed)
-    config = UniSARConfig(**SMALL_MODEL)
-    return config, build_model(config), write_vocabularies(root / "vocab", config)
+    config, data = config_and_data(**SMALL_MODEL)
+    return config, build_model(config, data), write_vocabularies(root / "vocab", data)
 
 
 # The co-occurrence fixture: 8 items, training examples (history items, positive).
@@ -88,14 +110,14 @@ def cooccurrence_model(seed=None, **overrides):
     """The default preset's model on COOCCURRENCE_ITEMS items with captions, the
     co-occurrence table of the fixture's examples and one transition (2 -> 3); `overrides`
     change the config (e.g. TINY widths), `seed` seeds the weights first."""
-    config, side, tables = cooccurrence_parts(**overrides)
+    config, data, side, tables = cooccurrence_parts(**overrides)
     if seed is not None:
         tf.keras.utils.set_random_seed(seed)
-    return build_model(config, side_features=side, cooccurrence=tables)
+    return build_model(config, data, side_features=side, cooccurrence=tables)
 
 
 def cooccurrence_parts(**overrides):
-    """(config, side_features, (table, transitions)) of cooccurrence_model."""
+    """(config, data facts, side_features, (table, transitions)) of cooccurrence_model."""
     import numpy as np
 
     from unisar_tf.config import default_preset
@@ -128,7 +150,9 @@ def cooccurrence_parts(**overrides):
         num_relevance_negatives=4,
         cooccurrence_pairs=table.num_pairs,
         transition_pairs=1,
-        **side.config_overrides(),
+        item_category_vocab_sizes=side.item_category_vocab_sizes,
+        user_feature_vocab_sizes=side.user_feature_vocab_sizes,
+        item_caption_length=int(side.item_captions.shape[1]),
     )
     values.update(overrides)
-    return default_preset(**values), side, (table, transitions)
+    return (*config_and_data(default_preset, **values), side, (table, transitions))

@@ -201,20 +201,29 @@ def test_softmax_ranking_loss_is_the_positives_cross_entropy():
 
 def test_build_model_requires_the_cooccurrence_tables_it_reads(tmp_path):
     """No model with silently all-zero tables: the default preset's config needs its tables
-    (or a checkpoint that holds them), and a config without the features refuses them."""
-    config, side, tables = cooccurrence_parts()
+    (or a checkpoint that holds them), a config without the features refuses them, and
+    tables of another size than the data facts say are refused."""
+    config, data, side, tables = cooccurrence_parts()
     with pytest.raises(ValueError, match="uses co-occurrence features: pass cooccurrence"):
-        build_model(config, side_features=side)
+        build_model(config, data, side_features=side)
     with pytest.raises(ValueError, match="does not use them"):
-        build_model(config.replace(use_cooccurrence=False), side_features=side, cooccurrence=tables)
+        build_model(
+            config.replace(use_cooccurrence=False), data, side_features=side, cooccurrence=tables
+        )
+    with pytest.raises(ValueError, match="the data facts say 1 and 1"):
+        build_model(
+            config, data.replace(cooccurrence_pairs=1), side_features=side, cooccurrence=tables
+        )
+    with pytest.raises(ValueError, match="the data has side features: pass side_features"):
+        build_model(config, data, cooccurrence=tables)
     tf.keras.utils.set_random_seed(3)
-    model = build_model(config, side_features=side, cooccurrence=tables)
+    model = build_model(config, data, side_features=side, cooccurrence=tables)
     np.testing.assert_array_equal(model.cooccurrence.pair_keys.numpy(), tables[0].pair_keys)
     np.testing.assert_array_equal(model.cooccurrence.pair_counts.numpy(), tables[0].pair_counts)
     np.testing.assert_array_equal(model.transitions.pair_counts.numpy(), tables[1].pair_counts)
     # A restore fills the tables of a model built for one: same tables, same scores.
     path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
-    restored = build_model(config, side_features=side, tables_from_checkpoint=True)
+    restored = build_model(config, data, side_features=side, tables_from_checkpoint=True)
     np.testing.assert_array_equal(restored.cooccurrence.pair_counts.numpy(), 0.0)
     tf.train.Checkpoint(model=restored).restore(path).assert_existing_objects_matched()
     np.testing.assert_array_equal(restored.cooccurrence.pair_counts.numpy(), tables[0].pair_counts)

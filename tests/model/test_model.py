@@ -12,12 +12,19 @@ from feature_specs import (
     SEARCH_HISTORY_QUERY_TOKENS,
     TYPE_PAD,
 )
-from unisar_tf.config import ABLATIONS, UniSARConfig, amazon_preset
+from unisar_tf.config import (
+    ABLATIONS,
+    DataFacts,
+    UniSARConfig,
+    amazon_preset,
+    run_config_dict,
+)
 from unisar_tf.data.synthetic import random_feature_batch
 from unisar_tf.model import build_model, count_parameters
 from unisar_tf.tools.param_count import parameter_breakdown
 
-SMALL = dict(
+SMALL = dict(num_relevance_negatives=16, batch_size=8)
+DATA = DataFacts(
     num_users=40,
     num_items=80,
     num_words=30,
@@ -25,8 +32,6 @@ SMALL = dict(
     search_len=5,
     query_len=4,
     clicks_per_session=2,
-    num_relevance_negatives=16,
-    batch_size=8,
 )
 
 
@@ -38,13 +43,13 @@ def joint_batch(config, rng, batch_size=8, num_candidates=5, **edge_cases):
     batch = {}
     for task in config.tasks:
         batch[task] = random_feature_batch(
-            config, batch_size, num_candidates, with_query=(task == "search"), rng=rng, **edge_cases
+            DATA, batch_size, num_candidates, with_query=(task == "search"), rng=rng, **edge_cases
         )
     batch["rel_negatives"] = {
-        "rel_negative_items": rng.integers(1, config.num_items, size=16),
+        "rel_negative_items": rng.integers(1, DATA.num_items, size=16),
         "rel_negative_query_tokens": batch.get("search", batch.get("rec"))[
             SEARCH_HISTORY_QUERY_TOKENS
-        ].reshape(-1, config.query_len)[:16],
+        ].reshape(-1, DATA.query_len)[:16],
     }
     return tf.nest.map_structure(tf.constant, batch)
 
@@ -59,7 +64,7 @@ def gradients(model, batch):
 def test_every_variable_gets_a_gradient_and_one_step_trains(variant):
     tf.keras.utils.set_random_seed(1)
     config = small_config(**ABLATIONS[variant])
-    model = build_model(config)
+    model = build_model(config, DATA)
     batch = joint_batch(config, np.random.default_rng(2))
     loss, grads = gradients(model, batch)
     assert np.isfinite(loss.numpy())
@@ -85,7 +90,7 @@ def test_every_variable_gets_a_gradient_and_one_step_trains(variant):
 def test_user_without_one_kind_of_history_gives_finite_scores_loss_and_gradients(edge):
     tf.keras.utils.set_random_seed(3)
     config = small_config()
-    model = build_model(config)
+    model = build_model(config, DATA)
     batch = joint_batch(config, np.random.default_rng(4), **{edge: True})
     scores = model(batch["search"])
     for task in ("rec", "search"):
@@ -98,8 +103,8 @@ def test_user_without_one_kind_of_history_gives_finite_scores_loss_and_gradients
 def test_scores_ignore_padded_history_slots():
     tf.keras.utils.set_random_seed(5)
     config = small_config()
-    model = build_model(config)
-    features = random_feature_batch(config, 6, 4, True, np.random.default_rng(6))
+    model = build_model(config, DATA)
+    features = random_feature_batch(DATA, 6, 4, True, np.random.default_rng(6))
     reference = model(features)
     noisy = {k: v.copy() for k, v in features.items()}
     rng = np.random.default_rng(7)
@@ -117,8 +122,8 @@ def test_scores_ignore_padded_history_slots():
 def test_candidates_are_scored_independently_of_each_other():
     tf.keras.utils.set_random_seed(8)
     config = small_config()
-    model = build_model(config)
-    features = random_feature_batch(config, 3, 5, True, np.random.default_rng(9))
+    model = build_model(config, DATA)
+    features = random_feature_batch(DATA, 3, 5, True, np.random.default_rng(9))
     together = model(features)
     for column in (0, 3):
         single = dict(
@@ -134,8 +139,8 @@ def test_candidates_are_scored_independently_of_each_other():
 def test_history_order_matters_through_the_mixed_sequence():
     tf.keras.utils.set_random_seed(10)
     config = small_config(dropout=0.0)
-    model = build_model(config)
-    features = random_feature_batch(config, 4, 3, True, np.random.default_rng(11))
+    model = build_model(config, DATA)
+    features = random_feature_batch(DATA, 4, 3, True, np.random.default_rng(11))
     features[HISTORY_TYPES][:] = TYPE_PAD
     features[HISTORY_TYPES][:, :4] = [1, 2, 1, 2]
     swapped = {k: v.copy() for k, v in features.items()}
@@ -147,7 +152,7 @@ def test_history_order_matters_through_the_mixed_sequence():
 def test_bce_part_of_the_loss_matches_numpy():
     tf.keras.utils.set_random_seed(12)
     config = small_config(dropout=0.0)
-    model = build_model(config)
+    model = build_model(config, DATA)
     batch = joint_batch(config, np.random.default_rng(13))
     model.compute_loss(batch, training=False)
     for task in ("rec", "search"):
@@ -163,7 +168,7 @@ def test_bce_part_of_the_loss_matches_numpy():
 def test_loss_weights_follow_spec_section_10():
     tf.keras.utils.set_random_seed(14)
     config = small_config(dropout=0.0, gamma_search=0.25, l2_weight=1e-3)
-    model = build_model(config)
+    model = build_model(config, DATA)
     batch = joint_batch(config, np.random.default_rng(15))
     total = model.compute_loss(batch, training=False).numpy()
     rec = model.task_loss("rec", batch["rec"], batch["rel_negatives"]).numpy()
@@ -180,7 +185,7 @@ def test_loss_weights_follow_spec_section_10():
 def test_batch_rows_l2_decays_only_rows_the_step_read():
     tf.keras.utils.set_random_seed(16)
     config = small_config(embedding_l2_mode="batch_rows", l2_weight=1.0)
-    model = build_model(config)
+    model = build_model(config, DATA)
     batch = joint_batch(config, np.random.default_rng(17))
     with tf.GradientTape() as tape:
         penalty = model.l2_penalty(batch)
@@ -206,12 +211,13 @@ def test_batch_rows_l2_decays_only_rows_the_step_read():
 def test_weights_checkpoint_round_trip_gives_identical_scores(tmp_path):
     tf.keras.utils.set_random_seed(18)
     config = small_config()
-    model = build_model(config)
-    features = random_feature_batch(config, 4, 6, True, np.random.default_rng(19))
+    model = build_model(config, DATA)
+    features = random_feature_batch(DATA, 4, 6, True, np.random.default_rng(19))
     expected = model(features)
     model.save_weights(str(tmp_path / "ckpt"))
     tf.keras.utils.set_random_seed(99)  # a differently initialised twin
-    twin = build_model(UniSARConfig.from_dict(config.to_dict()))
+    recorded = run_config_dict(config, DATA)  # what a run's config.json holds
+    twin = build_model(UniSARConfig.from_dict(recorded), DataFacts.from_dict(recorded))
     assert not np.allclose(twin(features)["rec"].numpy(), expected["rec"].numpy())
     twin.load_weights(str(tmp_path / "ckpt"))
     for task in expected:
@@ -238,13 +244,22 @@ def test_parameter_count_of_amazon_preset_at_kindle_sizes():
         + heads
         + d
     )  # + q_phi
-    model = build_model(amazon_preset(num_items=items, num_words=words, num_users=users))
+    data = DataFacts(  # Kindle's tables, spec 3's shapes
+        num_users=users,
+        num_items=items,
+        num_words=words,
+        rec_len=30,
+        search_len=30,
+        query_len=50,
+        clicks_per_session=1,
+    )
+    model = build_model(amazon_preset(), data)
     assert count_parameters(model) == expected == 4_762_085
 
 
 def test_model_rejects_missing_relevance_negatives():
     config = small_config()
-    model = build_model(config)
+    model = build_model(config, DATA)
     batch = joint_batch(config, np.random.default_rng(22))
     del batch["rel_negatives"]
     with pytest.raises(ValueError, match="rel_negative_items"):
@@ -252,11 +267,15 @@ def test_model_rejects_missing_relevance_negatives():
 
 
 def test_config_round_trips_and_rejects_bad_values():
-    config = amazon_preset(num_items=100)
+    config = amazon_preset(dropout=0.3)
     assert UniSARConfig.from_dict(config.to_dict()) == config
-    assert config.alpha_relevance == 0.1 and config.clicks_per_session == 1
+    assert config.alpha_relevance == 0.1 and config.dropout == 0.3
     with pytest.raises(ValueError, match="query_len"):
-        UniSARConfig(query_len=0)
+        DATA.replace(query_len=0)
+    with pytest.raises(ValueError, match="num_items must be >= 2"):
+        DATA.replace(num_items=1)
+    with pytest.raises(ValueError, match="side-feature table sizes"):
+        DATA.replace(item_category_vocab_sizes=(1,))
     with pytest.raises(ValueError, match="at least one of r2r and s2r"):
         UniSARConfig(use_r2r=False, use_s2r=False)
     with pytest.raises(ValueError, match="unknown UniSARConfig fields"):
@@ -266,12 +285,13 @@ def test_config_round_trips_and_rejects_bad_values():
 def test_a_config_json_with_the_older_shape_names_still_loads():
     from unisar_tf.config import RENAMED_FIELDS
 
-    config = UniSARConfig(rec_len=7, search_len=5, query_len=3)
+    config, data = UniSARConfig(), DATA.replace(rec_len=7, search_len=5, query_len=3)
     older = {
         next((old for old, new in RENAMED_FIELDS.items() if new == name), name): value
-        for name, value in config.to_dict().items()
+        for name, value in run_config_dict(config, data).items()
     }
     assert {"max_rec_history", "max_search_history", "query_length"} <= set(older)
     assert UniSARConfig.from_dict(older) == config
+    assert DataFacts.from_dict(older) == data
     with pytest.raises(ValueError, match="unknown UniSARConfig fields"):
         UniSARConfig.from_dict(dict(older, max_history=3))

@@ -21,7 +21,7 @@ from feature_specs import (
     REC_HISTORY_ITEMS,
     SEARCH_HISTORY_CLICKED_ITEMS,
 )
-from unisar_tf.config import amazon_preset
+from unisar_tf.config import DataFacts, amazon_preset
 from unisar_tf.data import reader
 from unisar_tf.layers import MaskedMultiHeadAttention, TransformerEncoderLayer
 from unisar_tf.model import build_model, dummy_features
@@ -39,13 +39,6 @@ def small_model(**overrides):
     """SASRec over 3 rec + 3 search slots (sequence length 6), 2 blocks, d = 8."""
     values = dict(
         SASREC,
-        num_users=5,
-        num_items=100,
-        num_words=5,
-        rec_len=3,
-        search_len=3,
-        query_len=2,
-        clicks_per_session=2,
         embedding_dim=8,
         feed_forward_dim=16,
         num_layers=2,
@@ -54,7 +47,18 @@ def small_model(**overrides):
     )
     values.update(overrides)
     tf.keras.utils.set_random_seed(5)
-    return build_model(amazon_preset(**values))
+    return build_model(amazon_preset(**values), DATA)
+
+
+DATA = DataFacts(
+    num_users=5,
+    num_items=100,
+    num_words=5,
+    rec_len=3,
+    search_len=3,
+    query_len=2,
+    clicks_per_session=2,
+)
 
 
 # Row 0: rec 11, search (21), search without a click, rec 12, search (23); rec slot 2 (99) is
@@ -67,7 +71,7 @@ EXPECTED_ITEMS = [[0, 0, 11, 21, 12, 23], [0, 41, 31, 32, 33, 42], [0] * 6]
 
 
 def history_features(model, candidates):
-    features = dummy_features(model.config, 3, len(candidates[0]), with_query=False)
+    features = dummy_features(model.data, 3, len(candidates[0]), with_query=False)
     features.update(
         {
             HISTORY_TYPES: tf.constant(TYPES, tf.int64),
@@ -217,7 +221,7 @@ def test_sasrec_needs_the_rec_task_only():
     with pytest.raises(ValueError, match="rec-only"):
         amazon_preset(architecture="sasrec")  # config validation (tasks default to both)
     with pytest.raises(ValueError, match="rec task only"):
-        SASRecModel(amazon_preset(tasks=("search",)))
+        SASRecModel(amazon_preset(tasks=("search",)), DATA)
 
 
 # ------------------------------------------------------------------------ training

@@ -240,8 +240,8 @@ def test_trainer_reads_the_artifact_not_the_training_split(
     layer = trainer.model.cooccurrence
     np.testing.assert_array_equal(layer.pair_keys.numpy(), want[0].pair_keys)
     np.testing.assert_array_equal(layer.item_totals.numpy(), want[0].item_totals)
-    assert trainer.config.cooccurrence_pairs == spec.cooccurrence.pairs
-    assert trainer.config.transition_pairs == spec.cooccurrence.transitions
+    assert trainer.data.cooccurrence_pairs == spec.cooccurrence.pairs
+    assert trainer.data.transition_pairs == spec.cooccurrence.transitions
     monkeypatch.undo()
 
     # An older build (no artifact in its manifest): counted in memory, with a note.

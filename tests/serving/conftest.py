@@ -40,9 +40,9 @@ def small_export(tmp_path_factory):
     from unisar_tf.export.requests import raw_request_from_features
 
     root = tmp_path_factory.mktemp("serving")
-    config, model, vocab_dir = small_model(root, seed=5)
+    _, model, vocab_dir = small_model(root, seed=5)
     path = push(model, vocab_dir, str(root / "serving"))
-    features = random_feature_batch(config, 4, 9, True, np.random.default_rng(6))
+    features = random_feature_batch(model.data, 4, 9, True, np.random.default_rng(6))
     expected = {task: scores.numpy() for task, scores in model(features).items()}
     raw = raw_request_from_features(features, read_vocabularies(vocab_dir))
     return os.path.dirname(path), raw, expected

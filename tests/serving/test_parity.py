@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from feature_specs.data_spec import DataSpec
 from feature_specs.event_schema import Event
 from pipeline.adapters import amazon
 from serving import parity
 from serving.load_history import adapter_events
 from serving.online_features import OnlineFeatureAssembler
 from serving.server import serve
-from unisar_tf.config import UniSARConfig
+from unisar_tf.config import DataFacts, UniSARConfig
 from unisar_tf.export.push import export_serving_model
 from unisar_tf.model import build_model
 from unisar_tf.train.evaluation import saved_model_scores
@@ -42,17 +43,8 @@ def parity_world(amazon_examples, tmp_path_factory):
     scores) for the shared 60-user Amazon-format examples (read-only; exports go here)."""
     out, manifest = amazon_examples
     root = tmp_path_factory.mktemp("parity")
-    sizes = manifest["vocab_sizes"]
-    shapes = manifest["shapes"]
     tf.keras.utils.set_random_seed(5)
     config = UniSARConfig(
-        num_users=sizes["users"] + 1,
-        num_items=sizes["items"] + 1,
-        num_words=sizes["words"] + 1,
-        rec_len=shapes["rec_len"],
-        search_len=shapes["search_len"],
-        query_len=shapes["query_len"],
-        clicks_per_session=shapes["clicks_per_session"],
         batch_size=8,
         embedding_dim=16,
         raw_embedding_dim=8,
@@ -62,7 +54,7 @@ def parity_world(amazon_examples, tmp_path_factory):
         head_units=(16,),
         num_relevance_negatives=8,
     )
-    model = build_model(config)
+    model = build_model(config, DataFacts.from_spec(DataSpec.of(manifest)))
     export_dir = export_serving_model(model, f"{out}/vocab", str(root / "serving" / "unisar" / "1"))
     offline_scores = saved_model_scores(export_dir, out, "test", ("rec", "search"))
     with serve(str(root / "serving" / "unisar"), port=0) as server:

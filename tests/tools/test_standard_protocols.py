@@ -198,17 +198,16 @@ def test_logit_functions_score_with_their_own_model():
     """Full ranking scores by logits (probabilities saturate); each model's function must be
     its own model's logits (AutoGraph once traced UniSAR with SASRec's lambda)."""
     import tensorflow as tf
-    from helpers.model import tiny_config
+    from helpers.model import DEFAULT_FACTS, tiny_config
 
+    from unisar_tf.config import DataFacts
     from unisar_tf.model import build_model, dummy_features
 
     rng = np.random.default_rng(0)
-    for config in (
-        tiny_config(num_items=40),
-        tiny_config(num_items=40, architecture="sasrec", tasks=("rec",)),
-    ):
-        model = build_model(config)
-        features = dummy_features(config, 3, 5, with_query=False)
+    data = DataFacts(**dict(DEFAULT_FACTS, num_items=40))
+    for config in (tiny_config(), tiny_config(architecture="sasrec", tasks=("rec",))):
+        model = build_model(config, data)
+        features = dummy_features(data, 3, 5, with_query=False)
         features = {
             name: tf.constant(rng.integers(0, 40, value.shape), tf.int64)
             for name, value in features.items()

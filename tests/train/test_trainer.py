@@ -33,7 +33,8 @@ from feature_specs import (
     SEARCH_HISTORY_QUERY_TOKENS,
     USER_ID,
 )
-from unisar_tf.config import amazon_preset
+from feature_specs.data_spec import DataSpec
+from unisar_tf.config import DataFacts, amazon_preset, run_config_dict
 from unisar_tf.data import reader
 from unisar_tf.export.push import export_serving_model
 from unisar_tf.metrics import ranking_metrics
@@ -163,7 +164,7 @@ def test_replace_negatives_draws_distinct_items_from_each_rows_pool():
 @pytest.mark.slow
 def test_training_dataset_epoch_batches_order_and_fresh_negatives(amazon_examples):
     out, manifest = amazon_examples
-    config = reader.config_with_data_sizes(tiny_config(num_train_negatives=6), manifest)
+    config = tiny_config(num_train_negatives=6)
     bank = reader.query_bank(out, manifest)
     counts = manifest["examples"]["train"]
     train = {task: reader.load_arrays(out, "train", task, manifest) for task in ("rec", "search")}
@@ -207,7 +208,8 @@ def test_training_dataset_epoch_batches_order_and_fresh_negatives(amazon_example
 
     rel = batches[0]["rel_negatives"]
     assert rel[REL_NEGATIVE_ITEMS].shape == (16,)
-    assert rel[REL_NEGATIVE_ITEMS].min() >= 1 and rel[REL_NEGATIVE_ITEMS].max() < config.num_items
+    items = manifest["vocab_sizes"]["items"] + 1
+    assert rel[REL_NEGATIVE_ITEMS].min() >= 1 and rel[REL_NEGATIVE_ITEMS].max() < items
     bank_rows = {row.tobytes() for row in bank}
     assert all(row.tobytes() in bank_rows for row in rel[REL_NEGATIVE_QUERY_TOKENS])
 
@@ -231,18 +233,18 @@ def test_training_dataset_epoch_batches_order_and_fresh_negatives(amazon_example
 
 # ------------------------------------------------------------------- no-history baseline
 def test_no_history_baseline_trains_one_step_and_ignores_the_history():
-    config = amazon_preset(
+    config = amazon_preset(use_history=False, **dict(TINY, num_relevance_negatives=8))
+    data = DataFacts(
         num_users=20,
         num_items=50,
         num_words=10,
         rec_len=4,
         search_len=3,
         query_len=3,
-        use_history=False,
-        **dict(TINY, num_relevance_negatives=8),
+        clicks_per_session=1,
     )
     tf.keras.utils.set_random_seed(1)
-    model = build_model(config)
+    model = build_model(config, data)
     names = [w.name for w in model.weights]
     assert not [
         n
@@ -265,7 +267,7 @@ def test_no_history_baseline_trains_one_step_and_ignores_the_history():
     rng = np.random.default_rng(0)
 
     def features(batch, with_query, history_seed):
-        f = dummy_features(config, batch, 6, with_query)
+        f = dummy_features(data, batch, 6, with_query)
         f[USER_ID] = tf.constant(rng.integers(0, 20, batch), tf.int64)
         f[CANDIDATE_ITEMS] = tf.constant(rng.integers(1, 50, (batch, 6)), tf.int64)
         if with_query:
@@ -749,8 +751,9 @@ def test_cli_trains_and_ends_with_the_metrics_table_and_the_report_path(amazon_e
     with open(os.path.join(cli_run.model_dir, "config.json")) as handle:
         cli_config = json.load(handle)
     out, manifest = amazon_examples
+    # The config asked for, and the data facts of the data it trained on.
     assert cli_config == json.loads(
-        reader.config_with_data_sizes(tiny_config(), manifest).to_json()
+        json.dumps(run_config_dict(tiny_config(), DataFacts.from_spec(DataSpec.of(manifest))))
     )
     with open(os.path.join(cli_run.model_dir, "eval", "test_metrics.json")) as handle:
         written = json.load(handle)

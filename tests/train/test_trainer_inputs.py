@@ -241,7 +241,7 @@ def test_loading_or_evaluating_the_model_on_other_vocabularies_fails_clearly(
     # The data it was trained on, and a copy of it, still load.
     for name in ("a", "a_copy"):
         assert (
-            load_trained_model(run_on_a, datasets[name][0]).config.num_items
+            load_trained_model(run_on_a, datasets[name][0]).data.num_items
             == datasets["a"][1]["vocab_sizes"]["items"] + 1
         )
 

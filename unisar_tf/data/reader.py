@@ -37,7 +37,7 @@ from feature_specs import (
 )
 from feature_specs.data_spec import DataSpec, tasks_with_counts
 from feature_specs.layout import MANIFEST_FILE, VOCAB_DIR, example_pattern
-from unisar_tf.config import TASKS, UniSARConfig
+from unisar_tf.config import TASKS
 from unisar_tf.data.transform import transform_ids, transformed_manifest
 
 # The manifest entries that say which data it is (not where it lives or how long the job ran).
@@ -88,24 +88,6 @@ def load_spec(data_dir: str, transform_dir: Optional[str] = None) -> DataSpec:
 
 def shapes_from_manifest(manifest: dict | DataSpec) -> SequenceShapes:
     return DataSpec.of(manifest).shapes
-
-
-def config_with_data_sizes(config: UniSARConfig, manifest: dict | DataSpec) -> UniSARConfig:
-    """A copy of `config` whose vocabulary sizes and sequence shapes match the data.
-
-    Table sizes are vocabulary size + 1: id 0 is padding / out of vocabulary.
-    """
-    spec = DataSpec.of(manifest)
-    shapes, sizes = spec.shapes, spec.vocab_sizes
-    return config.replace(
-        num_users=sizes.user_table,
-        num_items=sizes.item_table,
-        num_words=sizes.word_table,
-        rec_len=shapes.rec_len,
-        search_len=shapes.search_len,
-        query_len=shapes.query_len,
-        clicks_per_session=shapes.clicks_per_session,
-    )
 
 
 def tasks_with_examples(
@@ -560,7 +542,6 @@ def query_bank(data_dir: str, manifest: dict | DataSpec | None = None) -> np.nda
 
 __all__ = [
     "load_manifest",
-    "config_with_data_sizes",
     "read_examples",
     "load_arrays",
     "query_bank",

@@ -4,7 +4,7 @@ The KuaiSAR adapter writes one JSON line per item ({"id", "caption_word_ids", "c
 [first, second]}) and per user ({"id", "features": {column: value}}), ids already dense. This
 module turns them into per-id integer tables: categorical values get their own small
 vocabularies (most frequent first from 1; 0 = missing/unknown), captions are padded/truncated
-word ids. `SideFeatures.config_overrides()` gives the UniSARConfig fields that size the model's
+word ids. `DataFacts.from_spec(spec, side_features)` gives the facts that size the model's
 side-feature embeddings.
 """
 
@@ -32,13 +32,6 @@ class SideFeatures:
     item_category_vocab_sizes: tuple
     user_feature_vocab_sizes: tuple
     user_feature_names: tuple
-
-    def config_overrides(self) -> Dict[str, object]:
-        return {
-            "item_category_vocab_sizes": self.item_category_vocab_sizes,
-            "user_feature_vocab_sizes": self.user_feature_vocab_sizes,
-            "item_caption_length": int(self.item_captions.shape[1]),
-        }
 
 
 def _read_jsonl(pattern: str) -> List[dict]:

@@ -72,7 +72,7 @@ from feature_specs.layout import (
     example_prefix,
     vocab_path,
 )
-from unisar_tf.config import UniSARConfig
+from unisar_tf.config import DataFacts
 from unisar_tf.data import example_rules as rules
 
 __all__ = [
@@ -230,7 +230,7 @@ class _Streams:
 
 
 def _generate_streams(
-    config: UniSARConfig,
+    facts: DataFacts,
     rng: np.random.Generator,
     num_topics: int,
     min_events: int,
@@ -241,7 +241,7 @@ def _generate_streams(
     topic_concentration: float,
     zipf_exponent: float,
 ) -> Tuple[_Streams, Tuple[np.ndarray, ...]]:
-    num_users = config.num_users - 1
+    num_users = facts.num_users - 1
     steps = np.arange(max_events)
     lengths = rng.integers(min_events, max_events + 1, size=num_users)
     in_stream = steps < lengths[:, None]
@@ -278,8 +278,8 @@ def _generate_streams(
         last_rec_topic = np.where(is_rec[:, step], topic, last_rec_topic)
         last_search_topic = np.where(is_search[:, step], topic, last_search_topic)
 
-    item_starts, item_sizes = _topic_blocks(config.num_items, num_topics)
-    word_starts, word_sizes = _topic_blocks(config.num_words, num_topics)
+    item_starts, item_sizes = _topic_blocks(facts.num_items, num_topics)
+    word_starts, word_sizes = _topic_blocks(facts.num_words, num_topics)
 
     rec_items = np.zeros((num_users, max_events), dtype=np.int64)
     rec_items[is_rec] = _sample_in_topics(
@@ -287,15 +287,15 @@ def _generate_streams(
     )[:, 0]
 
     search_topics = topics[is_search]
-    num_words = min(MAX_QUERY_WORDS, config.query_len)
+    num_words = min(MAX_QUERY_WORDS, facts.query_len)
     words = _sample_in_topics(rng, search_topics, num_words, word_starts, word_sizes, zipf_exponent)
-    queries = np.zeros((num_users, max_events, config.query_len), dtype=np.int64)
+    queries = np.zeros((num_users, max_events, facts.query_len), dtype=np.int64)
     queries[is_search, :num_words] = _first_n_distinct(rng, words, num_words)
     clicked = _sample_in_topics(
-        rng, search_topics, config.clicks_per_session, item_starts, item_sizes, zipf_exponent
+        rng, search_topics, facts.clicks_per_session, item_starts, item_sizes, zipf_exponent
     )
-    clicks = np.zeros((num_users, max_events, config.clicks_per_session), dtype=np.int64)
-    clicks[is_search] = _first_n_distinct(rng, clicked, config.clicks_per_session)
+    clicks = np.zeros((num_users, max_events, facts.clicks_per_session), dtype=np.int64)
+    clicks[is_search] = _first_n_distinct(rng, clicked, facts.clicks_per_session)
 
     streams = _Streams(
         is_rec=is_rec,
@@ -314,11 +314,11 @@ def _generate_streams(
 SYNTHETIC_SOURCE = "synthetic"  # Event.source of every generated event
 
 
-def _identity_ids(config: UniSARConfig) -> rules.IdMaps:
+def _identity_ids(facts: DataFacts) -> rules.IdMaps:
     """IdMaps str(id) -> id, so the rules' int ids are the story's own."""
     return rules.IdMaps(
-        items={str(k): k for k in range(1, config.num_items)},
-        words={str(k): k for k in range(1, config.num_words)},
+        items={str(k): k for k in range(1, facts.num_items)},
+        words={str(k): k for k in range(1, facts.num_words)},
     )
 
 
@@ -487,7 +487,7 @@ def _from_end(kinds: Sequence[int]) -> List[int]:
 
 
 def _build_examples(
-    config: UniSARConfig, streams: _Streams
+    facts: DataFacts, streams: _Streams
 ) -> Dict[str, Tuple[Features, np.ndarray, np.ndarray, np.ndarray]]:
     """Every target of every user, per scenario in (user, time) order: {"rec" | "search":
     (features without candidates, user index (n,), positive (n,), from_end (n,): 0 for the
@@ -498,8 +498,8 @@ def _build_examples(
     before it, as in the data job: rules.behaviours, rules.kept_history of the target's prefix,
     rules.history_features (through _Histories).
     """
-    ids = _identity_ids(config)
-    histories = _Histories(config.sequence_shapes)
+    ids = _identity_ids(facts)
+    histories = _Histories(facts.sequence_shapes)
     users, positives, kinds, from_end, queries = [], [], [], [], []
     for user in range(streams.is_rec.shape[0]):
         events = _user_events(
@@ -510,7 +510,7 @@ def _build_examples(
             streams.queries[user].tolist(),
             streams.clicks[user].tolist(),
         )
-        behaviours = rules.behaviours(events, ids, config.query_len, config.clicks_per_session)
+        behaviours = rules.behaviours(events, ids, facts.query_len, facts.clicks_per_session)
         targets = [i for i, b in enumerate(behaviours) if b.kind == TYPE_REC or b.clicks]
         histories.add(behaviours, targets)
         users += [user] * len(targets)
@@ -519,7 +519,7 @@ def _build_examples(
         kinds += user_kinds
         from_end += _from_end(user_kinds)
         queries += [
-            rules.query_feature(behaviours[i].query, config.query_len)
+            rules.query_feature(behaviours[i].query, facts.query_len)
             for i in targets
             if behaviours[i].kind == TYPE_SEARCH
         ]
@@ -534,7 +534,7 @@ def _build_examples(
         scenario_features = _take(features, rows)
         if scenario == "search":
             scenario_features[QUERY_TOKENS] = np.asarray(queries, np.int64).reshape(
-                -1, config.query_len
+                -1, facts.query_len
             )
         result[scenario] = (scenario_features, users[rows], positives[rows], from_end[rows])
     return result
@@ -548,7 +548,9 @@ def _take(features: Features, rows: np.ndarray) -> Features:
 
 
 def generate_synthetic_data(
-    config: UniSARConfig,
+    facts: DataFacts,
+    num_train_negatives: int = 4,
+    num_eval_negatives: int = 99,
     num_topics: int = 10,
     seed: int = 0,
     min_events: int = 20,
@@ -559,22 +561,22 @@ def generate_synthetic_data(
     topic_concentration: float = 0.5,
     zipf_exponent: float = 1.0,
 ) -> SyntheticData:
-    """Seeded synthetic dataset sized by `config` (see the module docstring for the story).
+    """Seeded synthetic dataset sized by `facts` (see the module docstring for the story).
 
-    Uses config.num_users/num_items/num_words, rec_len, search_len,
-    query_len, clicks_per_session, num_train_negatives and num_eval_negatives. The same
-    arguments and seed give identical arrays.
+    Tables and shapes are the facts'; train examples get num_train_negatives negatives,
+    valid and test ones num_eval_negatives. The same arguments and seed give identical
+    arrays.
     """
-    if not 1 <= num_topics <= min(config.num_items, config.num_words) - 1:
+    if not 1 <= num_topics <= min(facts.num_items, facts.num_words) - 1:
         raise ValueError(
             f"num_topics={num_topics} needs at least one item and one word per "
-            f"topic (num_items={config.num_items}, num_words={config.num_words})"
+            f"topic (num_items={facts.num_items}, num_words={facts.num_words})"
         )
     if not 1 <= min_events <= max_events:
         raise ValueError(f"need 1 <= min_events <= max_events, got {min_events}, {max_events}")
     rng = np.random.default_rng(seed)
     streams, (item_starts, item_sizes, word_starts, word_sizes) = _generate_streams(
-        config,
+        facts,
         rng,
         num_topics,
         min_events,
@@ -587,25 +589,25 @@ def generate_synthetic_data(
     )
 
     # Every (user, item) interaction, for excluding negatives.
-    user_ids = np.arange(config.num_users - 1)
+    user_ids = np.arange(facts.num_users - 1)
     user_items = np.concatenate(
         [
-            (user_ids[:, None] * config.num_items + streams.rec_items)[streams.is_rec],
-            (user_ids[:, None, None] * config.num_items + streams.clicks)[streams.clicks > 0],
+            (user_ids[:, None] * facts.num_items + streams.rec_items)[streams.is_rec],
+            (user_ids[:, None, None] * facts.num_items + streams.clicks)[streams.clicks > 0],
         ]
     )
     user_item_keys = np.unique(user_items)
-    most_items = np.bincount(user_item_keys // config.num_items).max()
-    num_negatives = max(config.num_train_negatives, config.num_eval_negatives)
-    if config.num_items - 1 - most_items < num_negatives:
+    most_items = np.bincount(user_item_keys // facts.num_items).max()
+    num_negatives = max(num_train_negatives, num_eval_negatives)
+    if facts.num_items - 1 - most_items < num_negatives:
         raise ValueError(
-            f"num_items={config.num_items} is too small: a user interacted with "
+            f"num_items={facts.num_items} is too small: a user interacted with "
             f"{most_items} items, leaving fewer than {num_negatives} negatives; "
             f"raise num_items or lower max_events"
         )
 
     splits: Dict[str, Features] = {}
-    examples = _build_examples(config, streams)
+    examples = _build_examples(facts, streams)
     for scenario in ("rec", "search"):
         features, users, positives, from_end = examples[scenario]
         for split, rows in (
@@ -614,11 +616,9 @@ def generate_synthetic_data(
             ("test", from_end == 0),
         ):
             rows = np.flatnonzero(rows)
-            num_negatives = (
-                config.num_train_negatives if split == "train" else config.num_eval_negatives
-            )
+            num_negatives = num_train_negatives if split == "train" else num_eval_negatives
             negatives = _sample_negatives(
-                rng, users[rows], num_negatives, config.num_items, user_item_keys
+                rng, users[rows], num_negatives, facts.num_items, user_item_keys
             )
             split_features = _take(features, rows)
             split_features[CANDIDATE_ITEMS] = np.concatenate(
@@ -632,14 +632,14 @@ def generate_synthetic_data(
     return SyntheticData(
         **splits,
         num_topics=num_topics,
-        item_topics=_id_topics(config.num_items, item_starts, item_sizes),
-        word_topics=_id_topics(config.num_words, word_starts, word_sizes),
+        item_topics=_id_topics(facts.num_items, item_starts, item_sizes),
+        word_topics=_id_topics(facts.num_words, word_starts, word_sizes),
         train_queries=train_queries,
     )
 
 
 def relevance_negatives(
-    config: UniSARConfig, rng: np.random.Generator, num: int, queries: np.ndarray
+    facts: DataFacts, rng: np.random.Generator, num: int, queries: np.ndarray
 ) -> Features:
     """Per-step negatives for the relevance loss (spec section 6), sampled with replacement.
 
@@ -648,19 +648,19 @@ def relevance_negatives(
     int64; items are uniform over 1..num_items-1, queries uniform over the pool's rows.
     """
     queries = np.asarray(queries, dtype=np.int64)
-    if queries.ndim != 2 or queries.shape[1] != config.query_len or not queries.shape[0]:
+    if queries.ndim != 2 or queries.shape[1] != facts.query_len or not queries.shape[0]:
         raise ValueError(
-            f"queries must be a non-empty (n, {config.query_len}) array, "
+            f"queries must be a non-empty (n, {facts.query_len}) array, "
             f"got shape {queries.shape}"
         )
     return {
-        REL_NEGATIVE_ITEMS: rng.integers(1, config.num_items, size=num, dtype=np.int64),
+        REL_NEGATIVE_ITEMS: rng.integers(1, facts.num_items, size=num, dtype=np.int64),
         REL_NEGATIVE_QUERY_TOKENS: queries[rng.integers(0, queries.shape[0], size=num)],
     }
 
 
 def random_feature_batch(
-    config: UniSARConfig,
+    facts: DataFacts,
     batch_size: int,
     num_candidates: int,
     with_query: bool,
@@ -670,14 +670,14 @@ def random_feature_batch(
 ) -> Features:
     """A random but valid batch of model features, for layer and model unit tests.
 
-    Shapes are `model_feature_shapes(config.sequence_shapes, num_candidates, with_query)`
+    Shapes are `model_feature_shapes(facts.sequence_shapes, num_candidates, with_query)`
     with a leading batch_size; all int64. Each row keeps 0..rec_len rec behaviours and
     0..search_len search sessions (0 for the `empty_*` switches), randomly interleaved
     in `history_types` with padding last. Queries have 1..query_len words; a session has
     0..clicks_per_session clicks (zero clicks is valid: spec section 1).
     """
-    rec_len, search_len = config.rec_len, config.search_len
-    query_len, clicks_len = config.query_len, config.clicks_per_session
+    rec_len, search_len = facts.rec_len, facts.search_len
+    query_len, clicks_len = facts.query_len, facts.clicks_per_session
     num_rec = (
         np.zeros(batch_size, dtype=np.int64)
         if empty_rec_history
@@ -706,24 +706,24 @@ def random_feature_batch(
     query_words = rng.integers(1, query_len + 1, size=(batch_size, search_len))
     num_clicks = rng.integers(0, clicks_len + 1, size=(batch_size, search_len))
     features = {
-        USER_ID: rng.integers(1, config.num_users, size=batch_size),
+        USER_ID: rng.integers(1, facts.num_users, size=batch_size),
         HISTORY_TYPES: history_types,
-        REC_HISTORY_ITEMS: _padded_ids(config.num_items, (batch_size, rec_len), num_rec),
+        REC_HISTORY_ITEMS: _padded_ids(facts.num_items, (batch_size, rec_len), num_rec),
         SEARCH_HISTORY_QUERY_TOKENS: _padded_ids(
-            config.num_words,
+            facts.num_words,
             (batch_size, search_len, query_len),
             np.where(search_valid, query_words, 0),
         ),
         SEARCH_HISTORY_CLICKED_ITEMS: _padded_ids(
-            config.num_items,
+            facts.num_items,
             (batch_size, search_len, clicks_len),
             np.where(search_valid, num_clicks, 0),
         ),
-        CANDIDATE_ITEMS: rng.integers(1, config.num_items, size=(batch_size, num_candidates)),
+        CANDIDATE_ITEMS: rng.integers(1, facts.num_items, size=(batch_size, num_candidates)),
     }
     if with_query:
         features[QUERY_TOKENS] = _padded_ids(
-            config.num_words,
+            facts.num_words,
             (batch_size, query_len),
             rng.integers(1, query_len + 1, size=batch_size),
         )
@@ -749,7 +749,7 @@ def _int64_example(features: Features, row: int) -> bytes:
     ).SerializeToString()
 
 
-def write_data_dir(data: SyntheticData, config: UniSARConfig, out_dir: str, seed: int = 0) -> dict:
+def write_data_dir(data: SyntheticData, facts: DataFacts, out_dir: str, seed: int = 0) -> dict:
     """Writes `data` in the data job's id-format layout (feature_specs.layout), so the Trainer,
     the evaluation and the baselines read it exactly as they read the data job's output:
 
@@ -757,9 +757,10 @@ def write_data_dir(data: SyntheticData, config: UniSARConfig, out_dir: str, seed
         vocab/{users,items,words}.txt      "u1", "i1", "w1", ...: line k is id k + 1
         <split>/<scenario>-00000-of-00001.tfrecord.gz
 
-    Returns the manifest. Tables of `config` have vocabulary size + 1 rows (id 0 = padding).
+    Returns the manifest. Tables of `facts` have vocabulary size + 1 rows (id 0 = padding);
+    the candidate counts are those of `data`'s examples.
     """
-    shapes = config.sequence_shapes
+    shapes = facts.sequence_shapes
     counts: Dict[str, Dict[str, int]] = {}
     files: Dict[str, str] = {}
     for split in ("train", "valid", "test"):
@@ -777,9 +778,9 @@ def write_data_dir(data: SyntheticData, config: UniSARConfig, out_dir: str, seed
                 example_pattern(out_dir, split, scenario), out_dir
             )
     sizes = {
-        "users": config.num_users - 1,
-        "items": config.num_items - 1,
-        "words": config.num_words - 1,
+        "users": facts.num_users - 1,
+        "items": facts.num_items - 1,
+        "words": facts.num_words - 1,
     }
     tf.io.gfile.makedirs(os.path.join(out_dir, VOCAB_DIR))
     for kind, size in sizes.items():
@@ -792,8 +793,8 @@ def write_data_dir(data: SyntheticData, config: UniSARConfig, out_dir: str, seed
         vocab_sizes=VocabSizes(**sizes),
         shapes=shapes,
         candidates=Candidates(
-            train=1 + config.num_train_negatives,
-            eval=1 + config.num_eval_negatives,
+            train=int(data.train_rec[CANDIDATE_ITEMS].shape[1]),
+            eval=int(data.test_rec[CANDIDATE_ITEMS].shape[1]),
             train_negative_pool=0,
         ),
         examples=ExampleCounts(counts),

@@ -48,7 +48,7 @@ def write_online_metadata(model: UniSARModel, ids, export_dir: str) -> None:
     """<export_dir>/assets.extra/online/{metadata.json, items.txt} (module docstring)."""
     online = os.path.join(export_dir, ONLINE_DIR)
     tf.io.gfile.makedirs(online)
-    shapes = model.config.sequence_shapes
+    shapes = model.data.sequence_shapes
     metadata = {
         "tasks": list(model.config.tasks),
         "shapes": {

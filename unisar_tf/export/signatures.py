@@ -58,7 +58,7 @@ class ServingFunctions(tf.Module):
         super().__init__(name="serving")
         self.model = model
         self.ids = ids
-        self.mapper = RawFeatureMapper(ids, model.config.sequence_shapes)
+        self.mapper = RawFeatureMapper(ids, model.data.sequence_shapes)
 
     def score_raw(self, inputs: Dict[str, tf.Tensor], task: str) -> Dict[str, tf.Tensor]:
         features = self.mapper(inputs)
@@ -71,7 +71,7 @@ class ServingFunctions(tf.Module):
         The examples are in the format the model was trained on: the data job's ids, or raw
         string ids that the Transform graph maps (the TFX pipeline's models).
         """
-        shapes = self.model.config.sequence_shapes
+        shapes = self.model.data.sequence_shapes
         id_dtype = self.ids.example_dtype
         padding = tf.constant(0 if id_dtype == tf.int64 else "", id_dtype)
         parsed = tf.io.parse_example(examples, _example_parse_spec(shapes, id_dtype))

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 from feature_specs.data_spec import DataSpec
 from unisar_tf import logs
-from unisar_tf.config import kuaisar_preset
+from unisar_tf.config import DataFacts, kuaisar_preset
 from unisar_tf.data.synthetic import generate_synthetic_data, write_data_dir
 from unisar_tf.flags import deprecated_alias
 from unisar_tf.metrics import metrics_table
@@ -48,23 +48,28 @@ def run_demo(
     """
     # Synthetic queries have at most 3 words and sessions at most 2 clicks: shorter padding
     # than the spec's 50 / 5 keeps the demo fast without changing the model.
-    overrides = dict(
+    facts = DataFacts(
         num_users=num_users + 1,
         num_items=num_items,
         num_words=num_words,
-        batch_size=batch_size,
+        rec_len=30,
+        search_len=30,
         query_len=8,
         clicks_per_session=2,
-        num_relevance_negatives=256,
-        seed=seed,
     )
+    overrides = dict(batch_size=batch_size, num_relevance_negatives=256, seed=seed)
     overrides.update(config_overrides)
     config = kuaisar_preset(**overrides)
-    data = generate_synthetic_data(config, seed=seed)
+    data = generate_synthetic_data(
+        facts,
+        num_train_negatives=config.num_train_negatives,
+        num_eval_negatives=config.num_eval_negatives,
+        seed=seed,
+    )
     with tempfile.TemporaryDirectory() as scratch:
         root = out_dir or scratch
         data_dir, model_dir = os.path.join(root, "data"), os.path.join(root, "model")
-        manifest = write_data_dir(data, config, data_dir, seed=seed)
+        manifest = write_data_dir(data, facts, data_dir, seed=seed)
         if verbose:
             counts = DataSpec.of(manifest).examples
             print(

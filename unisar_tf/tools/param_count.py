@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from unisar_tf.config import preset
+from unisar_tf.config import DataFacts, preset
 from unisar_tf.flags import deprecated_alias
 from unisar_tf.model import build_model
 
@@ -41,10 +41,18 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    config = preset(
-        args.preset, num_items=args.num_items, num_words=args.num_words, num_users=args.num_users
+    config = preset(args.preset)
+    # Spec 3's sequence lengths (30 + 30 behaviours, 50 query words); clicks hold no weights.
+    data = DataFacts(
+        num_items=args.num_items,
+        num_words=args.num_words,
+        num_users=args.num_users,
+        rec_len=30,
+        search_len=30,
+        query_len=50,
+        clicks_per_session=1,
     )
-    model = build_model(config)
+    model = build_model(config, data)
     breakdown = parameter_breakdown(model)
     width = max(len(name) for name in breakdown)
     print(

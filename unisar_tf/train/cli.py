@@ -44,24 +44,9 @@ from unisar_tf.train.run_dir import DataMismatchError, SettingsMismatchError, lo
 from unisar_tf.train.run_lock import RunDirLockedError
 from unisar_tf.train.trainer import Trainer, TrainerOptions
 
-# Set from the data (manifest and side features), not from flags.
-DATA_FIELDS = frozenset(
-    {
-        "num_users",
-        "num_items",
-        "num_words",
-        "rec_len",
-        "search_len",
-        "query_len",
-        "clicks_per_session",
-        "item_category_vocab_sizes",
-        "user_feature_vocab_sizes",
-        "item_caption_length",
-        "cooccurrence_pairs",
-        "transition_pairs",
-        "seed",
-    }
-)  # --seed sets both the trainer's and the config's seed
+# --seed sets both the trainer's and the config's seed; the data facts (DataFacts: table
+# sizes, shapes) come from the data, not from flags.
+NOT_FLAGS = frozenset({"seed"})
 
 
 def _parse_bool(text: str) -> bool:
@@ -78,7 +63,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model hyperparameters (default: the preset's value)")
     hints = typing.get_type_hints(UniSARConfig)
     for field in dataclasses.fields(UniSARConfig):
-        if field.name in DATA_FIELDS:
+        if field.name in NOT_FLAGS:
             continue
         hint = hints[field.name]
         if hint is bool:
@@ -97,7 +82,7 @@ def config_from_args(args: argparse.Namespace) -> UniSARConfig:
     overrides = {
         field.name: getattr(args, field.name)
         for field in dataclasses.fields(UniSARConfig)
-        if field.name not in DATA_FIELDS and getattr(args, field.name, None) is not None
+        if field.name not in NOT_FLAGS and getattr(args, field.name, None) is not None
     }
     if overrides.get("architecture") == "sasrec":
         overrides.setdefault("tasks", ("rec",))  # SASRec is a rec-only model

@@ -188,7 +188,7 @@ def evaluate_best(
         with reader.naming_bad_files(data_dir, ("train", split)):  # names a damaged file
             report.update(
                 baseline_metrics(
-                    data_dir, split, manifest, model.config.num_items, model.config.tasks
+                    data_dir, split, manifest, model.data.num_items, model.config.tasks
                 )
             )
         note = single_scenario_note(manifest)

@@ -139,7 +139,7 @@ def training_dataset(
         query_seed = _stateless_seed(seed, epoch, step * 4 + 3)
         batch["rel_negatives"] = {
             REL_NEGATIVE_ITEMS: tf.random.stateless_uniform(
-                [num_relevance], item_seed, 1, config.num_items, tf.int64
+                [num_relevance], item_seed, 1, spec.vocab_sizes.item_table, tf.int64
             ),
             REL_NEGATIVE_QUERY_TOKENS: tf.gather(
                 bank,

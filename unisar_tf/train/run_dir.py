@@ -27,8 +27,9 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import tensorflow as tf
 
+from feature_specs.data_spec import DataSpec
 from feature_specs.layout import VOCAB_DIR, side_feature_pattern
-from unisar_tf.config import UniSARConfig, renamed_fields
+from unisar_tf.config import DataFacts, UniSARConfig, renamed_fields
 from unisar_tf.data import reader
 from unisar_tf.data.side_features import load_side_features
 from unisar_tf.data.transform import data_job_id_maps
@@ -71,7 +72,7 @@ def _read_run_config(model_dir: str) -> Optional[dict]:
     return _read_run_json(model_dir, CONFIG_FILE)
 
 
-# What the data sets in a config (reader.config_with_data_sizes), by the manifest entry it is from.
+# The DataFacts a data directory sets (DataFacts.from_spec), by the manifest entry it is from.
 _DATA_SIZE_FIELDS = {
     "num_users": "vocab_sizes.users",
     "num_items": "vocab_sizes.items",
@@ -100,17 +101,18 @@ def _differences(recorded: dict, current: dict) -> List[str]:
     return found
 
 
-def _config_differences(saved: Mapping, config: UniSARConfig) -> List[str]:
-    """For run directories without data.json: data-set config fields that differ."""
+def _data_fact_differences(saved: Mapping, data: DataFacts) -> List[str]:
+    """For run directories without data.json: the data facts of its config.json (`saved`)
+    that differ from `data`'s."""
     return [
         f"{source} {saved[name] - 1 if source.startswith('vocab') else saved[name]} -> "
-        f"{getattr(config, name) - 1 if source.startswith('vocab') else getattr(config, name)}"
+        f"{getattr(data, name) - 1 if source.startswith('vocab') else getattr(data, name)}"
         for name, source in _DATA_SIZE_FIELDS.items()
-        if name in saved and saved[name] != getattr(config, name)
+        if name in saved and saved[name] != getattr(data, name)
     ]
 
 
-def check_resumable(model_dir: str, current: dict, config: UniSARConfig) -> Optional[str]:
+def check_resumable(model_dir: str, current: dict, data: DataFacts) -> Optional[str]:
     """Raises DataMismatchError when model_dir's run was trained on other data than
     `current` (reader.data_identity); returns a note when model_dir cannot say (no data.json)."""
     recorded = read_run_data(model_dir)
@@ -121,7 +123,7 @@ def check_resumable(model_dir: str, current: dict, config: UniSARConfig) -> Opti
         trained_on = recorded.get("data_dir")
     else:
         saved = renamed_fields(_read_run_config(model_dir) or {})
-        found = _config_differences(saved, config)
+        found = _data_fact_differences(saved, data)
         if not found:
             return (
                 f"{model_dir} does not record its data ({DATA_FILE} is new): resuming, as "
@@ -229,7 +231,7 @@ def check_same_settings(model_dir: str, config: UniSARConfig, options: Mapping) 
     return allowed
 
 
-def check_model_data(model_dir: str, config: UniSARConfig, data_dir: str, manifest: dict) -> None:
+def check_model_data(model_dir: str, data: DataFacts, data_dir: str, manifest: dict) -> None:
     """Raises DataMismatchError unless data_dir's ids mean what they meant in training (same
     vocabularies) and its sequences have the model's shapes; other examples are fine."""
     recorded = read_run_data(model_dir)
@@ -250,9 +252,7 @@ def check_model_data(model_dir: str, config: UniSARConfig, data_dir: str, manife
         ]
         trained_on = recorded.get("data_dir")
     else:
-        found = _config_differences(
-            config.to_dict(), reader.config_with_data_sizes(config, manifest)
-        )
+        found = _data_fact_differences(data.to_dict(), DataFacts.from_spec(DataSpec.of(manifest)))
         if not found:
             return
         trained_on = "other data"
@@ -272,14 +272,15 @@ def read_best(model_dir: str) -> dict:
         return json.load(handle)
 
 
-def run_side_features(data_dir: str, transform_dir: Optional[str], config: UniSARConfig):
+def run_side_features(data_dir: str, transform_dir: Optional[str], spec: DataSpec):
     """The data's side features (or None), keyed by the ids the model uses: the data job's,
     or with `transform_dir` Transform's (the job writes them keyed by its own ids)."""
     id_maps = None
     if transform_dir and tf.io.gfile.glob(side_feature_pattern(data_dir)):
         id_maps = data_job_id_maps(os.path.join(data_dir, VOCAB_DIR), transform_dir)
+    sizes = spec.vocab_sizes
     return load_side_features(
-        data_dir, config.num_items, config.num_users, config.query_len, id_maps
+        data_dir, sizes.item_table, sizes.user_table, spec.shapes.query_len, id_maps
     )
 
 
@@ -298,16 +299,16 @@ def load_trained_model(model_dir: str, data_dir: str) -> UniSARModel:
     Raises DataMismatchError if data_dir's vocabularies or sequence shapes are not the ones
     the run was trained with (its ids would mean other things)."""
     with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE)) as handle:
-        config = UniSARConfig.from_dict(json.load(handle))
-    check_model_data(
-        model_dir, config, data_dir, reader.load_manifest(data_dir, run_transform_dir(model_dir))
-    )
+        recorded = json.load(handle)
+    config, data = UniSARConfig.from_dict(recorded), DataFacts.from_dict(recorded)
+    manifest = reader.load_manifest(data_dir, run_transform_dir(model_dir))
+    check_model_data(model_dir, data, data_dir, manifest)
     side = (
-        run_side_features(data_dir, run_transform_dir(model_dir), config)
-        if config.uses_side_features
+        run_side_features(data_dir, run_transform_dir(model_dir), DataSpec.of(manifest))
+        if data.uses_side_features
         else None
     )
-    model = build_model(config, side_features=side, tables_from_checkpoint=True)
+    model = build_model(config, data, side_features=side, tables_from_checkpoint=True)
     best = tf.train.latest_checkpoint(os.path.join(model_dir, "best"))
     if best is None:
         raise FileNotFoundError(f"{model_dir}/best has no checkpoint: no epoch has finished")

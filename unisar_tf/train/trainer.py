@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from feature_specs.data_spec import DataSpec
-from unisar_tf.config import TASKS, UniSARConfig
+from unisar_tf.config import TASKS, DataFacts, UniSARConfig, run_config_dict
 from unisar_tf.data import reader
 from unisar_tf.data.cooccurrence import tables_for_training
 from unisar_tf.model import build_model
@@ -260,13 +260,12 @@ class Trainer:
             if self.role.is_chief and os.path.isdir(options.model_dir)
             else None
         )
-        if config.architecture == "sasrec":  # the plain baseline: item ids only
-            config = config.replace(use_side_features=False, use_cooccurrence=False)
         # The dict for data_identity (hashed as written); typed reads go through self.spec.
         self.manifest = reader.load_manifest(options.data_dir, options.transform_dir)
         self.spec = DataSpec.from_manifest(self.manifest)
         self.data_identity = reader.data_identity(options.data_dir, self.manifest)
-        config = reader.config_with_data_sizes(config, self.spec)
+        # The config changes only here, for what the data cannot train: tasks without
+        # examples, and the relevance loss without queries. Its sizes are the DataFacts'.
         config, notes = fit_tasks_to_data(config, self.spec, options.data_dir)
         # The manifest's shapes against the files it trains and validates on, up front (the
         # test split is read only by the evaluation, which checks it then: a tuner never
@@ -284,24 +283,22 @@ class Trainer:
             config = config.replace(use_relevance_loss=False)
         for note in notes:
             say(note)
-        self.side_features = (
-            run_side_features(options.data_dir, options.transform_dir, config)
-            if config.use_side_features
+        self.side_features = (  # KuaiSAR categories, captions, user levels
+            run_side_features(options.data_dir, options.transform_dir, self.spec)
+            if config.reads_side_features
             else None
         )
-        if self.side_features is not None:  # KuaiSAR categories, captions, user levels
-            config = config.replace(**self.side_features.config_overrides())
-        table = transitions = None
-        if config.use_cooccurrence:  # the data job's tables, or counted on the training split
+        tables = None
+        if config.reads_cooccurrence:  # the data job's tables, or counted on the training split
             with reader.naming_bad_files(options.data_dir, ("train",)):
                 table, transitions, note = tables_for_training(
-                    options.data_dir, self.spec, config.num_items, config.tasks
+                    options.data_dir, self.spec, self.spec.vocab_sizes.item_table, config.tasks
                 )
             if note:
                 say(note)
-            config = config.replace(
-                cooccurrence_pairs=table.num_pairs, transition_pairs=transitions.num_pairs
-            )
+            tables = (table, transitions)
+        # What the data sizes the model by (tables, shapes, side features, table pairs).
+        self.data = DataFacts.from_spec(self.spec, self.side_features, tables)
         if config.batch_size % self.replicas:
             raise ValueError(
                 f"batch_size {config.batch_size} is the global batch: it must be a "
@@ -311,9 +308,7 @@ class Trainer:
         tf.keras.utils.set_random_seed(options.seed)
         with self.strategy.scope():
             self.model = build_model(
-                config,
-                side_features=self.side_features,
-                cooccurrence=None if table is None else (table, transitions),
+                config, self.data, side_features=self.side_features, cooccurrence=tables
             )
             self.optimizer = tf.keras.optimizers.Adam(config.learning_rate)
             self.model.compile(optimizer=self.optimizer)
@@ -363,7 +358,7 @@ class Trainer:
         Raises DataMismatchError if model_dir's run was trained on other data."""
         path = tf.train.latest_checkpoint(self.checkpoint_dir)  # the chief's, on every worker
         if path:
-            note = check_resumable(self.options.model_dir, self.data_identity, self.config)
+            note = check_resumable(self.options.model_dir, self.data_identity, self.data)
             if note:
                 progress_log(self.options.verbose)(note)
             # Other hyperparameters than the checkpoint was trained with: refused, listed.
@@ -378,7 +373,7 @@ class Trainer:
             return
         tf.io.gfile.makedirs(self.options.model_dir)
         with tf.io.gfile.GFile(os.path.join(self.options.model_dir, CONFIG_FILE), "w") as out:
-            out.write(self.config.to_json())
+            out.write(json.dumps(run_config_dict(self.config, self.data), indent=2, sort_keys=True))
         with tf.io.gfile.GFile(os.path.join(self.options.model_dir, OPTIONS_FILE), "w") as out:
             out.write(json.dumps(dataclasses.asdict(self.options), indent=2, sort_keys=True))
         with tf.io.gfile.GFile(os.path.join(self.options.model_dir, DATA_FILE), "w") as out:
