@@ -10,4 +10,5 @@ sizing.py           python -m unisar_tf.tools.sizing: data job, tables, training
                     at 1M-100M users
 param_count.py      python -m unisar_tf.tools.param_count: parameters per preset
 demo.py             python -m unisar_tf.tools.demo: synthetic data, the Trainer, a report
+fit_vs_loop.py      python -m unisar_tf.tools.fit_vs_loop: the Trainer's loop against model.fit
 """
