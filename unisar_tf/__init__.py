@@ -2,6 +2,10 @@
 
 from unisar_tf.config import (  # noqa: F401
     ABLATIONS,
+    DataFacts,
+    ModelConfig,
+    SASRecConfig,
+    TrainingConfig,
     UniSARConfig,
     amazon_preset,
     kuaisar_preset,

@@ -1,4 +1,6 @@
-"""Every UniSAR hyperparameter in one dataclass, plus the paper's two presets.
+"""UniSAR's settings: the model (ModelConfig; SASRecConfig for the baseline), its training
+(TrainingConfig), both in a run's UniSARConfig, the facts of the data (DataFacts), and the
+presets.
 
 Defaults follow ../shared/docs/unisar-spec.md (sections 2-10) and the authors' code.
 """
@@ -7,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, Tuple
+import typing
+from typing import Any, ClassVar, Dict, Tuple
 
 from feature_specs import SequenceShapes
 
@@ -16,7 +19,12 @@ ARCHITECTURES = ("unisar", "sasrec")
 
 
 @dataclasses.dataclass
-class UniSARConfig:
+class ModelConfig:
+    """The UniSAR model: sizes of its layers, its losses and the ablation switches (what the
+    model is, not how it is trained, nor what the data sets: TrainingConfig, DataFacts)."""
+
+    architecture: ClassVar[str] = "unisar"
+
     # Embeddings (spec 2).
     raw_embedding_dim: int = 32
     embedding_dim: int = 64
@@ -73,18 +81,6 @@ class UniSARConfig:
     # True: transformer blocks run their position-wise layers on real history positions only
     # (same results there; padded outputs are 0). False computes every padded slot too.
     pack_history: bool = True
-    num_relevance_negatives: int = 1024
-
-    # Optimisation (spec 10).
-    learning_rate: float = 1e-3
-    batch_size: int = 1024
-    eval_batch_size: int = 512
-    num_train_negatives: int = 4
-    num_eval_negatives: int = 99
-    lr_reduce_factor: float = 0.1
-    lr_reduce_patience: int = 3
-    min_learning_rate: float = 1e-6
-    early_stop_patience: int = 5
 
     # Ablation switches (spec 12). All True is UniSAR.
     use_r2r: bool = True
@@ -102,11 +98,6 @@ class UniSARConfig:
     use_history: bool = True
     # Tasks trained jointly; ("rec",) or ("search",) is "w/o joint training".
     tasks: Tuple[str, ...] = TASKS
-    # "unisar", or "sasrec": the learned single-task sequential baseline (unisar_tf.sasrec;
-    # rec only), trained by the same Trainer on the same examples.
-    architecture: str = "unisar"
-
-    seed: int = 42
 
     def __post_init__(self) -> None:
         self.tower_units = tuple(self.tower_units)
@@ -118,35 +109,96 @@ class UniSARConfig:
         unknown = set(self.tasks) - set(TASKS)
         if not self.tasks or unknown:
             raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
-        if self.embedding_dim % self.num_heads:
-            raise ValueError(
-                f"embedding_dim={self.embedding_dim} is not divisible by "
-                f"num_heads={self.num_heads}"
-            )
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"architecture must be one of {ARCHITECTURES}, " f"got {self.architecture!r}"
-            )
-        if self.architecture == "sasrec" and self.tasks != ("rec",):
-            raise ValueError(
-                f"architecture 'sasrec' is a rec-only model: set tasks=('rec',), "
-                f"got {self.tasks}"
-            )
         if self.ranking_loss not in ("bce", "softmax"):
             raise ValueError(f"ranking_loss must be 'bce' or 'softmax', got {self.ranking_loss!r}")
-        if self.embedding_l2_mode not in ("dense", "batch_rows"):
-            raise ValueError(
-                f"embedding_l2_mode must be 'dense' or 'batch_rows', "
-                f"got {self.embedding_l2_mode!r}"
-            )
         if not (self.use_r2r or self.use_s2r):
             raise ValueError("the rec side needs at least one of r2r and s2r")
         if not (self.use_s2s or self.use_r2s):
             raise ValueError("the search side needs at least one of s2s and r2s")
+        _check_blocks(self)
+
+    @property
+    def reads_side_features(self) -> bool:
+        """The model reads the data's side features, when it has them."""
+        return self.use_side_features
+
+    @property
+    def reads_cooccurrence(self) -> bool:
+        return self.use_cooccurrence
+
+    @property
+    def uses_mixed_encoder(self) -> bool:
+        return self.use_r2s or self.use_s2r
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _check_blocks(config) -> None:
+    """The transformer blocks' settings, shared by UniSAR and SASRec."""
+    if config.embedding_dim % config.num_heads:
+        raise ValueError(
+            f"embedding_dim={config.embedding_dim} is not divisible by "
+            f"num_heads={config.num_heads}"
+        )
+    for name in ("num_heads", "num_layers"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+    if config.embedding_l2_mode not in ("dense", "batch_rows"):
+        raise ValueError(
+            f"embedding_l2_mode must be 'dense' or 'batch_rows', got {config.embedding_l2_mode!r}"
+        )
+
+
+@dataclasses.dataclass
+class SASRecConfig:
+    """SASRec (unisar_tf.sasrec), the learned rec-only baseline: item ids through causal
+    pre-LN blocks. Same meaning and defaults as ModelConfig's fields of the same name."""
+
+    architecture: ClassVar[str] = "sasrec"
+    tasks: ClassVar[Tuple[str, ...]] = ("rec",)
+    reads_side_features: ClassVar[bool] = False  # item ids only
+    reads_cooccurrence: ClassVar[bool] = False
+
+    embedding_dim: int = 64
+    num_heads: int = 2
+    num_layers: int = 1
+    feed_forward_dim: int = 64
+    dropout: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    l2_weight: float = 3e-5  # on the item and position tables (the paper's l2_emb)
+    embedding_l2_mode: str = "dense"
+    pack_history: bool = True
+
+    def __post_init__(self) -> None:
+        _check_blocks(self)
+
+    def replace(self, **changes: Any) -> "SASRecConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """How a model is trained and validated (spec 10's optimisation; the Trainer's loop)."""
+
+    learning_rate: float = 1e-3
+    batch_size: int = 1024
+    eval_batch_size: int = 512
+    num_train_negatives: int = 4  # per example, drawn from the data's pool each epoch
+    num_eval_negatives: int = 99
+    num_relevance_negatives: int = 1024  # the relevance loss's shared negatives per step
+    lr_reduce_factor: float = 0.1
+    lr_reduce_patience: int = 3
+    min_learning_rate: float = 1e-6
+    early_stop_patience: int = 5
+    seed: int = 42
+
+    def __post_init__(self) -> None:
         for name in (
-            "num_heads",
-            "num_layers",
             "batch_size",
+            "eval_batch_size",
             "num_train_negatives",
             "num_eval_negatives",
             "num_relevance_negatives",
@@ -155,28 +207,68 @@ class UniSARConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:  # a negative rate ascends the loss (rc 0, loss 2e17)
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
-    @property
-    def reads_side_features(self) -> bool:
-        """The model reads the data's side features, when it has them (SASRec: item ids only)."""
-        return self.use_side_features and self.architecture == "unisar"
-
-    @property
-    def reads_cooccurrence(self) -> bool:
-        """The model reads co-occurrence tables (SASRec: item ids only)."""
-        return self.use_cooccurrence and self.architecture == "unisar"
-
-    @property
-    def uses_mixed_encoder(self) -> bool:
-        return self.use_r2s or self.use_s2r
-
-    def replace(self, **changes: Any) -> "UniSARConfig":
+    def replace(self, **changes: Any) -> "TrainingConfig":
         return dataclasses.replace(self, **changes)
 
+
+MODEL_CONFIGS = {"unisar": ModelConfig, "sasrec": SASRecConfig}
+
+
+def _field_names(cls) -> Tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
+
+
+class UniSARConfig:
+    """A run's settings: which model (`model`: a ModelConfig, or a SASRecConfig with
+    architecture="sasrec") and how to train it (`training`: a TrainingConfig).
+
+    Built from one flat set of names, as presets, flags, ablations and a run's config.json
+    give them: `UniSARConfig(dropout=0.2, learning_rate=3e-3)` routes each name to its part
+    (`field_types()` lists them). The model reads only `config.model`, the Trainer's loop
+    `config.training`; the data's sizes are not here (DataFacts)."""
+
+    def __init__(self, architecture: str = "unisar", **values: Any):
+        if architecture not in MODEL_CONFIGS:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        model_class = MODEL_CONFIGS[architecture]
+        unknown = set(values) - set(FLAT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown UniSARConfig fields: {sorted(unknown)}")
+        if model_class is SASRecConfig:
+            tasks = tuple(values.get("tasks", TASKS))
+            if tasks != ("rec",):
+                raise ValueError(
+                    f"architecture 'sasrec' is a rec-only model: set tasks=('rec',), got {tasks}"
+                )
+        # A SASRec run ignores UniSAR's own fields (a preset's, e.g. its loss weights).
+        model_names = _field_names(model_class)
+        self.model = model_class(**{k: v for k, v in values.items() if k in model_names})
+        self.training = TrainingConfig(**{k: v for k, v in values.items() if k in TRAINING_FIELDS})
+
+    @classmethod
+    def field_types(cls) -> Dict[str, Any]:
+        """{flat name: type} of every setting (ModelConfig's and TrainingConfig's; SASRec's
+        are a subset of ModelConfig's), e.g. for command-line flags."""
+        types: Dict[str, Any] = {"architecture": str}
+        for part in (ModelConfig, TrainingConfig):
+            hints = typing.get_type_hints(part)
+            types.update({name: hints[name] for name in _field_names(part)})
+        return types
+
+    @property
+    def architecture(self) -> str:
+        return self.model.architecture
+
+    def replace(self, **changes: Any) -> "UniSARConfig":
+        return UniSARConfig(**dict(self.to_dict(), **changes))
+
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The flat form (config.json): architecture, the model's fields, the training's."""
+        values: Dict[str, Any] = dict(architecture=self.architecture, tasks=self.model.tasks)
+        values.update(dataclasses.asdict(self.model))
+        values.update(dataclasses.asdict(self.training))
+        return values
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "UniSARConfig":
@@ -184,15 +276,21 @@ class UniSARConfig:
         (RENAMED_FIELDS); the DataFacts fields a config.json also holds are not read here
         (DataFacts.from_dict reads them)."""
         values = renamed_fields(values)
-        known = {f.name for f in dataclasses.fields(cls)}
         values = {name: value for name, value in values.items() if name not in DATA_FACT_FIELDS}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown UniSARConfig fields: {sorted(unknown)}")
         return cls(**values)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UniSARConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"UniSARConfig(model={self.model!r}, training={self.training!r})"
+
+
+TRAINING_FIELDS = _field_names(TrainingConfig)
+FLAT_FIELDS = _field_names(ModelConfig) + TRAINING_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -453,9 +551,6 @@ BASELINES: Dict[str, Dict[str, Any]] = {
     "SASRec": {
         "architecture": "sasrec",
         "tasks": ("rec",),
-        # Item ids only (SASRec reads neither; said so in its config.json, as runs always have).
-        "use_side_features": False,
-        "use_cooccurrence": False,
         "num_train_negatives": 4,
         "dropout": 0.2,
         "learning_rate": 3e-3,

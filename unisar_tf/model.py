@@ -26,7 +26,7 @@ from feature_specs import (
     USER_ID,
     model_feature_shapes,
 )
-from unisar_tf.config import DataFacts, UniSARConfig
+from unisar_tf.config import DataFacts, ModelConfig, SASRecConfig, UniSARConfig
 from unisar_tf.layers import (
     CategoricalSideFeatures,
     EntityEmbedding,
@@ -56,7 +56,7 @@ Features = Mapping[str, tf.Tensor]
 MATCH_FEATURE_PRIOR = (1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0)
 
 
-def match_feature_prior(config: UniSARConfig) -> tuple:
+def match_feature_prior(config: ModelConfig) -> tuple:
     """MATCH_FEATURE_PRIOR without the features the config switches off."""
     pairs = NUM_COOCCURRENCE_FEATURES  # ItemCooccurrence's; then the transition, the overlap
     return (
@@ -102,7 +102,7 @@ class UniSARModel(tfrs.Model):
     of candidate_items, and returns spec 10's objective (L2 included).
     """
 
-    def __init__(self, config: UniSARConfig, data: DataFacts, **kwargs):
+    def __init__(self, config: ModelConfig, data: DataFacts, **kwargs):
         super().__init__(**kwargs)
         self.config = config
         self.data = data
@@ -673,7 +673,7 @@ def _touched_ids(inputs, tasks) -> Dict[str, tf.Tensor]:
 
 
 def build_model(
-    config: UniSARConfig,
+    config: ModelConfig | SASRecConfig | UniSARConfig,
     data: DataFacts,
     batch_size: int = 2,
     num_candidates: int = 2,
@@ -685,6 +685,7 @@ def build_model(
     created (by scoring one all-padding batch) and its data tables filled: a model built
     without them would score with all-zero tables.
 
+    config: the model's config (a run's UniSARConfig: its `model`).
     data: the facts of the data it trains on (DataFacts.from_spec), which size its tables and
         inputs.
     side_features: a unisar_tf.data.side_features.SideFeatures, required when the data has
@@ -696,11 +697,13 @@ def build_model(
     tables_from_checkpoint: the caller restores a checkpoint next, which holds the
         co-occurrence tables (they are model variables); cooccurrence is then not needed.
     """
+    if isinstance(config, UniSARConfig):
+        config = config.model
     uses_side_features = data.uses_side_features
     if uses_side_features and not config.reads_side_features:
         raise ValueError(
             "the data facts hold side features, which this config does not read "
-            f"(use_side_features={config.use_side_features}, architecture="
+            f"(use_side_features={getattr(config, 'use_side_features', False)}, architecture="
             f"{config.architecture!r}): build them without (DataFacts.from_spec(spec))"
         )
     if uses_side_features and side_features is None:

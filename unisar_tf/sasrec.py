@@ -40,7 +40,7 @@ from feature_specs import (
     REC_HISTORY_ITEMS,
     SEARCH_HISTORY_CLICKED_ITEMS,
 )
-from unisar_tf.config import DataFacts, UniSARConfig
+from unisar_tf.config import DataFacts, SASRecConfig
 from unisar_tf.layers import (
     PositionalEmbedding,
     TransformerEncoderLayer,
@@ -92,11 +92,10 @@ def causal_attention_mask(valid: tf.Tensor) -> tf.Tensor:
 class SASRecModel(tfrs.Model):
     """SASRec on the project's examples; the interface of UniSARModel for the rec task.
 
-    From the UniSARConfig it reads: embedding_dim (d), num_layers (blocks), num_heads,
-    feed_forward_dim, dropout, layer_norm_epsilon, l2_weight and embedding_l2_mode (on the
-    item and position tables, as the paper's l2_emb), pack_history; from the DataFacts:
-    num_items and rec_len + search_len (the sequence length M). The UniSAR-only fields
-    (queries, users, experts, contrastive losses, side features) are ignored.
+    Its SASRecConfig: embedding_dim (d), num_layers (blocks), num_heads, feed_forward_dim,
+    dropout, layer_norm_epsilon, l2_weight and embedding_l2_mode (on the item and position
+    tables, as the paper's l2_emb), pack_history; from the DataFacts: num_items and rec_len +
+    search_len (the sequence length M).
 
     `call(features)`: history_types (B, M), rec_history_items (B, R),
     search_history_clicked_items (B, S, K), candidate_items (B, C) -> {"rec": (B, C)} click
@@ -107,12 +106,8 @@ class SASRecModel(tfrs.Model):
     + l2_weight * 0.5 * sum(w^2) of the embedding tables.
     """
 
-    def __init__(self, config: UniSARConfig, data: DataFacts, **kwargs):
+    def __init__(self, config: SASRecConfig, data: DataFacts, **kwargs):
         super().__init__(**kwargs)
-        if config.tasks != ("rec",):
-            raise ValueError(
-                f"SASRec scores the rec task only: tasks must be ('rec',), " f"got {config.tasks}"
-            )
         self.config = config
         self.data = data
         c = config

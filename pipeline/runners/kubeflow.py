@@ -60,7 +60,7 @@ def runtime_parameters(data_root: str, train_config: Optional[Dict[str, Any]]) -
     overrides = dict(train_config.get("config_overrides") or {})
     batch_size = overrides.get("batch_size")
     if batch_size is None:
-        batch_size = preset(train_config.get("preset", "default")).batch_size
+        batch_size = preset(train_config.get("preset", "default")).training.batch_size
     parameter = tfx.dsl.experimental.RuntimeParameter
     return {
         "data_root": parameter(name="data_root", ptype=str, default=data_root),

@@ -36,8 +36,8 @@ def fake_run(root, config, data, seed: int, empty_vocabularies=()):
         for name in ("rec_len", "search_len", "query_len", "clicks_per_session")
     }
     shapes.update(  # the data job's manifest has them (feature_specs.data_spec requires them)
-        train_candidates=1 + config.num_train_negatives,
-        eval_candidates=1 + config.num_eval_negatives,
+        train_candidates=1 + config.training.num_train_negatives,
+        eval_candidates=1 + config.training.num_eval_negatives,
     )
     with open(os.path.join(data_dir, "manifest.json"), "w") as out:
         json.dump(

@@ -87,7 +87,7 @@ def _logits(model, batch):
 
 def test_default_preset_and_the_dataclass_have_every_part_on():
     for config in (default_preset(), UniSARConfig()):
-        assert all(getattr(config, name) is True for name in SWITCHES)
+        assert all(getattr(config.model, name) is True for name in SWITCHES)
 
 
 def test_an_older_config_json_without_the_switches_loads_with_them_on():
@@ -96,7 +96,7 @@ def test_an_older_config_json_without_the_switches_loads_with_them_on():
     for name in SWITCHES:
         del older[name]
     loaded = UniSARConfig.from_dict(older)
-    assert all(getattr(loaded, name) is True for name in SWITCHES)
+    assert all(getattr(loaded.model, name) is True for name in SWITCHES)
     assert loaded == config
 
 
@@ -106,7 +106,7 @@ def test_the_default_preset_ablations_switch_one_addition_each():
         config = default_preset(**overrides)  # every variant is a valid config
         assert len(overrides) == (0 if name == "default" else 1)
         assert all(
-            getattr(config, field) != value
+            config.to_dict()[field] != value
             for field, value in default_preset().to_dict().items()
             if field in overrides
         )
@@ -124,13 +124,13 @@ def test_the_command_line_has_a_flag_per_switch():
         ["--data_dir", "d", "--model_dir", "m", "--cooccurrence_transitions", "false"]
     )
     config = config_from_args(args)
-    assert not config.cooccurrence_transitions
-    assert config.cooccurrence_wide_term and config.cooccurrence_query_overlap
+    assert not config.model.cooccurrence_transitions
+    assert config.model.cooccurrence_wide_term and config.model.cooccurrence_query_overlap
     assert isinstance(args, argparse.Namespace)
 
 
 def test_match_feature_prior_follows_the_switches():
-    config = default_preset()
+    config = default_preset().model
     assert match_feature_prior(config) == MATCH_FEATURE_PRIOR
     assert len(match_feature_prior(config.replace(cooccurrence_transitions=False))) == 7
     assert (

@@ -41,7 +41,7 @@ def small_config(**overrides) -> UniSARConfig:
 
 def joint_batch(config, rng, batch_size=8, num_candidates=5, **edge_cases):
     batch = {}
-    for task in config.tasks:
+    for task in config.model.tasks:
         batch[task] = random_feature_batch(
             DATA, batch_size, num_candidates, with_query=(task == "search"), rng=rng, **edge_cases
         )
@@ -76,11 +76,11 @@ def test_every_variable_gets_a_gradient_and_one_step_trains(variant):
     assert not missing, f"{variant}: no gradient for {missing}"
     # Components an ablation removes do not exist at all (so cannot train by accident).
     names = set(parameter_breakdown(model))
-    assert ("rec_encoder_0" in names) == config.use_r2r
-    assert ("mixed_encoder_0" in names) == (config.use_r2s or config.use_s2r)
-    assert ("experts" in names) == config.use_mmoe
-    assert ("relevance" in names) == config.use_relevance_loss
-    assert ("rec_fusion_0" in names) == config.use_fusion_rec
+    assert ("rec_encoder_0" in names) == config.model.use_r2r
+    assert ("mixed_encoder_0" in names) == (config.model.use_r2s or config.model.use_s2r)
+    assert ("experts" in names) == config.model.use_mmoe
+    assert ("relevance" in names) == config.model.use_relevance_loss
+    assert ("rec_fusion_0" in names) == config.model.use_fusion_rec
     before = [v.numpy().copy() for v in model.trainable_variables]
     tf.keras.optimizers.Adam(1e-3).apply_gradients(zip(grads, model.trainable_variables))
     assert all(np.any(b != v.numpy()) for b, v in zip(before, model.trainable_variables))
@@ -269,7 +269,7 @@ def test_model_rejects_missing_relevance_negatives():
 def test_config_round_trips_and_rejects_bad_values():
     config = amazon_preset(dropout=0.3)
     assert UniSARConfig.from_dict(config.to_dict()) == config
-    assert config.alpha_relevance == 0.1 and config.dropout == 0.3
+    assert config.model.alpha_relevance == 0.1 and config.model.dropout == 0.3
     with pytest.raises(ValueError, match="query_len"):
         DATA.replace(query_len=0)
     with pytest.raises(ValueError, match="num_items must be >= 2"):

@@ -21,7 +21,7 @@ from feature_specs import (
     REC_HISTORY_ITEMS,
     SEARCH_HISTORY_CLICKED_ITEMS,
 )
-from unisar_tf.config import DataFacts, amazon_preset
+from unisar_tf.config import DataFacts, SASRecConfig, UniSARConfig, amazon_preset
 from unisar_tf.data import reader
 from unisar_tf.layers import MaskedMultiHeadAttention, TransformerEncoderLayer
 from unisar_tf.model import build_model, dummy_features
@@ -217,11 +217,17 @@ def test_loss_is_candidate_bce_plus_l2_on_the_item_and_position_tables():
         model.compute_loss({"search": features})
 
 
-def test_sasrec_needs_the_rec_task_only():
+def test_sasrec_needs_the_rec_task_only_and_has_its_own_config():
     with pytest.raises(ValueError, match="rec-only"):
         amazon_preset(architecture="sasrec")  # config validation (tasks default to both)
-    with pytest.raises(ValueError, match="rec task only"):
-        SASRecModel(amazon_preset(tasks=("search",)), DATA)
+    with pytest.raises(ValueError, match="rec-only"):
+        amazon_preset(architecture="sasrec", tasks=("search",))
+    # The UniSAR-only settings of a preset are not SASRec's: its config holds its own fields.
+    config = amazon_preset(architecture="sasrec", tasks=("rec",), dropout=0.3)
+    assert isinstance(config.model, SASRecConfig) and config.model.dropout == 0.3
+    assert config.model.tasks == ("rec",) and not hasattr(config.model, "gamma_search")
+    assert config.to_dict()["tasks"] == ("rec",) and "gamma_search" not in config.to_dict()
+    assert UniSARConfig.from_dict(config.to_dict()) == config
 
 
 # ------------------------------------------------------------------------ training
@@ -422,7 +428,7 @@ def test_learned_baseline_recipe_is_the_ablation_tables_on_the_same_preset():
     for name in ("default", "paper"):
         config = sasrec_config(name, seed=3)
         assert config == preset(name, seed=3, **BASELINES["SASRec"])
-        assert config.architecture == "sasrec" and config.tasks == ("rec",)
+        assert config.architecture == "sasrec" and config.model.tasks == ("rec",)
 
 
 def test_sasrec_has_its_own_schedule_not_the_presets(monkeypatch):
@@ -433,8 +439,8 @@ def test_sasrec_has_its_own_schedule_not_the_presets(monkeypatch):
 
     default = preset("default")
     sasrec = learned_baseline.sasrec_config("default")
-    assert (default.lr_reduce_patience, default.early_stop_patience) == (1, 2)
-    assert (sasrec.lr_reduce_patience, sasrec.early_stop_patience) == (3, 6)
+    assert (default.training.lr_reduce_patience, default.training.early_stop_patience) == (1, 2)
+    assert (sasrec.training.lr_reduce_patience, sasrec.training.early_stop_patience) == (3, 6)
 
     budgets = []
 

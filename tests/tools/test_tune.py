@@ -114,11 +114,12 @@ def test_the_best_flags_train_the_best_values_with_the_train_cli(searched):
     )
     config = cli.config_from_args(args)
     for name, value in best["values"].items():
-        assert getattr(config, name) == value, name
-    assert config.batch_size == TINY["batch_size"] and config.tower_units == TINY["tower_units"]
+        assert config.to_dict()[name] == value, name
+    assert config.training.batch_size == TINY["batch_size"]
+    assert config.model.tower_units == TINY["tower_units"]
     assert (args.max_epochs, args.steps_per_epoch, args.validation_rows) == (1, STEPS, 32)
-    assert config.use_history is False
-    assert config.ranking_loss == "softmax"  # on top of the default preset
+    assert config.model.use_history is False
+    assert config.model.ranking_loss == "softmax"  # on top of the default preset
 
 
 def test_the_same_command_proposes_the_same_trials(searched):

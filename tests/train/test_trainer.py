@@ -416,9 +416,9 @@ def test_validation_score_is_the_mean_ndcg5_of_the_tasks():
 @pytest.mark.slow
 def test_plateau_policy_reduces_lr_to_the_floor_and_counts_epochs_without_gain(policy_run):
     run = policy_run
-    assert run.trainer.config.lr_reduce_patience == 3
-    assert run.trainer.config.early_stop_patience == 5
-    assert run.trainer.config.lr_reduce_factor == pytest.approx(0.1)
+    assert run.trainer.config.training.lr_reduce_patience == 3
+    assert run.trainer.config.training.early_stop_patience == 5
+    assert run.trainer.config.training.lr_reduce_factor == pytest.approx(0.1)
     np.testing.assert_allclose(run.learning_rates, EXPECTED_LR, rtol=1e-6)
     assert min(run.learning_rates) == np.float32(2e-5)  # exactly the floor, never below
     assert run.without_gain == EXPECTED_WITHOUT_GAIN

@@ -331,13 +331,13 @@ def test_a_single_scenario_log_trains_and_reports_its_task(
     missing = "search" if task == "rec" else "rec"
     model_dir = str(tmp_path / "model")
     config = preset(preset_name, seed=0, **TINY)
-    assert config.tasks == ("rec", "search")
+    assert config.model.tasks == ("rec", "search")
     trainer = Trainer(config, TrainerOptions(out, model_dir, max_epochs=1, verbose=1))
     printed = caplog.text
     assert f"no {missing} training examples" in printed and f"training {task} only" in printed
-    assert trainer.config.tasks == (task,)
+    assert trainer.config.model.tasks == (task,)
     # L_rel needs search queries: off without them (said so), on with them.
-    assert trainer.config.use_relevance_loss is (task == "search")
+    assert trainer.config.model.use_relevance_loss is (task == "search")
     assert ("relevance loss is off" in printed) is (task == "rec")
     summary = trainer.fit()
     assert summary["epochs_run"] == 1 and set(summary["validation"]) == {task}
@@ -375,5 +375,5 @@ def test_a_task_the_data_lacks_fails_clearly_when_it_is_the_only_one_asked_for(d
         with pytest.raises(DataMismatchError) as raised:
             Trainer(config, TrainerOptions(out, str(tmp_path / log), verbose=0))
         message = str(raised.value)
-        wanted, present = config.tasks[0], "rec" if log == "rec_only" else "search"
+        wanted, present = config.model.tasks[0], "rec" if log == "rec_only" else "search"
         assert f"no {wanted} training examples" in message and f"--tasks {present}" in message

@@ -56,7 +56,6 @@ sum over the case's processes), and each round's positives/s.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -296,12 +295,11 @@ def convert(data_dir: str, work_dir: str) -> dict:
 def preset_overrides(name: str) -> dict:
     """Overrides that turn benchmark_train.measure's amazon_preset into preset `name`: every
     field of that preset (so "paper" gives {} and "default" the whole default config)."""
-    from unisar_tf.config import UniSARConfig, preset
+    from unisar_tf.config import preset
 
     if name == "paper":
         return {}
-    config = preset(name)
-    return {field.name: getattr(config, field.name) for field in dataclasses.fields(UniSARConfig)}
+    return preset(name).to_dict()
 
 
 def measure_project(data_dir: str, preset_name: str, steps: int, warmup: int, seed: int) -> dict:

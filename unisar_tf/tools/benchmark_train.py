@@ -75,7 +75,9 @@ def measure(
     for _ in range(steps):
         logs = step(next(batches))
     elapsed = time.time() - timed
-    rows = config.batch_size + search_batch_size(counts["rec"], counts["search"], config.batch_size)
+    rows = config.training.batch_size + search_batch_size(
+        counts["rec"], counts["search"], config.training.batch_size
+    )
     per_step = elapsed / steps
     return {
         "seconds_per_step": per_step,

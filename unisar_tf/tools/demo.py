@@ -62,8 +62,8 @@ def run_demo(
     config = kuaisar_preset(**overrides)
     data = generate_synthetic_data(
         facts,
-        num_train_negatives=config.num_train_negatives,
-        num_eval_negatives=config.num_eval_negatives,
+        num_train_negatives=config.training.num_train_negatives,
+        num_eval_negatives=config.training.num_eval_negatives,
         seed=seed,
     )
     with tempfile.TemporaryDirectory() as scratch:
@@ -77,7 +77,7 @@ def run_demo(
                 f"{counts.count('train', 'search')} search training examples, "
                 f"{counts.count('test', 'rec')} + {counts.count('test', 'search')} test "
                 "examples (1 "
-                f"positive + {config.num_eval_negatives} negatives)",
+                f"positive + {config.training.num_eval_negatives} negatives)",
                 flush=True,
             )
         Trainer(

@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from unisar_tf import logs
-from unisar_tf.config import default_preset
+from unisar_tf.config import DataFacts, default_preset
 from unisar_tf.data.synthetic import generate_synthetic_data, write_data_dir
 from unisar_tf.train.inputs import training_dataset
 from unisar_tf.train.trainer import Trainer, TrainerOptions
@@ -59,12 +59,26 @@ WIDTHS = dict(
     num_relevance_negatives=64,
 )
 # The synthetic data's sizes: 200 users give ~2,500 rec training examples, 78 batches.
-SIZES = dict(num_users=201, num_items=200, num_words=60, query_len=8, clicks_per_session=2)
+FACTS = DataFacts(
+    num_users=201,
+    num_items=200,
+    num_words=60,
+    rec_len=30,
+    search_len=30,
+    query_len=8,
+    clicks_per_session=2,
+)
 
 
 def write_synthetic_data(data_dir: str, seed: int) -> None:
-    config = default_preset(seed=seed, **WIDTHS, **SIZES)
-    write_data_dir(generate_synthetic_data(config, seed=seed), config, data_dir, seed)
+    training = default_preset(seed=seed, **WIDTHS).training
+    data = generate_synthetic_data(
+        FACTS,
+        num_train_negatives=training.num_train_negatives,
+        num_eval_negatives=training.num_eval_negatives,
+        seed=seed,
+    )
+    write_data_dir(data, FACTS, data_dir, seed)
 
 
 class Interrupted(Exception):

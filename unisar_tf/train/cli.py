@@ -21,7 +21,6 @@ scenario trains that task.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import typing
 from typing import Any, Dict, List, Optional
@@ -61,11 +60,9 @@ def _parse_bool(text: str) -> bool:
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per tunable UniSARConfig field, default None (= the preset's value)."""
     group = parser.add_argument_group("model hyperparameters (default: the preset's value)")
-    hints = typing.get_type_hints(UniSARConfig)
-    for field in dataclasses.fields(UniSARConfig):
-        if field.name in NOT_FLAGS:
+    for name, hint in UniSARConfig.field_types().items():
+        if name in NOT_FLAGS:
             continue
-        hint = hints[field.name]
         if hint is bool:
             kind, metavar = _parse_bool, "true|false"
         elif hint in (int, float, str):
@@ -74,15 +71,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             item = typing.get_args(hint)[0]
             kind, metavar = comma_separated(item), "A,B,..."
         else:  # pragma: no cover - a new field type needs a parser here
-            raise TypeError(f"no command-line parser for UniSARConfig.{field.name}: {hint}")
-        group.add_argument(f"--{field.name}", type=kind, default=None, metavar=metavar)
+            raise TypeError(f"no command-line parser for UniSARConfig.{name}: {hint}")
+        group.add_argument(f"--{name}", type=kind, default=None, metavar=metavar)
 
 
 def config_from_args(args: argparse.Namespace) -> UniSARConfig:
     overrides = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(UniSARConfig)
-        if field.name not in NOT_FLAGS and getattr(args, field.name, None) is not None
+        name: getattr(args, name)
+        for name in UniSARConfig.field_types()
+        if name not in NOT_FLAGS and getattr(args, name, None) is not None
     }
     if overrides.get("architecture") == "sasrec":
         overrides.setdefault("tasks", ("rec",))  # SASRec is a rec-only model
@@ -189,7 +186,7 @@ def wants_sasrec_baseline(args: argparse.Namespace, config: UniSARConfig) -> boo
         args.sasrec_baseline
         and not args.skip_test
         and config.architecture != "sasrec"
-        and "rec" in config.tasks
+        and "rec" in config.model.tasks
     )
 
 

@@ -32,6 +32,7 @@ from unisar_tf.train.run_dir import (
     DataMismatchError,
     load_trained_model,
     read_best,
+    run_eval_batch_size,
     run_transform_dir,
     sasrec_run_dir,
 )
@@ -176,7 +177,7 @@ def evaluate_best(
         "negatives_per_example": DataSpec.of(manifest).candidates.eval - 1,
         "model": name,
         name: evaluate_model(
-            model, data_dir, split, manifest, batch_size or model.config.eval_batch_size
+            model, data_dir, split, manifest, batch_size or run_eval_batch_size(model_dir)
         ),
     }
     if with_baselines and name != SASREC:
@@ -213,7 +214,7 @@ def sasrec_metrics(
     model = load_trained_model(run_dir, data_dir)
     manifest = reader.load_manifest(data_dir, run_transform_dir(run_dir))
     return evaluate_model(
-        model, data_dir, split, manifest, batch_size or model.config.eval_batch_size
+        model, data_dir, split, manifest, batch_size or run_eval_batch_size(run_dir)
     )
 
 

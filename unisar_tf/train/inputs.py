@@ -48,10 +48,10 @@ def _stateless_seed(seed: int, epoch, step) -> tf.Tensor:
 def epoch_steps(config: UniSARConfig, counts: Mapping[str, int], replicas: int = 1) -> int:
     """Steps of one epoch: the lead task's batches, the last one short on one replica; with
     several replicas only whole global batches (they split evenly), at least one."""
-    lead = "rec" if "rec" in config.tasks else "search"
+    lead = "rec" if "rec" in config.model.tasks else "search"
     if replicas > 1:
-        return max(1, counts[lead] // config.batch_size)
-    return math.ceil(counts[lead] / config.batch_size)
+        return max(1, counts[lead] // config.training.batch_size)
+    return math.ceil(counts[lead] / config.training.batch_size)
 
 
 def replace_negatives(
@@ -93,12 +93,12 @@ def training_dataset(
     """
     spec = DataSpec.of(manifest)
     counts = spec.examples.split("train")
-    tasks = config.tasks
+    tasks = config.model.tasks
     joint = len(tasks) == 2
-    sizes = {task: config.batch_size for task in tasks}
+    sizes = {task: config.training.batch_size for task in tasks}
     if joint:
         sizes["search"] = search_batch_size(
-            counts["rec"], counts["search"], config.batch_size, replicas
+            counts["rec"], counts["search"], config.training.batch_size, replicas
         )
     parts = {}
     for offset, task in enumerate(tasks):
@@ -118,7 +118,7 @@ def training_dataset(
     # No query at all (a rec-only log): no relevance negatives (the Trainer turns L_rel off).
     with_relevance = len(query_bank) > 0
     bank = tf.constant(query_bank, tf.int64) if with_relevance else None
-    num_relevance = config.num_relevance_negatives
+    num_relevance = config.training.num_relevance_negatives
 
     def finish(step, batch):
         batch = dict(batch)
@@ -127,7 +127,7 @@ def training_dataset(
             if has_pool and fresh_negatives:
                 task_batch = replace_negatives(
                     task_batch,
-                    config.num_train_negatives,
+                    config.training.num_train_negatives,
                     _stateless_seed(seed, epoch, step * 4 + index),
                 )
             else:

@@ -264,6 +264,11 @@ def check_model_data(model_dir: str, data: DataFacts, data_dir: str, manifest: d
     )
 
 
+def run_eval_batch_size(model_dir: str) -> int:
+    """The validation batch size the run was trained with (its config.json)."""
+    return UniSARConfig.from_dict(_read_run_config(model_dir) or {}).training.eval_batch_size
+
+
 def read_best(model_dir: str) -> dict:
     path = os.path.join(model_dir, BEST_FILE)
     if not tf.io.gfile.exists(path):

@@ -27,7 +27,7 @@ listing the others, before anything is written; the epoch budget and a few more 
 
 Data that does not fit (DataMismatchError, a ValueError that says what to do): a model_dir
 whose data.json names other data is not resumed, and its model is not loaded on data with
-other vocabularies. Single-scenario data trains the tasks of config.tasks it has examples
+other vocabularies. Single-scenario data trains the tasks of config.model.tasks it has examples
 of (a rec-only log trains rec), and says so; the query-item relevance loss is turned off when
 the training data has no search query at all.
 """
@@ -121,8 +121,8 @@ class EpochResult:
 def fit_tasks_to_data(
     config: UniSARConfig, manifest: dict | DataSpec, data_dir: str
 ) -> Tuple[UniSARConfig, List[str]]:
-    """(config whose tasks are those of config.tasks the data has training examples of, what
-    changed). A single-scenario log trains the task it has; none of config.tasks in the
+    """(config whose tasks are those of config.model.tasks the data has training examples of, what
+    changed). A single-scenario log trains the task it has; none of config.model.tasks in the
     data, or a task without validation examples, is a DataMismatchError."""
     spec = DataSpec.of(manifest)
     available = spec.tasks_with_examples("train", TASKS)
@@ -132,8 +132,8 @@ def fit_tasks_to_data(
             f"examples.train: {spec.examples.split('train')})"
             ": rebuild it from a log with more events per user"
         )
-    kept = tuple(task for task in config.tasks if task in available)
-    missing = [task for task in config.tasks if task not in available]
+    kept = tuple(task for task in config.model.tasks if task in available)
+    missing = [task for task in config.model.tasks if task not in available]
     if not kept:
         raise DataMismatchError(
             f"{data_dir} has no {' or '.join(missing)} training examples, only "
@@ -236,9 +236,9 @@ def _dropout_seed_function(seed: int, index: int, step: tf.Variable):
 def uses_relevance_loss(config: UniSARConfig) -> bool:
     return (
         config.architecture == "unisar"
-        and config.use_history
-        and config.use_relevance_loss
-        and config.alpha_relevance > 0
+        and config.model.use_history
+        and config.model.use_relevance_loss
+        and config.model.alpha_relevance > 0
     )
 
 
@@ -270,7 +270,7 @@ class Trainer:
         # The manifest's shapes against the files it trains and validates on, up front (the
         # test split is read only by the evaluation, which checks it then: a tuner never
         # touches it).
-        for task in config.tasks:
+        for task in config.model.tasks:
             for split in ("train", "valid"):
                 if self.spec.tasks_with_examples(split, (task,)):
                     reader.check_example_shapes(options.data_dir, split, task, self.spec)
@@ -285,23 +285,28 @@ class Trainer:
             say(note)
         self.side_features = (  # KuaiSAR categories, captions, user levels
             run_side_features(options.data_dir, options.transform_dir, self.spec)
-            if config.reads_side_features
+            if config.model.reads_side_features
             else None
         )
         tables = None
-        if config.reads_cooccurrence:  # the data job's tables, or counted on the training split
+        if (
+            config.model.reads_cooccurrence
+        ):  # the data job's tables, or counted on the training split
             with reader.naming_bad_files(options.data_dir, ("train",)):
                 table, transitions, note = tables_for_training(
-                    options.data_dir, self.spec, self.spec.vocab_sizes.item_table, config.tasks
+                    options.data_dir,
+                    self.spec,
+                    self.spec.vocab_sizes.item_table,
+                    config.model.tasks,
                 )
             if note:
                 say(note)
             tables = (table, transitions)
         # What the data sizes the model by (tables, shapes, side features, table pairs).
         self.data = DataFacts.from_spec(self.spec, self.side_features, tables)
-        if config.batch_size % self.replicas:
+        if config.training.batch_size % self.replicas:
             raise ValueError(
-                f"batch_size {config.batch_size} is the global batch: it must be a "
+                f"batch_size {config.training.batch_size} is the global batch: it must be a "
                 f"multiple of the {self.replicas} replicas"
             )
         self.config = config
@@ -310,7 +315,7 @@ class Trainer:
             self.model = build_model(
                 config, self.data, side_features=self.side_features, cooccurrence=tables
             )
-            self.optimizer = tf.keras.optimizers.Adam(config.learning_rate)
+            self.optimizer = tf.keras.optimizers.Adam(config.training.learning_rate)
             self.model.compile(optimizer=self.optimizer)
             # Slots exist before any restore, so a checkpoint restores them at once, exactly.
             self.optimizer.build(self.model.trainable_variables)
@@ -447,7 +452,7 @@ class Trainer:
         logs: Dict[str, float] = {}
         done = 0
         # A truncated or corrupted file: the error names it (TensorFlow's does not).
-        with reader.naming_bad_files(options.data_dir, ("train",), self.config.tasks):
+        with reader.naming_bad_files(options.data_dir, ("train",), self.config.model.tasks):
             for step, batch in enumerate(dataset):
                 done = step + 1
                 results = self._train_step(batch)
@@ -474,13 +479,13 @@ class Trainer:
     def _fewer_examples_than_counted(self, epoch: int, done: int, steps: int) -> Exception:
         """The lead task's stream ends (it is not repeated) before the epoch's steps, which
         come from the manifest's count: the files lost examples the data job counted."""
-        lead = "rec" if "rec" in self.config.tasks else "search"
+        lead = "rec" if "rec" in self.config.model.tasks else "search"
         count = self.spec.examples.count("train", lead)
         return DataMismatchError(
             f"{os.path.join(self.options.data_dir, 'train')} holds fewer {lead} examples than "
             f"manifest.json counts ({count}): epoch {epoch + 1} ended after {done} of {steps} "
-            f"batches of {self.config.batch_size}. The example files are incomplete (a damaged "
-            "or partly copied build): rebuild them with the data job"
+            f"batches of {self.config.training.batch_size}. The example files are incomplete (a "
+            "damaged or partly copied build): rebuild them with the data job"
         )
 
     # -- the loop -----------------------------------------------------------------------
@@ -532,11 +537,11 @@ class Trainer:
         counts = self.spec.examples.split("train")
         say(
             f"training {counts['rec']} rec + {counts['search']} search examples, tasks "
-            f"{'+'.join(config.tasks)}, batch {config.batch_size}"
+            f"{'+'.join(config.model.tasks)}, batch {config.training.batch_size}"
             + (
-                f" rec + {search_batch_size(counts['rec'], counts['search'], config.batch_size, self.replicas)}"  # noqa: E501
+                f" rec + {search_batch_size(counts['rec'], counts['search'], config.training.batch_size, self.replicas)}"  # noqa: E501
                 " search"
-                if len(config.tasks) == 2
+                if len(config.model.tasks) == 2
                 else ""
             )
             + f", {epoch_steps(config, counts, self.replicas)} steps per epoch"
@@ -549,7 +554,7 @@ class Trainer:
             train_writer = validation_writer = tf.summary.create_noop_writer()
         stopped_early = False
         while int(self.epoch.numpy()) < options.max_epochs:
-            if int(self.epochs_without_gain.numpy()) >= config.early_stop_patience:
+            if int(self.epochs_without_gain.numpy()) >= config.training.early_stop_patience:
                 stopped_early = True
                 break
             epoch = int(self.epoch.numpy())
@@ -561,7 +566,7 @@ class Trainer:
                 options.data_dir,
                 "valid",
                 self.spec,
-                config.eval_batch_size,
+                config.training.eval_batch_size,
                 options.validation_rows,
                 self._scorers,
             )
@@ -583,7 +588,9 @@ class Trainer:
                 + f", lr {result.learning_rate:g}"
             )
         else:
-            stopped_early = int(self.epochs_without_gain.numpy()) >= config.early_stop_patience
+            stopped_early = (
+                int(self.epochs_without_gain.numpy()) >= config.training.early_stop_patience
+            )
         train_writer.close()
         validation_writer.close()
         if not self.role.is_chief:  # what it saved was a copy for the synchronisation only
@@ -622,9 +629,10 @@ class Trainer:
         else:
             self.epochs_without_gain.assign_add(1)
             self.epochs_since_lr_change.assign_add(1)
-            if int(self.epochs_since_lr_change.numpy()) >= config.lr_reduce_patience:
+            if int(self.epochs_since_lr_change.numpy()) >= config.training.lr_reduce_patience:
                 reduced = max(
-                    self.learning_rate * config.lr_reduce_factor, config.min_learning_rate
+                    self.learning_rate * config.training.lr_reduce_factor,
+                    config.training.min_learning_rate,
                 )
                 self.optimizer.learning_rate.assign(reduced)
                 self.epochs_since_lr_change.assign(0)
