@@ -101,3 +101,41 @@ def test_quiet_keeps_progress_and_errors_and_unwraps_our_worker_lines(restore_lo
         "ERROR absl: a library's error",
         "[worker] built examples",
     ]
+
+
+NATIVE = [
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+    b"W0000 00:00:1796329073.826108   26824 op_level_cost_estimator.cc:699] Error in "
+    b"PredictCost() for the op: Softmax\n",
+    b"I0000 00:00:1796329073.891271   26824 graph.cc:12] info line\n",
+    b"E0000 00:00:1796329073.891271   26824 kernel.cc:3] an error\n",
+    b"an ordinary line: W0000 is not at its start\n",
+]
+
+
+@pytest.mark.parametrize(
+    "level, kept",
+    [
+        ("3", [4]),
+        ("2", [3, 4]),
+        ("1", [0, 1, 3, 4]),
+        ("0", [0, 1, 2, 3, 4]),
+        (None, [0, 1, 2, 3, 4]),
+    ],
+)
+def test_native_lines_below_the_tf_level_are_dropped_in_order(monkeypatch, capfd, level, kept):
+    """TF 2.15's grappler writes absl-formatted lines past TF_CPP_MIN_LOG_LEVEL: the block
+    applies the level to them (I=0, W=1, E=2; the absl preamble is a W), keeps every
+    other line, and writes what it keeps to stderr after the block, in order. (pytest's capfd
+    gives sys.stderr its own file, so the lines are written to the descriptor here.)"""
+    if level is None:
+        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # --verbose
+    else:
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", level)
+    with logs.native_log_threshold():
+        for line in NATIVE:  # as C++ writes them: straight to file descriptor 2
+            os.write(2, line)
+    expected = b"".join(NATIVE[i] for i in kept)
+    assert capfd.readouterr().err.encode() == expected
+    os.write(2, NATIVE[1])  # after the block, stderr is stderr again
+    assert capfd.readouterr().err.encode() == NATIVE[1]

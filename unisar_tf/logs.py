@@ -18,12 +18,14 @@ its parser with `add_verbose_flag`:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
 import sys
+import tempfile
 import warnings
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 VERBOSE_FLAG = "--verbose"
 # Libraries whose INFO and WARNING lines a user need not read by default (ArtifactQuery
@@ -124,6 +126,54 @@ def _quiet_unraisablehook(unraisable, _show=sys.__unraisablehook__) -> None:
     where = getattr(unraisable.object, "__qualname__", None) or repr(unraisable.object)
     if "AtomicFunction.__del__" not in where:
         _show(unraisable)
+
+
+# TensorFlow 2.15's absl-formatted C++ log lines ("W0000 00:00:1796.0 26824 file.cc:699] ...")
+# and absl's preamble: grappler writes them past TF_CPP_MIN_LOG_LEVEL.
+_NATIVE_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+\] ")
+_NATIVE_PREAMBLE = b"WARNING: All log messages before absl::InitializeLog() is called"
+_NATIVE_LEVELS = {b"I": 0, b"W": 1, b"E": 2, b"F": 3}
+
+
+def native_line_kept(line: bytes, min_level: int) -> bool:
+    """Whether stderr `line` stays under TF_CPP_MIN_LOG_LEVEL `min_level`: TensorFlow's
+    absl-formatted lines below it and absl's preamble are dropped, every other line kept."""
+    if min_level <= 0:
+        return True
+    if line.startswith(_NATIVE_PREAMBLE):  # a warning itself
+        return min_level < 2
+    match = _NATIVE_LINE.match(line)
+    return match is None or _NATIVE_LEVELS[match.group(1)] >= min_level
+
+
+@contextlib.contextmanager
+def native_log_threshold() -> Iterator[None]:
+    """Applies TF_CPP_MIN_LOG_LEVEL (set by quiet mode; unset with --verbose) to what
+    TensorFlow's C++ code writes to stderr inside the block: TF 2.15's grappler logs through
+    absl, past the variable ("Error in PredictCost()" lines on a loaded SavedModel's first
+    call). Meanwhile file descriptor 2 goes to a temporary file; afterwards the kept lines
+    are written to it in order (Python's own stderr writes in the block included)."""
+    try:
+        min_level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        min_level = 0
+    if min_level <= 0:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = b"".join(line for line in capture if native_line_kept(line, min_level))
+            if kept:
+                os.write(2, kept)
 
 
 def quiet_process() -> None:
