@@ -237,7 +237,7 @@ def test_batch_size_parameter_defaults_to_the_presets(tmp_path):
     from unisar_tf.config import preset
 
     spec, _ = _compile(tmp_path, "--preset", "paper")
-    assert _defaults(spec)["batch_size"] == preset("paper").batch_size
+    assert _defaults(spec)["batch_size"] == preset("paper").training.batch_size
     assert _defaults(spec)["max_epochs"] == 100
 
 

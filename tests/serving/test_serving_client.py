@@ -183,7 +183,9 @@ def test_retries_reach_a_server_that_starts_late(base_path):
         servers.append(server_lib.serve(base_path, port=port))
 
     thread = threading.Thread(target=start_late)
-    client = UniSARClient(f"127.0.0.1:{port}", timeout_seconds=5.0, retries=5, backoff_seconds=0.05)
+    # 8 retries back off 12.75 s in all: a server that loads its model on a loaded machine
+    # (a fresh-clone suite beside a training run) took more than 5 retries' 1.55 s.
+    client = UniSARClient(f"127.0.0.1:{port}", timeout_seconds=5.0, retries=8, backoff_seconds=0.05)
     start = time.monotonic()
     thread.start()
     try:
