@@ -15,7 +15,6 @@ from typing import Any, ClassVar, Dict, Tuple
 from feature_specs import SequenceShapes
 
 TASKS = ("rec", "search")
-ARCHITECTURES = ("unisar", "sasrec")
 
 
 @dataclasses.dataclass
@@ -213,6 +212,7 @@ class TrainingConfig:
 
 
 MODEL_CONFIGS = {"unisar": ModelConfig, "sasrec": SASRecConfig}
+ARCHITECTURES = tuple(MODEL_CONFIGS)
 
 
 def _field_names(cls) -> Tuple[str, ...]:
